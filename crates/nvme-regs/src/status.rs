@@ -296,7 +296,7 @@ impl Status {
     }
     /// The specification's name for this status, if it has one here.
     pub const fn name(self) -> Option<&'static str> {
-        let named = match self.sct() {
+        match self.sct() {
             StatusCodeType::Generic => match GenericStatus::from_code(self.sc()) {
                 Some(s) => Some(s.name()),
                 None => None,
@@ -310,8 +310,7 @@ impl Status {
                 None => None,
             },
             _ => None,
-        };
-        named
+        }
     }
 }
 

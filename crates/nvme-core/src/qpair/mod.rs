@@ -1,0 +1,626 @@
+//! A queue pair: one submission and one completion ring, command identifiers in fixed
+//! storage, PRP lists, and transparent splitting of large transfers.
+//!
+//! Command identifiers are `generation << index_bits | slot index`. A slot's generation
+//! advances every time it is reused, so a late or duplicated completion for an earlier use of
+//! the slot is recognised and dropped instead of completing the wrong request. Every value
+//! read from the completion (CID, SQ head) is range-checked before use.
+//!
+//! Nothing here allocates, locks or makes a system call: submission writes the entry and
+//! moves the tail; [`QueuePair::poll`] (or [`QueuePair::ring`]) writes the doorbell once for
+//! everything submitted since the last write.
+
+use nvme_regs::status::GenericStatus;
+use nvme_regs::{CompletionEntry, Status};
+
+use crate::cmd::Command;
+use crate::hal::{DmaRegion, RegisterAccess};
+use crate::prp::{self, PrpError};
+use crate::queue::{CompletionQueue, QueueError, SubmissionQueue};
+
+/// Largest number of logical blocks one read/write command can carry (NLB is 16 bits).
+pub const MAX_BLOCKS_PER_COMMAND: u32 = 65536;
+
+const NONE: u16 = u16::MAX;
+
+/// What a queue pair needs to know about its queues and the controller.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueConfig {
+    /// Queue identifier (0 for the admin queue).
+    pub qid: u16,
+    /// Entries of the submission and completion rings.
+    pub entries: u32,
+    /// CAP.DSTRD.
+    pub dstrd: u8,
+    /// Controller memory page size in bytes (CC.MPS).
+    pub page_size: usize,
+    /// Largest transfer of one command in bytes (MDTS); larger I/Os are split.
+    pub max_transfer: usize,
+    /// Memory of the submission ring (`entries * 64` bytes, page aligned).
+    pub sq: DmaRegion,
+    /// Memory of the completion ring (`entries * 16` bytes, page aligned).
+    pub cq: DmaRegion,
+    /// Memory for PRP lists: [`QueueConfig::prp_len`] bytes, page aligned.
+    pub prp: DmaRegion,
+}
+
+impl QueueConfig {
+    /// PRP list pages each command slot needs.
+    pub const fn prp_pages_per_slot(page_size: usize, max_transfer: usize) -> usize {
+        prp::list_pages_for_transfer(max_transfer, page_size)
+    }
+    /// Bytes of PRP list memory a queue of `entries` needs.
+    pub const fn prp_len(entries: u32, page_size: usize, max_transfer: usize) -> usize {
+        Self::slots(entries) * Self::prp_pages_per_slot(page_size, max_transfer) * page_size
+    }
+    /// Command slots a queue of `entries` uses (a ring of N holds N-1 commands).
+    pub const fn slots(entries: u32) -> usize {
+        entries as usize - 1
+    }
+}
+
+/// The result of a completed request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// Dword 0 of the (last, or first failing) completion entry.
+    pub dw0: u32,
+    /// Dword 1.
+    pub dw1: u32,
+    /// Status; `status.is_success()` for a successful request.
+    pub status: Status,
+}
+
+impl Completion {
+    /// `Ok(dw0)` on success, `Err(status)` otherwise.
+    pub fn result(&self) -> Result<u32, Status> {
+        if self.status.is_success() {
+            Ok(self.dw0)
+        } else {
+            Err(self.status)
+        }
+    }
+}
+
+/// Why a submission was refused. Nothing was submitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// Not enough free submission entries or command slots now; poll and retry.
+    QueueFull,
+    /// The request needs more commands than the queue can ever hold at once.
+    TooLarge {
+        /// Commands the request needs.
+        commands: usize,
+        /// Commands the queue holds.
+        capacity: usize,
+    },
+    /// The data buffer cannot be described with PRPs.
+    Prp(PrpError),
+    /// The data length is not a positive multiple of the block size.
+    BadLength {
+        /// Data length in bytes.
+        len: usize,
+        /// Logical block size in bytes.
+        block_size: u32,
+    },
+    /// A single (unsplittable) command's data exceeds the maximum transfer size.
+    ExceedsMaxTransfer {
+        /// Data length in bytes.
+        len: usize,
+        /// Maximum transfer size in bytes.
+        max: usize,
+    },
+}
+
+impl core::fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SubmitError::QueueFull => write!(f, "queue full: process completions and retry"),
+            SubmitError::TooLarge { commands, capacity } => write!(
+                f,
+                "request needs {commands} commands but the queue holds {capacity}; use a deeper queue or a smaller request"
+            ),
+            SubmitError::Prp(e) => write!(f, "{e}"),
+            SubmitError::BadLength { len, block_size } => write!(
+                f,
+                "data length {len} is not a positive multiple of the {block_size}-byte block size"
+            ),
+            SubmitError::ExceedsMaxTransfer { len, max } => {
+                write!(f, "data length {len} exceeds the controller's maximum transfer of {max} bytes")
+            }
+        }
+    }
+}
+
+impl From<PrpError> for SubmitError {
+    fn from(e: PrpError) -> Self {
+        SubmitError::Prp(e)
+    }
+}
+
+/// Per-command tracking state. Storage for these comes from the caller (an array, a boxed
+/// slice, or memory of its own), one per command the queue may hold.
+#[derive(Debug)]
+pub struct Slot<T> {
+    /// Generation of the current (or last) use.
+    generation: u16,
+    /// Is a command using this slot outstanding at the controller?
+    in_flight: bool,
+    /// Index of the request's head slot (itself for the head).
+    head: u16,
+    /// For a head: commands of the request not yet completed.
+    pending: u16,
+    /// Next free slot (free list link).
+    next_free: u16,
+    /// For a head: the result so far.
+    result: Completion,
+    /// For a head: the caller's context, handed back on completion.
+    ctx: Option<T>,
+}
+
+impl<T> Slot<T> {
+    /// An unused slot.
+    pub const EMPTY: Slot<T> = Slot {
+        generation: 0,
+        in_flight: false,
+        head: NONE,
+        pending: 0,
+        next_free: NONE,
+        result: Completion {
+            dw0: 0,
+            dw1: 0,
+            status: Status::SUCCESS,
+        },
+        ctx: None,
+    };
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot::EMPTY
+    }
+}
+
+/// Counters of unusual events, for diagnostics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Completions whose CID did not match an outstanding command (dropped).
+    pub stale_completions: u64,
+    /// Completions with an SQ head outside the ring (head ignored).
+    pub bad_sq_heads: u64,
+    /// Doorbell writes to the submission queue tail.
+    pub sq_doorbells: u64,
+}
+
+/// A submission/completion queue pair with command tracking.
+///
+/// `R` writes the doorbells, `T` is the caller's per-request context (handed back on
+/// completion), `S` is the slot storage.
+pub struct QueuePair<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> {
+    sq: SubmissionQueue,
+    cq: CompletionQueue,
+    regs: R,
+    slots: S,
+    capacity: u16,
+    free_head: u16,
+    free_count: u16,
+    index_bits: u32,
+    qid: u16,
+    page_size: usize,
+    max_transfer: usize,
+    prp: DmaRegion,
+    prp_bytes_per_slot: usize,
+    outstanding_requests: usize,
+    stats: QueueStats,
+    _ctx: core::marker::PhantomData<T>,
+}
+
+impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
+    /// Builds a queue pair over `cfg`'s memory. `slots` may be shorter than
+    /// [`QueueConfig::slots`] (fewer commands in flight) but not empty.
+    pub fn new(cfg: QueueConfig, regs: R, mut slots: S) -> Result<Self, QueueError> {
+        let sq = SubmissionQueue::new(
+            cfg.sq,
+            cfg.entries,
+            nvme_regs::registers::sq_tail_doorbell(cfg.qid, cfg.dstrd),
+            cfg.page_size,
+        )?;
+        let cq = CompletionQueue::new(
+            cfg.cq,
+            cfg.entries,
+            nvme_regs::registers::cq_head_doorbell(cfg.qid, cfg.dstrd),
+            cfg.page_size,
+        )?;
+        let prp_pages = QueueConfig::prp_pages_per_slot(cfg.page_size, cfg.max_transfer);
+        let prp_bytes_per_slot = prp_pages * cfg.page_size;
+        let capacity = slots
+            .as_mut()
+            .len()
+            .min(QueueConfig::slots(cfg.entries))
+            .min(if prp_bytes_per_slot == 0 {
+                usize::MAX
+            } else {
+                cfg.prp.len() / prp_bytes_per_slot
+            })
+            .min(NONE as usize - 1);
+        if capacity == 0 {
+            return Err(QueueError::RegionTooSmall {
+                needed: prp_bytes_per_slot,
+                given: cfg.prp.len(),
+            });
+        }
+        if prp_bytes_per_slot != 0 && !cfg.prp.iova().is_multiple_of(cfg.page_size as u64) {
+            return Err(QueueError::Misaligned {
+                iova: cfg.prp.iova(),
+                align: cfg.page_size,
+            });
+        }
+        let index_bits = u32::BITS - ((capacity - 1) as u32).leading_zeros();
+        let mut qp = QueuePair {
+            sq,
+            cq,
+            regs,
+            slots,
+            capacity: capacity as u16,
+            free_head: NONE,
+            free_count: 0,
+            index_bits: index_bits.max(1),
+            qid: cfg.qid,
+            page_size: cfg.page_size,
+            max_transfer: cfg.max_transfer,
+            prp: cfg.prp,
+            prp_bytes_per_slot,
+            outstanding_requests: 0,
+            stats: QueueStats::default(),
+            _ctx: core::marker::PhantomData,
+        };
+        qp.reset_slots();
+        Ok(qp)
+    }
+
+    fn reset_slots(&mut self) {
+        let cap = self.capacity as usize;
+        let slots = self.slots.as_mut();
+        for (i, s) in slots[..cap].iter_mut().enumerate() {
+            s.in_flight = false;
+            s.head = NONE;
+            s.pending = 0;
+            s.ctx = None;
+            s.next_free = if i + 1 < cap { (i + 1) as u16 } else { NONE };
+        }
+        self.free_head = 0;
+        self.free_count = self.capacity;
+        self.outstanding_requests = 0;
+    }
+
+    /// The queue identifier.
+    pub fn qid(&self) -> u16 {
+        self.qid
+    }
+    /// The number of ring entries.
+    pub fn entries(&self) -> u32 {
+        self.sq.size()
+    }
+    /// IOVA of the submission ring (for Create I/O SQ or ASQ).
+    pub fn sq_iova(&self) -> u64 {
+        self.sq.iova()
+    }
+    /// IOVA of the completion ring (for Create I/O CQ or ACQ).
+    pub fn cq_iova(&self) -> u64 {
+        self.cq.iova()
+    }
+    /// Commands this queue pair can have outstanding at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+    /// Requests submitted and not yet completed.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding_requests
+    }
+    /// Free command slots.
+    pub fn free_slots(&self) -> usize {
+        self.free_count as usize
+    }
+    /// The largest transfer of one command in bytes.
+    pub fn max_transfer(&self) -> usize {
+        self.max_transfer
+    }
+    /// Diagnostic counters.
+    pub fn stats(&self) -> QueueStats {
+        self.stats
+    }
+    /// The register access this queue pair rings doorbells through.
+    pub fn regs(&self) -> &R {
+        &self.regs
+    }
+
+    fn cid_of(&self, idx: u16, generation: u16) -> u16 {
+        (generation << self.index_bits) | idx
+    }
+
+    fn generation_mask(&self) -> u16 {
+        (u32::MAX >> (32 - (16 - self.index_bits))) as u16
+    }
+
+    /// Takes a free slot, advances its generation and returns (index, cid).
+    #[inline]
+    fn alloc_slot(&mut self) -> (u16, u16) {
+        let idx = self.free_head;
+        debug_assert!(idx != NONE);
+        let mask = self.generation_mask();
+        let slot = &mut self.slots.as_mut()[idx as usize];
+        self.free_head = slot.next_free;
+        let mut generation = slot.generation.wrapping_add(1) & mask;
+        if (generation << self.index_bits | idx) == 0xffff {
+            // CID 0xffff means "no command" in the error log; skip it.
+            generation = generation.wrapping_add(1) & mask;
+        }
+        let slot = &mut self.slots.as_mut()[idx as usize];
+        slot.generation = generation;
+        slot.in_flight = true;
+        self.free_count -= 1;
+        (idx, self.cid_of(idx, generation))
+    }
+
+    #[inline]
+    fn free_slot(&mut self, idx: u16) {
+        let head = self.free_head;
+        let slot = &mut self.slots.as_mut()[idx as usize];
+        slot.in_flight = false;
+        slot.head = NONE;
+        slot.next_free = head;
+        self.free_head = idx;
+        self.free_count += 1;
+    }
+
+    fn prp_list(&self, idx: u16) -> Option<DmaRegion> {
+        if self.prp_bytes_per_slot == 0 {
+            return None;
+        }
+        self.prp.sub(
+            idx as usize * self.prp_bytes_per_slot,
+            self.prp_bytes_per_slot,
+        )
+    }
+
+    /// Submits one command with an optional data buffer (at most the maximum transfer size).
+    /// The doorbell is written by the next [`poll`](Self::poll) or [`ring`](Self::ring).
+    pub fn submit(
+        &mut self,
+        cmd: Command,
+        data: Option<DmaRegion>,
+        ctx: T,
+    ) -> Result<(), SubmitError> {
+        if let Some(d) = &data {
+            if d.len() > self.max_transfer {
+                return Err(SubmitError::ExceedsMaxTransfer {
+                    len: d.len(),
+                    max: self.max_transfer,
+                });
+            }
+        }
+        if self.free_count == 0 || self.sq.free() == 0 {
+            return Err(SubmitError::QueueFull);
+        }
+        let (prp1, prp2) = match &data {
+            Some(d) => {
+                // Build PRPs into the slot that alloc_slot will hand out next.
+                let list = self.prp_list(self.free_head);
+                prp::build(d.iova(), d.len(), self.page_size, list.as_ref())?
+            }
+            None => (0, 0),
+        };
+        let (idx, cid) = self.alloc_slot();
+        let mut e = cmd.0;
+        e.cid = cid;
+        e.prp1 = if data.is_some() { prp1 } else { e.prp1 };
+        e.prp2 = if data.is_some() { prp2 } else { e.prp2 };
+        let slot = &mut self.slots.as_mut()[idx as usize];
+        slot.head = idx;
+        slot.pending = 1;
+        slot.result = Completion {
+            dw0: 0,
+            dw1: 0,
+            status: Status::SUCCESS,
+        };
+        slot.ctx = Some(ctx);
+        let pushed = self.sq.push(&e);
+        debug_assert!(pushed);
+        self.outstanding_requests += 1;
+        Ok(())
+    }
+
+    /// Submits a read/write/compare-like command (`cmd` carries opcode, NSID and flags) for
+    /// `data.len() / block_size` blocks starting at `slba`, split into several commands when
+    /// it exceeds the maximum transfer size or 65536 blocks. The context is handed back once,
+    /// when every part has completed; the first failing part's status wins.
+    pub fn submit_io(
+        &mut self,
+        cmd: Command,
+        slba: u64,
+        block_size: u32,
+        data: DmaRegion,
+        ctx: T,
+    ) -> Result<(), SubmitError> {
+        let len = data.len();
+        if block_size == 0 || len == 0 || !len.is_multiple_of(block_size as usize) {
+            return Err(SubmitError::BadLength { len, block_size });
+        }
+        if data.iova() & 3 != 0 {
+            return Err(SubmitError::Prp(PrpError::Misaligned(data.iova())));
+        }
+        let blocks = (len / block_size as usize) as u64;
+        let chunk_blocks =
+            ((self.max_transfer / block_size as usize) as u64).min(MAX_BLOCKS_PER_COMMAND as u64);
+        if chunk_blocks == 0 {
+            return Err(SubmitError::ExceedsMaxTransfer {
+                len: block_size as usize,
+                max: self.max_transfer,
+            });
+        }
+        let parts = blocks.div_ceil(chunk_blocks) as usize;
+        if parts > self.capacity as usize || parts > self.sq.size() as usize - 1 {
+            return Err(SubmitError::TooLarge {
+                commands: parts,
+                capacity: self.capacity.min((self.sq.size() - 1) as u16) as usize,
+            });
+        }
+        if parts > self.free_count as usize || parts > self.sq.free() as usize {
+            return Err(SubmitError::QueueFull);
+        }
+        let chunk_bytes = chunk_blocks as usize * block_size as usize;
+        let mut head = NONE;
+        let mut ctx = Some(ctx);
+        for part in 0..parts {
+            let offset = part * chunk_bytes;
+            let part_len = chunk_bytes.min(len - offset);
+            let part_blocks = (part_len / block_size as usize) as u32;
+            let region = data.sub(offset, part_len).expect("part within data");
+            let list = self.prp_list(self.free_head);
+            let (prp1, prp2) =
+                match prp::build(region.iova(), part_len, self.page_size, list.as_ref()) {
+                    Ok(p) => p,
+                    // Cannot happen for parts within max_transfer (lists are sized for it), but
+                    // never leave a half-submitted request behind.
+                    Err(e) => {
+                        debug_assert!(part == 0, "PRP failure after the first part");
+                        return Err(e.into());
+                    }
+                };
+            let (idx, cid) = self.alloc_slot();
+            if head == NONE {
+                head = idx;
+            }
+            let mut e = cmd
+                .with_lba_range(slba + part as u64 * chunk_blocks, part_blocks)
+                .0;
+            e.cid = cid;
+            e.prp1 = prp1;
+            e.prp2 = prp2;
+            let slot = &mut self.slots.as_mut()[idx as usize];
+            slot.head = head;
+            if idx == head {
+                slot.pending = parts as u16;
+                slot.result = Completion {
+                    dw0: 0,
+                    dw1: 0,
+                    status: Status::SUCCESS,
+                };
+                slot.ctx = ctx.take();
+            }
+            let pushed = self.sq.push(&e);
+            debug_assert!(pushed);
+        }
+        self.outstanding_requests += 1;
+        Ok(())
+    }
+
+    /// Writes the submission doorbell if anything was submitted since the last write.
+    #[inline]
+    pub fn ring(&mut self) {
+        if self.sq.ring(&self.regs) {
+            self.stats.sq_doorbells += 1;
+        }
+    }
+
+    /// Rings the doorbell for pending submissions, then processes up to `max` completion
+    /// entries, calling `f` with the context and result of every request that finished.
+    /// Returns the number of requests finished.
+    #[inline]
+    pub fn poll<F: FnMut(T, Completion)>(&mut self, max: usize, mut f: F) -> usize {
+        self.ring();
+        let mut reaped = 0;
+        let mut finished = 0;
+        while reaped < max {
+            let Some(cqe) = self.cq.pop() else { break };
+            reaped += 1;
+            if !self.sq.update_head(cqe.sq_head) {
+                self.stats.bad_sq_heads += 1;
+            }
+            if let Some((ctx, c)) = self.complete(&cqe) {
+                finished += 1;
+                f(ctx, c);
+            }
+        }
+        if reaped > 0 {
+            self.cq.ring(&self.regs);
+        }
+        finished
+    }
+
+    /// Matches a completion entry to its command. Returns the request's context and result
+    /// when this completion finishes the request.
+    #[inline]
+    fn complete(&mut self, cqe: &CompletionEntry) -> Option<(T, Completion)> {
+        let idx = cqe.cid & ((1u16 << self.index_bits) - 1);
+        let generation = cqe.cid >> self.index_bits;
+        let cap = self.capacity;
+        let slots = self.slots.as_mut();
+        let valid = idx < cap && {
+            let s = &slots[idx as usize];
+            s.in_flight && s.generation == generation && s.head != NONE
+        };
+        if !valid {
+            self.stats.stale_completions += 1;
+            return None;
+        }
+        let head = slots[idx as usize].head;
+        slots[idx as usize].in_flight = false;
+        let status = cqe.status();
+        let h = &mut slots[head as usize];
+        if h.result.status.is_success() {
+            h.result = Completion {
+                dw0: cqe.dw0,
+                dw1: cqe.dw1,
+                status,
+            };
+        }
+        h.pending -= 1;
+        let done = h.pending == 0;
+        if idx != head {
+            self.free_slot(idx);
+        }
+        if !done {
+            return None;
+        }
+        let h = &mut self.slots.as_mut()[head as usize];
+        let ctx = h.ctx.take();
+        let result = h.result;
+        self.free_slot(head);
+        self.outstanding_requests -= 1;
+        ctx.map(|c| (c, result))
+    }
+
+    /// Completes every outstanding request with `status` (after the controller was reset or
+    /// the queue deleted, when no completion will come) and empties both rings.
+    pub fn abort_all<F: FnMut(T, Completion)>(&mut self, status: Status, mut f: F) -> usize {
+        let cap = self.capacity as usize;
+        let mut n = 0;
+        for i in 0..cap {
+            let s = &mut self.slots.as_mut()[i];
+            if s.head == i as u16 {
+                if let Some(ctx) = s.ctx.take() {
+                    n += 1;
+                    f(
+                        ctx,
+                        Completion {
+                            dw0: 0,
+                            dw1: 0,
+                            status,
+                        },
+                    );
+                }
+            }
+        }
+        self.sq.reset();
+        self.cq.reset();
+        self.reset_slots();
+        n
+    }
+
+    /// The status used by [`abort_all`](Self::abort_all) callers for requests lost to a
+    /// queue deletion.
+    pub const ABORTED: Status = Status::generic(GenericStatus::AbortedSqDeletion);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,437 @@
+use super::*;
+use core::cell::{Cell, RefCell};
+use nvme_regs::status::MediaErrorStatus;
+use nvme_regs::SubmissionEntry;
+use std::vec;
+use std::vec::Vec;
+
+const PS: usize = 4096;
+
+#[repr(C, align(4096))]
+#[derive(Clone, Copy)]
+struct Page([u8; PS]);
+
+/// Page-aligned test memory with a fake IOVA (leaked: it must outlive everything).
+struct Mem {
+    ptr: *mut u8,
+    pages: usize,
+    iova: u64,
+}
+
+impl Mem {
+    fn new(pages: usize, iova: u64) -> Mem {
+        let v: &'static mut [Page] = vec![Page([0; PS]); pages].leak();
+        Mem {
+            ptr: v.as_mut_ptr() as *mut u8,
+            pages,
+            iova,
+        }
+    }
+    fn region(&self) -> DmaRegion {
+        // SAFETY: leaked memory, valid for the rest of the test process.
+        unsafe { DmaRegion::new(self.ptr, self.iova, self.pages * PS) }
+    }
+    fn u64_at(&self, off: usize) -> u64 {
+        assert!(off + 8 <= self.pages * PS);
+        // SAFETY: in bounds (checked above) of leaked memory.
+        unsafe { (self.ptr.add(off) as *const u64).read_unaligned() }
+    }
+}
+
+/// Records doorbell writes; the test plays the controller by hand.
+#[derive(Default)]
+struct Doorbells {
+    writes: RefCell<Vec<(usize, u32)>>,
+}
+impl RegisterAccess for &'static Doorbells {
+    fn read32(&self, _: usize) -> u32 {
+        0
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        self.writes.borrow_mut().push((offset, value));
+    }
+}
+
+/// A hand-driven controller over the rings' memory.
+struct Device {
+    sq: *const SubmissionEntry,
+    cq: *mut CompletionEntry,
+    entries: u32,
+    sq_head: Cell<u32>,
+    cq_tail: Cell<u32>,
+    phase: Cell<bool>,
+}
+
+impl Device {
+    fn new(sq: &Mem, cq: &Mem, entries: u32) -> Device {
+        Device {
+            sq: sq.region().vaddr() as *const SubmissionEntry,
+            cq: cq.region().vaddr() as *mut CompletionEntry,
+            entries,
+            sq_head: Cell::new(0),
+            cq_tail: Cell::new(0),
+            phase: Cell::new(true),
+        }
+    }
+    /// Consumes submission entries up to `tail`.
+    fn fetch(&self, tail: u32) -> Vec<SubmissionEntry> {
+        let mut v = Vec::new();
+        while self.sq_head.get() != tail {
+            // SAFETY: head < entries, within the SQ memory.
+            v.push(unsafe { self.sq.add(self.sq_head.get() as usize).read_volatile() });
+            self.sq_head.set((self.sq_head.get() + 1) % self.entries);
+        }
+        v
+    }
+    fn post(&self, cid: u16, status: Status, dw0: u32) {
+        let e = CompletionEntry {
+            dw0,
+            dw1: 0,
+            sq_head: self.sq_head.get() as u16,
+            sq_id: 1,
+            cid,
+            status: status.to_completion_word(self.phase.get()),
+        };
+        // SAFETY: tail < entries, within the CQ memory.
+        unsafe { self.cq.add(self.cq_tail.get() as usize).write_volatile(e) };
+        let t = self.cq_tail.get() + 1;
+        if t == self.entries {
+            self.cq_tail.set(0);
+            self.phase.set(!self.phase.get());
+        } else {
+            self.cq_tail.set(t);
+        }
+    }
+}
+
+struct Rig {
+    sq: Mem,
+    cq: Mem,
+    prp: Mem,
+    data: Mem,
+    bells: &'static Doorbells,
+}
+
+impl Rig {
+    fn new(entries: u32, max_transfer: usize, data_pages: usize) -> Rig {
+        let prp_pages = QueueConfig::prp_len(entries, PS, max_transfer) / PS;
+        Rig {
+            sq: Mem::new((entries as usize * 64).div_ceil(PS), 0x10_0000),
+            cq: Mem::new((entries as usize * 16).div_ceil(PS), 0x20_0000),
+            prp: Mem::new(prp_pages.max(1), 0x30_0000),
+            data: Mem::new(data_pages, 0x4000_0000),
+            bells: std::boxed::Box::leak(std::boxed::Box::default()),
+        }
+    }
+    fn qp(
+        &self,
+        entries: u32,
+        max_transfer: usize,
+    ) -> (QueuePair<&'static Doorbells, u64, Vec<Slot<u64>>>, Device) {
+        let cfg = QueueConfig {
+            qid: 1,
+            entries,
+            dstrd: 0,
+            page_size: PS,
+            max_transfer,
+            sq: self.sq.region(),
+            cq: self.cq.region(),
+            prp: self.prp.region(),
+        };
+        let slots = (0..QueueConfig::slots(entries))
+            .map(|_| Slot::EMPTY)
+            .collect();
+        let qp = QueuePair::new(cfg, self.bells, slots).unwrap();
+        let dev = Device::new(&self.sq, &self.cq, entries);
+        (qp, dev)
+    }
+    fn last_sq_tail(&self) -> u32 {
+        self.bells
+            .writes
+            .borrow()
+            .iter()
+            .rev()
+            .find(|(o, _)| *o == 0x1008)
+            .unwrap()
+            .1
+    }
+}
+
+fn drain(qp: &mut QueuePair<&'static Doorbells, u64, Vec<Slot<u64>>>) -> Vec<(u64, Completion)> {
+    let mut out = Vec::new();
+    qp.poll(usize::MAX, |t, c| out.push((t, c)));
+    out
+}
+
+#[test]
+fn batch_of_submissions_rings_once_and_completes_out_of_order() {
+    let rig = Rig::new(64, 128 << 10, 8);
+    let data = rig.data.region();
+    let (mut qp, dev) = rig.qp(64, 128 << 10);
+    for i in 0..5u64 {
+        qp.submit_io(
+            Command::read(1, i * 8, 8),
+            i * 8,
+            512,
+            data.sub(i as usize * 4096, 4096).unwrap(),
+            100 + i,
+        )
+        .unwrap();
+    }
+    assert!(drain(&mut qp).is_empty());
+    let sq_bells: Vec<_> = rig
+        .bells
+        .writes
+        .borrow()
+        .iter()
+        .filter(|(o, _)| *o == 0x1008)
+        .copied()
+        .collect();
+    assert_eq!(
+        sq_bells,
+        [(0x1008, 5)],
+        "five submissions, one doorbell write"
+    );
+    let cmds = dev.fetch(5);
+    assert_eq!(cmds.len(), 5);
+    for (i, c) in cmds.iter().enumerate() {
+        assert_eq!(c.slba(), i as u64 * 8);
+        assert_eq!(c.nlb(), 8);
+        assert_eq!(c.prp1, 0x4000_0000 + i as u64 * 4096);
+        assert_eq!(c.prp2, 0);
+    }
+    let mut cids: Vec<u16> = cmds.iter().map(|c| c.cid).collect();
+    cids.sort_unstable();
+    cids.dedup();
+    assert_eq!(cids.len(), 5, "distinct command identifiers");
+    for c in cmds.iter().rev() {
+        dev.post(c.cid, Status::SUCCESS, c.cid as u32);
+    }
+    let done = drain(&mut qp);
+    let tokens: Vec<u64> = done.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tokens, [104, 103, 102, 101, 100]);
+    assert!(done.iter().all(|(_, c)| c.status.is_success()));
+    assert_eq!(qp.outstanding(), 0);
+    assert_eq!(qp.free_slots(), qp.capacity());
+    let cq_bells: Vec<_> = rig
+        .bells
+        .writes
+        .borrow()
+        .iter()
+        .filter(|(o, _)| *o == 0x100c)
+        .copied()
+        .collect();
+    assert_eq!(cq_bells, [(0x100c, 5)], "one head doorbell for the batch");
+}
+
+#[test]
+fn queue_full_back_pressure_and_recovery() {
+    let rig = Rig::new(4, 4096, 1);
+    let data = rig.data.region();
+    let (mut qp, dev) = rig.qp(4, 4096);
+    assert_eq!(qp.capacity(), 3);
+    for t in 0..3 {
+        qp.submit_io(
+            Command::write(1, 0, 1),
+            0,
+            512,
+            data.sub(0, 512).unwrap(),
+            t,
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        qp.submit_io(
+            Command::write(1, 0, 1),
+            0,
+            512,
+            data.sub(0, 512).unwrap(),
+            9
+        ),
+        Err(SubmitError::QueueFull)
+    );
+    assert_eq!(
+        qp.submit(Command::flush(1), None, 9),
+        Err(SubmitError::QueueFull)
+    );
+    qp.ring();
+    let cmds = dev.fetch(rig.last_sq_tail());
+    dev.post(cmds[1].cid, Status::SUCCESS, 0);
+    assert_eq!(drain(&mut qp).len(), 1);
+    qp.submit(Command::flush(1), None, 7).unwrap();
+    assert_eq!(qp.outstanding(), 3);
+}
+
+#[test]
+fn identifiers_carry_generations_and_stale_completions_are_dropped() {
+    let rig = Rig::new(4, 4096, 1);
+    let (mut qp, dev) = rig.qp(4, 4096);
+    qp.submit(Command::flush(1), None, 1).unwrap();
+    qp.ring();
+    let first = dev.fetch(rig.last_sq_tail())[0];
+    dev.post(first.cid, Status::SUCCESS, 0);
+    assert_eq!(drain(&mut qp).len(), 1);
+    // The same slot is reused (LIFO free list) with a new generation.
+    qp.submit(Command::flush(1), None, 2).unwrap();
+    qp.ring();
+    let second = dev.fetch(rig.last_sq_tail())[0];
+    assert_ne!(first.cid, second.cid);
+    assert_eq!(first.cid & 3, second.cid & 3, "same slot index");
+    // A duplicate of the old completion must not complete the new command.
+    dev.post(first.cid, Status::SUCCESS, 0);
+    assert!(drain(&mut qp).is_empty());
+    assert_eq!(qp.stats().stale_completions, 1);
+    // A CID outside the slot table is dropped too.
+    dev.post(0x0003, Status::SUCCESS, 0);
+    assert!(drain(&mut qp).is_empty());
+    assert_eq!(qp.stats().stale_completions, 2);
+    dev.post(second.cid, Status::SUCCESS, 0);
+    assert_eq!(drain(&mut qp)[0].0, 2);
+    // Cycle a slot through every generation: CIDs never repeat back to back, never 0xffff.
+    let mut last = second.cid;
+    for t in 0..20_000u64 {
+        qp.submit(Command::flush(1), None, t).unwrap();
+        qp.ring();
+        let c = dev.fetch(rig.last_sq_tail())[0];
+        assert_ne!(c.cid, 0xffff);
+        assert_ne!(c.cid, last);
+        last = c.cid;
+        dev.post(c.cid, Status::SUCCESS, 0);
+        assert_eq!(
+            drain(&mut qp),
+            [(
+                t,
+                Completion {
+                    dw0: 0,
+                    dw1: 0,
+                    status: Status::SUCCESS
+                }
+            )]
+        );
+    }
+}
+
+#[test]
+fn large_transfer_is_split_at_max_transfer_with_prp_lists() {
+    // 8 KiB MDTS, 64 KiB + 512 B read at a 512-byte buffer offset: 9 parts.
+    let rig = Rig::new(32, 8192, 20);
+    let data = rig.data.region();
+    let (mut qp, dev) = rig.qp(32, 8192);
+    let buf = data.sub(512, 65536 + 512).unwrap();
+    qp.submit_io(Command::read(3, 0, 1), 1000, 512, buf, 77)
+        .unwrap();
+    qp.ring();
+    let cmds = dev.fetch(rig.last_sq_tail());
+    assert_eq!(cmds.len(), 9);
+    for (i, c) in cmds.iter().enumerate() {
+        assert_eq!(c.nsid, 3);
+        assert_eq!(c.slba(), 1000 + i as u64 * 16);
+        let blocks = if i == 8 { 1 } else { 16 };
+        assert_eq!(c.nlb(), blocks);
+        let iova = 0x4000_0000 + 512 + i as u64 * 8192;
+        assert_eq!(c.prp1, iova);
+        if i < 8 {
+            // 8 KiB at offset 512 spans 3 pages: PRP2 is a list of two entries.
+            let list_iova = c.prp2;
+            assert!((0x30_0000..0x30_0000 + rig.prp.pages as u64 * 4096).contains(&list_iova));
+            let off = (list_iova - 0x30_0000) as usize;
+            let list: Vec<u64> = (0..2).map(|k| rig.prp.u64_at(off + k * 8)).collect();
+            let page0 = iova & !4095;
+            assert_eq!(list, [page0 + 4096, page0 + 8192]);
+        } else {
+            assert_eq!(c.prp2, 0);
+        }
+    }
+    // Completions in any order; the request completes once, after the last part.
+    for c in &cmds[..8] {
+        dev.post(c.cid, Status::SUCCESS, 0);
+    }
+    assert!(drain(&mut qp).is_empty());
+    assert_eq!(qp.outstanding(), 1);
+    dev.post(cmds[8].cid, Status::SUCCESS, 0);
+    assert_eq!(drain(&mut qp).len(), 1);
+    assert_eq!(qp.free_slots(), qp.capacity());
+}
+
+#[test]
+fn split_request_reports_the_failing_part() {
+    let rig = Rig::new(16, 4096, 4);
+    let data = rig.data.region();
+    let (mut qp, dev) = rig.qp(16, 4096);
+    qp.submit_io(Command::compare(1, 0, 1), 0, 4096, data, 5)
+        .unwrap();
+    qp.ring();
+    let cmds = dev.fetch(rig.last_sq_tail());
+    assert_eq!(cmds.len(), 4);
+    let miscompare = Status::media(MediaErrorStatus::CompareFailure);
+    dev.post(cmds[0].cid, Status::SUCCESS, 0);
+    dev.post(cmds[2].cid, miscompare, 0);
+    dev.post(cmds[1].cid, Status::SUCCESS, 0);
+    dev.post(cmds[3].cid, Status::SUCCESS, 0);
+    let done = drain(&mut qp);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].1.status, miscompare);
+    assert_eq!(done[0].1.result(), Err(miscompare));
+}
+
+#[test]
+fn refuses_what_cannot_be_submitted() {
+    let rig = Rig::new(4, 4096, 8);
+    let data = rig.data.region();
+    let (mut qp, _dev) = rig.qp(4, 4096);
+    assert_eq!(
+        qp.submit_io(Command::read(1, 0, 1), 0, 512, data, 0),
+        Err(SubmitError::TooLarge {
+            commands: 8,
+            capacity: 3
+        })
+    );
+    assert_eq!(
+        qp.submit_io(Command::read(1, 0, 1), 0, 512, data.sub(2, 512).unwrap(), 0),
+        Err(SubmitError::Prp(PrpError::Misaligned(0x4000_0002)))
+    );
+    assert_eq!(
+        qp.submit_io(Command::read(1, 0, 1), 0, 512, data.sub(0, 700).unwrap(), 0),
+        Err(SubmitError::BadLength {
+            len: 700,
+            block_size: 512
+        })
+    );
+    assert_eq!(
+        qp.submit(Command::identify(1, 0, 0), data.sub(0, 8192), 0),
+        Err(SubmitError::ExceedsMaxTransfer {
+            len: 8192,
+            max: 4096
+        })
+    );
+    assert_eq!(qp.outstanding(), 0);
+    assert_eq!(qp.free_slots(), 3);
+    assert!(rig.bells.writes.borrow().is_empty());
+}
+
+#[test]
+fn abort_all_returns_every_context() {
+    let rig = Rig::new(8, 4096, 8);
+    let data = rig.data.region();
+    let (mut qp, _dev) = rig.qp(8, 4096);
+    qp.submit_io(
+        Command::read(1, 0, 1),
+        0,
+        512,
+        data.sub(0, 8192).unwrap(),
+        1,
+    )
+    .unwrap();
+    qp.submit(Command::flush(1), None, 2).unwrap();
+    let mut got = Vec::new();
+    let n = qp.abort_all(
+        QueuePair::<&Doorbells, u64, Vec<Slot<u64>>>::ABORTED,
+        |t, c| got.push((t, c.status)),
+    );
+    assert_eq!(n, 2);
+    got.sort_by_key(|g| g.0);
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [1, 2]);
+    assert!(got[0].1.is_generic(GenericStatus::AbortedSqDeletion));
+    assert_eq!(qp.free_slots(), qp.capacity());
+    assert_eq!(qp.outstanding(), 0);
+}

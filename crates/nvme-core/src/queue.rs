@@ -1,0 +1,396 @@
+//! Submission and completion rings over caller-provided DMA memory.
+//!
+//! The submission ring only writes entries and moves its tail; the doorbell is written by
+//! [`SubmissionQueue::ring`] when the tail moved since the last ring, so a batch of any size
+//! costs one doorbell write. The completion ring reads the dword holding the phase tag with an
+//! acquire load and only then the rest of the entry, so it never sees a half-written entry.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use nvme_regs::{CompletionEntry, SubmissionEntry};
+
+use crate::hal::{DmaRegion, RegisterAccess};
+
+/// Size of a submission queue entry in bytes.
+pub const SQE_SIZE: usize = 64;
+/// Size of a completion queue entry in bytes.
+pub const CQE_SIZE: usize = 16;
+
+/// Errors in a queue's configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueError {
+    /// Fewer than 2 or more than 65536 entries.
+    BadSize(u32),
+    /// The memory region is smaller than the ring.
+    RegionTooSmall {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes given.
+        given: usize,
+    },
+    /// The ring is not aligned to the controller's memory page size.
+    Misaligned {
+        /// IOVA of the ring.
+        iova: u64,
+        /// Required alignment in bytes.
+        align: usize,
+    },
+}
+
+impl core::fmt::Display for QueueError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            QueueError::BadSize(n) => write!(f, "queue size {n} is outside 2..=65536 entries"),
+            QueueError::RegionTooSmall { needed, given } => {
+                write!(f, "queue memory is {given} bytes, the ring needs {needed}")
+            }
+            QueueError::Misaligned { iova, align } => {
+                write!(
+                    f,
+                    "queue memory at IOVA {iova:#x} is not aligned to {align} bytes"
+                )
+            }
+        }
+    }
+}
+
+fn check_ring(
+    mem: &DmaRegion,
+    entries: u32,
+    entry_size: usize,
+    align: usize,
+) -> Result<(), QueueError> {
+    if !(2..=65536).contains(&entries) {
+        return Err(QueueError::BadSize(entries));
+    }
+    let needed = entries as usize * entry_size;
+    if mem.len() < needed {
+        return Err(QueueError::RegionTooSmall {
+            needed,
+            given: mem.len(),
+        });
+    }
+    if !mem.iova().is_multiple_of(align as u64)
+        || !(mem.vaddr() as usize).is_multiple_of(entry_size)
+    {
+        return Err(QueueError::Misaligned {
+            iova: mem.iova(),
+            align,
+        });
+    }
+    Ok(())
+}
+
+/// A submission ring: entries written by the host, consumed by the controller.
+#[derive(Debug)]
+pub struct SubmissionQueue {
+    mem: DmaRegion,
+    entries: u16,
+    /// Entries count as u32 (65536 fits).
+    size: u32,
+    tail: u32,
+    /// Last head reported by the controller.
+    head: u32,
+    /// Tail value last written to the doorbell.
+    rung_tail: u32,
+    doorbell: usize,
+}
+
+impl SubmissionQueue {
+    /// A ring of `entries` entries over `mem`, with its tail doorbell at byte offset `doorbell`.
+    /// `align` is the controller's memory page size (queues must be page aligned).
+    pub fn new(
+        mem: DmaRegion,
+        entries: u32,
+        doorbell: usize,
+        align: usize,
+    ) -> Result<SubmissionQueue, QueueError> {
+        check_ring(&mem, entries, SQE_SIZE, align)?;
+        Ok(SubmissionQueue {
+            mem,
+            entries: (entries - 1) as u16,
+            size: entries,
+            tail: 0,
+            head: 0,
+            rung_tail: 0,
+            doorbell,
+        })
+    }
+    /// Number of entries in the ring.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+    /// 0's based size, as Create I/O SQ and AQA encode it.
+    pub fn size_0based(&self) -> u16 {
+        self.entries
+    }
+    /// IOVA of the ring.
+    pub fn iova(&self) -> u64 {
+        self.mem.iova()
+    }
+    /// Number of entries the controller has not consumed yet (as far as the host knows).
+    pub fn in_use(&self) -> u32 {
+        (self.tail + self.size - self.head) % self.size
+    }
+    /// Number of entries that can be pushed now (a ring of N holds at most N-1).
+    pub fn free(&self) -> u32 {
+        self.size - 1 - self.in_use()
+    }
+    /// Writes `entry` at the tail and advances it. Does not ring the doorbell.
+    /// Returns `false` (and writes nothing) when the ring is full.
+    #[inline]
+    pub fn push(&mut self, entry: &SubmissionEntry) -> bool {
+        let next = if self.tail + 1 == self.size {
+            0
+        } else {
+            self.tail + 1
+        };
+        if next == self.head {
+            return false;
+        }
+        // SAFETY: tail < size and the region holds `size` entries (checked in `new`); the
+        // entry is 64-byte aligned because the ring is. The controller does not read this slot
+        // until the doorbell moves past it.
+        unsafe {
+            let slot = self.mem.vaddr().add(self.tail as usize * SQE_SIZE) as *mut SubmissionEntry;
+            core::ptr::write_volatile(slot, *entry);
+        }
+        self.tail = next;
+        true
+    }
+    /// Records the SQ head the controller reported in a completion. Values outside the ring
+    /// are ignored and reported as `false` (a misbehaving device must not corrupt our state).
+    #[inline]
+    pub fn update_head(&mut self, head: u16) -> bool {
+        if (head as u32) < self.size {
+            self.head = head as u32;
+            true
+        } else {
+            false
+        }
+    }
+    /// Has the tail moved since the doorbell was last written?
+    pub fn needs_ring(&self) -> bool {
+        self.tail != self.rung_tail
+    }
+    /// Writes the tail doorbell if the tail moved since the last write. Returns whether it
+    /// wrote.
+    #[inline]
+    pub fn ring<R: RegisterAccess>(&mut self, regs: &R) -> bool {
+        if self.tail == self.rung_tail {
+            return false;
+        }
+        core::sync::atomic::fence(Ordering::Release);
+        regs.write32(self.doorbell, self.tail);
+        self.rung_tail = self.tail;
+        true
+    }
+    /// Resets the ring to empty (after the controller deleted or reset the queue).
+    pub fn reset(&mut self) {
+        self.tail = 0;
+        self.head = 0;
+        self.rung_tail = 0;
+    }
+}
+
+/// A completion ring: entries written by the controller, consumed by the host.
+#[derive(Debug)]
+pub struct CompletionQueue {
+    mem: DmaRegion,
+    size: u32,
+    head: u32,
+    phase: bool,
+    /// Head value last written to the doorbell.
+    rung_head: u32,
+    doorbell: usize,
+}
+
+impl CompletionQueue {
+    /// A ring of `entries` entries over `mem` with its head doorbell at byte offset
+    /// `doorbell`. The memory must be zeroed (phase tags 0) before the controller uses it;
+    /// `new` zeroes it.
+    pub fn new(
+        mem: DmaRegion,
+        entries: u32,
+        doorbell: usize,
+        align: usize,
+    ) -> Result<CompletionQueue, QueueError> {
+        check_ring(&mem, entries, CQE_SIZE, align)?;
+        // SAFETY: the region holds `entries` entries (checked above) and the controller does
+        // not write to it before the queue is created.
+        unsafe { core::ptr::write_bytes(mem.vaddr(), 0, entries as usize * CQE_SIZE) };
+        Ok(CompletionQueue {
+            mem,
+            size: entries,
+            head: 0,
+            phase: true,
+            rung_head: 0,
+            doorbell,
+        })
+    }
+    /// Number of entries in the ring.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+    /// 0's based size, as Create I/O CQ and AQA encode it.
+    pub fn size_0based(&self) -> u16 {
+        (self.size - 1) as u16
+    }
+    /// IOVA of the ring.
+    pub fn iova(&self) -> u64 {
+        self.mem.iova()
+    }
+    /// Takes the next completion if the controller has posted it.
+    #[inline]
+    pub fn pop(&mut self) -> Option<CompletionEntry> {
+        // SAFETY: head < size, the region holds `size` 16-byte entries, and dword 3 of an entry
+        // is 4-byte aligned. The device writes this memory concurrently, so it is only read
+        // through an atomic (dword 3) and volatile reads (dwords 0-2).
+        unsafe {
+            let base = self.mem.vaddr().add(self.head as usize * CQE_SIZE);
+            let dw3 = AtomicU32::from_ptr(base.add(12) as *mut u32).load(Ordering::Acquire);
+            let (cid, status) = CompletionEntry::split_dw3(dw3);
+            if (status & 1 != 0) != self.phase {
+                return None;
+            }
+            let dw0 = core::ptr::read_volatile(base as *const u32);
+            let dw1 = core::ptr::read_volatile(base.add(4) as *const u32);
+            let dw2 = core::ptr::read_volatile(base.add(8) as *const u32);
+            self.head += 1;
+            if self.head == self.size {
+                self.head = 0;
+                self.phase = !self.phase;
+            }
+            Some(CompletionEntry {
+                dw0,
+                dw1,
+                sq_head: dw2 as u16,
+                sq_id: (dw2 >> 16) as u16,
+                cid,
+                status,
+            })
+        }
+    }
+    /// Writes the head doorbell if the head moved since the last write.
+    #[inline]
+    pub fn ring<R: RegisterAccess>(&mut self, regs: &R) -> bool {
+        if self.head == self.rung_head {
+            return false;
+        }
+        regs.write32(self.doorbell, self.head);
+        self.rung_head = self.head;
+        true
+    }
+    /// Resets the ring (zeroes it; phase back to 1).
+    pub fn reset(&mut self) {
+        // SAFETY: as in `new`; the controller no longer uses the queue.
+        unsafe { core::ptr::write_bytes(self.mem.vaddr(), 0, self.size as usize * CQE_SIZE) };
+        self.head = 0;
+        self.phase = true;
+        self.rung_head = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::cell::RefCell;
+    use std::vec::Vec;
+
+    /// Records doorbell writes.
+    #[derive(Default)]
+    pub(crate) struct Regs(pub RefCell<Vec<(usize, u32)>>);
+    impl RegisterAccess for Regs {
+        fn read32(&self, _offset: usize) -> u32 {
+            0
+        }
+        fn write32(&self, offset: usize, value: u32) {
+            self.0.borrow_mut().push((offset, value));
+        }
+    }
+
+    #[repr(C, align(4096))]
+    struct Page([u8; 4096]);
+
+    #[test]
+    fn submission_ring_batches_doorbells_and_respects_head() {
+        let mut page = Page([0; 4096]);
+        // SAFETY: `page` outlives the queue.
+        let mem = unsafe { DmaRegion::new(page.0.as_mut_ptr(), 0x10000, 4096) };
+        let mut sq = SubmissionQueue::new(mem, 4, 0x1008, 4096).unwrap();
+        let regs = Regs::default();
+        let e = SubmissionEntry {
+            opcode: 2,
+            ..Default::default()
+        };
+        assert!(sq.push(&e));
+        assert!(sq.push(&e));
+        assert!(sq.push(&e));
+        assert!(!sq.push(&e), "a ring of 4 holds 3");
+        assert_eq!(sq.free(), 0);
+        assert!(sq.ring(&regs));
+        assert!(!sq.ring(&regs), "no second write without new entries");
+        assert_eq!(*regs.0.borrow(), [(0x1008, 3)]);
+        assert!(sq.update_head(2));
+        assert!(!sq.update_head(4), "out of range head ignored");
+        assert_eq!(sq.free(), 2);
+        assert!(sq.push(&e));
+        assert!(sq.push(&e));
+        sq.ring(&regs);
+        assert_eq!(regs.0.borrow()[1], (0x1008, 1), "tail wrapped");
+        assert_eq!(page.0[0], 2);
+    }
+
+    #[test]
+    fn completion_ring_follows_phase_and_wraps() {
+        let mut page = Page([0xff; 4096]);
+        // SAFETY: `page` outlives the queue.
+        let mem = unsafe { DmaRegion::new(page.0.as_mut_ptr(), 0x20000, 4096) };
+        let mut cq = CompletionQueue::new(mem, 2, 0x100c, 4096).unwrap();
+        assert!(cq.pop().is_none(), "zeroed ring has no entries");
+        let post = |page: &mut Page, idx: usize, cid: u16, phase: u16| {
+            let e = CompletionEntry {
+                dw0: 7,
+                dw1: 0,
+                sq_head: 1,
+                sq_id: 3,
+                cid,
+                status: phase,
+            };
+            page.0[idx * 16..idx * 16 + 16].copy_from_slice(zerocopy::IntoBytes::as_bytes(&e));
+        };
+        post(&mut page, 0, 10, 1);
+        let c = cq.pop().unwrap();
+        assert_eq!((c.cid, c.dw0, c.sq_head, c.sq_id), (10, 7, 1, 3));
+        assert!(cq.pop().is_none());
+        post(&mut page, 1, 11, 1);
+        assert_eq!(cq.pop().unwrap().cid, 11);
+        // Wrapped: the old entry 0 still has phase 1, which is now stale.
+        assert!(cq.pop().is_none());
+        post(&mut page, 0, 12, 0);
+        assert_eq!(cq.pop().unwrap().cid, 12);
+        let regs = Regs::default();
+        assert!(cq.ring(&regs));
+        assert_eq!(*regs.0.borrow(), [(0x100c, 1)]);
+    }
+
+    #[test]
+    fn rejects_bad_rings() {
+        let mut page = Page([0; 4096]);
+        // SAFETY: `page` outlives the queue.
+        let mem = unsafe { DmaRegion::new(page.0.as_mut_ptr(), 0x10000, 4096) };
+        assert_eq!(
+            SubmissionQueue::new(mem, 1, 0, 4096).unwrap_err(),
+            QueueError::BadSize(1)
+        );
+        assert!(matches!(
+            SubmissionQueue::new(mem, 65, 0, 4096),
+            Err(QueueError::RegionTooSmall { .. })
+        ));
+        let off = mem.sub(64, 1024).unwrap();
+        assert!(matches!(
+            SubmissionQueue::new(off, 4, 0, 4096),
+            Err(QueueError::Misaligned { .. })
+        ));
+    }
+}
