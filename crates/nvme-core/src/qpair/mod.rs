@@ -236,11 +236,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             .as_mut()
             .len()
             .min(QueueConfig::slots(cfg.entries))
-            .min(if prp_bytes_per_slot == 0 {
-                usize::MAX
-            } else {
-                cfg.prp.len() / prp_bytes_per_slot
-            })
+            .min(cfg.prp.len().checked_div(prp_bytes_per_slot).unwrap_or(usize::MAX))
             .min(NONE as usize - 1);
         if capacity == 0 {
             return Err(QueueError::RegionTooSmall {
