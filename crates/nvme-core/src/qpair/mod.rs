@@ -320,6 +320,16 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     pub fn max_transfer(&self) -> usize {
         self.max_transfer
     }
+    /// Lowers the largest transfer of one command (once the controller's MDTS is known).
+    /// Raising it is refused: the PRP list memory was sized for the old value.
+    pub fn lower_max_transfer(&mut self, max_transfer: usize) {
+        self.max_transfer = self.max_transfer.min(max_transfer);
+    }
+    /// Index of the slot the next submitted command will use, for callers that keep
+    /// per-slot data of their own (a Dataset Management range, say). `None` when full.
+    pub fn next_slot(&self) -> Option<usize> {
+        (self.free_head != NONE).then_some(self.free_head as usize)
+    }
     /// Diagnostic counters.
     pub fn stats(&self) -> QueueStats {
         self.stats

@@ -1,0 +1,415 @@
+//! Attaching to a controller, its namespaces, and synchronous admin commands.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use nvme_core::{Command, Completion, ControllerInfo, ControllerInit, InitOptions, QueueConfig, QueuePair, Slot};
+use nvme_regs::features::FeatureSelect;
+use nvme_regs::identify::{cns, IdentifyController, IdentifyNamespace, IDENTIFY_DATA_SIZE};
+use nvme_regs::log::{lid, ErrorLogEntry, FirmwareSlotLog, SmartLog};
+use nvme_regs::registers::{offset, Cc, Csts, ShutdownNotification, ShutdownStatus};
+use nvme_regs::opcode::DataDirection;
+use zerocopy::FromBytes;
+
+use crate::backend::{SimTransport, Transport};
+use crate::dma::{DmaBuffer, DmaMapping, IoBuf};
+use crate::error::{Error, Result};
+use crate::mmio::Mmio;
+use crate::qpair::{IoQueuePair, QueueOptions};
+use crate::transport::{TransportId, TransportKind};
+
+/// Bytes of the admin queue's own data buffer (identify, log pages, features).
+const ADMIN_DATA: usize = 64 << 10;
+/// Largest transfer the driver uses per command when the controller reports no MDTS.
+const MAX_TRANSFER_CAP: usize = 2 << 20;
+
+/// Options for [`Controller::attach_with`].
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    /// Admin queue entries.
+    pub admin_entries: u32,
+    /// I/O queues to ask the controller for.
+    pub io_queues: u16,
+    /// Bound on every synchronous admin command.
+    pub admin_timeout: Duration,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        AttachOptions { admin_entries: 64, io_queues: 64, admin_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// An active namespace.
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    id: u32,
+    block_size: u32,
+    blocks: u64,
+    identify: Box<IdentifyNamespace>,
+}
+
+impl Namespace {
+    /// Namespace id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+    /// Logical block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    /// Size in logical blocks (NSZE).
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+    /// Size in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.blocks * self.block_size as u64
+    }
+    /// The Identify Namespace data read at attach.
+    pub fn identify(&self) -> &IdentifyNamespace {
+        &self.identify
+    }
+}
+
+/// Context of an admin command: a sequence number to match its completion.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub(crate) struct AdminTag(u64);
+
+type AdminQp = QueuePair<Mmio, AdminTag, Box<[Slot<AdminTag>]>>;
+
+pub(crate) struct Admin {
+    qp: AdminQp,
+    next_tag: u64,
+    data: DmaBuffer,
+    _rings: DmaMapping,
+}
+
+/// Shared state of an attached controller.
+pub(crate) struct Inner {
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) regs: Mmio,
+    pub(crate) trid: TransportId,
+    pub(crate) info: Box<ControllerInfo>,
+    pub(crate) namespaces: Arc<[Namespace]>,
+    pub(crate) max_transfer: usize,
+    pub(crate) admin: Mutex<Admin>,
+    qids: Mutex<Vec<bool>>,
+    opts: AttachOptions,
+}
+
+/// An attached NVMe controller. Cheap to clone; every clone and every queue pair keeps the
+/// controller attached. The last one to go shuts the controller down (CC.SHN) and detaches.
+#[derive(Clone)]
+pub struct Controller {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").field("transport", &self.inner.trid.to_string()).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves the admin queue consistent (every step is
+    // complete or not started), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Controller {
+    /// Attaches to the controller named by a transport id string, e.g. `trtype:sim` or
+    /// `trtype:PCIe traddr:0000:04:00.0`.
+    pub fn attach(trid: &str) -> Result<Controller> {
+        let trid = TransportId::parse(trid).map_err(Error::BadTransport)?;
+        Controller::attach_with(&trid, &AttachOptions::default())
+    }
+
+    /// Attaches with explicit options.
+    pub fn attach_with(trid: &TransportId, opts: &AttachOptions) -> Result<Controller> {
+        let transport: Arc<dyn Transport> = match &trid.kind {
+            TransportKind::Sim(o) => Arc::new(SimTransport::start(o)?),
+            TransportKind::Pcie { traddr } => crate::open_pcie(traddr.as_ref())?,
+        };
+        Controller::attach_transport(transport, trid.clone(), opts)
+    }
+
+    /// Attaches through a transport the caller opened (a software controller with a custom
+    /// configuration, or a transport of the embedder's own).
+    pub fn attach_transport(transport: Arc<dyn Transport>, trid: TransportId, opts: &AttachOptions) -> Result<Controller> {
+        let regs = transport.regs();
+        let init_opts = InitOptions {
+            admin_entries: opts.admin_entries,
+            io_queues: opts.io_queues,
+            page_size: None,
+            admin_timeout_ms: opts.admin_timeout.as_millis().min(u32::MAX as u128) as u32,
+        };
+        let mut init = ControllerInit::new(&regs, init_opts)?;
+        let ps = init.page_size();
+        let entries = opts.admin_entries;
+        let sq_len = (entries as usize * 64).next_multiple_of(ps);
+        let cq_len = (entries as usize * 16).next_multiple_of(ps);
+        let prp_len = QueueConfig::prp_len(entries, ps, ADMIN_DATA);
+        let rings = DmaMapping::new(&transport, "nvme-admin", sq_len + cq_len + prp_len)?;
+        let r = rings.region();
+        let cfg = init.admin_queue_config(
+            r.sub(0, sq_len).expect("sq"),
+            r.sub(sq_len, cq_len).expect("cq"),
+            r.sub(sq_len + cq_len, prp_len).expect("prp"),
+            ADMIN_DATA,
+        );
+        let slots: Box<[Slot<AdminTag>]> = (0..QueueConfig::slots(entries)).map(|_| Slot::EMPTY).collect();
+        let mut qp = QueuePair::new(cfg, regs, slots).map_err(|e| Error::Init(nvme_core::InitError::Queue(e)))?;
+        let mut data = DmaBuffer::new(&transport, ADMIN_DATA)?;
+        let data_region = IoBuf::from(&mut data).region();
+        let start = Instant::now();
+        let info = loop {
+            let now = start.elapsed().as_nanos() as u64;
+            match init.poll(&regs, &mut qp, &data_region, now) {
+                Poll::Ready(r) => break r?,
+                Poll::Pending => std::thread::sleep(Duration::from_micros(20)),
+            }
+        };
+        let max_transfer = info.max_transfer.min(MAX_TRANSFER_CAP);
+        qp.lower_max_transfer(max_transfer);
+        let granted = info.io_queues.sq.min(info.io_queues.cq);
+        let mut admin = Admin { qp, next_tag: 1, data, _rings: rings };
+        let mut namespaces = Vec::new();
+        for nsid in info.namespaces.iter() {
+            let id: IdentifyNamespace = admin.read_struct(
+                Command::identify(cns::NAMESPACE, nsid, 0),
+                opts.admin_timeout,
+            )?;
+            let block_size = id.block_size();
+            if id.nsze == 0 || block_size == 0 {
+                continue;
+            }
+            namespaces.push(Namespace { id: nsid, block_size, blocks: id.nsze, identify: Box::new(id) });
+        }
+        let inner = Inner {
+            transport,
+            regs,
+            trid,
+            info: Box::new(info),
+            namespaces: namespaces.into(),
+            max_transfer,
+            admin: Mutex::new(admin),
+            qids: Mutex::new(vec![false; granted as usize + 1]),
+            opts: opts.clone(),
+        };
+        Ok(Controller { inner: Arc::new(inner) })
+    }
+
+    /// The transport id this controller was attached with.
+    pub fn transport_id(&self) -> &TransportId {
+        &self.inner.trid
+    }
+    /// The transport's short name (PCI address or `sim`).
+    pub fn name(&self) -> String {
+        self.inner.transport.name()
+    }
+    /// PCI vendor and device id (the Identify vendor ids when there is no PCI function).
+    pub fn pci_id(&self) -> (u16, u16) {
+        self.inner.transport.pci_id().unwrap_or((self.inner.info.identify.vid, self.inner.info.identify.ssvid))
+    }
+    /// What bring-up learned: CAP, VS, page size, MDTS, queues granted, Identify data.
+    pub fn info(&self) -> &ControllerInfo {
+        &self.inner.info
+    }
+    /// The Identify Controller data read at attach.
+    pub fn identify(&self) -> &IdentifyController {
+        &self.inner.info.identify
+    }
+    /// Active namespaces.
+    pub fn namespaces(&self) -> &[Namespace] {
+        &self.inner.namespaces
+    }
+    /// An active namespace by id.
+    pub fn namespace(&self, nsid: u32) -> Result<&Namespace> {
+        self.inner.namespaces.iter().find(|n| n.id == nsid).ok_or(Error::NoSuchNamespace(nsid))
+    }
+    /// Largest transfer of one command in bytes (larger I/Os are split).
+    pub fn max_transfer(&self) -> usize {
+        self.inner.max_transfer
+    }
+    /// The software controller behind this controller, when it is `trtype:sim`.
+    pub fn sim(&self) -> Option<&nvme_sim::SimController> {
+        self.inner.transport.sim()
+    }
+    /// Allocates a zeroed DMA buffer of `len` bytes.
+    pub fn alloc_dma(&self, len: usize) -> Result<DmaBuffer> {
+        DmaBuffer::new(&self.inner.transport, len)
+    }
+    /// Creates an I/O queue pair for the calling thread.
+    pub fn alloc_io_queue(&self, opts: QueueOptions) -> Result<IoQueuePair> {
+        IoQueuePair::create(self.clone(), opts)
+    }
+    /// I/O queue ids in use.
+    pub fn io_queues_in_use(&self) -> usize {
+        lock(&self.inner.qids).iter().filter(|&&b| b).count()
+    }
+
+    pub(crate) fn alloc_qid(&self) -> Result<u16> {
+        let mut q = lock(&self.inner.qids);
+        let granted = (q.len() - 1) as u16;
+        let id = q.iter().skip(1).position(|b| !b).ok_or(Error::NoQueuesLeft { granted })? + 1;
+        q[id] = true;
+        Ok(id as u16)
+    }
+    pub(crate) fn free_qid(&self, qid: u16) {
+        if let Some(b) = lock(&self.inner.qids).get_mut(qid as usize) {
+            *b = false;
+        }
+    }
+
+    /// Runs an admin command synchronously, with an optional data range, and returns its
+    /// completion. A failing status is an [`Error::Nvme`].
+    pub fn admin_command(&self, cmd: Command, data: Option<IoBuf<'_>>) -> Result<Completion> {
+        let timeout = self.inner.opts.admin_timeout;
+        let mut admin = lock(&self.inner.admin);
+        let c = admin.execute(cmd, data.map(|d| (d.region(), d.map.clone())), timeout)?;
+        Ok(c)
+    }
+
+    /// Runs an admin command that reads `len` bytes into the admin data buffer and returns a
+    /// copy of them.
+    pub fn admin_read(&self, cmd: Command, len: usize) -> Result<Vec<u8>> {
+        if len > ADMIN_DATA {
+            return Err(Error::Invalid(format!("admin transfer of {len} bytes exceeds {ADMIN_DATA}")));
+        }
+        let timeout = self.inner.opts.admin_timeout;
+        let mut admin = lock(&self.inner.admin);
+        admin.read_bytes(cmd, len, timeout)
+    }
+
+    /// Identify Controller, read now.
+    pub fn identify_controller(&self) -> Result<IdentifyController> {
+        let b = self.admin_read(Command::identify(cns::CONTROLLER, 0, 0), IDENTIFY_DATA_SIZE)?;
+        Ok(IdentifyController::read_from_bytes(&b).expect("4096 bytes"))
+    }
+    /// Identify Namespace `nsid`, read now.
+    pub fn identify_namespace(&self, nsid: u32) -> Result<IdentifyNamespace> {
+        let b = self.admin_read(Command::identify(cns::NAMESPACE, nsid, 0), IDENTIFY_DATA_SIZE)?;
+        Ok(IdentifyNamespace::read_from_bytes(&b).expect("4096 bytes"))
+    }
+    /// Get Log Page: `len` bytes (a multiple of 4) of log `lid` for `nsid` from byte `offset`.
+    pub fn get_log_page(&self, lid: u8, nsid: u32, len: usize, offset: u64) -> Result<Vec<u8>> {
+        if len == 0 || len % 4 != 0 {
+            return Err(Error::Invalid(format!("log page length {len} must be a positive multiple of 4")));
+        }
+        self.admin_read(Command::get_log_page(lid, nsid, len as u32, offset), len)
+    }
+    /// The SMART / Health Information log (controller-wide).
+    pub fn smart_log(&self) -> Result<SmartLog> {
+        let b = self.get_log_page(lid::SMART, u32::MAX, 512, 0)?;
+        Ok(SmartLog::read_from_bytes(&b).expect("512 bytes"))
+    }
+    /// The first `entries` Error Information log entries.
+    pub fn error_log(&self, entries: usize) -> Result<Vec<ErrorLogEntry>> {
+        let entries = entries.clamp(1, ADMIN_DATA / 64);
+        let b = self.get_log_page(lid::ERROR, u32::MAX, entries * 64, 0)?;
+        Ok(b.chunks_exact(64).map(|c| ErrorLogEntry::read_from_bytes(c).expect("64 bytes")).collect())
+    }
+    /// The Firmware Slot Information log.
+    pub fn firmware_log(&self) -> Result<FirmwareSlotLog> {
+        let b = self.get_log_page(lid::FIRMWARE_SLOT, u32::MAX, 512, 0)?;
+        Ok(FirmwareSlotLog::read_from_bytes(&b).expect("512 bytes"))
+    }
+    /// Get Features: returns completion dword 0.
+    pub fn get_features(&self, fid: u8, sel: FeatureSelect, nsid: u32, cdw11: u32) -> Result<u32> {
+        Ok(self.admin_command(Command::get_features(fid, sel, nsid, cdw11), None)?.dw0)
+    }
+    /// Set Features: returns completion dword 0.
+    pub fn set_features(&self, fid: u8, nsid: u32, cdw11: u32, save: bool) -> Result<u32> {
+        Ok(self.admin_command(Command::set_features(fid, nsid, cdw11, save), None)?.dw0)
+    }
+    /// Reads CSTS now.
+    pub fn status_register(&self) -> Csts {
+        use nvme_core::RegisterAccess;
+        Csts(self.inner.regs.read32(offset::CSTS))
+    }
+}
+
+/// Does the controller report fatal status (or has it disappeared)?
+pub(crate) fn fatal(regs: &Mmio) -> bool {
+    use nvme_core::RegisterAccess;
+    let csts = Csts(regs.read32(offset::CSTS));
+    csts.cfs() || csts.is_all_ones()
+}
+
+impl Admin {
+    /// Submits and waits; `data` carries the region and a reference that keeps it mapped.
+    fn execute(&mut self, cmd: Command, data: Option<(nvme_core::DmaRegion, Arc<DmaMapping>)>, timeout: Duration) -> Result<Completion> {
+        let tag = AdminTag(self.next_tag);
+        self.next_tag += 1;
+        let (region, _keep) = match data {
+            Some((r, k)) => (Some(r), Some(k)),
+            None => (None, None),
+        };
+        self.qp.submit(cmd, region, tag)?;
+        let start = Instant::now();
+        let mut result = None;
+        loop {
+            self.qp.poll(usize::MAX, |t, c| {
+                if t == tag {
+                    result = Some(c);
+                }
+            });
+            if let Some(c) = result {
+                if !c.status.is_success() {
+                    return Err(Error::Nvme { opcode: cmd.opcode(), admin: true, status: c.status });
+                }
+                return Ok(c);
+            }
+            if start.elapsed() > Duration::from_millis(1) && fatal(self.qp.regs()) {
+                return Err(Error::ControllerFatal);
+            }
+            if start.elapsed() > timeout {
+                // The command stays outstanding; its slot is reclaimed if it ever completes.
+                return Err(Error::Timeout { opcode: cmd.opcode(), admin: true, waited_ms: timeout.as_millis() as u64 });
+            }
+            std::hint::spin_loop();
+            if start.elapsed() > Duration::from_micros(200) {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    fn read_bytes(&mut self, cmd: Command, len: usize, timeout: Duration) -> Result<Vec<u8>> {
+        debug_assert_eq!(cmd.direction(), DataDirection::ControllerToHost);
+        self.data.as_mut_slice()[..len].fill(0);
+        let io = self.data.slice(0..len)?;
+        let region = io.region();
+        let keep = io.map.clone();
+        self.execute(cmd, Some((region, keep)), timeout)?;
+        Ok(self.data.as_slice()[..len].to_vec())
+    }
+
+    fn read_struct<T: FromBytes>(&mut self, cmd: Command, timeout: Duration) -> Result<T> {
+        let b = self.read_bytes(cmd, std::mem::size_of::<T>(), timeout)?;
+        Ok(T::read_from_bytes(&b).expect("exact size"))
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        use nvme_core::RegisterAccess;
+        // Normal shutdown notification, bounded by RTD3E or 10 s (NVMe 1.4 7.6.2).
+        let cc = Cc(self.regs.read32(offset::CC));
+        if !cc.en() || Csts(self.regs.read32(offset::CSTS)).is_all_ones() {
+            return;
+        }
+        self.regs.write32(offset::CC, cc.with_shn(ShutdownNotification::Normal).0);
+        let rtd3e = Duration::from_micros(self.info.identify.rtd3e as u64);
+        let bound = if rtd3e.is_zero() { Duration::from_secs(10) } else { rtd3e.min(Duration::from_secs(60)) };
+        let start = Instant::now();
+        while start.elapsed() < bound {
+            let csts = Csts(self.regs.read32(offset::CSTS));
+            if csts.shst() == ShutdownStatus::Complete || csts.cfs() || csts.is_all_ones() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+}

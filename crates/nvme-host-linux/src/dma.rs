@@ -1,0 +1,152 @@
+//! DMA buffers: shared memory mapped for the controller, kept alive while any I/O uses it.
+
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+
+use nvme_core::DmaRegion;
+
+use crate::backend::Transport;
+use crate::error::{Error, Result};
+use crate::memory::SharedMemory;
+
+/// A segment of shared memory mapped for one controller.
+#[derive(Debug)]
+pub(crate) struct DmaMapping {
+    mem: SharedMemory,
+    iova: u64,
+    transport: Arc<dyn Transport>,
+}
+
+impl DmaMapping {
+    pub(crate) fn new(transport: &Arc<dyn Transport>, name: &str, len: usize) -> Result<DmaMapping> {
+        let mem = SharedMemory::new(name, len).map_err(|e| {
+            Error::os(format!("allocating {len} bytes of DMA memory (hugepages or shared memory)"), e)
+        })?;
+        let iova = transport.map_dma(&mem)?;
+        Ok(DmaMapping { mem, iova, transport: transport.clone() })
+    }
+    pub(crate) fn region(&self) -> DmaRegion {
+        // SAFETY: the memory is mapped for the CPU (SharedMemory) and the device (map_dma)
+        // until this mapping drops; users of the region hold the mapping alive.
+        unsafe { DmaRegion::new(self.mem.as_ptr(), self.iova, self.mem.len()) }
+    }
+}
+
+impl Drop for DmaMapping {
+    fn drop(&mut self) {
+        self.transport.unmap_dma(self.iova, self.mem.len());
+    }
+}
+
+/// A DMA buffer: memory the controller reads or writes.
+///
+/// Submitting an I/O takes a reference to the buffer's mapping, so the memory stays mapped
+/// until the I/O completes even if the buffer is dropped. While an I/O is in flight the CPU
+/// must not look at the data: [`as_slice`](Self::as_slice) and
+/// [`as_mut_slice`](Self::as_mut_slice) panic then (use the `try_` forms to check).
+///
+/// I/Os take the buffer (or a range of it, [`slice`](Self::slice)) by mutable borrow for the
+/// duration of the submission call only, so several I/Os may use one buffer at once.
+/// Allocate few, large buffers and pass ranges to I/Os: each buffer is its own segment
+/// (2 MiB granularity with hugepages).
+#[derive(Debug)]
+pub struct DmaBuffer {
+    map: Arc<DmaMapping>,
+    len: usize,
+    // Not Sync: the in-flight check and the slice accessors must run on the owning thread.
+    _not_sync: PhantomData<std::cell::Cell<()>>,
+}
+
+/// A range of a [`DmaBuffer`] to transfer.
+#[derive(Clone, Copy, Debug)]
+pub struct IoBuf<'a> {
+    pub(crate) map: &'a Arc<DmaMapping>,
+    pub(crate) offset: usize,
+    pub(crate) len: usize,
+}
+
+impl IoBuf<'_> {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Is the range empty?
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub(crate) fn region(&self) -> DmaRegion {
+        self.map.region().sub(self.offset, self.len).expect("IoBuf range checked at creation")
+    }
+}
+
+impl<'a> From<&'a mut DmaBuffer> for IoBuf<'a> {
+    fn from(b: &'a mut DmaBuffer) -> IoBuf<'a> {
+        IoBuf { map: &b.map, offset: 0, len: b.len }
+    }
+}
+
+impl DmaBuffer {
+    pub(crate) fn new(transport: &Arc<dyn Transport>, len: usize) -> Result<DmaBuffer> {
+        if len == 0 {
+            return Err(Error::Invalid("a DMA buffer needs a length above zero".into()));
+        }
+        let map = DmaMapping::new(transport, "nvme-dma", len)?;
+        Ok(DmaBuffer { map: Arc::new(map), len, _not_sync: PhantomData })
+    }
+    /// Length in bytes (as requested; the segment behind it may be larger).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Is the buffer empty? (Never: zero-length buffers are refused.)
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The device address of the first byte.
+    pub fn iova(&self) -> u64 {
+        self.map.iova
+    }
+    /// Is the buffer in use by an I/O that has not completed?
+    pub fn in_flight(&self) -> bool {
+        let busy = Arc::strong_count(&self.map) > 1;
+        // Pairs with the release decrement when a completed I/O drops its reference: seeing
+        // the count drop means the device's writes are visible.
+        fence(Ordering::Acquire);
+        busy
+    }
+    /// The range `range` for an I/O; errors name the bounds.
+    ///
+    /// It borrows the buffer mutably so that no slice of the data can be alive when an I/O
+    /// starts; the borrow ends when the I/O is submitted.
+    pub fn slice(&mut self, range: Range<usize>) -> Result<IoBuf<'_>> {
+        if range.start > range.end || range.end > self.len {
+            return Err(Error::OutOfBounds { offset: range.start, len: range.end.saturating_sub(range.start), buffer: self.len });
+        }
+        Ok(IoBuf { map: &self.map, offset: range.start, len: range.end - range.start })
+    }
+    /// The data, or `None` while an I/O uses the buffer.
+    pub fn try_as_slice(&self) -> Option<&[u8]> {
+        if self.in_flight() {
+            return None;
+        }
+        // SAFETY: the mapping holds `len` bytes; no I/O is in flight (checked above), and none
+        // can start while this shared borrow lives: submission needs `&mut DmaBuffer`.
+        Some(unsafe { std::slice::from_raw_parts(self.map.mem.as_ptr(), self.len) })
+    }
+    /// The data, writable, or `None` while an I/O uses the buffer.
+    pub fn try_as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        let map = Arc::get_mut(&mut self.map)?;
+        // SAFETY: we hold the only reference to the mapping (no I/O in flight, and none can
+        // start while `self` is mutably borrowed); it holds `len` bytes.
+        Some(unsafe { std::slice::from_raw_parts_mut(map.mem.as_ptr(), self.len) })
+    }
+    /// The data. Panics while an I/O uses the buffer.
+    pub fn as_slice(&self) -> &[u8] {
+        self.try_as_slice().expect("DMA buffer read while an I/O is in flight; process its completion first")
+    }
+    /// The data, writable. Panics while an I/O uses the buffer.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.try_as_mut_slice().expect("DMA buffer written while an I/O is in flight; process its completion first")
+    }
+}

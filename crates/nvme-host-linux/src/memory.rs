@@ -1,0 +1,173 @@
+//! Shared memory segments for DMA: hugetlbfs when hugepages are available, ordinary shared
+//! memory otherwise. Every segment is a memfd, so it can be handed to another process (or to
+//! the software controller) by file descriptor and mapped at any address there.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Size of a huge page on x86_64 (the default hugetlbfs size).
+pub const HUGE_PAGE: usize = 2 << 20;
+
+/// Where segments come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// 2 MiB hugetlbfs pages (`memfd_create(MFD_HUGETLB)`).
+    HugePages,
+    /// Ordinary shared memory (`memfd_create`), 4 KiB pages.
+    Shared,
+}
+
+/// What the first allocation found: 0 = unknown, 1 = hugepages work, 2 = they do not.
+static HUGE_STATE: AtomicU8 = AtomicU8::new(0);
+
+/// A memfd-backed shared mapping, populated at creation.
+#[derive(Debug)]
+pub struct SharedMemory {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    len: usize,
+    backing: Backing,
+}
+
+// SAFETY: the mapping is plain shared memory; the struct only hands out raw pointers and
+// access is governed by its users (DMA buffers, queues).
+unsafe impl Send for SharedMemory {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMemory {}
+
+impl SharedMemory {
+    /// Allocates `len` bytes (rounded up to the page size of the backing), zero-filled.
+    /// Tries hugepages first unless `NVME_NO_HUGE=1` is set; falls back to ordinary shared
+    /// memory when no hugepages are reserved.
+    pub fn new(name: &str, len: usize) -> io::Result<SharedMemory> {
+        let want_huge = std::env::var_os("NVME_NO_HUGE").is_none_or(|v| v != "1");
+        if want_huge && HUGE_STATE.load(Ordering::Relaxed) != 2 {
+            match Self::with_backing(name, len, Backing::HugePages) {
+                Ok(m) => {
+                    HUGE_STATE.store(1, Ordering::Relaxed);
+                    return Ok(m);
+                }
+                Err(_) => HUGE_STATE.store(2, Ordering::Relaxed),
+            }
+        }
+        Self::with_backing(name, len, Backing::Shared)
+    }
+
+    /// Allocates with a specific backing; fails rather than falling back.
+    pub fn with_backing(name: &str, len: usize, backing: Backing) -> io::Result<SharedMemory> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "zero-length shared memory"));
+        }
+        let page = match backing {
+            Backing::HugePages => HUGE_PAGE,
+            Backing::Shared => 4096,
+        };
+        let len = len.div_ceil(page) * page;
+        let cname = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?;
+        let flags = libc::MFD_CLOEXEC | if backing == Backing::HugePages { libc::MFD_HUGETLB } else { 0 };
+        // SAFETY: plain system call with a valid C string.
+        let raw = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: plain system call on our descriptor.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = map_fd(fd.as_fd(), 0, len, true)?;
+        Ok(SharedMemory { fd, ptr, len, backing })
+    }
+
+    /// The memfd behind the segment.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+    /// Start of the mapping in this process.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Is it empty? (Never: zero-length segments are refused.)
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The backing in use.
+    pub fn backing(&self) -> Backing {
+        self.backing
+    }
+}
+
+impl Drop for SharedMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping; nothing uses it after drop (users hold the
+        // segment alive while they use it).
+        unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len) };
+    }
+}
+
+/// Maps `len` bytes of `fd` at `offset`, shared, read-write; `populate` faults the pages in.
+pub fn map_fd(fd: BorrowedFd<'_>, offset: u64, len: usize, populate: bool) -> io::Result<NonNull<u8>> {
+    let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
+    // SAFETY: a new mapping chosen by the kernel; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            fd.as_raw_fd(),
+            offset as libc::off_t,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(p as *mut u8).ok_or_else(|| io::Error::other("mmap returned NULL"))
+}
+
+/// Hugepage status of this machine, for messages and the setup tool.
+pub fn hugepages_free() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_memory_is_zeroed_and_shareable() {
+        let m = SharedMemory::with_backing("test", 5000, Backing::Shared).unwrap();
+        assert_eq!(m.len(), 8192);
+        // SAFETY: within our fresh mapping.
+        unsafe {
+            assert_eq!(*m.as_ptr().add(8191), 0);
+            *m.as_ptr().add(100) = 42;
+        }
+        // A second mapping of the same fd sees the write (as another process would).
+        let second = map_fd(m.fd(), 0, 8192, false).unwrap();
+        // SAFETY: the second mapping is 8192 bytes long.
+        assert_eq!(unsafe { *second.as_ptr().add(100) }, 42);
+        // SAFETY: unmapping the mapping made above.
+        unsafe { libc::munmap(second.as_ptr() as *mut libc::c_void, 8192) };
+        assert!(SharedMemory::with_backing("test", 0, Backing::Shared).is_err());
+    }
+
+    #[test]
+    fn falls_back_without_hugepages() {
+        let m = SharedMemory::new("test", 4096).unwrap();
+        if hugepages_free().unwrap_or(0) == 0 {
+            assert_eq!(m.backing(), Backing::Shared);
+        }
+    }
+}

@@ -1,0 +1,1170 @@
+//! Tests through a minimal host written here: it maps the BAR, owns a DMA memfd, builds
+//! submission entries by hand, rings doorbells and polls completion queues.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nvme_regs::features::fid;
+use nvme_regs::identify::{IdentifyController, IdentifyNamespace, NamespaceList};
+use nvme_regs::log::{lid, CriticalWarning, ErrorLogEntry, FirmwareSlotLog, SmartLog};
+use nvme_regs::opcode::{AdminOpcode as A, NvmOpcode as N};
+use nvme_regs::registers::{cq_head_doorbell, offset, sq_tail_doorbell, Aqa, Cap, Cc, Csts, ShutdownStatus, Vs};
+use nvme_regs::status::{CommandSpecificStatus as Cs, GenericStatus as G, MediaErrorStatus as M};
+use nvme_regs::{CompletionEntry, Status, SubmissionEntry};
+use zerocopy::FromBytes;
+
+use crate::mem::{create_memfd, Mapping};
+use crate::*;
+
+const DMA_IOVA: u64 = 0x7_0000_0000;
+const DMA_LEN: usize = 16 << 20;
+const PAGE: usize = 4096;
+const WAIT: Duration = Duration::from_secs(2);
+
+struct HostQueue {
+    sq_off: usize,
+    sq_size: u32,
+    sq_tail: u32,
+    cq_off: usize,
+    cq_size: u32,
+    cq_head: u32,
+    phase: bool,
+    /// Write the CQ head doorbell after each consumed entry.
+    auto_ack: bool,
+}
+
+/// The test host.
+struct Host {
+    sim: SimController,
+    bar: Mapping,
+    _dma_fd: OwnedFd,
+    dma: Mapping,
+    next: usize,
+    dstrd: u8,
+    queues: Vec<Option<HostQueue>>,
+    cid: u16,
+}
+
+fn small_config() -> SimConfig {
+    SimConfig {
+        namespaces: vec![
+            NamespaceConfig {
+                lba_size: 512,
+                blocks: 16384, // 8 MiB
+            },
+            NamespaceConfig {
+                lba_size: 4096,
+                blocks: 2048, // 8 MiB
+            },
+        ],
+        max_io_queues: 8,
+        ..SimConfig::default()
+    }
+}
+
+fn cmd(opcode: u8) -> SubmissionEntry {
+    SubmissionEntry {
+        opcode,
+        ..Default::default()
+    }
+}
+
+fn rw(opcode: N, nsid: u32, slba: u64, nlb: u32, prp1: u64, prp2: u64) -> SubmissionEntry {
+    SubmissionEntry {
+        opcode: opcode as u8,
+        nsid,
+        prp1,
+        prp2,
+        cdw10: slba as u32,
+        cdw11: (slba >> 32) as u32,
+        cdw12: nlb - 1,
+        ..Default::default()
+    }
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+impl Host {
+    fn new(cfg: SimConfig) -> Host {
+        let dstrd = cfg.dstrd;
+        let sim = SimController::start(cfg).expect("start");
+        let bar = Mapping::map(sim.bar_fd(), 0, sim.bar_len(), false).expect("map BAR");
+        let dma_fd = create_memfd("test-dma", DMA_LEN as u64).expect("memfd");
+        let dma = Mapping::map(dma_fd.as_fd(), 0, DMA_LEN, false).expect("map DMA");
+        sim.dma_map(DMA_IOVA, dma_fd.as_fd(), 0, DMA_LEN).expect("dma_map");
+        Host {
+            sim,
+            bar,
+            _dma_fd: dma_fd,
+            dma,
+            next: 0,
+            dstrd,
+            queues: (0..=64).map(|_| None).collect(),
+            cid: 0,
+        }
+    }
+
+    fn r32(&self, off: usize) -> u32 {
+        // SAFETY: in-bounds aligned register of the BAR mapping.
+        unsafe { std::ptr::read_volatile(self.bar.ptr().add(off).cast::<u32>()) }
+    }
+    fn w32(&self, off: usize, v: u32) {
+        // SAFETY: as above.
+        unsafe { std::ptr::write_volatile(self.bar.ptr().add(off).cast::<u32>(), v) }
+    }
+    fn r64(&self, off: usize) -> u64 {
+        // SAFETY: as above.
+        unsafe { std::ptr::read_volatile(self.bar.ptr().add(off).cast::<u64>()) }
+    }
+    fn w64(&self, off: usize, v: u64) {
+        // SAFETY: as above.
+        unsafe { std::ptr::write_volatile(self.bar.ptr().add(off).cast::<u64>(), v) }
+    }
+    fn csts(&self) -> Csts {
+        Csts(self.r32(offset::CSTS))
+    }
+
+    /// Allocates zeroed, page-aligned DMA memory; returns its offset in the DMA memfd.
+    fn alloc(&mut self, bytes: usize) -> usize {
+        let off = self.next;
+        self.next += bytes.div_ceil(PAGE) * PAGE;
+        assert!(self.next <= DMA_LEN, "test DMA memory exhausted");
+        off
+    }
+    fn iova(off: usize) -> u64 {
+        DMA_IOVA + off as u64
+    }
+    fn write_mem(&self, off: usize, data: &[u8]) {
+        assert!(off + data.len() <= DMA_LEN);
+        // SAFETY: in bounds of the DMA mapping.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.dma.ptr().add(off), data.len()) }
+    }
+    fn read_mem(&self, off: usize, len: usize) -> Vec<u8> {
+        assert!(off + len <= DMA_LEN);
+        let mut v = vec![0u8; len];
+        // SAFETY: in bounds of the DMA mapping.
+        unsafe { std::ptr::copy_nonoverlapping(self.dma.ptr().add(off), v.as_mut_ptr(), len) }
+        v
+    }
+    fn write_u64(&self, off: usize, v: u64) {
+        self.write_mem(off, &v.to_le_bytes());
+    }
+
+    fn wait_csts(&self, what: &str, pred: impl Fn(Csts) -> bool) -> Duration {
+        let t = Instant::now();
+        while !pred(self.csts()) {
+            assert!(t.elapsed() < WAIT, "timed out waiting for {what}: CSTS {:#x}", self.csts().0);
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        t.elapsed()
+    }
+
+    fn cc_default() -> Cc {
+        Cc(0).with_iosqes(6).with_iocqes(4).with_mps(0).with_en(true)
+    }
+
+    /// Programs admin queues of `entries` entries and sets CC (without waiting).
+    fn start_enable(&mut self, cc: Cc, entries: u16) {
+        let sq = self.alloc(entries as usize * 64);
+        let cq = self.alloc(entries as usize * 16);
+        self.w32(offset::AQA, Aqa::new(entries, entries).0);
+        self.w64(offset::ASQ, Self::iova(sq));
+        self.w64(offset::ACQ, Self::iova(cq));
+        self.queues[0] = Some(HostQueue {
+            sq_off: sq,
+            sq_size: entries as u32,
+            sq_tail: 0,
+            cq_off: cq,
+            cq_size: entries as u32,
+            cq_head: 0,
+            phase: true,
+            auto_ack: true,
+        });
+        self.w32(offset::CC, cc.0);
+    }
+
+    fn enable(&mut self) {
+        self.start_enable(Self::cc_default(), 32);
+        self.wait_csts("RDY", |c| c.rdy());
+        assert!(!self.csts().cfs());
+    }
+
+    fn disable(&mut self) {
+        let cc = Cc(self.r32(offset::CC)).with_en(false);
+        self.w32(offset::CC, cc.0);
+        self.wait_csts("RDY clear", |c| !c.rdy());
+        self.queues.iter_mut().for_each(|q| *q = None);
+    }
+
+    /// Writes a command at the SQ tail and rings the doorbell; returns the CID.
+    fn submit(&mut self, qid: u16, mut c: SubmissionEntry) -> u16 {
+        self.cid = self.cid.wrapping_add(1);
+        c.cid = self.cid;
+        self.push(qid, c);
+        self.ring(qid);
+        c.cid
+    }
+
+    /// Writes a command (keeping its CID) without ringing the doorbell.
+    fn push(&mut self, qid: u16, c: SubmissionEntry) {
+        let q = self.queues[qid as usize].as_mut().expect("queue");
+        let off = q.sq_off + q.sq_tail as usize * 64;
+        q.sq_tail = (q.sq_tail + 1) % q.sq_size;
+        self.write_mem(off, zerocopy::IntoBytes::as_bytes(&c));
+    }
+
+    fn ring(&mut self, qid: u16) {
+        let tail = self.queues[qid as usize].as_ref().expect("queue").sq_tail;
+        fence(Ordering::Release);
+        self.w32(sq_tail_doorbell(qid, self.dstrd), tail);
+    }
+
+    /// Takes the next completion of `qid` if one is posted.
+    fn poll(&mut self, qid: u16) -> Option<CompletionEntry> {
+        let q = self.queues[qid as usize].as_mut().expect("queue");
+        let off = q.cq_off + q.cq_head as usize * 16;
+        // SAFETY: in bounds of the DMA mapping and 4-byte aligned.
+        let dw3 = unsafe { AtomicU32::from_ptr(self.dma.ptr().add(off + 12).cast()) }.load(Ordering::Acquire);
+        if (dw3 >> 16) & 1 != q.phase as u32 {
+            return None;
+        }
+        // SAFETY: as above; the entry is complete once its phase is seen with acquire.
+        let e: CompletionEntry = unsafe { std::ptr::read_volatile(self.dma.ptr().add(off).cast()) };
+        q.cq_head += 1;
+        if q.cq_head == q.cq_size {
+            q.cq_head = 0;
+            q.phase = !q.phase;
+        }
+        if q.auto_ack {
+            let head = q.cq_head;
+            self.w32(cq_head_doorbell(qid, self.dstrd), head);
+        }
+        Some(e)
+    }
+
+    fn ack(&mut self, qid: u16) {
+        let head = self.queues[qid as usize].as_ref().expect("queue").cq_head;
+        self.w32(cq_head_doorbell(qid, self.dstrd), head);
+    }
+
+    fn wait(&mut self, qid: u16) -> CompletionEntry {
+        let t = Instant::now();
+        loop {
+            if let Some(e) = self.poll(qid) {
+                return e;
+            }
+            assert!(t.elapsed() < WAIT, "no completion on queue {qid}");
+            std::thread::yield_now();
+        }
+    }
+
+    /// Asserts that no completion arrives on `qid` within `d`.
+    fn expect_none(&mut self, qid: u16, d: Duration) {
+        let t = Instant::now();
+        while t.elapsed() < d {
+            assert!(self.poll(qid).is_none(), "unexpected completion on queue {qid}");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn exec(&mut self, qid: u16, c: SubmissionEntry) -> CompletionEntry {
+        let cid = self.submit(qid, c);
+        let e = self.wait(qid);
+        assert_eq!(e.cid, cid, "completion for another command");
+        assert_eq!(e.sq_id, qid);
+        e
+    }
+
+    fn admin(&mut self, c: SubmissionEntry) -> CompletionEntry {
+        self.exec(0, c)
+    }
+
+    /// Runs an admin command that returns `len` bytes; returns (status, data).
+    fn admin_read(&mut self, mut c: SubmissionEntry, len: usize) -> (Status, Vec<u8>) {
+        let buf = self.alloc(len);
+        c.prp1 = Self::iova(buf);
+        if len > PAGE {
+            assert!(len <= 2 * PAGE);
+            c.prp2 = Self::iova(buf + PAGE);
+        }
+        let e = self.admin(c);
+        (e.status(), self.read_mem(buf, len))
+    }
+
+    fn identify(&mut self, cns: u8, nsid: u32) -> (Status, Vec<u8>) {
+        let mut c = cmd(A::Identify as u8);
+        c.cdw10 = cns as u32;
+        c.nsid = nsid;
+        self.admin_read(c, 4096)
+    }
+
+    fn get_log(&mut self, log: u8, dwords: u32, offset: u64) -> (Status, Vec<u8>) {
+        let mut c = cmd(A::GetLogPage as u8);
+        c.nsid = 0xffff_ffff;
+        c.cdw10 = log as u32 | ((dwords - 1) & 0xffff) << 16;
+        c.cdw11 = (dwords - 1) >> 16;
+        c.cdw12 = offset as u32;
+        c.cdw13 = (offset >> 32) as u32;
+        self.admin_read(c, dwords as usize * 4)
+    }
+
+    fn set_feature(&mut self, f: u8, v: u32) -> CompletionEntry {
+        let mut c = cmd(A::SetFeatures as u8);
+        c.cdw10 = f as u32;
+        c.cdw11 = v;
+        self.admin(c)
+    }
+
+    fn get_feature(&mut self, f: u8, sel: u32, cdw11: u32) -> CompletionEntry {
+        let mut c = cmd(A::GetFeatures as u8);
+        c.cdw10 = f as u32 | sel << 8;
+        c.cdw11 = cdw11;
+        self.admin(c)
+    }
+
+    fn create_cq_cmd(qid: u16, entries: u32, iova: u64) -> SubmissionEntry {
+        let mut c = cmd(A::CreateIoCq as u8);
+        c.prp1 = iova;
+        c.cdw10 = qid as u32 | (entries - 1) << 16;
+        c.cdw11 = 1; // physically contiguous, no interrupts
+        c
+    }
+
+    fn create_sq_cmd(qid: u16, entries: u32, iova: u64, cqid: u16) -> SubmissionEntry {
+        let mut c = cmd(A::CreateIoSq as u8);
+        c.prp1 = iova;
+        c.cdw10 = qid as u32 | (entries - 1) << 16;
+        c.cdw11 = 1 | (cqid as u32) << 16;
+        c
+    }
+
+    /// Creates I/O CQ and SQ `qid` (paired) of the given sizes.
+    fn create_io(&mut self, qid: u16, sq_entries: u32, cq_entries: u32) {
+        let cq = self.alloc(cq_entries as usize * 16);
+        let sq = self.alloc(sq_entries as usize * 64);
+        let e = self.admin(Self::create_cq_cmd(qid, cq_entries, Self::iova(cq)));
+        assert!(e.status().is_success(), "create cq: {}", e.status());
+        let e = self.admin(Self::create_sq_cmd(qid, sq_entries, Self::iova(sq), qid));
+        assert!(e.status().is_success(), "create sq: {}", e.status());
+        self.queues[qid as usize] = Some(HostQueue {
+            sq_off: sq,
+            sq_size: sq_entries,
+            sq_tail: 0,
+            cq_off: cq,
+            cq_size: cq_entries,
+            cq_head: 0,
+            phase: true,
+            auto_ack: true,
+        });
+    }
+
+    fn ready_with_io() -> Host {
+        let mut h = Host::new(small_config());
+        h.enable();
+        h.create_io(1, 64, 64);
+        h
+    }
+}
+
+fn st(e: &CompletionEntry) -> Status {
+    e.status()
+}
+
+fn assert_generic(e: &CompletionEntry, g: G) {
+    assert!(e.status().is_generic(g), "expected {}, got {}", Status::generic(g), e.status());
+    assert!(e.status().dnr(), "{} should have DNR", e.status());
+}
+
+fn assert_cs(e: &CompletionEntry, s: Cs) {
+    assert!(
+        e.status().is_command_specific(s),
+        "expected {}, got {}",
+        Status::command_specific(s),
+        e.status()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Registers and controller state
+
+#[test]
+fn registers_after_start_and_read_only_rewrite() {
+    let h = Host::new(SimConfig {
+        dstrd: 2,
+        mqes: 255,
+        timeout_500ms: 7,
+        ..small_config()
+    });
+    let cap = Cap(h.r64(offset::CAP));
+    assert_eq!(cap.mqes(), 255);
+    assert!(cap.cqr());
+    assert_eq!(cap.to(), 7);
+    assert_eq!(cap.dstrd(), 2);
+    assert_eq!(cap.css() & 1, 1);
+    assert_eq!((cap.mpsmin(), cap.mpsmax()), (0, 4));
+    assert_eq!(Vs(h.r32(offset::VS)), Vs::V1_4);
+    assert_eq!(h.csts().0, 0);
+    // Doorbells of every queue fit in the BAR.
+    assert!(h.sim.bar_len() >= cq_head_doorbell(8, 2) + 4);
+    assert!(h.sim.bar_len() >= 64 * 1024);
+    // Writes to read-only registers do not stick.
+    h.w64(offset::CAP, 0);
+    h.w32(offset::VS, 0xdead);
+    h.w32(offset::CSTS, 0xffff);
+    let t = Instant::now();
+    while h.r64(offset::CAP) != cap.0 || h.r32(offset::VS) != Vs::V1_4.0 || h.r32(offset::CSTS) != 0 {
+        assert!(t.elapsed() < WAIT, "read-only registers not restored");
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+#[test]
+fn enable_disable_follow_ready_delay() {
+    let delay = Duration::from_millis(30);
+    let mut h = Host::new(SimConfig {
+        ready_delay: delay,
+        ..small_config()
+    });
+    h.start_enable(Host::cc_default(), 8);
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(!h.csts().rdy(), "RDY before ready_delay");
+    let t = h.wait_csts("RDY", |c| c.rdy());
+    assert!(t + Duration::from_millis(5) >= delay - Duration::from_millis(1));
+    // The controller works once ready.
+    let e = h.admin(cmd(A::KeepAlive as u8));
+    assert!(st(&e).is_success());
+    // Disable: RDY follows after the delay.
+    let start = Instant::now();
+    h.w32(offset::CC, Host::cc_default().with_en(false).0);
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(h.csts().rdy(), "RDY cleared before ready_delay");
+    h.wait_csts("RDY clear", |c| !c.rdy());
+    assert!(start.elapsed() >= delay - Duration::from_millis(1));
+    // Re-enable from scratch.
+    h.enable();
+    let s = h.sim.stats();
+    assert_eq!((s.enables, s.resets), (2, 1));
+}
+
+#[test]
+fn invalid_enable_sets_cfs_until_reset() {
+    let mut h = Host::new(small_config());
+    let cases: Vec<(&str, Box<dyn Fn(&mut Host)>)> = vec![
+        ("MPS", Box::new(|h: &mut Host| h.start_enable(Host::cc_default().with_mps(5), 8))),
+        ("IOSQES", Box::new(|h: &mut Host| h.start_enable(Host::cc_default().with_iosqes(7), 8))),
+        ("AQA", Box::new(|h: &mut Host| h.start_enable(Host::cc_default(), 1))),
+        (
+            "aligned",
+            Box::new(|h: &mut Host| {
+                h.start_enable(Host::cc_default().with_en(false), 8);
+                h.w64(offset::ASQ, DMA_IOVA + 0x80);
+                h.w32(offset::CC, Host::cc_default().0);
+            }),
+        ),
+        (
+            "DMA-mapped",
+            Box::new(|h: &mut Host| {
+                h.start_enable(Host::cc_default().with_en(false), 8);
+                h.w64(offset::ACQ, 0x1000);
+                h.w32(offset::CC, Host::cc_default().0);
+            }),
+        ),
+    ];
+    for (what, setup) in cases {
+        setup(&mut h);
+        h.wait_csts("CFS", |c| c.cfs());
+        assert!(!h.csts().rdy());
+        let reason = h.sim.fatal_reason().unwrap();
+        assert!(reason.contains(what), "{what}: {reason}");
+        h.w32(offset::CC, 0);
+        h.wait_csts("CFS clear", |c| !c.cfs() && !c.rdy());
+    }
+    h.enable();
+}
+
+#[test]
+fn shutdown_completes() {
+    let mut h = Host::new(small_config());
+    h.enable();
+    let cc = Host::cc_default().with_shn(nvme_regs::registers::ShutdownNotification::Normal);
+    h.w32(offset::CC, cc.0);
+    h.wait_csts("SHST", |c| c.shst() == ShutdownStatus::Complete);
+    // Reset and enable again: SHST returns to normal.
+    h.w32(offset::CC, 0);
+    h.wait_csts("RDY clear", |c| !c.rdy());
+    h.enable();
+    assert_eq!(h.csts().shst(), ShutdownStatus::Normal);
+}
+
+#[test]
+fn reset_drops_io_queues() {
+    let mut h = Host::ready_with_io();
+    h.disable();
+    h.enable();
+    let sq = h.alloc(4096);
+    let e = h.admin(Host::create_sq_cmd(1, 16, Host::iova(sq), 1));
+    assert_cs(&e, Cs::CompletionQueueInvalid);
+    h.create_io(1, 16, 16);
+    let e = h.exec(1, cmd(N::Flush as u8).with_nsid(1));
+    assert!(st(&e).is_success());
+}
+
+trait WithNsid {
+    fn with_nsid(self, nsid: u32) -> Self;
+}
+impl WithNsid for SubmissionEntry {
+    fn with_nsid(mut self, nsid: u32) -> Self {
+        self.nsid = nsid;
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Admin commands
+
+#[test]
+fn identify_controller_and_namespaces() {
+    let mut h = Host::new(SimConfig {
+        serial: "SN-1234".into(),
+        model: "Test Model".into(),
+        firmware: "FW9".into(),
+        mdts: 6,
+        ..small_config()
+    });
+    h.enable();
+    let (s, d) = h.identify(1, 0);
+    assert!(s.is_success());
+    let id = IdentifyController::read_from_bytes(&d).unwrap();
+    assert_eq!(id.serial(), "SN-1234");
+    assert_eq!(id.model(), "Test Model");
+    assert_eq!(id.firmware(), "FW9");
+    assert_eq!(id.mdts, 6);
+    assert_eq!(id.ver, Vs::V1_4.0);
+    assert_eq!((id.sqes, id.cqes), (0x66, 0x44));
+    assert_eq!(id.nn, 2);
+    assert_eq!(id.aerl, 3);
+    assert!(id.has_volatile_write_cache());
+    assert_eq!(id.total_capacity(), 16 << 20);
+    assert_eq!(id.elpe, 63);
+
+    let (s, d) = h.identify(0, 1);
+    assert!(s.is_success());
+    let ns = IdentifyNamespace::read_from_bytes(&d).unwrap();
+    assert_eq!((ns.nsze, ns.ncap, ns.block_size()), (16384, 16384, 512));
+    let (_, d) = h.identify(0, 2);
+    let ns2 = IdentifyNamespace::read_from_bytes(&d).unwrap();
+    assert_eq!((ns2.nsze, ns2.block_size()), (2048, 4096));
+    assert_ne!(ns.nguid, ns2.nguid);
+
+    let (s, d) = h.identify(2, 0);
+    assert!(s.is_success());
+    let list = NamespaceList::read_from_bytes(&d).unwrap();
+    assert_eq!(list.iter().collect::<Vec<_>>(), vec![1, 2]);
+    let (_, d) = h.identify(2, 1);
+    let list = NamespaceList::read_from_bytes(&d).unwrap();
+    assert_eq!(list.iter().collect::<Vec<_>>(), vec![2]);
+
+    let (s, d) = h.identify(3, 1);
+    assert!(s.is_success());
+    assert_eq!((d[0], d[1]), (1, 8));
+    assert_eq!(&d[4..12], &ns.eui64);
+    assert_eq!((d[12], d[13]), (2, 16));
+    assert_eq!(&d[16..32], &ns.nguid);
+
+    for nsid in [0, 3, 0xffff_ffff] {
+        let (s, _) = h.identify(0, nsid);
+        assert!(s.is_generic(G::InvalidNamespaceOrFormat) && s.dnr(), "nsid {nsid}: {s}");
+    }
+    let (s, _) = h.identify(0x55, 0);
+    assert!(s.is_generic(G::InvalidField), "{s}");
+    let e = h.admin(cmd(0xc7));
+    assert_generic(&e, G::InvalidOpcode);
+}
+
+#[test]
+fn queue_create_delete_errors() {
+    let mut h = Host::new(small_config());
+    h.enable();
+    let mem = h.alloc(64 * 1024);
+    let iova = Host::iova(mem);
+    // Queue ids.
+    assert_cs(&h.admin(Host::create_cq_cmd(0, 16, iova)), Cs::InvalidQueueId);
+    assert_cs(&h.admin(Host::create_cq_cmd(9, 16, iova)), Cs::InvalidQueueId);
+    // Sizes.
+    assert_cs(&h.admin(Host::create_cq_cmd(1, 1, iova)), Cs::InvalidQueueSize);
+    assert_cs(&h.admin(Host::create_cq_cmd(1, 1025, iova)), Cs::InvalidQueueSize);
+    // PC = 0 with CAP.CQR.
+    let mut c = Host::create_cq_cmd(1, 16, iova);
+    c.cdw11 = 0;
+    assert_generic(&h.admin(c), G::InvalidField);
+    // Unaligned and unmapped bases.
+    assert_generic(&h.admin(Host::create_cq_cmd(1, 16, iova + 64)), G::PrpOffsetInvalid);
+    assert_generic(&h.admin(Host::create_cq_cmd(1, 16, 0x1000)), G::DataTransferError);
+    // SQ needs an existing CQ.
+    assert_cs(&h.admin(Host::create_sq_cmd(1, 16, iova, 1)), Cs::CompletionQueueInvalid);
+    assert_cs(&h.admin(Host::create_sq_cmd(1, 16, iova, 0)), Cs::CompletionQueueInvalid);
+    assert!(st(&h.admin(Host::create_cq_cmd(1, 16, iova))).is_success());
+    assert_cs(&h.admin(Host::create_cq_cmd(1, 16, iova + 4096)), Cs::InvalidQueueId);
+    assert_cs(&h.admin(Host::create_sq_cmd(9, 16, iova + 4096, 1)), Cs::InvalidQueueId);
+    assert_cs(&h.admin(Host::create_sq_cmd(1, 1, iova + 4096, 1)), Cs::InvalidQueueSize);
+    assert!(st(&h.admin(Host::create_sq_cmd(1, 16, iova + 4096, 1))).is_success());
+    assert_cs(&h.admin(Host::create_sq_cmd(1, 16, iova + 8192, 1)), Cs::InvalidQueueId);
+    // Delete: CQ still used by an SQ; unknown ids.
+    let del = |op: A, qid: u32| {
+        let mut c = cmd(op as u8);
+        c.cdw10 = qid;
+        c
+    };
+    assert_cs(&h.admin(del(A::DeleteIoCq, 1)), Cs::InvalidQueueDeletion);
+    assert_cs(&h.admin(del(A::DeleteIoSq, 2)), Cs::InvalidQueueId);
+    assert_cs(&h.admin(del(A::DeleteIoSq, 0)), Cs::InvalidQueueId);
+    assert_cs(&h.admin(del(A::DeleteIoCq, 0)), Cs::InvalidQueueId);
+    assert!(st(&h.admin(del(A::DeleteIoSq, 1))).is_success());
+    assert!(st(&h.admin(del(A::DeleteIoCq, 1))).is_success());
+    assert_cs(&h.admin(del(A::DeleteIoCq, 1)), Cs::InvalidQueueId);
+}
+
+#[test]
+fn number_of_queues_and_features() {
+    let mut h = Host::new(small_config());
+    h.enable();
+    // Requested 4 SQs and 16 CQs (0's based 3 and 15): granted min(req, 8).
+    let e = h.set_feature(fid::NUMBER_OF_QUEUES, 3 | 15 << 16);
+    assert!(st(&e).is_success());
+    assert_eq!(e.dw0, 3 | 7 << 16);
+    let e = h.get_feature(fid::NUMBER_OF_QUEUES, 0, 0);
+    assert_eq!(e.dw0, 3 | 7 << 16);
+    let e = h.get_feature(fid::NUMBER_OF_QUEUES, 1, 0);
+    assert_eq!(e.dw0, 7 | 7 << 16, "default");
+    let e = h.get_feature(fid::NUMBER_OF_QUEUES, 3, 0);
+    assert_eq!(e.dw0 & 0x7, 0x4, "changeable, not saveable");
+    assert_generic(&h.set_feature(fid::NUMBER_OF_QUEUES, 0xffff), G::InvalidField);
+    // Only 4 SQs granted now.
+    h.create_io(4, 16, 16);
+    let mem = h.alloc(4096);
+    assert_cs(&h.admin(Host::create_sq_cmd(5, 16, Host::iova(mem), 4)), Cs::InvalidQueueId);
+    // Changing the count with queues in place is a sequence error.
+    assert_generic(&h.set_feature(fid::NUMBER_OF_QUEUES, 0), G::CommandSequenceError);
+
+    // Volatile write cache.
+    assert_eq!(h.get_feature(fid::VOLATILE_WRITE_CACHE, 0, 0).dw0, 1);
+    assert!(st(&h.set_feature(fid::VOLATILE_WRITE_CACHE, 0)).is_success());
+    assert_eq!(h.get_feature(fid::VOLATILE_WRITE_CACHE, 0, 0).dw0, 0);
+    assert_eq!(h.get_feature(fid::VOLATILE_WRITE_CACHE, 1, 0).dw0, 1);
+    // Arbitration and async event config round trip.
+    assert!(st(&h.set_feature(fid::ARBITRATION, 0x0302_0103)).is_success());
+    assert_eq!(h.get_feature(fid::ARBITRATION, 0, 0).dw0, 0x0302_0103);
+    assert!(st(&h.set_feature(fid::ASYNC_EVENT_CONFIG, 0x2ff)).is_success());
+    assert_eq!(h.get_feature(fid::ASYNC_EVENT_CONFIG, 0, 0).dw0, 0x2ff);
+    // Temperature thresholds per sensor and kind.
+    assert_eq!(h.get_feature(fid::TEMPERATURE_THRESHOLD, 0, 0).dw0, 343);
+    assert!(st(&h.set_feature(fid::TEMPERATURE_THRESHOLD, 350 | 1 << 16)).is_success());
+    assert_eq!(h.get_feature(fid::TEMPERATURE_THRESHOLD, 0, 1 << 16).dw0, 350);
+    assert!(st(&h.set_feature(fid::TEMPERATURE_THRESHOLD, 270 | 1 << 20)).is_success());
+    assert_eq!(h.get_feature(fid::TEMPERATURE_THRESHOLD, 0, 1 << 20).dw0, 270);
+    assert_generic(&h.set_feature(fid::TEMPERATURE_THRESHOLD, 300 | 5 << 16), G::InvalidField);
+    // Unknown features, saving.
+    assert_generic(&h.set_feature(0x7e, 0), G::InvalidField);
+    assert_generic(&h.get_feature(0x7e, 0, 0), G::InvalidField);
+    let mut c = cmd(A::SetFeatures as u8);
+    c.cdw10 = fid::ARBITRATION as u32 | 1 << 31;
+    assert_cs(&h.admin(c), Cs::FeatureNotSaveable);
+    // Abort never aborts; keep alive succeeds.
+    let mut c = cmd(A::Abort as u8);
+    c.cdw10 = 1 << 16;
+    let e = h.admin(c);
+    assert!(st(&e).is_success());
+    assert_eq!(e.dw0 & 1, 1);
+    assert!(st(&h.admin(cmd(A::KeepAlive as u8))).is_success());
+}
+
+#[test]
+fn log_pages() {
+    let mut h = Host::ready_with_io();
+    // Some I/O: 3 writes of 8 blocks (4 KiB), 2 reads of 8 blocks.
+    let buf = h.alloc(4096);
+    for i in 0..3 {
+        assert!(st(&h.exec(1, rw(N::Write, 1, i * 8, 8, Host::iova(buf), 0))).is_success());
+    }
+    for i in 0..2 {
+        assert!(st(&h.exec(1, rw(N::Read, 1, i * 8, 8, Host::iova(buf), 0))).is_success());
+    }
+    // Two failures: LBA out of range on queue 1, invalid namespace.
+    let e = h.exec(1, rw(N::Read, 1, 16384, 1, Host::iova(buf), 0));
+    assert_generic(&e, G::LbaOutOfRange);
+    let bad_cid = e.cid;
+    assert_generic(&h.exec(1, rw(N::Read, 7, 0, 1, Host::iova(buf), 0)), G::InvalidNamespaceOrFormat);
+
+    let (s, d) = h.get_log(lid::SMART, 128, 0);
+    assert!(s.is_success());
+    let smart = SmartLog::read_from_bytes(&d).unwrap();
+    assert_eq!(smart.temperature_kelvin(), 313);
+    assert_eq!(smart.available_spare, 100);
+    assert_eq!(smart.host_write_commands(), 3);
+    assert_eq!(smart.host_read_commands(), 2);
+    assert_eq!(smart.data_units_written(), 1, "24 units of 512 bytes, rounded up to thousands");
+    assert_eq!(smart.data_units_read(), 1);
+    assert_eq!(smart.power_cycles(), 1);
+    assert_eq!(smart.num_error_log_entries(), 2);
+    assert!(smart.critical_warning().is_empty());
+
+    let (s, d) = h.get_log(lid::ERROR, 32, 0);
+    assert!(s.is_success());
+    let newest = ErrorLogEntry::read_from_bytes(&d[..64]).unwrap();
+    let older = ErrorLogEntry::read_from_bytes(&d[64..128]).unwrap();
+    assert_eq!(newest.error_count, 2);
+    assert_eq!(newest.nsid, 7);
+    assert!(newest.status().is_generic(G::InvalidNamespaceOrFormat));
+    assert_eq!((older.error_count, older.sqid, older.cmdid), (1, 1, bad_cid));
+    assert_eq!(older.lba, 16384);
+    assert!(older.status().is_generic(G::LbaOutOfRange));
+    // Offset: the second entry alone.
+    let (s, d) = h.get_log(lid::ERROR, 16, 64);
+    assert!(s.is_success());
+    assert_eq!(ErrorLogEntry::read_from_bytes(&d).unwrap().error_count, 1);
+
+    let (s, d) = h.get_log(lid::FIRMWARE_SLOT, 128, 0);
+    assert!(s.is_success());
+    let fw = FirmwareSlotLog::read_from_bytes(&d).unwrap();
+    assert_eq!(fw.active_slot(), 1);
+    assert_eq!(fw.revision(1), Some("0.1.0"));
+    // Partial read with offset: bytes 8..16 of the firmware log.
+    let (_, d) = h.get_log(lid::FIRMWARE_SLOT, 2, 8);
+    assert_eq!(&d[..5], b"0.1.0");
+
+    let (s, _) = h.get_log(0x7f, 16, 0);
+    assert!(s.is_command_specific(Cs::InvalidLogPage), "{s}");
+    let (s, _) = h.get_log(lid::SMART, 16, 512);
+    assert!(s.is_generic(G::InvalidField), "offset past the end: {s}");
+    let (s, _) = h.get_log(lid::SMART, 16, 2);
+    assert!(s.is_generic(G::InvalidField), "unaligned offset: {s}");
+}
+
+#[test]
+fn async_events_and_limit() {
+    let mut h = Host::new(small_config());
+    h.enable();
+    let mut cids = Vec::new();
+    for _ in 0..4 {
+        cids.push(h.submit(0, cmd(A::AsyncEventRequest as u8)));
+    }
+    let e = h.admin(cmd(A::AsyncEventRequest as u8));
+    assert_cs(&e, Cs::AerLimitExceeded);
+    h.expect_none(0, Duration::from_millis(5));
+
+    h.sim.faults().raise_async_event(AsyncEventType::Notice, 0x02, 0x04);
+    let e = h.wait(0);
+    assert_eq!(e.cid, cids[0]);
+    assert!(st(&e).is_success());
+    assert_eq!(e.dw0, 2 | 0x02 << 8 | 0x04 << 16);
+
+    // Over threshold below the current temperature: SMART / health temperature event.
+    assert!(st(&h.set_feature(fid::TEMPERATURE_THRESHOLD, 300)).is_success());
+    let e = h.wait(0);
+    assert_eq!(e.cid, cids[1]);
+    assert_eq!(e.dw0, 1 | (AER_INFO_SMART_TEMPERATURE as u32) << 8 | (lid::SMART as u32) << 16);
+    let (_, d) = h.get_log(lid::SMART, 128, 0);
+    let smart = SmartLog::read_from_bytes(&d).unwrap();
+    assert!(smart.critical_warning().contains(CriticalWarning::TEMPERATURE));
+    assert_eq!(h.sim.faults().counters().async_events_raised, 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// I/O
+
+/// Writes `data` with a PRP list, reads it back with a chained PRP list, and checks the
+/// backing store.
+fn round_trip(h: &mut Host, nsid: u32, lba_size: usize) {
+    let len = 64 * 1024;
+    let nlb = (len / lba_size) as u32;
+    let data = pattern(nsid as u8, len);
+
+    // Write buffer starts 0x200 into its first page: 17 pages touched.
+    let wbuf = h.alloc(len + PAGE);
+    h.write_mem(wbuf + 0x200, &data);
+    let list = h.alloc(PAGE);
+    for i in 1..17 {
+        h.write_u64(list + (i - 1) * 8, Host::iova(wbuf + i * PAGE));
+    }
+    let e = h.exec(1, rw(N::Write, nsid, 3, nlb, Host::iova(wbuf) + 0x200, Host::iova(list)));
+    assert!(st(&e).is_success(), "write: {}", st(&e));
+    let mut back = vec![0u8; len];
+    h.sim.read_backing(nsid, 3 * lba_size as u64, &mut back).unwrap();
+    assert!(back == data, "backing store differs");
+
+    // Read into scattered pages (every other page) with a list that starts 16 bytes before
+    // the end of its page: one entry there, then a chain pointer to the next list page.
+    let rbuf = h.alloc(32 * PAGE);
+    let lists = h.alloc(2 * PAGE);
+    let first_list = lists + PAGE - 16;
+    let next_list = lists + PAGE;
+    let page_of = |i: usize| rbuf + 2 * i * PAGE;
+    h.write_u64(first_list, Host::iova(page_of(1)));
+    h.write_u64(first_list + 8, Host::iova(next_list));
+    for i in 2..16 {
+        h.write_u64(next_list + (i - 2) * 8, Host::iova(page_of(i)));
+    }
+    let e = h.exec(1, rw(N::Read, nsid, 3, nlb, Host::iova(page_of(0)), Host::iova(first_list)));
+    assert!(st(&e).is_success(), "read: {}", st(&e));
+    let mut got = Vec::new();
+    for i in 0..16 {
+        got.extend(h.read_mem(page_of(i), PAGE));
+    }
+    assert!(got == data, "read data differs");
+
+    // Two pages: PRP2 is a page pointer; compare succeeds on equal data.
+    let two = h.alloc(2 * PAGE);
+    h.write_mem(two, &data[..2 * PAGE]);
+    let n2 = (2 * PAGE / lba_size) as u32;
+    let e = h.exec(1, rw(N::Compare, nsid, 3, n2, Host::iova(two), Host::iova(two + PAGE)));
+    assert!(st(&e).is_success(), "compare: {}", st(&e));
+}
+
+#[test]
+fn read_write_round_trip_prp_lists() {
+    let mut h = Host::ready_with_io();
+    round_trip(&mut h, 1, 512);
+    round_trip(&mut h, 2, 4096);
+    let s = h.sim.stats();
+    assert_eq!((s.writes, s.reads, s.compares), (2, 2, 2));
+    assert_eq!((s.bytes_written, s.bytes_read), (128 * 1024, 128 * 1024));
+}
+
+#[test]
+fn io_error_statuses() {
+    let mut h = Host::ready_with_io();
+    let buf = h.alloc(3 * PAGE);
+    let b = Host::iova(buf);
+    let list = h.alloc(PAGE);
+    let ex = |h: &mut Host, c: SubmissionEntry| h.exec(1, c);
+
+    assert_generic(&ex(&mut h, rw(N::Read, 0, 0, 1, b, 0)), G::InvalidNamespaceOrFormat);
+    assert_generic(&ex(&mut h, rw(N::Write, 3, 0, 1, b, 0)), G::InvalidNamespaceOrFormat);
+    assert_generic(&ex(&mut h, rw(N::Read, 1, 16383, 2, b, 0)), G::LbaOutOfRange);
+    assert_generic(&ex(&mut h, rw(N::Read, 1, u64::MAX, 1, b, 0)), G::LbaOutOfRange);
+    // MDTS 5 with 4 KiB pages: 128 KiB.
+    assert_generic(&ex(&mut h, rw(N::Read, 2, 0, 33, b, Host::iova(list))), G::InvalidField);
+    // PRP1 not dword aligned.
+    assert_generic(&ex(&mut h, rw(N::Read, 1, 0, 1, b + 2, 0)), G::PrpOffsetInvalid);
+    // PRP2 as a second page pointer with an offset.
+    assert_generic(&ex(&mut h, rw(N::Read, 1, 0, 16, b, b + PAGE as u64 + 8)), G::PrpOffsetInvalid);
+    // PRP list entry with an offset.
+    h.write_u64(list, b + PAGE as u64);
+    h.write_u64(list + 8, b + 2 * PAGE as u64 + 0x100);
+    assert_generic(&ex(&mut h, rw(N::Read, 1, 0, 24, b, Host::iova(list))), G::PrpOffsetInvalid);
+    // SGL requested.
+    let mut c = rw(N::Read, 1, 0, 1, b, 0);
+    c.flags = 1 << 6;
+    assert_generic(&ex(&mut h, c), G::InvalidField);
+    // IOVA outside every DMA mapping.
+    assert_generic(&ex(&mut h, rw(N::Read, 1, 0, 1, 0x4000, 0)), G::DataTransferError);
+    h.write_u64(list + 8, 0x8000);
+    assert_generic(&ex(&mut h, rw(N::Write, 1, 0, 24, b, Host::iova(list))), G::DataTransferError);
+    // Unknown I/O opcode; admin-only opcode on an I/O queue.
+    assert_generic(&ex(&mut h, cmd(0x7f).with_nsid(1)), G::InvalidOpcode);
+    assert_generic(&ex(&mut h, cmd(0x06).with_nsid(1)), G::InvalidOpcode);
+    // Compare mismatch.
+    h.sim.write_backing(1, 0, &[0xaa; 512]).unwrap();
+    h.write_mem(buf, &[0xab; 512]);
+    let e = ex(&mut h, rw(N::Compare, 1, 0, 1, b, 0));
+    assert!(st(&e).is_media(M::CompareFailure), "{}", st(&e));
+    h.write_mem(buf, &[0xaa; 512]);
+    assert!(st(&ex(&mut h, rw(N::Compare, 1, 0, 1, b, 0))).is_success());
+    // Write Uncorrectable: reads fail until the block is written again.
+    assert!(st(&ex(&mut h, rw(N::WriteUncorrectable, 1, 10, 2, 0, 0))).is_success());
+    let e = ex(&mut h, rw(N::Read, 1, 8, 4, b, 0));
+    assert!(st(&e).is_media(M::UnrecoveredReadError), "{}", st(&e));
+    assert!(st(&ex(&mut h, rw(N::Write, 1, 10, 2, b, 0))).is_success());
+    assert!(st(&ex(&mut h, rw(N::Read, 1, 8, 4, b, 0))).is_success());
+    // Flush: any namespace or all.
+    assert!(st(&ex(&mut h, cmd(N::Flush as u8).with_nsid(0xffff_ffff))).is_success());
+    assert_generic(&ex(&mut h, cmd(N::Flush as u8).with_nsid(9)), G::InvalidNamespaceOrFormat);
+}
+
+#[test]
+fn write_zeroes_and_deallocate() {
+    let mut h = Host::ready_with_io();
+    let ones = vec![0x5au8; 4 << 20];
+    h.sim.write_backing(1, 0, &ones).unwrap();
+    // Write Zeroes of blocks 1..8000 (about 4 MiB, whole pages are released).
+    let e = h.exec(1, rw(N::WriteZeroes, 1, 1, 7999, 0, 0));
+    assert!(st(&e).is_success());
+    let mut back = vec![0u8; 4 << 20];
+    h.sim.read_backing(1, 0, &mut back).unwrap();
+    assert!(back[..512].iter().all(|&b| b == 0x5a));
+    assert!(back[512..8000 * 512].iter().all(|&b| b == 0));
+    assert!(back[8000 * 512..].iter().all(|&b| b == 0x5a));
+    // Dataset Management deallocate: two ranges (NR = 1).
+    let ranges = h.alloc(PAGE);
+    let mut r = [0u8; 32];
+    r[4..8].copy_from_slice(&4u32.to_le_bytes());
+    r[8..16].copy_from_slice(&8100u64.to_le_bytes());
+    r[20..24].copy_from_slice(&1u32.to_le_bytes());
+    r[24..32].copy_from_slice(&8191u64.to_le_bytes());
+    h.write_mem(ranges, &r);
+    let mut c = cmd(N::DatasetManagement as u8).with_nsid(1);
+    c.prp1 = Host::iova(ranges);
+    c.cdw10 = 1;
+    c.cdw11 = 1 << 2;
+    assert!(st(&h.exec(1, c)).is_success());
+    h.sim.read_backing(1, 0, &mut back).unwrap();
+    assert!(back[8100 * 512..8104 * 512].iter().all(|&b| b == 0));
+    assert!(back[8104 * 512..8191 * 512].iter().all(|&b| b == 0x5a));
+    assert!(back[8191 * 512..8192 * 512].iter().all(|&b| b == 0));
+    // A range past the end fails and changes nothing.
+    r[24..32].copy_from_slice(&16384u64.to_le_bytes());
+    h.write_mem(ranges, &r);
+    h.sim.write_backing(1, 8100 * 512, &[1u8; 512]).unwrap();
+    assert_generic(&h.exec(1, c), G::LbaOutOfRange);
+    let mut one = [0u8; 512];
+    h.sim.read_backing(1, 8100 * 512, &mut one).unwrap();
+    assert_eq!(one, [1u8; 512]);
+    assert!(h.sim.read_backing(1, (8 << 20) - 4, &mut [0u8; 8]).is_err());
+}
+
+#[test]
+fn cq_full_back_pressure() {
+    let mut h = Host::new(small_config());
+    h.enable();
+    h.create_io(1, 16, 4); // 4 entries: at most 3 outstanding completions
+    h.queues[1].as_mut().unwrap().auto_ack = false;
+    let mut cids = Vec::new();
+    for _ in 0..8 {
+        h.cid += 1;
+        let mut c = cmd(N::Flush as u8).with_nsid(1);
+        c.cid = h.cid;
+        cids.push(h.cid);
+        h.push(1, c);
+    }
+    h.ring(1);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(h.wait(1).cid);
+    }
+    // The host has not advanced the head: the fourth entry must not be written (and the
+    // first three must not be overwritten).
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(h.poll(1).is_none(), "CQ overrun");
+    let off = h.queues[1].as_ref().unwrap().cq_off;
+    let first = CompletionEntry::read_from_bytes(&h.read_mem(off, 16)).unwrap();
+    assert_eq!(first.cid, cids[0]);
+    assert!(h.sim.stats().cq_full_waits > 0);
+    // Consuming releases the rest, in order.
+    while got.len() < 8 {
+        h.ack(1);
+        let e = h.wait(1);
+        assert!(st(&e).is_success());
+        got.push(e.cid);
+    }
+    assert_eq!(got, cids);
+    let last = h.queues[1].as_ref().unwrap().cq_head;
+    assert_eq!(last, 0, "8 entries in a 4-entry queue wrap twice");
+}
+
+#[test]
+fn phase_and_sq_head_across_wraps() {
+    let mut h = Host::new(small_config());
+    h.enable();
+    h.create_io(1, 4, 8);
+    for i in 0..20u32 {
+        let e = h.exec(1, cmd(N::Flush as u8).with_nsid(1));
+        assert!(st(&e).is_success());
+        assert_eq!(e.sq_head as u32, (i + 1) % 4);
+    }
+}
+
+#[test]
+fn delete_sq_aborts_held_commands() {
+    let mut h = Host::ready_with_io();
+    let id = h.sim.faults().delay_nth(CommandMatch::io(N::Flush as u8), 1, Duration::from_secs(30), false);
+    let cid = h.submit(1, cmd(N::Flush as u8).with_nsid(1));
+    h.expect_none(1, Duration::from_millis(5));
+    let mut c = cmd(A::DeleteIoSq as u8);
+    c.cdw10 = 1;
+    assert!(st(&h.admin(c)).is_success());
+    let e = h.wait(1);
+    assert_eq!(e.cid, cid);
+    assert!(st(&e).is_generic(G::AbortedSqDeletion), "{}", st(&e));
+    assert_eq!(h.sim.faults().fired(id), 1);
+}
+
+#[test]
+fn dma_map_rules() {
+    let mut h = Host::ready_with_io();
+    let fd = create_memfd("extra", 1 << 20).unwrap();
+    let err = h.sim.dma_map(DMA_IOVA + 4096, fd.as_fd(), 0, 4096).unwrap_err();
+    assert!(matches!(err, SimError::DmaOverlap { .. }), "{err}");
+    assert!(err.to_string().contains("overlaps"));
+    h.sim.dma_map(0x1_0000_0000, fd.as_fd(), 0, 1 << 20).unwrap();
+    // The new range works for I/O right away.
+    let e = h.exec(1, rw(N::Read, 1, 0, 8, 0x1_0000_0000 + 8192, 0));
+    assert!(st(&e).is_success(), "{}", st(&e));
+    assert!(matches!(h.sim.dma_unmap(0x1_0000_0000, 4096), Err(SimError::DmaPartialUnmap { .. })));
+    assert!(matches!(h.sim.dma_unmap(0x2_0000_0000, 4096), Err(SimError::DmaNotMapped { .. })));
+    h.sim.dma_unmap(0x1_0000_0000, 1 << 20).unwrap();
+    let e = h.exec(1, rw(N::Read, 1, 0, 8, 0x1_0000_0000 + 8192, 0));
+    assert_generic(&e, G::DataTransferError);
+    let _ = h.alloc(0);
+}
+
+#[test]
+fn config_validation() {
+    let bad = |c: SimConfig| SimController::start(c).unwrap_err().to_string();
+    assert!(bad(SimConfig {
+        namespaces: vec![NamespaceConfig {
+            lba_size: 1000,
+            blocks: 1
+        }],
+        ..SimConfig::default()
+    })
+    .contains("lba_size"));
+    assert!(bad(SimConfig {
+        mpsmin: 5,
+        mpsmax: 4,
+        ..SimConfig::default()
+    })
+    .contains("mpsmin"));
+    assert!(bad(SimConfig {
+        mqes: 0,
+        ..SimConfig::default()
+    })
+    .contains("mqes"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Fault injection
+
+#[test]
+fn fault_fail_nth_once_and_always() {
+    let mut h = Host::ready_with_io();
+    let buf = Host::iova(h.alloc(PAGE));
+    let status = Status::media(M::UnrecoveredReadError);
+    let id = h.sim.faults().fail_nth(CommandMatch::io(N::Read as u8).with_nsid(1), 3, status, false);
+    let mut results = Vec::new();
+    for _ in 0..5 {
+        results.push(st(&h.exec(1, rw(N::Read, 1, 0, 1, buf, 0))).is_success());
+    }
+    assert_eq!(results, [true, true, false, true, true]);
+    assert_eq!(h.sim.faults().fired(id), 1);
+    assert!(!h.sim.faults().is_active(id));
+    // Other namespaces and opcodes are unaffected; "always" fires from the 2nd on.
+    let id = h.sim.faults().fail_nth(CommandMatch::any().on_queue(1).with_nsid(2), 2, status.with_dnr(), true);
+    assert!(st(&h.exec(1, rw(N::Read, 2, 0, 1, buf, 0))).is_success());
+    assert!(st(&h.exec(1, rw(N::Read, 1, 0, 1, buf, 0))).is_success());
+    for _ in 0..3 {
+        let e = h.exec(1, rw(N::Write, 2, 0, 1, buf, 0));
+        assert!(st(&e).is_media(M::UnrecoveredReadError) && st(&e).dnr());
+    }
+    assert!(h.sim.faults().remove(id));
+    assert!(st(&h.exec(1, rw(N::Write, 2, 0, 1, buf, 0))).is_success());
+    assert_eq!(h.sim.faults().fired(id), 3);
+    assert_eq!(h.sim.faults().counters().failed, 4);
+    // Admin commands can fail too.
+    h.sim.faults().fail_nth(CommandMatch::admin(A::Identify as u8), 1, Status::generic(G::InternalError), false);
+    let (s, _) = h.identify(1, 0);
+    assert!(s.is_generic(G::InternalError));
+}
+
+#[test]
+fn fault_drop_and_delay() {
+    let mut h = Host::ready_with_io();
+    let f = h.sim.faults();
+    f.drop_nth(CommandMatch::io(N::Flush as u8), 1, false);
+    let lost = h.submit(1, cmd(N::Flush as u8).with_nsid(1));
+    h.expect_none(1, Duration::from_millis(10));
+    let e = h.exec(1, cmd(N::Flush as u8).with_nsid(1));
+    assert_ne!(e.cid, lost);
+
+    h.sim.faults().delay_nth(CommandMatch::io(N::Flush as u8), 1, Duration::from_millis(40), false);
+    let t = Instant::now();
+    let slow = h.submit(1, cmd(N::Flush as u8).with_nsid(1));
+    let fast = h.submit(1, cmd(N::Flush as u8).with_nsid(1));
+    assert_eq!(h.wait(1).cid, fast, "the delayed completion comes last");
+    let e = h.wait(1);
+    assert_eq!(e.cid, slow);
+    assert!(t.elapsed() >= Duration::from_millis(40));
+    let c = h.sim.faults().counters();
+    assert_eq!((c.dropped, c.delayed), (1, 1));
+}
+
+#[test]
+fn fault_never_ready_and_cfs() {
+    let mut h = Host::new(small_config());
+    h.sim.faults().set_never_ready(true);
+    h.start_enable(Host::cc_default(), 8);
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(!h.csts().rdy());
+    assert_eq!(h.sim.faults().counters().ready_withheld, 1);
+    h.w32(offset::CC, 0);
+    std::thread::sleep(Duration::from_millis(2));
+    h.sim.faults().set_never_ready(false);
+    h.enable();
+
+    h.create_io(1, 16, 16);
+    h.sim.faults().raise_cfs();
+    h.wait_csts("CFS", |c| c.cfs());
+    // Nothing is processed while fatal.
+    h.submit(1, cmd(N::Flush as u8).with_nsid(1));
+    h.expect_none(1, Duration::from_millis(10));
+    assert!(h.sim.fatal_reason().unwrap().contains("raise_cfs"));
+    assert_eq!(h.sim.faults().counters().cfs_raised, 1);
+    // Reset recovers.
+    h.disable();
+    assert!(!h.csts().cfs());
+    h.enable();
+    assert!(st(&h.admin(cmd(A::KeepAlive as u8))).is_success());
+}
+
+/// Throughput of 4 KiB reads at QD32 from one host thread (run with
+/// `cargo test -p nvme-sim --release -- --ignored --nocapture throughput`).
+#[test]
+#[ignore]
+fn throughput_4k_reads_qd32() {
+    let mut h = Host::new(SimConfig {
+        namespaces: vec![NamespaceConfig::default()],
+        ..small_config()
+    });
+    h.enable();
+    h.create_io(1, 256, 256);
+    let bufs: Vec<u64> = (0..32).map(|_| Host::iova(h.alloc(PAGE))).collect();
+    let total = 500_000u32;
+    let t = Instant::now();
+    let mut submitted = 0u32;
+    let mut done = 0u32;
+    while submitted < 32 {
+        let c = rw(N::Read, 1, submitted as u64 * 8, 8, bufs[submitted as usize], 0);
+        h.cid = submitted as u16;
+        let mut c = c;
+        c.cid = h.cid;
+        h.push(1, c);
+        submitted += 1;
+    }
+    h.ring(1);
+    while done < total {
+        let mut n = 0;
+        while let Some(e) = h.poll(1) {
+            assert!(e.status().is_success());
+            done += 1;
+            n += 1;
+            if submitted < total {
+                let slot = e.cid as usize;
+                let mut c = rw(N::Read, 1, (submitted as u64 % 100_000) * 8, 8, bufs[slot], 0);
+                c.cid = e.cid;
+                h.push(1, c);
+                submitted += 1;
+            }
+        }
+        if n > 0 {
+            h.ring(1);
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!("{:.0} 4 KiB reads/s", total as f64 / secs);
+}
