@@ -1,1 +1,241 @@
-fn main() {}
+//! `cargo xtask`: the project's tasks, run from anywhere in the workspace.
+//!
+//! - `cargo xtask test`: the full test run (formatting, clippy, tests, doc tests, docs, the
+//!   `no_std` check, and the hardware suite when it is enabled). This is the command the README
+//!   names and CI runs.
+//! - `cargo xtask ci`: what CI needs beyond `test` (today: the same steps, plus the toolchain
+//!   versions in the log).
+//! - `cargo xtask nostd`: only the `no_std` check (`ci/nostd-check`).
+//! - `cargo xtask bench [-- criterion args]`: the criterion benchmarks.
+//! - `cargo xtask test-hw [args]`: the hardware suite (QEMU VM or a real device).
+
+mod cargo;
+mod hw;
+mod runner;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::runner::{Runner, Skip};
+
+/// Command line of `cargo xtask`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, test and benchmark tasks for the NVMe driver workspace"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand, Debug)]
+enum Task {
+    /// The full test run: fmt, clippy, tests, doc tests, rustdoc, the no_std check, and the
+    /// hardware suite when it is enabled. Stops at the first failure.
+    Test(TestArgs),
+    /// What CI runs: the same steps as `test`, plus the toolchain versions in the log.
+    Ci(TestArgs),
+    /// Only the no_std check: build (and on x86_64 Linux, run) `ci/nostd-check`.
+    Nostd,
+    /// Run the criterion benchmarks (`cargo bench`); arguments after `--` go to criterion.
+    Bench {
+        /// Arguments for criterion, e.g. `-- --save-baseline main` or `-- prp`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the hardware test suite; all arguments are passed through.
+    TestHw {
+        /// Arguments for the hardware suite, e.g. `--device 0000:01:00.0`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Options of `test` and `ci`.
+#[derive(Args, Debug, Clone)]
+struct TestArgs {
+    /// Skip the hardware suite even when it is enabled.
+    #[arg(long)]
+    skip_hw: bool,
+    /// Skip the slow checks that are not tests: fmt, clippy and rustdoc.
+    #[arg(long)]
+    quick: bool,
+    /// Check and test only these workspace packages instead of the whole workspace
+    /// (repeatable; for local iteration: CI always runs the whole workspace).
+    #[arg(short, long, value_name = "PACKAGE")]
+    package: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Test(args) => test(args, false),
+        Task::Ci(args) => test(args, true),
+        Task::Nostd => {
+            let mut runner = Runner::new("nostd");
+            runner.step(
+                "nostd",
+                "build and run ci/nostd-check".into(),
+                Skip::No,
+                cargo::nostd_check,
+            );
+            runner.run()
+        }
+        Task::Bench { args } => cargo::bench(&args).map_err(|e| eprintln!("xtask bench: {e}")),
+        Task::TestHw { args } => hw::test_hw(&args).map_err(|e| eprintln!("xtask test-hw: {e}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(()) => ExitCode::FAILURE,
+    }
+}
+
+/// The full test run; `ci` adds the CI-only steps. Errors are already reported.
+fn test(args: TestArgs, ci: bool) -> Result<(), ()> {
+    let name = if ci { "ci" } else { "test" };
+    let components: &[&str] = if args.quick {
+        &[]
+    } else {
+        &["rustfmt", "clippy"]
+    };
+    if let Err(e) = cargo::require_components(components) {
+        eprintln!("xtask {name}: {e}");
+        return Err(());
+    }
+
+    let quick = if args.quick {
+        Skip::Because("--quick")
+    } else {
+        Skip::No
+    };
+    let hw = if args.skip_hw {
+        Skip::Because("--skip-hw")
+    } else if !args.package.is_empty() {
+        Skip::Because("--package")
+    } else if !hw::ci_step_enabled() {
+        Skip::Because("not enabled in xtask/src/hw.rs")
+    } else {
+        Skip::No
+    };
+    // `--workspace`, or `-p a -p b` with --package.
+    let (select, fmt_select) = if args.package.is_empty() {
+        (vec!["--workspace".to_string()], vec!["--all".to_string()])
+    } else {
+        let select: Vec<String> = args
+            .package
+            .iter()
+            .flat_map(|p| ["-p".to_string(), p.clone()])
+            .collect();
+        (select.clone(), select)
+    };
+    let cmd = |head: &[&str], select: &[String], tail: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = head.iter().map(|s| s.to_string()).collect();
+        v.extend(select.iter().cloned());
+        v.extend(tail.iter().map(|s| s.to_string()));
+        v
+    };
+
+    let mut r = Runner::new(name);
+    if ci {
+        r.step(
+            "toolchain",
+            "rustc -vV; cargo -V".into(),
+            Skip::No,
+            cargo::print_toolchain,
+        );
+    }
+
+    let fmt = cmd(&["fmt"], &fmt_select, &["--", "--check"]);
+    r.step("fmt", shown(&fmt), quick, move || {
+        cargo::cargo(&strs(&fmt), &[])?;
+        cargo::nostd_fmt_check()
+    });
+
+    let clippy = cmd(
+        &["clippy"],
+        &select,
+        &["--all-targets", "--", "-D", "warnings"],
+    );
+    r.step("clippy", shown(&clippy), quick, move || {
+        cargo::cargo(&strs(&clippy), &[])?;
+        cargo::nostd_clippy()
+    });
+
+    let tests = cmd(&["test"], &select, &["--all-targets"]);
+    r.step("test", shown(&tests), Skip::No, move || {
+        cargo::cargo(&strs(&tests), &[])
+    });
+
+    let doctests = cmd(&["test"], &select, &["--doc"]);
+    r.step("doctest", shown(&doctests), Skip::No, move || {
+        cargo::cargo(&strs(&doctests), &[])
+    });
+
+    let doc = cmd(&["doc"], &select, &["--no-deps"]);
+    r.step(
+        "doc",
+        format!("RUSTDOCFLAGS=\"-D warnings\" {}", shown(&doc)),
+        quick,
+        move || {
+            let flags = cargo::rustdocflags_with("-D warnings");
+            cargo::cargo(&strs(&doc), &[("RUSTDOCFLAGS", &flags)])
+        },
+    );
+
+    r.step(
+        "nostd",
+        "build and run ci/nostd-check".into(),
+        Skip::No,
+        cargo::nostd_check,
+    );
+    r.step("hw", "hardware suite: hw::test_hw(&[])".into(), hw, || {
+        hw::test_hw(&[])
+    });
+    r.run()
+}
+
+/// `cargo a b c` for display.
+fn shown(args: &[String]) -> String {
+    format!("cargo {}", args.join(" "))
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn trailing_args_pass_through() {
+        let cli = Cli::try_parse_from(["xtask", "bench", "--", "--save-baseline", "main"]).unwrap();
+        match cli.task {
+            Task::Bench { args } => assert_eq!(args, ["--save-baseline", "main"]),
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["xtask", "test-hw", "--device", "0000:01:00.0"]).unwrap();
+        match cli.task {
+            Task::TestHw { args } => assert_eq!(args, ["--device", "0000:01:00.0"]),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_flags() {
+        let cli = Cli::try_parse_from(["xtask", "test", "--skip-hw", "--quick"]).unwrap();
+        match cli.task {
+            Task::Test(a) => assert!(a.skip_hw && a.quick),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}
