@@ -45,7 +45,9 @@ unsafe impl Sync for SimTransport {}
 
 impl fmt::Debug for SimTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimTransport").field("bar_len", &self.bar_len).finish()
+        f.debug_struct("SimTransport")
+            .field("bar_len", &self.bar_len)
+            .finish()
     }
 }
 
@@ -54,7 +56,13 @@ impl SimTransport {
     pub fn start(opts: &SimOptions) -> Result<SimTransport> {
         let blocks = opts.size / opts.lba_size as u64;
         let cfg = nvme_sim::SimConfig {
-            namespaces: vec![nvme_sim::NamespaceConfig { lba_size: opts.lba_size, blocks }; opts.namespaces as usize],
+            namespaces: vec![
+                nvme_sim::NamespaceConfig {
+                    lba_size: opts.lba_size,
+                    blocks
+                };
+                opts.namespaces as usize
+            ],
             mdts: opts.mdts,
             mqes: opts.mqes,
             serial: opts.serial.clone(),
@@ -68,10 +76,16 @@ impl SimTransport {
         let sim = nvme_sim::SimController::start(cfg)
             .map_err(|e| Error::Transport(format!("software controller: {e}")))?;
         let bar_len = sim.bar_len();
-        let bar = map_fd(sim.bar_fd(), 0, bar_len, false).map_err(|e| Error::os("mapping the software controller's BAR", e))?;
+        let bar = map_fd(sim.bar_fd(), 0, bar_len, false)
+            .map_err(|e| Error::os("mapping the software controller's BAR", e))?;
         // The whole 47-bit space minus page 0: the simulated IOMMU has no holes.
         let iovas = Mutex::new(IovaAllocator::new(&[(0, (1 << 47) - 1)], 4096));
-        Ok(SimTransport { sim, bar, bar_len, iovas })
+        Ok(SimTransport {
+            sim,
+            bar,
+            bar_len,
+            iovas,
+        })
     }
 }
 
@@ -96,14 +110,22 @@ impl Transport for SimTransport {
             .alloc(mem.len() as u64)
             .ok_or_else(|| Error::Transport("software controller: out of IOVA space".into()))?;
         if let Err(e) = self.sim.dma_map(iova, mem.fd(), 0, mem.len()) {
-            self.iovas.lock().unwrap_or_else(|p| p.into_inner()).free(iova, mem.len() as u64);
-            return Err(Error::Transport(format!("software controller DMA map: {e}")));
+            self.iovas
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .free(iova, mem.len() as u64);
+            return Err(Error::Transport(format!(
+                "software controller DMA map: {e}"
+            )));
         }
         Ok(iova)
     }
     fn unmap_dma(&self, iova: u64, len: usize) {
         let _ = self.sim.dma_unmap(iova, len);
-        self.iovas.lock().unwrap_or_else(|p| p.into_inner()).free(iova, len as u64);
+        self.iovas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .free(iova, len as u64);
     }
     fn pci_id(&self) -> Option<(u16, u16)> {
         None

@@ -4,12 +4,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use nvme_core::{Command, Completion, ControllerInfo, ControllerInit, InitOptions, QueueConfig, QueuePair, Slot};
+use nvme_core::{
+    Command, Completion, ControllerInfo, ControllerInit, InitOptions, QueueConfig, QueuePair, Slot,
+};
 use nvme_regs::features::FeatureSelect;
 use nvme_regs::identify::{cns, IdentifyController, IdentifyNamespace, IDENTIFY_DATA_SIZE};
 use nvme_regs::log::{lid, ErrorLogEntry, FirmwareSlotLog, SmartLog};
-use nvme_regs::registers::{offset, Cc, Csts, ShutdownNotification, ShutdownStatus};
 use nvme_regs::opcode::DataDirection;
+use nvme_regs::registers::{offset, Cc, Csts, ShutdownNotification, ShutdownStatus};
 use zerocopy::FromBytes;
 
 use crate::backend::{SimTransport, Transport};
@@ -37,7 +39,11 @@ pub struct AttachOptions {
 
 impl Default for AttachOptions {
     fn default() -> Self {
-        AttachOptions { admin_entries: 64, io_queues: 64, admin_timeout: Duration::from_secs(10) }
+        AttachOptions {
+            admin_entries: 64,
+            io_queues: 64,
+            admin_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -108,7 +114,9 @@ pub struct Controller {
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Controller").field("transport", &self.inner.trid.to_string()).finish()
+        f.debug_struct("Controller")
+            .field("transport", &self.inner.trid.to_string())
+            .finish()
     }
 }
 
@@ -137,7 +145,11 @@ impl Controller {
 
     /// Attaches through a transport the caller opened (a software controller with a custom
     /// configuration, or a transport of the embedder's own).
-    pub fn attach_transport(transport: Arc<dyn Transport>, trid: TransportId, opts: &AttachOptions) -> Result<Controller> {
+    pub fn attach_transport(
+        transport: Arc<dyn Transport>,
+        trid: TransportId,
+        opts: &AttachOptions,
+    ) -> Result<Controller> {
         let regs = transport.regs();
         let init_opts = InitOptions {
             admin_entries: opts.admin_entries,
@@ -159,8 +171,11 @@ impl Controller {
             r.sub(sq_len + cq_len, prp_len).expect("prp"),
             ADMIN_DATA,
         );
-        let slots: Box<[Slot<AdminTag>]> = (0..QueueConfig::slots(entries)).map(|_| Slot::EMPTY).collect();
-        let mut qp = QueuePair::new(cfg, regs, slots).map_err(|e| Error::Init(nvme_core::InitError::Queue(e)))?;
+        let slots: Box<[Slot<AdminTag>]> = (0..QueueConfig::slots(entries))
+            .map(|_| Slot::EMPTY)
+            .collect();
+        let mut qp = QueuePair::new(cfg, regs, slots)
+            .map_err(|e| Error::Init(nvme_core::InitError::Queue(e)))?;
         let mut data = DmaBuffer::new(&transport, ADMIN_DATA)?;
         let data_region = IoBuf::from(&mut data).region();
         let start = Instant::now();
@@ -174,7 +189,12 @@ impl Controller {
         let max_transfer = info.max_transfer.min(MAX_TRANSFER_CAP);
         qp.lower_max_transfer(max_transfer);
         let granted = info.io_queues.sq.min(info.io_queues.cq);
-        let mut admin = Admin { qp, next_tag: 1, data, _rings: rings };
+        let mut admin = Admin {
+            qp,
+            next_tag: 1,
+            data,
+            _rings: rings,
+        };
         let mut namespaces = Vec::new();
         for nsid in info.namespaces.iter() {
             let id: IdentifyNamespace = admin.read_struct(
@@ -185,7 +205,12 @@ impl Controller {
             if id.nsze == 0 || block_size == 0 {
                 continue;
             }
-            namespaces.push(Namespace { id: nsid, block_size, blocks: id.nsze, identify: Box::new(id) });
+            namespaces.push(Namespace {
+                id: nsid,
+                block_size,
+                blocks: id.nsze,
+                identify: Box::new(id),
+            });
         }
         let inner = Inner {
             transport,
@@ -198,7 +223,9 @@ impl Controller {
             qids: Mutex::new(vec![false; granted as usize + 1]),
             opts: opts.clone(),
         };
-        Ok(Controller { inner: Arc::new(inner) })
+        Ok(Controller {
+            inner: Arc::new(inner),
+        })
     }
 
     /// The transport id this controller was attached with.
@@ -211,7 +238,10 @@ impl Controller {
     }
     /// PCI vendor and device id (the Identify vendor ids when there is no PCI function).
     pub fn pci_id(&self) -> (u16, u16) {
-        self.inner.transport.pci_id().unwrap_or((self.inner.info.identify.vid, self.inner.info.identify.ssvid))
+        self.inner
+            .transport
+            .pci_id()
+            .unwrap_or((self.inner.info.identify.vid, self.inner.info.identify.ssvid))
     }
     /// What bring-up learned: CAP, VS, page size, MDTS, queues granted, Identify data.
     pub fn info(&self) -> &ControllerInfo {
@@ -227,7 +257,11 @@ impl Controller {
     }
     /// An active namespace by id.
     pub fn namespace(&self, nsid: u32) -> Result<&Namespace> {
-        self.inner.namespaces.iter().find(|n| n.id == nsid).ok_or(Error::NoSuchNamespace(nsid))
+        self.inner
+            .namespaces
+            .iter()
+            .find(|n| n.id == nsid)
+            .ok_or(Error::NoSuchNamespace(nsid))
     }
     /// Largest transfer of one command in bytes (larger I/Os are split).
     pub fn max_transfer(&self) -> usize {
@@ -253,7 +287,12 @@ impl Controller {
     pub(crate) fn alloc_qid(&self) -> Result<u16> {
         let mut q = lock(&self.inner.qids);
         let granted = (q.len() - 1) as u16;
-        let id = q.iter().skip(1).position(|b| !b).ok_or(Error::NoQueuesLeft { granted })? + 1;
+        let id = q
+            .iter()
+            .skip(1)
+            .position(|b| !b)
+            .ok_or(Error::NoQueuesLeft { granted })?
+            + 1;
         q[id] = true;
         Ok(id as u16)
     }
@@ -276,7 +315,9 @@ impl Controller {
     /// copy of them.
     pub fn admin_read(&self, cmd: Command, len: usize) -> Result<Vec<u8>> {
         if len > ADMIN_DATA {
-            return Err(Error::Invalid(format!("admin transfer of {len} bytes exceeds {ADMIN_DATA}")));
+            return Err(Error::Invalid(format!(
+                "admin transfer of {len} bytes exceeds {ADMIN_DATA}"
+            )));
         }
         let timeout = self.inner.opts.admin_timeout;
         let mut admin = lock(&self.inner.admin);
@@ -290,13 +331,18 @@ impl Controller {
     }
     /// Identify Namespace `nsid`, read now.
     pub fn identify_namespace(&self, nsid: u32) -> Result<IdentifyNamespace> {
-        let b = self.admin_read(Command::identify(cns::NAMESPACE, nsid, 0), IDENTIFY_DATA_SIZE)?;
+        let b = self.admin_read(
+            Command::identify(cns::NAMESPACE, nsid, 0),
+            IDENTIFY_DATA_SIZE,
+        )?;
         Ok(IdentifyNamespace::read_from_bytes(&b).expect("4096 bytes"))
     }
     /// Get Log Page: `len` bytes (a multiple of 4) of log `lid` for `nsid` from byte `offset`.
     pub fn get_log_page(&self, lid: u8, nsid: u32, len: usize, offset: u64) -> Result<Vec<u8>> {
         if len == 0 || len % 4 != 0 {
-            return Err(Error::Invalid(format!("log page length {len} must be a positive multiple of 4")));
+            return Err(Error::Invalid(format!(
+                "log page length {len} must be a positive multiple of 4"
+            )));
         }
         self.admin_read(Command::get_log_page(lid, nsid, len as u32, offset), len)
     }
@@ -309,7 +355,9 @@ impl Controller {
     pub fn error_log(&self, entries: usize) -> Result<Vec<ErrorLogEntry>> {
         let entries = entries.clamp(1, ADMIN_DATA / 64);
         let b = self.get_log_page(lid::ERROR, u32::MAX, entries * 64, 0)?;
-        Ok(b.chunks_exact(64).map(|c| ErrorLogEntry::read_from_bytes(c).expect("64 bytes")).collect())
+        Ok(b.chunks_exact(64)
+            .map(|c| ErrorLogEntry::read_from_bytes(c).expect("64 bytes"))
+            .collect())
     }
     /// The Firmware Slot Information log.
     pub fn firmware_log(&self) -> Result<FirmwareSlotLog> {
@@ -318,11 +366,15 @@ impl Controller {
     }
     /// Get Features: returns completion dword 0.
     pub fn get_features(&self, fid: u8, sel: FeatureSelect, nsid: u32, cdw11: u32) -> Result<u32> {
-        Ok(self.admin_command(Command::get_features(fid, sel, nsid, cdw11), None)?.dw0)
+        Ok(self
+            .admin_command(Command::get_features(fid, sel, nsid, cdw11), None)?
+            .dw0)
     }
     /// Set Features: returns completion dword 0.
     pub fn set_features(&self, fid: u8, nsid: u32, cdw11: u32, save: bool) -> Result<u32> {
-        Ok(self.admin_command(Command::set_features(fid, nsid, cdw11, save), None)?.dw0)
+        Ok(self
+            .admin_command(Command::set_features(fid, nsid, cdw11, save), None)?
+            .dw0)
     }
     /// Reads CSTS now.
     pub fn status_register(&self) -> Csts {
@@ -340,7 +392,12 @@ pub(crate) fn fatal(regs: &Mmio) -> bool {
 
 impl Admin {
     /// Submits and waits; `data` carries the region and a reference that keeps it mapped.
-    fn execute(&mut self, cmd: Command, data: Option<(nvme_core::DmaRegion, Arc<DmaMapping>)>, timeout: Duration) -> Result<Completion> {
+    fn execute(
+        &mut self,
+        cmd: Command,
+        data: Option<(nvme_core::DmaRegion, Arc<DmaMapping>)>,
+        timeout: Duration,
+    ) -> Result<Completion> {
         let tag = AdminTag(self.next_tag);
         self.next_tag += 1;
         let (region, _keep) = match data {
@@ -358,7 +415,11 @@ impl Admin {
             });
             if let Some(c) = result {
                 if !c.status.is_success() {
-                    return Err(Error::Nvme { opcode: cmd.opcode(), admin: true, status: c.status });
+                    return Err(Error::Nvme {
+                        opcode: cmd.opcode(),
+                        admin: true,
+                        status: c.status,
+                    });
                 }
                 return Ok(c);
             }
@@ -367,7 +428,11 @@ impl Admin {
             }
             if start.elapsed() > timeout {
                 // The command stays outstanding; its slot is reclaimed if it ever completes.
-                return Err(Error::Timeout { opcode: cmd.opcode(), admin: true, waited_ms: timeout.as_millis() as u64 });
+                return Err(Error::Timeout {
+                    opcode: cmd.opcode(),
+                    admin: true,
+                    waited_ms: timeout.as_millis() as u64,
+                });
             }
             std::hint::spin_loop();
             if start.elapsed() > Duration::from_micros(200) {
@@ -400,9 +465,14 @@ impl Drop for Inner {
         if !cc.en() || Csts(self.regs.read32(offset::CSTS)).is_all_ones() {
             return;
         }
-        self.regs.write32(offset::CC, cc.with_shn(ShutdownNotification::Normal).0);
+        self.regs
+            .write32(offset::CC, cc.with_shn(ShutdownNotification::Normal).0);
         let rtd3e = Duration::from_micros(self.info.identify.rtd3e as u64);
-        let bound = if rtd3e.is_zero() { Duration::from_secs(10) } else { rtd3e.min(Duration::from_secs(60)) };
+        let bound = if rtd3e.is_zero() {
+            Duration::from_secs(10)
+        } else {
+            rtd3e.min(Duration::from_secs(60))
+        };
         let start = Instant::now();
         while start.elapsed() < bound {
             let csts = Csts(self.regs.read32(offset::CSTS));

@@ -20,12 +20,23 @@ pub(crate) struct DmaMapping {
 }
 
 impl DmaMapping {
-    pub(crate) fn new(transport: &Arc<dyn Transport>, name: &str, len: usize) -> Result<DmaMapping> {
+    pub(crate) fn new(
+        transport: &Arc<dyn Transport>,
+        name: &str,
+        len: usize,
+    ) -> Result<DmaMapping> {
         let mem = SharedMemory::new(name, len).map_err(|e| {
-            Error::os(format!("allocating {len} bytes of DMA memory (hugepages or shared memory)"), e)
+            Error::os(
+                format!("allocating {len} bytes of DMA memory (hugepages or shared memory)"),
+                e,
+            )
         })?;
         let iova = transport.map_dma(&mem)?;
-        Ok(DmaMapping { mem, iova, transport: transport.clone() })
+        Ok(DmaMapping {
+            mem,
+            iova,
+            transport: transport.clone(),
+        })
     }
     pub(crate) fn region(&self) -> DmaRegion {
         // SAFETY: the memory is mapped for the CPU (SharedMemory) and the device (map_dma)
@@ -77,23 +88,36 @@ impl IoBuf<'_> {
         self.len == 0
     }
     pub(crate) fn region(&self) -> DmaRegion {
-        self.map.region().sub(self.offset, self.len).expect("IoBuf range checked at creation")
+        self.map
+            .region()
+            .sub(self.offset, self.len)
+            .expect("IoBuf range checked at creation")
     }
 }
 
 impl<'a> From<&'a mut DmaBuffer> for IoBuf<'a> {
     fn from(b: &'a mut DmaBuffer) -> IoBuf<'a> {
-        IoBuf { map: &b.map, offset: 0, len: b.len }
+        IoBuf {
+            map: &b.map,
+            offset: 0,
+            len: b.len,
+        }
     }
 }
 
 impl DmaBuffer {
     pub(crate) fn new(transport: &Arc<dyn Transport>, len: usize) -> Result<DmaBuffer> {
         if len == 0 {
-            return Err(Error::Invalid("a DMA buffer needs a length above zero".into()));
+            return Err(Error::Invalid(
+                "a DMA buffer needs a length above zero".into(),
+            ));
         }
         let map = DmaMapping::new(transport, "nvme-dma", len)?;
-        Ok(DmaBuffer { map: Arc::new(map), len, _not_sync: PhantomData })
+        Ok(DmaBuffer {
+            map: Arc::new(map),
+            len,
+            _not_sync: PhantomData,
+        })
     }
     /// Length in bytes (as requested; the segment behind it may be larger).
     pub fn len(&self) -> usize {
@@ -121,9 +145,17 @@ impl DmaBuffer {
     /// starts; the borrow ends when the I/O is submitted.
     pub fn slice(&mut self, range: Range<usize>) -> Result<IoBuf<'_>> {
         if range.start > range.end || range.end > self.len {
-            return Err(Error::OutOfBounds { offset: range.start, len: range.end.saturating_sub(range.start), buffer: self.len });
+            return Err(Error::OutOfBounds {
+                offset: range.start,
+                len: range.end.saturating_sub(range.start),
+                buffer: self.len,
+            });
         }
-        Ok(IoBuf { map: &self.map, offset: range.start, len: range.end - range.start })
+        Ok(IoBuf {
+            map: &self.map,
+            offset: range.start,
+            len: range.end - range.start,
+        })
     }
     /// The data, or `None` while an I/O uses the buffer.
     pub fn try_as_slice(&self) -> Option<&[u8]> {
@@ -143,10 +175,12 @@ impl DmaBuffer {
     }
     /// The data. Panics while an I/O uses the buffer.
     pub fn as_slice(&self) -> &[u8] {
-        self.try_as_slice().expect("DMA buffer read while an I/O is in flight; process its completion first")
+        self.try_as_slice()
+            .expect("DMA buffer read while an I/O is in flight; process its completion first")
     }
     /// The data, writable. Panics while an I/O uses the buffer.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        self.try_as_mut_slice().expect("DMA buffer written while an I/O is in flight; process its completion first")
+        self.try_as_mut_slice()
+            .expect("DMA buffer written while an I/O is in flight; process its completion first")
     }
 }

@@ -196,6 +196,9 @@ impl Error {
         }
     }
     pub(crate) fn os(what: impl Into<String>, source: io::Error) -> Error {
-        Error::Os { what: what.into(), source }
+        Error::Os {
+            what: what.into(),
+            source,
+        }
     }
 }

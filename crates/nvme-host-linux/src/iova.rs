@@ -74,12 +74,19 @@ mod tests {
         let y = a.alloc(0xfedf_0000).unwrap();
         assert!(y + 0xfedf_0000 <= 0xfee0_0000);
         let z = a.alloc(1 << 30).unwrap();
-        assert!(z >= 0xfef0_0000 && z + (1 << 30) <= 1 << 39, "skips the hole");
+        assert!(
+            z >= 0xfef0_0000 && z + (1 << 30) <= 1 << 39,
+            "skips the hole"
+        );
         let before = a.free_bytes();
         a.free(x, 8192);
         a.free(y, 0xfedf_0000);
         assert_eq!(a.free_bytes(), before + 8192 + 0xfedf_0000);
-        assert_eq!(a.alloc(0xfedf_0000 + 8192), Some(4096), "freed neighbours merged");
+        assert_eq!(
+            a.alloc(0xfedf_0000 + 8192),
+            Some(4096),
+            "freed neighbours merged"
+        );
         assert_eq!(a.alloc(1 << 40), None);
     }
 }

@@ -59,15 +59,24 @@ impl SharedMemory {
     /// Allocates with a specific backing; fails rather than falling back.
     pub fn with_backing(name: &str, len: usize, backing: Backing) -> io::Result<SharedMemory> {
         if len == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "zero-length shared memory"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "zero-length shared memory",
+            ));
         }
         let page = match backing {
             Backing::HugePages => HUGE_PAGE,
             Backing::Shared => 4096,
         };
         let len = len.div_ceil(page) * page;
-        let cname = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?;
-        let flags = libc::MFD_CLOEXEC | if backing == Backing::HugePages { libc::MFD_HUGETLB } else { 0 };
+        let cname = CString::new(name)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?;
+        let flags = libc::MFD_CLOEXEC
+            | if backing == Backing::HugePages {
+                libc::MFD_HUGETLB
+            } else {
+                0
+            };
         // SAFETY: plain system call with a valid C string.
         let raw = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
         if raw < 0 {
@@ -80,7 +89,12 @@ impl SharedMemory {
             return Err(io::Error::last_os_error());
         }
         let ptr = map_fd(fd.as_fd(), 0, len, true)?;
-        Ok(SharedMemory { fd, ptr, len, backing })
+        Ok(SharedMemory {
+            fd,
+            ptr,
+            len,
+            backing,
+        })
     }
 
     /// The memfd behind the segment.
@@ -114,7 +128,12 @@ impl Drop for SharedMemory {
 }
 
 /// Maps `len` bytes of `fd` at `offset`, shared, read-write; `populate` faults the pages in.
-pub fn map_fd(fd: BorrowedFd<'_>, offset: u64, len: usize, populate: bool) -> io::Result<NonNull<u8>> {
+pub fn map_fd(
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    len: usize,
+    populate: bool,
+) -> io::Result<NonNull<u8>> {
     let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
     // SAFETY: a new mapping chosen by the kernel; no existing memory is affected.
     let p = unsafe {

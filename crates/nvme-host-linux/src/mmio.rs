@@ -39,7 +39,10 @@ impl Mmio {
     }
     #[inline]
     fn ptr(&self, offset: usize) -> *mut u32 {
-        assert!(offset % 4 == 0 && offset + 4 <= self.len, "register offset {offset:#x} outside BAR");
+        assert!(
+            offset % 4 == 0 && offset + 4 <= self.len,
+            "register offset {offset:#x} outside BAR"
+        );
         // SAFETY: in bounds of the mapping (asserted above).
         unsafe { self.base.as_ptr().add(offset) as *mut u32 }
     }

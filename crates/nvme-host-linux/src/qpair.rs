@@ -53,7 +53,10 @@ pub struct IoQueuePair {
 
 impl std::fmt::Debug for IoQueuePair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IoQueuePair").field("qid", &self.qid).field("entries", &self.qp.entries()).finish()
+        f.debug_struct("IoQueuePair")
+            .field("qid", &self.qid)
+            .field("entries", &self.qp.entries())
+            .finish()
     }
 }
 
@@ -73,10 +76,15 @@ impl IoQueuePair {
         let sq_len = (entries as usize * 64).next_multiple_of(ps);
         let cq_len = (entries as usize * 16).next_multiple_of(ps);
         let prp_len = QueueConfig::prp_len(entries, ps, max_transfer);
-        let dsm_len = (QueueConfig::slots(entries) * std::mem::size_of::<DsmRange>()).next_multiple_of(ps);
+        let dsm_len =
+            (QueueConfig::slots(entries) * std::mem::size_of::<DsmRange>()).next_multiple_of(ps);
         let qid = ctrl.alloc_qid()?;
         let build = || -> Result<(Qp, DmaMapping, DmaRegion)> {
-            let rings = DmaMapping::new(&ctrl.inner.transport, "nvme-ioq", sq_len + cq_len + prp_len + dsm_len)?;
+            let rings = DmaMapping::new(
+                &ctrl.inner.transport,
+                "nvme-ioq",
+                sq_len + cq_len + prp_len + dsm_len,
+            )?;
             let r = rings.region();
             let cfg = QueueConfig {
                 qid,
@@ -89,7 +97,9 @@ impl IoQueuePair {
                 prp: r.sub(sq_len + cq_len, prp_len).expect("prp"),
             };
             let dsm = r.sub(sq_len + cq_len + prp_len, dsm_len).expect("dsm");
-            let slots: Box<[Slot<IoCtx>]> = (0..QueueConfig::slots(entries)).map(|_| Slot::EMPTY).collect();
+            let slots: Box<[Slot<IoCtx>]> = (0..QueueConfig::slots(entries))
+                .map(|_| Slot::EMPTY)
+                .collect();
             let qp = QueuePair::new(cfg, ctrl.inner.regs, slots)
                 .map_err(|e| Error::Invalid(format!("I/O queue {qid}: {e}")))?;
             Ok((qp, rings, dsm))
@@ -101,17 +111,27 @@ impl IoQueuePair {
                 return Err(e);
             }
         };
-        if let Err(e) = ctrl.admin_command(Command::create_io_cq(qid, entries, qp.cq_iova()), None) {
+        if let Err(e) = ctrl.admin_command(Command::create_io_cq(qid, entries, qp.cq_iova()), None)
+        {
             ctrl.free_qid(qid);
             return Err(e);
         }
-        if let Err(e) = ctrl.admin_command(Command::create_io_sq(qid, entries, qp.sq_iova(), qid), None) {
+        if let Err(e) =
+            ctrl.admin_command(Command::create_io_sq(qid, entries, qp.sq_iova(), qid), None)
+        {
             if ctrl.admin_command(Command::delete_io_cq(qid), None).is_ok() {
                 ctrl.free_qid(qid);
             }
             return Err(e);
         }
-        Ok(IoQueuePair { qp, dsm, namespaces: ctrl.inner.namespaces.clone(), qid, ctrl, rings: Some(rings) })
+        Ok(IoQueuePair {
+            qp,
+            dsm,
+            namespaces: ctrl.inner.namespaces.clone(),
+            qid,
+            ctrl,
+            rings: Some(rings),
+        })
     }
 
     /// The queue id on the controller.
@@ -147,19 +167,38 @@ impl IoQueuePair {
     #[inline]
     fn check_range(&self, nsid: u32, lba: u64, blocks: u64, capacity: u64) -> Result<()> {
         if blocks == 0 || lba.checked_add(blocks).is_none_or(|end| end > capacity) {
-            return Err(Error::LbaOutOfRange { nsid, lba, blocks, capacity });
+            return Err(Error::LbaOutOfRange {
+                nsid,
+                lba,
+                blocks,
+                capacity,
+            });
         }
         Ok(())
     }
 
     #[inline]
-    fn data_io(&mut self, op: NvmOpcode, nsid: u32, lba: u64, buf: IoBuf<'_>, token: u64) -> Result<()> {
+    fn data_io(
+        &mut self,
+        op: NvmOpcode,
+        nsid: u32,
+        lba: u64,
+        buf: IoBuf<'_>,
+        token: u64,
+    ) -> Result<()> {
         let (bs, capacity) = self.namespace(nsid)?;
         if buf.len == 0 || buf.len % bs as usize != 0 {
-            return Err(Error::BadLength { len: buf.len, block_size: bs });
+            return Err(Error::BadLength {
+                len: buf.len,
+                block_size: bs,
+            });
         }
         self.check_range(nsid, lba, (buf.len / bs as usize) as u64, capacity)?;
-        let ctx = IoCtx { token, opcode: op as u8, _buf: Some(buf.map.clone()) };
+        let ctx = IoCtx {
+            token,
+            opcode: op as u8,
+            _buf: Some(buf.map.clone()),
+        };
         self.qp
             .submit_io(Command::new(op as u8, nsid), lba, bs, buf.region(), ctx)
             .map_err(Error::from)
@@ -167,27 +206,53 @@ impl IoQueuePair {
 
     /// Reads `buf.len()` bytes (a multiple of the block size) from `lba`.
     #[inline]
-    pub fn read<'a>(&mut self, nsid: u32, lba: u64, buf: impl Into<IoBuf<'a>>, token: u64) -> Result<()> {
+    pub fn read<'a>(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        buf: impl Into<IoBuf<'a>>,
+        token: u64,
+    ) -> Result<()> {
         self.data_io(NvmOpcode::Read, nsid, lba, buf.into(), token)
     }
     /// Writes `buf.len()` bytes (a multiple of the block size) at `lba`.
     #[inline]
-    pub fn write<'a>(&mut self, nsid: u32, lba: u64, buf: impl Into<IoBuf<'a>>, token: u64) -> Result<()> {
+    pub fn write<'a>(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        buf: impl Into<IoBuf<'a>>,
+        token: u64,
+    ) -> Result<()> {
         self.data_io(NvmOpcode::Write, nsid, lba, buf.into(), token)
     }
     /// Compares the blocks at `lba` with `buf`; a mismatch completes with Compare Failure.
-    pub fn compare<'a>(&mut self, nsid: u32, lba: u64, buf: impl Into<IoBuf<'a>>, token: u64) -> Result<()> {
+    pub fn compare<'a>(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        buf: impl Into<IoBuf<'a>>,
+        token: u64,
+    ) -> Result<()> {
         self.data_io(NvmOpcode::Compare, nsid, lba, buf.into(), token)
     }
     /// Writes zeroes to `blocks` (1..=65536) blocks at `lba`.
     pub fn write_zeroes(&mut self, nsid: u32, lba: u64, blocks: u32, token: u64) -> Result<()> {
         let (_, capacity) = self.namespace(nsid)?;
         if blocks > MAX_BLOCKS_PER_COMMAND {
-            return Err(Error::Invalid(format!("write zeroes of {blocks} blocks: at most {MAX_BLOCKS_PER_COMMAND} per command")));
+            return Err(Error::Invalid(format!(
+                "write zeroes of {blocks} blocks: at most {MAX_BLOCKS_PER_COMMAND} per command"
+            )));
         }
         self.check_range(nsid, lba, blocks as u64, capacity)?;
-        let ctx = IoCtx { token, opcode: NvmOpcode::WriteZeroes as u8, _buf: None };
-        self.qp.submit(Command::write_zeroes(nsid, lba, blocks.max(1)), None, ctx).map_err(Error::from)
+        let ctx = IoCtx {
+            token,
+            opcode: NvmOpcode::WriteZeroes as u8,
+            _buf: None,
+        };
+        self.qp
+            .submit(Command::write_zeroes(nsid, lba, blocks.max(1)), None, ctx)
+            .map_err(Error::from)
     }
     /// Deallocates (trims) `blocks` blocks at `lba` (Dataset Management, one range).
     pub fn deallocate(&mut self, nsid: u32, lba: u64, blocks: u32, token: u64) -> Result<()> {
@@ -196,26 +261,48 @@ impl IoQueuePair {
         let Some(slot) = self.qp.next_slot() else {
             return Err(Error::Submit(nvme_core::SubmitError::QueueFull));
         };
-        let range = DsmRange { attributes: 0, blocks, slba: lba };
+        let range = DsmRange {
+            attributes: 0,
+            blocks,
+            slba: lba,
+        };
         let entry = self.dsm.sub(slot * 16, 16).expect("one DSM range per slot");
         // SAFETY: the entry is inside this queue pair's DSM area and belongs to the slot the
         // next command uses; no command of that slot is in flight.
         unsafe { std::ptr::copy_nonoverlapping(range.as_bytes().as_ptr(), entry.vaddr(), 16) };
-        let ctx = IoCtx { token, opcode: NvmOpcode::DatasetManagement as u8, _buf: None };
-        self.qp.submit(Command::deallocate(nsid, 1), Some(entry), ctx).map_err(Error::from)
+        let ctx = IoCtx {
+            token,
+            opcode: NvmOpcode::DatasetManagement as u8,
+            _buf: None,
+        };
+        self.qp
+            .submit(Command::deallocate(nsid, 1), Some(entry), ctx)
+            .map_err(Error::from)
     }
     /// Flushes the namespace's volatile write cache.
     pub fn flush(&mut self, nsid: u32, token: u64) -> Result<()> {
         self.namespace(nsid)?;
-        let ctx = IoCtx { token, opcode: NvmOpcode::Flush as u8, _buf: None };
-        self.qp.submit(Command::flush(nsid), None, ctx).map_err(Error::from)
+        let ctx = IoCtx {
+            token,
+            opcode: NvmOpcode::Flush as u8,
+            _buf: None,
+        };
+        self.qp
+            .submit(Command::flush(nsid), None, ctx)
+            .map_err(Error::from)
     }
     /// Submits any I/O command as built, with an optional data range (at most the maximum
     /// transfer size; not split). Nothing is checked beyond the data pointer: the
     /// controller's status reports the rest.
     pub fn submit(&mut self, cmd: Command, data: Option<IoBuf<'_>>, token: u64) -> Result<()> {
-        let ctx = IoCtx { token, opcode: cmd.opcode(), _buf: data.map(|d| d.map.clone()) };
-        self.qp.submit(cmd, data.map(|d| d.region()), ctx).map_err(Error::from)
+        let ctx = IoCtx {
+            token,
+            opcode: cmd.opcode(),
+            _buf: data.map(|d| d.map.clone()),
+        };
+        self.qp
+            .submit(cmd, data.map(|d| d.region()), ctx)
+            .map_err(Error::from)
     }
     /// Writes the doorbell for everything submitted since the last write (also done by
     /// [`process_completions`](Self::process_completions)).
@@ -227,12 +314,20 @@ impl IoQueuePair {
     /// Rings the doorbell, then processes up to `max` completions, calling `f(token, result)`
     /// for each finished request. Returns how many finished.
     #[inline]
-    pub fn process_completions<F: FnMut(u64, Result<()>)>(&mut self, max: usize, mut f: F) -> usize {
+    pub fn process_completions<F: FnMut(u64, Result<()>)>(
+        &mut self,
+        max: usize,
+        mut f: F,
+    ) -> usize {
         self.qp.poll(max, |ctx: IoCtx, c: Completion| {
             let r = if c.status.is_success() {
                 Ok(())
             } else {
-                Err(Error::Nvme { opcode: ctx.opcode, admin: false, status: c.status })
+                Err(Error::Nvme {
+                    opcode: ctx.opcode,
+                    admin: false,
+                    status: c.status,
+                })
             };
             f(ctx.token, r)
         })
@@ -244,11 +339,17 @@ impl IoQueuePair {
         let start = Instant::now();
         while self.outstanding() > 0 {
             self.process_completions(usize::MAX, &mut f);
-            if start.elapsed() > Duration::from_millis(1) && crate::controller::fatal(&self.ctrl.inner.regs) {
+            if start.elapsed() > Duration::from_millis(1)
+                && crate::controller::fatal(&self.ctrl.inner.regs)
+            {
                 return Err(Error::ControllerFatal);
             }
             if start.elapsed() > timeout {
-                return Err(Error::Timeout { opcode: 0, admin: false, waited_ms: timeout.as_millis() as u64 });
+                return Err(Error::Timeout {
+                    opcode: 0,
+                    admin: false,
+                    waited_ms: timeout.as_millis() as u64,
+                });
             }
             std::hint::spin_loop();
         }
@@ -257,7 +358,9 @@ impl IoQueuePair {
 
     fn sync(&mut self, submit: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
         if self.outstanding() > 0 {
-            return Err(Error::Busy { outstanding: self.outstanding() });
+            return Err(Error::Busy {
+                outstanding: self.outstanding(),
+            });
         }
         submit(self)?;
         let mut result = Ok(());
@@ -275,7 +378,12 @@ impl IoQueuePair {
         self.sync(|q| q.write(nsid, lba, buf, 0))
     }
     /// Compares synchronously (no other I/O may be outstanding).
-    pub fn compare_sync<'a>(&mut self, nsid: u32, lba: u64, buf: impl Into<IoBuf<'a>>) -> Result<()> {
+    pub fn compare_sync<'a>(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        buf: impl Into<IoBuf<'a>>,
+    ) -> Result<()> {
         let buf = buf.into();
         self.sync(|q| q.compare(nsid, lba, buf, 0))
     }
@@ -286,8 +394,12 @@ impl Drop for IoQueuePair {
         // Give outstanding I/O a moment, then delete the queues: the controller completes or
         // aborts whatever is left, and stops using the rings.
         let _ = self.drain(Duration::from_secs(5), |_, _| {});
-        let sq = self.ctrl.admin_command(Command::delete_io_sq(self.qid), None);
-        let cq = self.ctrl.admin_command(Command::delete_io_cq(self.qid), None);
+        let sq = self
+            .ctrl
+            .admin_command(Command::delete_io_sq(self.qid), None);
+        let cq = self
+            .ctrl
+            .admin_command(Command::delete_io_cq(self.qid), None);
         self.qp.abort_all(Qp::ABORTED, |_, _| {});
         if sq.is_ok() && cq.is_ok() {
             self.ctrl.free_qid(self.qid);

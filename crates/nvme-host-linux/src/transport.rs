@@ -47,7 +47,14 @@ pub struct SimOptions {
 
 impl Default for SimOptions {
     fn default() -> Self {
-        SimOptions { namespaces: 1, lba_size: 512, size: 1 << 30, mdts: 5, mqes: 1023, serial: "SIM0001".into() }
+        SimOptions {
+            namespaces: 1,
+            lba_size: 512,
+            size: 1 << 30,
+            mdts: 5,
+            mqes: 1023,
+            serial: "SIM0001".into(),
+        }
     }
 }
 
@@ -66,7 +73,11 @@ pub struct PciAddress {
 
 impl fmt::Display for PciAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04x}:{:02x}:{:02x}.{:x}", self.domain, self.bus, self.device, self.function)
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.domain, self.bus, self.device, self.function
+        )
     }
 }
 
@@ -74,7 +85,11 @@ impl std::str::FromStr for PciAddress {
     type Err = String;
     /// Parses `dddd:bb:dd.f` or `bb:dd.f` (domain 0), hexadecimal.
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("bad PCI address '{s}': expected dddd:bb:dd.f, e.g. 0000:04:00.0 (see `lspci -D`)");
+        let bad = || {
+            format!(
+                "bad PCI address '{s}': expected dddd:bb:dd.f, e.g. 0000:04:00.0 (see `lspci -D`)"
+            )
+        };
         let parts: Vec<&str> = s.split(':').collect();
         let (domain, bus, devfn) = match parts.as_slice() {
             [d, b, df] => (u16::from_str_radix(d, 16).map_err(|_| bad())?, *b, *df),
@@ -88,7 +103,12 @@ impl std::str::FromStr for PciAddress {
         if device > 31 || function > 7 {
             return Err(bad());
         }
-        Ok(PciAddress { domain, bus, device, function })
+        Ok(PciAddress {
+            domain,
+            bus,
+            device,
+            function,
+        })
     }
 }
 
@@ -170,7 +190,11 @@ impl TransportId {
                 }
                 TransportKind::Sim(o)
             }
-            other => return Err(format!("bad transport id '{s}': unknown trtype '{other}' (supported: PCIe, sim)")),
+            other => {
+                return Err(format!(
+                    "bad transport id '{s}': unknown trtype '{other}' (supported: PCIe, sim)"
+                ))
+            }
         };
         Ok(TransportId { kind, nsid })
     }
@@ -204,9 +228,11 @@ impl fmt::Display for TransportId {
         match &self.kind {
             TransportKind::Pcie { traddr: Some(a) } => write!(f, "trtype:PCIe traddr:{a}")?,
             TransportKind::Pcie { traddr: None } => write!(f, "trtype:PCIe")?,
-            TransportKind::Sim(o) => {
-                write!(f, "trtype:sim nscount:{} lbasize:{} size:{} mdts:{} mqes:{}", o.namespaces, o.lba_size, o.size, o.mdts, o.mqes)?
-            }
+            TransportKind::Sim(o) => write!(
+                f,
+                "trtype:sim nscount:{} lbasize:{} size:{} mdts:{} mqes:{}",
+                o.namespaces, o.lba_size, o.size, o.mdts, o.mqes
+            )?,
         }
         if let Some(ns) = self.nsid {
             write!(f, " ns:{ns}")?;
@@ -223,14 +249,24 @@ mod tests {
     fn parses_spdk_forms() {
         let t = TransportId::parse("trtype:PCIe traddr:0000:04:00.0 ns:1").unwrap();
         assert_eq!(t.nsid, Some(1));
-        let TransportKind::Pcie { traddr: Some(a) } = t.kind else { panic!() };
+        let TransportKind::Pcie { traddr: Some(a) } = t.kind else {
+            panic!()
+        };
         assert_eq!(a.to_string(), "0000:04:00.0");
         let t = TransportId::parse("trtype=pcie traddr=5e:1f.7").unwrap();
         assert_eq!(t.name(), "0000:5e:1f.7");
-        assert_eq!(TransportId::parse("TRTYPE:PCIe").unwrap().kind, TransportKind::Pcie { traddr: None });
+        assert_eq!(
+            TransportId::parse("TRTYPE:PCIe").unwrap().kind,
+            TransportKind::Pcie { traddr: None }
+        );
         let t = TransportId::parse("trtype:sim nscount:2 lbasize:4096 size:64M mdts:3").unwrap();
-        let TransportKind::Sim(o) = t.kind else { panic!() };
-        assert_eq!((o.namespaces, o.lba_size, o.size, o.mdts), (2, 4096, 64 << 20, 3));
+        let TransportKind::Sim(o) = t.kind else {
+            panic!()
+        };
+        assert_eq!(
+            (o.namespaces, o.lba_size, o.size, o.mdts),
+            (2, 4096, 64 << 20, 3)
+        );
         let round = TransportId::parse("trtype:sim nscount:2 ns:2").unwrap();
         assert_eq!(TransportId::parse(&round.to_string()).unwrap(), round);
     }
@@ -240,9 +276,15 @@ mod tests {
         let e = TransportId::parse("traddr:0000:04:00.0").unwrap_err();
         assert!(e.contains("no trtype"), "{e}");
         let e = TransportId::parse("trtype:rdma").unwrap_err();
-        assert!(e.contains("unknown trtype 'rdma'") && e.contains("PCIe, sim"), "{e}");
+        assert!(
+            e.contains("unknown trtype 'rdma'") && e.contains("PCIe, sim"),
+            "{e}"
+        );
         let e = TransportId::parse("trtype:PCIe traddr:0000:04:00").unwrap_err();
-        assert!(e.contains("bad PCI address '0000:04:00'") && e.contains("lspci"), "{e}");
+        assert!(
+            e.contains("bad PCI address '0000:04:00'") && e.contains("lspci"),
+            "{e}"
+        );
         let e = TransportId::parse("trtype:PCIe traddr:0000:04:20.0").unwrap_err();
         assert!(e.contains("bad PCI address"), "{e}");
         let e = TransportId::parse("trtype:sim lbasize:1000").unwrap_err();

@@ -8,22 +8,33 @@ use nvme_host_linux::regs::status::{CommandSpecificStatus, GenericStatus, MediaE
 use nvme_host_linux::regs::Status;
 use nvme_host_linux::sim::{CommandMatch, NamespaceConfig, SimConfig};
 use nvme_host_linux::{
-    AttachOptions, Controller, Error, IoQueuePair, QueueOptions, SimTransport, Transport, TransportId,
+    AttachOptions, Controller, Error, IoQueuePair, QueueOptions, SimTransport, Transport,
+    TransportId,
 };
 
 const T: Duration = Duration::from_secs(10);
 
 fn attach_config(cfg: SimConfig) -> Result<Controller, Error> {
     let t: Arc<dyn Transport> = Arc::new(SimTransport::with_config(cfg)?);
-    Controller::attach_transport(t, TransportId::parse("trtype:sim").unwrap(), &AttachOptions::default())
+    Controller::attach_transport(
+        t,
+        TransportId::parse("trtype:sim").unwrap(),
+        &AttachOptions::default(),
+    )
 }
 
 /// Two namespaces (512 B and 4 KiB blocks), 16 KiB MDTS so that splits are easy to reach.
 fn two_namespaces() -> Controller {
     attach_config(SimConfig {
         namespaces: vec![
-            NamespaceConfig { lba_size: 512, blocks: 64 << 11 },
-            NamespaceConfig { lba_size: 4096, blocks: 64 << 8 },
+            NamespaceConfig {
+                lba_size: 512,
+                blocks: 64 << 11,
+            },
+            NamespaceConfig {
+                lba_size: 4096,
+                blocks: 64 << 8,
+            },
         ],
         mdts: 2,
         ..Default::default()
@@ -44,7 +55,8 @@ fn pattern(seed: u64, buf: &mut [u8]) {
 
 #[test]
 fn attach_reports_identify_and_namespaces() {
-    let ctrl = Controller::attach("trtype:sim nscount:2 lbasize:4096 size:16M serial:ABC123").unwrap();
+    let ctrl =
+        Controller::attach("trtype:sim nscount:2 lbasize:4096 size:16M serial:ABC123").unwrap();
     assert_eq!(ctrl.identify().serial(), "ABC123");
     assert_eq!(ctrl.namespaces().len(), 2);
     for (i, ns) in ctrl.namespaces().iter().enumerate() {
@@ -53,7 +65,11 @@ fn attach_reports_identify_and_namespaces() {
         assert_eq!(ns.blocks(), 4096);
     }
     assert_eq!(ctrl.info().vs.major(), 1);
-    assert_eq!(ctrl.max_transfer(), 128 << 10, "default MDTS 5 with 4 KiB pages");
+    assert_eq!(
+        ctrl.max_transfer(),
+        128 << 10,
+        "default MDTS 5 with 4 KiB pages"
+    );
     let fresh = ctrl.identify_controller().unwrap();
     assert_eq!(fresh.serial(), "ABC123");
     let ns = ctrl.identify_namespace(2).unwrap();
@@ -71,7 +87,16 @@ fn data_reads_back_across_sizes_offsets_and_block_sizes() {
         let bs = ns.block_size() as usize;
         // One block up to several MiB, at offsets that put PRP1 mid-page and force lists and
         // splits (MDTS is 16 KiB here).
-        let sizes = [bs, 2 * bs, 4096, 8192 + bs, 16 << 10, (16 << 10) + bs, 100 * 4096, 4 << 20];
+        let sizes = [
+            bs,
+            2 * bs,
+            4096,
+            8192 + bs,
+            16 << 10,
+            (16 << 10) + bs,
+            100 * 4096,
+            4 << 20,
+        ];
         let offsets = [0usize, 4, 512, 4096 - 4, 4096 + 2048];
         let mut lba = 0u64;
         for (i, &size) in sizes.iter().enumerate() {
@@ -80,11 +105,16 @@ fn data_reads_back_across_sizes_offsets_and_block_sizes() {
                 if off % 4 != 0 || off + size > wbuf.len() {
                     continue;
                 }
-                pattern((i * 31 + off) as u64 + ns.id() as u64 * 1000, &mut wbuf.as_mut_slice()[off..off + size]);
-                qp.write_sync(ns.id(), lba, wbuf.slice(off..off + size).unwrap()).unwrap();
+                pattern(
+                    (i * 31 + off) as u64 + ns.id() as u64 * 1000,
+                    &mut wbuf.as_mut_slice()[off..off + size],
+                );
+                qp.write_sync(ns.id(), lba, wbuf.slice(off..off + size).unwrap())
+                    .unwrap();
                 rbuf.as_mut_slice().fill(0);
                 let roff = (off + 8) % 4096;
-                qp.read_sync(ns.id(), lba, rbuf.slice(roff..roff + size).unwrap()).unwrap();
+                qp.read_sync(ns.id(), lba, rbuf.slice(roff..roff + size).unwrap())
+                    .unwrap();
                 assert!(
                     wbuf.as_slice()[off..off + size] == rbuf.as_slice()[roff..roff + size],
                     "ns {} size {size} write offset {off} read offset {roff}: data differs",
@@ -92,7 +122,10 @@ fn data_reads_back_across_sizes_offsets_and_block_sizes() {
                 );
                 // The controller's own copy agrees byte for byte.
                 let mut backing = vec![0u8; size];
-                ctrl.sim().unwrap().read_backing(ns.id(), lba * bs as u64, &mut backing).unwrap();
+                ctrl.sim()
+                    .unwrap()
+                    .read_backing(ns.id(), lba * bs as u64, &mut backing)
+                    .unwrap();
                 assert!(backing == wbuf.as_slice()[off..off + size]);
                 lba += (size / bs) as u64 + 3;
             }
@@ -104,12 +137,18 @@ fn data_reads_back_across_sizes_offsets_and_block_sizes() {
 
 fn expect_status(r: Result<(), Error>, want: Status) {
     match r {
-        Err(Error::Nvme { status, .. }) => assert_eq!(status.code(), want.code(), "got {status}, want {want}"),
+        Err(Error::Nvme { status, .. }) => {
+            assert_eq!(status.code(), want.code(), "got {status}, want {want}")
+        }
         other => panic!("expected NVMe status {want}, got {other:?}"),
     }
 }
 
-fn run(qp: &mut IoQueuePair, cmd: Command, data: Option<nvme_host_linux::IoBuf<'_>>) -> Result<(), Error> {
+fn run(
+    qp: &mut IoQueuePair,
+    cmd: Command,
+    data: Option<nvme_host_linux::IoBuf<'_>>,
+) -> Result<(), Error> {
     qp.submit(cmd, data, 7).unwrap();
     let mut out = None;
     qp.drain(T, |t, r| {
@@ -127,29 +166,61 @@ fn controller_statuses_surface_as_typed_errors() {
     let mut buf = ctrl.alloc_dma(8192).unwrap();
     let blocks = ctrl.namespace(1).unwrap().blocks();
     expect_status(
-        run(&mut qp, Command::read(1, blocks - 1, 2), Some(buf.slice(0..1024).unwrap())),
+        run(
+            &mut qp,
+            Command::read(1, blocks - 1, 2),
+            Some(buf.slice(0..1024).unwrap()),
+        ),
         Status::generic(GenericStatus::LbaOutOfRange),
     );
     expect_status(
-        run(&mut qp, Command::read(99, 0, 1), Some(buf.slice(0..512).unwrap())),
+        run(
+            &mut qp,
+            Command::read(99, 0, 1),
+            Some(buf.slice(0..512).unwrap()),
+        ),
         Status::generic(GenericStatus::InvalidNamespaceOrFormat),
     );
-    expect_status(run(&mut qp, Command::new(0x7e, 1), None), Status::generic(GenericStatus::InvalidOpcode));
+    expect_status(
+        run(&mut qp, Command::new(0x7e, 1), None),
+        Status::generic(GenericStatus::InvalidOpcode),
+    );
     // Compare against different data: Compare Failure (media error).
     buf.as_mut_slice()[..512].fill(1);
     qp.write_sync(1, 10, buf.slice(0..512).unwrap()).unwrap();
     buf.as_mut_slice()[..512].fill(2);
-    expect_status(qp.compare_sync(1, 10, buf.slice(0..512).unwrap()), Status::media(MediaErrorStatus::CompareFailure));
+    expect_status(
+        qp.compare_sync(1, 10, buf.slice(0..512).unwrap()),
+        Status::media(MediaErrorStatus::CompareFailure),
+    );
     buf.as_mut_slice()[..512].fill(1);
     qp.compare_sync(1, 10, buf.slice(0..512).unwrap()).unwrap();
     // Admin: an invalid log page and an invalid feature.
     match ctrl.get_log_page(0x7f, u32::MAX, 512, 0) {
-        Err(e) => assert!(e.status().unwrap().is_command_specific(CommandSpecificStatus::InvalidLogPage), "{e}"),
+        Err(e) => assert!(
+            e.status()
+                .unwrap()
+                .is_command_specific(CommandSpecificStatus::InvalidLogPage),
+            "{e}"
+        ),
         Ok(_) => panic!("invalid log page accepted"),
     }
-    let e = ctrl.get_features(0x7d, nvme_host_linux::regs::features::FeatureSelect::Current, 0, 0).unwrap_err();
-    assert!(e.status().unwrap().is_generic(GenericStatus::InvalidField), "{e}");
-    assert!(e.to_string().contains("Get Features") && e.to_string().contains("Invalid Field"), "{e}");
+    let e = ctrl
+        .get_features(
+            0x7d,
+            nvme_host_linux::regs::features::FeatureSelect::Current,
+            0,
+            0,
+        )
+        .unwrap_err();
+    assert!(
+        e.status().unwrap().is_generic(GenericStatus::InvalidField),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("Get Features") && e.to_string().contains("Invalid Field"),
+        "{e}"
+    );
     // Every injected status comes back exactly.
     let injected = [
         Status::generic(GenericStatus::DataTransferError),
@@ -159,9 +230,17 @@ fn controller_statuses_surface_as_typed_errors() {
         Status::generic(GenericStatus::NamespaceNotReady),
     ];
     for s in injected {
-        let id = ctrl.sim().unwrap().faults().fail_nth(CommandMatch::io(0x02), 1, s, false);
+        let id = ctrl
+            .sim()
+            .unwrap()
+            .faults()
+            .fail_nth(CommandMatch::io(0x02), 1, s, false);
         match qp.read_sync(1, 0, buf.slice(0..512).unwrap()) {
-            Err(Error::Nvme { status, opcode: 0x02, admin: false }) => {
+            Err(Error::Nvme {
+                status,
+                opcode: 0x02,
+                admin: false,
+            }) => {
                 assert_eq!(status.code(), s.code());
                 assert_eq!(status.dnr(), s.dnr());
             }
@@ -180,15 +259,25 @@ fn host_side_checks_name_the_problem() {
     let cap = ctrl.namespace(2).unwrap().blocks();
     let e = qp.read(2, cap, buf.slice(0..4096).unwrap(), 0).unwrap_err();
     assert!(matches!(e, Error::LbaOutOfRange { nsid: 2, .. }), "{e}");
-    assert!(e.to_string().contains("out of range for namespace 2"), "{e}");
+    assert!(
+        e.to_string().contains("out of range for namespace 2"),
+        "{e}"
+    );
     let e = qp.read(2, 0, buf.slice(0..512).unwrap(), 0).unwrap_err();
-    assert!(e.to_string().contains("not a positive multiple of the 4096-byte block size"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("not a positive multiple of the 4096-byte block size"),
+        "{e}"
+    );
     let e = qp.read(1, 0, buf.slice(2..514).unwrap(), 0).unwrap_err();
     assert!(e.to_string().contains("not 4-byte aligned"), "{e}");
     let e = qp.read(5, 0, buf.slice(0..512).unwrap(), 0).unwrap_err();
     assert!(matches!(e, Error::NoSuchNamespace(5)));
     let e = buf.slice(0..9000).unwrap_err();
-    assert!(e.to_string().contains("outside the 8192-byte DMA buffer"), "{e}");
+    assert!(
+        e.to_string().contains("outside the 8192-byte DMA buffer"),
+        "{e}"
+    );
     assert_eq!(qp.outstanding(), 0);
     let e = Controller::attach("trtype:sim lbasize:777").unwrap_err();
     assert!(e.to_string().contains("512 or 4096"), "{e}");
@@ -215,8 +304,13 @@ fn queue_full_back_pressure() {
     }
     assert_eq!(submitted, 7);
     // A 32 KiB write needs two commands at 16 KiB MDTS: refused as a whole, not half-sent.
-    let big = qp.write(1, 100, buf.slice(0..32 << 10).unwrap(), 99).unwrap_err();
-    assert!(matches!(big, Error::Submit(nvme_host_linux::core::SubmitError::QueueFull)));
+    let big = qp
+        .write(1, 100, buf.slice(0..32 << 10).unwrap(), 99)
+        .unwrap_err();
+    assert!(matches!(
+        big,
+        Error::Submit(nvme_host_linux::core::SubmitError::QueueFull)
+    ));
     faults.remove(id);
     let mut done = Vec::new();
     qp.drain(T, |t, r| {
@@ -227,7 +321,9 @@ fn queue_full_back_pressure() {
     done.sort_unstable();
     assert_eq!(done, (0..7).collect::<Vec<_>>());
     // Larger than the queue can ever hold is a different error.
-    let e = qp.write(1, 0, buf.slice(0..128 << 10).unwrap(), 0).unwrap_err();
+    let e = qp
+        .write(1, 0, buf.slice(0..128 << 10).unwrap(), 0)
+        .unwrap_err();
     assert!(e.to_string().contains("queue holds"), "{e}");
 }
 
@@ -254,12 +350,19 @@ fn write_zeroes_deallocate_and_flush() {
     assert!(d[..4096].iter().all(|&b| b == 0xee));
     assert!(d[4096..8192].iter().all(|&b| b == 0), "write zeroes");
     assert!(d[8192..12288].iter().all(|&b| b == 0xee));
-    assert!(d[12288..].iter().all(|&b| b == 0), "deallocated blocks read as zeroes");
+    assert!(
+        d[12288..].iter().all(|&b| b == 0),
+        "deallocated blocks read as zeroes"
+    );
 }
 
 #[test]
 fn queue_ids_are_pooled_and_reused() {
-    let ctrl = attach_config(SimConfig { max_io_queues: 3, ..Default::default() }).unwrap();
+    let ctrl = attach_config(SimConfig {
+        max_io_queues: 3,
+        ..Default::default()
+    })
+    .unwrap();
     let a = ctrl.alloc_io_queue(QueueOptions::default()).unwrap();
     let b = ctrl.alloc_io_queue(QueueOptions::default()).unwrap();
     let c = ctrl.alloc_io_queue(QueueOptions::default()).unwrap();
@@ -273,21 +376,36 @@ fn queue_ids_are_pooled_and_reused() {
     assert_eq!(ctrl.io_queues_in_use(), 2);
     let d = ctrl.alloc_io_queue(QueueOptions::default()).unwrap();
     assert_eq!(d.qid(), freed);
-    let e = ctrl.alloc_io_queue(QueueOptions { entries: 1 << 20 }).unwrap_err();
+    let e = ctrl
+        .alloc_io_queue(QueueOptions { entries: 1 << 20 })
+        .unwrap_err();
     assert!(e.to_string().contains("CAP.MQES"), "{e}");
 }
 
 #[test]
 fn bring_up_timeout_and_fatal_status() {
-    let cfg = SimConfig { timeout_500ms: 1, ..Default::default() };
+    let cfg = SimConfig {
+        timeout_500ms: 1,
+        ..Default::default()
+    };
     let t = SimTransport::with_config(cfg).unwrap();
     t.sim().unwrap().faults().set_never_ready(true);
     let t: Arc<dyn Transport> = Arc::new(t);
     let start = std::time::Instant::now();
-    let e = Controller::attach_transport(t, TransportId::parse("trtype:sim").unwrap(), &AttachOptions::default())
-        .unwrap_err();
+    let e = Controller::attach_transport(
+        t,
+        TransportId::parse("trtype:sim").unwrap(),
+        &AttachOptions::default(),
+    )
+    .unwrap_err();
     assert!(
-        matches!(e, Error::Init(nvme_host_linux::core::InitError::ReadyTimeout { ready: true, timeout_ms: 500 })),
+        matches!(
+            e,
+            Error::Init(nvme_host_linux::core::InitError::ReadyTimeout {
+                ready: true,
+                timeout_ms: 500
+            })
+        ),
         "{e}"
     );
     assert!(start.elapsed() >= Duration::from_millis(500));
@@ -306,7 +424,10 @@ fn bring_up_timeout_and_fatal_status() {
     let e = ctrl.smart_log().unwrap_err();
     assert!(matches!(e, Error::ControllerFatal), "{e}");
     assert!(e.to_string().contains("detach and attach again"), "{e}");
-    assert!(started.elapsed() < Duration::from_secs(2), "fatal status noticed promptly");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "fatal status noticed promptly"
+    );
 }
 
 #[test]
@@ -319,11 +440,20 @@ fn queue_pairs_on_several_threads() {
                 let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 64 }).unwrap();
                 let mut buf = ctrl.alloc_dma(64 * 4096).unwrap();
                 for i in 0..64usize {
-                    pattern(t * 1000 + i as u64, &mut buf.as_mut_slice()[i * 4096..(i + 1) * 4096]);
+                    pattern(
+                        t * 1000 + i as u64,
+                        &mut buf.as_mut_slice()[i * 4096..(i + 1) * 4096],
+                    );
                 }
                 // 32 writes in flight at once, one region per thread.
                 for i in 0..32usize {
-                    qp.write(2, t * 64 + i as u64, buf.slice(i * 4096..(i + 1) * 4096).unwrap(), i as u64).unwrap();
+                    qp.write(
+                        2,
+                        t * 64 + i as u64,
+                        buf.slice(i * 4096..(i + 1) * 4096).unwrap(),
+                        i as u64,
+                    )
+                    .unwrap();
                 }
                 let mut n = 0;
                 qp.drain(T, |_, r| {
@@ -333,8 +463,13 @@ fn queue_pairs_on_several_threads() {
                 .unwrap();
                 assert_eq!(n, 32);
                 for i in 0..32usize {
-                    qp.read(2, t * 64 + i as u64, buf.slice((32 + i) * 4096..(33 + i) * 4096).unwrap(), i as u64)
-                        .unwrap();
+                    qp.read(
+                        2,
+                        t * 64 + i as u64,
+                        buf.slice((32 + i) * 4096..(33 + i) * 4096).unwrap(),
+                        i as u64,
+                    )
+                    .unwrap();
                 }
                 qp.drain(T, |_, r| r.unwrap()).unwrap();
                 let d = buf.as_slice();

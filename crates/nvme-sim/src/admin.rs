@@ -2,7 +2,8 @@
 
 use nvme_regs::features::fid;
 use nvme_regs::identify::{
-    cns, fill_ascii, IdentifyController, IdentifyNamespace, LbaFormat, Lpa, Oncs, IDENTIFY_DATA_SIZE,
+    cns, fill_ascii, IdentifyController, IdentifyNamespace, LbaFormat, Lpa, Oncs,
+    IDENTIFY_DATA_SIZE,
 };
 use nvme_regs::log::{lid, CriticalWarning, FirmwareSlotLog, SmartLog};
 use nvme_regs::opcode::AdminOpcode;
@@ -526,7 +527,10 @@ impl Controller {
         if qid == 0 || self.cqs.get(qid as usize).is_none_or(|c| c.is_none()) {
             return cs(Cs::InvalidQueueId);
         }
-        if self.cqs[qid as usize].as_ref().is_some_and(|c| c.sq_refs > 0) {
+        if self.cqs[qid as usize]
+            .as_ref()
+            .is_some_and(|c| c.sq_refs > 0)
+        {
             return cs(Cs::InvalidQueueDeletion);
         }
         if let Some(cq) = self.cqs[qid as usize].take() {

@@ -17,12 +17,15 @@ impl Bar {
     pub(crate) fn new(map: Mapping) -> Bar {
         // The mapping comes from mmap, so it is page aligned: every naturally aligned offset
         // below is naturally aligned in memory.
-        debug_assert!(map.ptr() as usize % 8 == 0);
+        debug_assert!((map.ptr() as usize).is_multiple_of(8));
         Bar { map }
     }
 
     fn a32(&self, off: usize) -> &AtomicU32 {
-        assert!(off % 4 == 0 && off + 4 <= self.map.len(), "BAR offset {off:#x}");
+        assert!(
+            off.is_multiple_of(4) && off + 4 <= self.map.len(),
+            "BAR offset {off:#x}"
+        );
         // SAFETY: in bounds and 4-byte aligned (checked above; the mapping is page aligned);
         // the memory lives as long as `self.map`, and every access to it, from this or
         // another process, is atomic or volatile, never through a Rust reference to u32.
@@ -30,7 +33,10 @@ impl Bar {
     }
 
     fn a64(&self, off: usize) -> &AtomicU64 {
-        assert!(off % 8 == 0 && off + 8 <= self.map.len(), "BAR offset {off:#x}");
+        assert!(
+            off.is_multiple_of(8) && off + 8 <= self.map.len(),
+            "BAR offset {off:#x}"
+        );
         // SAFETY: as in `a32`, with 8-byte alignment.
         unsafe { AtomicU64::from_ptr(self.map.ptr().add(off).cast()) }
     }

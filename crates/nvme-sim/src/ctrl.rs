@@ -20,6 +20,10 @@ use crate::{Namespace, Shared, SimConfig};
 const IDLE_SPIN: Duration = Duration::from_micros(30);
 /// Sleep per idle poll once spinning is over.
 const IDLE_SLEEP: Duration = Duration::from_micros(50);
+/// After this long without work the thread polls less often.
+const LONG_IDLE: Duration = Duration::from_millis(20);
+/// Sleep per idle poll after [`LONG_IDLE`] (bounds the cost of many idle controllers).
+const LONG_IDLE_SLEEP: Duration = Duration::from_micros(250);
 /// Commands taken from one submission queue before moving to the next.
 const BURST: u32 = 64;
 /// Error log entries kept (Identify ELPE + 1).
@@ -73,7 +77,11 @@ impl Cq {
     /// Is there a free entry? Refreshes the head from the doorbell when it looks full.
     #[inline]
     fn has_room(&mut self, bar: &Bar) -> bool {
-        let next = if self.tail + 1 == self.size { 0 } else { self.tail + 1 };
+        let next = if self.tail + 1 == self.size {
+            0
+        } else {
+            self.tail + 1
+        };
         if next != self.head {
             return true;
         }
@@ -278,6 +286,7 @@ impl Controller {
             let now = Instant::now();
             match idle_since {
                 None => idle_since = Some(now),
+                Some(t) if now - t >= LONG_IDLE => std::thread::sleep(LONG_IDLE_SLEEP),
                 Some(t) if now - t >= IDLE_SPIN => std::thread::sleep(IDLE_SLEEP),
                 Some(_) => std::hint::spin_loop(),
             }
@@ -318,7 +327,8 @@ impl Controller {
             .fatal_reason
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(reason);
-        self.set_csts((self.csts | Csts::CFS) & !Csts::RDY);
+        // RDY stays as it was: the host's reset (CC.EN = 0, wait for RDY = 0) still works.
+        self.set_csts(self.csts | Csts::CFS);
         self.state = State::Fatal;
     }
 
@@ -402,7 +412,10 @@ impl Controller {
             return Err(format!("CC.CSS {} is not the NVM command set", cc.css()));
         }
         if cc.ams() != 0 {
-            return Err(format!("CC.AMS {} is not supported (round robin only)", cc.ams()));
+            return Err(format!(
+                "CC.AMS {} is not supported (round robin only)",
+                cc.ams()
+            ));
         }
         if cc.mps() < self.cfg.mpsmin || cc.mps() > self.cfg.mpsmax {
             return Err(format!(
@@ -430,7 +443,9 @@ impl Controller {
         let acq = self.bar.load64(offset::ACQ);
         for (name, a) in [("ASQ", asq), ("ACQ", acq)] {
             if a & (page as u64 - 1) != 0 {
-                return Err(format!("{name} {a:#x} is not aligned to the {page}-byte page"));
+                return Err(format!(
+                    "{name} {a:#x} is not aligned to the {page}-byte page"
+                ));
             }
         }
         self.page_size = page;
@@ -442,7 +457,9 @@ impl Controller {
             .map_err(|_| format!("ASQ [{asq:#x}, +{:#x}) is not DMA-mapped", aqa.asqs() * 64))?;
         self.cqs[0] = Some(cq);
         self.sqs[0] = Some(sq);
-        self.cqs[0].as_mut().map(|c| c.sq_refs = 1);
+        if let Some(c) = self.cqs[0].as_mut() {
+            c.sq_refs = 1;
+        }
         self.active_sqs.push(0);
         Ok(())
     }
@@ -454,7 +471,7 @@ impl Controller {
             .dma
             .translate_owned(iova, len)
             .ok_or_else(|| Status::generic(GenericStatus::DataTransferError).with_dnr())?;
-        if base as usize % 16 != 0 {
+        if !(base as usize).is_multiple_of(16) {
             return Err(Status::generic(GenericStatus::InternalError).with_dnr());
         }
         Ok(Cq {
@@ -471,7 +488,13 @@ impl Controller {
     }
 
     /// Builds a submission queue over `[iova, iova + entries * 64)`.
-    pub(crate) fn make_sq(&mut self, iova: u64, entries: u32, qid: u16, cqid: u16) -> Result<Sq, Status> {
+    pub(crate) fn make_sq(
+        &mut self,
+        iova: u64,
+        entries: u32,
+        qid: u16,
+        cqid: u16,
+    ) -> Result<Sq, Status> {
         let len = entries as usize * 64;
         let (base, map) = self
             .dma
@@ -490,6 +513,17 @@ impl Controller {
     /// Controller reset: all queues and in-flight state go, features return to defaults.
     fn reset(&mut self) {
         add(&self.shared.stats.resets, 1);
+        // Doorbells reset to 0.
+        for qid in 0..=self.cfg.max_io_queues {
+            self.bar.store32(
+                nvme_regs::registers::sq_tail_doorbell(qid, self.cfg.dstrd),
+                0,
+            );
+            self.bar.store32(
+                nvme_regs::registers::cq_head_doorbell(qid, self.cfg.dstrd),
+                0,
+            );
+        }
         self.sqs.iter_mut().for_each(|q| *q = None);
         self.cqs.iter_mut().for_each(|q| *q = None);
         self.active_sqs.clear();
@@ -536,7 +570,11 @@ impl Controller {
             // SAFETY: `head < size`; the queue's `size * 64` bytes stay mapped through `_map`.
             // The host wrote the entry before the doorbell we loaded with acquire ordering.
             let cmd: SubmissionEntry = unsafe { std::ptr::read_unaligned(p.cast()) };
-            sq.head = if sq.head + 1 == sq.size { 0 } else { sq.head + 1 };
+            sq.head = if sq.head + 1 == sq.size {
+                0
+            } else {
+                sq.head + 1
+            };
             let cqid = sq.cqid;
             self.run_command(qid, cqid, &cmd);
             n += 1;
@@ -550,7 +588,14 @@ impl Controller {
     fn run_command(&mut self, sqid: u16, cqid: u16, cmd: &SubmissionEntry) {
         let st = &self.shared.stats;
         add(&st.commands, 1);
-        add(if sqid == 0 { &st.admin_commands } else { &st.io_commands }, 1);
+        add(
+            if sqid == 0 {
+                &st.admin_commands
+            } else {
+                &st.io_commands
+            },
+            1,
+        );
         let decision = self.shared.faults.check(sqid, cmd.opcode, cmd.nsid);
         let outcome = match decision.as_ref().and_then(|d| d.fail) {
             Some(s) => Outcome::Done(s, 0),
@@ -578,11 +623,19 @@ impl Controller {
     }
 
     /// Builds a completion for `cmd`, logging errors.
-    pub(crate) fn completion(&mut self, sqid: u16, cmd: &SubmissionEntry, status: Status, dw0: u32) -> Cqe {
+    pub(crate) fn completion(
+        &mut self,
+        sqid: u16,
+        cmd: &SubmissionEntry,
+        status: Status,
+        dw0: u32,
+    ) -> Cqe {
         if !status.is_success() {
             self.log_error(sqid, cmd, status);
         }
-        let sq_head = self.sqs[sqid as usize].as_ref().map_or(0, |s| s.head as u16);
+        let sq_head = self.sqs[sqid as usize]
+            .as_ref()
+            .map_or(0, |s| s.head as u16);
         Cqe {
             sqid,
             cid: cmd.cid,
@@ -624,7 +677,9 @@ impl Controller {
             add(&self.shared.stats.cq_full_waits, 1);
             return;
         }
-        let head = self.sqs[e.sqid as usize].as_ref().map_or(e.sq_head, |s| s.head as u16);
+        let head = self.sqs[e.sqid as usize]
+            .as_ref()
+            .map_or(e.sq_head, |s| s.head as u16);
         cq.write(&e, head);
         add(&self.shared.stats.completions, 1);
     }
@@ -636,7 +691,9 @@ impl Controller {
                 let Some(e) = cq.overflow.pop_front() else {
                     break;
                 };
-                let head = self.sqs[e.sqid as usize].as_ref().map_or(e.sq_head, |s| s.head as u16);
+                let head = self.sqs[e.sqid as usize]
+                    .as_ref()
+                    .map_or(e.sq_head, |s| s.head as u16);
                 cq.write(&e, head);
                 self.overflowing -= 1;
                 add(&self.shared.stats.completions, 1);
@@ -716,4 +773,3 @@ impl Controller {
         unsafe { std::ptr::read_unaligned(p.cast()) }
     }
 }
-

@@ -57,9 +57,17 @@ impl DmaShared {
         if len == 0 {
             return Err(SimError::InvalidArgument("dma_map of zero bytes".into()));
         }
-        let end = iova
-            .checked_add(len as u64)
-            .ok_or_else(|| SimError::InvalidArgument(format!("IOVA range {iova:#x}+{len:#x} wraps")))?;
+        let end = iova.checked_add(len as u64).ok_or_else(|| {
+            SimError::InvalidArgument(format!("IOVA range {iova:#x}+{len:#x} wraps"))
+        })?;
+        // Touching a mapping past the end of its file would kill the process with SIGBUS.
+        if let Some(size) = crate::mem::file_size(fd) {
+            if offset.checked_add(len as u64).is_none_or(|e| e > size) {
+                return Err(SimError::InvalidArgument(format!(
+                    "dma_map: file range [{offset:#x}, +{len:#x}) is beyond the file's {size:#x} bytes"
+                )));
+            }
+        }
         let mut t = self.lock();
         if let Some(e) = t.iter().find(|e| e.iova < end && iova < e.end) {
             return Err(SimError::DmaOverlap {
@@ -175,7 +183,11 @@ impl DmaView {
 
     /// Like [`translate`](Self::translate), also returning the mapping so that the caller
     /// (a queue) can keep it alive.
-    pub(crate) fn translate_owned(&mut self, iova: u64, len: usize) -> Option<(*mut u8, Arc<Mapping>)> {
+    pub(crate) fn translate_owned(
+        &mut self,
+        iova: u64,
+        len: usize,
+    ) -> Option<(*mut u8, Arc<Mapping>)> {
         let p = self.translate(iova, len)?;
         Some((p, self.entries[self.last].map.clone()))
     }
@@ -271,7 +283,9 @@ pub(crate) fn resolve_prps(
             (slots - 1, true)
         };
         let bytes = (n + chain as usize) * 8;
-        let base = view.translate(list, bytes).ok_or_else(data_transfer_error)?;
+        let base = view
+            .translate(list, bytes)
+            .ok_or_else(data_transfer_error)?;
         for i in 0..n {
             let e = read_prp_entry(base.wrapping_add(i * 8));
             if e & mask != 0 {

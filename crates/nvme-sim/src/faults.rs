@@ -255,7 +255,13 @@ impl Faults {
 
     /// Fails the `nth` (1-based) command matching `matcher` with `status`; with
     /// `every`, also every later matching command.
-    pub fn fail_nth(&self, matcher: CommandMatch, nth: u64, status: Status, every: bool) -> FaultId {
+    pub fn fail_nth(
+        &self,
+        matcher: CommandMatch,
+        nth: u64,
+        status: Status,
+        every: bool,
+    ) -> FaultId {
         self.inject(FaultRule {
             matcher,
             nth,
@@ -265,7 +271,13 @@ impl Faults {
     }
 
     /// Delays the completion of the `nth` matching command (and later ones with `every`).
-    pub fn delay_nth(&self, matcher: CommandMatch, nth: u64, delay: Duration, every: bool) -> FaultId {
+    pub fn delay_nth(
+        &self,
+        matcher: CommandMatch,
+        nth: u64,
+        delay: Duration,
+        every: bool,
+    ) -> FaultId {
         self.inject(FaultRule {
             matcher,
             nth,

@@ -175,7 +175,11 @@ impl Controller {
                 // namespace range [pos, pos + n) is inside the namespace (checked).
                 unsafe {
                     std::ptr::copy_nonoverlapping(seg.ptr.add(done), host.as_mut_ptr(), n);
-                    std::ptr::copy_nonoverlapping(ns.base().add(pos as usize), media.as_mut_ptr(), n);
+                    std::ptr::copy_nonoverlapping(
+                        ns.base().add(pos as usize),
+                        media.as_mut_ptr(),
+                        n,
+                    );
                 }
                 if host[..n] != media[..n] {
                     return Status::media(MediaErrorStatus::CompareFailure).with_dnr();
@@ -188,9 +192,7 @@ impl Controller {
     }
 
     fn flush(&mut self, cmd: &SubmissionEntry) -> Status {
-        if cmd.nsid != 0xffff_ffff
-            && (cmd.nsid == 0 || cmd.nsid as usize > self.namespaces.len())
-        {
+        if cmd.nsid != 0xffff_ffff && (cmd.nsid == 0 || cmd.nsid as usize > self.namespaces.len()) {
             return invalid_ns();
         }
         add(&self.shared.stats.flushes, 1);

@@ -133,12 +133,24 @@ impl SimConfig {
                     ns.lba_size
                 ));
             }
-            if ns.blocks == 0 || ns.blocks.checked_mul(ns.lba_size as u64).is_none_or(|b| b > 1 << 46) {
-                return bad(format!("namespace {}: {} blocks is not a usable size", i + 1, ns.blocks));
+            if ns.blocks == 0
+                || ns
+                    .blocks
+                    .checked_mul(ns.lba_size as u64)
+                    .is_none_or(|b| b > 1 << 46)
+            {
+                return bad(format!(
+                    "namespace {}: {} blocks is not a usable size",
+                    i + 1,
+                    ns.blocks
+                ));
             }
         }
         if self.namespaces.len() > 1024 {
-            return bad(format!("{} namespaces (at most 1024)", self.namespaces.len()));
+            return bad(format!(
+                "{} namespaces (at most 1024)",
+                self.namespaces.len()
+            ));
         }
         if self.mqes == 0 {
             return bad("mqes 0: queues need at least 2 entries (MQES is 0's based)".into());
@@ -178,7 +190,7 @@ impl SimConfig {
     pub fn bar_len(&self) -> usize {
         let end = nvme_regs::registers::cq_head_doorbell(self.max_io_queues, self.dstrd) + 4;
         let page = mem::page_size();
-        end.div_ceil(page).max(1) * page
+        (end.div_ceil(page) * page).max(64 * 1024)
     }
 }
 
@@ -245,7 +257,9 @@ pub enum SimError {
 impl fmt::Display for SimError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SimError::InvalidConfig(m) => write!(f, "invalid simulated controller configuration: {m}"),
+            SimError::InvalidConfig(m) => {
+                write!(f, "invalid simulated controller configuration: {m}")
+            }
             SimError::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             SimError::Io { op, source } => write!(f, "{op} failed: {source}"),
             SimError::DmaOverlap {
@@ -353,7 +367,10 @@ impl Namespace {
     }
 
     fn check(&self, nsid: u32, offset: u64, len: usize) -> Result<(), SimError> {
-        if offset.checked_add(len as u64).is_none_or(|e| e > self.bytes()) {
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|e| e > self.bytes())
+        {
             return Err(SimError::OutOfRange {
                 nsid,
                 offset,
@@ -537,7 +554,12 @@ impl SimController {
     }
 
     /// Copies namespace `nsid`'s bytes from `byte_offset` into `buf`.
-    pub fn read_backing(&self, nsid: u32, byte_offset: u64, buf: &mut [u8]) -> Result<(), SimError> {
+    pub fn read_backing(
+        &self,
+        nsid: u32,
+        byte_offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), SimError> {
         self.namespace_data(nsid)?.read(byte_offset, buf)
     }
 

@@ -35,7 +35,8 @@ fn io_err(op: &'static str) -> SimError {
 
 /// Creates an anonymous memfd of `len` bytes (sparse: no memory is used until written).
 pub(crate) fn create_memfd(name: &str, len: u64) -> Result<OwnedFd, SimError> {
-    let cname = CString::new(name).map_err(|_| SimError::InvalidConfig(format!("bad name {name:?}")))?;
+    let cname =
+        CString::new(name).map_err(|_| SimError::InvalidConfig(format!("bad name {name:?}")))?;
     // SAFETY: `cname` is a valid NUL-terminated string; memfd_create only reads it.
     let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
@@ -135,6 +136,18 @@ impl Drop for Mapping {
             libc::munmap(self.map_base.as_ptr().cast(), self.map_len);
         }
     }
+}
+
+/// Size of the file behind `fd` (None when fstat fails or it is not a regular file).
+pub(crate) fn file_size(fd: BorrowedFd<'_>) -> Option<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a `struct stat` into the buffer we provide.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: fstat succeeded, so the structure is initialised.
+    let st = unsafe { st.assume_init() };
+    (st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some(st.st_size as u64)
 }
 
 /// Releases the backing pages of `[offset, offset + len)` of a memfd (they read as zero

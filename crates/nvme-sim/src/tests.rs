@@ -9,7 +9,9 @@ use nvme_regs::features::fid;
 use nvme_regs::identify::{IdentifyController, IdentifyNamespace, NamespaceList};
 use nvme_regs::log::{lid, CriticalWarning, ErrorLogEntry, FirmwareSlotLog, SmartLog};
 use nvme_regs::opcode::{AdminOpcode as A, NvmOpcode as N};
-use nvme_regs::registers::{cq_head_doorbell, offset, sq_tail_doorbell, Aqa, Cap, Cc, Csts, ShutdownStatus, Vs};
+use nvme_regs::registers::{
+    cq_head_doorbell, offset, sq_tail_doorbell, Aqa, Cap, Cc, Csts, ShutdownStatus, Vs,
+};
 use nvme_regs::status::{CommandSpecificStatus as Cs, GenericStatus as G, MediaErrorStatus as M};
 use nvme_regs::{CompletionEntry, Status, SubmissionEntry};
 use zerocopy::FromBytes;
@@ -96,7 +98,8 @@ impl Host {
         let bar = Mapping::map(sim.bar_fd(), 0, sim.bar_len(), false).expect("map BAR");
         let dma_fd = create_memfd("test-dma", DMA_LEN as u64).expect("memfd");
         let dma = Mapping::map(dma_fd.as_fd(), 0, DMA_LEN, false).expect("map DMA");
-        sim.dma_map(DMA_IOVA, dma_fd.as_fd(), 0, DMA_LEN).expect("dma_map");
+        sim.dma_map(DMA_IOVA, dma_fd.as_fd(), 0, DMA_LEN)
+            .expect("dma_map");
         Host {
             sim,
             bar,
@@ -158,14 +161,22 @@ impl Host {
     fn wait_csts(&self, what: &str, pred: impl Fn(Csts) -> bool) -> Duration {
         let t = Instant::now();
         while !pred(self.csts()) {
-            assert!(t.elapsed() < WAIT, "timed out waiting for {what}: CSTS {:#x}", self.csts().0);
+            assert!(
+                t.elapsed() < WAIT,
+                "timed out waiting for {what}: CSTS {:#x}",
+                self.csts().0
+            );
             std::thread::sleep(Duration::from_micros(50));
         }
         t.elapsed()
     }
 
     fn cc_default() -> Cc {
-        Cc(0).with_iosqes(6).with_iocqes(4).with_mps(0).with_en(true)
+        Cc(0)
+            .with_iosqes(6)
+            .with_iocqes(4)
+            .with_mps(0)
+            .with_en(true)
     }
 
     /// Programs admin queues of `entries` entries and sets CC (without waiting).
@@ -229,7 +240,8 @@ impl Host {
         let q = self.queues[qid as usize].as_mut().expect("queue");
         let off = q.cq_off + q.cq_head as usize * 16;
         // SAFETY: in bounds of the DMA mapping and 4-byte aligned.
-        let dw3 = unsafe { AtomicU32::from_ptr(self.dma.ptr().add(off + 12).cast()) }.load(Ordering::Acquire);
+        let dw3 = unsafe { AtomicU32::from_ptr(self.dma.ptr().add(off + 12).cast()) }
+            .load(Ordering::Acquire);
         if (dw3 >> 16) & 1 != q.phase as u32 {
             return None;
         }
@@ -267,7 +279,10 @@ impl Host {
     fn expect_none(&mut self, qid: u16, d: Duration) {
         let t = Instant::now();
         while t.elapsed() < d {
-            assert!(self.poll(qid).is_none(), "unexpected completion on queue {qid}");
+            assert!(
+                self.poll(qid).is_none(),
+                "unexpected completion on queue {qid}"
+            );
             std::thread::sleep(Duration::from_micros(200));
         }
     }
@@ -376,7 +391,12 @@ fn st(e: &CompletionEntry) -> Status {
 }
 
 fn assert_generic(e: &CompletionEntry, g: G) {
-    assert!(e.status().is_generic(g), "expected {}, got {}", Status::generic(g), e.status());
+    assert!(
+        e.status().is_generic(g),
+        "expected {}, got {}",
+        Status::generic(g),
+        e.status()
+    );
     assert!(e.status().dnr(), "{} should have DNR", e.status());
 }
 
@@ -417,7 +437,8 @@ fn registers_after_start_and_read_only_rewrite() {
     h.w32(offset::VS, 0xdead);
     h.w32(offset::CSTS, 0xffff);
     let t = Instant::now();
-    while h.r64(offset::CAP) != cap.0 || h.r32(offset::VS) != Vs::V1_4.0 || h.r32(offset::CSTS) != 0 {
+    while h.r64(offset::CAP) != cap.0 || h.r32(offset::VS) != Vs::V1_4.0 || h.r32(offset::CSTS) != 0
+    {
         assert!(t.elapsed() < WAIT, "read-only registers not restored");
         std::thread::sleep(Duration::from_micros(100));
     }
@@ -454,10 +475,20 @@ fn enable_disable_follow_ready_delay() {
 #[test]
 fn invalid_enable_sets_cfs_until_reset() {
     let mut h = Host::new(small_config());
-    let cases: Vec<(&str, Box<dyn Fn(&mut Host)>)> = vec![
-        ("MPS", Box::new(|h: &mut Host| h.start_enable(Host::cc_default().with_mps(5), 8))),
-        ("IOSQES", Box::new(|h: &mut Host| h.start_enable(Host::cc_default().with_iosqes(7), 8))),
-        ("AQA", Box::new(|h: &mut Host| h.start_enable(Host::cc_default(), 1))),
+    type Setup = Box<dyn Fn(&mut Host)>;
+    let cases: Vec<(&str, Setup)> = vec![
+        (
+            "MPS",
+            Box::new(|h: &mut Host| h.start_enable(Host::cc_default().with_mps(5), 8)),
+        ),
+        (
+            "IOSQES",
+            Box::new(|h: &mut Host| h.start_enable(Host::cc_default().with_iosqes(7), 8)),
+        ),
+        (
+            "AQA",
+            Box::new(|h: &mut Host| h.start_enable(Host::cc_default(), 1)),
+        ),
         (
             "aligned",
             Box::new(|h: &mut Host| {
@@ -578,7 +609,10 @@ fn identify_controller_and_namespaces() {
 
     for nsid in [0, 3, 0xffff_ffff] {
         let (s, _) = h.identify(0, nsid);
-        assert!(s.is_generic(G::InvalidNamespaceOrFormat) && s.dnr(), "nsid {nsid}: {s}");
+        assert!(
+            s.is_generic(G::InvalidNamespaceOrFormat) && s.dnr(),
+            "nsid {nsid}: {s}"
+        );
     }
     let (s, _) = h.identify(0x55, 0);
     assert!(s.is_generic(G::InvalidField), "{s}");
@@ -593,27 +627,63 @@ fn queue_create_delete_errors() {
     let mem = h.alloc(64 * 1024);
     let iova = Host::iova(mem);
     // Queue ids.
-    assert_cs(&h.admin(Host::create_cq_cmd(0, 16, iova)), Cs::InvalidQueueId);
-    assert_cs(&h.admin(Host::create_cq_cmd(9, 16, iova)), Cs::InvalidQueueId);
+    assert_cs(
+        &h.admin(Host::create_cq_cmd(0, 16, iova)),
+        Cs::InvalidQueueId,
+    );
+    assert_cs(
+        &h.admin(Host::create_cq_cmd(9, 16, iova)),
+        Cs::InvalidQueueId,
+    );
     // Sizes.
-    assert_cs(&h.admin(Host::create_cq_cmd(1, 1, iova)), Cs::InvalidQueueSize);
-    assert_cs(&h.admin(Host::create_cq_cmd(1, 1025, iova)), Cs::InvalidQueueSize);
+    assert_cs(
+        &h.admin(Host::create_cq_cmd(1, 1, iova)),
+        Cs::InvalidQueueSize,
+    );
+    assert_cs(
+        &h.admin(Host::create_cq_cmd(1, 1025, iova)),
+        Cs::InvalidQueueSize,
+    );
     // PC = 0 with CAP.CQR.
     let mut c = Host::create_cq_cmd(1, 16, iova);
     c.cdw11 = 0;
     assert_generic(&h.admin(c), G::InvalidField);
     // Unaligned and unmapped bases.
-    assert_generic(&h.admin(Host::create_cq_cmd(1, 16, iova + 64)), G::PrpOffsetInvalid);
-    assert_generic(&h.admin(Host::create_cq_cmd(1, 16, 0x1000)), G::DataTransferError);
+    assert_generic(
+        &h.admin(Host::create_cq_cmd(1, 16, iova + 64)),
+        G::PrpOffsetInvalid,
+    );
+    assert_generic(
+        &h.admin(Host::create_cq_cmd(1, 16, 0x1000)),
+        G::DataTransferError,
+    );
     // SQ needs an existing CQ.
-    assert_cs(&h.admin(Host::create_sq_cmd(1, 16, iova, 1)), Cs::CompletionQueueInvalid);
-    assert_cs(&h.admin(Host::create_sq_cmd(1, 16, iova, 0)), Cs::CompletionQueueInvalid);
+    assert_cs(
+        &h.admin(Host::create_sq_cmd(1, 16, iova, 1)),
+        Cs::CompletionQueueInvalid,
+    );
+    assert_cs(
+        &h.admin(Host::create_sq_cmd(1, 16, iova, 0)),
+        Cs::CompletionQueueInvalid,
+    );
     assert!(st(&h.admin(Host::create_cq_cmd(1, 16, iova))).is_success());
-    assert_cs(&h.admin(Host::create_cq_cmd(1, 16, iova + 4096)), Cs::InvalidQueueId);
-    assert_cs(&h.admin(Host::create_sq_cmd(9, 16, iova + 4096, 1)), Cs::InvalidQueueId);
-    assert_cs(&h.admin(Host::create_sq_cmd(1, 1, iova + 4096, 1)), Cs::InvalidQueueSize);
+    assert_cs(
+        &h.admin(Host::create_cq_cmd(1, 16, iova + 4096)),
+        Cs::InvalidQueueId,
+    );
+    assert_cs(
+        &h.admin(Host::create_sq_cmd(9, 16, iova + 4096, 1)),
+        Cs::InvalidQueueId,
+    );
+    assert_cs(
+        &h.admin(Host::create_sq_cmd(1, 1, iova + 4096, 1)),
+        Cs::InvalidQueueSize,
+    );
     assert!(st(&h.admin(Host::create_sq_cmd(1, 16, iova + 4096, 1))).is_success());
-    assert_cs(&h.admin(Host::create_sq_cmd(1, 16, iova + 8192, 1)), Cs::InvalidQueueId);
+    assert_cs(
+        &h.admin(Host::create_sq_cmd(1, 16, iova + 8192, 1)),
+        Cs::InvalidQueueId,
+    );
     // Delete: CQ still used by an SQ; unknown ids.
     let del = |op: A, qid: u32| {
         let mut c = cmd(op as u8);
@@ -643,13 +713,22 @@ fn number_of_queues_and_features() {
     assert_eq!(e.dw0, 7 | 7 << 16, "default");
     let e = h.get_feature(fid::NUMBER_OF_QUEUES, 3, 0);
     assert_eq!(e.dw0 & 0x7, 0x4, "changeable, not saveable");
-    assert_generic(&h.set_feature(fid::NUMBER_OF_QUEUES, 0xffff), G::InvalidField);
+    assert_generic(
+        &h.set_feature(fid::NUMBER_OF_QUEUES, 0xffff),
+        G::InvalidField,
+    );
     // Only 4 SQs granted now.
     h.create_io(4, 16, 16);
     let mem = h.alloc(4096);
-    assert_cs(&h.admin(Host::create_sq_cmd(5, 16, Host::iova(mem), 4)), Cs::InvalidQueueId);
+    assert_cs(
+        &h.admin(Host::create_sq_cmd(5, 16, Host::iova(mem), 4)),
+        Cs::InvalidQueueId,
+    );
     // Changing the count with queues in place is a sequence error.
-    assert_generic(&h.set_feature(fid::NUMBER_OF_QUEUES, 0), G::CommandSequenceError);
+    assert_generic(
+        &h.set_feature(fid::NUMBER_OF_QUEUES, 0),
+        G::CommandSequenceError,
+    );
 
     // Volatile write cache.
     assert_eq!(h.get_feature(fid::VOLATILE_WRITE_CACHE, 0, 0).dw0, 1);
@@ -664,10 +743,19 @@ fn number_of_queues_and_features() {
     // Temperature thresholds per sensor and kind.
     assert_eq!(h.get_feature(fid::TEMPERATURE_THRESHOLD, 0, 0).dw0, 343);
     assert!(st(&h.set_feature(fid::TEMPERATURE_THRESHOLD, 350 | 1 << 16)).is_success());
-    assert_eq!(h.get_feature(fid::TEMPERATURE_THRESHOLD, 0, 1 << 16).dw0, 350);
+    assert_eq!(
+        h.get_feature(fid::TEMPERATURE_THRESHOLD, 0, 1 << 16).dw0,
+        350
+    );
     assert!(st(&h.set_feature(fid::TEMPERATURE_THRESHOLD, 270 | 1 << 20)).is_success());
-    assert_eq!(h.get_feature(fid::TEMPERATURE_THRESHOLD, 0, 1 << 20).dw0, 270);
-    assert_generic(&h.set_feature(fid::TEMPERATURE_THRESHOLD, 300 | 5 << 16), G::InvalidField);
+    assert_eq!(
+        h.get_feature(fid::TEMPERATURE_THRESHOLD, 0, 1 << 20).dw0,
+        270
+    );
+    assert_generic(
+        &h.set_feature(fid::TEMPERATURE_THRESHOLD, 300 | 5 << 16),
+        G::InvalidField,
+    );
     // Unknown features, saving.
     assert_generic(&h.set_feature(0x7e, 0), G::InvalidField);
     assert_generic(&h.get_feature(0x7e, 0, 0), G::InvalidField);
@@ -698,7 +786,10 @@ fn log_pages() {
     let e = h.exec(1, rw(N::Read, 1, 16384, 1, Host::iova(buf), 0));
     assert_generic(&e, G::LbaOutOfRange);
     let bad_cid = e.cid;
-    assert_generic(&h.exec(1, rw(N::Read, 7, 0, 1, Host::iova(buf), 0)), G::InvalidNamespaceOrFormat);
+    assert_generic(
+        &h.exec(1, rw(N::Read, 7, 0, 1, Host::iova(buf), 0)),
+        G::InvalidNamespaceOrFormat,
+    );
 
     let (s, d) = h.get_log(lid::SMART, 128, 0);
     assert!(s.is_success());
@@ -707,7 +798,11 @@ fn log_pages() {
     assert_eq!(smart.available_spare, 100);
     assert_eq!(smart.host_write_commands(), 3);
     assert_eq!(smart.host_read_commands(), 2);
-    assert_eq!(smart.data_units_written(), 1, "24 units of 512 bytes, rounded up to thousands");
+    assert_eq!(
+        smart.data_units_written(),
+        1,
+        "24 units of 512 bytes, rounded up to thousands"
+    );
     assert_eq!(smart.data_units_read(), 1);
     assert_eq!(smart.power_cycles(), 1);
     assert_eq!(smart.num_error_log_entries(), 2);
@@ -720,7 +815,10 @@ fn log_pages() {
     assert_eq!(newest.error_count, 2);
     assert_eq!(newest.nsid, 7);
     assert!(newest.status().is_generic(G::InvalidNamespaceOrFormat));
-    assert_eq!((older.error_count, older.sqid, older.cmdid), (1, 1, bad_cid));
+    assert_eq!(
+        (older.error_count, older.sqid, older.cmdid),
+        (1, 1, bad_cid)
+    );
     assert_eq!(older.lba, 16384);
     assert!(older.status().is_generic(G::LbaOutOfRange));
     // Offset: the second entry alone.
@@ -757,7 +855,9 @@ fn async_events_and_limit() {
     assert_cs(&e, Cs::AerLimitExceeded);
     h.expect_none(0, Duration::from_millis(5));
 
-    h.sim.faults().raise_async_event(AsyncEventType::Notice, 0x02, 0x04);
+    h.sim
+        .faults()
+        .raise_async_event(AsyncEventType::Notice, 0x02, 0x04);
     let e = h.wait(0);
     assert_eq!(e.cid, cids[0]);
     assert!(st(&e).is_success());
@@ -767,10 +867,15 @@ fn async_events_and_limit() {
     assert!(st(&h.set_feature(fid::TEMPERATURE_THRESHOLD, 300)).is_success());
     let e = h.wait(0);
     assert_eq!(e.cid, cids[1]);
-    assert_eq!(e.dw0, 1 | (AER_INFO_SMART_TEMPERATURE as u32) << 8 | (lid::SMART as u32) << 16);
+    assert_eq!(
+        e.dw0,
+        1 | (AER_INFO_SMART_TEMPERATURE as u32) << 8 | (lid::SMART as u32) << 16
+    );
     let (_, d) = h.get_log(lid::SMART, 128, 0);
     let smart = SmartLog::read_from_bytes(&d).unwrap();
-    assert!(smart.critical_warning().contains(CriticalWarning::TEMPERATURE));
+    assert!(smart
+        .critical_warning()
+        .contains(CriticalWarning::TEMPERATURE));
     assert_eq!(h.sim.faults().counters().async_events_raised, 1);
 }
 
@@ -791,10 +896,22 @@ fn round_trip(h: &mut Host, nsid: u32, lba_size: usize) {
     for i in 1..17 {
         h.write_u64(list + (i - 1) * 8, Host::iova(wbuf + i * PAGE));
     }
-    let e = h.exec(1, rw(N::Write, nsid, 3, nlb, Host::iova(wbuf) + 0x200, Host::iova(list)));
+    let e = h.exec(
+        1,
+        rw(
+            N::Write,
+            nsid,
+            3,
+            nlb,
+            Host::iova(wbuf) + 0x200,
+            Host::iova(list),
+        ),
+    );
     assert!(st(&e).is_success(), "write: {}", st(&e));
     let mut back = vec![0u8; len];
-    h.sim.read_backing(nsid, 3 * lba_size as u64, &mut back).unwrap();
+    h.sim
+        .read_backing(nsid, 3 * lba_size as u64, &mut back)
+        .unwrap();
     assert!(back == data, "backing store differs");
 
     // Read into scattered pages (every other page) with a list that starts 16 bytes before
@@ -809,7 +926,17 @@ fn round_trip(h: &mut Host, nsid: u32, lba_size: usize) {
     for i in 2..16 {
         h.write_u64(next_list + (i - 2) * 8, Host::iova(page_of(i)));
     }
-    let e = h.exec(1, rw(N::Read, nsid, 3, nlb, Host::iova(page_of(0)), Host::iova(first_list)));
+    let e = h.exec(
+        1,
+        rw(
+            N::Read,
+            nsid,
+            3,
+            nlb,
+            Host::iova(page_of(0)),
+            Host::iova(first_list),
+        ),
+    );
     assert!(st(&e).is_success(), "read: {}", st(&e));
     let mut got = Vec::new();
     for i in 0..16 {
@@ -821,7 +948,17 @@ fn round_trip(h: &mut Host, nsid: u32, lba_size: usize) {
     let two = h.alloc(2 * PAGE);
     h.write_mem(two, &data[..2 * PAGE]);
     let n2 = (2 * PAGE / lba_size) as u32;
-    let e = h.exec(1, rw(N::Compare, nsid, 3, n2, Host::iova(two), Host::iova(two + PAGE)));
+    let e = h.exec(
+        1,
+        rw(
+            N::Compare,
+            nsid,
+            3,
+            n2,
+            Host::iova(two),
+            Host::iova(two + PAGE),
+        ),
+    );
     assert!(st(&e).is_success(), "compare: {}", st(&e));
 }
 
@@ -843,28 +980,58 @@ fn io_error_statuses() {
     let list = h.alloc(PAGE);
     let ex = |h: &mut Host, c: SubmissionEntry| h.exec(1, c);
 
-    assert_generic(&ex(&mut h, rw(N::Read, 0, 0, 1, b, 0)), G::InvalidNamespaceOrFormat);
-    assert_generic(&ex(&mut h, rw(N::Write, 3, 0, 1, b, 0)), G::InvalidNamespaceOrFormat);
-    assert_generic(&ex(&mut h, rw(N::Read, 1, 16383, 2, b, 0)), G::LbaOutOfRange);
-    assert_generic(&ex(&mut h, rw(N::Read, 1, u64::MAX, 1, b, 0)), G::LbaOutOfRange);
+    assert_generic(
+        &ex(&mut h, rw(N::Read, 0, 0, 1, b, 0)),
+        G::InvalidNamespaceOrFormat,
+    );
+    assert_generic(
+        &ex(&mut h, rw(N::Write, 3, 0, 1, b, 0)),
+        G::InvalidNamespaceOrFormat,
+    );
+    assert_generic(
+        &ex(&mut h, rw(N::Read, 1, 16383, 2, b, 0)),
+        G::LbaOutOfRange,
+    );
+    assert_generic(
+        &ex(&mut h, rw(N::Read, 1, u64::MAX, 1, b, 0)),
+        G::LbaOutOfRange,
+    );
     // MDTS 5 with 4 KiB pages: 128 KiB.
-    assert_generic(&ex(&mut h, rw(N::Read, 2, 0, 33, b, Host::iova(list))), G::InvalidField);
+    assert_generic(
+        &ex(&mut h, rw(N::Read, 2, 0, 33, b, Host::iova(list))),
+        G::InvalidField,
+    );
     // PRP1 not dword aligned.
-    assert_generic(&ex(&mut h, rw(N::Read, 1, 0, 1, b + 2, 0)), G::PrpOffsetInvalid);
+    assert_generic(
+        &ex(&mut h, rw(N::Read, 1, 0, 1, b + 2, 0)),
+        G::PrpOffsetInvalid,
+    );
     // PRP2 as a second page pointer with an offset.
-    assert_generic(&ex(&mut h, rw(N::Read, 1, 0, 16, b, b + PAGE as u64 + 8)), G::PrpOffsetInvalid);
+    assert_generic(
+        &ex(&mut h, rw(N::Read, 1, 0, 16, b, b + PAGE as u64 + 8)),
+        G::PrpOffsetInvalid,
+    );
     // PRP list entry with an offset.
     h.write_u64(list, b + PAGE as u64);
     h.write_u64(list + 8, b + 2 * PAGE as u64 + 0x100);
-    assert_generic(&ex(&mut h, rw(N::Read, 1, 0, 24, b, Host::iova(list))), G::PrpOffsetInvalid);
+    assert_generic(
+        &ex(&mut h, rw(N::Read, 1, 0, 24, b, Host::iova(list))),
+        G::PrpOffsetInvalid,
+    );
     // SGL requested.
     let mut c = rw(N::Read, 1, 0, 1, b, 0);
     c.flags = 1 << 6;
     assert_generic(&ex(&mut h, c), G::InvalidField);
     // IOVA outside every DMA mapping.
-    assert_generic(&ex(&mut h, rw(N::Read, 1, 0, 1, 0x4000, 0)), G::DataTransferError);
+    assert_generic(
+        &ex(&mut h, rw(N::Read, 1, 0, 1, 0x4000, 0)),
+        G::DataTransferError,
+    );
     h.write_u64(list + 8, 0x8000);
-    assert_generic(&ex(&mut h, rw(N::Write, 1, 0, 24, b, Host::iova(list))), G::DataTransferError);
+    assert_generic(
+        &ex(&mut h, rw(N::Write, 1, 0, 24, b, Host::iova(list))),
+        G::DataTransferError,
+    );
     // Unknown I/O opcode; admin-only opcode on an I/O queue.
     assert_generic(&ex(&mut h, cmd(0x7f).with_nsid(1)), G::InvalidOpcode);
     assert_generic(&ex(&mut h, cmd(0x06).with_nsid(1)), G::InvalidOpcode);
@@ -883,7 +1050,10 @@ fn io_error_statuses() {
     assert!(st(&ex(&mut h, rw(N::Read, 1, 8, 4, b, 0))).is_success());
     // Flush: any namespace or all.
     assert!(st(&ex(&mut h, cmd(N::Flush as u8).with_nsid(0xffff_ffff))).is_success());
-    assert_generic(&ex(&mut h, cmd(N::Flush as u8).with_nsid(9)), G::InvalidNamespaceOrFormat);
+    assert_generic(
+        &ex(&mut h, cmd(N::Flush as u8).with_nsid(9)),
+        G::InvalidNamespaceOrFormat,
+    );
 }
 
 #[test]
@@ -981,7 +1151,12 @@ fn phase_and_sq_head_across_wraps() {
 #[test]
 fn delete_sq_aborts_held_commands() {
     let mut h = Host::ready_with_io();
-    let id = h.sim.faults().delay_nth(CommandMatch::io(N::Flush as u8), 1, Duration::from_secs(30), false);
+    let id = h.sim.faults().delay_nth(
+        CommandMatch::io(N::Flush as u8),
+        1,
+        Duration::from_secs(30),
+        false,
+    );
     let cid = h.submit(1, cmd(N::Flush as u8).with_nsid(1));
     h.expect_none(1, Duration::from_millis(5));
     let mut c = cmd(A::DeleteIoSq as u8);
@@ -994,18 +1169,67 @@ fn delete_sq_aborts_held_commands() {
 }
 
 #[test]
+fn delete_sq_aborts_unfetched_commands() {
+    let mut h = Host::new(small_config());
+    h.enable();
+    h.create_io(1, 16, 2); // one usable CQ entry: later commands stay in the SQ
+    h.queues[1].as_mut().unwrap().auto_ack = false;
+    let mut cids = Vec::new();
+    for _ in 0..4 {
+        h.cid += 1;
+        let mut c = cmd(N::Flush as u8).with_nsid(1);
+        c.cid = h.cid;
+        cids.push(h.cid);
+        h.push(1, c);
+    }
+    h.ring(1);
+    let e = h.wait(1);
+    assert_eq!(e.cid, cids[0]);
+    assert!(st(&e).is_success());
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(
+        h.sim.stats().commands,
+        3,
+        "create CQ, create SQ, one flush fetched"
+    );
+    let mut c = cmd(A::DeleteIoSq as u8);
+    c.cdw10 = 1;
+    assert!(st(&h.admin(c)).is_success());
+    for &cid in &cids[1..] {
+        h.ack(1);
+        let e = h.wait(1);
+        assert_eq!(e.cid, cid);
+        assert!(st(&e).is_generic(G::AbortedSqDeletion), "{}", st(&e));
+    }
+    let mut c = cmd(A::DeleteIoCq as u8);
+    c.cdw10 = 1;
+    assert!(st(&h.admin(c)).is_success());
+}
+
+#[test]
 fn dma_map_rules() {
     let mut h = Host::ready_with_io();
     let fd = create_memfd("extra", 1 << 20).unwrap();
-    let err = h.sim.dma_map(DMA_IOVA + 4096, fd.as_fd(), 0, 4096).unwrap_err();
+    let err = h
+        .sim
+        .dma_map(DMA_IOVA + 4096, fd.as_fd(), 0, 4096)
+        .unwrap_err();
     assert!(matches!(err, SimError::DmaOverlap { .. }), "{err}");
     assert!(err.to_string().contains("overlaps"));
-    h.sim.dma_map(0x1_0000_0000, fd.as_fd(), 0, 1 << 20).unwrap();
+    h.sim
+        .dma_map(0x1_0000_0000, fd.as_fd(), 0, 1 << 20)
+        .unwrap();
     // The new range works for I/O right away.
     let e = h.exec(1, rw(N::Read, 1, 0, 8, 0x1_0000_0000 + 8192, 0));
     assert!(st(&e).is_success(), "{}", st(&e));
-    assert!(matches!(h.sim.dma_unmap(0x1_0000_0000, 4096), Err(SimError::DmaPartialUnmap { .. })));
-    assert!(matches!(h.sim.dma_unmap(0x2_0000_0000, 4096), Err(SimError::DmaNotMapped { .. })));
+    assert!(matches!(
+        h.sim.dma_unmap(0x1_0000_0000, 4096),
+        Err(SimError::DmaPartialUnmap { .. })
+    ));
+    assert!(matches!(
+        h.sim.dma_unmap(0x2_0000_0000, 4096),
+        Err(SimError::DmaNotMapped { .. })
+    ));
     h.sim.dma_unmap(0x1_0000_0000, 1 << 20).unwrap();
     let e = h.exec(1, rw(N::Read, 1, 0, 8, 0x1_0000_0000 + 8192, 0));
     assert_generic(&e, G::DataTransferError);
@@ -1044,7 +1268,12 @@ fn fault_fail_nth_once_and_always() {
     let mut h = Host::ready_with_io();
     let buf = Host::iova(h.alloc(PAGE));
     let status = Status::media(M::UnrecoveredReadError);
-    let id = h.sim.faults().fail_nth(CommandMatch::io(N::Read as u8).with_nsid(1), 3, status, false);
+    let id = h.sim.faults().fail_nth(
+        CommandMatch::io(N::Read as u8).with_nsid(1),
+        3,
+        status,
+        false,
+    );
     let mut results = Vec::new();
     for _ in 0..5 {
         results.push(st(&h.exec(1, rw(N::Read, 1, 0, 1, buf, 0))).is_success());
@@ -1053,7 +1282,12 @@ fn fault_fail_nth_once_and_always() {
     assert_eq!(h.sim.faults().fired(id), 1);
     assert!(!h.sim.faults().is_active(id));
     // Other namespaces and opcodes are unaffected; "always" fires from the 2nd on.
-    let id = h.sim.faults().fail_nth(CommandMatch::any().on_queue(1).with_nsid(2), 2, status.with_dnr(), true);
+    let id = h.sim.faults().fail_nth(
+        CommandMatch::any().on_queue(1).with_nsid(2),
+        2,
+        status.with_dnr(),
+        true,
+    );
     assert!(st(&h.exec(1, rw(N::Read, 2, 0, 1, buf, 0))).is_success());
     assert!(st(&h.exec(1, rw(N::Read, 1, 0, 1, buf, 0))).is_success());
     for _ in 0..3 {
@@ -1065,7 +1299,12 @@ fn fault_fail_nth_once_and_always() {
     assert_eq!(h.sim.faults().fired(id), 3);
     assert_eq!(h.sim.faults().counters().failed, 4);
     // Admin commands can fail too.
-    h.sim.faults().fail_nth(CommandMatch::admin(A::Identify as u8), 1, Status::generic(G::InternalError), false);
+    h.sim.faults().fail_nth(
+        CommandMatch::admin(A::Identify as u8),
+        1,
+        Status::generic(G::InternalError),
+        false,
+    );
     let (s, _) = h.identify(1, 0);
     assert!(s.is_generic(G::InternalError));
 }
@@ -1080,7 +1319,12 @@ fn fault_drop_and_delay() {
     let e = h.exec(1, cmd(N::Flush as u8).with_nsid(1));
     assert_ne!(e.cid, lost);
 
-    h.sim.faults().delay_nth(CommandMatch::io(N::Flush as u8), 1, Duration::from_millis(40), false);
+    h.sim.faults().delay_nth(
+        CommandMatch::io(N::Flush as u8),
+        1,
+        Duration::from_millis(40),
+        false,
+    );
     let t = Instant::now();
     let slow = h.submit(1, cmd(N::Flush as u8).with_nsid(1));
     let fast = h.submit(1, cmd(N::Flush as u8).with_nsid(1));
@@ -1118,53 +1362,4 @@ fn fault_never_ready_and_cfs() {
     assert!(!h.csts().cfs());
     h.enable();
     assert!(st(&h.admin(cmd(A::KeepAlive as u8))).is_success());
-}
-
-/// Throughput of 4 KiB reads at QD32 from one host thread (run with
-/// `cargo test -p nvme-sim --release -- --ignored --nocapture throughput`).
-#[test]
-#[ignore]
-fn throughput_4k_reads_qd32() {
-    let mut h = Host::new(SimConfig {
-        namespaces: vec![NamespaceConfig::default()],
-        ..small_config()
-    });
-    h.enable();
-    h.create_io(1, 256, 256);
-    let bufs: Vec<u64> = (0..32).map(|_| Host::iova(h.alloc(PAGE))).collect();
-    let total = 500_000u32;
-    let t = Instant::now();
-    let mut submitted = 0u32;
-    let mut done = 0u32;
-    while submitted < 32 {
-        let c = rw(N::Read, 1, submitted as u64 * 8, 8, bufs[submitted as usize], 0);
-        h.cid = submitted as u16;
-        let mut c = c;
-        c.cid = h.cid;
-        h.push(1, c);
-        submitted += 1;
-    }
-    h.ring(1);
-    while done < total {
-        let mut n = 0;
-        while let Some(e) = h.poll(1) {
-            assert!(e.status().is_success());
-            done += 1;
-            n += 1;
-            if submitted < total {
-                let slot = e.cid as usize;
-                let mut c = rw(N::Read, 1, (submitted as u64 % 100_000) * 8, 8, bufs[slot], 0);
-                c.cid = e.cid;
-                h.push(1, c);
-                submitted += 1;
-            }
-        }
-        if n > 0 {
-            h.ring(1);
-        } else {
-            std::hint::spin_loop();
-        }
-    }
-    let secs = t.elapsed().as_secs_f64();
-    println!("{:.0} 4 KiB reads/s", total as f64 / secs);
 }
