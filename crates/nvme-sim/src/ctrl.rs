@@ -474,12 +474,16 @@ impl Controller {
         if !(base as usize).is_multiple_of(16) {
             return Err(Status::generic(GenericStatus::InternalError).with_dnr());
         }
+        // A new queue starts at head 0 whatever an earlier queue with this id left in the
+        // doorbell register (the register is write-only on real hardware).
+        let db = nvme_regs::registers::cq_head_doorbell(qid, self.cfg.dstrd);
+        self.bar.store32(db, 0);
         Ok(Cq {
             size: entries,
             tail: 0,
             head: 0,
             phase: false,
-            db: nvme_regs::registers::cq_head_doorbell(qid, self.cfg.dstrd),
+            db,
             base,
             _map: map,
             overflow: VecDeque::new(),
@@ -500,11 +504,14 @@ impl Controller {
             .dma
             .translate_owned(iova, len)
             .ok_or_else(|| Status::generic(GenericStatus::DataTransferError).with_dnr())?;
+        // As for completion queues: a new queue starts at tail 0.
+        let db = nvme_regs::registers::sq_tail_doorbell(qid, self.cfg.dstrd);
+        self.bar.store32(db, 0);
         Ok(Sq {
             cqid,
             size: entries,
             head: 0,
-            db: nvme_regs::registers::sq_tail_doorbell(qid, self.cfg.dstrd),
+            db,
             base,
             _map: map,
         })
