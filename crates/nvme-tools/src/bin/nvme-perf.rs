@@ -1,0 +1,6 @@
+//! `nvme-perf`: measures NVMe I/O performance with SPDK perf's options and output.
+//! Run `nvme-perf --help`; the logic lives in `nvme_tools::perf`.
+
+fn main() -> std::process::ExitCode {
+    nvme_tools::perf::main(std::env::args_os())
+}

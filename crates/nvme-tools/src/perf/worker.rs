@@ -1,0 +1,447 @@
+//! A worker thread: pinned to its core, it owns the queue pairs and buffers of its
+//! namespaces and keeps `qd` I/Os in flight on each, resubmitting a slot as soon as its I/O
+//! completes.
+//!
+//! The I/O path allocates nothing and reads the clock once per polling round, not per I/O:
+//! every completion found in a round is stamped with the time after the round, and every
+//! I/O submitted in the round with the same time (the doorbell is written right after).
+//! An `Instant::now()` costs about 25 ns here, so batching keeps timing off the budget.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nvme_host_linux::core::SubmitError;
+use nvme_host_linux::{Controller, DmaBuffer, Error as DriverError, IoQueuePair, QueueOptions};
+
+use super::args::Config;
+use super::cpu;
+use super::lba::{LbaGen, Mix, XorShift64};
+use super::report::Row;
+use super::stats::Stats;
+use super::Error;
+
+/// How long the workers wait for outstanding I/O after the run before giving up on it.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One namespace assigned to one worker.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// The controller.
+    pub ctrl: Controller,
+    /// The controller's index among the `-r` controllers.
+    pub ctrl_index: usize,
+    /// Namespace id.
+    pub nsid: u32,
+    /// `SIM (sim) NSID 1`.
+    pub name: String,
+    /// Namespace size in blocks.
+    pub blocks: u64,
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Entries of each I/O queue.
+    pub queue_entries: u32,
+}
+
+/// What one worker does.
+#[derive(Debug)]
+pub struct WorkerPlan {
+    /// Its index among the workers.
+    pub index: usize,
+    /// The core it is pinned to.
+    pub core: usize,
+    /// Its namespaces.
+    pub jobs: Vec<Job>,
+}
+
+/// A counter on its own cache lines (no false sharing between workers).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct Progress(pub AtomicU64);
+
+/// State shared by the workers and the main thread.
+#[derive(Debug)]
+pub struct Shared {
+    /// Set to stop every worker (an I/O error without `-Q`, or a failed setup).
+    pub stop: AtomicBool,
+    /// A worker's setup failed: nobody starts.
+    pub setup_failed: AtomicBool,
+    /// I/Os completed so far by each worker (warm-up included), for the per-second line.
+    pub progress: Box<[Progress]>,
+    /// Workers report their setup here and wait for the main thread's go.
+    pub gate: StartGate,
+}
+
+impl Shared {
+    /// State for `workers` workers and the main thread.
+    pub fn new(workers: usize) -> Shared {
+        Shared {
+            stop: AtomicBool::new(false),
+            setup_failed: AtomicBool::new(false),
+            progress: (0..workers).map(|_| Progress::default()).collect(),
+            gate: StartGate::default(),
+        }
+    }
+}
+
+/// Where the workers wait, after their setup, for the main thread to start (or cancel) the
+/// run: every worker starts at the same moment, and none starts if any setup failed.
+#[derive(Debug, Default)]
+pub struct StartGate {
+    /// (workers set up, the decision once made).
+    state: Mutex<(usize, Option<bool>)>,
+    changed: Condvar,
+}
+
+impl StartGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, Option<bool>)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A worker is set up (or failed): waits for the decision and returns it.
+    pub fn arrive_and_wait(&self) -> bool {
+        let mut s = self.lock();
+        s.0 += 1;
+        self.changed.notify_all();
+        loop {
+            if let Some(go) = s.1 {
+                return go;
+            }
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The main thread: waits until `workers` have arrived.
+    pub fn wait_for(&self, workers: usize) {
+        let mut s = self.lock();
+        while s.0 < workers {
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The main thread: starts the run (`true`) or cancels it.
+    pub fn open(&self, go: bool) {
+        self.lock().1 = Some(go);
+        self.changed.notify_all();
+    }
+}
+
+/// What a worker brings back.
+#[derive(Debug, Default)]
+pub struct WorkerOutcome {
+    /// One row per namespace.
+    pub rows: Vec<Row>,
+    /// An I/O failed and `-Q` was not given.
+    pub failed: bool,
+    /// I/Os that had not completed when the drain timed out.
+    pub lost: u64,
+}
+
+/// Prints I/O errors and decides whether the run goes on (`-Q N`: yes, printing every Nth).
+#[derive(Debug)]
+struct ErrorPolicy {
+    every: Option<u64>,
+    seen: u64,
+}
+
+impl ErrorPolicy {
+    #[cold]
+    fn handle(&mut self, name: &str, core: usize, e: &DriverError, stop: &AtomicBool) {
+        self.seen += 1;
+        match self.every {
+            None => {
+                eprintln!("I/O error on {name} from core {core}: {e}");
+                stop.store(true, Ordering::Relaxed);
+            }
+            Some(n) => {
+                if (self.seen - 1).is_multiple_of(n) {
+                    eprintln!(
+                        "I/O error on {name} from core {core}: {e} (error {}, printing every {n})",
+                        self.seen
+                    );
+                }
+            }
+        }
+    }
+
+    fn continues(&self) -> bool {
+        self.every.is_some()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    submitted_ns: u64,
+    read: bool,
+}
+
+/// One namespace on this worker: `qd` slots, slot `i` using bytes `i*io_size..` of the
+/// buffer and queue pair `i % P`; the slot index is the I/O's token.
+struct NsRun {
+    name: String,
+    nsid: u32,
+    core: usize,
+    io_size: usize,
+    qpairs: Vec<IoQueuePair>,
+    buf: DmaBuffer,
+    slots: Box<[Slot]>,
+    /// Slots waiting to be submitted (capacity `qd`: never grows).
+    pending: Vec<u32>,
+    /// Slots completed in this polling round (capacity `qd`).
+    done: Vec<u32>,
+    lba: LbaGen,
+    mix: Mix,
+    rng: XorShift64,
+    stats: Stats,
+    in_flight: u64,
+    limit: Option<u64>,
+    draining: bool,
+    errors: ErrorPolicy,
+}
+
+impl NsRun {
+    fn new(
+        job: &Job,
+        cfg: &Config,
+        worker: usize,
+        workers: usize,
+        core: usize,
+    ) -> Result<NsRun, Error> {
+        let qd = cfg.io_depth as usize;
+        let context = |what: &str, e: DriverError| {
+            Error::new(format!("{} on core {core}: {what}: {e}", job.name))
+        };
+        let lba = LbaGen::new(
+            job.blocks,
+            job.block_size,
+            cfg.io_size,
+            cfg.workload.random,
+            worker as u64,
+            workers as u64,
+        )
+        .map_err(|e| Error::new(format!("{}: {e}", job.name)))?;
+        let qpairs = (0..cfg.qpairs)
+            .map(|_| {
+                job.ctrl.alloc_io_queue(QueueOptions {
+                    entries: job.queue_entries,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| context("creating an I/O queue pair", e))?;
+        let buf_len = qd
+            .checked_mul(cfg.io_size)
+            .ok_or_else(|| Error::new(format!("-q {qd} x -o {} overflows", cfg.io_size)))?;
+        let buf = job
+            .ctrl
+            .alloc_dma(buf_len)
+            .map_err(|e| context("allocating the I/O buffers", e))?;
+        Ok(NsRun {
+            name: job.name.clone(),
+            nsid: job.nsid,
+            core,
+            io_size: cfg.io_size,
+            qpairs,
+            buf,
+            slots: vec![Slot::default(); qd].into_boxed_slice(),
+            pending: (0..qd as u32).rev().collect(),
+            done: Vec::with_capacity(qd),
+            lba,
+            mix: Mix::new(cfg.workload.read_percent),
+            rng: XorShift64::new(((worker as u64) << 32) ^ job.nsid as u64 ^ 0x6e76_6d65),
+            stats: Stats::new(cfg.latency_level > 0),
+            in_flight: 0,
+            limit: cfg.number_ios,
+            draining: false,
+            errors: ErrorPolicy {
+                every: cfg.continue_on_error,
+                seen: 0,
+            },
+        })
+    }
+
+    /// May another I/O start without exceeding `-d`?
+    #[inline]
+    fn may_submit(&self) -> bool {
+        !self.draining
+            && self
+                .limit
+                .is_none_or(|n| self.stats.ios + self.in_flight < n)
+    }
+
+    /// Done: nothing in flight and nothing more to start.
+    fn finished(&self) -> bool {
+        self.in_flight == 0 && !self.may_submit()
+    }
+
+    /// Reaps completions into `done`; returns how many.
+    #[inline]
+    fn poll(&mut self, stop: &AtomicBool) -> usize {
+        let NsRun {
+            qpairs,
+            done,
+            stats,
+            errors,
+            name,
+            core,
+            draining,
+            ..
+        } = self;
+        let mut n = 0;
+        for qp in qpairs.iter_mut() {
+            n += qp.process_completions(usize::MAX, |token, result| {
+                done.push(token as u32);
+                if let Err(e) = result {
+                    stats.errors += 1;
+                    errors.handle(name, *core, &e, stop);
+                    *draining |= !errors.continues();
+                }
+            });
+        }
+        n
+    }
+
+    /// Accounts the I/Os reaped by [`poll`](Self::poll), which finished by `now_ns`.
+    #[inline]
+    fn complete(&mut self, now_ns: u64) {
+        for &slot in &self.done {
+            let s = self.slots[slot as usize];
+            self.stats
+                .record(now_ns.saturating_sub(s.submitted_ns), s.read);
+        }
+        self.in_flight -= self.done.len() as u64;
+        self.pending.extend_from_slice(&self.done);
+        self.done.clear();
+    }
+
+    /// Starts I/O on free slots until the queue is full or the run says stop, then writes
+    /// the doorbells.
+    #[inline]
+    fn submit(&mut self, now_ns: u64, stop: &AtomicBool) {
+        let mut started = false;
+        while let Some(&slot) = self.pending.last() {
+            if !self.may_submit() {
+                break;
+            }
+            let read = self.mix.next_is_read(&mut self.rng);
+            let lba = self.lba.next_lba(&mut self.rng);
+            let start = slot as usize * self.io_size;
+            let qpairs = self.qpairs.len();
+            let qp = &mut self.qpairs[slot as usize % qpairs];
+            let result = match self.buf.slice(start..start + self.io_size) {
+                Ok(buf) if read => qp.read(self.nsid, lba, buf, slot as u64),
+                Ok(buf) => qp.write(self.nsid, lba, buf, slot as u64),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    self.pending.pop();
+                    self.slots[slot as usize] = Slot {
+                        submitted_ns: now_ns,
+                        read,
+                    };
+                    self.in_flight += 1;
+                    started = true;
+                }
+                Err(DriverError::Submit(SubmitError::QueueFull)) => break,
+                Err(e) => {
+                    self.stats.errors += 1;
+                    self.errors.handle(&self.name, self.core, &e, stop);
+                    if !self.errors.continues() {
+                        self.draining = true;
+                    }
+                    break;
+                }
+            }
+        }
+        if started {
+            self.qpairs.iter_mut().for_each(IoQueuePair::ring);
+        }
+    }
+}
+
+/// Runs one worker: setup, meet the others, I/O until the time (or `-d`) is up, drain.
+pub fn run_worker(
+    plan: WorkerPlan,
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    workers: usize,
+) -> Result<WorkerOutcome, Error> {
+    let setup = setup(&plan, &cfg, workers);
+    if setup.is_err() {
+        shared.setup_failed.store(true, Ordering::Relaxed);
+    }
+    let go = shared.gate.arrive_and_wait();
+    let mut runs = setup?;
+    if !go {
+        return Ok(WorkerOutcome::default());
+    }
+    let (elapsed, lost) = io_loop(&mut runs, &cfg, &shared, plan.index);
+    let failed = runs
+        .iter()
+        .any(|r| r.errors.seen > 0 && !r.errors.continues());
+    let rows = runs
+        .into_iter()
+        .map(|r| Row {
+            name: r.name,
+            nsid: r.nsid,
+            core: plan.core,
+            elapsed_s: elapsed.as_secs_f64(),
+            stats: r.stats,
+        })
+        .collect();
+    Ok(WorkerOutcome { rows, failed, lost })
+}
+
+fn setup(plan: &WorkerPlan, cfg: &Config, workers: usize) -> Result<Vec<NsRun>, Error> {
+    cpu::pin_current_thread(plan.core).map_err(|e| {
+        Error::new(format!(
+            "pinning the worker thread to core {}: {e}",
+            plan.core
+        ))
+    })?;
+    plan.jobs
+        .iter()
+        .map(|job| NsRun::new(job, cfg, plan.index, workers, plan.core))
+        .collect()
+}
+
+/// The I/O loop. Returns the measured time (after the warm-up, until the last completion)
+/// and the number of I/Os lost if the drain timed out.
+fn io_loop(runs: &mut [NsRun], cfg: &Config, shared: &Shared, index: usize) -> (Duration, u64) {
+    let start = Instant::now();
+    let since_start = |t: Instant| t.duration_since(start).as_nanos() as u64;
+    let warmup_end = cfg.warmup.as_nanos() as u64;
+    let run_end = warmup_end + cfg.time.as_nanos() as u64;
+    let mut measuring = warmup_end == 0;
+    let mut measure_start = 0;
+    let mut drain_deadline = None;
+    let mut completed = 0u64;
+    for r in runs.iter_mut() {
+        r.submit(0, &shared.stop);
+    }
+    loop {
+        for r in runs.iter_mut() {
+            completed += r.poll(&shared.stop) as u64;
+        }
+        let now = since_start(Instant::now());
+        for r in runs.iter_mut() {
+            r.complete(now);
+            r.submit(now, &shared.stop);
+        }
+        shared.progress[index].0.store(completed, Ordering::Relaxed);
+        if !measuring && now >= warmup_end {
+            runs.iter_mut().for_each(|r| r.stats.reset());
+            measuring = true;
+            measure_start = now;
+        }
+        if drain_deadline.is_none() && (now >= run_end || shared.stop.load(Ordering::Relaxed)) {
+            runs.iter_mut().for_each(|r| r.draining = true);
+            drain_deadline = Some(now + DRAIN_TIMEOUT.as_nanos() as u64);
+        }
+        let timed_out = drain_deadline.is_some_and(|d| now >= d);
+        if timed_out || runs.iter().all(NsRun::finished) {
+            let lost = runs.iter().map(|r| r.in_flight).sum();
+            return (Duration::from_nanos(now - measure_start), lost);
+        }
+    }
+}
