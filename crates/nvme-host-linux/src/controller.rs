@@ -339,7 +339,7 @@ impl Controller {
     }
     /// Get Log Page: `len` bytes (a multiple of 4) of log `lid` for `nsid` from byte `offset`.
     pub fn get_log_page(&self, lid: u8, nsid: u32, len: usize, offset: u64) -> Result<Vec<u8>> {
-        if len == 0 || len % 4 != 0 {
+        if len == 0 || !len.is_multiple_of(4) {
             return Err(Error::Invalid(format!(
                 "log page length {len} must be a positive multiple of 4"
             )));

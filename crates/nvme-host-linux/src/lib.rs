@@ -14,6 +14,7 @@ pub mod memory;
 mod mmio;
 mod qpair;
 mod transport;
+pub mod vfio;
 
 pub use backend::{SimTransport, Transport};
 pub use controller::{AttachOptions, Controller, Namespace};
@@ -27,10 +28,8 @@ pub use nvme_core as core;
 pub use nvme_regs as regs;
 pub use nvme_sim as sim;
 
-/// Opens a PCIe controller through VFIO.
+/// Opens a PCIe controller through VFIO (no address: the first NVMe function bound to
+/// vfio-pci; [`vfio::probe`] lists them all).
 fn open_pcie(traddr: Option<&PciAddress>) -> Result<std::sync::Arc<dyn Transport>> {
-    let _ = traddr;
-    Err(Error::Transport(
-        "trtype:PCIe needs the VFIO transport, which this build does not include yet; use trtype:sim".into(),
-    ))
+    vfio::open_pcie(traddr)
 }

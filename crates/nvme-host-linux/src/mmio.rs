@@ -40,7 +40,7 @@ impl Mmio {
     #[inline]
     fn ptr(&self, offset: usize) -> *mut u32 {
         assert!(
-            offset % 4 == 0 && offset + 4 <= self.len,
+            offset.is_multiple_of(4) && offset + 4 <= self.len,
             "register offset {offset:#x} outside BAR"
         );
         // SAFETY: in bounds of the mapping (asserted above).

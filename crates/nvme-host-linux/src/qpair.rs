@@ -187,7 +187,7 @@ impl IoQueuePair {
         token: u64,
     ) -> Result<()> {
         let (bs, capacity) = self.namespace(nsid)?;
-        if buf.len == 0 || buf.len % bs as usize != 0 {
+        if buf.len == 0 || !buf.len.is_multiple_of(bs as usize) {
             return Err(Error::BadLength {
                 len: buf.len,
                 block_size: bs,

@@ -1,5 +1,223 @@
-//! Hardware test suite (placeholder until the VFIO transport lands).
-fn main() {
-    eprintln!("nvme-hwtest: not implemented yet");
-    std::process::exit(2);
+//! The hardware test suite: the driver against a real or QEMU-emulated NVMe controller
+//! through VFIO.
+//!
+//! ```text
+//! nvme-hwtest [--device BDF] [--write-ns N]... [--expect-serial S] [--expect-ns N:BS:BLOCKS]...
+//!             [--manifest PATH] [--threads N]
+//! nvme-hwtest --verify-kernel MANIFEST [--device BDF]
+//! ```
+//!
+//! Prints one line per test (`PASS name (x ms)` or `FAIL name: reason`) and a final
+//! `HWTEST SUMMARY passed=N failed=M skipped=K` line that `cargo xtask test-hw` parses.
+//! Tests that write run only on namespaces named with `--write-ns` (they destroy data).
+//! Without `--write-ns` the suite is read-only.
+//!
+//! `--manifest PATH` writes a known pattern to known blocks of the first write namespace and
+//! records them in PATH; after the controller is rebound to the kernel's nvme driver,
+//! `--verify-kernel PATH` reads the same blocks from `/dev/nvmeXnY` and compares.
+
+mod pattern;
+mod suite;
+mod verify;
+
+use std::process::ExitCode;
+
+use nvme_host_linux::PciAddress;
+
+/// Command-line configuration.
+#[derive(Debug, Default, Clone)]
+pub struct Config {
+    /// The controller; `None`: the first NVMe function bound to vfio-pci.
+    pub device: Option<PciAddress>,
+    /// Namespaces the writing tests may destroy.
+    pub write_ns: Vec<u32>,
+    /// Serial number the controller must report.
+    pub expect_serial: Option<String>,
+    /// (nsid, block size, blocks) the controller must report.
+    pub expect_ns: Vec<(u32, u32, u64)>,
+    /// Where to write the read-back manifest.
+    pub manifest: Option<String>,
+    /// Threads of the multi-queue test.
+    pub threads: usize,
+    /// `--verify-kernel MANIFEST`.
+    pub verify_kernel: Option<String>,
+    /// `--expect-attach-error TEXT`: attaching must fail with a message containing TEXT.
+    pub expect_attach_error: Option<String>,
+    /// `--as-uid UID`: drop root for the attach-error checks (permission, memlock).
+    pub as_uid: Option<u32>,
+}
+
+const USAGE: &str = "usage: nvme-hwtest [--device BDF] [--write-ns N]... [--expect-serial S] \
+[--expect-ns NSID:BLOCKSIZE:BLOCKS]... [--manifest PATH] [--threads N]\n       \
+nvme-hwtest --verify-kernel MANIFEST [--device BDF]\n       \
+nvme-hwtest --device BDF [--as-uid UID] --expect-attach-error TEXT\n\
+Tests that write run only on namespaces named with --write-ns: they destroy data there.";
+
+fn parse_args(args: &[String]) -> Result<Config, String> {
+    let mut c = Config {
+        threads: 4,
+        ..Default::default()
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--device" => c.device = Some(val("--device")?.parse()?),
+            "--write-ns" => {
+                let v = val("--write-ns")?;
+                c.write_ns.push(
+                    v.parse()
+                        .map_err(|_| format!("--write-ns {v}: expected a namespace id"))?,
+                )
+            }
+            "--expect-serial" => c.expect_serial = Some(val("--expect-serial")?),
+            "--expect-ns" => {
+                let v = val("--expect-ns")?;
+                let p: Vec<&str> = v.split(':').collect();
+                let bad = || {
+                    format!("--expect-ns {v}: expected NSID:BLOCKSIZE:BLOCKS, e.g. 1:512:262144")
+                };
+                if p.len() != 3 {
+                    return Err(bad());
+                }
+                c.expect_ns.push((
+                    p[0].parse().map_err(|_| bad())?,
+                    p[1].parse().map_err(|_| bad())?,
+                    p[2].parse().map_err(|_| bad())?,
+                ));
+            }
+            "--manifest" => c.manifest = Some(val("--manifest")?),
+            "--threads" => {
+                let v = val("--threads")?;
+                c.threads = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or(format!("--threads {v}: expected 1..=64"))?
+            }
+            "--verify-kernel" => c.verify_kernel = Some(val("--verify-kernel")?),
+            "--expect-attach-error" => c.expect_attach_error = Some(val("--expect-attach-error")?),
+            "--as-uid" => {
+                let v = val("--as-uid")?;
+                c.as_uid = Some(
+                    v.parse()
+                        .map_err(|_| format!("--as-uid {v}: expected a numeric user id"))?,
+                )
+            }
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
+        }
+    }
+    if c.manifest.is_some() && c.write_ns.is_empty() {
+        return Err("--manifest needs --write-ns: the read-back test writes a pattern".into());
+    }
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cfg = match parse_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nvme-hwtest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(uid) = cfg.as_uid {
+        if let Err(e) = drop_root(uid) {
+            eprintln!("nvme-hwtest: --as-uid {uid}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let ok = match (&cfg.verify_kernel, &cfg.expect_attach_error) {
+        (Some(m), _) => verify::run(m, cfg.device.as_ref()),
+        (None, Some(text)) => expect_attach_error(cfg.device.as_ref(), text),
+        (None, None) => suite::run(&cfg),
+    };
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Becomes user and group `uid` with no supplementary groups.
+fn drop_root(uid: u32) -> std::io::Result<()> {
+    // SAFETY: plain system calls without pointers (setgroups with an empty list).
+    let r = unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(uid) != 0
+            || libc::setuid(uid) != 0
+        {
+            -1
+        } else {
+            0
+        }
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Attaching must fail with a message that contains `text` (case-insensitive): checks the
+/// driver's error messages against a real kernel.
+fn expect_attach_error(device: Option<&PciAddress>, text: &str) -> bool {
+    let trid = match device {
+        Some(a) => format!("trtype:PCIe traddr:{a}"),
+        None => "trtype:PCIe".to_string(),
+    };
+    let name = format!("attach-error '{text}'");
+    match nvme_host_linux::Controller::attach(&trid) {
+        Err(e) if e.to_string().to_lowercase().contains(&text.to_lowercase()) => {
+            println!("PASS {name}: {e}");
+            true
+        }
+        Err(e) => {
+            println!("FAIL {name}: the error does not say '{text}': {e}");
+            false
+        }
+        Ok(_) => {
+            println!("FAIL {name}: attaching {trid} succeeded");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_arguments() {
+        let c = parse_args(&s(&[
+            "--device",
+            "0000:00:04.0",
+            "--write-ns",
+            "1",
+            "--expect-ns",
+            "2:4096:16384",
+        ]))
+        .unwrap();
+        assert_eq!(c.device.unwrap().to_string(), "0000:00:04.0");
+        assert_eq!(c.write_ns, [1]);
+        assert_eq!(c.expect_ns, [(2, 4096, 16384)]);
+        assert!(parse_args(&s(&["--manifest", "/tmp/x"]))
+            .unwrap_err()
+            .contains("--write-ns"));
+        assert!(parse_args(&s(&["--expect-ns", "1:512"]))
+            .unwrap_err()
+            .contains("NSID:BLOCKSIZE:BLOCKS"));
+        assert!(parse_args(&s(&["--bogus"]))
+            .unwrap_err()
+            .contains("unknown argument"));
+    }
 }

@@ -236,7 +236,12 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             .as_mut()
             .len()
             .min(QueueConfig::slots(cfg.entries))
-            .min(cfg.prp.len().checked_div(prp_bytes_per_slot).unwrap_or(usize::MAX))
+            .min(
+                cfg.prp
+                    .len()
+                    .checked_div(prp_bytes_per_slot)
+                    .unwrap_or(usize::MAX),
+            )
             .min(NONE as usize - 1);
         if capacity == 0 {
             return Err(QueueError::RegionTooSmall {

@@ -1,0 +1,239 @@
+//! A VFIO device descriptor: device info, regions, PCI config space, BAR0 mapping, reset.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+use vfio_bindings::bindings::vfio::{
+    vfio_device_info, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_BAR0_REGION_INDEX,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+};
+
+use super::ioctl::{self, AlignedBuf};
+use crate::error::{Error, Result};
+use crate::transport::PciAddress;
+
+/// PCI command register and its bits.
+pub(crate) const PCI_COMMAND: u64 = 0x04;
+pub(crate) const PCI_COMMAND_MEMORY: u16 = 1 << 1;
+pub(crate) const PCI_COMMAND_MASTER: u16 = 1 << 2;
+pub(crate) const PCI_COMMAND_INTX_DISABLE: u16 = 1 << 10;
+
+/// The command register value that lets the controller work with polled queues: memory
+/// space and bus mastering on, legacy interrupts off; other bits kept.
+pub(crate) fn command_for_polling(cmd: u16) -> u16 {
+    cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE
+}
+
+/// Smallest BAR0 the driver accepts: the 4 KiB register block plus the admin queue's two
+/// doorbells.
+pub(crate) const MIN_BAR0: u64 = 0x1000 + 8;
+
+/// One region of the device (offset within the device fd, size, flags) with the raw info
+/// buffer for its capabilities.
+#[derive(Debug)]
+pub(crate) struct Region {
+    pub(crate) flags: u32,
+    pub(crate) size: u64,
+    pub(crate) offset: u64,
+    pub(crate) raw: Vec<u8>,
+}
+
+/// An open VFIO device.
+#[derive(Debug)]
+pub(crate) struct Device {
+    fd: OwnedFd,
+    pub(crate) flags: u32,
+    config: Region,
+}
+
+impl Device {
+    /// `VFIO_GROUP_GET_DEVICE_FD` for `addr`, then its info and config region.
+    pub(crate) fn open(group: BorrowedFd<'_>, addr: &PciAddress) -> Result<Device> {
+        let name = CString::new(addr.to_string()).expect("no NUL in a PCI address");
+        // SAFETY: the argument is a NUL-terminated string that outlives the call; the
+        // kernel only reads it.
+        let raw =
+            unsafe { libc::ioctl(group.as_raw_fd(), ioctl::GROUP_GET_DEVICE_FD, name.as_ptr()) };
+        if raw < 0 {
+            return Err(Error::os(
+                format!("VFIO_GROUP_GET_DEVICE_FD for {addr}"),
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: the ioctl returned a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut info = vfio_device_info {
+            argsz: std::mem::size_of::<vfio_device_info>() as u32,
+            ..Default::default()
+        };
+        ioctl::ioctl_struct(fd.as_fd(), ioctl::DEVICE_GET_INFO, &mut info)
+            .map_err(|e| Error::os(format!("VFIO_DEVICE_GET_INFO for {addr}"), e))?;
+        if info.flags & VFIO_DEVICE_FLAGS_PCI == 0 {
+            return Err(Error::Transport(format!(
+                "{addr}: VFIO reports a device that is not PCI"
+            )));
+        }
+        let config = region_info(fd.as_fd(), VFIO_PCI_CONFIG_REGION_INDEX)
+            .map_err(|e| Error::os(format!("VFIO_DEVICE_GET_REGION_INFO(config) for {addr}"), e))?;
+        Ok(Device {
+            fd,
+            flags: info.flags,
+            config,
+        })
+    }
+
+    /// Can VFIO reset the function (FLR, PM or bus reset)?
+    pub(crate) fn can_reset(&self) -> bool {
+        self.flags & VFIO_DEVICE_FLAGS_RESET != 0
+    }
+
+    /// `VFIO_DEVICE_RESET`.
+    pub(crate) fn reset(&self) -> io::Result<()> {
+        ioctl::ioctl_val(self.fd.as_fd(), ioctl::DEVICE_RESET, 0).map(|_| ())
+    }
+
+    /// Reads config space at `off`.
+    pub(crate) fn config_read(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        // SAFETY: reading into our own buffer of the given length.
+        let n = unsafe {
+            libc::pread(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                (self.config.offset + off) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n as usize != buf.len() {
+            return Err(io::Error::other(format!(
+                "short config space read at {off:#x}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes config space at `off`.
+    pub(crate) fn config_write(&self, off: u64, buf: &[u8]) -> io::Result<()> {
+        // SAFETY: writing from our own buffer of the given length.
+        let n = unsafe {
+            libc::pwrite(
+                self.fd.as_raw_fd(),
+                buf.as_ptr() as *const libc::c_void,
+                buf.len(),
+                (self.config.offset + off) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n as usize != buf.len() {
+            return Err(io::Error::other(format!(
+                "short config space write at {off:#x}"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn config_u16(&self, off: u64) -> io::Result<u16> {
+        let mut b = [0u8; 2];
+        self.config_read(off, &mut b)?;
+        Ok(u16::from_le_bytes(b))
+    }
+
+    pub(crate) fn config_u32(&self, off: u64) -> io::Result<u32> {
+        let mut b = [0u8; 4];
+        self.config_read(off, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// Sets the command register bits that polled operation needs.
+    pub(crate) fn enable_bus_master(&self) -> io::Result<()> {
+        let cmd = self.config_u16(PCI_COMMAND)?;
+        self.config_write(PCI_COMMAND, &command_for_polling(cmd).to_le_bytes())
+    }
+
+    /// Clears bus mastering (the controller can no longer reach memory).
+    pub(crate) fn disable_bus_master(&self) -> io::Result<()> {
+        let cmd = self.config_u16(PCI_COMMAND)?;
+        self.config_write(PCI_COMMAND, &(cmd & !PCI_COMMAND_MASTER).to_le_bytes())
+    }
+
+    /// Maps BAR0 (all of it, or the mappable area at its start when VFIO reports a sparse
+    /// region). Returns the mapping and its length.
+    pub(crate) fn map_bar0(&self, addr: &PciAddress) -> Result<(NonNull<u8>, usize)> {
+        let r = region_info(self.fd.as_fd(), VFIO_PCI_BAR0_REGION_INDEX)
+            .map_err(|e| Error::os(format!("VFIO_DEVICE_GET_REGION_INFO(BAR0) for {addr}"), e))?;
+        if r.size < MIN_BAR0 {
+            return Err(Error::Transport(format!(
+                "BAR0 of {addr} is {} bytes, too small for NVMe registers and doorbells (at least {MIN_BAR0:#x} bytes): \
+                 is this really an NVMe controller, and is its BAR assigned (see `lspci -vv -s {addr}`, and dmesg for \"BAR 0: no space\")?",
+                r.size
+            )));
+        }
+        if r.flags & VFIO_REGION_INFO_FLAG_MMAP == 0 {
+            return Err(Error::Transport(format!(
+                "VFIO does not allow mmap of BAR0 of {addr} (region flags {:#x}); the driver needs direct register access",
+                r.flags
+            )));
+        }
+        let len = match ioctl::parse_sparse_mmap(&r.raw) {
+            None => r.size,
+            Some(areas) => areas
+                .iter()
+                .find(|&&(off, _)| off == 0)
+                .map(|&(_, size)| size)
+                .filter(|&s| s >= MIN_BAR0)
+                .ok_or_else(|| {
+                    Error::Transport(format!(
+                        "VFIO allows mmap of BAR0 of {addr} only in {areas:x?}, which does not cover the registers and admin doorbells"
+                    ))
+                })?,
+        } as usize;
+        let ptr = crate::memory::map_fd(self.fd.as_fd(), r.offset, len, false)
+            .map_err(|e| Error::os(format!("mmap of BAR0 of {addr} ({len} bytes)"), e))?;
+        Ok((ptr, len))
+    }
+}
+
+/// `VFIO_DEVICE_GET_REGION_INFO`, with the capability chain when there is one.
+fn region_info(fd: BorrowedFd<'_>, index: u32) -> io::Result<Region> {
+    let mut len = 32usize;
+    for _ in 0..4 {
+        let mut buf = AlignedBuf::new(len);
+        let b = buf.bytes();
+        b[..4].copy_from_slice(&(len as u32).to_ne_bytes());
+        b[8..12].copy_from_slice(&index.to_ne_bytes());
+        ioctl::ioctl_buf(fd, ioctl::DEVICE_GET_REGION_INFO, b)?;
+        let want = ioctl::u32_at(b, 0).unwrap_or(0) as usize;
+        if want > len {
+            len = want;
+            continue;
+        }
+        return Ok(Region {
+            flags: ioctl::u32_at(b, 4).unwrap_or(0),
+            size: ioctl::u64_at(b, 16).unwrap_or(0),
+            offset: ioctl::u64_at(b, 24).unwrap_or(0),
+            raw: b.to_vec(),
+        });
+    }
+    Err(io::Error::other(
+        "VFIO_DEVICE_GET_REGION_INFO kept asking for a larger buffer",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_register_bits() {
+        // After FLR the command register is 0; keep SERR and parity bits if set.
+        assert_eq!(command_for_polling(0), 0x0406);
+        assert_eq!(command_for_polling(0x0140), 0x0546);
+        assert_eq!(command_for_polling(0x0406), 0x0406);
+    }
+}

@@ -1,0 +1,305 @@
+//! The VFIO transport (`trtype:PCIe`): a PCI function bound to vfio-pci, with the IOMMU on.
+//!
+//! Layout, bottom up:
+//! - [`sysfs`]: PCI functions, drivers and IOMMU groups as sysfs shows them; binding; the
+//!   pre-flight checks whose errors say what to do.
+//! - `ioctl`: VFIO ioctl numbers, the calls themselves, capability-chain parsing.
+//! - `iommu`: DMA mapping behind a small trait; today the legacy container with type1v2
+//!   (`/dev/vfio/vfio` + `/dev/vfio/<group>`). iommufd with the vfio cdev
+//!   (`/dev/iommu`, `/dev/vfio/devices/vfioN`) would be a second implementation there, with
+//!   its own way to get the device descriptor.
+//! - `device`: the device descriptor: regions, config space, BAR0 mmap, reset.
+//! - [`VfioTransport`]: all of it as a [`Transport`].
+
+mod device;
+mod ioctl;
+mod iommu;
+pub mod sysfs;
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+use crate::backend::Transport;
+use crate::error::{Error, Result};
+use crate::iova::IovaAllocator;
+use crate::memory::SharedMemory;
+use crate::mmio::Mmio;
+use crate::transport::PciAddress;
+
+use device::Device;
+use iommu::{DmaMapper, Type1Container};
+pub use sysfs::{PciFunction, Sysfs, NVME_CLASS};
+
+/// A controller opened through VFIO.
+pub struct VfioTransport {
+    addr: PciAddress,
+    ids: (u16, u16),
+    bar: NonNull<u8>,
+    bar_len: usize,
+    iovas: Mutex<IovaAllocator>,
+    // Drop order matters: the device closes before the group and container it came from.
+    device: Device,
+    iommu: Type1Container,
+}
+
+// SAFETY: the BAR pointer refers to a device mapping owned by this struct; register
+// accesses through it are volatile and may come from any thread. The descriptors are used
+// only through ioctls that the kernel serialises; the IOVA allocator is behind a mutex.
+unsafe impl Send for VfioTransport {}
+// SAFETY: as above.
+unsafe impl Sync for VfioTransport {}
+
+impl fmt::Debug for VfioTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VfioTransport")
+            .field("addr", &self.addr.to_string())
+            .field(
+                "ids",
+                &format_args!("{:04x}:{:04x}", self.ids.0, self.ids.1),
+            )
+            .field("bar_len", &self.bar_len)
+            .field("iova_ranges", &self.iommu.iova_ranges().0)
+            .finish()
+    }
+}
+
+/// NVMe functions bound to vfio-pci on this machine, by address.
+pub fn probe() -> Result<Vec<PciAddress>> {
+    Ok(Sysfs::new().vfio_nvme_functions())
+}
+
+/// Opens the first NVMe function bound to vfio-pci, or says which NVMe functions exist and
+/// how to bind one.
+pub fn open_first() -> Result<VfioTransport> {
+    let sys = Sysfs::new();
+    match sys.vfio_nvme_functions().first() {
+        Some(a) => VfioTransport::open_in(&sys, a),
+        None => {
+            let all: Vec<String> = sys.nvme_functions().iter().map(sysfs::describe).collect();
+            Err(Error::Transport(if all.is_empty() {
+                "no NVMe controller found: sysfs lists no PCI function of class 010802 (see `lspci -D -d ::0108`)".into()
+            } else {
+                format!(
+                    "no NVMe controller is bound to vfio-pci; NVMe functions here: {}. Bind one with `nvme-setup bind <addr>`",
+                    all.join(", ")
+                )
+            }))
+        }
+    }
+}
+
+impl VfioTransport {
+    /// Opens `addr` through VFIO: pre-flight checks, container and group, device, reset,
+    /// bus mastering on and INTx off, BAR0 mapping.
+    pub fn open(addr: &PciAddress) -> Result<VfioTransport> {
+        Self::open_in(&Sysfs::new(), addr)
+    }
+
+    /// [`open`](Self::open) with sysfs and `/dev` under another root (for tests).
+    pub fn open_in(sys: &Sysfs, addr: &PciAddress) -> Result<VfioTransport> {
+        let group = sys.check_vfio(addr)?;
+        let iommu = Type1Container::open(sys, addr, group)?;
+        let device = Device::open(iommu.group(), addr)?;
+        // Reset on attach: whatever a previous user left running (queues, DMA) stops. When
+        // the function has no reset method, the controller reset (CC.EN=0) at bring-up does
+        // the same for NVMe state.
+        if device.can_reset() {
+            device
+                .reset()
+                .map_err(|e| Error::os(format!("VFIO_DEVICE_RESET of {addr}"), e))?;
+        }
+        let id = device
+            .config_u32(0)
+            .map_err(|e| Error::os(format!("reading the config space of {addr}"), e))?;
+        if id == u32::MAX {
+            return Err(Error::Transport(format!(
+                "{addr} reads all ones from config space: the device is gone or powered down (check `lspci -s {addr}` and dmesg)"
+            )));
+        }
+        let ids = (id as u16, (id >> 16) as u16);
+        device
+            .enable_bus_master()
+            .map_err(|e| Error::os(format!("enabling bus mastering on {addr}"), e))?;
+        let (bar, bar_len) = device.map_bar0(addr)?;
+        let (ranges, page) = iommu.iova_ranges();
+        let iovas = Mutex::new(IovaAllocator::new(ranges, page));
+        Ok(VfioTransport {
+            addr: *addr,
+            ids,
+            bar,
+            bar_len,
+            iovas,
+            device,
+            iommu,
+        })
+    }
+
+    /// The PCI address.
+    pub fn address(&self) -> PciAddress {
+        self.addr
+    }
+
+    /// The IOVA ranges in use (inclusive), and whether the kernel reported them (`false`: the
+    /// 39-bit fallback).
+    pub fn iova_ranges(&self) -> (Vec<(u64, u64)>, bool) {
+        (
+            self.iommu.iova_ranges().0.to_vec(),
+            self.iommu.ranges_from_kernel,
+        )
+    }
+
+    /// Can VFIO reset the function (it is reset on attach and on detach when it can)?
+    pub fn reset_supported(&self) -> bool {
+        self.device.can_reset()
+    }
+
+    /// Free IOVA space in bytes.
+    pub fn iova_free(&self) -> u64 {
+        self.iovas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .free_bytes()
+    }
+}
+
+impl Drop for VfioTransport {
+    fn drop(&mut self) {
+        // Reset on detach: the controller stops all DMA before its mappings go away with the
+        // container. Without a reset method, at least take away bus mastering.
+        if !(self.device.can_reset() && self.device.reset().is_ok()) {
+            let _ = self.device.disable_bus_master();
+        }
+        // SAFETY: our own BAR mapping; every user of it (controller, queue pairs) holds this
+        // transport alive, so none is left.
+        unsafe { libc::munmap(self.bar.as_ptr() as *mut libc::c_void, self.bar_len) };
+    }
+}
+
+fn map_error(addr: &PciAddress, mem: &SharedMemory, iova: u64, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::ENOMEM) {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into our struct.
+        let memlock = if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0 {
+            if lim.rlim_cur == libc::RLIM_INFINITY {
+                "unlimited".to_string()
+            } else {
+                format!("{} KiB", lim.rlim_cur / 1024)
+            }
+        } else {
+            "unknown".into()
+        };
+        let huge = match crate::memory::hugepages_free() {
+            Some(n) => format!("{n} free 2 MiB hugepages"),
+            None => "no hugepage information".into(),
+        };
+        return Error::Transport(format!(
+            "VFIO could not pin {} bytes of DMA memory for {addr} (ENOMEM): the locked-memory limit is {memlock} \
+             (raise it: ulimit -l unlimited, or run as root), or memory is short ({huge}; reserve more with \
+             `nvme-setup hugepages <count>`)",
+            mem.len()
+        ));
+    }
+    Error::os(
+        format!(
+            "VFIO_IOMMU_MAP_DMA of {} bytes at IOVA {iova:#x} for {addr}",
+            mem.len()
+        ),
+        e,
+    )
+}
+
+impl Transport for VfioTransport {
+    fn regs(&self) -> Mmio {
+        // SAFETY: the BAR mapping lives as long as this transport, which the controller and
+        // its queue pairs keep alive.
+        unsafe { Mmio::new(self.bar, self.bar_len) }
+    }
+    fn map_dma(&self, mem: &SharedMemory) -> Result<u64> {
+        let len = mem.len() as u64;
+        let iova = self.iovas.lock().unwrap_or_else(|p| p.into_inner()).alloc(len).ok_or_else(|| {
+            Error::Transport(format!(
+                "out of IOVA space for {addr}: no free range of {len} bytes inside the IOMMU's usable ranges {:x?}",
+                self.iommu.iova_ranges().0,
+                addr = self.addr
+            ))
+        })?;
+        if let Err(e) = self.iommu.map(mem.as_ptr() as u64, iova, len) {
+            self.iovas
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .free(iova, len);
+            return Err(map_error(&self.addr, mem, iova, e));
+        }
+        Ok(iova)
+    }
+    fn unmap_dma(&self, iova: u64, len: usize) {
+        // An IOVA range whose unmap failed stays allocated, so it is never handed out twice.
+        if self.iommu.unmap(iova, len as u64).is_ok() {
+            self.iovas
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .free(iova, len as u64);
+        }
+    }
+    fn pci_id(&self) -> Option<(u16, u16)> {
+        Some(self.ids)
+    }
+    fn name(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+/// Opens `trtype:PCIe` with an optional address (none: the first NVMe function bound to
+/// vfio-pci).
+pub(crate) fn open_pcie(traddr: Option<&PciAddress>) -> Result<Arc<dyn Transport>> {
+    let t = match traddr {
+        Some(a) => VfioTransport::open(a)?,
+        None => open_first()?,
+    };
+    Ok(Arc::new(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sysfs::tests::FakeSys;
+    use super::*;
+
+    #[test]
+    fn open_reports_preflight_errors_before_touching_dev() {
+        let fake = FakeSys::new("open");
+        fake.add("0000:00:05.0", NVME_CLASS, Some("nvme"), Some(4));
+        fake.add("0000:00:04.0", NVME_CLASS, Some("vfio-pci"), Some(3));
+        let s = fake.sysfs();
+        let e = VfioTransport::open_in(&s, &"0000:00:05.0".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("kernel nvme driver") && e.contains("nvme-setup bind"),
+            "{e}"
+        );
+        let e = VfioTransport::open_in(&s, &"0000:0a:00.0".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not found"), "{e}");
+        // Bound to vfio-pci, but the fake /dev has no vfio nodes.
+        let e = VfioTransport::open_in(&s, &"0000:00:04.0".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dev/vfio/vfio does not exist") && e.contains("modprobe vfio-pci"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn attach_names_a_missing_device() {
+        let e = crate::Controller::attach("trtype:PCIe traddr:00ff:1f:1f.7")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PCI device 00ff:1f:1f.7 not found"), "{e}");
+    }
+}
