@@ -3,7 +3,6 @@
 //!
 //! Transports: `trtype:sim` (the built-in software controller, no hardware needed) and
 //! `trtype:PCIe traddr:dddd:bb:dd.f` (a controller bound to vfio-pci).
-#![doc = include_str!("../README.md")]
 
 mod backend;
 mod controller;
@@ -33,3 +32,8 @@ pub use nvme_sim as sim;
 fn open_pcie(traddr: Option<&PciAddress>) -> Result<std::sync::Arc<dyn Transport>> {
     vfio::open_pcie(traddr)
 }
+
+/// The workspace README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
