@@ -110,6 +110,48 @@ pub unsafe trait RawLock {
     fn try_lock(&self) -> bool;
 }
 
+/// What taking a [`RobustLock`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockOutcome {
+    /// The lock was free or released normally.
+    Acquired,
+    /// The previous holder died while holding it: the protected state may be half-updated
+    /// and must be made consistent (then [`RobustLock::mark_consistent`]) before unlocking.
+    PreviousOwnerDied,
+}
+
+/// A lock shared between processes that survives the death of its holder (a robust,
+/// process-shared mutex on Linux).
+///
+/// # Safety
+/// `lock` must not return while another holder has not called `unlock` or died.
+pub unsafe trait RobustLock {
+    /// Takes the lock, waiting as long as needed.
+    fn lock(&self) -> LockOutcome;
+    /// Takes the lock if it is free.
+    fn try_lock(&self) -> Option<LockOutcome>;
+    /// Declares the protected state consistent after [`LockOutcome::PreviousOwnerDied`].
+    fn mark_consistent(&self);
+    /// Releases the lock.
+    fn unlock(&self);
+}
+
+// SAFETY: a spin lock has no owner that can die independently within one process; it
+// never reports a dead owner.
+unsafe impl RobustLock for SpinLock {
+    fn lock(&self) -> LockOutcome {
+        RawLock::lock(self);
+        LockOutcome::Acquired
+    }
+    fn try_lock(&self) -> Option<LockOutcome> {
+        RawLock::try_lock(self).then_some(LockOutcome::Acquired)
+    }
+    fn mark_consistent(&self) {}
+    fn unlock(&self) {
+        RawLock::unlock(self)
+    }
+}
+
 /// The default in-process lock: a test-and-test-and-set spin lock, usable in shared memory
 /// (it is a single atomic byte).
 #[derive(Default, Debug)]
@@ -125,7 +167,7 @@ impl SpinLock {
 // SAFETY: compare_exchange with Acquire admits only one holder; unlock stores with Release.
 unsafe impl RawLock for SpinLock {
     fn lock(&self) {
-        while !self.try_lock() {
+        while !RawLock::try_lock(self) {
             while self.0.load(Ordering::Relaxed) {
                 core::hint::spin_loop();
             }
@@ -166,10 +208,10 @@ mod tests {
                 let s = s.clone();
                 std::thread::spawn(move || {
                     for _ in 0..10_000 {
-                        s.lock.lock();
+                        RawLock::lock(&s.lock);
                         // SAFETY: the lock is held.
                         unsafe { *s.value.get() += 1 };
-                        s.lock.unlock();
+                        RawLock::unlock(&s.lock);
                     }
                 })
             })
@@ -180,8 +222,8 @@ mod tests {
         // SAFETY: every thread has been joined; nothing else touches the value.
         let total = unsafe { *s.value.get() };
         assert_eq!(total, 40_000);
-        assert!(s.lock.try_lock());
-        assert!(!s.lock.try_lock());
+        assert!(RawLock::try_lock(&s.lock));
+        assert!(!RawLock::try_lock(&s.lock));
     }
 
     #[test]

@@ -21,9 +21,10 @@ pub mod init;
 pub mod prp;
 pub mod qpair;
 pub mod queue;
+pub mod shared;
 
 pub use cmd::Command;
-pub use hal::{Clock, DmaRegion, RawLock, RegisterAccess, SpinLock};
+pub use hal::{Clock, DmaRegion, LockOutcome, RawLock, RegisterAccess, RobustLock, SpinLock};
 pub use init::{ControllerInfo, ControllerInit, InitError, InitOptions, InitStep};
 
 pub use nvme_regs as regs;

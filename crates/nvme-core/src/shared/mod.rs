@@ -1,0 +1,554 @@
+//! The admin queue shared by several processes.
+//!
+//! One controller has one admin queue; every process of a group submits to it and each sees
+//! only the completions of its own commands. All state lives in [`SharedAdminState`], a
+//! `#[repr(C)]` block of atomics placed in shared memory by the host: no pointers, valid when
+//! zero-filled, mapped at any address in each process (the rings and PRP list pages are
+//! described per process by [`SharedAdminQueue`]'s own mapping of the same memory).
+//!
+//! Protocol (every step under the group's [`RobustLock`]):
+//! - **submit**: claim a free slot (state CLAIMED, owner = the submitter), write the entry,
+//!   publish the new SQ tail, mark the slot SUBMITTED, write the doorbell.
+//! - **reap**: for each new completion entry, look the slot up (index and generation are
+//!   checked), hand the completion to the owner's mailbox (or straight to the caller when it
+//!   is the owner), free the slot, advance the shared CQ head, write the head doorbell.
+//! - **mailboxes** are single-producer (whoever holds the lock) single-consumer (the owner,
+//!   without the lock) rings.
+//!
+//! A process may die at any instruction. The next lock holder is told (the lock is robust)
+//! and calls [`SharedAdminQueue::recover`]: it frees slots that were claimed but never
+//! published, rewrites the doorbells from the shared tail and head, and carries on. A step
+//! replayed after a death is harmless: a completion for a freed or reused slot fails the
+//! generation check and is dropped, and owners ignore mailbox entries whose tag they are not
+//! waiting for. Completions for a process that is gone are dropped: the mailbox's owner id
+//! (member index and epoch) no longer matches.
+
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+use nvme_regs::registers::{cq_head_doorbell, sq_tail_doorbell};
+use nvme_regs::{CompletionEntry, Status, SubmissionEntry};
+
+use crate::cmd::Command;
+use crate::hal::{DmaRegion, LockOutcome, RegisterAccess, RobustLock};
+use crate::prp;
+use crate::qpair::{Completion, SubmitError};
+use crate::queue::{CQE_SIZE, SQE_SIZE};
+
+/// Processes a group can hold.
+pub const MAX_MEMBERS: usize = 64;
+/// Admin commands one process may have outstanding (its mailbox size).
+pub const MAILBOX_LEN: usize = 16;
+/// Largest admin queue the shared protocol supports (entries).
+pub const MAX_ADMIN_ENTRIES: u32 = 256;
+const SLOTS: usize = MAX_ADMIN_ENTRIES as usize - 1;
+const INDEX_BITS: u32 = 8;
+
+const FREE: u32 = 0;
+const CLAIMED: u32 = 1;
+const SUBMITTED: u32 = 2;
+
+/// Identifies one process's membership: member index and an epoch that changes every time
+/// the index is reused. Zero means "nobody".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnerId(u32);
+
+impl OwnerId {
+    /// The id of member `index` (< [`MAX_MEMBERS`]) in its `epoch`.
+    pub const fn new(index: usize, epoch: u32) -> OwnerId {
+        OwnerId((epoch << 8) | (index as u32 + 1))
+    }
+    /// The member index.
+    pub const fn index(self) -> usize {
+        (self.0 & 0xff) as usize - 1
+    }
+    /// The raw value stored in shared memory.
+    pub const fn raw(self) -> u32 {
+        self.0
+    }
+}
+
+#[repr(C)]
+struct AdminSlot {
+    state: AtomicU32,
+    owner: AtomicU32,
+    generation: AtomicU32,
+    _pad: u32,
+    tag: AtomicU64,
+}
+
+#[repr(C)]
+struct MailEntry {
+    tag: AtomicU64,
+    dw0: AtomicU32,
+    dw1: AtomicU32,
+    status: AtomicU32,
+    _pad: u32,
+}
+
+#[repr(C)]
+struct Mailbox {
+    /// Consumer position (the owner advances it).
+    head: AtomicU32,
+    /// Producer position (the lock holder advances it).
+    tail: AtomicU32,
+    /// The owner this mailbox currently belongs to.
+    owner: AtomicU32,
+    /// Commands submitted by the owner and not yet consumed.
+    outstanding: AtomicU32,
+    entries: [MailEntry; MAILBOX_LEN],
+}
+
+/// The admin queue's shared state. Valid when zero-filled; [`SharedAdminState::configure`]
+/// sets the geometry once.
+#[repr(C)]
+pub struct SharedAdminState {
+    entries: AtomicU32,
+    page_size: AtomicU32,
+    prp_bytes_per_slot: AtomicU32,
+    dstrd: AtomicU32,
+    max_transfer: AtomicU64,
+    sq_tail: AtomicU32,
+    sq_head: AtomicU32,
+    /// CQ head in bits 30:0, expected phase in bit 31.
+    cq_head_phase: AtomicU32,
+    _pad: u32,
+    stale_completions: AtomicU64,
+    dropped_for_dead: AtomicU64,
+    slots: [AdminSlot; SLOTS],
+    mailboxes: [Mailbox; MAX_MEMBERS],
+}
+
+/// Errors configuring the shared admin queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SharedAdminError {
+    /// The queue size is outside 2..=[`MAX_ADMIN_ENTRIES`].
+    BadSize(u32),
+    /// A ring or the PRP area is smaller than the geometry needs.
+    RegionTooSmall,
+    /// The shared state was never configured (or is corrupt).
+    NotConfigured,
+}
+
+impl core::fmt::Display for SharedAdminError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SharedAdminError::BadSize(n) => {
+                write!(
+                    f,
+                    "shared admin queue of {n} entries: must be 2..={MAX_ADMIN_ENTRIES}"
+                )
+            }
+            SharedAdminError::RegionTooSmall => write!(f, "shared admin queue memory is too small"),
+            SharedAdminError::NotConfigured => {
+                write!(f, "shared admin queue state is not configured")
+            }
+        }
+    }
+}
+
+impl SharedAdminState {
+    /// Sets the geometry. Called once, by the process that creates the group, on zeroed
+    /// memory, before any other process uses it.
+    pub fn configure(
+        &self,
+        entries: u32,
+        page_size: usize,
+        max_transfer: usize,
+        dstrd: u8,
+    ) -> Result<(), SharedAdminError> {
+        if !(2..=MAX_ADMIN_ENTRIES).contains(&entries) {
+            return Err(SharedAdminError::BadSize(entries));
+        }
+        self.entries.store(entries, Ordering::Relaxed);
+        self.page_size.store(page_size as u32, Ordering::Relaxed);
+        let prp_pages = prp::list_pages_for_transfer(max_transfer, page_size);
+        self.prp_bytes_per_slot
+            .store((prp_pages * page_size) as u32, Ordering::Relaxed);
+        self.max_transfer
+            .store(max_transfer as u64, Ordering::Relaxed);
+        self.dstrd.store(dstrd as u32, Ordering::Relaxed);
+        self.sq_tail.store(0, Ordering::Relaxed);
+        self.sq_head.store(0, Ordering::Relaxed);
+        self.cq_head_phase.store(1 << 31, Ordering::Release);
+        Ok(())
+    }
+    /// Bytes of PRP list memory the configured queue needs (one area per slot).
+    pub fn prp_len(entries: u32, page_size: usize, max_transfer: usize) -> usize {
+        (entries as usize - 1) * prp::list_pages_for_transfer(max_transfer, page_size) * page_size
+    }
+    /// Completions dropped because their slot was free or reused (diagnostics).
+    pub fn stale_completions(&self) -> u64 {
+        self.stale_completions.load(Ordering::Relaxed)
+    }
+    /// Completions dropped because their owner had left or died (diagnostics).
+    pub fn dropped_for_dead(&self) -> u64 {
+        self.dropped_for_dead.load(Ordering::Relaxed)
+    }
+}
+
+/// One process's handle on the shared admin queue.
+pub struct SharedAdminQueue<'a, R: RegisterAccess, L: RobustLock> {
+    state: &'a SharedAdminState,
+    lock: &'a L,
+    regs: R,
+    sq: DmaRegion,
+    cq: DmaRegion,
+    prp: DmaRegion,
+    me: OwnerId,
+}
+
+/// Holds the group lock; unlocks on drop.
+struct Held<'l, L: RobustLock>(&'l L);
+
+impl<L: RobustLock> Drop for Held<'_, L> {
+    fn drop(&mut self) {
+        self.0.unlock();
+    }
+}
+
+impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
+    /// A handle for member `me` over this process's mapping of the rings (`sq`, `cq`: the
+    /// configured number of entries) and the PRP list area.
+    pub fn new(
+        state: &'a SharedAdminState,
+        lock: &'a L,
+        regs: R,
+        sq: DmaRegion,
+        cq: DmaRegion,
+        prp: DmaRegion,
+        me: OwnerId,
+    ) -> Result<Self, SharedAdminError> {
+        let entries = state.entries.load(Ordering::Acquire);
+        if !(2..=MAX_ADMIN_ENTRIES).contains(&entries) {
+            return Err(SharedAdminError::NotConfigured);
+        }
+        let per_slot = state.prp_bytes_per_slot.load(Ordering::Relaxed) as usize;
+        if sq.len() < entries as usize * SQE_SIZE
+            || cq.len() < entries as usize * CQE_SIZE
+            || prp.len() < (entries as usize - 1) * per_slot
+            || me.index() >= MAX_MEMBERS
+        {
+            return Err(SharedAdminError::RegionTooSmall);
+        }
+        Ok(SharedAdminQueue {
+            state,
+            lock,
+            regs,
+            sq,
+            cq,
+            prp,
+            me,
+        })
+    }
+
+    /// This member's id.
+    pub fn owner(&self) -> OwnerId {
+        self.me
+    }
+
+    fn entries(&self) -> u32 {
+        self.state.entries.load(Ordering::Relaxed)
+    }
+
+    fn mailbox(&self, index: usize) -> &Mailbox {
+        &self.state.mailboxes[index]
+    }
+
+    /// Takes the lock, recovering the shared state if the previous holder died.
+    fn take_lock(&self) -> Held<'a, L> {
+        if self.lock.lock() == LockOutcome::PreviousOwnerDied {
+            self.recover_locked();
+            self.lock.mark_consistent();
+        }
+        Held(self.lock)
+    }
+
+    /// Claims this member's mailbox (after joining; clears whatever an earlier holder of the
+    /// index left). Takes the lock.
+    pub fn join(&self) {
+        let _g = self.take_lock();
+        let mb = self.mailbox(self.me.index());
+        mb.owner.store(self.me.raw(), Ordering::Relaxed);
+        mb.outstanding.store(0, Ordering::Relaxed);
+        let tail = mb.tail.load(Ordering::Relaxed);
+        mb.head.store(tail, Ordering::Release);
+    }
+
+    /// Releases member `who` (it left or died): its mailbox is disowned, so completions
+    /// still on their way to it are dropped, and its claimed-but-unpublished slots are
+    /// freed. Takes the lock.
+    pub fn release_member(&self, who: OwnerId) {
+        let _g = self.take_lock();
+        let mb = self.mailbox(who.index());
+        if mb.owner.load(Ordering::Relaxed) == who.raw() {
+            mb.owner.store(0, Ordering::Relaxed);
+            mb.outstanding.store(0, Ordering::Relaxed);
+        }
+        for s in &self.state.slots {
+            if s.owner.load(Ordering::Relaxed) == who.raw()
+                && s.state.load(Ordering::Relaxed) == CLAIMED
+            {
+                s.state.store(FREE, Ordering::Relaxed);
+                s.owner.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Makes the shared state consistent after a holder died mid-step. Takes the lock.
+    pub fn recover(&self) {
+        let _g = self.take_lock();
+        self.recover_locked();
+    }
+
+    fn recover_locked(&self) {
+        // A slot claimed but never published: the entry is not in the ring (the tail was not
+        // advanced past it), so nothing will complete it.
+        let entries = self.entries();
+        let tail = self.state.sq_tail.load(Ordering::Relaxed) % entries;
+        for s in &self.state.slots {
+            if s.state.load(Ordering::Relaxed) == CLAIMED {
+                s.state.store(FREE, Ordering::Relaxed);
+                s.owner.store(0, Ordering::Relaxed);
+            }
+        }
+        // The doorbells may lag the shared positions; rewrite both.
+        fence(Ordering::Release);
+        let dstrd = self.state.dstrd.load(Ordering::Relaxed) as u8;
+        self.regs.write32(sq_tail_doorbell(0, dstrd), tail);
+        let head = self.state.cq_head_phase.load(Ordering::Relaxed) & 0x7fff_ffff;
+        self.regs
+            .write32(cq_head_doorbell(0, dstrd), head % entries);
+    }
+
+    /// Submits an admin command with an optional data region (at most the configured maximum
+    /// transfer). `tag` comes back with the completion, to this process only.
+    pub fn submit(
+        &self,
+        cmd: Command,
+        data: Option<DmaRegion>,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
+        let max = self.state.max_transfer.load(Ordering::Relaxed) as usize;
+        if let Some(d) = &data {
+            if d.len() > max {
+                return Err(SubmitError::ExceedsMaxTransfer { len: d.len(), max });
+            }
+        }
+        let mb = self.mailbox(self.me.index());
+        let _g = self.take_lock();
+        if mb.outstanding.load(Ordering::Relaxed) as usize >= MAILBOX_LEN {
+            return Err(SubmitError::QueueFull);
+        }
+        let entries = self.entries();
+        let tail = self.state.sq_tail.load(Ordering::Relaxed);
+        let head = self.state.sq_head.load(Ordering::Relaxed);
+        let next = (tail + 1) % entries;
+        if next == head {
+            return Err(SubmitError::QueueFull);
+        }
+        let usable = (entries - 1) as usize;
+        let Some(idx) = self.state.slots[..usable]
+            .iter()
+            .position(|s| s.state.load(Ordering::Relaxed) == FREE)
+        else {
+            return Err(SubmitError::QueueFull);
+        };
+        let slot = &self.state.slots[idx];
+        let (prp1, prp2) = match &data {
+            Some(d) => {
+                let per_slot = self.state.prp_bytes_per_slot.load(Ordering::Relaxed) as usize;
+                let list = (per_slot > 0)
+                    .then(|| self.prp.sub(idx * per_slot, per_slot))
+                    .flatten();
+                let page = self.state.page_size.load(Ordering::Relaxed) as usize;
+                prp::build(d.iova(), d.len(), page, list.as_ref())?
+            }
+            None => (cmd.0.prp1, cmd.0.prp2),
+        };
+        // 1. Claim.
+        let generation = (slot.generation.load(Ordering::Relaxed) + 1) & 0xff;
+        slot.generation.store(generation, Ordering::Relaxed);
+        slot.owner.store(self.me.raw(), Ordering::Relaxed);
+        slot.tag.store(tag, Ordering::Relaxed);
+        slot.state.store(CLAIMED, Ordering::Relaxed);
+        // 2. Write the entry.
+        let mut e: SubmissionEntry = cmd.0;
+        e.cid = ((generation as u16) << INDEX_BITS) | idx as u16;
+        e.prp1 = prp1;
+        e.prp2 = prp2;
+        // SAFETY: tail < entries and the ring holds `entries` 64-byte entries (checked in
+        // `new`); the controller does not read the slot before the doorbell passes it.
+        unsafe {
+            (self.sq.vaddr().add(tail as usize * SQE_SIZE) as *mut SubmissionEntry)
+                .write_volatile(e)
+        };
+        // 3. Publish, 4. mark submitted, 5. ring.
+        self.state.sq_tail.store(next, Ordering::Release);
+        slot.state.store(SUBMITTED, Ordering::Relaxed);
+        mb.outstanding.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        let dstrd = self.state.dstrd.load(Ordering::Relaxed) as u8;
+        self.regs.write32(sq_tail_doorbell(0, dstrd), next);
+        Ok(())
+    }
+
+    /// Delivers this process's completions: first what others left in its mailbox, then (if
+    /// it still has commands outstanding and the lock is free, or `wait_for_lock`) whatever
+    /// is new in the completion queue. Returns the number delivered.
+    pub fn poll<F: FnMut(u64, Completion)>(&self, wait_for_lock: bool, mut f: F) -> usize {
+        let mut n = self.drain_mailbox(&mut f);
+        let mb = self.mailbox(self.me.index());
+        if mb.outstanding.load(Ordering::Relaxed) == 0 {
+            return n;
+        }
+        let held = if wait_for_lock {
+            Some(self.take_lock())
+        } else {
+            match self.lock.try_lock() {
+                Some(LockOutcome::Acquired) => Some(Held(self.lock)),
+                Some(LockOutcome::PreviousOwnerDied) => {
+                    self.recover_locked();
+                    self.lock.mark_consistent();
+                    Some(Held(self.lock))
+                }
+                None => None,
+            }
+        };
+        if let Some(_g) = held {
+            self.reap_locked();
+        }
+        n += self.drain_mailbox(&mut f);
+        n
+    }
+
+    fn drain_mailbox<F: FnMut(u64, Completion)>(&self, f: &mut F) -> usize {
+        let mb = self.mailbox(self.me.index());
+        let mut head = mb.head.load(Ordering::Relaxed);
+        let tail = mb.tail.load(Ordering::Acquire);
+        let mut n = 0;
+        while head != tail {
+            let e = &mb.entries[head as usize % MAILBOX_LEN];
+            let c = Completion {
+                dw0: e.dw0.load(Ordering::Relaxed),
+                dw1: e.dw1.load(Ordering::Relaxed),
+                status: Status(e.status.load(Ordering::Relaxed) as u16),
+            };
+            let tag = e.tag.load(Ordering::Relaxed);
+            head = head.wrapping_add(1);
+            mb.head.store(head, Ordering::Release);
+            let _ = mb
+                .outstanding
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+            n += 1;
+            f(tag, c);
+        }
+        n
+    }
+
+    /// Moves every new completion to its owner's mailbox. Lock held.
+    fn reap_locked(&self) {
+        let entries = self.entries();
+        let mut hp = self.state.cq_head_phase.load(Ordering::Relaxed);
+        let mut reaped = false;
+        loop {
+            let head = hp & 0x7fff_ffff;
+            let phase = hp >> 31 != 0;
+            if head >= entries {
+                // Corrupt shared state: start over from a known point rather than index
+                // outside the ring.
+                hp = 1 << 31;
+                self.state.cq_head_phase.store(hp, Ordering::Relaxed);
+                break;
+            }
+            // SAFETY: head < entries; the ring holds `entries` 16-byte entries. Dword 3 is
+            // loaded with acquire before the others are read (the device writes this memory).
+            let cqe = unsafe {
+                let base = self.cq.vaddr().add(head as usize * CQE_SIZE);
+                let dw3 = AtomicU32::from_ptr(base.add(12) as *mut u32).load(Ordering::Acquire);
+                let (cid, status) = CompletionEntry::split_dw3(dw3);
+                if (status & 1 != 0) != phase {
+                    break;
+                }
+                CompletionEntry {
+                    dw0: core::ptr::read_volatile(base as *const u32),
+                    dw1: core::ptr::read_volatile(base.add(4) as *const u32),
+                    sq_head: core::ptr::read_volatile(base.add(8) as *const u16),
+                    sq_id: 0,
+                    cid,
+                    status,
+                }
+            };
+            self.route(&cqe);
+            if (cqe.sq_head as u32) < entries {
+                self.state
+                    .sq_head
+                    .store(cqe.sq_head as u32, Ordering::Relaxed);
+            }
+            let next = head + 1;
+            hp = if next == entries {
+                (!phase as u32) << 31
+            } else {
+                next | (phase as u32) << 31
+            };
+            self.state.cq_head_phase.store(hp, Ordering::Release);
+            reaped = true;
+        }
+        if reaped {
+            let dstrd = self.state.dstrd.load(Ordering::Relaxed) as u8;
+            self.regs
+                .write32(cq_head_doorbell(0, dstrd), hp & 0x7fff_ffff);
+        }
+    }
+
+    /// Hands one completion to its owner's mailbox and frees its slot. Lock held.
+    fn route(&self, cqe: &CompletionEntry) {
+        let idx = (cqe.cid & ((1 << INDEX_BITS) - 1)) as usize;
+        let generation = (cqe.cid >> INDEX_BITS) as u32;
+        let Some(slot) = self
+            .state
+            .slots
+            .get(idx)
+            .filter(|_| idx < (self.entries() - 1) as usize)
+        else {
+            self.state.stale_completions.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if slot.state.load(Ordering::Relaxed) == FREE
+            || slot.generation.load(Ordering::Relaxed) != generation
+        {
+            self.state.stale_completions.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let owner = slot.owner.load(Ordering::Relaxed);
+        let tag = slot.tag.load(Ordering::Relaxed);
+        let member = (owner & 0xff) as usize;
+        let mb = (1..=MAX_MEMBERS)
+            .contains(&member)
+            .then(|| self.mailbox(member - 1));
+        match mb {
+            Some(mb) if mb.owner.load(Ordering::Relaxed) == owner => {
+                let tail = mb.tail.load(Ordering::Relaxed);
+                let head = mb.head.load(Ordering::Acquire);
+                if tail.wrapping_sub(head) as usize >= MAILBOX_LEN {
+                    // Cannot happen while submitters respect MAILBOX_LEN; never overwrite.
+                    self.state.dropped_for_dead.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    let e = &mb.entries[tail as usize % MAILBOX_LEN];
+                    e.tag.store(tag, Ordering::Relaxed);
+                    e.dw0.store(cqe.dw0, Ordering::Relaxed);
+                    e.dw1.store(cqe.dw1, Ordering::Relaxed);
+                    e.status.store(cqe.status().0 as u32, Ordering::Relaxed);
+                    mb.tail.store(tail.wrapping_add(1), Ordering::Release);
+                }
+            }
+            _ => {
+                self.state.dropped_for_dead.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        slot.state.store(FREE, Ordering::Relaxed);
+        slot.owner.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,343 @@
+use super::*;
+use core::sync::atomic::{AtomicBool, AtomicU32};
+use std::boxed::Box;
+use std::sync::Arc;
+use std::vec::Vec;
+
+use crate::hal::SpinLock;
+
+const PAGE: usize = 4096;
+const ENTRIES: u32 = 32;
+
+/// Doorbells as atomics, so a device thread can watch them.
+#[derive(Default)]
+struct Bells {
+    sq_tail: AtomicU32,
+    cq_head: AtomicU32,
+    writes: AtomicU32,
+}
+
+#[derive(Clone)]
+struct Regs(Arc<Bells>);
+
+impl RegisterAccess for Regs {
+    fn read32(&self, _: usize) -> u32 {
+        0
+    }
+    fn write32(&self, off: usize, v: u32) {
+        self.0.writes.fetch_add(1, Ordering::Relaxed);
+        match off {
+            0x1000 => self.0.sq_tail.store(v, Ordering::Release),
+            0x1004 => self.0.cq_head.store(v, Ordering::Release),
+            _ => panic!("unexpected register write {off:#x}"),
+        }
+    }
+}
+
+/// Leaked, page-aligned memory standing in for a shared segment.
+fn segment(pages: usize) -> DmaRegion {
+    let layout = std::alloc::Layout::from_size_align(pages * PAGE, PAGE).unwrap();
+    // SAFETY: non-zero size; zeroed like a fresh shared file. Leaked: lives for the process.
+    let p = unsafe { std::alloc::alloc_zeroed(layout) };
+    // SAFETY: valid for the whole test process.
+    unsafe { DmaRegion::new(p, 0x100_0000, pages * PAGE) }
+}
+
+struct Rig {
+    state: &'static SharedAdminState,
+    lock: &'static SpinLock,
+    bells: Arc<Bells>,
+    sq: DmaRegion,
+    cq: DmaRegion,
+    prp: DmaRegion,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let state_mem = segment(core::mem::size_of::<SharedAdminState>().div_ceil(PAGE));
+        // SAFETY: zeroed memory is a valid SharedAdminState (atomics and integers only).
+        let state: &'static SharedAdminState =
+            unsafe { &*(state_mem.vaddr() as *const SharedAdminState) };
+        state.configure(ENTRIES, PAGE, 4 * PAGE, 0).unwrap();
+        let prp_len = SharedAdminState::prp_len(ENTRIES, PAGE, 4 * PAGE);
+        Rig {
+            state,
+            lock: Box::leak(Box::new(SpinLock::new())),
+            bells: Arc::new(Bells::default()),
+            sq: segment(1),
+            cq: segment(1),
+            prp: segment(prp_len.div_ceil(PAGE)),
+        }
+    }
+    fn member(&self, index: usize, epoch: u32) -> SharedAdminQueue<'static, Regs, SpinLock> {
+        let q = SharedAdminQueue::new(
+            self.state,
+            self.lock,
+            Regs(self.bells.clone()),
+            self.sq,
+            self.cq,
+            self.prp,
+            OwnerId::new(index, epoch),
+        )
+        .unwrap();
+        q.join();
+        q
+    }
+    /// A controller on its own thread: completes every command with dw0 = cdw10, unless
+    /// `hold` is set, and reports SQ head progress.
+    fn device(&self, stop: Arc<AtomicBool>, hold: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> {
+        let (sq, cq, bells) = (
+            self.sq.vaddr() as usize,
+            self.cq.vaddr() as usize,
+            self.bells.clone(),
+        );
+        std::thread::spawn(move || {
+            let (mut head, mut tail, mut phase, mut done) = (0u32, 0u32, 1u16, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                let db = bells.sq_tail.load(Ordering::Acquire);
+                if head == db || hold.load(Ordering::Relaxed) {
+                    std::thread::yield_now();
+                    continue;
+                }
+                // CQ full? (one slot kept empty)
+                if (tail + 1) % ENTRIES == bells.cq_head.load(Ordering::Acquire) {
+                    std::thread::yield_now();
+                    continue;
+                }
+                // SAFETY: head < ENTRIES inside the SQ page.
+                let e: SubmissionEntry = unsafe {
+                    ((sq + head as usize * 64) as *const SubmissionEntry).read_volatile()
+                };
+                head = (head + 1) % ENTRIES;
+                let base = cq + tail as usize * 16;
+                // SAFETY: tail < ENTRIES inside the CQ page; dword 3 last, with release.
+                unsafe {
+                    (base as *mut u32).write_volatile(e.cdw10);
+                    ((base + 4) as *mut u32).write_volatile(0);
+                    ((base + 8) as *mut u32).write_volatile(head);
+                    AtomicU32::from_ptr((base + 12) as *mut u32)
+                        .store(e.cid as u32 | (phase as u32) << 16, Ordering::Release);
+                }
+                tail += 1;
+                if tail == ENTRIES {
+                    tail = 0;
+                    phase ^= 1;
+                }
+                done += 1;
+            }
+            done
+        })
+    }
+}
+
+#[test]
+fn each_member_receives_exactly_its_own_completions() {
+    let rig = Rig::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let dev = rig.device(stop.clone(), Arc::new(AtomicBool::new(false)));
+    let members: Vec<_> = (0..4).map(|i| rig.member(i, 1)).collect();
+    std::thread::scope(|s| {
+        for (i, q) in members.iter().enumerate() {
+            s.spawn(move || {
+                let mut pending: Vec<u64> = Vec::new();
+                let mut received = 0u32;
+                let mut next = 0u32;
+                while received < 300 {
+                    if next < 300 && pending.len() < 4 {
+                        let cdw10 = (i as u32) << 16 | next;
+                        match q.submit(Command::identify(2, 0, 0).cdw10(cdw10), None, cdw10 as u64)
+                        {
+                            Ok(()) => {
+                                pending.push(cdw10 as u64);
+                                next += 1;
+                            }
+                            Err(SubmitError::QueueFull) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    q.poll(false, |tag, c| {
+                        let pos = pending
+                            .iter()
+                            .position(|&t| t == tag)
+                            .expect("a completion for a command this member submitted");
+                        pending.swap_remove(pos);
+                        assert_eq!(c.dw0 as u64, tag, "completion content matches the command");
+                        assert_eq!(c.dw0 >> 16, i as u32);
+                        received += 1;
+                    });
+                }
+                assert!(pending.is_empty());
+            });
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(dev.join().unwrap(), 1200);
+    assert_eq!(rig.state.stale_completions(), 0);
+    assert_eq!(rig.state.dropped_for_dead(), 0);
+}
+
+#[test]
+fn completions_for_a_departed_member_are_dropped() {
+    let rig = Rig::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let hold = Arc::new(AtomicBool::new(true));
+    let dev = rig.device(stop.clone(), hold.clone());
+    let a = rig.member(0, 1);
+    let b = rig.member(1, 1);
+    a.submit(Command::identify(1, 0, 0).cdw10(0xa), None, 1)
+        .unwrap();
+    b.submit(Command::identify(1, 0, 0).cdw10(0xb), None, 2)
+        .unwrap();
+    // A dies; a new process takes its member index with the next epoch.
+    b.release_member(a.owner());
+    let a2 = rig.member(0, 2);
+    hold.store(false, Ordering::Relaxed);
+    let mut got = Vec::new();
+    while got.is_empty() {
+        b.poll(true, |t, c| got.push((t, c.dw0)));
+    }
+    assert_eq!(got, [(2, 0xb)]);
+    let mut leaked = 0;
+    a2.poll(true, |_, _| leaked += 1);
+    assert_eq!(
+        leaked, 0,
+        "the new member must not see the old member's completion"
+    );
+    assert_eq!(rig.state.dropped_for_dead(), 1);
+    stop.store(true, Ordering::Relaxed);
+    dev.join().unwrap();
+}
+
+/// A lock whose previous holder "died": the next lock() reports it once.
+struct DeadOwnerLock {
+    inner: SpinLock,
+    dead: AtomicBool,
+    consistent: AtomicBool,
+}
+
+// SAFETY: delegates mutual exclusion to the spin lock.
+unsafe impl RobustLock for DeadOwnerLock {
+    fn lock(&self) -> LockOutcome {
+        RobustLock::lock(&self.inner);
+        if self.dead.swap(false, Ordering::Relaxed) {
+            LockOutcome::PreviousOwnerDied
+        } else {
+            LockOutcome::Acquired
+        }
+    }
+    fn try_lock(&self) -> Option<LockOutcome> {
+        RobustLock::try_lock(&self.inner)?;
+        Some(if self.dead.swap(false, Ordering::Relaxed) {
+            LockOutcome::PreviousOwnerDied
+        } else {
+            LockOutcome::Acquired
+        })
+    }
+    fn mark_consistent(&self) {
+        self.consistent.store(true, Ordering::Relaxed);
+    }
+    fn unlock(&self) {
+        RobustLock::unlock(&self.inner)
+    }
+}
+
+#[test]
+fn a_holder_dying_mid_submit_is_recovered() {
+    let rig = Rig::new();
+    let lock: &'static DeadOwnerLock = Box::leak(Box::new(DeadOwnerLock {
+        inner: SpinLock::new(),
+        dead: AtomicBool::new(false),
+        consistent: AtomicBool::new(false),
+    }));
+    let q = SharedAdminQueue::new(
+        rig.state,
+        lock,
+        Regs(rig.bells.clone()),
+        rig.sq,
+        rig.cq,
+        rig.prp,
+        OwnerId::new(3, 1),
+    )
+    .unwrap();
+    q.join();
+    // Member 5 died after claiming every slot but before publishing any of them.
+    for s in &rig.state.slots[..(ENTRIES - 1) as usize] {
+        s.state.store(CLAIMED, Ordering::Relaxed);
+        s.owner.store(OwnerId::new(5, 1).raw(), Ordering::Relaxed);
+    }
+    assert_eq!(
+        q.submit(Command::flush(1), None, 9),
+        Err(SubmitError::QueueFull)
+    );
+    lock.dead.store(true, Ordering::Relaxed);
+    let writes_before = rig.bells.writes.load(Ordering::Relaxed);
+    q.submit(Command::flush(1), None, 9).unwrap();
+    assert!(
+        lock.consistent.load(Ordering::Relaxed),
+        "the lock was marked consistent"
+    );
+    // Recovery rewrote both doorbells, then the submit rang the tail.
+    assert_eq!(rig.bells.writes.load(Ordering::Relaxed) - writes_before, 3);
+    let claimed = rig
+        .state
+        .slots
+        .iter()
+        .filter(|s| s.state.load(Ordering::Relaxed) == CLAIMED)
+        .count();
+    assert_eq!(claimed, 0);
+}
+
+#[test]
+fn stale_and_out_of_range_identifiers_are_dropped() {
+    let rig = Rig::new();
+    let q = rig.member(0, 1);
+    q.submit(Command::flush(1), None, 1).unwrap();
+    // Post completions by hand: a wrong generation, an index past the slots, then the right one.
+    let post = |idx: usize, cid: u16| {
+        let base = rig.cq.vaddr() as usize + idx * 16;
+        // SAFETY: idx < ENTRIES inside the CQ page.
+        unsafe {
+            AtomicU32::from_ptr((base + 12) as *mut u32)
+                .store(cid as u32 | 1 << 16, Ordering::Release)
+        };
+    };
+    post(0, 2 << 8); // slot 0, generation 2
+    post(1, 200);
+    post(2, 1 << 8); // slot 0, generation 1
+    let mut got = Vec::new();
+    q.poll(true, |t, _| got.push(t));
+    assert_eq!(got, [1]);
+    assert_eq!(rig.state.stale_completions(), 2);
+    assert_eq!(
+        rig.bells.cq_head.load(Ordering::Relaxed),
+        3,
+        "one head doorbell for the batch"
+    );
+}
+
+#[test]
+fn configuration_is_checked() {
+    let rig = Rig::new();
+    assert_eq!(
+        rig.state.configure(1, PAGE, PAGE, 0),
+        Err(SharedAdminError::BadSize(1))
+    );
+    assert_eq!(
+        rig.state.configure(257, PAGE, PAGE, 0),
+        Err(SharedAdminError::BadSize(257))
+    );
+    let small = rig.sq.sub(0, 64).unwrap();
+    assert!(matches!(
+        SharedAdminQueue::new(
+            rig.state,
+            rig.lock,
+            Regs(rig.bells.clone()),
+            small,
+            rig.cq,
+            rig.prp,
+            OwnerId::new(0, 1)
+        ),
+        Err(SharedAdminError::RegionTooSmall)
+    ));
+    assert_eq!(OwnerId::new(63, 7).index(), 63);
+}
