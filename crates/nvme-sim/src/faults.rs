@@ -127,6 +127,17 @@ pub struct FaultRule {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct FaultId(u64);
 
+impl FaultId {
+    /// The id as a number (what [`crate::SimClient`] sends over the daemon socket).
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+    /// The id with number `raw` (as returned by [`FaultId::raw`]).
+    pub const fn from_raw(raw: u64) -> FaultId {
+        FaultId(raw)
+    }
+}
+
 /// Asynchronous event types (NVMe 1.4 figure 146, completion dword 0 bits 2:0).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]

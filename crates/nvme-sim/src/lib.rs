@@ -17,7 +17,11 @@
 //!   read and write them directly with [`SimController::namespace_data`].
 //!
 //! Because all shared state is in memfd-backed memory and DMA mappings take a file
-//! descriptor, the controller can live in another process than the host.
+//! descriptor, the controller can live in another process than the host:
+//! [`spawn_daemon`] starts one in its own process, serving a Unix socket, and
+//! [`SimClient`] connects to it (BAR, DMA mapping, namespaces and fault injection over the
+//! socket). Driver processes that share it can then come, go and be killed while it lives
+//! on, like hardware.
 //!
 //! # What it implements
 //! Controller registers (CAP, VS, CC, CSTS, AQA, ASQ, ACQ, doorbells), enable/reset/shutdown,
@@ -36,16 +40,25 @@ use std::time::Duration;
 
 mod admin;
 mod bar;
+mod client;
 mod ctrl;
+mod daemon;
 mod dma;
 mod faults;
 mod io;
 mod mem;
+mod proto;
 mod stats;
 
 #[cfg(test)]
+mod daemon_tests;
+#[cfg(test)]
+mod testhost;
+#[cfg(test)]
 mod tests;
 
+pub use client::SimClient;
+pub use daemon::{spawn_daemon, spawn_daemon_with, DaemonOptions, DaemonStatus};
 pub use faults::{
     AsyncEvent, AsyncEventType, CommandMatch, FaultAction, FaultCounters, FaultId, FaultRule,
     Faults, QueueMatch, Repeat, AER_INFO_SMART_TEMPERATURE,
@@ -53,6 +66,9 @@ pub use faults::{
 pub use stats::SimStats;
 
 use mem::Mapping;
+
+/// Stack size of every thread the crate starts.
+pub(crate) const THREAD_STACK: usize = 2 << 20;
 
 /// One namespace of the simulated controller.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -252,6 +268,22 @@ pub enum SimError {
     },
     /// The processing thread could not be started.
     Thread(std::io::Error),
+    /// A message from the other end of a daemon connection is malformed or unexpected
+    /// (including a protocol version mismatch between builds).
+    Protocol(String),
+    /// The controller process reported an error of its own (a system call failed there).
+    Daemon(String),
+    /// The controller process closed the connection (it exited or was killed).
+    Disconnected,
+    /// The other end of a daemon connection runs as another user.
+    PeerCredentials {
+        /// The peer's pid as the kernel reported it (`SO_PEERCRED`).
+        peer_pid: u32,
+        /// The peer's uid.
+        peer_uid: u32,
+        /// The uid this end requires.
+        expected_uid: u32,
+    },
 }
 
 impl fmt::Display for SimError {
@@ -296,6 +328,23 @@ impl fmt::Display for SimError {
                 "namespace {nsid}: bytes [{offset:#x}, +{len:#x}) are beyond its {size:#x} bytes"
             ),
             SimError::Thread(e) => write!(f, "cannot start the controller thread: {e}"),
+            SimError::Protocol(m) => {
+                write!(f, "software controller process protocol error: {m}")
+            }
+            SimError::Daemon(m) => write!(f, "software controller process: {m}"),
+            SimError::Disconnected => write!(
+                f,
+                "the software controller process closed the connection (it exited or was killed)"
+            ),
+            SimError::PeerCredentials {
+                peer_pid,
+                peer_uid,
+                expected_uid,
+            } => write!(
+                f,
+                "refusing peer process {peer_pid} running as uid {peer_uid}: the software \
+                 controller process and its clients must all run as uid {expected_uid}"
+            ),
         }
     }
 }
@@ -486,6 +535,9 @@ impl SimController {
         let (sh, ns) = (shared.clone(), namespaces.clone());
         let thread = std::thread::Builder::new()
             .name("nvme-sim".into())
+            // An explicit size: the default makes std read RUST_MIN_STACK under the
+            // environment lock, which may be held forever in a forked daemon (`spawn_daemon`).
+            .stack_size(THREAD_STACK)
             .spawn(move || ctrl::Controller::new(config, bar, sh, ns).run())
             .map_err(SimError::Thread)?;
         Ok(SimController {

@@ -52,6 +52,19 @@ macro_rules! counters {
                 SimStats { $($f: self.$f.load(Ordering::Relaxed),)* }
             }
         }
+        impl SimStats {
+            /// Number of counters (words of [`SimStats::to_words`]).
+            pub(crate) const WORDS: usize = [$(stringify!($f)),*].len();
+            /// The counters in declaration order (the daemon protocol's encoding).
+            pub(crate) fn to_words(self) -> [u64; Self::WORDS] {
+                [$(self.$f),*]
+            }
+            /// The inverse of [`SimStats::to_words`].
+            pub(crate) fn from_words(w: &[u64; Self::WORDS]) -> SimStats {
+                let mut it = w.iter().copied();
+                SimStats { $($f: it.next().unwrap_or(0),)* }
+            }
+        }
     };
 }
 

@@ -1,381 +1,65 @@
-//! Tests through a minimal host written here: it maps the BAR, owns a DMA memfd, builds
-//! submission entries by hand, rings doorbells and polls completion queues.
+//! Tests through the minimal host of `testhost.rs`: it maps the BAR, owns a DMA memfd,
+//! builds submission entries by hand, rings doorbells and polls completion queues.
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nvme_regs::features::fid;
 use nvme_regs::identify::{IdentifyController, IdentifyNamespace, NamespaceList};
 use nvme_regs::log::{lid, CriticalWarning, ErrorLogEntry, FirmwareSlotLog, SmartLog};
 use nvme_regs::opcode::{AdminOpcode as A, NvmOpcode as N};
-use nvme_regs::registers::{
-    cq_head_doorbell, offset, sq_tail_doorbell, Aqa, Cap, Cc, Csts, ShutdownStatus, Vs,
-};
+use nvme_regs::registers::{cq_head_doorbell, offset, Cap, Cc, ShutdownStatus, Vs};
 use nvme_regs::status::{CommandSpecificStatus as Cs, GenericStatus as G, MediaErrorStatus as M};
 use nvme_regs::{CompletionEntry, Status, SubmissionEntry};
 use zerocopy::FromBytes;
 
-use crate::mem::{create_memfd, Mapping};
+use crate::mem::create_memfd;
+use crate::testhost::*;
 use crate::*;
 
-const DMA_IOVA: u64 = 0x7_0000_0000;
-const DMA_LEN: usize = 16 << 20;
-const PAGE: usize = 4096;
-const WAIT: Duration = Duration::from_secs(2);
-
-struct HostQueue {
-    sq_off: usize,
-    sq_size: u32,
-    sq_tail: u32,
-    cq_off: usize,
-    cq_size: u32,
-    cq_head: u32,
-    phase: bool,
-    /// Write the CQ head doorbell after each consumed entry.
-    auto_ack: bool,
-}
-
-/// The test host.
+/// The in-process test host: a controller and the host driving it.
 struct Host {
     sim: SimController,
-    bar: Mapping,
-    _dma_fd: OwnedFd,
-    dma: Mapping,
-    next: usize,
-    dstrd: u8,
-    queues: Vec<Option<HostQueue>>,
-    cid: u16,
+    core: HostCore,
 }
 
-fn small_config() -> SimConfig {
-    SimConfig {
-        namespaces: vec![
-            NamespaceConfig {
-                lba_size: 512,
-                blocks: 16384, // 8 MiB
-            },
-            NamespaceConfig {
-                lba_size: 4096,
-                blocks: 2048, // 8 MiB
-            },
-        ],
-        max_io_queues: 8,
-        ..SimConfig::default()
+impl std::ops::Deref for Host {
+    type Target = HostCore;
+    fn deref(&self) -> &HostCore {
+        &self.core
     }
 }
 
-fn cmd(opcode: u8) -> SubmissionEntry {
-    SubmissionEntry {
-        opcode,
-        ..Default::default()
+impl std::ops::DerefMut for Host {
+    fn deref_mut(&mut self) -> &mut HostCore {
+        &mut self.core
     }
-}
-
-fn rw(opcode: N, nsid: u32, slba: u64, nlb: u32, prp1: u64, prp2: u64) -> SubmissionEntry {
-    SubmissionEntry {
-        opcode: opcode as u8,
-        nsid,
-        prp1,
-        prp2,
-        cdw10: slba as u32,
-        cdw11: (slba >> 32) as u32,
-        cdw12: nlb - 1,
-        ..Default::default()
-    }
-}
-
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
-        .collect()
 }
 
 impl Host {
     fn new(cfg: SimConfig) -> Host {
         let dstrd = cfg.dstrd;
         let sim = SimController::start(cfg).expect("start");
-        let bar = Mapping::map(sim.bar_fd(), 0, sim.bar_len(), false).expect("map BAR");
-        let dma_fd = create_memfd("test-dma", DMA_LEN as u64).expect("memfd");
-        let dma = Mapping::map(dma_fd.as_fd(), 0, DMA_LEN, false).expect("map DMA");
-        sim.dma_map(DMA_IOVA, dma_fd.as_fd(), 0, DMA_LEN)
-            .expect("dma_map");
-        Host {
-            sim,
-            bar,
-            _dma_fd: dma_fd,
-            dma,
-            next: 0,
-            dstrd,
-            queues: (0..=64).map(|_| None).collect(),
-            cid: 0,
-        }
+        let core = HostCore::new(sim.bar_fd(), sim.bar_len(), dstrd, |i, fd, o, l| {
+            sim.dma_map(i, fd, o, l)
+        });
+        Host { sim, core }
     }
 
-    fn r32(&self, off: usize) -> u32 {
-        // SAFETY: in-bounds aligned register of the BAR mapping.
-        unsafe { std::ptr::read_volatile(self.bar.ptr().add(off).cast::<u32>()) }
-    }
-    fn w32(&self, off: usize, v: u32) {
-        // SAFETY: as above.
-        unsafe { std::ptr::write_volatile(self.bar.ptr().add(off).cast::<u32>(), v) }
-    }
-    fn r64(&self, off: usize) -> u64 {
-        // SAFETY: as above.
-        unsafe { std::ptr::read_volatile(self.bar.ptr().add(off).cast::<u64>()) }
-    }
-    fn w64(&self, off: usize, v: u64) {
-        // SAFETY: as above.
-        unsafe { std::ptr::write_volatile(self.bar.ptr().add(off).cast::<u64>(), v) }
-    }
-    fn csts(&self) -> Csts {
-        Csts(self.r32(offset::CSTS))
-    }
-
-    /// Allocates zeroed, page-aligned DMA memory; returns its offset in the DMA memfd.
-    fn alloc(&mut self, bytes: usize) -> usize {
-        let off = self.next;
-        self.next += bytes.div_ceil(PAGE) * PAGE;
-        assert!(self.next <= DMA_LEN, "test DMA memory exhausted");
-        off
-    }
     fn iova(off: usize) -> u64 {
-        DMA_IOVA + off as u64
-    }
-    fn write_mem(&self, off: usize, data: &[u8]) {
-        assert!(off + data.len() <= DMA_LEN);
-        // SAFETY: in bounds of the DMA mapping.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.dma.ptr().add(off), data.len()) }
-    }
-    fn read_mem(&self, off: usize, len: usize) -> Vec<u8> {
-        assert!(off + len <= DMA_LEN);
-        let mut v = vec![0u8; len];
-        // SAFETY: in bounds of the DMA mapping.
-        unsafe { std::ptr::copy_nonoverlapping(self.dma.ptr().add(off), v.as_mut_ptr(), len) }
-        v
-    }
-    fn write_u64(&self, off: usize, v: u64) {
-        self.write_mem(off, &v.to_le_bytes());
-    }
-
-    fn wait_csts(&self, what: &str, pred: impl Fn(Csts) -> bool) -> Duration {
-        let t = Instant::now();
-        while !pred(self.csts()) {
-            assert!(
-                t.elapsed() < WAIT,
-                "timed out waiting for {what}: CSTS {:#x}",
-                self.csts().0
-            );
-            std::thread::sleep(Duration::from_micros(50));
-        }
-        t.elapsed()
+        HostCore::iova(off)
     }
 
     fn cc_default() -> Cc {
-        Cc(0)
-            .with_iosqes(6)
-            .with_iocqes(4)
-            .with_mps(0)
-            .with_en(true)
-    }
-
-    /// Programs admin queues of `entries` entries and sets CC (without waiting).
-    fn start_enable(&mut self, cc: Cc, entries: u16) {
-        let sq = self.alloc(entries as usize * 64);
-        let cq = self.alloc(entries as usize * 16);
-        self.w32(offset::AQA, Aqa::new(entries, entries).0);
-        self.w64(offset::ASQ, Self::iova(sq));
-        self.w64(offset::ACQ, Self::iova(cq));
-        self.queues[0] = Some(HostQueue {
-            sq_off: sq,
-            sq_size: entries as u32,
-            sq_tail: 0,
-            cq_off: cq,
-            cq_size: entries as u32,
-            cq_head: 0,
-            phase: true,
-            auto_ack: true,
-        });
-        self.w32(offset::CC, cc.0);
-    }
-
-    fn enable(&mut self) {
-        self.start_enable(Self::cc_default(), 32);
-        self.wait_csts("RDY", |c| c.rdy());
-        assert!(!self.csts().cfs());
-    }
-
-    fn disable(&mut self) {
-        let cc = Cc(self.r32(offset::CC)).with_en(false);
-        self.w32(offset::CC, cc.0);
-        self.wait_csts("RDY clear", |c| !c.rdy());
-        self.queues.iter_mut().for_each(|q| *q = None);
-    }
-
-    /// Writes a command at the SQ tail and rings the doorbell; returns the CID.
-    fn submit(&mut self, qid: u16, mut c: SubmissionEntry) -> u16 {
-        self.cid = self.cid.wrapping_add(1);
-        c.cid = self.cid;
-        self.push(qid, c);
-        self.ring(qid);
-        c.cid
-    }
-
-    /// Writes a command (keeping its CID) without ringing the doorbell.
-    fn push(&mut self, qid: u16, c: SubmissionEntry) {
-        let q = self.queues[qid as usize].as_mut().expect("queue");
-        let off = q.sq_off + q.sq_tail as usize * 64;
-        q.sq_tail = (q.sq_tail + 1) % q.sq_size;
-        self.write_mem(off, zerocopy::IntoBytes::as_bytes(&c));
-    }
-
-    fn ring(&mut self, qid: u16) {
-        let tail = self.queues[qid as usize].as_ref().expect("queue").sq_tail;
-        fence(Ordering::Release);
-        self.w32(sq_tail_doorbell(qid, self.dstrd), tail);
-    }
-
-    /// Takes the next completion of `qid` if one is posted.
-    fn poll(&mut self, qid: u16) -> Option<CompletionEntry> {
-        let q = self.queues[qid as usize].as_mut().expect("queue");
-        let off = q.cq_off + q.cq_head as usize * 16;
-        // SAFETY: in bounds of the DMA mapping and 4-byte aligned.
-        let dw3 = unsafe { AtomicU32::from_ptr(self.dma.ptr().add(off + 12).cast()) }
-            .load(Ordering::Acquire);
-        if (dw3 >> 16) & 1 != q.phase as u32 {
-            return None;
-        }
-        // SAFETY: as above; the entry is complete once its phase is seen with acquire.
-        let e: CompletionEntry = unsafe { std::ptr::read_volatile(self.dma.ptr().add(off).cast()) };
-        q.cq_head += 1;
-        if q.cq_head == q.cq_size {
-            q.cq_head = 0;
-            q.phase = !q.phase;
-        }
-        if q.auto_ack {
-            let head = q.cq_head;
-            self.w32(cq_head_doorbell(qid, self.dstrd), head);
-        }
-        Some(e)
-    }
-
-    fn ack(&mut self, qid: u16) {
-        let head = self.queues[qid as usize].as_ref().expect("queue").cq_head;
-        self.w32(cq_head_doorbell(qid, self.dstrd), head);
-    }
-
-    fn wait(&mut self, qid: u16) -> CompletionEntry {
-        let t = Instant::now();
-        loop {
-            if let Some(e) = self.poll(qid) {
-                return e;
-            }
-            assert!(t.elapsed() < WAIT, "no completion on queue {qid}");
-            std::thread::yield_now();
-        }
-    }
-
-    /// Asserts that no completion arrives on `qid` within `d`.
-    fn expect_none(&mut self, qid: u16, d: Duration) {
-        let t = Instant::now();
-        while t.elapsed() < d {
-            assert!(
-                self.poll(qid).is_none(),
-                "unexpected completion on queue {qid}"
-            );
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-
-    fn exec(&mut self, qid: u16, c: SubmissionEntry) -> CompletionEntry {
-        let cid = self.submit(qid, c);
-        let e = self.wait(qid);
-        assert_eq!(e.cid, cid, "completion for another command");
-        assert_eq!(e.sq_id, qid);
-        e
-    }
-
-    fn admin(&mut self, c: SubmissionEntry) -> CompletionEntry {
-        self.exec(0, c)
-    }
-
-    /// Runs an admin command that returns `len` bytes; returns (status, data).
-    fn admin_read(&mut self, mut c: SubmissionEntry, len: usize) -> (Status, Vec<u8>) {
-        let buf = self.alloc(len);
-        c.prp1 = Self::iova(buf);
-        if len > PAGE {
-            assert!(len <= 2 * PAGE);
-            c.prp2 = Self::iova(buf + PAGE);
-        }
-        let e = self.admin(c);
-        (e.status(), self.read_mem(buf, len))
-    }
-
-    fn identify(&mut self, cns: u8, nsid: u32) -> (Status, Vec<u8>) {
-        let mut c = cmd(A::Identify as u8);
-        c.cdw10 = cns as u32;
-        c.nsid = nsid;
-        self.admin_read(c, 4096)
-    }
-
-    fn get_log(&mut self, log: u8, dwords: u32, offset: u64) -> (Status, Vec<u8>) {
-        let mut c = cmd(A::GetLogPage as u8);
-        c.nsid = 0xffff_ffff;
-        c.cdw10 = log as u32 | ((dwords - 1) & 0xffff) << 16;
-        c.cdw11 = (dwords - 1) >> 16;
-        c.cdw12 = offset as u32;
-        c.cdw13 = (offset >> 32) as u32;
-        self.admin_read(c, dwords as usize * 4)
-    }
-
-    fn set_feature(&mut self, f: u8, v: u32) -> CompletionEntry {
-        let mut c = cmd(A::SetFeatures as u8);
-        c.cdw10 = f as u32;
-        c.cdw11 = v;
-        self.admin(c)
-    }
-
-    fn get_feature(&mut self, f: u8, sel: u32, cdw11: u32) -> CompletionEntry {
-        let mut c = cmd(A::GetFeatures as u8);
-        c.cdw10 = f as u32 | sel << 8;
-        c.cdw11 = cdw11;
-        self.admin(c)
+        HostCore::cc_default()
     }
 
     fn create_cq_cmd(qid: u16, entries: u32, iova: u64) -> SubmissionEntry {
-        let mut c = cmd(A::CreateIoCq as u8);
-        c.prp1 = iova;
-        c.cdw10 = qid as u32 | (entries - 1) << 16;
-        c.cdw11 = 1; // physically contiguous, no interrupts
-        c
+        HostCore::create_cq_cmd(qid, entries, iova)
     }
 
     fn create_sq_cmd(qid: u16, entries: u32, iova: u64, cqid: u16) -> SubmissionEntry {
-        let mut c = cmd(A::CreateIoSq as u8);
-        c.prp1 = iova;
-        c.cdw10 = qid as u32 | (entries - 1) << 16;
-        c.cdw11 = 1 | (cqid as u32) << 16;
-        c
-    }
-
-    /// Creates I/O CQ and SQ `qid` (paired) of the given sizes.
-    fn create_io(&mut self, qid: u16, sq_entries: u32, cq_entries: u32) {
-        let cq = self.alloc(cq_entries as usize * 16);
-        let sq = self.alloc(sq_entries as usize * 64);
-        let e = self.admin(Self::create_cq_cmd(qid, cq_entries, Self::iova(cq)));
-        assert!(e.status().is_success(), "create cq: {}", e.status());
-        let e = self.admin(Self::create_sq_cmd(qid, sq_entries, Self::iova(sq), qid));
-        assert!(e.status().is_success(), "create sq: {}", e.status());
-        self.queues[qid as usize] = Some(HostQueue {
-            sq_off: sq,
-            sq_size: sq_entries,
-            sq_tail: 0,
-            cq_off: cq,
-            cq_size: cq_entries,
-            cq_head: 0,
-            phase: true,
-            auto_ack: true,
-        });
+        HostCore::create_sq_cmd(qid, entries, iova, cqid)
     }
 
     fn ready_with_io() -> Host {
