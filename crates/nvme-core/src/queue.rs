@@ -185,6 +185,10 @@ impl SubmissionQueue {
         self.rung_tail = self.tail;
         true
     }
+    /// The tail and the last head the controller reported.
+    pub fn positions(&self) -> (u32, u32) {
+        (self.tail, self.head)
+    }
     /// Resets the ring to empty (after the controller deleted or reset the queue).
     pub fn reset(&mut self) {
         self.tail = 0;
@@ -280,6 +284,10 @@ impl CompletionQueue {
         regs.write32(self.doorbell, self.head);
         self.rung_head = self.head;
         true
+    }
+    /// The head and the phase tag expected at the head.
+    pub fn position(&self) -> (u32, bool) {
+        (self.head, self.phase)
     }
     /// Resets the ring (zeroes it; phase back to 1).
     pub fn reset(&mut self) {

@@ -1,5 +1,6 @@
 //! Attaching to a controller, its namespaces, and synchronous admin commands.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use zerocopy::FromBytes;
 use crate::backend::{SimTransport, Transport};
 use crate::dma::{DmaBuffer, DmaMapping, IoBuf};
 use crate::error::{Error, Result};
+use crate::group::{Group, Role};
 use crate::mmio::Mmio;
 use crate::qpair::{IoQueuePair, QueueOptions};
 use crate::transport::{TransportId, TransportKind};
@@ -35,6 +37,8 @@ pub struct AttachOptions {
     pub io_queues: u16,
     /// Bound on every synchronous admin command.
     pub admin_timeout: Duration,
+    /// Shared-memory group id (`-i`): processes with the same id share the controller.
+    pub group: Option<u32>,
 }
 
 impl Default for AttachOptions {
@@ -43,6 +47,7 @@ impl Default for AttachOptions {
             admin_entries: 64,
             io_queues: 64,
             admin_timeout: Duration::from_secs(10),
+            group: None,
         }
     }
 }
@@ -81,15 +86,28 @@ impl Namespace {
 
 /// Context of an admin command: a sequence number to match its completion.
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
-pub(crate) struct AdminTag(u64);
+pub(crate) struct AdminTag(pub(crate) u64);
 
-type AdminQp = QueuePair<Mmio, AdminTag, Box<[Slot<AdminTag>]>>;
+pub(crate) type AdminQp = QueuePair<Mmio, AdminTag, Box<[Slot<AdminTag>]>>;
+
+/// Where admin commands go: a queue pair this process owns alone, or the group's shared one.
+pub(crate) enum AdminKind {
+    /// This process owns the controller.
+    Local {
+        /// The admin queue pair.
+        qp: Box<AdminQp>,
+        /// Its rings and PRP lists.
+        _rings: DmaMapping,
+    },
+    /// The admin queue of a shared-memory group.
+    Shared,
+}
 
 pub(crate) struct Admin {
-    qp: AdminQp,
+    kind: AdminKind,
+    regs: Mmio,
     next_tag: u64,
     data: DmaBuffer,
-    _rings: DmaMapping,
 }
 
 /// Shared state of an attached controller.
@@ -102,7 +120,10 @@ pub(crate) struct Inner {
     pub(crate) max_transfer: usize,
     pub(crate) admin: Mutex<Admin>,
     qids: Mutex<Vec<bool>>,
+    pub(crate) group: Option<Arc<Group>>,
+    pub(crate) granted: u16,
     opts: AttachOptions,
+    pub(crate) monitor_stop: Arc<AtomicBool>,
 }
 
 /// An attached NVMe controller. Cheap to clone; every clone and every queue pair keeps the
@@ -120,6 +141,84 @@ impl std::fmt::Debug for Controller {
     }
 }
 
+pub(crate) fn init_options(opts: &AttachOptions) -> InitOptions {
+    InitOptions {
+        admin_entries: opts.admin_entries,
+        io_queues: opts.io_queues,
+        page_size: None,
+        admin_timeout_ms: opts.admin_timeout.as_millis().min(u32::MAX as u128) as u32,
+    }
+}
+
+/// Where the admin rings and PRP lists sit in their segment.
+pub(crate) struct AdminLayout {
+    pub(crate) entries: u32,
+    pub(crate) sq_len: usize,
+    pub(crate) cq_len: usize,
+    pub(crate) prp_len: usize,
+    pub(crate) len: usize,
+}
+
+impl AdminLayout {
+    pub(crate) fn new(entries: u32, page_size: usize) -> AdminLayout {
+        let sq_len = (entries as usize * 64).next_multiple_of(page_size);
+        let cq_len = (entries as usize * 16).next_multiple_of(page_size);
+        let prp_len = QueueConfig::prp_len(entries, page_size, ADMIN_DATA).max(page_size);
+        AdminLayout {
+            entries,
+            sq_len,
+            cq_len,
+            prp_len,
+            len: sq_len + cq_len + prp_len,
+        }
+    }
+    pub(crate) fn sq_off(&self) -> usize {
+        0
+    }
+    pub(crate) fn cq_off(&self) -> usize {
+        self.sq_len
+    }
+    pub(crate) fn prp_off(&self) -> usize {
+        self.sq_len + self.cq_len
+    }
+}
+
+/// Brings the controller up with a process-local admin queue pair over `rings`.
+pub(crate) fn bring_up(
+    transport: &Arc<dyn Transport>,
+    init: &mut ControllerInit,
+    rings: nvme_core::DmaRegion,
+    layout: &AdminLayout,
+) -> Result<(ControllerInfo, AdminQp, DmaBuffer)> {
+    let regs = transport.regs();
+    let cfg = init.admin_queue_config(
+        rings.sub(layout.sq_off(), layout.sq_len).expect("sq"),
+        rings.sub(layout.cq_off(), layout.cq_len).expect("cq"),
+        rings.sub(layout.prp_off(), layout.prp_len).expect("prp"),
+        ADMIN_DATA,
+    );
+    let slots: Box<[Slot<AdminTag>]> = (0..QueueConfig::slots(layout.entries))
+        .map(|_| Slot::EMPTY)
+        .collect();
+    let mut qp = QueuePair::new(cfg, regs, slots)
+        .map_err(|e| Error::Init(nvme_core::InitError::Queue(e)))?;
+    let mut data = DmaBuffer::new(transport, ADMIN_DATA)?;
+    let data_region = IoBuf::from(&mut data).region();
+    let start = Instant::now();
+    let info = loop {
+        let now = start.elapsed().as_nanos() as u64;
+        match init.poll(&regs, &mut qp, &data_region, now) {
+            Poll::Ready(r) => break r?,
+            Poll::Pending => std::thread::sleep(Duration::from_micros(20)),
+        }
+    };
+    qp.lower_max_transfer(info.max_transfer.min(MAX_TRANSFER_CAP));
+    Ok((info, qp, data))
+}
+
+/// The admin data buffer size.
+pub(crate) const ADMIN_DATA_LEN: usize = ADMIN_DATA;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves the admin queue consistent (every step is
     // complete or not started), so a poisoned lock is still usable.
@@ -136,6 +235,9 @@ impl Controller {
 
     /// Attaches with explicit options.
     pub fn attach_with(trid: &TransportId, opts: &AttachOptions) -> Result<Controller> {
+        if let Some(id) = opts.group {
+            return crate::groupattach::attach(trid, opts, id);
+        }
         let transport: Arc<dyn Transport> = match &trid.kind {
             TransportKind::Sim(o) => Arc::new(SimTransport::start(o)?),
             TransportKind::Pcie { traddr } => crate::open_pcie(traddr.as_ref())?,
@@ -151,53 +253,38 @@ impl Controller {
         opts: &AttachOptions,
     ) -> Result<Controller> {
         let regs = transport.regs();
-        let init_opts = InitOptions {
-            admin_entries: opts.admin_entries,
-            io_queues: opts.io_queues,
-            page_size: None,
-            admin_timeout_ms: opts.admin_timeout.as_millis().min(u32::MAX as u128) as u32,
-        };
-        let mut init = ControllerInit::new(&regs, init_opts)?;
-        let ps = init.page_size();
-        let entries = opts.admin_entries;
-        let sq_len = (entries as usize * 64).next_multiple_of(ps);
-        let cq_len = (entries as usize * 16).next_multiple_of(ps);
-        let prp_len = QueueConfig::prp_len(entries, ps, ADMIN_DATA);
-        let rings = DmaMapping::new(&transport, "nvme-admin", sq_len + cq_len + prp_len)?;
-        let r = rings.region();
-        let cfg = init.admin_queue_config(
-            r.sub(0, sq_len).expect("sq"),
-            r.sub(sq_len, cq_len).expect("cq"),
-            r.sub(sq_len + cq_len, prp_len).expect("prp"),
-            ADMIN_DATA,
-        );
-        let slots: Box<[Slot<AdminTag>]> = (0..QueueConfig::slots(entries))
-            .map(|_| Slot::EMPTY)
-            .collect();
-        let mut qp = QueuePair::new(cfg, regs, slots)
-            .map_err(|e| Error::Init(nvme_core::InitError::Queue(e)))?;
-        let mut data = DmaBuffer::new(&transport, ADMIN_DATA)?;
-        let data_region = IoBuf::from(&mut data).region();
-        let start = Instant::now();
-        let info = loop {
-            let now = start.elapsed().as_nanos() as u64;
-            match init.poll(&regs, &mut qp, &data_region, now) {
-                Poll::Ready(r) => break r?,
-                Poll::Pending => std::thread::sleep(Duration::from_micros(20)),
-            }
-        };
-        let max_transfer = info.max_transfer.min(MAX_TRANSFER_CAP);
-        qp.lower_max_transfer(max_transfer);
-        let granted = info.io_queues.sq.min(info.io_queues.cq);
-        let mut admin = Admin {
-            qp,
+        let mut init = ControllerInit::new(&regs, init_options(opts))?;
+        let layout = AdminLayout::new(opts.admin_entries, init.page_size());
+        let rings = DmaMapping::new(&transport, "nvme-admin", layout.len)?;
+        let (info, qp, data) = bring_up(&transport, &mut init, rings.region(), &layout)?;
+        let admin = Admin {
+            kind: AdminKind::Local {
+                qp: Box::new(qp),
+                _rings: rings,
+            },
+            regs,
             next_tag: 1,
             data,
-            _rings: rings,
         };
+        Controller::finish(transport, trid, opts, info, admin, None)
+    }
+
+    /// Identifies the namespaces and builds the controller (every attach path ends here).
+    pub(crate) fn finish(
+        transport: Arc<dyn Transport>,
+        trid: TransportId,
+        opts: &AttachOptions,
+        info: ControllerInfo,
+        mut admin: Admin,
+        group: Option<Group>,
+    ) -> Result<Controller> {
+        let group = group.map(Arc::new);
+        let max_transfer = info.max_transfer.min(MAX_TRANSFER_CAP);
+        let granted = info.io_queues.sq.min(info.io_queues.cq);
         let mut namespaces = Vec::new();
         for nsid in info.namespaces.iter() {
             let id: IdentifyNamespace = admin.read_struct(
+                group.as_deref(),
                 Command::identify(cns::NAMESPACE, nsid, 0),
                 opts.admin_timeout,
             )?;
@@ -213,15 +300,18 @@ impl Controller {
             });
         }
         let inner = Inner {
+            regs: admin.regs,
             transport,
-            regs,
             trid,
             info: Box::new(info),
             namespaces: namespaces.into(),
             max_transfer,
             admin: Mutex::new(admin),
             qids: Mutex::new(vec![false; granted as usize + 1]),
+            group,
+            granted,
             opts: opts.clone(),
+            monitor_stop: Arc::new(AtomicBool::new(false)),
         };
         Ok(Controller {
             inner: Arc::new(inner),
@@ -279,12 +369,39 @@ impl Controller {
     pub fn alloc_io_queue(&self, opts: QueueOptions) -> Result<IoQueuePair> {
         IoQueuePair::create(self.clone(), opts)
     }
-    /// I/O queue ids in use.
+    /// I/O queue ids in use (by every process of the group, in a group).
     pub fn io_queues_in_use(&self) -> usize {
+        if let Some(g) = &self.inner.group {
+            return g.qids_in_use();
+        }
         lock(&self.inner.qids).iter().filter(|&&b| b).count()
+    }
+    /// This process's role: alone, or primary / secondary of a shared-memory group.
+    pub fn role(&self) -> Role {
+        self.inner.group.as_ref().map_or(Role::Single, |g| g.role())
+    }
+    /// The pid of the software controller's own process (shared-memory groups over
+    /// `trtype:sim`), if there is one.
+    pub fn sim_process(&self) -> Option<u32> {
+        self.inner.transport.sim_client().map(|c| c.pid())
+    }
+    /// Test hook: takes the group's admin lock and never releases it, so that a test can
+    /// kill this process while it holds the lock. Does nothing outside a group.
+    #[doc(hidden)]
+    pub fn __test_hold_group_lock(&self) {
+        if let Some(g) = &self.inner.group {
+            g.hold_lock_forever();
+        }
+    }
+    /// The shared-memory group id, if any.
+    pub fn group_id(&self) -> Option<u32> {
+        self.inner.group.as_ref().map(|g| g.id())
     }
 
     pub(crate) fn alloc_qid(&self) -> Result<u16> {
+        if let Some(g) = &self.inner.group {
+            return g.alloc_qid(self.inner.granted);
+        }
         let mut q = lock(&self.inner.qids);
         let granted = (q.len() - 1) as u16;
         let id = q
@@ -297,6 +414,9 @@ impl Controller {
         Ok(id as u16)
     }
     pub(crate) fn free_qid(&self, qid: u16) {
+        if let Some(g) = &self.inner.group {
+            return g.free_qid(qid);
+        }
         if let Some(b) = lock(&self.inner.qids).get_mut(qid as usize) {
             *b = false;
         }
@@ -307,7 +427,12 @@ impl Controller {
     pub fn admin_command(&self, cmd: Command, data: Option<IoBuf<'_>>) -> Result<Completion> {
         let timeout = self.inner.opts.admin_timeout;
         let mut admin = lock(&self.inner.admin);
-        let c = admin.execute(cmd, data.map(|d| (d.region(), d.map.clone())), timeout)?;
+        let c = admin.execute(
+            self.inner.group.as_deref(),
+            cmd,
+            data.map(|d| (d.region(), d.map.clone())),
+            timeout,
+        )?;
         Ok(c)
     }
 
@@ -321,7 +446,7 @@ impl Controller {
         }
         let timeout = self.inner.opts.admin_timeout;
         let mut admin = lock(&self.inner.admin);
-        admin.read_bytes(cmd, len, timeout)
+        admin.read_bytes(self.inner.group.as_deref(), cmd, len, timeout)
     }
 
     /// Identify Controller, read now.
@@ -391,9 +516,20 @@ pub(crate) fn fatal(regs: &Mmio) -> bool {
 }
 
 impl Admin {
+    /// An admin path through the group's shared admin queue (the process already joined).
+    pub(crate) fn shared(regs: Mmio, data: DmaBuffer) -> Admin {
+        Admin {
+            kind: AdminKind::Shared,
+            regs,
+            next_tag: 1,
+            data,
+        }
+    }
+
     /// Submits and waits; `data` carries the region and a reference that keeps it mapped.
     fn execute(
         &mut self,
+        group: Option<&Group>,
         cmd: Command,
         data: Option<(nvme_core::DmaRegion, Arc<DmaMapping>)>,
         timeout: Duration,
@@ -404,15 +540,42 @@ impl Admin {
             Some((r, k)) => (Some(r), Some(k)),
             None => (None, None),
         };
-        self.qp.submit(cmd, region, tag)?;
+        let regs = self.regs;
         let start = Instant::now();
         let mut result = None;
+        let mut submitted = false;
         loop {
-            self.qp.poll(usize::MAX, |t, c| {
-                if t == tag {
-                    result = Some(c);
+            match &mut self.kind {
+                AdminKind::Local { qp, .. } => {
+                    if !submitted {
+                        qp.submit(cmd, region, tag)?;
+                        submitted = true;
+                    }
+                    qp.poll(usize::MAX, |t, c| {
+                        if t == tag {
+                            result = Some(c);
+                        }
+                    });
                 }
-            });
+                AdminKind::Shared => {
+                    let q = group
+                        .expect("a shared admin queue belongs to a group")
+                        .admin(regs);
+                    if !submitted {
+                        match q.submit(cmd, region, tag.0) {
+                            Ok(()) => submitted = true,
+                            // Other processes fill the queue: poll and retry until the timeout.
+                            Err(nvme_core::SubmitError::QueueFull) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    q.poll(false, |t, c| {
+                        if t == tag.0 {
+                            result = Some(c);
+                        }
+                    });
+                }
+            }
             if let Some(c) = result {
                 if !c.status.is_success() {
                     return Err(Error::Nvme {
@@ -423,7 +586,7 @@ impl Admin {
                 }
                 return Ok(c);
             }
-            if start.elapsed() > Duration::from_millis(1) && fatal(self.qp.regs()) {
+            if start.elapsed() > Duration::from_millis(1) && fatal(&regs) {
                 return Err(Error::ControllerFatal);
             }
             if start.elapsed() > timeout {
@@ -441,45 +604,77 @@ impl Admin {
         }
     }
 
-    fn read_bytes(&mut self, cmd: Command, len: usize, timeout: Duration) -> Result<Vec<u8>> {
+    pub(crate) fn read_bytes(
+        &mut self,
+        group: Option<&Group>,
+        cmd: Command,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
         debug_assert_eq!(cmd.direction(), DataDirection::ControllerToHost);
         self.data.as_mut_slice()[..len].fill(0);
         let io = self.data.slice(0..len)?;
         let region = io.region();
         let keep = io.map.clone();
-        self.execute(cmd, Some((region, keep)), timeout)?;
+        self.execute(group, cmd, Some((region, keep)), timeout)?;
         Ok(self.data.as_slice()[..len].to_vec())
     }
 
-    fn read_struct<T: FromBytes>(&mut self, cmd: Command, timeout: Duration) -> Result<T> {
-        let b = self.read_bytes(cmd, std::mem::size_of::<T>(), timeout)?;
+    fn read_struct<T: FromBytes>(
+        &mut self,
+        group: Option<&Group>,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<T> {
+        let b = self.read_bytes(group, cmd, std::mem::size_of::<T>(), timeout)?;
         Ok(T::read_from_bytes(&b).expect("exact size"))
+    }
+}
+
+/// Sends the normal shutdown notification and waits for it, bounded by RTD3E or 10 s (NVMe
+/// 1.4 7.6.2).
+fn shutdown(regs: &Mmio, rtd3e_us: u32) {
+    use nvme_core::RegisterAccess;
+    let cc = Cc(regs.read32(offset::CC));
+    if !cc.en() || Csts(regs.read32(offset::CSTS)).is_all_ones() {
+        return;
+    }
+    regs.write32(offset::CC, cc.with_shn(ShutdownNotification::Normal).0);
+    let rtd3e = Duration::from_micros(rtd3e_us as u64);
+    let bound = if rtd3e.is_zero() {
+        Duration::from_secs(10)
+    } else {
+        rtd3e.min(Duration::from_secs(60))
+    };
+    let start = Instant::now();
+    while start.elapsed() < bound {
+        let csts = Csts(regs.read32(offset::CSTS));
+        if csts.shst() == ShutdownStatus::Complete || csts.cfs() || csts.is_all_ones() {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(100));
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        use nvme_core::RegisterAccess;
-        // Normal shutdown notification, bounded by RTD3E or 10 s (NVMe 1.4 7.6.2).
-        let cc = Cc(self.regs.read32(offset::CC));
-        if !cc.en() || Csts(self.regs.read32(offset::CSTS)).is_all_ones() {
+        self.monitor_stop.store(true, Ordering::Relaxed);
+        let Some(group) = &self.group else {
+            shutdown(&self.regs, self.info.identify.rtd3e);
+            return;
+        };
+        // Leave the group: the last member out shuts the controller down and removes the
+        // group's files; the software controller's process exits when its last client goes.
+        if group.lock_join().is_err() {
             return;
         }
-        self.regs
-            .write32(offset::CC, cc.with_shn(ShutdownNotification::Normal).0);
-        let rtd3e = Duration::from_micros(self.info.identify.rtd3e as u64);
-        let bound = if rtd3e.is_zero() {
-            Duration::from_secs(10)
-        } else {
-            rtd3e.min(Duration::from_secs(60))
-        };
-        let start = Instant::now();
-        while start.elapsed() < bound {
-            let csts = Csts(self.regs.read32(offset::CSTS));
-            if csts.shst() == ShutdownStatus::Complete || csts.cfs() || csts.is_all_ones() {
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(100));
+        let me = group.me();
+        group.admin(self.regs).release_member(me);
+        if group.leave() {
+            shutdown(&self.regs, self.info.identify.rtd3e);
+            self.transport.last_member_left();
+            group.remove_files();
         }
+        group.unlock_join();
     }
 }

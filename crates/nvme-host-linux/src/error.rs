@@ -16,6 +16,8 @@ pub enum Error {
     /// The transport could not be opened (device missing, not bound to vfio-pci, no IOMMU,
     /// permission denied, ...). The message says which and what to do.
     Transport(String),
+    /// A shared-memory group problem: owned by another user, a different build, full, ...
+    Group(String),
     /// A system call failed.
     Os {
         /// What the driver was doing.
@@ -126,7 +128,7 @@ fn opcode_name(opcode: u8, admin: bool) -> &'static str {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::BadTransport(m) | Error::Transport(m) | Error::Invalid(m) => write!(f, "{m}"),
+            Error::BadTransport(m) | Error::Transport(m) | Error::Invalid(m) | Error::Group(m) => write!(f, "{m}"),
             Error::Os { what, source } => write!(f, "{what}: {source}"),
             Error::Init(e) => write!(f, "controller bring-up failed: {e}"),
             Error::Nvme { opcode, admin, status } => {

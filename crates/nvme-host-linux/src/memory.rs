@@ -97,6 +97,19 @@ impl SharedMemory {
         })
     }
 
+    /// Maps an existing file (a group's shared segment, opened by path) of `len` bytes.
+    /// The file must already have that size.
+    pub fn from_file(file: std::fs::File, len: usize) -> io::Result<SharedMemory> {
+        let fd = OwnedFd::from(file);
+        let ptr = map_fd(fd.as_fd(), 0, len, true)?;
+        Ok(SharedMemory {
+            fd,
+            ptr,
+            len,
+            backing: Backing::Shared,
+        })
+    }
+
     /// The memfd behind the segment.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

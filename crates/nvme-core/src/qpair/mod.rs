@@ -335,6 +335,13 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     pub fn next_slot(&self) -> Option<usize> {
         (self.free_head != NONE).then_some(self.free_head as usize)
     }
+    /// Ring positions: (SQ tail, SQ head, CQ head, CQ phase). With nothing outstanding, they
+    /// let another owner (the shared admin queue) continue where this queue pair stopped.
+    pub fn ring_positions(&self) -> (u32, u32, u32, bool) {
+        let (tail, head) = self.sq.positions();
+        let (cq_head, phase) = self.cq.position();
+        (tail, head, cq_head, phase)
+    }
     /// Diagnostic counters.
     pub fn stats(&self) -> QueueStats {
         self.stats

@@ -172,6 +172,15 @@ impl SharedAdminState {
         self.cq_head_phase.store(1 << 31, Ordering::Release);
         Ok(())
     }
+    /// Continues from the ring positions of the queue pair that brought the controller up
+    /// (see [`QueuePair::ring_positions`](crate::QueuePair::ring_positions)); call after
+    /// [`configure`](Self::configure), before any member uses the queue.
+    pub fn set_positions(&self, sq_tail: u32, sq_head: u32, cq_head: u32, phase: bool) {
+        self.sq_tail.store(sq_tail, Ordering::Relaxed);
+        self.sq_head.store(sq_head, Ordering::Relaxed);
+        self.cq_head_phase
+            .store(cq_head | (phase as u32) << 31, Ordering::Release);
+    }
     /// Bytes of PRP list memory the configured queue needs (one area per slot).
     pub fn prp_len(entries: u32, page_size: usize, max_transfer: usize) -> usize {
         (entries as usize - 1) * prp::list_pages_for_transfer(max_transfer, page_size) * page_size

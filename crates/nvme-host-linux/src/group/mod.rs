@@ -1,0 +1,501 @@
+//! Shared-memory groups: several processes driving one controller.
+//!
+//! Processes that attach with the same group id (`-i N`) share the controller. The group
+//! lives in a directory (`/dev/shm/nvme-rs.N`, or under `$NVME_RUN_DIR`), owner-only:
+//!
+//! - `control`: the control segment (`GroupHeader`): build id, controller facts,
+//!   the robust group lock, member records, the I/O queue id pool and the shared admin
+//!   queue state. No pointers: every process maps it wherever it likes.
+//! - `admin.mem`: the admin rings and their PRP list pages, mapped by every member.
+//! - `members.lock`: one byte per member, locked (OFD lock) by that member for its lifetime.
+//!   The kernel drops the lock when the process dies; that is how survivors know.
+//! - `sim.sock`: the software controller's process, for `trtype:sim`.
+//!
+//! Joining is serialised by a lock byte; the first process finding no live member (re)creates
+//! the group and becomes the primary. A process joining after the primary died takes the
+//! primary role. Survivors clean up after a dead member eagerly (a monitor thread checks
+//! every 50 ms): its queues are deleted on the controller, its queue ids and admin mailbox
+//! released. The last member to leave shuts the controller down and removes the group.
+
+pub(crate) mod layout;
+mod lockfile;
+mod robust;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nvme_core::shared::{OwnerId, SharedAdminQueue, MAX_MEMBERS};
+use nvme_core::DmaRegion;
+
+use crate::error::{Error, Result};
+use crate::memory::SharedMemory;
+use crate::mmio::Mmio;
+use layout::{GroupHeader, ACTIVE, FREE, JOIN_BYTE, MAGIC, MAX_QID, PRIMARY_BYTE};
+use robust::RobustMutex;
+
+/// A process's role in its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Not in a group: the process owns the controller alone.
+    Single,
+    /// Created the group, or took the role after the primary left.
+    Primary,
+    /// Joined a group another process created.
+    Secondary,
+}
+
+/// The directory of group `id`.
+pub fn group_dir(id: u32) -> PathBuf {
+    let base = std::env::var_os("NVME_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/dev/shm"));
+    base.join(format!("nvme-rs.{id}"))
+}
+
+fn os(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |e| Error::os(what, e)
+}
+
+/// Creates the group directory or checks that an existing one is ours.
+fn ensure_dir(id: u32, dir: &Path) -> Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(os(format!("setting permissions of {}", dir.display())))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(Error::os(
+                format!("creating the group directory {}", dir.display()),
+                e,
+            ))
+        }
+    }
+    let md = std::fs::symlink_metadata(dir).map_err(os(format!("reading {}", dir.display())))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !md.is_dir() || md.uid() != me {
+        return Err(Error::Group(format!(
+            "shared-memory group {id} ({}) belongs to user {} (you are {me}); use another group id (-i) or run as that user",
+            dir.display(),
+            md.uid()
+        )));
+    }
+    if md.mode() & 0o077 != 0 {
+        return Err(Error::Group(format!(
+            "the group directory {} is accessible to other users (mode {:o}); remove it or chmod 700 it",
+            dir.display(),
+            md.mode() & 0o777
+        )));
+    }
+    Ok(())
+}
+
+fn open_rw(path: &Path, create: bool) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(os(format!("opening {}", path.display())))
+}
+
+/// Opens `members.lock` and takes the join lock, retrying if the last member of an earlier
+/// group removed the file in between.
+fn open_and_lock_join(dir: &Path) -> Result<File> {
+    let path = dir.join("members.lock");
+    loop {
+        let f = open_rw(&path, true)?;
+        lockfile::lock_wait(&f, JOIN_BYTE).map_err(os("taking the group join lock"))?;
+        let ours = f.metadata().map_err(os("stat members.lock"))?;
+        match std::fs::metadata(&path) {
+            Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => return Ok(f),
+            _ => continue, // unlinked while we waited: the group was torn down; start over
+        }
+    }
+}
+
+/// What a joining process found.
+pub(crate) enum Joined {
+    /// No live member: this process must (re)create the group. The join lock is held.
+    Create(Creating),
+    /// A live group: this process joins it. The join lock is held.
+    Join(Group),
+}
+
+/// A group being created: the control segment is zeroed and mapped.
+pub(crate) struct Creating {
+    group: Group,
+}
+
+/// This process's membership of a group.
+pub(crate) struct Group {
+    id: u32,
+    dir: PathBuf,
+    lockf: File,
+    control: SharedMemory,
+    admin_mem: Option<SharedMemory>,
+    mutex: RobustMutex,
+    me: Option<OwnerId>,
+    primary: AtomicBool,
+    join_held: AtomicBool,
+}
+
+/// Length of the control segment.
+fn control_len() -> usize {
+    std::mem::size_of::<GroupHeader>().next_multiple_of(4096)
+}
+
+impl Group {
+    /// Takes the join lock of group `id` and finds out whether the group is alive.
+    pub(crate) fn open(id: u32) -> Result<Joined> {
+        let dir = group_dir(id);
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(os(format!("creating {}", parent.display())))?;
+        }
+        ensure_dir(id, &dir)?;
+        let lockf = open_and_lock_join(&dir)?;
+        let mut alive = false;
+        for i in 0..MAX_MEMBERS as u64 {
+            if lockfile::held_by_other(&lockf, i).map_err(os("checking group members"))? {
+                alive = true;
+                break;
+            }
+        }
+        let control_path = dir.join("control");
+        let len = control_len();
+        if !alive {
+            // (Re)create: stale files of a group whose members all died go first.
+            for stale in ["control", "admin.mem", "sim.sock"] {
+                let _ = std::fs::remove_file(dir.join(stale));
+            }
+            let f = open_rw(&control_path, true)?;
+            f.set_len(len as u64)
+                .map_err(os("sizing the control segment"))?;
+            let control =
+                SharedMemory::from_file(f, len).map_err(os("mapping the control segment"))?;
+            // SAFETY: the mutex storage is inside our fresh, zeroed mapping; no other process
+            // can use it before we publish the magic.
+            let mutex_ptr =
+                unsafe { std::ptr::addr_of_mut!((*(control.as_ptr() as *mut GroupHeader)).mutex) };
+            // SAFETY: as above.
+            unsafe { RobustMutex::init(mutex_ptr) }.map_err(os("initialising the group lock"))?;
+            // SAFETY: initialised just above, in a mapping the Group keeps.
+            let mutex = unsafe { RobustMutex::from_storage(mutex_ptr) };
+            let group = Group::new(id, dir, lockf, control, mutex);
+            let h = group.header_mut_ptr();
+            // SAFETY: nobody else maps the segment yet.
+            unsafe {
+                (*h).layout_version
+                    .store(layout::LAYOUT_VERSION, Ordering::Relaxed);
+                (*h).state.store(layout::INITIALIZING, Ordering::Relaxed);
+                layout::write_str(&mut (*h).build_id, &layout::build_id());
+            }
+            return Ok(Joined::Create(Creating { group }));
+        }
+        let f = open_rw(&control_path, false)?;
+        let flen = f.metadata().map_err(os("stat control"))?.len() as usize;
+        if flen < std::mem::size_of::<u64>() * 2 + 128 {
+            return Err(Error::Group(format!(
+                "group {id}: the control segment is truncated; it was not made by this driver"
+            )));
+        }
+        // Check the header's identity before trusting its size.
+        let control =
+            SharedMemory::from_file(f, flen).map_err(os("mapping the control segment"))?;
+        // SAFETY: at least magic, version, state and build id are mapped (checked above).
+        let (magic, version, theirs) = unsafe {
+            let h = control.as_ptr() as *const GroupHeader;
+            (
+                (*h).magic.load(Ordering::Acquire),
+                (*h).layout_version.load(Ordering::Relaxed),
+                layout::read_str(&(*h).build_id),
+            )
+        };
+        let ours = layout::build_id();
+        if magic != MAGIC {
+            return Err(Error::Group(format!(
+                "group {id} is not a group of this driver, or its creator died while initialising it (magic {magic:#x})"
+            )));
+        }
+        if version != layout::LAYOUT_VERSION || theirs != ours || flen != len {
+            return Err(Error::Group(format!(
+                "group {id} was created by a different build of the driver and cannot be shared: it runs '{theirs}', this program is '{ours}'; rebuild both from the same source or use another group id"
+            )));
+        }
+        let mutex_ptr = {
+            let h = control.as_ptr() as *mut GroupHeader;
+            // SAFETY: the header is fully mapped (length checked).
+            unsafe { std::ptr::addr_of_mut!((*h).mutex) }
+        };
+        // SAFETY: the creator initialised the mutex before publishing the magic.
+        let mutex = unsafe { RobustMutex::from_storage(mutex_ptr) };
+        let mut group = Group::new(id, dir, lockf, control, mutex);
+        let info = &group.header().info;
+        let admin = open_rw(&group.dir.join("admin.mem"), false)?;
+        group.admin_mem = Some(
+            SharedMemory::from_file(admin, info.admin_len as usize)
+                .map_err(os("mapping admin.mem"))?,
+        );
+        Ok(Joined::Join(group))
+    }
+
+    /// A membership in the making: the join lock is held, no member record claimed yet.
+    fn new(id: u32, dir: PathBuf, lockf: File, control: SharedMemory, mutex: RobustMutex) -> Group {
+        Group {
+            id,
+            dir,
+            lockf,
+            control,
+            admin_mem: None,
+            mutex,
+            me: None,
+            primary: AtomicBool::new(false),
+            join_held: AtomicBool::new(true),
+        }
+    }
+
+    fn header_mut_ptr(&self) -> *mut GroupHeader {
+        self.control.as_ptr() as *mut GroupHeader
+    }
+
+    /// The control segment.
+    pub(crate) fn header(&self) -> &GroupHeader {
+        // SAFETY: mapped for our lifetime; shared mutable fields are atomics, the rest is
+        // written once before the magic is published.
+        unsafe { &*(self.control.as_ptr() as *const GroupHeader) }
+    }
+
+    /// The group id.
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+    /// The group directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// This process's member id.
+    pub(crate) fn me(&self) -> OwnerId {
+        self.me.expect("joined")
+    }
+    /// Does this process hold the primary role?
+    pub(crate) fn role(&self) -> Role {
+        if self.primary.load(Ordering::Relaxed) {
+            Role::Primary
+        } else {
+            Role::Secondary
+        }
+    }
+
+    /// The admin segment mapping (rings and PRP lists).
+    pub(crate) fn admin_mem(&self) -> &SharedMemory {
+        self.admin_mem.as_ref().expect("admin segment mapped")
+    }
+
+    /// This process's handle on the shared admin queue.
+    pub(crate) fn admin(&self, regs: Mmio) -> SharedAdminQueue<'_, Mmio, RobustMutex> {
+        let info = &self.header().info;
+        let mem = self.admin_mem();
+        let iova = info.admin_iova;
+        let region = |off: u64, len: usize| {
+            assert!(off as usize + len <= mem.len(), "admin segment layout");
+            // SAFETY: inside the admin segment mapping, which lives as long as `self`; the
+            // device sees it at admin_iova + off (mapped by the creator).
+            unsafe { DmaRegion::new(mem.as_ptr().add(off as usize), iova + off, len) }
+        };
+        let entries = info.admin_entries as usize;
+        SharedAdminQueue::new(
+            &self.header().admin,
+            &self.mutex,
+            regs,
+            region(info.sq_off, entries * 64),
+            region(info.cq_off, entries * 16),
+            region(info.prp_off, info.prp_len as usize),
+            self.me(),
+        )
+        .expect("shared admin queue configured by the creator")
+    }
+
+    /// Claims a member record and this process's liveness byte, and the primary role if it
+    /// is free. The join lock must be held.
+    fn claim_member(&mut self) -> Result<OwnerId> {
+        let h = self.header();
+        let index = (0..MAX_MEMBERS)
+            .find(|&i| h.members[i].state.load(Ordering::Relaxed) == FREE)
+            .ok_or_else(|| {
+                Error::Group(format!(
+                    "group {} is full ({MAX_MEMBERS} processes)",
+                    self.id
+                ))
+            })?;
+        if !lockfile::try_lock(&self.lockf, index as u64).map_err(os("taking the member lock"))? {
+            return Err(Error::Group(format!(
+                "group {}: member slot {index} is locked by another process",
+                self.id
+            )));
+        }
+        let epoch = h.epochs.fetch_add(1, Ordering::Relaxed).wrapping_add(1) & 0x00ff_ffff;
+        let m = &h.members[index];
+        m.epoch.store(epoch, Ordering::Relaxed);
+        m.pid.store(std::process::id(), Ordering::Relaxed);
+        m.state.store(ACTIVE, Ordering::Release);
+        let me = OwnerId::new(index, epoch);
+        self.me = Some(me);
+        let primary =
+            lockfile::try_lock(&self.lockf, PRIMARY_BYTE).map_err(os("taking the primary role"))?;
+        self.primary.store(primary, Ordering::Relaxed);
+        Ok(me)
+    }
+
+    /// Members whose record says active but whose process is gone.
+    pub(crate) fn dead_members(&self) -> Vec<OwnerId> {
+        let h = self.header();
+        let me = self.me.map(|m| m.index());
+        (0..MAX_MEMBERS)
+            .filter(|&i| Some(i) != me && h.members[i].state.load(Ordering::Acquire) == ACTIVE)
+            .filter(|&i| !lockfile::held_by_other(&self.lockf, i as u64).unwrap_or(true))
+            .map(|i| OwnerId::new(i, h.members[i].epoch.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Queue ids owned by `who`.
+    pub(crate) fn qids_of(&self, who: OwnerId) -> Vec<u16> {
+        let h = self.header();
+        (1..=MAX_QID)
+            .filter(|&q| h.qids[q].load(Ordering::Relaxed) == who.raw())
+            .map(|q| q as u16)
+            .collect()
+    }
+
+    /// Marks a dead member's record free (after its queues were deleted).
+    pub(crate) fn forget_member(&self, who: OwnerId) {
+        let m = &self.header().members[who.index()];
+        if m.epoch.load(Ordering::Relaxed) == who.raw() >> 8 {
+            m.pid.store(0, Ordering::Relaxed);
+            m.state.store(FREE, Ordering::Release);
+        }
+    }
+
+    /// Takes a free I/O queue id in `1..=granted` for this process.
+    pub(crate) fn alloc_qid(&self, granted: u16) -> Result<u16> {
+        let h = self.header();
+        let me = self.me().raw();
+        for q in 1..=(granted as usize).min(MAX_QID) {
+            if h.qids[q]
+                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Ok(q as u16);
+            }
+        }
+        Err(Error::NoQueuesLeft { granted })
+    }
+
+    /// Returns a queue id (ours, or a dead member's after cleanup).
+    pub(crate) fn free_qid(&self, qid: u16) {
+        if let Some(q) = self.header().qids.get(qid as usize) {
+            q.store(0, Ordering::Release);
+        }
+    }
+
+    /// Queue ids in use by any member.
+    pub(crate) fn qids_in_use(&self) -> usize {
+        self.header()
+            .qids
+            .iter()
+            .filter(|q| q.load(Ordering::Relaxed) != 0)
+            .count()
+    }
+
+    /// Takes the group lock and never releases it (tests: a process killed while holding it).
+    pub(crate) fn hold_lock_forever(&self) {
+        use nvme_core::RobustLock;
+        let _ = self.mutex.lock();
+    }
+
+    /// Takes the join lock (for cleanup and leaving).
+    pub(crate) fn lock_join(&self) -> Result<()> {
+        lockfile::lock_wait(&self.lockf, JOIN_BYTE).map_err(os("taking the group join lock"))?;
+        self.join_held.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+    /// Releases the join lock.
+    pub(crate) fn unlock_join(&self) {
+        if self.join_held.swap(false, Ordering::Relaxed) {
+            let _ = lockfile::unlock(&self.lockf, JOIN_BYTE);
+        }
+    }
+
+    /// Leaves the group (join lock held by the caller). Returns true when this was the last
+    /// live member: the caller then shuts the controller down and calls [`remove_files`].
+    pub(crate) fn leave(&self) -> bool {
+        let me = self.me();
+        let m = &self.header().members[me.index()];
+        m.pid.store(0, Ordering::Relaxed);
+        m.state.store(FREE, Ordering::Release);
+        let _ = lockfile::unlock(&self.lockf, me.index() as u64);
+        if self.primary.swap(false, Ordering::Relaxed) {
+            let _ = lockfile::unlock(&self.lockf, PRIMARY_BYTE);
+        }
+        !(0..MAX_MEMBERS as u64).any(|i| lockfile::held_by_other(&self.lockf, i).unwrap_or(true))
+    }
+
+    /// Removes the group's files (last member, join lock held).
+    pub(crate) fn remove_files(&self) {
+        for f in ["control", "admin.mem", "sim.sock", "members.lock"] {
+            let _ = std::fs::remove_file(self.dir.join(f));
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+impl Creating {
+    /// The group being created.
+    pub(crate) fn group(&self) -> &Group {
+        &self.group
+    }
+    /// Creates and maps `admin.mem` of `len` bytes.
+    pub(crate) fn create_admin_mem(&mut self, len: usize) -> Result<&SharedMemory> {
+        let path = self.group.dir.join("admin.mem");
+        let f = open_rw(&path, true)?;
+        f.set_len(len as u64).map_err(os("sizing admin.mem"))?;
+        self.group.admin_mem =
+            Some(SharedMemory::from_file(f, len).map_err(os("mapping admin.mem"))?);
+        Ok(self.group.admin_mem())
+    }
+    /// Fills in the controller facts and publishes the group (state READY, then the magic).
+    pub(crate) fn publish(
+        self,
+        trid: &str,
+        fill: impl FnOnce(&mut layout::SharedInfo),
+    ) -> Result<Group> {
+        let h = self.group.header_mut_ptr();
+        // SAFETY: nobody else maps the segment until the magic is stored below.
+        unsafe {
+            layout::write_str(&mut (*h).trid, trid);
+            fill(&mut (*h).info);
+        }
+        let hdr = self.group.header();
+        hdr.state.store(layout::READY, Ordering::Relaxed);
+        hdr.magic.store(MAGIC, Ordering::Release);
+        Ok(self.group)
+    }
+    /// Claims this process's member record (before publishing: nobody else can look yet).
+    pub(crate) fn claim(&mut self) -> Result<OwnerId> {
+        self.group.claim_member()
+    }
+}
+
+impl Group {
+    /// Claims a member record in a live group (join lock held).
+    pub(crate) fn join(&mut self) -> Result<OwnerId> {
+        self.claim_member()
+    }
+}

@@ -1,0 +1,193 @@
+//! Attaching as a member of a shared-memory group: create the group (primary) or join it
+//! (secondary), clean up after dead members, and keep watching for more.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nvme_core::shared::{OwnerId, MAX_ADMIN_ENTRIES};
+use nvme_core::{Command, ControllerInfo, ControllerInit, DmaRegion};
+use nvme_regs::features::NumberOfQueues;
+use nvme_regs::identify::{IdentifyController, NamespaceList};
+use nvme_regs::registers::{Cap, Vs};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::backend::{member_iova_range, SimClientTransport, SimTransport, Transport};
+use crate::controller::{
+    bring_up, init_options, Admin, AdminLayout, AttachOptions, Controller, ADMIN_DATA_LEN,
+};
+use crate::dma::DmaBuffer;
+use crate::error::{Error, Result};
+use crate::group::layout::GroupHeader;
+use crate::group::{Group, Joined};
+use crate::transport::{TransportId, TransportKind};
+
+/// Device address of the group's admin segment (below every member's IOVA range).
+const ADMIN_IOVA: u64 = 1 << 30;
+
+/// How often survivors look for dead members.
+const MONITOR_PERIOD: Duration = Duration::from_millis(50);
+
+/// Attaches to `trid` as a member of group `id`.
+pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Result<Controller> {
+    let TransportKind::Sim(sim_opts) = &trid.kind else {
+        return Err(Error::Group(format!(
+            "shared-memory group {id}: this build shares trtype:sim controllers only; sharing a trtype:PCIe controller between processes (VFIO descriptor passing) is not implemented yet"
+        )));
+    };
+    let ctrl = match Group::open(id)? {
+        Joined::Create(mut creating) => {
+            let me = creating.claim()?;
+            let sock = creating.group().dir().join("sim.sock");
+            nvme_sim::spawn_daemon(SimTransport::config(sim_opts), &sock).map_err(|e| {
+                Error::Transport(format!("starting the software controller process: {e}"))
+            })?;
+            let client = Arc::new(SimClientTransport::connect(&sock, me.index())?);
+            let transport: Arc<dyn Transport> = client.clone();
+            let regs = transport.regs();
+            let mut init = ControllerInit::new(&regs, init_options(opts))?;
+            let entries = opts.admin_entries.min(MAX_ADMIN_ENTRIES);
+            let layout = AdminLayout::new(entries, init.page_size());
+            let mem = creating.create_admin_mem(layout.len)?;
+            client.map_fixed(mem, ADMIN_IOVA)?;
+            // SAFETY: the admin segment is mapped here and, at ADMIN_IOVA, for the device; the
+            // group keeps both mappings for its lifetime.
+            let rings = unsafe { DmaRegion::new(mem.as_ptr(), ADMIN_IOVA, layout.len) };
+            let (info, qp, data) = bring_up(&transport, &mut init, rings, &layout)?;
+            let (sq_tail, sq_head, cq_head, phase) = qp.ring_positions();
+            drop(qp);
+            let max_transfer = info.max_transfer.min(ADMIN_DATA_LEN);
+            let hdr = creating.group().header();
+            hdr.admin
+                .configure(entries, info.page_size, max_transfer, info.cap.dstrd())
+                .map_err(|e| Error::Group(e.to_string()))?;
+            hdr.admin.set_positions(sq_tail, sq_head, cq_head, phase);
+            let trid_text = trid.to_string();
+            let group = creating.publish(&trid_text, |si| {
+                si.cap = info.cap.0;
+                si.vs = info.vs.0;
+                si.page_size = info.page_size as u32;
+                si.max_transfer = info.max_transfer as u64;
+                si.granted_sq = info.io_queues.sq;
+                si.granted_cq = info.io_queues.cq;
+                si.admin_entries = entries;
+                si.admin_iova = ADMIN_IOVA;
+                si.admin_len = layout.len as u64;
+                si.sq_off = layout.sq_off() as u64;
+                si.cq_off = layout.cq_off() as u64;
+                si.prp_off = layout.prp_off() as u64;
+                si.prp_len = layout.prp_len as u64;
+                si.identify.copy_from_slice(info.identify.as_bytes());
+                si.namespaces.copy_from_slice(info.namespaces.as_bytes());
+            })?;
+            group.admin(regs).join();
+            Controller::finish(
+                transport,
+                trid.clone(),
+                opts,
+                info,
+                Admin::shared(regs, data),
+                Some(group),
+            )?
+        }
+        Joined::Join(mut group) => {
+            let me = group.join()?;
+            let sock = group.dir().join("sim.sock");
+            let transport: Arc<dyn Transport> =
+                Arc::new(SimClientTransport::connect(&sock, me.index())?);
+            let regs = transport.regs();
+            group.admin(regs).join();
+            let info = info_from_header(group.header());
+            let data = DmaBuffer::new(&transport, ADMIN_DATA_LEN)?;
+            Controller::finish(
+                transport,
+                trid.clone(),
+                opts,
+                info,
+                Admin::shared(regs, data),
+                Some(group),
+            )?
+        }
+    };
+    let group = ctrl.inner.group.as_ref().expect("group member");
+    cleanup_dead(&ctrl);
+    group.unlock_join();
+    start_monitor(&ctrl);
+    Ok(ctrl)
+}
+
+/// What the creator learned, as a joining process sees it.
+fn info_from_header(h: &GroupHeader) -> ControllerInfo {
+    let i = &h.info;
+    ControllerInfo {
+        cap: Cap(i.cap),
+        vs: Vs(i.vs),
+        page_size: i.page_size as usize,
+        max_transfer: i.max_transfer as usize,
+        io_queues: NumberOfQueues {
+            sq: i.granted_sq,
+            cq: i.granted_cq,
+        },
+        identify: IdentifyController::read_from_bytes(&i.identify[..]).expect("4096 bytes"),
+        namespaces: NamespaceList::read_from_bytes(&i.namespaces[..]).expect("4096 bytes"),
+    }
+}
+
+/// Deletes the queues of every dead member, returns their queue ids and admin mailboxes,
+/// and frees their records. The join lock must be held. Returns how many members it
+/// cleaned up.
+pub(crate) fn cleanup_dead(ctrl: &Controller) -> usize {
+    let Some(group) = ctrl.inner.group.as_ref() else {
+        return 0;
+    };
+    let dead = group.dead_members();
+    for &who in &dead {
+        cleanup_member(ctrl, group, who);
+    }
+    dead.len()
+}
+
+fn cleanup_member(ctrl: &Controller, group: &Group, who: OwnerId) {
+    group.admin(ctrl.inner.regs).release_member(who);
+    for qid in group.qids_of(who) {
+        // Deleting the SQ aborts what the dead process left in flight; a queue that was
+        // never created (the process died in between) fails with Invalid Queue Identifier.
+        let _ = ctrl.admin_command(Command::delete_io_sq(qid), None);
+        let _ = ctrl.admin_command(Command::delete_io_cq(qid), None);
+        group.free_qid(qid);
+    }
+    // The controller no longer uses the dead process's memory: drop its DMA mappings.
+    let (iova, len) = member_iova_range(who.index());
+    ctrl.inner.transport.unmap_range(iova, len);
+    group.forget_member(who);
+}
+
+/// Starts the thread that cleans up after members that die while this process runs. It
+/// holds the controller only while it cleans up, so the application's last reference always
+/// runs the detach itself.
+fn start_monitor(ctrl: &Controller) {
+    let weak = Arc::downgrade(&ctrl.inner);
+    let stop = ctrl.inner.monitor_stop.clone();
+    let group = ctrl.inner.group.clone().expect("group member");
+    let spawned = std::thread::Builder::new()
+        .name("nvme-group".into())
+        .spawn(move || loop {
+            std::thread::sleep(MONITOR_PERIOD);
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if group.dead_members().is_empty() {
+                continue;
+            }
+            let Some(inner) = weak.upgrade() else { return };
+            let ctrl = Controller { inner };
+            if group.lock_join().is_ok() {
+                cleanup_dead(&ctrl);
+                group.unlock_join();
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the monitor, dead members are still cleaned up when processes join.
+        eprintln!("nvme: could not start the group monitor thread: {e}");
+    }
+}
