@@ -10,7 +10,7 @@ use nvme_core::{
 };
 use nvme_regs::features::FeatureSelect;
 use nvme_regs::identify::{cns, IdentifyController, IdentifyNamespace, IDENTIFY_DATA_SIZE};
-use nvme_regs::log::{lid, ErrorLogEntry, FirmwareSlotLog, SmartLog};
+use nvme_regs::log::{lid, AsyncEvent, ErrorLogEntry, FirmwareSlotLog, SmartLog};
 use nvme_regs::opcode::DataDirection;
 use nvme_regs::registers::{offset, Cc, Csts, ShutdownNotification, ShutdownStatus};
 use zerocopy::FromBytes;
@@ -108,7 +108,15 @@ pub(crate) struct Admin {
     regs: Mmio,
     next_tag: u64,
     data: DmaBuffer,
+    /// Asynchronous events received and not yet handed out (process-local admin queue).
+    events: Vec<u32>,
+    /// Is an Asynchronous Event Request outstanding (process-local admin queue)?
+    aer_armed: bool,
 }
+
+/// The tag of Asynchronous Event Requests on a process-local admin queue (commands count
+/// from 1).
+const AER_TAG: AdminTag = AdminTag(0);
 
 /// Shared state of an attached controller.
 pub(crate) struct Inner {
@@ -121,6 +129,8 @@ pub(crate) struct Inner {
     pub(crate) admin: Mutex<Admin>,
     qids: Mutex<Vec<bool>>,
     pub(crate) group: Option<Arc<Group>>,
+    /// Position in the group's asynchronous event record this controller has read up to.
+    event_cursor: Mutex<u64>,
     pub(crate) granted: u16,
     opts: AttachOptions,
     pub(crate) monitor_stop: Arc<AtomicBool>,
@@ -265,6 +275,8 @@ impl Controller {
             regs,
             next_tag: 1,
             data,
+            events: Vec::new(),
+            aer_armed: false,
         };
         Controller::finish(transport, trid, opts, info, admin, None)
     }
@@ -281,6 +293,7 @@ impl Controller {
         let group = group.map(Arc::new);
         let max_transfer = info.max_transfer.min(MAX_TRANSFER_CAP);
         let granted = info.io_queues.sq.min(info.io_queues.cq);
+        admin.arm_events();
         let mut namespaces = Vec::new();
         for nsid in info.namespaces.iter() {
             let id: IdentifyNamespace = admin.read_struct(
@@ -308,6 +321,7 @@ impl Controller {
             max_transfer,
             admin: Mutex::new(admin),
             qids: Mutex::new(vec![false; granted as usize + 1]),
+            event_cursor: Mutex::new(group.as_ref().map_or(0, |g| g.events_seq())),
             group,
             granted,
             opts: opts.clone(),
@@ -380,6 +394,28 @@ impl Controller {
     pub fn role(&self) -> Role {
         self.inner.group.as_ref().map_or(Role::Single, |g| g.role())
     }
+    /// Asynchronous events (SMART/health warnings, notices, errors) that arrived since the
+    /// last call. In a shared-memory group every process sees every event. Reading the
+    /// log page an event names (e.g. [`smart_log`](Self::smart_log)) re-enables that
+    /// event type on the controller.
+    pub fn async_events(&self) -> Vec<AsyncEvent> {
+        let mut out = Vec::new();
+        match &self.inner.group {
+            Some(g) => {
+                let q = g.admin(self.inner.regs);
+                q.reap();
+                let mut cursor = lock(&self.inner.event_cursor);
+                q.events_since(&mut cursor, |dw0| out.push(AsyncEvent::from_dword(dw0)));
+            }
+            None => {
+                let mut admin = lock(&self.inner.admin);
+                admin.poll_events();
+                out.extend(admin.events.drain(..).map(AsyncEvent::from_dword));
+            }
+        }
+        out
+    }
+
     /// The pid of the software controller's own process (shared-memory groups over
     /// `trtype:sim`), if there is one.
     pub fn sim_process(&self) -> Option<u32> {
@@ -523,7 +559,41 @@ impl Admin {
             regs,
             next_tag: 1,
             data,
+            events: Vec::new(),
+            aer_armed: false,
         }
+    }
+
+    /// Keeps one Asynchronous Event Request outstanding on a process-local admin queue.
+    /// (In a group the shared admin queue does this for everyone.)
+    fn arm_events(&mut self) {
+        if let AdminKind::Local { qp, .. } = &mut self.kind {
+            if !self.aer_armed
+                && qp
+                    .submit(Command::async_event_request(), None, AER_TAG)
+                    .is_ok()
+            {
+                self.aer_armed = true;
+                qp.ring();
+            }
+        }
+    }
+
+    /// Reaps completions of a process-local admin queue without a command of our own
+    /// outstanding: only asynchronous events can arrive.
+    fn poll_events(&mut self) {
+        if let AdminKind::Local { qp, .. } = &mut self.kind {
+            let (events, armed) = (&mut self.events, &mut self.aer_armed);
+            qp.poll(usize::MAX, |t, c| {
+                if t == AER_TAG {
+                    *armed = false;
+                    if c.status.is_success() {
+                        events.push(c.dw0);
+                    }
+                }
+            });
+        }
+        self.arm_events();
     }
 
     /// Submits and waits; `data` carries the region and a reference that keeps it mapped.
@@ -551,9 +621,15 @@ impl Admin {
                         qp.submit(cmd, region, tag)?;
                         submitted = true;
                     }
+                    let (events, armed) = (&mut self.events, &mut self.aer_armed);
                     qp.poll(usize::MAX, |t, c| {
                         if t == tag {
                             result = Some(c);
+                        } else if t == AER_TAG {
+                            *armed = false;
+                            if c.status.is_success() {
+                                events.push(c.dw0);
+                            }
                         }
                     });
                 }
@@ -577,6 +653,9 @@ impl Admin {
                 }
             }
             if let Some(c) = result {
+                if !self.aer_armed {
+                    self.arm_events();
+                }
                 if !c.status.is_success() {
                     return Err(Error::Nvme {
                         opcode: cmd.opcode(),

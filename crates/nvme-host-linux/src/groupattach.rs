@@ -81,6 +81,8 @@ pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Resul
                 si.namespaces.copy_from_slice(info.namespaces.as_bytes());
             })?;
             group.admin(regs).join();
+            // One Asynchronous Event Request for the whole group; whoever reaps re-arms it.
+            let _ = group.admin(regs).enable_events(1);
             Controller::finish(
                 transport,
                 trid.clone(),
@@ -169,6 +171,7 @@ fn start_monitor(ctrl: &Controller) {
     let weak = Arc::downgrade(&ctrl.inner);
     let stop = ctrl.inner.monitor_stop.clone();
     let group = ctrl.inner.group.clone().expect("group member");
+    let regs = ctrl.inner.regs;
     let spawned = std::thread::Builder::new()
         .name("nvme-group".into())
         .spawn(move || loop {
@@ -176,6 +179,8 @@ fn start_monitor(ctrl: &Controller) {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
+            // Record asynchronous events even when nobody sends admin commands.
+            group.admin(regs).reap();
             if group.dead_members().is_empty() {
                 continue;
             }

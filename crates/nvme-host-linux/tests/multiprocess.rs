@@ -187,6 +187,19 @@ fn child(role: &str) -> i32 {
             }
             Ok(())
         }
+        "events" => {
+            let start = Instant::now();
+            loop {
+                if let Some(e) = ctrl.async_events().first() {
+                    say(format!("EVENT {} {} {}", e.event_type, e.info, e.log_page));
+                    break Ok(());
+                }
+                if start.elapsed() > Duration::from_secs(15) {
+                    break Err("no asynchronous event arrived".to_string());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
         "hold-lock" => {
             ctrl.__test_hold_group_lock();
             say("HOLDING");
@@ -607,6 +620,25 @@ fn last_member_out_releases_everything() {
     c.finish().clean();
 }
 
+fn asynchronous_events_reach_every_process() {
+    let s = Scenario::new(18);
+    let mut a = s.spawn("a", "events", &[]);
+    a.expect("READY primary");
+    let mut b = s.spawn("b", "events", &[]);
+    b.expect("READY secondary");
+    // The test plays the device's environment: it tells the controller process to raise a
+    // SMART / health event (temperature, SMART log page).
+    let client = nvme_host_linux::sim::SimClient::connect(&s.group_dir().join("sim.sock")).unwrap();
+    client
+        .raise_async_event(nvme_host_linux::sim::AsyncEventType::SmartHealth, 1, 2)
+        .unwrap();
+    assert_eq!(a.expect("EVENT"), "EVENT 1 1 2");
+    assert_eq!(b.expect("EVENT"), "EVENT 1 1 2");
+    drop(client);
+    a.finish().clean();
+    b.finish().clean();
+}
+
 fn main() {
     if let Ok(role) = std::env::var("NVME_MP_ROLE") {
         std::process::exit(child(&role));
@@ -637,6 +669,10 @@ fn main() {
         (
             "last_member_out_releases_everything",
             last_member_out_releases_everything,
+        ),
+        (
+            "asynchronous_events_reach_every_process",
+            asynchronous_events_reach_every_process,
         ),
     ];
     let mut failed = 0;

@@ -299,3 +299,52 @@ mod tests {
         assert_eq!(fw.revision(8), None);
     }
 }
+
+/// An asynchronous event, decoded from completion dword 0 of an Asynchronous Event Request
+/// (NVMe 1.4 figure 146).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AsyncEvent {
+    /// Event type (bits 2:0): 0 error, 1 SMART / health, 2 notice, 6 I/O command set,
+    /// 7 vendor specific.
+    pub event_type: u8,
+    /// Event information (bits 15:8), meaning depends on the type.
+    pub info: u8,
+    /// The log page to read for details (bits 23:16); reading it re-enables the event.
+    pub log_page: u8,
+}
+
+impl AsyncEvent {
+    /// Decodes completion dword 0.
+    pub const fn from_dword(dw0: u32) -> AsyncEvent {
+        AsyncEvent {
+            event_type: (dw0 & 0x7) as u8,
+            info: (dw0 >> 8) as u8,
+            log_page: (dw0 >> 16) as u8,
+        }
+    }
+    /// The name of the event type.
+    pub const fn type_name(&self) -> &'static str {
+        match self.event_type {
+            0 => "Error status",
+            1 => "SMART / Health status",
+            2 => "Notice",
+            6 => "I/O command specific status",
+            7 => "Vendor specific",
+            _ => "Reserved",
+        }
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    #[test]
+    fn async_event_decodes() {
+        // SMART/health, temperature threshold (info 1), log page 02h.
+        let e = AsyncEvent::from_dword(0x0002_0101);
+        assert_eq!((e.event_type, e.info, e.log_page), (1, 1, lid::SMART));
+        assert_eq!(e.type_name(), "SMART / Health status");
+        assert_eq!(AsyncEvent::from_dword(0x0004_0002).type_name(), "Notice");
+    }
+}

@@ -65,7 +65,13 @@ impl OwnerId {
     pub const fn raw(self) -> u32 {
         self.0
     }
+    /// The group itself, owner of the Asynchronous Event Requests whose completions go to
+    /// every member (see [`SharedAdminQueue::enable_events`]).
+    pub const EVENTS: OwnerId = OwnerId(u32::MAX);
 }
+
+/// Asynchronous event completions (dword 0) kept for members to read.
+pub const EVENTS_LEN: usize = 16;
 
 #[repr(C)]
 struct AdminSlot {
@@ -114,6 +120,12 @@ pub struct SharedAdminState {
     _pad: u32,
     stale_completions: AtomicU64,
     dropped_for_dead: AtomicU64,
+    /// Asynchronous Event Requests the group keeps outstanding, and how many are.
+    aer_target: AtomicU32,
+    aer_outstanding: AtomicU32,
+    /// Number of asynchronous events ever recorded; event `n` is `events[n % EVENTS_LEN]`.
+    events_seq: AtomicU64,
+    events: [AtomicU32; EVENTS_LEN],
     slots: [AdminSlot; SLOTS],
     mailboxes: [Mailbox; MAX_MEMBERS],
 }
@@ -184,6 +196,10 @@ impl SharedAdminState {
     /// Bytes of PRP list memory the configured queue needs (one area per slot).
     pub fn prp_len(entries: u32, page_size: usize, max_transfer: usize) -> usize {
         (entries as usize - 1) * prp::list_pages_for_transfer(max_transfer, page_size) * page_size
+    }
+    /// The number of asynchronous events recorded so far (where a new reader starts).
+    pub fn events_seq(&self) -> u64 {
+        self.events_seq.load(Ordering::Acquire)
     }
     /// Completions dropped because their slot was free or reused (diagnostics).
     pub fn stale_completions(&self) -> u64 {
@@ -348,6 +364,19 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         if mb.outstanding.load(Ordering::Relaxed) as usize >= MAILBOX_LEN {
             return Err(SubmitError::QueueFull);
         }
+        self.submit_locked(self.me, cmd, data, tag)?;
+        mb.outstanding.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Puts a command in the ring on behalf of `owner`. Lock held.
+    fn submit_locked(
+        &self,
+        owner: OwnerId,
+        cmd: Command,
+        data: Option<DmaRegion>,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
         let entries = self.entries();
         let tail = self.state.sq_tail.load(Ordering::Relaxed);
         let head = self.state.sq_head.load(Ordering::Relaxed);
@@ -377,7 +406,7 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         // 1. Claim.
         let generation = (slot.generation.load(Ordering::Relaxed) + 1) & 0xff;
         slot.generation.store(generation, Ordering::Relaxed);
-        slot.owner.store(self.me.raw(), Ordering::Relaxed);
+        slot.owner.store(owner.raw(), Ordering::Relaxed);
         slot.tag.store(tag, Ordering::Relaxed);
         slot.state.store(CLAIMED, Ordering::Relaxed);
         // 2. Write the entry.
@@ -394,11 +423,61 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         // 3. Publish, 4. mark submitted, 5. ring.
         self.state.sq_tail.store(next, Ordering::Release);
         slot.state.store(SUBMITTED, Ordering::Relaxed);
-        mb.outstanding.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::Release);
         let dstrd = self.state.dstrd.load(Ordering::Relaxed) as u8;
         self.regs.write32(sq_tail_doorbell(0, dstrd), next);
         Ok(())
+    }
+
+    /// Keeps `count` Asynchronous Event Requests outstanding on behalf of the whole group
+    /// (0 stops re-arming). Their completions are recorded for every member to read with
+    /// [`events_since`](Self::events_since); whoever reaps re-arms. Takes the lock.
+    pub fn enable_events(&self, count: u32) -> Result<(), SubmitError> {
+        let _g = self.take_lock();
+        self.state.aer_target.store(count, Ordering::Relaxed);
+        self.rearm_locked()
+    }
+
+    fn rearm_locked(&self) -> Result<(), SubmitError> {
+        while self.state.aer_outstanding.load(Ordering::Relaxed)
+            < self.state.aer_target.load(Ordering::Relaxed)
+        {
+            self.submit_locked(OwnerId::EVENTS, Command::async_event_request(), None, 0)?;
+            self.state.aer_outstanding.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with completion dword 0 of every asynchronous event recorded since
+    /// `cursor` (a value from an earlier call, or 0), oldest first, and moves the cursor.
+    /// Returns how many events were lost because more than [`EVENTS_LEN`] arrived between
+    /// two calls.
+    pub fn events_since<F: FnMut(u32)>(&self, cursor: &mut u64, mut f: F) -> u64 {
+        let seq = self.state.events_seq.load(Ordering::Acquire);
+        let first = (*cursor).max(seq.saturating_sub(EVENTS_LEN as u64));
+        let lost = first - (*cursor).min(first);
+        for n in first..seq {
+            f(self.state.events[(n % EVENTS_LEN as u64) as usize].load(Ordering::Relaxed));
+        }
+        *cursor = seq;
+        lost
+    }
+
+    /// Moves new completions to their owners and records asynchronous events, without
+    /// delivering anything to this process (for a background thread: it must not take the
+    /// completions a synchronous caller of this process waits for). Does nothing when the
+    /// lock is busy.
+    pub fn reap(&self) {
+        match self.lock.try_lock() {
+            Some(LockOutcome::Acquired) => {}
+            Some(LockOutcome::PreviousOwnerDied) => {
+                self.recover_locked();
+                self.lock.mark_consistent();
+            }
+            None => return,
+        }
+        let _g = Held(self.lock);
+        self.reap_locked();
     }
 
     /// Delivers this process's completions: first what others left in its mailbox, then (if
@@ -506,7 +585,33 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
             let dstrd = self.state.dstrd.load(Ordering::Relaxed) as u8;
             self.regs
                 .write32(cq_head_doorbell(0, dstrd), hp & 0x7fff_ffff);
+            // An event completion frees its request: put another one out. A full queue is
+            // retried at the next reap.
+            let _ = self.rearm_locked();
         }
+    }
+
+    /// Records an asynchronous event completion for every member. Lock held.
+    fn record_event(&self, cqe: &CompletionEntry) {
+        let status = cqe.status();
+        if status.is_command_specific(nvme_regs::status::CommandSpecificStatus::AerLimitExceeded) {
+            // More are outstanding than we counted (a holder died between publishing one and
+            // counting it): the controller holds enough.
+            let target = self.state.aer_target.load(Ordering::Relaxed);
+            self.state.aer_outstanding.store(target, Ordering::Relaxed);
+            return;
+        }
+        let _ =
+            self.state
+                .aer_outstanding
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        if !status.is_success() {
+            // Aborted (e.g. by a reset): not an event.
+            return;
+        }
+        let n = self.state.events_seq.load(Ordering::Relaxed);
+        self.state.events[(n % EVENTS_LEN as u64) as usize].store(cqe.dw0, Ordering::Relaxed);
+        self.state.events_seq.store(n + 1, Ordering::Release);
     }
 
     /// Hands one completion to its owner's mailbox and frees its slot. Lock held.
@@ -530,6 +635,12 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         }
         let owner = slot.owner.load(Ordering::Relaxed);
         let tag = slot.tag.load(Ordering::Relaxed);
+        if owner == OwnerId::EVENTS.raw() {
+            self.record_event(cqe);
+            slot.state.store(FREE, Ordering::Relaxed);
+            slot.owner.store(0, Ordering::Relaxed);
+            return;
+        }
         let member = (owner & 0xff) as usize;
         let mb = (1..=MAX_MEMBERS)
             .contains(&member)

@@ -50,6 +50,8 @@ struct Rig {
     sq: DmaRegion,
     cq: DmaRegion,
     prp: DmaRegion,
+    /// Asynchronous events the device may complete (it holds AERs until then).
+    fire: Arc<AtomicU32>,
 }
 
 impl Rig {
@@ -67,6 +69,7 @@ impl Rig {
             sq: segment(1),
             cq: segment(1),
             prp: segment(prp_len.div_ceil(PAGE)),
+            fire: Arc::new(AtomicU32::new(0)),
         }
     }
     fn member(&self, index: usize, epoch: u32) -> SharedAdminQueue<'static, Regs, SpinLock> {
@@ -91,11 +94,16 @@ impl Rig {
             self.cq.vaddr() as usize,
             self.bells.clone(),
         );
+        let fire = self.fire.clone();
         std::thread::spawn(move || {
             let (mut head, mut tail, mut phase, mut done) = (0u32, 0u32, 1u16, 0u32);
+            // Asynchronous Event Requests wait here until the test fires an event.
+            let mut aers: Vec<u16> = Vec::new();
+            let mut events = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 let db = bells.sq_tail.load(Ordering::Acquire);
-                if head == db || hold.load(Ordering::Relaxed) {
+                let event = !aers.is_empty() && fire.load(Ordering::Relaxed) > 0;
+                if (head == db && !event) || hold.load(Ordering::Relaxed) {
                     std::thread::yield_now();
                     continue;
                 }
@@ -104,11 +112,26 @@ impl Rig {
                     std::thread::yield_now();
                     continue;
                 }
-                // SAFETY: head < ENTRIES inside the SQ page.
-                let e: SubmissionEntry = unsafe {
-                    ((sq + head as usize * 64) as *const SubmissionEntry).read_volatile()
+                let e: SubmissionEntry = if event {
+                    fire.fetch_sub(1, Ordering::Relaxed);
+                    events += 1;
+                    SubmissionEntry {
+                        cid: aers.remove(0),
+                        cdw10: 0xae00 + events,
+                        ..Default::default()
+                    }
+                } else {
+                    // SAFETY: head < ENTRIES inside the SQ page.
+                    let e: SubmissionEntry = unsafe {
+                        ((sq + head as usize * 64) as *const SubmissionEntry).read_volatile()
+                    };
+                    head = (head + 1) % ENTRIES;
+                    if e.opcode == 0x0c {
+                        aers.push(e.cid);
+                        continue;
+                    }
+                    e
                 };
-                head = (head + 1) % ENTRIES;
                 let base = cq + tail as usize * 16;
                 // SAFETY: tail < ENTRIES inside the CQ page; dword 3 last, with release.
                 unsafe {
@@ -340,4 +363,49 @@ fn configuration_is_checked() {
         Err(SharedAdminError::RegionTooSmall)
     ));
     assert_eq!(OwnerId::new(63, 7).index(), 63);
+}
+
+#[test]
+fn asynchronous_events_reach_every_member() {
+    let rig = Rig::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let dev = rig.device(stop.clone(), Arc::new(AtomicBool::new(false)));
+    let a = rig.member(0, 1);
+    let b = rig.member(1, 1);
+    a.enable_events(1).unwrap();
+    let (mut ca, mut cb) = (0u64, 0u64);
+    assert_eq!(b.events_since(&mut cb, |_| panic!("no event yet")), 0);
+    // Two events, one after the other: each completion re-arms a request.
+    for n in 1..=2u32 {
+        rig.fire.fetch_add(1, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut got = Vec::new();
+        while got.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "event {n} never recorded"
+            );
+            b.reap();
+            b.events_since(&mut cb, |dw0| got.push(dw0));
+        }
+        assert_eq!(got, [0xae00 + n]);
+        let mut seen_by_a = Vec::new();
+        a.events_since(&mut ca, |dw0| seen_by_a.push(dw0));
+        assert_eq!(seen_by_a, [0xae00 + n], "every member sees every event");
+    }
+    // Normal commands still route to their submitter alongside outstanding event requests.
+    a.submit(Command::flush(1).cdw10(7), None, 70).unwrap();
+    let mut done = Vec::new();
+    while done.is_empty() {
+        a.poll(true, |t, c| done.push((t, c.dw0)));
+    }
+    assert_eq!(done, [(70, 7)]);
+    assert_eq!(rig.state.aer_outstanding.load(Ordering::Relaxed), 1);
+    // A reader that fell far behind is told how many it missed.
+    let mut stale = 0u64;
+    rig.state.events_seq.store(40, Ordering::Relaxed);
+    assert_eq!(a.events_since(&mut stale, |_| {}), 24);
+    assert_eq!(stale, 40);
+    stop.store(true, Ordering::Relaxed);
+    dev.join().unwrap();
 }

@@ -365,6 +365,11 @@ impl Group {
             .collect()
     }
 
+    /// The number of asynchronous events recorded so far (a new reader starts here).
+    pub(crate) fn events_seq(&self) -> u64 {
+        self.header().admin.events_seq()
+    }
+
     /// Queue ids owned by `who`.
     pub(crate) fn qids_of(&self, who: OwnerId) -> Vec<u16> {
         let h = self.header();
