@@ -97,7 +97,7 @@ impl core::fmt::Display for InitError {
         match self {
             InitError::ReadyTimeout { ready, timeout_ms } => write!(
                 f,
-                "controller did not {} within CAP.TO ({timeout_ms} ms): CSTS.RDY stayed {}",
+                "controller did not {} within CAP.TO ({timeout_ms} ms): CSTS.RDY stayed {}; reset the device (unbind and rebind it, or a PCI reset) and make sure no other driver or process is using it",
                 if *ready { "become ready" } else { "disable" },
                 !*ready as u8
             ),
