@@ -8,10 +8,13 @@
 //! - `cargo xtask nostd`: only the `no_std` check (`ci/nostd-check`).
 //! - `cargo xtask bench [-- criterion args]`: the criterion benchmarks.
 //! - `cargo xtask test-hw [args]`: the hardware suite (QEMU VM or a real device).
+//! - `cargo xtask bench-hw [args]`: this driver against the kernel's (fio) in a QEMU VM.
 
+mod bench_hw;
 mod cargo;
 mod hw;
 mod runner;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -52,6 +55,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmark this driver (nvme-perf) against the kernel's (fio io_uring) in a QEMU VM;
+    /// a measurement, not part of `test`. All arguments are passed through.
+    BenchHw {
+        /// Arguments for the benchmark, e.g. `--time 5`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Options of `test` and `ci`.
@@ -86,6 +96,9 @@ fn main() -> ExitCode {
         }
         Task::Bench { args } => cargo::bench(&args).map_err(|e| eprintln!("xtask bench: {e}")),
         Task::TestHw { args } => hw::test_hw(&args).map_err(|e| eprintln!("xtask test-hw: {e}")),
+        Task::BenchHw { args } => {
+            bench_hw::bench_hw(&args).map_err(|e| eprintln!("xtask bench-hw: {e}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,537 @@
+//! `cargo xtask bench-hw`: our driver against the kernel's, side by side, in one VM boot.
+//!
+//! A measurement, not a test (it is not part of `cargo xtask test`). The VM is the one of
+//! `test-hw` ([`crate::vm`]) with a single namespace: 1 GiB null-co, 4 KiB blocks (no disk
+//! I/O behind it). In the guest:
+//! 1. the controller is bound to vfio-pci and `nvme-perf -q 32 -o 4096 -w randread -t 10
+//!    -c 0x1 --json` runs through our driver, then the same with `-q 1`;
+//! 2. the controller goes back to the kernel's nvme driver, loaded with `poll_queues=2`, and
+//!    fio (io_uring, 4 KiB random reads, O_DIRECT, pinned to CPU 0 like `-c 0x1`) runs on
+//!    `/dev/nvme0n1` at the same depths: plain (interrupts), polled (`--hipri`), and polled
+//!    with fixed buffers and registered files;
+//! 3. every run prints its JSON on one console line (`BENCH-JSON <name> rc=<exit> {...}`);
+//!    xtask parses them and prints IOPS, average latency and the ratios.
+//!
+//! Absolute numbers in a TCG guest mean little; the ratio to fio is the headline.
+
+use std::fs;
+
+use serde_json::Value;
+
+use crate::hw::{NVME_MODULES, VFIO_MODULES};
+use crate::vm::{self, VmOpts};
+
+const USAGE: &str = "usage: cargo xtask bench-hw [--time SECS] [--accel tcg|kvm] [--timeout SECS] [--aw-bits 39|48] [--keep] [--append KERNEL-ARGS]\n\
+Boots a QEMU VM with one null-co NVMe namespace and measures 4 KiB random reads at QD32 and QD1:\n\
+nvme-perf through this driver (VFIO), then fio with io_uring through the kernel's nvme driver\n\
+(plain, polled with --hipri, polled with fixed buffers and registered files), all on CPU 0.\n\
+--time: seconds per run (default 10). --append: more guest kernel arguments (e.g. tsc=reliable:\n\
+the TCG guest's clock source is otherwise hpet, which makes clock_gettime a syscall and an MMIO read).\n\
+Needs fio on the host (apt-get install fio).";
+
+/// Reference figures from the issue, measured on this machine kind in the same setup
+/// (TCG, `-smp 2`, null-co, 4 KiB randread).
+const SPDK_QD32_IOPS: f64 = 270_000.0;
+const SPDK_QD1_LAT_US: (f64, f64) = (15.0, 19.0);
+/// SPDK's QD32 IOPS over fio's (polled, fixed buffers) there: the target ratio.
+const TARGET_RATIO: f64 = 11.0;
+
+/// Cores other processes may use during the run before the numbers are called unreliable.
+const BUSY_HOST_CORES: f64 = 0.2;
+
+/// Queue depths measured, in this order.
+const DEPTHS: [u32; 2] = [32, 1];
+
+/// The namespace: nsid 1, 4 KiB blocks, 1 GiB, null-co.
+const NS_BYTES: u64 = 1 << 30;
+
+#[derive(Debug, Clone, PartialEq)]
+struct Opts {
+    time_s: u64,
+    vm: VmOpts,
+}
+
+fn parse(args: &[String]) -> Result<Opts, String> {
+    let mut vm = VmOpts::new(300);
+    let mut time_s = 10;
+    vm::parse_args(args, USAGE, &mut vm, |flag, val| {
+        if flag != "--time" {
+            return Ok(false);
+        }
+        let v = val(flag)?;
+        time_s = v
+            .parse()
+            .ok()
+            .filter(|t| *t > 0)
+            .ok_or(format!("--time {v}: expected seconds (> 0)"))?;
+        Ok(true)
+    })?;
+    Ok(Opts { time_s, vm })
+}
+
+/// Which program a run uses, and how.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// nvme-perf through our driver.
+    Perf,
+    /// fio io_uring through the kernel driver.
+    Fio { hipri: bool, fixed: bool },
+}
+
+/// One measured configuration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Run {
+    kind: Kind,
+    depth: u32,
+}
+
+impl Run {
+    /// All runs, in the order the guest makes them: nvme-perf at each depth (our driver
+    /// first: one rebind only), then per depth the fio variants.
+    fn all() -> Vec<Run> {
+        let perf = DEPTHS.map(|depth| Run {
+            kind: Kind::Perf,
+            depth,
+        });
+        let fio = DEPTHS.iter().flat_map(|&depth| {
+            [(false, false), (true, false), (true, true)].map(|(hipri, fixed)| Run {
+                kind: Kind::Fio { hipri, fixed },
+                depth,
+            })
+        });
+        perf.into_iter().chain(fio).collect()
+    }
+
+    /// Name on the console line and in files (`perf-q32`, `fio-hipri-fixed-q1`).
+    fn name(&self) -> String {
+        let base = match self.kind {
+            Kind::Perf => "perf",
+            Kind::Fio { hipri: false, .. } => "fio",
+            Kind::Fio { fixed: false, .. } => "fio-hipri",
+            Kind::Fio { .. } => "fio-hipri-fixed",
+        };
+        format!("{base}-q{}", self.depth)
+    }
+
+    /// What the table calls it.
+    fn label(&self) -> &'static str {
+        match self.kind {
+            Kind::Perf => "nvme-perf (this driver, VFIO)",
+            Kind::Fio { hipri: false, .. } => "fio io_uring (interrupts)",
+            Kind::Fio { fixed: false, .. } => "fio io_uring --hipri (polled)",
+            Kind::Fio { .. } => "fio io_uring polled + fixedbufs + registerfiles",
+        }
+    }
+
+    /// The guest command (`$bdf` is the controller's address in the guest's shell).
+    fn command(&self, time_s: u64) -> String {
+        match self.kind {
+            Kind::Perf => format!(
+                "/bin/nvme-perf -q {} -o 4096 -w randread -t {time_s} -c 0x1 --json -r \"trtype:PCIe traddr:$bdf ns:1\"",
+                self.depth
+            ),
+            Kind::Fio { hipri, fixed } => {
+                let mut c = format!(
+                    "taskset 0x1 /bin/fio --name={} --filename=/dev/nvme0n1 --ioengine=io_uring --direct=1 \
+                     --rw=randread --bs=4096 --iodepth={} --runtime={time_s} --time_based --norandommap \
+                     --randrepeat=0 --cpus_allowed=0 --output-format=json --output=/tmp/{}.json",
+                    self.name(),
+                    self.depth,
+                    self.name()
+                );
+                if hipri {
+                    c.push_str(" --hipri");
+                }
+                if fixed {
+                    c.push_str(" --fixedbufs --registerfiles");
+                }
+                c
+            }
+        }
+    }
+}
+
+/// The guest's `/init` after [`vm::INIT_PRELUDE`]: `/bench-driver.sh` and
+/// `/bench-kernel.sh` are the runs (generated), `bench NAME CMD...` runs one and prints its
+/// JSON (the file `/tmp/NAME.json` if the command wrote one, else its stdout) on one line.
+const INIT: &str = r#"
+bench() {
+    name=$1; shift
+    echo "BENCH-RUN $name: $*"
+    "$@" > /tmp/$name.out 2> /tmp/$name.err
+    rc=$?
+    f=/tmp/$name.json; [ -s $f ] || f=/tmp/$name.out
+    echo "BENCH-JSON $name rc=$rc $(tr -d '\n' < $f)"
+    [ $rc = 0 ] || echo "BENCH-FAIL $name exit $rc: $(tail -n 5 /tmp/$name.err | tr '\n' ' ')"
+}
+echo "BENCH-INFO clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+/bin/nvme-setup bind $bdf || fail "nvme-setup bind $bdf"
+echo "BENCH-INFO $bdf bound to $(basename $(readlink $dev/driver))"
+. /bench-driver.sh
+
+load modules-nvme
+/bin/nvme-setup unbind $bdf || fail "nvme-setup unbind $bdf"
+i=0
+while [ ! -b /dev/nvme0n1 ] && [ $i -lt 30 ]; do sleep 1; i=$((i+1)); done
+[ -b /dev/nvme0n1 ] || fail "no /dev/nvme0n1 after the rebind to the kernel driver"
+echo "BENCH-INFO $bdf bound to $(basename $(readlink $dev/driver)); $(dmesg | grep -o 'nvme0: [0-9/]* default/read/poll queues'); io_poll=$(cat /sys/block/nvme0n1/queue/io_poll); poll_queues=$(cat /sys/module/nvme/parameters/poll_queues)"
+export LD_LIBRARY_PATH=$(cat /fio.libpath)
+/bin/fio --version | sed 's/^/BENCH-INFO /'
+. /bench-kernel.sh
+echo "BENCH-INIT done"
+finish
+"#;
+
+/// Runs the benchmark with the arguments given after `cargo xtask bench-hw`.
+pub fn bench_hw(args: &[String]) -> Result<(), String> {
+    let o = parse(args)?;
+    let tools = vm::prerequisites(&[("fio", "fio"), ("ldd", "libc-bin")], ")")?;
+    let fio = vm::which("fio").expect("checked");
+
+    let bins = vm::build_static(&["nvme-tools"], &["nvme-perf", "nvme-setup"])?;
+    let mut ir = vm::Initramfs::new("bench-hw-vm", &tools.busybox, INIT)?;
+    ir.install(&bins[0], "bin/nvme-perf")?;
+    ir.install(&bins[1], "bin/nvme-setup")?;
+    let libdirs = ir.dynamic(&fio, "bin/fio")?;
+    ir.write("fio.libpath", &libdirs.join(":"))?;
+    ir.modules(&tools.moddir, VFIO_MODULES, "modules-vfio")?;
+    ir.modules(&tools.moddir, NVME_MODULES, "modules-nvme")?;
+    ir.write("params-nvme", "poll_queues=2")?;
+    let runs = Run::all();
+    let (mut driver, mut kernel) = (String::new(), String::new());
+    for r in &runs {
+        let script = if r.kind == Kind::Perf {
+            &mut driver
+        } else {
+            &mut kernel
+        };
+        script.push_str(&format!("bench {} {}\n", r.name(), r.command(o.time_s)));
+    }
+    ir.write("bench-driver.sh", &driver)?;
+    ir.write("bench-kernel.sh", &kernel)?;
+    let initrd = ir.pack()?;
+
+    let mut q = vm::qemu(&tools, &o.vm, &initrd);
+    vm::namespace(&mut q, 1, 4096, NS_BYTES, None)?;
+    let console = vm::run(q, o.vm.timeout, &ir.work, |l| {
+        let l = l.trim_start();
+        (l.starts_with("BENCH") && !l.starts_with("BENCH-JSON"))
+            || l.starts_with("HWTEST-INIT")
+            || l.starts_with("qemu stderr")
+    })?;
+
+    let results: Vec<(Run, Result<Figures, String>)> = runs
+        .iter()
+        .map(|r| (*r, result_of(&console.log, r)))
+        .collect();
+    let clock = console
+        .log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("BENCH-INFO clocksource "))
+        .unwrap_or("unknown");
+    let header = format!(
+        "bench-hw: 4 KiB random reads, 1 GiB null-co namespace, CPU 0, {} s per run, QEMU {}, \
+         guest clock source {clock}{}",
+        o.time_s,
+        o.vm.accel,
+        if o.vm.append.is_empty() {
+            String::new()
+        } else {
+            format!(", kernel arguments +{}", o.vm.append)
+        }
+    );
+    let table = table(&results, &header);
+    println!("{table}");
+    let _ = fs::write(ir.work.join("results.txt"), &table);
+
+    let mut problems: Vec<String> = results
+        .iter()
+        .filter_map(|(r, f)| f.as_ref().err().map(|e| format!("{}: {e}", r.name())))
+        .collect();
+    if console.timed_out {
+        problems.push(console.timeout_error(o.vm.timeout));
+    } else if !console.log.lines().any(|l| l.trim() == "BENCH-INIT done") {
+        let init_fail = console
+            .log
+            .lines()
+            .find(|l| l.contains("HWTEST-INIT FAIL"))
+            .unwrap_or("the guest did not reach the end of /init");
+        problems.push(init_fail.trim().to_string());
+    }
+    println!(
+        "guest run took {:.1} s ({}); console log and results in {}",
+        console.took.as_secs_f64(),
+        o.vm.accel,
+        ir.work.display()
+    );
+    if let Some((qemu, other)) = console.host_cores {
+        let ncpu = std::thread::available_parallelism().map_or(0, |n| n.get());
+        println!(
+            "host CPUs during the run: QEMU {qemu:.2} cores, everything else {other:.2} cores (of {ncpu})"
+        );
+        if other > BUSY_HOST_CORES {
+            println!(
+                "WARNING: other processes used {other:.2} cores during the run: QEMU competed for \
+                 the host's CPUs and the numbers are low; measure on an idle host"
+            );
+        }
+    }
+    if problems.is_empty() {
+        if !o.vm.keep {
+            let _ = fs::remove_dir_all(ir.work.join("root"));
+            let _ = fs::remove_file(ir.work.join("initramfs.cpio"));
+        }
+        Ok(())
+    } else {
+        console.dump(&ir.work);
+        Err(problems.join("; "))
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Figures {
+    iops: f64,
+    lat_us: f64,
+}
+
+/// The run's figures from its `BENCH-JSON` console line.
+fn result_of(log: &str, r: &Run) -> Result<Figures, String> {
+    let prefix = format!("BENCH-JSON {} rc=", r.name());
+    let line = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&prefix))
+        .ok_or("no result line (the guest stopped before this run?)")?;
+    let (rc, json) = line.split_once(' ').unwrap_or((line, ""));
+    if rc != "0" {
+        let fail = format!("BENCH-FAIL {} ", r.name());
+        let why = log
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&fail))
+            .unwrap_or("");
+        return Err(format!("exit status {rc} {why}").trim().to_string());
+    }
+    let v: Value =
+        serde_json::from_str(json).map_err(|e| format!("bad JSON ({e}): {json:.200}"))?;
+    match r.kind {
+        Kind::Perf => perf_figures(&v),
+        Kind::Fio { .. } => fio_figures(&v),
+    }
+}
+
+fn num(v: &Value, path: &[&str]) -> Result<f64, String> {
+    path.iter()
+        .try_fold(v, |v, k| v.get(k))
+        .and_then(Value::as_f64)
+        .ok_or_else(|| format!("no number at {} in the JSON", path.join(".")))
+}
+
+/// nvme-perf `--json`: `total.iops`, `total.latency_us.avg`, `total.errors`.
+fn perf_figures(v: &Value) -> Result<Figures, String> {
+    let errors = num(v, &["total", "errors"])?;
+    if errors > 0.0 {
+        return Err(format!("{errors} I/O errors"));
+    }
+    Ok(Figures {
+        iops: num(v, &["total", "iops"])?,
+        lat_us: num(v, &["total", "latency_us", "avg"])?,
+    })
+}
+
+/// fio `--output-format=json`: the one job's `read.iops` and `read.lat_ns.mean`.
+fn fio_figures(v: &Value) -> Result<Figures, String> {
+    let job = v
+        .get("jobs")
+        .and_then(|j| j.get(0))
+        .ok_or("no jobs in fio's JSON")?;
+    let error = num(job, &["error"])?;
+    if error != 0.0 {
+        return Err(format!("fio job error {error}"));
+    }
+    Ok(Figures {
+        iops: num(job, &["read", "iops"])?,
+        lat_us: num(job, &["read", "lat_ns", "mean"])? / 1e3,
+    })
+}
+
+/// The result table: per depth, every configuration with IOPS, average latency and the
+/// ratios of ours to it; then the headline against the issue's SPDK reference.
+fn table(results: &[(Run, Result<Figures, String>)], header: &str) -> String {
+    let mut out = format!("{header}\n");
+    let ours = |depth: u32| {
+        results.iter().find_map(|(r, f)| {
+            (r.kind == Kind::Perf && r.depth == depth)
+                .then(|| f.as_ref().ok().copied())
+                .flatten()
+        })
+    };
+    let best_fio = |depth: u32| {
+        results.iter().find_map(|(r, f)| {
+            (r.kind
+                == Kind::Fio {
+                    hipri: true,
+                    fixed: true,
+                }
+                && r.depth == depth)
+                .then(|| f.as_ref().ok().copied())
+                .flatten()
+        })
+    };
+    for depth in DEPTHS {
+        out.push_str(&format!(
+            "\nQD{depth:<3} {:<47} {:>11} {:>11} {:>11} {:>11}\n",
+            "config", "IOPS", "avg lat us", "ours/this", "this/ours"
+        ));
+        out.push_str(&format!(
+            "      {:<47} {:>11} {:>11} {:>11} {:>11}\n",
+            "", "", "", "IOPS", "latency"
+        ));
+        let us = ours(depth);
+        for (r, f) in results.iter().filter(|(r, _)| r.depth == depth) {
+            match f {
+                Ok(f) => {
+                    let (ri, rl) = match us {
+                        Some(u) => (
+                            format!("{:.2}x", u.iops / f.iops),
+                            format!("{:.2}x", f.lat_us / u.lat_us),
+                        ),
+                        None => ("-".into(), "-".into()),
+                    };
+                    out.push_str(&format!(
+                        "      {:<47} {:>11.0} {:>11.2} {ri:>11} {rl:>11}\n",
+                        r.label(),
+                        f.iops,
+                        f.lat_us
+                    ));
+                }
+                Err(e) => out.push_str(&format!("      {:<47} failed: {e}\n", r.label())),
+            }
+        }
+    }
+    out.push_str(&format!(
+        "\nreference (issue, same setup): spdk_nvme_perf ~{:.0} K IOPS at QD32 and {}-{} us at QD1; \
+         fio polled + fixed buffers ~23 K IOPS at QD32, ~18 K at QD1: SPDK ~{TARGET_RATIO:.0}x fio\n",
+        SPDK_QD32_IOPS / 1e3,
+        SPDK_QD1_LAT_US.0,
+        SPDK_QD1_LAT_US.1
+    ));
+    if let (Some(u), Some(f)) = (ours(32), best_fio(32)) {
+        let ratio = u.iops / f.iops;
+        out.push_str(&format!(
+            "headline QD32: {:.0} IOPS = {ratio:.2}x fio polled + fixed (target >= {TARGET_RATIO:.0}x: {}); {:.0}% of SPDK's ~{:.0} K\n",
+            u.iops,
+            if ratio >= TARGET_RATIO { "met" } else { "NOT met" },
+            100.0 * u.iops / SPDK_QD32_IOPS,
+            SPDK_QD32_IOPS / 1e3
+        ));
+    }
+    if let Some(u) = ours(1) {
+        let vs_fio = best_fio(1)
+            .map(|f| format!(", fio polled + fixed {:.2} us", f.lat_us))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "headline QD1: {:.2} us average latency (target < SPDK's {}-{} us: {}){vs_fio}\n",
+            u.lat_us,
+            SPDK_QD1_LAT_US.0,
+            SPDK_QD1_LAT_US.1,
+            if u.lat_us < SPDK_QD1_LAT_US.0 {
+                "met"
+            } else if u.lat_us < SPDK_QD1_LAT_US.1 {
+                "within SPDK's range"
+            } else {
+                "NOT met"
+            }
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::strings as s;
+
+    #[test]
+    fn parses_options() {
+        let o = parse(&[]).unwrap();
+        assert_eq!((o.time_s, o.vm.accel.as_str()), (10, "tcg"));
+        let o = parse(&s(&["--time", "3", "--keep", "--accel", "kvm"])).unwrap();
+        assert_eq!((o.time_s, o.vm.keep, o.vm.accel.as_str()), (3, true, "kvm"));
+        assert!(parse(&s(&["--time", "0"])).is_err());
+        assert!(parse(&s(&["--device", "x"])).is_err());
+    }
+
+    #[test]
+    fn runs_in_order() {
+        let names: Vec<String> = Run::all().iter().map(Run::name).collect();
+        assert_eq!(
+            names,
+            [
+                "perf-q32",
+                "perf-q1",
+                "fio-q32",
+                "fio-hipri-q32",
+                "fio-hipri-fixed-q32",
+                "fio-q1",
+                "fio-hipri-q1",
+                "fio-hipri-fixed-q1"
+            ]
+        );
+        let fixed = Run {
+            kind: Kind::Fio {
+                hipri: true,
+                fixed: true,
+            },
+            depth: 1,
+        };
+        let c = fixed.command(10);
+        assert!(c.contains("--iodepth=1 ") && c.ends_with("--hipri --fixedbufs --registerfiles"));
+        assert!(c.starts_with("taskset 0x1 ") && c.contains("--cpus_allowed=0"));
+        let perf = Run {
+            kind: Kind::Perf,
+            depth: 32,
+        };
+        assert!(perf
+            .command(10)
+            .starts_with("/bin/nvme-perf -q 32 -o 4096 -w randread -t 10 -c 0x1 --json"));
+    }
+
+    #[test]
+    fn parses_results() {
+        let perf = Run {
+            kind: Kind::Perf,
+            depth: 32,
+        };
+        let fio = Run {
+            kind: Kind::Fio {
+                hipri: false,
+                fixed: false,
+            },
+            depth: 32,
+        };
+        let log = "BENCH-JSON perf-q32 rc=0 {\"total\":{\"ios\":10,\"errors\":0,\"iops\":1000.0,\"mib_s\":3.9,\"latency_us\":{\"avg\":31.9,\"min\":1,\"max\":90}}}\n\
+                   BENCH-JSON fio-q32 rc=0 {  \"fio version\" : \"fio-3.33\",  \"jobs\" : [    {      \"jobname\" : \"fio-q32\",      \"error\" : 0,      \"read\" : {        \"iops\" : 100.0,        \"lat_ns\" : {          \"mean\" : 320000.0        }      }    }  ]}\n";
+        assert_eq!(
+            result_of(log, &perf).unwrap(),
+            Figures {
+                iops: 1000.0,
+                lat_us: 31.9
+            }
+        );
+        assert_eq!(
+            result_of(log, &fio).unwrap(),
+            Figures {
+                iops: 100.0,
+                lat_us: 320.0
+            }
+        );
+        let failed = "BENCH-JSON perf-q32 rc=1 \nBENCH-FAIL perf-q32 exit 1: no hugepages\n";
+        assert!(result_of(failed, &perf)
+            .unwrap_err()
+            .contains("no hugepages"));
+        assert!(result_of("", &perf).unwrap_err().contains("no result"));
+        let results = vec![(perf, result_of(log, &perf)), (fio, result_of(log, &fio))];
+        let t = table(&results, "header");
+        assert!(t.contains("10.00x"), "{t}");
+    }
+}
