@@ -5,6 +5,7 @@
 //! their text), [`cpu`] (affinity), [`mod@run`] (attach, associate, run the workers).
 
 pub mod args;
+pub mod clock;
 pub mod cpu;
 pub mod lba;
 pub mod report;
