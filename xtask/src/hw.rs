@@ -10,8 +10,9 @@
 //!    `--accel kvm`) with one NVMe controller (serial `deadbeef`) and three namespaces:
 //!    512 B file-backed, 4 KiB file-backed, 4 KiB null-co;
 //! 4. in the guest: binds the controller to vfio-pci, checks some attach errors for real,
-//!    runs the suite, rebinds the controller to the kernel's nvme driver and reads back what
-//!    the suite wrote through `/dev/nvme0nX`;
+//!    runs the suite (single-process tests, then the multi-process scenarios of a
+//!    shared-memory group: `nvme-hwtest --multi-process`), rebinds the controller to the
+//!    kernel's nvme driver and reads back what the suite wrote through `/dev/nvme0nX`;
 //! 5. parses the serial console: any `FAIL` line, a missing summary, or a guest that does not
 //!    finish within the timeout fails the run (the full console log is printed then); the
 //!    read-back blocks are also checked in the disk images on the host.
@@ -219,7 +220,7 @@ fn vm(o: &Opts) -> Result<(), String> {
     ir.install(&bins[1], "bin/nvme-setup")?;
     ir.modules(&tools.moddir, VFIO_MODULES, "modules-vfio")?;
     ir.modules(&tools.moddir, NVME_MODULES, "modules-nvme")?;
-    let mut args = String::from("--expect-serial deadbeef");
+    let mut args = String::from("--expect-serial deadbeef --multi-process");
     for (nsid, bs, bytes, file) in NAMESPACES {
         args.push_str(&format!(" --expect-ns {nsid}:{bs}:{}", bytes / bs as u64));
         if file {

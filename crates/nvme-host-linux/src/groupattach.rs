@@ -19,10 +19,13 @@ use crate::controller::{
 use crate::dma::DmaBuffer;
 use crate::error::{Error, Result};
 use crate::group::layout::GroupHeader;
-use crate::group::{Group, Joined};
-use crate::transport::{TransportId, TransportKind};
+use crate::group::{Creating, Group, Joined};
+use crate::memory::SharedMemory;
+use crate::transport::{PciAddress, SimOptions, TransportId, TransportKind};
+use crate::vfio::VfioTransport;
 
-/// Device address of the group's admin segment (below every member's IOVA range).
+/// Device address of the group's admin segment over `trtype:sim` (below every member's IOVA
+/// range; over VFIO it is the start of IOVA slice 0).
 const ADMIN_IOVA: u64 = 1 << 30;
 
 /// How often survivors look for dead members.
@@ -30,85 +33,16 @@ const MONITOR_PERIOD: Duration = Duration::from_millis(50);
 
 /// Attaches to `trid` as a member of group `id`.
 pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Result<Controller> {
-    let TransportKind::Sim(sim_opts) = &trid.kind else {
-        return Err(Error::Group(format!(
-            "shared-memory group {id}: this build shares trtype:sim controllers only; sharing a trtype:PCIe controller between processes (VFIO descriptor passing) is not implemented yet"
-        )));
-    };
-    let ctrl = match Group::open(id)? {
-        Joined::Create(mut creating) => {
-            let me = creating.claim()?;
-            let sock = creating.group().dir().join("sim.sock");
-            nvme_sim::spawn_daemon(SimTransport::config(sim_opts), &sock).map_err(|e| {
-                Error::Transport(format!("starting the software controller process: {e}"))
-            })?;
-            let client = Arc::new(SimClientTransport::connect(&sock, me.index())?);
-            let transport: Arc<dyn Transport> = client.clone();
-            let regs = transport.regs();
-            let mut init = ControllerInit::new(&regs, init_options(opts))?;
-            let entries = opts.admin_entries.min(MAX_ADMIN_ENTRIES);
-            let layout = AdminLayout::new(entries, init.page_size());
-            let mem = creating.create_admin_mem(layout.len)?;
-            client.map_fixed(mem, ADMIN_IOVA)?;
-            // SAFETY: the admin segment is mapped here and, at ADMIN_IOVA, for the device; the
-            // group keeps both mappings for its lifetime.
-            let rings = unsafe { DmaRegion::new(mem.as_ptr(), ADMIN_IOVA, layout.len) };
-            let (info, qp, data) = bring_up(&transport, &mut init, rings, &layout)?;
-            let (sq_tail, sq_head, cq_head, phase) = qp.ring_positions();
-            drop(qp);
-            let max_transfer = info.max_transfer.min(ADMIN_DATA_LEN);
-            let hdr = creating.group().header();
-            hdr.admin
-                .configure(entries, info.page_size, max_transfer, info.cap.dstrd())
-                .map_err(|e| Error::Group(e.to_string()))?;
-            hdr.admin.set_positions(sq_tail, sq_head, cq_head, phase);
-            let trid_text = trid.to_string();
-            let group = creating.publish(&trid_text, |si| {
-                si.cap = info.cap.0;
-                si.vs = info.vs.0;
-                si.page_size = info.page_size as u32;
-                si.max_transfer = info.max_transfer as u64;
-                si.granted_sq = info.io_queues.sq;
-                si.granted_cq = info.io_queues.cq;
-                si.admin_entries = entries;
-                si.admin_iova = ADMIN_IOVA;
-                si.admin_len = layout.len as u64;
-                si.sq_off = layout.sq_off() as u64;
-                si.cq_off = layout.cq_off() as u64;
-                si.prp_off = layout.prp_off() as u64;
-                si.prp_len = layout.prp_len as u64;
-                si.identify.copy_from_slice(info.identify.as_bytes());
-                si.namespaces.copy_from_slice(info.namespaces.as_bytes());
-            })?;
-            group.admin(regs).join();
-            // One Asynchronous Event Request for the whole group; whoever reaps re-arms it.
-            let _ = group.admin(regs).enable_events(1);
-            Controller::finish(
-                transport,
-                trid.clone(),
-                opts,
-                info,
-                Admin::shared(regs, data),
-                Some(group),
-            )?
+    let ctrl = match (&trid.kind, Group::open(id)?) {
+        (TransportKind::Sim(sim_opts), Joined::Create(creating)) => {
+            create_sim(creating, sim_opts, trid, opts)?
         }
-        Joined::Join(mut group) => {
-            let me = group.join()?;
-            let sock = group.dir().join("sim.sock");
-            let transport: Arc<dyn Transport> =
-                Arc::new(SimClientTransport::connect(&sock, me.index())?);
-            let regs = transport.regs();
-            group.admin(regs).join();
-            let info = info_from_header(group.header());
-            let data = DmaBuffer::new(&transport, ADMIN_DATA_LEN)?;
-            Controller::finish(
-                transport,
-                trid.clone(),
-                opts,
-                info,
-                Admin::shared(regs, data),
-                Some(group),
-            )?
+        (TransportKind::Sim(_), Joined::Join(group)) => join_sim(group, trid, opts)?,
+        (TransportKind::Pcie { traddr }, Joined::Create(creating)) => {
+            create_pcie(creating, traddr.as_ref(), trid, opts)?
+        }
+        (TransportKind::Pcie { traddr }, Joined::Join(group)) => {
+            join_pcie(group, traddr.as_ref(), trid, opts)?
         }
     };
     let group = ctrl.inner.group.as_ref().expect("group member");
@@ -116,6 +50,215 @@ pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Resul
     group.unlock_join();
     start_monitor(&ctrl);
     Ok(ctrl)
+}
+
+/// Brings the controller up for a new group and publishes it: the admin segment is
+/// created, mapped for the device at `admin_iova` by `map_admin`, the controller brought up
+/// with a local queue pair whose state then moves to the shared admin queue. `before_publish`
+/// records transport facts in the control segment.
+fn create_group(
+    mut creating: Creating,
+    transport: Arc<dyn Transport>,
+    map_admin: impl FnOnce(&SharedMemory, u64) -> Result<()>,
+    admin_iova: u64,
+    trid: &TransportId,
+    opts: &AttachOptions,
+    before_publish: impl FnOnce(&mut Creating),
+) -> Result<Controller> {
+    let regs = transport.regs();
+    let mut init = ControllerInit::new(&regs, init_options(opts))?;
+    let entries = opts.admin_entries.min(MAX_ADMIN_ENTRIES);
+    let layout = AdminLayout::new(entries, init.page_size());
+    let mem = creating.create_admin_mem(layout.len)?;
+    map_admin(mem, admin_iova)?;
+    // SAFETY: the admin segment is mapped here and, at admin_iova, for the device; the group
+    // keeps both mappings for its lifetime.
+    let rings = unsafe { DmaRegion::new(mem.as_ptr(), admin_iova, layout.len) };
+    let (info, qp, data) = bring_up(&transport, &mut init, rings, &layout)?;
+    let (sq_tail, sq_head, cq_head, phase) = qp.ring_positions();
+    drop(qp);
+    let max_transfer = info.max_transfer.min(ADMIN_DATA_LEN);
+    let hdr = creating.group().header();
+    hdr.admin
+        .configure(entries, info.page_size, max_transfer, info.cap.dstrd())
+        .map_err(|e| Error::Group(e.to_string()))?;
+    hdr.admin.set_positions(sq_tail, sq_head, cq_head, phase);
+    before_publish(&mut creating);
+    let trid_text = trid.to_string();
+    let group = creating.publish(&trid_text, |si| {
+        si.cap = info.cap.0;
+        si.vs = info.vs.0;
+        si.page_size = info.page_size as u32;
+        si.max_transfer = info.max_transfer as u64;
+        si.granted_sq = info.io_queues.sq;
+        si.granted_cq = info.io_queues.cq;
+        si.admin_entries = entries;
+        si.admin_iova = admin_iova;
+        si.admin_len = layout.len as u64;
+        si.sq_off = layout.sq_off() as u64;
+        si.cq_off = layout.cq_off() as u64;
+        si.prp_off = layout.prp_off() as u64;
+        si.prp_len = layout.prp_len as u64;
+        si.identify.copy_from_slice(info.identify.as_bytes());
+        si.namespaces.copy_from_slice(info.namespaces.as_bytes());
+    })?;
+    group.admin(regs).join();
+    // One Asynchronous Event Request for the whole group; whoever reaps re-arms it.
+    let _ = group.admin(regs).enable_events(1);
+    Controller::finish(
+        transport,
+        trid.clone(),
+        opts,
+        info,
+        Admin::shared(regs, data),
+        Some(group),
+    )
+}
+
+/// Joins a live group through `transport` (this process's own view of the controller).
+fn join_group(
+    group: Group,
+    transport: Arc<dyn Transport>,
+    trid: TransportId,
+    opts: &AttachOptions,
+) -> Result<Controller> {
+    let regs = transport.regs();
+    group.admin(regs).join();
+    let info = info_from_header(group.header());
+    let data = DmaBuffer::new(&transport, ADMIN_DATA_LEN)?;
+    Controller::finish(
+        transport,
+        trid,
+        opts,
+        info,
+        Admin::shared(regs, data),
+        Some(group),
+    )
+}
+
+fn create_sim(
+    mut creating: Creating,
+    sim_opts: &SimOptions,
+    trid: &TransportId,
+    opts: &AttachOptions,
+) -> Result<Controller> {
+    let me = creating.claim()?;
+    let sock = creating.group().dir().join("sim.sock");
+    nvme_sim::spawn_daemon(SimTransport::config(sim_opts), &sock)
+        .map_err(|e| Error::Transport(format!("starting the software controller process: {e}")))?;
+    let client = Arc::new(SimClientTransport::connect(&sock, me.index())?);
+    let transport: Arc<dyn Transport> = client.clone();
+    create_group(
+        creating,
+        transport,
+        |mem, iova| client.map_fixed(mem, iova),
+        ADMIN_IOVA,
+        trid,
+        opts,
+        |_| {},
+    )
+}
+
+fn join_sim(mut group: Group, trid: &TransportId, opts: &AttachOptions) -> Result<Controller> {
+    if let Some(addr) = group.pci_addr() {
+        return Err(Error::Group(format!(
+            "shared-memory group {} drives the PCIe controller {addr}, not a software controller: attach with `trtype:PCIe traddr:{addr}`, or use another group id (-i) for trtype:sim",
+            group.id()
+        )));
+    }
+    let me = group.join()?;
+    let sock = group.dir().join("sim.sock");
+    let transport: Arc<dyn Transport> = Arc::new(SimClientTransport::connect(&sock, me.index())?);
+    join_group(group, transport, trid.clone(), opts)
+}
+
+/// The group's slice `i` as `(start, len)`, checked.
+fn slice(slices: &[(u64, u64)], i: usize) -> (u64, u64) {
+    *slices
+        .get(i)
+        .expect("one slice per member plus the admin slice")
+}
+
+fn create_pcie(
+    mut creating: Creating,
+    traddr: Option<&PciAddress>,
+    trid: &TransportId,
+    opts: &AttachOptions,
+) -> Result<Controller> {
+    let addr = match traddr {
+        Some(a) => *a,
+        None => match crate::vfio::probe()?.first() {
+            Some(a) => *a,
+            // Says which NVMe functions exist and how to bind one.
+            None => {
+                return Err(crate::vfio::open_first().err().unwrap_or_else(|| {
+                    Error::Transport("no NVMe controller is bound to vfio-pci".into())
+                }))
+            }
+        },
+    };
+    let me = creating.claim()?;
+    // Reset on attach happens here, when the group is created, and never when joining.
+    let vfio = Arc::new(VfioTransport::open_group_creator(&addr)?);
+    let slices = vfio.group_slices()?;
+    vfio.use_slice(slice(&slices, me.index() + 1));
+    creating.group().serve_fds(vfio.shared_fds()?)?;
+    let transport: Arc<dyn Transport> = vfio.clone();
+    let trid = TransportId {
+        kind: TransportKind::Pcie { traddr: Some(addr) },
+        nsid: trid.nsid,
+    };
+    create_group(
+        creating,
+        transport,
+        |mem, iova| vfio.map_fixed(mem, iova),
+        slice(&slices, 0).0,
+        &trid,
+        opts,
+        |c| c.set_pcie(&addr.to_string(), &slices),
+    )
+}
+
+fn join_pcie(
+    mut group: Group,
+    traddr: Option<&PciAddress>,
+    trid: &TransportId,
+    opts: &AttachOptions,
+) -> Result<Controller> {
+    let id = group.id();
+    let Some(theirs) = group.pci_addr() else {
+        return Err(Error::Group(format!(
+            "shared-memory group {id} drives a software controller (trtype:sim), not a PCIe controller: attach with trtype:sim, or use another group id (-i)"
+        )));
+    };
+    let addr: PciAddress = theirs.parse().map_err(|e| {
+        Error::Group(format!(
+            "shared-memory group {id}: bad PCI address '{theirs}' in the control segment: {e}"
+        ))
+    })?;
+    if let Some(want) = traddr {
+        if *want != addr {
+            return Err(Error::Group(format!(
+                "shared-memory group {id} drives the controller at {addr}, not {want}: a group shares one controller; attach with traddr:{addr} (or without traddr) to join it, or use another group id (-i) for {want}"
+            )));
+        }
+    }
+    let me = group.join()?;
+    let mine = group.member_slice(me.index()).ok_or_else(|| {
+        Error::Group(format!(
+            "shared-memory group {id}: the control segment has no IOVA slice for member {}",
+            me.index()
+        ))
+    })?;
+    let fds = group.fetch_fds(3)?;
+    let vfio = Arc::new(VfioTransport::from_shared_fds(&addr, fds)?);
+    vfio.use_slice(mine);
+    group.serve_fds(vfio.shared_fds()?)?;
+    let trid = TransportId {
+        kind: TransportKind::Pcie { traddr: Some(addr) },
+        nsid: trid.nsid,
+    };
+    join_group(group, vfio, trid, opts)
 }
 
 /// What the creator learned, as a joining process sees it.
@@ -158,8 +301,11 @@ fn cleanup_member(ctrl: &Controller, group: &Group, who: OwnerId) {
         let _ = ctrl.admin_command(Command::delete_io_cq(qid), None);
         group.free_qid(qid);
     }
-    // The controller no longer uses the dead process's memory: drop its DMA mappings.
-    let (iova, len) = member_iova_range(who.index());
+    // The controller no longer uses the dead process's memory: drop its DMA mappings (for
+    // VFIO this also releases the pages the dead process had pinned).
+    let (iova, len) = group
+        .member_slice(who.index())
+        .unwrap_or_else(|| member_iova_range(who.index()));
     ctrl.inner.transport.unmap_range(iova, len);
     group.forget_member(who);
 }

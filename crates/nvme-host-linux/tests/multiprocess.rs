@@ -573,6 +573,27 @@ fn a_different_build_is_refused() {
     keeper.finish().clean();
 }
 
+fn a_different_transport_is_refused() {
+    let s = Scenario::new(19);
+    let mut keeper = s.spawn("keeper", "wait", &[]);
+    keeper.expect("READY primary");
+    std::env::set_var("NVME_RUN_DIR", &s.dir);
+    let opts = AttachOptions {
+        group: Some(19),
+        ..Default::default()
+    };
+    let pcie = TransportId::parse("trtype:PCIe traddr:0000:00:04.0").unwrap();
+    let e = Controller::attach_with(&pcie, &opts).unwrap_err();
+    std::env::remove_var("NVME_RUN_DIR");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("group 19 drives a software controller (trtype:sim)"),
+        "{msg}"
+    );
+    s.stop();
+    keeper.finish().clean();
+}
+
 fn a_group_of_another_user_is_refused() {
     let s = Scenario::new(16);
     std::fs::create_dir_all(s.group_dir()).unwrap();
@@ -662,6 +683,10 @@ fn main() {
             data_written_by_one_process_reads_back_in_another,
         ),
         ("a_different_build_is_refused", a_different_build_is_refused),
+        (
+            "a_different_transport_is_refused",
+            a_different_transport_is_refused,
+        ),
         (
             "a_group_of_another_user_is_refused",
             a_group_of_another_user_is_refused,

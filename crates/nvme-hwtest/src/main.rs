@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! nvme-hwtest [--device BDF] [--write-ns N]... [--expect-serial S] [--expect-ns N:BS:BLOCKS]...
-//!             [--manifest PATH] [--threads N]
+//!             [--manifest PATH] [--threads N] [--multi-process]
 //! nvme-hwtest --verify-kernel MANIFEST [--device BDF]
 //! ```
 //!
@@ -13,9 +13,11 @@
 //! Without `--write-ns` the suite is read-only.
 //!
 //! `--manifest PATH` writes a known pattern to known blocks of the first write namespace and
-//! records them in PATH; after the controller is rebound to the kernel's nvme driver,
+//! records them in PATH; `--multi-process` adds the shared-memory group scenarios (several
+//! processes on the controller, some SIGKILLed; see `mp`). After the controller is rebound to the kernel's nvme driver,
 //! `--verify-kernel PATH` reads the same blocks from `/dev/nvmeXnY` and compares.
 
+mod mp;
 mod pattern;
 mod suite;
 mod verify;
@@ -45,10 +47,12 @@ pub struct Config {
     pub expect_attach_error: Option<String>,
     /// `--as-uid UID`: drop root for the attach-error checks (permission, memlock).
     pub as_uid: Option<u32>,
+    /// `--multi-process`: run the multi-process scenarios after the single-process suite.
+    pub multi_process: bool,
 }
 
 const USAGE: &str = "usage: nvme-hwtest [--device BDF] [--write-ns N]... [--expect-serial S] \
-[--expect-ns NSID:BLOCKSIZE:BLOCKS]... [--manifest PATH] [--threads N]\n       \
+[--expect-ns NSID:BLOCKSIZE:BLOCKS]... [--manifest PATH] [--threads N] [--multi-process]\n       \
 nvme-hwtest --verify-kernel MANIFEST [--device BDF]\n       \
 nvme-hwtest --device BDF [--as-uid UID] --expect-attach-error TEXT\n\
 Tests that write run only on namespaces named with --write-ns: they destroy data there.";
@@ -91,6 +95,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
                 ));
             }
             "--manifest" => c.manifest = Some(val("--manifest")?),
+            "--multi-process" => c.multi_process = true,
             "--threads" => {
                 let v = val("--threads")?;
                 c.threads = v
@@ -119,6 +124,9 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    if let Ok(role) = std::env::var("NVME_HWTEST_MP_ROLE") {
+        return ExitCode::from(mp::child(&role));
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cfg = match parse_args(&args) {
         Ok(c) => c,

@@ -133,6 +133,9 @@ pub fn run(cfg: &Config) -> bool {
     // Detach before the summary: the caller may rebind the device right after.
     s.ctrl = None;
     s.transport = None;
+    if cfg.multi_process {
+        multi_process(&mut s);
+    }
     println!(
         "HWTEST SUMMARY passed={} failed={} skipped={} time_ms={}",
         s.passed,
@@ -141,6 +144,24 @@ pub fn run(cfg: &Config) -> bool {
         start.elapsed().as_millis()
     );
     s.failed == 0
+}
+
+/// The multi-process scenarios (the single-process controller is detached by now).
+fn multi_process(s: &mut Suite) {
+    let mut mp = match crate::mp::Mp::new(s.cfg) {
+        Ok(m) => m,
+        Err(e) => return s.test("mp-setup", |_| Err(e)),
+    };
+    s.test("mp-primary-io", |_| mp.primary_io());
+    s.test("mp-secondary-same-traddr-io-admin", |_| {
+        mp.secondary_io_admin()
+    });
+    s.test("mp-refuse-other-controller", |_| mp.refuse_mismatch());
+    s.test("mp-attach-detach-cycles", |_| mp.attach_detach_cycles());
+    s.test("mp-kill-secondary", |_| mp.kill_secondary());
+    s.test("mp-data-across-processes", |_| mp.data_across_processes());
+    s.test("mp-kill-primary", |_| mp.kill_primary());
+    s.test("mp-last-member-out", |_| mp.last_member_out());
 }
 
 fn attach(s: &mut Suite) -> R {

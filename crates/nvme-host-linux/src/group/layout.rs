@@ -72,6 +72,11 @@ pub(crate) struct GroupHeader {
     /// Owner id of each I/O queue id (0 = free).
     pub(crate) qids: [AtomicU32; MAX_QID + 1],
     pub(crate) admin: SharedAdminState,
+    /// NUL-padded PCI address of the controller (`trtype:PCIe`; empty for `trtype:sim`).
+    pub(crate) pci_addr: [u8; 32],
+    /// `trtype:PCIe`: the IOVA slices `[start, len]` of the shared VFIO container: slice 0
+    /// holds the admin segment, slice `i + 1` belongs to member `i`. Zero for `trtype:sim`.
+    pub(crate) iova_slices: [[u64; 2]; MAX_MEMBERS + 1],
 }
 
 /// Byte offsets in `members.lock`: one per member, then the role locks.

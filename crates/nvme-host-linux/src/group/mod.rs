@@ -10,21 +10,33 @@
 //! - `members.lock`: one byte per member, locked (OFD lock) by that member for its lifetime.
 //!   The kernel drops the lock when the process dies; that is how survivors know.
 //! - `sim.sock`: the software controller's process, for `trtype:sim`.
+//! - `member.<index>.sock`: for `trtype:PCIe`, each member hands the VFIO descriptors to
+//!   joining processes there (`fdpass`).
 //!
 //! Joining is serialised by a lock byte; the first process finding no live member (re)creates
 //! the group and becomes the primary. A process joining after the primary died takes the
 //! primary role. Survivors clean up after a dead member eagerly (a monitor thread checks
 //! every 50 ms): its queues are deleted on the controller, its queue ids and admin mailbox
 //! released. The last member to leave shuts the controller down and removes the group.
+//!
+//! Over VFIO (`trtype:PCIe`) the creator opens the device (and resets it: only the creator
+//! does, and only the last member out resets it again), records its PCI address and the IOVA
+//! partition (`vfio::share`) here, and maps the admin segment in slice 0. A joiner gets the
+//! container, group and device descriptors from a live member (`fdpass`), refuses a group
+//! that drives another controller, and maps its own memory in its own slice; a survivor
+//! unmaps a dead member's whole slice after deleting its queues.
 
+pub(crate) mod fdpass;
 pub(crate) mod layout;
 mod lockfile;
 mod robust;
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use nvme_core::shared::{OwnerId, SharedAdminQueue, MAX_MEMBERS};
 use nvme_core::DmaRegion;
@@ -145,6 +157,8 @@ pub(crate) struct Group {
     me: Option<OwnerId>,
     primary: AtomicBool,
     join_held: AtomicBool,
+    /// `trtype:PCIe`: this member's VFIO descriptor server.
+    server: Mutex<Option<fdpass::Server>>,
 }
 
 /// Length of the control segment.
@@ -176,6 +190,7 @@ impl Group {
             for stale in ["control", "admin.mem", "sim.sock"] {
                 let _ = std::fs::remove_file(dir.join(stale));
             }
+            remove_member_sockets(&dir);
             let f = open_rw(&control_path, true)?;
             f.set_len(len as u64)
                 .map_err(os("sizing the control segment"))?;
@@ -259,6 +274,7 @@ impl Group {
             me: None,
             primary: AtomicBool::new(false),
             join_held: AtomicBool::new(true),
+            server: Mutex::new(None),
         }
     }
 
@@ -383,6 +399,7 @@ impl Group {
     pub(crate) fn forget_member(&self, who: OwnerId) {
         let m = &self.header().members[who.index()];
         if m.epoch.load(Ordering::Relaxed) == who.raw() >> 8 {
+            let _ = std::fs::remove_file(self.member_socket(who.index()));
             m.pid.store(0, Ordering::Relaxed);
             m.state.store(FREE, Ordering::Release);
         }
@@ -441,6 +458,8 @@ impl Group {
     /// Leaves the group (join lock held by the caller). Returns true when this was the last
     /// live member: the caller then shuts the controller down and calls [`remove_files`].
     pub(crate) fn leave(&self) -> bool {
+        // No joiner can be talking to our server: joiners hold the join lock.
+        drop(self.server.lock().unwrap_or_else(|p| p.into_inner()).take());
         let me = self.me();
         let m = &self.header().members[me.index()];
         m.pid.store(0, Ordering::Relaxed);
@@ -457,6 +476,7 @@ impl Group {
         for f in ["control", "admin.mem", "sim.sock", "members.lock"] {
             let _ = std::fs::remove_file(self.dir.join(f));
         }
+        remove_member_sockets(&self.dir);
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
@@ -492,6 +512,18 @@ impl Creating {
         hdr.magic.store(MAGIC, Ordering::Release);
         Ok(self.group)
     }
+    /// Records the controller's PCI address and the IOVA slices of a `trtype:PCIe` group
+    /// (before publishing).
+    pub(crate) fn set_pcie(&mut self, addr: &str, slices: &[(u64, u64)]) {
+        let h = self.group.header_mut_ptr();
+        // SAFETY: nobody else maps the segment until the magic is published.
+        unsafe {
+            layout::write_str(&mut (*h).pci_addr, addr);
+            for (dst, &(start, len)) in (*h).iova_slices.iter_mut().zip(slices) {
+                *dst = [start, len];
+            }
+        }
+    }
     /// Claims this process's member record (before publishing: nobody else can look yet).
     pub(crate) fn claim(&mut self) -> Result<OwnerId> {
         self.group.claim_member()
@@ -502,5 +534,76 @@ impl Group {
     /// Claims a member record in a live group (join lock held).
     pub(crate) fn join(&mut self) -> Result<OwnerId> {
         self.claim_member()
+    }
+
+    /// The socket on which member `index` serves the VFIO descriptors.
+    pub(crate) fn member_socket(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("member.{index}.sock"))
+    }
+
+    /// The PCI address of the group's controller (`None`: a `trtype:sim` group).
+    pub(crate) fn pci_addr(&self) -> Option<String> {
+        Some(layout::read_str(&self.header().pci_addr)).filter(|s| !s.is_empty())
+    }
+
+    /// The IOVA slice `(start, len)` of member `index` in a `trtype:PCIe` group.
+    pub(crate) fn member_slice(&self, index: usize) -> Option<(u64, u64)> {
+        let [start, len] = *self.header().iova_slices.get(index + 1)?;
+        (len != 0).then_some((start, len))
+    }
+
+    /// Starts this member's descriptor server: it hands `fds` to joining processes of our
+    /// user until this process leaves the group.
+    pub(crate) fn serve_fds(&self, fds: Vec<OwnedFd>) -> Result<()> {
+        let path = self.member_socket(self.me().index());
+        let server = fdpass::Server::start(&path, fds).map_err(os(format!(
+            "serving the VFIO descriptors on {}",
+            path.display()
+        )))?;
+        *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
+        Ok(())
+    }
+
+    /// Gets `want` descriptors from a live member, trying each in turn (join lock held).
+    pub(crate) fn fetch_fds(&self, want: usize) -> Result<Vec<OwnedFd>> {
+        let h = self.header();
+        let me = self.me.map(|m| m.index());
+        let mut tried = Vec::new();
+        for i in (0..MAX_MEMBERS).filter(|&i| Some(i) != me) {
+            let m = &h.members[i];
+            if m.state.load(Ordering::Acquire) != ACTIVE
+                || !lockfile::held_by_other(&self.lockf, i as u64).unwrap_or(false)
+            {
+                continue;
+            }
+            let pid = m.pid.load(Ordering::Relaxed);
+            match fdpass::fetch(&self.member_socket(i), pid, want) {
+                Ok(fds) => return Ok(fds),
+                Err(e) => tried.push(format!("member {i} (pid {pid}): {e}")),
+            }
+        }
+        Err(Error::Group(format!(
+            "group {}: no live member handed over the VFIO descriptors ({}); a process can join a trtype:PCIe group only while another member runs",
+            self.id,
+            if tried.is_empty() {
+                "no live member found".to_string()
+            } else {
+                tried.join("; ")
+            }
+        )))
+    }
+}
+
+/// Removes the descriptor sockets of earlier members (join lock held).
+fn remove_member_sockets(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("member.") && name.ends_with(".sock") {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }

@@ -64,6 +64,12 @@ impl Device {
         }
         // SAFETY: the ioctl returned a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Self::from_fd(fd, addr)
+    }
+
+    /// A device descriptor another process of a shared-memory group opened (received over a
+    /// Unix socket): its info and config region.
+    pub(crate) fn from_fd(fd: OwnedFd, addr: &PciAddress) -> Result<Device> {
         let mut info = vfio_device_info {
             argsz: std::mem::size_of::<vfio_device_info>() as u32,
             ..Default::default()
@@ -82,6 +88,11 @@ impl Device {
             flags: info.flags,
             config,
         })
+    }
+
+    /// The descriptor (to hand to another process).
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// Can VFIO reset the function (FLR, PM or bus reset)?

@@ -69,10 +69,31 @@ fn open_rw(path: &Path) -> io::Result<OwnedFd> {
         .into())
 }
 
+/// Opens the group node, retrying for up to `wait` while another process has it open.
+fn open_busy_wait(path: &Path, wait: std::time::Duration) -> io::Result<OwnedFd> {
+    let start = std::time::Instant::now();
+    loop {
+        match open_rw(path) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < wait => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Type1Container {
     /// Opens a container, checks the API and type1v2 support, opens IOMMU group `group` of
     /// `addr`, checks it is viable, puts it in the container and sets the IOMMU.
-    pub(crate) fn open(sys: &Sysfs, addr: &PciAddress, group: u32) -> Result<Type1Container> {
+    ///
+    /// `busy_wait`: how long to retry while the group node is busy (a shared-memory group
+    /// being re-created while the processes of the previous one are still exiting).
+    pub(crate) fn open(
+        sys: &Sysfs,
+        addr: &PciAddress,
+        group: u32,
+        busy_wait: std::time::Duration,
+    ) -> Result<Type1Container> {
         let cpath = sys.path("/dev/vfio/vfio");
         let container = open_rw(&cpath).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::Transport(format!(
@@ -102,7 +123,7 @@ impl Type1Container {
         }
 
         let gpath = sys.path(&format!("/dev/vfio/{group}"));
-        let group_fd = open_rw(&gpath).map_err(|e| match e.raw_os_error() {
+        let group_fd = open_busy_wait(&gpath, busy_wait).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOENT) => Error::Transport(format!(
                 "{} does not exist although {addr} is in IOMMU group {group}: is it really bound to vfio-pci? Rebind with `nvme-setup bind {addr}`",
                 gpath.display()
@@ -133,16 +154,46 @@ impl Type1Container {
         )
         .map_err(|e| Error::os("VFIO_SET_IOMMU(type1v2)", e))?;
 
+        Self::finish(container, group_fd)
+    }
+
+    /// A container and group that another process of a shared-memory group opened and set
+    /// up (received over a Unix socket): only the IOMMU facts are read again.
+    pub(crate) fn from_fds(container: OwnedFd, group: OwnedFd) -> Result<Type1Container> {
+        Self::finish(container, group)
+    }
+
+    fn finish(container: OwnedFd, group: OwnedFd) -> Result<Type1Container> {
         let (ranges, page_size) = Self::info(container.as_fd())?;
         let ranges_from_kernel = ranges.is_some();
         let ranges = ranges.unwrap_or_else(|| FALLBACK_RANGES.to_vec());
         Ok(Type1Container {
-            group: group_fd,
+            group,
             container,
             ranges,
             ranges_from_kernel,
             page_size,
         })
+    }
+
+    /// The container's descriptor (to hand to another process).
+    pub(crate) fn container(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.container.as_fd()
+    }
+
+    /// Removes every mapping inside `[iova, iova + len)`, whichever process of the group made
+    /// it; the range must not cut a mapping in two. Returns the bytes unmapped. (Kernels
+    /// before 6.0 unmap only mappings made by the calling process.)
+    pub(crate) fn unmap_range(&self, iova: u64, len: u64) -> io::Result<u64> {
+        let mut u = vfio_iommu_type1_dma_unmap {
+            argsz: std::mem::size_of::<vfio_iommu_type1_dma_unmap>() as u32,
+            flags: 0,
+            iova,
+            size: len,
+            ..Default::default()
+        };
+        ioctl::ioctl_struct(self.container.as_fd(), ioctl::IOMMU_UNMAP_DMA, &mut u)?;
+        Ok(u.size)
     }
 
     /// `VFIO_IOMMU_GET_INFO`: usable IOVA ranges (if reported) and the smallest page size.

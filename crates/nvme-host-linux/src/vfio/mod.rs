@@ -9,16 +9,22 @@
 //!   (`/dev/iommu`, `/dev/vfio/devices/vfioN`) would be a second implementation there, with
 //!   its own way to get the device descriptor.
 //! - `device`: the device descriptor: regions, config space, BAR0 mmap, reset.
+//! - `share`: the IOVA partition that lets the processes of a shared-memory group use one
+//!   container (each maps its own memory in its own slice).
 //! - [`VfioTransport`]: all of it as a [`Transport`].
 
 mod device;
 mod ioctl;
 mod iommu;
+pub(crate) mod share;
 pub mod sysfs;
 
 use std::fmt;
+use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::backend::Transport;
 use crate::error::{Error, Result};
@@ -38,6 +44,10 @@ pub struct VfioTransport {
     bar: NonNull<u8>,
     bar_len: usize,
     iovas: Mutex<IovaAllocator>,
+    /// A member of a shared-memory group: the device is reset only by the last member out.
+    shared: bool,
+    /// Set when this process is the last member of its group to leave.
+    last_member: AtomicBool,
     // Drop order matters: the device closes before the group and container it came from.
     device: Device,
     iommu: Type1Container,
@@ -98,8 +108,12 @@ impl VfioTransport {
 
     /// [`open`](Self::open) with sysfs and `/dev` under another root (for tests).
     pub fn open_in(sys: &Sysfs, addr: &PciAddress) -> Result<VfioTransport> {
+        Self::open_with(sys, addr, Duration::ZERO)
+    }
+
+    fn open_with(sys: &Sysfs, addr: &PciAddress, busy_wait: Duration) -> Result<VfioTransport> {
         let group = sys.check_vfio(addr)?;
-        let iommu = Type1Container::open(sys, addr, group)?;
+        let iommu = Type1Container::open(sys, addr, group, busy_wait)?;
         let device = Device::open(iommu.group(), addr)?;
         // Reset on attach: whatever a previous user left running (queues, DMA) stops. When
         // the function has no reset method, the controller reset (CC.EN=0) at bring-up does
@@ -130,9 +144,96 @@ impl VfioTransport {
             bar,
             bar_len,
             iovas,
+            shared: false,
+            last_member: AtomicBool::new(false),
             device,
             iommu,
         })
+    }
+
+    /// Opens `addr` for the process creating a shared-memory group: as [`open`](Self::open)
+    /// (device reset included), but waiting a little while the group node is still held by
+    /// the exiting processes of a previous group.
+    pub(crate) fn open_group_creator(addr: &PciAddress) -> Result<VfioTransport> {
+        let mut t = Self::open_with(&Sysfs::new(), addr, Duration::from_secs(5))?;
+        t.shared = true;
+        Ok(t)
+    }
+
+    /// A transport over descriptors received from a live member of a shared-memory group
+    /// (container, group, device, in that order; see [`shared_fds`](Self::shared_fds)). No
+    /// reset and no config-space change: the controller is running for the others.
+    pub(crate) fn from_shared_fds(addr: &PciAddress, fds: Vec<OwnedFd>) -> Result<VfioTransport> {
+        let [container, group, device]: [OwnedFd; 3] = fds.try_into().map_err(|v: Vec<_>| {
+            Error::Transport(format!(
+                "received {} VFIO descriptors, expected 3 (container, group, device)",
+                v.len()
+            ))
+        })?;
+        let iommu = Type1Container::from_fds(container, group)?;
+        let device = Device::from_fd(device, addr)?;
+        let id = device
+            .config_u32(0)
+            .map_err(|e| Error::os(format!("reading the config space of {addr}"), e))?;
+        if id == u32::MAX {
+            return Err(Error::Transport(format!(
+                "{addr} reads all ones from config space: the device is gone or powered down"
+            )));
+        }
+        let (bar, bar_len) = device.map_bar0(addr)?;
+        let (ranges, page) = iommu.iova_ranges();
+        let iovas = Mutex::new(IovaAllocator::new(ranges, page));
+        Ok(VfioTransport {
+            addr: *addr,
+            ids: (id as u16, (id >> 16) as u16),
+            bar,
+            bar_len,
+            iovas,
+            shared: true,
+            last_member: AtomicBool::new(false),
+            device,
+            iommu,
+        })
+    }
+
+    /// Copies of the container, group and device descriptors, for a joining process.
+    pub(crate) fn shared_fds(&self) -> Result<Vec<OwnedFd>> {
+        [self.iommu.container(), self.iommu.group(), self.device.fd()]
+            .iter()
+            .map(|f| {
+                f.try_clone_to_owned()
+                    .map_err(|e| Error::os("duplicating a VFIO descriptor", e))
+            })
+            .collect()
+    }
+
+    /// The IOVA slices of a shared-memory group ([`share::partition`] of the usable ranges):
+    /// slice 0 for the admin segment, slice `i + 1` for member `i`.
+    pub(crate) fn group_slices(&self) -> Result<Vec<(u64, u64)>> {
+        let (ranges, _) = self.iommu.iova_ranges();
+        share::partition(ranges, share::SLICES).ok_or_else(|| {
+            Error::Transport(format!(
+                "the IOMMU's usable IOVA ranges {ranges:x?} of {} are too small to give each of {} group members a slice of at least {} MiB",
+                self.addr,
+                share::SLICES - 1,
+                share::MIN_SLICE >> 20
+            ))
+        })
+    }
+
+    /// Restricts this process's IOVA allocations to `slice` (`(start, len)`).
+    pub(crate) fn use_slice(&self, slice: (u64, u64)) {
+        let (_, page) = self.iommu.iova_ranges();
+        let (start, len) = slice;
+        *self.iovas.lock().unwrap_or_else(|p| p.into_inner()) =
+            IovaAllocator::new(&[(start, start + len - 1)], page);
+    }
+
+    /// Maps `mem` at a fixed IOVA (the group's admin segment, in slice 0).
+    pub(crate) fn map_fixed(&self, mem: &SharedMemory, iova: u64) -> Result<()> {
+        self.iommu
+            .map(mem.as_ptr() as u64, iova, mem.len() as u64)
+            .map_err(|e| map_error(&self.addr, mem, iova, e))
     }
 
     /// The PCI address.
@@ -166,8 +267,11 @@ impl VfioTransport {
 impl Drop for VfioTransport {
     fn drop(&mut self) {
         // Reset on detach: the controller stops all DMA before its mappings go away with the
-        // container. Without a reset method, at least take away bus mastering.
-        if !(self.device.can_reset() && self.device.reset().is_ok()) {
+        // container. Without a reset method, at least take away bus mastering. In a
+        // shared-memory group only the last member out does it: the others keep using the
+        // controller.
+        let alone = !self.shared || self.last_member.load(Ordering::Acquire);
+        if alone && !(self.device.can_reset() && self.device.reset().is_ok()) {
             let _ = self.device.disable_bus_master();
         }
         // SAFETY: our own BAR mapping; every user of it (controller, queue pairs) holds this
@@ -220,21 +324,33 @@ impl Transport for VfioTransport {
     }
     fn map_dma(&self, mem: &SharedMemory) -> Result<u64> {
         let len = mem.len() as u64;
-        let iova = self.iovas.lock().unwrap_or_else(|p| p.into_inner()).alloc(len).ok_or_else(|| {
-            Error::Transport(format!(
-                "out of IOVA space for {addr}: no free range of {len} bytes inside the IOMMU's usable ranges {:x?}",
-                self.iommu.iova_ranges().0,
-                addr = self.addr
-            ))
-        })?;
-        if let Err(e) = self.iommu.map(mem.as_ptr() as u64, iova, len) {
-            self.iovas
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .free(iova, len);
-            return Err(map_error(&self.addr, mem, iova, e));
+        let lock = || self.iovas.lock().unwrap_or_else(|p| p.into_inner());
+        // In a group, a range can still be mapped by the process that had this member slot
+        // before and is just leaving (or died without unmapping): that range stays allocated
+        // here and the next one is tried.
+        let mut attempts = 0;
+        loop {
+            let iova = lock().alloc(len).ok_or_else(|| {
+                Error::Transport(format!(
+                    "out of IOVA space for {addr}: no free range of {len} bytes inside the IOMMU's usable ranges {:x?}{}",
+                    self.iommu.iova_ranges().0,
+                    if self.shared { " (this process's slice of them)" } else { "" },
+                    addr = self.addr
+                ))
+            })?;
+            match self.iommu.map(mem.as_ptr() as u64, iova, len) {
+                Ok(()) => return Ok(iova),
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EEXIST) && self.shared && attempts < 16 =>
+                {
+                    attempts += 1;
+                }
+                Err(e) => {
+                    lock().free(iova, len);
+                    return Err(map_error(&self.addr, mem, iova, e));
+                }
+            }
         }
-        Ok(iova)
     }
     fn unmap_dma(&self, iova: u64, len: usize) {
         // An IOVA range whose unmap failed stays allocated, so it is never handed out twice.
@@ -250,6 +366,12 @@ impl Transport for VfioTransport {
     }
     fn name(&self) -> String {
         self.addr.to_string()
+    }
+    fn unmap_range(&self, iova: u64, len: u64) {
+        let _ = self.iommu.unmap_range(iova, len);
+    }
+    fn last_member_left(&self) {
+        self.last_member.store(true, Ordering::Release);
     }
 }
 

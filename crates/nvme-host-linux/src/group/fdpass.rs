@@ -1,0 +1,512 @@
+//! Handing VFIO descriptors to a joining process.
+//!
+//! A VFIO group node (`/dev/vfio/N`) admits one opener at a time, so a process joining a
+//! group cannot open the device itself: it receives the container, group and device
+//! descriptors from a live member over a Unix socket (`SCM_RIGHTS`). The descriptors refer to
+//! the same open files, so the device stays open (and is not reset by the kernel) as long as
+//! any member holds them.
+//!
+//! Every member serves: it listens on `<group dir>/member.<index>.sock` in a small thread
+//! (an accept loop, never on the I/O path), so a joiner can get the descriptors from any
+//! live member, the primary or not, and tries the live members in turn. Both ends check the
+//! other's credentials (`SO_PEERCRED`): same user, and the server's pid must be the one in
+//! the member record. Socket files are owner-only (0600) in the owner-only group directory.
+
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// First bytes of a server's answer that carries descriptors.
+const MAGIC: &[u8; 8] = b"NVMEFD01";
+/// First bytes of a refusal (followed by the reason).
+const DENIED: &[u8; 8] = b"NVMEFDNO";
+/// Most descriptors one message carries.
+pub(crate) const MAX_FDS: usize = 8;
+/// How long either side waits for the other.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The credentials of the process at the other end of a Unix socket.
+pub(crate) fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes at most `len` bytes into our ucred.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred)
+}
+
+/// Refuses a peer that runs as another user than `uid`.
+pub(crate) fn check_uid(cred: &libc::ucred, uid: u32) -> io::Result<()> {
+    if cred.uid != uid {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the process at the other end (pid {}) runs as user {}, not {uid}",
+                cred.pid, cred.uid
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Sends `payload` with `fds` attached (one `sendmsg`).
+pub(crate) fn send_fds(
+    sock: &UnixStream,
+    payload: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    if fds.len() > MAX_FDS || payload.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad descriptor message",
+        ));
+    }
+    let raw: Vec<libc::c_int> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let data_len = std::mem::size_of_val(raw.as_slice()) as u32;
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid start.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !raw.is_empty() {
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space as _;
+        // SAFETY: the control buffer is `space` bytes, 8-byte aligned, enough for one
+        // cmsghdr carrying `raw.len()` descriptors (CMSG_SPACE); CMSG_FIRSTHDR is non-null
+        // because msg_controllen >= sizeof(cmsghdr).
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(data_len) as _;
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr() as *const u8,
+                libc::CMSG_DATA(c),
+                data_len as usize,
+            );
+        }
+    }
+    loop {
+        // SAFETY: msg points at live buffers (payload, control) for the duration of the call.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            if n as usize != payload.len() {
+                return Err(io::Error::other("short descriptor message"));
+            }
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Receives one message of at most `max_payload` bytes with up to [`MAX_FDS`] descriptors
+/// (close-on-exec). A message whose descriptors did not all fit is an error (the ones that
+/// arrived are closed).
+pub(crate) fn recv_fds(
+    sock: &UnixStream,
+    max_payload: usize,
+) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut payload = vec![0u8; max_payload.max(1)];
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space =
+        unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<libc::c_int>()) as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid start.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    let n = loop {
+        // SAFETY: msg points at live buffers of the sizes it states.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel wrote into `control`, within
+    // msg_controllen (CMSG_FIRSTHDR/CMSG_NXTHDR check the bounds); each SCM_RIGHTS
+    // payload holds cmsg_len - CMSG_LEN(0) bytes of descriptors that are now ours.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let count = bytes / std::mem::size_of::<libc::c_int>();
+                let data = libc::CMSG_DATA(c) as *const libc::c_int;
+                for i in 0..count {
+                    let fd = std::ptr::read_unaligned(data.add(i));
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other(
+            "descriptor message truncated: more descriptors than expected",
+        ));
+    }
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the member closed the connection without answering",
+        ));
+    }
+    payload.truncate(n);
+    Ok((payload, fds))
+}
+
+/// A member's descriptor server: a thread accepting connections on its socket.
+pub(crate) struct Server {
+    path: PathBuf,
+    ino: u64,
+    listener: Arc<UnixListener>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("path", &self.path).finish()
+    }
+}
+
+fn inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| m.ino())
+}
+
+impl Server {
+    /// Listens on `path` (replacing a stale socket there) and hands `fds` to every client
+    /// that runs as our user. The descriptors are owned by the server and closed when it
+    /// stops.
+    pub(crate) fn start(path: &Path, fds: Vec<OwnedFd>) -> io::Result<Server> {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        listener.set_nonblocking(true)?;
+        let listener = Arc::new(listener);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, s) = (listener.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("nvme-fdpass".into())
+            .spawn(move || serve(&l, &s, &fds))?;
+        Ok(Server {
+            ino: inode(path).unwrap_or(0),
+            path: path.to_path_buf(),
+            listener,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn serve(listener: &UnixListener, stop: &AtomicBool, fds: &[OwnedFd]) {
+    let uid = euid();
+    while !stop.load(Ordering::Acquire) {
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Shut down (stop) or out of descriptors: back off, then look at `stop` again.
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+        };
+        let _ = answer(stream, uid, fds);
+    }
+}
+
+/// One client: check who it is, then send the descriptors or a refusal.
+fn answer(stream: UnixStream, uid: u32, fds: &[OwnedFd]) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let cred = peer_cred(stream.as_fd())?;
+    if let Err(e) = check_uid(&cred, uid) {
+        let mut msg = DENIED.to_vec();
+        msg.extend_from_slice(e.to_string().as_bytes());
+        let _ = (&stream).write_all(&msg);
+        return Err(e);
+    }
+    let mut msg = MAGIC.to_vec();
+    msg.extend_from_slice(&std::process::id().to_le_bytes());
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+    // Descriptors in flight stay valid after we close our end.
+    send_fds(&stream, &msg, &borrowed)
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wakes a poll in progress (a listening socket reports POLLHUP once shut down).
+        // SAFETY: shutdown(2) on our own socket.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // Remove the socket file unless a newer member already put its own there.
+        if inode(&self.path) == Some(self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Fetches `want` descriptors from the member serving `path`, whose process must be
+/// `expect_pid` (from its member record) and run as our user.
+pub(crate) fn fetch(path: &Path, expect_pid: u32, want: usize) -> io::Result<Vec<OwnedFd>> {
+    let stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let cred = peer_cred(stream.as_fd())?;
+    check_uid(&cred, euid())?;
+    if cred.pid as u32 != expect_pid {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the socket is served by pid {}, not by the member's pid {expect_pid}",
+                cred.pid
+            ),
+        ));
+    }
+    let (payload, fds) = recv_fds(&stream, 512)?;
+    if payload.starts_with(DENIED) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the member refused: {}",
+                String::from_utf8_lossy(&payload[DENIED.len()..])
+            ),
+        ));
+    }
+    if !payload.starts_with(MAGIC) {
+        return Err(io::Error::other(
+            "the member answered something that is not a descriptor message",
+        ));
+    }
+    if fds.len() != want {
+        return Err(io::Error::other(format!(
+            "the member sent {} descriptors, expected {want}",
+            fds.len()
+        )));
+    }
+    Ok(fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nvme-fdpass-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn same_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+        let st = |f: BorrowedFd<'_>| {
+            // SAFETY: fstat into our own buffer.
+            let mut s: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::fstat(f.as_raw_fd(), &mut s) }, 0);
+            (s.st_dev, s.st_ino)
+        };
+        st(a) == st(b)
+    }
+
+    #[test]
+    fn two_descriptors_cross_a_socketpair() {
+        let d = tmp("pair");
+        let f1 = std::fs::File::create(d.join("one")).unwrap();
+        let f2 = std::fs::File::create(d.join("two")).unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        send_fds(&a, b"hello", &[f1.as_fd(), f2.as_fd()]).unwrap();
+        let (payload, fds) = recv_fds(&b, 64).unwrap();
+        assert_eq!(payload, b"hello");
+        assert_eq!(fds.len(), 2);
+        assert!(same_file(fds[0].as_fd(), f1.as_fd()));
+        assert!(same_file(fds[1].as_fd(), f2.as_fd()));
+        assert!(!same_file(fds[0].as_fd(), f2.as_fd()));
+        // Same open file description: a write through one offset moves the other.
+        let mut r = std::fs::File::from(fds[0].try_clone().unwrap());
+        r.write_all(b"xyz").unwrap();
+        assert_eq!(std::fs::read(d.join("one")).unwrap(), b"xyz");
+        // Received descriptors are close-on-exec.
+        // SAFETY: F_GETFD on a descriptor we own.
+        let flags = unsafe { libc::fcntl(fds[1].as_raw_fd(), libc::F_GETFD) };
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        // A message without descriptors arrives with none.
+        send_fds(&a, b"x", &[]).unwrap();
+        assert!(recv_fds(&b, 64).unwrap().1.is_empty());
+        drop(a);
+        assert_eq!(
+            recv_fds(&b, 64).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn credentials_are_checked() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let cred = peer_cred(a.as_fd()).unwrap();
+        assert_eq!(cred.pid as u32, std::process::id());
+        assert_eq!(cred.uid, euid());
+        check_uid(&cred, euid()).unwrap();
+        let e = check_uid(&cred, euid().wrapping_add(1)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(
+            e.to_string().contains(&format!("runs as user {}", euid())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn server_hands_descriptors_to_clients_and_cleans_up() {
+        let d = tmp("server");
+        let f = std::fs::File::create(d.join("dev")).unwrap();
+        let g = std::fs::File::create(d.join("grp")).unwrap();
+        let path = d.join("member.0.sock");
+        let server = Server::start(
+            &path,
+            vec![f.try_clone().unwrap().into(), g.try_clone().unwrap().into()],
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().mode() & 0o777,
+            0o600,
+            "owner-only socket"
+        );
+        for _ in 0..3 {
+            let fds = fetch(&path, std::process::id(), 2).unwrap();
+            assert!(same_file(fds[0].as_fd(), f.as_fd()));
+            assert!(same_file(fds[1].as_fd(), g.as_fd()));
+        }
+        // The wrong pid (a reused socket path): refused by the client.
+        let e = fetch(&path, 1, 2).unwrap_err();
+        assert!(e.to_string().contains("not by the member's pid 1"), "{e}");
+        // The wrong count.
+        let e = fetch(&path, std::process::id(), 3).unwrap_err();
+        assert!(e.to_string().contains("expected 3"), "{e}");
+        let start = std::time::Instant::now();
+        drop(server);
+        assert!(start.elapsed() < Duration::from_secs(1), "stops promptly");
+        assert!(!path.exists(), "socket removed");
+        let e = fetch(&path, std::process::id(), 2).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_client_of_another_user_is_refused() {
+        // As root: a forked child drops to another user and asks; the server refuses.
+        if euid() != 0 {
+            println!("(skipped: needs root to become another user)");
+            return;
+        }
+        let d = tmp("uid");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let f = std::fs::File::create(d.join("dev")).unwrap();
+        let path = d.join("member.1.sock");
+        let server = Server::start(&path, vec![f.try_clone().unwrap().into()]).unwrap();
+        // Let the other user reach the socket file (the real group directory is 0700).
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: fork in a test; the child only makes async-signal-safe calls (setuid,
+        // socket, connect, recv, _exit) before exiting.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: async-signal-safe system calls on our own buffers, then _exit.
+            unsafe {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    libc::_exit(10);
+                }
+                let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let mut addr: libc::sockaddr_un = std::mem::zeroed();
+                addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+                let bytes = cpath.as_bytes_with_nul();
+                for (i, &b) in bytes.iter().enumerate() {
+                    addr.sun_path[i] = b as libc::c_char;
+                }
+                if libc::connect(
+                    s,
+                    &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_un>() as u32,
+                ) != 0
+                {
+                    libc::_exit(11);
+                }
+                let mut buf = [0u8; 8];
+                let n = libc::recv(s, buf.as_mut_ptr() as *mut libc::c_void, 8, 0);
+                // Refused: the answer starts with the refusal tag.
+                libc::_exit(if n == 8 && &buf == DENIED { 0 } else { 12 });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        drop(server);
+        std::fs::remove_dir_all(&d).unwrap();
+        assert!(libc::WIFEXITED(status), "child status {status}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "the other user was not refused"
+        );
+    }
+}

@@ -1,0 +1,698 @@
+//! The multi-process part: several processes share the controller through a shared-memory
+//! group over VFIO (descriptors handed over a Unix socket, each process mapping its own
+//! memory in its own IOVA slice).
+//!
+//! The suite starts this binary again as child processes (`NVME_HWTEST_MP_ROLE` selects a
+//! child's part) and talks to them through their standard output, one line per event.
+//! Scenarios, in order, in one group: a primary doing I/O; a secondary with the same full
+//! traddr doing I/O and admin commands; attaches with another traddr or trtype refused; a
+//! process attaching, identifying and detaching a few times; a secondary SIGKILLed mid-I/O
+//! (its queues deleted, the others keep going); data written by one process read back by
+//! another; the primary SIGKILLed and a newcomer taking the role; the last member out
+//! releasing the device for a plain attach.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nvme_host_linux::regs::features::{fid, FeatureSelect};
+use nvme_host_linux::{AttachOptions, Controller, PciAddress, QueueOptions, Role, TransportId};
+
+use crate::pattern;
+use crate::Config;
+
+type R = Result<(), String>;
+
+/// The group id the scenarios use.
+const GROUP: u32 = 7;
+/// How long a child may take to say something (TCG is slow).
+const WAIT: Duration = Duration::from_secs(30);
+/// Bytes per I/O of the I/O loop, and I/Os per round.
+const IO: usize = 4096;
+const PER_ROUND: usize = 8;
+
+// ---------------------------------------------------------------------------------------
+// Children
+
+fn env(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|_| format!("{name} not set"))
+}
+
+fn env_u64(name: &str) -> Result<u64, String> {
+    env(name)?
+        .parse()
+        .map_err(|_| format!("{name}: not a number"))
+}
+
+fn say(line: impl AsRef<str>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", line.as_ref());
+    let _ = out.flush();
+}
+
+fn attach_from_env(trid: &str) -> Result<Controller, String> {
+    let trid = TransportId::parse(trid)?;
+    let opts = AttachOptions {
+        group: Some(env_u64("NVME_HWTEST_MP_GROUP")? as u32),
+        ..Default::default()
+    };
+    Controller::attach_with(&trid, &opts).map_err(|e| e.to_string())
+}
+
+fn stop_requested() -> bool {
+    std::env::var_os("NVME_HWTEST_MP_STOP").is_some_and(|p| Path::new(&p).exists())
+}
+
+fn role_name(c: &Controller) -> &'static str {
+    match c.role() {
+        Role::Primary => "primary",
+        Role::Secondary => "secondary",
+        Role::Single => "single",
+    }
+}
+
+/// Runs child role `role`; returns the exit status.
+pub fn child(role: &str) -> u8 {
+    // Die with the suite, whatever happens to it.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let r = (|| -> R {
+        let trid = env("NVME_HWTEST_MP_TRID")?;
+        if role == "cycle" {
+            return child_cycle(&trid);
+        }
+        let ctrl = match attach_from_env(&trid) {
+            Ok(c) => c,
+            Err(e) => {
+                say(format!("ATTACH-ERROR {e}"));
+                std::process::exit(3);
+            }
+        };
+        say(format!("READY {} {}", role_name(&ctrl), std::process::id()));
+        match role {
+            "io" => child_io(&ctrl),
+            "queues" => {
+                // The first buffer after attach: where this member's slice has room.
+                let b = ctrl
+                    .alloc_dma(2 * PER_ROUND * IO)
+                    .map_err(|e| e.to_string())?;
+                say(format!("IOVA {:#x}", b.iova()));
+                say(format!("IN-USE {}", ctrl.io_queues_in_use()));
+                let q = ctrl
+                    .alloc_io_queue(QueueOptions { entries: 16 })
+                    .map_err(|e| e.to_string())?;
+                say(format!("QID {}", q.qid()));
+                Ok(())
+            }
+            "write" | "check" => child_data(&ctrl, role == "write"),
+            other => Err(format!("unknown role {other}")),
+        }
+    })();
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            say(format!("ERROR {e}"));
+            1
+        }
+    }
+}
+
+/// Writes and reads back its own region, 8 I/Os in flight, until told to stop; with
+/// `NVME_HWTEST_MP_ADMIN=1` also admin commands every round.
+fn child_io(ctrl: &Controller) -> R {
+    let nsid = env_u64("NVME_HWTEST_MP_NS")? as u32;
+    let base = env_u64("NVME_HWTEST_MP_LBA")?;
+    let admin = std::env::var("NVME_HWTEST_MP_ADMIN").is_ok_and(|v| v == "1");
+    let bs = ctrl
+        .namespace(nsid)
+        .map_err(|e| e.to_string())?
+        .block_size() as usize;
+    let per = (IO / bs) as u64;
+    let serial = ctrl.identify().serial().to_string();
+    let mut buf = ctrl
+        .alloc_dma(2 * PER_ROUND * IO)
+        .map_err(|e| e.to_string())?;
+    say(format!("IOVA {:#x}", buf.iova()));
+    let mut qp = ctrl
+        .alloc_io_queue(QueueOptions { entries: 32 })
+        .map_err(|e| e.to_string())?;
+    say(format!("QID {}", qp.qid()));
+    let mut round = 0u64;
+    let mut last = Instant::now();
+    let complete = |qp: &mut nvme_host_linux::IoQueuePair| -> R {
+        let mut err = None;
+        qp.drain(Duration::from_secs(20), |_, r| {
+            if let Err(e) = r {
+                err.get_or_insert(e.to_string());
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        err.map_or(Ok(()), Err)
+    };
+    while !stop_requested() {
+        round += 1;
+        let seed = round.wrapping_mul(1000) + base;
+        for i in 0..PER_ROUND {
+            let lba = base + i as u64 * per;
+            pattern::fill(seed, lba, bs, &mut buf.as_mut_slice()[i * IO..(i + 1) * IO]);
+        }
+        for i in 0..PER_ROUND {
+            let r = buf.slice(i * IO..(i + 1) * IO).map_err(|e| e.to_string())?;
+            qp.write(nsid, base + i as u64 * per, r, i as u64)
+                .map_err(|e| e.to_string())?;
+        }
+        complete(&mut qp)?;
+        for i in 0..PER_ROUND {
+            let r = buf
+                .slice((PER_ROUND + i) * IO..(PER_ROUND + i + 1) * IO)
+                .map_err(|e| e.to_string())?;
+            qp.read(nsid, base + i as u64 * per, r, i as u64)
+                .map_err(|e| e.to_string())?;
+        }
+        complete(&mut qp)?;
+        pattern::check(seed, base, bs, &buf.as_slice()[PER_ROUND * IO..])
+            .map_err(|e| format!("round {round}: {e}"))?;
+        if admin {
+            let id = ctrl.identify_controller().map_err(|e| e.to_string())?;
+            if id.serial() != serial {
+                return Err(format!("identify controller: serial '{}'", id.serial()));
+            }
+            let ns = ctrl.identify_namespace(nsid).map_err(|e| e.to_string())?;
+            if ns.block_size() as usize != bs {
+                return Err(format!(
+                    "identify namespace {nsid}: block size {}",
+                    ns.block_size()
+                ));
+            }
+            ctrl.get_features(fid::NUMBER_OF_QUEUES, FeatureSelect::Current, 0, 0)
+                .map_err(|e| e.to_string())?;
+            ctrl.smart_log().map_err(|e| e.to_string())?;
+        }
+        if last.elapsed() > Duration::from_millis(100) {
+            say(format!("PROGRESS {round}"));
+            last = Instant::now();
+        }
+    }
+    say(format!("DONE {round}"));
+    Ok(())
+}
+
+/// Attaches, identifies, reads and detaches a few times.
+fn child_cycle(trid: &str) -> R {
+    let nsid = env_u64("NVME_HWTEST_MP_NS")? as u32;
+    for i in 0..env_u64("NVME_HWTEST_MP_CYCLES")? {
+        let start = Instant::now();
+        let ctrl = attach_from_env(trid)?;
+        if ctrl.role() != Role::Secondary {
+            return Err(format!(
+                "cycle {i}: role {}, expected secondary",
+                role_name(&ctrl)
+            ));
+        }
+        let id = ctrl.identify_controller().map_err(|e| e.to_string())?;
+        let ns = ctrl.namespace(nsid).map_err(|e| e.to_string())?.clone();
+        let mut qp = ctrl
+            .alloc_io_queue(QueueOptions { entries: 8 })
+            .map_err(|e| e.to_string())?;
+        let mut b = ctrl
+            .alloc_dma(ns.block_size() as usize)
+            .map_err(|e| e.to_string())?;
+        qp.read_sync(nsid, 0, &mut b).map_err(|e| e.to_string())?;
+        drop(qp);
+        drop(ctrl);
+        say(format!(
+            "CYCLE {i} serial {} in {} ms",
+            id.serial(),
+            start.elapsed().as_millis()
+        ));
+    }
+    say("DONE");
+    Ok(())
+}
+
+/// Writes a pattern at `NVME_HWTEST_MP_LBA`, or reads it back and compares.
+fn child_data(ctrl: &Controller, write: bool) -> R {
+    let nsid = env_u64("NVME_HWTEST_MP_NS")? as u32;
+    let lba = env_u64("NVME_HWTEST_MP_LBA")?;
+    let bs = ctrl
+        .namespace(nsid)
+        .map_err(|e| e.to_string())?
+        .block_size() as usize;
+    let mut qp = ctrl
+        .alloc_io_queue(QueueOptions::default())
+        .map_err(|e| e.to_string())?;
+    let mut b = ctrl.alloc_dma(4 * IO).map_err(|e| e.to_string())?;
+    let seed = 0x6d70_0000 ^ lba;
+    if write {
+        pattern::fill(seed, lba, bs, b.as_mut_slice());
+        qp.write_sync(nsid, lba, &mut b).map_err(|e| e.to_string())
+    } else {
+        qp.read_sync(nsid, lba, &mut b).map_err(|e| e.to_string())?;
+        pattern::check(seed, lba, bs, b.as_slice())
+            .map_err(|e| format!("data differs from what the other process wrote: {e}"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The suite's side
+
+struct Proc {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    /// Waits for a line starting with `prefix`; an ERROR line or a timeout is a failure.
+    fn expect(&mut self, prefix: &str) -> Result<String, String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.starts_with(prefix) {
+                        return Ok(l);
+                    }
+                    if l.starts_with("ERROR") || l.starts_with("ATTACH-ERROR") {
+                        return Err(format!("{}: {l} (waiting for {prefix})", self.name));
+                    }
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "{}: no '{prefix}' line within {} s; saw {:?}",
+                        self.name,
+                        WAIT.as_secs(),
+                        self.seen
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Two more progress reports.
+    fn progresses(&mut self) -> R {
+        self.expect("PROGRESS")?;
+        self.expect("PROGRESS").map(|_| ())
+    }
+
+    fn kill(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the exit; Ok(exit code) with the ERROR lines seen.
+    fn finish(mut self) -> Result<(i32, Vec<String>), String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(st) = self.child.try_wait().map_err(|e| e.to_string())? {
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                    self.seen.push(l);
+                }
+                let errors = self
+                    .seen
+                    .iter()
+                    .filter(|l| l.starts_with("ERROR") || l.starts_with("ATTACH-ERROR"))
+                    .cloned()
+                    .collect();
+                return Ok((st.code().unwrap_or(-1), errors));
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(format!("{}: did not exit; saw {:?}", self.name, self.seen));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Exit status 0 and no ERROR line.
+    fn clean(self) -> R {
+        let name = self.name.clone();
+        match self.finish()? {
+            (0, e) if e.is_empty() => Ok(()),
+            (code, e) => Err(format!("{name}: exit status {code}, errors {e:?}")),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+/// The scenarios' shared state: the group, its processes, what they reported.
+pub struct Mp {
+    dir: PathBuf,
+    addr: PciAddress,
+    nsid: u32,
+    bs: u64,
+    base: u64,
+    primary: Option<Proc>,
+    primary_qid: String,
+    secondary: Option<Proc>,
+}
+
+impl Mp {
+    /// Prepares the run directory; the controller is the suite's (not attached now).
+    pub fn new(cfg: &Config) -> Result<Mp, String> {
+        let addr = match cfg.device {
+            Some(a) => a,
+            None => *nvme_host_linux::vfio::probe()
+                .map_err(|e| e.to_string())?
+                .first()
+                .ok_or("no NVMe function bound to vfio-pci")?,
+        };
+        let Some(&nsid) = cfg.write_ns.first() else {
+            return Err(
+                "SKIP read-only run (the multi-process tests write; pass --write-ns N)".into(),
+            );
+        };
+        // The namespace's size, from a short plain attach (also checks the device is free).
+        let (bs, blocks) = {
+            let c = Controller::attach(&format!("trtype:PCIe traddr:{addr}"))
+                .map_err(|e| format!("attach {addr}: {e}"))?;
+            let ns = c.namespace(nsid).map_err(|e| e.to_string())?;
+            (ns.block_size() as u64, ns.blocks())
+        };
+        let dir = std::env::temp_dir().join(format!("nvme-hwtest-mp.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(Mp {
+            dir,
+            addr,
+            nsid,
+            bs,
+            // Three quarters into the namespace: clear of what the other tests keep.
+            base: blocks / 4 * 3,
+            primary: None,
+            primary_qid: String::new(),
+            secondary: None,
+        })
+    }
+
+    fn group_dir(&self) -> PathBuf {
+        self.dir.join(format!("nvme-rs.{GROUP}"))
+    }
+    fn stop_file(&self) -> PathBuf {
+        self.dir.join("stop")
+    }
+    /// First LBA of data region `k` (64 KiB each).
+    fn region(&self, k: u64) -> u64 {
+        self.base + k * (65536 / self.bs)
+    }
+    fn full_trid(&self) -> String {
+        format!("trtype:PCIe traddr:{}", self.addr)
+    }
+
+    fn spawn(&self, name: &str, role: &str, trid: &str, extra: &[(&str, String)]) -> R2<Proc> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(exe);
+        cmd.env("NVME_HWTEST_MP_ROLE", role)
+            .env("NVME_HWTEST_MP_TRID", trid)
+            .env("NVME_HWTEST_MP_GROUP", GROUP.to_string())
+            .env("NVME_HWTEST_MP_NS", self.nsid.to_string())
+            .env("NVME_HWTEST_MP_STOP", self.stop_file())
+            .env("NVME_RUN_DIR", &self.dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("starting {name}: {e}"))?;
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Ok(Proc {
+            name: name.into(),
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        })
+    }
+
+    fn primary(&mut self) -> Result<&mut Proc, String> {
+        self.primary
+            .as_mut()
+            .ok_or_else(|| "no primary (an earlier step failed)".into())
+    }
+    fn secondary(&mut self) -> Result<&mut Proc, String> {
+        self.secondary
+            .as_mut()
+            .ok_or_else(|| "no secondary (an earlier step failed)".into())
+    }
+
+    /// A process creates the group (device reset, bring-up) and does I/O.
+    pub fn primary_io(&mut self) -> R {
+        let _ = std::fs::remove_file(self.stop_file());
+        let lba = self.region(0).to_string();
+        let mut p = self.spawn(
+            "primary",
+            "io",
+            &self.full_trid(),
+            &[("NVME_HWTEST_MP_LBA", lba)],
+        )?;
+        let ready = p.expect("READY")?;
+        if !ready.starts_with("READY primary") {
+            return Err(format!("first process: {ready}"));
+        }
+        self.primary_qid = p.expect("QID")?;
+        p.progresses()?;
+        println!("  primary {}, {}", &ready[14..], self.primary_qid);
+        self.primary = Some(p);
+        Ok(())
+    }
+
+    /// A second process joins with the same full traddr (descriptors from the primary) and
+    /// does I/O and admin commands while the primary keeps going.
+    pub fn secondary_io_admin(&mut self) -> R {
+        let lba = self.region(1).to_string();
+        let mut s = self.spawn(
+            "secondary",
+            "io",
+            &self.full_trid(),
+            &[
+                ("NVME_HWTEST_MP_LBA", lba),
+                ("NVME_HWTEST_MP_ADMIN", "1".into()),
+            ],
+        )?;
+        let ready = s.expect("READY")?;
+        if !ready.starts_with("READY secondary") {
+            return Err(format!("second process: {ready}"));
+        }
+        let qid = s.expect("QID")?;
+        s.progresses()?;
+        self.primary()?.progresses()?;
+        println!("  secondary {}, {qid}", &ready[16..]);
+        self.secondary = Some(s);
+        Ok(())
+    }
+
+    /// Another controller's address, and another transport type, are refused clearly.
+    pub fn refuse_mismatch(&mut self) -> R {
+        let other = "trtype:PCIe traddr:0000:0f:00.0";
+        let mut p = self.spawn("other traddr", "queues", other, &[])?;
+        let line = p
+            .expect("ATTACH-ERROR")
+            .map_err(|e| format!("not refused: {e}"))?;
+        let want = format!("drives the controller at {}, not 0000:0f:00.0", self.addr);
+        if !line.contains(&want) {
+            return Err(format!("the refusal does not say '{want}': {line}"));
+        }
+        println!("  {line}");
+        let code = p.finish()?.0;
+        if code != 3 {
+            return Err(format!("refused process exited with {code}"));
+        }
+        let mut p = self.spawn("trtype:sim", "queues", "trtype:sim", &[])?;
+        let line = p
+            .expect("ATTACH-ERROR")
+            .map_err(|e| format!("not refused: {e}"))?;
+        if !line.contains("drives the PCIe controller") {
+            return Err(format!(
+                "the refusal does not name the PCIe controller: {line}"
+            ));
+        }
+        println!("  {line}");
+        p.finish()?;
+        Ok(())
+    }
+
+    /// A management-style process attaches, identifies, reads and detaches a few times.
+    pub fn attach_detach_cycles(&mut self) -> R {
+        let mut c = self.spawn(
+            "cycler",
+            "cycle",
+            &self.full_trid(),
+            &[("NVME_HWTEST_MP_CYCLES", "3".into())],
+        )?;
+        for _ in 0..3 {
+            let l = c.expect("CYCLE")?;
+            println!("  {l}");
+        }
+        c.expect("DONE")?;
+        c.clean()?;
+        self.primary()?.progresses()?;
+        self.secondary()?.progresses()
+    }
+
+    /// A secondary SIGKILLed mid-I/O: the others continue, its queue is deleted and its
+    /// queue id returned, and a newcomer creates a queue.
+    pub fn kill_secondary(&mut self) -> R {
+        let lba = self.region(2).to_string();
+        let mut v = self.spawn(
+            "victim",
+            "io",
+            &self.full_trid(),
+            &[("NVME_HWTEST_MP_LBA", lba)],
+        )?;
+        v.expect("READY secondary")?;
+        let v_iova = v.expect("IOVA")?;
+        let vq = v.expect("QID")?;
+        v.expect("PROGRESS")?;
+        v.kill();
+        self.primary()?.progresses()?;
+        self.secondary()?.progresses()?;
+        let mut n = self.spawn("newcomer", "queues", "trtype:PCIe", &[])?;
+        n.expect("READY secondary")?;
+        // The newcomer takes the victim's member slot, so its slice: the same first buffer
+        // address shows that the victim's mappings were removed (a stale one would be
+        // skipped over).
+        let n_iova = n.expect("IOVA")?;
+        if n_iova != v_iova {
+            return Err(format!(
+                "the newcomer's first buffer is at {n_iova}, the victim's was at {v_iova}: the dead member's IOVA slice was not unmapped"
+            ));
+        }
+        let in_use = n.expect("IN-USE")?;
+        if in_use != "IN-USE 2" {
+            return Err(format!(
+                "after the victim ({vq}) died: {in_use}, expected 2 (primary and secondary)"
+            ));
+        }
+        let q = n.expect("QID")?;
+        n.clean()?;
+        println!("  victim with {vq} killed mid-I/O; newcomer: {in_use}, created {q}, first buffer at {} like the victim's", &n_iova[5..]);
+        self.primary()?.progresses()
+    }
+
+    /// Data written by one process reads back in another (while the group lives).
+    pub fn data_across_processes(&mut self) -> R {
+        let lba = self.region(3).to_string();
+        let t = self.full_trid();
+        self.spawn(
+            "writer",
+            "write",
+            &t,
+            &[("NVME_HWTEST_MP_LBA", lba.clone())],
+        )?
+        .clean()?;
+        self.spawn("reader", "check", &t, &[("NVME_HWTEST_MP_LBA", lba)])?
+            .clean()?;
+        let other = self.region(4).to_string();
+        let (code, errors) = self
+            .spawn(
+                "reader of other blocks",
+                "check",
+                &t,
+                &[("NVME_HWTEST_MP_LBA", other)],
+            )?
+            .finish()?;
+        if code != 1 || !errors.iter().any(|e| e.contains("data differs")) {
+            return Err(format!(
+                "reading blocks nobody wrote must not match: exit {code}, {errors:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The primary SIGKILLed: the secondary continues; a newcomer becomes primary and gets
+    /// the dead primary's queue id (its queue was deleted on the controller).
+    pub fn kill_primary(&mut self) -> R {
+        let mut p = self
+            .primary
+            .take()
+            .ok_or("no primary (an earlier step failed)")?;
+        p.kill();
+        self.secondary()?.progresses()?;
+        let mut n = self.spawn("new primary", "queues", &self.full_trid(), &[])?;
+        let ready = n.expect("READY")?;
+        if !ready.starts_with("READY primary") {
+            return Err(format!(
+                "the newcomer did not take the primary role: {ready}"
+            ));
+        }
+        let in_use = n.expect("IN-USE")?;
+        if in_use != "IN-USE 1" {
+            return Err(format!("{in_use}, expected 1 (the secondary's)"));
+        }
+        let q = n.expect("QID")?;
+        if q != self.primary_qid {
+            return Err(format!(
+                "the newcomer got {q}, not the dead primary's {}: its queue was not deleted",
+                self.primary_qid
+            ));
+        }
+        n.clean()?;
+        println!("  newcomer is primary and reuses the dead primary's {q}");
+        self.secondary()?.progresses()
+    }
+
+    /// The last member out shuts down and resets; the group's files go, and a plain attach
+    /// (which needs the VFIO group free) reads back what the writer wrote.
+    pub fn last_member_out(&mut self) -> R {
+        std::fs::write(self.stop_file(), b"").map_err(|e| e.to_string())?;
+        let mut s = self
+            .secondary
+            .take()
+            .ok_or("no secondary (an earlier step failed)")?;
+        let done = s.expect("DONE")?;
+        s.clean()?;
+        let start = Instant::now();
+        while self.group_dir().exists() {
+            if start.elapsed() > WAIT {
+                return Err(format!(
+                    "the group directory {} was not removed",
+                    self.group_dir().display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let c = Controller::attach(&self.full_trid())
+            .map_err(|e| format!("plain attach after the group ended: {e}"))?;
+        let lba = self.region(3);
+        let bs = self.bs as usize;
+        let mut qp = c
+            .alloc_io_queue(QueueOptions { entries: 8 })
+            .map_err(|e| e.to_string())?;
+        let mut b = c.alloc_dma(4 * IO).map_err(|e| e.to_string())?;
+        qp.read_sync(self.nsid, lba, &mut b)
+            .map_err(|e| e.to_string())?;
+        pattern::check(0x6d70_0000 ^ lba, lba, bs, b.as_slice())
+            .map_err(|e| format!("the writer's data after the group ended: {e}"))?;
+        println!("  secondary {done}; group removed; plain attach reads the writer's data");
+        Ok(())
+    }
+}
+
+type R2<T> = Result<T, String>;
+
+impl Drop for Mp {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.stop_file(), b"");
+        self.primary = None;
+        self.secondary = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
