@@ -301,6 +301,14 @@ fn cleanup_member(ctrl: &Controller, group: &Group, who: OwnerId) {
         let _ = ctrl.admin_command(Command::delete_io_cq(qid), None);
         group.free_qid(qid);
     }
+    // An admin command of the dead process may still be writing into its memory: let the
+    // controller finish it (bounded) before the memory goes.
+    let q = group.admin(ctrl.inner.regs);
+    let start = std::time::Instant::now();
+    while q.in_flight_of(who) > 0 && start.elapsed() < Duration::from_secs(2) {
+        q.reap();
+        std::thread::sleep(Duration::from_micros(200));
+    }
     // The controller no longer uses the dead process's memory: drop its DMA mappings (for
     // VFIO this also releases the pages the dead process had pinned).
     let (iova, len) = group

@@ -319,6 +319,19 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         }
     }
 
+    /// Admin commands of `who` still in the controller's hands (published, not completed).
+    /// A survivor waits for them before it unmaps a dead member's memory.
+    pub fn in_flight_of(&self, who: OwnerId) -> usize {
+        self.state
+            .slots
+            .iter()
+            .filter(|s| {
+                s.owner.load(Ordering::Relaxed) == who.raw()
+                    && s.state.load(Ordering::Relaxed) == SUBMITTED
+            })
+            .count()
+    }
+
     /// Makes the shared state consistent after a holder died mid-step. Takes the lock.
     pub fn recover(&self) {
         let _g = self.take_lock();

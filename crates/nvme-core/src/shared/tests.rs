@@ -213,6 +213,7 @@ fn completions_for_a_departed_member_are_dropped() {
         .unwrap();
     // A dies; a new process takes its member index with the next epoch.
     b.release_member(a.owner());
+    assert_eq!(b.in_flight_of(a.owner()), 1, "the departed member's command is still out");
     let a2 = rig.member(0, 2);
     hold.store(false, Ordering::Relaxed);
     let mut got = Vec::new();
@@ -227,6 +228,7 @@ fn completions_for_a_departed_member_are_dropped() {
         "the new member must not see the old member's completion"
     );
     assert_eq!(rig.state.dropped_for_dead(), 1);
+    assert_eq!(b.in_flight_of(a.owner()), 0);
     stop.store(true, Ordering::Relaxed);
     dev.join().unwrap();
 }
