@@ -90,6 +90,22 @@ fn map_with_iova<E: fmt::Display>(
     Ok(iova)
 }
 
+/// Unmaps with `unmap`, then returns the IOVA range to the allocator.
+fn unmap_with_iova<E>(
+    iovas: &Mutex<IovaAllocator>,
+    iova: u64,
+    len: usize,
+    unmap: impl FnOnce() -> std::result::Result<(), E>,
+) {
+    // A failed unmap leaves the range mapped in the device: keep it out of the allocator.
+    if unmap().is_ok() {
+        iovas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .free(iova, len as u64);
+    }
+}
+
 /// The built-in software controller as a transport.
 pub struct SimTransport {
     sim: nvme_sim::SimController,
@@ -150,11 +166,7 @@ impl Transport for SimTransport {
         })
     }
     fn unmap_dma(&self, iova: u64, len: usize) {
-        let _ = self.sim.dma_unmap(iova, len);
-        self.iovas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .free(iova, len as u64);
+        unmap_with_iova(&self.iovas, iova, len, || self.sim.dma_unmap(iova, len));
     }
     fn pci_id(&self) -> Option<(u16, u16)> {
         None
@@ -228,11 +240,7 @@ impl Transport for SimClientTransport {
         })
     }
     fn unmap_dma(&self, iova: u64, len: usize) {
-        let _ = self.client.dma_unmap(iova, len);
-        self.iovas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .free(iova, len as u64);
+        unmap_with_iova(&self.iovas, iova, len, || self.client.dma_unmap(iova, len));
     }
     fn pci_id(&self) -> Option<(u16, u16)> {
         None
