@@ -213,7 +213,11 @@ fn completions_for_a_departed_member_are_dropped() {
         .unwrap();
     // A dies; a new process takes its member index with the next epoch.
     b.release_member(a.owner());
-    assert_eq!(b.in_flight_of(a.owner()), 1, "the departed member's command is still out");
+    assert_eq!(
+        b.in_flight_of(a.owner()),
+        1,
+        "the departed member's command is still out"
+    );
     let a2 = rig.member(0, 2);
     hold.store(false, Ordering::Relaxed);
     let mut got = Vec::new();
