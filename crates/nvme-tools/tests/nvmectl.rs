@@ -157,9 +157,4 @@ fn errors_name_the_problem() {
     );
     let e = fails(&["read", "-r", TRID, "-c", "1", "-z", "512"], 2);
     assert!(e.contains("0's based"), "{e}");
-    let e = fails(&["smart-log", "-r", TRID, "-i", "1"], 1);
-    assert!(
-        e.contains("shared-memory groups (-i) are not supported in this build yet"),
-        "{e}"
-    );
 }

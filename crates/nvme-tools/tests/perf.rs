@@ -154,10 +154,6 @@ fn errors_say_what_is_wrong() {
         "names core 28, which does not exist",
     );
     fails_with(
-        &with(&["-o", "4k", "-w", "read", "-i", "1"]),
-        "shared-memory groups (-i) are not supported in this build yet",
-    );
-    fails_with(
         &[
             "-q",
             "1",

@@ -23,10 +23,14 @@ pub struct Cli {
     /// lbasize:4096 size:64M serial:S'. Required except for `list`.
     #[arg(short = 'r', long = "transport", value_name = "TRID", global = true, value_parser = TransportId::parse)]
     pub transport: Option<TransportId>,
-    /// Shared-memory group id: attach beside a running application (not supported in this
-    /// build yet).
+    /// Shared-memory group id: attach beside a running application that uses the same id
+    /// (as a secondary), or start the group (as its primary) when none runs.
     #[arg(short = 'i', long = "shmem-grp-id", value_name = "ID", global = true)]
     pub shm_id: Option<u32>,
+    /// Diagnostics: after the subcommand, print this process's role in the group, the I/O
+    /// queue ids the whole group uses and the software controller's pid on stderr.
+    #[arg(long = "show-group", hide = true, global = true)]
+    pub show_group: bool,
     /// The subcommand.
     #[command(subcommand)]
     pub command: Cmd,

@@ -26,7 +26,7 @@ use std::io::{Read as _, Write as _};
 use std::process::ExitCode;
 
 use nvme_host_linux::regs::features::FeatureSelect;
-use nvme_host_linux::{AttachOptions, Controller, PciAddress, TransportId, TransportKind};
+use nvme_host_linux::{AttachOptions, Controller, PciAddress, Role, TransportId, TransportKind};
 
 use args::{
     Cli, Cmd, ErrorLogArgs, GetFeatureArgs, IdCtrlArgs, IdNsArgs, IdentifyArgs, IoArgs,
@@ -77,15 +77,43 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Attaches to the controller `trid` names; with `shm_id`, as a member of that
 /// shared-memory group (beside a running application).
 ///
-/// The only place `nvmectl` attaches: multi-process support turns `shm_id` into
-/// `AttachOptions { group: Some(id), .. }` here.
+/// The only place `nvmectl` attaches. In a group it is a secondary when an application
+/// runs (or the primary of a fresh group when none does); dropping the controller detaches
+/// and leaves the group, and the last member out removes it.
 pub fn attach(trid: &TransportId, shm_id: Option<u32>) -> Result<Controller> {
-    if shm_id.is_some() {
-        return Err(Error::Failed(
-            "shared-memory groups (-i) are not supported in this build yet".into(),
-        ));
+    let opts = AttachOptions {
+        group: shm_id,
+        ..AttachOptions::default()
+    };
+    Ok(Controller::attach_with(trid, &opts)?)
+}
+
+/// `--show-group`'s line: the process's role in its group, the I/O queue ids the whole
+/// group uses, and the software controller's pid (`None` outside a group).
+pub fn group_summary(ctrl: &Controller) -> Option<String> {
+    let id = ctrl.group_id()?;
+    let role = match ctrl.role() {
+        Role::Primary => "primary",
+        Role::Secondary => "secondary",
+        Role::Single => "single",
+    };
+    let mut line = format!(
+        "shared-memory group {id}: {role}, I/O queue ids in use by the group: {}",
+        ctrl.io_queues_in_use()
+    );
+    if let Some(pid) = ctrl.sim_process() {
+        line.push_str(&format!(", controller process {pid}"));
     }
-    Ok(Controller::attach_with(trid, &AttachOptions::default())?)
+    Some(line)
+}
+
+/// Prints [`group_summary`] on stderr when `--show-group` was given.
+fn show_group(cli: &Cli, ctrl: &Controller) {
+    if cli.show_group {
+        if let Some(line) = group_summary(ctrl) {
+            eprintln!("nvmectl: {line}");
+        }
+    }
 }
 
 /// The namespace a command addresses: `-n`, else the trid's `ns:`, else 1. It must be an
@@ -218,7 +246,11 @@ fn list(cli: &Cli, a: &args::ListArgs) -> Result<String> {
     }
     let mut rows = Vec::new();
     for trid in &trids {
-        let r = attach(trid, cli.shm_id).and_then(|c| list::rows(&c));
+        let r = attach(trid, cli.shm_id).and_then(|c| {
+            let rows = list::rows(&c);
+            show_group(cli, &c);
+            rows
+        });
         match r {
             Ok(r) => rows.extend(r),
             Err(e) if cli.transport.is_none() => eprintln!("nvmectl: {}: {e}", trid.name()),
@@ -262,7 +294,9 @@ fn with_controller<T>(cli: &Cli, f: impl FnOnce(&Controller) -> Result<T>) -> Re
         ));
     };
     let ctrl = attach(trid, cli.shm_id)?;
-    f(&ctrl)
+    let r = f(&ctrl);
+    show_group(cli, &ctrl);
+    r
 }
 
 /// Runs the parsed command line; text goes to stdout.
@@ -376,11 +410,6 @@ mod tests {
             e.to_string(),
             "LBA range 32768..32769 is out of range for namespace 1 (32768 blocks)"
         );
-        let trid = TransportId::parse("trtype:sim").unwrap();
-        assert_eq!(
-            attach(&trid, Some(1)).unwrap_err().to_string(),
-            "shared-memory groups (-i) are not supported in this build yet"
-        );
     }
 
     #[test]
@@ -427,6 +456,7 @@ mod tests {
             "{s}"
         );
         assert_eq!(s.matches("Namespace ID:").count(), 2);
+        assert_eq!(group_summary(&c), None, "not in a group");
         let rows = list::rows(&c).unwrap();
         assert_eq!(rows.iter().map(|r| r.nsid).collect::<Vec<_>>(), [1, 2]);
     }

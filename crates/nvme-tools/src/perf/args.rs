@@ -72,7 +72,8 @@ pub struct Cli {
     /// Print the results as one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Shared-memory group id (multi-process): not supported in this build yet.
+    /// Shared-memory group id: processes started with the same id share the controllers
+    /// (the first is the primary, the others secondaries; each has its own I/O queues).
     #[arg(short = 'i', long = "shmem-grp-id", value_name = "ID")]
     pub shmem_grp_id: Option<u32>,
 }
@@ -131,6 +132,8 @@ pub struct Config {
     pub io_queue_size: Option<u32>,
     /// JSON output.
     pub json: bool,
+    /// Shared-memory group (`-i`) every controller is attached in.
+    pub shm_id: Option<u32>,
 }
 
 /// Things worth telling the user that do not stop the run.
@@ -150,11 +153,6 @@ impl Cli {
     /// Checks the options against each other and returns the run's configuration.
     pub fn validate(self) -> Result<(Config, Warnings), Error> {
         let mut warnings = Vec::new();
-        if self.shmem_grp_id.is_some() {
-            return Err(Error::new(
-                "shared-memory groups (-i) are not supported in this build yet",
-            ));
-        }
         if self.io_depth == 0 {
             return Err(Error::new("-q/--io-depth must be at least 1"));
         }
@@ -197,6 +195,7 @@ impl Cli {
             continue_on_error: self.continue_on_error,
             io_queue_size: self.io_queue_size,
             json: self.json,
+            shm_id: self.shmem_grp_id,
         };
         Ok((config, warnings))
     }
@@ -442,11 +441,6 @@ mod tests {
         assert!(config("-q 1 -o 4k -w read -t 1 -Q 0")
             .unwrap_err()
             .contains("-Q"));
-        let e = config("-q 1 -o 4k -w read -t 1 -i 1").unwrap_err();
-        assert_eq!(
-            e,
-            "shared-memory groups (-i) are not supported in this build yet"
-        );
         let e = cli("-q 1 -o 4x -w read -t 1").unwrap_err().to_string();
         assert!(e.contains("bad size '4x'"), "{e}");
         let e = cli("-q 1 -o 4k -w read -t 1 -r trtype:nope")
@@ -459,6 +453,23 @@ mod tests {
         c.transport.clear();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("-r 'trtype:sim'") && e.contains("PCIe"), "{e}");
+    }
+
+    #[test]
+    fn shared_memory_group_id() {
+        assert_eq!(config("-q 1 -o 4k -w read -t 1").unwrap().0.shm_id, None);
+        assert_eq!(
+            config("-q 1 -o 4k -w read -t 1 -i 7").unwrap().0.shm_id,
+            Some(7)
+        );
+        assert_eq!(
+            config("-q 1 -o 4k -w read -t 1 --shmem-grp-id 3")
+                .unwrap()
+                .0
+                .shm_id,
+            Some(3)
+        );
+        assert!(cli("-q 1 -o 4k -w read -t 1 -i x").is_err());
     }
 
     #[test]

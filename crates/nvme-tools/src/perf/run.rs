@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nvme_host_linux::core::qpair::MAX_BLOCKS_PER_COMMAND;
-use nvme_host_linux::{AttachOptions, Controller, TransportKind};
+use nvme_host_linux::{AttachOptions, Controller, Role, TransportKind};
 
 use super::args::{self, Config};
 use super::cpu;
@@ -114,7 +114,9 @@ fn select_cores(cfg: &Config) -> Result<Vec<usize>, Error> {
 
 fn attach_all(cfg: &Config, workers: usize, console: Console) -> Result<Vec<Controller>, Error> {
     let opts = AttachOptions {
+        // The primary of a group asks for the queues; a secondary uses what it was granted.
         io_queues: (workers * cfg.qpairs as usize).clamp(64, u16::MAX as usize - 1) as u16,
+        group: cfg.shm_id,
         ..AttachOptions::default()
     };
     cfg.transports
@@ -127,9 +129,24 @@ fn attach_all(cfg: &Config, workers: usize, console: Console) -> Result<Vec<Cont
                 "Attached to NVMe Controller at {} [{vid:04x}:{did:04x}]",
                 ctrl.name()
             ));
+            if let Some(line) = group_line(&ctrl) {
+                console.info(&line);
+            }
             Ok(ctrl)
         })
         .collect()
+}
+
+/// `Joined shared-memory group 1 as secondary`: the start-up line of a group member
+/// (`None` outside a group).
+pub fn group_line(ctrl: &Controller) -> Option<String> {
+    let id = ctrl.group_id()?;
+    let role = match ctrl.role() {
+        Role::Primary => "primary",
+        Role::Secondary => "secondary",
+        Role::Single => return None,
+    };
+    Some(format!("Joined shared-memory group {id} as {role}"))
 }
 
 /// `PCIE (0000:04:00.0) NSID 1`, `SIM (sim) NSID 1`: SPDK's name of a namespace.

@@ -1,0 +1,498 @@
+//! `nvme-perf` and `nvmectl` as members of one shared-memory group (`-i`): real processes
+//! of the built binaries, over a software controller that runs as its own process.
+//!
+//! `harness = false`: the scenarios run one after another on the main thread, which is the
+//! parent every child dies with (`PR_SET_PDEATHSIG`). All groups live under a temporary
+//! `NVME_RUN_DIR` of this run, and each scenario has its own group id.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nvme_host_linux::{AttachOptions, Controller, Role, TransportId};
+
+const PERF: &str = env!("CARGO_BIN_EXE_nvme-perf");
+const NVMECTL: &str = env!("CARGO_BIN_EXE_nvmectl");
+
+/// The run directory of this test binary (set as `NVME_RUN_DIR` before any thread starts).
+fn run_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("nvme-tools-mp-{}", std::process::id()))
+}
+
+fn group_dir(group: u32) -> PathBuf {
+    run_dir().join(format!("nvme-rs.{group}"))
+}
+
+/// A child process whose stdout is read line by line as it comes.
+struct Proc {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+/// How a child ended.
+#[derive(Debug)]
+struct Exit {
+    name: String,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl Exit {
+    /// Exit status 0 and nothing on stderr.
+    fn assert_clean(&self) {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "{} failed:\n{}\n{}",
+            self.name,
+            self.stdout,
+            self.stderr
+        );
+        assert!(
+            self.stderr.is_empty(),
+            "{} printed on stderr: {}",
+            self.name,
+            self.stderr
+        );
+    }
+}
+
+fn command(program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which
+    // is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Die with the test runner (its main thread), whatever happens to it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
+fn spawn(name: &str, program: &str, args: &[&str]) -> Proc {
+    let mut child = command(program, args)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Proc {
+        name: name.into(),
+        child,
+        lines: rx,
+        seen: Vec::new(),
+    }
+}
+
+impl Proc {
+    /// Waits for a line starting with `prefix`.
+    fn expect(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.starts_with(prefix) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("{}: no '{prefix}' line; saw {:?}", self.name, self.seen),
+            }
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits (at most `bound` after `started`) for the process to exit.
+    fn finish(mut self, started: Instant, bound: Duration) -> Exit {
+        let name = std::mem::take(&mut self.name);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("waitpid") {
+                let took = started.elapsed();
+                let mut stderr = String::new();
+                let _ = self
+                    .child
+                    .stderr
+                    .take()
+                    .expect("piped stderr")
+                    .read_to_string(&mut stderr);
+                // The reader thread sends the rest and ends at EOF.
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+                    self.seen.push(l);
+                }
+                return Exit {
+                    name,
+                    code: st.code(),
+                    stdout: self.seen.join("\n"),
+                    stderr,
+                    took,
+                };
+            }
+            if started.elapsed() > bound {
+                self.kill();
+                panic!(
+                    "{name}: still running {} s after it started (hung?); saw {:?}",
+                    bound.as_secs(),
+                    self.seen
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn kill(&mut self) {
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A scenario that failed half-way must not leave its processes behind.
+        if self.running() {
+            self.kill();
+        }
+    }
+}
+
+/// Runs a short command to completion (bounded) and returns how it ended.
+fn run(name: &str, program: &str, args: &[&str]) -> Exit {
+    let started = Instant::now();
+    spawn(name, program, args).finish(started, Duration::from_secs(20))
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped by whoever adopted it) counts as gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// The IOPS of the `Total` line of a perf table.
+fn total_iops(stdout: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("Total "))
+        .unwrap_or_else(|| panic!("no Total line in:\n{stdout}"));
+    let (_, numbers) = line.rsplit_once(':').expect("a table line has a colon");
+    numbers
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad Total line: {line}"))
+}
+
+fn role_of(stdout: &str) -> &str {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Joined shared-memory group "))
+        .and_then(|rest| rest.split_once(" as "))
+        .map(|(_, role)| role)
+        .unwrap_or_else(|| panic!("no 'Joined shared-memory group' line in:\n{stdout}"))
+}
+
+fn perf_args(group: &str, mask: &str, seconds: &str, trid: &'static str) -> Vec<String> {
+    [
+        "-i", group, "-r", trid, "-q", "8", "-o", "4096", "-w", "randread", "-t", seconds, "-c",
+        mask,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn spawn_perf(name: &str, args: &[String]) -> Proc {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn(name, PERF, &args)
+}
+
+/// A CPU mask of one core.
+fn mask(core: usize) -> String {
+    format!("0x{:x}", 1u128 << core)
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios
+
+/// Two perf processes in one group, started together: on two cores, then on the same core.
+fn two_perfs_share_a_controller() {
+    const GROUP: &str = "21";
+    const TRID: &str = "trtype:sim size:64M";
+    let cores = nvme_tools::perf::cpu::available_cores().expect("affinity");
+    let mut layouts = Vec::new();
+    if cores.len() >= 2 {
+        layouts.push(("disjoint", mask(cores[0]), mask(cores[1])));
+    } else {
+        println!("    (one core available: skipped the disjoint-cores run)");
+    }
+    layouts.push(("same core", mask(cores[0]), mask(cores[0])));
+    for (layout, a, b) in layouts {
+        let started = Instant::now();
+        let pa = spawn_perf(
+            &format!("perf A ({layout}, -c {a})"),
+            &perf_args(GROUP, &a, "2", TRID),
+        );
+        let pb = spawn_perf(
+            &format!("perf B ({layout}, -c {b})"),
+            &perf_args(GROUP, &b, "2", TRID),
+        );
+        // A 2 s run; sharing a core halves each one's CPU, not its run time. Hanging, as
+        // SPDK's secondaries did on a shared core (#644), would end here.
+        let bound = Duration::from_secs(15);
+        let ea = pa.finish(started, bound);
+        let eb = pb.finish(started, bound);
+        let mut roles = Vec::new();
+        for e in [&ea, &eb] {
+            e.assert_clean();
+            let iops = total_iops(&e.stdout);
+            assert!(iops > 0.0, "{}: no I/O\n{}", e.name, e.stdout);
+            roles.push(role_of(&e.stdout).to_string());
+            println!(
+                "    {}: {}, {iops:.0} IOPS, exited after {} ms",
+                e.name,
+                roles.last().unwrap(),
+                e.took.as_millis()
+            );
+        }
+        roles.sort();
+        assert_eq!(
+            roles,
+            ["primary", "secondary"],
+            "{layout}: one process created the group, the other joined it"
+        );
+        wait_until("the group is removed", || {
+            !group_dir(GROUP.parse().unwrap()).exists()
+        });
+    }
+}
+
+/// 100 short-lived nvmectl runs beside a running perf: every one works, perf does not
+/// notice, no queue id leaks, and the device really served perf's reads meanwhile.
+fn nvmectl_cycles_beside_perf() {
+    const GROUP: u32 = 22;
+    const TRID: &str = "trtype:sim size:64M serial:MPTOOLS";
+    let cores = nvme_tools::perf::cpu::available_cores().expect("affinity");
+    let started = Instant::now();
+    let mut perf = spawn_perf(
+        "perf",
+        &perf_args(&GROUP.to_string(), &mask(cores[0]), "6", TRID),
+    );
+    perf.expect("Initialization complete");
+    // This process joins too, to look at the group from inside.
+    let opts = AttachOptions {
+        group: Some(GROUP),
+        ..AttachOptions::default()
+    };
+    let me = Controller::attach_with(&TransportId::parse("trtype:sim").unwrap(), &opts)
+        .expect("the test process joins the group");
+    assert_eq!(me.role(), Role::Secondary, "perf created the group");
+    let daemon = me.sim_process().expect("a controller process");
+    wait_until("perf's worker has its I/O queue", || {
+        me.io_queues_in_use() == 1
+    });
+    let reads_before = me.smart_log().unwrap().host_read_commands();
+
+    let g = GROUP.to_string();
+    let ctl = |sub: &str| {
+        run(
+            &format!("nvmectl {sub}"),
+            NVMECTL,
+            &["-i", &g, "-r", "trtype:sim", sub],
+        )
+    };
+    let cycles_started = Instant::now();
+    for i in 0..100 {
+        let e = ctl(if i % 2 == 0 { "id-ctrl" } else { "smart-log" });
+        e.assert_clean();
+        if i % 2 == 0 {
+            // The group's controller (perf's serial), not a fresh one of nvmectl's own.
+            assert!(
+                e.stdout.starts_with("NVME Identify Controller:"),
+                "{}",
+                e.stdout
+            );
+            assert!(e.stdout.contains("\nsn        : MPTOOLS"), "{}", e.stdout);
+        } else {
+            assert!(
+                e.stdout
+                    .starts_with("Smart Log for NVME device:sim namespace-id:ffffffff"),
+                "{}",
+                e.stdout
+            );
+        }
+        if i % 10 == 9 {
+            let l = ctl("list");
+            l.assert_clean();
+            assert!(
+                l.stdout
+                    .lines()
+                    .any(|r| r.starts_with("sim ") && r.contains("MPTOOLS")),
+                "{}",
+                l.stdout
+            );
+        }
+    }
+    let cycles = cycles_started.elapsed();
+    println!(
+        "    110 nvmectl runs in {} ms ({:.1} ms each)",
+        cycles.as_millis(),
+        cycles.as_secs_f64() * 1000.0 / 110.0
+    );
+    assert!(
+        perf.running(),
+        "perf ended before the nvmectl runs did ({} ms): the test did not run them beside it",
+        cycles.as_millis()
+    );
+    // Seen by nvmectl itself: it is a secondary, and only perf's queue is in use.
+    let e = run(
+        "nvmectl --show-group",
+        NVMECTL,
+        &[
+            "-i",
+            &g,
+            "-r",
+            "trtype:sim",
+            "--show-group",
+            "get-feature",
+            "-f",
+            "7",
+        ],
+    );
+    assert_eq!(e.code, Some(0), "{}", e.stderr);
+    assert_eq!(
+        e.stderr.trim_end(),
+        format!(
+            "nvmectl: shared-memory group {GROUP}: secondary, I/O queue ids in use by the group: 1, controller process {daemon}"
+        )
+    );
+    assert_eq!(me.io_queues_in_use(), 1, "only perf's queue is in use");
+    let reads_after = me.smart_log().unwrap().host_read_commands();
+    assert!(
+        reads_after > reads_before + 1000,
+        "perf's reads reached the controller meanwhile: {reads_before} -> {reads_after}"
+    );
+
+    let e = perf.finish(started, Duration::from_secs(20));
+    e.assert_clean();
+    assert_eq!(role_of(&e.stdout), "primary");
+    let iops = total_iops(&e.stdout);
+    assert!(iops > 0.0, "{}", e.stdout);
+    println!("    perf beside them: {iops:.0} IOPS");
+    assert_eq!(me.io_queues_in_use(), 0, "perf returned its queue id");
+    drop(me);
+    // The test process was the last member: the group and its controller process are gone.
+    assert!(
+        !group_dir(GROUP).exists(),
+        "group removed by the last member"
+    );
+    wait_until("the controller process exits", || !pid_alive(daemon));
+}
+
+/// nvmectl with `-i` and nobody in the group: it creates the group, works, and removes it.
+fn nvmectl_alone_creates_and_removes_the_group() {
+    const GROUP: u32 = 23;
+    let g = GROUP.to_string();
+    for round in 0..2 {
+        let e = run(
+            "lone nvmectl",
+            NVMECTL,
+            &[
+                "-i",
+                &g,
+                "-r",
+                "trtype:sim serial:SOLO",
+                "--show-group",
+                "id-ctrl",
+            ],
+        );
+        assert_eq!(e.code, Some(0), "round {round}: {}", e.stderr);
+        assert!(e.stdout.contains("\nsn        : SOLO"), "{}", e.stdout);
+        let prefix = format!(
+            "nvmectl: shared-memory group {GROUP}: primary, I/O queue ids in use by the group: 0, controller process "
+        );
+        let pid: u32 = e
+            .stderr
+            .trim_end()
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("round {round}: stderr {:?}", e.stderr));
+        assert!(
+            !group_dir(GROUP).exists(),
+            "round {round}: group removed on exit"
+        );
+        wait_until("the controller process exits", || !pid_alive(pid));
+    }
+}
+
+fn main() {
+    // Before any thread exists: every child and this process's own attaches use it.
+    let dir = run_dir();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating the run directory");
+    std::env::set_var("NVME_RUN_DIR", &dir);
+
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let scenarios: &[(&str, fn())] = &[
+        ("two_perfs_share_a_controller", two_perfs_share_a_controller),
+        ("nvmectl_cycles_beside_perf", nvmectl_cycles_beside_perf),
+        (
+            "nvmectl_alone_creates_and_removes_the_group",
+            nvmectl_alone_creates_and_removes_the_group,
+        ),
+    ];
+    let (mut ran, mut failed) = (0, 0);
+    for (name, f) in scenarios {
+        if !filter.is_empty() && !filter.iter().any(|p| name.contains(p.as_str())) {
+            continue;
+        }
+        ran += 1;
+        let start = Instant::now();
+        match std::panic::catch_unwind(f) {
+            Ok(()) => println!("test {name} ... ok ({} ms)", start.elapsed().as_millis()),
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("\nmultiprocess: {} passed; {failed} failed", ran - failed);
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
