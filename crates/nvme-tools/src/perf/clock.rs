@@ -27,12 +27,14 @@ enum Kind {
 }
 
 impl Clock {
-    /// The TSC if the CPU says it runs at a constant rate (`constant_tsc` in
-    /// `/proc/cpuinfo`) and `NVME_PERF_CLOCK` is not `instant`; otherwise `Instant`.
+    /// The TSC when the CPU says it runs at a constant rate (`constant_tsc` in
+    /// `/proc/cpuinfo`) or when the kernel's clock source is not the TSC (then every
+    /// `Instant::now()` is a system call and a device read, as in a TCG guest on hpet; SPDK's
+    /// perf reads the TSC there too). `NVME_PERF_CLOCK=instant` forces `Instant`.
     pub fn new() -> Clock {
         let forced_instant = std::env::var("NVME_PERF_CLOCK").is_ok_and(|v| v == "instant");
         #[cfg(target_arch = "x86_64")]
-        if !forced_instant && constant_tsc() {
+        if !forced_instant && (constant_tsc() || !kernel_clock_is_tsc()) {
             if let Some(c) = Clock::calibrate_tsc(Duration::from_millis(20)) {
                 return c;
             }
@@ -100,6 +102,14 @@ fn rdtsc() -> u64 {
     // SAFETY: RDTSC has no preconditions on x86_64 (it is unprivileged unless CR4.TSD is set,
     // which Linux does not do for ordinary processes).
     unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Is the kernel's current clock source the TSC (fast `clock_gettime` through the vDSO)?
+#[cfg(target_arch = "x86_64")]
+fn kernel_clock_is_tsc() -> bool {
+    std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+        .map(|s| s.trim() == "tsc")
+        .unwrap_or(true)
 }
 
 #[cfg(target_arch = "x86_64")]
