@@ -137,6 +137,14 @@ impl Command {
     pub const fn abort(sqid: u16, cid: u16) -> Command {
         Command::new(AdminOpcode::Abort as u8, 0).cdw10(sqid as u32 | (cid as u32) << 16)
     }
+    /// Doorbell Buffer Config: the shadow doorbell buffer at `shadow_iova` and the EventIdx
+    /// buffer at `eventidx_iova` (one memory page each, page aligned).
+    pub const fn doorbell_buffer_config(shadow_iova: u64, eventidx_iova: u64) -> Command {
+        let mut c = Command::new(AdminOpcode::DoorbellBufferConfig as u8, 0);
+        c.0.prp1 = shadow_iova;
+        c.0.prp2 = eventidx_iova;
+        c
+    }
     /// Asynchronous Event Request.
     pub const fn async_event_request() -> Command {
         Command::new(AdminOpcode::AsyncEventRequest as u8, 0)

@@ -54,6 +54,61 @@ impl core::fmt::Display for QueueError {
     }
 }
 
+/// A queue's entries in the shadow doorbell and EventIdx buffers that Doorbell Buffer Config
+/// gives the controller (NVMe 1.4 5.7): the host writes the new tail or head to the shadow
+/// entry and writes the MMIO doorbell only when the controller's EventIdx asks for it.
+#[derive(Clone, Copy, Debug)]
+pub struct ShadowSlot {
+    db: *mut u32,
+    ei: *const u32,
+}
+
+// SAFETY: a description of two locations in DMA memory; the queue that uses it is owned by
+// one thread at a time.
+unsafe impl Send for ShadowSlot {}
+
+impl ShadowSlot {
+    /// The shadow doorbell at `db` and the EventIdx at `ei`.
+    ///
+    /// # Safety
+    /// Both must be 4-byte aligned locations in memory the controller was given with Doorbell
+    /// Buffer Config, valid while the queue uses them.
+    pub const unsafe fn new(db: *mut u32, ei: *const u32) -> ShadowSlot {
+        ShadowSlot { db, ei }
+    }
+}
+
+/// Does moving a doorbell from `old` to `new` pass the controller's EventIdx `ei`? (The
+/// same test as virtio's `vring_need_event`, on 16-bit values.)
+pub const fn need_event(ei: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(ei).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// Publishes `new` in the shadow doorbell and writes the MMIO doorbell if the controller
+/// asks for it. Returns whether it wrote the MMIO doorbell.
+fn ring_shadowed<R: RegisterAccess>(
+    regs: &R,
+    doorbell: usize,
+    slot: &ShadowSlot,
+    old: u32,
+    new: u32,
+) -> bool {
+    // SAFETY: the slot's locations are valid and aligned (ShadowSlot::new contract).
+    let ei = unsafe {
+        slot.db.write_volatile(new);
+        // The shadow write must be visible before we read EventIdx, or both sides could miss
+        // each other's update (the controller reads the shadow after writing EventIdx).
+        core::sync::atomic::fence(Ordering::SeqCst);
+        slot.ei.read_volatile()
+    };
+    if need_event(ei as u16, new as u16, old as u16) {
+        regs.write32(doorbell, new);
+        true
+    } else {
+        false
+    }
+}
+
 fn check_ring(
     mem: &DmaRegion,
     entries: u32,
@@ -94,6 +149,7 @@ pub struct SubmissionQueue {
     /// Tail value last written to the doorbell.
     rung_tail: u32,
     doorbell: usize,
+    shadow: Option<ShadowSlot>,
 }
 
 impl SubmissionQueue {
@@ -114,6 +170,7 @@ impl SubmissionQueue {
             head: 0,
             rung_tail: 0,
             doorbell,
+            shadow: None,
         })
     }
     /// Number of entries in the ring.
@@ -173,17 +230,28 @@ impl SubmissionQueue {
     pub fn needs_ring(&self) -> bool {
         self.tail != self.rung_tail
     }
-    /// Writes the tail doorbell if the tail moved since the last write. Returns whether it
-    /// wrote.
+    /// Writes the tail doorbell if the tail moved since the last write (with shadow
+    /// doorbells: publishes it, and writes the MMIO doorbell only if the controller asks).
+    /// Returns whether it wrote the MMIO doorbell.
     #[inline]
     pub fn ring<R: RegisterAccess>(&mut self, regs: &R) -> bool {
         if self.tail == self.rung_tail {
             return false;
         }
         core::sync::atomic::fence(Ordering::Release);
-        regs.write32(self.doorbell, self.tail);
+        let wrote = match &self.shadow {
+            Some(slot) => ring_shadowed(regs, self.doorbell, slot, self.rung_tail, self.tail),
+            None => {
+                regs.write32(self.doorbell, self.tail);
+                true
+            }
+        };
         self.rung_tail = self.tail;
-        true
+        wrote
+    }
+    /// Uses shadow doorbells from now on (`None`: MMIO doorbells only).
+    pub fn set_shadow(&mut self, slot: Option<ShadowSlot>) {
+        self.shadow = slot;
     }
     /// The tail and the last head the controller reported.
     pub fn positions(&self) -> (u32, u32) {
@@ -207,6 +275,7 @@ pub struct CompletionQueue {
     /// Head value last written to the doorbell.
     rung_head: u32,
     doorbell: usize,
+    shadow: Option<ShadowSlot>,
 }
 
 impl CompletionQueue {
@@ -230,6 +299,7 @@ impl CompletionQueue {
             phase: true,
             rung_head: 0,
             doorbell,
+            shadow: None,
         })
     }
     /// Number of entries in the ring.
@@ -281,9 +351,19 @@ impl CompletionQueue {
         if self.head == self.rung_head {
             return false;
         }
-        regs.write32(self.doorbell, self.head);
+        let wrote = match &self.shadow {
+            Some(slot) => ring_shadowed(regs, self.doorbell, slot, self.rung_head, self.head),
+            None => {
+                regs.write32(self.doorbell, self.head);
+                true
+            }
+        };
         self.rung_head = self.head;
-        true
+        wrote
+    }
+    /// Uses shadow doorbells from now on (`None`: MMIO doorbells only).
+    pub fn set_shadow(&mut self, slot: Option<ShadowSlot>) {
+        self.shadow = slot;
     }
     /// The head and the phase tag expected at the head.
     pub fn position(&self) -> (u32, bool) {
@@ -380,6 +460,48 @@ mod tests {
         let regs = Regs::default();
         assert!(cq.ring(&regs));
         assert_eq!(*regs.0.borrow(), [(0x100c, 1)]);
+    }
+
+    #[test]
+    fn shadow_doorbells_write_mmio_only_when_the_controller_asks() {
+        assert!(
+            need_event(0, 1, 0),
+            "controller caught up at 0: 0 -> 1 crosses it"
+        );
+        assert!(!need_event(5, 3, 1), "event index ahead of the new value");
+        assert!(need_event(2, 5, 1));
+        assert!(
+            !need_event(1, 5, 2),
+            "already past the event index before this move"
+        );
+        assert!(need_event(0xffff, 1, 0xfffe), "wraps at 16 bits");
+        let mut page = Page([0; 4096]);
+        // SAFETY: `page` outlives the queue.
+        let mem = unsafe { DmaRegion::new(page.0.as_mut_ptr(), 0x10000, 4096) };
+        let mut sq = SubmissionQueue::new(mem, 8, 0x1008, 4096).unwrap();
+        // words[0]: shadow doorbell, words[1]: EventIdx, both reached through raw pointers only.
+        let mut words = [0u32; 2];
+        let p = words.as_mut_ptr();
+        // SAFETY: `words` lives until the end of the test; both pointers are aligned.
+        sq.set_shadow(Some(unsafe { ShadowSlot::new(p, p.add(1)) }));
+        let regs = Regs::default();
+        let e = SubmissionEntry::default();
+        sq.push(&e);
+        assert!(sq.ring(&regs), "the controller waits at 0: MMIO write");
+        // SAFETY: as above.
+        assert_eq!(unsafe { p.read() }, 1);
+        // The controller says: tell me when the tail passes 5.
+        // SAFETY: as above.
+        unsafe { p.add(1).write(5) };
+        sq.push(&e);
+        assert!(!sq.ring(&regs), "no MMIO write before the event index");
+        // SAFETY: as above.
+        assert_eq!(unsafe { p.read() }, 2, "the shadow holds the new tail");
+        for _ in 0..4 {
+            sq.push(&e);
+        }
+        assert!(sq.ring(&regs), "passing the event index writes MMIO");
+        assert_eq!(*regs.0.borrow(), [(0x1008, 1), (0x1008, 6)]);
     }
 
     #[test]

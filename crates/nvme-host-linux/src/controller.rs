@@ -134,6 +134,9 @@ pub(crate) struct Inner {
     pub(crate) granted: u16,
     opts: AttachOptions,
     pub(crate) monitor_stop: Arc<AtomicBool>,
+    /// Shadow doorbell and EventIdx buffers (one page each) given to the controller with
+    /// Doorbell Buffer Config, when it offers it.
+    pub(crate) shadow: Option<DmaMapping>,
 }
 
 /// An attached NVMe controller. Cheap to clone; every clone and every queue pair keeps the
@@ -149,6 +152,28 @@ impl std::fmt::Debug for Controller {
             .field("transport", &self.inner.trid.to_string())
             .finish()
     }
+}
+
+/// Gives the controller shadow doorbell buffers (Doorbell Buffer Config) when it offers them
+/// and `NVME_NO_SHADOW_DOORBELLS` is not set. A failure only means MMIO doorbells.
+fn setup_shadow_doorbells(
+    transport: &Arc<dyn Transport>,
+    info: &ControllerInfo,
+    admin: &mut Admin,
+    timeout: Duration,
+) -> Option<DmaMapping> {
+    use nvme_regs::identify::Oacs;
+    if !info.identify.oacs().contains(Oacs::DOORBELL_BUFFER_CONFIG)
+        || std::env::var_os("NVME_NO_SHADOW_DOORBELLS").is_some()
+    {
+        return None;
+    }
+    let ps = info.page_size;
+    let mem = DmaMapping::new(transport, "nvme-dbbuf", 2 * ps).ok()?;
+    let r = mem.region();
+    let cmd = Command::doorbell_buffer_config(r.iova(), r.iova() + ps as u64);
+    admin.execute(None, cmd, None, timeout).ok()?;
+    Some(mem)
 }
 
 pub(crate) fn init_options(opts: &AttachOptions) -> InitOptions {
@@ -312,7 +337,14 @@ impl Controller {
                 identify: Box::new(id),
             });
         }
+        let shadow = match &group {
+            // Controller-wide buffers would have to live in the group's shared memory; a
+            // group uses MMIO doorbells for now.
+            Some(_) => None,
+            None => setup_shadow_doorbells(&transport, &info, &mut admin, opts.admin_timeout),
+        };
         let inner = Inner {
+            shadow,
             regs: admin.regs,
             transport,
             trid,

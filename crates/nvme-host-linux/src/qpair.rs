@@ -100,8 +100,14 @@ impl IoQueuePair {
             let slots: Box<[Slot<IoCtx>]> = (0..QueueConfig::slots(entries))
                 .map(|_| Slot::EMPTY)
                 .collect();
-            let qp = QueuePair::new(cfg, ctrl.inner.regs, slots)
+            let mut qp = QueuePair::new(cfg, ctrl.inner.regs, slots)
                 .map_err(|e| Error::Invalid(format!("I/O queue {qid}: {e}")))?;
+            if let Some(sh) = &ctrl.inner.shadow {
+                let r = sh.region();
+                // SAFETY: the two pages were given to the controller with Doorbell Buffer
+                // Config and live as long as the controller, which this queue pair keeps.
+                unsafe { qp.set_shadow_doorbells(r.vaddr(), r.vaddr().add(ps), info.cap.dstrd()) };
+            }
             Ok((qp, rings, dsm))
         };
         let (qp, rings, dsm) = match build() {

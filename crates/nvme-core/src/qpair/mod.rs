@@ -335,6 +335,33 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     pub fn next_slot(&self) -> Option<usize> {
         (self.free_head != NONE).then_some(self.free_head as usize)
     }
+    /// Uses the shadow doorbell and EventIdx buffers (Doorbell Buffer Config) for this
+    /// queue pair's doorbells: `db_page` and `ei_page` are the host addresses of the two
+    /// buffers given to the controller; this queue's entries sit where its doorbells sit in
+    /// BAR0 (less 0x1000). Zeroes them; call before the queues are created.
+    ///
+    /// # Safety
+    /// Both buffers must be mapped, page-sized and given to the controller with Doorbell
+    /// Buffer Config, and stay so while this queue pair exists.
+    pub unsafe fn set_shadow_doorbells(&mut self, db_page: *mut u8, ei_page: *mut u8, dstrd: u8) {
+        let sq_off = nvme_regs::registers::sq_tail_doorbell(self.qid, dstrd)
+            - nvme_regs::registers::offset::DOORBELLS;
+        let cq_off = nvme_regs::registers::cq_head_doorbell(self.qid, dstrd)
+            - nvme_regs::registers::offset::DOORBELLS;
+        // SAFETY: inside the page-sized buffers for any qid the controller accepts with its
+        // stride (the caller's contract); 4-byte aligned because the offsets are.
+        unsafe {
+            let slot = |off: usize| {
+                let db = db_page.add(off) as *mut u32;
+                let ei = ei_page.add(off) as *mut u32;
+                db.write_volatile(0);
+                ei.write_volatile(0);
+                crate::queue::ShadowSlot::new(db, ei)
+            };
+            self.sq.set_shadow(Some(slot(sq_off)));
+            self.cq.set_shadow(Some(slot(cq_off)));
+        }
+    }
     /// Ring positions: (SQ tail, SQ head, CQ head, CQ phase). With nothing outstanding, they
     /// let another owner (the shared admin queue) continue where this queue pair stopped.
     pub fn ring_positions(&self) -> (u32, u32, u32, bool) {
