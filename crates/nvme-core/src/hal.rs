@@ -130,6 +130,12 @@ pub unsafe trait RobustLock {
     fn lock(&self) -> LockOutcome;
     /// Takes the lock if it is free.
     fn try_lock(&self) -> Option<LockOutcome>;
+    /// Takes the lock, waiting at most `timeout`; `None` when it stayed held (by a process
+    /// that is stopped or stuck rather than dead). The default waits without a bound.
+    fn lock_timeout(&self, timeout: core::time::Duration) -> Option<LockOutcome> {
+        let _ = timeout;
+        Some(self.lock())
+    }
     /// Declares the protected state consistent after [`LockOutcome::PreviousOwnerDied`].
     fn mark_consistent(&self);
     /// Releases the lock.

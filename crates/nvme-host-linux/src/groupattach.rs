@@ -85,7 +85,7 @@ fn create_group(
     hdr.admin.set_positions(sq_tail, sq_head, cq_head, phase);
     before_publish(&mut creating);
     let trid_text = trid.to_string();
-    let group = creating.publish(&trid_text, |si| {
+    let mut group = creating.publish(&trid_text, |si| {
         si.cap = info.cap.0;
         si.vs = info.vs.0;
         si.page_size = info.page_size as u32;
@@ -102,7 +102,8 @@ fn create_group(
         si.identify.copy_from_slice(info.identify.as_bytes());
         si.namespaces.copy_from_slice(info.namespaces.as_bytes());
     })?;
-    group.admin(regs).join();
+    group.set_lock_timeout(opts.admin_timeout);
+    group.admin(regs).join().map_err(Error::Submit)?;
     // One Asynchronous Event Request for the whole group; whoever reaps re-arms it.
     let _ = group.admin(regs).enable_events(1);
     Controller::finish(
@@ -117,13 +118,14 @@ fn create_group(
 
 /// Joins a live group through `transport` (this process's own view of the controller).
 fn join_group(
-    group: Group,
+    mut group: Group,
     transport: Arc<dyn Transport>,
     trid: TransportId,
     opts: &AttachOptions,
 ) -> Result<Controller> {
+    group.set_lock_timeout(opts.admin_timeout);
     let regs = transport.regs();
-    group.admin(regs).join();
+    group.admin(regs).join().map_err(Error::Submit)?;
     let info = info_from_header(group.header());
     let data = DmaBuffer::new(&transport, ADMIN_DATA_LEN)?;
     Controller::finish(

@@ -24,10 +24,13 @@ fn env(name: &str) -> String {
 
 fn attach_from_env() -> Result<Controller, nvme_host_linux::Error> {
     let trid = TransportId::parse(TRID).unwrap();
-    let opts = AttachOptions {
+    let mut opts = AttachOptions {
         group: Some(env("NVME_MP_GROUP").parse().unwrap()),
         ..Default::default()
     };
+    if let Ok(ms) = std::env::var("NVME_MP_ADMIN_TIMEOUT_MS") {
+        opts.admin_timeout = Duration::from_millis(ms.parse().unwrap());
+    }
     Controller::attach_with(&trid, &opts)
 }
 
@@ -660,6 +663,35 @@ fn asynchronous_events_reach_every_process() {
     b.finish().clean();
 }
 
+fn a_stopped_lock_holder_is_an_error_not_a_hang() {
+    let s = Scenario::new(20);
+    let mut keeper = s.spawn("keeper", "wait", &[]);
+    keeper.expect("READY primary");
+    // Alive but never releasing the admin lock: what a process stopped in a debugger does.
+    let mut holder = s.spawn("holder", "hold-lock", &[]);
+    holder.expect("HOLDING");
+    let start = Instant::now();
+    let mut late = s.spawn(
+        "late",
+        "wait",
+        &[("NVME_MP_ADMIN_TIMEOUT_MS", "500".into())],
+    );
+    let line = late.expect("ATTACH-ERROR");
+    assert!(line.contains("stopped or stuck"), "{line}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the bound applies"
+    );
+    assert_eq!(late.finish().code, 3);
+    // Once the holder is gone for good, the next process recovers the lock and joins.
+    holder.kill();
+    let mut next = s.spawn("next", "wait", &[]);
+    next.expect("READY secondary");
+    s.stop();
+    next.finish().clean();
+    keeper.finish().clean();
+}
+
 fn main() {
     if let Ok(role) = std::env::var("NVME_MP_ROLE") {
         std::process::exit(child(&role));
@@ -694,6 +726,10 @@ fn main() {
         (
             "last_member_out_releases_everything",
             last_member_out_releases_everything,
+        ),
+        (
+            "a_stopped_lock_holder_is_an_error_not_a_hang",
+            a_stopped_lock_holder_is_an_error_not_a_hang,
         ),
         (
             "asynchronous_events_reach_every_process",

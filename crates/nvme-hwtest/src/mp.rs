@@ -564,6 +564,11 @@ impl Mp {
         v.kill();
         self.primary()?.progresses()?;
         self.secondary()?.progresses()?;
+        // The survivors' monitors (every 50 ms) delete the victim's queues and free its member
+        // record; a newcomer joining before that finishes takes the next free record (and
+        // slice) instead, which is correct but not what this check looks for. Give the
+        // cleanup ample time in the slow TCG guest.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
         let mut n = self.spawn("newcomer", "queues", "trtype:PCIe", &[])?;
         n.expect("READY secondary")?;
         // The newcomer takes the victim's member slot, so its slice: the same first buffer

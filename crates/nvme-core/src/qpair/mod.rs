@@ -86,6 +86,9 @@ impl Completion {
 pub enum SubmitError {
     /// Not enough free submission entries or command slots now; poll and retry.
     QueueFull,
+    /// The lock guarding a shared queue stayed held longer than the bound: its holder is
+    /// alive but stopped or stuck (a dead holder is recovered from, not waited for).
+    LockTimeout,
     /// The request needs more commands than the queue can ever hold at once.
     TooLarge {
         /// Commands the request needs.
@@ -115,6 +118,10 @@ impl core::fmt::Display for SubmitError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             SubmitError::QueueFull => write!(f, "queue full: process completions and retry"),
+            SubmitError::LockTimeout => write!(
+                f,
+                "the shared admin queue's lock stayed held past the bound: another process of the group holds it and is stopped or stuck (a debugger, SIGSTOP?)"
+            ),
             SubmitError::TooLarge { commands, capacity } => write!(
                 f,
                 "request needs {commands} commands but the queue holds {capacity}; use a deeper queue or a smaller request"

@@ -220,6 +220,7 @@ pub struct SharedAdminQueue<'a, R: RegisterAccess, L: RobustLock> {
     cq: DmaRegion,
     prp: DmaRegion,
     me: OwnerId,
+    lock_timeout: Option<core::time::Duration>,
 }
 
 /// Holds the group lock; unlocks on drop.
@@ -263,6 +264,7 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
             cq,
             prp,
             me,
+            lock_timeout: None,
         })
     }
 
@@ -288,22 +290,53 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         Held(self.lock)
     }
 
+    /// Takes the lock within the configured bound (see
+    /// [`with_lock_timeout`](Self::with_lock_timeout)).
+    fn take_lock_bounded(&self) -> Result<Held<'a, L>, SubmitError> {
+        let Some(t) = self.lock_timeout else {
+            return Ok(self.take_lock());
+        };
+        match self.lock.lock_timeout(t) {
+            None => Err(SubmitError::LockTimeout),
+            Some(o) => {
+                if o == LockOutcome::PreviousOwnerDied {
+                    self.recover_locked();
+                    self.lock.mark_consistent();
+                }
+                Ok(Held(self.lock))
+            }
+        }
+    }
+
+    /// Bounds how long [`submit`](Self::submit) and a waiting [`poll`](Self::poll) wait for
+    /// the lock: a member that is stopped (not dead) while holding it would otherwise stall
+    /// every other member's admin commands.
+    pub fn with_lock_timeout(mut self, timeout: core::time::Duration) -> Self {
+        self.lock_timeout = Some(timeout);
+        self
+    }
+
     /// Claims this member's mailbox (after joining; clears whatever an earlier holder of the
-    /// index left). Takes the lock.
-    pub fn join(&self) {
-        let _g = self.take_lock();
+    /// index left). Takes the lock (within the bound, if one is set).
+    pub fn join(&self) -> Result<(), SubmitError> {
+        let _g = self.take_lock_bounded()?;
         let mb = self.mailbox(self.me.index());
         mb.owner.store(self.me.raw(), Ordering::Relaxed);
         mb.outstanding.store(0, Ordering::Relaxed);
         let tail = mb.tail.load(Ordering::Relaxed);
         mb.head.store(tail, Ordering::Release);
+        Ok(())
     }
 
     /// Releases member `who` (it left or died): its mailbox is disowned, so completions
     /// still on their way to it are dropped, and its claimed-but-unpublished slots are
-    /// freed. Takes the lock.
+    /// freed. Takes the lock (within the bound, if one is set; on timeout nothing changes:
+    /// the mailbox is reset when its index is next claimed, and late completions for `who`
+    /// fail the owner check then).
     pub fn release_member(&self, who: OwnerId) {
-        let _g = self.take_lock();
+        let Ok(_g) = self.take_lock_bounded() else {
+            return;
+        };
         let mb = self.mailbox(who.index());
         if mb.owner.load(Ordering::Relaxed) == who.raw() {
             mb.owner.store(0, Ordering::Relaxed);
@@ -373,7 +406,7 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
             }
         }
         let mb = self.mailbox(self.me.index());
-        let _g = self.take_lock();
+        let _g = self.take_lock_bounded()?;
         if mb.outstanding.load(Ordering::Relaxed) as usize >= MAILBOX_LEN {
             return Err(SubmitError::QueueFull);
         }
@@ -446,7 +479,7 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
     /// (0 stops re-arming). Their completions are recorded for every member to read with
     /// [`events_since`](Self::events_since); whoever reaps re-arms. Takes the lock.
     pub fn enable_events(&self, count: u32) -> Result<(), SubmitError> {
-        let _g = self.take_lock();
+        let _g = self.take_lock_bounded()?;
         self.state.aer_target.store(count, Ordering::Relaxed);
         self.rearm_locked()
     }
@@ -503,7 +536,7 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
             return n;
         }
         let held = if wait_for_lock {
-            Some(self.take_lock())
+            self.take_lock_bounded().ok()
         } else {
             match self.lock.try_lock() {
                 Some(LockOutcome::Acquired) => Some(Held(self.lock)),

@@ -83,7 +83,7 @@ impl Rig {
             OwnerId::new(index, epoch),
         )
         .unwrap();
-        q.join();
+        q.join().unwrap();
         q
     }
     /// A controller on its own thread: completes every command with dw0 = cdw10, unless
@@ -288,7 +288,7 @@ fn a_holder_dying_mid_submit_is_recovered() {
         OwnerId::new(3, 1),
     )
     .unwrap();
-    q.join();
+    q.join().unwrap();
     // Member 5 died after claiming every slot but before publishing any of them.
     for s in &rig.state.slots[..(ENTRIES - 1) as usize] {
         s.state.store(CLAIMED, Ordering::Relaxed);
@@ -414,4 +414,47 @@ fn asynchronous_events_reach_every_member() {
     assert_eq!(stale, 40);
     stop.store(true, Ordering::Relaxed);
     dev.join().unwrap();
+}
+
+/// A lock held by a process that is alive but stopped: never free.
+struct StuckLock;
+
+// SAFETY: never grants the lock, so it never lets two holders in.
+unsafe impl RobustLock for StuckLock {
+    fn lock(&self) -> LockOutcome {
+        panic!("an unbounded wait on a stuck lock would hang the test");
+    }
+    fn try_lock(&self) -> Option<LockOutcome> {
+        None
+    }
+    fn lock_timeout(&self, _: core::time::Duration) -> Option<LockOutcome> {
+        None
+    }
+    fn mark_consistent(&self) {}
+    fn unlock(&self) {}
+}
+
+#[test]
+fn a_stuck_lock_holder_times_out_instead_of_hanging() {
+    let rig = Rig::new();
+    let q = SharedAdminQueue::new(
+        rig.state,
+        &StuckLock,
+        Regs(rig.bells.clone()),
+        rig.sq,
+        rig.cq,
+        rig.prp,
+        OwnerId::new(2, 1),
+    )
+    .unwrap()
+    .with_lock_timeout(core::time::Duration::from_millis(10));
+    assert_eq!(q.join(), Err(SubmitError::LockTimeout));
+    assert_eq!(
+        q.submit(Command::flush(1), None, 1),
+        Err(SubmitError::LockTimeout)
+    );
+    assert_eq!(q.enable_events(1), Err(SubmitError::LockTimeout));
+    assert_eq!(q.poll(true, |_, _| panic!("nothing to deliver")), 0);
+    q.release_member(OwnerId::new(3, 1)); // gives up quietly
+    assert!(std::format!("{}", SubmitError::LockTimeout).contains("stopped or stuck"));
 }

@@ -33,7 +33,7 @@ mod robust;
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -73,11 +73,10 @@ fn os(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 
 /// Creates the group directory or checks that an existing one is ours.
 fn ensure_dir(id: u32, dir: &Path) -> Result<()> {
-    match std::fs::create_dir(dir) {
-        Ok(()) => {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(os(format!("setting permissions of {}", dir.display())))?;
-        }
+    // mkdir with mode 0700 in one step: a process racing us must never see the directory
+    // with wider permissions (the umask can only narrow them).
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => {
             return Err(Error::os(
@@ -157,9 +156,14 @@ pub(crate) struct Group {
     me: Option<OwnerId>,
     primary: AtomicBool,
     join_held: AtomicBool,
+    /// Bound on waiting for the group lock in admin commands (a stopped holder).
+    lock_timeout: std::time::Duration,
     /// `trtype:PCIe`: this member's VFIO descriptor server.
     server: Mutex<Option<fdpass::Server>>,
 }
+
+/// How long admin commands wait for the group lock unless the attach options say otherwise.
+const DEFAULT_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Length of the control segment.
 fn control_len() -> usize {
@@ -275,6 +279,7 @@ impl Group {
             primary: AtomicBool::new(false),
             join_held: AtomicBool::new(true),
             server: Mutex::new(None),
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
         }
     }
 
@@ -315,6 +320,11 @@ impl Group {
         self.admin_mem.as_ref().expect("admin segment mapped")
     }
 
+    /// Bounds how long this process's admin commands wait for the group lock.
+    pub(crate) fn set_lock_timeout(&mut self, timeout: std::time::Duration) {
+        self.lock_timeout = timeout;
+    }
+
     /// This process's handle on the shared admin queue.
     pub(crate) fn admin(&self, regs: Mmio) -> SharedAdminQueue<'_, Mmio, RobustMutex> {
         let info = &self.header().info;
@@ -337,6 +347,7 @@ impl Group {
             self.me(),
         )
         .expect("shared admin queue configured by the creator")
+        .with_lock_timeout(self.lock_timeout)
     }
 
     /// Claims a member record and this process's liveness byte, and the primary role if it

@@ -95,6 +95,25 @@ unsafe impl RobustLock for RobustMutex {
             r => Some(Self::outcome(r)),
         }
     }
+    fn lock_timeout(&self, timeout: std::time::Duration) -> Option<LockOutcome> {
+        // pthread_mutex_timedlock takes an absolute CLOCK_REALTIME deadline.
+        // SAFETY: clock_gettime writes the timespec we pass.
+        let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+        let total = now.tv_nsec as u64 + timeout.subsec_nanos() as u64;
+        let deadline = libc::timespec {
+            tv_sec: now.tv_sec
+                + timeout.as_secs() as libc::time_t
+                + (total / 1_000_000_000) as libc::time_t,
+            tv_nsec: (total % 1_000_000_000) as libc::c_long,
+        };
+        // SAFETY: the mutex is initialised and mapped (constructor contract).
+        match unsafe { libc::pthread_mutex_timedlock(self.m, &deadline) } {
+            libc::ETIMEDOUT => None,
+            r => Some(Self::outcome(r)),
+        }
+    }
     fn mark_consistent(&self) {
         // SAFETY: called by the holder after EOWNERDEAD.
         unsafe { libc::pthread_mutex_consistent(self.m) };
