@@ -116,15 +116,7 @@ impl Device {
                 (self.config.offset + off) as libc::off_t,
             )
         };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n as usize != buf.len() {
-            return Err(io::Error::other(format!(
-                "short config space read at {off:#x}"
-            )));
-        }
-        Ok(())
+        whole_transfer(n, buf.len(), "read", off)
     }
 
     /// Writes config space at `off`.
@@ -138,15 +130,7 @@ impl Device {
                 (self.config.offset + off) as libc::off_t,
             )
         };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n as usize != buf.len() {
-            return Err(io::Error::other(format!(
-                "short config space write at {off:#x}"
-            )));
-        }
-        Ok(())
+        whole_transfer(n, buf.len(), "write", off)
     }
 
     pub(crate) fn config_u16(&self, off: u64) -> io::Result<u16> {
@@ -234,6 +218,20 @@ fn region_info(fd: BorrowedFd<'_>, index: u32) -> io::Result<Region> {
     Err(io::Error::other(
         "VFIO_DEVICE_GET_REGION_INFO kept asking for a larger buffer",
     ))
+}
+
+/// The result of a config-space `pread`/`pwrite` of `len` bytes: the OS error, a short
+/// transfer, or success.
+fn whole_transfer(n: isize, len: usize, what: &str, off: u64) -> io::Result<()> {
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize != len {
+        return Err(io::Error::other(format!(
+            "short config space {what} at {off:#x}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
