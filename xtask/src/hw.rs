@@ -82,14 +82,6 @@ pub fn test_hw(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// Whether `cargo xtask test` runs the hardware suite (with no arguments) as its last step.
-/// On: the VM run passes reliably on the CI machines (TCG, about 15-25 s for boot, suite and
-/// read-back) and `.ci/run` installs its packages. Where they are missing, the step fails
-/// with a message that says what to install (or use `--skip-hw`).
-pub fn ci_step_enabled() -> bool {
-    true
-}
-
 fn real_device(bdf: &str, write_ns: &[u32]) -> Result<(), String> {
     cargo::cargo(&["build", "--release", "-p", "nvme-hwtest"], &[])?;
     let bin = cargo::target_dir().join("release/nvme-hwtest");

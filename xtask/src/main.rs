@@ -1,10 +1,8 @@
 //! `cargo xtask`: the project's tasks, run from anywhere in the workspace.
 //!
-//! - `cargo xtask test`: the full test run (formatting, clippy, tests, doc tests, docs, the
-//!   `no_std` check, and the hardware suite when it is enabled). This is the command the README
-//!   names and CI runs.
-//! - `cargo xtask ci`: what CI needs beyond `test` (today: the same steps, plus the toolchain
-//!   versions in the log).
+//! - `cargo xtask test`: the full test run (the toolchain versions, formatting, clippy, tests,
+//!   doc tests, docs, the `no_std` check, and the hardware suite in a QEMU VM). This is the
+//!   command the README names and `.ci/run` runs.
 //! - `cargo xtask nostd`: only the `no_std` check (`ci/nostd-check`).
 //! - `cargo xtask bench [-- criterion args]`: the criterion benchmarks.
 //! - `cargo xtask test-hw [args]`: the hardware suite (QEMU VM or a real device).
@@ -37,10 +35,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Task {
     /// The full test run: fmt, clippy, tests, doc tests, rustdoc, the no_std check, and the
-    /// hardware suite when it is enabled. Stops at the first failure.
+    /// hardware suite in a QEMU VM. Stops at the first failure. CI runs this.
     Test(TestArgs),
-    /// What CI runs: the same steps as `test`, plus the toolchain versions in the log.
-    Ci(TestArgs),
     /// Only the no_std check: build (and on x86_64 Linux, run) `ci/nostd-check`.
     Nostd,
     /// Run the criterion benchmarks (`cargo bench`); arguments after `--` go to criterion.
@@ -64,7 +60,7 @@ enum Task {
     },
 }
 
-/// Options of `test` and `ci`.
+/// Options of `test`.
 #[derive(Args, Debug, Clone)]
 struct TestArgs {
     /// Skip the hardware suite even when it is enabled.
@@ -82,8 +78,7 @@ struct TestArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Test(args) => test(args, false),
-        Task::Ci(args) => test(args, true),
+        Task::Test(args) => test(args),
         Task::Nostd => {
             let mut runner = Runner::new("nostd");
             runner.step(
@@ -106,9 +101,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The full test run; `ci` adds the CI-only steps. Errors are already reported.
-fn test(args: TestArgs, ci: bool) -> Result<(), ()> {
-    let name = if ci { "ci" } else { "test" };
+/// The full test run. Errors are already reported.
+fn test(args: TestArgs) -> Result<(), ()> {
+    let name = "test";
     let components: &[&str] = if args.quick {
         &[]
     } else {
@@ -128,8 +123,6 @@ fn test(args: TestArgs, ci: bool) -> Result<(), ()> {
         Skip::Because("--skip-hw")
     } else if !args.package.is_empty() {
         Skip::Because("--package")
-    } else if !hw::ci_step_enabled() {
-        Skip::Because("not enabled in xtask/src/hw.rs")
     } else {
         Skip::No
     };
@@ -152,14 +145,12 @@ fn test(args: TestArgs, ci: bool) -> Result<(), ()> {
     };
 
     let mut r = Runner::new(name);
-    if ci {
-        r.step(
-            "toolchain",
-            "rustc -vV; cargo -V".into(),
-            Skip::No,
-            cargo::print_toolchain,
-        );
-    }
+    r.step(
+        "toolchain",
+        "rustc -vV; cargo -V".into(),
+        Skip::No,
+        cargo::print_toolchain,
+    );
 
     let fmt = cmd(&["fmt"], &fmt_select, &["--", "--check"]);
     r.step("fmt", shown(&fmt), quick, move || {

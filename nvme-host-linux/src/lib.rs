@@ -38,5 +38,5 @@ fn open_pcie(traddr: Option<&PciAddress>) -> Result<std::sync::Arc<dyn Transport
 
 /// The workspace README's examples, compiled and run as doctests.
 #[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
