@@ -673,7 +673,9 @@ impl Admin {
                         match q.submit(cmd, region, tag.0) {
                             Ok(()) => submitted = true,
                             // Other processes fill the queue: poll and retry until the timeout.
-                            Err(nvme_core::SubmitError::QueueFull) => {}
+                            Err(nvme_core::shared::AdminSubmitError::Submit(
+                                nvme_core::SubmitError::QueueFull,
+                            )) => {}
                             Err(e) => return Err(e.into()),
                         }
                     }

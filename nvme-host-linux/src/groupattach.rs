@@ -103,7 +103,7 @@ fn create_group(
         si.namespaces.copy_from_slice(info.namespaces.as_bytes());
     })?;
     group.set_lock_timeout(opts.admin_timeout);
-    group.admin(regs).join().map_err(Error::Submit)?;
+    group.admin(regs).join()?;
     // One Asynchronous Event Request for the whole group; whoever reaps re-arms it.
     let _ = group.admin(regs).enable_events(1);
     Controller::finish(
@@ -125,7 +125,7 @@ fn join_group(
 ) -> Result<Controller> {
     group.set_lock_timeout(opts.admin_timeout);
     let regs = transport.regs();
-    group.admin(regs).join().map_err(Error::Submit)?;
+    group.admin(regs).join()?;
     let info = info_from_header(group.header());
     let data = DmaBuffer::new(&transport, ADMIN_DATA_LEN)?;
     Controller::finish(

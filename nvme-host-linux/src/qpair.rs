@@ -103,10 +103,19 @@ impl IoQueuePair {
             let mut qp = QueuePair::new(cfg, ctrl.inner.regs, slots)
                 .map_err(|e| Error::Invalid(format!("I/O queue {qid}: {e}")))?;
             if let Some(sh) = &ctrl.inner.shadow {
+                // The two pages were given to the controller with Doorbell Buffer Config and
+                // live as long as the controller, which this queue pair keeps.
+                // Every queue must use them once the controller has them.
                 let r = sh.region();
-                // SAFETY: the two pages were given to the controller with Doorbell Buffer
-                // Config and live as long as the controller, which this queue pair keeps.
-                unsafe { qp.set_shadow_doorbells(r.vaddr(), r.vaddr().add(ps), info.cap.dstrd()) };
+                let set = match (r.sub(0, ps), r.sub(ps, ps)) {
+                    (Some(db), Some(ei)) => qp.set_shadow_doorbells(&db, &ei, info.cap.dstrd()),
+                    _ => false,
+                };
+                if !set {
+                    return Err(Error::Invalid(format!(
+                        "I/O queue {qid}: its shadow doorbells fall outside the {ps}-byte Doorbell Buffer Config pages"
+                    )));
+                }
             }
             Ok((qp, rings, dsm))
         };

@@ -450,7 +450,7 @@ impl Group {
     /// Takes the group lock and never releases it (tests: a process killed while holding it).
     pub(crate) fn hold_lock_forever(&self) {
         use nvme_core::RobustLock;
-        let _ = self.mutex.lock();
+        std::mem::forget(self.mutex.lock(None));
     }
 
     /// Takes the join lock (for cleanup and leaving).
