@@ -12,7 +12,7 @@ use nvme_regs::features::FeatureSelect;
 use nvme_regs::identify::{cns, IdentifyController, IdentifyNamespace, IDENTIFY_DATA_SIZE};
 use nvme_regs::log::{lid, AsyncEvent, ErrorLogEntry, FirmwareSlotLog, SmartLog};
 use nvme_regs::opcode::DataDirection;
-use nvme_regs::registers::{offset, Cc, Csts, ShutdownNotification, ShutdownStatus};
+use nvme_regs::registers::{Csts, ShutdownNotification, ShutdownStatus};
 use zerocopy::FromBytes;
 
 use crate::backend::{SimTransport, Transport};
@@ -235,7 +235,7 @@ pub(crate) fn bring_up(
     let slots: Box<[Slot<AdminTag>]> = (0..QueueConfig::slots(layout.entries))
         .map(|_| Slot::EMPTY)
         .collect();
-    let mut qp = QueuePair::new(cfg, regs, slots)
+    let mut qp = QueuePair::new(cfg, regs.clone(), slots)
         .map_err(|e| Error::Init(nvme_core::InitError::Queue(e)))?;
     let mut data = DmaBuffer::new(transport, ADMIN_DATA)?;
     let data_region = IoBuf::from(&mut data).region();
@@ -345,7 +345,7 @@ impl Controller {
         };
         let inner = Inner {
             shadow,
-            regs: admin.regs,
+            regs: admin.regs.clone(),
             transport,
             trid,
             info: Box::new(info),
@@ -434,7 +434,7 @@ impl Controller {
         let mut out = Vec::new();
         match &self.inner.group {
             Some(g) => {
-                let q = g.admin(self.inner.regs);
+                let q = g.admin(self.inner.regs.clone());
                 q.reap();
                 let mut cursor = lock(&self.inner.event_cursor);
                 q.events_since(&mut cursor, |dw0| out.push(AsyncEvent::from_dword(dw0)));
@@ -571,15 +571,13 @@ impl Controller {
     }
     /// Reads CSTS now.
     pub fn status_register(&self) -> Csts {
-        use nvme_core::RegisterAccess;
-        Csts(self.inner.regs.read32(offset::CSTS))
+        self.inner.regs.csts()
     }
 }
 
 /// Does the controller report fatal status (or has it disappeared)?
 pub(crate) fn fatal(regs: &Mmio) -> bool {
-    use nvme_core::RegisterAccess;
-    let csts = Csts(regs.read32(offset::CSTS));
+    let csts = regs.csts();
     csts.cfs() || csts.is_all_ones()
 }
 
@@ -642,7 +640,7 @@ impl Admin {
             Some((r, k)) => (Some(r), Some(k)),
             None => (None, None),
         };
-        let regs = self.regs;
+        let regs = self.regs.clone();
         let start = Instant::now();
         let mut result = None;
         let mut submitted = false;
@@ -668,7 +666,7 @@ impl Admin {
                 AdminKind::Shared => {
                     let q = group
                         .expect("a shared admin queue belongs to a group")
-                        .admin(regs);
+                        .admin(regs.clone());
                     if !submitted {
                         match q.submit(cmd, region, tag.0) {
                             Ok(()) => submitted = true,
@@ -747,12 +745,11 @@ impl Admin {
 /// Sends the normal shutdown notification and waits for it, bounded by RTD3E or 10 s (NVMe
 /// 1.4 7.6.2).
 fn shutdown(regs: &Mmio, rtd3e_us: u32) {
-    use nvme_core::RegisterAccess;
-    let cc = Cc(regs.read32(offset::CC));
-    if !cc.en() || Csts(regs.read32(offset::CSTS)).is_all_ones() {
+    let cc = regs.cc();
+    if !cc.en() || regs.csts().is_all_ones() {
         return;
     }
-    regs.write32(offset::CC, cc.with_shn(ShutdownNotification::Normal).0);
+    regs.set_cc(cc.with_shn(ShutdownNotification::Normal));
     let rtd3e = Duration::from_micros(rtd3e_us as u64);
     let bound = if rtd3e.is_zero() {
         Duration::from_secs(10)
@@ -761,7 +758,7 @@ fn shutdown(regs: &Mmio, rtd3e_us: u32) {
     };
     let start = Instant::now();
     while start.elapsed() < bound {
-        let csts = Csts(regs.read32(offset::CSTS));
+        let csts = regs.csts();
         if csts.shst() == ShutdownStatus::Complete || csts.cfs() || csts.is_all_ones() {
             break;
         }
@@ -782,7 +779,7 @@ impl Drop for Inner {
             return;
         }
         let me = group.me();
-        group.admin(self.regs).release_member(me);
+        group.admin(self.regs.clone()).release_member(me);
         if group.leave() {
             shutdown(&self.regs, self.info.identify.rtd3e);
             self.transport.last_member_left();

@@ -100,7 +100,7 @@ impl IoQueuePair {
             let slots: Box<[Slot<IoCtx>]> = (0..QueueConfig::slots(entries))
                 .map(|_| Slot::EMPTY)
                 .collect();
-            let mut qp = QueuePair::new(cfg, ctrl.inner.regs, slots)
+            let mut qp = QueuePair::new(cfg, ctrl.inner.regs.clone(), slots)
                 .map_err(|e| Error::Invalid(format!("I/O queue {qid}: {e}")))?;
             if let Some(sh) = &ctrl.inner.shadow {
                 // The two pages were given to the controller with Doorbell Buffer Config and
