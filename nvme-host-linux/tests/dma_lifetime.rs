@@ -274,3 +274,97 @@ fn dma_buffer_dropped_while_an_io_is_in_flight() {
     );
     assert_no_dma_errors(s);
 }
+
+/// The same through the shared admin queue of a group (the software controller runs as a
+/// process of its own): a timed-out command keeps the admin data buffer, its late
+/// completion reaches this process's mailbox and is reaped by the next command; a caller's
+/// buffer dropped after a timeout stays mapped for the late transfer.
+#[test]
+fn shared_admin_queue_timeouts_keep_their_memory() {
+    use nvme_host_linux::sim::{FaultAction, FaultRule, Repeat, SimClient};
+    let dir = std::env::temp_dir().join(format!("nvme-dma-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Only this test of this binary uses a group.
+    std::env::set_var("NVME_RUN_DIR", &dir);
+    let group = 41;
+    let ctrl = Controller::attach_with(
+        &TransportId::parse("trtype:sim").unwrap(),
+        &AttachOptions {
+            group: Some(group),
+            admin_timeout: Duration::from_millis(1500),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let client = SimClient::connect(&dir.join(format!("nvme-rs.{group}/sim.sock"))).unwrap();
+    let delay_identify = |ms| {
+        client
+            .inject(FaultRule {
+                matcher: CommandMatch::admin(AdminOpcode::Identify as u8),
+                nth: 1,
+                repeat: Repeat::Once,
+                action: FaultAction::DelayExecution(Duration::from_millis(ms)),
+            })
+            .unwrap()
+    };
+    let executed = || client.fault_counters().unwrap().delayed_executed;
+    let no_dma_errors = || {
+        let (n, last) = client.dma_errors().unwrap();
+        assert_eq!(n, 0, "the controller accessed unmapped memory: {last:?}");
+    };
+    let reference = ctrl
+        .get_log_page(lid::FIRMWARE_SLOT, u32::MAX, 512, 0)
+        .unwrap();
+
+    // 1. The admin data buffer (timeline as in the process-local test).
+    delay_identify(2000);
+    let r = ctrl.identify_controller();
+    assert!(
+        is_admin_timeout(&r, AdminOpcode::Identify as u8),
+        "{:?}",
+        r.err()
+    );
+    client
+        .delay_nth(
+            CommandMatch::admin(AdminOpcode::GetLogPage as u8),
+            1,
+            Duration::from_millis(1000),
+            false,
+        )
+        .unwrap();
+    let log = ctrl
+        .get_log_page(lid::FIRMWARE_SLOT, u32::MAX, 512, 0)
+        .unwrap();
+    assert_eq!(
+        executed(),
+        1,
+        "the late Identify ran before the log page completed"
+    );
+    assert_eq!(
+        log, reference,
+        "the log page data was overwritten by the late Identify transfer"
+    );
+
+    // 2. A caller's buffer, dropped after the timeout.
+    delay_identify(2500);
+    let mut buf = ctrl.alloc_dma(IDENTIFY_DATA_SIZE).unwrap();
+    let r = ctrl.admin_command(
+        Command::identify(cns::CONTROLLER, 0, 0),
+        Some(buf.slice(0..IDENTIFY_DATA_SIZE).unwrap()),
+    );
+    assert!(
+        is_admin_timeout(&r, AdminOpcode::Identify as u8),
+        "{:?}",
+        r.err()
+    );
+    drop(buf);
+    wait_until("the late Identify executed", || executed() == 2);
+    assert_eq!(
+        ctrl.identify_controller().unwrap().serial(),
+        ctrl.identify().serial()
+    );
+    no_dma_errors();
+    drop(ctrl);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -881,6 +881,12 @@ impl Daemon {
             }
             Op::Status => r.vals[..7].copy_from_slice(&self.status().to_words()),
             Op::Shutdown => {}
+            Op::DmaErrors => {
+                r.vals[0] = self.sim.dma_errors();
+                if let Some(last) = self.sim.dma_error_log().pop() {
+                    r.set_text(&last);
+                }
+            }
             Op::Forked | Op::Started => {
                 return Err(SimError::Protocol(format!("{op:?} is not a request")))
             }

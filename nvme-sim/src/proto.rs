@@ -83,6 +83,8 @@ pub(crate) enum Op {
     Status = 15,
     /// The daemon replies, removes its socket and exits.
     Shutdown = 16,
+    /// vals: DMA errors so far; text: the latest one, if any.
+    DmaErrors = 17,
     /// Start-up pipe only: the daemon's pid (vals[0]), sent before building the controller.
     Forked = 100,
     /// Start-up pipe only: the controller runs and the daemon serves the socket.
@@ -109,6 +111,7 @@ impl Op {
             14 => FatalReason,
             15 => Status,
             16 => Shutdown,
+            17 => DmaErrors,
             100 => Forked,
             101 => Started,
             _ => return None,
