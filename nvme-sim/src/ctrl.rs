@@ -802,29 +802,34 @@ impl Controller {
             }
             let p = self.postponed.remove(i);
             any = true;
+            self.run_postponed(p);
+            // Counted once the transfer and the completion are done (tests wait for it).
             self.shared.faults.note_delayed_executed();
-            let outcome = if p.sqid == 0 {
-                self.admin(&p.cmd)
-            } else {
-                self.io(&p.cmd)
-            };
-            let Outcome::Done(status, dw0) = outcome else {
-                continue;
-            };
-            let cqe = self.completion(p.sqid, &p.cmd, status, dw0);
-            if p.drop {
-                continue;
-            }
-            match p.delay {
-                Some(t) => self.delayed.push(Delayed {
-                    due: Instant::now() + t,
-                    cqid: p.cqid,
-                    cqe,
-                }),
-                None => self.post(p.cqid, cqe),
-            }
         }
         any
+    }
+
+    fn run_postponed(&mut self, p: Postponed) {
+        let outcome = if p.sqid == 0 {
+            self.admin(&p.cmd)
+        } else {
+            self.io(&p.cmd)
+        };
+        let Outcome::Done(status, dw0) = outcome else {
+            return;
+        };
+        let cqe = self.completion(p.sqid, &p.cmd, status, dw0);
+        if p.drop {
+            return;
+        }
+        match p.delay {
+            Some(t) => self.delayed.push(Delayed {
+                due: Instant::now() + t,
+                cqid: p.cqid,
+                cqe,
+            }),
+            None => self.post(p.cqid, cqe),
+        }
     }
 
     /// After the DMA table changed: marks queues whose ring the host unmapped (recording a
@@ -868,7 +873,6 @@ impl Controller {
         while i < self.postponed.len() {
             if self.postponed[i].sqid == sqid {
                 let p = self.postponed.remove(i);
-                self.shared.faults.note_delayed_executed();
                 let cqe = self.completion(
                     sqid,
                     &p.cmd,
@@ -876,6 +880,7 @@ impl Controller {
                     0,
                 );
                 self.post(p.cqid, cqe);
+                self.shared.faults.note_delayed_executed();
             } else {
                 i += 1;
             }
