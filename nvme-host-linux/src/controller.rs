@@ -632,6 +632,13 @@ impl Admin {
     /// Reaps completions of a process-local admin queue without a command of our own
     /// outstanding: asynchronous events, and late completions of commands that timed out.
     fn poll_events(&mut self) {
+        self.poll_local();
+        self.arm_events();
+    }
+
+    /// Reaps completions of a process-local admin queue: asynchronous events, and late
+    /// completions of commands that timed out. Submits nothing.
+    fn poll_local(&mut self) {
         if let AdminKind::Local { qp, .. } = &mut self.kind {
             let (events, armed, parked) = (&mut self.events, &mut self.aer_armed, &mut self.parked);
             qp.poll(usize::MAX, |t, c| {
@@ -645,7 +652,6 @@ impl Admin {
                 }
             });
         }
-        self.arm_events();
     }
 
     /// Reaps late completions of this process's timed-out commands (letting their memory
@@ -655,7 +661,7 @@ impl Admin {
             return;
         }
         match (&self.kind, group) {
-            (AdminKind::Local { .. }, _) => self.poll_events(),
+            (AdminKind::Local { .. }, _) => self.poll_local(),
             (AdminKind::Shared, Some(g)) => {
                 let parked = &mut self.parked;
                 g.admin(self.regs).poll(false, |t, _| unpark(parked, t));
@@ -816,6 +822,19 @@ impl Admin {
     ) -> Result<T> {
         let b = self.read_bytes(group, cmd, std::mem::size_of::<T>(), timeout)?;
         Ok(T::read_from_bytes(&b).expect("exact size"))
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        // Reached with parked memory only when attaching failed after a timeout (a running
+        // controller's `Inner` releases it after shutdown first). A process-local controller
+        // is ours: disable it, then let go; a shared one may still run: keep the memory.
+        if self.has_parked() {
+            let disabled = matches!(self.kind, AdminKind::Local { .. })
+                && disable(&self.regs, Duration::from_secs(10));
+            self.release_parked(!disabled);
+        }
     }
 }
 

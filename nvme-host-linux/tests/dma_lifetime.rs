@@ -368,3 +368,36 @@ fn shared_admin_queue_timeouts_keep_their_memory() {
     drop(ctrl);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Attaching fails because an admin command timed out: the controller is disabled before
+/// the memory that command points to is unmapped, so the late transfer never happens.
+#[test]
+fn a_failed_attach_disables_the_controller_before_unmapping() {
+    let t: Arc<dyn Transport> = Arc::new(SimTransport::with_config(SimConfig::default()).unwrap());
+    let s = sim(&t);
+    // Identify Namespace 1, read by attach after bring-up.
+    s.faults().delay_execution_nth(
+        CommandMatch::admin(AdminOpcode::Identify as u8).with_nsid(1),
+        1,
+        Duration::from_millis(600),
+        false,
+    );
+    let r = Controller::attach_transport(
+        t.clone(),
+        TransportId::parse("trtype:sim").unwrap(),
+        &AttachOptions {
+            admin_timeout: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    assert!(
+        is_admin_timeout(&r, AdminOpcode::Identify as u8),
+        "{:?}",
+        r.err()
+    );
+    // Executed late, or dropped by the reset.
+    wait_until("the delayed Identify is settled", || {
+        s.faults().counters().delayed_executed == 1
+    });
+    assert_no_dma_errors(s);
+}
