@@ -2,7 +2,7 @@
 //!
 //! [`main`] is the whole program; the pieces are public for tests and reuse:
 //! [`args`] (options), [`lba`] (where I/O goes), [`stats`] and [`report`] (results and
-//! their text), [`cpu`] (affinity), [`mod@run`] (attach, associate, run the workers).
+//! their text), [`crate::sys`] (affinity), [`mod@run`] (attach, associate, run the workers).
 
 pub mod args;
 pub mod clock;
