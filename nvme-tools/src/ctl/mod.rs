@@ -13,7 +13,6 @@ pub mod idctrl;
 pub mod identify;
 pub mod idns;
 pub mod io;
-pub mod json;
 pub mod list;
 pub mod logs;
 #[cfg(test)]
