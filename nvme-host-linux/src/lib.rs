@@ -14,6 +14,8 @@ pub mod iova;
 pub mod memory;
 mod mmio;
 mod qpair;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 mod transport;
 pub mod vfio;
 

@@ -14,8 +14,8 @@ use nvme_host_linux::{
     TransportId,
 };
 
-use crate::pattern;
 use crate::Config;
+use nvme_host_linux::testkit::pattern;
 
 type R = Result<(), String>;
 

@@ -63,6 +63,11 @@ pub fn group_dir(id: u32) -> PathBuf {
     let base = std::env::var_os("NVME_RUN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/dev/shm"));
+    group_dir_in(&base, id)
+}
+
+/// The directory of group `id` when the run directory is `base`.
+pub(crate) fn group_dir_in(base: &Path, id: u32) -> PathBuf {
     base.join(format!("nvme-rs.{id}"))
 }
 
