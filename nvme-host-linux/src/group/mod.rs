@@ -304,6 +304,7 @@ impl Group {
         self.id
     }
     /// The group directory.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
@@ -453,6 +454,7 @@ impl Group {
     }
 
     /// Takes the group lock and never releases it (tests: a process killed while holding it).
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn hold_lock_forever(&self) {
         use nvme_core::RobustLock;
         let _ = self.mutex.lock();
