@@ -39,7 +39,7 @@ pub use qpair::{IoQueuePair, QueueOptions};
 pub use simtransport::SimTransport;
 pub use transport::{PciAddress, SimOptions, TransportId, TransportKind};
 
-pub use nvme_core as core;
+pub use nvme_core;
 pub use nvme_regs as regs;
 #[cfg(feature = "sim")]
 pub use nvme_sim as sim;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nvme_host_linux::core::Command;
+use nvme_host_linux::nvme_core::Command;
 use nvme_host_linux::regs::status::{CommandSpecificStatus, GenericStatus, MediaErrorStatus};
 use nvme_host_linux::regs::Status;
 use nvme_host_linux::sim::{CommandMatch, NamespaceConfig, SimConfig};
@@ -290,7 +290,7 @@ fn queue_full_back_pressure() {
     loop {
         match qp.write(1, submitted, buf.slice(0..512).unwrap(), submitted) {
             Ok(()) => submitted += 1,
-            Err(Error::Submit(nvme_host_linux::core::SubmitError::QueueFull)) => break,
+            Err(Error::Submit(nvme_host_linux::nvme_core::SubmitError::QueueFull)) => break,
             Err(e) => panic!("{e}"),
         }
     }
@@ -301,7 +301,7 @@ fn queue_full_back_pressure() {
         .unwrap_err();
     assert!(matches!(
         big,
-        Error::Submit(nvme_host_linux::core::SubmitError::QueueFull)
+        Error::Submit(nvme_host_linux::nvme_core::SubmitError::QueueFull)
     ));
     faults.remove(id);
     let mut done = Vec::new();
@@ -393,7 +393,7 @@ fn bring_up_timeout_and_fatal_status() {
     assert!(
         matches!(
             e,
-            Error::Init(nvme_host_linux::core::InitError::ReadyTimeout {
+            Error::Init(nvme_host_linux::nvme_core::InitError::ReadyTimeout {
                 ready: true,
                 timeout_ms: 500
             })
