@@ -1,6 +1,5 @@
-//! The hardware and OS abstraction: register access, DMA memory, a clock and a lock.
-
-use core::sync::atomic::{AtomicBool, Ordering};
+//! The hardware and OS abstraction: register access, a clock and a lock. DMA memory is
+//! [`DmaRegion`](crate::DmaRegion).
 
 /// Access to a controller's registers (BAR0), by byte offset.
 ///
@@ -38,76 +37,10 @@ impl<R: RegisterAccess + ?Sized> RegisterAccess for &R {
     }
 }
 
-/// A range of DMA-able memory: where the CPU sees it and where the device sees it.
-///
-/// The memory stays mapped (for the CPU and the device) for as long as anything built over
-/// the region uses it; that is the caller's promise when it creates the region.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DmaRegion {
-    vaddr: *mut u8,
-    iova: u64,
-    len: usize,
-}
-
-// SAFETY: a DmaRegion is a description (address, IOVA, length); moving it between threads
-// moves no data. Access to the memory is governed by the structures built over it.
-unsafe impl Send for DmaRegion {}
-// SAFETY: as above; sharing the description shares no mutable state.
-unsafe impl Sync for DmaRegion {}
-
-impl DmaRegion {
-    /// Describes `len` bytes at CPU address `vaddr`, visible to the device at `iova`.
-    ///
-    /// # Safety
-    /// The memory must be valid for reads and writes of `len` bytes, mapped for the device at
-    /// `iova`, and stay so while any queue, PRP list or command built over it is in use.
-    pub const unsafe fn new(vaddr: *mut u8, iova: u64, len: usize) -> DmaRegion {
-        DmaRegion { vaddr, iova, len }
-    }
-    /// CPU address of the first byte.
-    pub const fn vaddr(&self) -> *mut u8 {
-        self.vaddr
-    }
-    /// Device address of the first byte.
-    pub const fn iova(&self) -> u64 {
-        self.iova
-    }
-    /// Length in bytes.
-    pub const fn len(&self) -> usize {
-        self.len
-    }
-    /// Is the region empty?
-    pub const fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    /// The sub-region `[offset, offset + len)`, or `None` if it does not fit.
-    pub fn sub(&self, offset: usize, len: usize) -> Option<DmaRegion> {
-        let end = offset.checked_add(len)?;
-        if end > self.len {
-            return None;
-        }
-        // SAFETY: in bounds of a region whose validity the creator promised.
-        Some(unsafe { DmaRegion::new(self.vaddr.add(offset), self.iova + offset as u64, len) })
-    }
-}
-
 /// A monotonic clock in nanoseconds.
 pub trait Clock {
     /// Nanoseconds since an arbitrary fixed point; never decreases.
     fn now_ns(&self) -> u64;
-}
-
-/// A lock that can live in shared memory and be taken by any process or thread.
-///
-/// # Safety
-/// `lock` must not return while another holder has not called `unlock`.
-pub unsafe trait RawLock {
-    /// Takes the lock, waiting as long as needed.
-    fn lock(&self);
-    /// Releases the lock taken by the caller.
-    fn unlock(&self);
-    /// Takes the lock if it is free.
-    fn try_lock(&self) -> bool;
 }
 
 /// What taking a [`RobustLock`] found.
@@ -116,108 +49,65 @@ pub enum LockOutcome {
     /// The lock was free or released normally.
     Acquired,
     /// The previous holder died while holding it: the protected state may be half-updated
-    /// and must be made consistent (then [`RobustLock::mark_consistent`]) before unlocking.
+    /// and must be made consistent (then [`RobustLock::mark_consistent`]) before the guard
+    /// is dropped.
     PreviousOwnerDied,
 }
 
-/// A lock shared between processes that survives the death of its holder (a robust,
-/// process-shared mutex on Linux).
+/// A lock that survives the death of its holder: a robust, process-shared mutex for state
+/// shared by processes, or [`spin::Mutex`] within one process (whose holder cannot die
+/// without the whole process). Dropping the guard releases the lock.
 ///
-/// # Safety
-/// `lock` must not return while another holder has not called `unlock` or died.
-pub unsafe trait RobustLock {
-    /// Takes the lock, waiting as long as needed.
-    fn lock(&self) -> LockOutcome;
+/// Memory safety never rests on the lock: the state it protects is made of atomics. It
+/// keeps the protocol's steps from interleaving.
+pub trait RobustLock {
+    /// Proof of holding the lock; dropping it unlocks.
+    type Guard<'a>
+    where
+        Self: 'a;
+    /// Takes the lock, waiting at most `bound` (`None`: as long as needed). `None` when it
+    /// stayed held past the bound (by a holder that is stopped or stuck rather than dead).
+    fn lock(&self, bound: Option<core::time::Duration>) -> Option<(Self::Guard<'_>, LockOutcome)>;
     /// Takes the lock if it is free.
-    fn try_lock(&self) -> Option<LockOutcome>;
-    /// Takes the lock, waiting at most `timeout`; `None` when it stayed held (by a process
-    /// that is stopped or stuck rather than dead). The default waits without a bound.
-    fn lock_timeout(&self, timeout: core::time::Duration) -> Option<LockOutcome> {
-        let _ = timeout;
-        Some(self.lock())
-    }
+    fn try_lock(&self) -> Option<(Self::Guard<'_>, LockOutcome)>;
     /// Declares the protected state consistent after [`LockOutcome::PreviousOwnerDied`].
-    fn mark_consistent(&self);
-    /// Releases the lock.
-    fn unlock(&self);
+    fn mark_consistent(&self, guard: &Self::Guard<'_>);
 }
 
-// SAFETY: a spin lock has no owner that can die independently within one process; it
-// never reports a dead owner.
-unsafe impl RobustLock for SpinLock {
-    fn lock(&self) -> LockOutcome {
-        RawLock::lock(self);
-        LockOutcome::Acquired
+/// The in-process lock: a holder cannot die without the process, so the outcome is always
+/// [`LockOutcome::Acquired`], and nothing can stop a holder while others wait (no bound).
+impl RobustLock for spin::Mutex<()> {
+    type Guard<'a> = spin::MutexGuard<'a, ()>;
+    fn lock(&self, _bound: Option<core::time::Duration>) -> Option<(Self::Guard<'_>, LockOutcome)> {
+        Some((spin::Mutex::lock(self), LockOutcome::Acquired))
     }
-    fn try_lock(&self) -> Option<LockOutcome> {
-        RawLock::try_lock(self).then_some(LockOutcome::Acquired)
+    fn try_lock(&self) -> Option<(Self::Guard<'_>, LockOutcome)> {
+        spin::Mutex::try_lock(self).map(|g| (g, LockOutcome::Acquired))
     }
-    fn mark_consistent(&self) {}
-    fn unlock(&self) {
-        RawLock::unlock(self)
-    }
+    fn mark_consistent(&self, _guard: &Self::Guard<'_>) {}
 }
-
-/// The default in-process lock: a test-and-test-and-set spin lock, usable in shared memory
-/// (it is a single atomic byte).
-#[derive(Default, Debug)]
-pub struct SpinLock(AtomicBool);
-
-impl SpinLock {
-    /// A new unlocked lock.
-    pub const fn new() -> SpinLock {
-        SpinLock(AtomicBool::new(false))
-    }
-}
-
-// SAFETY: compare_exchange with Acquire admits only one holder; unlock stores with Release.
-unsafe impl RawLock for SpinLock {
-    fn lock(&self) {
-        while !RawLock::try_lock(self) {
-            while self.0.load(Ordering::Relaxed) {
-                core::hint::spin_loop();
-            }
-        }
-    }
-    fn unlock(&self) {
-        self.0.store(false, Ordering::Release);
-    }
-    fn try_lock(&self) -> bool {
-        self.0
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-    }
-}
-
-/// An in-process mutex from the `spin` crate, for data that does not live in shared memory.
-pub type Mutex<T> = spin::Mutex<T>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
     #[test]
-    fn spin_lock_excludes() {
-        struct Shared {
-            lock: SpinLock,
-            value: core::cell::UnsafeCell<u64>,
-        }
-        // SAFETY: `value` is only touched with `lock` held.
-        unsafe impl Sync for Shared {}
-        let s = Arc::new(Shared {
-            lock: SpinLock::new(),
-            value: 0.into(),
-        });
+    fn the_in_process_lock_excludes() {
+        // Two non-atomic steps (load, store) under the lock: lost updates show a broken lock.
+        let s = Arc::new((spin::Mutex::new(()), AtomicU64::new(0)));
         let threads: std::vec::Vec<_> = (0..4)
             .map(|_| {
                 let s = s.clone();
                 std::thread::spawn(move || {
                     for _ in 0..10_000 {
-                        RawLock::lock(&s.lock);
-                        // SAFETY: the lock is held.
-                        unsafe { *s.value.get() += 1 };
-                        RawLock::unlock(&s.lock);
+                        let (g, o) = RobustLock::lock(&s.0, None).unwrap();
+                        assert_eq!(o, LockOutcome::Acquired);
+                        let v = s.1.load(Ordering::Relaxed);
+                        std::hint::spin_loop();
+                        s.1.store(v + 1, Ordering::Relaxed);
+                        drop(g);
                     }
                 })
             })
@@ -225,22 +115,10 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        // SAFETY: every thread has been joined; nothing else touches the value.
-        let total = unsafe { *s.value.get() };
-        assert_eq!(total, 40_000);
-        assert!(RawLock::try_lock(&s.lock));
-        assert!(!RawLock::try_lock(&s.lock));
-    }
-
-    #[test]
-    fn sub_regions_are_bounded() {
-        let mut mem = [0u8; 64];
-        // SAFETY: test memory outlives the region.
-        let r = unsafe { DmaRegion::new(mem.as_mut_ptr(), 0x1000, 64) };
-        let s = r.sub(16, 48).unwrap();
-        assert_eq!(s.iova(), 0x1010);
-        assert_eq!(s.len(), 48);
-        assert!(r.sub(17, 48).is_none());
-        assert!(r.sub(usize::MAX, 2).is_none());
+        assert_eq!(s.1.load(Ordering::Relaxed), 40_000);
+        let g = RobustLock::try_lock(&s.0).unwrap();
+        assert!(RobustLock::try_lock(&s.0).is_none());
+        drop(g);
+        assert!(RobustLock::try_lock(&s.0).is_some());
     }
 }

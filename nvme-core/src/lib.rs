@@ -7,15 +7,20 @@
 //! - [`prp`]: PRP entry and list construction.
 //! - [`cmd`]: builders for admin and NVM commands.
 //! - [`init`]: the controller bring-up state machine, driven by the caller's clock.
+//! - [`shared`]: the admin queue shared by the processes of a group.
 //!
-//! Hardware and the OS enter through the small traits in [`hal`]: register access, DMA
-//! memory regions, a clock and a lock.
+//! Hardware and the OS enter through the small traits in [`hal`] (register access, a clock,
+//! a lock) and through [`DmaRegion`], memory the caller maps for the device. `DmaRegion`'s
+//! module is the only one with `unsafe` code: volatile entry writes, the acquire load of the
+//! completion's phase tag, zeroing and copies. Everything else is safe Rust.
 #![no_std]
+#![deny(unsafe_code)]
 
 #[cfg(test)]
 extern crate std;
 
 pub mod cmd;
+mod dma;
 pub mod hal;
 pub mod init;
 pub mod prp;
@@ -24,7 +29,8 @@ pub mod queue;
 pub mod shared;
 
 pub use cmd::Command;
-pub use hal::{Clock, DmaRegion, LockOutcome, RawLock, RegisterAccess, RobustLock, SpinLock};
+pub use dma::{DmaRegion, SharedState};
+pub use hal::{Clock, LockOutcome, RegisterAccess, RobustLock};
 pub use init::{ControllerInfo, ControllerInit, InitError, InitOptions, InitStep};
 
 pub use nvme_regs as regs;

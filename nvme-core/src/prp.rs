@@ -5,7 +5,7 @@
 //! goes in PRP2. A list page holds `page_size / 8` entries; when more are needed, its last
 //! entry points at the next list page.
 
-use crate::hal::DmaRegion;
+use crate::dma::DmaRegion;
 
 /// Errors building PRPs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +37,8 @@ impl core::fmt::Display for PrpError {
         }
     }
 }
+
+impl core::error::Error for PrpError {}
 
 /// Number of memory pages that `len` bytes starting at `iova` touch.
 pub const fn pages_spanned(iova: u64, len: usize, page_size: usize) -> usize {
@@ -100,22 +102,25 @@ pub fn build(
     let per_page = page_size / 8;
     let mut list_page = 0usize;
     let mut pos = 0usize;
-    let base = list.vaddr() as *mut u64;
+    // (list_page, pos) stays inside the `needed` pages checked above; the device reads the
+    // list only after the doorbell. A write outside the list (a list not 8-byte aligned)
+    // is reported as a list too small rather than skipped.
+    let put = |list_page: usize, pos: usize, value: u64| {
+        list.write_u64((list_page * per_page + pos) * 8, value)
+    };
     for i in 0..entries {
         let remaining = entries - i;
         if pos == per_page - 1 && remaining > 1 {
             let next = list.iova() + ((list_page + 1) * page_size) as u64;
-            // SAFETY: (list_page, pos) is inside the `needed` pages checked above; list pages
-            // are 8-byte aligned. The device reads the list only after the doorbell.
-            unsafe { base.add(list_page * per_page + pos).write_volatile(next) };
+            if !put(list_page, pos, next) {
+                return Err(PrpError::ListTooSmall { needed, available });
+            }
             list_page += 1;
             pos = 0;
         }
-        // SAFETY: as above.
-        unsafe {
-            base.add(list_page * per_page + pos)
-                .write_volatile(second + (i * page_size) as u64)
-        };
+        if !put(list_page, pos, second + (i * page_size) as u64) {
+            return Err(PrpError::ListTooSmall { needed, available });
+        }
         pos += 1;
     }
     Ok((iova, list.iova()))
@@ -124,16 +129,15 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::vec;
+    use crate::dma::test_memory;
     use std::vec::Vec;
 
     const PS: usize = 4096;
 
-    fn list_mem(pages: usize) -> (Vec<u64>, DmaRegion) {
-        let mut v = vec![0u64; pages * PS / 8];
-        // SAFETY: the vector outlives the region in each test (returned together).
-        let r = unsafe { DmaRegion::new(v.as_mut_ptr() as *mut u8, 0x100_0000, pages * PS) };
-        (v, r)
+    /// List pages, and a reader of their entries.
+    fn list_mem(pages: usize) -> (impl Fn(usize) -> u64, DmaRegion) {
+        let r = test_memory(pages, 0x100_0000);
+        (move |i| r.read_obj::<u64>(i * 8).unwrap(), r)
     }
 
     #[test]
@@ -157,7 +161,10 @@ mod tests {
             build(0x10204, 16384, PS, Some(&r)),
             Ok((0x10204, 0x100_0000))
         );
-        assert_eq!(&v[..5], &[0x11000, 0x12000, 0x13000, 0x14000, 0]);
+        assert_eq!(
+            (0..5).map(&v).collect::<Vec<_>>(),
+            [0x11000, 0x12000, 0x13000, 0x14000, 0]
+        );
     }
 
     #[test]
@@ -168,17 +175,17 @@ mod tests {
         let (v, r) = list_mem(2);
         let len = (entries + 1) * PS;
         build(0x4000_0000, len, PS, Some(&r)).unwrap();
-        for (i, e) in v[..511].iter().enumerate() {
-            assert_eq!(*e, 0x4000_1000 + (i * PS) as u64);
+        for i in 0..511 {
+            assert_eq!(v(i), 0x4000_1000 + (i * PS) as u64);
         }
         assert_eq!(
-            v[511],
+            v(511),
             0x100_0000 + PS as u64,
             "chain pointer to the second list page"
         );
-        assert_eq!(v[512], 0x4000_1000 + (511 * PS) as u64);
-        assert_eq!(v[513], 0x4000_1000 + (512 * PS) as u64);
-        assert_eq!(v[514], 0);
+        assert_eq!(v(512), 0x4000_1000 + (511 * PS) as u64);
+        assert_eq!(v(513), 0x4000_1000 + (512 * PS) as u64);
+        assert_eq!(v(514), 0);
         let (_v, small) = list_mem(1);
         assert_eq!(
             build(0x4000_0000, len, PS, Some(&small)),
@@ -190,7 +197,7 @@ mod tests {
         // Exactly 512 entries still fit one page without a chain.
         let (v, r) = list_mem(1);
         build(0x4000_0000, 512 * PS + 4, PS, Some(&r)).unwrap();
-        assert_eq!(v[511], 0x4000_0000 + (512 * PS) as u64);
+        assert_eq!(v(511), 0x4000_0000 + (512 * PS) as u64);
     }
 
     #[test]

@@ -5,16 +5,13 @@
 //! costs one doorbell write. The completion ring reads the dword holding the phase tag with an
 //! acquire load and only then the rest of the entry, so it never sees a half-written entry.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{fence, Ordering};
 
 use nvme_regs::{CompletionEntry, SubmissionEntry};
 
-use crate::hal::{DmaRegion, RegisterAccess};
-
-/// Size of a submission queue entry in bytes.
-pub const SQE_SIZE: usize = 64;
-/// Size of a completion queue entry in bytes.
-pub const CQE_SIZE: usize = 16;
+use crate::dma::DmaRegion;
+pub use crate::dma::{CQE_SIZE, SQE_SIZE};
+use crate::hal::RegisterAccess;
 
 /// Errors in a queue's configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,27 +51,32 @@ impl core::fmt::Display for QueueError {
     }
 }
 
+impl core::error::Error for QueueError {}
+
 /// A queue's entries in the shadow doorbell and EventIdx buffers that Doorbell Buffer Config
 /// gives the controller (NVMe 1.4 5.7): the host writes the new tail or head to the shadow
 /// entry and writes the MMIO doorbell only when the controller's EventIdx asks for it.
 #[derive(Clone, Copy, Debug)]
 pub struct ShadowSlot {
-    db: *mut u32,
-    ei: *const u32,
+    /// The 4-byte shadow doorbell.
+    db: DmaRegion,
+    /// The 4-byte EventIdx.
+    ei: DmaRegion,
 }
 
-// SAFETY: a description of two locations in DMA memory; the queue that uses it is owned by
-// one thread at a time.
-unsafe impl Send for ShadowSlot {}
-
 impl ShadowSlot {
-    /// The shadow doorbell at `db` and the EventIdx at `ei`.
-    ///
-    /// # Safety
-    /// Both must be 4-byte aligned locations in memory the controller was given with Doorbell
-    /// Buffer Config, valid while the queue uses them.
-    pub const unsafe fn new(db: *mut u32, ei: *const u32) -> ShadowSlot {
-        ShadowSlot { db, ei }
+    /// The entries at byte `offset` of the shadow doorbell buffer `db` and the EventIdx
+    /// buffer `ei` (both given to the controller with Doorbell Buffer Config). `None` when
+    /// the offset is outside either buffer or not 4-byte aligned.
+    pub fn new(db: &DmaRegion, ei: &DmaRegion, offset: usize) -> Option<ShadowSlot> {
+        let db = db.sub(offset, 4)?;
+        let ei = ei.sub(offset, 4)?;
+        (db.read_u32(0).is_some() && ei.read_u32(0).is_some()).then_some(ShadowSlot { db, ei })
+    }
+    /// Sets both entries to 0 (before the queue is created).
+    pub fn clear(&self) {
+        self.db.write_u32(0, 0);
+        self.ei.write_u32(0, 0);
     }
 }
 
@@ -93,14 +95,11 @@ fn ring_shadowed<R: RegisterAccess>(
     old: u32,
     new: u32,
 ) -> bool {
-    // SAFETY: the slot's locations are valid and aligned (ShadowSlot::new contract).
-    let ei = unsafe {
-        slot.db.write_volatile(new);
-        // The shadow write must be visible before we read EventIdx, or both sides could miss
-        // each other's update (the controller reads the shadow after writing EventIdx).
-        core::sync::atomic::fence(Ordering::SeqCst);
-        slot.ei.read_volatile()
-    };
+    slot.db.write_u32(0, new);
+    // The shadow write must be visible before we read EventIdx, or both sides could miss
+    // each other's update (the controller reads the shadow after writing EventIdx).
+    fence(Ordering::SeqCst);
+    let ei = slot.ei.read_u32(0).unwrap_or(0);
     if need_event(ei as u16, new as u16, old as u16) {
         regs.write32(doorbell, new);
         true
@@ -205,15 +204,23 @@ impl SubmissionQueue {
         if next == self.head {
             return false;
         }
-        // SAFETY: tail < size and the region holds `size` entries (checked in `new`); the
-        // entry is 64-byte aligned because the ring is. The controller does not read this slot
-        // until the doorbell moves past it.
-        unsafe {
-            let slot = self.mem.vaddr().add(self.tail as usize * SQE_SIZE) as *mut SubmissionEntry;
-            core::ptr::write_volatile(slot, *entry);
+        // The controller does not read this slot until the doorbell moves past it. The ring
+        // holds `size` entries (checked in `new`), so the write is in bounds.
+        if !self.mem.write_sqe(self.tail, entry) {
+            return false;
         }
         self.tail = next;
         true
+    }
+    /// Takes back the last `n` entries pushed. They must not have been announced to the
+    /// controller yet (no [`ring`](Self::ring) since they were pushed).
+    pub fn unpush(&mut self, n: u32) {
+        let pushed = (self.tail + self.size - self.rung_tail) % self.size;
+        assert!(
+            n <= pushed,
+            "unpush of entries the controller was told about"
+        );
+        self.tail = (self.tail + self.size - n) % self.size;
     }
     /// Records the SQ head the controller reported in a completion. Values outside the ring
     /// are ignored and reported as `false` (a misbehaving device must not corrupt our state).
@@ -238,7 +245,8 @@ impl SubmissionQueue {
         if self.tail == self.rung_tail {
             return false;
         }
-        core::sync::atomic::fence(Ordering::Release);
+        // The entries must be visible to the device before the doorbell tells it to read them.
+        fence(Ordering::Release);
         let wrote = match &self.shadow {
             Some(slot) => ring_shadowed(regs, self.doorbell, slot, self.rung_tail, self.tail),
             None => {
@@ -289,9 +297,10 @@ impl CompletionQueue {
         align: usize,
     ) -> Result<CompletionQueue, QueueError> {
         check_ring(&mem, entries, CQE_SIZE, align)?;
-        // SAFETY: the region holds `entries` entries (checked above) and the controller does
-        // not write to it before the queue is created.
-        unsafe { core::ptr::write_bytes(mem.vaddr(), 0, entries as usize * CQE_SIZE) };
+        // The controller does not write to the ring before the queue is created.
+        if let Some(ring) = mem.sub(0, entries as usize * CQE_SIZE) {
+            ring.zero();
+        }
         Ok(CompletionQueue {
             mem,
             size: entries,
@@ -317,33 +326,13 @@ impl CompletionQueue {
     /// Takes the next completion if the controller has posted it.
     #[inline]
     pub fn pop(&mut self) -> Option<CompletionEntry> {
-        // SAFETY: head < size, the region holds `size` 16-byte entries, and dword 3 of an entry
-        // is 4-byte aligned. The device writes this memory concurrently, so it is only read
-        // through an atomic (dword 3) and volatile reads (dwords 0-2).
-        unsafe {
-            let base = self.mem.vaddr().add(self.head as usize * CQE_SIZE);
-            let dw3 = AtomicU32::from_ptr(base.add(12) as *mut u32).load(Ordering::Acquire);
-            let (cid, status) = CompletionEntry::split_dw3(dw3);
-            if (status & 1 != 0) != self.phase {
-                return None;
-            }
-            let dw0 = core::ptr::read_volatile(base as *const u32);
-            let dw1 = core::ptr::read_volatile(base.add(4) as *const u32);
-            let dw2 = core::ptr::read_volatile(base.add(8) as *const u32);
-            self.head += 1;
-            if self.head == self.size {
-                self.head = 0;
-                self.phase = !self.phase;
-            }
-            Some(CompletionEntry {
-                dw0,
-                dw1,
-                sq_head: dw2 as u16,
-                sq_id: (dw2 >> 16) as u16,
-                cid,
-                status,
-            })
+        let cqe = self.mem.read_cqe(self.head, self.phase)?;
+        self.head += 1;
+        if self.head == self.size {
+            self.head = 0;
+            self.phase = !self.phase;
         }
+        Some(cqe)
     }
     /// Writes the head doorbell if the head moved since the last write.
     #[inline]
@@ -351,6 +340,9 @@ impl CompletionQueue {
         if self.head == self.rung_head {
             return false;
         }
+        // Our reads of the entries before the new head must be done before the doorbell lets
+        // the controller overwrite them.
+        fence(Ordering::Release);
         let wrote = match &self.shadow {
             Some(slot) => ring_shadowed(regs, self.doorbell, slot, self.rung_head, self.head),
             None => {
@@ -371,8 +363,10 @@ impl CompletionQueue {
     }
     /// Resets the ring (zeroes it; phase back to 1).
     pub fn reset(&mut self) {
-        // SAFETY: as in `new`; the controller no longer uses the queue.
-        unsafe { core::ptr::write_bytes(self.mem.vaddr(), 0, self.size as usize * CQE_SIZE) };
+        // As in `new`; the controller no longer uses the queue.
+        if let Some(ring) = self.mem.sub(0, self.size as usize * CQE_SIZE) {
+            ring.zero();
+        }
         self.head = 0;
         self.phase = true;
         self.rung_head = 0;
@@ -397,14 +391,11 @@ mod tests {
         }
     }
 
-    #[repr(C, align(4096))]
-    struct Page([u8; 4096]);
+    use crate::dma::test_memory;
 
     #[test]
     fn submission_ring_batches_doorbells_and_respects_head() {
-        let mut page = Page([0; 4096]);
-        // SAFETY: `page` outlives the queue.
-        let mem = unsafe { DmaRegion::new(page.0.as_mut_ptr(), 0x10000, 4096) };
+        let mem = test_memory(1, 0x10000);
         let mut sq = SubmissionQueue::new(mem, 4, 0x1008, 4096).unwrap();
         let regs = Regs::default();
         let e = SubmissionEntry {
@@ -426,17 +417,16 @@ mod tests {
         assert!(sq.push(&e));
         sq.ring(&regs);
         assert_eq!(regs.0.borrow()[1], (0x1008, 1), "tail wrapped");
-        assert_eq!(page.0[0], 2);
+        assert_eq!(mem.read_obj::<u8>(0), Some(2));
     }
 
     #[test]
     fn completion_ring_follows_phase_and_wraps() {
-        let mut page = Page([0xff; 4096]);
-        // SAFETY: `page` outlives the queue.
-        let mem = unsafe { DmaRegion::new(page.0.as_mut_ptr(), 0x20000, 4096) };
+        let mem = test_memory(1, 0x20000);
+        assert!(mem.write_bytes(0, &[0xff; 4096]));
         let mut cq = CompletionQueue::new(mem, 2, 0x100c, 4096).unwrap();
         assert!(cq.pop().is_none(), "zeroed ring has no entries");
-        let post = |page: &mut Page, idx: usize, cid: u16, phase: u16| {
+        let post = |mem: &DmaRegion, idx: usize, cid: u16, phase: u16| {
             let e = CompletionEntry {
                 dw0: 7,
                 dw1: 0,
@@ -445,17 +435,17 @@ mod tests {
                 cid,
                 status: phase,
             };
-            page.0[idx * 16..idx * 16 + 16].copy_from_slice(zerocopy::IntoBytes::as_bytes(&e));
+            assert!(mem.write_obj(idx * 16, &e));
         };
-        post(&mut page, 0, 10, 1);
+        post(&mem, 0, 10, 1);
         let c = cq.pop().unwrap();
         assert_eq!((c.cid, c.dw0, c.sq_head, c.sq_id), (10, 7, 1, 3));
         assert!(cq.pop().is_none());
-        post(&mut page, 1, 11, 1);
+        post(&mem, 1, 11, 1);
         assert_eq!(cq.pop().unwrap().cid, 11);
         // Wrapped: the old entry 0 still has phase 1, which is now stale.
         assert!(cq.pop().is_none());
-        post(&mut page, 0, 12, 0);
+        post(&mem, 0, 12, 0);
         assert_eq!(cq.pop().unwrap().cid, 12);
         let regs = Regs::default();
         assert!(cq.ring(&regs));
@@ -475,28 +465,26 @@ mod tests {
             "already past the event index before this move"
         );
         assert!(need_event(0xffff, 1, 0xfffe), "wraps at 16 bits");
-        let mut page = Page([0; 4096]);
-        // SAFETY: `page` outlives the queue.
-        let mem = unsafe { DmaRegion::new(page.0.as_mut_ptr(), 0x10000, 4096) };
+        let mem = test_memory(1, 0x10000);
         let mut sq = SubmissionQueue::new(mem, 8, 0x1008, 4096).unwrap();
-        // words[0]: shadow doorbell, words[1]: EventIdx, both reached through raw pointers only.
-        let mut words = [0u32; 2];
-        let p = words.as_mut_ptr();
-        // SAFETY: `words` lives until the end of the test; both pointers are aligned.
-        sq.set_shadow(Some(unsafe { ShadowSlot::new(p, p.add(1)) }));
+        // The shadow doorbell and EventIdx buffers, with this queue's entry at offset 8.
+        let (db, ei) = (test_memory(1, 0x20000), test_memory(1, 0x30000));
+        assert!(
+            ShadowSlot::new(&db, &ei, 4096).is_none(),
+            "outside the buffers"
+        );
+        assert!(ShadowSlot::new(&db, &ei, 6).is_none(), "misaligned");
+        sq.set_shadow(Some(ShadowSlot::new(&db, &ei, 8).unwrap()));
         let regs = Regs::default();
         let e = SubmissionEntry::default();
         sq.push(&e);
         assert!(sq.ring(&regs), "the controller waits at 0: MMIO write");
-        // SAFETY: as above.
-        assert_eq!(unsafe { p.read() }, 1);
+        assert_eq!(db.read_u32(8), Some(1));
         // The controller says: tell me when the tail passes 5.
-        // SAFETY: as above.
-        unsafe { p.add(1).write(5) };
+        ei.write_u32(8, 5);
         sq.push(&e);
         assert!(!sq.ring(&regs), "no MMIO write before the event index");
-        // SAFETY: as above.
-        assert_eq!(unsafe { p.read() }, 2, "the shadow holds the new tail");
+        assert_eq!(db.read_u32(8), Some(2), "the shadow holds the new tail");
         for _ in 0..4 {
             sq.push(&e);
         }
@@ -506,9 +494,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_rings() {
-        let mut page = Page([0; 4096]);
-        // SAFETY: `page` outlives the queue.
-        let mem = unsafe { DmaRegion::new(page.0.as_mut_ptr(), 0x10000, 4096) };
+        let mem = test_memory(1, 0x10000);
         assert_eq!(
             SubmissionQueue::new(mem, 1, 0, 4096).unwrap_err(),
             QueueError::BadSize(1)

@@ -12,7 +12,7 @@ use nvme_regs::features::FeatureSelect;
 use nvme_regs::identify::{cns, IdentifyController, IdentifyNamespace, IDENTIFY_DATA_SIZE};
 use nvme_regs::log::{lid, AsyncEvent, ErrorLogEntry, FirmwareSlotLog, SmartLog};
 use nvme_regs::opcode::DataDirection;
-use nvme_regs::registers::{offset, Cc, Csts, ShutdownNotification, ShutdownStatus};
+use nvme_regs::registers::{Csts, ShutdownNotification, ShutdownStatus};
 use zerocopy::FromBytes;
 
 use crate::backend::Transport;
@@ -112,6 +112,12 @@ pub(crate) struct Admin {
     events: Vec<u32>,
     /// Is an Asynchronous Event Request outstanding (process-local admin queue)?
     aer_armed: bool,
+    /// Data memory of commands that timed out (or met a fatal controller) while the
+    /// controller still owned it: (tag, the mapping). An entry goes when the command's late
+    /// completion is reaped, or after the controller was disabled (see `Inner`'s drop).
+    /// The admin data buffer is among them when such a command used it; the next command
+    /// gets a fresh one.
+    parked: Vec<(u64, Arc<DmaMapping>)>,
 }
 
 /// The tag of Asynchronous Event Requests on a process-local admin queue (commands count
@@ -136,7 +142,11 @@ pub(crate) struct Inner {
     pub(crate) monitor_stop: Arc<AtomicBool>,
     /// Shadow doorbell and EventIdx buffers (one page each) given to the controller with
     /// Doorbell Buffer Config, when it offers it.
-    pub(crate) shadow: Option<DmaMapping>,
+    pub(crate) shadow: Option<Arc<DmaMapping>>,
+    /// Memory of queue pairs dropped while the controller may still use it (their queue
+    /// deletion failed): rings and the buffers of requests in flight. Let go after the
+    /// controller is shut down and disabled (see `release_parked`).
+    pub(crate) quarantine: Mutex<Vec<crate::qpair::Quarantined>>,
 }
 
 /// An attached NVMe controller. Cheap to clone; every clone and every queue pair keeps the
@@ -161,7 +171,7 @@ fn setup_shadow_doorbells(
     info: &ControllerInfo,
     admin: &mut Admin,
     timeout: Duration,
-) -> Option<DmaMapping> {
+) -> Option<Arc<DmaMapping>> {
     use nvme_regs::identify::Oacs;
     if !info.identify.oacs().contains(Oacs::DOORBELL_BUFFER_CONFIG)
         || std::env::var_os("NVME_NO_SHADOW_DOORBELLS").is_some()
@@ -169,10 +179,14 @@ fn setup_shadow_doorbells(
         return None;
     }
     let ps = info.page_size;
-    let mem = DmaMapping::new(transport, "nvme-dbbuf", 2 * ps).ok()?;
+    let mem = Arc::new(DmaMapping::new(transport, "nvme-dbbuf", 2 * ps).ok()?);
     let r = mem.region();
     let cmd = Command::doorbell_buffer_config(r.iova(), r.iova() + ps as u64);
-    admin.execute(None, cmd, None, timeout).ok()?;
+    // The buffers are not a PRP, but the controller may use them once the command ran:
+    // on a timeout they stay mapped like a data buffer.
+    admin
+        .execute(None, cmd, None, Some(mem.clone()), timeout)
+        .ok()?;
     Some(mem)
 }
 
@@ -235,7 +249,7 @@ pub(crate) fn bring_up(
     let slots: Box<[Slot<AdminTag>]> = (0..QueueConfig::slots(layout.entries))
         .map(|_| Slot::EMPTY)
         .collect();
-    let mut qp = QueuePair::new(cfg, regs, slots)
+    let mut qp = QueuePair::new(cfg, regs.clone(), slots)
         .map_err(|e| Error::Init(nvme_core::InitError::Queue(e)))?;
     let mut data = DmaBuffer::new(transport, ADMIN_DATA)?;
     let data_region = IoBuf::from(&mut data).region();
@@ -302,6 +316,7 @@ impl Controller {
             data,
             events: Vec::new(),
             aer_armed: false,
+            parked: Vec::new(),
         };
         Controller::finish(transport, trid, opts, info, admin, None)
     }
@@ -345,7 +360,7 @@ impl Controller {
         };
         let inner = Inner {
             shadow,
-            regs: admin.regs,
+            regs: admin.regs.clone(),
             transport,
             trid,
             info: Box::new(info),
@@ -358,6 +373,7 @@ impl Controller {
             granted,
             opts: opts.clone(),
             monitor_stop: Arc::new(AtomicBool::new(false)),
+            quarantine: Mutex::new(Vec::new()),
         };
         Ok(Controller {
             inner: Arc::new(inner),
@@ -435,7 +451,7 @@ impl Controller {
         let mut out = Vec::new();
         match &self.inner.group {
             Some(g) => {
-                let q = g.admin(self.inner.regs);
+                let q = g.admin(self.inner.regs.clone());
                 q.reap();
                 let mut cursor = lock(&self.inner.event_cursor);
                 q.events_since(&mut cursor, |dw0| out.push(AsyncEvent::from_dword(dw0)));
@@ -501,7 +517,8 @@ impl Controller {
         let c = admin.execute(
             self.inner.group.as_deref(),
             cmd,
-            data.map(|d| (d.region(), d.map.clone())),
+            data.map(|d| d.region()),
+            data.map(|d| d.map.clone()),
             timeout,
         )?;
         Ok(c)
@@ -574,15 +591,13 @@ impl Controller {
     }
     /// Reads CSTS now.
     pub fn status_register(&self) -> Csts {
-        use nvme_core::RegisterAccess;
-        Csts(self.inner.regs.read32(offset::CSTS))
+        self.inner.regs.csts()
     }
 }
 
 /// Does the controller report fatal status (or has it disappeared)?
 pub(crate) fn fatal(regs: &Mmio) -> bool {
-    use nvme_core::RegisterAccess;
-    let csts = Csts(regs.read32(offset::CSTS));
+    let csts = regs.csts();
     csts.cfs() || csts.is_all_ones()
 }
 
@@ -596,6 +611,7 @@ impl Admin {
             data,
             events: Vec::new(),
             aer_armed: false,
+            parked: Vec::new(),
         }
     }
 
@@ -615,37 +631,92 @@ impl Admin {
     }
 
     /// Reaps completions of a process-local admin queue without a command of our own
-    /// outstanding: only asynchronous events can arrive.
+    /// outstanding: asynchronous events, and late completions of commands that timed out.
     fn poll_events(&mut self) {
+        self.poll_local();
+        self.arm_events();
+    }
+
+    /// Reaps completions of a process-local admin queue: asynchronous events, and late
+    /// completions of commands that timed out. Submits nothing.
+    fn poll_local(&mut self) {
         if let AdminKind::Local { qp, .. } = &mut self.kind {
-            let (events, armed) = (&mut self.events, &mut self.aer_armed);
+            let (events, armed, parked) = (&mut self.events, &mut self.aer_armed, &mut self.parked);
             qp.poll(usize::MAX, |t, c| {
                 if t == AER_TAG {
                     *armed = false;
                     if c.status.is_success() {
                         events.push(c.dw0);
                     }
+                } else {
+                    unpark(parked, t.0);
                 }
             });
         }
-        self.arm_events();
     }
 
-    /// Submits and waits; `data` carries the region and a reference that keeps it mapped.
+    /// Reaps late completions of this process's timed-out commands (letting their memory
+    /// go) without waiting for anything.
+    pub(crate) fn reap_parked(&mut self, group: Option<&Group>) {
+        if self.parked.is_empty() {
+            return;
+        }
+        match (&self.kind, group) {
+            (AdminKind::Local { .. }, _) => self.poll_local(),
+            (AdminKind::Shared, Some(g)) => {
+                let parked = &mut self.parked;
+                g.admin(self.regs.clone())
+                    .poll(false, |t, _| unpark(parked, t));
+            }
+            (AdminKind::Shared, None) => {}
+        }
+    }
+
+    /// Is memory of timed-out commands still waiting for the controller?
+    pub(crate) fn has_parked(&self) -> bool {
+        !self.parked.is_empty()
+    }
+
+    /// Lets go of the memory of timed-out commands: only once the controller can no longer
+    /// use it (disabled), or leaked (`forget`) when that cannot be known.
+    pub(crate) fn release_parked(&mut self, forget: bool) {
+        for (_, m) in self.parked.drain(..) {
+            if forget {
+                std::mem::forget(m);
+            }
+        }
+    }
+
+    /// Submits and waits. `data` is the data pointer's region; `keep` keeps the memory the
+    /// command points to mapped: until the completion arrives, and past a timeout until the
+    /// late completion is reaped (see `parked`).
     fn execute(
         &mut self,
         group: Option<&Group>,
         cmd: Command,
-        data: Option<(nvme_core::DmaRegion, Arc<DmaMapping>)>,
+        region: Option<nvme_core::DmaRegion>,
+        keep: Option<Arc<DmaMapping>>,
         timeout: Duration,
     ) -> Result<Completion> {
         let tag = AdminTag(self.next_tag);
         self.next_tag += 1;
-        let (region, _keep) = match data {
-            Some((r, k)) => (Some(r), Some(k)),
-            None => (None, None),
-        };
-        let regs = self.regs;
+        let r = self.execute_inner(group, cmd, region, tag, timeout);
+        if let (Err(Error::Timeout { .. } | Error::ControllerFatal), Some(k)) = (&r, keep) {
+            // Submitted and not completed: the controller may still transfer.
+            self.parked.push((tag.0, k));
+        }
+        r
+    }
+
+    fn execute_inner(
+        &mut self,
+        group: Option<&Group>,
+        cmd: Command,
+        region: Option<nvme_core::DmaRegion>,
+        tag: AdminTag,
+        timeout: Duration,
+    ) -> Result<Completion> {
+        let regs = self.regs.clone();
         let start = Instant::now();
         let mut result = None;
         let mut submitted = false;
@@ -656,7 +727,8 @@ impl Admin {
                         qp.submit(cmd, region, tag)?;
                         submitted = true;
                     }
-                    let (events, armed) = (&mut self.events, &mut self.aer_armed);
+                    let (events, armed, parked) =
+                        (&mut self.events, &mut self.aer_armed, &mut self.parked);
                     qp.poll(usize::MAX, |t, c| {
                         if t == tag {
                             result = Some(c);
@@ -665,24 +737,31 @@ impl Admin {
                             if c.status.is_success() {
                                 events.push(c.dw0);
                             }
+                        } else {
+                            unpark(parked, t.0);
                         }
                     });
                 }
                 AdminKind::Shared => {
                     let q = group
                         .expect("a shared admin queue belongs to a group")
-                        .admin(regs);
+                        .admin(regs.clone());
                     if !submitted {
                         match q.submit(cmd, region, tag.0) {
                             Ok(()) => submitted = true,
                             // Other processes fill the queue: poll and retry until the timeout.
-                            Err(nvme_core::SubmitError::QueueFull) => {}
+                            Err(nvme_core::shared::AdminSubmitError::Submit(
+                                nvme_core::SubmitError::QueueFull,
+                            )) => {}
                             Err(e) => return Err(e.into()),
                         }
                     }
+                    let parked = &mut self.parked;
                     q.poll(false, |t, c| {
                         if t == tag.0 {
                             result = Some(c);
+                        } else {
+                            unpark(parked, t);
                         }
                     });
                 }
@@ -704,7 +783,8 @@ impl Admin {
                 return Err(Error::ControllerFatal);
             }
             if start.elapsed() > timeout {
-                // The command stays outstanding; its slot is reclaimed if it ever completes.
+                // The command stays outstanding; its slot (and PRP list) is reclaimed if it
+                // ever completes, its data memory is parked by `execute` until then.
                 return Err(Error::Timeout {
                     opcode: cmd.opcode(),
                     admin: true,
@@ -726,11 +806,15 @@ impl Admin {
         timeout: Duration,
     ) -> Result<Vec<u8>> {
         debug_assert_eq!(cmd.direction(), DataDirection::ControllerToHost);
+        if self.data.in_flight() {
+            // A command that timed out still owns the buffer (it is parked): use a new one.
+            self.data = self.data.new_like()?;
+        }
         self.data.as_mut_slice()[..len].fill(0);
         let io = self.data.slice(0..len)?;
         let region = io.region();
         let keep = io.map.clone();
-        self.execute(group, cmd, Some((region, keep)), timeout)?;
+        self.execute(group, cmd, Some(region), Some(keep), timeout)?;
         Ok(self.data.as_slice()[..len].to_vec())
     }
 
@@ -745,15 +829,56 @@ impl Admin {
     }
 }
 
+impl Drop for Admin {
+    fn drop(&mut self) {
+        // Reached with parked memory only when attaching failed after a timeout (a running
+        // controller's `Inner` releases it after shutdown first). A process-local controller
+        // is ours: disable it, then let go; a shared one may still run: keep the memory.
+        if self.has_parked() {
+            let disabled = matches!(self.kind, AdminKind::Local { .. })
+                && disable(&self.regs, Duration::from_secs(10));
+            self.release_parked(!disabled);
+        }
+    }
+}
+
+/// Lets go of the parked memory of the timed-out command `tag`, whose completion arrived.
+fn unpark(parked: &mut Vec<(u64, Arc<DmaMapping>)>, tag: u64) {
+    parked.retain(|(t, _)| *t != tag);
+}
+
+/// Disables the controller (CC.EN = 0) and waits for CSTS.RDY = 0, bounded by CAP.TO: after
+/// a reset the controller touches no host memory. Returns whether it got there.
+fn disable(regs: &Mmio, timeout: Duration) -> bool {
+    let cc = regs.cc();
+    if regs.csts().is_all_ones() {
+        return false;
+    }
+    regs.set_cc(cc.with_en(false));
+    let start = Instant::now();
+    loop {
+        let csts = regs.csts();
+        if csts.is_all_ones() {
+            return false;
+        }
+        if !csts.rdy() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
 /// Sends the normal shutdown notification and waits for it, bounded by RTD3E or 10 s (NVMe
 /// 1.4 7.6.2).
 fn shutdown(regs: &Mmio, rtd3e_us: u32) {
-    use nvme_core::RegisterAccess;
-    let cc = Cc(regs.read32(offset::CC));
-    if !cc.en() || Csts(regs.read32(offset::CSTS)).is_all_ones() {
+    let cc = regs.cc();
+    if !cc.en() || regs.csts().is_all_ones() {
         return;
     }
-    regs.write32(offset::CC, cc.with_shn(ShutdownNotification::Normal).0);
+    regs.set_cc(cc.with_shn(ShutdownNotification::Normal));
     let rtd3e = Duration::from_micros(rtd3e_us as u64);
     let bound = if rtd3e.is_zero() {
         Duration::from_secs(10)
@@ -762,7 +887,7 @@ fn shutdown(regs: &Mmio, rtd3e_us: u32) {
     };
     let start = Instant::now();
     while start.elapsed() < bound {
-        let csts = Csts(regs.read32(offset::CSTS));
+        let csts = regs.csts();
         if csts.shst() == ShutdownStatus::Complete || csts.cfs() || csts.is_all_ones() {
             break;
         }
@@ -770,24 +895,58 @@ fn shutdown(regs: &Mmio, rtd3e_us: u32) {
     }
 }
 
+impl Inner {
+    /// Lets go of memory the controller might still have used (timed-out admin commands,
+    /// queue pairs whose deletion failed) once it was shut down: disables it first, and
+    /// leaks the memory if it does not become disabled. `controller_down`: this process
+    /// shut the controller down; otherwise other processes still use it, so the memory
+    /// is leaked (it stays mapped for the controller).
+    fn release_parked(&mut self, controller_down: bool) {
+        let admin = self.admin.get_mut().unwrap_or_else(|p| p.into_inner());
+        let quarantine = self.quarantine.get_mut().unwrap_or_else(|p| p.into_inner());
+        if !admin.has_parked() && quarantine.is_empty() {
+            return;
+        }
+        let disabled = controller_down
+            && disable(
+                &self.regs,
+                Duration::from_millis(self.info.cap.timeout_ms() as u64),
+            );
+        admin.release_parked(!disabled);
+        for q in quarantine.drain(..) {
+            if !disabled {
+                std::mem::forget(q);
+            }
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         self.monitor_stop.store(true, Ordering::Relaxed);
-        let Some(group) = &self.group else {
+        let group = self.group.clone();
+        lock(&self.admin).reap_parked(group.as_deref());
+        let Some(group) = &group else {
             shutdown(&self.regs, self.info.identify.rtd3e);
+            self.release_parked(true);
             return;
         };
         // Leave the group: the last member out shuts the controller down and removes the
         // group's files; the software controller's process exits when its last client goes.
         if group.lock_join().is_err() {
+            // Whether the controller is still used is unknown: keep what it may touch.
+            self.release_parked(false);
             return;
         }
         let me = group.me();
-        group.admin(self.regs).release_member(me);
+        group.admin(self.regs.clone()).release_member(me);
         if group.leave() {
             shutdown(&self.regs, self.info.identify.rtd3e);
+            self.release_parked(true);
             self.transport.last_member_left();
             group.remove_files();
+        } else {
+            self.release_parked(false);
         }
         group.unlock_join();
     }

@@ -119,6 +119,10 @@ impl DmaBuffer {
             _not_sync: PhantomData,
         })
     }
+    /// A new zeroed buffer of the same length for the same controller.
+    pub(crate) fn new_like(&self) -> Result<DmaBuffer> {
+        DmaBuffer::new(&self.map.transport, self.len)
+    }
     /// Length in bytes (as requested; the segment behind it may be larger).
     pub fn len(&self) -> usize {
         self.len

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::io;
 
+use nvme_core::shared::AdminSubmitError;
 use nvme_core::{InitError, SubmitError};
 use nvme_regs::Status;
 
@@ -41,6 +42,9 @@ pub enum Error {
     ControllerFatal,
     /// A command was refused before submission.
     Submit(SubmitError),
+    /// The group's admin lock stayed held past the admin timeout: another process of the
+    /// group holds it and is stopped or stuck (a dead holder is recovered from instead).
+    AdminLockTimeout,
     /// A command did not complete in time.
     Timeout {
         /// The command's opcode.
@@ -139,6 +143,7 @@ impl fmt::Display for Error {
                 "controller fatal status (CSTS.CFS=1): the controller stopped processing commands; detach and attach again to reset it"
             ),
             Error::Submit(e) => write!(f, "{e}"),
+            Error::AdminLockTimeout => write!(f, "{}", AdminSubmitError::LockTimeout),
             Error::Timeout { opcode, admin, waited_ms } => write!(
                 f,
                 "{} (opcode {opcode:#04x}) did not complete within {waited_ms} ms",
@@ -179,6 +184,18 @@ impl std::error::Error for Error {
 impl From<InitError> for Error {
     fn from(e: InitError) -> Self {
         Error::Init(e)
+    }
+}
+
+impl From<AdminSubmitError> for Error {
+    fn from(e: AdminSubmitError) -> Self {
+        match e {
+            AdminSubmitError::Submit(e) => Error::Submit(e),
+            AdminSubmitError::LockTimeout => Error::AdminLockTimeout,
+            AdminSubmitError::Corrupt(e) => Error::Group(format!(
+                "the group's shared admin queue state is not valid ({e}): a process of the group wrote over it; detach every process of the group so that it is created anew"
+            )),
+        }
     }
 }
 

@@ -117,9 +117,9 @@ fn create_group(
         si.namespaces.copy_from_slice(info.namespaces.as_bytes());
     })?;
     group.set_lock_timeout(opts.admin_timeout);
-    group.admin(regs).join().map_err(Error::Submit)?;
+    group.admin(regs.clone()).join()?;
     // One Asynchronous Event Request for the whole group; whoever reaps re-arms it.
-    let _ = group.admin(regs).enable_events(1);
+    let _ = group.admin(regs.clone()).enable_events(1);
     Controller::finish(
         transport,
         trid.clone(),
@@ -139,7 +139,7 @@ fn join_group(
 ) -> Result<Controller> {
     group.set_lock_timeout(opts.admin_timeout);
     let regs = transport.regs();
-    group.admin(regs).join().map_err(Error::Submit)?;
+    group.admin(regs.clone()).join()?;
     let info = info_from_header(group.header());
     let data = DmaBuffer::new(&transport, ADMIN_DATA_LEN)?;
     Controller::finish(
@@ -311,7 +311,7 @@ pub(crate) fn cleanup_dead(ctrl: &Controller) -> usize {
 }
 
 fn cleanup_member(ctrl: &Controller, group: &Group, who: OwnerId) {
-    group.admin(ctrl.inner.regs).release_member(who);
+    group.admin(ctrl.inner.regs.clone()).release_member(who);
     for qid in group.qids_of(who) {
         // Deleting the SQ aborts what the dead process left in flight; a queue that was
         // never created (the process died in between) fails with Invalid Queue Identifier.
@@ -321,7 +321,7 @@ fn cleanup_member(ctrl: &Controller, group: &Group, who: OwnerId) {
     }
     // An admin command of the dead process may still be writing into its memory: let the
     // controller finish it (bounded) before the memory goes.
-    let q = group.admin(ctrl.inner.regs);
+    let q = group.admin(ctrl.inner.regs.clone());
     let start = std::time::Instant::now();
     while q.in_flight_of(who) > 0 && start.elapsed() < Duration::from_secs(2) {
         q.reap();
@@ -343,7 +343,7 @@ fn start_monitor(ctrl: &Controller) {
     let weak = Arc::downgrade(&ctrl.inner);
     let stop = ctrl.inner.monitor_stop.clone();
     let group = ctrl.inner.group.clone().expect("group member");
-    let regs = ctrl.inner.regs;
+    let regs = ctrl.inner.regs.clone();
     let spawned = std::thread::Builder::new()
         .name("nvme-group".into())
         .spawn(move || loop {
@@ -352,7 +352,7 @@ fn start_monitor(ctrl: &Controller) {
                 return;
             }
             // Record asynchronous events even when nobody sends admin commands.
-            group.admin(regs).reap();
+            group.admin(regs.clone()).reap();
             if group.dead_members().is_empty() {
                 continue;
             }

@@ -23,20 +23,73 @@ pub enum Backing {
 /// What the first allocation found: 0 = unknown, 1 = hugepages work, 2 = they do not.
 static HUGE_STATE: AtomicU8 = AtomicU8::new(0);
 
+/// A shared mapping of a file (a memfd, a group file, a device region): the one type that
+/// owns an `mmap` in this crate. It is unmapped when dropped; whatever uses the memory keeps
+/// the `Mapping` (or an `Arc` of it) alive.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the struct owns a shared mapping and only hands out raw pointers; access to the
+// memory is governed by its users (DMA buffers, queues, register handles).
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` at `offset`, shared, read-write; `populate` faults the
+    /// pages in.
+    pub(crate) fn new(
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+        populate: bool,
+    ) -> io::Result<Mapping> {
+        let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
+        // SAFETY: a new mapping chosen by the kernel; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr =
+            NonNull::new(p as *mut u8).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        Ok(Mapping { ptr, len })
+    }
+    /// Start of the mapping.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; its users hold it alive while they use it.
+        unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len) };
+    }
+}
+
 /// A memfd-backed shared mapping, populated at creation.
 #[derive(Debug)]
 pub struct SharedMemory {
+    map: Mapping,
     fd: OwnedFd,
-    ptr: NonNull<u8>,
-    len: usize,
     backing: Backing,
 }
-
-// SAFETY: the mapping is plain shared memory; the struct only hands out raw pointers and
-// access is governed by its users (DMA buffers, queues).
-unsafe impl Send for SharedMemory {}
-// SAFETY: as above.
-unsafe impl Sync for SharedMemory {}
 
 impl SharedMemory {
     /// Allocates `len` bytes (rounded up to the page size of the backing), zero-filled.
@@ -88,24 +141,18 @@ impl SharedMemory {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        let ptr = map_fd(fd.as_fd(), 0, len, true)?;
-        Ok(SharedMemory {
-            fd,
-            ptr,
-            len,
-            backing,
-        })
+        let map = Mapping::new(fd.as_fd(), 0, len, true)?;
+        Ok(SharedMemory { map, fd, backing })
     }
 
     /// Maps an existing file (a group's shared segment, opened by path) of `len` bytes.
     /// The file must already have that size.
     pub fn from_file(file: std::fs::File, len: usize) -> io::Result<SharedMemory> {
         let fd = OwnedFd::from(file);
-        let ptr = map_fd(fd.as_fd(), 0, len, true)?;
+        let map = Mapping::new(fd.as_fd(), 0, len, true)?;
         Ok(SharedMemory {
+            map,
             fd,
-            ptr,
-            len,
             backing: Backing::Shared,
         })
     }
@@ -116,53 +163,20 @@ impl SharedMemory {
     }
     /// Start of the mapping in this process.
     pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
+        self.map.as_ptr()
     }
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
     /// Is it empty? (Never: zero-length segments are refused.)
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.map.len() == 0
     }
     /// The backing in use.
     pub fn backing(&self) -> Backing {
         self.backing
     }
-}
-
-impl Drop for SharedMemory {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping; nothing uses it after drop (users hold the
-        // segment alive while they use it).
-        unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len) };
-    }
-}
-
-/// Maps `len` bytes of `fd` at `offset`, shared, read-write; `populate` faults the pages in.
-pub fn map_fd(
-    fd: BorrowedFd<'_>,
-    offset: u64,
-    len: usize,
-    populate: bool,
-) -> io::Result<NonNull<u8>> {
-    let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
-    // SAFETY: a new mapping chosen by the kernel; no existing memory is affected.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            flags,
-            fd.as_raw_fd(),
-            offset as libc::off_t,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    NonNull::new(p as *mut u8).ok_or_else(|| io::Error::other("mmap returned NULL"))
 }
 
 /// Hugepage status of this machine, for messages and the setup tool.
@@ -187,11 +201,9 @@ mod tests {
             *m.as_ptr().add(100) = 42;
         }
         // A second mapping of the same fd sees the write (as another process would).
-        let second = map_fd(m.fd(), 0, 8192, false).unwrap();
+        let second = Mapping::new(m.fd(), 0, 8192, false).unwrap();
         // SAFETY: the second mapping is 8192 bytes long.
         assert_eq!(unsafe { *second.as_ptr().add(100) }, 42);
-        // SAFETY: unmapping the mapping made above.
-        unsafe { libc::munmap(second.as_ptr() as *mut libc::c_void, 8192) };
         assert!(SharedMemory::with_backing("test", 0, Backing::Shared).is_err());
     }
 

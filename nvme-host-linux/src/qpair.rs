@@ -38,6 +38,13 @@ struct IoCtx {
 
 type Qp = QueuePair<Mmio, IoCtx, Box<[Slot<IoCtx>]>>;
 
+/// What a queue pair leaves with its controller when the controller may still use it (the
+/// queue deletion failed): its rings and the buffers of the requests it had in flight.
+pub(crate) struct Quarantined {
+    _rings: Option<DmaMapping>,
+    _bufs: Vec<Arc<DmaMapping>>,
+}
+
 /// An I/O queue pair. It belongs to one thread at a time (`Send`, not `Sync`): submission and
 /// completion take no lock. Completions are delivered by
 /// [`process_completions`](Self::process_completions) with the token given at submission.
@@ -100,13 +107,22 @@ impl IoQueuePair {
             let slots: Box<[Slot<IoCtx>]> = (0..QueueConfig::slots(entries))
                 .map(|_| Slot::EMPTY)
                 .collect();
-            let mut qp = QueuePair::new(cfg, ctrl.inner.regs, slots)
+            let mut qp = QueuePair::new(cfg, ctrl.inner.regs.clone(), slots)
                 .map_err(|e| Error::Invalid(format!("I/O queue {qid}: {e}")))?;
             if let Some(sh) = &ctrl.inner.shadow {
+                // The two pages were given to the controller with Doorbell Buffer Config and
+                // live as long as the controller, which this queue pair keeps.
+                // Every queue must use them once the controller has them.
                 let r = sh.region();
-                // SAFETY: the two pages were given to the controller with Doorbell Buffer
-                // Config and live as long as the controller, which this queue pair keeps.
-                unsafe { qp.set_shadow_doorbells(r.vaddr(), r.vaddr().add(ps), info.cap.dstrd()) };
+                let set = match (r.sub(0, ps), r.sub(ps, ps)) {
+                    (Some(db), Some(ei)) => qp.set_shadow_doorbells(&db, &ei, info.cap.dstrd()),
+                    _ => false,
+                };
+                if !set {
+                    return Err(Error::Invalid(format!(
+                        "I/O queue {qid}: its shadow doorbells fall outside the {ps}-byte Doorbell Buffer Config pages"
+                    )));
+                }
             }
             Ok((qp, rings, dsm))
         };
@@ -406,12 +422,30 @@ impl Drop for IoQueuePair {
         let cq = self
             .ctrl
             .admin_command(Command::delete_io_cq(self.qid), None);
-        self.qp.abort_all(Qp::ABORTED, |_, _| {});
+        let mut bufs = Vec::new();
+        self.qp
+            .abort_all(Qp::ABORTED, |ctx, _| bufs.extend(ctx._buf));
         if sq.is_ok() && cq.is_ok() {
+            // The controller completed or aborted every command of the queue (Delete I/O SQ
+            // aborts what is outstanding) and no longer uses the rings.
             self.ctrl.free_qid(self.qid);
+            drop(bufs);
+            self.rings.take();
+            return;
         }
-        // If deletion failed the controller may still own the rings: keep the qid reserved so
-        // it is not reused. The memory itself is unmapped from the device with `rings`.
-        self.rings.take();
+        // The controller may still own the queues: it may still fetch, transfer data of the
+        // requests in flight, and post completions. Keep the qid reserved so it is not
+        // reused, and park the memory with the controller, which lets it go once the
+        // controller is shut down and disabled.
+        let parked = Quarantined {
+            _rings: self.rings.take(),
+            _bufs: bufs,
+        };
+        self.ctrl
+            .inner
+            .quarantine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(parked);
     }
 }

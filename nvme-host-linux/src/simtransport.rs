@@ -8,40 +8,19 @@ use std::sync::Mutex;
 use crate::backend::{member_iova_range, Transport};
 use crate::error::{Error, Result};
 use crate::iova::IovaAllocator;
-use crate::memory::{map_fd, SharedMemory};
+use crate::memory::{Mapping, SharedMemory};
 use crate::mmio::Mmio;
 use crate::transport::SimOptions;
 
-/// A BAR image shared by a software controller (its memfd, mapped here).
-struct BarMapping {
-    ptr: std::ptr::NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the pointer refers to a shared mapping this struct owns; register accesses through
-// it are volatile and may come from any thread.
-unsafe impl Send for BarMapping {}
-// SAFETY: as above.
-unsafe impl Sync for BarMapping {}
-
-impl BarMapping {
-    fn new(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> Result<BarMapping> {
-        let ptr = map_fd(fd, 0, len, false)
-            .map_err(|e| Error::os("mapping the software controller's BAR", e))?;
-        Ok(BarMapping { ptr, len })
-    }
-    fn regs(&self) -> Mmio {
-        // SAFETY: the mapping lives as long as the transport that owns this struct, which
-        // the controller and its queue pairs keep alive.
-        unsafe { Mmio::new(self.ptr, self.len) }
-    }
-}
-
-impl Drop for BarMapping {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping; nothing uses the BAR once its transport is gone.
-        unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len) };
-    }
+/// Maps a software controller's BAR image (its memfd) as a register handle.
+fn map_sim_bar(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> Result<Mmio> {
+    let map = Mapping::new(fd, 0, len, false)
+        .map_err(|e| Error::os("mapping the software controller's BAR", e))?;
+    Mmio::new(map).map_err(|len| {
+        Error::Transport(format!(
+            "software controller BAR of {len} bytes is too small"
+        ))
+    })
 }
 
 /// Allocates an IOVA for `mem` and maps it with `map`; gives the IOVA back if that fails.
@@ -81,14 +60,14 @@ fn unmap_with_iova<E>(
 /// The built-in software controller as a transport.
 pub struct SimTransport {
     sim: nvme_sim::SimController,
-    bar: BarMapping,
+    bar: Mmio,
     iovas: Mutex<IovaAllocator>,
 }
 
 impl fmt::Debug for SimTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SimTransport")
-            .field("bar_len", &self.bar.len)
+            .field("bar_len", &self.bar.len())
             .finish()
     }
 }
@@ -121,7 +100,7 @@ impl SimTransport {
     pub fn with_config(cfg: nvme_sim::SimConfig) -> Result<SimTransport> {
         let sim = nvme_sim::SimController::start(cfg)
             .map_err(|e| Error::Transport(format!("software controller: {e}")))?;
-        let bar = BarMapping::new(sim.bar_fd(), sim.bar_len())?;
+        let bar = map_sim_bar(sim.bar_fd(), sim.bar_len())?;
         // The whole 47-bit space minus page 0: the simulated IOMMU has no holes.
         let iovas = Mutex::new(IovaAllocator::new(&[(0, (1 << 47) - 1)], 4096));
         Ok(SimTransport { sim, bar, iovas })
@@ -130,7 +109,7 @@ impl SimTransport {
 
 impl Transport for SimTransport {
     fn regs(&self) -> Mmio {
-        self.bar.regs()
+        self.bar.clone()
     }
     fn map_dma(&self, mem: &SharedMemory) -> Result<u64> {
         map_with_iova(&self.iovas, mem, |iova| {
@@ -154,7 +133,7 @@ impl Transport for SimTransport {
 /// A software controller running in its own process (shared-memory groups).
 pub struct SimClientTransport {
     client: nvme_sim::SimClient,
-    bar: BarMapping,
+    bar: Mmio,
     iovas: Mutex<IovaAllocator>,
 }
 
@@ -176,7 +155,7 @@ impl SimClientTransport {
                 socket.display()
             ))
         })?;
-        let bar = BarMapping::new(client.bar_fd(), client.bar_len())?;
+        let bar = map_sim_bar(client.bar_fd(), client.bar_len())?;
         let (base, len) = member_iova_range(member);
         let iovas = Mutex::new(IovaAllocator::new(&[(base, base + len - 1)], 4096));
         Ok(SimClientTransport { client, bar, iovas })
@@ -192,7 +171,7 @@ impl SimClientTransport {
 
 impl Transport for SimClientTransport {
     fn regs(&self) -> Mmio {
-        self.bar.regs()
+        self.bar.clone()
     }
     fn map_dma(&self, mem: &SharedMemory) -> Result<u64> {
         map_with_iova(&self.iovas, mem, |iova| {

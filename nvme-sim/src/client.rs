@@ -274,6 +274,12 @@ impl SimClient {
         Ok((r.vals[0] != 0).then(|| r.text()))
     }
 
+    /// DMA errors so far (see [`crate::SimController::dma_errors`]) and the latest one.
+    pub fn dma_errors(&self) -> Result<(u64, Option<String>), SimError> {
+        let r = self.call(Op::DmaErrors, [0; 6])?;
+        Ok((r.vals[0], (r.vals[0] != 0).then(|| r.text())))
+    }
+
     /// The daemon's clients and DMA mappings.
     pub fn daemon_status(&self) -> Result<DaemonStatus, SimError> {
         Ok(DaemonStatus::from_words(

@@ -56,6 +56,12 @@ pub(crate) struct Sq {
     pub(crate) db: usize,
     base: *const u8,
     _map: Arc<Mapping>,
+    /// The ring's IOVA range, checked against the DMA table whenever the table changes.
+    iova: u64,
+    len: usize,
+    /// Is the ring's IOVA range still mapped? (False once the host unmapped it while the
+    /// queue exists; the controller then neither fetches from it nor records more errors.)
+    mapped: bool,
 }
 
 /// A completion queue.
@@ -67,6 +73,10 @@ pub(crate) struct Cq {
     db: usize,
     base: *mut u8,
     _map: Arc<Mapping>,
+    /// As for [`Sq`].
+    iova: u64,
+    len: usize,
+    mapped: bool,
     /// Completions waiting for the host to free entries (CQ full).
     overflow: VecDeque<Cqe>,
     /// Submission queues that post here.
@@ -137,6 +147,17 @@ struct Delayed {
     cqe: Cqe,
 }
 
+/// A command whose execution a fault postponed (data transfer and completion).
+struct Postponed {
+    due: Instant,
+    sqid: u16,
+    cqid: u16,
+    cmd: SubmissionEntry,
+    /// The rest of the fault decision, applied when it completes.
+    delay: Option<Duration>,
+    drop: bool,
+}
+
 /// What executing a command produced.
 pub(crate) enum Outcome {
     /// Complete now with this status and dword 0.
@@ -198,6 +219,7 @@ pub(crate) struct Controller {
     pub(crate) active_sqs: Vec<u16>,
     overflowing: usize,
     delayed: Vec<Delayed>,
+    postponed: Vec<Postponed>,
     pub(crate) segs: Vec<Seg>,
     pub(crate) features: Features,
     pub(crate) aer_outstanding: VecDeque<u16>,
@@ -262,6 +284,7 @@ impl Controller {
             active_sqs: Vec::with_capacity(nq),
             overflowing: 0,
             delayed: Vec::new(),
+            postponed: Vec::new(),
             segs: Vec::with_capacity(64),
             aer_outstanding: VecDeque::with_capacity(AER_LIMIT),
             error_log: VecDeque::with_capacity(ERROR_LOG_ENTRIES),
@@ -295,6 +318,9 @@ impl Controller {
 
     /// One polling pass; returns true when it did something.
     fn step(&mut self) -> bool {
+        if self.dma.take_changed() {
+            self.revalidate_queues();
+        }
         let mut busy = self.poll_registers();
         if self.state != State::Ready {
             return busy;
@@ -309,6 +335,9 @@ impl Controller {
         }
         if !self.delayed.is_empty() {
             busy |= self.post_due_delayed();
+        }
+        if !self.postponed.is_empty() {
+            busy |= self.run_due_postponed();
         }
         if !self.aer_outstanding.is_empty() && self.shared.faults.events_pending() {
             busy |= self.deliver_events();
@@ -486,6 +515,9 @@ impl Controller {
             db,
             base,
             _map: map,
+            iova,
+            len,
+            mapped: true,
             overflow: VecDeque::new(),
             sq_refs: 0,
         })
@@ -514,6 +546,9 @@ impl Controller {
             db,
             base,
             _map: map,
+            iova,
+            len,
+            mapped: true,
         })
     }
 
@@ -536,6 +571,9 @@ impl Controller {
         self.active_sqs.clear();
         self.overflowing = 0;
         self.delayed.clear();
+        for _ in self.postponed.drain(..) {
+            self.shared.faults.note_delayed_executed();
+        }
         self.aer_outstanding.clear();
         self.features = default_features(&self.cfg);
         self.temperature_warning = false;
@@ -548,6 +586,11 @@ impl Controller {
         };
         let tail = self.bar.load32(sq.db);
         if tail >= sq.size || tail == sq.head {
+            return false;
+        }
+        if !sq.mapped {
+            // The host unmapped the ring while the queue exists: an IOMMU would fault the
+            // fetch. Recorded once, when the table changed (see `revalidate_queues`).
             return false;
         }
         let mut n = 0;
@@ -604,6 +647,19 @@ impl Controller {
             1,
         );
         let decision = self.shared.faults.check(sqid, cmd.opcode, cmd.nsid);
+        if let Some(d) = decision.as_ref().filter(|d| d.fail.is_none()) {
+            if let Some(t) = d.delay_execution {
+                self.postponed.push(Postponed {
+                    due: Instant::now() + t,
+                    sqid,
+                    cqid,
+                    cmd: *cmd,
+                    delay: d.delay,
+                    drop: d.drop,
+                });
+                return;
+            }
+        }
         let outcome = match decision.as_ref().and_then(|d| d.fail) {
             Some(s) => Outcome::Done(s, 0),
             None if sqid == 0 => self.admin(cmd),
@@ -678,6 +734,14 @@ impl Controller {
         let Some(cq) = self.cqs.get_mut(cqid as usize).and_then(|c| c.as_mut()) else {
             return; // the completion queue is gone (deleted or reset)
         };
+        if !cq.mapped {
+            // The ring was unmapped under the queue: the write would fault.
+            self.shared.dma.record_error(format!(
+                "completion (SQ {} CID {:#x}) to CQ {cqid}, whose ring at IOVA {:#x} is no longer mapped",
+                e.sqid, e.cid, cq.iova
+            ));
+            return;
+        }
         if !cq.overflow.is_empty() || !cq.has_room(&self.bar) {
             cq.overflow.push_back(e);
             self.overflowing += 1;
@@ -693,7 +757,7 @@ impl Controller {
 
     fn drain_overflow(&mut self) -> bool {
         let mut moved = false;
-        for cq in self.cqs.iter_mut().flatten() {
+        for cq in self.cqs.iter_mut().flatten().filter(|c| c.mapped) {
             while !cq.overflow.is_empty() && cq.has_room(&self.bar) {
                 let Some(e) = cq.overflow.pop_front() else {
                     break;
@@ -726,8 +790,101 @@ impl Controller {
         any
     }
 
-    /// Completes delayed commands of a deleted submission queue as aborted.
+    /// Executes postponed commands that are due (their data moves now) and completes them.
+    fn run_due_postponed(&mut self) -> bool {
+        let now = Instant::now();
+        let mut any = false;
+        let mut i = 0;
+        while i < self.postponed.len() {
+            if self.postponed[i].due > now {
+                i += 1;
+                continue;
+            }
+            let p = self.postponed.remove(i);
+            any = true;
+            self.run_postponed(p);
+            // Counted once the transfer and the completion are done (tests wait for it).
+            self.shared.faults.note_delayed_executed();
+        }
+        any
+    }
+
+    fn run_postponed(&mut self, p: Postponed) {
+        let outcome = if p.sqid == 0 {
+            self.admin(&p.cmd)
+        } else {
+            self.io(&p.cmd)
+        };
+        let Outcome::Done(status, dw0) = outcome else {
+            return;
+        };
+        let cqe = self.completion(p.sqid, &p.cmd, status, dw0);
+        if p.drop {
+            return;
+        }
+        match p.delay {
+            Some(t) => self.delayed.push(Delayed {
+                due: Instant::now() + t,
+                cqid: p.cqid,
+                cqe,
+            }),
+            None => self.post(p.cqid, cqe),
+        }
+    }
+
+    /// After the DMA table changed: marks queues whose ring the host unmapped (recording a
+    /// DMA error for each; the controller stops using that ring).
+    fn revalidate_queues(&mut self) {
+        // After a shutdown or outside Ready the host may take the rings back: not an error
+        // unless the controller touches them (`post` records that).
+        let record = self.state == State::Ready && !self.shutdown_seen;
+        for (qid, sq) in self.sqs.iter_mut().enumerate() {
+            if let Some(sq) = sq.as_mut().filter(|q| q.mapped) {
+                if !self.dma.is_mapped(sq.iova, sq.len) {
+                    sq.mapped = false;
+                    if record {
+                        self.shared.dma.record_error(format!(
+                            "SQ {qid}: ring at IOVA {:#x}+{:#x} unmapped while the queue exists",
+                            sq.iova, sq.len
+                        ));
+                    }
+                }
+            }
+        }
+        for (qid, cq) in self.cqs.iter_mut().enumerate() {
+            if let Some(cq) = cq.as_mut().filter(|q| q.mapped) {
+                if !self.dma.is_mapped(cq.iova, cq.len) {
+                    cq.mapped = false;
+                    if record {
+                        self.shared.dma.record_error(format!(
+                            "CQ {qid}: ring at IOVA {:#x}+{:#x} unmapped while the queue exists",
+                            cq.iova, cq.len
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Completes delayed commands of a deleted submission queue as aborted (postponed ones
+    /// without executing them).
     pub(crate) fn abort_delayed_of(&mut self, sqid: u16) {
+        let mut i = 0;
+        while i < self.postponed.len() {
+            if self.postponed[i].sqid == sqid {
+                let p = self.postponed.remove(i);
+                let cqe = self.completion(
+                    sqid,
+                    &p.cmd,
+                    Status::generic(GenericStatus::AbortedSqDeletion),
+                    0,
+                );
+                self.post(p.cqid, cqe);
+                self.shared.faults.note_delayed_executed();
+            } else {
+                i += 1;
+            }
+        }
         let mut i = 0;
         while i < self.delayed.len() {
             if self.delayed[i].cqe.sqid == sqid {

@@ -870,7 +870,7 @@ impl Daemon {
                 r.vals[..SimStats::WORDS].copy_from_slice(&self.sim.stats().to_words());
             }
             Op::FaultCounters => {
-                r.vals[..6]
+                r.vals[..8]
                     .copy_from_slice(&proto::counters_to_words(&self.sim.faults().counters()));
             }
             Op::FatalReason => {
@@ -881,6 +881,12 @@ impl Daemon {
             }
             Op::Status => r.vals[..7].copy_from_slice(&self.status().to_words()),
             Op::Shutdown => {}
+            Op::DmaErrors => {
+                r.vals[0] = self.sim.dma_errors();
+                if let Some(last) = self.sim.dma_error_log().pop() {
+                    r.set_text(&last);
+                }
+            }
             Op::Forked | Op::Started => {
                 return Err(SimError::Protocol(format!("{op:?} is not a request")))
             }

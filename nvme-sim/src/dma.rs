@@ -7,6 +7,7 @@
 //! comparisons. Mappings are reference counted: memory that a queue or an in-progress command
 //! still points into stays mapped in this process until they let go of it.
 
+use std::collections::VecDeque;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +32,14 @@ pub(crate) struct DmaShared {
     generation: AtomicU64,
     /// Last generation the processing thread has switched to.
     ack: AtomicU64,
+    /// Device accesses to IOVAs that were not mapped (an IOMMU fault on real hardware).
+    errors: AtomicU64,
+    /// Descriptions of the latest of them.
+    error_log: Mutex<VecDeque<String>>,
 }
+
+/// DMA errors described in [`DmaShared::error_log`] (older ones only count).
+const ERROR_LOG_LEN: usize = 32;
 
 impl DmaShared {
     pub(crate) fn new() -> DmaShared {
@@ -39,7 +47,31 @@ impl DmaShared {
             table: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
             ack: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            error_log: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Records a device access to memory that is not mapped.
+    #[cold]
+    pub(crate) fn record_error(&self, what: String) {
+        let mut log = self.error_log.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() == ERROR_LOG_LEN {
+            log.pop_front();
+        }
+        log.push_back(what);
+        self.errors.fetch_add(1, Ordering::Release);
+    }
+
+    /// Device accesses to unmapped IOVAs so far.
+    pub(crate) fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Acquire)
+    }
+
+    /// The latest DMA errors, oldest first.
+    pub(crate) fn error_log(&self) -> Vec<String> {
+        let log = self.error_log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter().cloned().collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<DmaEntry>> {
@@ -123,6 +155,8 @@ pub(crate) struct DmaView {
     generation: u64,
     entries: Vec<DmaEntry>,
     last: usize,
+    /// The table changed since [`take_changed`](Self::take_changed) was last called.
+    changed: bool,
 }
 
 impl DmaView {
@@ -132,6 +166,7 @@ impl DmaView {
             generation: u64::MAX,
             entries: Vec::new(),
             last: 0,
+            changed: false,
         }
     }
 
@@ -147,8 +182,19 @@ impl DmaView {
             self.generation = self.shared.generation.load(Ordering::Acquire);
         }
         self.last = 0;
+        self.changed = true;
         self.shared.ack.store(self.generation, Ordering::Release);
         true
+    }
+
+    /// Did the table change since the last call?
+    pub(crate) fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Is `[iova, iova + len)` inside one mapping of the current copy? Records nothing.
+    pub(crate) fn is_mapped(&mut self, iova: u64, len: usize) -> bool {
+        self.find(iova, len).is_some()
     }
 
     fn find(&mut self, iova: u64, len: usize) -> Option<usize> {
@@ -174,11 +220,22 @@ impl DmaView {
         let i = match self.find(iova, len) {
             Some(i) => i,
             // A mapping added just before the host rang a doorbell may be newer than our copy.
-            None if self.sync() => self.find(iova, len)?,
-            None => return None,
+            None if self.sync() => match self.find(iova, len) {
+                Some(i) => i,
+                None => return self.fault(iova, len),
+            },
+            None => return self.fault(iova, len),
         };
         let e = &self.entries[i];
         Some(e.map.ptr().wrapping_add((iova - e.iova) as usize))
+    }
+
+    #[cold]
+    fn fault<T>(&self, iova: u64, len: usize) -> Option<T> {
+        self.shared.record_error(format!(
+            "access to IOVA {iova:#x}+{len:#x}, which is not mapped"
+        ));
+        None
     }
 
     /// Like [`translate`](Self::translate), also returning the mapping so that the caller

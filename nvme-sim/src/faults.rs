@@ -96,7 +96,13 @@ pub enum FaultAction {
     /// [`Status::with_dnr`] for a non-retryable error).
     Fail(Status),
     /// The command executes; its completion is posted this long after it would have been.
+    /// (Its data is transferred when it is fetched, as without the rule.)
     Delay(Duration),
+    /// The command is fetched now but executes this long later: its data transfer (to or
+    /// from host memory) and its completion both happen after the delay, as with a slow
+    /// device. Deleting its submission queue or resetting the controller first aborts it
+    /// without a transfer.
+    DelayExecution(Duration),
     /// The command executes but its completion is never posted (a lost completion).
     Drop,
 }
@@ -182,6 +188,12 @@ pub struct FaultCounters {
     pub failed: u64,
     /// Completions delayed by a rule.
     pub delayed: u64,
+    /// Commands whose execution (data transfer and completion) a rule delayed.
+    pub executions_delayed: u64,
+    /// Commands delayed by [`FaultAction::DelayExecution`] that have since executed (or
+    /// were aborted by a queue deletion or reset): a test waits for this to see a late
+    /// transfer happen.
+    pub delayed_executed: u64,
     /// Completions dropped by a rule.
     pub dropped: u64,
     /// Controller fatal status raised through [`Faults::raise_cfs`].
@@ -204,6 +216,7 @@ struct RuleState {
 pub(crate) struct Decision {
     pub(crate) fail: Option<Status>,
     pub(crate) delay: Option<Duration>,
+    pub(crate) delay_execution: Option<Duration>,
     pub(crate) drop: bool,
 }
 
@@ -220,6 +233,8 @@ pub struct Faults {
     events_pending: AtomicBool,
     failed: AtomicU64,
     delayed: AtomicU64,
+    executions_delayed: AtomicU64,
+    delayed_executed: AtomicU64,
     dropped: AtomicU64,
     cfs_raised: AtomicU64,
     ready_withheld: AtomicU64,
@@ -243,6 +258,8 @@ impl Faults {
             events_pending: AtomicBool::new(false),
             failed: AtomicU64::new(0),
             delayed: AtomicU64::new(0),
+            executions_delayed: AtomicU64::new(0),
+            delayed_executed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             cfs_raised: AtomicU64::new(0),
             ready_withheld: AtomicU64::new(0),
@@ -294,6 +311,23 @@ impl Faults {
             nth,
             repeat: if every { Repeat::Always } else { Repeat::Once },
             action: FaultAction::Delay(delay),
+        })
+    }
+
+    /// Delays the execution of the `nth` matching command (and later ones with `every`):
+    /// its data transfer and its completion both happen `delay` after it was fetched.
+    pub fn delay_execution_nth(
+        &self,
+        matcher: CommandMatch,
+        nth: u64,
+        delay: Duration,
+        every: bool,
+    ) -> FaultId {
+        self.inject(FaultRule {
+            matcher,
+            nth,
+            repeat: if every { Repeat::Always } else { Repeat::Once },
+            action: FaultAction::DelayExecution(delay),
         })
     }
 
@@ -372,6 +406,8 @@ impl Faults {
         FaultCounters {
             failed: self.failed.load(Ordering::Relaxed),
             delayed: self.delayed.load(Ordering::Relaxed),
+            executions_delayed: self.executions_delayed.load(Ordering::Relaxed),
+            delayed_executed: self.delayed_executed.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             cfs_raised: self.cfs_raised.load(Ordering::Relaxed),
             ready_withheld: self.ready_withheld.load(Ordering::Relaxed),
@@ -409,6 +445,10 @@ impl Faults {
 
     pub(crate) fn never_ready(&self) -> bool {
         self.never_ready.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn note_delayed_executed(&self) {
+        self.delayed_executed.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn note_ready_withheld(&self) {
@@ -457,6 +497,10 @@ impl Faults {
                 FaultAction::Delay(t) => {
                     d.delay = Some(d.delay.map_or(t, |o| o.max(t)));
                     self.delayed.fetch_add(1, Ordering::Relaxed);
+                }
+                FaultAction::DelayExecution(t) => {
+                    d.delay_execution = Some(d.delay_execution.map_or(t, |o| o.max(t)));
+                    self.executions_delayed.fetch_add(1, Ordering::Relaxed);
                 }
                 FaultAction::Drop => {
                     d.drop = true;

@@ -586,6 +586,20 @@ impl SimController {
         Ok(())
     }
 
+    /// How many times the controller accessed (or was about to access) host memory through
+    /// an IOVA that was not mapped: a command's data or PRP list, or a queue ring unmapped
+    /// while the queue exists. An IOMMU would fault these; the controller fails the
+    /// transfer (Data Transfer Error) or stops using the ring, and counts it here.
+    pub fn dma_errors(&self) -> u64 {
+        self.shared.dma.errors()
+    }
+
+    /// Descriptions of the latest DMA errors (see [`dma_errors`](Self::dma_errors)), oldest
+    /// first.
+    pub fn dma_error_log(&self) -> Vec<String> {
+        self.shared.dma.error_log()
+    }
+
     /// Fault injection controls.
     pub fn faults(&self) -> &Faults {
         &self.shared.faults

@@ -85,6 +85,8 @@ pub(crate) enum Op {
     Status = 15,
     /// The daemon replies, removes its socket and exits.
     Shutdown = 16,
+    /// vals: DMA errors so far; text: the latest one, if any.
+    DmaErrors = 17,
     /// Start-up pipe only: the daemon's pid (vals[0]), sent before building the controller.
     Forked = 100,
     /// Start-up pipe only: the controller runs and the daemon serves the socket.
@@ -111,6 +113,7 @@ impl Op {
             14 => FatalReason,
             15 => Status,
             16 => Shutdown,
+            17 => DmaErrors,
             100 => Forked,
             101 => Started,
             _ => return None,
@@ -464,6 +467,7 @@ pub(crate) fn encode_rule(rule: &FaultRule) -> [u64; 6] {
         FaultAction::Fail(s) => (0u64, u64::from(s.0)),
         FaultAction::Delay(d) => (1, u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
         FaultAction::Drop => (2, 0),
+        FaultAction::DelayExecution(d) => (3, u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
     };
     [w0, nsid, rule.nth, repeat | action << 8, value, 0]
 }
@@ -507,6 +511,7 @@ pub(crate) fn decode_rule(a: &[u64; 6]) -> Result<FaultRule, SimError> {
         },
         1 => FaultAction::Delay(Duration::from_nanos(a[4])),
         2 if a[4] == 0 => FaultAction::Drop,
+        3 => FaultAction::DelayExecution(Duration::from_nanos(a[4])),
         k => return bad(format!("action {k} with value {:#x}", a[4])),
     };
     if a[5] != 0 {
@@ -541,7 +546,7 @@ pub(crate) fn event_type(v: u64) -> Result<AsyncEventType, SimError> {
 }
 
 /// The fault counters as reply values.
-pub(crate) fn counters_to_words(c: &FaultCounters) -> [u64; 6] {
+pub(crate) fn counters_to_words(c: &FaultCounters) -> [u64; 8] {
     [
         c.failed,
         c.delayed,
@@ -549,6 +554,8 @@ pub(crate) fn counters_to_words(c: &FaultCounters) -> [u64; 6] {
         c.cfs_raised,
         c.ready_withheld,
         c.async_events_raised,
+        c.executions_delayed,
+        c.delayed_executed,
     ]
 }
 
@@ -561,6 +568,8 @@ pub(crate) fn counters_from_words(w: &[u64]) -> FaultCounters {
         cfs_raised: w[3],
         ready_withheld: w[4],
         async_events_raised: w[5],
+        executions_delayed: w[6],
+        delayed_executed: w[7],
     }
 }
 
@@ -891,6 +900,12 @@ mod tests {
                 nth: 2,
                 repeat: Repeat::Once,
                 action: FaultAction::Delay(Duration::from_millis(3)),
+            },
+            FaultRule {
+                matcher: CommandMatch::io(0x02),
+                nth: 1,
+                repeat: Repeat::Once,
+                action: FaultAction::DelayExecution(Duration::from_millis(250)),
             },
         ];
         for r in rules {

@@ -7,7 +7,11 @@
 //!
 //! Both take `-i N` to run as members of a shared-memory group (several processes, one
 //! controller).
+//!
+//! [`sys`] holds the crate's only `unsafe` code (affinity, the TSC, process limits).
+#![deny(unsafe_code)]
 
 pub mod ctl;
 pub mod json;
 pub mod perf;
+pub mod sys;

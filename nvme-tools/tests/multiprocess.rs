@@ -83,7 +83,7 @@ fn mask(core: usize) -> String {
 fn two_perfs_share_a_controller() -> Outcome {
     const GROUP: &str = "21";
     const TRID: &str = "trtype:sim size:64M";
-    let cores = nvme_tools::perf::cpu::available_cores().expect("affinity");
+    let cores = nvme_tools::sys::available_cores().expect("affinity");
     let mut layouts = Vec::new();
     if cores.len() >= 2 {
         layouts.push(("disjoint", mask(cores[0]), mask(cores[1])));
@@ -137,7 +137,7 @@ fn two_perfs_share_a_controller() -> Outcome {
 fn nvmectl_cycles_beside_perf() -> Outcome {
     const GROUP: u32 = 22;
     const TRID: &str = "trtype:sim size:64M serial:MPTOOLS";
-    let cores = nvme_tools::perf::cpu::available_cores().expect("affinity");
+    let cores = nvme_tools::sys::available_cores().expect("affinity");
     let started = Instant::now();
     let mut perf = spawn_perf(
         "perf",

@@ -21,7 +21,8 @@ use nvme_regs::Status;
 use zerocopy::FromBytes;
 
 use crate::cmd::Command;
-use crate::hal::{DmaRegion, RegisterAccess};
+use crate::dma::DmaRegion;
+use crate::hal::RegisterAccess;
 use crate::qpair::{QueueConfig, QueuePair, Slot, SubmitError};
 use crate::queue::QueueError;
 
@@ -90,6 +91,16 @@ pub enum InitError {
         /// Which command.
         what: &'static str,
     },
+}
+
+impl core::error::Error for InitError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            InitError::Queue(e) => Some(e),
+            InitError::Submit(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 impl core::fmt::Display for InitError {
@@ -443,18 +454,20 @@ impl ControllerInit {
                                 Some(*data),
                             ),
                         };
-                        if let Some(b) = &buf {
-                            // SAFETY: `data` is a DMA region the caller gave us for this
-                            // purpose; the controller does not use it until we submit.
-                            unsafe {
-                                core::ptr::write_bytes(
-                                    b.vaddr(),
-                                    0,
-                                    IDENTIFY_DATA_SIZE.min(b.len()),
-                                )
-                            };
-                        }
-                        let buf = buf.and_then(|b| b.sub(0, IDENTIFY_DATA_SIZE));
+                        // The controller does not use the buffer until we submit.
+                        let buf = match buf.map(|b| (b.sub(0, IDENTIFY_DATA_SIZE), b.len())) {
+                            None => None,
+                            Some((Some(b), _)) => {
+                                b.zero();
+                                Some(b)
+                            }
+                            Some((None, given)) => {
+                                return self.fail(InitError::Queue(QueueError::RegionTooSmall {
+                                    needed: IDENTIFY_DATA_SIZE,
+                                    given,
+                                }));
+                            }
+                        };
                         if let Err(e) = admin.submit(cmd, buf, T::default()) {
                             return self.fail(InitError::Submit(e));
                         }
@@ -523,9 +536,9 @@ impl ControllerInit {
 /// completion was observed with acquire ordering).
 fn read_data<D: FromBytes>(data: &DmaRegion) -> D {
     let mut bytes = [0u8; IDENTIFY_DATA_SIZE];
-    // SAFETY: the region holds at least IDENTIFY_DATA_SIZE bytes (it was submitted with that
-    // length) and the device no longer writes it.
-    unsafe { core::ptr::copy_nonoverlapping(data.vaddr(), bytes.as_mut_ptr(), IDENTIFY_DATA_SIZE) };
+    // The region holds IDENTIFY_DATA_SIZE bytes (it was submitted with that length; a
+    // shorter one was refused by `sub` and never submitted, leaving zeroes here).
+    data.read_bytes(0, &mut bytes);
     D::read_from_prefix(&bytes).expect("4 KiB structure").0
 }
 

@@ -1,6 +1,5 @@
 use super::*;
 use core::cell::{Cell, RefCell};
-use std::vec;
 use std::vec::Vec;
 
 /// A register model: RDY follows EN after `delay` reads of CSTS; CFS can be raised.
@@ -60,30 +59,14 @@ impl RegisterAccess for FakeRegs {
     }
 }
 
-#[repr(C, align(4096))]
-#[derive(Clone, Copy)]
-struct Page([u8; 4096]);
-
-struct AdminMem {
-    ptr: *mut u8,
-}
+struct AdminMem(DmaRegion);
 
 impl AdminMem {
     fn new() -> AdminMem {
-        let v: &'static mut [Page] = vec![Page([0; 4096]); 4].leak();
-        AdminMem {
-            ptr: v.as_mut_ptr() as *mut u8,
-        }
+        AdminMem(crate::dma::test_memory(4, 0x1000_0000))
     }
     fn region(&self, page: usize) -> DmaRegion {
-        // SAFETY: leaked memory lives for the rest of the test process.
-        unsafe {
-            DmaRegion::new(
-                self.ptr.add(page * 4096),
-                0x1000_0000 + page as u64 * 4096,
-                4096,
-            )
-        }
+        self.0.sub(page * 4096, 4096).expect("one of 4 pages")
     }
 }
 

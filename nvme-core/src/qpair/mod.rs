@@ -14,9 +14,10 @@ use nvme_regs::status::GenericStatus;
 use nvme_regs::{CompletionEntry, Status};
 
 use crate::cmd::Command;
-use crate::hal::{DmaRegion, RegisterAccess};
+use crate::dma::DmaRegion;
+use crate::hal::RegisterAccess;
 use crate::prp::{self, PrpError};
-use crate::queue::{CompletionQueue, QueueError, SubmissionQueue};
+use crate::queue::{CompletionQueue, QueueError, ShadowSlot, SubmissionQueue};
 
 /// Largest number of logical blocks one read/write command can carry (NLB is 16 bits).
 pub const MAX_BLOCKS_PER_COMMAND: u32 = 65536;
@@ -86,9 +87,6 @@ impl Completion {
 pub enum SubmitError {
     /// Not enough free submission entries or command slots now; poll and retry.
     QueueFull,
-    /// The lock guarding a shared queue stayed held longer than the bound: its holder is
-    /// alive but stopped or stuck (a dead holder is recovered from, not waited for).
-    LockTimeout,
     /// The request needs more commands than the queue can ever hold at once.
     TooLarge {
         /// Commands the request needs.
@@ -118,10 +116,6 @@ impl core::fmt::Display for SubmitError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             SubmitError::QueueFull => write!(f, "queue full: process completions and retry"),
-            SubmitError::LockTimeout => write!(
-                f,
-                "the shared admin queue's lock stayed held past the bound: another process of the group holds it and is stopped or stuck (a debugger, SIGSTOP?)"
-            ),
             SubmitError::TooLarge { commands, capacity } => write!(
                 f,
                 "request needs {commands} commands but the queue holds {capacity}; use a deeper queue or a smaller request"
@@ -134,6 +128,15 @@ impl core::fmt::Display for SubmitError {
             SubmitError::ExceedsMaxTransfer { len, max } => {
                 write!(f, "data length {len} exceeds the controller's maximum transfer of {max} bytes")
             }
+        }
+    }
+}
+
+impl core::error::Error for SubmitError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            SubmitError::Prp(e) => Some(e),
+            _ => None,
         }
     }
 }
@@ -343,31 +346,25 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         (self.free_head != NONE).then_some(self.free_head as usize)
     }
     /// Uses the shadow doorbell and EventIdx buffers (Doorbell Buffer Config) for this
-    /// queue pair's doorbells: `db_page` and `ei_page` are the host addresses of the two
-    /// buffers given to the controller; this queue's entries sit where its doorbells sit in
-    /// BAR0 (less 0x1000). Zeroes them; call before the queues are created.
-    ///
-    /// # Safety
-    /// Both buffers must be mapped, page-sized and given to the controller with Doorbell
-    /// Buffer Config, and stay so while this queue pair exists.
-    pub unsafe fn set_shadow_doorbells(&mut self, db_page: *mut u8, ei_page: *mut u8, dstrd: u8) {
-        let sq_off = nvme_regs::registers::sq_tail_doorbell(self.qid, dstrd)
-            - nvme_regs::registers::offset::DOORBELLS;
-        let cq_off = nvme_regs::registers::cq_head_doorbell(self.qid, dstrd)
-            - nvme_regs::registers::offset::DOORBELLS;
-        // SAFETY: inside the page-sized buffers for any qid the controller accepts with its
-        // stride (the caller's contract); 4-byte aligned because the offsets are.
-        unsafe {
-            let slot = |off: usize| {
-                let db = db_page.add(off) as *mut u32;
-                let ei = ei_page.add(off) as *mut u32;
-                db.write_volatile(0);
-                ei.write_volatile(0);
-                crate::queue::ShadowSlot::new(db, ei)
-            };
-            self.sq.set_shadow(Some(slot(sq_off)));
-            self.cq.set_shadow(Some(slot(cq_off)));
-        }
+    /// queue pair's doorbells: `db` and `ei` are the two buffers given to the controller;
+    /// this queue's entries sit where its doorbells sit in BAR0 (less 0x1000). Zeroes them;
+    /// call before the queues are created. Returns `false` (and keeps MMIO doorbells) when
+    /// the buffers are too small for this queue id with stride `dstrd`.
+    pub fn set_shadow_doorbells(&mut self, db: &DmaRegion, ei: &DmaRegion, dstrd: u8) -> bool {
+        let base = nvme_regs::registers::offset::DOORBELLS;
+        let sq_off = nvme_regs::registers::sq_tail_doorbell(self.qid, dstrd) - base;
+        let cq_off = nvme_regs::registers::cq_head_doorbell(self.qid, dstrd) - base;
+        let (Some(sq), Some(cq)) = (
+            ShadowSlot::new(db, ei, sq_off),
+            ShadowSlot::new(db, ei, cq_off),
+        ) else {
+            return false;
+        };
+        sq.clear();
+        cq.clear();
+        self.sq.set_shadow(Some(sq));
+        self.cq.set_shadow(Some(cq));
+        true
     }
     /// Ring positions: (SQ tail, SQ head, CQ head, CQ phase). With nothing outstanding, they
     /// let another owner (the shared admin queue) continue where this queue pair stopped.
@@ -526,18 +523,23 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             let offset = part * chunk_bytes;
             let part_len = chunk_bytes.min(len - offset);
             let part_blocks = (part_len / block_size as usize) as u32;
-            let region = data.sub(offset, part_len).expect("part within data");
-            let list = self.prp_list(self.free_head);
-            let (prp1, prp2) =
-                match prp::build(region.iova(), part_len, self.page_size, list.as_ref()) {
-                    Ok(p) => p,
-                    // Cannot happen for parts within max_transfer (lists are sized for it), but
-                    // never leave a half-submitted request behind.
-                    Err(e) => {
-                        debug_assert!(part == 0, "PRP failure after the first part");
-                        return Err(e.into());
-                    }
-                };
+            let built = data
+                .sub(offset, part_len)
+                .ok_or(PrpError::Empty)
+                .and_then(|region| {
+                    let list = self.prp_list(self.free_head);
+                    prp::build(region.iova(), part_len, self.page_size, list.as_ref())
+                });
+            let (prp1, prp2) = match built {
+                Ok(p) => p,
+                Err(e) => {
+                    // Never leave a part of a request behind: take back the parts already
+                    // in the ring (the doorbell has not been written since they were put
+                    // there) and their slots.
+                    self.unwind(head, part);
+                    return Err(e.into());
+                }
+            };
             let (idx, cid) = self.alloc_slot();
             if head == NONE {
                 head = idx;
@@ -564,6 +566,23 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         }
         self.outstanding_requests += 1;
         Ok(())
+    }
+
+    /// Takes back the first `parts` commands of the request whose head slot is `head`, just
+    /// put in the ring and not yet announced to the controller.
+    #[cold]
+    fn unwind(&mut self, head: u16, parts: usize) {
+        if parts == 0 {
+            return;
+        }
+        self.sq.unpush(parts as u32);
+        for i in 0..self.capacity {
+            let s = &mut self.slots.as_mut()[i as usize];
+            if s.in_flight && s.head == head {
+                s.ctx = None;
+                self.free_slot(i);
+            }
+        }
     }
 
     /// Writes the submission doorbell if anything was submitted since the last write.

@@ -2,39 +2,22 @@ use super::*;
 use core::cell::{Cell, RefCell};
 use nvme_regs::status::MediaErrorStatus;
 use nvme_regs::SubmissionEntry;
-use std::vec;
 use std::vec::Vec;
 
 const PS: usize = 4096;
 
-#[repr(C, align(4096))]
-#[derive(Clone, Copy)]
-struct Page([u8; PS]);
-
 /// Page-aligned test memory with a fake IOVA (leaked: it must outlive everything).
-struct Mem {
-    ptr: *mut u8,
-    pages: usize,
-    iova: u64,
-}
+struct Mem(DmaRegion);
 
 impl Mem {
     fn new(pages: usize, iova: u64) -> Mem {
-        let v: &'static mut [Page] = vec![Page([0; PS]); pages].leak();
-        Mem {
-            ptr: v.as_mut_ptr() as *mut u8,
-            pages,
-            iova,
-        }
+        Mem(crate::dma::test_memory(pages, iova))
     }
     fn region(&self) -> DmaRegion {
-        // SAFETY: leaked memory, valid for the rest of the test process.
-        unsafe { DmaRegion::new(self.ptr, self.iova, self.pages * PS) }
+        self.0
     }
     fn u64_at(&self, off: usize) -> u64 {
-        assert!(off + 8 <= self.pages * PS);
-        // SAFETY: in bounds (checked above) of leaked memory.
-        unsafe { (self.ptr.add(off) as *const u64).read_unaligned() }
+        self.0.read_obj::<u64>(off).expect("inside the test memory")
     }
 }
 
@@ -54,8 +37,8 @@ impl RegisterAccess for &'static Doorbells {
 
 /// A hand-driven controller over the rings' memory.
 struct Device {
-    sq: *const SubmissionEntry,
-    cq: *mut CompletionEntry,
+    sq: DmaRegion,
+    cq: DmaRegion,
     entries: u32,
     sq_head: Cell<u32>,
     cq_tail: Cell<u32>,
@@ -65,8 +48,8 @@ struct Device {
 impl Device {
     fn new(sq: &Mem, cq: &Mem, entries: u32) -> Device {
         Device {
-            sq: sq.region().vaddr() as *const SubmissionEntry,
-            cq: cq.region().vaddr() as *mut CompletionEntry,
+            sq: sq.region(),
+            cq: cq.region(),
             entries,
             sq_head: Cell::new(0),
             cq_tail: Cell::new(0),
@@ -77,8 +60,12 @@ impl Device {
     fn fetch(&self, tail: u32) -> Vec<SubmissionEntry> {
         let mut v = Vec::new();
         while self.sq_head.get() != tail {
-            // SAFETY: head < entries, within the SQ memory.
-            v.push(unsafe { self.sq.add(self.sq_head.get() as usize).read_volatile() });
+            let at = self.sq_head.get() as usize * 64;
+            v.push(
+                self.sq
+                    .read_obj::<SubmissionEntry>(at)
+                    .expect("inside the SQ"),
+            );
             self.sq_head.set((self.sq_head.get() + 1) % self.entries);
         }
         v
@@ -92,8 +79,7 @@ impl Device {
             cid,
             status: status.to_completion_word(self.phase.get()),
         };
-        // SAFETY: tail < entries, within the CQ memory.
-        unsafe { self.cq.add(self.cq_tail.get() as usize).write_volatile(e) };
+        assert!(self.cq.write_obj(self.cq_tail.get() as usize * 16, &e));
         let t = self.cq_tail.get() + 1;
         if t == self.entries {
             self.cq_tail.set(0);
@@ -333,7 +319,7 @@ fn large_transfer_is_split_at_max_transfer_with_prp_lists() {
         if i < 8 {
             // 8 KiB at offset 512 spans 3 pages: PRP2 is a list of two entries.
             let list_iova = c.prp2;
-            assert!((0x30_0000..0x30_0000 + rig.prp.pages as u64 * 4096).contains(&list_iova));
+            assert!((0x30_0000..0x30_0000 + rig.prp.0.len() as u64).contains(&list_iova));
             let off = (list_iova - 0x30_0000) as usize;
             let list: Vec<u64> = (0..2).map(|k| rig.prp.u64_at(off + k * 8)).collect();
             let page0 = iova & !4095;
@@ -372,6 +358,54 @@ fn split_request_reports_the_failing_part() {
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].1.status, miscompare);
     assert_eq!(done[0].1.result(), Err(miscompare));
+}
+
+#[test]
+fn a_split_request_whose_later_part_fails_is_not_submitted_at_all() {
+    // A 2-byte "block" and a 4094-byte transfer limit put the second part at an address
+    // that is not dword aligned: its PRPs cannot be built after the first part was queued.
+    let rig = Rig::new(16, 4096, 4);
+    let data = rig.data.region();
+    let (mut qp, dev) = rig.qp(16, 4096);
+    qp.submit_io(Command::read(1, 0, 1), 0, 512, data.sub(0, 512).unwrap(), 1)
+        .unwrap();
+    qp.lower_max_transfer(4094);
+    let free = qp.free_slots();
+    assert_eq!(
+        qp.submit_io(Command::write(1, 0, 1), 8, 2, data.sub(0, 8188).unwrap(), 2),
+        Err(SubmitError::Prp(PrpError::Misaligned(0x4000_0000 + 4094)))
+    );
+    assert_eq!(
+        qp.free_slots(),
+        free,
+        "the first part's slot was given back"
+    );
+    assert_eq!(qp.outstanding(), 1);
+    qp.ring();
+    let cmds = dev.fetch(rig.last_sq_tail());
+    assert_eq!(cmds.len(), 1, "only the earlier request reached the ring");
+    assert_eq!(cmds[0].opcode, 0x02);
+    // The queue goes on normally: the earlier request completes, a new split one works.
+    dev.post(cmds[0].cid, Status::SUCCESS, 0);
+    assert_eq!(drain(&mut qp).len(), 1);
+    qp.submit_io(
+        Command::read(1, 0, 1),
+        0,
+        512,
+        data.sub(0, 8192).unwrap(),
+        3,
+    )
+    .unwrap();
+    qp.ring();
+    let cmds = dev.fetch(rig.last_sq_tail());
+    assert_eq!(cmds.len(), 3, "8 KiB in parts of 7 blocks (3584 bytes)");
+    for c in &cmds {
+        dev.post(c.cid, Status::SUCCESS, 0);
+    }
+    let done = drain(&mut qp);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].0, 3);
+    assert_eq!(qp.free_slots(), qp.capacity());
 }
 
 #[test]

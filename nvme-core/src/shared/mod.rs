@@ -24,15 +24,16 @@
 //! (member index and epoch) no longer matches.
 
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use core::time::Duration;
 
 use nvme_regs::registers::{cq_head_doorbell, sq_tail_doorbell};
 use nvme_regs::{CompletionEntry, Status, SubmissionEntry};
 
 use crate::cmd::Command;
-use crate::hal::{DmaRegion, LockOutcome, RegisterAccess, RobustLock};
+use crate::dma::{DmaRegion, CQE_SIZE, SQE_SIZE};
+use crate::hal::{LockOutcome, RegisterAccess, RobustLock};
 use crate::prp;
-use crate::qpair::{Completion, SubmitError};
-use crate::queue::{CQE_SIZE, SQE_SIZE};
+use crate::qpair::{Completion, QueueConfig, SubmitError};
 
 /// Processes a group can hold.
 pub const MAX_MEMBERS: usize = 64;
@@ -158,6 +159,66 @@ impl core::fmt::Display for SharedAdminError {
     }
 }
 
+impl core::error::Error for SharedAdminError {}
+
+/// Why a command was not put in the shared admin queue. Nothing was submitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminSubmitError {
+    /// The command itself was refused (queue full, data too large, PRPs).
+    Submit(SubmitError),
+    /// The group's lock stayed held longer than the bound: its holder is alive but stopped
+    /// or stuck (a dead holder is recovered from, not waited for).
+    LockTimeout,
+    /// The shared state's geometry is not valid (corrupt or never configured).
+    Corrupt(SharedAdminError),
+}
+
+impl core::fmt::Display for AdminSubmitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            AdminSubmitError::Submit(e) => write!(f, "{e}"),
+            AdminSubmitError::LockTimeout => write!(
+                f,
+                "the shared admin queue's lock stayed held past the bound: another process of the group holds it and is stopped or stuck (a debugger, SIGSTOP?)"
+            ),
+            AdminSubmitError::Corrupt(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl core::error::Error for AdminSubmitError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            AdminSubmitError::Submit(e) => Some(e),
+            AdminSubmitError::Corrupt(e) => Some(e),
+            AdminSubmitError::LockTimeout => None,
+        }
+    }
+}
+
+impl From<SubmitError> for AdminSubmitError {
+    fn from(e: SubmitError) -> Self {
+        AdminSubmitError::Submit(e)
+    }
+}
+
+impl From<prp::PrpError> for AdminSubmitError {
+    fn from(e: prp::PrpError) -> Self {
+        AdminSubmitError::Submit(e.into())
+    }
+}
+
+/// The geometry of the shared admin queue, read once from shared memory and validated.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    entries: u32,
+    page_size: usize,
+    prp_bytes_per_slot: usize,
+    max_transfer: usize,
+    sq_doorbell: usize,
+    cq_doorbell: usize,
+}
+
 impl SharedAdminState {
     /// Sets the geometry. Called once, by the process that creates the group, on zeroed
     /// memory, before any other process uses it.
@@ -194,8 +255,47 @@ impl SharedAdminState {
             .store(cq_head | (phase as u32) << 31, Ordering::Release);
     }
     /// Bytes of PRP list memory the configured queue needs (one area per slot).
-    pub fn prp_len(entries: u32, page_size: usize, max_transfer: usize) -> usize {
-        (entries as usize - 1) * prp::list_pages_for_transfer(max_transfer, page_size) * page_size
+    pub const fn prp_len(entries: u32, page_size: usize, max_transfer: usize) -> usize {
+        QueueConfig::prp_len(entries, page_size, max_transfer)
+    }
+    /// The geometry, each value read once and checked: a process of the group that wrote
+    /// nonsense here gets the other members an error, never an access outside their rings.
+    fn geometry(
+        &self,
+        sq: &DmaRegion,
+        cq: &DmaRegion,
+        prp: &DmaRegion,
+    ) -> Result<Geometry, SharedAdminError> {
+        let entries = self.entries.load(Ordering::Acquire);
+        let page_size = self.page_size.load(Ordering::Relaxed) as usize;
+        let prp_bytes_per_slot = self.prp_bytes_per_slot.load(Ordering::Relaxed) as usize;
+        let max_transfer = usize::try_from(self.max_transfer.load(Ordering::Relaxed))
+            .map_err(|_| SharedAdminError::NotConfigured)?;
+        let dstrd = self.dstrd.load(Ordering::Relaxed);
+        if !(2..=MAX_ADMIN_ENTRIES).contains(&entries)
+            || !page_size.is_power_of_two()
+            || !(4096..=1 << 27).contains(&page_size)
+            || dstrd > 15
+        {
+            return Err(SharedAdminError::NotConfigured);
+        }
+        let slots = entries as usize - 1;
+        let fits = sq.len() >= entries as usize * SQE_SIZE
+            && cq.len() >= entries as usize * CQE_SIZE
+            && prp_bytes_per_slot
+                .checked_mul(slots)
+                .is_some_and(|n| n <= prp.len());
+        if !fits {
+            return Err(SharedAdminError::RegionTooSmall);
+        }
+        Ok(Geometry {
+            entries,
+            page_size,
+            prp_bytes_per_slot,
+            max_transfer,
+            sq_doorbell: sq_tail_doorbell(0, dstrd as u8),
+            cq_doorbell: cq_head_doorbell(0, dstrd as u8),
+        })
     }
     /// The number of asynchronous events recorded so far (where a new reader starts).
     pub fn events_seq(&self) -> u64 {
@@ -220,16 +320,13 @@ pub struct SharedAdminQueue<'a, R: RegisterAccess, L: RobustLock> {
     cq: DmaRegion,
     prp: DmaRegion,
     me: OwnerId,
-    lock_timeout: Option<core::time::Duration>,
+    lock_timeout: Option<Duration>,
 }
 
-/// Holds the group lock; unlocks on drop.
-struct Held<'l, L: RobustLock>(&'l L);
-
-impl<L: RobustLock> Drop for Held<'_, L> {
-    fn drop(&mut self) {
-        self.0.unlock();
-    }
+/// The lock held, and the geometry read under it.
+struct Held<'g, L: RobustLock + 'g> {
+    _guard: L::Guard<'g>,
+    geo: Geometry,
 }
 
 impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
@@ -244,16 +341,8 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         prp: DmaRegion,
         me: OwnerId,
     ) -> Result<Self, SharedAdminError> {
-        let entries = state.entries.load(Ordering::Acquire);
-        if !(2..=MAX_ADMIN_ENTRIES).contains(&entries) {
-            return Err(SharedAdminError::NotConfigured);
-        }
-        let per_slot = state.prp_bytes_per_slot.load(Ordering::Relaxed) as usize;
-        if sq.len() < entries as usize * SQE_SIZE
-            || cq.len() < entries as usize * CQE_SIZE
-            || prp.len() < (entries as usize - 1) * per_slot
-            || me.index() >= MAX_MEMBERS
-        {
+        state.geometry(&sq, &cq, &prp)?;
+        if me.index() >= MAX_MEMBERS {
             return Err(SharedAdminError::RegionTooSmall);
         }
         Ok(SharedAdminQueue {
@@ -273,53 +362,42 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         self.me
     }
 
-    fn entries(&self) -> u32 {
-        self.state.entries.load(Ordering::Relaxed)
-    }
-
-    fn mailbox(&self, index: usize) -> &Mailbox {
+    fn mailbox(&self, index: usize) -> &'a Mailbox {
         &self.state.mailboxes[index]
     }
 
-    /// Takes the lock, recovering the shared state if the previous holder died.
-    fn take_lock(&self) -> Held<'a, L> {
-        if self.lock.lock() == LockOutcome::PreviousOwnerDied {
-            self.recover_locked();
-            self.lock.mark_consistent();
-        }
-        Held(self.lock)
-    }
-
-    /// Takes the lock within the configured bound (see
-    /// [`with_lock_timeout`](Self::with_lock_timeout)).
-    fn take_lock_bounded(&self) -> Result<Held<'a, L>, SubmitError> {
-        let Some(t) = self.lock_timeout else {
-            return Ok(self.take_lock());
+    /// Takes the lock (waiting within the bound when `wait`, else only if it is free),
+    /// recovers the shared state if the previous holder died, and reads the geometry.
+    fn take(&self, wait: bool) -> Result<Held<'a, L>, AdminSubmitError> {
+        let taken = if wait {
+            self.lock.lock(self.lock_timeout)
+        } else {
+            self.lock.try_lock()
         };
-        match self.lock.lock_timeout(t) {
-            None => Err(SubmitError::LockTimeout),
-            Some(o) => {
-                if o == LockOutcome::PreviousOwnerDied {
-                    self.recover_locked();
-                    self.lock.mark_consistent();
-                }
-                Ok(Held(self.lock))
-            }
+        let (guard, outcome) = taken.ok_or(AdminSubmitError::LockTimeout)?;
+        let geo = self
+            .state
+            .geometry(&self.sq, &self.cq, &self.prp)
+            .map_err(AdminSubmitError::Corrupt)?;
+        if outcome == LockOutcome::PreviousOwnerDied {
+            self.recover_locked(&geo);
+            self.lock.mark_consistent(&guard);
         }
+        Ok(Held { _guard: guard, geo })
     }
 
     /// Bounds how long [`submit`](Self::submit) and a waiting [`poll`](Self::poll) wait for
     /// the lock: a member that is stopped (not dead) while holding it would otherwise stall
     /// every other member's admin commands.
-    pub fn with_lock_timeout(mut self, timeout: core::time::Duration) -> Self {
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = Some(timeout);
         self
     }
 
     /// Claims this member's mailbox (after joining; clears whatever an earlier holder of the
     /// index left). Takes the lock (within the bound, if one is set).
-    pub fn join(&self) -> Result<(), SubmitError> {
-        let _g = self.take_lock_bounded()?;
+    pub fn join(&self) -> Result<(), AdminSubmitError> {
+        let _held = self.take(true)?;
         let mb = self.mailbox(self.me.index());
         mb.owner.store(self.me.raw(), Ordering::Relaxed);
         mb.outstanding.store(0, Ordering::Relaxed);
@@ -334,7 +412,7 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
     /// the mailbox is reset when its index is next claimed, and late completions for `who`
     /// fail the owner check then).
     pub fn release_member(&self, who: OwnerId) {
-        let Ok(_g) = self.take_lock_bounded() else {
+        let Ok(_held) = self.take(true) else {
             return;
         };
         let mb = self.mailbox(who.index());
@@ -365,17 +443,17 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
             .count()
     }
 
-    /// Makes the shared state consistent after a holder died mid-step. Takes the lock.
-    pub fn recover(&self) {
-        let _g = self.take_lock();
-        self.recover_locked();
+    /// Makes the shared state consistent after a holder died mid-step (the lock reports it
+    /// to whoever takes it next; this takes it now).
+    pub fn recover(&self) -> Result<(), AdminSubmitError> {
+        let held = self.take(true)?;
+        self.recover_locked(&held.geo);
+        Ok(())
     }
 
-    fn recover_locked(&self) {
+    fn recover_locked(&self, geo: &Geometry) {
         // A slot claimed but never published: the entry is not in the ring (the tail was not
         // advanced past it), so nothing will complete it.
-        let entries = self.entries();
-        let tail = self.state.sq_tail.load(Ordering::Relaxed) % entries;
         for s in &self.state.slots {
             if s.state.load(Ordering::Relaxed) == CLAIMED {
                 s.state.store(FREE, Ordering::Relaxed);
@@ -384,11 +462,10 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         }
         // The doorbells may lag the shared positions; rewrite both.
         fence(Ordering::Release);
-        let dstrd = self.state.dstrd.load(Ordering::Relaxed) as u8;
-        self.regs.write32(sq_tail_doorbell(0, dstrd), tail);
-        let head = self.state.cq_head_phase.load(Ordering::Relaxed) & 0x7fff_ffff;
-        self.regs
-            .write32(cq_head_doorbell(0, dstrd), head % entries);
+        let tail = self.state.sq_tail.load(Ordering::Relaxed) % geo.entries;
+        self.regs.write32(geo.sq_doorbell, tail);
+        let head = (self.state.cq_head_phase.load(Ordering::Relaxed) & 0x7fff_ffff) % geo.entries;
+        self.regs.write32(geo.cq_doorbell, head);
     }
 
     /// Submits an admin command with an optional data region (at most the configured maximum
@@ -398,19 +475,13 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         cmd: Command,
         data: Option<DmaRegion>,
         tag: u64,
-    ) -> Result<(), SubmitError> {
-        let max = self.state.max_transfer.load(Ordering::Relaxed) as usize;
-        if let Some(d) = &data {
-            if d.len() > max {
-                return Err(SubmitError::ExceedsMaxTransfer { len: d.len(), max });
-            }
-        }
+    ) -> Result<(), AdminSubmitError> {
         let mb = self.mailbox(self.me.index());
-        let _g = self.take_lock_bounded()?;
+        let held = self.take(true)?;
         if mb.outstanding.load(Ordering::Relaxed) as usize >= MAILBOX_LEN {
-            return Err(SubmitError::QueueFull);
+            return Err(SubmitError::QueueFull.into());
         }
-        self.submit_locked(self.me, cmd, data, tag)?;
+        self.submit_locked(&held.geo, self.me, cmd, data, tag)?;
         mb.outstanding.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -418,34 +489,45 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
     /// Puts a command in the ring on behalf of `owner`. Lock held.
     fn submit_locked(
         &self,
+        geo: &Geometry,
         owner: OwnerId,
         cmd: Command,
         data: Option<DmaRegion>,
         tag: u64,
-    ) -> Result<(), SubmitError> {
-        let entries = self.entries();
+    ) -> Result<(), AdminSubmitError> {
+        if let Some(d) = &data {
+            if d.len() > geo.max_transfer {
+                return Err(SubmitError::ExceedsMaxTransfer {
+                    len: d.len(),
+                    max: geo.max_transfer,
+                }
+                .into());
+            }
+        }
         let tail = self.state.sq_tail.load(Ordering::Relaxed);
         let head = self.state.sq_head.load(Ordering::Relaxed);
-        let next = (tail + 1) % entries;
-        if next == head {
-            return Err(SubmitError::QueueFull);
+        if tail >= geo.entries || head >= geo.entries {
+            return Err(AdminSubmitError::Corrupt(SharedAdminError::NotConfigured));
         }
-        let usable = (entries - 1) as usize;
+        let next = (tail + 1) % geo.entries;
+        if next == head {
+            return Err(SubmitError::QueueFull.into());
+        }
+        let usable = (geo.entries - 1) as usize;
         let Some(idx) = self.state.slots[..usable]
             .iter()
             .position(|s| s.state.load(Ordering::Relaxed) == FREE)
         else {
-            return Err(SubmitError::QueueFull);
+            return Err(SubmitError::QueueFull.into());
         };
         let slot = &self.state.slots[idx];
         let (prp1, prp2) = match &data {
             Some(d) => {
-                let per_slot = self.state.prp_bytes_per_slot.load(Ordering::Relaxed) as usize;
+                let per_slot = geo.prp_bytes_per_slot;
                 let list = (per_slot > 0)
                     .then(|| self.prp.sub(idx * per_slot, per_slot))
                     .flatten();
-                let page = self.state.page_size.load(Ordering::Relaxed) as usize;
-                prp::build(d.iova(), d.len(), page, list.as_ref())?
+                prp::build(d.iova(), d.len(), geo.page_size, list.as_ref())?
             }
             None => (cmd.0.prp1, cmd.0.prp2),
         };
@@ -455,40 +537,44 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         slot.owner.store(owner.raw(), Ordering::Relaxed);
         slot.tag.store(tag, Ordering::Relaxed);
         slot.state.store(CLAIMED, Ordering::Relaxed);
-        // 2. Write the entry.
+        // 2. Write the entry (the controller does not read it before the doorbell passes it;
+        // `tail < entries` and the ring holds `entries` entries, so it is in bounds).
         let mut e: SubmissionEntry = cmd.0;
         e.cid = ((generation as u16) << INDEX_BITS) | idx as u16;
         e.prp1 = prp1;
         e.prp2 = prp2;
-        // SAFETY: tail < entries and the ring holds `entries` 64-byte entries (checked in
-        // `new`); the controller does not read the slot before the doorbell passes it.
-        unsafe {
-            (self.sq.vaddr().add(tail as usize * SQE_SIZE) as *mut SubmissionEntry)
-                .write_volatile(e)
-        };
+        if !self.sq.write_sqe(tail, &e) {
+            slot.state.store(FREE, Ordering::Relaxed);
+            return Err(AdminSubmitError::Corrupt(SharedAdminError::RegionTooSmall));
+        }
         // 3. Publish, 4. mark submitted, 5. ring.
         self.state.sq_tail.store(next, Ordering::Release);
         slot.state.store(SUBMITTED, Ordering::Relaxed);
         fence(Ordering::Release);
-        let dstrd = self.state.dstrd.load(Ordering::Relaxed) as u8;
-        self.regs.write32(sq_tail_doorbell(0, dstrd), next);
+        self.regs.write32(geo.sq_doorbell, next);
         Ok(())
     }
 
     /// Keeps `count` Asynchronous Event Requests outstanding on behalf of the whole group
     /// (0 stops re-arming). Their completions are recorded for every member to read with
     /// [`events_since`](Self::events_since); whoever reaps re-arms. Takes the lock.
-    pub fn enable_events(&self, count: u32) -> Result<(), SubmitError> {
-        let _g = self.take_lock_bounded()?;
+    pub fn enable_events(&self, count: u32) -> Result<(), AdminSubmitError> {
+        let held = self.take(true)?;
         self.state.aer_target.store(count, Ordering::Relaxed);
-        self.rearm_locked()
+        self.rearm_locked(&held.geo)
     }
 
-    fn rearm_locked(&self) -> Result<(), SubmitError> {
+    fn rearm_locked(&self, geo: &Geometry) -> Result<(), AdminSubmitError> {
         while self.state.aer_outstanding.load(Ordering::Relaxed)
             < self.state.aer_target.load(Ordering::Relaxed)
         {
-            self.submit_locked(OwnerId::EVENTS, Command::async_event_request(), None, 0)?;
+            self.submit_locked(
+                geo,
+                OwnerId::EVENTS,
+                Command::async_event_request(),
+                None,
+                0,
+            )?;
             self.state.aer_outstanding.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -514,16 +600,9 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
     /// completions a synchronous caller of this process waits for). Does nothing when the
     /// lock is busy.
     pub fn reap(&self) {
-        match self.lock.try_lock() {
-            Some(LockOutcome::Acquired) => {}
-            Some(LockOutcome::PreviousOwnerDied) => {
-                self.recover_locked();
-                self.lock.mark_consistent();
-            }
-            None => return,
+        if let Ok(held) = self.take(false) {
+            self.reap_locked(&held.geo);
         }
-        let _g = Held(self.lock);
-        self.reap_locked();
     }
 
     /// Delivers this process's completions: first what others left in its mailbox, then (if
@@ -535,21 +614,8 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         if mb.outstanding.load(Ordering::Relaxed) == 0 {
             return n;
         }
-        let held = if wait_for_lock {
-            self.take_lock_bounded().ok()
-        } else {
-            match self.lock.try_lock() {
-                Some(LockOutcome::Acquired) => Some(Held(self.lock)),
-                Some(LockOutcome::PreviousOwnerDied) => {
-                    self.recover_locked();
-                    self.lock.mark_consistent();
-                    Some(Held(self.lock))
-                }
-                None => None,
-            }
-        };
-        if let Some(_g) = held {
-            self.reap_locked();
+        if let Ok(held) = self.take(wait_for_lock) {
+            self.reap_locked(&held.geo);
         }
         n += self.drain_mailbox(&mut f);
         n
@@ -560,7 +626,8 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         let mut head = mb.head.load(Ordering::Relaxed);
         let tail = mb.tail.load(Ordering::Acquire);
         let mut n = 0;
-        while head != tail {
+        // A tail far ahead of the head is corruption: deliver at most one mailbox's worth.
+        while head != tail && n < MAILBOX_LEN {
             let e = &mb.entries[head as usize % MAILBOX_LEN];
             let c = Completion {
                 dw0: e.dw0.load(Ordering::Relaxed),
@@ -580,46 +647,30 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
     }
 
     /// Moves every new completion to its owner's mailbox. Lock held.
-    fn reap_locked(&self) {
-        let entries = self.entries();
+    fn reap_locked(&self, geo: &Geometry) {
         let mut hp = self.state.cq_head_phase.load(Ordering::Relaxed);
         let mut reaped = false;
         loop {
             let head = hp & 0x7fff_ffff;
             let phase = hp >> 31 != 0;
-            if head >= entries {
+            if head >= geo.entries {
                 // Corrupt shared state: start over from a known point rather than index
                 // outside the ring.
                 hp = 1 << 31;
                 self.state.cq_head_phase.store(hp, Ordering::Relaxed);
                 break;
             }
-            // SAFETY: head < entries; the ring holds `entries` 16-byte entries. Dword 3 is
-            // loaded with acquire before the others are read (the device writes this memory).
-            let cqe = unsafe {
-                let base = self.cq.vaddr().add(head as usize * CQE_SIZE);
-                let dw3 = AtomicU32::from_ptr(base.add(12) as *mut u32).load(Ordering::Acquire);
-                let (cid, status) = CompletionEntry::split_dw3(dw3);
-                if (status & 1 != 0) != phase {
-                    break;
-                }
-                CompletionEntry {
-                    dw0: core::ptr::read_volatile(base as *const u32),
-                    dw1: core::ptr::read_volatile(base.add(4) as *const u32),
-                    sq_head: core::ptr::read_volatile(base.add(8) as *const u16),
-                    sq_id: 0,
-                    cid,
-                    status,
-                }
+            let Some(cqe) = self.cq.read_cqe(head, phase) else {
+                break;
             };
-            self.route(&cqe);
-            if (cqe.sq_head as u32) < entries {
+            self.route(geo, &cqe);
+            if (cqe.sq_head as u32) < geo.entries {
                 self.state
                     .sq_head
                     .store(cqe.sq_head as u32, Ordering::Relaxed);
             }
             let next = head + 1;
-            hp = if next == entries {
+            hp = if next == geo.entries {
                 (!phase as u32) << 31
             } else {
                 next | (phase as u32) << 31
@@ -628,12 +679,12 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
             reaped = true;
         }
         if reaped {
-            let dstrd = self.state.dstrd.load(Ordering::Relaxed) as u8;
-            self.regs
-                .write32(cq_head_doorbell(0, dstrd), hp & 0x7fff_ffff);
+            // The entries were read before the doorbell lets the controller reuse them.
+            fence(Ordering::Release);
+            self.regs.write32(geo.cq_doorbell, hp & 0x7fff_ffff);
             // An event completion frees its request: put another one out. A full queue is
             // retried at the next reap.
-            let _ = self.rearm_locked();
+            let _ = self.rearm_locked(geo);
         }
     }
 
@@ -661,14 +712,14 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
     }
 
     /// Hands one completion to its owner's mailbox and frees its slot. Lock held.
-    fn route(&self, cqe: &CompletionEntry) {
+    fn route(&self, geo: &Geometry, cqe: &CompletionEntry) {
         let idx = (cqe.cid & ((1 << INDEX_BITS) - 1)) as usize;
         let generation = (cqe.cid >> INDEX_BITS) as u32;
         let Some(slot) = self
             .state
             .slots
             .get(idx)
-            .filter(|_| idx < (self.entries() - 1) as usize)
+            .filter(|_| idx < (geo.entries - 1) as usize)
         else {
             self.state.stale_completions.fetch_add(1, Ordering::Relaxed);
             return;

@@ -4,7 +4,7 @@ use std::boxed::Box;
 use std::sync::Arc;
 use std::vec::Vec;
 
-use crate::hal::SpinLock;
+type SpinLock = spin::Mutex<()>;
 
 const PAGE: usize = 4096;
 const ENTRIES: u32 = 32;
@@ -36,11 +36,7 @@ impl RegisterAccess for Regs {
 
 /// Leaked, page-aligned memory standing in for a shared segment.
 fn segment(pages: usize) -> DmaRegion {
-    let layout = std::alloc::Layout::from_size_align(pages * PAGE, PAGE).unwrap();
-    // SAFETY: non-zero size; zeroed like a fresh shared file. Leaked: lives for the process.
-    let p = unsafe { std::alloc::alloc_zeroed(layout) };
-    // SAFETY: valid for the whole test process.
-    unsafe { DmaRegion::new(p, 0x100_0000, pages * PAGE) }
+    crate::dma::test_memory(pages, 0x100_0000)
 }
 
 struct Rig {
@@ -57,14 +53,13 @@ struct Rig {
 impl Rig {
     fn new() -> Rig {
         let state_mem = segment(core::mem::size_of::<SharedAdminState>().div_ceil(PAGE));
-        // SAFETY: zeroed memory is a valid SharedAdminState (atomics and integers only).
-        let state: &'static SharedAdminState =
-            unsafe { &*(state_mem.vaddr() as *const SharedAdminState) };
+        let state_mem: &'static DmaRegion = Box::leak(Box::new(state_mem));
+        let state: &'static SharedAdminState = state_mem.shared().unwrap();
         state.configure(ENTRIES, PAGE, 4 * PAGE, 0).unwrap();
         let prp_len = SharedAdminState::prp_len(ENTRIES, PAGE, 4 * PAGE);
         Rig {
             state,
-            lock: Box::leak(Box::new(SpinLock::new())),
+            lock: Box::leak(Box::new(SpinLock::new(()))),
             bells: Arc::new(Bells::default()),
             sq: segment(1),
             cq: segment(1),
@@ -89,11 +84,7 @@ impl Rig {
     /// A controller on its own thread: completes every command with dw0 = cdw10, unless
     /// `hold` is set, and reports SQ head progress.
     fn device(&self, stop: Arc<AtomicBool>, hold: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> {
-        let (sq, cq, bells) = (
-            self.sq.vaddr() as usize,
-            self.cq.vaddr() as usize,
-            self.bells.clone(),
-        );
+        let (sq, cq, bells) = (self.sq, self.cq, self.bells.clone());
         let fire = self.fire.clone();
         std::thread::spawn(move || {
             let (mut head, mut tail, mut phase, mut done) = (0u32, 0u32, 1u16, 0u32);
@@ -121,10 +112,7 @@ impl Rig {
                         ..Default::default()
                     }
                 } else {
-                    // SAFETY: head < ENTRIES inside the SQ page.
-                    let e: SubmissionEntry = unsafe {
-                        ((sq + head as usize * 64) as *const SubmissionEntry).read_volatile()
-                    };
+                    let e: SubmissionEntry = sq.read_sqe(head).unwrap();
                     head = (head + 1) % ENTRIES;
                     if e.opcode == 0x0c {
                         aers.push(e.cid);
@@ -132,15 +120,15 @@ impl Rig {
                     }
                     e
                 };
-                let base = cq + tail as usize * 16;
-                // SAFETY: tail < ENTRIES inside the CQ page; dword 3 last, with release.
-                unsafe {
-                    (base as *mut u32).write_volatile(e.cdw10);
-                    ((base + 4) as *mut u32).write_volatile(0);
-                    ((base + 8) as *mut u32).write_volatile(head);
-                    AtomicU32::from_ptr((base + 12) as *mut u32)
-                        .store(e.cid as u32 | (phase as u32) << 16, Ordering::Release);
-                }
+                let done_entry = CompletionEntry {
+                    dw0: e.cdw10,
+                    dw1: 0,
+                    sq_head: head as u16,
+                    sq_id: 0,
+                    cid: e.cid,
+                    status: phase,
+                };
+                assert!(cq.post_cqe(tail, &done_entry));
                 tail += 1;
                 if tail == ENTRIES {
                     tail = 0;
@@ -174,7 +162,7 @@ fn each_member_receives_exactly_its_own_completions() {
                                 pending.push(cdw10 as u64);
                                 next += 1;
                             }
-                            Err(SubmitError::QueueFull) => {}
+                            Err(AdminSubmitError::Submit(SubmitError::QueueFull)) => {}
                             Err(e) => panic!("{e}"),
                         }
                     }
@@ -244,29 +232,26 @@ struct DeadOwnerLock {
     consistent: AtomicBool,
 }
 
-// SAFETY: delegates mutual exclusion to the spin lock.
-unsafe impl RobustLock for DeadOwnerLock {
-    fn lock(&self) -> LockOutcome {
-        RobustLock::lock(&self.inner);
+impl DeadOwnerLock {
+    fn outcome(&self) -> LockOutcome {
         if self.dead.swap(false, Ordering::Relaxed) {
             LockOutcome::PreviousOwnerDied
         } else {
             LockOutcome::Acquired
         }
     }
-    fn try_lock(&self) -> Option<LockOutcome> {
-        RobustLock::try_lock(&self.inner)?;
-        Some(if self.dead.swap(false, Ordering::Relaxed) {
-            LockOutcome::PreviousOwnerDied
-        } else {
-            LockOutcome::Acquired
-        })
+}
+
+impl RobustLock for DeadOwnerLock {
+    type Guard<'a> = spin::MutexGuard<'a, ()>;
+    fn lock(&self, _: Option<Duration>) -> Option<(Self::Guard<'_>, LockOutcome)> {
+        Some((self.inner.lock(), self.outcome()))
     }
-    fn mark_consistent(&self) {
+    fn try_lock(&self) -> Option<(Self::Guard<'_>, LockOutcome)> {
+        Some((self.inner.try_lock()?, self.outcome()))
+    }
+    fn mark_consistent(&self, _: &Self::Guard<'_>) {
         self.consistent.store(true, Ordering::Relaxed);
-    }
-    fn unlock(&self) {
-        RobustLock::unlock(&self.inner)
     }
 }
 
@@ -274,7 +259,7 @@ unsafe impl RobustLock for DeadOwnerLock {
 fn a_holder_dying_mid_submit_is_recovered() {
     let rig = Rig::new();
     let lock: &'static DeadOwnerLock = Box::leak(Box::new(DeadOwnerLock {
-        inner: SpinLock::new(),
+        inner: SpinLock::new(()),
         dead: AtomicBool::new(false),
         consistent: AtomicBool::new(false),
     }));
@@ -296,7 +281,7 @@ fn a_holder_dying_mid_submit_is_recovered() {
     }
     assert_eq!(
         q.submit(Command::flush(1), None, 9),
-        Err(SubmitError::QueueFull)
+        Err(AdminSubmitError::Submit(SubmitError::QueueFull))
     );
     lock.dead.store(true, Ordering::Relaxed);
     let writes_before = rig.bells.writes.load(Ordering::Relaxed);
@@ -322,13 +307,13 @@ fn stale_and_out_of_range_identifiers_are_dropped() {
     let q = rig.member(0, 1);
     q.submit(Command::flush(1), None, 1).unwrap();
     // Post completions by hand: a wrong generation, an index past the slots, then the right one.
-    let post = |idx: usize, cid: u16| {
-        let base = rig.cq.vaddr() as usize + idx * 16;
-        // SAFETY: idx < ENTRIES inside the CQ page.
-        unsafe {
-            AtomicU32::from_ptr((base + 12) as *mut u32)
-                .store(cid as u32 | 1 << 16, Ordering::Release)
+    let post = |idx: u32, cid: u16| {
+        let e = CompletionEntry {
+            cid,
+            status: 1,
+            ..Default::default()
         };
+        assert!(rig.cq.post_cqe(idx, &e));
     };
     post(0, 2 << 8); // slot 0, generation 2
     post(1, 200);
@@ -419,19 +404,19 @@ fn asynchronous_events_reach_every_member() {
 /// A lock held by a process that is alive but stopped: never free.
 struct StuckLock;
 
-// SAFETY: never grants the lock, so it never lets two holders in.
-unsafe impl RobustLock for StuckLock {
-    fn lock(&self) -> LockOutcome {
-        panic!("an unbounded wait on a stuck lock would hang the test");
-    }
-    fn try_lock(&self) -> Option<LockOutcome> {
+impl RobustLock for StuckLock {
+    type Guard<'a> = ();
+    fn lock(&self, bound: Option<Duration>) -> Option<(Self::Guard<'_>, LockOutcome)> {
+        assert!(
+            bound.is_some(),
+            "an unbounded wait on a stuck lock would hang the test"
+        );
         None
     }
-    fn lock_timeout(&self, _: core::time::Duration) -> Option<LockOutcome> {
+    fn try_lock(&self) -> Option<(Self::Guard<'_>, LockOutcome)> {
         None
     }
-    fn mark_consistent(&self) {}
-    fn unlock(&self) {}
+    fn mark_consistent(&self, _: &Self::Guard<'_>) {}
 }
 
 #[test]
@@ -447,14 +432,14 @@ fn a_stuck_lock_holder_times_out_instead_of_hanging() {
         OwnerId::new(2, 1),
     )
     .unwrap()
-    .with_lock_timeout(core::time::Duration::from_millis(10));
-    assert_eq!(q.join(), Err(SubmitError::LockTimeout));
+    .with_lock_timeout(Duration::from_millis(10));
+    assert_eq!(q.join(), Err(AdminSubmitError::LockTimeout));
     assert_eq!(
         q.submit(Command::flush(1), None, 1),
-        Err(SubmitError::LockTimeout)
+        Err(AdminSubmitError::LockTimeout)
     );
-    assert_eq!(q.enable_events(1), Err(SubmitError::LockTimeout));
+    assert_eq!(q.enable_events(1), Err(AdminSubmitError::LockTimeout));
     assert_eq!(q.poll(true, |_, _| panic!("nothing to deliver")), 0);
     q.release_member(OwnerId::new(3, 1)); // gives up quietly
-    assert!(std::format!("{}", SubmitError::LockTimeout).contains("stopped or stuck"));
+    assert!(std::format!("{}", AdminSubmitError::LockTimeout).contains("stopped or stuck"));
 }

@@ -457,7 +457,7 @@ impl Group {
     #[cfg(feature = "test-hooks")]
     pub(crate) fn hold_lock_forever(&self) {
         use nvme_core::RobustLock;
-        let _ = self.mutex.lock();
+        std::mem::forget(self.mutex.lock(None));
     }
 
     /// Takes the join lock (for cleanup and leaving).

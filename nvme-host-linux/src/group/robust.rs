@@ -81,45 +81,55 @@ impl RobustMutex {
     }
 }
 
-// SAFETY: pthread mutex semantics: one holder at a time; a dead holder is reported through
-// EOWNERDEAD to exactly one next locker.
-unsafe impl RobustLock for RobustMutex {
-    fn lock(&self) -> LockOutcome {
-        // SAFETY: the mutex is initialised and mapped (constructor contract).
-        Self::outcome(unsafe { libc::pthread_mutex_lock(self.m) })
+/// Holding the group mutex; dropping it unlocks.
+pub(crate) struct RobustGuard<'a>(&'a RobustMutex);
+
+impl Drop for RobustGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the guard exists only while this thread holds the mutex.
+        unsafe { libc::pthread_mutex_unlock(self.0.m) };
     }
-    fn try_lock(&self) -> Option<LockOutcome> {
+}
+
+/// pthread mutex semantics: one holder at a time; a dead holder is reported through
+/// EOWNERDEAD to exactly one next locker.
+impl RobustLock for RobustMutex {
+    type Guard<'a> = RobustGuard<'a>;
+    fn lock(&self, bound: Option<std::time::Duration>) -> Option<(RobustGuard<'_>, LockOutcome)> {
+        let r = match bound {
+            // SAFETY: the mutex is initialised and mapped (constructor contract).
+            None => unsafe { libc::pthread_mutex_lock(self.m) },
+            Some(timeout) => {
+                // pthread_mutex_timedlock takes an absolute CLOCK_REALTIME deadline.
+                // SAFETY: a timespec is plain integers; clock_gettime writes the one we pass.
+                let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+                // SAFETY: as above.
+                unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+                let total = now.tv_nsec as u64 + timeout.subsec_nanos() as u64;
+                let deadline = libc::timespec {
+                    tv_sec: now.tv_sec
+                        + timeout.as_secs() as libc::time_t
+                        + (total / 1_000_000_000) as libc::time_t,
+                    tv_nsec: (total % 1_000_000_000) as libc::c_long,
+                };
+                // SAFETY: the mutex is initialised and mapped (constructor contract).
+                match unsafe { libc::pthread_mutex_timedlock(self.m, &deadline) } {
+                    libc::ETIMEDOUT => return None,
+                    r => r,
+                }
+            }
+        };
+        Some((RobustGuard(self), Self::outcome(r)))
+    }
+    fn try_lock(&self) -> Option<(RobustGuard<'_>, LockOutcome)> {
         // SAFETY: as in `lock`.
         match unsafe { libc::pthread_mutex_trylock(self.m) } {
             libc::EBUSY => None,
-            r => Some(Self::outcome(r)),
+            r => Some((RobustGuard(self), Self::outcome(r))),
         }
     }
-    fn lock_timeout(&self, timeout: std::time::Duration) -> Option<LockOutcome> {
-        // pthread_mutex_timedlock takes an absolute CLOCK_REALTIME deadline.
-        // SAFETY: clock_gettime writes the timespec we pass.
-        let mut now: libc::timespec = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
-        let total = now.tv_nsec as u64 + timeout.subsec_nanos() as u64;
-        let deadline = libc::timespec {
-            tv_sec: now.tv_sec
-                + timeout.as_secs() as libc::time_t
-                + (total / 1_000_000_000) as libc::time_t,
-            tv_nsec: (total % 1_000_000_000) as libc::c_long,
-        };
-        // SAFETY: the mutex is initialised and mapped (constructor contract).
-        match unsafe { libc::pthread_mutex_timedlock(self.m, &deadline) } {
-            libc::ETIMEDOUT => None,
-            r => Some(Self::outcome(r)),
-        }
-    }
-    fn mark_consistent(&self) {
-        // SAFETY: called by the holder after EOWNERDEAD.
+    fn mark_consistent(&self, _guard: &RobustGuard<'_>) {
+        // SAFETY: called by the holder (it shows the guard) after EOWNERDEAD.
         unsafe { libc::pthread_mutex_consistent(self.m) };
-    }
-    fn unlock(&self) {
-        // SAFETY: called by the holder.
-        unsafe { libc::pthread_mutex_unlock(self.m) };
     }
 }

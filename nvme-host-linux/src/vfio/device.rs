@@ -3,7 +3,6 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
 
 use vfio_bindings::bindings::vfio::{
     vfio_device_info, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_BAR0_REGION_INDEX,
@@ -158,8 +157,8 @@ impl Device {
     }
 
     /// Maps BAR0 (all of it, or the mappable area at its start when VFIO reports a sparse
-    /// region). Returns the mapping and its length.
-    pub(crate) fn map_bar0(&self, addr: &PciAddress) -> Result<(NonNull<u8>, usize)> {
+    /// region), as a register handle.
+    pub(crate) fn map_bar0(&self, addr: &PciAddress) -> Result<crate::mmio::Mmio> {
         let r = region_info(self.fd.as_fd(), VFIO_PCI_BAR0_REGION_INDEX)
             .map_err(|e| Error::os(format!("VFIO_DEVICE_GET_REGION_INFO(BAR0) for {addr}"), e))?;
         if r.size < MIN_BAR0 {
@@ -188,9 +187,13 @@ impl Device {
                     ))
                 })?,
         } as usize;
-        let ptr = crate::memory::map_fd(self.fd.as_fd(), r.offset, len, false)
+        let map = crate::memory::Mapping::new(self.fd.as_fd(), r.offset, len, false)
             .map_err(|e| Error::os(format!("mmap of BAR0 of {addr} ({len} bytes)"), e))?;
-        Ok((ptr, len))
+        crate::mmio::Mmio::new(map).map_err(|len| {
+            Error::Transport(format!(
+                "the mappable part of BAR0 of {addr} ({len} bytes) is too small"
+            ))
+        })
     }
 }
 

@@ -21,7 +21,7 @@ pub mod sysfs;
 
 use std::fmt;
 use std::os::fd::OwnedFd;
-use std::ptr::NonNull;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,8 +41,7 @@ pub use sysfs::{PciFunction, Sysfs, NVME_CLASS};
 pub struct VfioTransport {
     addr: PciAddress,
     ids: (u16, u16),
-    bar: NonNull<u8>,
-    bar_len: usize,
+    bar: Mmio,
     iovas: Mutex<IovaAllocator>,
     /// A member of a shared-memory group: the device is reset only by the last member out.
     shared: bool,
@@ -53,13 +52,6 @@ pub struct VfioTransport {
     iommu: Type1Container,
 }
 
-// SAFETY: the BAR pointer refers to a device mapping owned by this struct; register
-// accesses through it are volatile and may come from any thread. The descriptors are used
-// only through ioctls that the kernel serialises; the IOVA allocator is behind a mutex.
-unsafe impl Send for VfioTransport {}
-// SAFETY: as above.
-unsafe impl Sync for VfioTransport {}
-
 impl fmt::Debug for VfioTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VfioTransport")
@@ -68,7 +60,7 @@ impl fmt::Debug for VfioTransport {
                 "ids",
                 &format_args!("{:04x}:{:04x}", self.ids.0, self.ids.1),
             )
-            .field("bar_len", &self.bar_len)
+            .field("bar_len", &self.bar.len())
             .field("iova_ranges", &self.iommu.iova_ranges().0)
             .finish()
     }
@@ -135,14 +127,13 @@ impl VfioTransport {
         device
             .enable_bus_master()
             .map_err(|e| Error::os(format!("enabling bus mastering on {addr}"), e))?;
-        let (bar, bar_len) = device.map_bar0(addr)?;
+        let bar = device.map_bar0(addr)?;
         let (ranges, page) = iommu.iova_ranges();
         let iovas = Mutex::new(IovaAllocator::new(ranges, page));
         Ok(VfioTransport {
             addr: *addr,
             ids,
             bar,
-            bar_len,
             iovas,
             shared: false,
             last_member: AtomicBool::new(false),
@@ -180,14 +171,13 @@ impl VfioTransport {
                 "{addr} reads all ones from config space: the device is gone or powered down"
             )));
         }
-        let (bar, bar_len) = device.map_bar0(addr)?;
+        let bar = device.map_bar0(addr)?;
         let (ranges, page) = iommu.iova_ranges();
         let iovas = Mutex::new(IovaAllocator::new(ranges, page));
         Ok(VfioTransport {
             addr: *addr,
             ids: (id as u16, (id >> 16) as u16),
             bar,
-            bar_len,
             iovas,
             shared: true,
             last_member: AtomicBool::new(false),
@@ -274,9 +264,6 @@ impl Drop for VfioTransport {
         if alone && !(self.device.can_reset() && self.device.reset().is_ok()) {
             let _ = self.device.disable_bus_master();
         }
-        // SAFETY: our own BAR mapping; every user of it (controller, queue pairs) holds this
-        // transport alive, so none is left.
-        unsafe { libc::munmap(self.bar.as_ptr() as *mut libc::c_void, self.bar_len) };
     }
 }
 
@@ -318,9 +305,7 @@ fn map_error(addr: &PciAddress, mem: &SharedMemory, iova: u64, e: std::io::Error
 
 impl Transport for VfioTransport {
     fn regs(&self) -> Mmio {
-        // SAFETY: the BAR mapping lives as long as this transport, which the controller and
-        // its queue pairs keep alive.
-        unsafe { Mmio::new(self.bar, self.bar_len) }
+        self.bar.clone()
     }
     fn map_dma(&self, mem: &SharedMemory) -> Result<u64> {
         let len = mem.len() as u64;

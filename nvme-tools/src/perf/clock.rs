@@ -97,12 +97,7 @@ impl Default for Clock {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[inline]
-fn rdtsc() -> u64 {
-    // SAFETY: RDTSC has no preconditions on x86_64 (it is unprivileged unless CR4.TSD is set,
-    // which Linux does not do for ordinary processes).
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
+use crate::sys::rdtsc;
 
 /// Is the kernel's current clock source the TSC (fast `clock_gettime` through the vDSO)?
 #[cfg(target_arch = "x86_64")]

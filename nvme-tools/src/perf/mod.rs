@@ -6,7 +6,6 @@
 
 pub mod args;
 pub mod clock;
-pub mod cpu;
 pub mod lba;
 pub mod report;
 pub mod run;

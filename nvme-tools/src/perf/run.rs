@@ -11,7 +11,6 @@ use nvme_host_linux::nvme_core::qpair::MAX_BLOCKS_PER_COMMAND;
 use nvme_host_linux::{AttachOptions, Controller, Role, TransportKind};
 
 use super::args::{self, Config};
-use super::cpu;
 use super::report::{self, JsonContext, Report};
 use super::worker::{self, Job, Shared, WorkerOutcome, WorkerPlan};
 use super::Error;
@@ -94,7 +93,7 @@ fn run_attached(
 /// The cores of `-c`, checked against those the process may use; without `-c`, the first
 /// core available (core 0 unless the process is restricted).
 fn select_cores(cfg: &Config) -> Result<Vec<usize>, Error> {
-    let available = cpu::available_cores()
+    let available = crate::sys::available_cores()
         .map_err(|e| Error::new(format!("reading the process's CPU affinity: {e}")))?;
     match &cfg.cores {
         Some(cores) => {

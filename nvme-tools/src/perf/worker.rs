@@ -17,7 +17,6 @@ use nvme_host_linux::{Controller, DmaBuffer, Error as DriverError, IoQueuePair, 
 
 use super::args::Config;
 use super::clock::Clock;
-use super::cpu;
 use super::lba::{LbaGen, Mix, XorShift64};
 use super::report::Row;
 use super::stats::Stats;
@@ -395,7 +394,7 @@ pub fn run_worker(
 }
 
 fn setup(plan: &WorkerPlan, cfg: &Config, workers: usize) -> Result<Vec<NsRun>, Error> {
-    cpu::pin_current_thread(plan.core).map_err(|e| {
+    crate::sys::pin_current_thread(plan.core).map_err(|e| {
         Error::new(format!(
             "pinning the worker thread to core {}: {e}",
             plan.core

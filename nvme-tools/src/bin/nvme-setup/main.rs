@@ -2,6 +2,8 @@
 //! `setup.sh`: lists NVMe functions and their drivers, binds them to vfio-pci and back to
 //! the kernel's nvme driver, reserves hugepages, and reports what is missing.
 
+#![deny(unsafe_code)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -193,19 +195,11 @@ fn status(sys: &Sysfs) {
         }
         None => missing.push("cannot read /proc/meminfo".into()),
     }
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into our struct.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0;
-    // SAFETY: plain system call.
-    let root = unsafe { libc::geteuid() } == 0;
-    if ok {
-        let s = if lim.rlim_cur == libc::RLIM_INFINITY {
-            "unlimited".to_string()
-        } else {
-            format!("{} KiB", lim.rlim_cur / 1024)
+    let root = nvme_tools::sys::is_root();
+    if let Ok(limit) = nvme_tools::sys::memlock_limit() {
+        let s = match limit {
+            None => "unlimited".to_string(),
+            Some(n) => format!("{} KiB", n / 1024),
         };
         println!(
             "Locked-memory limit: {s}{}",
@@ -215,7 +209,7 @@ fn status(sys: &Sysfs) {
                 ""
             }
         );
-        if !root && lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < (256 << 20) {
+        if !root && limit.is_some_and(|n| n < (256 << 20)) {
             missing.push(format!(
                 "the locked-memory limit ({s}) is small for VFIO, which pins all DMA memory: `ulimit -l unlimited` or memlock in /etc/security/limits.conf"
             ));

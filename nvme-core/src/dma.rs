@@ -1,0 +1,332 @@
+//! DMA memory: the one module of nvme-core that holds `unsafe` code.
+//!
+//! A [`DmaRegion`] names memory that both the CPU and the device use: where the CPU sees it
+//! (a virtual address) and where the device sees it (an IOVA). Its creator promises, once,
+//! in [`DmaRegion::new`], that the memory stays valid and mapped; every access after that is
+//! a safe, bounds-checked method here:
+//! - [`write_sqe`](DmaRegion::write_sqe): a volatile store of a 64-byte submission entry;
+//! - [`read_cqe`](DmaRegion::read_cqe): an acquire load of the completion dword that holds
+//!   the phase tag, then volatile loads of the rest, so a half-written entry is never seen;
+//! - [`zero`](DmaRegion::zero), [`read_u32`](DmaRegion::read_u32) /
+//!   [`write_u32`](DmaRegion::write_u32) / [`write_u64`](DmaRegion::write_u64) (doorbell
+//!   shadows, PRP list entries), [`read_obj`](DmaRegion::read_obj) /
+//!   [`write_obj`](DmaRegion::write_obj) (whole structures, copied);
+//! - [`shared`](DmaRegion::shared): a reference to a structure made only of atomics that
+//!   lives in memory shared with other processes.
+//!
+//! Memory the device writes is only ever read through volatile or atomic loads: Rust never
+//! holds a `&[u8]` to it.
+#![allow(unsafe_code)]
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use nvme_regs::{CompletionEntry, SubmissionEntry};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+/// Size of a submission queue entry in bytes.
+pub const SQE_SIZE: usize = 64;
+/// Size of a completion queue entry in bytes.
+pub const CQE_SIZE: usize = 16;
+
+/// A range of DMA-able memory: where the CPU sees it and where the device sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaRegion {
+    vaddr: *mut u8,
+    iova: u64,
+    len: usize,
+}
+
+// SAFETY: a DmaRegion describes memory that may be accessed from any thread (every access
+// is volatile or atomic); moving the description moves no data.
+unsafe impl Send for DmaRegion {}
+// SAFETY: as above; the methods taking `&self` only perform volatile or atomic accesses.
+unsafe impl Sync for DmaRegion {}
+
+/// Structures that may be referenced in memory shared with other processes and with the
+/// device: `#[repr(C)]`, made of atomics only (so any bytes another process writes are a
+/// valid value and every access is atomic), and valid when zero-filled.
+///
+/// # Safety
+/// Implement only for such structures.
+pub unsafe trait SharedState: Sync {}
+
+// SAFETY: `#[repr(C)]`, built of AtomicU32/AtomicU64 and arrays of structs of them only.
+unsafe impl SharedState for crate::shared::SharedAdminState {}
+
+impl DmaRegion {
+    /// Describes `len` bytes at CPU address `vaddr`, visible to the device at `iova`.
+    ///
+    /// # Safety
+    /// The memory must be valid for reads and writes of `len` bytes, mapped for the device at
+    /// `iova`, and stay so while any copy of this region (or a sub-region) is used. Nothing
+    /// may hold a Rust reference to it other than through [`DmaRegion::shared`].
+    pub const unsafe fn new(vaddr: *mut u8, iova: u64, len: usize) -> DmaRegion {
+        DmaRegion { vaddr, iova, len }
+    }
+    /// CPU address of the first byte.
+    pub const fn vaddr(&self) -> *mut u8 {
+        self.vaddr
+    }
+    /// Device address of the first byte.
+    pub const fn iova(&self) -> u64 {
+        self.iova
+    }
+    /// Length in bytes.
+    pub const fn len(&self) -> usize {
+        self.len
+    }
+    /// Is the region empty?
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The sub-region `[offset, offset + len)`, or `None` if it does not fit.
+    pub fn sub(&self, offset: usize, len: usize) -> Option<DmaRegion> {
+        let end = offset.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        Some(DmaRegion {
+            // SAFETY: offset <= self.len, so the result stays inside (or one past) the region.
+            vaddr: unsafe { self.vaddr.add(offset) },
+            iova: self.iova + offset as u64,
+            len,
+        })
+    }
+
+    /// A pointer to `[offset, offset + len)` aligned to `align`, or `None` when that is not
+    /// inside the region or not aligned.
+    #[inline]
+    fn at(&self, offset: usize, len: usize, align: usize) -> Option<*mut u8> {
+        let end = offset.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: offset + len <= self.len: inside the region.
+        let p = unsafe { self.vaddr.add(offset) };
+        (p as usize).is_multiple_of(align).then_some(p)
+    }
+
+    /// Writes submission entry `index` of a ring that starts at this region (volatile: the
+    /// device reads it once the doorbell passes it). Returns `false`, writing nothing, when
+    /// the entry is outside the region.
+    #[inline]
+    pub fn write_sqe(&self, index: u32, entry: &SubmissionEntry) -> bool {
+        let Some(p) = self.at(index as usize * SQE_SIZE, SQE_SIZE, 8) else {
+            return false;
+        };
+        // SAFETY: 64 in-bounds, 8-byte aligned bytes of memory valid for writes (`new`).
+        unsafe { (p as *mut SubmissionEntry).write_volatile(*entry) };
+        true
+    }
+
+    /// Reads completion entry `index` of a ring that starts at this region if its phase tag
+    /// is `phase`: dword 3 (with the tag) is loaded with acquire ordering before the other
+    /// dwords, so the entry is read whole. `None` when the tag differs (not posted yet) or
+    /// the entry is outside the region.
+    #[inline]
+    pub fn read_cqe(&self, index: u32, phase: bool) -> Option<CompletionEntry> {
+        let p = self.at(index as usize * CQE_SIZE, CQE_SIZE, 4)?;
+        // SAFETY: 16 in-bounds, 4-byte aligned bytes valid for reads (`new`); the device
+        // writes them concurrently, so they are read only atomically or volatile.
+        unsafe {
+            let dw3 = AtomicU32::from_ptr(p.add(12) as *mut u32).load(Ordering::Acquire);
+            let (cid, status) = CompletionEntry::split_dw3(dw3);
+            if (status & 1 != 0) != phase {
+                return None;
+            }
+            let dw0 = (p as *const u32).read_volatile();
+            let dw1 = (p.add(4) as *const u32).read_volatile();
+            let dw2 = (p.add(8) as *const u32).read_volatile();
+            Some(CompletionEntry {
+                dw0,
+                dw1,
+                sq_head: dw2 as u16,
+                sq_id: (dw2 >> 16) as u16,
+                cid,
+                status,
+            })
+        }
+    }
+
+    /// Device side, for fake devices and tests: reads submission entry `index` (volatile).
+    pub fn read_sqe(&self, index: u32) -> Option<SubmissionEntry> {
+        let p = self.at(index as usize * SQE_SIZE, SQE_SIZE, 8)?;
+        // SAFETY: 64 in-bounds, 8-byte aligned bytes valid for reads; any bytes are a valid
+        // SubmissionEntry (plain integers).
+        Some(unsafe { (p as *const SubmissionEntry).read_volatile() })
+    }
+
+    /// Device side, for fake devices and tests: posts completion entry `index` as a
+    /// controller does, dwords 0-2 first, then dword 3 (with the phase tag) with release
+    /// ordering. Returns `false` when the entry is outside the region.
+    pub fn post_cqe(&self, index: u32, entry: &CompletionEntry) -> bool {
+        let Some(p) = self.at(index as usize * CQE_SIZE, CQE_SIZE, 4) else {
+            return false;
+        };
+        let dw2 = entry.sq_head as u32 | (entry.sq_id as u32) << 16;
+        let dw3 = entry.cid as u32 | (entry.status as u32) << 16;
+        // SAFETY: 16 in-bounds, 4-byte aligned bytes valid for writes; the host reads them
+        // only atomically or volatile.
+        unsafe {
+            (p as *mut u32).write_volatile(entry.dw0);
+            (p.add(4) as *mut u32).write_volatile(entry.dw1);
+            (p.add(8) as *mut u32).write_volatile(dw2);
+            AtomicU32::from_ptr(p.add(12) as *mut u32).store(dw3, Ordering::Release);
+        }
+        true
+    }
+
+    /// Zeroes the whole region (volatile: the device may read it afterwards).
+    pub fn zero(&self) {
+        // SAFETY: the whole region is valid for writes (`new`).
+        unsafe { core::ptr::write_bytes(self.vaddr, 0, self.len) };
+        core::sync::atomic::compiler_fence(Ordering::Release);
+    }
+
+    /// Reads the 32-bit word at `offset` (volatile). `None` when outside or misaligned.
+    #[inline]
+    pub fn read_u32(&self, offset: usize) -> Option<u32> {
+        let p = self.at(offset, 4, 4)?;
+        // SAFETY: 4 in-bounds aligned bytes valid for reads.
+        Some(unsafe { (p as *const u32).read_volatile() })
+    }
+
+    /// Writes the 32-bit word at `offset` (volatile). Returns `false` when outside or
+    /// misaligned.
+    #[inline]
+    pub fn write_u32(&self, offset: usize, value: u32) -> bool {
+        let Some(p) = self.at(offset, 4, 4) else {
+            return false;
+        };
+        // SAFETY: 4 in-bounds aligned bytes valid for writes.
+        unsafe { (p as *mut u32).write_volatile(value) };
+        true
+    }
+
+    /// Writes the 64-bit word at `offset` (volatile; a PRP list entry, say). Returns `false`
+    /// when outside or misaligned.
+    #[inline]
+    pub fn write_u64(&self, offset: usize, value: u64) -> bool {
+        let Some(p) = self.at(offset, 8, 8) else {
+            return false;
+        };
+        // SAFETY: 8 in-bounds aligned bytes valid for writes.
+        unsafe { (p as *mut u64).write_volatile(value) };
+        true
+    }
+
+    /// Copies `out.len()` bytes from `offset` into `out`. Returns `false` (copying nothing)
+    /// when that is outside the region. Call once the device has finished writing them (its
+    /// completion was read with [`read_cqe`](Self::read_cqe)).
+    pub fn read_bytes(&self, offset: usize, out: &mut [u8]) -> bool {
+        let Some(p) = self.at(offset, out.len(), 1) else {
+            return false;
+        };
+        // SAFETY: `out.len()` in-bounds bytes valid for reads; `out` is ordinary memory that
+        // cannot overlap memory only reached through DmaRegions.
+        unsafe { core::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), out.len()) };
+        true
+    }
+
+    /// Copies `src` to `offset`. Returns `false` (copying nothing) when it does not fit.
+    pub fn write_bytes(&self, offset: usize, src: &[u8]) -> bool {
+        let Some(p) = self.at(offset, src.len(), 1) else {
+            return false;
+        };
+        // SAFETY: `src.len()` in-bounds bytes valid for writes; no overlap (as above).
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
+        true
+    }
+
+    /// A copy of the `T` at `offset` (any bytes are a valid `T`), or `None` when it does not
+    /// fit.
+    pub fn read_obj<T: FromBytes + IntoBytes>(&self, offset: usize) -> Option<T> {
+        let mut v = T::new_zeroed();
+        self.read_bytes(offset, v.as_mut_bytes()).then_some(v)
+    }
+
+    /// Writes `value` at `offset`. Returns `false` when it does not fit.
+    pub fn write_obj<T: IntoBytes + Immutable>(&self, offset: usize, value: &T) -> bool {
+        self.write_bytes(offset, value.as_bytes())
+    }
+
+    /// The shared structure at the start of this region, or `None` when the region is too
+    /// small or misaligned for it.
+    pub fn shared<T: SharedState>(&self) -> Option<&T> {
+        let p = self.at(0, core::mem::size_of::<T>(), core::mem::align_of::<T>())?;
+        // SAFETY: in bounds and aligned; `T` is made of atomics and valid for any bytes
+        // (SharedState contract), so every value another process or the device leaves is
+        // a valid `T` and all accesses through the reference are atomic. The memory lives as
+        // long as the region (the `new` contract covers copies, so the borrow of `self` is a
+        // conservative lifetime).
+        Some(unsafe { &*(p as *const T) })
+    }
+}
+
+/// Page-aligned, zeroed heap memory standing in for DMA memory in tests and fake devices
+/// (its IOVA is made up). It lives until the test process exits.
+#[cfg(test)]
+pub(crate) fn test_memory(pages: usize, iova: u64) -> DmaRegion {
+    let layout = std::alloc::Layout::from_size_align(pages * 4096, 4096).expect("layout");
+    // SAFETY: a non-zero size layout.
+    let p = unsafe { std::alloc::alloc_zeroed(layout) };
+    assert!(!p.is_null(), "allocation failed");
+    // SAFETY: the allocation is never freed, so it stays valid for the process's lifetime,
+    // and nothing else references it.
+    unsafe { DmaRegion::new(p, iova, pages * 4096) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sub_regions_are_bounded() {
+        let r = test_memory(1, 0x1000);
+        let s = r.sub(16, 48).unwrap();
+        assert_eq!(s.iova(), 0x1010);
+        assert_eq!(s.len(), 48);
+        assert_eq!(s.vaddr() as usize, r.vaddr() as usize + 16);
+        assert!(r.sub(4096 - 47, 48).is_none());
+        assert!(r.sub(usize::MAX, 2).is_none());
+    }
+
+    #[test]
+    fn accesses_outside_or_misaligned_are_refused() {
+        let r = test_memory(1, 0x1000);
+        assert!(
+            !r.write_sqe(64, &SubmissionEntry::default()),
+            "past the end"
+        );
+        assert!(r.write_sqe(63, &SubmissionEntry::default()));
+        assert!(r.read_cqe(256, false).is_none());
+        assert!(r.read_u32(4094).is_none());
+        assert!(r.read_u32(2).is_none(), "misaligned");
+        assert!(!r.write_u64(4, 1), "misaligned");
+        assert!(!r.write_bytes(4090, &[0; 7]));
+        assert!(r.read_obj::<u64>(4089).is_none());
+    }
+
+    #[test]
+    fn completion_entries_are_read_by_phase() {
+        let r = test_memory(1, 0x1000);
+        assert!(r.read_cqe(0, true).is_none(), "zeroed: phase 0");
+        assert!(r.read_cqe(0, false).is_some());
+        let e = CompletionEntry {
+            dw0: 7,
+            dw1: 8,
+            sq_head: 9,
+            sq_id: 3,
+            cid: 0x42,
+            status: 1,
+        };
+        assert!(r.post_cqe(1, &e));
+        assert!(!r.post_cqe(256, &e));
+        let got = r.read_cqe(1, true).unwrap();
+        assert_eq!((got.dw0, got.dw1, got.sq_head, got.sq_id), (7, 8, 9, 3));
+        assert_eq!((got.cid, got.status), (0x42, 1));
+        assert!(r.read_cqe(1, false).is_none());
+        r.zero();
+        assert_eq!(r.read_obj::<[u8; 32]>(0), Some([0; 32]));
+    }
+}
