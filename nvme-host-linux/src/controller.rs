@@ -15,7 +15,7 @@ use nvme_regs::opcode::DataDirection;
 use nvme_regs::registers::{Csts, ShutdownNotification, ShutdownStatus};
 use zerocopy::FromBytes;
 
-use crate::backend::{SimTransport, Transport};
+use crate::backend::Transport;
 use crate::dma::{DmaBuffer, DmaMapping, IoBuf};
 use crate::error::{Error, Result};
 use crate::group::{Group, Role};
@@ -288,7 +288,7 @@ impl Controller {
             return crate::groupattach::attach(trid, opts, id);
         }
         let transport: Arc<dyn Transport> = match &trid.kind {
-            TransportKind::Sim(o) => Arc::new(SimTransport::start(o)?),
+            TransportKind::Sim(o) => crate::open_sim(o)?,
             TransportKind::Pcie { traddr } => crate::open_pcie(traddr.as_ref())?,
         };
         Controller::attach_transport(transport, trid.clone(), opts)
@@ -420,6 +420,7 @@ impl Controller {
         self.inner.max_transfer
     }
     /// The software controller behind this controller, when it is `trtype:sim`.
+    #[cfg(feature = "sim")]
     pub fn sim(&self) -> Option<&nvme_sim::SimController> {
         self.inner.transport.sim()
     }
@@ -466,11 +467,13 @@ impl Controller {
 
     /// The pid of the software controller's own process (shared-memory groups over
     /// `trtype:sim`), if there is one.
+    #[cfg(feature = "sim")]
     pub fn sim_process(&self) -> Option<u32> {
         self.inner.transport.sim_client().map(|c| c.pid())
     }
     /// Test hook: takes the group's admin lock and never releases it, so that a test can
     /// kill this process while it holds the lock. Does nothing outside a group.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn __test_hold_group_lock(&self) {
         if let Some(g) = &self.inner.group {

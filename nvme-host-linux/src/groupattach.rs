@@ -12,7 +12,7 @@ use nvme_regs::identify::{IdentifyController, NamespaceList};
 use nvme_regs::registers::{Cap, Vs};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::backend::{member_iova_range, SimClientTransport, SimTransport, Transport};
+use crate::backend::{member_iova_range, Transport};
 use crate::controller::{
     bring_up, init_options, Admin, AdminLayout, AttachOptions, Controller, ADMIN_DATA_LEN,
 };
@@ -21,11 +21,16 @@ use crate::error::{Error, Result};
 use crate::group::layout::GroupHeader;
 use crate::group::{Creating, Group, Joined};
 use crate::memory::SharedMemory;
-use crate::transport::{PciAddress, SimOptions, TransportId, TransportKind};
+#[cfg(feature = "sim")]
+use crate::simtransport::{SimClientTransport, SimTransport};
+#[cfg(feature = "sim")]
+use crate::transport::SimOptions;
+use crate::transport::{PciAddress, TransportId, TransportKind};
 use crate::vfio::VfioTransport;
 
 /// Device address of the group's admin segment over `trtype:sim` (below every member's IOVA
 /// range; over VFIO it is the start of IOVA slice 0).
+#[cfg(feature = "sim")]
 const ADMIN_IOVA: u64 = 1 << 30;
 
 /// How often survivors look for dead members.
@@ -33,11 +38,20 @@ const MONITOR_PERIOD: Duration = Duration::from_millis(50);
 
 /// Attaches to `trid` as a member of group `id`.
 pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Result<Controller> {
+    // Refused before the group is touched.
+    #[cfg(not(feature = "sim"))]
+    if let TransportKind::Sim(_) = trid.kind {
+        return Err(crate::no_sim());
+    }
     let ctrl = match (&trid.kind, Group::open(id)?) {
+        #[cfg(feature = "sim")]
         (TransportKind::Sim(sim_opts), Joined::Create(creating)) => {
             create_sim(creating, sim_opts, trid, opts)?
         }
+        #[cfg(feature = "sim")]
         (TransportKind::Sim(_), Joined::Join(group)) => join_sim(group, trid, opts)?,
+        #[cfg(not(feature = "sim"))]
+        (TransportKind::Sim(_), _) => unreachable!("refused above"),
         (TransportKind::Pcie { traddr }, Joined::Create(creating)) => {
             create_pcie(creating, traddr.as_ref(), trid, opts)?
         }
@@ -138,6 +152,7 @@ fn join_group(
     )
 }
 
+#[cfg(feature = "sim")]
 fn create_sim(
     mut creating: Creating,
     sim_opts: &SimOptions,
@@ -161,6 +176,7 @@ fn create_sim(
     )
 }
 
+#[cfg(feature = "sim")]
 fn join_sim(mut group: Group, trid: &TransportId, opts: &AttachOptions) -> Result<Controller> {
     if let Some(addr) = group.pci_addr() {
         return Err(Error::Group(format!(

@@ -1,8 +1,15 @@
 //! The NVMe driver for Linux: attach to a controller, allocate DMA buffers, create one I/O
 //! queue pair per thread, submit commands and poll for their completions.
 //!
-//! Transports: `trtype:sim` (the built-in software controller, no hardware needed) and
-//! `trtype:PCIe traddr:dddd:bb:dd.f` (a controller bound to vfio-pci).
+//! Transports: `trtype:PCIe traddr:dddd:bb:dd.f` (a controller bound to vfio-pci) and
+//! `trtype:sim` (the built-in software controller, no hardware needed).
+//!
+//! Cargo features, all off by default:
+//! - `sim`: the software controller (`trtype:sim`, `SimTransport`, the `sim` module with
+//!   the device's own API). Without it `trtype:sim` still parses, and attaching says that
+//!   this build has no software controller.
+//! - `testkit`: the multi-process test kit (`testkit` module).
+//! - `test-hooks`: hidden hooks that the multi-process tests use to provoke failures.
 
 mod backend;
 mod controller;
@@ -14,20 +21,27 @@ pub mod iova;
 pub mod memory;
 mod mmio;
 mod qpair;
+#[cfg(feature = "sim")]
+mod simtransport;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 mod transport;
 pub mod vfio;
 
-pub use backend::{SimTransport, Transport};
+pub use backend::Transport;
 pub use controller::{AttachOptions, Controller, Namespace};
 pub use dma::{DmaBuffer, IoBuf};
 pub use error::{Error, Result};
 pub use group::Role;
 pub use mmio::Mmio;
 pub use qpair::{IoQueuePair, QueueOptions};
+#[cfg(feature = "sim")]
+pub use simtransport::SimTransport;
 pub use transport::{PciAddress, SimOptions, TransportId, TransportKind};
 
-pub use nvme_core as core;
+pub use nvme_core;
 pub use nvme_regs as regs;
+#[cfg(feature = "sim")]
 pub use nvme_sim as sim;
 
 /// Opens a PCIe controller through VFIO (no address: the first NVMe function bound to
@@ -36,7 +50,51 @@ fn open_pcie(traddr: Option<&PciAddress>) -> Result<std::sync::Arc<dyn Transport
     vfio::open_pcie(traddr)
 }
 
-/// The workspace README's examples, compiled and run as doctests.
-#[cfg(doctest)]
+/// Starts the built-in software controller in this process (`trtype:sim`).
+#[cfg(feature = "sim")]
+fn open_sim(opts: &SimOptions) -> Result<std::sync::Arc<dyn Transport>> {
+    Ok(std::sync::Arc::new(SimTransport::start(opts)?))
+}
+
+/// Without the `sim` feature: the error that says so.
+#[cfg(not(feature = "sim"))]
+fn open_sim(_: &SimOptions) -> Result<std::sync::Arc<dyn Transport>> {
+    Err(no_sim())
+}
+
+/// What `trtype:sim` gives in a build without the software controller.
+#[cfg(not(feature = "sim"))]
+fn no_sim() -> Error {
+    Error::Transport(
+        "this build has no software controller: enable the `sim` feature of nvme-host-linux".into(),
+    )
+}
+
+/// The workspace README's examples (they use `trtype:sim`), compiled and run as doctests.
+#[cfg(all(doctest, feature = "sim"))]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+#[cfg(all(test, not(feature = "sim")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_the_sim_feature_trtype_sim_says_so() {
+        const WANT: &str = "this build has no software controller: enable the `sim` feature";
+        let e = Controller::attach("trtype:sim nscount:2").unwrap_err();
+        assert!(e.to_string().contains(WANT), "{e}");
+        // The transport id still parses.
+        let trid = TransportId::parse("trtype:sim nscount:2 lbasize:4096").unwrap();
+        assert!(matches!(trid.kind, TransportKind::Sim(ref o) if o.namespaces == 2));
+        // In a group: refused before the group's directory is made.
+        let id = 4_000_000_007;
+        let opts = AttachOptions {
+            group: Some(id),
+            ..Default::default()
+        };
+        let e = Controller::attach_with(&trid, &opts).unwrap_err();
+        assert!(e.to_string().contains(WANT), "{e}");
+        assert!(!group::group_dir(id).exists());
+    }
+}

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nvme_host_linux::core::Command;
+use nvme_host_linux::nvme_core::Command;
 use nvme_host_linux::regs::identify::{cns, IDENTIFY_DATA_SIZE};
 use nvme_host_linux::regs::log::lid;
 use nvme_host_linux::regs::opcode::{AdminOpcode, NvmOpcode};

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nvme_host_linux::core::Command;
+use nvme_host_linux::nvme_core::Command;
 use nvme_host_linux::regs::status::{CommandSpecificStatus, GenericStatus, MediaErrorStatus};
 use nvme_host_linux::regs::Status;
 use nvme_host_linux::sim::{CommandMatch, NamespaceConfig, SimConfig};
+use nvme_host_linux::testkit::pattern;
 use nvme_host_linux::{
     AttachOptions, Controller, Error, IoQueuePair, QueueOptions, SimTransport, Transport,
     TransportId,
@@ -40,17 +41,6 @@ fn two_namespaces() -> Controller {
         ..Default::default()
     })
     .expect("attach")
-}
-
-fn pattern(seed: u64, buf: &mut [u8]) {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    for chunk in buf.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let b = x.to_le_bytes();
-        chunk.copy_from_slice(&b[..chunk.len()]);
-    }
 }
 
 #[test]
@@ -105,8 +95,10 @@ fn data_reads_back_across_sizes_offsets_and_block_sizes() {
                 if off % 4 != 0 || off + size > wbuf.len() {
                     continue;
                 }
-                pattern(
+                pattern::fill(
                     (i * 31 + off) as u64 + ns.id() as u64 * 1000,
+                    lba,
+                    bs,
                     &mut wbuf.as_mut_slice()[off..off + size],
                 );
                 qp.write_sync(ns.id(), lba, wbuf.slice(off..off + size).unwrap())
@@ -298,7 +290,7 @@ fn queue_full_back_pressure() {
     loop {
         match qp.write(1, submitted, buf.slice(0..512).unwrap(), submitted) {
             Ok(()) => submitted += 1,
-            Err(Error::Submit(nvme_host_linux::core::SubmitError::QueueFull)) => break,
+            Err(Error::Submit(nvme_host_linux::nvme_core::SubmitError::QueueFull)) => break,
             Err(e) => panic!("{e}"),
         }
     }
@@ -309,7 +301,7 @@ fn queue_full_back_pressure() {
         .unwrap_err();
     assert!(matches!(
         big,
-        Error::Submit(nvme_host_linux::core::SubmitError::QueueFull)
+        Error::Submit(nvme_host_linux::nvme_core::SubmitError::QueueFull)
     ));
     faults.remove(id);
     let mut done = Vec::new();
@@ -401,7 +393,7 @@ fn bring_up_timeout_and_fatal_status() {
     assert!(
         matches!(
             e,
-            Error::Init(nvme_host_linux::core::InitError::ReadyTimeout {
+            Error::Init(nvme_host_linux::nvme_core::InitError::ReadyTimeout {
                 ready: true,
                 timeout_ms: 500
             })
@@ -439,12 +431,9 @@ fn queue_pairs_on_several_threads() {
             std::thread::spawn(move || {
                 let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 64 }).unwrap();
                 let mut buf = ctrl.alloc_dma(64 * 4096).unwrap();
-                for i in 0..64usize {
-                    pattern(
-                        t * 1000 + i as u64,
-                        &mut buf.as_mut_slice()[i * 4096..(i + 1) * 4096],
-                    );
-                }
+                // LBAs t * 64.. of the 4 KiB namespace; the second half (LBAs t * 64 + 32..,
+                // never written) differs from the first until the reads land there.
+                pattern::fill(t, t * 64, 4096, buf.as_mut_slice());
                 // 32 writes in flight at once, one region per thread.
                 for i in 0..32usize {
                     qp.write(
@@ -474,6 +463,7 @@ fn queue_pairs_on_several_threads() {
                 qp.drain(T, |_, r| r.unwrap()).unwrap();
                 let d = buf.as_slice();
                 assert!(d[..32 * 4096] == d[32 * 4096..]);
+                pattern::check(t, t * 64, 4096, &d[32 * 4096..]).unwrap();
             })
         })
         .collect();

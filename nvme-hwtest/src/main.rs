@@ -18,7 +18,6 @@
 //! `--verify-kernel PATH` reads the same blocks from `/dev/nvmeXnY` and compares.
 
 mod mp;
-mod pattern;
 mod suite;
 mod verify;
 
@@ -124,7 +123,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
-    if let Ok(role) = std::env::var("NVME_HWTEST_MP_ROLE") {
+    if let Some(role) = nvme_host_linux::testkit::role() {
         return ExitCode::from(mp::child(&role));
     }
     let args: Vec<String> = std::env::args().skip(1).collect();

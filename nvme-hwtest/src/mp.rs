@@ -2,8 +2,9 @@
 //! group over VFIO (descriptors handed over a Unix socket, each process mapping its own
 //! memory in its own IOVA slice).
 //!
-//! The suite starts this binary again as child processes (`NVME_HWTEST_MP_ROLE` selects a
-//! child's part) and talks to them through their standard output, one line per event.
+//! The suite starts this binary again as child processes (the test kit's role variable
+//! selects a child's part) and talks to them through their standard output, one line per
+//! event.
 //! Scenarios, in order, in one group: a primary doing I/O; a secondary with the same full
 //! traddr doing I/O and admin commands; attaches with another traddr or trtype refused; a
 //! process attaching, identifying and detaching a few times; a secondary SIGKILLed mid-I/O
@@ -11,16 +12,15 @@
 //! another; the primary SIGKILLed and a newcomer taking the role; the last member out
 //! releasing the device for a plain attach.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nvme_host_linux::regs::features::{fid, FeatureSelect};
+use nvme_host_linux::testkit::{
+    complete_all, env, env_u64, pattern, say, stop_requested, wait_until, Proc, RunDir,
+};
 use nvme_host_linux::{AttachOptions, Controller, PciAddress, QueueOptions, Role, TransportId};
 
-use crate::pattern;
 use crate::Config;
 
 type R = Result<(), String>;
@@ -36,23 +36,6 @@ const PER_ROUND: usize = 8;
 // ---------------------------------------------------------------------------------------
 // Children
 
-fn env(name: &str) -> Result<String, String> {
-    std::env::var(name).map_err(|_| format!("{name} not set"))
-}
-
-fn env_u64(name: &str) -> Result<u64, String> {
-    env(name)?
-        .parse()
-        .map_err(|_| format!("{name}: not a number"))
-}
-
-fn say(line: impl AsRef<str>) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", line.as_ref());
-    let _ = out.flush();
-}
-
 fn attach_from_env(trid: &str) -> Result<Controller, String> {
     let trid = TransportId::parse(trid)?;
     let opts = AttachOptions {
@@ -60,10 +43,6 @@ fn attach_from_env(trid: &str) -> Result<Controller, String> {
         ..Default::default()
     };
     Controller::attach_with(&trid, &opts).map_err(|e| e.to_string())
-}
-
-fn stop_requested() -> bool {
-    std::env::var_os("NVME_HWTEST_MP_STOP").is_some_and(|p| Path::new(&p).exists())
 }
 
 fn role_name(c: &Controller) -> &'static str {
@@ -76,9 +55,6 @@ fn role_name(c: &Controller) -> &'static str {
 
 /// Runs child role `role`; returns the exit status.
 pub fn child(role: &str) -> u8 {
-    // Die with the suite, whatever happens to it.
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let r = (|| -> R {
         let trid = env("NVME_HWTEST_MP_TRID")?;
         if role == "cycle" {
@@ -142,16 +118,6 @@ fn child_io(ctrl: &Controller) -> R {
     say(format!("QID {}", qp.qid()));
     let mut round = 0u64;
     let mut last = Instant::now();
-    let complete = |qp: &mut nvme_host_linux::IoQueuePair| -> R {
-        let mut err = None;
-        qp.drain(Duration::from_secs(20), |_, r| {
-            if let Err(e) = r {
-                err.get_or_insert(e.to_string());
-            }
-        })
-        .map_err(|e| e.to_string())?;
-        err.map_or(Ok(()), Err)
-    };
     while !stop_requested() {
         round += 1;
         let seed = round.wrapping_mul(1000) + base;
@@ -164,7 +130,7 @@ fn child_io(ctrl: &Controller) -> R {
             qp.write(nsid, base + i as u64 * per, r, i as u64)
                 .map_err(|e| e.to_string())?;
         }
-        complete(&mut qp)?;
+        complete_all(&mut qp, Duration::from_secs(20))?;
         for i in 0..PER_ROUND {
             let r = buf
                 .slice((PER_ROUND + i) * IO..(PER_ROUND + i + 1) * IO)
@@ -172,7 +138,7 @@ fn child_io(ctrl: &Controller) -> R {
             qp.read(nsid, base + i as u64 * per, r, i as u64)
                 .map_err(|e| e.to_string())?;
         }
-        complete(&mut qp)?;
+        complete_all(&mut qp, Duration::from_secs(20))?;
         pattern::check(seed, base, bs, &buf.as_slice()[PER_ROUND * IO..])
             .map_err(|e| format!("round {round}: {e}"))?;
         if admin {
@@ -259,98 +225,9 @@ fn child_data(ctrl: &Controller, write: bool) -> R {
 // ---------------------------------------------------------------------------------------
 // The suite's side
 
-struct Proc {
-    name: String,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    /// Waits for a line starting with `prefix`; an ERROR line or a timeout is a failure.
-    fn expect(&mut self, prefix: &str) -> Result<String, String> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.starts_with(prefix) {
-                        return Ok(l);
-                    }
-                    if l.starts_with("ERROR") || l.starts_with("ATTACH-ERROR") {
-                        return Err(format!("{}: {l} (waiting for {prefix})", self.name));
-                    }
-                }
-                Err(_) => {
-                    return Err(format!(
-                        "{}: no '{prefix}' line within {} s; saw {:?}",
-                        self.name,
-                        WAIT.as_secs(),
-                        self.seen
-                    ))
-                }
-            }
-        }
-    }
-
-    /// Two more progress reports.
-    fn progresses(&mut self) -> R {
-        self.expect("PROGRESS")?;
-        self.expect("PROGRESS").map(|_| ())
-    }
-
-    fn kill(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-
-    /// Waits for the exit; Ok(exit code) with the ERROR lines seen.
-    fn finish(mut self) -> Result<(i32, Vec<String>), String> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(st) = self.child.try_wait().map_err(|e| e.to_string())? {
-                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(50)) {
-                    self.seen.push(l);
-                }
-                let errors = self
-                    .seen
-                    .iter()
-                    .filter(|l| l.starts_with("ERROR") || l.starts_with("ATTACH-ERROR"))
-                    .cloned()
-                    .collect();
-                return Ok((st.code().unwrap_or(-1), errors));
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                return Err(format!("{}: did not exit; saw {:?}", self.name, self.seen));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Exit status 0 and no ERROR line.
-    fn clean(self) -> R {
-        let name = self.name.clone();
-        match self.finish()? {
-            (0, e) if e.is_empty() => Ok(()),
-            (code, e) => Err(format!("{name}: exit status {code}, errors {e:?}")),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.kill();
-        }
-    }
-}
-
 /// The scenarios' shared state: the group, its processes, what they reported.
 pub struct Mp {
-    dir: PathBuf,
+    dir: RunDir,
     addr: PciAddress,
     nsid: u32,
     bs: u64,
@@ -382,9 +259,7 @@ impl Mp {
             let ns = c.namespace(nsid).map_err(|e| e.to_string())?;
             (ns.block_size() as u64, ns.blocks())
         };
-        let dir = std::env::temp_dir().join(format!("nvme-hwtest-mp.{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let dir = RunDir::new("hwtest-mp")?;
         Ok(Mp {
             dir,
             addr,
@@ -398,12 +273,6 @@ impl Mp {
         })
     }
 
-    fn group_dir(&self) -> PathBuf {
-        self.dir.join(format!("nvme-rs.{GROUP}"))
-    }
-    fn stop_file(&self) -> PathBuf {
-        self.dir.join("stop")
-    }
     /// First LBA of data region `k` (64 KiB each).
     fn region(&self, k: u64) -> u64 {
         self.base + k * (65536 / self.bs)
@@ -413,33 +282,15 @@ impl Mp {
     }
 
     fn spawn(&self, name: &str, role: &str, trid: &str, extra: &[(&str, String)]) -> R2<Proc> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(exe);
-        cmd.env("NVME_HWTEST_MP_ROLE", role)
-            .env("NVME_HWTEST_MP_TRID", trid)
+        let mut cmd = self.dir.rerun(role)?;
+        cmd.env("NVME_HWTEST_MP_TRID", trid)
             .env("NVME_HWTEST_MP_GROUP", GROUP.to_string())
             .env("NVME_HWTEST_MP_NS", self.nsid.to_string())
-            .env("NVME_HWTEST_MP_STOP", self.stop_file())
-            .env("NVME_RUN_DIR", &self.dir)
-            .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().map_err(|e| format!("starting {name}: {e}"))?;
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().expect("piped");
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Ok(Proc {
-            name: name.into(),
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        })
+        Ok(Proc::spawn(name, &mut cmd)?.with_wait(WAIT))
     }
 
     fn primary(&mut self) -> Result<&mut Proc, String> {
@@ -455,7 +306,7 @@ impl Mp {
 
     /// A process creates the group (device reset, bring-up) and does I/O.
     pub fn primary_io(&mut self) -> R {
-        let _ = std::fs::remove_file(self.stop_file());
+        self.dir.clear_stop();
         let lba = self.region(0).to_string();
         let mut p = self.spawn(
             "primary",
@@ -463,11 +314,11 @@ impl Mp {
             &self.full_trid(),
             &[("NVME_HWTEST_MP_LBA", lba)],
         )?;
-        let ready = p.expect("READY")?;
+        let ready = p.line("READY")?;
         if !ready.starts_with("READY primary") {
             return Err(format!("first process: {ready}"));
         }
-        self.primary_qid = p.expect("QID")?;
+        self.primary_qid = p.line("QID")?;
         p.progresses()?;
         println!("  primary {}, {}", &ready[14..], self.primary_qid);
         self.primary = Some(p);
@@ -487,11 +338,11 @@ impl Mp {
                 ("NVME_HWTEST_MP_ADMIN", "1".into()),
             ],
         )?;
-        let ready = s.expect("READY")?;
+        let ready = s.line("READY")?;
         if !ready.starts_with("READY secondary") {
             return Err(format!("second process: {ready}"));
         }
-        let qid = s.expect("QID")?;
+        let qid = s.line("QID")?;
         s.progresses()?;
         self.primary()?.progresses()?;
         println!("  secondary {}, {qid}", &ready[16..]);
@@ -504,20 +355,20 @@ impl Mp {
         let other = "trtype:PCIe traddr:0000:0f:00.0";
         let mut p = self.spawn("other traddr", "queues", other, &[])?;
         let line = p
-            .expect("ATTACH-ERROR")
+            .line("ATTACH-ERROR")
             .map_err(|e| format!("not refused: {e}"))?;
         let want = format!("drives the controller at {}, not 0000:0f:00.0", self.addr);
         if !line.contains(&want) {
             return Err(format!("the refusal does not say '{want}': {line}"));
         }
         println!("  {line}");
-        let code = p.finish()?.0;
-        if code != 3 {
-            return Err(format!("refused process exited with {code}"));
+        let code = p.finish()?.code;
+        if code != Some(3) {
+            return Err(format!("refused process exited with {code:?}"));
         }
         let mut p = self.spawn("trtype:sim", "queues", "trtype:sim", &[])?;
         let line = p
-            .expect("ATTACH-ERROR")
+            .line("ATTACH-ERROR")
             .map_err(|e| format!("not refused: {e}"))?;
         if !line.contains("drives the PCIe controller") {
             return Err(format!(
@@ -538,11 +389,11 @@ impl Mp {
             &[("NVME_HWTEST_MP_CYCLES", "3".into())],
         )?;
         for _ in 0..3 {
-            let l = c.expect("CYCLE")?;
+            let l = c.line("CYCLE")?;
             println!("  {l}");
         }
-        c.expect("DONE")?;
-        c.clean()?;
+        c.line("DONE")?;
+        c.finish()?.clean()?;
         self.primary()?.progresses()?;
         self.secondary()?.progresses()
     }
@@ -557,10 +408,10 @@ impl Mp {
             &self.full_trid(),
             &[("NVME_HWTEST_MP_LBA", lba)],
         )?;
-        v.expect("READY secondary")?;
-        let v_iova = v.expect("IOVA")?;
-        let vq = v.expect("QID")?;
-        v.expect("PROGRESS")?;
+        v.line("READY secondary")?;
+        let v_iova = v.line("IOVA")?;
+        let vq = v.line("QID")?;
+        v.line("PROGRESS")?;
         v.kill();
         self.primary()?.progresses()?;
         self.secondary()?.progresses()?;
@@ -570,24 +421,24 @@ impl Mp {
         // cleanup ample time in the slow TCG guest.
         std::thread::sleep(std::time::Duration::from_millis(1500));
         let mut n = self.spawn("newcomer", "queues", "trtype:PCIe", &[])?;
-        n.expect("READY secondary")?;
+        n.line("READY secondary")?;
         // The newcomer takes the victim's member slot, so its slice: the same first buffer
         // address shows that the victim's mappings were removed (a stale one would be
         // skipped over).
-        let n_iova = n.expect("IOVA")?;
+        let n_iova = n.line("IOVA")?;
         if n_iova != v_iova {
             return Err(format!(
                 "the newcomer's first buffer is at {n_iova}, the victim's was at {v_iova}: the dead member's IOVA slice was not unmapped"
             ));
         }
-        let in_use = n.expect("IN-USE")?;
+        let in_use = n.line("IN-USE")?;
         if in_use != "IN-USE 2" {
             return Err(format!(
                 "after the victim ({vq}) died: {in_use}, expected 2 (primary and secondary)"
             ));
         }
-        let q = n.expect("QID")?;
-        n.clean()?;
+        let q = n.line("QID")?;
+        n.finish()?.clean()?;
         println!("  victim with {vq} killed mid-I/O; newcomer: {in_use}, created {q}, first buffer at {} like the victim's", &n_iova[5..]);
         self.primary()?.progresses()
     }
@@ -602,11 +453,13 @@ impl Mp {
             &t,
             &[("NVME_HWTEST_MP_LBA", lba.clone())],
         )?
+        .finish()?
         .clean()?;
         self.spawn("reader", "check", &t, &[("NVME_HWTEST_MP_LBA", lba)])?
+            .finish()?
             .clean()?;
         let other = self.region(4).to_string();
-        let (code, errors) = self
+        let e = self
             .spawn(
                 "reader of other blocks",
                 "check",
@@ -614,9 +467,10 @@ impl Mp {
                 &[("NVME_HWTEST_MP_LBA", other)],
             )?
             .finish()?;
-        if code != 1 || !errors.iter().any(|e| e.contains("data differs")) {
+        if e.code != Some(1) || !e.errors.iter().any(|e| e.contains("data differs")) {
             return Err(format!(
-                "reading blocks nobody wrote must not match: exit {code}, {errors:?}"
+                "reading blocks nobody wrote must not match: exit {:?}, {:?}",
+                e.code, e.errors
             ));
         }
         Ok(())
@@ -632,24 +486,24 @@ impl Mp {
         p.kill();
         self.secondary()?.progresses()?;
         let mut n = self.spawn("new primary", "queues", &self.full_trid(), &[])?;
-        let ready = n.expect("READY")?;
+        let ready = n.line("READY")?;
         if !ready.starts_with("READY primary") {
             return Err(format!(
                 "the newcomer did not take the primary role: {ready}"
             ));
         }
-        let in_use = n.expect("IN-USE")?;
+        let in_use = n.line("IN-USE")?;
         if in_use != "IN-USE 1" {
             return Err(format!("{in_use}, expected 1 (the secondary's)"));
         }
-        let q = n.expect("QID")?;
+        let q = n.line("QID")?;
         if q != self.primary_qid {
             return Err(format!(
                 "the newcomer got {q}, not the dead primary's {}: its queue was not deleted",
                 self.primary_qid
             ));
         }
-        n.clean()?;
+        n.finish()?.clean()?;
         println!("  newcomer is primary and reuses the dead primary's {q}");
         self.secondary()?.progresses()
     }
@@ -657,23 +511,17 @@ impl Mp {
     /// The last member out shuts down and resets; the group's files go, and a plain attach
     /// (which needs the VFIO group free) reads back what the writer wrote.
     pub fn last_member_out(&mut self) -> R {
-        std::fs::write(self.stop_file(), b"").map_err(|e| e.to_string())?;
+        self.dir.stop()?;
         let mut s = self
             .secondary
             .take()
             .ok_or("no secondary (an earlier step failed)")?;
-        let done = s.expect("DONE")?;
-        s.clean()?;
-        let start = Instant::now();
-        while self.group_dir().exists() {
-            if start.elapsed() > WAIT {
-                return Err(format!(
-                    "the group directory {} was not removed",
-                    self.group_dir().display()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let done = s.line("DONE")?;
+        s.finish()?.clean()?;
+        let group_dir = self.dir.group_dir(GROUP);
+        wait_until("the group directory is removed", WAIT, || {
+            !group_dir.exists()
+        })?;
         let c = Controller::attach(&self.full_trid())
             .map_err(|e| format!("plain attach after the group ended: {e}"))?;
         let lba = self.region(3);
@@ -695,9 +543,9 @@ type R2<T> = Result<T, String>;
 
 impl Drop for Mp {
     fn drop(&mut self) {
-        let _ = std::fs::write(self.stop_file(), b"");
+        // Children first (the run directory goes after them, with the field).
+        let _ = self.dir.stop();
         self.primary = None;
         self.secondary = None;
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

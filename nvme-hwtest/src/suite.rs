@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nvme_host_linux::core::Command;
+use nvme_host_linux::nvme_core::Command;
 use nvme_host_linux::regs::features::FeatureSelect;
 use nvme_host_linux::regs::status::{GenericStatus, MediaErrorStatus};
 use nvme_host_linux::vfio::VfioTransport;
@@ -14,8 +14,8 @@ use nvme_host_linux::{
     TransportId,
 };
 
-use crate::pattern;
 use crate::Config;
+use nvme_host_linux::testkit::pattern;
 
 type R = Result<(), String>;
 

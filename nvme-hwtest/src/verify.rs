@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nvme_host_linux::PciAddress;
 
-use crate::pattern;
+use nvme_host_linux::testkit::pattern;
 
 /// One manifest line: `nsid lba blocks block_size seed fnv`.
 #[derive(Debug, PartialEq, Eq)]

@@ -17,13 +17,15 @@
 //! Every unsafe block of the daemon support (socket calls and ancillary data) lives in this
 //! file.
 
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::sys::socket::{self, sockopt, ControlMessage, ControlMessageOwned, MsgFlags};
 use nvme_regs::Status;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -772,25 +774,13 @@ pub(crate) struct PeerCred {
 /// for a connecting socket, the process that called `listen` (with [`crate::spawn_daemon`],
 /// the spawning process, not the daemon: only the uid is meaningful to a client).
 pub(crate) fn peer_cred(fd: BorrowedFd<'_>) -> Result<PeerCred, SimError> {
-    // SAFETY: ucred is plain old data.
-    let mut c: libc::ucred = unsafe { zeroed() };
-    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `c` is a writable ucred of `len` bytes.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut c as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 || len as usize != size_of::<libc::ucred>() {
-        return Err(io_err("getsockopt(SO_PEERCRED)"));
-    }
+    let c = socket::getsockopt(&fd, sockopt::PeerCredentials).map_err(|e| SimError::Io {
+        op: "getsockopt(SO_PEERCRED)",
+        source: e.into(),
+    })?;
     Ok(PeerCred {
-        pid: c.pid as u32,
-        uid: c.uid,
+        pid: c.pid() as u32,
+        uid: c.uid(),
     })
 }
 
@@ -813,64 +803,24 @@ pub(crate) fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Control buffer for ancillary data, aligned for `cmsghdr`.
-#[repr(C, align(8))]
-struct CmsgBuf([u8; 128]);
-
-const _: () = {
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let need = unsafe { libc::CMSG_SPACE((MAX_RECV_FDS * size_of::<RawFd>()) as u32) };
-    assert!(need as usize <= 128);
-};
-
 /// Sends one message with `fds` attached (`MSG_NOSIGNAL`: a dead peer is an error, not a
 /// SIGPIPE).
 pub(crate) fn send(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     assert!(fds.len() <= MAX_RECV_FDS);
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
+    let iov = [IoSlice::new(data)];
+    let n = loop {
+        match socket::sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Err(Errno::EINTR) => continue,
+            r => break r?,
+        }
     };
-    let mut cbuf = CmsgBuf([0; 128]);
-    // SAFETY: msghdr is plain old data; all zeroes is a valid (empty) value.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        let bytes = (fds.len() * size_of::<RawFd>()) as u32;
-        msg.msg_control = cbuf.0.as_mut_ptr().cast();
-        // SAFETY: pure size computation.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE(bytes) } as _;
-        // SAFETY: the control buffer is aligned and at least CMSG_SPACE(bytes) long (checked
-        // at compile time for MAX_RECV_FDS descriptors), so the first header and its data
-        // are inside it.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(bytes) as _;
-            let d = libc::CMSG_DATA(c).cast::<RawFd>();
-            for (i, fd) in fds.iter().enumerate() {
-                d.add(i).write_unaligned(fd.as_raw_fd());
-            }
-        }
+    if n != data.len() {
+        return Err(io::Error::other("short send of a packet"));
     }
-    loop {
-        // SAFETY: `msg` points to `iov` (valid for `data.len()` bytes) and to the control
-        // buffer, all alive for the call.
-        let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if r >= 0 {
-            return if r as usize == data.len() {
-                Ok(())
-            } else {
-                Err(io::Error::other("short send of a packet"))
-            };
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    Ok(())
 }
 
 /// One received message.
@@ -887,56 +837,41 @@ pub(crate) struct Received {
 
 /// Receives one message into `buf` and the descriptors attached to it.
 pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut cbuf = CmsgBuf([0; 128]);
-    // SAFETY: msghdr is plain old data; all zeroes is a valid (empty) value.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.0.as_mut_ptr().cast();
-    msg.msg_controllen = cbuf.0.len() as _;
-    let n = loop {
-        // SAFETY: `msg` points to `iov` (valid for `buf.len()` writable bytes) and to the
-        // writable control buffer, all alive for the call.
-        let r = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if r >= 0 {
-            break r as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
-    let mut fds = Vec::new();
-    // SAFETY: the kernel filled `msg.msg_control`/`msg_controllen` with well-formed control
-    // messages inside `cbuf`; CMSG_FIRSTHDR/CMSG_NXTHDR stay inside that length, and each
-    // SCM_RIGHTS payload holds `(cmsg_len - CMSG_LEN(0)) / 4` descriptors that now belong
-    // to this process.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c).cast::<RawFd>();
-                let payload = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-                for i in 0..payload / size_of::<RawFd>() {
-                    let fd = data.add(i).read_unaligned();
-                    if fd >= 0 {
-                        fds.push(OwnedFd::from_raw_fd(fd));
-                    }
-                }
+    // Room for as many descriptors as one message can carry (the kernel's SCM_MAX_FD), so
+    // that the kernel drops none on the way: every one that arrives is owned (and closed)
+    // here, and more than MAX_RECV_FDS counts as truncated.
+    let mut control = nix::cmsg_space!([RawFd; 253]);
+    loop {
+        let mut iov = [IoSliceMut::new(&mut *buf)];
+        let msg = match socket::recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut control),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            r => r?,
+        };
+        let mut fds = Vec::new();
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel has just installed these descriptors in this process
+                // for this message; nothing else owns them.
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
             }
-            c = libc::CMSG_NXTHDR(&msg, c);
         }
+        let fds_truncated = fds.len() > MAX_RECV_FDS;
+        fds.truncate(MAX_RECV_FDS);
+        return Ok(Received {
+            len: msg.bytes,
+            truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
+            fds_truncated,
+            fds,
+        });
     }
-    Ok(Received {
-        len: n,
-        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
-        fds_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
-        fds,
-    })
 }
 
 #[cfg(test)]
@@ -1016,6 +951,38 @@ mod tests {
         r.set_text("é".repeat(150).as_str());
         assert_eq!(r.text(), "é".repeat(100));
         assert!(r.failure().is_none());
+    }
+
+    #[test]
+    fn descriptors_cross_and_extra_ones_are_flagged() {
+        let (a, b) = socket::socketpair(
+            socket::AddressFamily::Unix,
+            socket::SockType::SeqPacket,
+            None,
+            socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let mut buf = [0u8; 16];
+        send(a.as_fd(), b"two", &[f.as_fd(), f.as_fd()]).unwrap();
+        let m = recv(b.as_fd(), &mut buf).unwrap();
+        assert_eq!((m.len, m.truncated, m.fds_truncated), (3, false, false));
+        assert_eq!(&buf[..3], b"two");
+        assert_eq!(m.fds.len(), 2);
+        // SAFETY: F_GETFD on a descriptor we own.
+        let flags = unsafe { libc::fcntl(m.fds[0].as_raw_fd(), libc::F_GETFD) };
+        assert_ne!(flags & libc::FD_CLOEXEC, 0, "received close-on-exec");
+        // More descriptors than any message carries, and a longer message than the buffer.
+        let raw = vec![f.as_raw_fd(); MAX_RECV_FDS + 3];
+        let iov = [IoSlice::new(&[7u8; 20])];
+        let cm = [ControlMessage::ScmRights(&raw)];
+        socket::sendmsg::<()>(a.as_raw_fd(), &iov, &cm, MsgFlags::empty(), None).unwrap();
+        let m = recv(b.as_fd(), &mut buf).unwrap();
+        assert!(m.truncated && m.fds_truncated);
+        assert_eq!(m.fds.len(), MAX_RECV_FDS, "the extra ones are closed");
+        drop(a);
+        let m = recv(b.as_fd(), &mut buf).unwrap();
+        assert_eq!((m.len, m.fds.len()), (0, 0), "end of the connection");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use nvme_regs::opcode::{AdminOpcode as A, NvmOpcode as N};
 use nvme_regs::registers::{cq_head_doorbell, offset, sq_tail_doorbell, Aqa, Cc, Csts};
 use nvme_regs::{CompletionEntry, Status, SubmissionEntry};
 
+use crate::bar::Bar;
 use crate::mem::{create_memfd, Mapping};
 use crate::{NamespaceConfig, SimConfig, SimError};
 
@@ -33,7 +34,8 @@ pub(crate) struct HostQueue {
 
 /// The test host: BAR and DMA mappings, queues, command helpers (no controller).
 pub(crate) struct HostCore {
-    pub(crate) bar: Mapping,
+    /// BAR0, through the device's own accessor (atomic loads and stores).
+    pub(crate) bar: Bar,
     pub(crate) _dma_fd: OwnedFd,
     pub(crate) dma: Mapping,
     pub(crate) next: usize,
@@ -115,7 +117,7 @@ impl HostCore {
         dstrd: u8,
         dma_fd: OwnedFd,
     ) -> HostCore {
-        let bar = Mapping::map(bar_fd, 0, bar_len, false).expect("map BAR");
+        let bar = Bar::new(Mapping::map(bar_fd, 0, bar_len, false).expect("map BAR"));
         let dma = Mapping::map(dma_fd.as_fd(), 0, DMA_LEN, false).expect("map DMA");
         HostCore {
             bar,
@@ -129,20 +131,16 @@ impl HostCore {
     }
 
     pub(crate) fn r32(&self, off: usize) -> u32 {
-        // SAFETY: in-bounds aligned register of the BAR mapping.
-        unsafe { std::ptr::read_volatile(self.bar.ptr().add(off).cast::<u32>()) }
+        self.bar.load32(off)
     }
     pub(crate) fn w32(&self, off: usize, v: u32) {
-        // SAFETY: as above.
-        unsafe { std::ptr::write_volatile(self.bar.ptr().add(off).cast::<u32>(), v) }
+        self.bar.store32(off, v)
     }
     pub(crate) fn r64(&self, off: usize) -> u64 {
-        // SAFETY: as above.
-        unsafe { std::ptr::read_volatile(self.bar.ptr().add(off).cast::<u64>()) }
+        self.bar.load64(off)
     }
     pub(crate) fn w64(&self, off: usize, v: u64) {
-        // SAFETY: as above.
-        unsafe { std::ptr::write_volatile(self.bar.ptr().add(off).cast::<u64>(), v) }
+        self.bar.store64(off, v)
     }
     pub(crate) fn csts(&self) -> Csts {
         Csts(self.r32(offset::CSTS))

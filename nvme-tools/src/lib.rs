@@ -3,6 +3,7 @@
 //! The binaries are thin: their logic lives here so that it can be unit tested.
 //! - [`perf`]: `nvme-perf`, SPDK perf's workloads, options and output.
 //! - [`ctl`]: `nvmectl`, nvme-cli's management subcommands.
+//! - [`json`]: the JSON writer both use.
 //!
 //! Both take `-i N` to run as members of a shared-memory group (several processes, one
 //! controller).
@@ -11,5 +12,6 @@
 #![deny(unsafe_code)]
 
 pub mod ctl;
+pub mod json;
 pub mod perf;
 pub mod sys;

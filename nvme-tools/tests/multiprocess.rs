@@ -5,199 +5,32 @@
 //! parent every child dies with (`PR_SET_PDEATHSIG`). All groups live under a temporary
 //! `NVME_RUN_DIR` of this run, and each scenario has its own group id.
 
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use nvme_host_linux::testkit::{self, pid_alive, wait_until, Exit, Outcome, Proc, RunDir};
 use nvme_host_linux::{AttachOptions, Controller, Role, TransportId};
 
 const PERF: &str = env!("CARGO_BIN_EXE_nvme-perf");
 const NVMECTL: &str = env!("CARGO_BIN_EXE_nvmectl");
 
-/// The run directory of this test binary (set as `NVME_RUN_DIR` before any thread starts).
-fn run_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("nvme-tools-mp-{}", std::process::id()))
-}
+/// How long the scenarios wait for a state to come about.
+const SETTLE: Duration = Duration::from_secs(10);
 
-fn group_dir(group: u32) -> PathBuf {
-    run_dir().join(format!("nvme-rs.{group}"))
-}
-
-/// A child process whose stdout is read line by line as it comes.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-/// How a child ended.
-#[derive(Debug)]
-struct Exit {
-    name: String,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-impl Exit {
-    /// Exit status 0 and nothing on stderr.
-    fn assert_clean(&self) {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "{} failed:\n{}\n{}",
-            self.name,
-            self.stdout,
-            self.stderr
-        );
-        assert!(
-            self.stderr.is_empty(),
-            "{} printed on stderr: {}",
-            self.name,
-            self.stderr
-        );
-    }
-}
-
-fn command(program: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which
-    // is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            // Die with the test runner (its main thread), whatever happens to it.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    cmd
+/// The directory of group `group` (under this run's `NVME_RUN_DIR`, set in `main`).
+fn group_dir(group: u32) -> std::path::PathBuf {
+    nvme_host_linux::group::group_dir(group)
 }
 
 fn spawn(name: &str, program: &str, args: &[&str]) -> Proc {
-    let mut child = command(program, args)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().expect("piped stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    Proc {
-        name: name.into(),
-        child,
-        lines: rx,
-        seen: Vec::new(),
-    }
-}
-
-impl Proc {
-    /// Waits for a line starting with `prefix`.
-    fn expect(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.starts_with(prefix) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!("{}: no '{prefix}' line; saw {:?}", self.name, self.seen),
-            }
-        }
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Waits (at most `bound` after `started`) for the process to exit.
-    fn finish(mut self, started: Instant, bound: Duration) -> Exit {
-        let name = std::mem::take(&mut self.name);
-        loop {
-            if let Some(st) = self.child.try_wait().expect("waitpid") {
-                let took = started.elapsed();
-                let mut stderr = String::new();
-                let _ = self
-                    .child
-                    .stderr
-                    .take()
-                    .expect("piped stderr")
-                    .read_to_string(&mut stderr);
-                // The reader thread sends the rest and ends at EOF.
-                while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
-                    self.seen.push(l);
-                }
-                return Exit {
-                    name,
-                    code: st.code(),
-                    stdout: self.seen.join("\n"),
-                    stderr,
-                    took,
-                };
-            }
-            if started.elapsed() > bound {
-                self.kill();
-                panic!(
-                    "{name}: still running {} s after it started (hung?); saw {:?}",
-                    bound.as_secs(),
-                    self.seen
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn kill(&mut self) {
-        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // A scenario that failed half-way must not leave its processes behind.
-        if self.running() {
-            self.kill();
-        }
-    }
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stderr(Stdio::piped());
+    Proc::spawn(name, &mut cmd).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs a short command to completion (bounded) and returns how it ended.
-fn run(name: &str, program: &str, args: &[&str]) -> Exit {
-    let started = Instant::now();
-    spawn(name, program, args).finish(started, Duration::from_secs(20))
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn pid_alive(pid: u32) -> bool {
-    // A zombie (exited, not yet reaped by whoever adopted it) counts as gone.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+fn run(name: &str, program: &str, args: &[&str]) -> Result<Exit, String> {
+    spawn(name, program, args).finish()
 }
 
 /// The IOPS of the `Total` line of a perf table.
@@ -247,7 +80,7 @@ fn mask(core: usize) -> String {
 // Scenarios
 
 /// Two perf processes in one group, started together: on two cores, then on the same core.
-fn two_perfs_share_a_controller() {
+fn two_perfs_share_a_controller() -> Outcome {
     const GROUP: &str = "21";
     const TRID: &str = "trtype:sim size:64M";
     let cores = nvme_tools::sys::available_cores().expect("affinity");
@@ -271,11 +104,11 @@ fn two_perfs_share_a_controller() {
         // A 2 s run; sharing a core halves each one's CPU, not its run time. Hanging, as
         // SPDK's secondaries did on a shared core (#644), would end here.
         let bound = Duration::from_secs(15);
-        let ea = pa.finish(started, bound);
-        let eb = pb.finish(started, bound);
+        let ea = pa.finish_by(started + bound)?;
+        let eb = pb.finish_by(started + bound)?;
         let mut roles = Vec::new();
         for e in [&ea, &eb] {
-            e.assert_clean();
+            e.clean()?;
             let iops = total_iops(&e.stdout);
             assert!(iops > 0.0, "{}: no I/O\n{}", e.name, e.stdout);
             roles.push(role_of(&e.stdout).to_string());
@@ -292,15 +125,16 @@ fn two_perfs_share_a_controller() {
             ["primary", "secondary"],
             "{layout}: one process created the group, the other joined it"
         );
-        wait_until("the group is removed", || {
+        wait_until("the group is removed", SETTLE, || {
             !group_dir(GROUP.parse().unwrap()).exists()
-        });
+        })?;
     }
+    Ok(())
 }
 
 /// 100 short-lived nvmectl runs beside a running perf: every one works, perf does not
 /// notice, no queue id leaks, and the device really served perf's reads meanwhile.
-fn nvmectl_cycles_beside_perf() {
+fn nvmectl_cycles_beside_perf() -> Outcome {
     const GROUP: u32 = 22;
     const TRID: &str = "trtype:sim size:64M serial:MPTOOLS";
     let cores = nvme_tools::sys::available_cores().expect("affinity");
@@ -309,7 +143,7 @@ fn nvmectl_cycles_beside_perf() {
         "perf",
         &perf_args(&GROUP.to_string(), &mask(cores[0]), "6", TRID),
     );
-    perf.expect("Initialization complete");
+    perf.line("Initialization complete")?;
     // This process joins too, to look at the group from inside.
     let opts = AttachOptions {
         group: Some(GROUP),
@@ -319,9 +153,9 @@ fn nvmectl_cycles_beside_perf() {
         .expect("the test process joins the group");
     assert_eq!(me.role(), Role::Secondary, "perf created the group");
     let daemon = me.sim_process().expect("a controller process");
-    wait_until("perf's worker has its I/O queue", || {
+    wait_until("perf's worker has its I/O queue", SETTLE, || {
         me.io_queues_in_use() == 1
-    });
+    })?;
     let reads_before = me.smart_log().unwrap().host_read_commands();
 
     let g = GROUP.to_string();
@@ -334,8 +168,8 @@ fn nvmectl_cycles_beside_perf() {
     };
     let cycles_started = Instant::now();
     for i in 0..100 {
-        let e = ctl(if i % 2 == 0 { "id-ctrl" } else { "smart-log" });
-        e.assert_clean();
+        let e = ctl(if i % 2 == 0 { "id-ctrl" } else { "smart-log" })?;
+        e.clean()?;
         if i % 2 == 0 {
             // The group's controller (perf's serial), not a fresh one of nvmectl's own.
             assert!(
@@ -353,8 +187,8 @@ fn nvmectl_cycles_beside_perf() {
             );
         }
         if i % 10 == 9 {
-            let l = ctl("list");
-            l.assert_clean();
+            let l = ctl("list")?;
+            l.clean()?;
             assert!(
                 l.stdout
                     .lines()
@@ -389,7 +223,7 @@ fn nvmectl_cycles_beside_perf() {
             "-f",
             "7",
         ],
-    );
+    )?;
     assert_eq!(e.code, Some(0), "{}", e.stderr);
     assert_eq!(
         e.stderr.trim_end(),
@@ -404,8 +238,8 @@ fn nvmectl_cycles_beside_perf() {
         "perf's reads reached the controller meanwhile: {reads_before} -> {reads_after}"
     );
 
-    let e = perf.finish(started, Duration::from_secs(20));
-    e.assert_clean();
+    let e = perf.finish_by(started + Duration::from_secs(20))?;
+    e.clean()?;
     assert_eq!(role_of(&e.stdout), "primary");
     let iops = total_iops(&e.stdout);
     assert!(iops > 0.0, "{}", e.stdout);
@@ -417,11 +251,14 @@ fn nvmectl_cycles_beside_perf() {
         !group_dir(GROUP).exists(),
         "group removed by the last member"
     );
-    wait_until("the controller process exits", || !pid_alive(daemon));
+    wait_until("the controller process exits", SETTLE, || {
+        !pid_alive(daemon)
+    })?;
+    Ok(())
 }
 
 /// nvmectl with `-i` and nobody in the group: it creates the group, works, and removes it.
-fn nvmectl_alone_creates_and_removes_the_group() {
+fn nvmectl_alone_creates_and_removes_the_group() -> Outcome {
     const GROUP: u32 = 23;
     let g = GROUP.to_string();
     for round in 0..2 {
@@ -436,7 +273,7 @@ fn nvmectl_alone_creates_and_removes_the_group() {
                 "--show-group",
                 "id-ctrl",
             ],
-        );
+        )?;
         assert_eq!(e.code, Some(0), "round {round}: {}", e.stderr);
         assert!(e.stdout.contains("\nsn        : SOLO"), "{}", e.stdout);
         let prefix = format!(
@@ -452,47 +289,24 @@ fn nvmectl_alone_creates_and_removes_the_group() {
             !group_dir(GROUP).exists(),
             "round {round}: group removed on exit"
         );
-        wait_until("the controller process exits", || !pid_alive(pid));
+        wait_until("the controller process exits", SETTLE, || !pid_alive(pid))?;
     }
+    Ok(())
 }
 
-fn main() {
+fn main() -> ExitCode {
     // Before any thread exists: every child and this process's own attaches use it.
-    let dir = run_dir();
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating the run directory");
-    std::env::set_var("NVME_RUN_DIR", &dir);
-
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let scenarios: &[(&str, fn())] = &[
-        ("two_perfs_share_a_controller", two_perfs_share_a_controller),
-        ("nvmectl_cycles_beside_perf", nvmectl_cycles_beside_perf),
-        (
-            "nvmectl_alone_creates_and_removes_the_group",
-            nvmectl_alone_creates_and_removes_the_group,
-        ),
-    ];
-    let (mut ran, mut failed) = (0, 0);
-    for (name, f) in scenarios {
-        if !filter.is_empty() && !filter.iter().any(|p| name.contains(p.as_str())) {
-            continue;
-        }
-        ran += 1;
-        let start = Instant::now();
-        match std::panic::catch_unwind(f) {
-            Ok(()) => println!("test {name} ... ok ({} ms)", start.elapsed().as_millis()),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    println!("\nmultiprocess: {} passed; {failed} failed", ran - failed);
-    if failed > 0 {
-        std::process::exit(101);
-    }
+    let dir = RunDir::new("tools-mp").expect("the run directory");
+    std::env::set_var("NVME_RUN_DIR", dir.path());
+    testkit::run_scenarios(
+        "multiprocess",
+        &[
+            ("two_perfs_share_a_controller", two_perfs_share_a_controller),
+            ("nvmectl_cycles_beside_perf", nvmectl_cycles_beside_perf),
+            (
+                "nvmectl_alone_creates_and_removes_the_group",
+                nvmectl_alone_creates_and_removes_the_group,
+            ),
+        ],
+    )
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's tasks, run from anywhere in the workspace.
 //!
 //! - `cargo xtask test`: the full test run (the toolchain versions, formatting, clippy, tests,
-//!   doc tests, docs, the `no_std` check, and the hardware suite in a QEMU VM). This is the
+//!   the driver built without its optional features, doc tests, docs, the `no_std` check,
+//!   and the hardware suite in a QEMU VM). This is the
 //!   command the README names and `.ci/run` runs.
 //! - `cargo xtask nostd`: only the `no_std` check (`ci/nostd-check`).
 //! - `cargo xtask bench [-- criterion args]`: the criterion benchmarks.
@@ -172,6 +173,36 @@ fn test(args: TestArgs) -> Result<(), ()> {
     r.step("test", shown(&tests), Skip::No, move || {
         cargo::cargo(&strs(&tests), &[])
     });
+
+    // The driver without its optional features (no software controller, no test kit): the
+    // workspace build above turns them on (nvme-tools and nvme-hwtest enable them), so the
+    // build a production user gets is checked on its own: clippy (not with --quick), and its
+    // unit tests.
+    let bare = if args.package.is_empty() {
+        Skip::No
+    } else {
+        Skip::Because("--package")
+    };
+    let bare_clippy: Vec<String> = ["clippy", "-p", "nvme-host-linux", "--lib", "--tests"]
+        .into_iter()
+        .chain(["--", "-D", "warnings"])
+        .map(String::from)
+        .collect();
+    let bare_test: Vec<String> = ["test", "-p", "nvme-host-linux", "--lib"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    r.step(
+        "no-features",
+        format!("{}; {}", shown(&bare_clippy), shown(&bare_test)),
+        bare,
+        move || {
+            if !args.quick {
+                cargo::cargo(&strs(&bare_clippy), &[])?;
+            }
+            cargo::cargo(&strs(&bare_test), &[])
+        },
+    );
 
     let doctests = cmd(&["test"], &select, &["--doc"]);
     r.step("doctest", shown(&doctests), Skip::No, move || {

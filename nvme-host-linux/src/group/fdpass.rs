@@ -12,14 +12,17 @@
 //! other's credentials (`SO_PEERCRED`): same user, and the server's pid must be the one in
 //! the member record. Socket files are owner-only (0600) in the owner-only group directory.
 
-use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::io::{self, IoSlice, IoSliceMut, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, sockopt, ControlMessage, ControlMessageOwned, MsgFlags};
 
 /// First bytes of a server's answer that carries descriptors.
 const MAGIC: &[u8; 8] = b"NVMEFD01";
@@ -30,28 +33,10 @@ pub(crate) const MAX_FDS: usize = 8;
 /// How long either side waits for the other.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The credentials of the process at the other end of a Unix socket.
+/// The credentials of the process at the other end of a Unix socket (`SO_PEERCRED`).
 pub(crate) fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<libc::ucred> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED writes at most `len` bytes into our ucred.
-    let r = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            &mut cred as *mut libc::ucred as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cred)
+    let cred = socket::getsockopt(&sock, sockopt::PeerCredentials)?;
+    Ok(cred.into())
 }
 
 /// Refuses a peer that runs as another user than `uid`.
@@ -73,7 +58,8 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Sends `payload` with `fds` attached (one `sendmsg`).
+/// Sends `payload` with `fds` attached (one `sendmsg`; `MSG_NOSIGNAL`: a closed peer is an
+/// error, not a `SIGPIPE`).
 pub(crate) fn send_fds(
     sock: &UnixStream,
     payload: &[u8],
@@ -85,109 +71,62 @@ pub(crate) fn send_fds(
             "bad descriptor message",
         ));
     }
-    let raw: Vec<libc::c_int> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let data_len = std::mem::size_of_val(raw.as_slice()) as u32;
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: payload.as_ptr() as *mut libc::c_void,
-        iov_len: payload.len(),
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
+    let iov = [IoSlice::new(payload)];
+    let n = loop {
+        match socket::sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Err(Errno::EINTR) => continue,
+            r => break r?,
+        }
     };
-    // SAFETY: msghdr is plain data; all-zero is a valid start.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !raw.is_empty() {
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = space as _;
-        // SAFETY: the control buffer is `space` bytes, 8-byte aligned, enough for one
-        // cmsghdr carrying `raw.len()` descriptors (CMSG_SPACE); CMSG_FIRSTHDR is non-null
-        // because msg_controllen >= sizeof(cmsghdr).
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(data_len) as _;
-            std::ptr::copy_nonoverlapping(
-                raw.as_ptr() as *const u8,
-                libc::CMSG_DATA(c),
-                data_len as usize,
-            );
-        }
+    if n != payload.len() {
+        return Err(io::Error::other("short descriptor message"));
     }
-    loop {
-        // SAFETY: msg points at live buffers (payload, control) for the duration of the call.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            if n as usize != payload.len() {
-                return Err(io::Error::other("short descriptor message"));
-            }
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    Ok(())
 }
 
 /// Receives one message of at most `max_payload` bytes with up to [`MAX_FDS`] descriptors
-/// (close-on-exec). A message whose descriptors did not all fit is an error (the ones that
-/// arrived are closed).
+/// (close-on-exec). A message with more descriptors is an error (the ones that arrived are
+/// closed).
 pub(crate) fn recv_fds(
     sock: &UnixStream,
     max_payload: usize,
 ) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut payload = vec![0u8; max_payload.max(1)];
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space =
-        unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<libc::c_int>()) as u32) } as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: payload.as_mut_ptr() as *mut libc::c_void,
-        iov_len: payload.len(),
-    };
-    // SAFETY: msghdr is plain data; all-zero is a valid start.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
-    let n = loop {
-        // SAFETY: msg points at live buffers of the sizes it states.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
-    let mut fds = Vec::new();
-    // SAFETY: walking the control messages the kernel wrote into `control`, within
-    // msg_controllen (CMSG_FIRSTHDR/CMSG_NXTHDR check the bounds); each SCM_RIGHTS
-    // payload holds cmsg_len - CMSG_LEN(0) bytes of descriptors that are now ours.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let count = bytes / std::mem::size_of::<libc::c_int>();
-                let data = libc::CMSG_DATA(c) as *const libc::c_int;
-                for i in 0..count {
-                    let fd = std::ptr::read_unaligned(data.add(i));
-                    fds.push(OwnedFd::from_raw_fd(fd));
-                }
+    // Room for as many descriptors as one message can carry (the kernel's SCM_MAX_FD), so
+    // that none is dropped by the kernel on the way: every one that arrives is owned here.
+    let mut control = nix::cmsg_space!([RawFd; 253]);
+    let (n, fds) = loop {
+        let mut iov = [IoSliceMut::new(&mut payload)];
+        let msg = match socket::recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut control),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            r => r?,
+        };
+        let mut fds = Vec::new();
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel has just installed these descriptors in this process
+                // for this message; nothing else owns them.
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
             }
-            c = libc::CMSG_NXTHDR(&msg, c);
         }
-    }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::other(
-            "descriptor message truncated: more descriptors than expected",
-        ));
+        break (msg.bytes, fds);
+    };
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::other(format!(
+            "descriptor message with {} descriptors: more than expected",
+            fds.len()
+        )));
     }
     if n == 0 {
         return Err(io::Error::new(
@@ -398,6 +337,31 @@ mod tests {
             io::ErrorKind::UnexpectedEof
         );
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn too_many_descriptors_are_refused() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let f = std::fs::File::open("/dev/null").unwrap();
+        assert_eq!(
+            send_fds(&a, b"x", &[f.as_fd(); MAX_FDS + 1])
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::InvalidInput
+        );
+        // A peer that sends more than MAX_FDS anyway (not through send_fds).
+        let raw = vec![f.as_raw_fd(); MAX_FDS + 1];
+        let iov = [IoSlice::new(b"x")];
+        socket::sendmsg::<()>(
+            a.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        let e = recv_fds(&b, 64).unwrap_err();
+        assert!(e.to_string().contains("9 descriptors"), "{e}");
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub fn group_dir(id: u32) -> PathBuf {
     let base = std::env::var_os("NVME_RUN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/dev/shm"));
+    group_dir_in(&base, id)
+}
+
+/// The directory of group `id` when the run directory is `base`.
+pub(crate) fn group_dir_in(base: &Path, id: u32) -> PathBuf {
     base.join(format!("nvme-rs.{id}"))
 }
 
@@ -299,6 +304,7 @@ impl Group {
         self.id
     }
     /// The group directory.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
@@ -448,6 +454,7 @@ impl Group {
     }
 
     /// Takes the group lock and never releases it (tests: a process killed while holding it).
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn hold_lock_forever(&self) {
         use nvme_core::RobustLock;
         std::mem::forget(self.mutex.lock(None));

@@ -3,8 +3,8 @@
 
 use nvme_host_linux::regs::identify::{IdentifyController, PowerStateDescriptor};
 
-use super::json::Json;
 use super::text::{alt_hex, dec, fields_json, hex, kv_line, raw_ascii, text, uuid_string, Field};
+use crate::json::Json;
 
 /// Width of the names in nvme-cli's `id-ctrl` output (`vid       : `).
 const NAME_WIDTH: usize = 10;

@@ -5,7 +5,7 @@
 
 use std::fmt::Display;
 
-use nvme_host_linux::core::Command;
+use nvme_host_linux::nvme_core::Command;
 use nvme_host_linux::regs::features::{
     fid, Arbitration, FeatureSelect, NumberOfQueues, PowerManagement,
 };

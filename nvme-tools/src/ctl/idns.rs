@@ -2,8 +2,8 @@
 
 use nvme_host_linux::regs::identify::{IdentifyNamespace, LbaFormat};
 
-use super::json::Json;
 use super::text::{dec, fields_json, hex, hex_string, kv_line, text, Field};
+use crate::json::Json;
 
 /// Width of the names in nvme-cli's `id-ns` output (`nsze    : `).
 const NAME_WIDTH: usize = 8;

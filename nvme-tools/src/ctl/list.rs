@@ -3,9 +3,9 @@
 
 use nvme_host_linux::Controller;
 
-use super::json::Json;
 use super::text::{binary_scale, si_scale};
 use super::Result;
+use crate::json::Json;
 
 /// One namespace of one controller.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 use nvme_host_linux::regs::log::{ErrorLogEntry, SmartLog};
 use nvme_host_linux::regs::Status;
 
-use super::json::Json;
 use super::text::{alt_hex, celsius, tab_label};
+use crate::json::Json;
 
 /// `35 C (308 Kelvin)`.
 fn temperature(kelvin: u16) -> String {

@@ -13,7 +13,6 @@ pub mod idctrl;
 pub mod identify;
 pub mod idns;
 pub mod io;
-pub mod json;
 pub mod list;
 pub mod logs;
 #[cfg(test)]
@@ -172,7 +171,7 @@ pub fn get_feature(ctrl: &Controller, a: &GetFeatureArgs) -> Result<String> {
         )
     } else {
         let mut buf = ctrl.alloc_dma(len)?;
-        let cmd = nvme_host_linux::core::Command::get_features(a.fid, a.sel, a.nsid, a.cdw11);
+        let cmd = nvme_host_linux::nvme_core::Command::get_features(a.fid, a.sel, a.nsid, a.cdw11);
         let c = ctrl.admin_command(cmd, Some(buf.slice(0..len)?))?;
         (c.dw0, buf.as_slice().to_vec())
     };

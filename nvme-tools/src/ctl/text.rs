@@ -26,8 +26,8 @@ impl Value {
     }
 
     /// The value as JSON: numbers stay numbers.
-    pub fn json(&self) -> super::json::Json {
-        use super::json::Json;
+    pub fn json(&self) -> crate::json::Json {
+        use crate::json::Json;
         match self {
             Value::Dec(v) => Json::Uint(*v),
             Value::Hex(v) => Json::Uint(*v as u128),
@@ -75,8 +75,8 @@ pub fn kv_line(name: &str, width: usize, value: &str) -> String {
 }
 
 /// A JSON object of `fields`.
-pub fn fields_json(fields: &[Field]) -> super::json::Json {
-    let mut o = super::json::Json::object();
+pub fn fields_json(fields: &[Field]) -> crate::json::Json {
+    let mut o = crate::json::Json::object();
     for f in fields {
         o.push(f.name, f.value.json());
     }

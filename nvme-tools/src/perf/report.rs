@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use super::stats::Stats;
+use crate::json::Json;
 
 /// The percentile cutoffs SPDK perf prints with `-L`, as fractions.
 pub const CUTOFFS: [f64; 15] = [
@@ -244,61 +245,47 @@ impl Report {
 
     /// The results as one JSON object (see the crate README for the fields).
     pub fn json(&self, context: &JsonContext<'_>) -> String {
-        let mut out = String::from("{");
-        let _ = write!(
-            out,
-            "\"io_size\":{},\"io_depth\":{},\"io_pattern\":{},\"rwmixread\":{},\"time_s\":{},\"warmup_s\":{},",
-            self.io_size,
-            context.io_depth,
-            json_string(context.io_pattern),
-            context.read_percent,
-            context.time_s,
-            context.warmup_s
-        );
-        out.push_str("\"devices\":[");
-        for (i, row) in self.rows.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(
-                out,
-                "{{\"name\":{},\"nsid\":{},\"core\":{},\"elapsed_s\":{},\"ios\":{},\"reads\":{},\"writes\":{},\"errors\":{},",
-                json_string(&row.name),
-                row.nsid,
-                row.core,
-                json_number(row.elapsed_s, 6),
-                row.stats.ios,
-                row.stats.reads,
-                row.stats.writes,
-                row.stats.errors
-            );
-            out.push_str(&json_figures(&row.figures(self.io_size)));
+        let mut out = Json::object();
+        out.push("io_size", self.io_size)
+            .push("io_depth", context.io_depth)
+            .push("io_pattern", context.io_pattern)
+            .push("rwmixread", context.read_percent)
+            .push("time_s", context.time_s)
+            .push("warmup_s", context.warmup_s);
+        let mut devices = Vec::with_capacity(self.rows.len());
+        for row in &self.rows {
+            let mut d = Json::object();
+            d.push("name", row.name.as_str())
+                .push("nsid", row.nsid)
+                .push("core", row.core)
+                .push("elapsed_s", Json::fixed(row.elapsed_s, 6))
+                .push("ios", row.stats.ios)
+                .push("reads", row.stats.reads)
+                .push("writes", row.stats.writes)
+                .push("errors", row.stats.errors);
+            push_figures(&mut d, &row.figures(self.io_size));
             if row.stats.histogram.is_some() {
-                out.push_str(",\"percentiles_us\":[");
-                for (j, (cutoff, ns)) in row.percentiles().iter().enumerate() {
-                    if j > 0 {
-                        out.push(',');
-                    }
-                    let _ = write!(
-                        out,
-                        "{{\"percentile\":{},\"us\":{}}}",
-                        json_number(cutoff * 100.0, 5),
-                        json_number(ns / 1e3, 3)
-                    );
-                }
-                out.push(']');
+                let percentiles = row
+                    .percentiles()
+                    .iter()
+                    .map(|&(cutoff, ns)| {
+                        let mut p = Json::object();
+                        p.push("percentile", Json::fixed(cutoff * 100.0, 5))
+                            .push("us", Json::fixed(ns / 1e3, 3));
+                        p
+                    })
+                    .collect::<Vec<_>>();
+                d.push("percentiles_us", percentiles);
             }
-            out.push('}');
+            devices.push(d);
         }
+        out.push("devices", devices);
         let t = self.totals();
-        let _ = write!(
-            out,
-            "],\"total\":{{\"ios\":{},\"errors\":{},",
-            t.ios, t.errors
-        );
-        out.push_str(&json_figures(&t.figures));
-        out.push_str("}}");
-        out
+        let mut total = Json::object();
+        total.push("ios", t.ios).push("errors", t.errors);
+        push_figures(&mut total, &t.figures);
+        out.push("total", total);
+        out.compact()
     }
 }
 
@@ -324,15 +311,16 @@ fn figures_columns(f: &Figures) -> String {
     )
 }
 
-fn json_figures(f: &Figures) -> String {
-    format!(
-        "\"iops\":{},\"mib_s\":{},\"latency_us\":{{\"avg\":{},\"min\":{},\"max\":{}}}",
-        json_number(f.iops, 2),
-        json_number(f.mib_s, 2),
-        json_number(f.avg_us, 3),
-        json_number(f.min_us, 3),
-        json_number(f.max_us, 3)
-    )
+/// Adds `iops`, `mib_s` and `latency_us` to the object `o`.
+fn push_figures(o: &mut Json, f: &Figures) {
+    let mut latency = Json::object();
+    latency
+        .push("avg", Json::fixed(f.avg_us, 3))
+        .push("min", Json::fixed(f.min_us, 3))
+        .push("max", Json::fixed(f.max_us, 3));
+    o.push("iops", Json::fixed(f.iops, 2))
+        .push("mib_s", Json::fixed(f.mib_s, 2))
+        .push("latency_us", latency);
 }
 
 /// SPDK's percentile computation over histogram buckets given as (largest value in the
@@ -389,36 +377,6 @@ pub fn periodic_line(ios: u64, io_size: usize, warmup: bool) -> String {
         ios,
         mib
     )
-}
-
-/// A JSON string literal with the escapes RFC 8259 requires.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A JSON number with `decimals` digits after the point (`null` if not finite).
-pub fn json_number(v: f64, decimals: usize) -> String {
-    if v.is_finite() {
-        format!("{v:.decimals$}")
-    } else {
-        "null".into()
-    }
 }
 
 #[cfg(test)]
@@ -644,18 +602,6 @@ Total                                  :    3567.50      13.94    4482.10     12
             periodic_line(0, 4096, true),
             "[warmup]         0 IOPS,     0.00 MiB/s"
         );
-    }
-
-    #[test]
-    fn json_strings_and_numbers() {
-        assert_eq!(json_string("SIM (sim) NSID 1"), "\"SIM (sim) NSID 1\"");
-        assert_eq!(
-            json_string("a\"b\\c\nd\u{1}é"),
-            "\"a\\\"b\\\\c\\nd\\u0001é\""
-        );
-        assert_eq!(json_number(1.0 / 3.0, 3), "0.333");
-        assert_eq!(json_number(f64::NAN, 2), "null");
-        assert_eq!(json_number(f64::INFINITY, 2), "null");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nvme_host_linux::core::qpair::MAX_BLOCKS_PER_COMMAND;
+use nvme_host_linux::nvme_core::qpair::MAX_BLOCKS_PER_COMMAND;
 use nvme_host_linux::{AttachOptions, Controller, Role, TransportKind};
 
 use super::args::{self, Config};

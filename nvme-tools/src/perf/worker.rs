@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use nvme_host_linux::core::SubmitError;
+use nvme_host_linux::nvme_core::SubmitError;
 use nvme_host_linux::{Controller, DmaBuffer, Error as DriverError, IoQueuePair, QueueOptions};
 
 use super::args::Config;

@@ -1,5 +1,5 @@
-//! Data patterns that depend on the absolute LBA, so any read of any size can be checked,
-//! and a small checksum for log lines.
+//! Data patterns that depend on the absolute LBA, so that any read of any size can be
+//! checked against what was written, and a small checksum for log lines.
 
 /// Fills `buf` with the pattern of blocks `lba..` of size `bs` under `seed`.
 pub fn fill(seed: u64, lba: u64, bs: usize, buf: &mut [u8]) {
@@ -14,7 +14,8 @@ pub fn fill(seed: u64, lba: u64, bs: usize, buf: &mut [u8]) {
     }
 }
 
-/// The first byte where `got` differs from the pattern, as a message.
+/// Checks `got` against the pattern of blocks `lba..` (see [`fill`]); the error names the
+/// first byte that differs.
 pub fn check(seed: u64, lba: u64, bs: usize, got: &[u8]) -> Result<(), String> {
     let mut want = vec![0u8; got.len()];
     fill(seed, lba, bs, &mut want);
@@ -23,7 +24,7 @@ pub fn check(seed: u64, lba: u64, bs: usize, got: &[u8]) -> Result<(), String> {
         Some(i) => Err(format!(
             "data mismatch at byte {i} (block {} of {} from LBA {lba}): got {:#04x}, expected {:#04x}",
             i / bs,
-            got.len() / bs,
+            got.len().div_ceil(bs),
             got[i],
             want[i]
         )),
@@ -53,5 +54,31 @@ mod tests {
         let e = check(7, 10, 512, &a).unwrap_err();
         assert!(e.contains("byte 1000 (block 1 of 8"), "{e}");
         assert_ne!(checksum(&a), checksum(&b));
+    }
+
+    #[test]
+    fn seeds_and_lbas_give_different_data() {
+        let mut a = vec![0u8; 512];
+        let mut b = vec![0u8; 512];
+        fill(1, 5, 512, &mut a);
+        fill(2, 5, 512, &mut b);
+        assert_ne!(a, b, "another seed");
+        fill(1, 6, 512, &mut b);
+        assert_ne!(a, b, "another LBA");
+        assert!(check(1, 6, 512, &a).is_err());
+        // A partial last block is filled and checked too.
+        let mut c = vec![0u8; 700];
+        fill(3, 0, 512, &mut c);
+        assert_eq!(
+            &c[..8],
+            &{
+                let mut d = vec![0u8; 512];
+                fill(3, 0, 512, &mut d);
+                d
+            }[..8]
+        );
+        assert!(check(3, 0, 512, &c).is_ok());
+        c[699] ^= 0x80;
+        assert!(check(3, 0, 512, &c).unwrap_err().contains("block 1 of 2"));
     }
 }
