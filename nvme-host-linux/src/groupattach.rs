@@ -6,20 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nvme_core::shared::{OwnerId, MAX_ADMIN_ENTRIES};
-use nvme_core::{Command, ControllerInfo, ControllerInit, DmaRegion};
+use nvme_core::{Command, ControllerInfo, ControllerInit};
 use nvme_regs::features::NumberOfQueues;
 use nvme_regs::identify::{IdentifyController, NamespaceList};
 use nvme_regs::registers::{Cap, Vs};
 use zerocopy::{FromBytes, IntoBytes};
 
+use crate::admin::{bring_up, init_options, Admin, AdminLayout, ADMIN_DATA};
+use crate::attach::AttachOptions;
 use crate::backend::{member_iova_range, Transport};
-use crate::controller::{
-    bring_up, init_options, Admin, AdminLayout, AttachOptions, Controller, ADMIN_DATA_LEN,
-};
+use crate::controller::Controller;
 use crate::dma::DmaBuffer;
 use crate::error::{Error, Result};
 use crate::group::layout::GroupHeader;
-use crate::group::{Creating, Group, Joined};
+use crate::group::{AdminAt, Creating, Group, Joined};
 use crate::memory::SharedMemory;
 #[cfg(feature = "sim")]
 use crate::simtransport::{SimClientTransport, SimTransport};
@@ -59,7 +59,7 @@ pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Resul
             join_pcie(group, traddr.as_ref(), trid, opts)?
         }
     };
-    let group = ctrl.inner.group.as_ref().expect("group member");
+    let group = ctrl.group().expect("group member");
     cleanup_dead(&ctrl);
     group.unlock_join();
     start_monitor(&ctrl);
@@ -85,18 +85,27 @@ fn create_group(
     let layout = AdminLayout::new(entries, init.page_size());
     let mem = creating.create_admin_mem(layout.len)?;
     map_admin(mem, admin_iova)?;
-    // SAFETY: the admin segment is mapped here and, at admin_iova, for the device; the group
-    // keeps both mappings for its lifetime.
-    let rings = unsafe { DmaRegion::new(mem.as_ptr(), admin_iova, layout.len) };
-    let (info, qp, data) = bring_up(&transport, &mut init, rings, &layout)?;
-    let (sq_tail, sq_head, cq_head, phase) = qp.ring_positions();
-    drop(qp);
-    let max_transfer = info.max_transfer.min(ADMIN_DATA_LEN);
+    let at = AdminAt {
+        iova: admin_iova,
+        entries,
+        sq_off: layout.sq_off() as u64,
+        cq_off: layout.cq_off() as u64,
+        prp_off: layout.prp_off() as u64,
+        prp_len: layout.prp_len as u64,
+    };
     let hdr = creating.group().header();
     hdr.admin
-        .configure(entries, info.page_size, max_transfer, info.cap.dstrd())
+        .configure(entries, init.page_size(), ADMIN_DATA, init.cap().dstrd())
         .map_err(|e| Error::Group(e.to_string()))?;
-    hdr.admin.set_positions(sq_tail, sq_head, cq_head, phase);
+    // The controller comes up over the group's shared admin queue itself: nothing to hand
+    // over afterwards.
+    let (info, data) = {
+        let mut queue = creating.group().admin_at(regs.clone(), &at)?;
+        queue.join()?;
+        bring_up(&transport, &mut init, &mut queue)?
+    };
+    hdr.admin
+        .lower_max_transfer(info.max_transfer.min(ADMIN_DATA));
     before_publish(&mut creating);
     let trid_text = trid.to_string();
     let mut group = creating.publish(&trid_text, |si| {
@@ -107,17 +116,16 @@ fn create_group(
         si.granted_sq = info.io_queues.sq;
         si.granted_cq = info.io_queues.cq;
         si.admin_entries = entries;
-        si.admin_iova = admin_iova;
+        si.admin_iova = at.iova;
         si.admin_len = layout.len as u64;
-        si.sq_off = layout.sq_off() as u64;
-        si.cq_off = layout.cq_off() as u64;
-        si.prp_off = layout.prp_off() as u64;
-        si.prp_len = layout.prp_len as u64;
+        si.sq_off = at.sq_off;
+        si.cq_off = at.cq_off;
+        si.prp_off = at.prp_off;
+        si.prp_len = at.prp_len;
         si.identify.copy_from_slice(info.identify.as_bytes());
         si.namespaces.copy_from_slice(info.namespaces.as_bytes());
     })?;
     group.set_lock_timeout(opts.admin_timeout);
-    group.admin(regs.clone()).join()?;
     // One Asynchronous Event Request for the whole group; whoever reaps re-arms it.
     let _ = group.admin(regs.clone()).enable_events(1);
     Controller::finish(
@@ -141,7 +149,7 @@ fn join_group(
     let regs = transport.regs();
     group.admin(regs.clone()).join()?;
     let info = info_from_header(group.header());
-    let data = DmaBuffer::new(&transport, ADMIN_DATA_LEN)?;
+    let data = DmaBuffer::new(&transport, ADMIN_DATA)?;
     Controller::finish(
         transport,
         trid,
@@ -300,7 +308,7 @@ fn info_from_header(h: &GroupHeader) -> ControllerInfo {
 /// and frees their records. The join lock must be held. Returns how many members it
 /// cleaned up.
 pub(crate) fn cleanup_dead(ctrl: &Controller) -> usize {
-    let Some(group) = ctrl.inner.group.as_ref() else {
+    let Some(group) = ctrl.group() else {
         return 0;
     };
     let dead = group.dead_members();
@@ -311,7 +319,7 @@ pub(crate) fn cleanup_dead(ctrl: &Controller) -> usize {
 }
 
 fn cleanup_member(ctrl: &Controller, group: &Group, who: OwnerId) {
-    group.admin(ctrl.inner.regs.clone()).release_member(who);
+    group.admin(ctrl.regs().clone()).release_member(who);
     for qid in group.qids_of(who) {
         // Deleting the SQ aborts what the dead process left in flight; a queue that was
         // never created (the process died in between) fails with Invalid Queue Identifier.
@@ -321,7 +329,7 @@ fn cleanup_member(ctrl: &Controller, group: &Group, who: OwnerId) {
     }
     // An admin command of the dead process may still be writing into its memory: let the
     // controller finish it (bounded) before the memory goes.
-    let q = group.admin(ctrl.inner.regs.clone());
+    let q = group.admin(ctrl.regs().clone());
     let start = std::time::Instant::now();
     while q.in_flight_of(who) > 0 && start.elapsed() < Duration::from_secs(2) {
         q.reap();
@@ -332,7 +340,7 @@ fn cleanup_member(ctrl: &Controller, group: &Group, who: OwnerId) {
     let (iova, len) = group
         .member_slice(who.index())
         .unwrap_or_else(|| member_iova_range(who.index()));
-    ctrl.inner.transport.unmap_range(iova, len);
+    ctrl.transport().unmap_range(iova, len);
     group.forget_member(who);
 }
 
@@ -340,10 +348,10 @@ fn cleanup_member(ctrl: &Controller, group: &Group, who: OwnerId) {
 /// holds the controller only while it cleans up, so the application's last reference always
 /// runs the detach itself.
 fn start_monitor(ctrl: &Controller) {
-    let weak = Arc::downgrade(&ctrl.inner);
-    let stop = ctrl.inner.monitor_stop.clone();
-    let group = ctrl.inner.group.clone().expect("group member");
-    let regs = ctrl.inner.regs.clone();
+    let weak = ctrl.downgrade();
+    let stop = ctrl.monitor_stop().clone();
+    let group = ctrl.group().cloned().expect("group member");
+    let regs = ctrl.regs().clone();
     let spawned = std::thread::Builder::new()
         .name("nvme-group".into())
         .spawn(move || loop {
@@ -356,8 +364,9 @@ fn start_monitor(ctrl: &Controller) {
             if group.dead_members().is_empty() {
                 continue;
             }
-            let Some(inner) = weak.upgrade() else { return };
-            let ctrl = Controller { inner };
+            let Some(ctrl) = Controller::upgrade(&weak) else {
+                return;
+            };
             if group.lock_join().is_ok() {
                 cleanup_dead(&ctrl);
                 group.unlock_join();

@@ -11,6 +11,8 @@
 //! - `testkit`: the multi-process test kit (`testkit` module).
 //! - `test-hooks`: hidden hooks that the multi-process tests use to provoke failures.
 
+mod admin;
+mod attach;
 mod backend;
 mod controller;
 mod dma;
@@ -20,6 +22,7 @@ mod groupattach;
 pub mod iova;
 pub mod memory;
 mod mmio;
+mod namespace;
 mod qpair;
 #[cfg(feature = "sim")]
 mod simtransport;
@@ -28,12 +31,14 @@ pub mod testkit;
 mod transport;
 pub mod vfio;
 
+pub use attach::AttachOptions;
 pub use backend::Transport;
-pub use controller::{AttachOptions, Controller, Namespace};
+pub use controller::Controller;
 pub use dma::{DmaBuffer, IoBuf};
 pub use error::{Error, Result};
 pub use group::Role;
 pub use mmio::Mmio;
+pub use namespace::Namespace;
 pub use qpair::{IoQueuePair, QueueOptions};
 #[cfg(feature = "sim")]
 pub use simtransport::SimTransport;

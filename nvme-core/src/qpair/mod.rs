@@ -366,13 +366,6 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         self.cq.set_shadow(Some(cq));
         true
     }
-    /// Ring positions: (SQ tail, SQ head, CQ head, CQ phase). With nothing outstanding, they
-    /// let another owner (the shared admin queue) continue where this queue pair stopped.
-    pub fn ring_positions(&self) -> (u32, u32, u32, bool) {
-        let (tail, head) = self.sq.positions();
-        let (cq_head, phase) = self.cq.position();
-        (tail, head, cq_head, phase)
-    }
     /// Diagnostic counters.
     pub fn stats(&self) -> QueueStats {
         self.stats
