@@ -23,11 +23,11 @@ use nvme_regs::opcode::DataDirection;
 use nvme_regs::registers::{ShutdownNotification, ShutdownStatus};
 use zerocopy::FromBytes;
 
-use crate::backend::Transport;
 use crate::dma::{DmaBuffer, DmaMapping, IoBuf};
 use crate::error::{Error, Result};
 use crate::group::Group;
 use crate::mmio::Mmio;
+use crate::transport::Transport;
 
 /// Bytes of the admin queue's own data buffer (identify, log pages, features), and the
 /// largest admin transfer.

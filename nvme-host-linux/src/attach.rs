@@ -8,13 +8,13 @@ use nvme_core::{Command, ControllerInfo, ControllerInit};
 use nvme_regs::identify::{cns, IdentifyNamespace};
 
 use crate::admin::{bring_up, init_options, Admin, LocalAdmin, ADMIN_DATA};
-use crate::backend::Transport;
 use crate::controller::Controller;
 use crate::dma::DmaMapping;
 use crate::error::{Error, Result};
 use crate::group::Group;
 use crate::namespace::Namespace;
-use crate::transport::{TransportId, TransportKind};
+use crate::transport::Transport;
+use crate::trid::{TransportId, TransportKind};
 
 /// Options for [`Controller::attach_with`].
 #[derive(Clone, Debug)]

@@ -14,14 +14,14 @@ use zerocopy::FromBytes;
 
 use crate::admin::{disable, shutdown, Admin, ADMIN_DATA};
 use crate::attach::AttachOptions;
-use crate::backend::Transport;
 use crate::dma::{DmaBuffer, DmaMapping, IoBuf};
 use crate::error::{Error, Result};
 use crate::group::{Group, Role};
 use crate::mmio::Mmio;
 use crate::namespace::Namespace;
 use crate::qpair::{IoQueuePair, QueueOptions};
-use crate::transport::TransportId;
+use crate::transport::Transport;
+use crate::trid::TransportId;
 
 /// Largest transfer the driver uses per command when the controller reports no MDTS.
 const MAX_TRANSFER_CAP: usize = 2 << 20;
@@ -188,7 +188,7 @@ impl Controller {
     /// The software controller behind this controller, when it is `trtype:sim`.
     #[cfg(feature = "sim")]
     pub fn sim(&self) -> Option<&nvme_sim::SimController> {
-        self.inner.transport.sim()
+        crate::SimTransport::of(self.inner.transport.as_ref()).map(|t| t.controller())
     }
     /// Allocates a zeroed DMA buffer of `len` bytes.
     pub fn alloc_dma(&self, len: usize) -> Result<DmaBuffer> {
@@ -228,7 +228,9 @@ impl Controller {
     /// `trtype:sim`), if there is one.
     #[cfg(feature = "sim")]
     pub fn sim_process(&self) -> Option<u32> {
-        self.inner.transport.sim_client().map(|c| c.pid())
+        let t = self.inner.transport.as_any();
+        t.downcast_ref::<crate::simtransport::SimClientTransport>()
+            .map(|t| t.client().pid())
     }
     /// Test hook: takes the group's admin lock and never releases it, so that a test can
     /// kill this process while it holds the lock. Does nothing outside a group.

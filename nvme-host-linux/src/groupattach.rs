@@ -14,7 +14,6 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::admin::{bring_up, init_options, Admin, AdminLayout, ADMIN_DATA};
 use crate::attach::AttachOptions;
-use crate::backend::{member_iova_range, Transport};
 use crate::controller::Controller;
 use crate::dma::DmaBuffer;
 use crate::error::{Error, Result};
@@ -23,9 +22,10 @@ use crate::group::{AdminAt, Creating, Group, Joined};
 use crate::memory::SharedMemory;
 #[cfg(feature = "sim")]
 use crate::simtransport::{SimClientTransport, SimTransport};
+use crate::transport::{member_iova_range, Transport};
 #[cfg(feature = "sim")]
-use crate::transport::SimOptions;
-use crate::transport::{PciAddress, TransportId, TransportKind};
+use crate::trid::SimOptions;
+use crate::trid::{PciAddress, TransportId, TransportKind};
 use crate::vfio::VfioTransport;
 
 /// Device address of the group's admin segment over `trtype:sim` (below every member's IOVA

@@ -13,7 +13,6 @@
 
 mod admin;
 mod attach;
-mod backend;
 mod controller;
 mod dma;
 mod error;
@@ -29,10 +28,10 @@ mod simtransport;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod transport;
+mod trid;
 pub mod vfio;
 
 pub use attach::AttachOptions;
-pub use backend::Transport;
 pub use controller::Controller;
 pub use dma::{DmaBuffer, IoBuf};
 pub use error::{Error, Result};
@@ -42,7 +41,8 @@ pub use namespace::Namespace;
 pub use qpair::{IoQueuePair, QueueOptions};
 #[cfg(feature = "sim")]
 pub use simtransport::SimTransport;
-pub use transport::{PciAddress, SimOptions, TransportId, TransportKind};
+pub use transport::Transport;
+pub use trid::{PciAddress, SimOptions, TransportId, TransportKind};
 
 pub use nvme_core;
 pub use nvme_regs as regs;

@@ -5,12 +5,12 @@
 use std::fmt;
 use std::sync::Mutex;
 
-use crate::backend::{member_iova_range, Transport};
 use crate::error::{Error, Result};
 use crate::iova::IovaAllocator;
 use crate::memory::{Mapping, SharedMemory};
 use crate::mmio::Mmio;
-use crate::transport::SimOptions;
+use crate::transport::{member_iova_range, Transport};
+use crate::trid::SimOptions;
 
 /// Maps a software controller's BAR image (its memfd) as a register handle.
 fn map_sim_bar(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> Result<Mmio> {
@@ -107,6 +107,17 @@ impl SimTransport {
     }
 }
 
+impl SimTransport {
+    /// The software controller (its faults, statistics, DMA error record).
+    pub fn controller(&self) -> &nvme_sim::SimController {
+        &self.sim
+    }
+    /// `transport` as a software controller in this process, if it is one.
+    pub fn of(transport: &dyn Transport) -> Option<&SimTransport> {
+        transport.as_any().downcast_ref()
+    }
+}
+
 impl Transport for SimTransport {
     fn regs(&self) -> Mmio {
         self.bar.clone()
@@ -125,8 +136,8 @@ impl Transport for SimTransport {
     fn name(&self) -> String {
         "sim".into()
     }
-    fn sim(&self) -> Option<&nvme_sim::SimController> {
-        Some(&self.sim)
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
@@ -169,6 +180,13 @@ impl SimClientTransport {
     }
 }
 
+impl SimClientTransport {
+    /// The connection to the software controller's process.
+    pub(crate) fn client(&self) -> &nvme_sim::SimClient {
+        &self.client
+    }
+}
+
 impl Transport for SimClientTransport {
     fn regs(&self) -> Mmio {
         self.bar.clone()
@@ -187,8 +205,8 @@ impl Transport for SimClientTransport {
     fn name(&self) -> String {
         "sim".into()
     }
-    fn sim_client(&self) -> Option<&nvme_sim::SimClient> {
-        Some(&self.client)
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
     fn unmap_range(&self, iova: u64, len: u64) {
         let _ = self.client.dma_unmap(iova, len as usize);

@@ -11,7 +11,7 @@ use vfio_bindings::bindings::vfio::{
 
 use super::ioctl::{self, AlignedBuf};
 use crate::error::{Error, Result};
-use crate::transport::PciAddress;
+use crate::trid::PciAddress;
 
 /// PCI command register and its bits.
 pub(crate) const PCI_COMMAND: u64 = 0x04;

@@ -18,7 +18,7 @@ use vfio_bindings::bindings::vfio::{
 use super::ioctl::{self, AlignedBuf};
 use super::sysfs::Sysfs;
 use crate::error::{Error, Result};
-use crate::transport::PciAddress;
+use crate::trid::PciAddress;
 
 /// Inclusive `(start, last)` IOVA ranges.
 type Ranges = Vec<(u64, u64)>;
