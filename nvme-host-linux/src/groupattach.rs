@@ -320,12 +320,19 @@ pub(crate) fn cleanup_dead(ctrl: &Controller) -> usize {
 
 fn cleanup_member(ctrl: &Controller, group: &Group, who: OwnerId) {
     group.admin(ctrl.regs().clone()).release_member(who);
+    let mut all_deleted = true;
     for qid in group.qids_of(who) {
         // Deleting the SQ aborts what the dead process left in flight; a queue that was
         // never created (the process died in between) fails with Invalid Queue Identifier.
-        let _ = ctrl.admin_command(Command::delete_io_sq(qid), None);
-        let _ = ctrl.admin_command(Command::delete_io_cq(qid), None);
-        group.free_qid(qid);
+        let sq = queue_gone(ctrl.admin_command(Command::delete_io_sq(qid), None));
+        let cq = queue_gone(ctrl.admin_command(Command::delete_io_cq(qid), None));
+        if sq && cq {
+            group.free_qid(qid);
+        } else {
+            // The controller may still use the queue and the dead process's memory: the
+            // id stays reserved (it keeps the dead owner's tag) and the memory mapped.
+            all_deleted = false;
+        }
     }
     // An admin command of the dead process may still be writing into its memory: let the
     // controller finish it (bounded) before the memory goes.
@@ -335,13 +342,27 @@ fn cleanup_member(ctrl: &Controller, group: &Group, who: OwnerId) {
         q.reap();
         std::thread::sleep(Duration::from_micros(200));
     }
-    // The controller no longer uses the dead process's memory: drop its DMA mappings (for
-    // VFIO this also releases the pages the dead process had pinned).
-    let (iova, len) = group
-        .member_slice(who.index())
-        .unwrap_or_else(|| member_iova_range(who.index()));
-    ctrl.transport().unmap_range(iova, len);
+    if all_deleted && q.in_flight_of(who) == 0 {
+        // The controller no longer uses the dead process's memory: drop its DMA mappings
+        // (for VFIO this also releases the pages the dead process had pinned).
+        let (iova, len) = group
+            .member_slice(who.index())
+            .unwrap_or_else(|| member_iova_range(who.index()));
+        ctrl.transport().unmap_range(iova, len);
+    }
     group.forget_member(who);
+}
+
+/// Did a queue deletion leave the queue gone (deleted, or it never existed)?
+fn queue_gone(r: Result<nvme_core::Completion>) -> bool {
+    use nvme_regs::status::CommandSpecificStatus;
+    match r {
+        Ok(_) => true,
+        Err(Error::Nvme { status, .. }) => {
+            status.is_command_specific(CommandSpecificStatus::InvalidQueueId)
+        }
+        Err(_) => false,
+    }
 }
 
 /// Starts the thread that cleans up after members that die while this process runs. It

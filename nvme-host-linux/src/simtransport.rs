@@ -24,21 +24,34 @@ fn map_sim_bar(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> Result<Mmio> {
 }
 
 /// Allocates an IOVA for `mem` and maps it with `map`; gives the IOVA back if that fails.
-fn map_with_iova<E: fmt::Display>(
+fn map_with_iova(
     iovas: &Mutex<IovaAllocator>,
     mem: &SharedMemory,
-    map: impl FnOnce(u64) -> std::result::Result<(), E>,
+    map: impl Fn(u64) -> std::result::Result<(), nvme_sim::SimError>,
 ) -> Result<u64> {
     let lock = || iovas.lock().unwrap_or_else(|p| p.into_inner());
     let len = mem.len() as u64;
-    let iova = lock()
-        .alloc(len)
-        .ok_or_else(|| Error::Transport("software controller: out of IOVA space".into()))?;
-    map(iova).map_err(|e| {
-        lock().free(iova, len);
-        Error::Transport(format!("software controller DMA map: {e}"))
-    })?;
-    Ok(iova)
+    // In a group, a range can still be mapped for a member that had this member slot
+    // before (its memory is kept while the controller may use it): that range stays
+    // allocated here and the next one is tried.
+    for _ in 0..16 {
+        let iova = lock()
+            .alloc(len)
+            .ok_or_else(|| Error::Transport("software controller: out of IOVA space".into()))?;
+        match map(iova) {
+            Ok(()) => return Ok(iova),
+            Err(nvme_sim::SimError::DmaOverlap { .. }) => continue,
+            Err(e) => {
+                lock().free(iova, len);
+                return Err(Error::Transport(format!(
+                    "software controller DMA map: {e}"
+                )));
+            }
+        }
+    }
+    Err(Error::Transport(format!(
+        "software controller DMA map: 16 ranges of {len} bytes in a row are still mapped for an earlier process"
+    )))
 }
 
 /// Unmaps with `unmap`, then returns the IOVA range to the allocator.

@@ -319,6 +319,56 @@ fn killed_secondaries_are_cleaned_up() -> Outcome {
     Ok(())
 }
 
+fn a_queue_the_controller_would_not_delete_stays_reserved() -> Outcome {
+    use nvme_host_linux::regs::opcode::AdminOpcode;
+    use nvme_host_linux::regs::status::GenericStatus;
+    use nvme_host_linux::regs::Status;
+    use nvme_host_linux::sim::{CommandMatch, SimClient};
+    let s = Scenario::new(21);
+    let mut p = s.spawn("primary", "io", &[lba(0)]);
+    p.line("READY primary")?;
+    let p_qid = p.line("QID")?;
+    let mut victim = s.spawn("victim io", "io", &[lba(4096)]);
+    victim.line("READY")?;
+    let v_qid = victim.line("QID")?;
+    victim.line("PROGRESS")?;
+    // The controller refuses to delete the dead process's submission queue: it may still
+    // use that queue and its memory, so the queue id must not go to anyone else.
+    let sim = SimClient::connect(&s.group_dir().join("sim.sock")).map_err(|e| e.to_string())?;
+    let fault = sim
+        .fail_nth(
+            CommandMatch::admin(AdminOpcode::DeleteIoSq as u8),
+            1,
+            Status::generic(GenericStatus::InternalError),
+            true,
+        )
+        .map_err(|e| e.to_string())?;
+    victim.kill();
+    wait_until("the survivors tried to delete the queue", SETTLE, || {
+        sim.fault_fired(fault).is_ok_and(|(n, _)| n > 0)
+    })?;
+    sim.clear_faults().map_err(|e| e.to_string())?;
+    let mut q = s.spawn("newcomer", "queues", &[]);
+    assert!(q.line("READY")?.starts_with("READY secondary"));
+    assert_eq!(
+        q.line("IN-USE")?,
+        "IN-USE 2",
+        "the undeleted queue stays reserved beside the primary's"
+    );
+    let new_qid = q.line("QID")?;
+    assert_ne!(new_qid, p_qid);
+    assert_ne!(
+        new_qid, v_qid,
+        "the undeleted queue's id was handed out again"
+    );
+    q.finish()?.clean()?;
+    p.progresses()?;
+    drop(sim);
+    s.stop()?;
+    p.finish()?.clean()?;
+    Ok(())
+}
+
 fn killed_primary_is_replaced() -> Outcome {
     let s = Scenario::new(13);
     let mut p = s.spawn("primary", "io", &[lba(0)]);
@@ -534,6 +584,10 @@ fn main() -> ExitCode {
         (
             "killed_secondaries_are_cleaned_up",
             killed_secondaries_are_cleaned_up,
+        ),
+        (
+            "a_queue_the_controller_would_not_delete_stays_reserved",
+            a_queue_the_controller_would_not_delete_stays_reserved,
         ),
         ("killed_primary_is_replaced", killed_primary_is_replaced),
         (

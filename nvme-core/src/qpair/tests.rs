@@ -423,14 +423,21 @@ fn the_largest_queues_keep_identifiers_apart() {
     while qp.submit_io(Command::read(1, 0, 1), 0, 512, data, submitted) == Ok(()) {
         submitted += 1;
     }
-    assert_eq!(submitted as usize, MAX_COMMANDS, "full at the capacity, not before");
+    assert_eq!(
+        submitted as usize, MAX_COMMANDS,
+        "full at the capacity, not before"
+    );
     qp.ring();
     let cmds = dev.fetch(rig.last_sq_tail());
     assert_eq!(cmds.len(), MAX_COMMANDS);
     let mut cids: Vec<u16> = cmds.iter().map(|c| c.cid).collect();
     cids.sort_unstable();
     cids.dedup();
-    assert_eq!(cids.len(), MAX_COMMANDS, "every command in flight has its own CID");
+    assert_eq!(
+        cids.len(),
+        MAX_COMMANDS,
+        "every command in flight has its own CID"
+    );
     // Complete in reverse: each completion finishes exactly its own request, once.
     let mut done = vec![false; MAX_COMMANDS];
     for c in cmds.iter().rev().take(100) {
