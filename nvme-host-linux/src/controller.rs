@@ -55,13 +55,40 @@ pub(crate) struct Inner {
 /// controller attached. The last one to go shuts the controller down (CC.SHN) and detaches.
 #[derive(Clone)]
 pub struct Controller {
+    att: Arc<Attached>,
+}
+
+/// What the application's handles share: the controller and the group's monitor thread.
+/// Dropping the last handle (on the application's thread, never the monitor's) stops and
+/// joins the monitor, then detaches.
+struct Attached {
     inner: Arc<Inner>,
+    monitor: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.inner.monitor_stop.store(true, Ordering::Release);
+        if let Some(m) = lock(&self.monitor).take() {
+            m.thread().unpark();
+            let _ = m.join();
+        }
+        // Nothing else holds the controller now (the monitor's reference went with it).
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.detach(),
+            None => {
+                // Cannot happen: only handles and the monitor hold it. Leave the controller
+                // as it is rather than tear it down under someone.
+                eprintln!("nvme: controller still referenced at detach; not detaching");
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Controller")
-            .field("transport", &self.inner.trid.to_string())
+            .field("transport", &self.inner().trid.to_string())
             .finish()
     }
 }
@@ -105,77 +132,91 @@ impl Controller {
             quarantine: Mutex::new(Vec::new()),
         };
         Controller {
-            inner: Arc::new(inner),
+            att: Arc::new(Attached {
+                inner: Arc::new(inner),
+                monitor: Mutex::new(None),
+            }),
         }
     }
 
+    fn inner(&self) -> &Inner {
+        &self.att.inner
+    }
+
+    /// The controller's state (what the group's monitor and cleanup work with).
+    pub(crate) fn state(&self) -> &Inner {
+        self.inner()
+    }
     /// The register handle.
     pub(crate) fn regs(&self) -> &Mmio {
-        &self.inner.regs
+        self.inner().regs()
     }
     /// The transport.
     pub(crate) fn transport(&self) -> &Arc<dyn Transport> {
-        &self.inner.transport
+        self.inner().transport()
     }
     /// The shared-memory group this process belongs to, if any.
     pub(crate) fn group(&self) -> Option<&Arc<Group>> {
-        self.inner.group.as_ref()
+        self.inner().group()
     }
     /// Shadow doorbell and EventIdx buffers, when the controller took them.
     pub(crate) fn shadow_doorbells(&self) -> Option<&Arc<DmaMapping>> {
-        self.inner.shadow.as_ref()
+        self.inner().shadow.as_ref()
     }
     /// The namespaces, shared with queue pairs.
     pub(crate) fn namespaces_shared(&self) -> &Arc<[Namespace]> {
-        &self.inner.namespaces
+        &self.inner().namespaces
     }
-    /// Set to stop the group's monitor thread.
-    pub(crate) fn monitor_stop(&self) -> &Arc<AtomicBool> {
-        &self.inner.monitor_stop
+    /// Starts the group's monitor thread with `run`, which gets the controller's state
+    /// (not a handle: the application's last handle always detaches on its own thread) and
+    /// the stop flag; it is joined before detaching.
+    pub(crate) fn start_monitor(
+        &self,
+        run: impl FnOnce(Arc<Inner>, Arc<AtomicBool>) + Send + 'static,
+    ) -> std::io::Result<()> {
+        let inner = self.att.inner.clone();
+        let stop = self.inner().monitor_stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("nvme-group".into())
+            .spawn(move || run(inner, stop))?;
+        *lock(&self.att.monitor) = Some(handle);
+        Ok(())
     }
     /// Parks the memory of a queue pair the controller may still use.
     pub(crate) fn quarantine(&self, q: crate::qpair::Quarantined) {
-        lock(&self.inner.quarantine).push(q);
-    }
-    /// A weak reference (for the group's monitor thread).
-    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
-        Arc::downgrade(&self.inner)
-    }
-    /// The controller behind a weak reference, if it is still attached.
-    pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Controller> {
-        weak.upgrade().map(|inner| Controller { inner })
+        lock(&self.inner().quarantine).push(q);
     }
 
     /// The transport id this controller was attached with.
     pub fn transport_id(&self) -> &TransportId {
-        &self.inner.trid
+        &self.inner().trid
     }
     /// The transport's short name (PCI address or `sim`).
     pub fn name(&self) -> String {
-        self.inner.transport.name()
+        self.inner().transport.name()
     }
     /// PCI vendor and device id (the Identify vendor ids when there is no PCI function).
     pub fn pci_id(&self) -> (u16, u16) {
-        self.inner
-            .transport
-            .pci_id()
-            .unwrap_or((self.inner.info.identify.vid, self.inner.info.identify.ssvid))
+        self.inner().transport.pci_id().unwrap_or((
+            self.inner().info.identify.vid,
+            self.inner().info.identify.ssvid,
+        ))
     }
     /// What bring-up learned: CAP, VS, page size, MDTS, queues granted, Identify data.
     pub fn info(&self) -> &ControllerInfo {
-        &self.inner.info
+        &self.inner().info
     }
     /// The Identify Controller data read at attach.
     pub fn identify(&self) -> &IdentifyController {
-        &self.inner.info.identify
+        &self.inner().info.identify
     }
     /// Active namespaces.
     pub fn namespaces(&self) -> &[Namespace] {
-        &self.inner.namespaces
+        &self.inner().namespaces
     }
     /// An active namespace by id.
     pub fn namespace(&self, nsid: u32) -> Result<&Namespace> {
-        self.inner
+        self.inner()
             .namespaces
             .iter()
             .find(|n| n.id() == nsid)
@@ -183,16 +224,16 @@ impl Controller {
     }
     /// Largest transfer of one command in bytes (larger I/Os are split).
     pub fn max_transfer(&self) -> usize {
-        self.inner.max_transfer
+        self.inner().max_transfer
     }
     /// The software controller behind this controller, when it is `trtype:sim`.
     #[cfg(feature = "sim")]
     pub fn sim(&self) -> Option<&nvme_sim::SimController> {
-        crate::SimTransport::of(self.inner.transport.as_ref()).map(|t| t.controller())
+        crate::SimTransport::of(self.inner().transport.as_ref()).map(|t| t.controller())
     }
     /// Allocates a zeroed DMA buffer of `len` bytes.
     pub fn alloc_dma(&self, len: usize) -> Result<DmaBuffer> {
-        DmaBuffer::new(&self.inner.transport, len)
+        DmaBuffer::new(&self.inner().transport, len)
     }
     /// Creates an I/O queue pair for the calling thread.
     pub fn alloc_io_queue(&self, opts: QueueOptions) -> Result<IoQueuePair> {
@@ -200,14 +241,17 @@ impl Controller {
     }
     /// I/O queue ids in use (by every process of the group, in a group).
     pub fn io_queues_in_use(&self) -> usize {
-        if let Some(g) = &self.inner.group {
+        if let Some(g) = &self.inner().group {
             return g.qids_in_use();
         }
-        lock(&self.inner.qids).iter().filter(|&&b| b).count()
+        lock(&self.inner().qids).iter().filter(|&&b| b).count()
     }
     /// This process's role: alone, or primary / secondary of a shared-memory group.
     pub fn role(&self) -> Role {
-        self.inner.group.as_ref().map_or(Role::Single, |g| g.role())
+        self.inner()
+            .group
+            .as_ref()
+            .map_or(Role::Single, |g| g.role())
     }
     /// Asynchronous events (SMART/health warnings, notices, errors) that arrived since the
     /// last call. In a shared-memory group every process sees every event. Reading the
@@ -215,9 +259,9 @@ impl Controller {
     /// event type on the controller.
     pub fn async_events(&self) -> Vec<AsyncEvent> {
         let mut out = Vec::new();
-        let mut cursor = lock(&self.inner.event_cursor);
-        lock(&self.inner.admin).events_since(
-            self.inner.group.as_deref(),
+        let mut cursor = lock(&self.inner().event_cursor);
+        lock(&self.inner().admin).events_since(
+            self.inner().group.as_deref(),
             &mut cursor,
             &mut |dw0| out.push(AsyncEvent::from_dword(dw0)),
         );
@@ -228,7 +272,7 @@ impl Controller {
     /// `trtype:sim`), if there is one.
     #[cfg(feature = "sim")]
     pub fn sim_process(&self) -> Option<u32> {
-        let t = self.inner.transport.as_any();
+        let t = self.inner().transport.as_any();
         t.downcast_ref::<crate::simtransport::SimClientTransport>()
             .map(|t| t.client().pid())
     }
@@ -237,20 +281,20 @@ impl Controller {
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn __test_hold_group_lock(&self) {
-        if let Some(g) = &self.inner.group {
+        if let Some(g) = &self.inner().group {
             g.hold_lock_forever();
         }
     }
     /// The shared-memory group id, if any.
     pub fn group_id(&self) -> Option<u32> {
-        self.inner.group.as_ref().map(|g| g.id())
+        self.inner().group.as_ref().map(|g| g.id())
     }
 
     pub(crate) fn alloc_qid(&self) -> Result<u16> {
-        if let Some(g) = &self.inner.group {
-            return g.alloc_qid(self.inner.granted);
+        if let Some(g) = &self.inner().group {
+            return g.alloc_qid(self.inner().granted);
         }
-        let mut q = lock(&self.inner.qids);
+        let mut q = lock(&self.inner().qids);
         let granted = (q.len() - 1) as u16;
         let id = q
             .iter()
@@ -262,10 +306,10 @@ impl Controller {
         Ok(id as u16)
     }
     pub(crate) fn free_qid(&self, qid: u16) {
-        if let Some(g) = &self.inner.group {
+        if let Some(g) = &self.inner().group {
             return g.free_qid(qid);
         }
-        if let Some(b) = lock(&self.inner.qids).get_mut(qid as usize) {
+        if let Some(b) = lock(&self.inner().qids).get_mut(qid as usize) {
             *b = false;
         }
     }
@@ -273,16 +317,7 @@ impl Controller {
     /// Runs an admin command synchronously, with an optional data range, and returns its
     /// completion. A failing status is an [`Error::Nvme`].
     pub fn admin_command(&self, cmd: Command, data: Option<IoBuf<'_>>) -> Result<Completion> {
-        let timeout = self.inner.opts.admin_timeout;
-        let mut admin = lock(&self.inner.admin);
-        let c = admin.execute(
-            self.inner.group.as_deref(),
-            cmd,
-            data.map(|d| d.region()),
-            data.map(|d| d.map.clone()),
-            timeout,
-        )?;
-        Ok(c)
+        self.inner().admin_command(cmd, data)
     }
 
     /// Runs an admin command that reads `len` bytes into the admin data buffer and returns a
@@ -293,9 +328,9 @@ impl Controller {
                 "admin transfer of {len} bytes exceeds {ADMIN_DATA}"
             )));
         }
-        let timeout = self.inner.opts.admin_timeout;
-        let mut admin = lock(&self.inner.admin);
-        admin.read_bytes(self.inner.group.as_deref(), cmd, len, timeout)
+        let timeout = self.inner().opts.admin_timeout;
+        let mut admin = lock(&self.inner().admin);
+        admin.read_bytes(self.inner().group.as_deref(), cmd, len, timeout)
     }
 
     /// Identify Controller, read now.
@@ -352,7 +387,7 @@ impl Controller {
     }
     /// Reads CSTS now.
     pub fn status_register(&self) -> Csts {
-        self.inner.regs.csts()
+        self.inner().regs.csts()
     }
 }
 
@@ -382,9 +417,38 @@ impl Inner {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.monitor_stop.store(true, Ordering::Relaxed);
+impl Inner {
+    /// The register handle.
+    pub(crate) fn regs(&self) -> &Mmio {
+        &self.regs
+    }
+    /// The transport.
+    pub(crate) fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
+    }
+    /// The shared-memory group this process belongs to, if any.
+    pub(crate) fn group(&self) -> Option<&Arc<Group>> {
+        self.group.as_ref()
+    }
+    /// See [`Controller::admin_command`].
+    pub(crate) fn admin_command(
+        &self,
+        cmd: Command,
+        data: Option<IoBuf<'_>>,
+    ) -> Result<Completion> {
+        let mut admin = lock(&self.admin);
+        admin.execute(
+            self.group.as_deref(),
+            cmd,
+            data.map(|d| d.region()),
+            data.map(|d| d.map.clone()),
+            self.opts.admin_timeout,
+        )
+    }
+
+    /// Leaves the controller: shuts it down when this process was alone or the group's
+    /// last member, lets go of memory it may have used, removes the group's files.
+    fn detach(&mut self) {
         let group = self.group.clone();
         lock(&self.admin).reap_parked(group.as_deref());
         let Some(group) = &group else {

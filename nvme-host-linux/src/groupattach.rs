@@ -14,7 +14,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::admin::{bring_up, init_options, Admin, AdminLayout, ADMIN_DATA};
 use crate::attach::AttachOptions;
-use crate::controller::Controller;
+use crate::controller::{Controller, Inner};
 use crate::dma::DmaBuffer;
 use crate::error::{Error, Result};
 use crate::group::layout::GroupHeader;
@@ -60,7 +60,7 @@ pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Resul
         }
     };
     let group = ctrl.group().expect("group member");
-    cleanup_dead(&ctrl);
+    cleanup_dead(ctrl.state());
     group.unlock_join();
     start_monitor(&ctrl);
     Ok(ctrl)
@@ -307,7 +307,7 @@ fn info_from_header(h: &GroupHeader) -> ControllerInfo {
 /// Deletes the queues of every dead member, returns their queue ids and admin mailboxes,
 /// and frees their records. The join lock must be held. Returns how many members it
 /// cleaned up.
-pub(crate) fn cleanup_dead(ctrl: &Controller) -> usize {
+pub(crate) fn cleanup_dead(ctrl: &Inner) -> usize {
     let Some(group) = ctrl.group() else {
         return 0;
     };
@@ -318,7 +318,7 @@ pub(crate) fn cleanup_dead(ctrl: &Controller) -> usize {
     dead.len()
 }
 
-fn cleanup_member(ctrl: &Controller, group: &Group, who: OwnerId) {
+fn cleanup_member(ctrl: &Inner, group: &Group, who: OwnerId) {
     group.admin(ctrl.regs().clone()).release_member(who);
     let mut all_deleted = true;
     for qid in group.qids_of(who) {
@@ -369,31 +369,26 @@ fn queue_gone(r: Result<nvme_core::Completion>) -> bool {
 /// holds the controller only while it cleans up, so the application's last reference always
 /// runs the detach itself.
 fn start_monitor(ctrl: &Controller) {
-    let weak = ctrl.downgrade();
-    let stop = ctrl.monitor_stop().clone();
-    let group = ctrl.group().cloned().expect("group member");
-    let regs = ctrl.regs().clone();
-    let spawned = std::thread::Builder::new()
-        .name("nvme-group".into())
-        .spawn(move || loop {
-            std::thread::sleep(MONITOR_PERIOD);
-            if stop.load(Ordering::Relaxed) {
+    let started = ctrl.start_monitor(|ctrl, stop| {
+        let group = ctrl.group().cloned().expect("group member");
+        loop {
+            // Woken early (unparked) when the controller detaches.
+            std::thread::park_timeout(MONITOR_PERIOD);
+            if stop.load(Ordering::Acquire) {
                 return;
             }
             // Record asynchronous events even when nobody sends admin commands.
-            group.admin(regs.clone()).reap();
+            group.admin(ctrl.regs().clone()).reap();
             if group.dead_members().is_empty() {
                 continue;
             }
-            let Some(ctrl) = Controller::upgrade(&weak) else {
-                return;
-            };
             if group.lock_join().is_ok() {
                 cleanup_dead(&ctrl);
                 group.unlock_join();
             }
-        });
-    if let Err(e) = spawned {
+        }
+    });
+    if let Err(e) = started {
         // Without the monitor, dead members are still cleaned up when processes join.
         eprintln!("nvme: could not start the group monitor thread: {e}");
     }

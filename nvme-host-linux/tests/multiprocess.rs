@@ -447,6 +447,54 @@ fn a_different_build_is_refused() -> Outcome {
     Ok(())
 }
 
+/// Threads of this process named `name`.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim_end() == name)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn detach_joins_the_monitor_thread_first() -> Outcome {
+    let s = Scenario::new(22);
+    std::env::set_var("NVME_RUN_DIR", s.dir.path());
+    let opts = AttachOptions {
+        group: Some(22),
+        ..Default::default()
+    };
+    let ctrl = Controller::attach_with(&TransportId::parse(TRID).unwrap(), &opts);
+    std::env::remove_var("NVME_RUN_DIR");
+    let ctrl = ctrl.map_err(|e| e.to_string())?;
+    // A new thread names itself once it runs.
+    wait_until("the monitor thread runs", SETTLE, || {
+        threads_named("nvme-group") >= 1
+    })?;
+    let before = threads_named("nvme-group");
+    let qp = ctrl
+        .alloc_io_queue(QueueOptions { entries: 16 })
+        .map_err(|e| e.to_string())?;
+    drop(ctrl);
+    assert_eq!(
+        threads_named("nvme-group"),
+        before,
+        "a queue pair still holds the controller: the monitor keeps running"
+    );
+    // The last handle goes: the monitor is stopped and joined before the detach, on this
+    // thread, so that no thread can touch the registers after they are unmapped and the
+    // detach cannot end up on a thread the process does not wait for.
+    drop(qp);
+    assert_eq!(threads_named("nvme-group"), before - 1);
+    assert!(!s.group_dir().exists(), "the last member removed the group");
+    s.stop()?;
+    Ok(())
+}
+
 fn a_different_transport_is_refused() -> Outcome {
     let s = Scenario::new(19);
     let mut keeper = s.spawn("keeper", "wait", &[]);
@@ -598,6 +646,10 @@ fn main() -> ExitCode {
         (
             "a_different_transport_is_refused",
             a_different_transport_is_refused,
+        ),
+        (
+            "detach_joins_the_monitor_thread_first",
+            detach_joins_the_monitor_thread_first,
         ),
         (
             "a_group_of_another_user_is_refused",
