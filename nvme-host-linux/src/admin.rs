@@ -172,6 +172,48 @@ impl LocalAdmin {
     }
 }
 
+/// Whether the controller is still there. Once it is found gone it stays gone: later
+/// commands fail at once instead of each waiting out its timeout.
+pub(crate) struct Liveness {
+    transport: Arc<dyn Transport>,
+    regs: Mmio,
+    gone: std::sync::atomic::AtomicBool,
+}
+
+impl Liveness {
+    pub(crate) fn new(transport: &Arc<dyn Transport>) -> Arc<Liveness> {
+        Arc::new(Liveness {
+            transport: transport.clone(),
+            regs: transport.regs(),
+            gone: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+    /// The register handle.
+    pub(crate) fn regs(&self) -> &Mmio {
+        &self.regs
+    }
+    /// Was the controller already found gone?
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    /// Checks now: `ControllerGone` (and remembered) when the registers read as all ones or
+    /// the transport says so, `ControllerFatal` on CSTS.CFS.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.is_gone() {
+            return Err(Error::ControllerGone);
+        }
+        let csts = self.regs.csts();
+        if csts.is_all_ones() || self.transport.gone() {
+            self.gone.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(Error::ControllerGone);
+        }
+        if csts.cfs() {
+            return Err(Error::ControllerFatal);
+        }
+        Ok(())
+    }
+}
+
 /// Runs `f` with this process's handle on the admin queue: its own, or its group's.
 fn with_queue<T>(
     local: &Option<LocalAdmin>,
@@ -223,6 +265,7 @@ pub(crate) struct Admin {
     /// The queue of a process that attached alone; `None` in a group.
     local: Option<LocalAdmin>,
     regs: Mmio,
+    live: Arc<Liveness>,
     next_tag: u64,
     data: DmaBuffer,
     /// Data memory of commands that timed out (or met a fatal controller) while the
@@ -235,10 +278,11 @@ pub(crate) struct Admin {
 
 impl Admin {
     /// The admin path of a process that attached alone, over its brought-up queue.
-    pub(crate) fn local(local: LocalAdmin, regs: Mmio, data: DmaBuffer) -> Admin {
+    pub(crate) fn local(local: LocalAdmin, live: Arc<Liveness>, data: DmaBuffer) -> Admin {
         Admin {
             local: Some(local),
-            regs,
+            regs: live.regs().clone(),
+            live,
             next_tag: 1,
             data,
             parked: Vec::new(),
@@ -246,19 +290,20 @@ impl Admin {
     }
 
     /// The admin path through the group's shared admin queue (the process already joined).
-    pub(crate) fn shared(regs: Mmio, data: DmaBuffer) -> Admin {
+    pub(crate) fn shared(live: Arc<Liveness>, data: DmaBuffer) -> Admin {
         Admin {
             local: None,
-            regs,
+            regs: live.regs().clone(),
+            live,
             next_tag: 1,
             data,
             parked: Vec::new(),
         }
     }
 
-    /// The register handle.
-    pub(crate) fn regs(&self) -> &Mmio {
-        &self.regs
+    /// Whether the controller is still there.
+    pub(crate) fn liveness(&self) -> &Arc<Liveness> {
+        &self.live
     }
 
     /// Keeps `count` Asynchronous Event Requests outstanding (a group's creator does it
@@ -339,6 +384,9 @@ impl Admin {
         tag: u64,
         timeout: Duration,
     ) -> Result<Completion> {
+        if self.live.is_gone() {
+            return Err(Error::ControllerGone);
+        }
         let start = Instant::now();
         let mut result = None;
         let mut submitted = false;
@@ -372,8 +420,8 @@ impl Admin {
                 }
                 return Ok(c);
             }
-            if start.elapsed() > Duration::from_millis(1) && fatal(&self.regs) {
-                return Err(Error::ControllerFatal);
+            if start.elapsed() > Duration::from_millis(1) {
+                self.live.check()?;
             }
             if start.elapsed() > timeout {
                 // The command stays outstanding; its slot (and PRP list) is reclaimed if it
@@ -432,7 +480,9 @@ impl Drop for Admin {
         // (The local queue's own segment drops after this, so the controller is disabled
         // before its rings are unmapped too.)
         if self.has_parked() || self.local.is_some() {
-            let disabled = self.local.is_some() && disable(&self.regs, Duration::from_secs(10));
+            let disabled = self.local.is_some()
+                && !self.live.is_gone()
+                && disable(&self.regs, Duration::from_secs(10));
             self.release_parked(!disabled);
         }
     }
@@ -441,12 +491,6 @@ impl Drop for Admin {
 /// Lets go of the parked memory of the timed-out command `tag`, whose completion arrived.
 fn unpark(parked: &mut Vec<(u64, Arc<DmaMapping>)>, tag: u64) {
     parked.retain(|(t, _)| *t != tag);
-}
-
-/// Does the controller report fatal status (or has it disappeared)?
-pub(crate) fn fatal(regs: &Mmio) -> bool {
-    let csts = regs.csts();
-    csts.cfs() || csts.is_all_ones()
 }
 
 /// Disables the controller (CC.EN = 0) and waits for CSTS.RDY = 0, bounded by `timeout`:

@@ -7,7 +7,7 @@ use std::time::Duration;
 use nvme_core::{Command, ControllerInfo, ControllerInit};
 use nvme_regs::identify::{cns, IdentifyNamespace};
 
-use crate::admin::{bring_up, init_options, Admin, LocalAdmin, ADMIN_DATA};
+use crate::admin::{bring_up, init_options, Admin, Liveness, LocalAdmin, ADMIN_DATA};
 use crate::controller::Controller;
 use crate::dma::DmaMapping;
 use crate::error::{Error, Result};
@@ -109,7 +109,7 @@ impl Controller {
             bring_up(&transport, &mut init, &mut queue)?
         };
         local.lower_max_transfer(info.max_transfer.min(ADMIN_DATA));
-        let admin = Admin::local(local, regs, data);
+        let admin = Admin::local(local, Liveness::new(&transport), data);
         admin.enable_events(None, 1)?;
         Controller::finish(transport, trid, opts, info, admin, None)
     }

@@ -28,6 +28,7 @@ const MAX_TRANSFER_CAP: usize = 2 << 20;
 
 /// Shared state of an attached controller.
 pub(crate) struct Inner {
+    live: Arc<crate::admin::Liveness>,
     transport: Arc<dyn Transport>,
     regs: Mmio,
     trid: TransportId,
@@ -116,7 +117,8 @@ impl Controller {
         let granted = info.io_queues.sq.min(info.io_queues.cq);
         let inner = Inner {
             shadow,
-            regs: admin.regs().clone(),
+            regs: admin.liveness().regs().clone(),
+            live: admin.liveness().clone(),
             transport,
             trid,
             info: Box::new(info),
@@ -422,6 +424,10 @@ impl Inner {
     pub(crate) fn regs(&self) -> &Mmio {
         &self.regs
     }
+    /// Is the controller still there? (See [`Error::ControllerGone`].)
+    pub(crate) fn check_alive(&self) -> Result<()> {
+        self.live.check()
+    }
     /// The transport.
     pub(crate) fn transport(&self) -> &Arc<dyn Transport> {
         &self.transport
@@ -451,9 +457,13 @@ impl Inner {
     fn detach(&mut self) {
         let group = self.group.clone();
         lock(&self.admin).reap_parked(group.as_deref());
+        // A controller that is gone gets no shutdown notification (nothing would answer).
+        let alive = self.live.check().is_ok();
         let Some(group) = &group else {
-            shutdown(&self.regs, self.info.identify.rtd3e);
-            self.release_parked(true);
+            if alive {
+                shutdown(&self.regs, self.info.identify.rtd3e);
+            }
+            self.release_parked(alive);
             return;
         };
         // Leave the group: the last member out shuts the controller down and removes the
@@ -466,8 +476,10 @@ impl Inner {
         let me = group.me();
         group.admin(self.regs.clone()).release_member(me);
         if group.leave() {
-            shutdown(&self.regs, self.info.identify.rtd3e);
-            self.release_parked(true);
+            if alive {
+                shutdown(&self.regs, self.info.identify.rtd3e);
+            }
+            self.release_parked(alive);
             self.transport.last_member_left();
             group.remove_files();
         } else {

@@ -40,6 +40,9 @@ pub enum Error {
     /// The controller reports Controller Fatal Status (CSTS.CFS): it must be reset
     /// (detach and attach again).
     ControllerFatal,
+    /// The controller is gone: its registers read as all ones (the device was removed) or
+    /// the software controller's process died. Every later command fails at once.
+    ControllerGone,
     /// A command was refused before submission.
     Submit(SubmitError),
     /// The group's admin lock stayed held past the admin timeout: another process of the
@@ -138,6 +141,10 @@ impl fmt::Display for Error {
             Error::Nvme { opcode, admin, status } => {
                 write!(f, "{} (opcode {opcode:#04x}) failed: {status}", opcode_name(*opcode, *admin))
             }
+            Error::ControllerGone => write!(
+                f,
+                "the controller is gone (its device was removed, or the software controller's process died): detach, and attach again once it is back"
+            ),
             Error::ControllerFatal => write!(
                 f,
                 "controller fatal status (CSTS.CFS=1): the controller stopped processing commands; detach and attach again to reset it"

@@ -12,7 +12,7 @@ use nvme_regs::identify::{IdentifyController, NamespaceList};
 use nvme_regs::registers::{Cap, Vs};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::admin::{bring_up, init_options, Admin, AdminLayout, ADMIN_DATA};
+use crate::admin::{bring_up, init_options, Admin, AdminLayout, Liveness, ADMIN_DATA};
 use crate::attach::AttachOptions;
 use crate::controller::{Controller, Inner};
 use crate::dma::DmaBuffer;
@@ -128,14 +128,8 @@ fn create_group(
     group.set_lock_timeout(opts.admin_timeout);
     // One Asynchronous Event Request for the whole group; whoever reaps re-arms it.
     let _ = group.admin(regs.clone()).enable_events(1);
-    Controller::finish(
-        transport,
-        trid.clone(),
-        opts,
-        info,
-        Admin::shared(regs, data),
-        Some(group),
-    )
+    let admin = Admin::shared(Liveness::new(&transport), data);
+    Controller::finish(transport, trid.clone(), opts, info, admin, Some(group))
 }
 
 /// Joins a live group through `transport` (this process's own view of the controller).
@@ -150,14 +144,8 @@ fn join_group(
     group.admin(regs.clone()).join()?;
     let info = info_from_header(group.header());
     let data = DmaBuffer::new(&transport, ADMIN_DATA)?;
-    Controller::finish(
-        transport,
-        trid,
-        opts,
-        info,
-        Admin::shared(regs, data),
-        Some(group),
-    )
+    let admin = Admin::shared(Liveness::new(&transport), data);
+    Controller::finish(transport, trid, opts, info, admin, Some(group))
 }
 
 #[cfg(feature = "sim")]

@@ -362,8 +362,8 @@ impl IoQueuePair {
         let start = Instant::now();
         while self.outstanding() > 0 {
             self.process_completions(usize::MAX, &mut f);
-            if start.elapsed() > Duration::from_millis(1) && crate::admin::fatal(self.ctrl.regs()) {
-                return Err(Error::ControllerFatal);
+            if start.elapsed() > Duration::from_millis(1) {
+                self.ctrl.state().check_alive()?;
             }
             if start.elapsed() > timeout {
                 return Err(Error::Timeout {

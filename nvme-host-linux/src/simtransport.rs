@@ -221,6 +221,12 @@ impl Transport for SimClientTransport {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+    fn gone(&self) -> bool {
+        // The controller's process is not our child (it was double-forked), so it is
+        // reaped at once when it dies and its pid no longer exists.
+        let pid = nix::unistd::Pid::from_raw(self.client.pid() as i32);
+        nix::sys::signal::kill(pid, None) == Err(nix::errno::Errno::ESRCH)
+    }
     fn unmap_range(&self, iova: u64, len: u64) {
         let _ = self.client.dma_unmap(iova, len as usize);
     }

@@ -27,6 +27,12 @@ pub trait Transport: Send + Sync + fmt::Debug + std::any::Any {
     fn pci_id(&self) -> Option<(u16, u16)>;
     /// A short name (the PCI address, or `sim`).
     fn name(&self) -> String;
+    /// Has the controller gone for good (a software controller's process that died)?
+    /// Asked when a command takes long; a transport that cannot tell says `false` (a
+    /// removed PCI device is seen in its registers instead).
+    fn gone(&self) -> bool {
+        false
+    }
     /// Removes every DMA mapping inside `[iova, iova + len)`, whoever made it (a survivor
     /// cleaning up after a dead process). Transports without that ability do nothing.
     fn unmap_range(&self, _iova: u64, _len: u64) {}

@@ -184,6 +184,21 @@ fn child(role: &str) -> i32 {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
+        "outlive-controller" => {
+            // Waits for the software controller's process to be killed, then sends admin
+            // commands: each must fail as "gone", the first after at most one check, the
+            // next at once (not each after the admin timeout).
+            say(format!("DAEMON {}", ctrl.sim_process().unwrap_or(0)));
+            while !stop_requested() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let first = ctrl.smart_log().err().map(|e| e.to_string());
+            let t = Instant::now();
+            let second = ctrl.identify_controller().err().map(|e| e.to_string());
+            say(format!("FIRST {first:?}"));
+            say(format!("SECOND {second:?} {}", t.elapsed().as_millis()));
+            Ok(())
+        }
         "hold-lock" => {
             ctrl.__test_hold_group_lock();
             say("HOLDING");
@@ -495,6 +510,32 @@ fn detach_joins_the_monitor_thread_first() -> Outcome {
     Ok(())
 }
 
+fn a_dead_controller_process_is_detected_once() -> Outcome {
+    let s = Scenario::new(23);
+    let mut p = s.spawn("member", "outlive-controller", &[]);
+    p.line("READY primary")?;
+    let daemon: i32 = p.line("DAEMON")?[7..].parse().map_err(|e| format!("{e}"))?;
+    assert!(daemon > 0 && pid_alive(daemon as u32));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .map_err(|e| format!("killing the controller process: {e}"))?;
+    wait_until("the controller process is gone", SETTLE, || {
+        !pid_alive(daemon as u32)
+    })?;
+    s.stop()?;
+    let first = p.line("FIRST")?;
+    assert!(first.contains("the controller is gone"), "{first}");
+    let second = p.line("SECOND")?;
+    assert!(second.contains("the controller is gone"), "{second}");
+    // Leaving a group whose controller is gone sends no shutdown notification (nothing
+    // would answer it) and still removes the group.
+    p.finish()?.clean()?;
+    wait_until("the group is removed", SETTLE, || !s.group_dir().exists())?;
+    Ok(())
+}
+
 fn a_different_transport_is_refused() -> Outcome {
     let s = Scenario::new(19);
     let mut keeper = s.spawn("keeper", "wait", &[]);
@@ -646,6 +687,10 @@ fn main() -> ExitCode {
         (
             "a_different_transport_is_refused",
             a_different_transport_is_refused,
+        ),
+        (
+            "a_dead_controller_process_is_detected_once",
+            a_dead_controller_process_is_detected_once,
         ),
         (
             "detach_joins_the_monitor_thread_first",
