@@ -171,8 +171,7 @@ fn two_clients_share_one_controller() {
     assert_eq!((st.clients, st.dma_maps), (2, 1));
     // B sees A's controller state through its own BAR mapping.
     let bar = Mapping::map(b.bar_fd(), 0, b.bar_len(), false).unwrap();
-    // SAFETY: CSTS is an aligned register inside the BAR mapping.
-    let csts = unsafe { std::ptr::read_volatile(bar.ptr().add(offset_csts()).cast::<u32>()) };
+    let csts = bar.atomic_u32(offset_csts()).load(Ordering::Acquire);
     assert_eq!(csts & 1, 1, "CSTS.RDY seen from the second client");
 
     // The IOVA table is the controller's: B cannot map over A's range, but next to it.
@@ -249,8 +248,7 @@ fn mailbox(file: &File) -> Mapping {
 
 fn mailbox_word(m: &Mapping, i: usize) -> &AtomicU64 {
     assert!(i < PAGE / 8);
-    // SAFETY: an aligned word inside the mapping, which outlives the reference.
-    unsafe { AtomicU64::from_ptr(m.ptr().cast::<u64>().add(i)) }
+    m.atomic_u64(i * 8)
 }
 
 /// Runs as a separate client process for `killed_client_keeps_queues_until_deleted` (and
