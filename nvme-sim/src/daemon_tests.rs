@@ -628,13 +628,15 @@ fn socket_path_rules() {
 /// Takes an OFD write lock on the whole file; false when another open file description
 /// holds one.
 fn ofd_lock(f: &File) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock is plain old data.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: F_OFD_SETLK with a valid flock on a valid descriptor.
-    unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) == 0 }
+    use nix::fcntl::{fcntl, FcntlArg};
+    let fl = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    fcntl(f, FcntlArg::F_OFD_SETLK(&fl)).is_ok()
 }
 
 #[test]
@@ -659,8 +661,7 @@ fn daemon_is_detached_from_its_spawner() {
         .collect();
     let (ppid, sid): (u32, i32) = (f[1].parse().unwrap(), f[3].parse().unwrap());
     assert_ne!(ppid, std::process::id());
-    // SAFETY: getsid(0) has no preconditions.
-    assert_ne!(sid, unsafe { libc::getsid(0) });
+    assert_ne!(sid, nix::unistd::getsid(None).unwrap().as_raw());
     assert_eq!(
         std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
         Path::new("/")

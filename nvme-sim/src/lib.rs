@@ -49,6 +49,7 @@ mod io;
 mod mem;
 mod proto;
 mod stats;
+mod sys;
 
 #[cfg(test)]
 mod daemon_tests;

@@ -28,6 +28,7 @@ use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::stat::{fstat, SFlag};
 use nix::unistd::{ftruncate, sysconf, SysconfVar};
 
+use crate::sys::ForkedChild;
 use crate::SimError;
 
 /// The system page size (cached after the first call).
@@ -311,4 +312,37 @@ pub(crate) fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> bool {
         l,
     )
     .is_ok()
+}
+
+/// Unmaps every shared mapping this process inherited through `fork` (the parent's DMA
+/// memory, shared segments, other controllers' BARs). Only a freshly forked child can call
+/// it (it takes the token [`crate::sys::fork`] hands its child): the child must not keep
+/// that memory alive, and nothing it runs uses it.
+pub(crate) fn drop_inherited_shared_mappings(_child: &ForkedChild) {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines() {
+        let mut f = line.split_ascii_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        if perms.as_bytes().get(3) != Some(&b's') {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
+            continue;
+        };
+        if b > a {
+            // SAFETY: a shared mapping inherited from the parent. The `ForkedChild` token
+            // proves we run in the child of `sys::fork`, which only runs the daemon's
+            // start-up code: no object of the child lives in a shared mapping (it has
+            // created none yet) and the parent's `Mapping`s are never used or dropped here
+            // (the child ends in `_exit`).
+            unsafe { libc::munmap(a as *mut libc::c_void, b - a) };
+        }
+    }
 }
