@@ -30,6 +30,15 @@
 //! Keep Alive, and the NVM commands Read, Write, Flush, Write Zeroes, Dataset Management,
 //! Compare, Write Uncorrectable and Verify, with PRP data pointers (PRP lists, chained list
 //! pages) and the specification's error statuses. [`Faults`] injects errors.
+//!
+//! # Unsafe code
+//! Two modules may contain `unsafe`, each block with a `// SAFETY:` comment: `mem` (the
+//! shared memory mappings and the only accessors of their bytes) and `sys` (fork, `_exit`,
+//! `close_range`, signal dispositions and owning received descriptors, which `nix` offers
+//! no safe call for). The rest of the crate, the device model and the tests included, is
+//! safe code on top of them.
+
+#![deny(unsafe_code)]
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -46,9 +55,11 @@ mod daemon;
 mod dma;
 mod faults;
 mod io;
+#[allow(unsafe_code)]
 mod mem;
 mod proto;
 mod stats;
+#[allow(unsafe_code)]
 mod sys;
 
 #[cfg(test)]
