@@ -13,8 +13,8 @@ use nvme_regs::{Status, SubmissionEntry};
 use crate::bar::Bar;
 use crate::dma::{DmaView, HostMem, Seg};
 use crate::stats::add;
-use zerocopy::{FromZeros, IntoBytes};
 use crate::{Namespace, Shared, SimConfig};
+use zerocopy::{FromZeros, IntoBytes};
 
 /// Idle time spent spinning before the thread starts sleeping between polls.
 const IDLE_SPIN: Duration = Duration::from_micros(30);

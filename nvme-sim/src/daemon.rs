@@ -401,12 +401,7 @@ fn report(pipe: BorrowedFd<'_>, r: &Reply) {
 }
 
 /// The intermediate child: detaches from the caller, forks the daemon and exits.
-fn first_child(
-    child: &ForkedChild,
-    setup: ChildSetup,
-    listener: OwnedFd,
-    pipe_w: OwnedFd,
-) -> i32 {
+fn first_child(child: &ForkedChild, setup: ChildSetup, listener: OwnedFd, pipe_w: OwnedFd) -> i32 {
     // setsid cannot fail here: a fresh child is never a process group leader.
     let _ = nix::unistd::setsid();
     let _ = nix::unistd::chdir("/");
@@ -415,10 +410,10 @@ fn first_child(
     reset_signals(child);
     crate::mem::drop_inherited_shared_mappings(child);
     // This process has a single thread now; the grandchild continues in `daemon_main`.
-    let (forked, (_, _, pipe_w)) = sys::fork(
-        (setup, listener, pipe_w),
-        |_, (setup, listener, pipe_w)| daemon_main(setup, listener, pipe_w),
-    );
+    let (forked, (_, _, pipe_w)) =
+        sys::fork((setup, listener, pipe_w), |_, (setup, listener, pipe_w)| {
+            daemon_main(setup, listener, pipe_w)
+        });
     match forked {
         Ok(_) => 0,
         Err(source) => {

@@ -129,7 +129,9 @@ impl Mapping {
 
     /// Is byte `off` of the range at an address that is a multiple of `align`?
     pub(crate) fn is_aligned(&self, off: usize, align: usize) -> bool {
-        (self.base() as usize).wrapping_add(off).is_multiple_of(align)
+        (self.base() as usize)
+            .wrapping_add(off)
+            .is_multiple_of(align)
     }
 
     /// Start of the requested range.

@@ -633,7 +633,8 @@ pub(crate) fn bind_listen(path: &Path) -> Result<OwnedFd, SimError> {
     use std::os::unix::fs::PermissionsExt;
     let sa = sockaddr(path)?;
     let fd = seqpacket()?;
-    socket::bind(fd.as_raw_fd(), &sa).map_err(|e| io_err("bind the software controller socket", e))?;
+    socket::bind(fd.as_raw_fd(), &sa)
+        .map_err(|e| io_err("bind the software controller socket", e))?;
     // Nobody can connect before listen(2), so the mode is right before anyone can use it.
     if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
         let _ = std::fs::remove_file(path);

@@ -36,7 +36,10 @@ const PANIC_EXIT: i32 = 70;
 /// fork-safe), start threads with an explicit stack size (std reads `RUST_MIN_STACK` under
 /// the environment lock otherwise) and leave stdio and the environment alone. Breaking this
 /// can deadlock the child; it cannot corrupt the parent.
-pub(crate) fn fork<T>(state: T, child: impl FnOnce(&ForkedChild, T) -> i32) -> (io::Result<Pid>, T) {
+pub(crate) fn fork<T>(
+    state: T,
+    child: impl FnOnce(&ForkedChild, T) -> i32,
+) -> (io::Result<Pid>, T) {
     // SAFETY: nix marks fork unsafe because, in a multi-threaded process, the child may only
     // call async-signal-safe functions until it execs. Here the child runs nothing of the
     // caller's after the fork except `child`, whose contract (above) keeps it away from
