@@ -17,6 +17,8 @@
 //! processes on the controller, some SIGKILLed; see `mp`). After the controller is rebound to the kernel's nvme driver,
 //! `--verify-kernel PATH` reads the same blocks from `/dev/nvmeXnY` and compares.
 
+#![forbid(unsafe_code)]
+
 mod mp;
 mod suite;
 mod verify;
@@ -154,20 +156,10 @@ fn main() -> ExitCode {
 
 /// Becomes user and group `uid` with no supplementary groups.
 fn drop_root(uid: u32) -> std::io::Result<()> {
-    // SAFETY: plain system calls without pointers (setgroups with an empty list).
-    let r = unsafe {
-        if libc::setgroups(0, std::ptr::null()) != 0
-            || libc::setgid(uid) != 0
-            || libc::setuid(uid) != 0
-        {
-            -1
-        } else {
-            0
-        }
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+    setgroups(&[])?;
+    setgid(Gid::from_raw(uid))?;
+    setuid(Uid::from_raw(uid))?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! The processing thread: register state machine, queues, command dispatch, completions.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,10 +11,10 @@ use nvme_regs::status::GenericStatus;
 use nvme_regs::{Status, SubmissionEntry};
 
 use crate::bar::Bar;
-use crate::dma::{DmaView, Seg};
-use crate::mem::Mapping;
+use crate::dma::{DmaView, HostMem, Seg};
 use crate::stats::add;
 use crate::{Namespace, Shared, SimConfig};
+use zerocopy::{FromZeros, IntoBytes};
 
 /// Idle time spent spinning before the thread starts sleeping between polls.
 const IDLE_SPIN: Duration = Duration::from_micros(30);
@@ -54,8 +54,8 @@ pub(crate) struct Sq {
     pub(crate) size: u32,
     pub(crate) head: u32,
     pub(crate) db: usize,
-    base: *const u8,
-    _map: Arc<Mapping>,
+    /// The ring (`size * 64` bytes), kept mapped as long as the queue exists.
+    ring: HostMem,
     /// The ring's IOVA range, checked against the DMA table whenever the table changes.
     iova: u64,
     len: usize,
@@ -71,8 +71,9 @@ pub(crate) struct Cq {
     head: u32,
     phase: bool,
     db: usize,
-    base: *mut u8,
-    _map: Arc<Mapping>,
+    /// The ring (`size * 16` bytes, 16-byte aligned), kept mapped as long as the queue
+    /// exists.
+    ring: HostMem,
     /// As for [`Sq`].
     iova: u64,
     len: usize,
@@ -105,22 +106,16 @@ impl Cq {
     /// Writes one entry: dwords 0-2, then dword 3 (CID, status, phase) with a release store.
     #[inline]
     fn write(&mut self, e: &Cqe, sq_head: u16) {
-        let slot = self.base.wrapping_add(self.tail as usize * 16);
-        // SAFETY: `tail < size` and the queue's `size * 16` bytes were translated at creation
-        // and stay mapped through `_map`; the base is 16-byte aligned (checked at creation).
-        // The host only reads an entry after seeing the new phase in dword 3, which is
-        // stored last with release ordering.
-        unsafe {
-            std::ptr::write_volatile(slot.cast::<u32>(), e.dw0);
-            std::ptr::write_volatile(slot.add(4).cast::<u32>(), 0);
-            std::ptr::write_volatile(
-                slot.add(8).cast::<u32>(),
-                sq_head as u32 | (e.sqid as u32) << 16,
-            );
-            let status = e.status.to_completion_word(!self.phase);
-            AtomicU32::from_ptr(slot.add(12).cast::<u32>())
-                .store(e.cid as u32 | (status as u32) << 16, Ordering::Release);
-        }
+        // `tail < size`: the slot is inside the ring, and 16-byte aligned (the base is,
+        // checked at creation). The host only reads an entry after seeing the new phase in
+        // dword 3, which is stored last with release ordering.
+        let (map, slot) = (&self.ring.map, self.ring.off + self.tail as usize * 16);
+        map.store_u32_volatile(slot, e.dw0);
+        map.store_u32_volatile(slot + 4, 0);
+        map.store_u32_volatile(slot + 8, sq_head as u32 | (e.sqid as u32) << 16);
+        let status = e.status.to_completion_word(!self.phase);
+        map.atomic_u32(slot + 12)
+            .store(e.cid as u32 | (status as u32) << 16, Ordering::Release);
         self.tail += 1;
         if self.tail == self.size {
             self.tail = 0;
@@ -496,11 +491,11 @@ impl Controller {
     /// Builds a completion queue over `[iova, iova + entries * 16)`.
     pub(crate) fn make_cq(&mut self, iova: u64, entries: u32, qid: u16) -> Result<Cq, Status> {
         let len = entries as usize * 16;
-        let (base, map) = self
+        let ring = self
             .dma
             .translate_owned(iova, len)
             .ok_or_else(|| Status::generic(GenericStatus::DataTransferError).with_dnr())?;
-        if !(base as usize).is_multiple_of(16) {
+        if !ring.map.is_aligned(ring.off, 16) {
             return Err(Status::generic(GenericStatus::InternalError).with_dnr());
         }
         // A new queue starts at head 0 whatever an earlier queue with this id left in the
@@ -513,8 +508,7 @@ impl Controller {
             head: 0,
             phase: false,
             db,
-            base,
-            _map: map,
+            ring,
             iova,
             len,
             mapped: true,
@@ -532,7 +526,7 @@ impl Controller {
         cqid: u16,
     ) -> Result<Sq, Status> {
         let len = entries as usize * 64;
-        let (base, map) = self
+        let ring = self
             .dma
             .translate_owned(iova, len)
             .ok_or_else(|| Status::generic(GenericStatus::DataTransferError).with_dnr())?;
@@ -544,8 +538,7 @@ impl Controller {
             size: entries,
             head: 0,
             db,
-            base,
-            _map: map,
+            ring,
             iova,
             len,
             mapped: true,
@@ -616,10 +609,9 @@ impl Controller {
                     break;
                 }
             }
-            let p = sq.base.wrapping_add(sq.head as usize * 64);
-            // SAFETY: `head < size`; the queue's `size * 64` bytes stay mapped through `_map`.
-            // The host wrote the entry before the doorbell we loaded with acquire ordering.
-            let cmd: SubmissionEntry = unsafe { std::ptr::read_unaligned(p.cast()) };
+            // `head < size`. The host wrote the entry before the doorbell we loaded with
+            // acquire ordering.
+            let cmd = Self::sq_entry(sq, sq.head);
             sq.head = if sq.head + 1 == sq.size {
                 0
             } else {
@@ -932,8 +924,10 @@ impl Controller {
 
     /// Reads the entry at `index` of a submission queue.
     pub(crate) fn sq_entry(sq: &Sq, index: u32) -> SubmissionEntry {
-        let p = sq.base.wrapping_add((index % sq.size) as usize * 64);
-        // SAFETY: the index is reduced modulo the queue size; the queue stays mapped.
-        unsafe { std::ptr::read_unaligned(p.cast()) }
+        let mut cmd = SubmissionEntry::new_zeroed();
+        // The index is reduced modulo the queue size: the entry is inside the ring.
+        let off = sq.ring.off + (index % sq.size) as usize * 64;
+        sq.ring.map.read_volatile(off, cmd.as_mut_bytes());
+        cmd
     }
 }

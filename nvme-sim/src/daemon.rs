@@ -22,7 +22,7 @@
 //! the start-up error (an invalid configuration, ...) through a pipe; [`spawn_daemon`]
 //! returns that result.
 //!
-//! Fork without exec is safe here because the child only uses memory it allocates itself
+//! Fork without exec (`sys::fork`) is safe here because the child only uses memory it allocates itself
 //! (glibc's malloc is fork-safe), starts threads with an explicit stack size (std reads
 //! `RUST_MIN_STACK` under the environment lock otherwise), never touches stdio or the
 //! environment, never unwinds into the caller's frames (a panic ends in `_exit`) and always
@@ -46,16 +46,22 @@
 //! file (only if it is still the one it was started with) before exiting.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::resource::{getrlimit, Resource};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::proto::{self, Op, Reply, Request, REPLY_LEN, REQUEST_LEN};
+use crate::sys::{self, ForkedChild};
 use crate::{FaultId, SimConfig, SimController, SimError, SimStats, THREAD_STACK};
 
 /// How [`spawn_daemon_with`] starts and runs the controller process.
@@ -187,21 +193,22 @@ pub fn spawn_daemon_with(
         #[cfg(not(test))]
         client_uid: proto::euid(),
     };
-    // SAFETY: fork has no memory-safety preconditions of its own. The child only runs
-    // `first_child`, which never returns into this frame or its callers (it ends in `_exit`
-    // on every path, panics included) and only uses what is moved into it.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        let e = SimError::Io {
-            op: "fork the software controller process",
-            source: io::Error::last_os_error(),
-        };
-        cleanup();
-        return Err(e);
-    }
-    if pid == 0 {
-        first_child(setup, listener, pipe_w);
-    }
+    // The child only runs `first_child` (then `_exit`s) and only uses what it is handed.
+    let (forked, (_, listener, pipe_w)) = sys::fork(
+        (setup, listener, pipe_w),
+        |child, (setup, listener, pipe_w)| first_child(child, setup, listener, pipe_w),
+    );
+    let pid = match forked {
+        Ok(pid) => pid,
+        Err(source) => {
+            let e = SimError::Io {
+                op: "fork the software controller process",
+                source,
+            };
+            cleanup();
+            return Err(e);
+        }
+    };
     drop(pipe_w);
     let started = read_startup(pipe_r.as_fd(), options.start_timeout);
     reap(pid);
@@ -211,9 +218,8 @@ pub fn spawn_daemon_with(
         Ok(pid) => Ok(pid),
         Err((e, daemon)) => {
             if let Some(p) = daemon {
-                // SAFETY: kill has no memory-safety preconditions; `p` is the daemon that
-                // reported its pid and failed to start in time.
-                unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) };
+                // `p` is the daemon that reported its pid and failed to start in time.
+                let _ = kill(Pid::from_raw(p as libc::pid_t), Signal::SIGKILL);
             }
             cleanup();
             Err(e)
@@ -268,42 +274,30 @@ fn remove_socket_if(path: &Path, ident: (u64, u64)) {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), SimError> {
-    let mut p = [0 as RawFd; 2];
-    // SAFETY: `p` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(SimError::Io {
-            op: "pipe2",
-            source: io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| SimError::Io {
+        op: "pipe2",
+        source: e.into(),
+    })
 }
 
 /// Reaps the intermediate child, which exits right after forking the daemon; kills it if
 /// it is stuck (a lock of the caller's held at the fork, say) and has not exited after 2 s.
-fn reap(pid: libc::pid_t) {
+fn reap(pid: Pid) {
     let deadline = Instant::now() + Duration::from_secs(2);
-    let mut flags = libc::WNOHANG;
+    let mut flags = Some(WaitPidFlag::WNOHANG);
     loop {
-        let mut status = 0;
-        // SAFETY: `status` is a valid out pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
-        if r == pid {
-            return;
-        }
-        if r < 0 {
+        match waitpid(pid, flags) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) => return,
+            Err(Errno::EINTR) => continue,
             // ECHILD: SIGCHLD is ignored, or another thread of the caller reaped it.
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return;
+            Err(_) => return,
         }
-        if flags != 0 && Instant::now() >= deadline {
-            // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            flags = 0;
-        } else if flags != 0 {
+        if flags.is_some() && Instant::now() >= deadline {
+            // `pid` is our unreaped child.
+            let _ = kill(pid, Signal::SIGKILL);
+            flags = None;
+        } else if flags.is_some() {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -341,16 +335,8 @@ fn read_startup(pipe: BorrowedFd<'_>, timeout: Duration) -> Result<u32, (SimErro
                     ))
                 }
             }
-            // SAFETY: the destination is the unfilled tail of `buf`.
-            let n = unsafe {
-                libc::read(
-                    pipe.as_raw_fd(),
-                    buf[got..].as_mut_ptr().cast(),
-                    REPLY_LEN - got,
-                )
-            };
-            match n {
-                0 => {
+            match nix::unistd::read(pipe, &mut buf[got..]) {
+                Ok(0) => {
                     return Err((
                         SimError::Daemon(
                             "the new process exited during start-up without reporting why".into(),
@@ -358,13 +344,13 @@ fn read_startup(pipe: BorrowedFd<'_>, timeout: Duration) -> Result<u32, (SimErro
                         None,
                     ))
                 }
-                n if n > 0 => got += n as usize,
-                _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-                _ => {
+                Ok(n) => got += n,
+                Err(Errno::EINTR) => {}
+                Err(e) => {
                     return Err((
                         SimError::Io {
                             op: "read the start-up pipe",
-                            source: io::Error::last_os_error(),
+                            source: e.into(),
                         },
                         daemon,
                     ))
@@ -411,142 +397,95 @@ struct ChildSetup {
 
 /// Writes one report to the start-up pipe (a single atomic write: REPLY_LEN < PIPE_BUF).
 fn report(pipe: BorrowedFd<'_>, r: &Reply) {
-    let b = r.as_bytes();
-    // SAFETY: `b` is valid for `b.len()` bytes.
-    unsafe { libc::write(pipe.as_raw_fd(), b.as_ptr().cast(), b.len()) };
+    let _ = nix::unistd::write(pipe, r.as_bytes());
 }
 
 /// The intermediate child: detaches from the caller, forks the daemon and exits.
-fn first_child(setup: ChildSetup, listener: OwnedFd, pipe_w: OwnedFd) -> ! {
-    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        // SAFETY: setsid has no memory-safety preconditions (it cannot fail here: a fresh
-        // child is never a process group leader).
-        unsafe { libc::setsid() };
-        // SAFETY: a NUL-terminated literal path.
-        unsafe { libc::chdir(c"/".as_ptr()) };
-        detach_stdio();
-        close_fds_except(&[listener.as_raw_fd(), pipe_w.as_raw_fd()]);
-        reset_signals();
-        drop_inherited_shared_mappings();
-        // SAFETY: this process has a single thread now; the grandchild continues in
-        // `daemon_main`, which ends in `_exit` like this function.
-        match unsafe { libc::fork() } {
-            -1 => {
-                let e = SimError::Io {
-                    op: "fork the software controller daemon",
-                    source: io::Error::last_os_error(),
-                };
-                report(pipe_w.as_fd(), &Reply::error(Op::Forked as u16, 0, &e));
-                1
-            }
-            0 => daemon_main(setup, listener, pipe_w),
-            _ => 0,
+fn first_child(child: &ForkedChild, setup: ChildSetup, listener: OwnedFd, pipe_w: OwnedFd) -> i32 {
+    // setsid cannot fail here: a fresh child is never a process group leader.
+    let _ = nix::unistd::setsid();
+    let _ = nix::unistd::chdir("/");
+    detach_stdio();
+    close_fds_except(child, &[listener.as_raw_fd(), pipe_w.as_raw_fd()]);
+    reset_signals(child);
+    crate::mem::drop_inherited_shared_mappings(child);
+    // This process has a single thread now; the grandchild continues in `daemon_main`.
+    let (forked, (_, _, pipe_w)) =
+        sys::fork((setup, listener, pipe_w), |_, (setup, listener, pipe_w)| {
+            daemon_main(setup, listener, pipe_w)
+        });
+    match forked {
+        Ok(_) => 0,
+        Err(source) => {
+            let e = SimError::Io {
+                op: "fork the software controller daemon",
+                source,
+            };
+            report(pipe_w.as_fd(), &Reply::error(Op::Forked as u16, 0, &e));
+            1
         }
-    }))
-    .unwrap_or(70);
-    // SAFETY: _exit ends the process without running anything of the caller's.
-    unsafe { libc::_exit(code) }
+    }
 }
 
 /// Stdin, stdout and stderr onto /dev/null (closed if that cannot be opened).
 fn detach_stdio() {
-    // SAFETY: the path is a NUL-terminated literal; dup2/close on descriptors we own here.
-    unsafe {
-        let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        for std_fd in 0..3 {
-            if fd >= 0 {
-                libc::dup2(fd, std_fd);
-            } else {
-                libc::close(std_fd);
+    match std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        Ok(null) => {
+            let null = OwnedFd::from(null);
+            let _ = nix::unistd::dup2_stdin(&null);
+            let _ = nix::unistd::dup2_stdout(&null);
+            let _ = nix::unistd::dup2_stderr(&null);
+            if null.as_raw_fd() <= 2 {
+                // It was opened as one of the standard descriptors: it stays open as such.
+                let _ = null.into_raw_fd();
             }
         }
-        if fd > 2 {
-            libc::close(fd);
+        Err(_) => {
+            for std_fd in 0..3 {
+                let _ = nix::unistd::close(std_fd);
+            }
         }
     }
 }
 
 /// Closes every descriptor from 3 up except `keep`.
-fn close_fds_except(keep: &[RawFd]) {
+fn close_fds_except(child: &ForkedChild, keep: &[RawFd]) {
     let mut keep: Vec<u32> = keep.iter().filter(|&&k| k > 2).map(|&k| k as u32).collect();
     keep.sort_unstable();
     let mut lo = 3u32;
     for k in keep {
         if k > lo {
-            close_range(lo, k - 1);
+            close_range(child, lo, k - 1);
         }
         lo = k + 1;
     }
-    close_range(lo, u32::MAX);
+    close_range(child, lo, u32::MAX);
 }
 
-fn close_range(lo: u32, hi: u32) {
-    // SAFETY: close_range(2) only closes descriptors; nothing in this process uses the
-    // ones closed (they are the caller's).
-    let r = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0u32) };
-    if r == 0 {
+fn close_range(child: &ForkedChild, lo: u32, hi: u32) {
+    if sys::close_range(child, lo, hi) {
         return;
     }
-    // Kernels before 5.9: close one by one up to the descriptor limit.
-    // SAFETY: getrlimit writes one rlimit.
-    let max = unsafe {
-        let mut rl = std::mem::zeroed::<libc::rlimit>();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {
-            rl.rlim_cur.min(1 << 20) as u32
-        } else {
-            65536
-        }
+    // Kernels before 5.9: close one by one up to the descriptor limit. Nothing in this
+    // process uses the ones closed (they are the caller's).
+    let max = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((cur, _)) => cur.min(1 << 20) as u32,
+        Err(_) => 65536,
     };
     for fd in lo..=hi.min(max) {
-        // SAFETY: as above.
-        unsafe { libc::close(fd as RawFd) };
+        let _ = nix::unistd::close(fd as RawFd);
     }
 }
 
 /// Default handlers for every signal (the caller's handlers are not ours), `SIGPIPE`
 /// ignored, nothing blocked.
-fn reset_signals() {
-    // SAFETY: signal/sigprocmask with valid arguments; glibc refuses its internal signals.
-    unsafe {
-        for sig in 1..=libc::SIGRTMAX() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-        let mut set = std::mem::zeroed::<libc::sigset_t>();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
-}
-
-/// Unmaps every shared mapping inherited from the caller (its DMA memory, shared segments,
-/// other controllers' BARs): the daemon must not keep them alive, and nothing in the child
-/// uses them.
-fn drop_inherited_shared_mappings() {
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-        return;
-    };
-    for line in maps.lines() {
-        let mut f = line.split_ascii_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
-        };
-        if perms.as_bytes().get(3) != Some(&b's') {
-            continue;
-        }
-        let Some((a, b)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
-            continue;
-        };
-        if b > a {
-            // SAFETY: a shared mapping of the caller's; no object of this process lives in
-            // it (the child only uses memory it allocates itself).
-            unsafe { libc::munmap(a as *mut libc::c_void, b - a) };
-        }
-    }
+fn reset_signals(child: &ForkedChild) {
+    sys::reset_signal_dispositions(child);
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
 /// The daemon: reports its pid, starts the controller, reports the outcome, serves.
@@ -736,8 +675,7 @@ impl Daemon {
     /// Removes the socket file and exits the process now.
     fn exit_now(&self) -> ! {
         remove_socket_if(&self.path, self.ident);
-        // SAFETY: _exit ends the process; nothing needs to run before.
-        unsafe { libc::_exit(0) }
+        sys::exit_now(0)
     }
 
     /// Serves one client until it disconnects or breaks the protocol.

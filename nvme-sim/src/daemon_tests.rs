@@ -171,8 +171,7 @@ fn two_clients_share_one_controller() {
     assert_eq!((st.clients, st.dma_maps), (2, 1));
     // B sees A's controller state through its own BAR mapping.
     let bar = Mapping::map(b.bar_fd(), 0, b.bar_len(), false).unwrap();
-    // SAFETY: CSTS is an aligned register inside the BAR mapping.
-    let csts = unsafe { std::ptr::read_volatile(bar.ptr().add(offset_csts()).cast::<u32>()) };
+    let csts = bar.atomic_u32(offset_csts()).load(Ordering::Acquire);
     assert_eq!(csts & 1, 1, "CSTS.RDY seen from the second client");
 
     // The IOVA table is the controller's: B cannot map over A's range, but next to it.
@@ -249,8 +248,7 @@ fn mailbox(file: &File) -> Mapping {
 
 fn mailbox_word(m: &Mapping, i: usize) -> &AtomicU64 {
     assert!(i < PAGE / 8);
-    // SAFETY: an aligned word inside the mapping, which outlives the reference.
-    unsafe { AtomicU64::from_ptr(m.ptr().cast::<u64>().add(i)) }
+    m.atomic_u64(i * 8)
 }
 
 /// Runs as a separate client process for `killed_client_keeps_queues_until_deleted` (and
@@ -630,13 +628,15 @@ fn socket_path_rules() {
 /// Takes an OFD write lock on the whole file; false when another open file description
 /// holds one.
 fn ofd_lock(f: &File) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock is plain old data.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: F_OFD_SETLK with a valid flock on a valid descriptor.
-    unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) == 0 }
+    use nix::fcntl::{fcntl, FcntlArg};
+    let fl = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    fcntl(f, FcntlArg::F_OFD_SETLK(&fl)).is_ok()
 }
 
 #[test]
@@ -661,8 +661,7 @@ fn daemon_is_detached_from_its_spawner() {
         .collect();
     let (ppid, sid): (u32, i32) = (f[1].parse().unwrap(), f[3].parse().unwrap());
     assert_ne!(ppid, std::process::id());
-    // SAFETY: getsid(0) has no preconditions.
-    assert_ne!(sid, unsafe { libc::getsid(0) });
+    assert_ne!(sid, nix::unistd::getsid(None).unwrap().as_raw());
     assert_eq!(
         std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
         Path::new("/")

@@ -214,9 +214,10 @@ impl DmaView {
         }
     }
 
-    /// The device address of `[iova, iova + len)`, which must lie in one mapping.
+    /// The mapping holding `[iova, iova + len)`, which must lie in one mapping, and the
+    /// offset of `iova` in it.
     #[inline]
-    pub(crate) fn translate(&mut self, iova: u64, len: usize) -> Option<*mut u8> {
+    pub(crate) fn translate(&mut self, iova: u64, len: usize) -> Option<(&Arc<Mapping>, usize)> {
         let i = match self.find(iova, len) {
             Some(i) => i,
             // A mapping added just before the host rang a doorbell may be newer than our copy.
@@ -227,7 +228,7 @@ impl DmaView {
             None => return self.fault(iova, len),
         };
         let e = &self.entries[i];
-        Some(e.map.ptr().wrapping_add((iova - e.iova) as usize))
+        Some((&e.map, (iova - e.iova) as usize))
     }
 
     #[cold]
@@ -238,22 +239,31 @@ impl DmaView {
         None
     }
 
-    /// Like [`translate`](Self::translate), also returning the mapping so that the caller
-    /// (a queue) can keep it alive.
-    pub(crate) fn translate_owned(
-        &mut self,
-        iova: u64,
-        len: usize,
-    ) -> Option<(*mut u8, Arc<Mapping>)> {
-        let p = self.translate(iova, len)?;
-        Some((p, self.entries[self.last].map.clone()))
+    /// Like [`translate`](Self::translate), with a reference to the mapping that the caller
+    /// (a queue) keeps, so that the memory stays mapped as long as it needs it.
+    pub(crate) fn translate_owned(&mut self, iova: u64, len: usize) -> Option<HostMem> {
+        let (map, off) = self.translate(iova, len)?;
+        Some(HostMem {
+            map: map.clone(),
+            off,
+        })
     }
 }
 
-/// A contiguous piece of host memory that a command transfers, as a device address.
-#[derive(Clone, Copy)]
+/// Host memory reached through a DMA mapping: the device's mapping (kept alive by this
+/// reference even if the host unmaps the IOVA range meanwhile) and an offset in it.
+#[derive(Clone)]
+pub(crate) struct HostMem {
+    pub(crate) map: Arc<Mapping>,
+    pub(crate) off: usize,
+}
+
+/// A contiguous piece of host memory that a command transfers: `len` bytes at `off` in
+/// `map`.
+#[derive(Clone)]
 pub(crate) struct Seg {
-    pub(crate) ptr: *mut u8,
+    pub(crate) map: Arc<Mapping>,
+    pub(crate) off: usize,
     pub(crate) len: usize,
 }
 
@@ -267,24 +277,19 @@ fn data_transfer_error() -> Status {
 
 #[inline]
 fn push(view: &mut DmaView, segs: &mut Vec<Seg>, iova: u64, len: usize) -> Result<(), Status> {
-    let ptr = view.translate(iova, len).ok_or_else(data_transfer_error)?;
+    let (map, off) = view.translate(iova, len).ok_or_else(data_transfer_error)?;
     if let Some(last) = segs.last_mut() {
-        if last.ptr.wrapping_add(last.len) == ptr {
+        if Arc::ptr_eq(&last.map, map) && last.off + last.len == off {
             last.len += len;
             return Ok(());
         }
     }
-    segs.push(Seg { ptr, len });
+    segs.push(Seg {
+        map: map.clone(),
+        off,
+        len,
+    });
     Ok(())
-}
-
-/// Reads the little-endian 64-bit PRP entry at device address `p`.
-#[inline]
-fn read_prp_entry(p: *const u8) -> u64 {
-    // SAFETY: callers pass an address inside a live DMA mapping with 8 bytes available
-    // (translated for the whole run of entries they read). The host may write it concurrently
-    // only if it violates the protocol; a torn value is then merely a wrong PRP.
-    u64::from_le_bytes(unsafe { std::ptr::read_volatile(p.cast::<[u8; 8]>()) })
 }
 
 /// Resolves the data pointer `prp1`/`prp2` of a `len`-byte transfer into device address
@@ -340,11 +345,15 @@ pub(crate) fn resolve_prps(
             (slots - 1, true)
         };
         let bytes = (n + chain as usize) * 8;
-        let base = view
+        let (map, base) = view
             .translate(list, bytes)
+            .map(|(m, o)| (m.clone(), o))
             .ok_or_else(data_transfer_error)?;
+        // The host may write an entry concurrently only if it violates the protocol; a torn
+        // value is then merely a wrong PRP.
+        let entry = |i: usize| map.load_u64_le_volatile(base + i * 8);
         for i in 0..n {
-            let e = read_prp_entry(base.wrapping_add(i * 8));
+            let e = entry(i);
             if e & mask != 0 {
                 return Err(prp_offset_invalid());
             }
@@ -355,37 +364,24 @@ pub(crate) fn resolve_prps(
         if !chain {
             return Ok(());
         }
-        list = read_prp_entry(base.wrapping_add(n * 8));
+        list = entry(n);
     }
 }
 
-/// Copies `src` (device memory, e.g. namespace storage) into the host segments.
-///
-/// # Safety
-/// `src` must be valid for reads of the segments' total length, and every segment must be
-/// a live device mapping (as produced by [`resolve_prps`] with the view unchanged since).
-pub(crate) unsafe fn copy_to_host(segs: &[Seg], mut src: *const u8) {
+/// Copies `[src_off, src_off + total)` of `src` (device memory, e.g. namespace storage)
+/// into the host segments, `total` being their total length.
+pub(crate) fn copy_to_host(segs: &[Seg], src: &Mapping, mut src_off: usize) {
     for s in segs {
-        // SAFETY: guaranteed by the caller; host and device memory never overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src, s.ptr, s.len);
-            src = src.add(s.len);
-        }
+        src.copy_to(src_off, &s.map, s.off, s.len);
+        src_off += s.len;
     }
 }
 
-/// Copies the host segments into `dst` (device memory).
-///
-/// # Safety
-/// `dst` must be valid for writes of the segments' total length, and the segments live
-/// device mappings.
-pub(crate) unsafe fn copy_from_host(segs: &[Seg], mut dst: *mut u8) {
+/// Copies the host segments into `dst` (device memory) from `dst_off` on.
+pub(crate) fn copy_from_host(segs: &[Seg], dst: &Mapping, mut dst_off: usize) {
     for s in segs {
-        // SAFETY: guaranteed by the caller; host and device memory never overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(s.ptr, dst, s.len);
-            dst = dst.add(s.len);
-        }
+        s.map.copy_to(s.off, dst, dst_off, s.len);
+        dst_off += s.len;
     }
 }
 
@@ -393,9 +389,7 @@ pub(crate) unsafe fn copy_from_host(segs: &[Seg], mut dst: *mut u8) {
 pub(crate) fn write_host(segs: &[Seg], mut data: &[u8]) {
     for s in segs {
         let n = s.len.min(data.len());
-        // SAFETY: the segments are live device mappings of at least `s.len` bytes (from
-        // `resolve_prps`); `data` is an ordinary slice and cannot overlap device memory.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), s.ptr, n) };
+        s.map.write(s.off, &data[..n]);
         data = &data[n..];
         if data.is_empty() {
             break;
@@ -407,8 +401,7 @@ pub(crate) fn write_host(segs: &[Seg], mut data: &[u8]) {
 pub(crate) fn read_host(segs: &[Seg], mut out: &mut [u8]) {
     for s in segs {
         let n = s.len.min(out.len());
-        // SAFETY: as in `write_host`, in the other direction.
-        unsafe { std::ptr::copy_nonoverlapping(s.ptr, out.as_mut_ptr(), n) };
+        s.map.read(s.off, &mut out[..n]);
         out = &mut out[n..];
         if out.is_empty() {
             break;

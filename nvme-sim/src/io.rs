@@ -129,10 +129,8 @@ impl Controller {
         if self.uncorrectable_in(&r) {
             return Status::media(MediaErrorStatus::UnrecoveredReadError).with_dnr();
         }
-        let src = self.namespaces[r.ns].base().wrapping_add(r.offset as usize);
-        // SAFETY: the range is inside the namespace mapping (checked by `range`) and the
-        // segments come from `resolve_prps` with the DMA view unchanged since.
-        unsafe { copy_to_host(&self.segs, src) };
+        // The range is inside the namespace (checked by `range`).
+        copy_to_host(&self.segs, self.namespaces[r.ns].map(), r.offset as usize);
         let st = &self.shared.stats;
         add(&st.reads, 1);
         add(&st.bytes_read, r.len);
@@ -144,9 +142,7 @@ impl Controller {
             Ok(r) => r,
             Err(s) => return s,
         };
-        let dst = self.namespaces[r.ns].base().wrapping_add(r.offset as usize);
-        // SAFETY: as in `read`, in the other direction.
-        unsafe { copy_from_host(&self.segs, dst) };
+        copy_from_host(&self.segs, self.namespaces[r.ns].map(), r.offset as usize);
         self.clear_uncorrectable(&r);
         let st = &self.shared.stats;
         add(&st.writes, 1);
@@ -171,16 +167,9 @@ impl Controller {
             let mut done = 0;
             while done < seg.len {
                 let n = (seg.len - done).min(host.len());
-                // SAFETY: the segment is a live DMA mapping of `seg.len` bytes and the
-                // namespace range [pos, pos + n) is inside the namespace (checked).
-                unsafe {
-                    std::ptr::copy_nonoverlapping(seg.ptr.add(done), host.as_mut_ptr(), n);
-                    std::ptr::copy_nonoverlapping(
-                        ns.base().add(pos as usize),
-                        media.as_mut_ptr(),
-                        n,
-                    );
-                }
+                // The namespace range [pos, pos + n) is inside the namespace (checked).
+                seg.map.read(seg.off + done, &mut host[..n]);
+                ns.map().read(pos as usize, &mut media[..n]);
                 if host[..n] != media[..n] {
                     return Status::media(MediaErrorStatus::CompareFailure).with_dnr();
                 }

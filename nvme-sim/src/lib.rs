@@ -30,6 +30,15 @@
 //! Keep Alive, and the NVM commands Read, Write, Flush, Write Zeroes, Dataset Management,
 //! Compare, Write Uncorrectable and Verify, with PRP data pointers (PRP lists, chained list
 //! pages) and the specification's error statuses. [`Faults`] injects errors.
+//!
+//! # Unsafe code
+//! Two modules may contain `unsafe`, each block with a `// SAFETY:` comment: `mem` (the
+//! shared memory mappings and the only accessors of their bytes) and `sys` (fork, `_exit`,
+//! `close_range`, signal dispositions and owning received descriptors, which `nix` offers
+//! no safe call for). The rest of the crate, the device model and the tests included, is
+//! safe code on top of them.
+
+#![deny(unsafe_code)]
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -46,9 +55,12 @@ mod daemon;
 mod dma;
 mod faults;
 mod io;
+#[allow(unsafe_code)]
 mod mem;
 mod proto;
 mod stats;
+#[allow(unsafe_code)]
+mod sys;
 
 #[cfg(test)]
 mod daemon_tests;
@@ -393,9 +405,9 @@ impl Namespace {
         self.blocks
     }
 
-    /// Start of the storage in this process.
-    pub(crate) fn base(&self) -> *mut u8 {
-        self.map.ptr()
+    /// The storage's mapping in this process (byte `i` of the namespace at offset `i`).
+    pub(crate) fn map(&self) -> &Mapping {
+        &self.map
     }
 
     /// Zeroes `[offset, offset + len)` (caller checked the range), releasing whole pages.
@@ -403,10 +415,8 @@ impl Namespace {
         let page = mem::page_size() as u64;
         let start = offset.next_multiple_of(page);
         let end = (offset + len) & !(page - 1);
-        let memset = |o: u64, l: u64| {
-            // SAFETY: [o, o + l) lies inside the mapping (the caller checked the range).
-            unsafe { std::ptr::write_bytes(self.base().add(o as usize), 0, l as usize) }
-        };
+        // [o, o + l) lies inside the mapping (the caller checked the range).
+        let memset = |o: u64, l: u64| self.map.fill(o as usize, l as usize, 0);
         if len >= 16 * page && start < end && mem::punch_hole(self.fd.as_fd(), start, end - start) {
             memset(offset, start - offset);
             memset(end, offset + len - end);
@@ -461,27 +471,13 @@ impl NamespaceData<'_> {
     /// Copies bytes of the namespace starting at `byte_offset` into `buf`.
     pub fn read(&self, byte_offset: u64, buf: &mut [u8]) -> Result<(), SimError> {
         self.ns.check(self.nsid, byte_offset, buf.len())?;
-        // SAFETY: the range is inside the mapping (checked); `buf` is ordinary memory.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.ns.base().add(byte_offset as usize),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
+        self.ns.map.read(byte_offset as usize, buf);
         Ok(())
     }
     /// Copies `data` into the namespace at `byte_offset`.
     pub fn write(&self, byte_offset: u64, data: &[u8]) -> Result<(), SimError> {
         self.ns.check(self.nsid, byte_offset, data.len())?;
-        // SAFETY: the range is inside the mapping (checked); `data` is ordinary memory.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.ns.base().add(byte_offset as usize),
-                data.len(),
-            )
-        };
+        self.ns.map.write(byte_offset as usize, data);
         Ok(())
     }
 }

@@ -14,18 +14,23 @@
 //! The same [`Reply`] structure reports the daemon's start-up (or its failure) to
 //! [`crate::spawn_daemon`] through a pipe.
 //!
-//! Every unsafe block of the daemon support (socket calls and ancillary data) lives in this
-//! file.
+//! The socket calls are `nix`'s safe wrappers; taking ownership of received descriptors is
+//! [`crate::sys::recv_with_fds`].
 
-use std::io::{self, IoSlice, IoSliceMut};
-use std::mem::{size_of, zeroed};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice};
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::socket::{self, sockopt, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, Backlog, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use nix::sys::time::TimeVal;
 use nvme_regs::Status;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -576,66 +581,49 @@ pub(crate) fn counters_from_words(w: &[u64]) -> FaultCounters {
 // ---------------------------------------------------------------------------------------
 // Sockets
 
-fn io_err(op: &'static str) -> SimError {
+fn io_err(op: &'static str, e: Errno) -> SimError {
     SimError::Io {
         op,
-        source: io::Error::last_os_error(),
+        source: e.into(),
     }
 }
 
-/// The `sockaddr_un` of a filesystem socket path.
-fn sockaddr(path: &Path) -> Result<(libc::sockaddr_un, libc::socklen_t), SimError> {
-    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
-    let mut sa: libc::sockaddr_un = unsafe { zeroed() };
-    sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
+/// Bytes of `sockaddr_un.sun_path`.
+const SUN_PATH_LEN: usize =
+    size_of::<libc::sockaddr_un>() - std::mem::offset_of!(libc::sockaddr_un, sun_path);
+
+/// The address of a filesystem socket path.
+fn sockaddr(path: &Path) -> Result<UnixAddr, SimError> {
     let bytes = path.as_os_str().as_bytes();
-    if bytes.is_empty() || bytes.contains(&0) || bytes.len() >= sa.sun_path.len() {
+    if bytes.is_empty() || bytes.contains(&0) || bytes.len() >= SUN_PATH_LEN {
         return Err(SimError::InvalidArgument(format!(
             "socket path {:?}: must be non-empty, without NUL bytes and shorter than {} bytes",
-            path,
-            sa.sun_path.len()
+            path, SUN_PATH_LEN
         )));
     }
-    for (d, s) in sa.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
-    Ok((sa, len as libc::socklen_t))
+    UnixAddr::new(path).map_err(|e| io_err("socket address", e))
 }
 
 /// A new `SOCK_SEQPACKET` Unix socket (close-on-exec).
 fn seqpacket() -> Result<OwnedFd, SimError> {
-    // SAFETY: socket(2) has no memory-safety preconditions.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io_err("socket(AF_UNIX, SOCK_SEQPACKET)"));
-    }
-    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| io_err("socket(AF_UNIX, SOCK_SEQPACKET)", e))
 }
 
 /// Connects a new socket to `path`.
 pub(crate) fn connect(path: &Path) -> Result<OwnedFd, SimError> {
-    let (sa, len) = sockaddr(path)?;
+    let sa = sockaddr(path)?;
     let fd = seqpacket()?;
     loop {
-        // SAFETY: `sa` is a valid sockaddr_un of `len` bytes.
-        let r = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_un).cast(),
-                len,
-            )
-        };
-        if r == 0 {
-            return Ok(fd);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(SimError::Io {
-                op: "connect to the software controller socket",
-                source: e,
-            });
+        match socket::connect(fd.as_raw_fd(), &sa) {
+            Ok(()) => return Ok(fd),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(io_err("connect to the software controller socket", e)),
         }
     }
 }
@@ -643,19 +631,10 @@ pub(crate) fn connect(path: &Path) -> Result<OwnedFd, SimError> {
 /// Binds a new listening socket to `path` (which must not exist) with mode 0600.
 pub(crate) fn bind_listen(path: &Path) -> Result<OwnedFd, SimError> {
     use std::os::unix::fs::PermissionsExt;
-    let (sa, len) = sockaddr(path)?;
+    let sa = sockaddr(path)?;
     let fd = seqpacket()?;
-    // SAFETY: `sa` is a valid sockaddr_un of `len` bytes.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_un).cast(),
-            len,
-        )
-    };
-    if r != 0 {
-        return Err(io_err("bind the software controller socket"));
-    }
+    socket::bind(fd.as_raw_fd(), &sa)
+        .map_err(|e| io_err("bind the software controller socket", e))?;
     // Nobody can connect before listen(2), so the mode is right before anyone can use it.
     if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
         let _ = std::fs::remove_file(path);
@@ -664,9 +643,9 @@ pub(crate) fn bind_listen(path: &Path) -> Result<OwnedFd, SimError> {
             source: e,
         });
     }
-    // SAFETY: listen(2) has no memory-safety preconditions.
-    if unsafe { libc::listen(fd.as_raw_fd(), 64) } != 0 {
-        let e = io_err("listen on the software controller socket");
+    let backlog = Backlog::new(64).expect("a valid backlog");
+    if let Err(e) = socket::listen(&fd, backlog) {
+        let e = io_err("listen on the software controller socket", e);
         let _ = std::fs::remove_file(path);
         return Err(e);
     }
@@ -676,90 +655,48 @@ pub(crate) fn bind_listen(path: &Path) -> Result<OwnedFd, SimError> {
 /// Accepts a connection (close-on-exec, blocking) from a non-blocking listener; `None`
 /// when none is pending.
 pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
-    // SAFETY: null address pointers are allowed; accept4 has no other preconditions.
-    let fd = unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_CLOEXEC,
-        )
-    };
-    if fd >= 0 {
-        // SAFETY: `fd` was just returned by accept4 and is owned by nobody else.
-        return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
-    }
-    let e = io::Error::last_os_error();
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+    match socket::accept4(listener, SockFlag::SOCK_CLOEXEC) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::EAGAIN | Errno::EINTR) => Ok(None),
         // The peer gave up before we accepted: not an error of the listener.
-        _ if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(None),
-        _ => Err(e),
+        Err(Errno::ECONNABORTED) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// Sets or clears `O_NONBLOCK`.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    // SAFETY: fcntl F_GETFL/F_SETFL on a valid descriptor has no memory-safety preconditions.
-    unsafe {
-        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        if fl < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fl = if on {
-            fl | libc::O_NONBLOCK
-        } else {
-            fl & !libc::O_NONBLOCK
-        };
-        if libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    let fl = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    let fl = if on {
+        fl | OFlag::O_NONBLOCK
+    } else {
+        fl & !OFlag::O_NONBLOCK
+    };
+    fcntl(fd, FcntlArg::F_SETFL(fl))?;
     Ok(())
 }
 
 /// Waits until `fd` is readable (or hung up) for at most `timeout`; false on timeout.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `p` is one valid pollfd.
-    let r = unsafe { libc::poll(&mut p, 1, ms) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(false)
-        } else {
-            Err(e)
-        };
+    let mut p = [PollFd::new(fd, PollFlags::POLLIN)];
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    let ms = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+    match poll(&mut p, ms) {
+        Ok(r) => Ok(r > 0),
+        Err(Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
     }
-    Ok(r > 0)
 }
 
 /// Sets the send and receive timeouts of a socket.
 pub(crate) fn set_timeouts(fd: BorrowedFd<'_>, t: Duration) -> Result<(), SimError> {
-    let tv = libc::timeval {
-        tv_sec: t.as_secs() as libc::time_t,
-        tv_usec: t.subsec_micros() as libc::suseconds_t,
-    };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: `tv` is a valid timeval of the size passed.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&tv as *const libc::timeval).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(io_err("setsockopt(SO_RCVTIMEO/SO_SNDTIMEO)"));
-        }
-    }
+    let tv = TimeVal::new(
+        t.as_secs() as libc::time_t,
+        t.subsec_micros() as libc::suseconds_t,
+    );
+    let err = |e| io_err("setsockopt(SO_RCVTIMEO/SO_SNDTIMEO)", e);
+    socket::setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(err)?;
+    socket::setsockopt(&fd, sockopt::SendTimeout, &tv).map_err(err)?;
     Ok(())
 }
 
@@ -799,8 +736,7 @@ pub(crate) fn check_peer(peer: PeerCred, expected_uid: u32) -> Result<(), SimErr
 
 /// The effective uid of this process.
 pub(crate) fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 /// Sends one message with `fds` attached (`MSG_NOSIGNAL`: a dead peer is an error, not a
@@ -837,41 +773,21 @@ pub(crate) struct Received {
 
 /// Receives one message into `buf` and the descriptors attached to it.
 pub(crate) fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
-    // Room for as many descriptors as one message can carry (the kernel's SCM_MAX_FD), so
-    // that the kernel drops none on the way: every one that arrives is owned (and closed)
-    // here, and more than MAX_RECV_FDS counts as truncated.
-    let mut control = nix::cmsg_space!([RawFd; 253]);
-    loop {
-        let mut iov = [IoSliceMut::new(&mut *buf)];
-        let msg = match socket::recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut control),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Err(Errno::EINTR) => continue,
-            r => r?,
-        };
-        let mut fds = Vec::new();
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(raw) = c {
-                // SAFETY: the kernel has just installed these descriptors in this process
-                // for this message; nothing else owns them.
-                fds.extend(
-                    raw.into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
-            }
-        }
-        let fds_truncated = fds.len() > MAX_RECV_FDS;
-        fds.truncate(MAX_RECV_FDS);
-        return Ok(Received {
-            len: msg.bytes,
-            truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
-            fds_truncated,
-            fds,
-        });
-    }
+    let crate::sys::RecvMsg {
+        len,
+        truncated,
+        mut fds,
+    } = crate::sys::recv_with_fds(sock, buf)?;
+    // Every descriptor that arrived is owned (and closed) here; more than MAX_RECV_FDS
+    // counts as truncated.
+    let fds_truncated = fds.len() > MAX_RECV_FDS;
+    fds.truncate(MAX_RECV_FDS);
+    Ok(Received {
+        len,
+        truncated,
+        fds_truncated,
+        fds,
+    })
 }
 
 #[cfg(test)]
@@ -969,8 +885,7 @@ mod tests {
         assert_eq!((m.len, m.truncated, m.fds_truncated), (3, false, false));
         assert_eq!(&buf[..3], b"two");
         assert_eq!(m.fds.len(), 2);
-        // SAFETY: F_GETFD on a descriptor we own.
-        let flags = unsafe { libc::fcntl(m.fds[0].as_raw_fd(), libc::F_GETFD) };
+        let flags = fcntl(&m.fds[0], FcntlArg::F_GETFD).unwrap();
         assert_ne!(flags & libc::FD_CLOEXEC, 0, "received close-on-exec");
         // More descriptors than any message carries, and a longer message than the buffer.
         let raw = vec![f.as_raw_fd(); MAX_RECV_FDS + 3];
@@ -988,19 +903,13 @@ mod tests {
     #[test]
     fn peer_check_refuses_another_uid() {
         // A real connection reports this process's credentials.
-        let mut sv = [0; 2];
-        // SAFETY: `sv` has room for the two descriptors.
-        let r = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                0,
-                sv.as_mut_ptr(),
-            )
-        };
-        assert_eq!(r, 0);
-        // SAFETY: both descriptors were just created and are owned here.
-        let (a, _b) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+        let (a, _b) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
         let me = peer_cred(a.as_fd()).unwrap();
         assert_eq!(me.uid, euid());
         assert_eq!(me.pid, std::process::id());

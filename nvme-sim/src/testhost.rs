@@ -3,12 +3,13 @@
 //! tests (`tests.rs`) and the daemon tests (`daemon_tests.rs`).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
 use nvme_regs::opcode::{AdminOpcode as A, NvmOpcode as N};
 use nvme_regs::registers::{cq_head_doorbell, offset, sq_tail_doorbell, Aqa, Cc, Csts};
 use nvme_regs::{CompletionEntry, Status, SubmissionEntry};
+use zerocopy::{FromZeros, IntoBytes};
 
 use crate::bar::Bar;
 use crate::mem::{create_memfd, Mapping};
@@ -158,14 +159,12 @@ impl HostCore {
     }
     pub(crate) fn write_mem(&self, off: usize, data: &[u8]) {
         assert!(off + data.len() <= DMA_LEN);
-        // SAFETY: in bounds of the DMA mapping.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.dma.ptr().add(off), data.len()) }
+        self.dma.write(off, data);
     }
     pub(crate) fn read_mem(&self, off: usize, len: usize) -> Vec<u8> {
         assert!(off + len <= DMA_LEN);
         let mut v = vec![0u8; len];
-        // SAFETY: in bounds of the DMA mapping.
-        unsafe { std::ptr::copy_nonoverlapping(self.dma.ptr().add(off), v.as_mut_ptr(), len) }
+        self.dma.read(off, &mut v);
         v
     }
     pub(crate) fn write_u64(&self, off: usize, v: u64) {
@@ -240,7 +239,9 @@ impl HostCore {
         let q = self.queues[qid as usize].as_mut().expect("queue");
         let off = q.sq_off + q.sq_tail as usize * 64;
         q.sq_tail = (q.sq_tail + 1) % q.sq_size;
-        self.write_mem(off, zerocopy::IntoBytes::as_bytes(&c));
+        // The ring is read by the controller's thread: volatile stores, published by the
+        // release fence before the doorbell write.
+        self.dma.write_volatile(off, c.as_bytes());
     }
 
     pub(crate) fn ring(&mut self, qid: u16) {
@@ -253,14 +254,13 @@ impl HostCore {
     pub(crate) fn poll(&mut self, qid: u16) -> Option<CompletionEntry> {
         let q = self.queues[qid as usize].as_mut().expect("queue");
         let off = q.cq_off + q.cq_head as usize * 16;
-        // SAFETY: in bounds of the DMA mapping and 4-byte aligned.
-        let dw3 = unsafe { AtomicU32::from_ptr(self.dma.ptr().add(off + 12).cast()) }
-            .load(Ordering::Acquire);
+        let dw3 = self.dma.atomic_u32(off + 12).load(Ordering::Acquire);
         if (dw3 >> 16) & 1 != q.phase as u32 {
             return None;
         }
-        // SAFETY: as above; the entry is complete once its phase is seen with acquire.
-        let e: CompletionEntry = unsafe { std::ptr::read_volatile(self.dma.ptr().add(off).cast()) };
+        // The entry is complete once its phase is seen with acquire.
+        let mut e = CompletionEntry::new_zeroed();
+        self.dma.read_volatile(off, e.as_mut_bytes());
         q.cq_head += 1;
         if q.cq_head == q.cq_size {
             q.cq_head = 0;
