@@ -1028,8 +1028,15 @@ fn fault_never_ready_and_cfs() {
     std::thread::sleep(Duration::from_millis(20));
     assert!(!h.csts().rdy());
     assert_eq!(h.sim.faults().counters().ready_withheld, 1);
+    let resets = h.sim.stats().resets;
     h.w32(offset::CC, 0);
-    std::thread::sleep(Duration::from_millis(2));
+    // The controller must see EN=0 before EN=1 again: a 1 -> 0 -> 1 faster than it looks
+    // would keep the old enable (and its admin queues). Wait for its reset.
+    let start = std::time::Instant::now();
+    while h.sim.stats().resets == resets {
+        assert!(start.elapsed() < Duration::from_secs(10), "disable not seen");
+        std::thread::yield_now();
+    }
     h.sim.faults().set_never_ready(false);
     h.enable();
 
