@@ -139,8 +139,7 @@ fn check_ring(
 #[derive(Debug)]
 pub struct SubmissionQueue {
     mem: DmaRegion,
-    entries: u16,
-    /// Entries count as u32 (65536 fits).
+    /// Entries in the ring (2..=65536).
     size: u32,
     tail: u32,
     /// Last head reported by the controller.
@@ -163,7 +162,6 @@ impl SubmissionQueue {
         check_ring(&mem, entries, SQE_SIZE, align)?;
         Ok(SubmissionQueue {
             mem,
-            entries: (entries - 1) as u16,
             size: entries,
             tail: 0,
             head: 0,
@@ -178,7 +176,7 @@ impl SubmissionQueue {
     }
     /// 0's based size, as Create I/O SQ and AQA encode it.
     pub fn size_0based(&self) -> u16 {
-        self.entries
+        (self.size - 1) as u16
     }
     /// IOVA of the ring.
     pub fn iova(&self) -> u64 {

@@ -231,7 +231,7 @@ impl Controller {
     /// The software controller behind this controller, when it is `trtype:sim`.
     #[cfg(feature = "sim")]
     pub fn sim(&self) -> Option<&nvme_sim::SimController> {
-        crate::SimTransport::of(self.inner().transport.as_ref()).map(|t| t.controller())
+        crate::SimTransport::of(self.inner().transport.as_ref()).and_then(|t| t.controller())
     }
     /// Allocates a zeroed DMA buffer of `len` bytes.
     pub fn alloc_dma(&self, len: usize) -> Result<DmaBuffer> {
@@ -274,9 +274,7 @@ impl Controller {
     /// `trtype:sim`), if there is one.
     #[cfg(feature = "sim")]
     pub fn sim_process(&self) -> Option<u32> {
-        let t = self.inner().transport.as_any();
-        t.downcast_ref::<crate::simtransport::SimClientTransport>()
-            .map(|t| t.client().pid())
+        crate::SimTransport::of(self.inner().transport.as_ref()).and_then(|t| t.process())
     }
     /// Test hook: takes the group's admin lock and never releases it, so that a test can
     /// kill this process while it holds the lock. Does nothing outside a group.

@@ -21,7 +21,7 @@ use crate::group::layout::GroupHeader;
 use crate::group::{AdminAt, Creating, Group, Joined};
 use crate::memory::SharedMemory;
 #[cfg(feature = "sim")]
-use crate::simtransport::{SimClientTransport, SimTransport};
+use crate::simtransport::SimTransport;
 use crate::transport::{member_iova_range, Transport};
 #[cfg(feature = "sim")]
 use crate::trid::SimOptions;
@@ -159,7 +159,7 @@ fn create_sim(
     let sock = creating.group().dir().join("sim.sock");
     nvme_sim::spawn_daemon(SimTransport::config(sim_opts), &sock)
         .map_err(|e| Error::Transport(format!("starting the software controller process: {e}")))?;
-    let client = Arc::new(SimClientTransport::connect(&sock, me.index())?);
+    let client = Arc::new(SimTransport::connect(&sock, me.index())?);
     let transport: Arc<dyn Transport> = client.clone();
     create_group(
         creating,
@@ -182,7 +182,7 @@ fn join_sim(mut group: Group, trid: &TransportId, opts: &AttachOptions) -> Resul
     }
     let me = group.join()?;
     let sock = group.dir().join("sim.sock");
-    let transport: Arc<dyn Transport> = Arc::new(SimClientTransport::connect(&sock, me.index())?);
+    let transport: Arc<dyn Transport> = Arc::new(SimTransport::connect(&sock, me.index())?);
     join_group(group, transport, trid.clone(), opts)
 }
 

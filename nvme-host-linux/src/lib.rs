@@ -18,7 +18,7 @@ mod dma;
 mod error;
 pub mod group;
 mod groupattach;
-pub mod iova;
+mod iova;
 pub mod memory;
 mod mmio;
 mod namespace;

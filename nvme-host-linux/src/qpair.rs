@@ -377,7 +377,7 @@ impl IoQueuePair {
         Ok(())
     }
 
-    fn sync(&mut self, submit: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+    fn submit_and_wait(&mut self, submit: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
         if self.outstanding() > 0 {
             return Err(Error::Busy {
                 outstanding: self.outstanding(),
@@ -391,12 +391,12 @@ impl IoQueuePair {
     /// Reads synchronously (no other I/O may be outstanding).
     pub fn read_sync<'a>(&mut self, nsid: u32, lba: u64, buf: impl Into<IoBuf<'a>>) -> Result<()> {
         let buf = buf.into();
-        self.sync(|q| q.read(nsid, lba, buf, 0))
+        self.submit_and_wait(|q| q.read(nsid, lba, buf, 0))
     }
     /// Writes synchronously (no other I/O may be outstanding).
     pub fn write_sync<'a>(&mut self, nsid: u32, lba: u64, buf: impl Into<IoBuf<'a>>) -> Result<()> {
         let buf = buf.into();
-        self.sync(|q| q.write(nsid, lba, buf, 0))
+        self.submit_and_wait(|q| q.write(nsid, lba, buf, 0))
     }
     /// Compares synchronously (no other I/O may be outstanding).
     pub fn compare_sync<'a>(
@@ -406,7 +406,7 @@ impl IoQueuePair {
         buf: impl Into<IoBuf<'a>>,
     ) -> Result<()> {
         let buf = buf.into();
-        self.sync(|q| q.compare(nsid, lba, buf, 0))
+        self.submit_and_wait(|q| q.compare(nsid, lba, buf, 0))
     }
 }
 

@@ -1,9 +1,10 @@
 //! The built-in software controller (`trtype:sim`, cargo feature `sim`) as a transport: in
-//! this process ([`SimTransport`]) or in a process of its own that the members of a
-//! shared-memory group share ([`SimClientTransport`]).
+//! this process, or in a process of its own that the members of a shared-memory group share.
 
 use std::fmt;
 use std::sync::Mutex;
+
+use nvme_sim::{SimClient, SimController, SimError};
 
 use crate::error::{Error, Result};
 use crate::iova::IovaAllocator;
@@ -11,6 +12,47 @@ use crate::memory::{Mapping, SharedMemory};
 use crate::mmio::Mmio;
 use crate::transport::{member_iova_range, Transport};
 use crate::trid::SimOptions;
+
+/// Where the software controller runs.
+enum Device {
+    /// A thread of this process.
+    InProcess(SimController),
+    /// Its own process, reached over a socket (shared-memory groups).
+    Process(SimClient),
+}
+
+impl Device {
+    fn dma_map(&self, iova: u64, mem: &SharedMemory) -> std::result::Result<(), SimError> {
+        match self {
+            Device::InProcess(s) => s.dma_map(iova, mem.fd(), 0, mem.len()),
+            Device::Process(c) => c.dma_map(iova, mem.fd(), 0, mem.len()),
+        }
+    }
+    fn dma_unmap(&self, iova: u64, len: usize) -> std::result::Result<(), SimError> {
+        match self {
+            Device::InProcess(s) => s.dma_unmap(iova, len),
+            Device::Process(c) => c.dma_unmap(iova, len),
+        }
+    }
+}
+
+/// The software controller as a transport: its BAR mapped here, and DMA mappings made in
+/// its own table, at IOVAs this process allocates.
+pub struct SimTransport {
+    dev: Device,
+    bar: Mmio,
+    iovas: Mutex<IovaAllocator>,
+}
+
+impl fmt::Debug for SimTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("SimTransport");
+        if let Device::Process(c) = &self.dev {
+            d.field("process", &c.pid());
+        }
+        d.field("bar_len", &self.bar.len()).finish()
+    }
+}
 
 /// Maps a software controller's BAR image (its memfd) as a register handle.
 fn map_sim_bar(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> Result<Mmio> {
@@ -23,70 +65,8 @@ fn map_sim_bar(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> Result<Mmio> {
     })
 }
 
-/// Allocates an IOVA for `mem` and maps it with `map`; gives the IOVA back if that fails.
-fn map_with_iova(
-    iovas: &Mutex<IovaAllocator>,
-    mem: &SharedMemory,
-    map: impl Fn(u64) -> std::result::Result<(), nvme_sim::SimError>,
-) -> Result<u64> {
-    let lock = || iovas.lock().unwrap_or_else(|p| p.into_inner());
-    let len = mem.len() as u64;
-    // In a group, a range can still be mapped for a member that had this member slot
-    // before (its memory is kept while the controller may use it): that range stays
-    // allocated here and the next one is tried.
-    for _ in 0..16 {
-        let iova = lock()
-            .alloc(len)
-            .ok_or_else(|| Error::Transport("software controller: out of IOVA space".into()))?;
-        match map(iova) {
-            Ok(()) => return Ok(iova),
-            Err(nvme_sim::SimError::DmaOverlap { .. }) => continue,
-            Err(e) => {
-                lock().free(iova, len);
-                return Err(Error::Transport(format!(
-                    "software controller DMA map: {e}"
-                )));
-            }
-        }
-    }
-    Err(Error::Transport(format!(
-        "software controller DMA map: 16 ranges of {len} bytes in a row are still mapped for an earlier process"
-    )))
-}
-
-/// Unmaps with `unmap`, then returns the IOVA range to the allocator.
-fn unmap_with_iova<E>(
-    iovas: &Mutex<IovaAllocator>,
-    iova: u64,
-    len: usize,
-    unmap: impl FnOnce() -> std::result::Result<(), E>,
-) {
-    // A failed unmap leaves the range mapped in the device: keep it out of the allocator.
-    if unmap().is_ok() {
-        iovas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .free(iova, len as u64);
-    }
-}
-
-/// The built-in software controller as a transport.
-pub struct SimTransport {
-    sim: nvme_sim::SimController,
-    bar: Mmio,
-    iovas: Mutex<IovaAllocator>,
-}
-
-impl fmt::Debug for SimTransport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimTransport")
-            .field("bar_len", &self.bar.len())
-            .finish()
-    }
-}
-
 impl SimTransport {
-    /// Starts a software controller from transport options.
+    /// Starts a software controller in this process from transport options.
     pub fn start(opts: &SimOptions) -> Result<SimTransport> {
         Self::with_config(Self::config(opts))
     }
@@ -109,71 +89,24 @@ impl SimTransport {
         }
     }
 
-    /// Starts a software controller with a full configuration.
+    /// Starts a software controller in this process with a full configuration.
     pub fn with_config(cfg: nvme_sim::SimConfig) -> Result<SimTransport> {
-        let sim = nvme_sim::SimController::start(cfg)
+        let sim = SimController::start(cfg)
             .map_err(|e| Error::Transport(format!("software controller: {e}")))?;
         let bar = map_sim_bar(sim.bar_fd(), sim.bar_len())?;
         // The whole 47-bit space minus page 0: the simulated IOMMU has no holes.
         let iovas = Mutex::new(IovaAllocator::new(&[(0, (1 << 47) - 1)], 4096));
-        Ok(SimTransport { sim, bar, iovas })
-    }
-}
-
-impl SimTransport {
-    /// The software controller (its faults, statistics, DMA error record).
-    pub fn controller(&self) -> &nvme_sim::SimController {
-        &self.sim
-    }
-    /// `transport` as a software controller in this process, if it is one.
-    pub fn of(transport: &dyn Transport) -> Option<&SimTransport> {
-        transport.as_any().downcast_ref()
-    }
-}
-
-impl Transport for SimTransport {
-    fn regs(&self) -> Mmio {
-        self.bar.clone()
-    }
-    fn map_dma(&self, mem: &SharedMemory) -> Result<u64> {
-        map_with_iova(&self.iovas, mem, |iova| {
-            self.sim.dma_map(iova, mem.fd(), 0, mem.len())
+        Ok(SimTransport {
+            dev: Device::InProcess(sim),
+            bar,
+            iovas,
         })
     }
-    fn unmap_dma(&self, iova: u64, len: usize) {
-        unmap_with_iova(&self.iovas, iova, len, || self.sim.dma_unmap(iova, len));
-    }
-    fn pci_id(&self) -> Option<(u16, u16)> {
-        None
-    }
-    fn name(&self) -> String {
-        "sim".into()
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
 
-/// A software controller running in its own process (shared-memory groups).
-pub struct SimClientTransport {
-    client: nvme_sim::SimClient,
-    bar: Mmio,
-    iovas: Mutex<IovaAllocator>,
-}
-
-impl fmt::Debug for SimClientTransport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimClientTransport")
-            .field("daemon", &self.client.pid())
-            .finish()
-    }
-}
-
-impl SimClientTransport {
     /// Connects to the software controller process serving `socket`, as group member
     /// `member` (which fixes the IOVA range this process allocates from).
-    pub fn connect(socket: &std::path::Path, member: usize) -> Result<SimClientTransport> {
-        let client = nvme_sim::SimClient::connect(socket).map_err(|e| {
+    pub(crate) fn connect(socket: &std::path::Path, member: usize) -> Result<SimTransport> {
+        let client = SimClient::connect(socket).map_err(|e| {
             Error::Transport(format!(
                 "connecting to the software controller at {}: {e}",
                 socket.display()
@@ -182,35 +115,83 @@ impl SimClientTransport {
         let bar = map_sim_bar(client.bar_fd(), client.bar_len())?;
         let (base, len) = member_iova_range(member);
         let iovas = Mutex::new(IovaAllocator::new(&[(base, base + len - 1)], 4096));
-        Ok(SimClientTransport { client, bar, iovas })
+        Ok(SimTransport {
+            dev: Device::Process(client),
+            bar,
+            iovas,
+        })
     }
 
-    /// Maps `mem` at a fixed IOVA (the group's admin segment, below every member's range).
+    /// Maps `mem` at a fixed IOVA (a group's admin segment, below every member's range).
     pub(crate) fn map_fixed(&self, mem: &SharedMemory, iova: u64) -> Result<()> {
-        self.client
-            .dma_map(iova, mem.fd(), 0, mem.len())
+        self.dev
+            .dma_map(iova, mem)
             .map_err(|e| Error::Transport(format!("software controller DMA map: {e}")))
     }
-}
 
-impl SimClientTransport {
-    /// The connection to the software controller's process.
-    pub(crate) fn client(&self) -> &nvme_sim::SimClient {
-        &self.client
+    /// The software controller, when it runs in this process (its faults, statistics and
+    /// DMA error record).
+    pub fn controller(&self) -> Option<&SimController> {
+        match &self.dev {
+            Device::InProcess(s) => Some(s),
+            Device::Process(_) => None,
+        }
+    }
+
+    /// The pid of the software controller's own process, when it has one.
+    pub fn process(&self) -> Option<u32> {
+        match &self.dev {
+            Device::InProcess(_) => None,
+            Device::Process(c) => Some(c.pid()),
+        }
+    }
+
+    /// `transport` as a software controller, if it is one.
+    pub fn of(transport: &dyn Transport) -> Option<&SimTransport> {
+        transport.as_any().downcast_ref()
     }
 }
 
-impl Transport for SimClientTransport {
+impl Transport for SimTransport {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn regs(&self) -> Mmio {
         self.bar.clone()
     }
     fn map_dma(&self, mem: &SharedMemory) -> Result<u64> {
-        map_with_iova(&self.iovas, mem, |iova| {
-            self.client.dma_map(iova, mem.fd(), 0, mem.len())
-        })
+        let lock = || self.iovas.lock().unwrap_or_else(|p| p.into_inner());
+        let len = mem.len() as u64;
+        // In a group, a range can still be mapped for a member that had this member slot
+        // before (its memory is kept while the controller may use it): that range stays
+        // allocated here and the next one is tried.
+        for _ in 0..16 {
+            let iova = lock()
+                .alloc(len)
+                .ok_or_else(|| Error::Transport("software controller: out of IOVA space".into()))?;
+            match self.dev.dma_map(iova, mem) {
+                Ok(()) => return Ok(iova),
+                Err(SimError::DmaOverlap { .. }) => continue,
+                Err(e) => {
+                    lock().free(iova, len);
+                    return Err(Error::Transport(format!(
+                        "software controller DMA map: {e}"
+                    )));
+                }
+            }
+        }
+        Err(Error::Transport(format!(
+            "software controller DMA map: 16 ranges of {len} bytes in a row are still mapped for an earlier process"
+        )))
     }
     fn unmap_dma(&self, iova: u64, len: usize) {
-        unmap_with_iova(&self.iovas, iova, len, || self.client.dma_unmap(iova, len));
+        // A failed unmap leaves the range mapped in the device: keep it out of the allocator.
+        if self.dev.dma_unmap(iova, len).is_ok() {
+            self.iovas
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .free(iova, len as u64);
+        }
     }
     fn pci_id(&self) -> Option<(u16, u16)> {
         None
@@ -218,19 +199,22 @@ impl Transport for SimClientTransport {
     fn name(&self) -> String {
         "sim".into()
     }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
     fn gone(&self) -> bool {
-        // The controller's process is not our child (it was double-forked), so it is
-        // reaped at once when it dies and its pid no longer exists.
-        let pid = nix::unistd::Pid::from_raw(self.client.pid() as i32);
-        nix::sys::signal::kill(pid, None) == Err(nix::errno::Errno::ESRCH)
+        // A controller process is not our child (it was double-forked), so it is reaped
+        // at once when it dies and its pid no longer exists. A thread of ours cannot go.
+        self.process().is_some_and(|pid| {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            nix::sys::signal::kill(pid, None) == Err(nix::errno::Errno::ESRCH)
+        })
     }
     fn unmap_range(&self, iova: u64, len: u64) {
-        let _ = self.client.dma_unmap(iova, len as usize);
+        if let Device::Process(c) = &self.dev {
+            let _ = c.dma_unmap(iova, len as usize);
+        }
     }
     fn last_member_left(&self) {
-        let _ = self.client.shutdown();
+        if let Device::Process(c) = &self.dev {
+            let _ = c.shutdown();
+        }
     }
 }

@@ -37,8 +37,8 @@ fn attach(admin_timeout: Duration) -> (Controller, Arc<dyn Transport>) {
 
 fn sim(t: &Arc<dyn Transport>) -> &SimController {
     SimTransport::of(t.as_ref())
-        .expect("a software controller")
-        .controller()
+        .and_then(|t| t.controller())
+        .expect("a software controller in this process")
 }
 
 /// Waits (bounded) until `f` holds.
@@ -56,6 +56,33 @@ fn assert_no_dma_errors(s: &SimController) {
         0,
         "the controller accessed unmapped memory: {:#?}",
         s.dma_error_log()
+    );
+}
+
+/// Detaches, and checks that nothing touched unmapped memory before or during the detach.
+fn detach_cleanly(ctrl: Controller, s: &SimController) {
+    assert_no_dma_errors(s);
+    drop(ctrl);
+    assert_no_dma_errors(s);
+}
+
+/// Postpones the transfer and completion of the first command matching `m` by `by`.
+fn postpone(s: &SimController, m: CommandMatch, by: Duration) {
+    s.faults().delay_execution_nth(m, 1, by, false);
+}
+
+/// Identify Controller into a buffer of the caller's: it must time out (its execution is
+/// postponed); the caller then drops the buffer.
+fn identify_into_a_dropped_buffer_times_out(ctrl: &Controller) {
+    let mut buf = ctrl.alloc_dma(IDENTIFY_DATA_SIZE).unwrap();
+    let r = ctrl.admin_command(
+        Command::identify(cns::CONTROLLER, 0, 0),
+        Some(buf.slice(0..IDENTIFY_DATA_SIZE).unwrap()),
+    );
+    assert!(
+        is_admin_timeout(&r, AdminOpcode::Identify as u8),
+        "{:?}",
+        r.err()
     );
 }
 
@@ -86,11 +113,10 @@ fn admin_timeout_keeps_the_admin_data_buffer_until_the_late_completion() {
         .unwrap();
     assert!(reference.iter().any(|&b| b != 0), "the log has content");
 
-    faults.delay_execution_nth(
+    postpone(
+        s,
         CommandMatch::admin(AdminOpcode::Identify as u8),
-        1,
         Duration::from_millis(2000),
-        false,
     );
     let r = ctrl.identify_controller();
     assert!(
@@ -124,9 +150,7 @@ fn admin_timeout_keeps_the_admin_data_buffer_until_the_late_completion() {
     // old buffer go. Nothing touched unmapped memory on the way.
     let id = ctrl.identify_controller().unwrap();
     assert_eq!(id.serial(), ctrl.identify().serial());
-    assert_no_dma_errors(s);
-    drop(ctrl);
-    assert_no_dma_errors(s);
+    detach_cleanly(ctrl, s);
 }
 
 /// An admin command with the caller's buffer times out and the caller drops the buffer:
@@ -136,23 +160,12 @@ fn admin_timeout_keeps_the_callers_buffer_mapped() {
     let (ctrl, t) = attach(Duration::from_millis(200));
     let s = sim(&t);
     let faults = s.faults();
-    faults.delay_execution_nth(
+    postpone(
+        s,
         CommandMatch::admin(AdminOpcode::Identify as u8),
-        1,
         Duration::from_millis(600),
-        false,
     );
-    let mut buf = ctrl.alloc_dma(IDENTIFY_DATA_SIZE).unwrap();
-    let r = ctrl.admin_command(
-        Command::identify(cns::CONTROLLER, 0, 0),
-        Some(buf.slice(0..IDENTIFY_DATA_SIZE).unwrap()),
-    );
-    assert!(
-        is_admin_timeout(&r, AdminOpcode::Identify as u8),
-        "{:?}",
-        r.err()
-    );
-    drop(buf);
+    identify_into_a_dropped_buffer_times_out(&ctrl);
     wait_until("the late Identify executed", || {
         faults.counters().delayed_executed == 1
     });
@@ -162,9 +175,7 @@ fn admin_timeout_keeps_the_callers_buffer_mapped() {
         ctrl.identify_controller().unwrap().serial(),
         ctrl.identify().serial()
     );
-    assert_no_dma_errors(s);
-    drop(ctrl);
-    assert_no_dma_errors(s);
+    detach_cleanly(ctrl, s);
 }
 
 /// An I/O queue pair dropped with a read in flight, and the controller refuses to delete the
@@ -182,11 +193,10 @@ fn queue_pair_dropped_with_io_in_flight_and_a_failed_deletion() {
     let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 16 }).unwrap();
     let mut buf = ctrl.alloc_dma(4096).unwrap();
     // Longer than the 5 s the queue pair's drop waits for outstanding I/O.
-    faults.delay_execution_nth(
+    postpone(
+        s,
         CommandMatch::io(NvmOpcode::Read as u8),
-        1,
         Duration::from_millis(6500),
-        false,
     );
     faults.fail_nth(
         CommandMatch::admin(AdminOpcode::DeleteIoSq as u8),
@@ -234,17 +244,15 @@ fn dma_buffer_dropped_while_an_io_is_in_flight() {
     let mut data = vec![0u8; 8192];
     pattern(3, &mut data);
     s.write_backing(1, 0, &data[..4096]).unwrap();
-    faults.delay_execution_nth(
+    postpone(
+        s,
         CommandMatch::io(NvmOpcode::Write as u8),
-        1,
         Duration::from_millis(300),
-        false,
     );
-    faults.delay_execution_nth(
+    postpone(
+        s,
         CommandMatch::io(NvmOpcode::Read as u8),
-        1,
         Duration::from_millis(300),
-        false,
     );
     let mut wbuf = ctrl.alloc_dma(4096).unwrap();
     wbuf.as_mut_slice().copy_from_slice(&data[4096..]);
@@ -350,17 +358,7 @@ fn shared_admin_queue_timeouts_keep_their_memory() {
 
     // 2. A caller's buffer, dropped after the timeout.
     delay_identify(2500);
-    let mut buf = ctrl.alloc_dma(IDENTIFY_DATA_SIZE).unwrap();
-    let r = ctrl.admin_command(
-        Command::identify(cns::CONTROLLER, 0, 0),
-        Some(buf.slice(0..IDENTIFY_DATA_SIZE).unwrap()),
-    );
-    assert!(
-        is_admin_timeout(&r, AdminOpcode::Identify as u8),
-        "{:?}",
-        r.err()
-    );
-    drop(buf);
+    identify_into_a_dropped_buffer_times_out(&ctrl);
     wait_until("the late Identify executed", || executed() == 2);
     assert_eq!(
         ctrl.identify_controller().unwrap().serial(),
@@ -378,11 +376,10 @@ fn a_failed_attach_disables_the_controller_before_unmapping() {
     let t: Arc<dyn Transport> = Arc::new(SimTransport::with_config(SimConfig::default()).unwrap());
     let s = sim(&t);
     // Identify Namespace 1, read by attach after bring-up.
-    s.faults().delay_execution_nth(
+    postpone(
+        s,
         CommandMatch::admin(AdminOpcode::Identify as u8).with_nsid(1),
-        1,
         Duration::from_millis(600),
-        false,
     );
     let r = Controller::attach_transport(
         t.clone(),

@@ -1034,7 +1034,10 @@ fn fault_never_ready_and_cfs() {
     // would keep the old enable (and its admin queues). Wait for its reset.
     let start = std::time::Instant::now();
     while h.sim.stats().resets == resets {
-        assert!(start.elapsed() < Duration::from_secs(10), "disable not seen");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "disable not seen"
+        );
         std::thread::yield_now();
     }
     h.sim.faults().set_never_ready(false);
