@@ -4,9 +4,12 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU8, Ordering};
+
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::unistd::ftruncate;
 
 /// Size of a huge page on x86_64 (the default hugetlbfs size).
 pub const HUGE_PAGE: usize = 2 << 20;
@@ -124,23 +127,14 @@ impl SharedMemory {
         let len = len.div_ceil(page) * page;
         let cname = CString::new(name)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?;
-        let flags = libc::MFD_CLOEXEC
+        let flags = MFdFlags::MFD_CLOEXEC
             | if backing == Backing::HugePages {
-                libc::MFD_HUGETLB
+                MFdFlags::MFD_HUGETLB
             } else {
-                0
+                MFdFlags::empty()
             };
-        // SAFETY: plain system call with a valid C string.
-        let raw = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: memfd_create returned a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: plain system call on our descriptor.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = memfd_create(cname.as_c_str(), flags)?;
+        ftruncate(&fd, len as libc::off_t)?;
         let map = Mapping::new(fd.as_fd(), 0, len, true)?;
         Ok(SharedMemory { map, fd, backing })
     }

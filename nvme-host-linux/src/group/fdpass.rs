@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{self, sockopt, ControlMessage, ControlMessageOwned, MsgFlags};
 
 /// First bytes of a server's answer that carries descriptors.
@@ -54,8 +55,7 @@ pub(crate) fn check_uid(cred: &libc::ucred, uid: u32) -> io::Result<()> {
 }
 
 fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 /// Sends `payload` with `fds` attached (one `sendmsg`; `MSG_NOSIGNAL`: a closed peer is an
@@ -186,13 +186,10 @@ impl Server {
 fn serve(listener: &UnixListener, stop: &AtomicBool, fds: &[OwnedFd]) {
     let uid = euid();
     while !stop.load(Ordering::Acquire) {
-        let mut pfd = libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, 100) };
+        // Wakes up for a client, a shutdown (stop), or after 100 ms to look at `stop` again;
+        // an error (EINTR) just goes round the loop.
+        let mut pfd = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut pfd, PollTimeout::from(100u8));
         if stop.load(Ordering::Acquire) {
             return;
         }
@@ -232,8 +229,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         // Wakes a poll in progress (a listening socket reports POLLHUP once shut down).
-        // SAFETY: shutdown(2) on our own socket.
-        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        let _ = socket::shutdown(self.listener.as_raw_fd(), socket::Shutdown::Both);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -91,8 +91,7 @@ fn ensure_dir(id: u32, dir: &Path) -> Result<()> {
         }
     }
     let md = std::fs::symlink_metadata(dir).map_err(os(format!("reading {}", dir.display())))?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     if !md.is_dir() || md.uid() != me {
         return Err(Error::Group(format!(
             "shared-memory group {id} ({}) belongs to user {} (you are {me}); use another group id (-i) or run as that user",

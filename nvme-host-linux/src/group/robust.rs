@@ -1,5 +1,6 @@
 //! A robust, process-shared pthread mutex living in shared memory.
 
+use nix::time::{clock_gettime, ClockId};
 use nvme_core::{LockOutcome, RobustLock};
 
 /// Storage for a `pthread_mutex_t` in the shared control segment (glibc's is 40 bytes on
@@ -101,13 +102,11 @@ impl RobustLock for RobustMutex {
             None => unsafe { libc::pthread_mutex_lock(self.m) },
             Some(timeout) => {
                 // pthread_mutex_timedlock takes an absolute CLOCK_REALTIME deadline.
-                // SAFETY: a timespec is plain integers; clock_gettime writes the one we pass.
-                let mut now: libc::timespec = unsafe { std::mem::zeroed() };
-                // SAFETY: as above.
-                unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
-                let total = now.tv_nsec as u64 + timeout.subsec_nanos() as u64;
+                let now = clock_gettime(ClockId::CLOCK_REALTIME)
+                    .expect("CLOCK_REALTIME is always available");
+                let total = now.tv_nsec() as u64 + timeout.subsec_nanos() as u64;
                 let deadline = libc::timespec {
-                    tv_sec: now.tv_sec
+                    tv_sec: now.tv_sec()
                         + timeout.as_secs() as libc::time_t
                         + (total / 1_000_000_000) as libc::time_t,
                     tv_nsec: (total % 1_000_000_000) as libc::c_long,

@@ -9,6 +9,8 @@ use vfio_bindings::bindings::vfio::{
     VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
 };
 
+use nix::sys::uio::{pread, pwrite};
+
 use super::ioctl::{self, AlignedBuf};
 use crate::error::{Error, Result};
 use crate::transport::PciAddress;
@@ -106,29 +108,13 @@ impl Device {
 
     /// Reads config space at `off`.
     pub(crate) fn config_read(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
-        // SAFETY: reading into our own buffer of the given length.
-        let n = unsafe {
-            libc::pread(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                (self.config.offset + off) as libc::off_t,
-            )
-        };
+        let n = pread(&self.fd, buf, (self.config.offset + off) as libc::off_t);
         whole_transfer(n, buf.len(), "read", off)
     }
 
     /// Writes config space at `off`.
     pub(crate) fn config_write(&self, off: u64, buf: &[u8]) -> io::Result<()> {
-        // SAFETY: writing from our own buffer of the given length.
-        let n = unsafe {
-            libc::pwrite(
-                self.fd.as_raw_fd(),
-                buf.as_ptr() as *const libc::c_void,
-                buf.len(),
-                (self.config.offset + off) as libc::off_t,
-            )
-        };
+        let n = pwrite(&self.fd, buf, (self.config.offset + off) as libc::off_t);
         whole_transfer(n, buf.len(), "write", off)
     }
 
@@ -225,11 +211,8 @@ fn region_info(fd: BorrowedFd<'_>, index: u32) -> io::Result<Region> {
 
 /// The result of a config-space `pread`/`pwrite` of `len` bytes: the OS error, a short
 /// transfer, or success.
-fn whole_transfer(n: isize, len: usize, what: &str, off: u64) -> io::Result<()> {
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n as usize != len {
+fn whole_transfer(n: nix::Result<usize>, len: usize, what: &str, off: u64) -> io::Result<()> {
+    if n? != len {
         return Err(io::Error::other(format!(
             "short config space {what} at {off:#x}"
         )));
