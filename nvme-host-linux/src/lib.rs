@@ -23,6 +23,7 @@ mod mmio;
 mod qpair;
 #[cfg(feature = "sim")]
 mod simtransport;
+mod sys;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod transport;

@@ -14,7 +14,7 @@
 //! - [`VfioTransport`]: all of it as a [`Transport`].
 
 mod device;
-mod ioctl;
+pub(crate) mod ioctl;
 mod iommu;
 pub(crate) mod share;
 pub mod sysfs;
