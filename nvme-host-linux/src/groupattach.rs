@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nvme_core::shared::{OwnerId, MAX_ADMIN_ENTRIES};
-use nvme_core::{Command, ControllerInfo, ControllerInit, DmaRegion};
+use nvme_core::{Command, ControllerInfo, ControllerInit};
 use nvme_regs::features::NumberOfQueues;
 use nvme_regs::identify::{IdentifyController, NamespaceList};
 use nvme_regs::registers::{Cap, Vs};
@@ -85,9 +85,11 @@ fn create_group(
     let layout = AdminLayout::new(entries, init.page_size());
     let mem = creating.create_admin_mem(layout.len)?;
     map_admin(mem, admin_iova)?;
-    // SAFETY: the admin segment is mapped here and, at admin_iova, for the device; the group
+    // The admin segment is mapped here and, at admin_iova, for the device; the group
     // keeps both mappings for its lifetime.
-    let rings = unsafe { DmaRegion::new(mem.as_ptr(), admin_iova, layout.len) };
+    let rings = mem
+        .region(0, layout.len, admin_iova)
+        .expect("admin segment of layout.len");
     let (info, qp, data) = bring_up(&transport, &mut init, rings, &layout)?;
     let (sq_tail, sq_head, cq_head, phase) = qp.ring_positions();
     drop(qp);

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::unistd::ftruncate;
+use nvme_core::DmaRegion;
 
 /// Size of a huge page on x86_64 (the default hugetlbfs size).
 pub const HUGE_PAGE: usize = 2 << 20;
@@ -76,6 +77,41 @@ impl Mapping {
     /// Length in bytes.
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// The bytes `[offset, offset + len)` as a region for the core engine, which the device
+    /// reaches at `iova + offset` (`iova`: the device address of the mapping's first byte,
+    /// mapped by the caller through the transport). `None` if the range does not fit.
+    ///
+    /// A `DmaRegion` is a raw description without a lifetime: whoever keeps it must keep
+    /// this mapping (and the device's mapping at `iova`) alive as long as the region or any
+    /// copy of it is used. Every holder in the crate does so by owning the mapping next to
+    /// the region (`DmaMapping`, the group's admin segment, a queue pair's rings).
+    pub(crate) fn region(&self, offset: usize, len: usize, iova: u64) -> Option<DmaRegion> {
+        if offset.checked_add(len)? > self.len {
+            return None;
+        }
+        // SAFETY: `[offset, offset + len)` is inside the mapping (checked above), which is
+        // readable and writable; its lifetime is the holder's contract stated above.
+        Some(unsafe { DmaRegion::new(self.ptr.as_ptr().add(offset), iova + offset as u64, len) })
+    }
+
+    /// The whole mapping as bytes.
+    ///
+    /// For memory that nobody else writes while the slice lives: no device access in
+    /// flight and no other process writing it. The only caller is a DMA buffer, which
+    /// hands out its data only while no I/O uses it (`DmaBuffer::try_as_slice`).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes and lives as long as `&self`; no
+        // concurrent writer by the contract above.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The whole mapping as writable bytes. As [`Mapping::bytes`], and `&mut self` rules
+    /// out any other reference through this mapping.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, for writes; the borrow is exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
@@ -171,6 +207,18 @@ impl SharedMemory {
     pub fn backing(&self) -> Backing {
         self.backing
     }
+    /// See [`Mapping::region`].
+    pub(crate) fn region(&self, offset: usize, len: usize, iova: u64) -> Option<DmaRegion> {
+        self.map.region(offset, len, iova)
+    }
+    /// See [`Mapping::bytes`].
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.map.bytes()
+    }
+    /// See [`Mapping::bytes_mut`].
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        self.map.bytes_mut()
+    }
 }
 
 /// Hugepage status of this machine, for messages and the setup tool.
@@ -187,18 +235,27 @@ mod tests {
 
     #[test]
     fn shared_memory_is_zeroed_and_shareable() {
-        let m = SharedMemory::with_backing("test", 5000, Backing::Shared).unwrap();
+        let mut m = SharedMemory::with_backing("test", 5000, Backing::Shared).unwrap();
         assert_eq!(m.len(), 8192);
-        // SAFETY: within our fresh mapping.
-        unsafe {
-            assert_eq!(*m.as_ptr().add(8191), 0);
-            *m.as_ptr().add(100) = 42;
-        }
+        assert!(m.bytes().iter().all(|&b| b == 0));
+        m.bytes_mut()[100] = 42;
         // A second mapping of the same fd sees the write (as another process would).
         let second = Mapping::new(m.fd(), 0, 8192, false).unwrap();
-        // SAFETY: the second mapping is 8192 bytes long.
-        assert_eq!(unsafe { *second.as_ptr().add(100) }, 42);
+        assert_eq!(second.bytes()[100], 42);
         assert!(SharedMemory::with_backing("test", 0, Backing::Shared).is_err());
+    }
+
+    #[test]
+    fn regions_stay_inside_the_mapping() {
+        let m = SharedMemory::with_backing("test", 8192, Backing::Shared).unwrap();
+        let r = m.region(4096, 4096, 0x10_0000).unwrap();
+        assert_eq!((r.iova(), r.len()), (0x10_1000, 4096));
+        assert_eq!(r.vaddr() as usize, m.as_ptr() as usize + 4096);
+        assert!(r.write_u32(0, 7));
+        assert_eq!(m.bytes()[4096], 7);
+        assert!(m.region(4096, 4097, 0).is_none());
+        assert!(m.region(usize::MAX, 2, 0).is_none());
+        assert_eq!(m.region(8192, 0, 0).map(|r| r.len()), Some(0));
     }
 
     #[test]

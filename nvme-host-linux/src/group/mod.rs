@@ -39,7 +39,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use nvme_core::shared::{OwnerId, SharedAdminQueue, MAX_MEMBERS};
-use nvme_core::DmaRegion;
 
 use crate::error::{Error, Result};
 use crate::memory::SharedMemory;
@@ -335,11 +334,11 @@ impl Group {
         let info = &self.header().info;
         let mem = self.admin_mem();
         let iova = info.admin_iova;
+        // Inside the admin segment mapping, which lives as long as `self`; the device sees
+        // it at admin_iova (mapped by the creator).
         let region = |off: u64, len: usize| {
-            assert!(off as usize + len <= mem.len(), "admin segment layout");
-            // SAFETY: inside the admin segment mapping, which lives as long as `self`; the
-            // device sees it at admin_iova + off (mapped by the creator).
-            unsafe { DmaRegion::new(mem.as_ptr().add(off as usize), iova + off, len) }
+            mem.region(off as usize, len, iova)
+                .expect("admin segment layout")
         };
         let entries = info.admin_entries as usize;
         SharedAdminQueue::new(
