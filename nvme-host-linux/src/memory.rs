@@ -27,6 +27,29 @@ pub enum Backing {
 /// What the first allocation found: 0 = unknown, 1 = hugepages work, 2 = they do not.
 static HUGE_STATE: AtomicU8 = AtomicU8::new(0);
 
+/// Types that may be viewed in place in a shared mapping with [`Mapping::view`]: the
+/// group's control segment.
+///
+/// # Safety
+/// Implement only for `#[repr(C)]` types for which
+/// - every bit pattern is a valid value (integers, atomics, arrays and structures of them,
+///   `nvme_core::SharedState` structures, the group's robust mutex): the
+///   bytes come from a file that another process wrote;
+/// - every field that another process may write while this one holds a reference is an
+///   atomic or behind an `UnsafeCell` (the robust mutex); the others are written only by
+///   the process that creates the segment, through [`Mapping::view_mut`], before it makes
+///   the segment known to anyone else.
+pub(crate) unsafe trait SharedView: Sync {}
+
+// SAFETY: `#[repr(C)]`, integers and atomics only; the atomics are the only fields written
+// after the creator publishes the group (the build id is written once, before).
+unsafe impl SharedView for crate::group::layout::GroupIdent {}
+// SAFETY: `#[repr(C)]` (layout asserted in group::layout); made of integers, atomics, arrays
+// and structures of them, the robust mutex (UnsafeCell) and nvme-core's SharedAdminState
+// (a SharedState: atomics only). The plain fields (trid, info, pci_addr, iova_slices) are
+// written only by the creator before it publishes the magic (`group::Creating`).
+unsafe impl SharedView for crate::group::layout::GroupHeader {}
+
 /// A shared mapping of a file (a memfd, a group file, a device region): the one type that
 /// owns an `mmap` in this crate. It is unmapped when dropped; whatever uses the memory keeps
 /// the `Mapping` (or an `Arc` of it) alive.
@@ -94,6 +117,27 @@ impl Mapping {
         // SAFETY: `[offset, offset + len)` is inside the mapping (checked above), which is
         // readable and writable; its lifetime is the holder's contract stated above.
         Some(unsafe { DmaRegion::new(self.ptr.as_ptr().add(offset), iova + offset as u64, len) })
+    }
+
+    /// The `T` at the start of the mapping, or `None` if the mapping is too short for it
+    /// or misaligned. See [`SharedView`] for what may be viewed.
+    pub(crate) fn view<T: SharedView>(&self) -> Option<&T> {
+        let fits = self.len >= std::mem::size_of::<T>();
+        let aligned = (self.ptr.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>());
+        // SAFETY: in bounds and aligned (checked); any bytes are a valid T and concurrent
+        // writes from other processes go through atomics or UnsafeCell (SharedView); the
+        // reference lives no longer than `&self`, so not longer than the mapping.
+        (fits && aligned).then(|| unsafe { &*(self.ptr.as_ptr() as *const T) })
+    }
+
+    /// The `T` at the start of the mapping, writable: for the process that creates a
+    /// segment, before any other process can know of it ([`SharedView`]).
+    pub(crate) fn view_mut<T: SharedView>(&mut self) -> Option<&mut T> {
+        let fits = self.len >= std::mem::size_of::<T>();
+        let aligned = (self.ptr.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>());
+        // SAFETY: as in `view`; `&mut self` rules out every other reference into the
+        // mapping in this process, and no other process uses it yet (SharedView).
+        (fits && aligned).then(|| unsafe { &mut *(self.ptr.as_ptr() as *mut T) })
     }
 
     /// The whole mapping as bytes.
@@ -210,6 +254,14 @@ impl SharedMemory {
     /// See [`Mapping::region`].
     pub(crate) fn region(&self, offset: usize, len: usize, iova: u64) -> Option<DmaRegion> {
         self.map.region(offset, len, iova)
+    }
+    /// See [`Mapping::view`].
+    pub(crate) fn view<T: SharedView>(&self) -> Option<&T> {
+        self.map.view()
+    }
+    /// See [`Mapping::view_mut`].
+    pub(crate) fn view_mut<T: SharedView>(&mut self) -> Option<&mut T> {
+        self.map.view_mut()
     }
     /// See [`Mapping::bytes`].
     pub(crate) fn bytes(&self) -> &[u8] {

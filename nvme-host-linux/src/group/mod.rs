@@ -43,7 +43,7 @@ use nvme_core::shared::{OwnerId, SharedAdminQueue, MAX_MEMBERS};
 use crate::error::{Error, Result};
 use crate::memory::SharedMemory;
 use crate::mmio::Mmio;
-use layout::{GroupHeader, ACTIVE, FREE, JOIN_BYTE, MAGIC, MAX_QID, PRIMARY_BYTE};
+use layout::{GroupHeader, GroupIdent, ACTIVE, FREE, JOIN_BYTE, MAGIC, MAX_QID, PRIMARY_BYTE};
 use robust::RobustMutex;
 
 /// A process's role in its group.
@@ -153,9 +153,9 @@ pub(crate) struct Group {
     id: u32,
     dir: PathBuf,
     lockf: File,
+    /// The control segment (`GroupHeader`), group lock included.
     control: SharedMemory,
     admin_mem: Option<SharedMemory>,
-    mutex: RobustMutex,
     me: Option<OwnerId>,
     primary: AtomicBool,
     join_held: AtomicBool,
@@ -201,65 +201,23 @@ impl Group {
             let f = open_rw(&control_path, true)?;
             f.set_len(len as u64)
                 .map_err(os("sizing the control segment"))?;
-            let control =
+            let mut control =
                 SharedMemory::from_file(f, len).map_err(os("mapping the control segment"))?;
-            // SAFETY: the mutex storage is inside our fresh, zeroed mapping; no other process
-            // can use it before we publish the magic.
-            let mutex_ptr =
-                unsafe { std::ptr::addr_of_mut!((*(control.as_ptr() as *mut GroupHeader)).mutex) };
-            // SAFETY: as above.
-            unsafe { RobustMutex::init(mutex_ptr) }.map_err(os("initialising the group lock"))?;
-            // SAFETY: initialised just above, in a mapping the Group keeps.
-            let mutex = unsafe { RobustMutex::from_storage(mutex_ptr) };
-            let group = Group::new(id, dir, lockf, control, mutex);
-            let h = group.header_mut_ptr();
-            // SAFETY: nobody else maps the segment yet.
-            unsafe {
-                (*h).layout_version
-                    .store(layout::LAYOUT_VERSION, Ordering::Relaxed);
-                (*h).state.store(layout::INITIALIZING, Ordering::Relaxed);
-                layout::write_str(&mut (*h).build_id, &layout::build_id());
-            }
+            // Nobody else maps the segment before we publish the magic.
+            let h: &mut GroupHeader = control
+                .view_mut()
+                .expect("the control segment is sized for the header");
+            h.mutex.init().map_err(os("initialising the group lock"))?;
+            h.ident
+                .layout_version
+                .store(layout::LAYOUT_VERSION, Ordering::Relaxed);
+            h.ident.state.store(layout::INITIALIZING, Ordering::Relaxed);
+            layout::write_str(&mut h.ident.build_id, &layout::build_id());
+            let group = Group::new(id, dir, lockf, control);
             return Ok(Joined::Create(Creating { group }));
         }
-        let f = open_rw(&control_path, false)?;
-        let flen = f.metadata().map_err(os("stat control"))?.len() as usize;
-        if flen < std::mem::size_of::<u64>() * 2 + 128 {
-            return Err(Error::Group(format!(
-                "group {id}: the control segment is truncated; it was not made by this driver"
-            )));
-        }
-        // Check the header's identity before trusting its size.
-        let control =
-            SharedMemory::from_file(f, flen).map_err(os("mapping the control segment"))?;
-        // SAFETY: at least magic, version, state and build id are mapped (checked above).
-        let (magic, version, theirs) = unsafe {
-            let h = control.as_ptr() as *const GroupHeader;
-            (
-                (*h).magic.load(Ordering::Acquire),
-                (*h).layout_version.load(Ordering::Relaxed),
-                layout::read_str(&(*h).build_id),
-            )
-        };
-        let ours = layout::build_id();
-        if magic != MAGIC {
-            return Err(Error::Group(format!(
-                "group {id} is not a group of this driver, or its creator died while initialising it (magic {magic:#x})"
-            )));
-        }
-        if version != layout::LAYOUT_VERSION || theirs != ours || flen != len {
-            return Err(Error::Group(format!(
-                "group {id} was created by a different build of the driver and cannot be shared: it runs '{theirs}', this program is '{ours}'; rebuild both from the same source or use another group id"
-            )));
-        }
-        let mutex_ptr = {
-            let h = control.as_ptr() as *mut GroupHeader;
-            // SAFETY: the header is fully mapped (length checked).
-            unsafe { std::ptr::addr_of_mut!((*h).mutex) }
-        };
-        // SAFETY: the creator initialised the mutex before publishing the magic.
-        let mutex = unsafe { RobustMutex::from_storage(mutex_ptr) };
-        let mut group = Group::new(id, dir, lockf, control, mutex);
+        let control = map_control(id, &control_path, len)?;
+        let mut group = Group::new(id, dir, lockf, control);
         let info = &group.header().info;
         let admin = open_rw(&group.dir.join("admin.mem"), false)?;
         group.admin_mem = Some(
@@ -270,14 +228,14 @@ impl Group {
     }
 
     /// A membership in the making: the join lock is held, no member record claimed yet.
-    fn new(id: u32, dir: PathBuf, lockf: File, control: SharedMemory, mutex: RobustMutex) -> Group {
+    /// `control` holds a whole header (checked by the caller).
+    fn new(id: u32, dir: PathBuf, lockf: File, control: SharedMemory) -> Group {
         Group {
             id,
             dir,
             lockf,
             control,
             admin_mem: None,
-            mutex,
             me: None,
             primary: AtomicBool::new(false),
             join_held: AtomicBool::new(true),
@@ -286,15 +244,19 @@ impl Group {
         }
     }
 
-    fn header_mut_ptr(&self) -> *mut GroupHeader {
-        self.control.as_ptr() as *mut GroupHeader
+    /// The control segment, writable: only while creating the group, before it is
+    /// published (see `memory::SharedView`).
+    fn header_mut(&mut self) -> &mut GroupHeader {
+        self.control
+            .view_mut()
+            .expect("the control segment holds a header (checked at open)")
     }
 
     /// The control segment.
     pub(crate) fn header(&self) -> &GroupHeader {
-        // SAFETY: mapped for our lifetime; shared mutable fields are atomics, the rest is
-        // written once before the magic is published.
-        unsafe { &*(self.control.as_ptr() as *const GroupHeader) }
+        self.control
+            .view()
+            .expect("the control segment holds a header (checked at open)")
     }
 
     /// The group id.
@@ -343,7 +305,7 @@ impl Group {
         let entries = info.admin_entries as usize;
         SharedAdminQueue::new(
             &self.header().admin,
-            &self.mutex,
+            &self.header().mutex,
             regs,
             region(info.sq_off, entries * 64),
             region(info.cq_off, entries * 16),
@@ -455,7 +417,7 @@ impl Group {
     #[cfg(feature = "test-hooks")]
     pub(crate) fn hold_lock_forever(&self) {
         use nvme_core::RobustLock;
-        std::mem::forget(self.mutex.lock(None));
+        std::mem::forget(self.header().mutex.lock(None));
     }
 
     /// Takes the join lock (for cleanup and leaving).
@@ -513,31 +475,26 @@ impl Creating {
     }
     /// Fills in the controller facts and publishes the group (state READY, then the magic).
     pub(crate) fn publish(
-        self,
+        mut self,
         trid: &str,
         fill: impl FnOnce(&mut layout::SharedInfo),
     ) -> Result<Group> {
-        let h = self.group.header_mut_ptr();
-        // SAFETY: nobody else maps the segment until the magic is stored below.
-        unsafe {
-            layout::write_str(&mut (*h).trid, trid);
-            fill(&mut (*h).info);
-        }
-        let hdr = self.group.header();
-        hdr.state.store(layout::READY, Ordering::Relaxed);
-        hdr.magic.store(MAGIC, Ordering::Release);
+        // Nobody else maps the segment until the magic is stored below.
+        let h = self.group.header_mut();
+        layout::write_str(&mut h.trid, trid);
+        fill(&mut h.info);
+        h.ident.state.store(layout::READY, Ordering::Relaxed);
+        h.ident.magic.store(MAGIC, Ordering::Release);
         Ok(self.group)
     }
     /// Records the controller's PCI address and the IOVA slices of a `trtype:PCIe` group
     /// (before publishing).
     pub(crate) fn set_pcie(&mut self, addr: &str, slices: &[(u64, u64)]) {
-        let h = self.group.header_mut_ptr();
-        // SAFETY: nobody else maps the segment until the magic is published.
-        unsafe {
-            layout::write_str(&mut (*h).pci_addr, addr);
-            for (dst, &(start, len)) in (*h).iova_slices.iter_mut().zip(slices) {
-                *dst = [start, len];
-            }
+        // Nobody else maps the segment until the magic is published.
+        let h = self.group.header_mut();
+        layout::write_str(&mut h.pci_addr, addr);
+        for (dst, &(start, len)) in h.iova_slices.iter_mut().zip(slices) {
+            *dst = [start, len];
         }
     }
     /// Claims this process's member record (before publishing: nobody else can look yet).
@@ -610,6 +567,46 @@ impl Group {
     }
 }
 
+/// Maps the control segment of a live group at `path` after checking, in this order, that
+/// the file holds at least the identity (before mapping it: a short file would fault on
+/// access), that the identity is this build's (magic, layout version, build id), and that
+/// the file is exactly `len` bytes, the size of this build's header.
+fn map_control(id: u32, path: &Path, len: usize) -> Result<SharedMemory> {
+    let f = open_rw(path, false)?;
+    let flen = f.metadata().map_err(os("stat control"))?.len() as usize;
+    if flen < std::mem::size_of::<GroupIdent>() {
+        return Err(Error::Group(format!(
+            "group {id}: the control segment is truncated; it was not made by this driver"
+        )));
+    }
+    // Check the header's identity before trusting its size.
+    let control = SharedMemory::from_file(f, flen).map_err(os("mapping the control segment"))?;
+    let ident: &GroupIdent = control
+        .view()
+        .expect("the file holds the identity (checked above)");
+    let magic = ident.magic.load(Ordering::Acquire);
+    let version = ident.layout_version.load(Ordering::Relaxed);
+    let theirs = layout::read_str(&ident.build_id);
+    let ours = layout::build_id();
+    if magic != MAGIC {
+        return Err(Error::Group(format!(
+            "group {id} is not a group of this driver, or its creator died while initialising it (magic {magic:#x})"
+        )));
+    }
+    if version != layout::LAYOUT_VERSION || theirs != ours {
+        return Err(Error::Group(format!(
+            "group {id} was created by a different build of the driver and cannot be shared: it runs '{theirs}', this program is '{ours}'; rebuild both from the same source or use another group id"
+        )));
+    }
+    if flen != len {
+        return Err(Error::Group(format!(
+            "group {id}: the control segment is {flen} bytes, not the {len} of this build's header although its build id matches; it was damaged (truncated?): remove {}",
+            path.display()
+        )));
+    }
+    Ok(control)
+}
+
 /// Removes the descriptor sockets of earlier members (join lock held).
 fn remove_member_sockets(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -621,5 +618,78 @@ fn remove_member_sockets(dir: &Path) {
         if name.starts_with("member.") && name.ends_with(".sock") {
             let _ = std::fs::remove_file(e.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nvme-group-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A control file of `flen` bytes whose identity is this build's (magic included).
+    fn control_file(path: &Path, flen: usize) {
+        let f = open_rw(path, true).unwrap();
+        f.set_len(flen.max(control_len()) as u64).unwrap();
+        let mut m = SharedMemory::from_file(f, control_len()).unwrap();
+        let h: &mut GroupHeader = m.view_mut().unwrap();
+        h.ident
+            .layout_version
+            .store(layout::LAYOUT_VERSION, Ordering::Relaxed);
+        layout::write_str(&mut h.ident.build_id, &layout::build_id());
+        h.ident.magic.store(MAGIC, Ordering::Release);
+        drop(m);
+        open_rw(path, false).unwrap().set_len(flen as u64).unwrap();
+    }
+
+    #[test]
+    fn the_control_file_is_checked_before_it_is_trusted() {
+        let d = tmp("control");
+        let path = d.join("control");
+        let len = control_len();
+        control_file(&path, len);
+        let m = map_control(7, &path, len).unwrap();
+        let h: &GroupHeader = m.view().unwrap();
+        assert_eq!(layout::read_str(&h.ident.build_id), layout::build_id());
+
+        // Shorter than the identity: refused before mapping.
+        open_rw(&path, false).unwrap().set_len(100).unwrap();
+        let e = map_control(7, &path, len).unwrap_err().to_string();
+        assert!(e.contains("the control segment is truncated"), "{e}");
+
+        // The identity, but not the whole header: refused, and said so.
+        control_file(&path, 4096);
+        let e = map_control(7, &path, len).unwrap_err().to_string();
+        assert!(e.contains("is 4096 bytes, not the"), "{e}");
+
+        // Another build.
+        control_file(&path, len);
+        let mut m = SharedMemory::from_file(open_rw(&path, false).unwrap(), len).unwrap();
+        let h: &mut GroupHeader = m.view_mut().unwrap();
+        layout::write_str(&mut h.ident.build_id, "another build");
+        drop(m);
+        let e = map_control(7, &path, len).unwrap_err().to_string();
+        assert!(e.contains("created by a different build"), "{e}");
+        assert!(e.contains("it runs 'another build'"), "{e}");
+
+        // No magic.
+        std::fs::remove_file(&path).unwrap();
+        open_rw(&path, true).unwrap().set_len(len as u64).unwrap();
+        let e = map_control(7, &path, len).unwrap_err().to_string();
+        assert!(e.contains("is not a group of this driver"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_short_mapping_has_no_header_view() {
+        let m =
+            SharedMemory::with_backing("control", 4096, crate::memory::Backing::Shared).unwrap();
+        assert!(m.view::<GroupHeader>().is_none());
+        assert!(m.view::<GroupIdent>().is_some());
     }
 }
