@@ -1,6 +1,10 @@
 //! Shared memory segments for DMA: hugetlbfs when hugepages are available, ordinary shared
 //! memory otherwise. Every segment is a memfd, so it can be handed to another process (or to
 //! the software controller) by file descriptor and mapped at any address there.
+//!
+//! [`Mapping`] is the crate's one owner of an `mmap`, and the one place that turns mapped
+//! memory into references, slices or `DmaRegion`s: hence the `unsafe` allowed here.
+#![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::io;

@@ -3,6 +3,7 @@
 //! The crate's one module besides `sys` that calls into libc with `unsafe`: the mutex is a
 //! place in shared memory that only the pthread functions may touch, which nix does not
 //! wrap.
+#![allow(unsafe_code)]
 
 use std::cell::UnsafeCell;
 use std::marker::PhantomData;
