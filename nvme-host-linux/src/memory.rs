@@ -2,7 +2,7 @@
 //! memory otherwise. Every segment is a memfd, so it can be handed to another process (or to
 //! the software controller) by file descriptor and mapped at any address there.
 //!
-//! [`Mapping`] is the crate's one owner of an `mmap`, and the one place that turns mapped
+//! `Mapping` is the crate's one owner of an `mmap`, and the one place that turns mapped
 //! memory into references, slices or `DmaRegion`s: hence the `unsafe` allowed here.
 #![allow(unsafe_code)]
 
