@@ -74,6 +74,9 @@ pub trait RobustLock {
     fn mark_consistent(&self, guard: &Self::Guard<'_>);
 }
 
+/// The in-process lock of a process's own admin queue (a group of one).
+pub type InProcessLock = spin::Mutex<()>;
+
 /// The in-process lock: a holder cannot die without the process, so the outcome is always
 /// [`LockOutcome::Acquired`], and nothing can stop a holder while others wait (no bound).
 impl RobustLock for spin::Mutex<()> {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use nvme_core::DmaRegion;
 
-use crate::backend::Transport;
 use crate::error::{Error, Result};
 use crate::memory::SharedMemory;
+use crate::transport::Transport;
 
 /// A segment of shared memory mapped for one controller.
 #[derive(Debug)]

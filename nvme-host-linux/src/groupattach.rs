@@ -12,20 +12,20 @@ use nvme_regs::identify::{IdentifyController, NamespaceList};
 use nvme_regs::registers::{Cap, Vs};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::backend::{member_iova_range, Transport};
-use crate::controller::{
-    bring_up, init_options, Admin, AdminLayout, AttachOptions, Controller, ADMIN_DATA_LEN,
-};
+use crate::admin::{bring_up, init_options, Admin, AdminLayout, ADMIN_DATA};
+use crate::attach::AttachOptions;
+use crate::controller::{Controller, Inner};
 use crate::dma::DmaBuffer;
 use crate::error::{Error, Result};
 use crate::group::layout::GroupHeader;
-use crate::group::{Creating, Group, Joined};
+use crate::group::{AdminAt, Creating, Group, Joined};
 use crate::memory::SharedMemory;
 #[cfg(feature = "sim")]
 use crate::simtransport::{SimClientTransport, SimTransport};
+use crate::transport::{member_iova_range, Transport};
 #[cfg(feature = "sim")]
-use crate::transport::SimOptions;
-use crate::transport::{PciAddress, TransportId, TransportKind};
+use crate::trid::SimOptions;
+use crate::trid::{PciAddress, TransportId, TransportKind};
 use crate::vfio::VfioTransport;
 
 /// Device address of the group's admin segment over `trtype:sim` (below every member's IOVA
@@ -59,8 +59,8 @@ pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Resul
             join_pcie(group, traddr.as_ref(), trid, opts)?
         }
     };
-    let group = ctrl.inner.group.as_ref().expect("group member");
-    cleanup_dead(&ctrl);
+    let group = ctrl.group().expect("group member");
+    cleanup_dead(ctrl.state());
     group.unlock_join();
     start_monitor(&ctrl);
     Ok(ctrl)
@@ -85,20 +85,27 @@ fn create_group(
     let layout = AdminLayout::new(entries, init.page_size());
     let mem = creating.create_admin_mem(layout.len)?;
     map_admin(mem, admin_iova)?;
-    // The admin segment is mapped here and, at admin_iova, for the device; the group
-    // keeps both mappings for its lifetime.
-    let rings = mem
-        .region(0, layout.len, admin_iova)
-        .expect("admin segment of layout.len");
-    let (info, qp, data) = bring_up(&transport, &mut init, rings, &layout)?;
-    let (sq_tail, sq_head, cq_head, phase) = qp.ring_positions();
-    drop(qp);
-    let max_transfer = info.max_transfer.min(ADMIN_DATA_LEN);
+    let at = AdminAt {
+        iova: admin_iova,
+        entries,
+        sq_off: layout.sq_off() as u64,
+        cq_off: layout.cq_off() as u64,
+        prp_off: layout.prp_off() as u64,
+        prp_len: layout.prp_len as u64,
+    };
     let hdr = creating.group().header();
     hdr.admin
-        .configure(entries, info.page_size, max_transfer, info.cap.dstrd())
+        .configure(entries, init.page_size(), ADMIN_DATA, init.cap().dstrd())
         .map_err(|e| Error::Group(e.to_string()))?;
-    hdr.admin.set_positions(sq_tail, sq_head, cq_head, phase);
+    // The controller comes up over the group's shared admin queue itself: nothing to hand
+    // over afterwards.
+    let (info, data) = {
+        let mut queue = creating.group().admin_at(regs.clone(), &at)?;
+        queue.join()?;
+        bring_up(&transport, &mut init, &mut queue)?
+    };
+    hdr.admin
+        .lower_max_transfer(info.max_transfer.min(ADMIN_DATA));
     before_publish(&mut creating);
     let trid_text = trid.to_string();
     let mut group = creating.publish(&trid_text, |si| {
@@ -109,17 +116,16 @@ fn create_group(
         si.granted_sq = info.io_queues.sq;
         si.granted_cq = info.io_queues.cq;
         si.admin_entries = entries;
-        si.admin_iova = admin_iova;
+        si.admin_iova = at.iova;
         si.admin_len = layout.len as u64;
-        si.sq_off = layout.sq_off() as u64;
-        si.cq_off = layout.cq_off() as u64;
-        si.prp_off = layout.prp_off() as u64;
-        si.prp_len = layout.prp_len as u64;
+        si.sq_off = at.sq_off;
+        si.cq_off = at.cq_off;
+        si.prp_off = at.prp_off;
+        si.prp_len = at.prp_len;
         si.identify.copy_from_slice(info.identify.as_bytes());
         si.namespaces.copy_from_slice(info.namespaces.as_bytes());
     })?;
     group.set_lock_timeout(opts.admin_timeout);
-    group.admin(regs.clone()).join()?;
     // One Asynchronous Event Request for the whole group; whoever reaps re-arms it.
     let _ = group.admin(regs.clone()).enable_events(1);
     Controller::finish(
@@ -143,7 +149,7 @@ fn join_group(
     let regs = transport.regs();
     group.admin(regs.clone()).join()?;
     let info = info_from_header(group.header());
-    let data = DmaBuffer::new(&transport, ADMIN_DATA_LEN)?;
+    let data = DmaBuffer::new(&transport, ADMIN_DATA)?;
     Controller::finish(
         transport,
         trid,
@@ -301,8 +307,8 @@ fn info_from_header(h: &GroupHeader) -> ControllerInfo {
 /// Deletes the queues of every dead member, returns their queue ids and admin mailboxes,
 /// and frees their records. The join lock must be held. Returns how many members it
 /// cleaned up.
-pub(crate) fn cleanup_dead(ctrl: &Controller) -> usize {
-    let Some(group) = ctrl.inner.group.as_ref() else {
+pub(crate) fn cleanup_dead(ctrl: &Inner) -> usize {
+    let Some(group) = ctrl.group() else {
         return 0;
     };
     let dead = group.dead_members();
@@ -312,60 +318,77 @@ pub(crate) fn cleanup_dead(ctrl: &Controller) -> usize {
     dead.len()
 }
 
-fn cleanup_member(ctrl: &Controller, group: &Group, who: OwnerId) {
-    group.admin(ctrl.inner.regs.clone()).release_member(who);
+fn cleanup_member(ctrl: &Inner, group: &Group, who: OwnerId) {
+    group.admin(ctrl.regs().clone()).release_member(who);
+    let mut all_deleted = true;
     for qid in group.qids_of(who) {
         // Deleting the SQ aborts what the dead process left in flight; a queue that was
         // never created (the process died in between) fails with Invalid Queue Identifier.
-        let _ = ctrl.admin_command(Command::delete_io_sq(qid), None);
-        let _ = ctrl.admin_command(Command::delete_io_cq(qid), None);
-        group.free_qid(qid);
+        let sq = queue_gone(ctrl.admin_command(Command::delete_io_sq(qid), None));
+        let cq = queue_gone(ctrl.admin_command(Command::delete_io_cq(qid), None));
+        if sq && cq {
+            group.free_qid(qid);
+        } else {
+            // The controller may still use the queue and the dead process's memory: the
+            // id stays reserved (it keeps the dead owner's tag) and the memory mapped.
+            all_deleted = false;
+        }
     }
     // An admin command of the dead process may still be writing into its memory: let the
     // controller finish it (bounded) before the memory goes.
-    let q = group.admin(ctrl.inner.regs.clone());
+    let q = group.admin(ctrl.regs().clone());
     let start = std::time::Instant::now();
     while q.in_flight_of(who) > 0 && start.elapsed() < Duration::from_secs(2) {
         q.reap();
         std::thread::sleep(Duration::from_micros(200));
     }
-    // The controller no longer uses the dead process's memory: drop its DMA mappings (for
-    // VFIO this also releases the pages the dead process had pinned).
-    let (iova, len) = group
-        .member_slice(who.index())
-        .unwrap_or_else(|| member_iova_range(who.index()));
-    ctrl.inner.transport.unmap_range(iova, len);
+    if all_deleted && q.in_flight_of(who) == 0 {
+        // The controller no longer uses the dead process's memory: drop its DMA mappings
+        // (for VFIO this also releases the pages the dead process had pinned).
+        let (iova, len) = group
+            .member_slice(who.index())
+            .unwrap_or_else(|| member_iova_range(who.index()));
+        ctrl.transport().unmap_range(iova, len);
+    }
     group.forget_member(who);
+}
+
+/// Did a queue deletion leave the queue gone (deleted, or it never existed)?
+fn queue_gone(r: Result<nvme_core::Completion>) -> bool {
+    use nvme_regs::status::CommandSpecificStatus;
+    match r {
+        Ok(_) => true,
+        Err(Error::Nvme { status, .. }) => {
+            status.is_command_specific(CommandSpecificStatus::InvalidQueueId)
+        }
+        Err(_) => false,
+    }
 }
 
 /// Starts the thread that cleans up after members that die while this process runs. It
 /// holds the controller only while it cleans up, so the application's last reference always
 /// runs the detach itself.
 fn start_monitor(ctrl: &Controller) {
-    let weak = Arc::downgrade(&ctrl.inner);
-    let stop = ctrl.inner.monitor_stop.clone();
-    let group = ctrl.inner.group.clone().expect("group member");
-    let regs = ctrl.inner.regs.clone();
-    let spawned = std::thread::Builder::new()
-        .name("nvme-group".into())
-        .spawn(move || loop {
-            std::thread::sleep(MONITOR_PERIOD);
-            if stop.load(Ordering::Relaxed) {
+    let started = ctrl.start_monitor(|ctrl, stop| {
+        let group = ctrl.group().cloned().expect("group member");
+        loop {
+            // Woken early (unparked) when the controller detaches.
+            std::thread::park_timeout(MONITOR_PERIOD);
+            if stop.load(Ordering::Acquire) {
                 return;
             }
             // Record asynchronous events even when nobody sends admin commands.
-            group.admin(regs.clone()).reap();
+            group.admin(ctrl.regs().clone()).reap();
             if group.dead_members().is_empty() {
                 continue;
             }
-            let Some(inner) = weak.upgrade() else { return };
-            let ctrl = Controller { inner };
             if group.lock_join().is_ok() {
                 cleanup_dead(&ctrl);
                 group.unlock_join();
             }
-        });
-    if let Err(e) = spawned {
+        }
+    });
+    if let Err(e) = started {
         // Without the monitor, dead members are still cleaned up when processes join.
         eprintln!("nvme: could not start the group monitor thread: {e}");
     }

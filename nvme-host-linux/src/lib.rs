@@ -20,7 +20,8 @@
 
 #![deny(unsafe_code)]
 
-mod backend;
+mod admin;
+mod attach;
 mod controller;
 mod dma;
 mod error;
@@ -29,6 +30,7 @@ mod groupattach;
 pub mod iova;
 pub mod memory;
 mod mmio;
+mod namespace;
 mod qpair;
 #[cfg(feature = "sim")]
 mod simtransport;
@@ -36,18 +38,21 @@ mod sys;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod transport;
+mod trid;
 pub mod vfio;
 
-pub use backend::Transport;
-pub use controller::{AttachOptions, Controller, Namespace};
+pub use attach::AttachOptions;
+pub use controller::Controller;
 pub use dma::{DmaBuffer, IoBuf};
 pub use error::{Error, Result};
 pub use group::Role;
 pub use mmio::Mmio;
+pub use namespace::Namespace;
 pub use qpair::{IoQueuePair, QueueOptions};
 #[cfg(feature = "sim")]
 pub use simtransport::SimTransport;
-pub use transport::{PciAddress, SimOptions, TransportId, TransportKind};
+pub use transport::Transport;
+pub use trid::{PciAddress, SimOptions, TransportId, TransportKind};
 
 pub use nvme_core;
 pub use nvme_regs as regs;

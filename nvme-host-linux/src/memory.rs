@@ -58,7 +58,7 @@ unsafe impl SharedView for crate::group::layout::GroupHeader {}
 /// owns an `mmap` in this crate. It is unmapped when dropped; whatever uses the memory keeps
 /// the `Mapping` (or an `Arc` of it) alive.
 #[derive(Debug)]
-pub(crate) struct Mapping {
+pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -72,12 +72,7 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     /// Maps `len` bytes of `fd` at `offset`, shared, read-write; `populate` faults the
     /// pages in.
-    pub(crate) fn new(
-        fd: BorrowedFd<'_>,
-        offset: u64,
-        len: usize,
-        populate: bool,
-    ) -> io::Result<Mapping> {
+    pub fn new(fd: BorrowedFd<'_>, offset: u64, len: usize, populate: bool) -> io::Result<Mapping> {
         let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
         // SAFETY: a new mapping chosen by the kernel; no existing memory is affected.
         let p = unsafe {
@@ -98,12 +93,16 @@ impl Mapping {
         Ok(Mapping { ptr, len })
     }
     /// Start of the mapping.
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
+    pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
     /// Length in bytes.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len
+    }
+    /// Is it empty? (Never: mmap refuses zero lengths.)
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// The bytes `[offset, offset + len)` as a region for the core engine, which the device

@@ -27,7 +27,7 @@ impl Mmio {
     /// A handle on `map`, a mapping of a controller's BAR0 (or memory standing in for it).
     /// Fails, returning the length, when it is too small for the registers and the admin
     /// doorbells.
-    pub(crate) fn new(map: Mapping) -> std::result::Result<Mmio, usize> {
+    pub fn new(map: Mapping) -> std::result::Result<Mmio, usize> {
         if map.len() < MIN_LEN || !(map.as_ptr() as usize).is_multiple_of(8) {
             return Err(map.len());
         }

@@ -9,10 +9,11 @@ use nvme_core::{Command, Completion, DmaRegion, QueueConfig, QueuePair, Slot};
 use nvme_regs::opcode::NvmOpcode;
 use zerocopy::IntoBytes;
 
-use crate::controller::{Controller, Namespace};
+use crate::controller::Controller;
 use crate::dma::{DmaMapping, IoBuf};
 use crate::error::{Error, Result};
 use crate::mmio::Mmio;
+use crate::namespace::Namespace;
 
 /// Options of an I/O queue pair.
 #[derive(Clone, Copy, Debug)]
@@ -88,7 +89,7 @@ impl IoQueuePair {
         let qid = ctrl.alloc_qid()?;
         let build = || -> Result<(Qp, DmaMapping, DmaRegion)> {
             let rings = DmaMapping::new(
-                &ctrl.inner.transport,
+                ctrl.transport(),
                 "nvme-ioq",
                 sq_len + cq_len + prp_len + dsm_len,
             )?;
@@ -107,9 +108,9 @@ impl IoQueuePair {
             let slots: Box<[Slot<IoCtx>]> = (0..QueueConfig::slots(entries))
                 .map(|_| Slot::EMPTY)
                 .collect();
-            let mut qp = QueuePair::new(cfg, ctrl.inner.regs.clone(), slots)
+            let mut qp = QueuePair::new(cfg, ctrl.regs().clone(), slots)
                 .map_err(|e| Error::Invalid(format!("I/O queue {qid}: {e}")))?;
-            if let Some(sh) = &ctrl.inner.shadow {
+            if let Some(sh) = ctrl.shadow_doorbells() {
                 // The two pages were given to the controller with Doorbell Buffer Config and
                 // live as long as the controller, which this queue pair keeps.
                 // Every queue must use them once the controller has them.
@@ -149,7 +150,7 @@ impl IoQueuePair {
         Ok(IoQueuePair {
             qp,
             dsm,
-            namespaces: ctrl.inner.namespaces.clone(),
+            namespaces: ctrl.namespaces_shared().clone(),
             qid,
             ctrl,
             rings: Some(rings),
@@ -364,9 +365,7 @@ impl IoQueuePair {
         let start = Instant::now();
         while self.outstanding() > 0 {
             self.process_completions(usize::MAX, &mut f);
-            if start.elapsed() > Duration::from_millis(1)
-                && crate::controller::fatal(&self.ctrl.inner.regs)
-            {
+            if start.elapsed() > Duration::from_millis(1) && crate::admin::fatal(self.ctrl.regs()) {
                 return Err(Error::ControllerFatal);
             }
             if start.elapsed() > timeout {
@@ -444,11 +443,6 @@ impl Drop for IoQueuePair {
             _rings: self.rings.take(),
             _bufs: bufs,
         };
-        self.ctrl
-            .inner
-            .quarantine
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(parked);
+        self.ctrl.quarantine(parked);
     }
 }

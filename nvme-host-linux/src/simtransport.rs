@@ -5,12 +5,12 @@
 use std::fmt;
 use std::sync::Mutex;
 
-use crate::backend::{member_iova_range, Transport};
 use crate::error::{Error, Result};
 use crate::iova::IovaAllocator;
 use crate::memory::{Mapping, SharedMemory};
 use crate::mmio::Mmio;
-use crate::transport::SimOptions;
+use crate::transport::{member_iova_range, Transport};
+use crate::trid::SimOptions;
 
 /// Maps a software controller's BAR image (its memfd) as a register handle.
 fn map_sim_bar(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> Result<Mmio> {
@@ -24,21 +24,34 @@ fn map_sim_bar(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> Result<Mmio> {
 }
 
 /// Allocates an IOVA for `mem` and maps it with `map`; gives the IOVA back if that fails.
-fn map_with_iova<E: fmt::Display>(
+fn map_with_iova(
     iovas: &Mutex<IovaAllocator>,
     mem: &SharedMemory,
-    map: impl FnOnce(u64) -> std::result::Result<(), E>,
+    map: impl Fn(u64) -> std::result::Result<(), nvme_sim::SimError>,
 ) -> Result<u64> {
     let lock = || iovas.lock().unwrap_or_else(|p| p.into_inner());
     let len = mem.len() as u64;
-    let iova = lock()
-        .alloc(len)
-        .ok_or_else(|| Error::Transport("software controller: out of IOVA space".into()))?;
-    map(iova).map_err(|e| {
-        lock().free(iova, len);
-        Error::Transport(format!("software controller DMA map: {e}"))
-    })?;
-    Ok(iova)
+    // In a group, a range can still be mapped for a member that had this member slot
+    // before (its memory is kept while the controller may use it): that range stays
+    // allocated here and the next one is tried.
+    for _ in 0..16 {
+        let iova = lock()
+            .alloc(len)
+            .ok_or_else(|| Error::Transport("software controller: out of IOVA space".into()))?;
+        match map(iova) {
+            Ok(()) => return Ok(iova),
+            Err(nvme_sim::SimError::DmaOverlap { .. }) => continue,
+            Err(e) => {
+                lock().free(iova, len);
+                return Err(Error::Transport(format!(
+                    "software controller DMA map: {e}"
+                )));
+            }
+        }
+    }
+    Err(Error::Transport(format!(
+        "software controller DMA map: 16 ranges of {len} bytes in a row are still mapped for an earlier process"
+    )))
 }
 
 /// Unmaps with `unmap`, then returns the IOVA range to the allocator.
@@ -107,6 +120,17 @@ impl SimTransport {
     }
 }
 
+impl SimTransport {
+    /// The software controller (its faults, statistics, DMA error record).
+    pub fn controller(&self) -> &nvme_sim::SimController {
+        &self.sim
+    }
+    /// `transport` as a software controller in this process, if it is one.
+    pub fn of(transport: &dyn Transport) -> Option<&SimTransport> {
+        transport.as_any().downcast_ref()
+    }
+}
+
 impl Transport for SimTransport {
     fn regs(&self) -> Mmio {
         self.bar.clone()
@@ -125,8 +149,8 @@ impl Transport for SimTransport {
     fn name(&self) -> String {
         "sim".into()
     }
-    fn sim(&self) -> Option<&nvme_sim::SimController> {
-        Some(&self.sim)
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
@@ -169,6 +193,13 @@ impl SimClientTransport {
     }
 }
 
+impl SimClientTransport {
+    /// The connection to the software controller's process.
+    pub(crate) fn client(&self) -> &nvme_sim::SimClient {
+        &self.client
+    }
+}
+
 impl Transport for SimClientTransport {
     fn regs(&self) -> Mmio {
         self.bar.clone()
@@ -187,8 +218,8 @@ impl Transport for SimClientTransport {
     fn name(&self) -> String {
         "sim".into()
     }
-    fn sim_client(&self) -> Option<&nvme_sim::SimClient> {
-        Some(&self.client)
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
     fn unmap_range(&self, iova: u64, len: u64) {
         let _ = self.client.dma_unmap(iova, len as usize);

@@ -36,7 +36,9 @@ fn attach(admin_timeout: Duration) -> (Controller, Arc<dyn Transport>) {
 }
 
 fn sim(t: &Arc<dyn Transport>) -> &SimController {
-    t.sim().expect("a software controller")
+    SimTransport::of(t.as_ref())
+        .expect("a software controller")
+        .controller()
 }
 
 /// Waits (bounded) until `f` holds.

@@ -319,6 +319,56 @@ fn killed_secondaries_are_cleaned_up() -> Outcome {
     Ok(())
 }
 
+fn a_queue_the_controller_would_not_delete_stays_reserved() -> Outcome {
+    use nvme_host_linux::regs::opcode::AdminOpcode;
+    use nvme_host_linux::regs::status::GenericStatus;
+    use nvme_host_linux::regs::Status;
+    use nvme_host_linux::sim::{CommandMatch, SimClient};
+    let s = Scenario::new(21);
+    let mut p = s.spawn("primary", "io", &[lba(0)]);
+    p.line("READY primary")?;
+    let p_qid = p.line("QID")?;
+    let mut victim = s.spawn("victim io", "io", &[lba(4096)]);
+    victim.line("READY")?;
+    let v_qid = victim.line("QID")?;
+    victim.line("PROGRESS")?;
+    // The controller refuses to delete the dead process's submission queue: it may still
+    // use that queue and its memory, so the queue id must not go to anyone else.
+    let sim = SimClient::connect(&s.group_dir().join("sim.sock")).map_err(|e| e.to_string())?;
+    let fault = sim
+        .fail_nth(
+            CommandMatch::admin(AdminOpcode::DeleteIoSq as u8),
+            1,
+            Status::generic(GenericStatus::InternalError),
+            true,
+        )
+        .map_err(|e| e.to_string())?;
+    victim.kill();
+    wait_until("the survivors tried to delete the queue", SETTLE, || {
+        sim.fault_fired(fault).is_ok_and(|(n, _)| n > 0)
+    })?;
+    sim.clear_faults().map_err(|e| e.to_string())?;
+    let mut q = s.spawn("newcomer", "queues", &[]);
+    assert!(q.line("READY")?.starts_with("READY secondary"));
+    assert_eq!(
+        q.line("IN-USE")?,
+        "IN-USE 2",
+        "the undeleted queue stays reserved beside the primary's"
+    );
+    let new_qid = q.line("QID")?;
+    assert_ne!(new_qid, p_qid);
+    assert_ne!(
+        new_qid, v_qid,
+        "the undeleted queue's id was handed out again"
+    );
+    q.finish()?.clean()?;
+    p.progresses()?;
+    drop(sim);
+    s.stop()?;
+    p.finish()?.clean()?;
+    Ok(())
+}
+
 fn killed_primary_is_replaced() -> Outcome {
     let s = Scenario::new(13);
     let mut p = s.spawn("primary", "io", &[lba(0)]);
@@ -394,6 +444,54 @@ fn a_different_build_is_refused() -> Outcome {
     assert_eq!(other.finish()?.code, Some(3));
     s.stop()?;
     keeper.finish()?.clean()?;
+    Ok(())
+}
+
+/// Threads of this process named `name`.
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim_end() == name)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn detach_joins_the_monitor_thread_first() -> Outcome {
+    let s = Scenario::new(22);
+    std::env::set_var("NVME_RUN_DIR", s.dir.path());
+    let opts = AttachOptions {
+        group: Some(22),
+        ..Default::default()
+    };
+    let ctrl = Controller::attach_with(&TransportId::parse(TRID).unwrap(), &opts);
+    std::env::remove_var("NVME_RUN_DIR");
+    let ctrl = ctrl.map_err(|e| e.to_string())?;
+    // A new thread names itself once it runs.
+    wait_until("the monitor thread runs", SETTLE, || {
+        threads_named("nvme-group") >= 1
+    })?;
+    let before = threads_named("nvme-group");
+    let qp = ctrl
+        .alloc_io_queue(QueueOptions { entries: 16 })
+        .map_err(|e| e.to_string())?;
+    drop(ctrl);
+    assert_eq!(
+        threads_named("nvme-group"),
+        before,
+        "a queue pair still holds the controller: the monitor keeps running"
+    );
+    // The last handle goes: the monitor is stopped and joined before the detach, on this
+    // thread, so that no thread can touch the registers after they are unmapped and the
+    // detach cannot end up on a thread the process does not wait for.
+    drop(qp);
+    assert_eq!(threads_named("nvme-group"), before - 1);
+    assert!(!s.group_dir().exists(), "the last member removed the group");
+    s.stop()?;
     Ok(())
 }
 
@@ -535,6 +633,10 @@ fn main() -> ExitCode {
             "killed_secondaries_are_cleaned_up",
             killed_secondaries_are_cleaned_up,
         ),
+        (
+            "a_queue_the_controller_would_not_delete_stays_reserved",
+            a_queue_the_controller_would_not_delete_stays_reserved,
+        ),
         ("killed_primary_is_replaced", killed_primary_is_replaced),
         (
             "data_written_by_one_process_reads_back_in_another",
@@ -544,6 +646,10 @@ fn main() -> ExitCode {
         (
             "a_different_transport_is_refused",
             a_different_transport_is_refused,
+        ),
+        (
+            "detach_joins_the_monitor_thread_first",
+            detach_joins_the_monitor_thread_first,
         ),
         (
             "a_group_of_another_user_is_refused",

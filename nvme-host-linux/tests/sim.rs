@@ -381,7 +381,7 @@ fn bring_up_timeout_and_fatal_status() {
         ..Default::default()
     };
     let t = SimTransport::with_config(cfg).unwrap();
-    t.sim().unwrap().faults().set_never_ready(true);
+    t.controller().faults().set_never_ready(true);
     let t: Arc<dyn Transport> = Arc::new(t);
     let start = std::time::Instant::now();
     let e = Controller::attach_transport(

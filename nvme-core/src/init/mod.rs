@@ -23,8 +23,84 @@ use zerocopy::FromBytes;
 use crate::cmd::Command;
 use crate::dma::DmaRegion;
 use crate::hal::RegisterAccess;
-use crate::qpair::{QueueConfig, QueuePair, Slot, SubmitError};
+use crate::hal::RobustLock;
+use crate::qpair::{Completion, QueueConfig, QueuePair, Slot};
 use crate::queue::QueueError;
+use crate::shared::{AdminSubmitError, SharedAdminQueue};
+
+/// The admin queue the bring-up drives: the shared admin queue of a group (of one or more
+/// processes), or a bare [`QueuePair`] with queue id 0.
+pub trait AdminQueue {
+    /// Ring entries, for AQA.
+    fn entries(&self) -> u32;
+    /// IOVA of the submission ring, for ASQ.
+    fn sq_iova(&self) -> u64;
+    /// IOVA of the completion ring, for ACQ.
+    fn cq_iova(&self) -> u64;
+    /// Submits one command (the bring-up has one outstanding at a time).
+    fn submit_admin(
+        &mut self,
+        cmd: Command,
+        data: Option<DmaRegion>,
+    ) -> Result<(), AdminSubmitError>;
+    /// The completion of the command submitted last, if it arrived.
+    fn poll_admin(&mut self) -> Option<Completion>;
+}
+
+impl<R: RegisterAccess, T: Default, S: AsMut<[Slot<T>]>> AdminQueue for QueuePair<R, T, S> {
+    fn entries(&self) -> u32 {
+        QueuePair::entries(self)
+    }
+    fn sq_iova(&self) -> u64 {
+        QueuePair::sq_iova(self)
+    }
+    fn cq_iova(&self) -> u64 {
+        QueuePair::cq_iova(self)
+    }
+    fn submit_admin(
+        &mut self,
+        cmd: Command,
+        data: Option<DmaRegion>,
+    ) -> Result<(), AdminSubmitError> {
+        Ok(self.submit(cmd, data, T::default())?)
+    }
+    fn poll_admin(&mut self) -> Option<Completion> {
+        let mut result = None;
+        self.poll(1, |_, c| result = Some(c));
+        result
+    }
+}
+
+/// The tag of the bring-up's commands on a shared admin queue.
+const BRING_UP_TAG: u64 = u64::MAX;
+
+impl<R: RegisterAccess, L: RobustLock> AdminQueue for SharedAdminQueue<'_, R, L> {
+    fn entries(&self) -> u32 {
+        SharedAdminQueue::entries(self)
+    }
+    fn sq_iova(&self) -> u64 {
+        SharedAdminQueue::sq_iova(self)
+    }
+    fn cq_iova(&self) -> u64 {
+        SharedAdminQueue::cq_iova(self)
+    }
+    fn submit_admin(
+        &mut self,
+        cmd: Command,
+        data: Option<DmaRegion>,
+    ) -> Result<(), AdminSubmitError> {
+        self.submit(cmd, data, BRING_UP_TAG)
+    }
+    fn poll_admin(&mut self) -> Option<Completion> {
+        let mut result = None;
+        self.poll(true, |tag, c| {
+            if tag == BRING_UP_TAG {
+                result = Some(c);
+            }
+        });
+        result
+    }
+}
 
 /// Options of the bring-up.
 #[derive(Clone, Copy, Debug)]
@@ -78,7 +154,7 @@ pub enum InitError {
     /// The admin queue memory or size is unusable.
     Queue(QueueError),
     /// An admin command of the bring-up could not be submitted.
-    Submit(SubmitError),
+    Submit(AdminSubmitError),
     /// An admin command of the bring-up failed.
     Command {
         /// Which command.
@@ -323,19 +399,13 @@ impl ControllerInit {
 
     /// Advances the bring-up as far as it can without waiting. `data` is a 4096-byte DMA
     /// buffer for Identify data; `now_ns` is the caller's monotonic clock.
-    pub fn poll<R, Q, T, S>(
+    pub fn poll<R: RegisterAccess, A: AdminQueue>(
         &mut self,
         regs: &R,
-        admin: &mut QueuePair<Q, T, S>,
+        admin: &mut A,
         data: &DmaRegion,
         now_ns: u64,
-    ) -> Poll<Result<ControllerInfo, InitError>>
-    where
-        R: RegisterAccess,
-        Q: RegisterAccess,
-        T: Default,
-        S: AsMut<[Slot<T>]>,
-    {
+    ) -> Poll<Result<ControllerInfo, InitError>> {
         loop {
             let csts = Csts(regs.read32(offset::CSTS));
             if csts.is_all_ones() && !matches!(self.state, State::Done | State::Failed(_)) {
@@ -468,7 +538,7 @@ impl ControllerInit {
                                 }));
                             }
                         };
-                        if let Err(e) = admin.submit(cmd, buf, T::default()) {
+                        if let Err(e) = admin.submit_admin(cmd, buf) {
                             return self.fail(InitError::Submit(e));
                         }
                         self.state = State::Command {
@@ -478,9 +548,7 @@ impl ControllerInit {
                         };
                         continue;
                     }
-                    let mut result = None;
-                    admin.poll(1, |_, c| result = Some(c));
-                    let Some(c) = result else {
+                    let Some(c) = admin.poll_admin() else {
                         if now_ns >= deadline {
                             return self.fail(InitError::CommandTimeout { what: step.name() });
                         }

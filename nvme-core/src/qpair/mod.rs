@@ -4,7 +4,10 @@
 //! Command identifiers are `generation << index_bits | slot index`. A slot's generation
 //! advances every time it is reused, so a late or duplicated completion for an earlier use of
 //! the slot is recognised and dropped instead of completing the wrong request. Every value
-//! read from the completion (CID, SQ head) is range-checked before use.
+//! read from the completion (CID, SQ head) is range-checked before use. At least
+//! [`MIN_GENERATION_BITS`] of the 16 CID bits carry the generation, so a queue pair has at
+//! most [`MAX_COMMANDS`] commands in flight whatever its ring size (a larger ring still
+//! works; it is never full).
 //!
 //! Nothing here allocates, locks or makes a system call: submission writes the entry and
 //! moves the tail; [`QueuePair::poll`] (or [`QueuePair::ring`]) writes the doorbell once for
@@ -23,6 +26,11 @@ use crate::queue::{CompletionQueue, QueueError, ShadowSlot, SubmissionQueue};
 pub const MAX_BLOCKS_PER_COMMAND: u32 = 65536;
 
 const NONE: u16 = u16::MAX;
+
+/// CID bits always left to the generation.
+pub const MIN_GENERATION_BITS: u32 = 2;
+/// Most commands one queue pair has in flight (the slot index fits the other CID bits).
+pub const MAX_COMMANDS: usize = (1 << (16 - MIN_GENERATION_BITS)) - 1;
 
 /// What a queue pair needs to know about its queues and the controller.
 #[derive(Clone, Copy, Debug)]
@@ -54,9 +62,15 @@ impl QueueConfig {
     pub const fn prp_len(entries: u32, page_size: usize, max_transfer: usize) -> usize {
         Self::slots(entries) * Self::prp_pages_per_slot(page_size, max_transfer) * page_size
     }
-    /// Command slots a queue of `entries` uses (a ring of N holds N-1 commands).
+    /// Command slots a queue of `entries` uses: a ring of N holds N-1 commands, and a
+    /// queue pair at most [`MAX_COMMANDS`].
     pub const fn slots(entries: u32) -> usize {
-        entries as usize - 1
+        let n = entries as usize - 1;
+        if n < MAX_COMMANDS {
+            n
+        } else {
+            MAX_COMMANDS
+        }
     }
 }
 
@@ -252,7 +266,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
                     .checked_div(prp_bytes_per_slot)
                     .unwrap_or(usize::MAX),
             )
-            .min(NONE as usize - 1);
+            .min(MAX_COMMANDS);
         if capacity == 0 {
             return Err(QueueError::RegionTooSmall {
                 needed: prp_bytes_per_slot,
@@ -274,7 +288,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             capacity: capacity as u16,
             free_head: NONE,
             free_count: 0,
-            index_bits: index_bits.max(1),
+            index_bits: index_bits.clamp(1, 16 - MIN_GENERATION_BITS),
             qid: cfg.qid,
             page_size: cfg.page_size,
             max_transfer: cfg.max_transfer,
@@ -366,13 +380,6 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         self.cq.set_shadow(Some(cq));
         true
     }
-    /// Ring positions: (SQ tail, SQ head, CQ head, CQ phase). With nothing outstanding, they
-    /// let another owner (the shared admin queue) continue where this queue pair stopped.
-    pub fn ring_positions(&self) -> (u32, u32, u32, bool) {
-        let (tail, head) = self.sq.positions();
-        let (cq_head, phase) = self.cq.position();
-        (tail, head, cq_head, phase)
-    }
     /// Diagnostic counters.
     pub fn stats(&self) -> QueueStats {
         self.stats
@@ -387,7 +394,8 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     }
 
     fn generation_mask(&self) -> u16 {
-        (u32::MAX >> (32 - (16 - self.index_bits))) as u16
+        // index_bits <= 16 - MIN_GENERATION_BITS (see `new`): no shift overflows.
+        ((1u32 << (16 - self.index_bits)) - 1) as u16
     }
 
     /// Takes a free slot, advances its generation and returns (index, cid).

@@ -2,6 +2,7 @@ use super::*;
 use core::cell::{Cell, RefCell};
 use nvme_regs::status::MediaErrorStatus;
 use nvme_regs::SubmissionEntry;
+use std::vec;
 use std::vec::Vec;
 
 const PS: usize = 4096;
@@ -406,6 +407,57 @@ fn a_split_request_whose_later_part_fails_is_not_submitted_at_all() {
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].0, 3);
     assert_eq!(qp.free_slots(), qp.capacity());
+}
+
+#[test]
+fn the_largest_queues_keep_identifiers_apart() {
+    // 65536 entries: the slot index must not eat the generation's bits (it did for queues
+    // of 32770 entries or more, and every completion then matched slot 0).
+    let entries = 65536;
+    let rig = Rig::new(entries, 4096, 1);
+    let (mut qp, dev) = rig.qp(entries, 4096);
+    assert_eq!(qp.capacity(), MAX_COMMANDS);
+    assert_eq!(QueueConfig::slots(entries), MAX_COMMANDS);
+    let data = rig.data.region().sub(0, 512).unwrap();
+    let mut submitted = 0u64;
+    while qp.submit_io(Command::read(1, 0, 1), 0, 512, data, submitted) == Ok(()) {
+        submitted += 1;
+    }
+    assert_eq!(
+        submitted as usize, MAX_COMMANDS,
+        "full at the capacity, not before"
+    );
+    qp.ring();
+    let cmds = dev.fetch(rig.last_sq_tail());
+    assert_eq!(cmds.len(), MAX_COMMANDS);
+    let mut cids: Vec<u16> = cmds.iter().map(|c| c.cid).collect();
+    cids.sort_unstable();
+    cids.dedup();
+    assert_eq!(
+        cids.len(),
+        MAX_COMMANDS,
+        "every command in flight has its own CID"
+    );
+    // Complete in reverse: each completion finishes exactly its own request, once.
+    let mut done = vec![false; MAX_COMMANDS];
+    for c in cmds.iter().rev().take(100) {
+        dev.post(c.cid, Status::SUCCESS, 0);
+    }
+    for (token, c) in drain(&mut qp) {
+        assert!(c.status.is_success());
+        assert!(!std::mem::replace(&mut done[token as usize], true));
+    }
+    assert_eq!(done.iter().filter(|d| **d).count(), 100);
+    assert!(
+        done[MAX_COMMANDS - 100..].iter().all(|d| *d),
+        "the completed requests are the ones whose completions came"
+    );
+    assert_eq!(qp.outstanding(), MAX_COMMANDS - 100);
+    // A stale completion (an old generation of a reused slot) is dropped.
+    let c = cmds[MAX_COMMANDS - 1].cid;
+    dev.post(c, Status::SUCCESS, 0);
+    assert!(drain(&mut qp).is_empty());
+    assert_eq!(qp.stats().stale_completions, 1);
 }
 
 #[test]

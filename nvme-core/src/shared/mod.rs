@@ -245,14 +245,11 @@ impl SharedAdminState {
         self.cq_head_phase.store(1 << 31, Ordering::Release);
         Ok(())
     }
-    /// Continues from the ring positions of the queue pair that brought the controller up
-    /// (see [`QueuePair::ring_positions`](crate::QueuePair::ring_positions)); call after
-    /// [`configure`](Self::configure), before any member uses the queue.
-    pub fn set_positions(&self, sq_tail: u32, sq_head: u32, cq_head: u32, phase: bool) {
-        self.sq_tail.store(sq_tail, Ordering::Relaxed);
-        self.sq_head.store(sq_head, Ordering::Relaxed);
-        self.cq_head_phase
-            .store(cq_head | (phase as u32) << 31, Ordering::Release);
+    /// Lowers the largest admin transfer (once the controller's MDTS is known; the PRP
+    /// list areas stay sized for the configured value).
+    pub fn lower_max_transfer(&self, max_transfer: usize) {
+        self.max_transfer
+            .fetch_min(max_transfer as u64, Ordering::Relaxed);
     }
     /// Bytes of PRP list memory the configured queue needs (one area per slot).
     pub const fn prp_len(entries: u32, page_size: usize, max_transfer: usize) -> usize {
@@ -360,6 +357,18 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
     /// This member's id.
     pub fn owner(&self) -> OwnerId {
         self.me
+    }
+    /// Ring entries (as configured).
+    pub fn entries(&self) -> u32 {
+        self.state.entries.load(Ordering::Relaxed)
+    }
+    /// IOVA of the submission ring (for ASQ).
+    pub fn sq_iova(&self) -> u64 {
+        self.sq.iova()
+    }
+    /// IOVA of the completion ring (for ACQ).
+    pub fn cq_iova(&self) -> u64 {
+        self.cq.iova()
     }
 
     fn mailbox(&self, index: usize) -> &'a Mailbox {

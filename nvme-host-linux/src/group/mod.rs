@@ -46,6 +46,19 @@ use crate::mmio::Mmio;
 use layout::{GroupHeader, GroupIdent, ACTIVE, FREE, JOIN_BYTE, MAGIC, MAX_QID, PRIMARY_BYTE};
 use robust::RobustMutex;
 
+/// Where the shared admin queue's rings sit in the admin segment.
+pub(crate) struct AdminAt {
+    /// Device address of the admin segment.
+    pub(crate) iova: u64,
+    /// Ring entries.
+    pub(crate) entries: u32,
+    /// Offsets and length in the segment.
+    pub(crate) sq_off: u64,
+    pub(crate) cq_off: u64,
+    pub(crate) prp_off: u64,
+    pub(crate) prp_len: u64,
+}
+
 /// A process's role in its group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -294,26 +307,48 @@ impl Group {
     /// This process's handle on the shared admin queue.
     pub(crate) fn admin(&self, regs: Mmio) -> SharedAdminQueue<'_, Mmio, RobustMutex> {
         let info = &self.header().info;
-        let mem = self.admin_mem();
-        let iova = info.admin_iova;
-        // Inside the admin segment mapping, which lives as long as `self`; the device sees
-        // it at admin_iova (mapped by the creator).
-        let region = |off: u64, len: usize| {
-            mem.region(off as usize, len, iova)
-                .expect("admin segment layout")
+        let at = AdminAt {
+            iova: info.admin_iova,
+            entries: info.admin_entries,
+            sq_off: info.sq_off,
+            cq_off: info.cq_off,
+            prp_off: info.prp_off,
+            prp_len: info.prp_len,
         };
-        let entries = info.admin_entries as usize;
-        SharedAdminQueue::new(
+        self.admin_at(regs, &at)
+            .expect("shared admin queue configured by the creator")
+    }
+
+    /// A handle on the shared admin queue whose rings sit at `at` in the admin segment (the
+    /// creator's, before the layout is published in the header).
+    pub(crate) fn admin_at(
+        &self,
+        regs: Mmio,
+        at: &AdminAt,
+    ) -> Result<SharedAdminQueue<'_, Mmio, RobustMutex>> {
+        let mem = self.admin_mem();
+        // Inside the admin segment mapping, which lives as long as `self`; the device sees
+        // it at `at.iova` (mapped by the creator).
+        let region = |off: u64, len: usize| -> Result<nvme_core::DmaRegion> {
+            mem.region(off as usize, len, at.iova).ok_or_else(|| {
+                Error::Group(format!(
+                    "the group's admin segment is {} bytes, too small for its layout (a part at {off:#x}+{len:#x}); detach every process of the group so that it is created anew",
+                    mem.len()
+                ))
+            })
+        };
+        let entries = at.entries as usize;
+        let q = SharedAdminQueue::new(
             &self.header().admin,
             &self.header().mutex,
             regs,
-            region(info.sq_off, entries * 64),
-            region(info.cq_off, entries * 16),
-            region(info.prp_off, info.prp_len as usize),
+            region(at.sq_off, entries * 64)?,
+            region(at.cq_off, entries * 16)?,
+            region(at.prp_off, at.prp_len as usize)?,
             self.me(),
         )
-        .expect("shared admin queue configured by the creator")
-        .with_lock_timeout(self.lock_timeout)
+        .map_err(|e| Error::Group(format!("the group's shared admin queue: {e}")))?;
+        Ok(q.with_lock_timeout(self.lock_timeout))
     }
 
     /// Claims a member record and this process's liveness byte, and the primary role if it

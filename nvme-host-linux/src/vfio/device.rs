@@ -14,7 +14,7 @@ use nix::sys::uio::{pread, pwrite};
 use super::ioctl::{self, AlignedBuf};
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::transport::PciAddress;
+use crate::trid::PciAddress;
 
 /// PCI command register and its bits.
 pub(crate) const PCI_COMMAND: u64 = 0x04;

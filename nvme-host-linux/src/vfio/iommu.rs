@@ -19,7 +19,7 @@ use super::ioctl::{self, AlignedBuf};
 use super::sysfs::Sysfs;
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::transport::PciAddress;
+use crate::trid::PciAddress;
 
 /// Inclusive `(start, last)` IOVA ranges.
 type Ranges = Vec<(u64, u64)>;

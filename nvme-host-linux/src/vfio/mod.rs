@@ -26,12 +26,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::backend::Transport;
 use crate::error::{Error, Result};
 use crate::iova::IovaAllocator;
 use crate::memory::SharedMemory;
 use crate::mmio::Mmio;
-use crate::transport::PciAddress;
+use crate::transport::Transport;
+use crate::trid::PciAddress;
 
 use device::Device;
 use iommu::{DmaMapper, Type1Container};
@@ -296,6 +296,9 @@ fn map_error(addr: &PciAddress, mem: &SharedMemory, iova: u64, e: std::io::Error
 }
 
 impl Transport for VfioTransport {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn regs(&self) -> Mmio {
         self.bar.clone()
     }

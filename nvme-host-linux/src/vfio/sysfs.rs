@@ -10,7 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::transport::PciAddress;
+use crate::trid::PciAddress;
 
 /// PCI class code of an NVMe controller: mass storage (01), non-volatile memory (08),
 /// NVM Express programming interface (02).

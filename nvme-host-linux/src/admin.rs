@@ -1,0 +1,501 @@
+//! The admin queue: one path for every controller.
+//!
+//! A controller has one admin queue, and every process reaches it through nvme-core's shared
+//! admin queue protocol ([`SharedAdminQueue`]): per-process mailboxes, owner tags, one
+//! Asynchronous Event Request kept outstanding for everyone. A process that attached alone
+//! is a group of one: its queue state lives in its own memory and the lock is the in-process
+//! `spin::Mutex`. In a shared-memory group the state lives in the group's files and the lock
+//! is the robust process-shared mutex. Bring-up, synchronous commands, events and the memory
+//! of timed-out commands are handled the same way in both.
+
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use nvme_core::hal::InProcessLock;
+use nvme_core::init::AdminQueue;
+use nvme_core::shared::{AdminSubmitError, OwnerId, SharedAdminQueue, SharedAdminState};
+use nvme_core::{
+    Command, Completion, ControllerInfo, ControllerInit, DmaRegion, QueueConfig, RobustLock,
+    SubmitError,
+};
+use nvme_regs::opcode::DataDirection;
+use nvme_regs::registers::{ShutdownNotification, ShutdownStatus};
+use zerocopy::FromBytes;
+
+use crate::dma::{DmaBuffer, DmaMapping, IoBuf};
+use crate::error::{Error, Result};
+use crate::group::Group;
+use crate::mmio::Mmio;
+use crate::transport::Transport;
+
+/// Bytes of the admin queue's own data buffer (identify, log pages, features), and the
+/// largest admin transfer.
+pub(crate) const ADMIN_DATA: usize = 64 << 10;
+
+/// Where the admin rings and PRP lists sit in their segment.
+pub(crate) struct AdminLayout {
+    pub(crate) sq_len: usize,
+    pub(crate) cq_len: usize,
+    pub(crate) prp_len: usize,
+    pub(crate) len: usize,
+}
+
+impl AdminLayout {
+    pub(crate) fn new(entries: u32, page_size: usize) -> AdminLayout {
+        let sq_len = (entries as usize * 64).next_multiple_of(page_size);
+        let cq_len = (entries as usize * 16).next_multiple_of(page_size);
+        let prp_len = QueueConfig::prp_len(entries, page_size, ADMIN_DATA).max(page_size);
+        AdminLayout {
+            sq_len,
+            cq_len,
+            prp_len,
+            len: sq_len + cq_len + prp_len,
+        }
+    }
+    pub(crate) fn sq_off(&self) -> usize {
+        0
+    }
+    pub(crate) fn cq_off(&self) -> usize {
+        self.sq_len
+    }
+    pub(crate) fn prp_off(&self) -> usize {
+        self.sq_len + self.cq_len
+    }
+}
+
+/// What the driver does with a handle on the shared admin queue, whatever its lock.
+pub(crate) trait AdminOps {
+    fn submit(
+        &self,
+        cmd: Command,
+        data: Option<DmaRegion>,
+        tag: u64,
+    ) -> std::result::Result<(), AdminSubmitError>;
+    fn poll(&self, wait: bool, f: &mut dyn FnMut(u64, Completion)) -> usize;
+    fn reap(&self);
+    fn events_since(&self, cursor: &mut u64, f: &mut dyn FnMut(u32)) -> u64;
+    fn enable_events(&self, count: u32) -> std::result::Result<(), AdminSubmitError>;
+}
+
+impl<L: RobustLock> AdminOps for SharedAdminQueue<'_, Mmio, L> {
+    fn submit(
+        &self,
+        cmd: Command,
+        data: Option<DmaRegion>,
+        tag: u64,
+    ) -> std::result::Result<(), AdminSubmitError> {
+        SharedAdminQueue::submit(self, cmd, data, tag)
+    }
+    fn poll(&self, wait: bool, f: &mut dyn FnMut(u64, Completion)) -> usize {
+        SharedAdminQueue::poll(self, wait, f)
+    }
+    fn reap(&self) {
+        SharedAdminQueue::reap(self)
+    }
+    fn events_since(&self, cursor: &mut u64, f: &mut dyn FnMut(u32)) -> u64 {
+        SharedAdminQueue::events_since(self, cursor, f)
+    }
+    fn enable_events(&self, count: u32) -> std::result::Result<(), AdminSubmitError> {
+        SharedAdminQueue::enable_events(self, count)
+    }
+}
+
+/// The admin queue of a process that attached alone: rings, PRP lists and the queue state
+/// in one DMA segment of its own, guarded by the in-process lock.
+pub(crate) struct LocalAdmin {
+    /// Keeps the segment mapped for the CPU and the device.
+    _mem: DmaMapping,
+    rings: DmaRegion,
+    state: DmaRegion,
+    layout: AdminLayout,
+    lock: InProcessLock,
+}
+
+impl LocalAdmin {
+    /// Allocates and configures the queue (entries clamped to what the shared protocol
+    /// supports).
+    pub(crate) fn new(
+        transport: &Arc<dyn Transport>,
+        entries: u32,
+        page_size: usize,
+        dstrd: u8,
+    ) -> Result<LocalAdmin> {
+        let entries = entries.min(nvme_core::shared::MAX_ADMIN_ENTRIES);
+        let layout = AdminLayout::new(entries, page_size);
+        let state_len = std::mem::size_of::<SharedAdminState>().next_multiple_of(page_size);
+        let mem = DmaMapping::new(transport, "nvme-admin", layout.len + state_len)?;
+        let region = mem.region();
+        let rings = region.sub(0, layout.len).expect("rings inside the segment");
+        let state = region
+            .sub(layout.len, state_len)
+            .expect("state inside the segment");
+        let local = LocalAdmin {
+            _mem: mem,
+            rings,
+            state,
+            layout,
+            lock: InProcessLock::new(()),
+        };
+        local
+            .state()
+            .configure(entries, page_size, ADMIN_DATA, dstrd)
+            .map_err(|e| Error::Invalid(format!("admin queue: {e}")))?;
+        Ok(local)
+    }
+
+    fn state(&self) -> &SharedAdminState {
+        self.state
+            .shared()
+            .expect("page-aligned state area sized for it")
+    }
+
+    /// This process's handle (it is member 0 of its group of one).
+    pub(crate) fn queue(&self, regs: Mmio) -> SharedAdminQueue<'_, Mmio, InProcessLock> {
+        let part = |off: usize, len: usize| self.rings.sub(off, len).expect("admin layout");
+        let l = &self.layout;
+        SharedAdminQueue::new(
+            self.state(),
+            &self.lock,
+            regs,
+            part(l.sq_off(), l.sq_len),
+            part(l.cq_off(), l.cq_len),
+            part(l.prp_off(), l.prp_len),
+            OwnerId::new(0, 1),
+        )
+        .expect("configured in LocalAdmin::new")
+    }
+
+    /// Lowers the largest admin transfer once MDTS is known.
+    pub(crate) fn lower_max_transfer(&self, max_transfer: usize) {
+        self.state().lower_max_transfer(max_transfer);
+    }
+}
+
+/// Runs `f` with this process's handle on the admin queue: its own, or its group's.
+fn with_queue<T>(
+    local: &Option<LocalAdmin>,
+    regs: &Mmio,
+    group: Option<&Group>,
+    f: impl FnOnce(&dyn AdminOps) -> T,
+) -> T {
+    match (local, group) {
+        (Some(l), _) => f(&l.queue(regs.clone())),
+        (None, Some(g)) => f(&g.admin(regs.clone())),
+        (None, None) => unreachable!("the admin queue is this process's or its group's"),
+    }
+}
+
+/// The bring-up's options from the attach options.
+pub(crate) fn init_options(opts: &crate::attach::AttachOptions) -> nvme_core::InitOptions {
+    nvme_core::InitOptions {
+        admin_entries: opts.admin_entries,
+        io_queues: opts.io_queues,
+        page_size: None,
+        admin_timeout_ms: opts.admin_timeout.as_millis().min(u32::MAX as u128) as u32,
+    }
+}
+
+/// Brings the controller up over `queue` (this process's own or its new group's). Returns
+/// what it learned and the admin data buffer.
+pub(crate) fn bring_up(
+    transport: &Arc<dyn Transport>,
+    init: &mut ControllerInit,
+    queue: &mut impl AdminQueue,
+) -> Result<(ControllerInfo, DmaBuffer)> {
+    let regs = transport.regs();
+    let mut data = DmaBuffer::new(transport, ADMIN_DATA)?;
+    let data_region = IoBuf::from(&mut data).region();
+    let start = Instant::now();
+    let info = loop {
+        let now = start.elapsed().as_nanos() as u64;
+        match init.poll(&regs, queue, &data_region, now) {
+            Poll::Ready(r) => break r?,
+            Poll::Pending => std::thread::sleep(Duration::from_micros(20)),
+        }
+    };
+    Ok((info, data))
+}
+
+/// A process's admin path: synchronous commands, asynchronous events, and the memory of
+/// commands that timed out.
+pub(crate) struct Admin {
+    /// The queue of a process that attached alone; `None` in a group.
+    local: Option<LocalAdmin>,
+    regs: Mmio,
+    next_tag: u64,
+    data: DmaBuffer,
+    /// Data memory of commands that timed out (or met a fatal controller) while the
+    /// controller still owned it: (tag, the mapping). An entry goes when the command's late
+    /// completion is reaped, or after the controller was disabled (see `Inner`'s drop).
+    /// The admin data buffer is among them when such a command used it; the next command
+    /// gets a fresh one.
+    parked: Vec<(u64, Arc<DmaMapping>)>,
+}
+
+impl Admin {
+    /// The admin path of a process that attached alone, over its brought-up queue.
+    pub(crate) fn local(local: LocalAdmin, regs: Mmio, data: DmaBuffer) -> Admin {
+        Admin {
+            local: Some(local),
+            regs,
+            next_tag: 1,
+            data,
+            parked: Vec::new(),
+        }
+    }
+
+    /// The admin path through the group's shared admin queue (the process already joined).
+    pub(crate) fn shared(regs: Mmio, data: DmaBuffer) -> Admin {
+        Admin {
+            local: None,
+            regs,
+            next_tag: 1,
+            data,
+            parked: Vec::new(),
+        }
+    }
+
+    /// The register handle.
+    pub(crate) fn regs(&self) -> &Mmio {
+        &self.regs
+    }
+
+    /// Keeps `count` Asynchronous Event Requests outstanding (a group's creator does it
+    /// for the whole group).
+    pub(crate) fn enable_events(&self, group: Option<&Group>, count: u32) -> Result<()> {
+        with_queue(&self.local, &self.regs, group, |q| q.enable_events(count))?;
+        Ok(())
+    }
+
+    /// Moves new completions to their owners and calls `f` with every asynchronous event
+    /// since `cursor`; returns how many were lost to overflow.
+    pub(crate) fn events_since(
+        &mut self,
+        group: Option<&Group>,
+        cursor: &mut u64,
+        f: &mut dyn FnMut(u32),
+    ) -> u64 {
+        self.reap_parked(group);
+        with_queue(&self.local, &self.regs, group, |q| {
+            q.reap();
+            q.events_since(cursor, f)
+        })
+    }
+
+    /// Reaps late completions of this process's timed-out commands (letting their memory
+    /// go) without waiting for anything.
+    pub(crate) fn reap_parked(&mut self, group: Option<&Group>) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let parked = &mut self.parked;
+        with_queue(&self.local, &self.regs, group, |q| {
+            q.poll(false, &mut |t, _| unpark(parked, t))
+        });
+    }
+
+    /// Is memory of timed-out commands still waiting for the controller?
+    pub(crate) fn has_parked(&self) -> bool {
+        !self.parked.is_empty()
+    }
+
+    /// Lets go of the memory of timed-out commands: only once the controller can no longer
+    /// use it (disabled), or leaked (`forget`) when that cannot be known.
+    pub(crate) fn release_parked(&mut self, forget: bool) {
+        for (_, m) in self.parked.drain(..) {
+            if forget {
+                std::mem::forget(m);
+            }
+        }
+    }
+
+    /// Submits and waits. `region` is the data pointer's region; `keep` keeps the memory
+    /// the command points to mapped: until the completion arrives, and past a timeout until
+    /// the late completion is reaped (see `parked`).
+    pub(crate) fn execute(
+        &mut self,
+        group: Option<&Group>,
+        cmd: Command,
+        region: Option<DmaRegion>,
+        keep: Option<Arc<DmaMapping>>,
+        timeout: Duration,
+    ) -> Result<Completion> {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let r = self.execute_inner(group, cmd, region, tag, timeout);
+        if let (Err(Error::Timeout { .. } | Error::ControllerFatal), Some(k)) = (&r, keep) {
+            // Submitted and not completed: the controller may still transfer.
+            self.parked.push((tag, k));
+        }
+        r
+    }
+
+    fn execute_inner(
+        &mut self,
+        group: Option<&Group>,
+        cmd: Command,
+        region: Option<DmaRegion>,
+        tag: u64,
+        timeout: Duration,
+    ) -> Result<Completion> {
+        let start = Instant::now();
+        let mut result = None;
+        let mut submitted = false;
+        loop {
+            let parked = &mut self.parked;
+            with_queue(&self.local, &self.regs, group, |q| -> Result<()> {
+                if !submitted {
+                    match q.submit(cmd, region, tag) {
+                        Ok(()) => submitted = true,
+                        // Other processes fill the queue: poll and retry until the timeout.
+                        Err(AdminSubmitError::Submit(SubmitError::QueueFull)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                q.poll(false, &mut |t, c| {
+                    if t == tag {
+                        result = Some(c);
+                    } else {
+                        unpark(parked, t);
+                    }
+                });
+                Ok(())
+            })?;
+            if let Some(c) = result {
+                if !c.status.is_success() {
+                    return Err(Error::Nvme {
+                        opcode: cmd.opcode(),
+                        admin: true,
+                        status: c.status,
+                    });
+                }
+                return Ok(c);
+            }
+            if start.elapsed() > Duration::from_millis(1) && fatal(&self.regs) {
+                return Err(Error::ControllerFatal);
+            }
+            if start.elapsed() > timeout {
+                // The command stays outstanding; its slot (and PRP list) is reclaimed if it
+                // ever completes, its data memory is parked by `execute` until then.
+                return Err(Error::Timeout {
+                    opcode: cmd.opcode(),
+                    admin: true,
+                    waited_ms: timeout.as_millis() as u64,
+                });
+            }
+            std::hint::spin_loop();
+            if start.elapsed() > Duration::from_micros(200) {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// Runs a command that reads `len` bytes into the admin data buffer; returns a copy.
+    pub(crate) fn read_bytes(
+        &mut self,
+        group: Option<&Group>,
+        cmd: Command,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        debug_assert_eq!(cmd.direction(), DataDirection::ControllerToHost);
+        if self.data.in_flight() {
+            // A command that timed out still owns the buffer (it is parked): use a new one.
+            self.data = self.data.new_like()?;
+        }
+        self.data.as_mut_slice()[..len].fill(0);
+        let io = self.data.slice(0..len)?;
+        let region = io.region();
+        let keep = io.map.clone();
+        self.execute(group, cmd, Some(region), Some(keep), timeout)?;
+        Ok(self.data.as_slice()[..len].to_vec())
+    }
+
+    /// Runs a command that reads one structure.
+    pub(crate) fn read_struct<T: FromBytes>(
+        &mut self,
+        group: Option<&Group>,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<T> {
+        let b = self.read_bytes(group, cmd, std::mem::size_of::<T>(), timeout)?;
+        Ok(T::read_from_bytes(&b).expect("exact size"))
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        // Reached with parked memory only when attaching failed after a timeout (a running
+        // controller's `Inner` releases it after shutdown first). A process-local controller
+        // is ours: disable it, then let go; a shared one may still run: keep the memory.
+        // (The local queue's own segment drops after this, so the controller is disabled
+        // before its rings are unmapped too.)
+        if self.has_parked() || self.local.is_some() {
+            let disabled = self.local.is_some() && disable(&self.regs, Duration::from_secs(10));
+            self.release_parked(!disabled);
+        }
+    }
+}
+
+/// Lets go of the parked memory of the timed-out command `tag`, whose completion arrived.
+fn unpark(parked: &mut Vec<(u64, Arc<DmaMapping>)>, tag: u64) {
+    parked.retain(|(t, _)| *t != tag);
+}
+
+/// Does the controller report fatal status (or has it disappeared)?
+pub(crate) fn fatal(regs: &Mmio) -> bool {
+    let csts = regs.csts();
+    csts.cfs() || csts.is_all_ones()
+}
+
+/// Disables the controller (CC.EN = 0) and waits for CSTS.RDY = 0, bounded by `timeout`:
+/// after a reset the controller touches no host memory. Returns whether it got there.
+pub(crate) fn disable(regs: &Mmio, timeout: Duration) -> bool {
+    let cc = regs.cc();
+    if regs.csts().is_all_ones() {
+        return false;
+    }
+    if !cc.en() && !regs.csts().rdy() {
+        return true;
+    }
+    regs.set_cc(cc.with_en(false));
+    let start = Instant::now();
+    loop {
+        let csts = regs.csts();
+        if csts.is_all_ones() {
+            return false;
+        }
+        if !csts.rdy() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// Sends the normal shutdown notification and waits for it, bounded by RTD3E or 10 s (NVMe
+/// 1.4 7.6.2).
+pub(crate) fn shutdown(regs: &Mmio, rtd3e_us: u32) {
+    let cc = regs.cc();
+    if !cc.en() || regs.csts().is_all_ones() {
+        return;
+    }
+    regs.set_cc(cc.with_shn(ShutdownNotification::Normal));
+    let rtd3e = Duration::from_micros(rtd3e_us as u64);
+    let bound = if rtd3e.is_zero() {
+        Duration::from_secs(10)
+    } else {
+        rtd3e.min(Duration::from_secs(60))
+    };
+    let start = Instant::now();
+    while start.elapsed() < bound {
+        let csts = regs.csts();
+        if csts.shst() == ShutdownStatus::Complete || csts.cfs() || csts.is_all_ones() {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}

@@ -1,0 +1,146 @@
+//! Attaching to a controller: alone (a group of one) or as a member of a shared-memory
+//! group, bring-up, namespaces, shadow doorbells.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nvme_core::{Command, ControllerInfo, ControllerInit};
+use nvme_regs::identify::{cns, IdentifyNamespace};
+
+use crate::admin::{bring_up, init_options, Admin, LocalAdmin, ADMIN_DATA};
+use crate::controller::Controller;
+use crate::dma::DmaMapping;
+use crate::error::{Error, Result};
+use crate::group::Group;
+use crate::namespace::Namespace;
+use crate::transport::Transport;
+use crate::trid::{TransportId, TransportKind};
+
+/// Options for [`Controller::attach_with`].
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    /// Admin queue entries.
+    pub admin_entries: u32,
+    /// I/O queues to ask the controller for.
+    pub io_queues: u16,
+    /// Bound on every synchronous admin command.
+    pub admin_timeout: Duration,
+    /// Shared-memory group id (`-i`): processes with the same id share the controller.
+    pub group: Option<u32>,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        AttachOptions {
+            admin_entries: 64,
+            io_queues: 64,
+            admin_timeout: Duration::from_secs(10),
+            group: None,
+        }
+    }
+}
+
+/// Gives the controller shadow doorbell buffers (Doorbell Buffer Config) when it offers them
+/// and `NVME_NO_SHADOW_DOORBELLS` is not set. A failure only means MMIO doorbells.
+fn setup_shadow_doorbells(
+    transport: &Arc<dyn Transport>,
+    info: &ControllerInfo,
+    admin: &mut Admin,
+    timeout: Duration,
+) -> Option<Arc<DmaMapping>> {
+    use nvme_regs::identify::Oacs;
+    if !info.identify.oacs().contains(Oacs::DOORBELL_BUFFER_CONFIG)
+        || std::env::var_os("NVME_NO_SHADOW_DOORBELLS").is_some()
+    {
+        return None;
+    }
+    let ps = info.page_size;
+    let mem = Arc::new(DmaMapping::new(transport, "nvme-dbbuf", 2 * ps).ok()?);
+    let r = mem.region();
+    let cmd = Command::doorbell_buffer_config(r.iova(), r.iova() + ps as u64);
+    // The buffers are not a PRP, but the controller may use them once the command ran:
+    // on a timeout they stay mapped like a data buffer.
+    admin
+        .execute(None, cmd, None, Some(mem.clone()), timeout)
+        .ok()?;
+    Some(mem)
+}
+
+impl Controller {
+    /// Attaches to the controller named by a transport id string, e.g. `trtype:sim` or
+    /// `trtype:PCIe traddr:0000:04:00.0`.
+    pub fn attach(trid: &str) -> Result<Controller> {
+        let trid = TransportId::parse(trid).map_err(Error::BadTransport)?;
+        Controller::attach_with(&trid, &AttachOptions::default())
+    }
+
+    /// Attaches with explicit options.
+    pub fn attach_with(trid: &TransportId, opts: &AttachOptions) -> Result<Controller> {
+        if let Some(id) = opts.group {
+            return crate::groupattach::attach(trid, opts, id);
+        }
+        let transport: Arc<dyn Transport> = match &trid.kind {
+            TransportKind::Sim(o) => crate::open_sim(o)?,
+            TransportKind::Pcie { traddr } => crate::open_pcie(traddr.as_ref())?,
+        };
+        Controller::attach_transport(transport, trid.clone(), opts)
+    }
+
+    /// Attaches through a transport the caller opened (a software controller with a custom
+    /// configuration, or a transport of the embedder's own).
+    pub fn attach_transport(
+        transport: Arc<dyn Transport>,
+        trid: TransportId,
+        opts: &AttachOptions,
+    ) -> Result<Controller> {
+        let regs = transport.regs();
+        let mut init = ControllerInit::new(&regs, init_options(opts))?;
+        // A process alone is a group of one: the same admin queue protocol over its own
+        // memory, with the in-process lock.
+        let local = LocalAdmin::new(
+            &transport,
+            opts.admin_entries,
+            init.page_size(),
+            init.cap().dstrd(),
+        )?;
+        let (info, data) = {
+            let mut queue = local.queue(regs.clone());
+            queue.join()?;
+            bring_up(&transport, &mut init, &mut queue)?
+        };
+        local.lower_max_transfer(info.max_transfer.min(ADMIN_DATA));
+        let admin = Admin::local(local, regs, data);
+        admin.enable_events(None, 1)?;
+        Controller::finish(transport, trid, opts, info, admin, None)
+    }
+
+    /// Identifies the namespaces and builds the controller (every attach path ends here).
+    pub(crate) fn finish(
+        transport: Arc<dyn Transport>,
+        trid: TransportId,
+        opts: &AttachOptions,
+        info: ControllerInfo,
+        mut admin: Admin,
+        group: Option<Group>,
+    ) -> Result<Controller> {
+        let group = group.map(Arc::new);
+        let mut namespaces = Vec::new();
+        for nsid in info.namespaces.iter() {
+            let id: IdentifyNamespace = admin.read_struct(
+                group.as_deref(),
+                Command::identify(cns::NAMESPACE, nsid, 0),
+                opts.admin_timeout,
+            )?;
+            namespaces.extend(Namespace::from_identify(nsid, id));
+        }
+        let shadow = match &group {
+            // Controller-wide buffers would have to live in the group's shared memory; a
+            // group uses MMIO doorbells for now.
+            Some(_) => None,
+            None => setup_shadow_doorbells(&transport, &info, &mut admin, opts.admin_timeout),
+        };
+        Ok(Controller::new(
+            transport, trid, opts, info, namespaces, admin, group, shadow,
+        ))
+    }
+}
