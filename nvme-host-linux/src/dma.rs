@@ -38,10 +38,12 @@ impl DmaMapping {
             transport: transport.clone(),
         })
     }
+    /// The whole segment, mapped for the CPU (SharedMemory) and the device (map_dma) until
+    /// this mapping drops; users of the region hold the mapping alive.
     pub(crate) fn region(&self) -> DmaRegion {
-        // SAFETY: the memory is mapped for the CPU (SharedMemory) and the device (map_dma)
-        // until this mapping drops; users of the region hold the mapping alive.
-        unsafe { DmaRegion::new(self.mem.as_ptr(), self.iova, self.mem.len()) }
+        self.mem
+            .region(0, self.mem.len(), self.iova)
+            .expect("the whole segment")
     }
 }
 
@@ -166,16 +168,16 @@ impl DmaBuffer {
         if self.in_flight() {
             return None;
         }
-        // SAFETY: the mapping holds `len` bytes; no I/O is in flight (checked above), and none
-        // can start while this shared borrow lives: submission needs `&mut DmaBuffer`.
-        Some(unsafe { std::slice::from_raw_parts(self.map.mem.as_ptr(), self.len) })
+        // No I/O is in flight (checked above), and none can start while this shared borrow
+        // lives: submission needs `&mut DmaBuffer`.
+        Some(&self.map.mem.bytes()[..self.len])
     }
     /// The data, writable, or `None` while an I/O uses the buffer.
     pub fn try_as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        // The only reference to the mapping: no I/O in flight, and none can start while
+        // `self` is mutably borrowed.
         let map = Arc::get_mut(&mut self.map)?;
-        // SAFETY: we hold the only reference to the mapping (no I/O in flight, and none can
-        // start while `self` is mutably borrowed); it holds `len` bytes.
-        Some(unsafe { std::slice::from_raw_parts_mut(map.mem.as_ptr(), self.len) })
+        Some(&mut map.mem.bytes_mut()[..self.len])
     }
     /// The data. Panics while an I/O uses the buffer.
     pub fn as_slice(&self) -> &[u8] {

@@ -10,6 +10,15 @@
 //!   this build has no software controller.
 //! - `testkit`: the multi-process test kit (`testkit` module).
 //! - `test-hooks`: hidden hooks that the multi-process tests use to provoke failures.
+//!
+//! Where `unsafe` lives (everything else denies it): `memory` (the one RAII type for every
+//! `mmap`, and the safe views of mapped memory: DMA regions, bytes, the control header),
+//! `mmio` (volatile register access), `sys` (system calls and ioctls without a safe
+//! wrapper in `nix`), `group::robust` (the robust process-shared pthread mutex in shared
+//! memory) and one statement in `group::fdpass` (owning descriptors received with
+//! `SCM_RIGHTS`).
+
+#![deny(unsafe_code)]
 
 mod admin;
 mod attach;
@@ -25,6 +34,7 @@ mod namespace;
 mod qpair;
 #[cfg(feature = "sim")]
 mod simtransport;
+mod sys;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod transport;

@@ -1,12 +1,20 @@
 //! Shared memory segments for DMA: hugetlbfs when hugepages are available, ordinary shared
 //! memory otherwise. Every segment is a memfd, so it can be handed to another process (or to
 //! the software controller) by file descriptor and mapped at any address there.
+//!
+//! `Mapping` is the crate's one owner of an `mmap`, and the one place that turns mapped
+//! memory into references, slices or `DmaRegion`s: hence the `unsafe` allowed here.
+#![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU8, Ordering};
+
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::unistd::ftruncate;
+use nvme_core::DmaRegion;
 
 /// Size of a huge page on x86_64 (the default hugetlbfs size).
 pub const HUGE_PAGE: usize = 2 << 20;
@@ -22,6 +30,29 @@ pub enum Backing {
 
 /// What the first allocation found: 0 = unknown, 1 = hugepages work, 2 = they do not.
 static HUGE_STATE: AtomicU8 = AtomicU8::new(0);
+
+/// Types that may be viewed in place in a shared mapping with [`Mapping::view`]: the
+/// group's control segment.
+///
+/// # Safety
+/// Implement only for `#[repr(C)]` types for which
+/// - every bit pattern is a valid value (integers, atomics, arrays and structures of them,
+///   `nvme_core::SharedState` structures, the group's robust mutex): the
+///   bytes come from a file that another process wrote;
+/// - every field that another process may write while this one holds a reference is an
+///   atomic or behind an `UnsafeCell` (the robust mutex); the others are written only by
+///   the process that creates the segment, through [`Mapping::view_mut`], before it makes
+///   the segment known to anyone else.
+pub(crate) unsafe trait SharedView: Sync {}
+
+// SAFETY: `#[repr(C)]`, integers and atomics only; the atomics are the only fields written
+// after the creator publishes the group (the build id is written once, before).
+unsafe impl SharedView for crate::group::layout::GroupIdent {}
+// SAFETY: `#[repr(C)]` (layout asserted in group::layout); made of integers, atomics, arrays
+// and structures of them, the robust mutex (UnsafeCell) and nvme-core's SharedAdminState
+// (a SharedState: atomics only). The plain fields (trid, info, pci_addr, iova_slices) are
+// written only by the creator before it publishes the magic (`group::Creating`).
+unsafe impl SharedView for crate::group::layout::GroupHeader {}
 
 /// A shared mapping of a file (a memfd, a group file, a device region): the one type that
 /// owns an `mmap` in this crate. It is unmapped when dropped; whatever uses the memory keeps
@@ -73,6 +104,62 @@ impl Mapping {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// The bytes `[offset, offset + len)` as a region for the core engine, which the device
+    /// reaches at `iova + offset` (`iova`: the device address of the mapping's first byte,
+    /// mapped by the caller through the transport). `None` if the range does not fit.
+    ///
+    /// A `DmaRegion` is a raw description without a lifetime: whoever keeps it must keep
+    /// this mapping (and the device's mapping at `iova`) alive as long as the region or any
+    /// copy of it is used. Every holder in the crate does so by owning the mapping next to
+    /// the region (`DmaMapping`, the group's admin segment, a queue pair's rings).
+    pub(crate) fn region(&self, offset: usize, len: usize, iova: u64) -> Option<DmaRegion> {
+        if offset.checked_add(len)? > self.len {
+            return None;
+        }
+        // SAFETY: `[offset, offset + len)` is inside the mapping (checked above), which is
+        // readable and writable; its lifetime is the holder's contract stated above.
+        Some(unsafe { DmaRegion::new(self.ptr.as_ptr().add(offset), iova + offset as u64, len) })
+    }
+
+    /// The `T` at the start of the mapping, or `None` if the mapping is too short for it
+    /// or misaligned. See [`SharedView`] for what may be viewed.
+    pub(crate) fn view<T: SharedView>(&self) -> Option<&T> {
+        let fits = self.len >= std::mem::size_of::<T>();
+        let aligned = (self.ptr.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>());
+        // SAFETY: in bounds and aligned (checked); any bytes are a valid T and concurrent
+        // writes from other processes go through atomics or UnsafeCell (SharedView); the
+        // reference lives no longer than `&self`, so not longer than the mapping.
+        (fits && aligned).then(|| unsafe { &*(self.ptr.as_ptr() as *const T) })
+    }
+
+    /// The `T` at the start of the mapping, writable: for the process that creates a
+    /// segment, before any other process can know of it ([`SharedView`]).
+    pub(crate) fn view_mut<T: SharedView>(&mut self) -> Option<&mut T> {
+        let fits = self.len >= std::mem::size_of::<T>();
+        let aligned = (self.ptr.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>());
+        // SAFETY: as in `view`; `&mut self` rules out every other reference into the
+        // mapping in this process, and no other process uses it yet (SharedView).
+        (fits && aligned).then(|| unsafe { &mut *(self.ptr.as_ptr() as *mut T) })
+    }
+
+    /// The whole mapping as bytes.
+    ///
+    /// For memory that nobody else writes while the slice lives: no device access in
+    /// flight and no other process writing it. The only caller is a DMA buffer, which
+    /// hands out its data only while no I/O uses it (`DmaBuffer::try_as_slice`).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes and lives as long as `&self`; no
+        // concurrent writer by the contract above.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The whole mapping as writable bytes. As [`Mapping::bytes`], and `&mut self` rules
+    /// out any other reference through this mapping.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, for writes; the borrow is exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
 }
 
 impl Drop for Mapping {
@@ -123,23 +210,14 @@ impl SharedMemory {
         let len = len.div_ceil(page) * page;
         let cname = CString::new(name)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?;
-        let flags = libc::MFD_CLOEXEC
+        let flags = MFdFlags::MFD_CLOEXEC
             | if backing == Backing::HugePages {
-                libc::MFD_HUGETLB
+                MFdFlags::MFD_HUGETLB
             } else {
-                0
+                MFdFlags::empty()
             };
-        // SAFETY: plain system call with a valid C string.
-        let raw = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: memfd_create returned a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: plain system call on our descriptor.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = memfd_create(cname.as_c_str(), flags)?;
+        ftruncate(&fd, len as libc::off_t)?;
         let map = Mapping::new(fd.as_fd(), 0, len, true)?;
         Ok(SharedMemory { map, fd, backing })
     }
@@ -176,6 +254,26 @@ impl SharedMemory {
     pub fn backing(&self) -> Backing {
         self.backing
     }
+    /// See [`Mapping::region`].
+    pub(crate) fn region(&self, offset: usize, len: usize, iova: u64) -> Option<DmaRegion> {
+        self.map.region(offset, len, iova)
+    }
+    /// See [`Mapping::view`].
+    pub(crate) fn view<T: SharedView>(&self) -> Option<&T> {
+        self.map.view()
+    }
+    /// See [`Mapping::view_mut`].
+    pub(crate) fn view_mut<T: SharedView>(&mut self) -> Option<&mut T> {
+        self.map.view_mut()
+    }
+    /// See [`Mapping::bytes`].
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.map.bytes()
+    }
+    /// See [`Mapping::bytes_mut`].
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        self.map.bytes_mut()
+    }
 }
 
 /// Hugepage status of this machine, for messages and the setup tool.
@@ -192,18 +290,27 @@ mod tests {
 
     #[test]
     fn shared_memory_is_zeroed_and_shareable() {
-        let m = SharedMemory::with_backing("test", 5000, Backing::Shared).unwrap();
+        let mut m = SharedMemory::with_backing("test", 5000, Backing::Shared).unwrap();
         assert_eq!(m.len(), 8192);
-        // SAFETY: within our fresh mapping.
-        unsafe {
-            assert_eq!(*m.as_ptr().add(8191), 0);
-            *m.as_ptr().add(100) = 42;
-        }
+        assert!(m.bytes().iter().all(|&b| b == 0));
+        m.bytes_mut()[100] = 42;
         // A second mapping of the same fd sees the write (as another process would).
         let second = Mapping::new(m.fd(), 0, 8192, false).unwrap();
-        // SAFETY: the second mapping is 8192 bytes long.
-        assert_eq!(unsafe { *second.as_ptr().add(100) }, 42);
+        assert_eq!(second.bytes()[100], 42);
         assert!(SharedMemory::with_backing("test", 0, Backing::Shared).is_err());
+    }
+
+    #[test]
+    fn regions_stay_inside_the_mapping() {
+        let m = SharedMemory::with_backing("test", 8192, Backing::Shared).unwrap();
+        let r = m.region(4096, 4096, 0x10_0000).unwrap();
+        assert_eq!((r.iova(), r.len()), (0x10_1000, 4096));
+        assert_eq!(r.vaddr() as usize, m.as_ptr() as usize + 4096);
+        assert!(r.write_u32(0, 7));
+        assert_eq!(m.bytes()[4096], 7);
+        assert!(m.region(4096, 4097, 0).is_none());
+        assert!(m.region(usize::MAX, 2, 0).is_none());
+        assert_eq!(m.region(8192, 0, 0).map(|r| r.len()), Some(0));
     }
 
     #[test]

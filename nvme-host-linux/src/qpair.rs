@@ -290,9 +290,12 @@ impl IoQueuePair {
             slba: lba,
         };
         let entry = self.dsm.sub(slot * 16, 16).expect("one DSM range per slot");
-        // SAFETY: the entry is inside this queue pair's DSM area and belongs to the slot the
-        // next command uses; no command of that slot is in flight.
-        unsafe { std::ptr::copy_nonoverlapping(range.as_bytes().as_ptr(), entry.vaddr(), 16) };
+        // The entry is inside this queue pair's DSM area and belongs to the slot the next
+        // command uses; no command of that slot is in flight.
+        assert!(
+            entry.write_bytes(0, range.as_bytes()),
+            "a DSM range is 16 bytes"
+        );
         let ctx = IoCtx {
             token,
             opcode: NvmOpcode::DatasetManagement as u8,

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{self, sockopt, ControlMessage, ControlMessageOwned, MsgFlags};
 
 /// First bytes of a server's answer that carries descriptors.
@@ -54,8 +55,7 @@ pub(crate) fn check_uid(cred: &libc::ucred, uid: u32) -> io::Result<()> {
 }
 
 fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 /// Sends `payload` with `fds` attached (one `sendmsg`; `MSG_NOSIGNAL`: a closed peer is an
@@ -114,6 +114,7 @@ pub(crate) fn recv_fds(
             if let ControlMessageOwned::ScmRights(raw) = c {
                 // SAFETY: the kernel has just installed these descriptors in this process
                 // for this message; nothing else owns them.
+                #[allow(unsafe_code)]
                 fds.extend(
                     raw.into_iter()
                         .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
@@ -186,13 +187,10 @@ impl Server {
 fn serve(listener: &UnixListener, stop: &AtomicBool, fds: &[OwnedFd]) {
     let uid = euid();
     while !stop.load(Ordering::Acquire) {
-        let mut pfd = libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, 100) };
+        // Wakes up for a client, a shutdown (stop), or after 100 ms to look at `stop` again;
+        // an error (EINTR) just goes round the loop.
+        let mut pfd = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut pfd, PollTimeout::from(100u8));
         if stop.load(Ordering::Acquire) {
             return;
         }
@@ -232,8 +230,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         // Wakes a poll in progress (a listening socket reports POLLHUP once shut down).
-        // SAFETY: shutdown(2) on our own socket.
-        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        let _ = socket::shutdown(self.listener.as_raw_fd(), socket::Shutdown::Both);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -288,6 +285,7 @@ pub(crate) fn fetch(path: &Path, expect_pid: u32, want: usize) -> io::Result<Vec
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
 
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("nvme-fdpass-{}-{name}", std::process::id()));
@@ -298,10 +296,7 @@ mod tests {
 
     fn same_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
         let st = |f: BorrowedFd<'_>| {
-            // SAFETY: fstat into our own buffer.
-            let mut s: libc::stat = unsafe { std::mem::zeroed() };
-            // SAFETY: as above.
-            assert_eq!(unsafe { libc::fstat(f.as_raw_fd(), &mut s) }, 0);
+            let s = nix::sys::stat::fstat(f).unwrap();
             (s.st_dev, s.st_ino)
         };
         st(a) == st(b)
@@ -325,8 +320,7 @@ mod tests {
         r.write_all(b"xyz").unwrap();
         assert_eq!(std::fs::read(d.join("one")).unwrap(), b"xyz");
         // Received descriptors are close-on-exec.
-        // SAFETY: F_GETFD on a descriptor we own.
-        let flags = unsafe { libc::fcntl(fds[1].as_raw_fd(), libc::F_GETFD) };
+        let flags = nix::fcntl::fcntl(&fds[1], nix::fcntl::FcntlArg::F_GETFD).unwrap();
         assert_ne!(flags & libc::FD_CLOEXEC, 0);
         // A message without descriptors arrives with none.
         send_fds(&a, b"x", &[]).unwrap();
@@ -415,9 +409,17 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
+    /// The socket the other user's side asks, set in its environment.
+    const CLIENT_SOCKET: &str = "NVME_FDPASS_TEST_CLIENT_SOCKET";
+
     #[test]
     fn a_client_of_another_user_is_refused() {
-        // As root: a forked child drops to another user and asks; the server refuses.
+        // As root: this test runs again, in this test binary run as another user (the
+        // environment says so), and asks; the server refuses.
+        if let Some(path) = std::env::var_os(CLIENT_SOCKET) {
+            other_user_client(path);
+            return;
+        }
         if euid() != 0 {
             println!("(skipped: needs root to become another user)");
             return;
@@ -429,48 +431,42 @@ mod tests {
         let server = Server::start(&path, vec![f.try_clone().unwrap().into()]).unwrap();
         // Let the other user reach the socket file (the real group directory is 0700).
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-        // SAFETY: fork in a test; the child only makes async-signal-safe calls (setuid,
-        // socket, connect, recv, _exit) before exiting.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            // SAFETY: async-signal-safe system calls on our own buffers, then _exit.
-            unsafe {
-                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
-                    libc::_exit(10);
-                }
-                let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-                let mut addr: libc::sockaddr_un = std::mem::zeroed();
-                addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-                let bytes = cpath.as_bytes_with_nul();
-                for (i, &b) in bytes.iter().enumerate() {
-                    addr.sun_path[i] = b as libc::c_char;
-                }
-                if libc::connect(
-                    s,
-                    &addr as *const libc::sockaddr_un as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_un>() as u32,
-                ) != 0
-                {
-                    libc::_exit(11);
-                }
-                let mut buf = [0u8; 8];
-                let n = libc::recv(s, buf.as_mut_ptr() as *mut libc::c_void, 8, 0);
-                // Refused: the answer starts with the refusal tag.
-                libc::_exit(if n == 8 && &buf == DENIED { 0 } else { 12 });
-            }
-        }
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "group::fdpass::tests::a_client_of_another_user_is_refused",
+            ])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(CLIENT_SOCKET, &path)
+            .uid(65534)
+            .gid(65534)
+            .output();
         drop(server);
         std::fs::remove_dir_all(&d).unwrap();
-        assert!(libc::WIFEXITED(status), "child status {status}");
-        assert_eq!(
-            libc::WEXITSTATUS(status),
-            0,
-            "the other user was not refused"
+        let out = match out {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                println!("(skipped: user 65534 cannot run this test binary: {e})");
+                return;
+            }
+            r => r.unwrap(),
+        };
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "the other user was not refused: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// The other user's side of [`a_client_of_another_user_is_refused`].
+    fn other_user_client(path: std::ffi::OsString) {
+        use std::io::Read;
+        assert_ne!(euid(), 0, "runs as another user");
+        let mut s = UnixStream::connect(path).expect("connecting to the member's socket");
+        let mut buf = [0u8; 8];
+        s.read_exact(&mut buf).expect("an answer");
+        // Refused: the answer starts with the refusal tag.
+        assert_eq!(&buf, DENIED);
     }
 }

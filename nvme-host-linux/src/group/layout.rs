@@ -1,11 +1,20 @@
 //! The control segment: one `#[repr(C)]` header per group, shared by every member. It holds
 //! no pointers: memory is named by file (in the group directory) and offset, or by IOVA.
+//!
+//! The layout is fixed at compile time: the size and offset of every field are asserted
+//! below, so a change to it (here or in `nvme-core`'s shared admin state) fails the build
+//! until [`LAYOUT_VERSION`] and the assertions are updated together. At run time the magic,
+//! the layout version and the build id still refuse a group made by another build.
+//!
+//! Processes reach the header through `memory::Mapping::view` (length and alignment checked,
+//! `memory::SharedView`), never through pointer casts.
 
+use std::mem::{align_of, offset_of, size_of};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use nvme_core::shared::{SharedAdminState, MAX_MEMBERS};
 
-use super::robust::MutexStorage;
+use super::robust::RobustMutex;
 
 /// "NVMERSG1".
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"NVMERSG1");
@@ -52,22 +61,30 @@ pub(crate) struct SharedInfo {
     pub(crate) namespaces: [u8; 4096],
 }
 
-/// The control segment.
+/// The identity at the start of the control segment: what a joining process checks before
+/// it trusts anything else (or even the segment's size). Its layout never changes.
 #[repr(C)]
-pub(crate) struct GroupHeader {
+pub(crate) struct GroupIdent {
     /// [`MAGIC`], stored last (release) when the group is ready.
     pub(crate) magic: AtomicU64,
     pub(crate) layout_version: AtomicU32,
     pub(crate) state: AtomicU32,
     /// NUL-padded build id of the creating process.
     pub(crate) build_id: [u8; 128],
+}
+
+/// The control segment.
+#[repr(C)]
+pub(crate) struct GroupHeader {
+    /// Magic, layout version, state and build id.
+    pub(crate) ident: GroupIdent,
     /// NUL-padded transport id the group was created with.
     pub(crate) trid: [u8; 256],
     pub(crate) epochs: AtomicU32,
     pub(crate) _pad: u32,
     pub(crate) info: SharedInfo,
     /// The group lock (robust, process-shared): guards the admin queue.
-    pub(crate) mutex: MutexStorage,
+    pub(crate) mutex: RobustMutex,
     pub(crate) members: [Member; MAX_MEMBERS],
     /// Owner id of each I/O queue id (0 = free).
     pub(crate) qids: [AtomicU32; MAX_QID + 1],
@@ -78,6 +95,61 @@ pub(crate) struct GroupHeader {
     /// holds the admin segment, slice `i + 1` belongs to member `i`. Zero for `trtype:sim`.
     pub(crate) iova_slices: [[u64; 2]; MAX_MEMBERS + 1],
 }
+
+/// Sizes and offsets of the layout (version [`LAYOUT_VERSION`]), in bytes.
+const SHARED_INFO_SIZE: usize = 8272;
+const ADMIN_STATE_SIZE: usize = 31856;
+const MEMBERS_OFFSET: usize = 8744;
+const ADMIN_OFFSET: usize = 13872;
+const HEADER_SIZE: usize = 46800;
+
+// The layout, asserted. Sizes and offsets in bytes (x86_64 and every other 64-bit Linux
+// target: u64 and the atomics are 8-aligned).
+const _: () = {
+    assert!(size_of::<GroupIdent>() == 144 && align_of::<GroupIdent>() == 8);
+    assert!(offset_of!(GroupIdent, magic) == 0);
+    assert!(offset_of!(GroupIdent, layout_version) == 8);
+    assert!(offset_of!(GroupIdent, state) == 12);
+    assert!(offset_of!(GroupIdent, build_id) == 16);
+
+    assert!(size_of::<Member>() == 16);
+    assert!(offset_of!(Member, state) == 0);
+    assert!(offset_of!(Member, epoch) == 4);
+    assert!(offset_of!(Member, pid) == 8);
+
+    assert!(size_of::<SharedInfo>() == SHARED_INFO_SIZE);
+    assert!(offset_of!(SharedInfo, cap) == 0);
+    assert!(offset_of!(SharedInfo, max_transfer) == 8);
+    assert!(offset_of!(SharedInfo, vs) == 16);
+    assert!(offset_of!(SharedInfo, page_size) == 20);
+    assert!(offset_of!(SharedInfo, granted_sq) == 24);
+    assert!(offset_of!(SharedInfo, granted_cq) == 26);
+    assert!(offset_of!(SharedInfo, admin_entries) == 28);
+    assert!(offset_of!(SharedInfo, admin_iova) == 32);
+    assert!(offset_of!(SharedInfo, admin_len) == 40);
+    assert!(offset_of!(SharedInfo, sq_off) == 48);
+    assert!(offset_of!(SharedInfo, cq_off) == 56);
+    assert!(offset_of!(SharedInfo, prp_off) == 64);
+    assert!(offset_of!(SharedInfo, prp_len) == 72);
+    assert!(offset_of!(SharedInfo, identify) == 80);
+    assert!(offset_of!(SharedInfo, namespaces) == 80 + 4096);
+
+    assert!(size_of::<RobustMutex>() == 64 && align_of::<RobustMutex>() == 8);
+    assert!(size_of::<SharedAdminState>() == ADMIN_STATE_SIZE);
+
+    assert!(align_of::<GroupHeader>() == 8);
+    assert!(offset_of!(GroupHeader, ident) == 0);
+    assert!(offset_of!(GroupHeader, trid) == 144);
+    assert!(offset_of!(GroupHeader, epochs) == 400);
+    assert!(offset_of!(GroupHeader, info) == 408);
+    assert!(offset_of!(GroupHeader, mutex) == 408 + SHARED_INFO_SIZE);
+    assert!(offset_of!(GroupHeader, members) == MEMBERS_OFFSET);
+    assert!(offset_of!(GroupHeader, qids) == MEMBERS_OFFSET + 16 * MAX_MEMBERS);
+    assert!(offset_of!(GroupHeader, admin) == ADMIN_OFFSET);
+    assert!(offset_of!(GroupHeader, pci_addr) == ADMIN_OFFSET + ADMIN_STATE_SIZE);
+    assert!(offset_of!(GroupHeader, iova_slices) == ADMIN_OFFSET + ADMIN_STATE_SIZE + 32);
+    assert!(size_of::<GroupHeader>() == HEADER_SIZE);
+};
 
 /// Byte offsets in `members.lock`: one per member, then the role locks.
 pub(crate) const JOIN_BYTE: u64 = 1000;

@@ -5,48 +5,43 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 
-fn flock(kind: libc::c_short, byte: u64) -> libc::flock {
-    // SAFETY: flock is plain data; all-zero is a valid value before we fill it in.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = byte as libc::off_t;
-    fl.l_len = 1;
-    fl
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
+
+/// A lock request for the single byte `byte`.
+fn flock(kind: libc::c_int, byte: u64) -> libc::flock {
+    libc::flock {
+        l_type: kind as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: byte as libc::off_t,
+        l_len: 1,
+        // OFD locks require 0 here; the kernel fills in -1 for GETLK results.
+        l_pid: 0,
+    }
 }
 
-fn fcntl_lock(file: &File, cmd: libc::c_int, fl: &mut libc::flock) -> io::Result<()> {
+/// One `fcntl` lock command, retried when a signal interrupts it.
+fn fcntl_lock<'a>(file: &File, arg: impl Fn() -> FcntlArg<'a>) -> io::Result<()> {
     loop {
-        // SAFETY: F_OFD_* commands with a valid flock pointer on our own descriptor.
-        let r = unsafe { libc::fcntl(file.as_raw_fd(), cmd, fl as *mut libc::flock) };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
+        match fcntl(file, arg()) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// Takes an exclusive lock on `byte`, waiting for it.
 pub(crate) fn lock_wait(file: &File, byte: u64) -> io::Result<()> {
-    fcntl_lock(
-        file,
-        libc::F_OFD_SETLKW,
-        &mut flock(libc::F_WRLCK as libc::c_short, byte),
-    )
+    let fl = flock(libc::F_WRLCK, byte);
+    fcntl_lock(file, || FcntlArg::F_OFD_SETLKW(&fl))
 }
 
 /// Takes an exclusive lock on `byte` if nobody else holds it.
 pub(crate) fn try_lock(file: &File, byte: u64) -> io::Result<bool> {
-    match fcntl_lock(
-        file,
-        libc::F_OFD_SETLK,
-        &mut flock(libc::F_WRLCK as libc::c_short, byte),
-    ) {
+    let fl = flock(libc::F_WRLCK, byte);
+    match fcntl_lock(file, || FcntlArg::F_OFD_SETLK(&fl)) {
         Ok(()) => Ok(true),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Ok(false),
         Err(e) => Err(e),
@@ -55,17 +50,20 @@ pub(crate) fn try_lock(file: &File, byte: u64) -> io::Result<bool> {
 
 /// Releases our lock on `byte`.
 pub(crate) fn unlock(file: &File, byte: u64) -> io::Result<()> {
-    fcntl_lock(
-        file,
-        libc::F_OFD_SETLK,
-        &mut flock(libc::F_UNLCK as libc::c_short, byte),
-    )
+    let fl = flock(libc::F_UNLCK, byte);
+    fcntl_lock(file, || FcntlArg::F_OFD_SETLK(&fl))
 }
 
 /// Does another open file description hold a lock on `byte`?
 pub(crate) fn held_by_other(file: &File, byte: u64) -> io::Result<bool> {
-    let mut fl = flock(libc::F_WRLCK as libc::c_short, byte);
-    fcntl_lock(file, libc::F_OFD_GETLK, &mut fl)?;
+    let mut fl = flock(libc::F_WRLCK, byte);
+    loop {
+        match fcntl(file, FcntlArg::F_OFD_GETLK(&mut fl)) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 

@@ -39,12 +39,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use nvme_core::shared::{OwnerId, SharedAdminQueue, MAX_MEMBERS};
-use nvme_core::DmaRegion;
 
 use crate::error::{Error, Result};
 use crate::memory::SharedMemory;
 use crate::mmio::Mmio;
-use layout::{GroupHeader, ACTIVE, FREE, JOIN_BYTE, MAGIC, MAX_QID, PRIMARY_BYTE};
+use layout::{GroupHeader, GroupIdent, ACTIVE, FREE, JOIN_BYTE, MAGIC, MAX_QID, PRIMARY_BYTE};
 use robust::RobustMutex;
 
 /// Where the shared admin queue's rings sit in the admin segment.
@@ -104,8 +103,7 @@ fn ensure_dir(id: u32, dir: &Path) -> Result<()> {
         }
     }
     let md = std::fs::symlink_metadata(dir).map_err(os(format!("reading {}", dir.display())))?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     if !md.is_dir() || md.uid() != me {
         return Err(Error::Group(format!(
             "shared-memory group {id} ({}) belongs to user {} (you are {me}); use another group id (-i) or run as that user",
@@ -168,9 +166,9 @@ pub(crate) struct Group {
     id: u32,
     dir: PathBuf,
     lockf: File,
+    /// The control segment (`GroupHeader`), group lock included.
     control: SharedMemory,
     admin_mem: Option<SharedMemory>,
-    mutex: RobustMutex,
     me: Option<OwnerId>,
     primary: AtomicBool,
     join_held: AtomicBool,
@@ -216,65 +214,23 @@ impl Group {
             let f = open_rw(&control_path, true)?;
             f.set_len(len as u64)
                 .map_err(os("sizing the control segment"))?;
-            let control =
+            let mut control =
                 SharedMemory::from_file(f, len).map_err(os("mapping the control segment"))?;
-            // SAFETY: the mutex storage is inside our fresh, zeroed mapping; no other process
-            // can use it before we publish the magic.
-            let mutex_ptr =
-                unsafe { std::ptr::addr_of_mut!((*(control.as_ptr() as *mut GroupHeader)).mutex) };
-            // SAFETY: as above.
-            unsafe { RobustMutex::init(mutex_ptr) }.map_err(os("initialising the group lock"))?;
-            // SAFETY: initialised just above, in a mapping the Group keeps.
-            let mutex = unsafe { RobustMutex::from_storage(mutex_ptr) };
-            let group = Group::new(id, dir, lockf, control, mutex);
-            let h = group.header_mut_ptr();
-            // SAFETY: nobody else maps the segment yet.
-            unsafe {
-                (*h).layout_version
-                    .store(layout::LAYOUT_VERSION, Ordering::Relaxed);
-                (*h).state.store(layout::INITIALIZING, Ordering::Relaxed);
-                layout::write_str(&mut (*h).build_id, &layout::build_id());
-            }
+            // Nobody else maps the segment before we publish the magic.
+            let h: &mut GroupHeader = control
+                .view_mut()
+                .expect("the control segment is sized for the header");
+            h.mutex.init().map_err(os("initialising the group lock"))?;
+            h.ident
+                .layout_version
+                .store(layout::LAYOUT_VERSION, Ordering::Relaxed);
+            h.ident.state.store(layout::INITIALIZING, Ordering::Relaxed);
+            layout::write_str(&mut h.ident.build_id, &layout::build_id());
+            let group = Group::new(id, dir, lockf, control);
             return Ok(Joined::Create(Creating { group }));
         }
-        let f = open_rw(&control_path, false)?;
-        let flen = f.metadata().map_err(os("stat control"))?.len() as usize;
-        if flen < std::mem::size_of::<u64>() * 2 + 128 {
-            return Err(Error::Group(format!(
-                "group {id}: the control segment is truncated; it was not made by this driver"
-            )));
-        }
-        // Check the header's identity before trusting its size.
-        let control =
-            SharedMemory::from_file(f, flen).map_err(os("mapping the control segment"))?;
-        // SAFETY: at least magic, version, state and build id are mapped (checked above).
-        let (magic, version, theirs) = unsafe {
-            let h = control.as_ptr() as *const GroupHeader;
-            (
-                (*h).magic.load(Ordering::Acquire),
-                (*h).layout_version.load(Ordering::Relaxed),
-                layout::read_str(&(*h).build_id),
-            )
-        };
-        let ours = layout::build_id();
-        if magic != MAGIC {
-            return Err(Error::Group(format!(
-                "group {id} is not a group of this driver, or its creator died while initialising it (magic {magic:#x})"
-            )));
-        }
-        if version != layout::LAYOUT_VERSION || theirs != ours || flen != len {
-            return Err(Error::Group(format!(
-                "group {id} was created by a different build of the driver and cannot be shared: it runs '{theirs}', this program is '{ours}'; rebuild both from the same source or use another group id"
-            )));
-        }
-        let mutex_ptr = {
-            let h = control.as_ptr() as *mut GroupHeader;
-            // SAFETY: the header is fully mapped (length checked).
-            unsafe { std::ptr::addr_of_mut!((*h).mutex) }
-        };
-        // SAFETY: the creator initialised the mutex before publishing the magic.
-        let mutex = unsafe { RobustMutex::from_storage(mutex_ptr) };
-        let mut group = Group::new(id, dir, lockf, control, mutex);
+        let control = map_control(id, &control_path, len)?;
+        let mut group = Group::new(id, dir, lockf, control);
         let info = &group.header().info;
         let admin = open_rw(&group.dir.join("admin.mem"), false)?;
         group.admin_mem = Some(
@@ -285,14 +241,14 @@ impl Group {
     }
 
     /// A membership in the making: the join lock is held, no member record claimed yet.
-    fn new(id: u32, dir: PathBuf, lockf: File, control: SharedMemory, mutex: RobustMutex) -> Group {
+    /// `control` holds a whole header (checked by the caller).
+    fn new(id: u32, dir: PathBuf, lockf: File, control: SharedMemory) -> Group {
         Group {
             id,
             dir,
             lockf,
             control,
             admin_mem: None,
-            mutex,
             me: None,
             primary: AtomicBool::new(false),
             join_held: AtomicBool::new(true),
@@ -301,15 +257,19 @@ impl Group {
         }
     }
 
-    fn header_mut_ptr(&self) -> *mut GroupHeader {
-        self.control.as_ptr() as *mut GroupHeader
+    /// The control segment, writable: only while creating the group, before it is
+    /// published (see `memory::SharedView`).
+    fn header_mut(&mut self) -> &mut GroupHeader {
+        self.control
+            .view_mut()
+            .expect("the control segment holds a header (checked at open)")
     }
 
     /// The control segment.
     pub(crate) fn header(&self) -> &GroupHeader {
-        // SAFETY: mapped for our lifetime; shared mutable fields are atomics, the rest is
-        // written once before the magic is published.
-        unsafe { &*(self.control.as_ptr() as *const GroupHeader) }
+        self.control
+            .view()
+            .expect("the control segment holds a header (checked at open)")
     }
 
     /// The group id.
@@ -367,22 +327,20 @@ impl Group {
         at: &AdminAt,
     ) -> Result<SharedAdminQueue<'_, Mmio, RobustMutex>> {
         let mem = self.admin_mem();
-        let region = |off: u64, len: usize| -> Result<DmaRegion> {
-            let end = (off as usize).checked_add(len);
-            if end.is_none_or(|e| e > mem.len()) {
-                return Err(Error::Group(format!(
+        // Inside the admin segment mapping, which lives as long as `self`; the device sees
+        // it at `at.iova` (mapped by the creator).
+        let region = |off: u64, len: usize| -> Result<nvme_core::DmaRegion> {
+            mem.region(off as usize, len, at.iova).ok_or_else(|| {
+                Error::Group(format!(
                     "the group's admin segment is {} bytes, too small for its layout (a part at {off:#x}+{len:#x}); detach every process of the group so that it is created anew",
                     mem.len()
-                )));
-            }
-            // SAFETY: inside the admin segment mapping (checked above), which lives as long
-            // as `self`; the device sees it at iova + off (mapped by the creator).
-            Ok(unsafe { DmaRegion::new(mem.as_ptr().add(off as usize), at.iova + off, len) })
+                ))
+            })
         };
         let entries = at.entries as usize;
         let q = SharedAdminQueue::new(
             &self.header().admin,
-            &self.mutex,
+            &self.header().mutex,
             regs,
             region(at.sq_off, entries * 64)?,
             region(at.cq_off, entries * 16)?,
@@ -494,7 +452,7 @@ impl Group {
     #[cfg(feature = "test-hooks")]
     pub(crate) fn hold_lock_forever(&self) {
         use nvme_core::RobustLock;
-        std::mem::forget(self.mutex.lock(None));
+        std::mem::forget(self.header().mutex.lock(None));
     }
 
     /// Takes the join lock (for cleanup and leaving).
@@ -552,31 +510,26 @@ impl Creating {
     }
     /// Fills in the controller facts and publishes the group (state READY, then the magic).
     pub(crate) fn publish(
-        self,
+        mut self,
         trid: &str,
         fill: impl FnOnce(&mut layout::SharedInfo),
     ) -> Result<Group> {
-        let h = self.group.header_mut_ptr();
-        // SAFETY: nobody else maps the segment until the magic is stored below.
-        unsafe {
-            layout::write_str(&mut (*h).trid, trid);
-            fill(&mut (*h).info);
-        }
-        let hdr = self.group.header();
-        hdr.state.store(layout::READY, Ordering::Relaxed);
-        hdr.magic.store(MAGIC, Ordering::Release);
+        // Nobody else maps the segment until the magic is stored below.
+        let h = self.group.header_mut();
+        layout::write_str(&mut h.trid, trid);
+        fill(&mut h.info);
+        h.ident.state.store(layout::READY, Ordering::Relaxed);
+        h.ident.magic.store(MAGIC, Ordering::Release);
         Ok(self.group)
     }
     /// Records the controller's PCI address and the IOVA slices of a `trtype:PCIe` group
     /// (before publishing).
     pub(crate) fn set_pcie(&mut self, addr: &str, slices: &[(u64, u64)]) {
-        let h = self.group.header_mut_ptr();
-        // SAFETY: nobody else maps the segment until the magic is published.
-        unsafe {
-            layout::write_str(&mut (*h).pci_addr, addr);
-            for (dst, &(start, len)) in (*h).iova_slices.iter_mut().zip(slices) {
-                *dst = [start, len];
-            }
+        // Nobody else maps the segment until the magic is published.
+        let h = self.group.header_mut();
+        layout::write_str(&mut h.pci_addr, addr);
+        for (dst, &(start, len)) in h.iova_slices.iter_mut().zip(slices) {
+            *dst = [start, len];
         }
     }
     /// Claims this process's member record (before publishing: nobody else can look yet).
@@ -649,6 +602,46 @@ impl Group {
     }
 }
 
+/// Maps the control segment of a live group at `path` after checking, in this order, that
+/// the file holds at least the identity (before mapping it: a short file would fault on
+/// access), that the identity is this build's (magic, layout version, build id), and that
+/// the file is exactly `len` bytes, the size of this build's header.
+fn map_control(id: u32, path: &Path, len: usize) -> Result<SharedMemory> {
+    let f = open_rw(path, false)?;
+    let flen = f.metadata().map_err(os("stat control"))?.len() as usize;
+    if flen < std::mem::size_of::<GroupIdent>() {
+        return Err(Error::Group(format!(
+            "group {id}: the control segment is truncated; it was not made by this driver"
+        )));
+    }
+    // Check the header's identity before trusting its size.
+    let control = SharedMemory::from_file(f, flen).map_err(os("mapping the control segment"))?;
+    let ident: &GroupIdent = control
+        .view()
+        .expect("the file holds the identity (checked above)");
+    let magic = ident.magic.load(Ordering::Acquire);
+    let version = ident.layout_version.load(Ordering::Relaxed);
+    let theirs = layout::read_str(&ident.build_id);
+    let ours = layout::build_id();
+    if magic != MAGIC {
+        return Err(Error::Group(format!(
+            "group {id} is not a group of this driver, or its creator died while initialising it (magic {magic:#x})"
+        )));
+    }
+    if version != layout::LAYOUT_VERSION || theirs != ours {
+        return Err(Error::Group(format!(
+            "group {id} was created by a different build of the driver and cannot be shared: it runs '{theirs}', this program is '{ours}'; rebuild both from the same source or use another group id"
+        )));
+    }
+    if flen != len {
+        return Err(Error::Group(format!(
+            "group {id}: the control segment is {flen} bytes, not the {len} of this build's header although its build id matches; it was damaged (truncated?): remove {}",
+            path.display()
+        )));
+    }
+    Ok(control)
+}
+
 /// Removes the descriptor sockets of earlier members (join lock held).
 fn remove_member_sockets(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -660,5 +653,78 @@ fn remove_member_sockets(dir: &Path) {
         if name.starts_with("member.") && name.ends_with(".sock") {
             let _ = std::fs::remove_file(e.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nvme-group-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A control file of `flen` bytes whose identity is this build's (magic included).
+    fn control_file(path: &Path, flen: usize) {
+        let f = open_rw(path, true).unwrap();
+        f.set_len(flen.max(control_len()) as u64).unwrap();
+        let mut m = SharedMemory::from_file(f, control_len()).unwrap();
+        let h: &mut GroupHeader = m.view_mut().unwrap();
+        h.ident
+            .layout_version
+            .store(layout::LAYOUT_VERSION, Ordering::Relaxed);
+        layout::write_str(&mut h.ident.build_id, &layout::build_id());
+        h.ident.magic.store(MAGIC, Ordering::Release);
+        drop(m);
+        open_rw(path, false).unwrap().set_len(flen as u64).unwrap();
+    }
+
+    #[test]
+    fn the_control_file_is_checked_before_it_is_trusted() {
+        let d = tmp("control");
+        let path = d.join("control");
+        let len = control_len();
+        control_file(&path, len);
+        let m = map_control(7, &path, len).unwrap();
+        let h: &GroupHeader = m.view().unwrap();
+        assert_eq!(layout::read_str(&h.ident.build_id), layout::build_id());
+
+        // Shorter than the identity: refused before mapping.
+        open_rw(&path, false).unwrap().set_len(100).unwrap();
+        let e = map_control(7, &path, len).unwrap_err().to_string();
+        assert!(e.contains("the control segment is truncated"), "{e}");
+
+        // The identity, but not the whole header: refused, and said so.
+        control_file(&path, 4096);
+        let e = map_control(7, &path, len).unwrap_err().to_string();
+        assert!(e.contains("is 4096 bytes, not the"), "{e}");
+
+        // Another build.
+        control_file(&path, len);
+        let mut m = SharedMemory::from_file(open_rw(&path, false).unwrap(), len).unwrap();
+        let h: &mut GroupHeader = m.view_mut().unwrap();
+        layout::write_str(&mut h.ident.build_id, "another build");
+        drop(m);
+        let e = map_control(7, &path, len).unwrap_err().to_string();
+        assert!(e.contains("created by a different build"), "{e}");
+        assert!(e.contains("it runs 'another build'"), "{e}");
+
+        // No magic.
+        std::fs::remove_file(&path).unwrap();
+        open_rw(&path, true).unwrap().set_len(len as u64).unwrap();
+        let e = map_control(7, &path, len).unwrap_err().to_string();
+        assert!(e.contains("is not a group of this driver"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_short_mapping_has_no_header_view() {
+        let m =
+            SharedMemory::with_backing("control", 4096, crate::memory::Backing::Shared).unwrap();
+        assert!(m.view::<GroupHeader>().is_none());
+        assert!(m.view::<GroupIdent>().is_some());
     }
 }

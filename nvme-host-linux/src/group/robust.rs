@@ -1,69 +1,71 @@
-//! A robust, process-shared pthread mutex living in shared memory.
+//! A robust, process-shared pthread mutex living in shared memory: the group lock.
+//!
+//! The crate's one module besides `sys` that calls into libc with `unsafe`: the mutex is a
+//! place in shared memory that only the pthread functions may touch, which nix does not
+//! wrap.
+#![allow(unsafe_code)]
 
+use std::cell::UnsafeCell;
+use std::marker::PhantomData;
+
+use nix::time::{clock_gettime, ClockId};
 use nvme_core::{LockOutcome, RobustLock};
 
-/// Storage for a `pthread_mutex_t` in the shared control segment (glibc's is 40 bytes on
-/// x86_64; 64 leaves room and keeps the layout fixed).
+/// A robust, process-shared `pthread_mutex_t` in place in the shared control segment
+/// (glibc's is 40 bytes on x86_64; 64 leaves room and keeps the layout fixed). The type is
+/// the storage itself: a handle on it is a reference into the mapping, so it cannot outlive
+/// the mapping.
 #[repr(C, align(8))]
-pub(crate) struct MutexStorage([u8; 64]);
+pub(crate) struct RobustMutex(UnsafeCell<[u8; 64]>);
 
 const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= 64);
+const _: () = assert!(std::mem::align_of::<libc::pthread_mutex_t>() <= 8);
 
-/// A handle on the mutex in a mapping of the control segment.
-pub(crate) struct RobustMutex {
-    m: *mut libc::pthread_mutex_t,
-}
-
-// SAFETY: the mutex is designed for concurrent use from several threads and processes.
-unsafe impl Send for RobustMutex {}
-// SAFETY: as above.
+// SAFETY: a pthread mutex is made for use from several threads (and, process-shared, from
+// several processes) at once; every access goes through the pthread functions.
 unsafe impl Sync for RobustMutex {}
 
 impl RobustMutex {
+    fn m(&self) -> *mut libc::pthread_mutex_t {
+        self.0.get() as *mut libc::pthread_mutex_t
+    }
+
     /// Initialises the mutex (process-shared, robust). Only the process creating the group
-    /// calls this, before anyone else maps the segment.
+    /// calls this, before it publishes the segment: `&mut` rules out any other user in this
+    /// process, and no other process looks at an unpublished group.
     ///
-    /// # Safety
-    /// `storage` must be in a shared mapping that outlives every handle, and no other process
-    /// may use it yet.
-    pub(crate) unsafe fn init(storage: *mut MutexStorage) -> std::io::Result<()> {
-        let m = storage as *mut libc::pthread_mutex_t;
-        // SAFETY: attr is initialised by pthread_mutexattr_init before use and destroyed
-        // after; `m` points at enough suitably aligned memory that nobody else uses yet.
+    /// A mutex never initialised is all zeros (a fresh file): glibc's default mutex, which
+    /// locks and unlocks like any other but is not robust; a group is published (and
+    /// joined) only after `init` succeeded.
+    pub(crate) fn init(&mut self) -> std::io::Result<()> {
+        let check = |r: libc::c_int| {
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::from_raw_os_error(r))
+            }
+        };
+        let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+        // SAFETY: pthread_mutexattr_init initialises `attr`.
+        check(unsafe { libc::pthread_mutexattr_init(attr.as_mut_ptr()) })?;
+        let attr = attr.as_mut_ptr();
+        // SAFETY: `attr` is initialised (above) and destroyed once, at the end; the storage
+        // is large and aligned enough for a pthread_mutex_t (asserted above) and nobody
+        // uses it meanwhile (`&mut self`).
         unsafe {
-            let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
-            let check = |r: libc::c_int| {
-                if r == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::from_raw_os_error(r))
-                }
-            };
-            check(libc::pthread_mutexattr_init(&mut attr))?;
             let r = check(libc::pthread_mutexattr_setpshared(
-                &mut attr,
+                attr,
                 libc::PTHREAD_PROCESS_SHARED,
             ))
             .and_then(|_| {
                 check(libc::pthread_mutexattr_setrobust(
-                    &mut attr,
+                    attr,
                     libc::PTHREAD_MUTEX_ROBUST,
                 ))
             })
-            .and_then(|_| check(libc::pthread_mutex_init(m, &attr)));
-            libc::pthread_mutexattr_destroy(&mut attr);
+            .and_then(|_| check(libc::pthread_mutex_init(self.m(), attr)));
+            libc::pthread_mutexattr_destroy(attr);
             r
-        }
-    }
-
-    /// A handle on an initialised mutex.
-    ///
-    /// # Safety
-    /// `storage` must hold a mutex initialised by [`RobustMutex::init`] in a mapping that
-    /// outlives the handle.
-    pub(crate) unsafe fn from_storage(storage: *mut MutexStorage) -> RobustMutex {
-        RobustMutex {
-            m: storage as *mut libc::pthread_mutex_t,
         }
     }
 
@@ -81,13 +83,14 @@ impl RobustMutex {
     }
 }
 
-/// Holding the group mutex; dropping it unlocks.
-pub(crate) struct RobustGuard<'a>(&'a RobustMutex);
+/// Holding the group mutex; dropping it unlocks. Not `Send`: a pthread mutex is unlocked by
+/// the thread that locked it.
+pub(crate) struct RobustGuard<'a>(&'a RobustMutex, PhantomData<*const ()>);
 
 impl Drop for RobustGuard<'_> {
     fn drop(&mut self) {
         // SAFETY: the guard exists only while this thread holds the mutex.
-        unsafe { libc::pthread_mutex_unlock(self.0.m) };
+        unsafe { libc::pthread_mutex_unlock(self.0.m()) };
     }
 }
 
@@ -97,39 +100,38 @@ impl RobustLock for RobustMutex {
     type Guard<'a> = RobustGuard<'a>;
     fn lock(&self, bound: Option<std::time::Duration>) -> Option<(RobustGuard<'_>, LockOutcome)> {
         let r = match bound {
-            // SAFETY: the mutex is initialised and mapped (constructor contract).
-            None => unsafe { libc::pthread_mutex_lock(self.m) },
+            // SAFETY: the mutex lives in a mapping at least as long as `&self`; it was
+            // initialised by `init` (or is zero, glibc's default mutex: see `init`).
+            None => unsafe { libc::pthread_mutex_lock(self.m()) },
             Some(timeout) => {
                 // pthread_mutex_timedlock takes an absolute CLOCK_REALTIME deadline.
-                // SAFETY: a timespec is plain integers; clock_gettime writes the one we pass.
-                let mut now: libc::timespec = unsafe { std::mem::zeroed() };
-                // SAFETY: as above.
-                unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
-                let total = now.tv_nsec as u64 + timeout.subsec_nanos() as u64;
+                let now = clock_gettime(ClockId::CLOCK_REALTIME)
+                    .expect("CLOCK_REALTIME is always available");
+                let total = now.tv_nsec() as u64 + timeout.subsec_nanos() as u64;
                 let deadline = libc::timespec {
-                    tv_sec: now.tv_sec
+                    tv_sec: now.tv_sec()
                         + timeout.as_secs() as libc::time_t
                         + (total / 1_000_000_000) as libc::time_t,
                     tv_nsec: (total % 1_000_000_000) as libc::c_long,
                 };
-                // SAFETY: the mutex is initialised and mapped (constructor contract).
-                match unsafe { libc::pthread_mutex_timedlock(self.m, &deadline) } {
+                // SAFETY: as above; `deadline` outlives the call.
+                match unsafe { libc::pthread_mutex_timedlock(self.m(), &deadline) } {
                     libc::ETIMEDOUT => return None,
                     r => r,
                 }
             }
         };
-        Some((RobustGuard(self), Self::outcome(r)))
+        Some((RobustGuard(self, PhantomData), Self::outcome(r)))
     }
     fn try_lock(&self) -> Option<(RobustGuard<'_>, LockOutcome)> {
         // SAFETY: as in `lock`.
-        match unsafe { libc::pthread_mutex_trylock(self.m) } {
+        match unsafe { libc::pthread_mutex_trylock(self.m()) } {
             libc::EBUSY => None,
-            r => Some((RobustGuard(self), Self::outcome(r))),
+            r => Some((RobustGuard(self, PhantomData), Self::outcome(r))),
         }
     }
     fn mark_consistent(&self, _guard: &RobustGuard<'_>) {
         // SAFETY: called by the holder (it shows the guard) after EOWNERDEAD.
-        unsafe { libc::pthread_mutex_consistent(self.m) };
+        unsafe { libc::pthread_mutex_consistent(self.m()) };
     }
 }

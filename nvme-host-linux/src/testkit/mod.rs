@@ -16,7 +16,6 @@
 pub mod pattern;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
@@ -166,14 +165,7 @@ impl Proc {
     /// that started it ends (`PR_SET_PDEATHSIG`), whatever happens to the test.
     pub fn spawn(name: &str, cmd: &mut Command) -> Result<Proc, String> {
         cmd.stdout(Stdio::piped());
-        // SAFETY: the closure runs in the forked child before exec and only calls prctl,
-        // which is async-signal-safe and touches no memory of ours.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        crate::sys::kill_with_parent(cmd);
         let started = Instant::now();
         let mut child = cmd.spawn().map_err(|e| format!("starting {name}: {e}"))?;
         let (tx, rx) = mpsc::channel();

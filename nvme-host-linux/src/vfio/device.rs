@@ -2,15 +2,18 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use vfio_bindings::bindings::vfio::{
-    vfio_device_info, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_BAR0_REGION_INDEX,
+    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_PCI_BAR0_REGION_INDEX,
     VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
 };
 
+use nix::sys::uio::{pread, pwrite};
+
 use super::ioctl::{self, AlignedBuf};
 use crate::error::{Error, Result};
+use crate::sys;
 use crate::trid::PciAddress;
 
 /// PCI command register and its bits.
@@ -51,29 +54,15 @@ impl Device {
     /// `VFIO_GROUP_GET_DEVICE_FD` for `addr`, then its info and config region.
     pub(crate) fn open(group: BorrowedFd<'_>, addr: &PciAddress) -> Result<Device> {
         let name = CString::new(addr.to_string()).expect("no NUL in a PCI address");
-        // SAFETY: the argument is a NUL-terminated string that outlives the call; the
-        // kernel only reads it.
-        let raw =
-            unsafe { libc::ioctl(group.as_raw_fd(), ioctl::GROUP_GET_DEVICE_FD, name.as_ptr()) };
-        if raw < 0 {
-            return Err(Error::os(
-                format!("VFIO_GROUP_GET_DEVICE_FD for {addr}"),
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: the ioctl returned a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = sys::vfio_group_get_device_fd(group, &name)
+            .map_err(|e| Error::os(format!("VFIO_GROUP_GET_DEVICE_FD for {addr}"), e))?;
         Self::from_fd(fd, addr)
     }
 
     /// A device descriptor another process of a shared-memory group opened (received over a
     /// Unix socket): its info and config region.
     pub(crate) fn from_fd(fd: OwnedFd, addr: &PciAddress) -> Result<Device> {
-        let mut info = vfio_device_info {
-            argsz: std::mem::size_of::<vfio_device_info>() as u32,
-            ..Default::default()
-        };
-        ioctl::ioctl_struct(fd.as_fd(), ioctl::DEVICE_GET_INFO, &mut info)
+        let info = sys::vfio_device_get_info(fd.as_fd())
             .map_err(|e| Error::os(format!("VFIO_DEVICE_GET_INFO for {addr}"), e))?;
         if info.flags & VFIO_DEVICE_FLAGS_PCI == 0 {
             return Err(Error::Transport(format!(
@@ -101,34 +90,18 @@ impl Device {
 
     /// `VFIO_DEVICE_RESET`.
     pub(crate) fn reset(&self) -> io::Result<()> {
-        ioctl::ioctl_val(self.fd.as_fd(), ioctl::DEVICE_RESET, 0).map(|_| ())
+        sys::vfio_device_reset(self.fd.as_fd())
     }
 
     /// Reads config space at `off`.
     pub(crate) fn config_read(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
-        // SAFETY: reading into our own buffer of the given length.
-        let n = unsafe {
-            libc::pread(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                (self.config.offset + off) as libc::off_t,
-            )
-        };
+        let n = pread(&self.fd, buf, (self.config.offset + off) as libc::off_t);
         whole_transfer(n, buf.len(), "read", off)
     }
 
     /// Writes config space at `off`.
     pub(crate) fn config_write(&self, off: u64, buf: &[u8]) -> io::Result<()> {
-        // SAFETY: writing from our own buffer of the given length.
-        let n = unsafe {
-            libc::pwrite(
-                self.fd.as_raw_fd(),
-                buf.as_ptr() as *const libc::c_void,
-                buf.len(),
-                (self.config.offset + off) as libc::off_t,
-            )
-        };
+        let n = pwrite(&self.fd, buf, (self.config.offset + off) as libc::off_t);
         whole_transfer(n, buf.len(), "write", off)
     }
 
@@ -205,7 +178,8 @@ fn region_info(fd: BorrowedFd<'_>, index: u32) -> io::Result<Region> {
         let b = buf.bytes();
         b[..4].copy_from_slice(&(len as u32).to_ne_bytes());
         b[8..12].copy_from_slice(&index.to_ne_bytes());
-        ioctl::ioctl_buf(fd, ioctl::DEVICE_GET_REGION_INFO, b)?;
+        sys::vfio_device_get_region_info(fd, &mut buf)?;
+        let b = buf.bytes();
         let want = ioctl::u32_at(b, 0).unwrap_or(0) as usize;
         if want > len {
             len = want;
@@ -225,11 +199,8 @@ fn region_info(fd: BorrowedFd<'_>, index: u32) -> io::Result<Region> {
 
 /// The result of a config-space `pread`/`pwrite` of `len` bytes: the OS error, a short
 /// transfer, or success.
-fn whole_transfer(n: isize, len: usize, what: &str, off: u64) -> io::Result<()> {
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n as usize != len {
+fn whole_transfer(n: nix::Result<usize>, len: usize, what: &str, off: u64) -> io::Result<()> {
+    if n? != len {
         return Err(io::Error::other(format!(
             "short config space {what} at {off:#x}"
         )));

@@ -1,10 +1,9 @@
 //! VFIO ioctl numbers (the kernel defines them as macros, which bindgen does not carry over),
-//! the one place that calls `ioctl(2)`, and the parsing of VFIO capability chains.
-
-use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+//! argument buffers, and the parsing of VFIO capability chains. The calls themselves are in
+//! [`crate::sys`].
 
 use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
+use zerocopy::IntoBytes;
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + nr)`: VFIO ioctls carry no size or direction in their number.
 const fn io(nr: u32) -> libc::c_ulong {
@@ -24,57 +23,6 @@ pub(crate) const IOMMU_GET_INFO: libc::c_ulong = io(12);
 pub(crate) const IOMMU_MAP_DMA: libc::c_ulong = io(13);
 pub(crate) const IOMMU_UNMAP_DMA: libc::c_ulong = io(14);
 
-/// An ioctl whose argument is a value (or nothing).
-pub(crate) fn ioctl_val(
-    fd: BorrowedFd<'_>,
-    req: libc::c_ulong,
-    arg: libc::c_ulong,
-) -> io::Result<i32> {
-    // SAFETY: the VFIO ioctls called with a value argument (API version, check extension,
-    // set IOMMU, reset) do not access memory through it.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req, arg) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-/// An ioctl whose argument points at `buf`, which starts with the structure the ioctl expects
-/// (with `argsz` set to at most `buf.len()`). The kernel reads and writes only within argsz.
-pub(crate) fn ioctl_buf(fd: BorrowedFd<'_>, req: libc::c_ulong, buf: &mut [u8]) -> io::Result<i32> {
-    debug_assert!(
-        buf.len() >= 4 && u32::from_ne_bytes(buf[..4].try_into().unwrap()) as usize <= buf.len()
-    );
-    // SAFETY: `buf` is valid for reads and writes of its whole length, and the structure's
-    // argsz (its first word, checked above) bounds what the kernel touches. The buffer is
-    // 8-byte aligned by the callers (a Vec<u64> viewed as bytes).
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req, buf.as_mut_ptr()) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-/// An ioctl whose argument points at a plain `#[repr(C)]` structure from `vfio-bindings`
-/// (no pointers inside; argsz is its size).
-pub(crate) fn ioctl_struct<T>(
-    fd: BorrowedFd<'_>,
-    req: libc::c_ulong,
-    arg: &mut T,
-) -> io::Result<i32> {
-    // SAFETY: `arg` is a valid, exclusive reference to a structure of the layout the ioctl
-    // expects; the kernel reads and writes only within its argsz (set by the caller to
-    // `size_of::<T>()`).
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req, arg as *mut T) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
 /// An 8-byte aligned zeroed buffer of at least `len` bytes, for variable-size ioctl
 /// arguments (`*_info` structures followed by capability chains).
 pub(crate) struct AlignedBuf(Vec<u64>, usize);
@@ -84,10 +32,7 @@ impl AlignedBuf {
         AlignedBuf(vec![0u64; len.div_ceil(8)], len)
     }
     pub(crate) fn bytes(&mut self) -> &mut [u8] {
-        let len = self.1;
-        // SAFETY: the Vec holds at least `len` initialised bytes; u8 has no alignment or
-        // validity requirement.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr() as *mut u8, len) }
+        &mut self.0.as_mut_bytes()[..self.1]
     }
 }
 

@@ -6,18 +6,19 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use vfio_bindings::bindings::vfio::{
-    vfio_group_status, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap, VFIO_TYPE1v2_IOMMU,
-    VFIO_API_VERSION, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_GROUP_FLAGS_VIABLE,
+    vfio_iommu_type1_dma_map, VFIO_TYPE1v2_IOMMU, VFIO_API_VERSION, VFIO_DMA_MAP_FLAG_READ,
+    VFIO_DMA_MAP_FLAG_WRITE, VFIO_GROUP_FLAGS_VIABLE,
 };
 
 use super::ioctl::{self, AlignedBuf};
 use super::sysfs::Sysfs;
 use crate::error::{Error, Result};
+use crate::sys;
 use crate::trid::PciAddress;
 
 /// Inclusive `(start, last)` IOVA ranges.
@@ -103,19 +104,15 @@ impl Type1Container {
             io::ErrorKind::PermissionDenied => Error::Transport(permission_message(&cpath)),
             _ => Error::os(format!("opening {}", cpath.display()), e),
         })?;
-        let version = ioctl::ioctl_val(container.as_fd(), ioctl::GET_API_VERSION, 0)
+        let version = sys::vfio_get_api_version(container.as_fd())
             .map_err(|e| Error::os("VFIO_GET_API_VERSION", e))?;
         if version != VFIO_API_VERSION as i32 {
             return Err(Error::Transport(format!(
                 "VFIO API version {version} is not the supported {VFIO_API_VERSION}"
             )));
         }
-        let has_v2 = ioctl::ioctl_val(
-            container.as_fd(),
-            ioctl::CHECK_EXTENSION,
-            VFIO_TYPE1v2_IOMMU as libc::c_ulong,
-        )
-        .map_err(|e| Error::os("VFIO_CHECK_EXTENSION", e))?;
+        let has_v2 = sys::vfio_check_extension(container.as_fd(), VFIO_TYPE1v2_IOMMU)
+            .map_err(|e| Error::os("VFIO_CHECK_EXTENSION", e))?;
         if has_v2 != 1 {
             return Err(Error::Transport(
                 "the kernel's VFIO has no type1v2 IOMMU backend: load vfio_iommu_type1 (modprobe vfio_iommu_type1) and make sure the IOMMU is on (intel_iommu=on / amd_iommu=on)".into(),
@@ -135,24 +132,15 @@ impl Type1Container {
             )),
             _ => Error::os(format!("opening {}", gpath.display()), e),
         })?;
-        let mut status = vfio_group_status {
-            argsz: std::mem::size_of::<vfio_group_status>() as u32,
-            flags: 0,
-        };
-        ioctl::ioctl_struct(group_fd.as_fd(), ioctl::GROUP_GET_STATUS, &mut status)
+        let flags = sys::vfio_group_get_status(group_fd.as_fd())
             .map_err(|e| Error::os("VFIO_GROUP_GET_STATUS", e))?;
-        if status.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
+        if flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
             return Err(Error::Transport(sys.not_viable_message(addr, group)));
         }
-        let mut cfd: i32 = container.as_raw_fd();
-        ioctl::ioctl_struct(group_fd.as_fd(), ioctl::GROUP_SET_CONTAINER, &mut cfd)
+        sys::vfio_group_set_container(group_fd.as_fd(), container.as_fd())
             .map_err(|e| Error::os(format!("VFIO_GROUP_SET_CONTAINER for group {group}"), e))?;
-        ioctl::ioctl_val(
-            container.as_fd(),
-            ioctl::SET_IOMMU,
-            VFIO_TYPE1v2_IOMMU as libc::c_ulong,
-        )
-        .map_err(|e| Error::os("VFIO_SET_IOMMU(type1v2)", e))?;
+        sys::vfio_set_iommu(container.as_fd(), VFIO_TYPE1v2_IOMMU)
+            .map_err(|e| Error::os("VFIO_SET_IOMMU(type1v2)", e))?;
 
         Self::finish(container, group_fd)
     }
@@ -185,15 +173,7 @@ impl Type1Container {
     /// it; the range must not cut a mapping in two. Returns the bytes unmapped. (Kernels
     /// before 6.0 unmap only mappings made by the calling process.)
     pub(crate) fn unmap_range(&self, iova: u64, len: u64) -> io::Result<u64> {
-        let mut u = vfio_iommu_type1_dma_unmap {
-            argsz: std::mem::size_of::<vfio_iommu_type1_dma_unmap>() as u32,
-            flags: 0,
-            iova,
-            size: len,
-            ..Default::default()
-        };
-        ioctl::ioctl_struct(self.container.as_fd(), ioctl::IOMMU_UNMAP_DMA, &mut u)?;
-        Ok(u.size)
+        sys::vfio_iommu_unmap_dma(self.container.as_fd(), iova, len)
     }
 
     /// `VFIO_IOMMU_GET_INFO`: usable IOVA ranges (if reported) and the smallest page size.
@@ -203,10 +183,10 @@ impl Type1Container {
         let mut len = 24usize;
         for _ in 0..4 {
             let mut buf = AlignedBuf::new(len);
-            let b = buf.bytes();
-            b[..4].copy_from_slice(&(len as u32).to_ne_bytes());
-            ioctl::ioctl_buf(container, ioctl::IOMMU_GET_INFO, b)
+            buf.bytes()[..4].copy_from_slice(&(len as u32).to_ne_bytes());
+            sys::vfio_iommu_get_info(container, &mut buf)
                 .map_err(|e| Error::os("VFIO_IOMMU_GET_INFO", e))?;
+            let b = buf.bytes();
             let want = ioctl::u32_at(b, 0).unwrap_or(0) as usize;
             if want > len {
                 len = want;
@@ -233,28 +213,20 @@ impl Type1Container {
 
 impl DmaMapper for Type1Container {
     fn map(&self, vaddr: u64, iova: u64, len: u64) -> io::Result<()> {
-        let mut m = vfio_iommu_type1_dma_map {
+        let m = vfio_iommu_type1_dma_map {
             argsz: std::mem::size_of::<vfio_iommu_type1_dma_map>() as u32,
             flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
             vaddr,
             iova,
             size: len,
         };
-        ioctl::ioctl_struct(self.container.as_fd(), ioctl::IOMMU_MAP_DMA, &mut m).map(|_| ())
+        sys::vfio_iommu_map_dma(self.container.as_fd(), m)
     }
     fn unmap(&self, iova: u64, len: u64) -> io::Result<()> {
-        let mut u = vfio_iommu_type1_dma_unmap {
-            argsz: std::mem::size_of::<vfio_iommu_type1_dma_unmap>() as u32,
-            flags: 0,
-            iova,
-            size: len,
-            ..Default::default()
-        };
-        ioctl::ioctl_struct(self.container.as_fd(), ioctl::IOMMU_UNMAP_DMA, &mut u)?;
-        if u.size != len {
+        let unmapped = sys::vfio_iommu_unmap_dma(self.container.as_fd(), iova, len)?;
+        if unmapped != len {
             return Err(io::Error::other(format!(
-                "VFIO unmapped {} of {len} bytes at IOVA {iova:#x}",
-                u.size
+                "VFIO unmapped {unmapped} of {len} bytes at IOVA {iova:#x}"
             )));
         }
         Ok(())

@@ -14,7 +14,7 @@
 //! - [`VfioTransport`]: all of it as a [`Transport`].
 
 mod device;
-mod ioctl;
+pub(crate) mod ioctl;
 mod iommu;
 pub(crate) mod share;
 pub mod sysfs;
@@ -269,19 +269,11 @@ impl Drop for VfioTransport {
 
 fn map_error(addr: &PciAddress, mem: &SharedMemory, iova: u64, e: std::io::Error) -> Error {
     if e.raw_os_error() == Some(libc::ENOMEM) {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into our struct.
-        let memlock = if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0 {
-            if lim.rlim_cur == libc::RLIM_INFINITY {
-                "unlimited".to_string()
-            } else {
-                format!("{} KiB", lim.rlim_cur / 1024)
-            }
-        } else {
-            "unknown".into()
+        use nix::sys::resource::{getrlimit, Resource};
+        let memlock = match getrlimit(Resource::RLIMIT_MEMLOCK) {
+            Ok((cur, _)) if cur == libc::RLIM_INFINITY => "unlimited".to_string(),
+            Ok((cur, _)) => format!("{} KiB", cur / 1024),
+            Err(_) => "unknown".into(),
         };
         let huge = match crate::memory::hugepages_free() {
             Some(n) => format!("{n} free 2 MiB hugepages"),
