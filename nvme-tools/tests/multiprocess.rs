@@ -294,6 +294,93 @@ fn nvmectl_alone_creates_and_removes_the_group() -> Outcome {
     Ok(())
 }
 
+/// `nvmectl write` into a group's controller (which outlives nvmectl): from `/dev/zero`
+/// and from a file longer than the blocks, exactly the requested blocks change.
+fn nvmectl_write_changes_exactly_the_requested_blocks() -> Outcome {
+    const GROUP: u32 = 24;
+    const BS: usize = 512;
+    let opts = AttachOptions {
+        group: Some(GROUP),
+        ..AttachOptions::default()
+    };
+    let me = Controller::attach_with(&TransportId::parse("trtype:sim size:16M").unwrap(), &opts)
+        .expect("the test process creates the group");
+    let mut qp = me
+        .alloc_io_queue(nvme_host_linux::QueueOptions { entries: 4 })
+        .unwrap();
+    let mut buf = me.alloc_dma(32 * BS).unwrap();
+    buf.as_mut_slice().fill(0xa5);
+    qp.write_sync(1, 0, buf.slice(0..32 * BS).unwrap()).unwrap();
+
+    let g = GROUP.to_string();
+    let e = run(
+        "nvmectl write from /dev/zero",
+        NVMECTL,
+        &[
+            "-i",
+            &g,
+            "-r",
+            "trtype:sim",
+            "write",
+            "-s",
+            "8",
+            "-c",
+            "7",
+            "-d",
+            "/dev/zero",
+        ],
+    )?;
+    assert_eq!(e.code, Some(0), "{}", e.stderr);
+    let file = std::env::temp_dir().join(format!("nvmectl-pattern-{}", std::process::id()));
+    let pattern: Vec<u8> = [0x11u8, 0x22, 0x33]
+        .iter()
+        .flat_map(|&b| std::iter::repeat_n(b, BS))
+        .collect();
+    std::fs::write(&file, &pattern).unwrap();
+    let e = run(
+        "nvmectl write from a longer file",
+        NVMECTL,
+        &[
+            "-i",
+            &g,
+            "-r",
+            "trtype:sim",
+            "write",
+            "-s",
+            "20",
+            "-c",
+            "1",
+            "-d",
+            file.to_str().unwrap(),
+        ],
+    );
+    let _ = std::fs::remove_file(&file);
+    let e = e?;
+    assert_eq!(e.code, Some(0), "{}", e.stderr);
+
+    qp.read_sync(1, 0, buf.slice(0..32 * BS).unwrap()).unwrap();
+    for (lba, block) in buf.as_slice().chunks(BS).enumerate() {
+        let want = match lba {
+            8..16 => 0x00,
+            20 => 0x11,
+            21 => 0x22,
+            _ => 0xa5,
+        };
+        assert!(
+            block.iter().all(|&b| b == want),
+            "block {lba}: expected {want:#04x}, found {:#04x}...",
+            block[0]
+        );
+    }
+    drop(qp);
+    drop(me);
+    assert!(
+        !group_dir(GROUP).exists(),
+        "group removed by the last member"
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // Before any thread exists: every child and this process's own attaches use it.
     let dir = RunDir::new("tools-mp").expect("the run directory");
@@ -306,6 +393,10 @@ fn main() -> ExitCode {
             (
                 "nvmectl_alone_creates_and_removes_the_group",
                 nvmectl_alone_creates_and_removes_the_group,
+            ),
+            (
+                "nvmectl_write_changes_exactly_the_requested_blocks",
+                nvmectl_write_changes_exactly_the_requested_blocks,
             ),
         ],
     )

@@ -1,6 +1,11 @@
 //! `read` / `write`: nvme-cli's options (`-s` start block, `-c` 0's based block count, `-z`
 //! data size) checked into an [`IoPlan`], then run on a queue pair that lives only for the
 //! call.
+//!
+//! The plan is checked before anything else happens: `write` opens and reads its input only
+//! once the range fits the namespace, and then reads only the bytes the blocks take, one
+//! DMA buffer (at most one maximum transfer) at a time, straight into that buffer: its
+//! memory does not depend on the input (`-d /dev/zero` is fine).
 
 use nvme_host_linux::{Controller, QueueOptions};
 
@@ -56,13 +61,15 @@ pub fn plan(
         }
     }
     if slba.checked_add(p.blocks).is_none_or(|end| end > capacity) {
-        return Err(nvme_host_linux::Error::LbaOutOfRange {
+        let range = nvme_host_linux::Error::LbaOutOfRange {
             nsid,
             lba: slba,
             blocks: p.blocks,
             capacity,
-        }
-        .into());
+        };
+        return Err(Error::Failed(format!(
+            "-s/--start-block {slba} -c/--block-count {block_count}: {range}"
+        )));
     }
     Ok(p)
 }
@@ -124,12 +131,58 @@ pub fn write_blocks(ctrl: &Controller, p: &IoPlan, data: &[u8]) -> Result<()> {
             p.bytes()
         )));
     }
+    write_from(ctrl, p, &mut &data[..], "the data")
+}
+
+/// Writes the plan's blocks with data read from `input`: exactly the plan's bytes, read
+/// one DMA buffer at a time into that buffer (the rest of the input is never read). An
+/// input that ends early is an error that says how much was read and which blocks were
+/// written before it ended.
+pub fn write_from(
+    ctrl: &Controller,
+    p: &IoPlan,
+    input: &mut dyn std::io::Read,
+    what: &str,
+) -> Result<()> {
     transfer(ctrl, p, |qp, buf, lba, range| {
         let n = range.len();
-        buf.as_mut_slice()[..n].copy_from_slice(&data[range]);
+        let got = fill(input, &mut buf.as_mut_slice()[..n])
+            .map_err(|e| Error::Failed(format!("reading {what}: {e}")))?;
+        if got < n {
+            return Err(short_input(p, range.start + got, what, lba));
+        }
         qp.write_sync(p.nsid, lba, buf.slice(0..n)?)?;
         Ok(())
     })
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn fill(input: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(k) => filled += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// `what` ended after `got` bytes; the blocks before `lba` were written.
+fn short_input(p: &IoPlan, got: usize, what: &str, lba: u64) -> Error {
+    let written = if lba > p.slba {
+        format!("; blocks {}..{lba} were written", p.slba)
+    } else {
+        "; nothing was written".into()
+    };
+    Error::Failed(format!(
+        "{what} has {got} bytes, fewer than the {} bytes to write ({} block(s) of {} bytes){written}",
+        p.bytes(),
+        p.blocks,
+        p.block_size
+    ))
 }
 
 #[cfg(test)]
@@ -165,7 +218,7 @@ mod tests {
         assert_eq!(e.exit_code(), 1);
         assert_eq!(
             e.to_string(),
-            "LBA range 99..101 is out of range for namespace 2 (100 blocks)"
+            "-s/--start-block 99 -c/--block-count 1: LBA range 99..101 is out of range for namespace 2 (100 blocks)"
         );
         assert!(plan(1, u64::MAX, 0, None, 512, 100).is_err());
         assert!(plan(1, 99, 0, None, 512, 100).is_ok());

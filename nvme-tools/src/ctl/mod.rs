@@ -21,7 +21,7 @@ pub mod text;
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use nvme_host_linux::regs::features::FeatureSelect;
@@ -206,16 +206,35 @@ pub fn read(ctrl: &Controller, a: &IoArgs) -> Result<Vec<u8>> {
 /// are fewer).
 pub fn write(ctrl: &Controller, a: &IoArgs, data: &[u8]) -> Result<()> {
     let p = io_plan(ctrl, a)?;
-    let Some(data) = data.get(..p.bytes()) else {
-        return Err(Error::Failed(format!(
-            "the input has {} bytes, fewer than the {} bytes to write ({} block(s) of {} bytes)",
-            data.len(),
-            p.bytes(),
-            p.blocks,
-            p.block_size
-        )));
-    };
-    io::write_blocks(ctrl, &p, data)
+    io::write_from(ctrl, &p, &mut &data[..], "the input")
+}
+
+/// `write` from `-d FILE` or stdin: the range is checked before the input is opened, and
+/// only the bytes the blocks take are read, a DMA buffer at a time. A regular file that is
+/// too short is refused before anything is written.
+pub fn write_input(ctrl: &Controller, a: &IoArgs) -> Result<()> {
+    let p = io_plan(ctrl, a)?;
+    match a.data.as_deref() {
+        Some(path) => {
+            let what = path.display().to_string();
+            let mut f = std::fs::File::open(path)
+                .map_err(|e| Error::Failed(format!("opening {what}: {e}")))?;
+            let meta = f
+                .metadata()
+                .map_err(|e| Error::Failed(format!("reading {what}: {e}")))?;
+            if meta.is_file() && meta.len() < p.bytes() as u64 {
+                return Err(Error::Failed(format!(
+                    "{what} has {} bytes, fewer than the {} bytes to write ({} block(s) of {} bytes); nothing was written",
+                    meta.len(),
+                    p.bytes(),
+                    p.blocks,
+                    p.block_size
+                )));
+            }
+            io::write_from(ctrl, &p, &mut f, &what)
+        }
+        None => io::write_from(ctrl, &p, &mut std::io::stdin().lock(), "stdin"),
+    }
 }
 
 /// The controllers `list` shows without `-r`: every NVMe function bound to vfio-pci.
@@ -262,18 +281,6 @@ fn list(cli: &Cli, a: &args::ListArgs) -> Result<String> {
     })
 }
 
-/// Reads `-d FILE`, or stdin.
-fn input(path: Option<&std::path::Path>) -> Result<Vec<u8>> {
-    let mut data = Vec::new();
-    let r = match path {
-        Some(p) => std::fs::File::open(p).and_then(|mut f| f.read_to_end(&mut data)),
-        None => std::io::stdin().read_to_end(&mut data),
-    };
-    let what = path.map_or("stdin".into(), |p| p.display().to_string());
-    r.map_err(|e| Error::Failed(format!("reading {what}: {e}")))?;
-    Ok(data)
-}
-
 /// Writes to `-d FILE`, or stdout.
 fn output(path: Option<&std::path::Path>, data: &[u8]) -> Result<()> {
     let r = match path {
@@ -315,8 +322,9 @@ pub fn run(cli: &Cli) -> Result<()> {
             return Ok(());
         }
         Cmd::Write(a) => {
-            // Attach first: a missing -r is reported before stdin is read.
-            with_controller(cli, |c| write(c, a, &input(a.data.as_deref())?))?;
+            // Attach and check the range first: a missing -r or a bad range is reported
+            // before the input is opened.
+            with_controller(cli, |c| write_input(c, a))?;
             eprintln!("write: Success");
             return Ok(());
         }
@@ -407,7 +415,7 @@ mod tests {
         let e = read(&c, &io(1, 32768, 0)).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "LBA range 32768..32769 is out of range for namespace 1 (32768 blocks)"
+            "-s/--start-block 32768 -c/--block-count 0: LBA range 32768..32769 is out of range for namespace 1 (32768 blocks)"
         );
     }
 
