@@ -76,6 +76,14 @@ fn run_attached(
     let namespaces = select_namespaces(ctrls, cfg)?;
     let plans = associate_workers(&namespaces, cores, console);
     check_queue_counts(ctrls, &plans, cfg.qpairs)?;
+    let most_jobs = plans.iter().map(|p| p.jobs.len()).max().unwrap_or(0);
+    args::check_buffer_memory(
+        cfg.io_depth,
+        cfg.io_size,
+        plans.len(),
+        most_jobs,
+        args::buffer_memory_limit(),
+    )?;
     console.info("Initialization complete. Launching workers.");
     let outcomes = launch(plans, cfg, console)?;
     let outcome = Outcome {

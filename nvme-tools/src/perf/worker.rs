@@ -406,12 +406,20 @@ fn setup(plan: &WorkerPlan, cfg: &Config, workers: usize) -> Result<Vec<NsRun>, 
         .collect()
 }
 
+/// The end of the warm-up and of the run, in nanoseconds from the start, saturating: `-a`
+/// and `-t` are bounded by the options' check, but a wrapped end (`as u64` of a u128, then
+/// an addition that overflowed) once ended a run after one I/O.
+fn phase_ends_ns(warmup: Duration, time: Duration) -> (u64, u64) {
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let warmup_end = ns(warmup);
+    (warmup_end, warmup_end.saturating_add(ns(time)))
+}
+
 /// The I/O loop. Returns the measured time (after the warm-up, until the last completion)
 /// and the number of I/Os lost if the drain timed out.
 fn io_loop(runs: &mut [NsRun], cfg: &Config, shared: &Shared, index: usize) -> (Duration, u64) {
     let clock = Clock::new();
-    let warmup_end = cfg.warmup.as_nanos() as u64;
-    let run_end = warmup_end + cfg.time.as_nanos() as u64;
+    let (warmup_end, run_end) = phase_ends_ns(cfg.warmup, cfg.time);
     let mut measuring = warmup_end == 0;
     let mut measure_start = 0;
     let mut drain_deadline = None;
@@ -436,12 +444,36 @@ fn io_loop(runs: &mut [NsRun], cfg: &Config, shared: &Shared, index: usize) -> (
         }
         if drain_deadline.is_none() && (now >= run_end || shared.stop.load(Ordering::Relaxed)) {
             runs.iter_mut().for_each(|r| r.draining = true);
-            drain_deadline = Some(now + DRAIN_TIMEOUT.as_nanos() as u64);
+            drain_deadline = Some(now.saturating_add(DRAIN_TIMEOUT.as_nanos() as u64));
         }
         let timed_out = drain_deadline.is_some_and(|d| now >= d);
         if timed_out || runs.iter().all(NsRun::finished) {
             let lost = runs.iter().map(|r| r.in_flight).sum();
             return (Duration::from_nanos(now - measure_start), lost);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_ends_saturate() {
+        assert_eq!(
+            phase_ends_ns(Duration::from_secs(2), Duration::from_secs(3)),
+            (2_000_000_000, 5_000_000_000)
+        );
+        assert_eq!(phase_ends_ns(Duration::ZERO, Duration::from_secs(1)).0, 0);
+        // -a u64::MAX: the run ends never, not at once.
+        assert_eq!(
+            phase_ends_ns(Duration::from_secs(u64::MAX), Duration::from_secs(1)),
+            (u64::MAX, u64::MAX)
+        );
+        // -t 18446744074: 2^64 ns and a bit.
+        assert_eq!(
+            phase_ends_ns(Duration::ZERO, Duration::from_secs(18_446_744_074)).1,
+            u64::MAX
+        );
     }
 }
