@@ -382,13 +382,20 @@ fn join_all(
     let mut outcomes = Vec::with_capacity(handles.len());
     let mut first_error = None;
     for h in handles {
+        let name = h.thread().name().unwrap_or("?").to_string();
         match h.join() {
             Ok(Ok(o)) => outcomes.push(o),
             Ok(Err(e)) => {
                 first_error.get_or_insert(e);
             }
-            Err(_) => {
-                first_error.get_or_insert(Error::new("a worker thread panicked"));
+            Err(payload) => {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                first_error
+                    .get_or_insert(Error::new(format!("worker thread {name} panicked: {what}")));
             }
         }
     }

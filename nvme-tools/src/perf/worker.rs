@@ -112,6 +112,12 @@ impl StartGate {
         }
     }
 
+    /// A worker that will not wait for the decision (it is unwinding) counts as arrived.
+    fn arrive(&self) {
+        self.lock().0 += 1;
+        self.changed.notify_all();
+    }
+
     /// The main thread: waits until `workers` have arrived.
     pub fn wait_for(&self, workers: usize) {
         let mut s = self.lock();
@@ -360,6 +366,26 @@ impl NsRun {
     }
 }
 
+/// Makes a panicking worker harmless to the others: one that unwinds before it reached the
+/// start gate still arrives there (as a failed setup, so nobody starts and the main thread
+/// is not left waiting for it), and one that unwinds later stops the run.
+struct UnwindGuard<'a> {
+    shared: &'a Shared,
+    arrived: bool,
+}
+
+impl Drop for UnwindGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.shared.stop.store(true, Ordering::Relaxed);
+            if !self.arrived {
+                self.shared.setup_failed.store(true, Ordering::Relaxed);
+                self.shared.gate.arrive();
+            }
+        }
+    }
+}
+
 /// Runs one worker: setup, meet the others, I/O until the time (or `-d`) is up, drain.
 pub fn run_worker(
     plan: WorkerPlan,
@@ -367,10 +393,15 @@ pub fn run_worker(
     shared: Arc<Shared>,
     workers: usize,
 ) -> Result<WorkerOutcome, Error> {
+    let mut guard = UnwindGuard {
+        shared: &shared,
+        arrived: false,
+    };
     let setup = setup(&plan, &cfg, workers);
     if setup.is_err() {
         shared.setup_failed.store(true, Ordering::Relaxed);
     }
+    guard.arrived = true;
     let go = shared.gate.arrive_and_wait();
     let mut runs = setup?;
     if !go {
@@ -400,10 +431,26 @@ fn setup(plan: &WorkerPlan, cfg: &Config, workers: usize) -> Result<Vec<NsRun>, 
             plan.core
         ))
     })?;
-    plan.jobs
+    let runs = plan
+        .jobs
         .iter()
         .map(|job| NsRun::new(job, cfg, plan.index, workers, plan.core))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    test_hook_panic_in_setup(plan.index);
+    Ok(runs)
+}
+
+/// The environment variable of [`test_hook_panic_in_setup`].
+pub const PANIC_IN_SETUP_ENV: &str = "NVME_PERF_TEST_PANIC_IN_SETUP";
+
+/// Test hook, for the integration test of a worker that dies before it reports ready:
+/// `NVME_PERF_TEST_PANIC_IN_SETUP=<worker index>` makes that worker panic at the end of
+/// its setup (its queue pairs and buffers exist and are released as it unwinds). No
+/// other use; unset, it costs one environment look-up per worker at start-up.
+fn test_hook_panic_in_setup(worker: usize) {
+    if std::env::var(PANIC_IN_SETUP_ENV).is_ok_and(|v| v.trim() == worker.to_string()) {
+        panic!("test hook {PANIC_IN_SETUP_ENV}={worker}: worker {worker} panics during its setup");
+    }
 }
 
 /// The end of the warm-up and of the run, in nanoseconds from the start, saturating: `-a`
