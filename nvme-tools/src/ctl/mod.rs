@@ -41,6 +41,13 @@ pub enum Error {
     Driver(nvme_host_linux::Error),
     /// Anything else (exit status 1).
     Failed(String),
+    /// SIGINT or SIGTERM abandoned the command (exit status 128 + the signal).
+    Interrupted {
+        /// The signal.
+        signal: i32,
+        /// What was abandoned, and how far it got.
+        what: String,
+    },
 }
 
 impl Error {
@@ -48,6 +55,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => 2,
+            Error::Interrupted { signal, .. } => (128 + signal).clamp(1, 255) as u8,
             _ => 1,
         }
     }
@@ -58,6 +66,11 @@ impl fmt::Display for Error {
         match self {
             Error::Usage(m) | Error::Failed(m) => f.write_str(m),
             Error::Driver(e) => write!(f, "{e}"),
+            Error::Interrupted { signal, what } => write!(
+                f,
+                "interrupted by {}: {what}; detached from the controller",
+                crate::signals::name(*signal)
+            ),
         }
     }
 }
@@ -206,7 +219,12 @@ pub fn read(ctrl: &Controller, a: &IoArgs) -> Result<Vec<u8>> {
 /// are fewer).
 pub fn write(ctrl: &Controller, a: &IoArgs, data: &[u8]) -> Result<()> {
     let p = io_plan(ctrl, a)?;
-    io::write_from(ctrl, &p, &mut &data[..], "the input")
+    io::write_from(
+        ctrl,
+        &p,
+        Box::new(std::io::Cursor::new(data.to_vec())),
+        "the input",
+    )
 }
 
 /// `write` from `-d FILE` or stdin: the range is checked before the input is opened, and
@@ -217,7 +235,7 @@ pub fn write_input(ctrl: &Controller, a: &IoArgs) -> Result<()> {
     match a.data.as_deref() {
         Some(path) => {
             let what = path.display().to_string();
-            let mut f = std::fs::File::open(path)
+            let f = std::fs::File::open(path)
                 .map_err(|e| Error::Failed(format!("opening {what}: {e}")))?;
             let meta = f
                 .metadata()
@@ -231,9 +249,9 @@ pub fn write_input(ctrl: &Controller, a: &IoArgs) -> Result<()> {
                     p.block_size
                 )));
             }
-            io::write_from(ctrl, &p, &mut f, &what)
+            io::write_from(ctrl, &p, Box::new(f), &what)
         }
-        None => io::write_from(ctrl, &p, &mut std::io::stdin().lock(), "stdin"),
+        None => io::write_from(ctrl, &p, Box::new(std::io::stdin()), "stdin"),
     }
 }
 
@@ -333,7 +351,8 @@ pub fn run(cli: &Cli) -> Result<()> {
 }
 
 /// The `nvmectl` program: parses `args` (program name first), runs, and returns the exit
-/// status (0, 1 on errors, 2 on usage errors).
+/// status (0, 1 on errors, 2 on usage errors, 128 + the signal when SIGINT or SIGTERM
+/// abandoned the command).
 pub fn main<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
@@ -346,6 +365,12 @@ where
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // SIGINT / SIGTERM: a command that is quick (the admin ones) finishes; read and write
+    // are abandoned between two commands or while waiting for input. Either way the
+    // controller is detached before the process exits.
+    if let Err(e) = crate::signals::install() {
+        eprintln!("nvmectl: warning: no SIGINT/SIGTERM handling: {e}");
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -24,6 +24,8 @@ pub struct Outcome {
     pub failed: bool,
     /// I/Os that never completed.
     pub lost: u64,
+    /// SIGINT or SIGTERM stopped the run early (the report covers the run so far).
+    pub interrupted: Option<i32>,
 }
 
 impl Outcome {
@@ -87,6 +89,7 @@ fn run_attached(
     console.info("Initialization complete. Launching workers.");
     let outcomes = launch(plans, cfg, console)?;
     let outcome = Outcome {
+        interrupted: crate::signals::requested(),
         failed: outcomes.iter().any(|o| o.failed),
         lost: outcomes.iter().map(|o| o.lost).sum(),
         report: Report {
@@ -405,7 +408,8 @@ fn join_all(
     }
 }
 
-/// Once a second, on a terminal only: `<n> IOPS, <n.nn> MiB/s` over the last second.
+/// Once a second, on a terminal only: `<n> IOPS, <n.nn> MiB/s` over the last second. Stops
+/// the workers on SIGINT / SIGTERM ([`crate::signals`]).
 fn show_progress(
     handles: &[JoinHandle<Result<WorkerOutcome, Error>>],
     shared: &Shared,
@@ -418,6 +422,9 @@ fn show_progress(
     let mut last = 0;
     let mut printed = false;
     while !handles.iter().all(JoinHandle::is_finished) {
+        if crate::signals::requested().is_some() {
+            shared.stop.store(true, Ordering::Relaxed);
+        }
         let now = Instant::now();
         if now >= next {
             let total: u64 = shared
