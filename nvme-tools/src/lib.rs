@@ -8,10 +8,12 @@
 //! Both take `-i N` to run as members of a shared-memory group (several processes, one
 //! controller).
 //!
-//! [`sys`] holds the crate's only `unsafe` code (affinity, the TSC, process limits).
+//! [`sys`] holds the crate's only `unsafe` code (affinity, the TSC, process limits);
+//! [`signals`] records SIGINT / SIGTERM for a clean stop.
 #![deny(unsafe_code)]
 
 pub mod ctl;
 pub mod json;
 pub mod perf;
+pub mod signals;
 pub mod sys;

@@ -294,6 +294,205 @@ fn nvmectl_alone_creates_and_removes_the_group() -> Outcome {
     Ok(())
 }
 
+/// `nvmectl write` into a group's controller (which outlives nvmectl): from `/dev/zero`
+/// and from a file longer than the blocks, exactly the requested blocks change.
+fn nvmectl_write_changes_exactly_the_requested_blocks() -> Outcome {
+    const GROUP: u32 = 24;
+    const BS: usize = 512;
+    let opts = AttachOptions {
+        group: Some(GROUP),
+        ..AttachOptions::default()
+    };
+    let me = Controller::attach_with(&TransportId::parse("trtype:sim size:16M").unwrap(), &opts)
+        .expect("the test process creates the group");
+    let mut qp = me
+        .alloc_io_queue(nvme_host_linux::QueueOptions { entries: 4 })
+        .unwrap();
+    let mut buf = me.alloc_dma(32 * BS).unwrap();
+    buf.as_mut_slice().fill(0xa5);
+    qp.write_sync(1, 0, buf.slice(0..32 * BS).unwrap()).unwrap();
+
+    let g = GROUP.to_string();
+    let e = run(
+        "nvmectl write from /dev/zero",
+        NVMECTL,
+        &[
+            "-i",
+            &g,
+            "-r",
+            "trtype:sim",
+            "write",
+            "-s",
+            "8",
+            "-c",
+            "7",
+            "-d",
+            "/dev/zero",
+        ],
+    )?;
+    assert_eq!(e.code, Some(0), "{}", e.stderr);
+    let file = std::env::temp_dir().join(format!("nvmectl-pattern-{}", std::process::id()));
+    let pattern: Vec<u8> = [0x11u8, 0x22, 0x33]
+        .iter()
+        .flat_map(|&b| std::iter::repeat_n(b, BS))
+        .collect();
+    std::fs::write(&file, &pattern).unwrap();
+    let e = run(
+        "nvmectl write from a longer file",
+        NVMECTL,
+        &[
+            "-i",
+            &g,
+            "-r",
+            "trtype:sim",
+            "write",
+            "-s",
+            "20",
+            "-c",
+            "1",
+            "-d",
+            file.to_str().unwrap(),
+        ],
+    );
+    let _ = std::fs::remove_file(&file);
+    let e = e?;
+    assert_eq!(e.code, Some(0), "{}", e.stderr);
+
+    qp.read_sync(1, 0, buf.slice(0..32 * BS).unwrap()).unwrap();
+    for (lba, block) in buf.as_slice().chunks(BS).enumerate() {
+        let want = match lba {
+            8..16 => 0x00,
+            20 => 0x11,
+            21 => 0x22,
+            _ => 0xa5,
+        };
+        assert!(
+            block.iter().all(|&b| b == want),
+            "block {lba}: expected {want:#04x}, found {:#04x}...",
+            block[0]
+        );
+    }
+    drop(qp);
+    drop(me);
+    assert!(
+        !group_dir(GROUP).exists(),
+        "group removed by the last member"
+    );
+    Ok(())
+}
+
+/// Sends `signal` to a child.
+fn send(p: &Proc, signal: i32) {
+    // SAFETY: kill has no memory effects; the pid is our child's, not yet reaped (Proc reaps
+    // it only in finish/kill).
+    let rc = unsafe { libc::kill(p.pid() as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+}
+
+/// A group id of its own for a scenario: large, and different in every run.
+fn fresh_group(salt: u32) -> u32 {
+    2_000_000_000 + (std::process::id() % 100_000) * 8 + salt
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM on a 30 s perf run in a group: it stops within seconds,
+/// prints SPDK's table of the run so far, exits 0 and, as the last member, removes the
+/// group.
+fn perf_stops_cleanly_on_sigint_and_sigterm() -> Outcome {
+    for (salt, signal, name) in [(1, libc::SIGINT, "SIGINT"), (2, libc::SIGTERM, "SIGTERM")] {
+        let group = fresh_group(salt);
+        let g = group.to_string();
+        let mut perf = spawn(
+            &format!("perf -t 30 ({name})"),
+            PERF,
+            &[
+                "-i",
+                &g,
+                "-r",
+                "trtype:sim size:64M",
+                "-q",
+                "8",
+                "-o",
+                "4096",
+                "-w",
+                "randread",
+                "-t",
+                "30",
+            ],
+        );
+        perf.line("Initialization complete")?;
+        // Join to see perf's reads reach the controller: the run is under way.
+        let opts = AttachOptions {
+            group: Some(group),
+            ..AttachOptions::default()
+        };
+        let me = Controller::attach_with(&TransportId::parse("trtype:sim").unwrap(), &opts)
+            .expect("the test process joins the group");
+        wait_until("perf's reads reach the controller", SETTLE, || {
+            me.smart_log().unwrap().host_read_commands() > 1000
+        })?;
+        let daemon = me.sim_process().expect("a controller process");
+        drop(me);
+        assert!(group_dir(group).exists(), "perf is still in the group");
+        let signalled = Instant::now();
+        send(&perf, signal);
+        let e = perf.finish_by(signalled + Duration::from_secs(10))?;
+        println!(
+            "    {name}: exited {} ms after the signal",
+            signalled.elapsed().as_millis()
+        );
+        assert_eq!(e.code, Some(0), "{name}: {}\n{}", e.stdout, e.stderr);
+        assert!(
+            e.stderr.contains(&format!(
+                "nvme-perf: stopped by {name}: the results are those of the run so far"
+            )),
+            "{}",
+            e.stderr
+        );
+        assert!(
+            e.stdout.contains("Device Information") && total_iops(&e.stdout) > 0.0,
+            "{name}: the table of the run so far:\n{}",
+            e.stdout
+        );
+        assert!(
+            !group_dir(group).exists(),
+            "{name}: perf, the last member, removed the group"
+        );
+        wait_until("the controller process exits", SETTLE, || {
+            !pid_alive(daemon)
+        })?;
+    }
+    Ok(())
+}
+
+/// Ctrl-C on an `nvmectl write` that waits for its input (stdin open, silent): it
+/// abandons the write, detaches (removing the group it created) and exits 130.
+fn nvmectl_abandons_a_write_on_sigint() -> Outcome {
+    let group = fresh_group(3);
+    let g = group.to_string();
+    let mut cmd = Command::new(NVMECTL);
+    cmd.args(["-i", &g, "-r", "trtype:sim", "write", "-s", "0", "-c", "0"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Its stdin stays open (and silent) while the Proc holds the child.
+    let p = Proc::spawn("nvmectl write", &mut cmd)?;
+    wait_until("nvmectl created the group", SETTLE, || {
+        group_dir(group).exists()
+    })?;
+    let signalled = Instant::now();
+    send(&p, libc::SIGINT);
+    let e = p.finish_by(signalled + Duration::from_secs(10))?;
+    assert_eq!(e.code, Some(130), "{}", e.stderr);
+    assert!(
+        e.stderr.contains(
+            "nvmectl: error: interrupted by SIGINT: write abandoned after 0 of 1 block(s); detached from the controller"
+        ),
+        "{}",
+        e.stderr
+    );
+    assert!(!group_dir(group).exists(), "the group is removed");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // Before any thread exists: every child and this process's own attaches use it.
     let dir = RunDir::new("tools-mp").expect("the run directory");
@@ -306,6 +505,18 @@ fn main() -> ExitCode {
             (
                 "nvmectl_alone_creates_and_removes_the_group",
                 nvmectl_alone_creates_and_removes_the_group,
+            ),
+            (
+                "nvmectl_write_changes_exactly_the_requested_blocks",
+                nvmectl_write_changes_exactly_the_requested_blocks,
+            ),
+            (
+                "perf_stops_cleanly_on_sigint_and_sigterm",
+                perf_stops_cleanly_on_sigint_and_sigterm,
+            ),
+            (
+                "nvmectl_abandons_a_write_on_sigint",
+                nvmectl_abandons_a_write_on_sigint,
             ),
         ],
     )

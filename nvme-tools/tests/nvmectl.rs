@@ -158,3 +158,179 @@ fn errors_name_the_problem() {
     let e = fails(&["read", "-r", TRID, "-c", "1", "-z", "512"], 2);
     assert!(e.contains("0's based"), "{e}");
 }
+
+/// How a bounded run ended.
+struct Bounded {
+    code: Option<i32>,
+    /// Peak resident memory of the child (its `ru_maxrss`), kB.
+    max_rss_kb: i64,
+    stderr: String,
+    took: std::time::Duration,
+}
+
+/// The resident memory of a running process, kB (`VmRSS`), 0 once it is gone.
+fn rss_kb(pid: u32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Runs nvmectl with `stdin` held open (never written, never closed) until it exits, at
+/// most `bound`, and kills it as soon as its resident memory passes `rss_limit_kb` (so a
+/// run that reads without bound fails the test instead of filling the machine). The child
+/// is reaped with `wait4`, which gives its own peak resident memory.
+// Reaped with wait4 (not Child::wait), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+fn run_bounded(args: &[&str], bound: std::time::Duration, rss_limit_kb: i64) -> Bounded {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nvmectl"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running nvmectl");
+    let _stdin = child.stdin.take();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let pid = child.id() as libc::pid_t;
+    loop {
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is valid; wait4 writes only into `status` and `usage`.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; `pid` is our unreaped child.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
+        if r == pid {
+            return Bounded {
+                code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+                max_rss_kb: usage.ru_maxrss,
+                stderr: reader.join().unwrap(),
+                took: started.elapsed(),
+            };
+        }
+        let rss = rss_kb(child.id());
+        let verdict = if rss > rss_limit_kb {
+            Some(format!("resident memory reached {rss} kB"))
+        } else if started.elapsed() > bound {
+            Some(format!("still running after {} ms", bound.as_millis()))
+        } else {
+            None
+        };
+        if let Some(why) = verdict {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("nvmectl {args:?}: {why}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Resident memory nvmectl may reach for a small write: the program, the software
+/// controller's DMA buffer and a chunk, far below anything that copies its input.
+const SMALL_RSS_KB: i64 = 48 * 1024;
+
+#[test]
+fn write_from_dev_zero_reads_only_what_it_needs() {
+    let b = run_bounded(
+        &[
+            "write",
+            "-r",
+            TRID,
+            "-n",
+            "2",
+            "-s",
+            "16",
+            "-c",
+            "255",
+            "-z",
+            "131072",
+            "-d",
+            "/dev/zero",
+        ],
+        std::time::Duration::from_secs(20),
+        SMALL_RSS_KB,
+    );
+    assert_eq!(b.code, Some(0), "{}", b.stderr);
+    assert!(b.stderr.contains("write: Success"), "{}", b.stderr);
+    assert!(
+        b.max_rss_kb < SMALL_RSS_KB,
+        "peak resident memory {} kB for a 128 KiB write",
+        b.max_rss_kb
+    );
+    println!(
+        "write of 128 KiB from /dev/zero: {} ms, peak {} kB",
+        b.took.as_millis(),
+        b.max_rss_kb
+    );
+}
+
+#[test]
+fn write_out_of_range_fails_before_reading_its_input() {
+    // stdin stays open and empty: a write that read its input first would wait forever.
+    let b = run_bounded(
+        &["write", "-r", TRID, "-s", "32768", "-c", "0"],
+        std::time::Duration::from_secs(20),
+        SMALL_RSS_KB,
+    );
+    assert_eq!(b.code, Some(1), "{}", b.stderr);
+    assert!(
+        b.stderr.contains(
+            "-s/--start-block 32768 -c/--block-count 0: LBA range 32768..32769 is out of range for namespace 1 (32768 blocks)"
+        ),
+        "{}",
+        b.stderr
+    );
+    // The same with a file that never ends.
+    let b = run_bounded(
+        &[
+            "write",
+            "-r",
+            TRID,
+            "-n",
+            "2",
+            "-s",
+            "32760",
+            "-c",
+            "15",
+            "-d",
+            "/dev/zero",
+        ],
+        std::time::Duration::from_secs(20),
+        SMALL_RSS_KB,
+    );
+    assert_eq!(b.code, Some(1), "{}", b.stderr);
+    assert!(
+        b.stderr
+            .contains("LBA range 32760..32776 is out of range for namespace 2 (32768 blocks)"),
+        "{}",
+        b.stderr
+    );
+}
+
+#[test]
+fn write_refuses_a_short_file_before_writing() {
+    let dir = std::env::temp_dir().join(format!("nvmectl-short-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("short.bin");
+    std::fs::write(&f, [0x5a; 1000]).unwrap();
+    let e = fails(
+        &["write", "-r", TRID, "-c", "1", "-d", f.to_str().unwrap()],
+        1,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        e.contains("has 1000 bytes, fewer than the 1024 bytes to write (2 block(s) of 512 bytes); nothing was written"),
+        "{e}"
+    );
+}

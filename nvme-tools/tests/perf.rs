@@ -192,3 +192,90 @@ fn errors_say_what_is_wrong() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("bad size '4q'"));
 }
+
+/// Runs nvme-perf with `env` set, at most `bound`; a run still going then is killed and
+/// fails the test.
+fn perf_bounded(args: &[&str], env: &[(&str, &str)], bound: std::time::Duration) -> Output {
+    use std::process::Stdio;
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nvme-perf"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running nvme-perf");
+    // Read both pipes as they fill, so a talkative child cannot block on them.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let read = |r: &mut dyn std::io::Read| {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        v
+    };
+    let out = std::thread::spawn(move || read(&mut out));
+    let err = std::thread::spawn(move || read(&mut err));
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Output {
+                status,
+                stdout: out.join().unwrap(),
+                stderr: err.join().unwrap(),
+            };
+        }
+        if started.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "nvme-perf {args:?} still running after {} ms",
+                bound.as_millis()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_worker_panicking_in_setup_ends_the_run_with_an_error() {
+    // Two workers when two cores are available: the one that does not panic waits at the
+    // start gate and must be released too.
+    let cores = nvme_tools::sys::available_cores().unwrap();
+    let (mask, panicking) = match cores[..] {
+        [a, b, ..] => (format!("0x{:x}", (1u128 << a) | (1u128 << b)), "1"),
+        [a] => (format!("0x{:x}", 1u128 << a), "0"),
+        [] => unreachable!("a process runs on some core"),
+    };
+    let out = perf_bounded(
+        &[
+            "-r",
+            "trtype:sim size:16M",
+            "-q",
+            "4",
+            "-o",
+            "4k",
+            "-w",
+            "randread",
+            "-t",
+            "5",
+            "-c",
+            &mask,
+        ],
+        &[("NVME_PERF_TEST_PANIC_IN_SETUP", panicking)],
+        std::time::Duration::from_secs(30),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "nvme-perf: error: worker thread nvme-perf-{} panicked: test hook NVME_PERF_TEST_PANIC_IN_SETUP={panicking}: worker {panicking} panics during its setup",
+            cores[panicking.parse::<usize>().unwrap()]
+        )),
+        "{stderr}"
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        !stdout.contains("Total "),
+        "no results for a run that did not start:\n{stdout}"
+    );
+}

@@ -1,6 +1,16 @@
 //! `read` / `write`: nvme-cli's options (`-s` start block, `-c` 0's based block count, `-z`
 //! data size) checked into an [`IoPlan`], then run on a queue pair that lives only for the
 //! call.
+//!
+//! The plan is checked before anything else happens: `write` opens and reads its input only
+//! once the range fits the namespace, and then reads only the bytes the blocks take, one
+//! DMA buffer (at most one maximum transfer) at a time, straight into that buffer: its
+//! memory does not depend on the input (`-d /dev/zero` is fine).
+//!
+//! SIGINT / SIGTERM ([`crate::signals`]) abandon a transfer between two commands, or while
+//! `write` waits for its input (read on a thread of its own, so that a terminal or a pipe
+//! that says nothing cannot hold the process): the error says how far it got, and the
+//! caller detaches.
 
 use nvme_host_linux::{Controller, QueueOptions};
 
@@ -56,13 +66,15 @@ pub fn plan(
         }
     }
     if slba.checked_add(p.blocks).is_none_or(|end| end > capacity) {
-        return Err(nvme_host_linux::Error::LbaOutOfRange {
+        let range = nvme_host_linux::Error::LbaOutOfRange {
             nsid,
             lba: slba,
             blocks: p.blocks,
             capacity,
-        }
-        .into());
+        };
+        return Err(Error::Failed(format!(
+            "-s/--start-block {slba} -c/--block-count {block_count}: {range}"
+        )));
     }
     Ok(p)
 }
@@ -78,11 +90,33 @@ fn queue(ctrl: &Controller) -> Result<nvme_host_linux::IoQueuePair> {
     Ok(ctrl.alloc_io_queue(QueueOptions { entries })?)
 }
 
+/// The bytes of each command of the plan (the last may be shorter).
+fn chunk_len(ctrl: &Controller, p: &IoPlan) -> usize {
+    chunk_bytes(ctrl, p.block_size).min(p.bytes())
+}
+
+/// The error of a transfer abandoned on a signal after `done` bytes, if one came.
+fn check_interrupt(p: &IoPlan, op: &str, done: usize) -> Result<()> {
+    match crate::signals::requested() {
+        None => Ok(()),
+        Some(signal) => Err(Error::Interrupted {
+            signal,
+            what: format!(
+                "{op} abandoned after {} of {} block(s)",
+                done / p.block_size as usize,
+                p.blocks
+            ),
+        }),
+    }
+}
+
 /// Runs the plan's blocks through one DMA buffer of at most one maximum transfer: `each`
 /// gets the buffer, the LBA and the byte range of the whole transfer for each command.
+/// A signal stops it between two commands.
 fn transfer(
     ctrl: &Controller,
     p: &IoPlan,
+    op: &str,
     mut each: impl FnMut(
         &mut nvme_host_linux::IoQueuePair,
         &mut nvme_host_linux::DmaBuffer,
@@ -90,11 +124,12 @@ fn transfer(
         std::ops::Range<usize>,
     ) -> Result<()>,
 ) -> Result<()> {
-    let chunk = chunk_bytes(ctrl, p.block_size).min(p.bytes());
+    let chunk = chunk_len(ctrl, p);
     let mut qp = queue(ctrl)?;
     let mut buf = ctrl.alloc_dma(chunk)?;
     let mut done = 0;
     while done < p.bytes() {
+        check_interrupt(p, op, done)?;
         let n = chunk.min(p.bytes() - done);
         let lba = p.slba + (done / p.block_size as usize) as u64;
         each(&mut qp, &mut buf, lba, done..done + n)?;
@@ -106,7 +141,7 @@ fn transfer(
 /// Reads the plan's blocks.
 pub fn read_blocks(ctrl: &Controller, p: &IoPlan) -> Result<Vec<u8>> {
     let mut data = vec![0u8; p.bytes()];
-    transfer(ctrl, p, |qp, buf, lba, range| {
+    transfer(ctrl, p, "read", |qp, buf, lba, range| {
         let n = range.len();
         qp.read_sync(p.nsid, lba, buf.slice(0..n)?)?;
         data[range].copy_from_slice(&buf.as_slice()[..n]);
@@ -124,12 +159,105 @@ pub fn write_blocks(ctrl: &Controller, p: &IoPlan, data: &[u8]) -> Result<()> {
             p.bytes()
         )));
     }
-    transfer(ctrl, p, |qp, buf, lba, range| {
+    write_from(
+        ctrl,
+        p,
+        Box::new(std::io::Cursor::new(data.to_vec())),
+        "the data",
+    )
+}
+
+/// Writes the plan's blocks with data read from `input`: exactly the plan's bytes (the
+/// rest of the input is never read), one command's worth at a time. A thread reads ahead
+/// by at most two commands' worth, so a signal is seen while the input is silent. An input
+/// that ends early is an error that says how much was read and which blocks were written.
+pub fn write_from(
+    ctrl: &Controller,
+    p: &IoPlan,
+    input: Box<dyn std::io::Read + Send>,
+    what: &str,
+) -> Result<()> {
+    let rx = read_ahead(input, p.bytes(), chunk_len(ctrl, p))
+        .map_err(|e| Error::Failed(format!("reading {what}: {e}")))?;
+    transfer(ctrl, p, "write", |qp, buf, lba, range| {
         let n = range.len();
-        buf.as_mut_slice()[..n].copy_from_slice(&data[range]);
+        let piece = loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(20)) {
+                Ok(piece) => break piece,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    check_interrupt(p, "write", range.start)?
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break Ok(Vec::new()),
+            }
+        };
+        let piece = piece.map_err(|e| Error::Failed(format!("reading {what}: {e}")))?;
+        if piece.len() < n {
+            return Err(short_input(p, range.start + piece.len(), what, lba));
+        }
+        buf.as_mut_slice()[..n].copy_from_slice(&piece);
         qp.write_sync(p.nsid, lba, buf.slice(0..n)?)?;
         Ok(())
     })
+}
+
+/// Reads `total` bytes of `input` on a thread, in pieces of `chunk` bytes (the last may be
+/// shorter), at most one piece queued: a piece shorter than asked (the input ended) or an
+/// error is the last one sent. The thread ends when it is done or the receiver is gone;
+/// one blocked in a read that never returns ends with the process.
+fn read_ahead(
+    mut input: Box<dyn std::io::Read + Send>,
+    total: usize,
+    chunk: usize,
+) -> std::io::Result<std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("nvmectl-input".into())
+        .spawn(move || {
+            let mut left = total;
+            while left > 0 {
+                let want = chunk.min(left);
+                let mut piece = vec![0u8; want];
+                let r = fill(&mut *input, &mut piece).map(|got| {
+                    piece.truncate(got);
+                    piece
+                });
+                let last = !matches!(&r, Ok(v) if v.len() == want);
+                left -= want;
+                if tx.send(r).is_err() || last {
+                    break;
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn fill(input: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(k) => filled += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// `what` ended after `got` bytes; the blocks before `lba` were written.
+fn short_input(p: &IoPlan, got: usize, what: &str, lba: u64) -> Error {
+    let written = if lba > p.slba {
+        format!("; blocks {}..{lba} were written", p.slba)
+    } else {
+        "; nothing was written".into()
+    };
+    Error::Failed(format!(
+        "{what} has {got} bytes, fewer than the {} bytes to write ({} block(s) of {} bytes){written}",
+        p.bytes(),
+        p.blocks,
+        p.block_size
+    ))
 }
 
 #[cfg(test)]
@@ -165,7 +293,7 @@ mod tests {
         assert_eq!(e.exit_code(), 1);
         assert_eq!(
             e.to_string(),
-            "LBA range 99..101 is out of range for namespace 2 (100 blocks)"
+            "-s/--start-block 99 -c/--block-count 1: LBA range 99..101 is out of range for namespace 2 (100 blocks)"
         );
         assert!(plan(1, u64::MAX, 0, None, 512, 100).is_err());
         assert!(plan(1, 99, 0, None, 512, 100).is_ok());

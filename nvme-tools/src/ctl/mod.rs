@@ -21,7 +21,7 @@ pub mod text;
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use nvme_host_linux::regs::features::FeatureSelect;
@@ -41,6 +41,13 @@ pub enum Error {
     Driver(nvme_host_linux::Error),
     /// Anything else (exit status 1).
     Failed(String),
+    /// SIGINT or SIGTERM abandoned the command (exit status 128 + the signal).
+    Interrupted {
+        /// The signal.
+        signal: i32,
+        /// What was abandoned, and how far it got.
+        what: String,
+    },
 }
 
 impl Error {
@@ -48,6 +55,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => 2,
+            Error::Interrupted { signal, .. } => (128 + signal).clamp(1, 255) as u8,
             _ => 1,
         }
     }
@@ -58,6 +66,11 @@ impl fmt::Display for Error {
         match self {
             Error::Usage(m) | Error::Failed(m) => f.write_str(m),
             Error::Driver(e) => write!(f, "{e}"),
+            Error::Interrupted { signal, what } => write!(
+                f,
+                "interrupted by {}: {what}; detached from the controller",
+                crate::signals::name(*signal)
+            ),
         }
     }
 }
@@ -206,16 +219,40 @@ pub fn read(ctrl: &Controller, a: &IoArgs) -> Result<Vec<u8>> {
 /// are fewer).
 pub fn write(ctrl: &Controller, a: &IoArgs, data: &[u8]) -> Result<()> {
     let p = io_plan(ctrl, a)?;
-    let Some(data) = data.get(..p.bytes()) else {
-        return Err(Error::Failed(format!(
-            "the input has {} bytes, fewer than the {} bytes to write ({} block(s) of {} bytes)",
-            data.len(),
-            p.bytes(),
-            p.blocks,
-            p.block_size
-        )));
-    };
-    io::write_blocks(ctrl, &p, data)
+    io::write_from(
+        ctrl,
+        &p,
+        Box::new(std::io::Cursor::new(data.to_vec())),
+        "the input",
+    )
+}
+
+/// `write` from `-d FILE` or stdin: the range is checked before the input is opened, and
+/// only the bytes the blocks take are read, a DMA buffer at a time. A regular file that is
+/// too short is refused before anything is written.
+pub fn write_input(ctrl: &Controller, a: &IoArgs) -> Result<()> {
+    let p = io_plan(ctrl, a)?;
+    match a.data.as_deref() {
+        Some(path) => {
+            let what = path.display().to_string();
+            let f = std::fs::File::open(path)
+                .map_err(|e| Error::Failed(format!("opening {what}: {e}")))?;
+            let meta = f
+                .metadata()
+                .map_err(|e| Error::Failed(format!("reading {what}: {e}")))?;
+            if meta.is_file() && meta.len() < p.bytes() as u64 {
+                return Err(Error::Failed(format!(
+                    "{what} has {} bytes, fewer than the {} bytes to write ({} block(s) of {} bytes); nothing was written",
+                    meta.len(),
+                    p.bytes(),
+                    p.blocks,
+                    p.block_size
+                )));
+            }
+            io::write_from(ctrl, &p, Box::new(f), &what)
+        }
+        None => io::write_from(ctrl, &p, Box::new(std::io::stdin()), "stdin"),
+    }
 }
 
 /// The controllers `list` shows without `-r`: every NVMe function bound to vfio-pci.
@@ -262,18 +299,6 @@ fn list(cli: &Cli, a: &args::ListArgs) -> Result<String> {
     })
 }
 
-/// Reads `-d FILE`, or stdin.
-fn input(path: Option<&std::path::Path>) -> Result<Vec<u8>> {
-    let mut data = Vec::new();
-    let r = match path {
-        Some(p) => std::fs::File::open(p).and_then(|mut f| f.read_to_end(&mut data)),
-        None => std::io::stdin().read_to_end(&mut data),
-    };
-    let what = path.map_or("stdin".into(), |p| p.display().to_string());
-    r.map_err(|e| Error::Failed(format!("reading {what}: {e}")))?;
-    Ok(data)
-}
-
 /// Writes to `-d FILE`, or stdout.
 fn output(path: Option<&std::path::Path>, data: &[u8]) -> Result<()> {
     let r = match path {
@@ -315,8 +340,9 @@ pub fn run(cli: &Cli) -> Result<()> {
             return Ok(());
         }
         Cmd::Write(a) => {
-            // Attach first: a missing -r is reported before stdin is read.
-            with_controller(cli, |c| write(c, a, &input(a.data.as_deref())?))?;
+            // Attach and check the range first: a missing -r or a bad range is reported
+            // before the input is opened.
+            with_controller(cli, |c| write_input(c, a))?;
             eprintln!("write: Success");
             return Ok(());
         }
@@ -325,7 +351,8 @@ pub fn run(cli: &Cli) -> Result<()> {
 }
 
 /// The `nvmectl` program: parses `args` (program name first), runs, and returns the exit
-/// status (0, 1 on errors, 2 on usage errors).
+/// status (0, 1 on errors, 2 on usage errors, 128 + the signal when SIGINT or SIGTERM
+/// abandoned the command).
 pub fn main<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
@@ -338,6 +365,12 @@ where
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // SIGINT / SIGTERM: a command that is quick (the admin ones) finishes; read and write
+    // are abandoned between two commands or while waiting for input. Either way the
+    // controller is detached before the process exits.
+    if let Err(e) = crate::signals::install() {
+        eprintln!("nvmectl: warning: no SIGINT/SIGTERM handling: {e}");
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -407,7 +440,7 @@ mod tests {
         let e = read(&c, &io(1, 32768, 0)).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "LBA range 32768..32769 is out of range for namespace 1 (32768 blocks)"
+            "-s/--start-block 32768 -c/--block-count 0: LBA range 32768..32769 is out of range for namespace 1 (32768 blocks)"
         );
     }
 

@@ -136,6 +136,81 @@ pub struct Config {
     pub shm_id: Option<u32>,
 }
 
+/// The longest run: `-t` plus `-a`, one year. Longer is a typo (or an overflow attempt), and
+/// durations in nanoseconds stay far inside `u64` (584 years).
+pub const MAX_RUN_SECONDS: u64 = 365 * 24 * 3600;
+
+/// Checks `-t` and `-a`, each alone and their sum, against [`MAX_RUN_SECONDS`] (checked
+/// arithmetic: a sum that overflows is refused like any other that is too long).
+pub fn check_run_time(time: u64, warmup: u64) -> Result<(), Error> {
+    let limit = format!("at most {MAX_RUN_SECONDS} seconds (365 days)");
+    if time > MAX_RUN_SECONDS {
+        return Err(Error::new(format!("-t/--time {time} is too long: {limit}")));
+    }
+    if warmup > MAX_RUN_SECONDS {
+        return Err(Error::new(format!(
+            "-a/--warmup-time {warmup} is too long: {limit}"
+        )));
+    }
+    match time.checked_add(warmup) {
+        Some(total) if total <= MAX_RUN_SECONDS => Ok(()),
+        _ => Err(Error::new(format!(
+            "-t {time} plus -a {warmup} is too long: the run and its warm-up take {limit}"
+        ))),
+    }
+}
+
+/// The limit on the I/O buffers of a run: half of the machine's memory (`MemTotal`), or
+/// 16 GiB when that cannot be read. The buffers are DMA memory, locked in RAM.
+pub fn buffer_memory_limit() -> u64 {
+    let total_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+    });
+    match total_kb {
+        Some(kb) => kb.saturating_mul(1024) / 2,
+        None => 16 << 30,
+    }
+}
+
+/// Checks the I/O buffers a run allocates, `-q` x `-o` for each namespace of each worker,
+/// against `limit` bytes.
+pub fn check_buffer_memory(
+    io_depth: u32,
+    io_size: usize,
+    workers: usize,
+    namespaces: usize,
+    limit: u64,
+) -> Result<(), Error> {
+    let total = [io_size, workers, namespaces]
+        .iter()
+        .fold(io_depth as u128, |t, &n| t.saturating_mul(n as u128));
+    if total <= limit as u128 {
+        return Ok(());
+    }
+    Err(Error::new(format!(
+        "-q {io_depth} x -o {io_size} x {workers} worker(s) x {namespaces} namespace(s) asks for {} of I/O buffers, more than the limit of {} (half of this machine's memory); lower -q or -o",
+        format_bytes(total),
+        format_bytes(limit as u128)
+    )))
+}
+
+/// `512 bytes`, `4.0 KiB`, `16.0 TiB`.
+pub fn format_bytes(n: u128) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// Things worth telling the user that do not stop the run.
 pub type Warnings = Vec<String>;
 
@@ -164,6 +239,7 @@ impl Cli {
         if self.time == 0 {
             return Err(Error::new("-t/--time must be at least 1 second"));
         }
+        check_run_time(self.time, self.warmup_time)?;
         if self.continue_on_error == Some(0) {
             return Err(Error::new("-Q needs N >= 1 (print every Nth error)"));
         }
@@ -174,6 +250,9 @@ impl Cli {
             .map_err(|_| Error::new(format!("I/O size {} is too large", self.io_size)))?;
         let workload = parse_workload(&self.io_pattern, self.rwmixread, &mut warnings)?;
         let cores = self.core_mask.as_deref().map(parse_core_mask).transpose()?;
+        // One namespace per worker at least; the run checks again once it knows them all.
+        let workers = cores.as_ref().map_or(1, Vec::len);
+        check_buffer_memory(self.io_depth, io_size, workers, 1, buffer_memory_limit())?;
         if self.transport.is_empty() {
             return Err(Error::new(
                 "no controller given: pass -r 'trtype:sim' for the built-in software controller, \
@@ -453,6 +532,52 @@ mod tests {
         c.transport.clear();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("-r 'trtype:sim'") && e.contains("PCIe"), "{e}");
+    }
+
+    #[test]
+    fn run_time_is_bounded_and_never_wraps() {
+        // 18446744074 s is 2^64 ns and a bit: in nanoseconds it wrapped to 0.29 s.
+        let e = config("-q 1 -o 4k -w read -t 18446744074").unwrap_err();
+        assert!(
+            e.contains("-t/--time 18446744074 is too long: at most 31536000 seconds"),
+            "{e}"
+        );
+        // -a u64::MAX overflowed the end of the run to a moment already past.
+        let e = config("-q 1 -o 4k -w read -t 1 -a 18446744073709551615").unwrap_err();
+        assert!(
+            e.contains("-a/--warmup-time 18446744073709551615 is too long"),
+            "{e}"
+        );
+        let e = config("-q 1 -o 4k -w read -t 31536000 -a 1").unwrap_err();
+        assert!(e.contains("-t 31536000 plus -a 1 is too long"), "{e}");
+        let (c, _) = config("-q 1 -o 4k -w read -t 31535000 -a 1000").unwrap();
+        assert_eq!(c.time + c.warmup, Duration::from_secs(MAX_RUN_SECONDS));
+        assert!(check_run_time(u64::MAX, u64::MAX).is_err());
+        assert!(check_run_time(MAX_RUN_SECONDS - 1, 1).is_ok());
+    }
+
+    #[test]
+    fn buffer_memory_is_bounded() {
+        // The audit's -q 4294967295 -o 4k: 16 TiB of buffers.
+        let e = check_buffer_memory(u32::MAX, 4096, 1, 1, 8 << 30)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "-q 4294967295 x -o 4096 x 1 worker(s) x 1 namespace(s) asks for 16.0 TiB of I/O buffers, more than the limit of 8.0 GiB (half of this machine's memory); lower -q or -o"
+        );
+        // Workers and namespaces multiply; the product never overflows.
+        assert!(check_buffer_memory(1024, 1 << 20, 4, 2, 8 << 30).is_ok());
+        assert!(check_buffer_memory(1024, 1 << 20, 4, 3, 8 << 30).is_err());
+        assert!(
+            check_buffer_memory(u32::MAX, usize::MAX, usize::MAX, usize::MAX, u64::MAX).is_err()
+        );
+        // validate applies the machine's limit.
+        let e = config("-q 4294967295 -o 4k -w read -t 1").unwrap_err();
+        assert!(e.contains("asks for 16.0 TiB of I/O buffers"), "{e}");
+        assert!(buffer_memory_limit() > 0);
+        assert_eq!(format_bytes(512), "512 bytes");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
     }
 
     #[test]

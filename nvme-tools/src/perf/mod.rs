@@ -39,6 +39,11 @@ impl std::error::Error for Error {}
 
 /// The `nvme-perf` program: parses `args` (program name first), runs, prints, and returns
 /// the exit code (0 on success, 1 on errors, 2 on bad usage).
+///
+/// SIGINT or SIGTERM stops the run as SPDK perf's Ctrl-C does: the workers drain, the
+/// results so far are printed, the controllers are detached, and the exit status is that
+/// of a run that ended by itself (0 unless an I/O failed). A signal during start-up is
+/// acted on once the workers start (they stop at once). A second signal exits at once.
 pub fn main<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
@@ -51,12 +56,29 @@ where
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // SIGINT / SIGTERM stop the run; the results so far are printed and the controllers
+    // detached, as without a signal.
+    if let Err(e) = crate::signals::install() {
+        eprintln!(
+            "nvme-perf: warning: no SIGINT/SIGTERM handling ({e}): Ctrl-C will not print results"
+        );
+    }
     let result = cli.validate().and_then(|(config, warnings)| {
         for w in &warnings {
             eprintln!("nvme-perf: warning: {w}");
         }
         run(&config)
     });
+    if let Ok(Outcome {
+        interrupted: Some(sig),
+        ..
+    }) = &result
+    {
+        eprintln!(
+            "nvme-perf: stopped by {}: the results are those of the run so far",
+            crate::signals::name(*sig)
+        );
+    }
     match result {
         Ok(outcome) if outcome.success() => ExitCode::SUCCESS,
         Ok(outcome) => {

@@ -24,6 +24,8 @@ pub struct Outcome {
     pub failed: bool,
     /// I/Os that never completed.
     pub lost: u64,
+    /// SIGINT or SIGTERM stopped the run early (the report covers the run so far).
+    pub interrupted: Option<i32>,
 }
 
 impl Outcome {
@@ -76,9 +78,18 @@ fn run_attached(
     let namespaces = select_namespaces(ctrls, cfg)?;
     let plans = associate_workers(&namespaces, cores, console);
     check_queue_counts(ctrls, &plans, cfg.qpairs)?;
+    let most_jobs = plans.iter().map(|p| p.jobs.len()).max().unwrap_or(0);
+    args::check_buffer_memory(
+        cfg.io_depth,
+        cfg.io_size,
+        plans.len(),
+        most_jobs,
+        args::buffer_memory_limit(),
+    )?;
     console.info("Initialization complete. Launching workers.");
     let outcomes = launch(plans, cfg, console)?;
     let outcome = Outcome {
+        interrupted: crate::signals::requested(),
         failed: outcomes.iter().any(|o| o.failed),
         lost: outcomes.iter().map(|o| o.lost).sum(),
         report: Report {
@@ -374,13 +385,20 @@ fn join_all(
     let mut outcomes = Vec::with_capacity(handles.len());
     let mut first_error = None;
     for h in handles {
+        let name = h.thread().name().unwrap_or("?").to_string();
         match h.join() {
             Ok(Ok(o)) => outcomes.push(o),
             Ok(Err(e)) => {
                 first_error.get_or_insert(e);
             }
-            Err(_) => {
-                first_error.get_or_insert(Error::new("a worker thread panicked"));
+            Err(payload) => {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                first_error
+                    .get_or_insert(Error::new(format!("worker thread {name} panicked: {what}")));
             }
         }
     }
@@ -390,7 +408,8 @@ fn join_all(
     }
 }
 
-/// Once a second, on a terminal only: `<n> IOPS, <n.nn> MiB/s` over the last second.
+/// Once a second, on a terminal only: `<n> IOPS, <n.nn> MiB/s` over the last second. Stops
+/// the workers on SIGINT / SIGTERM ([`crate::signals`]).
 fn show_progress(
     handles: &[JoinHandle<Result<WorkerOutcome, Error>>],
     shared: &Shared,
@@ -403,6 +422,9 @@ fn show_progress(
     let mut last = 0;
     let mut printed = false;
     while !handles.iter().all(JoinHandle::is_finished) {
+        if crate::signals::requested().is_some() {
+            shared.stop.store(true, Ordering::Relaxed);
+        }
         let now = Instant::now();
         if now >= next {
             let total: u64 = shared

@@ -112,6 +112,12 @@ impl StartGate {
         }
     }
 
+    /// A worker that will not wait for the decision (it is unwinding) counts as arrived.
+    fn arrive(&self) {
+        self.lock().0 += 1;
+        self.changed.notify_all();
+    }
+
     /// The main thread: waits until `workers` have arrived.
     pub fn wait_for(&self, workers: usize) {
         let mut s = self.lock();
@@ -360,6 +366,26 @@ impl NsRun {
     }
 }
 
+/// Makes a panicking worker harmless to the others: one that unwinds before it reached the
+/// start gate still arrives there (as a failed setup, so nobody starts and the main thread
+/// is not left waiting for it), and one that unwinds later stops the run.
+struct UnwindGuard<'a> {
+    shared: &'a Shared,
+    arrived: bool,
+}
+
+impl Drop for UnwindGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.shared.stop.store(true, Ordering::Relaxed);
+            if !self.arrived {
+                self.shared.setup_failed.store(true, Ordering::Relaxed);
+                self.shared.gate.arrive();
+            }
+        }
+    }
+}
+
 /// Runs one worker: setup, meet the others, I/O until the time (or `-d`) is up, drain.
 pub fn run_worker(
     plan: WorkerPlan,
@@ -367,10 +393,15 @@ pub fn run_worker(
     shared: Arc<Shared>,
     workers: usize,
 ) -> Result<WorkerOutcome, Error> {
+    let mut guard = UnwindGuard {
+        shared: &shared,
+        arrived: false,
+    };
     let setup = setup(&plan, &cfg, workers);
     if setup.is_err() {
         shared.setup_failed.store(true, Ordering::Relaxed);
     }
+    guard.arrived = true;
     let go = shared.gate.arrive_and_wait();
     let mut runs = setup?;
     if !go {
@@ -400,18 +431,42 @@ fn setup(plan: &WorkerPlan, cfg: &Config, workers: usize) -> Result<Vec<NsRun>, 
             plan.core
         ))
     })?;
-    plan.jobs
+    let runs = plan
+        .jobs
         .iter()
         .map(|job| NsRun::new(job, cfg, plan.index, workers, plan.core))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    test_hook_panic_in_setup(plan.index);
+    Ok(runs)
+}
+
+/// The environment variable of [`test_hook_panic_in_setup`].
+pub const PANIC_IN_SETUP_ENV: &str = "NVME_PERF_TEST_PANIC_IN_SETUP";
+
+/// Test hook, for the integration test of a worker that dies before it reports ready:
+/// `NVME_PERF_TEST_PANIC_IN_SETUP=<worker index>` makes that worker panic at the end of
+/// its setup (its queue pairs and buffers exist and are released as it unwinds). No
+/// other use; unset, it costs one environment look-up per worker at start-up.
+fn test_hook_panic_in_setup(worker: usize) {
+    if std::env::var(PANIC_IN_SETUP_ENV).is_ok_and(|v| v.trim() == worker.to_string()) {
+        panic!("test hook {PANIC_IN_SETUP_ENV}={worker}: worker {worker} panics during its setup");
+    }
+}
+
+/// The end of the warm-up and of the run, in nanoseconds from the start, saturating: `-a`
+/// and `-t` are bounded by the options' check, but a wrapped end (`as u64` of a u128, then
+/// an addition that overflowed) once ended a run after one I/O.
+fn phase_ends_ns(warmup: Duration, time: Duration) -> (u64, u64) {
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let warmup_end = ns(warmup);
+    (warmup_end, warmup_end.saturating_add(ns(time)))
 }
 
 /// The I/O loop. Returns the measured time (after the warm-up, until the last completion)
 /// and the number of I/Os lost if the drain timed out.
 fn io_loop(runs: &mut [NsRun], cfg: &Config, shared: &Shared, index: usize) -> (Duration, u64) {
     let clock = Clock::new();
-    let warmup_end = cfg.warmup.as_nanos() as u64;
-    let run_end = warmup_end + cfg.time.as_nanos() as u64;
+    let (warmup_end, run_end) = phase_ends_ns(cfg.warmup, cfg.time);
     let mut measuring = warmup_end == 0;
     let mut measure_start = 0;
     let mut drain_deadline = None;
@@ -436,12 +491,36 @@ fn io_loop(runs: &mut [NsRun], cfg: &Config, shared: &Shared, index: usize) -> (
         }
         if drain_deadline.is_none() && (now >= run_end || shared.stop.load(Ordering::Relaxed)) {
             runs.iter_mut().for_each(|r| r.draining = true);
-            drain_deadline = Some(now + DRAIN_TIMEOUT.as_nanos() as u64);
+            drain_deadline = Some(now.saturating_add(DRAIN_TIMEOUT.as_nanos() as u64));
         }
         let timed_out = drain_deadline.is_some_and(|d| now >= d);
         if timed_out || runs.iter().all(NsRun::finished) {
             let lost = runs.iter().map(|r| r.in_flight).sum();
             return (Duration::from_nanos(now - measure_start), lost);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_ends_saturate() {
+        assert_eq!(
+            phase_ends_ns(Duration::from_secs(2), Duration::from_secs(3)),
+            (2_000_000_000, 5_000_000_000)
+        );
+        assert_eq!(phase_ends_ns(Duration::ZERO, Duration::from_secs(1)).0, 0);
+        // -a u64::MAX: the run ends never, not at once.
+        assert_eq!(
+            phase_ends_ns(Duration::from_secs(u64::MAX), Duration::from_secs(1)),
+            (u64::MAX, u64::MAX)
+        );
+        // -t 18446744074: 2^64 ns and a bit.
+        assert_eq!(
+            phase_ends_ns(Duration::ZERO, Duration::from_secs(18_446_744_074)).1,
+            u64::MAX
+        );
     }
 }
