@@ -11,6 +11,21 @@
 //! - `testkit`: the multi-process test kit (`testkit` module).
 //! - `test-hooks`: hidden hooks that the multi-process tests use to provoke failures.
 //!
+//! Where each job lives:
+//! - `controller`: [`Controller`], an attached controller (identity, namespaces, queue ids,
+//!   synchronous admin helpers, detach); `attach`: attaching alone or in a group
+//!   ([`AttachOptions`]), namespaces, shadow doorbells; `namespace`: [`Namespace`].
+//! - `admin`: the one admin path: nvme-core's shared admin queue protocol for a process
+//!   alone (a group of one, in-process lock) and for a group (robust mutex in the group's
+//!   files), bring-up, timed-out commands' memory, controller liveness.
+//! - `qpair`: [`IoQueuePair`], one per thread; `dma`: [`DmaBuffer`].
+//! - `transport`: the [`Transport`] trait; `vfio` (PCIe through VFIO) and `simtransport`
+//!   (the software controller) implement it; `trid`: transport id strings.
+//! - `group`: the shared-memory group (files, members, liveness, queue id pool, descriptor
+//!   passing); `groupattach`: creating, joining and cleaning up after dead members.
+//! - `memory`, `mmio`, `sys`, `iova`, `error`: mappings, registers, system calls, IOVA
+//!   allocation, the error type.
+//!
 //! Where `unsafe` lives (everything else denies it): `memory` (the one RAII type for every
 //! `mmap`, and the safe views of mapped memory: DMA regions, bytes, the control header),
 //! `mmio` (volatile register access), `sys` (system calls and ioctls without a safe
