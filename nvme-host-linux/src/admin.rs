@@ -178,6 +178,11 @@ pub(crate) struct Liveness {
     transport: Arc<dyn Transport>,
     regs: Mmio,
     gone: std::sync::atomic::AtomicBool,
+    /// Reset generation: odd while a reset is under way, advanced by two per reset. I/O
+    /// queue pairs compare it with the one their queues were created in.
+    generation: std::sync::atomic::AtomicU64,
+    /// The last reset failed: commands fail at once until a reset succeeds.
+    needs_reset: std::sync::atomic::AtomicBool,
 }
 
 impl Liveness {
@@ -186,11 +191,55 @@ impl Liveness {
             transport: transport.clone(),
             regs: transport.regs(),
             gone: std::sync::atomic::AtomicBool::new(false),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            needs_reset: std::sync::atomic::AtomicBool::new(false),
         })
     }
     /// The register handle.
     pub(crate) fn regs(&self) -> &Mmio {
         &self.regs
+    }
+    /// The reset generation (odd: a reset is under way).
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+    /// Marks the start of a reset (odd generation).
+    fn start_reset(&self) {
+        self.needs_reset
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        if self.generation() & 1 == 0 {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+    /// Marks the end of a reset: a successful one lets I/O queue pairs reconnect (even
+    /// generation); after a failed one the generation stays odd (queue pairs wait) and
+    /// commands fail at once until a reset succeeds.
+    fn end_reset(&self, ok: bool) {
+        if ok {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        } else {
+            self.needs_reset
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    /// The transport.
+    pub(crate) fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
+    }
+    /// What is already known, without touching the controller: gone, or waiting for a
+    /// reset after a failed one.
+    #[inline]
+    pub(crate) fn precheck(&self) -> Result<()> {
+        if self.is_gone() {
+            return Err(Error::ControllerGone);
+        }
+        if self.needs_reset.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::NeedsReset);
+        }
+        Ok(())
     }
     /// Was the controller already found gone?
     pub(crate) fn is_gone(&self) -> bool {
@@ -199,9 +248,7 @@ impl Liveness {
     /// Checks now: `ControllerGone` (and remembered) when the registers read as all ones or
     /// the transport says so, `ControllerFatal` on CSTS.CFS.
     pub(crate) fn check(&self) -> Result<()> {
-        if self.is_gone() {
-            return Err(Error::ControllerGone);
-        }
+        self.precheck()?;
         let csts = self.regs.csts();
         if csts.is_all_ones() || self.transport.gone() {
             self.gone.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -355,6 +402,55 @@ impl Admin {
         }
     }
 
+    /// Resets the controller of a process that attached alone: marks the reset under way
+    /// (I/O queue pairs stop submitting), disables the controller (from then on it touches
+    /// no host memory), completes every admin command it held as aborted, lets go of the
+    /// memory of timed-out commands, brings it up again over the same admin queue and
+    /// re-arms the asynchronous event request. The caller re-creates what else the
+    /// controller had (shadow doorbells) and then calls [`finish_reset`](Self::finish_reset);
+    /// I/O queue pairs reconnect themselves when they see the new generation.
+    pub(crate) fn reset(
+        &mut self,
+        opts: &crate::attach::AttachOptions,
+        cap_timeout: Duration,
+    ) -> Result<ControllerInfo> {
+        if self.local.is_none() {
+            return Err(Error::Invalid(
+                "resetting the controller of a shared-memory group is not supported yet: detach every process of the group and attach again".into(),
+            ));
+        }
+        self.live.check().or_else(|e| match e {
+            // A fatal controller, or one a reset did not bring back, is what a reset is for.
+            Error::ControllerFatal | Error::NeedsReset => Ok(()),
+            e => Err(e),
+        })?;
+        self.live.start_reset();
+        if !disable(&self.regs, cap_timeout) {
+            return Err(Error::Init(nvme_core::InitError::ReadyTimeout {
+                ready: false,
+                timeout_ms: cap_timeout.as_millis() as u32,
+            }));
+        }
+        let local = self.local.as_ref().expect("checked above");
+        local.queue(self.regs.clone()).reset_after_disable()?;
+        // The controller is disabled: nothing it was given can be touched any more.
+        self.parked.clear();
+        let mut init = ControllerInit::new(&self.regs, init_options(opts))?;
+        let (info, data) = {
+            let mut queue = local.queue(self.regs.clone());
+            bring_up(self.live.transport(), &mut init, &mut queue)?
+        };
+        local.lower_max_transfer(info.max_transfer.min(ADMIN_DATA));
+        self.data = data;
+        self.enable_events(None, 1)?;
+        Ok(info)
+    }
+
+    /// Ends a reset started by [`reset`](Self::reset) (see [`Liveness::end_reset`]).
+    pub(crate) fn finish_reset(&self, ok: bool) {
+        self.live.end_reset(ok);
+    }
+
     /// Submits and waits. `region` is the data pointer's region; `keep` keeps the memory
     /// the command points to mapped: until the completion arrives, and past a timeout until
     /// the late completion is reaped (see `parked`).
@@ -384,9 +480,7 @@ impl Admin {
         tag: u64,
         timeout: Duration,
     ) -> Result<Completion> {
-        if self.live.is_gone() {
-            return Err(Error::ControllerGone);
-        }
+        self.live.precheck()?;
         let start = Instant::now();
         let mut result = None;
         let mut submitted = false;
@@ -496,28 +590,34 @@ fn unpark(parked: &mut Vec<(u64, Arc<DmaMapping>)>, tag: u64) {
 /// Disables the controller (CC.EN = 0) and waits for CSTS.RDY = 0, bounded by `timeout`:
 /// after a reset the controller touches no host memory. Returns whether it got there.
 pub(crate) fn disable(regs: &Mmio, timeout: Duration) -> bool {
-    let cc = regs.cc();
-    if regs.csts().is_all_ones() {
-        return false;
-    }
-    if !cc.en() && !regs.csts().rdy() {
-        return true;
-    }
-    regs.set_cc(cc.with_en(false));
     let start = Instant::now();
-    loop {
+    let wait = |done: &dyn Fn(nvme_regs::registers::Csts) -> bool| loop {
         let csts = regs.csts();
         if csts.is_all_ones() {
             return false;
         }
-        if !csts.rdy() {
+        if done(csts) {
             return true;
         }
         if start.elapsed() > timeout {
             return false;
         }
         std::thread::sleep(Duration::from_micros(100));
+    };
+    if regs.csts().is_all_ones() {
+        return false;
     }
+    if regs.cc().en() && !regs.csts().rdy() {
+        // Still enabling: let that finish before disabling (NVMe 1.4 3.5.1), within the
+        // bound; a controller that never gets ready is disabled all the same.
+        wait(&|c| c.rdy() || c.cfs());
+    }
+    let cc = regs.cc();
+    if !cc.en() && !regs.csts().rdy() {
+        return true;
+    }
+    regs.set_cc(cc.with_en(false));
+    wait(&|c| !c.rdy())
 }
 
 /// Sends the normal shutdown notification and waits for it, bounded by RTD3E or 10 s (NVMe

@@ -385,6 +385,33 @@ impl Controller {
             .admin_command(Command::set_features(fid, nsid, cdw11, save), None)?
             .dw0)
     }
+    /// Resets the controller (a process that attached alone): disables it, brings it up
+    /// again, re-arms asynchronous events and shadow doorbells. Every I/O queue pair of
+    /// this controller then completes its outstanding requests with
+    /// [`Error::AbortedByReset`] (once each; retry them) and re-creates its queues the next
+    /// time its thread processes completions. No DMA memory is let go before the controller
+    /// is disabled. Used after [`Error::ControllerFatal`], or when commands stop completing.
+    pub fn reset(&self) -> Result<()> {
+        let inner = self.inner();
+        let mut admin = lock(&inner.admin);
+        let cap_timeout = Duration::from_millis(inner.info.cap.timeout_ms().max(500) as u64);
+        let r = admin.reset(&inner.opts, cap_timeout).and_then(|_| {
+            // Queue pairs whose deletion failed before: the controller was disabled.
+            lock(&inner.quarantine).clear();
+            if let Some(sh) = &inner.shadow {
+                // The same buffers again, from 0 (every queue starts at 0).
+                let r = sh.region();
+                r.zero();
+                let ps = inner.info.page_size as u64;
+                let cmd = Command::doorbell_buffer_config(r.iova(), r.iova() + ps);
+                admin.execute(None, cmd, None, Some(sh.clone()), inner.opts.admin_timeout)?;
+            }
+            Ok(())
+        });
+        admin.finish_reset(r.is_ok());
+        r
+    }
+
     /// Reads CSTS now.
     pub fn status_register(&self) -> Csts {
         self.inner().regs.csts()
@@ -425,6 +452,10 @@ impl Inner {
     /// Is the controller still there? (See [`Error::ControllerGone`].)
     pub(crate) fn check_alive(&self) -> Result<()> {
         self.live.check()
+    }
+    /// Whether the controller is there, and its reset generation.
+    pub(crate) fn liveness(&self) -> &Arc<crate::admin::Liveness> {
+        &self.live
     }
     /// The transport.
     pub(crate) fn transport(&self) -> &Arc<dyn Transport> {

@@ -40,6 +40,15 @@ pub enum Error {
     /// The controller reports Controller Fatal Status (CSTS.CFS): it must be reset
     /// (detach and attach again).
     ControllerFatal,
+    /// The request was aborted by a controller reset ([`Controller::reset`]): it may or may
+    /// not have been carried out; retry it. A submission refused this way was not made
+    /// (the reset is under way: process completions and retry).
+    ///
+    /// [`Controller::reset`]: crate::Controller::reset
+    AbortedByReset,
+    /// The last [`Controller::reset`](crate::Controller::reset) did not bring the controller
+    /// back: commands fail at once until a reset succeeds.
+    NeedsReset,
     /// The controller is gone: its registers read as all ones (the device was removed) or
     /// the software controller's process died. Every later command fails at once.
     ControllerGone,
@@ -141,6 +150,14 @@ impl fmt::Display for Error {
             Error::Nvme { opcode, admin, status } => {
                 write!(f, "{} (opcode {opcode:#04x}) failed: {status}", opcode_name(*opcode, *admin))
             }
+            Error::NeedsReset => write!(
+                f,
+                "the controller did not come back from its last reset: reset it again (Controller::reset, nvmectl reset) or detach"
+            ),
+            Error::AbortedByReset => write!(
+                f,
+                "aborted by a controller reset: the command may or may not have been carried out; retry it"
+            ),
             Error::ControllerGone => write!(
                 f,
                 "the controller is gone (its device was removed, or the software controller's process died): detach, and attach again once it is back"

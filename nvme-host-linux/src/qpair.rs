@@ -54,6 +54,9 @@ pub struct IoQueuePair {
     dsm: DmaRegion,
     namespaces: Arc<[Namespace]>,
     qid: u16,
+    /// The controller's reset generation this pair's queues were created in.
+    generation: u64,
+    live: Arc<crate::admin::Liveness>,
     ctrl: Controller,
     // Dropped last: the controller must stop using the rings first (see Drop).
     rings: Option<DmaMapping>,
@@ -87,6 +90,8 @@ impl IoQueuePair {
         let dsm_len =
             (QueueConfig::slots(entries) * std::mem::size_of::<DsmRange>()).next_multiple_of(ps);
         let qid = ctrl.alloc_qid()?;
+        let live = ctrl.state().liveness().clone();
+        let generation = live.generation();
         let build = || -> Result<(Qp, DmaMapping, DmaRegion)> {
             let rings = DmaMapping::new(
                 ctrl.transport(),
@@ -152,6 +157,8 @@ impl IoQueuePair {
             dsm,
             namespaces: ctrl.namespaces_shared().clone(),
             qid,
+            generation,
+            live,
             ctrl,
             rings: Some(rings),
         })
@@ -209,6 +216,7 @@ impl IoQueuePair {
         buf: IoBuf<'_>,
         token: u64,
     ) -> Result<()> {
+        self.current()?;
         let (bs, capacity) = self.namespace(nsid)?;
         if buf.len == 0 || !buf.len.is_multiple_of(bs as usize) {
             return Err(Error::BadLength {
@@ -261,6 +269,7 @@ impl IoQueuePair {
     }
     /// Writes zeroes to `blocks` (1..=65536) blocks at `lba`.
     pub fn write_zeroes(&mut self, nsid: u32, lba: u64, blocks: u32, token: u64) -> Result<()> {
+        self.current()?;
         let (_, capacity) = self.namespace(nsid)?;
         if blocks > MAX_BLOCKS_PER_COMMAND {
             return Err(Error::Invalid(format!(
@@ -279,6 +288,7 @@ impl IoQueuePair {
     }
     /// Deallocates (trims) `blocks` blocks at `lba` (Dataset Management, one range).
     pub fn deallocate(&mut self, nsid: u32, lba: u64, blocks: u32, token: u64) -> Result<()> {
+        self.current()?;
         let (_, capacity) = self.namespace(nsid)?;
         self.check_range(nsid, lba, blocks as u64, capacity)?;
         let Some(slot) = self.qp.next_slot() else {
@@ -307,6 +317,7 @@ impl IoQueuePair {
     }
     /// Flushes the namespace's volatile write cache.
     pub fn flush(&mut self, nsid: u32, token: u64) -> Result<()> {
+        self.current()?;
         self.namespace(nsid)?;
         let ctx = IoCtx {
             token,
@@ -321,6 +332,7 @@ impl IoQueuePair {
     /// transfer size; not split). Nothing is checked beyond the data pointer: the
     /// controller's status reports the rest.
     pub fn submit(&mut self, cmd: Command, data: Option<IoBuf<'_>>, token: u64) -> Result<()> {
+        self.current()?;
         let ctx = IoCtx {
             token,
             opcode: cmd.opcode(),
@@ -334,7 +346,51 @@ impl IoQueuePair {
     /// [`process_completions`](Self::process_completions)).
     #[inline]
     pub fn ring(&mut self) {
-        self.qp.ring();
+        if self.live.generation() == self.generation {
+            self.qp.ring();
+        }
+    }
+
+    /// Are this pair's queues those of the controller's current generation? A reset since
+    /// they were created (or one under way) refuses new submissions until
+    /// [`process_completions`](Self::process_completions) has reconnected.
+    #[inline]
+    fn current(&self) -> Result<()> {
+        if self.live.generation() == self.generation {
+            Ok(())
+        } else {
+            Err(Error::AbortedByReset)
+        }
+    }
+
+    /// After a controller reset (generation `now`, even: finished): completes every request
+    /// of the old queues with [`Error::AbortedByReset`] (the controller was disabled before
+    /// the reset finished, so none of their memory is in use), empties the rings and creates
+    /// the queues again with the same id and memory. Returns the requests finished.
+    #[cold]
+    fn reconnect<F: FnMut(u64, Result<()>)>(&mut self, now: u64, f: &mut F) -> usize {
+        let n = self.qp.abort_all(Qp::ABORTED, |ctx: IoCtx, _| {
+            f(ctx.token, Err(Error::AbortedByReset))
+        });
+        let entries = self.qp.entries();
+        let created = self
+            .ctrl
+            .admin_command(
+                Command::create_io_cq(self.qid, entries, self.qp.cq_iova()),
+                None,
+            )
+            .and_then(|_| {
+                self.ctrl.admin_command(
+                    Command::create_io_sq(self.qid, entries, self.qp.sq_iova(), self.qid),
+                    None,
+                )
+            });
+        // On failure the generation stays old: submissions keep being refused, and the next
+        // call tries again.
+        if created.is_ok() {
+            self.generation = now;
+        }
+        n
     }
 
     /// Rings the doorbell, then processes up to `max` completions, calling `f(token, result)`
@@ -345,6 +401,15 @@ impl IoQueuePair {
         max: usize,
         mut f: F,
     ) -> usize {
+        let now = self.live.generation();
+        if now != self.generation {
+            // Odd: a reset is under way; wait for it to finish.
+            return if now & 1 == 0 {
+                self.reconnect(now, &mut f)
+            } else {
+                0
+            };
+        }
         self.qp.poll(max, |ctx: IoCtx, c: Completion| {
             let r = if c.status.is_success() {
                 Ok(())

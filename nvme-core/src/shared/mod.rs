@@ -477,6 +477,46 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         self.regs.write32(geo.cq_doorbell, head);
     }
 
+    /// Starts over after the controller was disabled (a reset): every command still in the
+    /// queue completes for its owner with "Command Aborted due to SQ Deletion" (the
+    /// controller will never complete it), the group's event requests are counted as gone,
+    /// and the rings are empty again at position 0. Call with the controller disabled, then
+    /// bring it up again over this queue. Takes the lock.
+    pub fn reset_after_disable(&self) -> Result<(), AdminSubmitError> {
+        let held = self.take(true)?;
+        let aborted = Status::generic(nvme_regs::status::GenericStatus::AbortedSqDeletion);
+        for (idx, slot) in self.state.slots.iter().enumerate() {
+            match slot.state.load(Ordering::Relaxed) {
+                SUBMITTED => {
+                    // The completion the controller would have posted, made up here.
+                    let generation = slot.generation.load(Ordering::Relaxed) as u16;
+                    let cqe = CompletionEntry {
+                        dw0: 0,
+                        dw1: 0,
+                        sq_head: 0,
+                        sq_id: 0,
+                        cid: (generation << INDEX_BITS) | idx as u16,
+                        status: aborted.to_completion_word(false),
+                    };
+                    self.route(&held.geo, &cqe);
+                }
+                CLAIMED => {
+                    slot.state.store(FREE, Ordering::Relaxed);
+                    slot.owner.store(0, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+        self.state.aer_outstanding.store(0, Ordering::Relaxed);
+        self.state.sq_tail.store(0, Ordering::Relaxed);
+        self.state.sq_head.store(0, Ordering::Relaxed);
+        if let Some(ring) = self.cq.sub(0, held.geo.entries as usize * CQE_SIZE) {
+            ring.zero();
+        }
+        self.state.cq_head_phase.store(1 << 31, Ordering::Release);
+        Ok(())
+    }
+
     /// Submits an admin command with an optional data region (at most the configured maximum
     /// transfer). `tag` comes back with the completion, to this process only.
     pub fn submit(

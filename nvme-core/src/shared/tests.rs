@@ -443,3 +443,40 @@ fn a_stuck_lock_holder_times_out_instead_of_hanging() {
     q.release_member(OwnerId::new(3, 1)); // gives up quietly
     assert!(std::format!("{}", AdminSubmitError::LockTimeout).contains("stopped or stuck"));
 }
+
+#[test]
+fn a_reset_completes_what_the_controller_held_and_starts_over() {
+    let rig = Rig::new();
+    // No device thread: the "controller" is disabled and completes nothing.
+    let a = rig.member(0, 1);
+    let b = rig.member(1, 1);
+    a.enable_events(1).unwrap();
+    a.submit(Command::identify(1, 0, 0), None, 10).unwrap();
+    b.submit(Command::identify(1, 0, 0), None, 20).unwrap();
+    assert_eq!(rig.state.aer_outstanding.load(Ordering::Relaxed), 1);
+    assert_eq!(rig.state.sq_tail.load(Ordering::Relaxed), 3);
+    a.reset_after_disable().unwrap();
+    let aborted = Status::generic(nvme_regs::status::GenericStatus::AbortedSqDeletion);
+    let mut got = Vec::new();
+    a.poll(false, |t, c| got.push((t, c.status)));
+    assert_eq!(got, [(10, aborted)], "each owner gets its own, once");
+    let mut got = Vec::new();
+    b.poll(false, |t, c| got.push((t, c.status)));
+    assert_eq!(got, [(20, aborted)]);
+    assert_eq!(a.poll(false, |_, _| panic!("delivered twice")), 0);
+    assert_eq!(rig.state.aer_outstanding.load(Ordering::Relaxed), 0);
+    assert_eq!(rig.state.sq_tail.load(Ordering::Relaxed), 0);
+    assert_eq!(rig.state.cq_head_phase.load(Ordering::Relaxed), 1 << 31);
+    assert_eq!(b.in_flight_of(a.owner()) + b.in_flight_of(b.owner()), 0);
+    // The queue works again from position 0 (a device now runs).
+    let stop = Arc::new(AtomicBool::new(false));
+    let dev = rig.device(stop.clone(), Arc::new(AtomicBool::new(false)));
+    a.submit(Command::flush(1).cdw10(5), None, 11).unwrap();
+    let mut got = Vec::new();
+    while got.is_empty() {
+        a.poll(true, |t, c| got.push((t, c.dw0)));
+    }
+    assert_eq!(got, [(11, 5)]);
+    stop.store(true, Ordering::Relaxed);
+    dev.join().unwrap();
+}
