@@ -76,6 +76,9 @@ pub(crate) trait AdminOps {
     fn reap(&self);
     fn events_since(&self, cursor: &mut u64, f: &mut dyn FnMut(u32)) -> u64;
     fn enable_events(&self, count: u32) -> std::result::Result<(), AdminSubmitError>;
+    fn begin_reset(&self, dead: Option<OwnerId>) -> std::result::Result<(), AdminSubmitError>;
+    fn end_reset(&self, ok: bool) -> std::result::Result<(), AdminSubmitError>;
+    fn reset_after_disable(&self) -> std::result::Result<(), AdminSubmitError>;
 }
 
 impl<L: RobustLock> AdminOps for SharedAdminQueue<'_, Mmio, L> {
@@ -99,13 +102,22 @@ impl<L: RobustLock> AdminOps for SharedAdminQueue<'_, Mmio, L> {
     fn enable_events(&self, count: u32) -> std::result::Result<(), AdminSubmitError> {
         SharedAdminQueue::enable_events(self, count)
     }
+    fn begin_reset(&self, dead: Option<OwnerId>) -> std::result::Result<(), AdminSubmitError> {
+        SharedAdminQueue::begin_reset(self, dead)
+    }
+    fn end_reset(&self, ok: bool) -> std::result::Result<(), AdminSubmitError> {
+        SharedAdminQueue::end_reset(self, ok)
+    }
+    fn reset_after_disable(&self) -> std::result::Result<(), AdminSubmitError> {
+        SharedAdminQueue::reset_after_disable(self)
+    }
 }
 
 /// The admin queue of a process that attached alone: rings, PRP lists and the queue state
 /// in one DMA segment of its own, guarded by the in-process lock.
 pub(crate) struct LocalAdmin {
     /// Keeps the segment mapped for the CPU and the device.
-    _mem: DmaMapping,
+    mem: Arc<DmaMapping>,
     rings: DmaRegion,
     state: DmaRegion,
     layout: AdminLayout,
@@ -124,14 +136,18 @@ impl LocalAdmin {
         let entries = entries.min(nvme_core::shared::MAX_ADMIN_ENTRIES);
         let layout = AdminLayout::new(entries, page_size);
         let state_len = std::mem::size_of::<SharedAdminState>().next_multiple_of(page_size);
-        let mem = DmaMapping::new(transport, "nvme-admin", layout.len + state_len)?;
+        let mem = Arc::new(DmaMapping::new(
+            transport,
+            "nvme-admin",
+            layout.len + state_len,
+        )?);
         let region = mem.region();
         let rings = region.sub(0, layout.len).expect("rings inside the segment");
         let state = region
             .sub(layout.len, state_len)
             .expect("state inside the segment");
         let local = LocalAdmin {
-            _mem: mem,
+            mem,
             rings,
             state,
             layout,
@@ -166,78 +182,98 @@ impl LocalAdmin {
         .expect("configured in LocalAdmin::new")
     }
 
+    /// Where liveness and the reset generation are read from.
+    pub(crate) fn state_ref(&self) -> StateRef {
+        StateRef::Local {
+            _keep: self.mem.clone(),
+            state: self.state,
+        }
+    }
+
     /// Lowers the largest admin transfer once MDTS is known.
     pub(crate) fn lower_max_transfer(&self, max_transfer: usize) {
         self.state().lower_max_transfer(max_transfer);
     }
 }
 
-/// Whether the controller is still there. Once it is found gone it stays gone: later
-/// commands fail at once instead of each waiting out its timeout.
+/// The admin queue state a controller's liveness and reset generation are read from: this
+/// process's own (a group of one) or its group's.
+pub(crate) enum StateRef {
+    /// A process alone: the state in its admin segment.
+    Local {
+        /// Keeps the segment mapped.
+        _keep: Arc<DmaMapping>,
+        /// Where the state is.
+        state: DmaRegion,
+    },
+    /// A shared-memory group: the state in the group's control file.
+    Group(Arc<Group>),
+}
+
+impl StateRef {
+    fn get(&self) -> &SharedAdminState {
+        match self {
+            StateRef::Local { state, .. } => state
+                .shared()
+                .expect("page-aligned state area sized for it"),
+            StateRef::Group(g) => g.admin_state(),
+        }
+    }
+}
+
+/// Whether the controller is still there, and its reset generation. Once it is found gone
+/// it stays gone: later commands fail at once instead of each waiting out its timeout.
 pub(crate) struct Liveness {
     transport: Arc<dyn Transport>,
     regs: Mmio,
     gone: std::sync::atomic::AtomicBool,
-    /// Reset generation: odd while a reset is under way, advanced by two per reset. I/O
-    /// queue pairs compare it with the one their queues were created in.
-    generation: std::sync::atomic::AtomicU64,
-    /// The last reset failed: commands fail at once until a reset succeeds.
-    needs_reset: std::sync::atomic::AtomicBool,
+    state: StateRef,
+    me: OwnerId,
 }
 
 impl Liveness {
-    pub(crate) fn new(transport: &Arc<dyn Transport>) -> Arc<Liveness> {
+    pub(crate) fn new(
+        transport: &Arc<dyn Transport>,
+        state: StateRef,
+        me: OwnerId,
+    ) -> Arc<Liveness> {
         Arc::new(Liveness {
             transport: transport.clone(),
             regs: transport.regs(),
             gone: std::sync::atomic::AtomicBool::new(false),
-            generation: std::sync::atomic::AtomicU64::new(0),
-            needs_reset: std::sync::atomic::AtomicBool::new(false),
+            state,
+            me,
         })
     }
     /// The register handle.
     pub(crate) fn regs(&self) -> &Mmio {
         &self.regs
     }
-    /// The reset generation (odd: a reset is under way).
+    /// The reset generation (odd: a reset is under way, or the last one failed). I/O queue
+    /// pairs compare it with the one their queues were created in.
     #[inline]
     pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
-    }
-    /// Marks the start of a reset (odd generation).
-    fn start_reset(&self) {
-        self.needs_reset
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        if self.generation() & 1 == 0 {
-            self.generation
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        }
-    }
-    /// Marks the end of a reset: a successful one lets I/O queue pairs reconnect (even
-    /// generation); after a failed one the generation stays odd (queue pairs wait) and
-    /// commands fail at once until a reset succeeds.
-    fn end_reset(&self, ok: bool) {
-        if ok {
-            self.generation
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        } else {
-            self.needs_reset
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.state.get().reset_generation()
     }
     /// The transport.
     pub(crate) fn transport(&self) -> &Arc<dyn Transport> {
         &self.transport
     }
-    /// What is already known, without touching the controller: gone, or waiting for a
-    /// reset after a failed one.
+    /// What is already known, without touching the controller: gone, being reset by
+    /// another process ([`Error::AbortedByReset`]: retry), or waiting for a reset after a
+    /// failed one.
     #[inline]
     pub(crate) fn precheck(&self) -> Result<()> {
         if self.is_gone() {
             return Err(Error::ControllerGone);
         }
-        if self.needs_reset.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(Error::NeedsReset);
+        let state = self.state.get();
+        if state.reset_generation() & 1 == 1 {
+            return match state.reset_owner() {
+                None => Err(Error::NeedsReset),
+                Some(o) if o == self.me => Ok(()),
+                Some(_) => Err(Error::AbortedByReset),
+            };
         }
         Ok(())
     }
@@ -246,7 +282,8 @@ impl Liveness {
         self.gone.load(std::sync::atomic::Ordering::Relaxed)
     }
     /// Checks now: `ControllerGone` (and remembered) when the registers read as all ones or
-    /// the transport says so, `ControllerFatal` on CSTS.CFS.
+    /// the transport says so, `ControllerFatal` on CSTS.CFS, and what
+    /// [`precheck`](Self::precheck) knows.
     pub(crate) fn check(&self) -> Result<()> {
         self.precheck()?;
         let csts = self.regs.csts();
@@ -402,53 +439,83 @@ impl Admin {
         }
     }
 
-    /// Resets the controller of a process that attached alone: marks the reset under way
-    /// (I/O queue pairs stop submitting), disables the controller (from then on it touches
-    /// no host memory), completes every admin command it held as aborted, lets go of the
-    /// memory of timed-out commands, brings it up again over the same admin queue and
-    /// re-arms the asynchronous event request. The caller re-creates what else the
-    /// controller had (shadow doorbells) and then calls [`finish_reset`](Self::finish_reset);
-    /// I/O queue pairs reconnect themselves when they see the new generation.
+    /// Resets the controller, alone or for the whole group: takes the reset on (the other
+    /// processes' admin commands wait and their I/O queue pairs stop; `dead_owner` is a
+    /// member that died resetting, whose reset this one finishes), disables the controller
+    /// (from then on it touches no host memory), completes every admin command it held as
+    /// aborted, lets go of this process's memory of timed-out commands, brings it up again
+    /// over the same admin queue and re-arms the asynchronous event request. On success the
+    /// generation moves on and every process's I/O queue pairs reconnect themselves; on
+    /// failure commands fail with [`Error::NeedsReset`] until a reset works. `extra` runs
+    /// last, while the reset is still under way (shadow doorbells).
     pub(crate) fn reset(
         &mut self,
+        group: Option<&Group>,
+        opts: &crate::attach::AttachOptions,
+        cap_timeout: Duration,
+        dead_owner: Option<OwnerId>,
+        extra: impl FnOnce(&mut Admin) -> Result<()>,
+    ) -> Result<ControllerInfo> {
+        if self.live.is_gone() {
+            return Err(Error::ControllerGone);
+        }
+        with_queue(&self.local, &self.regs, group, |q| {
+            q.begin_reset(dead_owner)
+        })?;
+        let r = self
+            .reset_steps(group, opts, cap_timeout)
+            .and_then(|info| extra(self).map(|_| info));
+        let ended = with_queue(&self.local, &self.regs, group, |q| q.end_reset(r.is_ok()));
+        let info = r?;
+        ended?;
+        Ok(info)
+    }
+
+    /// Test hook: takes a reset on and disables the controller, and goes no further (the
+    /// caller is then killed, to test that the survivors finish the reset).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn begin_reset_only(&mut self, group: Option<&Group>) -> Result<()> {
+        with_queue(&self.local, &self.regs, group, |q| q.begin_reset(None))?;
+        disable(&self.regs, Duration::from_secs(10));
+        Ok(())
+    }
+
+    fn reset_steps(
+        &mut self,
+        group: Option<&Group>,
         opts: &crate::attach::AttachOptions,
         cap_timeout: Duration,
     ) -> Result<ControllerInfo> {
-        if self.local.is_none() {
-            return Err(Error::Invalid(
-                "resetting the controller of a shared-memory group is not supported yet: detach every process of the group and attach again".into(),
-            ));
-        }
-        self.live.check().or_else(|e| match e {
-            // A fatal controller, or one a reset did not bring back, is what a reset is for.
-            Error::ControllerFatal | Error::NeedsReset => Ok(()),
-            e => Err(e),
-        })?;
-        self.live.start_reset();
         if !disable(&self.regs, cap_timeout) {
             return Err(Error::Init(nvme_core::InitError::ReadyTimeout {
                 ready: false,
                 timeout_ms: cap_timeout.as_millis() as u32,
             }));
         }
-        let local = self.local.as_ref().expect("checked above");
-        local.queue(self.regs.clone()).reset_after_disable()?;
+        with_queue(&self.local, &self.regs, group, |q| q.reset_after_disable())?;
         // The controller is disabled: nothing it was given can be touched any more.
         self.parked.clear();
         let mut init = ControllerInit::new(&self.regs, init_options(opts))?;
-        let (info, data) = {
-            let mut queue = local.queue(self.regs.clone());
-            bring_up(self.live.transport(), &mut init, &mut queue)?
+        let transport = self.live.transport().clone();
+        let (info, data) = match (&self.local, group) {
+            (Some(l), _) => {
+                let mut queue = l.queue(self.regs.clone());
+                let r = bring_up(&transport, &mut init, &mut queue)?;
+                l.lower_max_transfer(r.0.max_transfer.min(ADMIN_DATA));
+                r
+            }
+            (None, Some(g)) => {
+                let mut queue = g.admin(self.regs.clone());
+                let r = bring_up(&transport, &mut init, &mut queue)?;
+                g.admin_state()
+                    .lower_max_transfer(r.0.max_transfer.min(ADMIN_DATA));
+                r
+            }
+            (None, None) => unreachable!("the admin queue is this process's or its group's"),
         };
-        local.lower_max_transfer(info.max_transfer.min(ADMIN_DATA));
         self.data = data;
-        self.enable_events(None, 1)?;
+        self.enable_events(group, 1)?;
         Ok(info)
-    }
-
-    /// Ends a reset started by [`reset`](Self::reset) (see [`Liveness::end_reset`]).
-    pub(crate) fn finish_reset(&self, ok: bool) {
-        self.live.end_reset(ok);
     }
 
     /// Submits and waits. `region` is the data pointer's region; `keep` keeps the memory
@@ -481,6 +548,7 @@ impl Admin {
         timeout: Duration,
     ) -> Result<Completion> {
         self.live.precheck()?;
+        let generation = self.live.generation();
         let start = Instant::now();
         let mut result = None;
         let mut submitted = false;
@@ -505,6 +573,9 @@ impl Admin {
                 Ok(())
             })?;
             if let Some(c) = result {
+                if c.status == ABORTED && self.live.generation() != generation {
+                    return Err(Error::AbortedByReset);
+                }
                 if !c.status.is_success() {
                     return Err(Error::Nvme {
                         opcode: cmd.opcode(),
@@ -515,7 +586,13 @@ impl Admin {
                 return Ok(c);
             }
             if start.elapsed() > Duration::from_millis(1) {
-                self.live.check()?;
+                match self.live.check() {
+                    // Another process resets the controller: the command stays ours until
+                    // the reset completes it as aborted (after the controller was disabled,
+                    // so that its memory is safe to let go then).
+                    Err(Error::AbortedByReset) => {}
+                    r => r?,
+                }
             }
             if start.elapsed() > timeout {
                 // The command stays outstanding; its slot (and PRP list) is reclaimed if it
@@ -581,6 +658,10 @@ impl Drop for Admin {
         }
     }
 }
+
+/// How the controller's reset completes the commands it held.
+const ABORTED: nvme_regs::Status =
+    nvme_regs::Status::generic(nvme_regs::status::GenericStatus::AbortedSqDeletion);
 
 /// Lets go of the parked memory of the timed-out command `tag`, whose completion arrived.
 fn unpark(parked: &mut Vec<(u64, Arc<DmaMapping>)>, tag: u64) {

@@ -15,6 +15,7 @@ use crate::group::Group;
 use crate::namespace::Namespace;
 use crate::transport::Transport;
 use crate::trid::{TransportId, TransportKind};
+use nvme_core::shared::OwnerId;
 
 /// Options for [`Controller::attach_with`].
 #[derive(Clone, Debug)]
@@ -109,7 +110,8 @@ impl Controller {
             bring_up(&transport, &mut init, &mut queue)?
         };
         local.lower_max_transfer(info.max_transfer.min(ADMIN_DATA));
-        let admin = Admin::local(local, Liveness::new(&transport), data);
+        let live = Liveness::new(&transport, local.state_ref(), OwnerId::new(0, 1));
+        let admin = Admin::local(local, live, data);
         admin.enable_events(None, 1)?;
         Controller::finish(transport, trid, opts, info, admin, None)
     }
@@ -121,9 +123,8 @@ impl Controller {
         opts: &AttachOptions,
         info: ControllerInfo,
         mut admin: Admin,
-        group: Option<Group>,
+        group: Option<Arc<Group>>,
     ) -> Result<Controller> {
-        let group = group.map(Arc::new);
         let mut namespaces = Vec::new();
         for nsid in info.namespaces.iter() {
             let id: IdentifyNamespace = admin.read_struct(

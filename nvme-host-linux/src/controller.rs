@@ -285,6 +285,14 @@ impl Controller {
             g.hold_lock_forever();
         }
     }
+    /// Test hook: starts a reset of the group's controller (it is disabled) and stops
+    /// there, so that a test can kill this process in the middle of the reset.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn __test_begin_reset_and_stop(&self) -> Result<()> {
+        let inner = self.inner();
+        lock(&inner.admin).begin_reset_only(inner.group.as_deref())
+    }
     /// The shared-memory group id, if any.
     pub fn group_id(&self) -> Option<u32> {
         self.inner().group.as_ref().map(|g| g.id())
@@ -385,31 +393,15 @@ impl Controller {
             .admin_command(Command::set_features(fid, nsid, cdw11, save), None)?
             .dw0)
     }
-    /// Resets the controller (a process that attached alone): disables it, brings it up
-    /// again, re-arms asynchronous events and shadow doorbells. Every I/O queue pair of
-    /// this controller then completes its outstanding requests with
-    /// [`Error::AbortedByReset`] (once each; retry them) and re-creates its queues the next
-    /// time its thread processes completions. No DMA memory is let go before the controller
-    /// is disabled. Used after [`Error::ControllerFatal`], or when commands stop completing.
+    /// Resets the controller: disables it, brings it up again, re-arms asynchronous events
+    /// and shadow doorbells. In a shared-memory group this process resets it for every
+    /// member (their admin commands wait meanwhile). Every I/O queue pair of every process
+    /// then completes its outstanding requests with [`Error::AbortedByReset`] (once each;
+    /// retry them) and re-creates its queues the next time its thread processes
+    /// completions. No DMA memory is let go before the controller is disabled. Used after
+    /// [`Error::ControllerFatal`], or when commands stop completing.
     pub fn reset(&self) -> Result<()> {
-        let inner = self.inner();
-        let mut admin = lock(&inner.admin);
-        let cap_timeout = Duration::from_millis(inner.info.cap.timeout_ms().max(500) as u64);
-        let r = admin.reset(&inner.opts, cap_timeout).and_then(|_| {
-            // Queue pairs whose deletion failed before: the controller was disabled.
-            lock(&inner.quarantine).clear();
-            if let Some(sh) = &inner.shadow {
-                // The same buffers again, from 0 (every queue starts at 0).
-                let r = sh.region();
-                r.zero();
-                let ps = inner.info.page_size as u64;
-                let cmd = Command::doorbell_buffer_config(r.iova(), r.iova() + ps);
-                admin.execute(None, cmd, None, Some(sh.clone()), inner.opts.admin_timeout)?;
-            }
-            Ok(())
-        });
-        admin.finish_reset(r.is_ok());
-        r
+        self.inner().reset(None)
     }
 
     /// Reads CSTS now.
@@ -479,6 +471,34 @@ impl Inner {
             data.map(|d| d.map.clone()),
             self.opts.admin_timeout,
         )
+    }
+
+    /// See [`Controller::reset`]; `dead_owner`: a member that died resetting, whose reset
+    /// this process finishes.
+    pub(crate) fn reset(&self, dead_owner: Option<nvme_core::shared::OwnerId>) -> Result<()> {
+        let mut admin = lock(&self.admin);
+        let cap_timeout = Duration::from_millis(self.info.cap.timeout_ms().max(500) as u64);
+        let shadow = self.shadow.clone();
+        let (ps, timeout) = (self.info.page_size as u64, self.opts.admin_timeout);
+        admin.reset(
+            self.group.as_deref(),
+            &self.opts,
+            cap_timeout,
+            dead_owner,
+            |admin| {
+                if let Some(sh) = &shadow {
+                    // The same buffers again, from 0 (every queue starts at 0).
+                    let r = sh.region();
+                    r.zero();
+                    let cmd = Command::doorbell_buffer_config(r.iova(), r.iova() + ps);
+                    admin.execute(None, cmd, None, Some(sh.clone()), timeout)?;
+                }
+                Ok(())
+            },
+        )?;
+        // Queue pairs whose deletion failed before: the controller was disabled.
+        lock(&self.quarantine).clear();
+        Ok(())
     }
 
     /// Leaves the controller: shuts it down when this process was alone or the group's

@@ -216,6 +216,8 @@ impl From<AdminSubmitError> for Error {
         match e {
             AdminSubmitError::Submit(e) => Error::Submit(e),
             AdminSubmitError::LockTimeout => Error::AdminLockTimeout,
+            AdminSubmitError::Resetting => Error::AbortedByReset,
+            AdminSubmitError::NeedsReset => Error::NeedsReset,
             AdminSubmitError::Corrupt(e) => Error::Group(format!(
                 "the group's shared admin queue state is not valid ({e}): a process of the group wrote over it; detach every process of the group so that it is created anew"
             )),

@@ -12,7 +12,7 @@ use nvme_regs::identify::{IdentifyController, NamespaceList};
 use nvme_regs::registers::{Cap, Vs};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::admin::{bring_up, init_options, Admin, AdminLayout, Liveness, ADMIN_DATA};
+use crate::admin::{bring_up, init_options, Admin, AdminLayout, Liveness, StateRef, ADMIN_DATA};
 use crate::attach::AttachOptions;
 use crate::controller::{Controller, Inner};
 use crate::dma::DmaBuffer;
@@ -128,7 +128,9 @@ fn create_group(
     group.set_lock_timeout(opts.admin_timeout);
     // One Asynchronous Event Request for the whole group; whoever reaps re-arms it.
     let _ = group.admin(regs.clone()).enable_events(1);
-    let admin = Admin::shared(Liveness::new(&transport), data);
+    let group = Arc::new(group);
+    let live = Liveness::new(&transport, StateRef::Group(group.clone()), group.me());
+    let admin = Admin::shared(live, data);
     Controller::finish(transport, trid.clone(), opts, info, admin, Some(group))
 }
 
@@ -144,7 +146,9 @@ fn join_group(
     group.admin(regs.clone()).join()?;
     let info = info_from_header(group.header());
     let data = DmaBuffer::new(&transport, ADMIN_DATA)?;
-    let admin = Admin::shared(Liveness::new(&transport), data);
+    let group = Arc::new(group);
+    let live = Liveness::new(&transport, StateRef::Group(group.clone()), group.me());
+    let admin = Admin::shared(live, data);
     Controller::finish(transport, trid, opts, info, admin, Some(group))
 }
 
@@ -308,6 +312,14 @@ pub(crate) fn cleanup_dead(ctrl: &Inner) -> usize {
 
 fn cleanup_member(ctrl: &Inner, group: &Group, who: OwnerId) {
     group.admin(ctrl.regs().clone()).release_member(who);
+    // It died resetting the controller: finish the reset for the group (the controller
+    // then has none of the dead member's queues any more).
+    let state = group.admin_state();
+    if state.reset_generation() & 1 == 1 && state.reset_owner() == Some(who) {
+        if let Err(e) = ctrl.reset(Some(who)) {
+            eprintln!("nvme: finishing the reset of a member that died: {e}");
+        }
+    }
     let mut all_deleted = true;
     for qid in group.qids_of(who) {
         // Deleting the SQ aborts what the dead process left in flight; a queue that was

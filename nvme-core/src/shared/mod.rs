@@ -127,6 +127,13 @@ pub struct SharedAdminState {
     /// Number of asynchronous events ever recorded; event `n` is `events[n % EVENTS_LEN]`.
     events_seq: AtomicU64,
     events: [AtomicU32; EVENTS_LEN],
+    /// Controller reset generation: odd while a reset is under way (or after one failed),
+    /// advanced by two per reset.
+    reset_gen: AtomicU64,
+    /// The member resetting the controller (0: nobody; with an odd generation, the last
+    /// reset failed and the controller needs another).
+    reset_owner: AtomicU32,
+    _pad2: u32,
     slots: [AdminSlot; SLOTS],
     mailboxes: [Mailbox; MAX_MEMBERS],
 }
@@ -171,6 +178,10 @@ pub enum AdminSubmitError {
     LockTimeout,
     /// The shared state's geometry is not valid (corrupt or never configured).
     Corrupt(SharedAdminError),
+    /// Another member is resetting the controller: retry once it is done.
+    Resetting,
+    /// The last reset did not bring the controller back: it needs another reset.
+    NeedsReset,
 }
 
 impl core::fmt::Display for AdminSubmitError {
@@ -182,6 +193,14 @@ impl core::fmt::Display for AdminSubmitError {
                 "the shared admin queue's lock stayed held past the bound: another process of the group holds it and is stopped or stuck (a debugger, SIGSTOP?)"
             ),
             AdminSubmitError::Corrupt(e) => write!(f, "{e}"),
+            AdminSubmitError::Resetting => write!(
+                f,
+                "another process of the group is resetting the controller: retry when it is done"
+            ),
+            AdminSubmitError::NeedsReset => write!(
+                f,
+                "the controller did not come back from its last reset: it needs another reset"
+            ),
         }
     }
 }
@@ -191,7 +210,9 @@ impl core::error::Error for AdminSubmitError {
         match self {
             AdminSubmitError::Submit(e) => Some(e),
             AdminSubmitError::Corrupt(e) => Some(e),
-            AdminSubmitError::LockTimeout => None,
+            AdminSubmitError::LockTimeout
+            | AdminSubmitError::Resetting
+            | AdminSubmitError::NeedsReset => None,
         }
     }
 }
@@ -297,6 +318,17 @@ impl SharedAdminState {
     /// The number of asynchronous events recorded so far (where a new reader starts).
     pub fn events_seq(&self) -> u64 {
         self.events_seq.load(Ordering::Acquire)
+    }
+    /// The controller reset generation (odd: a reset is under way, or the last one failed).
+    #[inline]
+    pub fn reset_generation(&self) -> u64 {
+        self.reset_gen.load(Ordering::Acquire)
+    }
+    /// The member resetting the controller, while the generation is odd (`None`: nobody,
+    /// so the last reset failed).
+    pub fn reset_owner(&self) -> Option<OwnerId> {
+        let raw = self.reset_owner.load(Ordering::Acquire);
+        (raw != 0).then_some(OwnerId(raw))
     }
     /// Completions dropped because their slot was free or reused (diagnostics).
     pub fn stale_completions(&self) -> u64 {
@@ -477,6 +509,56 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         self.regs.write32(geo.cq_doorbell, head);
     }
 
+    /// Takes the reset on for this member: the generation turns odd and this member is its
+    /// owner, so that the other members' admin commands wait ([`AdminSubmitError::Resetting`])
+    /// and their I/O queue pairs stop. Refused with `Resetting` while another live member
+    /// resets; `dead_owner` is a member known to be dead whose reset this one finishes.
+    /// Takes the lock.
+    pub fn begin_reset(&self, dead_owner: Option<OwnerId>) -> Result<(), AdminSubmitError> {
+        let _held = self.take(true)?;
+        let g = self.state.reset_gen.load(Ordering::Relaxed);
+        let owner = self.state.reset_owner.load(Ordering::Relaxed);
+        if g & 1 == 1 && owner != 0 && owner != self.me.raw() && Some(OwnerId(owner)) != dead_owner
+        {
+            return Err(AdminSubmitError::Resetting);
+        }
+        self.state
+            .reset_owner
+            .store(self.me.raw(), Ordering::Relaxed);
+        if g & 1 == 0 {
+            self.state.reset_gen.store(g + 1, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Ends this member's reset: the generation turns even when it worked (members reconnect
+    /// their queues); otherwise it stays odd with no owner, and admin commands fail with
+    /// [`AdminSubmitError::NeedsReset`] until a reset works. Takes the lock.
+    pub fn end_reset(&self, ok: bool) -> Result<(), AdminSubmitError> {
+        let _held = self.take(true)?;
+        if self.state.reset_owner.load(Ordering::Relaxed) != self.me.raw() {
+            return Ok(());
+        }
+        self.state.reset_owner.store(0, Ordering::Relaxed);
+        let g = self.state.reset_gen.load(Ordering::Relaxed);
+        if ok && g & 1 == 1 {
+            self.state.reset_gen.store(g + 1, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// May this member send admin commands now, as far as resets go?
+    fn reset_allows(&self) -> Result<(), AdminSubmitError> {
+        if self.state.reset_gen.load(Ordering::Acquire) & 1 == 0 {
+            return Ok(());
+        }
+        match self.state.reset_owner.load(Ordering::Acquire) {
+            0 => Err(AdminSubmitError::NeedsReset),
+            o if o == self.me.raw() => Ok(()),
+            _ => Err(AdminSubmitError::Resetting),
+        }
+    }
+
     /// Starts over after the controller was disabled (a reset): every command still in the
     /// queue completes for its owner with "Command Aborted due to SQ Deletion" (the
     /// controller will never complete it), the group's event requests are counted as gone,
@@ -526,6 +608,7 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         tag: u64,
     ) -> Result<(), AdminSubmitError> {
         let mb = self.mailbox(self.me.index());
+        self.reset_allows()?;
         let held = self.take(true)?;
         if mb.outstanding.load(Ordering::Relaxed) as usize >= MAILBOX_LEN {
             return Err(SubmitError::QueueFull.into());
@@ -614,6 +697,10 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
     }
 
     fn rearm_locked(&self, geo: &Geometry) -> Result<(), AdminSubmitError> {
+        if self.reset_allows().is_err() {
+            // Another member is resetting: it re-arms when the controller is back.
+            return Ok(());
+        }
         while self.state.aer_outstanding.load(Ordering::Relaxed)
             < self.state.aer_target.load(Ordering::Relaxed)
         {

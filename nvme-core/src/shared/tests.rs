@@ -480,3 +480,41 @@ fn a_reset_completes_what_the_controller_held_and_starts_over() {
     stop.store(true, Ordering::Relaxed);
     dev.join().unwrap();
 }
+
+#[test]
+fn a_reset_has_one_owner_and_holds_the_others_back() {
+    let rig = Rig::new();
+    let a = rig.member(0, 1);
+    let b = rig.member(1, 1);
+    assert_eq!(rig.state.reset_generation(), 0);
+    a.begin_reset(None).unwrap();
+    assert_eq!(rig.state.reset_generation(), 1);
+    assert_eq!(rig.state.reset_owner(), Some(a.owner()));
+    // The others wait; a second resetter is refused unless the owner is known dead.
+    assert_eq!(
+        b.submit(Command::flush(1), None, 1),
+        Err(AdminSubmitError::Resetting)
+    );
+    assert_eq!(b.begin_reset(None), Err(AdminSubmitError::Resetting));
+    // The owner's own commands go through (its bring-up).
+    a.submit(Command::flush(1), None, 2).unwrap();
+    a.end_reset(true).unwrap();
+    assert_eq!(rig.state.reset_generation(), 2);
+    assert_eq!(rig.state.reset_owner(), None);
+    b.submit(Command::flush(1), None, 3).unwrap();
+    // A failed reset leaves the controller needing another; anyone may do it.
+    b.begin_reset(None).unwrap();
+    b.end_reset(false).unwrap();
+    assert_eq!(rig.state.reset_generation(), 3);
+    assert_eq!(
+        a.submit(Command::flush(1), None, 4),
+        Err(AdminSubmitError::NeedsReset)
+    );
+    a.begin_reset(None).unwrap();
+    // The owner dies mid-reset: a survivor that knows it is dead takes over.
+    assert_eq!(b.begin_reset(None), Err(AdminSubmitError::Resetting));
+    b.begin_reset(Some(a.owner())).unwrap();
+    assert_eq!(rig.state.reset_owner(), Some(b.owner()));
+    b.end_reset(true).unwrap();
+    assert_eq!(rig.state.reset_generation(), 4);
+}

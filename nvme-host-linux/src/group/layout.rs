@@ -19,7 +19,7 @@ use super::robust::RobustMutex;
 /// "NVMERSG1".
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"NVMERSG1");
 /// Changes whenever the layout below changes.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 /// Largest I/O queue id tracked.
 pub(crate) const MAX_QID: usize = 1024;
 
@@ -98,10 +98,10 @@ pub(crate) struct GroupHeader {
 
 /// Sizes and offsets of the layout (version [`LAYOUT_VERSION`]), in bytes.
 const SHARED_INFO_SIZE: usize = 8272;
-const ADMIN_STATE_SIZE: usize = 31856;
+const ADMIN_STATE_SIZE: usize = 31872;
 const MEMBERS_OFFSET: usize = 8744;
 const ADMIN_OFFSET: usize = 13872;
-const HEADER_SIZE: usize = 46800;
+const HEADER_SIZE: usize = 46816;
 
 // The layout, asserted. Sizes and offsets in bytes (x86_64 and every other 64-bit Linux
 // target: u64 and the atomics are 8-aligned).

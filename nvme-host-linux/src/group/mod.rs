@@ -265,6 +265,11 @@ impl Group {
             .expect("the control segment holds a header (checked at open)")
     }
 
+    /// The shared admin queue's state (and the controller's reset generation).
+    pub(crate) fn admin_state(&self) -> &nvme_core::shared::SharedAdminState {
+        &self.header().admin
+    }
+
     /// The control segment.
     pub(crate) fn header(&self) -> &GroupHeader {
         self.control
