@@ -147,7 +147,32 @@ fn child_data(ctrl: &Controller, write: bool) -> Outcome {
     }
 }
 
+/// Attaches, sends one admin command and detaches, `NVME_MP_CYCLES` times; every attach
+/// must succeed, also while the group's last member leaves and another creates it anew.
+fn child_cycles() -> Outcome {
+    let cycles = env_u64("NVME_MP_CYCLES")?;
+    let mut created = 0;
+    for i in 0..cycles {
+        let ctrl = attach_from_env().map_err(|e| format!("attach {i}: {e}"))?;
+        created += u32::from(ctrl.role() == Role::Primary);
+        ctrl.identify_controller()
+            .map_err(|e| format!("attach {i}: identify: {e}"))?;
+        drop(ctrl);
+    }
+    say(format!("CYCLES {cycles} PRIMARY {created}"));
+    Ok(())
+}
+
 fn child(role: &str) -> i32 {
+    if role == "cycles" {
+        return match child_cycles() {
+            Ok(()) => 0,
+            Err(e) => {
+                say(format!("ERROR {e}"));
+                1
+            }
+        };
+    }
     let ctrl = match attach_from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -661,6 +686,43 @@ fn a_stopped_lock_holder_is_an_error_not_a_hang() -> Outcome {
     Ok(())
 }
 
+fn attaching_while_the_last_member_leaves_always_succeeds() -> Outcome {
+    // Several processes attach and detach the same group at once: the group is torn down by
+    // its last member and created again over and over, and every attach must succeed.
+    let s = Scenario::new(24);
+    const PROCS: usize = 5;
+    const CYCLES: usize = 40;
+    let procs: Vec<Proc> = (0..PROCS)
+        .map(|n| {
+            s.spawn(
+                &format!("cycler {n}"),
+                "cycles",
+                &[("NVME_MP_CYCLES", CYCLES.to_string())],
+            )
+            .with_wait(Duration::from_secs(120))
+        })
+        .collect();
+    let mut created = 0;
+    for p in procs {
+        let exit = p.finish()?;
+        exit.clean()?;
+        created += exit
+            .stdout
+            .rsplit_once("PRIMARY ")
+            .and_then(|(_, n)| n.trim().parse::<u32>().ok())
+            .ok_or_else(|| format!("{}: no count in {:?}", exit.name, exit.stdout))?;
+    }
+    // Each primary role was a group created anew (or taken over): the group was torn down
+    // by its last member that many times, with the others attaching meanwhile.
+    assert!(created > 1, "the group was created only {created} times");
+    println!(
+        "    ({} attaches; the group was created {created} times)",
+        PROCS * CYCLES
+    );
+    wait_until("the group is removed", SETTLE, || !s.group_dir().exists())?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     if let Some(role) = testkit::role() {
         std::process::exit(child(&role));
@@ -711,6 +773,10 @@ fn main() -> ExitCode {
         (
             "asynchronous_events_reach_every_process",
             asynchronous_events_reach_every_process,
+        ),
+        (
+            "attaching_while_the_last_member_leaves_always_succeeds",
+            attaching_while_the_last_member_leaves_always_succeeds,
         ),
     ];
     testkit::run_scenarios("multiprocess", scenarios)

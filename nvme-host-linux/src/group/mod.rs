@@ -90,19 +90,38 @@ fn os(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 
 /// Creates the group directory or checks that an existing one is ours.
 fn ensure_dir(id: u32, dir: &Path) -> Result<()> {
-    // mkdir with mode 0700 in one step: a process racing us must never see the directory
-    // with wider permissions (the umask can only narrow them).
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => {
-            return Err(Error::os(
-                format!("creating the group directory {}", dir.display()),
-                e,
-            ))
+    // The last member of the group may remove the directory between our mkdir and our
+    // look at it: then we make it again (a few times; every round means the group was
+    // created and torn down again in between).
+    let mut md = None;
+    for _ in 0..100 {
+        // mkdir with mode 0700 in one step: a process racing us must never see the
+        // directory with wider permissions (the umask can only narrow them).
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(Error::os(
+                    format!("creating the group directory {}", dir.display()),
+                    e,
+                ))
+            }
+        }
+        match std::fs::symlink_metadata(dir) {
+            Ok(m) => {
+                md = Some(m);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::os(format!("reading {}", dir.display()), e)),
         }
     }
-    let md = std::fs::symlink_metadata(dir).map_err(os(format!("reading {}", dir.display())))?;
+    let md = md.ok_or_else(|| {
+        Error::Group(format!(
+            "the group directory {} keeps disappearing as soon as it is made",
+            dir.display()
+        ))
+    })?;
     let me = nix::unistd::geteuid().as_raw();
     if !md.is_dir() || md.uid() != me {
         return Err(Error::Group(format!(
@@ -134,11 +153,20 @@ fn open_rw(path: &Path, create: bool) -> Result<File> {
 }
 
 /// Opens `members.lock` and takes the join lock, retrying if the last member of an earlier
-/// group removed the file in between.
-fn open_and_lock_join(dir: &Path) -> Result<File> {
+/// group removed the file (or the whole directory) in between: joining a group that is being
+/// torn down joins or creates the next one, it never fails for that.
+fn open_and_lock_join(id: u32, dir: &Path) -> Result<File> {
     let path = dir.join("members.lock");
     loop {
-        let f = open_rw(&path, true)?;
+        let f = match open_rw(&path, true) {
+            Ok(f) => f,
+            Err(Error::Os { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                // The last member removed the directory after we found it: make it again.
+                ensure_dir(id, dir)?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         lockfile::lock_wait(&f, JOIN_BYTE).map_err(os("taking the group join lock"))?;
         let ours = f.metadata().map_err(os("stat members.lock"))?;
         match std::fs::metadata(&path) {
@@ -195,7 +223,7 @@ impl Group {
                 .map_err(os(format!("creating {}", parent.display())))?;
         }
         ensure_dir(id, &dir)?;
-        let lockf = open_and_lock_join(&dir)?;
+        let lockf = open_and_lock_join(id, &dir)?;
         let mut alive = false;
         for i in 0..MAX_MEMBERS as u64 {
             if lockfile::held_by_other(&lockf, i).map_err(os("checking group members"))? {
@@ -485,11 +513,18 @@ impl Group {
     }
 
     /// Removes the group's files (last member, join lock held).
+    ///
+    /// `members.lock` goes last: until it is unlinked, a joining process waits for our join
+    /// lock on it (and finds it unlinked once it gets it: it starts over). A process that
+    /// arrives after it is unlinked creates a new one and a new group beside us, so by then
+    /// every other file of ours must be gone already: we must not remove the newcomer's.
+    /// The directory goes only if it is empty (a newcomer may be using it already).
     pub(crate) fn remove_files(&self) {
-        for f in ["control", "admin.mem", "sim.sock", "members.lock"] {
+        for f in ["control", "admin.mem", "sim.sock"] {
             let _ = std::fs::remove_file(self.dir.join(f));
         }
         remove_member_sockets(&self.dir);
+        let _ = std::fs::remove_file(self.dir.join("members.lock"));
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
