@@ -4,6 +4,7 @@
 //! `harness = false`: this binary is both the test runner and the child processes it
 //! starts (the test kit's role variable selects a child's part).
 
+use std::os::unix::fs::DirBuilderExt;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -604,6 +605,84 @@ fn a_group_of_another_user_is_refused() -> Outcome {
     Ok(())
 }
 
+fn a_group_path_that_is_not_a_directory_is_refused() -> Outcome {
+    let s = Scenario::new(25);
+    let path = s.group_dir();
+    let shown = path.display().to_string();
+    let attach = || {
+        std::env::set_var("NVME_RUN_DIR", s.dir.path());
+        let opts = AttachOptions {
+            group: Some(25),
+            ..Default::default()
+        };
+        let r = Controller::attach_with(&TransportId::parse(TRID).unwrap(), &opts);
+        std::env::remove_var("NVME_RUN_DIR");
+        r
+    };
+    // A symbolic link to a directory of ours: refused, and never followed.
+    let elsewhere = s.dir.path().join("elsewhere");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&elsewhere)
+        .unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+    let msg = attach().unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!(
+            "{shown} is a symbolic link to {}",
+            elsewhere.display()
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("does not follow it") && msg.contains(&format!("remove it (rm {shown})")),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "nothing was made through the link"
+    );
+    // A dangling link too.
+    std::fs::remove_dir(&elsewhere).unwrap();
+    let msg = attach().unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!("{shown} is a symbolic link")),
+        "{msg}"
+    );
+    assert!(!elsewhere.exists(), "nothing was made through the link");
+    std::fs::remove_file(&path).unwrap();
+    // A regular file.
+    std::fs::write(&path, b"not a group").unwrap();
+    let msg = attach().unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!("{shown} is a regular file, not a directory"))
+            && msg.contains(&format!("remove it (rm {shown})")),
+        "{msg}"
+    );
+    // A symbolic link in place of a file of the group directory is not followed either.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&path)
+        .unwrap();
+    let target = s.dir.path().join("target");
+    std::fs::write(&target, b"").unwrap();
+    std::os::unix::fs::symlink(&target, path.join("members.lock")).unwrap();
+    let msg = attach().unwrap_err().to_string();
+    assert!(
+        msg.contains("members.lock is a symbolic link") && msg.contains("remove it"),
+        "{msg}"
+    );
+    // Once removed, the group is made as usual.
+    std::fs::remove_dir_all(&path).unwrap();
+    let ctrl = attach().map_err(|e| e.to_string())?;
+    assert_eq!(ctrl.role(), Role::Primary);
+    drop(ctrl);
+    assert!(!path.exists(), "the last member removed the group");
+    Ok(())
+}
+
 fn last_member_out_releases_everything() -> Outcome {
     let s = Scenario::new(17);
     let mut a = s.spawn("a", "wait", &[]);
@@ -761,6 +840,10 @@ fn main() -> ExitCode {
         (
             "a_group_of_another_user_is_refused",
             a_group_of_another_user_is_refused,
+        ),
+        (
+            "a_group_path_that_is_not_a_directory_is_refused",
+            a_group_path_that_is_not_a_directory_is_refused,
         ),
         (
             "last_member_out_releases_everything",

@@ -33,7 +33,7 @@ mod robust;
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -88,15 +88,16 @@ fn os(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::os(what, e)
 }
 
-/// Creates the group directory or checks that an existing one is ours.
+/// Creates the group directory or checks that an existing one is ours: a real directory
+/// (a symbolic link there is refused, never followed), owned by us, owner-only.
 fn ensure_dir(id: u32, dir: &Path) -> Result<()> {
     // The last member of the group may remove the directory between our mkdir and our
     // look at it: then we make it again (a few times; every round means the group was
     // created and torn down again in between).
-    let mut md = None;
     for _ in 0..100 {
         // mkdir with mode 0700 in one step: a process racing us must never see the
-        // directory with wider permissions (the umask can only narrow them).
+        // directory with wider permissions (the umask can only narrow them). mkdir never
+        // follows a symbolic link at `dir` (EEXIST).
         match std::fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -107,39 +108,74 @@ fn ensure_dir(id: u32, dir: &Path) -> Result<()> {
                 ))
             }
         }
-        match std::fs::symlink_metadata(dir) {
-            Ok(m) => {
-                md = Some(m);
-                break;
-            }
+        // What is there, without following a link (lstat semantics): O_NOFOLLOW refuses a
+        // symbolic link (ELOOP), O_DIRECTORY anything else that is not a directory
+        // (ENOTDIR), and the owner and mode are those of what we opened.
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(dir);
+        let md = match opened.and_then(|d| d.metadata()) {
+            Ok(md) => md,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::os(format!("reading {}", dir.display()), e)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                return Err(not_a_directory(id, dir));
+            }
+            Err(e) => return Err(Error::os(format!("opening {}", dir.display()), e)),
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        if md.uid() != me {
+            return Err(Error::Group(format!(
+                "shared-memory group {id} ({}) belongs to user {} (you are {me}); use another group id (-i) or run as that user",
+                dir.display(),
+                md.uid()
+            )));
         }
+        if md.mode() & 0o077 != 0 {
+            return Err(Error::Group(format!(
+                "the group directory {} is accessible to other users (mode {:o}); remove it or chmod 700 it",
+                dir.display(),
+                md.mode() & 0o777
+            )));
+        }
+        return Ok(());
     }
-    let md = md.ok_or_else(|| {
-        Error::Group(format!(
-            "the group directory {} keeps disappearing as soon as it is made",
-            dir.display()
-        ))
-    })?;
-    let me = nix::unistd::geteuid().as_raw();
-    if !md.is_dir() || md.uid() != me {
-        return Err(Error::Group(format!(
-            "shared-memory group {id} ({}) belongs to user {} (you are {me}); use another group id (-i) or run as that user",
-            dir.display(),
-            md.uid()
-        )));
-    }
-    if md.mode() & 0o077 != 0 {
-        return Err(Error::Group(format!(
-            "the group directory {} is accessible to other users (mode {:o}); remove it or chmod 700 it",
-            dir.display(),
-            md.mode() & 0o777
-        )));
-    }
-    Ok(())
+    Err(Error::Group(format!(
+        "the group directory {} keeps disappearing as soon as it is made",
+        dir.display()
+    )))
 }
 
+/// The error for something at the group's path that is not a directory: says what it is
+/// (from lstat: a symbolic link is not followed) and what to do.
+fn not_a_directory(id: u32, dir: &Path) -> Error {
+    let what = match std::fs::symlink_metadata(dir) {
+        Ok(md) if md.file_type().is_symlink() => {
+            let to = std::fs::read_link(dir)
+                .map(|t| format!(" to {}", t.display()))
+                .unwrap_or_default();
+            return Error::Group(format!(
+                "shared-memory group {id}: {} is a symbolic link{to}, not a directory; the driver does not follow it: remove it (rm {}) or use another group id (-i)",
+                dir.display(),
+                dir.display()
+            ));
+        }
+        Ok(md) if md.file_type().is_file() => "a regular file",
+        Ok(md) if md.file_type().is_fifo() => "a FIFO",
+        Ok(md) if md.file_type().is_socket() => "a socket",
+        Ok(md) if md.file_type().is_char_device() || md.file_type().is_block_device() => {
+            "a device node"
+        }
+        _ => "not a directory",
+    };
+    Error::Group(format!(
+        "shared-memory group {id}: {} is {what}, not a directory: remove it (rm {}) or use another group id (-i)",
+        dir.display(),
+        dir.display()
+    ))
+}
+
+/// Opens a file of the group directory, never through a symbolic link.
 fn open_rw(path: &Path, create: bool) -> Result<File> {
     OpenOptions::new()
         .read(true)
@@ -147,9 +183,17 @@ fn open_rw(path: &Path, create: bool) -> Result<File> {
         .create(create)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(path)
-        .map_err(os(format!("opening {}", path.display())))
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                return Error::Group(format!(
+                    "{} is a symbolic link; the driver does not follow links in a group directory: remove it",
+                    path.display()
+                ));
+            }
+            Error::os(format!("opening {}", path.display()), e)
+        })
 }
 
 /// Opens `members.lock` and takes the join lock, retrying if the last member of an earlier
