@@ -87,6 +87,7 @@ fn create_group(
     map_admin(mem, admin_iova)?;
     let at = AdminAt {
         iova: admin_iova,
+        len: layout.len as u64,
         entries,
         sq_off: layout.sq_off() as u64,
         cq_off: layout.cq_off() as u64,

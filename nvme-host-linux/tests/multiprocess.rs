@@ -4,7 +4,7 @@
 //! `harness = false`: this binary is both the test runner and the child processes it
 //! starts (the test kit's role variable selects a child's part).
 
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -802,6 +802,107 @@ fn attaching_while_the_last_member_leaves_always_succeeds() -> Outcome {
     Ok(())
 }
 
+/// Byte offsets in the control segment (`group/layout.rs` asserts them): `info.admin_len`
+/// and `info.sq_off`.
+const ADMIN_LEN_AT: u64 = 408 + 40;
+const SQ_OFF_AT: u64 = 408 + 48;
+
+/// Replaces the u64 at `at` in the control file of `dir`; returns the old value.
+fn poke_control(dir: &std::path::Path, at: u64, value: u64) -> Result<u64, String> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("control"))
+        .map_err(|e| format!("opening control: {e}"))?;
+    let mut old = [0u8; 8];
+    f.read_exact_at(&mut old, at).map_err(|e| e.to_string())?;
+    f.write_all_at(&value.to_le_bytes(), at)
+        .map_err(|e| e.to_string())?;
+    Ok(u64::from_le_bytes(old))
+}
+
+/// A process that tries to join; its attach must fail with an error containing `want`.
+fn join_fails_with(s: &Scenario, name: &str, want: &[&str]) -> Outcome {
+    let mut late = s.spawn(name, "wait", &[]);
+    let line = late
+        .line("ATTACH-ERROR")
+        .map_err(|e| format!("{e} (a joiner that dies of a signal printed nothing: SIGBUS?)"))?;
+    for w in want {
+        assert!(line.contains(w), "{line}");
+    }
+    assert_eq!(late.finish()?.code, Some(3));
+    Ok(())
+}
+
+fn a_damaged_admin_segment_is_refused_to_joiners() -> Outcome {
+    let s = Scenario::new(26);
+    let g = s.group_dir();
+    // An existing member sending admin commands all along.
+    let mut p = s.spawn("primary", "admin", &[("NVME_MP_NSID", "3".into())]);
+    p.line("READY primary")?;
+    p.line("PROGRESS")?;
+
+    // admin.mem shorter than the header says (as a joiner sees it: the members keep their
+    // mapping of the real one, set aside meanwhile).
+    let admin = g.join("admin.mem");
+    let saved = g.join("admin.mem.saved");
+    std::fs::rename(&admin, &saved).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&admin)
+        .and_then(|f| f.set_len(4096))
+        .unwrap();
+    join_fails_with(
+        &s,
+        "joiner of a truncated admin.mem",
+        &["admin.mem is 4096 bytes, not the", "damaged (truncated?)"],
+    )?;
+    std::fs::rename(&saved, &admin).unwrap();
+    p.progresses()?;
+
+    // Absurd offsets in the header: the submission ring would end past 2^64.
+    let sq_off = poke_control(&g, SQ_OFF_AT, u64::MAX & !0xfff)?;
+    join_fails_with(
+        &s,
+        "joiner of an absurd layout",
+        &[
+            "admin queue layout in the control segment is invalid",
+            "the submission ring at 0xfffffffffffff000",
+            "not inside",
+        ],
+    )?;
+    // The members use the layout they checked when they joined, not the header's.
+    p.progresses()?;
+    poke_control(&g, SQ_OFF_AT, sq_off)?;
+
+    // An admin segment length that does not match the file.
+    let len = poke_control(&g, ADMIN_LEN_AT, 1 << 40)?;
+    join_fails_with(
+        &s,
+        "joiner of a wrong length",
+        &[
+            "admin.mem is",
+            "not the 1099511627776 the control segment says",
+        ],
+    )?;
+    p.progresses()?;
+    poke_control(&g, ADMIN_LEN_AT, len)?;
+
+    // Repaired, the group takes members again.
+    let mut next = s.spawn("next", "admin", &[("NVME_MP_NSID", "1".into())]);
+    next.line("READY secondary")?;
+    next.line("PROGRESS")?;
+    p.progresses()?;
+    s.stop()?;
+    next.finish()?.clean()?;
+    p.finish()?.clean()?;
+    wait_until("the group is removed", SETTLE, || !g.exists())?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     if let Some(role) = testkit::role() {
         std::process::exit(child(&role));
@@ -856,6 +957,10 @@ fn main() -> ExitCode {
         (
             "asynchronous_events_reach_every_process",
             asynchronous_events_reach_every_process,
+        ),
+        (
+            "a_damaged_admin_segment_is_refused_to_joiners",
+            a_damaged_admin_segment_is_refused_to_joiners,
         ),
         (
             "attaching_while_the_last_member_leaves_always_succeeds",

@@ -46,10 +46,15 @@ use crate::mmio::Mmio;
 use layout::{GroupHeader, GroupIdent, ACTIVE, FREE, JOIN_BYTE, MAGIC, MAX_QID, PRIMARY_BYTE};
 use robust::RobustMutex;
 
-/// Where the shared admin queue's rings sit in the admin segment.
+/// Where the shared admin queue's rings sit in the admin segment. A member copies it from
+/// the header once ([`AdminAt::from_info`]), checks it ([`AdminAt::check`]) and uses only
+/// its copy afterwards: a header changed later cannot move its rings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct AdminAt {
     /// Device address of the admin segment.
     pub(crate) iova: u64,
+    /// Length of the admin segment (`admin.mem`).
+    pub(crate) len: u64,
     /// Ring entries.
     pub(crate) entries: u32,
     /// Offsets and length in the segment.
@@ -57,6 +62,73 @@ pub(crate) struct AdminAt {
     pub(crate) cq_off: u64,
     pub(crate) prp_off: u64,
     pub(crate) prp_len: u64,
+}
+
+impl AdminAt {
+    /// Copies the admin segment's layout from the header, each value read once.
+    fn from_info(info: &layout::SharedInfo) -> AdminAt {
+        AdminAt {
+            iova: info.admin_iova,
+            len: info.admin_len,
+            entries: info.admin_entries,
+            sq_off: info.sq_off,
+            cq_off: info.cq_off,
+            prp_off: info.prp_off,
+            prp_len: info.prp_len,
+        }
+    }
+
+    /// Checks the layout with checked arithmetic: ring sizes in range, the rings and the
+    /// PRP list pages 4 KiB aligned, inside the segment and apart from each other, the
+    /// segment's device addresses without overflow. Says what is wrong.
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
+        use nvme_core::shared::MAX_ADMIN_ENTRIES;
+        if !(2..=MAX_ADMIN_ENTRIES).contains(&self.entries) {
+            return Err(format!(
+                "{} admin queue entries, not in 2..={MAX_ADMIN_ENTRIES}",
+                self.entries
+            ));
+        }
+        if self.len == 0 || usize::try_from(self.len).is_err() {
+            return Err(format!("an admin segment of {} bytes", self.len));
+        }
+        if self.iova.checked_add(self.len).is_none() {
+            return Err(format!(
+                "an admin segment of {:#x} bytes at device address {:#x} wraps around",
+                self.len, self.iova
+            ));
+        }
+        let entries = u64::from(self.entries);
+        let parts = [
+            ("submission ring", self.sq_off, entries * 64),
+            ("completion ring", self.cq_off, entries * 16),
+            ("PRP list pages", self.prp_off, self.prp_len),
+        ];
+        let mut spans = Vec::with_capacity(parts.len());
+        for (what, off, len) in parts {
+            let end = off
+                .checked_add(len)
+                .filter(|&end| end <= self.len && len > 0)
+                .ok_or_else(|| {
+                    format!(
+                        "the {what} at {off:#x}+{len:#x} is not inside the {:#x}-byte admin segment",
+                        self.len
+                    )
+                })?;
+            if !off.is_multiple_of(4096) {
+                return Err(format!("the {what} at {off:#x} is not 4 KiB aligned"));
+            }
+            spans.push((what, off, end));
+        }
+        for (i, &(a, a_off, a_end)) in spans.iter().enumerate() {
+            for &(b, b_off, b_end) in &spans[i + 1..] {
+                if a_off < b_end && b_off < a_end {
+                    return Err(format!("the {a} and the {b} overlap"));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A process's role in its group.
@@ -241,6 +313,9 @@ pub(crate) struct Group {
     /// The control segment (`GroupHeader`), group lock included.
     control: SharedMemory,
     admin_mem: Option<SharedMemory>,
+    /// The admin segment's layout: copied from the header once and checked (joining), or
+    /// the one this process published (creating).
+    admin_at: Option<AdminAt>,
     me: Option<OwnerId>,
     primary: AtomicBool,
     join_held: AtomicBool,
@@ -303,12 +378,9 @@ impl Group {
         }
         let control = map_control(id, &control_path, len)?;
         let mut group = Group::new(id, dir, lockf, control);
-        let info = &group.header().info;
-        let admin = open_rw(&group.dir.join("admin.mem"), false)?;
-        group.admin_mem = Some(
-            SharedMemory::from_file(admin, info.admin_len as usize)
-                .map_err(os("mapping admin.mem"))?,
-        );
+        let (at, admin_mem) = map_admin(id, &group.dir, group.header())?;
+        group.admin_at = Some(at);
+        group.admin_mem = Some(admin_mem);
         Ok(Joined::Join(group))
     }
 
@@ -321,6 +393,7 @@ impl Group {
             lockf,
             control,
             admin_mem: None,
+            admin_at: None,
             me: None,
             primary: AtomicBool::new(false),
             join_held: AtomicBool::new(true),
@@ -378,15 +451,7 @@ impl Group {
 
     /// This process's handle on the shared admin queue.
     pub(crate) fn admin(&self, regs: Mmio) -> SharedAdminQueue<'_, Mmio, RobustMutex> {
-        let info = &self.header().info;
-        let at = AdminAt {
-            iova: info.admin_iova,
-            entries: info.admin_entries,
-            sq_off: info.sq_off,
-            cq_off: info.cq_off,
-            prp_off: info.prp_off,
-            prp_len: info.prp_len,
-        };
+        let at = self.admin_at.expect("admin layout checked at attach");
         self.admin_at(regs, &at)
             .expect("shared admin queue configured by the creator")
     }
@@ -597,6 +662,18 @@ impl Creating {
         let h = self.group.header_mut();
         layout::write_str(&mut h.trid, trid);
         fill(&mut h.info);
+        // What joiners will check, checked here too; then this process uses the same copy.
+        let at = AdminAt::from_info(&h.info);
+        let mapped = self.group.admin_mem().len() as u64;
+        at.check()
+            .and_then(|()| {
+                (at.len == mapped)
+                    .then_some(())
+                    .ok_or_else(|| format!("the admin segment is {mapped} bytes, not {}", at.len))
+            })
+            .map_err(|why| Error::Group(format!("creating the group's admin layout: {why}")))?;
+        self.group.admin_at = Some(at);
+        let h = self.group.header_mut();
         h.ident.state.store(layout::READY, Ordering::Relaxed);
         h.ident.magic.store(MAGIC, Ordering::Release);
         Ok(self.group)
@@ -721,6 +798,34 @@ fn map_control(id: u32, path: &Path, len: usize) -> Result<SharedMemory> {
     Ok(control)
 }
 
+/// Copies the admin segment's layout from the header of group `id` once, checks it, and
+/// maps `admin.mem` in `dir` after checking that the file has the size the layout says (a
+/// shorter file would fault on access).
+fn map_admin(id: u32, dir: &Path, h: &GroupHeader) -> Result<(AdminAt, SharedMemory)> {
+    let at = AdminAt::from_info(&h.info);
+    at.check().map_err(|why| {
+        Error::Group(format!(
+            "group {id}: the admin queue layout in the control segment is invalid ({why}); it was damaged: detach every process of the group (or remove {}) so that it is created anew",
+            dir.display()
+        ))
+    })?;
+    let path = dir.join("admin.mem");
+    let f = open_rw(&path, false)?;
+    let flen = f.metadata().map_err(os("stat admin.mem"))?.len();
+    if flen != at.len {
+        return Err(Error::Group(format!(
+            "group {id}: {} is {flen} bytes, not the {} the control segment says; it was damaged (truncated?): detach every process of the group (or remove {}) so that it is created anew",
+            path.display(),
+            at.len,
+            dir.display()
+        )));
+    }
+    // `check` made sure the length fits a usize.
+    let len = usize::try_from(at.len).expect("checked");
+    let mem = SharedMemory::from_file(f, len).map_err(os("mapping admin.mem"))?;
+    Ok((at, mem))
+}
+
 /// Removes the descriptor sockets of earlier members (join lock held).
 fn remove_member_sockets(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -797,6 +902,46 @@ mod tests {
         let e = map_control(7, &path, len).unwrap_err().to_string();
         assert!(e.contains("is not a group of this driver"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_admin_layout_is_checked_with_checked_arithmetic() {
+        let good = AdminAt {
+            iova: 1 << 30,
+            len: 3 * 4096,
+            entries: 64,
+            sq_off: 0,
+            cq_off: 4096,
+            prp_off: 8192,
+            prp_len: 4096,
+        };
+        good.check().unwrap();
+        let bad = |f: fn(&mut AdminAt), want: &str| {
+            let mut at = good;
+            f(&mut at);
+            let e = at.check().unwrap_err();
+            assert!(e.contains(want), "{e}");
+        };
+        bad(|a| a.entries = 0, "0 admin queue entries");
+        bad(|a| a.entries = 100_000, "not in 2..=");
+        bad(|a| a.len = 0, "an admin segment of 0 bytes");
+        bad(|a| a.iova = u64::MAX - 4095, "wraps around");
+        bad(|a| a.sq_off = u64::MAX & !0xfff, "the submission ring at");
+        bad(
+            |a| a.cq_off = 3 * 4096,
+            "the completion ring at 0x3000+0x400 is not inside",
+        );
+        bad(|a| a.prp_len = u64::MAX, "the PRP list pages at");
+        bad(|a| a.prp_len = 0, "the PRP list pages at");
+        bad(|a| a.cq_off = 100, "not 4 KiB aligned");
+        bad(
+            |a| a.cq_off = 0,
+            "the submission ring and the completion ring overlap",
+        );
+        bad(
+            |a| a.prp_off = 4096,
+            "the completion ring and the PRP list pages overlap",
+        );
     }
 
     #[test]
