@@ -864,7 +864,7 @@ fn a_damaged_admin_segment_is_refused_to_joiners() -> Outcome {
     p.progresses()?;
 
     // Absurd offsets in the header: the submission ring would end past 2^64.
-    let sq_off = poke_control(&g, SQ_OFF_AT, u64::MAX & !0xfff)?;
+    let sq_off = poke_control(&g, SQ_OFF_AT, !0xfffu64)?;
     join_fails_with(
         &s,
         "joiner of an absurd layout",

@@ -926,7 +926,7 @@ mod tests {
         bad(|a| a.entries = 100_000, "not in 2..=");
         bad(|a| a.len = 0, "an admin segment of 0 bytes");
         bad(|a| a.iova = u64::MAX - 4095, "wraps around");
-        bad(|a| a.sq_off = u64::MAX & !0xfff, "the submission ring at");
+        bad(|a| a.sq_off = !0xfffu64, "the submission ring at");
         bad(
             |a| a.cq_off = 3 * 4096,
             "the completion ring at 0x3000+0x400 is not inside",
