@@ -232,6 +232,24 @@ fn child(role: &str) -> i32 {
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
+        "hold-join" => {
+            // Holds the group's join lock until the file NVME_MP_RELEASE exists, then lets
+            // go and stays a member until told to stop.
+            let release = std::path::PathBuf::from(testkit::env("NVME_MP_RELEASE").unwrap());
+            ctrl.__test_hold_join_lock()
+                .map_err(|e| e.to_string())
+                .map(|()| {
+                    say("HOLDING");
+                    while !release.exists() {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    ctrl.__test_release_join_lock();
+                    say("RELEASED");
+                    while !stop_requested() {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                })
+        }
         "write" | "check" => child_data(&ctrl, role == "write"),
         "queues" => {
             // Report the pool after survivors' cleanup settles, then create one queue.
@@ -903,6 +921,105 @@ fn a_damaged_admin_segment_is_refused_to_joiners() -> Outcome {
     Ok(())
 }
 
+/// The state letter of process `pid` (`/proc/<pid>/stat`).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+fn signal(p: &Proc, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid() as i32), sig).unwrap();
+}
+
+/// Starts a member that takes the join lock, and stops it (SIGSTOP) while it holds it.
+fn stopped_join_holder(
+    s: &Scenario,
+    name: &str,
+    release: &std::path::Path,
+) -> Result<Proc, String> {
+    let mut h = s.spawn(
+        name,
+        "hold-join",
+        &[("NVME_MP_RELEASE", release.display().to_string())],
+    );
+    h.line("READY")?;
+    h.line("HOLDING")?;
+    signal(&h, nix::sys::signal::Signal::SIGSTOP);
+    let pid = h.pid();
+    wait_until("the holder is stopped", SETTLE, || {
+        proc_state(pid) == Some('T')
+    })?;
+    Ok(h)
+}
+
+fn a_stopped_join_lock_holder_is_named_not_waited_for() -> Outcome {
+    use nix::sys::signal::Signal;
+    let s = Scenario::new(27);
+    let bound = Duration::from_millis(500);
+    let ms = ("NVME_MP_ADMIN_TIMEOUT_MS", bound.as_millis().to_string());
+    let mut keeper = s.spawn("keeper", "wait", std::slice::from_ref(&ms));
+    keeper.line("READY primary")?;
+    let release = s.dir.path().join("release");
+    let holder = stopped_join_holder(&s, "holder", &release)?;
+    let hpid = holder.pid();
+
+    // A process attaching now fails within the bound, naming the stopped holder.
+    let start = Instant::now();
+    let mut late = s.spawn("late", "wait", std::slice::from_ref(&ms));
+    let line = late.line("ATTACH-ERROR")?;
+    let took = start.elapsed();
+    for want in [
+        "waited 500 ms for the group's join lock".to_string(),
+        format!("pid {hpid} (member 1), which is stopped"),
+        format!("kill -CONT {hpid}"),
+        format!("kill {hpid}"),
+    ] {
+        assert!(line.contains(&want), "{want:?} not in {line}");
+    }
+    assert!(took >= bound, "it waited the bound ({took:?})");
+    assert!(took < bound + SETTLE, "the bound applies ({took:?})");
+    assert_eq!(late.finish()?.code, Some(3));
+
+    // The primary's exit does not hang on the join lock either: it leaves without it, says
+    // so, and exits.
+    s.stop()?;
+    let exit = keeper.finish()?;
+    assert_eq!(exit.code, Some(0), "{exit:?}");
+    assert!(
+        exit.stderr.contains("without its join lock")
+            && exit.stderr.contains(&format!("pid {hpid}")),
+        "{}",
+        exit.stderr
+    );
+    s.dir.clear_stop();
+
+    // Resumed, the holder lets go; the group recovers: the primary left as if it had died,
+    // so a newcomer joins the holder's group, takes the primary role and finds no queue in
+    // use.
+    signal(&holder, Signal::SIGCONT);
+    std::fs::write(&release, b"").unwrap();
+    let mut holder = holder;
+    holder.line("RELEASED")?;
+    let mut next = s.spawn("next", "queues", &[]);
+    next.line("READY primary")?;
+    assert_eq!(next.line("IN-USE")?, "IN-USE 0");
+    next.line("QID")?;
+    next.finish()?.clean()?;
+
+    // A stopped holder that is killed instead (it took the primary role the newcomer left):
+    // the kernel drops its locks, the next attach succeeds and takes the role in turn.
+    std::fs::remove_file(&release).unwrap();
+    let mut holder2 = stopped_join_holder(&s, "second holder", &release)?;
+    holder2.kill();
+    let mut after = s.spawn("after the kill", "wait", &[]);
+    after.line("READY primary")?;
+    s.stop()?;
+    after.finish()?.clean()?;
+    holder.finish()?.clean()?;
+    wait_until("the group is removed", SETTLE, || !s.group_dir().exists())?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     if let Some(role) = testkit::role() {
         std::process::exit(child(&role));
@@ -953,6 +1070,10 @@ fn main() -> ExitCode {
         (
             "a_stopped_lock_holder_is_an_error_not_a_hang",
             a_stopped_lock_holder_is_an_error_not_a_hang,
+        ),
+        (
+            "a_stopped_join_lock_holder_is_named_not_waited_for",
+            a_stopped_join_lock_holder_is_named_not_waited_for,
         ),
         (
             "asynchronous_events_reach_every_process",

@@ -14,7 +14,12 @@
 //!   joining processes there (`fdpass`).
 //!
 //! Joining is serialised by a lock byte; the first process finding no live member (re)creates
-//! the group and becomes the primary. A process joining after the primary died takes the
+//! the group and becomes the primary. Every wait for that join lock is bounded (the attach
+//! options' admin timeout; the monitor's cleanup tries briefly and again later): its holder
+//! records its pid in the header, so a wait that runs out names it, says whether it is
+//! stopped and what to do. A process that cannot get the join lock to detach leaves as if
+//! it had died (`Group::abandon`). The group path must be a real directory of ours: a
+//! symbolic link there, or in place of one of its files, is refused and never followed. A process joining after the primary died takes the
 //! primary role. Survivors clean up after a dead member eagerly (a monitor thread checks
 //! every 50 ms): its queues are deleted on the controller, its queue ids and admin mailbox
 //! released. The last member to leave shuts the controller down and removes the group.
@@ -37,6 +42,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt}
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use nvme_core::shared::{OwnerId, SharedAdminQueue, MAX_MEMBERS};
 
@@ -271,8 +277,11 @@ fn open_rw(path: &Path, create: bool) -> Result<File> {
 /// Opens `members.lock` and takes the join lock, retrying if the last member of an earlier
 /// group removed the file (or the whole directory) in between: joining a group that is being
 /// torn down joins or creates the next one, it never fails for that.
-fn open_and_lock_join(id: u32, dir: &Path) -> Result<File> {
+///
+/// Waits at most `bound` for the join lock in all; then the error names the holder.
+fn open_and_lock_join(id: u32, dir: &Path, bound: Duration) -> Result<File> {
     let path = dir.join("members.lock");
+    let deadline = Instant::now() + bound;
     loop {
         let f = match open_rw(&path, true) {
             Ok(f) => f,
@@ -283,7 +292,10 @@ fn open_and_lock_join(id: u32, dir: &Path) -> Result<File> {
             }
             Err(e) => return Err(e),
         };
-        lockfile::lock_wait(&f, JOIN_BYTE).map_err(os("taking the group join lock"))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !lockfile::lock_within(&f, JOIN_BYTE, left).map_err(os("taking the group join lock"))? {
+            return Err(join_timeout(id, bound, &holder_in(dir)));
+        }
         let ours = f.metadata().map_err(os("stat members.lock"))?;
         match std::fs::metadata(&path) {
             Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => return Ok(f),
@@ -334,15 +346,16 @@ fn control_len() -> usize {
 }
 
 impl Group {
-    /// Takes the join lock of group `id` and finds out whether the group is alive.
-    pub(crate) fn open(id: u32) -> Result<Joined> {
+    /// Takes the join lock of group `id` (waiting at most `join_timeout`) and finds out
+    /// whether the group is alive.
+    pub(crate) fn open(id: u32, join_timeout: Duration) -> Result<Joined> {
         let dir = group_dir(id);
         if let Some(parent) = dir.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(os(format!("creating {}", parent.display())))?;
         }
         ensure_dir(id, &dir)?;
-        let lockf = open_and_lock_join(id, &dir)?;
+        let lockf = open_and_lock_join(id, &dir, join_timeout)?;
         let mut alive = false;
         for i in 0..MAX_MEMBERS as u64 {
             if lockfile::held_by_other(&lockf, i).map_err(os("checking group members"))? {
@@ -387,7 +400,7 @@ impl Group {
     /// A membership in the making: the join lock is held, no member record claimed yet.
     /// `control` holds a whole header (checked by the caller).
     fn new(id: u32, dir: PathBuf, lockf: File, control: SharedMemory) -> Group {
-        Group {
+        let group = Group {
             id,
             dir,
             lockf,
@@ -399,7 +412,9 @@ impl Group {
             join_held: AtomicBool::new(true),
             server: Mutex::new(None),
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
-        }
+        };
+        group.record_join_holder();
+        group
     }
 
     /// The control segment, writable: only while creating the group, before it is
@@ -592,16 +607,60 @@ impl Group {
         std::mem::forget(self.header().mutex.lock(None));
     }
 
-    /// Takes the join lock (for cleanup and leaving).
-    pub(crate) fn lock_join(&self) -> Result<()> {
-        lockfile::lock_wait(&self.lockf, JOIN_BYTE).map_err(os("taking the group join lock"))?;
+    /// Takes the join lock (for cleanup and leaving), waiting at most `bound`; the error
+    /// then names the holder and says what to do.
+    pub(crate) fn lock_join(&self, bound: Duration) -> Result<()> {
+        if !lockfile::lock_within(&self.lockf, JOIN_BYTE, bound)
+            .map_err(os("taking the group join lock"))?
+        {
+            return Err(join_timeout(self.id, bound, &holder(self.header())));
+        }
         self.join_held.store(true, Ordering::Relaxed);
+        self.record_join_holder();
         Ok(())
+    }
+    /// Does this process hold the join lock through this membership?
+    pub(crate) fn join_held(&self) -> bool {
+        self.join_held.load(Ordering::Relaxed)
     }
     /// Releases the join lock.
     pub(crate) fn unlock_join(&self) {
         if self.join_held.swap(false, Ordering::Relaxed) {
+            self.clear_join_holder();
             let _ = lockfile::unlock(&self.lockf, JOIN_BYTE);
+        }
+    }
+    /// Records this process as the join lock's holder (join lock held).
+    fn record_join_holder(&self) {
+        self.header()
+            .join_holder
+            .store(std::process::id(), Ordering::Release);
+    }
+    /// Clears our record as the join lock's holder (before letting go of the lock).
+    fn clear_join_holder(&self) {
+        let _ = self.header().join_holder.compare_exchange(
+            std::process::id(),
+            0,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Leaves the group without the join lock (its holder is stopped or stuck): as if this
+    /// process had died. Only what the kernel would do at our death is done: the VFIO
+    /// descriptor server stops, and our liveness and primary-role locks go, so that the
+    /// other members (their monitors) or the next process to join clean up after us under
+    /// the join lock. Skipped, because each needs the join lock: freeing our member record,
+    /// and, when we were the last member, the controller's shutdown notification (CC.SHN)
+    /// and the removal of the group's files (the next process to attach finds no live
+    /// member and creates the group anew; over VFIO, that creator resets the controller).
+    pub(crate) fn abandon(&self) {
+        drop(self.server.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(me) = self.me {
+            let _ = lockfile::unlock(&self.lockf, me.index() as u64);
+        }
+        if self.primary.swap(false, Ordering::Relaxed) {
+            let _ = lockfile::unlock(&self.lockf, PRIMARY_BYTE);
         }
     }
 
@@ -635,6 +694,16 @@ impl Group {
         remove_member_sockets(&self.dir);
         let _ = std::fs::remove_file(self.dir.join("members.lock"));
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // A membership dropped with the join lock (a failed attach): the lock goes with
+        // our descriptor of members.lock; our record as its holder goes first.
+        if self.join_held.load(Ordering::Relaxed) {
+            self.clear_join_holder();
+        }
     }
 }
 
@@ -824,6 +893,100 @@ fn map_admin(id: u32, dir: &Path, h: &GroupHeader) -> Result<(AdminAt, SharedMem
     let len = usize::try_from(at.len).expect("checked");
     let mem = SharedMemory::from_file(f, len).map_err(os("mapping admin.mem"))?;
     Ok((at, mem))
+}
+
+/// The error of a wait for the join lock of group `id` that lasted `bound`.
+fn join_timeout(id: u32, bound: Duration, holder: &str) -> Error {
+    Error::Group(format!(
+        "group {id}: waited {} ms for the group's join lock (byte {JOIN_BYTE} of members.lock, which every process joining or leaving the group takes); it is held by {holder}",
+        bound.as_millis()
+    ))
+}
+
+/// The state letter of process `pid` (`/proc/<pid>/stat`), `None` if it is gone.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.trim_start()
+        .chars()
+        .next()
+        .filter(|&c| c != 'Z' && c != 'X')
+}
+
+/// Who holds the join lock, as the header records it, and what to do about it.
+fn holder(h: &GroupHeader) -> String {
+    let pid = h.join_holder.load(Ordering::Acquire);
+    let member = |pid: u32| {
+        (0..MAX_MEMBERS)
+            .find(|&i| {
+                h.members[i].state.load(Ordering::Acquire) == ACTIVE
+                    && h.members[i].pid.load(Ordering::Relaxed) == pid
+            })
+            .map(|i| format!(" (member {i})"))
+            .unwrap_or_else(|| " (not a member yet: it is attaching)".into())
+    };
+    match (pid, process_state(pid)) {
+        (0, _) | (_, None) => {
+            // Not recorded (it is between taking the lock and recording itself) or gone:
+            // list the members that are stopped, the likely culprits.
+            let stopped: Vec<String> = (0..MAX_MEMBERS)
+                .filter(|&i| h.members[i].state.load(Ordering::Acquire) == ACTIVE)
+                .map(|i| h.members[i].pid.load(Ordering::Relaxed))
+                .filter(|&p| matches!(process_state(p), Some('T') | Some('t')))
+                .map(|p| format!("pid {p}"))
+                .collect();
+            if stopped.is_empty() {
+                "a process the group has no record of (one in the middle of attaching or leaving); if this persists, find it with `fuser` on members.lock".into()
+            } else {
+                format!(
+                    "a process the group has no record of; these members are stopped: {}; resume them (kill -CONT <pid>) or kill them",
+                    stopped.join(", ")
+                )
+            }
+        }
+        (pid, Some(state @ ('T' | 't'))) => format!(
+            "pid {pid}{}, which is stopped (state {state}: SIGSTOP, job control or a debugger): resume it (kill -CONT {pid}) or kill it (kill {pid})",
+            member(pid)
+        ),
+        (pid, Some(state)) => format!(
+            "pid {pid}{}, which is not stopped (state {state}) but has not let go: it is stuck; kill it (kill {pid}) if it does not recover",
+            member(pid)
+        ),
+    }
+}
+
+/// [`holder`] for the group in `dir` when this process has no mapping of its control
+/// segment (it is waiting to join): read from the control file if it is whole and of this
+/// build (the magic is not required: its creator may be the holder, stopped before
+/// publishing the group).
+fn holder_in(dir: &Path) -> String {
+    let unknown =
+        || "a process this one cannot name (the group has no readable control segment)".to_string();
+    let path = dir.join("control");
+    let Ok(f) = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&path)
+    else {
+        return unknown();
+    };
+    let len = control_len();
+    if f.metadata().map(|m| m.len()).ok() != Some(len as u64) {
+        return unknown();
+    }
+    let Ok(control) = SharedMemory::from_file(f, len) else {
+        return unknown();
+    };
+    let Some(h) = control.view::<GroupHeader>() else {
+        return unknown();
+    };
+    if h.ident.layout_version.load(Ordering::Relaxed) != layout::LAYOUT_VERSION
+        || layout::read_str(&h.ident.build_id) != layout::build_id()
+    {
+        return unknown();
+    }
+    holder(h)
 }
 
 /// Removes the descriptor sockets of earlier members (join lock held).
