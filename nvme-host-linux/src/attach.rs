@@ -24,7 +24,10 @@ pub struct AttachOptions {
     pub admin_entries: u32,
     /// I/O queues to ask the controller for.
     pub io_queues: u16,
-    /// Bound on every synchronous admin command.
+    /// Bound on every synchronous admin command, and in a shared-memory group on each wait
+    /// for the group's locks: the admin queue's lock and the join lock (attaching and
+    /// detaching). A wait that runs out is an error naming the process that holds the lock;
+    /// a detach that cannot get the join lock leaves as if the process had died.
     pub admin_timeout: Duration,
     /// Shared-memory group id (`-i`): processes with the same id share the controller.
     pub group: Option<u32>,

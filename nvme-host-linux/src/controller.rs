@@ -293,6 +293,26 @@ impl Controller {
         let inner = self.inner();
         lock(&inner.admin).begin_reset_only(inner.group.as_deref())
     }
+    /// Test hook: takes the group's join lock (bounded by the admin timeout) and keeps it
+    /// until [`__test_release_join_lock`](Self::__test_release_join_lock), so that a test can
+    /// stop this process while it holds the lock. Does nothing outside a group.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn __test_hold_join_lock(&self) -> Result<()> {
+        match &self.inner().group {
+            Some(g) => g.lock_join(self.inner().opts.admin_timeout),
+            None => Ok(()),
+        }
+    }
+    /// Test hook: releases the join lock taken by
+    /// [`__test_hold_join_lock`](Self::__test_hold_join_lock).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn __test_release_join_lock(&self) {
+        if let Some(g) = &self.inner().group {
+            g.unlock_join();
+        }
+    }
     /// The shared-memory group id, if any.
     pub fn group_id(&self) -> Option<u32> {
         self.inner().group.as_ref().map(|g| g.id())
@@ -517,8 +537,13 @@ impl Inner {
         };
         // Leave the group: the last member out shuts the controller down and removes the
         // group's files; the software controller's process exits when its last client goes.
-        if group.lock_join().is_err() {
-            // Whether the controller is still used is unknown: keep what it may touch.
+        // The wait for the join lock is bounded by the admin timeout: a holder that is
+        // stopped must not keep this process from exiting.
+        if let Err(e) = group.lock_join(self.opts.admin_timeout) {
+            // Leave as a process that died does (`Group::abandon` says what that skips);
+            // whether the controller is still used is unknown: keep what it may touch.
+            eprintln!("nvme: leaving shared-memory group {} without its join lock, as if this process had died (the other members or the next process to attach clean up): {e}", group.id());
+            group.abandon();
             self.release_parked(false);
             return;
         }

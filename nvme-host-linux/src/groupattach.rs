@@ -35,6 +35,8 @@ const ADMIN_IOVA: u64 = 1 << 30;
 
 /// How often survivors look for dead members.
 const MONITOR_PERIOD: Duration = Duration::from_millis(50);
+/// How long the monitor waits for the join lock before trying again next round.
+const MONITOR_JOIN_WAIT: Duration = Duration::from_millis(200);
 
 /// Attaches to `trid` as a member of group `id`.
 pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Result<Controller> {
@@ -43,7 +45,7 @@ pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Resul
     if let TransportKind::Sim(_) = trid.kind {
         return Err(crate::no_sim());
     }
-    let ctrl = match (&trid.kind, Group::open(id)?) {
+    let ctrl = match (&trid.kind, Group::open(id, opts.admin_timeout)?) {
         #[cfg(feature = "sim")]
         (TransportKind::Sim(sim_opts), Joined::Create(creating)) => {
             create_sim(creating, sim_opts, trid, opts)?
@@ -87,6 +89,7 @@ fn create_group(
     map_admin(mem, admin_iova)?;
     let at = AdminAt {
         iova: admin_iova,
+        len: layout.len as u64,
         entries,
         sq_off: layout.sq_off() as u64,
         cq_off: layout.cq_off() as u64,
@@ -379,10 +382,13 @@ fn start_monitor(ctrl: &Controller) {
             }
             // Record asynchronous events even when nobody sends admin commands.
             group.admin(ctrl.regs().clone()).reap();
-            if group.dead_members().is_empty() {
+            // (A test hook may hold the join lock in this process: not ours to release.)
+            if group.dead_members().is_empty() || group.join_held() {
                 continue;
             }
-            if group.lock_join().is_ok() {
+            // A short wait: a busy (or stopped) join lock is tried again next round, and
+            // joining processes clean up too; the monitor must stay quick to stop.
+            if group.lock_join(MONITOR_JOIN_WAIT).is_ok() {
                 cleanup_dead(&ctrl);
                 group.unlock_join();
             }

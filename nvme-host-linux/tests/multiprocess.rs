@@ -4,6 +4,7 @@
 //! `harness = false`: this binary is both the test runner and the child processes it
 //! starts (the test kit's role variable selects a child's part).
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -241,7 +242,32 @@ fn child_data(ctrl: &Controller, write: bool) -> Outcome {
     }
 }
 
+/// Attaches, sends one admin command and detaches, `NVME_MP_CYCLES` times; every attach
+/// must succeed, also while the group's last member leaves and another creates it anew.
+fn child_cycles() -> Outcome {
+    let cycles = env_u64("NVME_MP_CYCLES")?;
+    let mut created = 0;
+    for i in 0..cycles {
+        let ctrl = attach_from_env().map_err(|e| format!("attach {i}: {e}"))?;
+        created += u32::from(ctrl.role() == Role::Primary);
+        ctrl.identify_controller()
+            .map_err(|e| format!("attach {i}: identify: {e}"))?;
+        drop(ctrl);
+    }
+    say(format!("CYCLES {cycles} PRIMARY {created}"));
+    Ok(())
+}
+
 fn child(role: &str) -> i32 {
+    if role == "cycles" {
+        return match child_cycles() {
+            Ok(()) => 0,
+            Err(e) => {
+                say(format!("ERROR {e}"));
+                1
+            }
+        };
+    }
     let ctrl = match attach_from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -313,6 +339,24 @@ fn child(role: &str) -> i32 {
             loop {
                 std::thread::sleep(Duration::from_secs(1));
             }
+        }
+        "hold-join" => {
+            // Holds the group's join lock until the file NVME_MP_RELEASE exists, then lets
+            // go and stays a member until told to stop.
+            let release = std::path::PathBuf::from(testkit::env("NVME_MP_RELEASE").unwrap());
+            ctrl.__test_hold_join_lock()
+                .map_err(|e| e.to_string())
+                .map(|()| {
+                    say("HOLDING");
+                    while !release.exists() {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    ctrl.__test_release_join_lock();
+                    say("RELEASED");
+                    while !stop_requested() {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                })
         }
         "write" | "check" => child_data(&ctrl, role == "write"),
         "queues" => {
@@ -744,6 +788,84 @@ fn a_group_of_another_user_is_refused() -> Outcome {
     Ok(())
 }
 
+fn a_group_path_that_is_not_a_directory_is_refused() -> Outcome {
+    let s = Scenario::new(25);
+    let path = s.group_dir();
+    let shown = path.display().to_string();
+    let attach = || {
+        std::env::set_var("NVME_RUN_DIR", s.dir.path());
+        let opts = AttachOptions {
+            group: Some(25),
+            ..Default::default()
+        };
+        let r = Controller::attach_with(&TransportId::parse(TRID).unwrap(), &opts);
+        std::env::remove_var("NVME_RUN_DIR");
+        r
+    };
+    // A symbolic link to a directory of ours: refused, and never followed.
+    let elsewhere = s.dir.path().join("elsewhere");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&elsewhere)
+        .unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+    let msg = attach().unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!(
+            "{shown} is a symbolic link to {}",
+            elsewhere.display()
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("does not follow it") && msg.contains(&format!("remove it (rm {shown})")),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "nothing was made through the link"
+    );
+    // A dangling link too.
+    std::fs::remove_dir(&elsewhere).unwrap();
+    let msg = attach().unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!("{shown} is a symbolic link")),
+        "{msg}"
+    );
+    assert!(!elsewhere.exists(), "nothing was made through the link");
+    std::fs::remove_file(&path).unwrap();
+    // A regular file.
+    std::fs::write(&path, b"not a group").unwrap();
+    let msg = attach().unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!("{shown} is a regular file, not a directory"))
+            && msg.contains(&format!("remove it (rm {shown})")),
+        "{msg}"
+    );
+    // A symbolic link in place of a file of the group directory is not followed either.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&path)
+        .unwrap();
+    let target = s.dir.path().join("target");
+    std::fs::write(&target, b"").unwrap();
+    std::os::unix::fs::symlink(&target, path.join("members.lock")).unwrap();
+    let msg = attach().unwrap_err().to_string();
+    assert!(
+        msg.contains("members.lock is a symbolic link") && msg.contains("remove it"),
+        "{msg}"
+    );
+    // Once removed, the group is made as usual.
+    std::fs::remove_dir_all(&path).unwrap();
+    let ctrl = attach().map_err(|e| e.to_string())?;
+    assert_eq!(ctrl.role(), Role::Primary);
+    drop(ctrl);
+    assert!(!path.exists(), "the last member removed the group");
+    Ok(())
+}
+
 fn last_member_out_releases_everything() -> Outcome {
     let s = Scenario::new(17);
     let mut a = s.spawn("a", "wait", &[]);
@@ -826,6 +948,243 @@ fn a_stopped_lock_holder_is_an_error_not_a_hang() -> Outcome {
     Ok(())
 }
 
+fn attaching_while_the_last_member_leaves_always_succeeds() -> Outcome {
+    // Several processes attach and detach the same group at once: the group is torn down by
+    // its last member and created again over and over, and every attach must succeed.
+    let s = Scenario::new(24);
+    const PROCS: usize = 5;
+    const CYCLES: usize = 40;
+    let procs: Vec<Proc> = (0..PROCS)
+        .map(|n| {
+            s.spawn(
+                &format!("cycler {n}"),
+                "cycles",
+                &[("NVME_MP_CYCLES", CYCLES.to_string())],
+            )
+            .with_wait(Duration::from_secs(120))
+        })
+        .collect();
+    let mut created = 0;
+    for p in procs {
+        let exit = p.finish()?;
+        exit.clean()?;
+        created += exit
+            .stdout
+            .rsplit_once("PRIMARY ")
+            .and_then(|(_, n)| n.trim().parse::<u32>().ok())
+            .ok_or_else(|| format!("{}: no count in {:?}", exit.name, exit.stdout))?;
+    }
+    // Each primary role was a group created anew (or taken over): the group was torn down
+    // by its last member that many times, with the others attaching meanwhile.
+    assert!(created > 1, "the group was created only {created} times");
+    println!(
+        "    ({} attaches; the group was created {created} times)",
+        PROCS * CYCLES
+    );
+    wait_until("the group is removed", SETTLE, || !s.group_dir().exists())?;
+    Ok(())
+}
+
+/// Byte offsets in the control segment (`group/layout.rs` asserts them): `info.admin_len`
+/// and `info.sq_off`.
+const ADMIN_LEN_AT: u64 = 408 + 40;
+const SQ_OFF_AT: u64 = 408 + 48;
+
+/// Replaces the u64 at `at` in the control file of `dir`; returns the old value.
+fn poke_control(dir: &std::path::Path, at: u64, value: u64) -> Result<u64, String> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("control"))
+        .map_err(|e| format!("opening control: {e}"))?;
+    let mut old = [0u8; 8];
+    f.read_exact_at(&mut old, at).map_err(|e| e.to_string())?;
+    f.write_all_at(&value.to_le_bytes(), at)
+        .map_err(|e| e.to_string())?;
+    Ok(u64::from_le_bytes(old))
+}
+
+/// A process that tries to join; its attach must fail with an error containing `want`.
+fn join_fails_with(s: &Scenario, name: &str, want: &[&str]) -> Outcome {
+    let mut late = s.spawn(name, "wait", &[]);
+    let line = late
+        .line("ATTACH-ERROR")
+        .map_err(|e| format!("{e} (a joiner that dies of a signal printed nothing: SIGBUS?)"))?;
+    for w in want {
+        assert!(line.contains(w), "{line}");
+    }
+    assert_eq!(late.finish()?.code, Some(3));
+    Ok(())
+}
+
+fn a_damaged_admin_segment_is_refused_to_joiners() -> Outcome {
+    let s = Scenario::new(26);
+    let g = s.group_dir();
+    // An existing member sending admin commands all along.
+    let mut p = s.spawn("primary", "admin", &[("NVME_MP_NSID", "3".into())]);
+    p.line("READY primary")?;
+    p.line("PROGRESS")?;
+
+    // admin.mem shorter than the header says (as a joiner sees it: the members keep their
+    // mapping of the real one, set aside meanwhile).
+    let admin = g.join("admin.mem");
+    let saved = g.join("admin.mem.saved");
+    std::fs::rename(&admin, &saved).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&admin)
+        .and_then(|f| f.set_len(4096))
+        .unwrap();
+    join_fails_with(
+        &s,
+        "joiner of a truncated admin.mem",
+        &["admin.mem is 4096 bytes, not the", "damaged (truncated?)"],
+    )?;
+    std::fs::rename(&saved, &admin).unwrap();
+    p.progresses()?;
+
+    // Absurd offsets in the header: the submission ring would end past 2^64.
+    let sq_off = poke_control(&g, SQ_OFF_AT, !0xfffu64)?;
+    join_fails_with(
+        &s,
+        "joiner of an absurd layout",
+        &[
+            "admin queue layout in the control segment is invalid",
+            "the submission ring at 0xfffffffffffff000",
+            "not inside",
+        ],
+    )?;
+    // The members use the layout they checked when they joined, not the header's.
+    p.progresses()?;
+    poke_control(&g, SQ_OFF_AT, sq_off)?;
+
+    // An admin segment length that does not match the file.
+    let len = poke_control(&g, ADMIN_LEN_AT, 1 << 40)?;
+    join_fails_with(
+        &s,
+        "joiner of a wrong length",
+        &[
+            "admin.mem is",
+            "not the 1099511627776 the control segment says",
+        ],
+    )?;
+    p.progresses()?;
+    poke_control(&g, ADMIN_LEN_AT, len)?;
+
+    // Repaired, the group takes members again.
+    let mut next = s.spawn("next", "admin", &[("NVME_MP_NSID", "1".into())]);
+    next.line("READY secondary")?;
+    next.line("PROGRESS")?;
+    p.progresses()?;
+    s.stop()?;
+    next.finish()?.clean()?;
+    p.finish()?.clean()?;
+    wait_until("the group is removed", SETTLE, || !g.exists())?;
+    Ok(())
+}
+
+/// The state letter of process `pid` (`/proc/<pid>/stat`).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+fn signal(p: &Proc, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid() as i32), sig).unwrap();
+}
+
+/// Starts a member that takes the join lock, and stops it (SIGSTOP) while it holds it.
+fn stopped_join_holder(
+    s: &Scenario,
+    name: &str,
+    release: &std::path::Path,
+) -> Result<Proc, String> {
+    let mut h = s.spawn(
+        name,
+        "hold-join",
+        &[("NVME_MP_RELEASE", release.display().to_string())],
+    );
+    h.line("READY")?;
+    h.line("HOLDING")?;
+    signal(&h, nix::sys::signal::Signal::SIGSTOP);
+    let pid = h.pid();
+    wait_until("the holder is stopped", SETTLE, || {
+        proc_state(pid) == Some('T')
+    })?;
+    Ok(h)
+}
+
+fn a_stopped_join_lock_holder_is_named_not_waited_for() -> Outcome {
+    use nix::sys::signal::Signal;
+    let s = Scenario::new(27);
+    let bound = Duration::from_millis(500);
+    let ms = ("NVME_MP_ADMIN_TIMEOUT_MS", bound.as_millis().to_string());
+    let mut keeper = s.spawn("keeper", "wait", std::slice::from_ref(&ms));
+    keeper.line("READY primary")?;
+    let release = s.dir.path().join("release");
+    let holder = stopped_join_holder(&s, "holder", &release)?;
+    let hpid = holder.pid();
+
+    // A process attaching now fails within the bound, naming the stopped holder.
+    let start = Instant::now();
+    let mut late = s.spawn("late", "wait", std::slice::from_ref(&ms));
+    let line = late.line("ATTACH-ERROR")?;
+    let took = start.elapsed();
+    for want in [
+        "waited 500 ms for the group's join lock".to_string(),
+        format!("pid {hpid} (member 1), which is stopped"),
+        format!("kill -CONT {hpid}"),
+        format!("kill {hpid}"),
+    ] {
+        assert!(line.contains(&want), "{want:?} not in {line}");
+    }
+    assert!(took >= bound, "it waited the bound ({took:?})");
+    assert!(took < bound + SETTLE, "the bound applies ({took:?})");
+    assert_eq!(late.finish()?.code, Some(3));
+
+    // The primary's exit does not hang on the join lock either: it leaves without it, says
+    // so, and exits.
+    s.stop()?;
+    let exit = keeper.finish()?;
+    assert_eq!(exit.code, Some(0), "{exit:?}");
+    assert!(
+        exit.stderr.contains("without its join lock")
+            && exit.stderr.contains(&format!("pid {hpid}")),
+        "{}",
+        exit.stderr
+    );
+    s.dir.clear_stop();
+
+    // Resumed, the holder lets go; the group recovers: the primary left as if it had died,
+    // so a newcomer joins the holder's group, takes the primary role and finds no queue in
+    // use.
+    signal(&holder, Signal::SIGCONT);
+    std::fs::write(&release, b"").unwrap();
+    let mut holder = holder;
+    holder.line("RELEASED")?;
+    let mut next = s.spawn("next", "queues", &[]);
+    next.line("READY primary")?;
+    assert_eq!(next.line("IN-USE")?, "IN-USE 0");
+    next.line("QID")?;
+    next.finish()?.clean()?;
+
+    // A stopped holder that is killed instead (it took the primary role the newcomer left):
+    // the kernel drops its locks, the next attach succeeds and takes the role in turn.
+    std::fs::remove_file(&release).unwrap();
+    let mut holder2 = stopped_join_holder(&s, "second holder", &release)?;
+    holder2.kill();
+    let mut after = s.spawn("after the kill", "wait", &[]);
+    after.line("READY primary")?;
+    s.stop()?;
+    after.finish()?.clean()?;
+    holder.finish()?.clean()?;
+    wait_until("the group is removed", SETTLE, || !s.group_dir().exists())?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     if let Some(role) = testkit::role() {
         std::process::exit(child(&role));
@@ -874,6 +1233,10 @@ fn main() -> ExitCode {
             a_group_of_another_user_is_refused,
         ),
         (
+            "a_group_path_that_is_not_a_directory_is_refused",
+            a_group_path_that_is_not_a_directory_is_refused,
+        ),
+        (
             "last_member_out_releases_everything",
             last_member_out_releases_everything,
         ),
@@ -882,8 +1245,20 @@ fn main() -> ExitCode {
             a_stopped_lock_holder_is_an_error_not_a_hang,
         ),
         (
+            "a_stopped_join_lock_holder_is_named_not_waited_for",
+            a_stopped_join_lock_holder_is_named_not_waited_for,
+        ),
+        (
             "asynchronous_events_reach_every_process",
             asynchronous_events_reach_every_process,
+        ),
+        (
+            "a_damaged_admin_segment_is_refused_to_joiners",
+            a_damaged_admin_segment_is_refused_to_joiners,
+        ),
+        (
+            "attaching_while_the_last_member_leaves_always_succeeds",
+            attaching_while_the_last_member_leaves_always_succeeds,
         ),
     ];
     testkit::run_scenarios("multiprocess", scenarios)

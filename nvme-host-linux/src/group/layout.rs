@@ -81,7 +81,10 @@ pub(crate) struct GroupHeader {
     /// NUL-padded transport id the group was created with.
     pub(crate) trid: [u8; 256],
     pub(crate) epochs: AtomicU32,
-    pub(crate) _pad: u32,
+    /// Pid of the process holding the join lock (0: none recorded). Written by the holder
+    /// right after it takes the lock and cleared before it lets go, so a process that
+    /// times out waiting for the lock can name the holder (an OFD lock has no owner pid).
+    pub(crate) join_holder: AtomicU32,
     pub(crate) info: SharedInfo,
     /// The group lock (robust, process-shared): guards the admin queue.
     pub(crate) mutex: RobustMutex,
@@ -141,6 +144,7 @@ const _: () = {
     assert!(offset_of!(GroupHeader, ident) == 0);
     assert!(offset_of!(GroupHeader, trid) == 144);
     assert!(offset_of!(GroupHeader, epochs) == 400);
+    assert!(offset_of!(GroupHeader, join_holder) == 404);
     assert!(offset_of!(GroupHeader, info) == 408);
     assert!(offset_of!(GroupHeader, mutex) == 408 + SHARED_INFO_SIZE);
     assert!(offset_of!(GroupHeader, members) == MEMBERS_OFFSET);

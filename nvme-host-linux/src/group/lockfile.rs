@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
@@ -32,10 +33,25 @@ fn fcntl_lock<'a>(file: &File, arg: impl Fn() -> FcntlArg<'a>) -> io::Result<()>
     }
 }
 
-/// Takes an exclusive lock on `byte`, waiting for it.
-pub(crate) fn lock_wait(file: &File, byte: u64) -> io::Result<()> {
-    let fl = flock(libc::F_WRLCK, byte);
-    fcntl_lock(file, || FcntlArg::F_OFD_SETLKW(&fl))
+/// Takes an exclusive lock on `byte`, waiting at most `bound` for it; `false` when another
+/// open file description still held it then.
+///
+/// The kernel has no timed wait for a record lock (F_OFD_SETLKW waits for good, and only a
+/// signal would end it), so this polls: at once, then every 50 us growing to every 2 ms.
+pub(crate) fn lock_within(file: &File, byte: u64, bound: Duration) -> io::Result<bool> {
+    let deadline = Instant::now() + bound;
+    let mut pause = Duration::from_micros(50);
+    loop {
+        if try_lock(file, byte)? {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(2));
+    }
 }
 
 /// Takes an exclusive lock on `byte` if nobody else holds it.
@@ -95,7 +111,24 @@ mod tests {
         );
         assert!(!try_lock(&b, 3).unwrap());
         assert!(try_lock(&b, 4).unwrap());
+        let start = Instant::now();
+        assert!(!lock_within(&b, 3, Duration::from_millis(30)).unwrap());
+        assert!(
+            start.elapsed() >= Duration::from_millis(30),
+            "waited the bound"
+        );
+        assert!(start.elapsed() < Duration::from_secs(5), "not much longer");
+        let waiter = std::thread::spawn({
+            let b = b.try_clone().unwrap();
+            move || lock_within(&b, 3, Duration::from_secs(20)).unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(20));
         drop(a); // closing the last descriptor releases the lock, as death does
+        assert!(
+            waiter.join().unwrap(),
+            "the waiter got the lock once it was free"
+        );
+        unlock(&b, 3).unwrap();
         assert!(!held_by_other(&b, 3).unwrap());
         assert!(try_lock(&b, 3).unwrap());
         unlock(&b, 3).unwrap();

@@ -14,7 +14,12 @@
 //!   joining processes there (`fdpass`).
 //!
 //! Joining is serialised by a lock byte; the first process finding no live member (re)creates
-//! the group and becomes the primary. A process joining after the primary died takes the
+//! the group and becomes the primary. Every wait for that join lock is bounded (the attach
+//! options' admin timeout; the monitor's cleanup tries briefly and again later): its holder
+//! records its pid in the header, so a wait that runs out names it, says whether it is
+//! stopped and what to do. A process that cannot get the join lock to detach leaves as if
+//! it had died (`Group::abandon`). The group path must be a real directory of ours: a
+//! symbolic link there, or in place of one of its files, is refused and never followed. A process joining after the primary died takes the
 //! primary role. Survivors clean up after a dead member eagerly (a monitor thread checks
 //! every 50 ms): its queues are deleted on the controller, its queue ids and admin mailbox
 //! released. The last member to leave shuts the controller down and removes the group.
@@ -33,10 +38,11 @@ mod robust;
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use nvme_core::shared::{OwnerId, SharedAdminQueue, MAX_MEMBERS};
 
@@ -46,10 +52,15 @@ use crate::mmio::Mmio;
 use layout::{GroupHeader, GroupIdent, ACTIVE, FREE, JOIN_BYTE, MAGIC, MAX_QID, PRIMARY_BYTE};
 use robust::RobustMutex;
 
-/// Where the shared admin queue's rings sit in the admin segment.
+/// Where the shared admin queue's rings sit in the admin segment. A member copies it from
+/// the header once ([`AdminAt::from_info`]), checks it ([`AdminAt::check`]) and uses only
+/// its copy afterwards: a header changed later cannot move its rings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct AdminAt {
     /// Device address of the admin segment.
     pub(crate) iova: u64,
+    /// Length of the admin segment (`admin.mem`).
+    pub(crate) len: u64,
     /// Ring entries.
     pub(crate) entries: u32,
     /// Offsets and length in the segment.
@@ -57,6 +68,73 @@ pub(crate) struct AdminAt {
     pub(crate) cq_off: u64,
     pub(crate) prp_off: u64,
     pub(crate) prp_len: u64,
+}
+
+impl AdminAt {
+    /// Copies the admin segment's layout from the header, each value read once.
+    fn from_info(info: &layout::SharedInfo) -> AdminAt {
+        AdminAt {
+            iova: info.admin_iova,
+            len: info.admin_len,
+            entries: info.admin_entries,
+            sq_off: info.sq_off,
+            cq_off: info.cq_off,
+            prp_off: info.prp_off,
+            prp_len: info.prp_len,
+        }
+    }
+
+    /// Checks the layout with checked arithmetic: ring sizes in range, the rings and the
+    /// PRP list pages 4 KiB aligned, inside the segment and apart from each other, the
+    /// segment's device addresses without overflow. Says what is wrong.
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
+        use nvme_core::shared::MAX_ADMIN_ENTRIES;
+        if !(2..=MAX_ADMIN_ENTRIES).contains(&self.entries) {
+            return Err(format!(
+                "{} admin queue entries, not in 2..={MAX_ADMIN_ENTRIES}",
+                self.entries
+            ));
+        }
+        if self.len == 0 || usize::try_from(self.len).is_err() {
+            return Err(format!("an admin segment of {} bytes", self.len));
+        }
+        if self.iova.checked_add(self.len).is_none() {
+            return Err(format!(
+                "an admin segment of {:#x} bytes at device address {:#x} wraps around",
+                self.len, self.iova
+            ));
+        }
+        let entries = u64::from(self.entries);
+        let parts = [
+            ("submission ring", self.sq_off, entries * 64),
+            ("completion ring", self.cq_off, entries * 16),
+            ("PRP list pages", self.prp_off, self.prp_len),
+        ];
+        let mut spans = Vec::with_capacity(parts.len());
+        for (what, off, len) in parts {
+            let end = off
+                .checked_add(len)
+                .filter(|&end| end <= self.len && len > 0)
+                .ok_or_else(|| {
+                    format!(
+                        "the {what} at {off:#x}+{len:#x} is not inside the {:#x}-byte admin segment",
+                        self.len
+                    )
+                })?;
+            if !off.is_multiple_of(4096) {
+                return Err(format!("the {what} at {off:#x} is not 4 KiB aligned"));
+            }
+            spans.push((what, off, end));
+        }
+        for (i, &(a, a_off, a_end)) in spans.iter().enumerate() {
+            for &(b, b_off, b_end) in &spans[i + 1..] {
+                if a_off < b_end && b_off < a_end {
+                    return Err(format!("the {a} and the {b} overlap"));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A process's role in its group.
@@ -88,39 +166,94 @@ fn os(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::os(what, e)
 }
 
-/// Creates the group directory or checks that an existing one is ours.
+/// Creates the group directory or checks that an existing one is ours: a real directory
+/// (a symbolic link there is refused, never followed), owned by us, owner-only.
 fn ensure_dir(id: u32, dir: &Path) -> Result<()> {
-    // mkdir with mode 0700 in one step: a process racing us must never see the directory
-    // with wider permissions (the umask can only narrow them).
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => {
-            return Err(Error::os(
-                format!("creating the group directory {}", dir.display()),
-                e,
-            ))
+    // The last member of the group may remove the directory between our mkdir and our
+    // look at it: then we make it again (a few times; every round means the group was
+    // created and torn down again in between).
+    for _ in 0..100 {
+        // mkdir with mode 0700 in one step: a process racing us must never see the
+        // directory with wider permissions (the umask can only narrow them). mkdir never
+        // follows a symbolic link at `dir` (EEXIST).
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(Error::os(
+                    format!("creating the group directory {}", dir.display()),
+                    e,
+                ))
+            }
         }
+        // What is there, without following a link (lstat semantics): O_NOFOLLOW refuses a
+        // symbolic link (ELOOP), O_DIRECTORY anything else that is not a directory
+        // (ENOTDIR), and the owner and mode are those of what we opened.
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(dir);
+        let md = match opened.and_then(|d| d.metadata()) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                return Err(not_a_directory(id, dir));
+            }
+            Err(e) => return Err(Error::os(format!("opening {}", dir.display()), e)),
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        if md.uid() != me {
+            return Err(Error::Group(format!(
+                "shared-memory group {id} ({}) belongs to user {} (you are {me}); use another group id (-i) or run as that user",
+                dir.display(),
+                md.uid()
+            )));
+        }
+        if md.mode() & 0o077 != 0 {
+            return Err(Error::Group(format!(
+                "the group directory {} is accessible to other users (mode {:o}); remove it or chmod 700 it",
+                dir.display(),
+                md.mode() & 0o777
+            )));
+        }
+        return Ok(());
     }
-    let md = std::fs::symlink_metadata(dir).map_err(os(format!("reading {}", dir.display())))?;
-    let me = nix::unistd::geteuid().as_raw();
-    if !md.is_dir() || md.uid() != me {
-        return Err(Error::Group(format!(
-            "shared-memory group {id} ({}) belongs to user {} (you are {me}); use another group id (-i) or run as that user",
-            dir.display(),
-            md.uid()
-        )));
-    }
-    if md.mode() & 0o077 != 0 {
-        return Err(Error::Group(format!(
-            "the group directory {} is accessible to other users (mode {:o}); remove it or chmod 700 it",
-            dir.display(),
-            md.mode() & 0o777
-        )));
-    }
-    Ok(())
+    Err(Error::Group(format!(
+        "the group directory {} keeps disappearing as soon as it is made",
+        dir.display()
+    )))
 }
 
+/// The error for something at the group's path that is not a directory: says what it is
+/// (from lstat: a symbolic link is not followed) and what to do.
+fn not_a_directory(id: u32, dir: &Path) -> Error {
+    let what = match std::fs::symlink_metadata(dir) {
+        Ok(md) if md.file_type().is_symlink() => {
+            let to = std::fs::read_link(dir)
+                .map(|t| format!(" to {}", t.display()))
+                .unwrap_or_default();
+            return Error::Group(format!(
+                "shared-memory group {id}: {} is a symbolic link{to}, not a directory; the driver does not follow it: remove it (rm {}) or use another group id (-i)",
+                dir.display(),
+                dir.display()
+            ));
+        }
+        Ok(md) if md.file_type().is_file() => "a regular file",
+        Ok(md) if md.file_type().is_fifo() => "a FIFO",
+        Ok(md) if md.file_type().is_socket() => "a socket",
+        Ok(md) if md.file_type().is_char_device() || md.file_type().is_block_device() => {
+            "a device node"
+        }
+        _ => "not a directory",
+    };
+    Error::Group(format!(
+        "shared-memory group {id}: {} is {what}, not a directory: remove it (rm {}) or use another group id (-i)",
+        dir.display(),
+        dir.display()
+    ))
+}
+
+/// Opens a file of the group directory, never through a symbolic link.
 fn open_rw(path: &Path, create: bool) -> Result<File> {
     OpenOptions::new()
         .read(true)
@@ -128,18 +261,41 @@ fn open_rw(path: &Path, create: bool) -> Result<File> {
         .create(create)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(path)
-        .map_err(os(format!("opening {}", path.display())))
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                return Error::Group(format!(
+                    "{} is a symbolic link; the driver does not follow links in a group directory: remove it",
+                    path.display()
+                ));
+            }
+            Error::os(format!("opening {}", path.display()), e)
+        })
 }
 
 /// Opens `members.lock` and takes the join lock, retrying if the last member of an earlier
-/// group removed the file in between.
-fn open_and_lock_join(dir: &Path) -> Result<File> {
+/// group removed the file (or the whole directory) in between: joining a group that is being
+/// torn down joins or creates the next one, it never fails for that.
+///
+/// Waits at most `bound` for the join lock in all; then the error names the holder.
+fn open_and_lock_join(id: u32, dir: &Path, bound: Duration) -> Result<File> {
     let path = dir.join("members.lock");
+    let deadline = Instant::now() + bound;
     loop {
-        let f = open_rw(&path, true)?;
-        lockfile::lock_wait(&f, JOIN_BYTE).map_err(os("taking the group join lock"))?;
+        let f = match open_rw(&path, true) {
+            Ok(f) => f,
+            Err(Error::Os { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                // The last member removed the directory after we found it: make it again.
+                ensure_dir(id, dir)?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !lockfile::lock_within(&f, JOIN_BYTE, left).map_err(os("taking the group join lock"))? {
+            return Err(join_timeout(id, bound, &holder_in(dir)));
+        }
         let ours = f.metadata().map_err(os("stat members.lock"))?;
         match std::fs::metadata(&path) {
             Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => return Ok(f),
@@ -169,6 +325,9 @@ pub(crate) struct Group {
     /// The control segment (`GroupHeader`), group lock included.
     control: SharedMemory,
     admin_mem: Option<SharedMemory>,
+    /// The admin segment's layout: copied from the header once and checked (joining), or
+    /// the one this process published (creating).
+    admin_at: Option<AdminAt>,
     me: Option<OwnerId>,
     primary: AtomicBool,
     join_held: AtomicBool,
@@ -187,15 +346,16 @@ fn control_len() -> usize {
 }
 
 impl Group {
-    /// Takes the join lock of group `id` and finds out whether the group is alive.
-    pub(crate) fn open(id: u32) -> Result<Joined> {
+    /// Takes the join lock of group `id` (waiting at most `join_timeout`) and finds out
+    /// whether the group is alive.
+    pub(crate) fn open(id: u32, join_timeout: Duration) -> Result<Joined> {
         let dir = group_dir(id);
         if let Some(parent) = dir.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(os(format!("creating {}", parent.display())))?;
         }
         ensure_dir(id, &dir)?;
-        let lockf = open_and_lock_join(&dir)?;
+        let lockf = open_and_lock_join(id, &dir, join_timeout)?;
         let mut alive = false;
         for i in 0..MAX_MEMBERS as u64 {
             if lockfile::held_by_other(&lockf, i).map_err(os("checking group members"))? {
@@ -231,30 +391,30 @@ impl Group {
         }
         let control = map_control(id, &control_path, len)?;
         let mut group = Group::new(id, dir, lockf, control);
-        let info = &group.header().info;
-        let admin = open_rw(&group.dir.join("admin.mem"), false)?;
-        group.admin_mem = Some(
-            SharedMemory::from_file(admin, info.admin_len as usize)
-                .map_err(os("mapping admin.mem"))?,
-        );
+        let (at, admin_mem) = map_admin(id, &group.dir, group.header())?;
+        group.admin_at = Some(at);
+        group.admin_mem = Some(admin_mem);
         Ok(Joined::Join(group))
     }
 
     /// A membership in the making: the join lock is held, no member record claimed yet.
     /// `control` holds a whole header (checked by the caller).
     fn new(id: u32, dir: PathBuf, lockf: File, control: SharedMemory) -> Group {
-        Group {
+        let group = Group {
             id,
             dir,
             lockf,
             control,
             admin_mem: None,
+            admin_at: None,
             me: None,
             primary: AtomicBool::new(false),
             join_held: AtomicBool::new(true),
             server: Mutex::new(None),
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
-        }
+        };
+        group.record_join_holder();
+        group
     }
 
     /// The control segment, writable: only while creating the group, before it is
@@ -311,15 +471,7 @@ impl Group {
 
     /// This process's handle on the shared admin queue.
     pub(crate) fn admin(&self, regs: Mmio) -> SharedAdminQueue<'_, Mmio, RobustMutex> {
-        let info = &self.header().info;
-        let at = AdminAt {
-            iova: info.admin_iova,
-            entries: info.admin_entries,
-            sq_off: info.sq_off,
-            cq_off: info.cq_off,
-            prp_off: info.prp_off,
-            prp_len: info.prp_len,
-        };
+        let at = self.admin_at.expect("admin layout checked at attach");
         self.admin_at(regs, &at)
             .expect("shared admin queue configured by the creator")
     }
@@ -460,16 +612,60 @@ impl Group {
         std::mem::forget(self.header().mutex.lock(None));
     }
 
-    /// Takes the join lock (for cleanup and leaving).
-    pub(crate) fn lock_join(&self) -> Result<()> {
-        lockfile::lock_wait(&self.lockf, JOIN_BYTE).map_err(os("taking the group join lock"))?;
+    /// Takes the join lock (for cleanup and leaving), waiting at most `bound`; the error
+    /// then names the holder and says what to do.
+    pub(crate) fn lock_join(&self, bound: Duration) -> Result<()> {
+        if !lockfile::lock_within(&self.lockf, JOIN_BYTE, bound)
+            .map_err(os("taking the group join lock"))?
+        {
+            return Err(join_timeout(self.id, bound, &holder(self.header())));
+        }
         self.join_held.store(true, Ordering::Relaxed);
+        self.record_join_holder();
         Ok(())
+    }
+    /// Does this process hold the join lock through this membership?
+    pub(crate) fn join_held(&self) -> bool {
+        self.join_held.load(Ordering::Relaxed)
     }
     /// Releases the join lock.
     pub(crate) fn unlock_join(&self) {
         if self.join_held.swap(false, Ordering::Relaxed) {
+            self.clear_join_holder();
             let _ = lockfile::unlock(&self.lockf, JOIN_BYTE);
+        }
+    }
+    /// Records this process as the join lock's holder (join lock held).
+    fn record_join_holder(&self) {
+        self.header()
+            .join_holder
+            .store(std::process::id(), Ordering::Release);
+    }
+    /// Clears our record as the join lock's holder (before letting go of the lock).
+    fn clear_join_holder(&self) {
+        let _ = self.header().join_holder.compare_exchange(
+            std::process::id(),
+            0,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Leaves the group without the join lock (its holder is stopped or stuck): as if this
+    /// process had died. Only what the kernel would do at our death is done: the VFIO
+    /// descriptor server stops, and our liveness and primary-role locks go, so that the
+    /// other members (their monitors) or the next process to join clean up after us under
+    /// the join lock. Skipped, because each needs the join lock: freeing our member record,
+    /// and, when we were the last member, the controller's shutdown notification (CC.SHN)
+    /// and the removal of the group's files (the next process to attach finds no live
+    /// member and creates the group anew; over VFIO, that creator resets the controller).
+    pub(crate) fn abandon(&self) {
+        drop(self.server.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(me) = self.me {
+            let _ = lockfile::unlock(&self.lockf, me.index() as u64);
+        }
+        if self.primary.swap(false, Ordering::Relaxed) {
+            let _ = lockfile::unlock(&self.lockf, PRIMARY_BYTE);
         }
     }
 
@@ -490,12 +686,29 @@ impl Group {
     }
 
     /// Removes the group's files (last member, join lock held).
+    ///
+    /// `members.lock` goes last: until it is unlinked, a joining process waits for our join
+    /// lock on it (and finds it unlinked once it gets it: it starts over). A process that
+    /// arrives after it is unlinked creates a new one and a new group beside us, so by then
+    /// every other file of ours must be gone already: we must not remove the newcomer's.
+    /// The directory goes only if it is empty (a newcomer may be using it already).
     pub(crate) fn remove_files(&self) {
-        for f in ["control", "admin.mem", "sim.sock", "members.lock"] {
+        for f in ["control", "admin.mem", "sim.sock"] {
             let _ = std::fs::remove_file(self.dir.join(f));
         }
         remove_member_sockets(&self.dir);
+        let _ = std::fs::remove_file(self.dir.join("members.lock"));
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // A membership dropped with the join lock (a failed attach): the lock goes with
+        // our descriptor of members.lock; our record as its holder goes first.
+        if self.join_held.load(Ordering::Relaxed) {
+            self.clear_join_holder();
+        }
     }
 }
 
@@ -523,6 +736,18 @@ impl Creating {
         let h = self.group.header_mut();
         layout::write_str(&mut h.trid, trid);
         fill(&mut h.info);
+        // What joiners will check, checked here too; then this process uses the same copy.
+        let at = AdminAt::from_info(&h.info);
+        let mapped = self.group.admin_mem().len() as u64;
+        at.check()
+            .and_then(|()| {
+                (at.len == mapped)
+                    .then_some(())
+                    .ok_or_else(|| format!("the admin segment is {mapped} bytes, not {}", at.len))
+            })
+            .map_err(|why| Error::Group(format!("creating the group's admin layout: {why}")))?;
+        self.group.admin_at = Some(at);
+        let h = self.group.header_mut();
         h.ident.state.store(layout::READY, Ordering::Relaxed);
         h.ident.magic.store(MAGIC, Ordering::Release);
         Ok(self.group)
@@ -647,6 +872,128 @@ fn map_control(id: u32, path: &Path, len: usize) -> Result<SharedMemory> {
     Ok(control)
 }
 
+/// Copies the admin segment's layout from the header of group `id` once, checks it, and
+/// maps `admin.mem` in `dir` after checking that the file has the size the layout says (a
+/// shorter file would fault on access).
+fn map_admin(id: u32, dir: &Path, h: &GroupHeader) -> Result<(AdminAt, SharedMemory)> {
+    let at = AdminAt::from_info(&h.info);
+    at.check().map_err(|why| {
+        Error::Group(format!(
+            "group {id}: the admin queue layout in the control segment is invalid ({why}); it was damaged: detach every process of the group (or remove {}) so that it is created anew",
+            dir.display()
+        ))
+    })?;
+    let path = dir.join("admin.mem");
+    let f = open_rw(&path, false)?;
+    let flen = f.metadata().map_err(os("stat admin.mem"))?.len();
+    if flen != at.len {
+        return Err(Error::Group(format!(
+            "group {id}: {} is {flen} bytes, not the {} the control segment says; it was damaged (truncated?): detach every process of the group (or remove {}) so that it is created anew",
+            path.display(),
+            at.len,
+            dir.display()
+        )));
+    }
+    // `check` made sure the length fits a usize.
+    let len = usize::try_from(at.len).expect("checked");
+    let mem = SharedMemory::from_file(f, len).map_err(os("mapping admin.mem"))?;
+    Ok((at, mem))
+}
+
+/// The error of a wait for the join lock of group `id` that lasted `bound`.
+fn join_timeout(id: u32, bound: Duration, holder: &str) -> Error {
+    Error::Group(format!(
+        "group {id}: waited {} ms for the group's join lock (byte {JOIN_BYTE} of members.lock, which every process joining or leaving the group takes); it is held by {holder}",
+        bound.as_millis()
+    ))
+}
+
+/// The state letter of process `pid` (`/proc/<pid>/stat`), `None` if it is gone.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.trim_start()
+        .chars()
+        .next()
+        .filter(|&c| c != 'Z' && c != 'X')
+}
+
+/// Who holds the join lock, as the header records it, and what to do about it.
+fn holder(h: &GroupHeader) -> String {
+    let pid = h.join_holder.load(Ordering::Acquire);
+    let member = |pid: u32| {
+        (0..MAX_MEMBERS)
+            .find(|&i| {
+                h.members[i].state.load(Ordering::Acquire) == ACTIVE
+                    && h.members[i].pid.load(Ordering::Relaxed) == pid
+            })
+            .map(|i| format!(" (member {i})"))
+            .unwrap_or_else(|| " (not a member yet: it is attaching)".into())
+    };
+    match (pid, process_state(pid)) {
+        (0, _) | (_, None) => {
+            // Not recorded (it is between taking the lock and recording itself) or gone:
+            // list the members that are stopped, the likely culprits.
+            let stopped: Vec<String> = (0..MAX_MEMBERS)
+                .filter(|&i| h.members[i].state.load(Ordering::Acquire) == ACTIVE)
+                .map(|i| h.members[i].pid.load(Ordering::Relaxed))
+                .filter(|&p| matches!(process_state(p), Some('T') | Some('t')))
+                .map(|p| format!("pid {p}"))
+                .collect();
+            if stopped.is_empty() {
+                "a process the group has no record of (one in the middle of attaching or leaving); if this persists, find it with `fuser` on members.lock".into()
+            } else {
+                format!(
+                    "a process the group has no record of; these members are stopped: {}; resume them (kill -CONT <pid>) or kill them",
+                    stopped.join(", ")
+                )
+            }
+        }
+        (pid, Some(state @ ('T' | 't'))) => format!(
+            "pid {pid}{}, which is stopped (state {state}: SIGSTOP, job control or a debugger): resume it (kill -CONT {pid}) or kill it (kill {pid})",
+            member(pid)
+        ),
+        (pid, Some(state)) => format!(
+            "pid {pid}{}, which is not stopped (state {state}) but has not let go: it is stuck; kill it (kill {pid}) if it does not recover",
+            member(pid)
+        ),
+    }
+}
+
+/// [`holder`] for the group in `dir` when this process has no mapping of its control
+/// segment (it is waiting to join): read from the control file if it is whole and of this
+/// build (the magic is not required: its creator may be the holder, stopped before
+/// publishing the group).
+fn holder_in(dir: &Path) -> String {
+    let unknown =
+        || "a process this one cannot name (the group has no readable control segment)".to_string();
+    let path = dir.join("control");
+    let Ok(f) = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&path)
+    else {
+        return unknown();
+    };
+    let len = control_len();
+    if f.metadata().map(|m| m.len()).ok() != Some(len as u64) {
+        return unknown();
+    }
+    let Ok(control) = SharedMemory::from_file(f, len) else {
+        return unknown();
+    };
+    let Some(h) = control.view::<GroupHeader>() else {
+        return unknown();
+    };
+    if h.ident.layout_version.load(Ordering::Relaxed) != layout::LAYOUT_VERSION
+        || layout::read_str(&h.ident.build_id) != layout::build_id()
+    {
+        return unknown();
+    }
+    holder(h)
+}
+
 /// Removes the descriptor sockets of earlier members (join lock held).
 fn remove_member_sockets(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -723,6 +1070,46 @@ mod tests {
         let e = map_control(7, &path, len).unwrap_err().to_string();
         assert!(e.contains("is not a group of this driver"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_admin_layout_is_checked_with_checked_arithmetic() {
+        let good = AdminAt {
+            iova: 1 << 30,
+            len: 3 * 4096,
+            entries: 64,
+            sq_off: 0,
+            cq_off: 4096,
+            prp_off: 8192,
+            prp_len: 4096,
+        };
+        good.check().unwrap();
+        let bad = |f: fn(&mut AdminAt), want: &str| {
+            let mut at = good;
+            f(&mut at);
+            let e = at.check().unwrap_err();
+            assert!(e.contains(want), "{e}");
+        };
+        bad(|a| a.entries = 0, "0 admin queue entries");
+        bad(|a| a.entries = 100_000, "not in 2..=");
+        bad(|a| a.len = 0, "an admin segment of 0 bytes");
+        bad(|a| a.iova = u64::MAX - 4095, "wraps around");
+        bad(|a| a.sq_off = !0xfffu64, "the submission ring at");
+        bad(
+            |a| a.cq_off = 3 * 4096,
+            "the completion ring at 0x3000+0x400 is not inside",
+        );
+        bad(|a| a.prp_len = u64::MAX, "the PRP list pages at");
+        bad(|a| a.prp_len = 0, "the PRP list pages at");
+        bad(|a| a.cq_off = 100, "not 4 KiB aligned");
+        bad(
+            |a| a.cq_off = 0,
+            "the submission ring and the completion ring overlap",
+        );
+        bad(
+            |a| a.prp_off = 4096,
+            "the completion ring and the PRP list pages overlap",
+        );
     }
 
     #[test]
