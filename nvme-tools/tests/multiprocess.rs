@@ -464,6 +464,78 @@ fn perf_stops_cleanly_on_sigint_and_sigterm() -> Outcome {
     Ok(())
 }
 
+/// `nvmectl -i N reset` beside a running perf: the tool resets the group's controller, the
+/// perf run carries on (its queues reconnect; the I/O the reset aborted is not counted as an
+/// error) and ends with results and no error.
+fn nvmectl_reset_beside_perf() -> Outcome {
+    let group = fresh_group(4);
+    let g = group.to_string();
+    let mut perf = spawn(
+        "perf -t 30",
+        PERF,
+        &[
+            "-i",
+            &g,
+            "-r",
+            "trtype:sim size:64M",
+            "-q",
+            "16",
+            "-o",
+            "4096",
+            "-w",
+            "randwrite",
+            "-t",
+            "30",
+        ],
+    );
+    perf.line("Initialization complete")?;
+    let opts = AttachOptions {
+        group: Some(group),
+        ..AttachOptions::default()
+    };
+    let me = Controller::attach_with(&TransportId::parse("trtype:sim").unwrap(), &opts)
+        .expect("the test process joins the group");
+    let writes = || me.smart_log().unwrap().host_write_commands();
+    wait_until("perf's writes reach the controller", SETTLE, || {
+        writes() > 1000
+    })?;
+    for _ in 0..2 {
+        let e = run(
+            "nvmectl reset",
+            NVMECTL,
+            &["-i", &g, "-r", "trtype:sim", "reset"],
+        )?;
+        assert_eq!(
+            e.code,
+            Some(0),
+            "{}
+{}",
+            e.stdout,
+            e.stderr
+        );
+        // perf keeps writing through the re-created queues.
+        let after = writes();
+        wait_until("perf writes again after the reset", SETTLE, || {
+            writes() > after + 1000
+        })?;
+    }
+    drop(me);
+    let signalled = Instant::now();
+    send(&perf, libc::SIGINT);
+    let e = perf.finish_by(signalled + Duration::from_secs(10))?;
+    assert_eq!(
+        e.code,
+        Some(0),
+        "{}
+{}",
+        e.stdout,
+        e.stderr
+    );
+    assert!(total_iops(&e.stdout) > 0.0, "{}", e.stdout);
+    assert!(!e.stderr.contains("error"), "{}", e.stderr);
+    Ok(())
+}
+
 /// Ctrl-C on an `nvmectl write` that waits for its input (stdin open, silent): it
 /// abandons the write, detaches (removing the group it created) and exits 130.
 fn nvmectl_abandons_a_write_on_sigint() -> Outcome {
@@ -518,6 +590,7 @@ fn main() -> ExitCode {
                 "nvmectl_abandons_a_write_on_sigint",
                 nvmectl_abandons_a_write_on_sigint,
             ),
+            ("nvmectl_reset_beside_perf", nvmectl_reset_beside_perf),
         ],
     )
 }

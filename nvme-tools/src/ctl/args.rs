@@ -57,7 +57,14 @@ pub enum Cmd {
     Write(IoArgs),
     /// Summary in the style of SPDK's spdk_nvme_identify.
     Identify(IdentifyArgs),
+    /// Reset the controller (for every process of the group with -i: their I/O queues
+    /// reconnect, their outstanding I/O completes as aborted by the reset).
+    Reset(ResetArgs),
 }
+
+/// Options of `reset` (none).
+#[derive(Args, Debug, Clone)]
+pub struct ResetArgs {}
 
 /// `-o`: nvme-cli's output formats.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -333,6 +333,10 @@ pub fn run(cli: &Cli) -> Result<()> {
         Cmd::ErrorLog(a) => with_controller(cli, |c| error_log(c, a))?,
         Cmd::GetFeature(a) => with_controller(cli, |c| get_feature(c, a))?,
         Cmd::Identify(a) => with_controller(cli, |c| identify(c, a))?,
+        Cmd::Reset(_) => {
+            with_controller(cli, |c| c.reset().map_err(Error::from))?;
+            return Ok(());
+        }
         Cmd::Read(a) => {
             let data = with_controller(cli, |c| read(c, a))?;
             output(a.data.as_deref(), &data)?;

@@ -286,6 +286,8 @@ impl NsRun {
         let NsRun {
             qpairs,
             done,
+            pending,
+            in_flight,
             stats,
             errors,
             name,
@@ -295,9 +297,16 @@ impl NsRun {
         } = self;
         let mut n = 0;
         for qp in qpairs.iter_mut() {
-            n += qp.process_completions(usize::MAX, |token, result| {
-                done.push(token as u32);
-                if let Err(e) = result {
+            n += qp.process_completions(usize::MAX, |token, result| match result {
+                // A controller reset (e.g. `nvmectl -i N reset` beside this run) aborted
+                // the I/O: it is not counted, and its slot is used again.
+                Err(DriverError::AbortedByReset) => {
+                    pending.push(token as u32);
+                    *in_flight -= 1;
+                }
+                Ok(()) => done.push(token as u32),
+                Err(e) => {
+                    done.push(token as u32);
                     stats.errors += 1;
                     errors.handle(name, *core, &e, stop);
                     *draining |= !errors.continues();
@@ -349,7 +358,10 @@ impl NsRun {
                     self.in_flight += 1;
                     started = true;
                 }
-                Err(DriverError::Submit(SubmitError::QueueFull)) => break,
+                // Full, or a controller reset under way: try again after the next poll.
+                Err(DriverError::Submit(SubmitError::QueueFull) | DriverError::AbortedByReset) => {
+                    break
+                }
                 Err(e) => {
                     self.stats.errors += 1;
                     self.errors.handle(&self.name, self.core, &e, stop);
