@@ -160,10 +160,12 @@ fn admin_timeout_keeps_the_callers_buffer_mapped() {
     let (ctrl, t) = attach(Duration::from_millis(200));
     let s = sim(&t);
     let faults = s.faults();
+    // Held 10 times longer than the timeout: a loaded machine that stalls this thread for
+    // a while still sees the timeout first.
     postpone(
         s,
         CommandMatch::admin(AdminOpcode::Identify as u8),
-        Duration::from_millis(600),
+        Duration::from_millis(2000),
     );
     identify_into_a_dropped_buffer_times_out(&ctrl);
     wait_until("the late Identify executed", || {
@@ -379,7 +381,7 @@ fn a_failed_attach_disables_the_controller_before_unmapping() {
     postpone(
         s,
         CommandMatch::admin(AdminOpcode::Identify as u8).with_nsid(1),
-        Duration::from_millis(600),
+        Duration::from_millis(2000),
     );
     let r = Controller::attach_transport(
         t.clone(),
