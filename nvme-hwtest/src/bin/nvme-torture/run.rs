@@ -15,7 +15,8 @@
 //! 5. the verifier attaches (a failed or slow attach counts), reports the queue ids in use
 //!    (every worker has gone: anything but 0 is a leak), reads every writer's range and
 //!    checks it against the writer's log;
-//! 6. the keeper leaves; the group directory and the controller process must go.
+//! 6. the keeper leaves; the group directory and the controller process must go (within
+//!    5 s each; otherwise a *leftover*).
 //!
 //! Every worker runs in a process group of its own, and signals go to the group: a tool
 //! worker's nvmectl gets them too.
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use nvme_host_linux::testkit::{wait_until, Exit, Proc, RunDir, STOP_VAR};
+use nvme_host_linux::testkit::{pid_alive, wait_until, Exit, Proc, RunDir, STOP_VAR};
 
 use crate::rng::Rng;
 
@@ -177,6 +178,8 @@ struct Round<'a> {
     t: Totals,
     notes: Vec<String>,
     start: Instant,
+    /// The software controller's process, as the verifier saw it.
+    sim_pid: Option<u32>,
 }
 
 /// Runs the rounds; prints a line per round with findings (every round with `verbose`)
@@ -241,6 +244,7 @@ fn round(opts: &Opts, index: u64, seed: u64) -> Result<(Totals, Vec<String>), St
         },
         notes: Vec::new(),
         start: Instant::now(),
+        sim_pid: None,
     };
     r.play()?;
     Ok((r.t, r.notes))
@@ -435,6 +439,16 @@ impl Round<'_> {
         ) {
             self.t.leftovers += 1;
             self.note(format!("{e}: {}", gdir.display()));
+        }
+        if let Some(pid) = self.sim_pid {
+            if let Err(e) = wait_until(
+                "the software controller's process exits",
+                Duration::from_secs(5),
+                || !pid_alive(pid),
+            ) {
+                self.t.leftovers += 1;
+                self.note(format!("{e} (pid {pid})"));
+            }
         }
         Ok(())
     }
