@@ -8,11 +8,14 @@
 //! - `cargo xtask bench [-- criterion args]`: the criterion benchmarks.
 //! - `cargo xtask test-hw [args]`: the hardware suite (QEMU VM or a real device).
 //! - `cargo xtask bench-hw [args]`: this driver against the kernel's (fio) in a QEMU VM.
+//! - `cargo xtask torture [args]`: rounds of random kills and stops of a group's processes
+//!   on the software controller, each round checked (`nvme-torture`).
 
 mod bench_hw;
 mod cargo;
 mod hw;
 mod runner;
+mod torture;
 mod vm;
 
 use std::process::ExitCode;
@@ -59,6 +62,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Rounds of random SIGKILL and SIGSTOP/SIGCONT of the processes sharing a software
+    /// controller, each round checked: a fresh attach, no leaked queue id, every
+    /// acknowledged write read back. `--rounds N --seed S --time-per-round MS`, `--release`;
+    /// other arguments go to nvme-torture.
+    Torture {
+        /// Arguments, e.g. `--rounds 1000 --seed 7 --release`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Options of `test`.
@@ -92,6 +104,9 @@ fn main() -> ExitCode {
         }
         Task::Bench { args } => cargo::bench(&args).map_err(|e| eprintln!("xtask bench: {e}")),
         Task::TestHw { args } => hw::test_hw(&args).map_err(|e| eprintln!("xtask test-hw: {e}")),
+        Task::Torture { args } => {
+            torture::torture(&args).map_err(|e| eprintln!("xtask torture: {e}"))
+        }
         Task::BenchHw { args } => {
             bench_hw::bench_hw(&args).map_err(|e| eprintln!("xtask bench-hw: {e}"))
         }
@@ -173,6 +188,23 @@ fn test(args: TestArgs) -> Result<(), ()> {
     r.step("test", shown(&tests), Skip::No, move || {
         cargo::cargo(&strs(&tests), &[])
     });
+
+    // A short torture run: the processes of a group killed and stopped at random, each
+    // round checked (`cargo xtask torture` for long runs).
+    let torture_skip = if args.package.is_empty() {
+        Skip::No
+    } else {
+        Skip::Because("--package")
+    };
+    r.step(
+        "torture",
+        format!(
+            "cargo xtask torture --rounds {} --seed <now>",
+            torture::SHORT_ROUNDS
+        ),
+        torture_skip,
+        torture::short,
+    );
 
     // The driver without its optional features (no software controller, no test kit): the
     // workspace build above turns them on (nvme-tools and nvme-hwtest enable them), so the
@@ -256,6 +288,11 @@ mod tests {
         let cli = Cli::try_parse_from(["xtask", "bench", "--", "--save-baseline", "main"]).unwrap();
         match cli.task {
             Task::Bench { args } => assert_eq!(args, ["--save-baseline", "main"]),
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["xtask", "torture", "--rounds", "5", "--release"]).unwrap();
+        match cli.task {
+            Task::Torture { args } => assert_eq!(args, ["--rounds", "5", "--release"]),
             other => panic!("parsed as {other:?}"),
         }
         let cli = Cli::try_parse_from(["xtask", "test-hw", "--device", "0000:01:00.0"]).unwrap();
