@@ -92,6 +92,7 @@ fn create_group(
         cq_off: layout.cq_off() as u64,
         prp_off: layout.prp_off() as u64,
         prp_len: layout.prp_len as u64,
+        len: layout.len,
     };
     let hdr = creating.group().header();
     hdr.admin
