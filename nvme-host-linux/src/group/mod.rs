@@ -656,6 +656,12 @@ fn admin_layout(id: u32, info: &layout::SharedInfo, admin_file_len: u64) -> Resu
             "{len} bytes, but admin.mem is {admin_file_len} bytes"
         )));
     }
+    if info.admin_iova.checked_add(len).is_none() {
+        return Err(bad(format!(
+            "{len:#x} bytes at IOVA {:#x} wrap around",
+            info.admin_iova
+        )));
+    }
     let entries = info.admin_entries;
     if !(2..=nvme_core::shared::MAX_ADMIN_ENTRIES).contains(&entries) {
         return Err(bad(format!("{entries} admin queue entries")));
@@ -907,6 +913,14 @@ mod tests {
         (h.info.prp_len, h.info.admin_entries) = (0x5000, 4096);
         let e = admin_layout(1, &h.info, 0x6000).unwrap_err().to_string();
         assert!(e.contains("4096 admin queue entries"), "{e}");
+        // Found by the `group_control` fuzz target: an IOVA near the top overflowed the
+        // region's device address (a panic in debug builds).
+        let h: &mut GroupHeader = m.view_mut().unwrap();
+        (h.info.admin_entries, h.info.admin_iova) = (32, u64::MAX - 0x1000);
+        let e = admin_layout(1, &h.info, 0x6000).unwrap_err().to_string();
+        assert!(e.contains("wrap around"), "{e}");
+        assert!(m.region(0x1000, 0x1000, u64::MAX - 0x1000).is_none());
+        assert!(m.region(0x1000, 0x1000, 1 << 30).is_some());
     }
 
     #[test]
