@@ -117,9 +117,12 @@ impl Mapping {
         if offset.checked_add(len)? > self.len {
             return None;
         }
+        // The device address must not wrap either (a damaged group header can give any IOVA).
+        let region_iova = iova.checked_add(offset as u64)?;
+        region_iova.checked_add(len as u64)?;
         // SAFETY: `[offset, offset + len)` is inside the mapping (checked above), which is
         // readable and writable; its lifetime is the holder's contract stated above.
-        Some(unsafe { DmaRegion::new(self.ptr.as_ptr().add(offset), iova + offset as u64, len) })
+        Some(unsafe { DmaRegion::new(self.ptr.as_ptr().add(offset), region_iova, len) })
     }
 
     /// The `T` at the start of the mapping, or `None` if the mapping is too short for it

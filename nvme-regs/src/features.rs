@@ -90,11 +90,12 @@ impl NumberOfQueues {
     pub const fn to_dword(self) -> u32 {
         (self.sq.saturating_sub(1)) as u32 | ((self.cq.saturating_sub(1)) as u32) << 16
     }
-    /// Decodes CDW11 or completion dword 0.
+    /// Decodes CDW11 or completion dword 0. A count of FFFFh (65536 queues, more than a
+    /// queue id can name and which the spec does not allow) reads as 65535.
     pub const fn from_dword(v: u32) -> NumberOfQueues {
         NumberOfQueues {
-            sq: (v & 0xffff) as u16 + 1,
-            cq: (v >> 16) as u16 + 1,
+            sq: ((v & 0xffff) as u16).saturating_add(1),
+            cq: ((v >> 16) as u16).saturating_add(1),
         }
     }
 }
@@ -203,6 +204,10 @@ mod tests {
         let q = NumberOfQueues { sq: 64, cq: 32 };
         assert_eq!(q.to_dword(), 0x001f_003f);
         assert_eq!(NumberOfQueues::from_dword(0x001f_003f), q);
+        // Found by the `identify` fuzz target: FFFFh overflowed the count (a panic in debug
+        // builds, 0 queues in release builds).
+        let most = NumberOfQueues::from_dword(u32::MAX);
+        assert_eq!((most.sq, most.cq), (u16::MAX, u16::MAX));
         let a = Arbitration::from_dword(0x0302_0103);
         assert_eq!((a.ab, a.lpw, a.mpw, a.hpw), (3, 1, 2, 3));
         assert_eq!(a.to_dword(), 0x0302_0103);

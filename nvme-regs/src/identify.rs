@@ -344,12 +344,15 @@ impl IdentifyController {
         self.vwc & 1 != 0
     }
     /// Maximum data transfer size in bytes for a minimum memory page size of `min_page_size`
-    /// bytes; `None` when the controller reports no limit.
+    /// bytes; `None` when the controller reports no limit, or a limit too large for a
+    /// `usize` (an MDTS of 64 or more, say: no transfer this host can describe exceeds it).
     pub fn max_transfer_bytes(&self, min_page_size: usize) -> Option<usize> {
         if self.mdts == 0 {
             None
         } else {
-            Some(min_page_size << self.mdts)
+            1usize
+                .checked_shl(u32::from(self.mdts))
+                .and_then(|pages| pages.checked_mul(min_page_size))
         }
     }
     /// Total NVM capacity in bytes.
@@ -546,6 +549,15 @@ mod tests {
         assert_eq!(id.firmware(), "7.2.22");
         assert_eq!(id.mdts, 7);
         assert_eq!(id.max_transfer_bytes(4096), Some(524288));
+        // Found by the `identify` fuzz target: an MDTS past the address space overflowed
+        // the shift (a panic in debug builds, a wrong limit in release builds).
+        let mut big = id;
+        for (mdts, want) in [(51, Some(4096 << 51)), (52, None), (64, None), (255, None)] {
+            big.mdts = mdts;
+            assert_eq!(big.max_transfer_bytes(4096), want, "mdts {mdts}");
+        }
+        big.mdts = 37;
+        assert_eq!(big.max_transfer_bytes(1 << 27), None);
         assert_eq!(id.cntlid, 3);
         assert_eq!(id.ver, 0x0001_0400);
         assert!(id

@@ -655,7 +655,9 @@ impl Daemon {
         };
         match id {
             Ok(id) => {
-                self.serve_client(conn.as_fd(), id);
+                if self.serve_client(conn.as_fd(), id) {
+                    self.exit_now();
+                }
                 self.client_gone(id);
             }
             Err(e) => refuse_after_first(conn.as_fd(), &e),
@@ -678,21 +680,22 @@ impl Daemon {
         sys::exit_now(0)
     }
 
-    /// Serves one client until it disconnects or breaks the protocol.
-    fn serve_client(&self, conn: BorrowedFd<'_>, id: u64) {
+    /// Serves one client until it disconnects or breaks the protocol. Returns `true` when
+    /// the client asked the daemon to shut down (the reply is sent; the caller exits).
+    fn serve_client(&self, conn: BorrowedFd<'_>, id: u64) -> bool {
         let mut greeted = false;
         loop {
             let mut buf = [0u8; REQUEST_LEN];
             let msg = match proto::recv(conn, &mut buf) {
-                Ok(m) if m.len == 0 && !m.truncated => return,
+                Ok(m) if m.len == 0 && !m.truncated => return false,
                 Ok(m) => m,
-                Err(_) => return,
+                Err(_) => return false,
             };
             let (op, req) = match Request::parse(&msg, &buf) {
                 Ok(x) => x,
                 Err(e) => {
                     refuse(conn, &e);
-                    return;
+                    return false;
                 }
             };
             if greeted == (op == Op::Hello) {
@@ -702,7 +705,7 @@ impl Daemon {
                     format!("{op:?} before Hello")
                 });
                 refuse(conn, &e);
-                return;
+                return false;
             }
             let (reply, fd) = match self.handle(op, &req, &msg.fds, id) {
                 Ok(x) => x,
@@ -710,11 +713,11 @@ impl Daemon {
             };
             let fds: Vec<BorrowedFd<'_>> = fd.iter().map(|f| f.as_fd()).collect();
             if proto::send(conn, reply.as_bytes(), &fds).is_err() {
-                return;
+                return false;
             }
             greeted |= op == Op::Hello && reply.failure().is_none();
             if op == Op::Shutdown {
-                self.exit_now();
+                return true;
             }
         }
     }
@@ -864,4 +867,118 @@ fn refuse_after_first(conn: BorrowedFd<'_>, e: &SimError) {
     let mut buf = [0u8; REQUEST_LEN];
     let _ = proto::recv(conn, &mut buf);
     refuse(conn, e);
+}
+
+/// Entry points for the fuzz targets (`fuzz/`, feature `fuzzing`): the daemon's request
+/// handling without a daemon process.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use super::*;
+    use nix::sys::socket::{self, AddressFamily, Shutdown, SockFlag, SockType};
+    use std::sync::OnceLock;
+
+    /// Bytes of the memfd attached to messages that carry descriptors.
+    const FD_FILE_LEN: u64 = 64 << 10;
+    /// Messages per connection: every one is queued on the socket before the daemon serves
+    /// them, and a Unix socket queues few datagrams (`net.unix.max_dgram_qlen`).
+    pub const MAX_MESSAGES: usize = 8;
+
+    struct Fixture {
+        daemon: Daemon,
+        file: OwnedFd,
+    }
+
+    fn fixture() -> &'static Fixture {
+        static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+        FIXTURE.get_or_init(|| {
+            let config = SimConfig {
+                namespaces: vec![crate::NamespaceConfig {
+                    blocks: 2048,
+                    ..Default::default()
+                }],
+                ..SimConfig::default()
+            };
+            let sim = SimController::start(config).expect("the software controller starts");
+            Fixture {
+                daemon: Daemon {
+                    sim,
+                    pid: std::process::id(),
+                    path: PathBuf::from("/nonexistent/nvme-sim-fuzz.sock"),
+                    ident: (0, 0),
+                    grace: Duration::ZERO,
+                    client_uid: proto::euid(),
+                    state: Mutex::new(State {
+                        clients: 0,
+                        pending: 0,
+                        next_id: 0,
+                        connections: 0,
+                        idle_since: Instant::now(),
+                        live: HashSet::new(),
+                        maps: BTreeMap::new(),
+                    }),
+                },
+                file: crate::mem::create_memfd("nvme-sim-fuzz", FD_FILE_LEN)
+                    .expect("a memfd for DMA"),
+            }
+        })
+    }
+
+    /// Sends `messages` (bytes, and how many descriptors to attach: a 64 KiB memfd, at most
+    /// 16) on one new connection of an in-process daemon, serves the connection with the
+    /// daemon's own request loop (`serve_client`, as for a socket client), and parses every
+    /// reply as a client does. Returns the replies' status codes. At most [`MAX_MESSAGES`]
+    /// messages are sent. The daemon and its controller live as long as the process; what a
+    /// connection leaves (DMA mappings, fault rules) is removed after it.
+    pub fn serve(messages: &[(&[u8], usize)]) -> Vec<Result<u32, SimError>> {
+        let f = fixture();
+        let d = &f.daemon;
+        let (client, server) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )
+        .expect("socketpair");
+        for &(bytes, fds) in messages.iter().take(MAX_MESSAGES) {
+            let fds: Vec<BorrowedFd<'_>> = (0..fds.min(16)).map(|_| f.file.as_fd()).collect();
+            // A zero-length message is the end of the connection, as on a real socket.
+            if proto::send(client.as_fd(), bytes, &fds).is_err() {
+                break;
+            }
+        }
+        let _ = socket::shutdown(client.as_raw_fd(), Shutdown::Write);
+        let id = d.lock().register().expect("one client at a time");
+        let _shutdown = d.serve_client(server.as_fd(), id);
+        d.client_gone(id);
+        drop(server);
+        let mut replies = Vec::new();
+        loop {
+            let mut buf = [0u8; REPLY_LEN + 1];
+            match proto::recv(client.as_fd(), &mut buf) {
+                Ok(m) if m.len == 0 && !m.truncated => break,
+                Ok(m) => replies.push(Reply::parse(&m, &buf).map(|r| {
+                    let _ = (r.failure(), r.text());
+                    r.code
+                })),
+                Err(_) => break,
+            }
+        }
+        // Undo what the connection left, so that inputs do not depend on each other.
+        let maps: Vec<(u64, u64)> = {
+            let mut st = d.lock();
+            let owned: Vec<(u64, u64)> = st
+                .maps
+                .iter()
+                .filter(|(_, m)| m.owner == id)
+                .map(|(&iova, m)| (iova, m.len))
+                .collect();
+            st.maps.retain(|_, m| m.owner != id);
+            owned
+        };
+        for (iova, len) in maps {
+            let _ = d.sim.dma_unmap(iova, len as usize);
+        }
+        d.sim.faults().clear();
+        replies
+    }
 }

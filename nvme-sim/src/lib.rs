@@ -77,6 +77,10 @@ pub use faults::{
 };
 pub use stats::SimStats;
 
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`; not for other uses).
+#[cfg(feature = "fuzzing")]
+pub use daemon::fuzzing;
+
 use mem::Mapping;
 
 /// Stack size of every thread the crate starts.

@@ -168,6 +168,106 @@ pub fn nostd_check() -> Result<(), String> {
     Ok(())
 }
 
+fn fuzz_paths() -> (String, String) {
+    let manifest = workspace_root().join("fuzz/Cargo.toml");
+    // The workspace's target directory: the dependencies the fuzz crate shares with the
+    // workspace (same versions and features) are not built twice.
+    let target = target_dir();
+    (
+        manifest.to_string_lossy().into_owned(),
+        target.to_string_lossy().into_owned(),
+    )
+}
+
+/// `cargo fmt --check` of `fuzz/` (outside the workspace).
+pub fn fuzz_fmt_check() -> Result<(), String> {
+    let (manifest, _) = fuzz_paths();
+    cargo(&["fmt", "--manifest-path", &manifest, "--", "--check"], &[])
+}
+
+/// Clippy on `fuzz/` (its library and smoke test; the libFuzzer binaries are one line
+/// each and need libFuzzer built).
+pub fn fuzz_clippy() -> Result<(), String> {
+    let (manifest, target) = fuzz_paths();
+    cargo(
+        &[
+            "clippy",
+            "--manifest-path",
+            &manifest,
+            "--target-dir",
+            &target,
+            "--no-default-features",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )
+}
+
+/// The fuzz smoke run: every fuzz target on stable Rust, without libFuzzer, over its kept
+/// corpus (`fuzz/corpus/<target>/`) and then seeded random mutations for `secs` seconds per
+/// target (`fuzz/tests/smoke.rs`). Fails on any panic, naming the saved input.
+pub fn fuzz_smoke(secs: f64) -> Result<(), String> {
+    let (manifest, target) = fuzz_paths();
+    let secs = secs.to_string();
+    cargo(
+        &[
+            "test",
+            "--manifest-path",
+            &manifest,
+            "--target-dir",
+            &target,
+            "--no-default-features",
+            "--test",
+            "smoke",
+            "--",
+            "--nocapture",
+        ],
+        &[("NVME_FUZZ_SMOKE_SECS", &secs)],
+    )
+}
+
+/// A coverage-guided campaign: `cargo fuzz run -s none <target> <args>` in `fuzz/` (libFuzzer
+/// through cargo-fuzz; stable Rust works without sanitizers). New inputs go to
+/// `target/fuzz-work/<target>`, the kept corpus is read too.
+pub fn fuzz_run(target: &str, args: &[String]) -> Result<(), String> {
+    let has_cargo_fuzz = Command::new(cargo_program())
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_cargo_fuzz {
+        return Err(
+            "cargo-fuzz is not installed (`cargo fuzz` does not run); install it with \
+             `cargo install cargo-fuzz` (the smoke run, `cargo xtask fuzz --smoke`, needs \
+             nothing extra)"
+                .into(),
+        );
+    }
+    let work = target_dir().join("fuzz-work").join(target);
+    std::fs::create_dir_all(&work).map_err(|e| format!("creating {}: {e}", work.display()))?;
+    let corpus = workspace_root().join("fuzz/corpus").join(target);
+    let mut command = Command::new(cargo_program());
+    command
+        .args(["fuzz", "run", "-s", "none", target])
+        .arg(&work)
+        .arg(&corpus)
+        .arg("--")
+        .arg("-print_final_stats=1")
+        .args(args)
+        .current_dir(workspace_root().join("fuzz"));
+    let shown = format!(
+        "(cd fuzz && cargo fuzz run -s none {target} {} {} -- -print_final_stats=1 {})",
+        work.display(),
+        corpus.display(),
+        args.join(" ")
+    );
+    run(&mut command, &shown)
+}
+
 /// `cargo bench` over every benchmark target of the workspace, with `args` for criterion.
 pub fn bench(args: &[String]) -> Result<(), String> {
     let metadata = Command::new(cargo_program())

@@ -2,9 +2,11 @@
 //!
 //! - `cargo xtask test`: the full test run (the toolchain versions, formatting, clippy, tests,
 //!   the driver built without its optional features, doc tests, docs, the `no_std` check,
-//!   and the hardware suite in a QEMU VM). This is the
+//!   the fuzz smoke run, and the hardware suite in a QEMU VM). This is the
 //!   command the README names and `.ci/run` runs.
 //! - `cargo xtask nostd`: only the `no_std` check (`ci/nostd-check`).
+//! - `cargo xtask fuzz --smoke`: the fuzz targets (`fuzz/`) on stable Rust, briefly (part of
+//!   `test`); `cargo xtask fuzz TARGET [-- libFuzzer args]`: a cargo-fuzz campaign.
 //! - `cargo xtask bench [-- criterion args]`: the criterion benchmarks.
 //! - `cargo xtask test-hw [args]`: the hardware suite (QEMU VM or a real device).
 //! - `cargo xtask bench-hw [args]`: this driver against the kernel's (fio) in a QEMU VM.
@@ -49,6 +51,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fuzzing: `--smoke` runs every target briefly on stable Rust (what `test` runs);
+    /// `fuzz TARGET [-- libFuzzer args]` runs a coverage-guided campaign with cargo-fuzz.
+    Fuzz(FuzzArgs),
     /// Run the hardware test suite; all arguments are passed through.
     TestHw {
         /// Arguments for the hardware suite, e.g. `--device 0000:01:00.0`.
@@ -71,6 +76,24 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// Options of `fuzz`.
+#[derive(Args, Debug, Clone)]
+struct FuzzArgs {
+    /// Run every target over its corpus and seeded random inputs, on stable Rust, without
+    /// libFuzzer (the CI check).
+    #[arg(long, conflicts_with = "target")]
+    smoke: bool,
+    /// Seconds of random inputs per target for --smoke.
+    #[arg(long, default_value_t = 5.0, requires = "smoke")]
+    secs: f64,
+    /// The target of a campaign: completions, identify, group_control or sim_protocol.
+    #[arg(required_unless_present = "smoke")]
+    target: Option<String>,
+    /// Arguments for libFuzzer, e.g. `-- -runs=10000000 -max_total_time=600`.
+    #[arg(last = true, allow_hyphen_values = true)]
+    args: Vec<String>,
 }
 
 /// Options of `test`.
@@ -103,6 +126,14 @@ fn main() -> ExitCode {
             runner.run()
         }
         Task::Bench { args } => cargo::bench(&args).map_err(|e| eprintln!("xtask bench: {e}")),
+        Task::Fuzz(a) => {
+            let result = match (a.smoke, a.target) {
+                (true, _) => cargo::fuzz_smoke(a.secs),
+                (false, Some(t)) => cargo::fuzz_run(&t, &a.args),
+                (false, None) => Err("name a target or pass --smoke".into()),
+            };
+            result.map_err(|e| eprintln!("xtask fuzz: {e}"))
+        }
         Task::TestHw { args } => hw::test_hw(&args).map_err(|e| eprintln!("xtask test-hw: {e}")),
         Task::Torture { args } => {
             torture::torture(&args).map_err(|e| eprintln!("xtask torture: {e}"))
@@ -171,7 +202,8 @@ fn test(args: TestArgs) -> Result<(), ()> {
     let fmt = cmd(&["fmt"], &fmt_select, &["--", "--check"]);
     r.step("fmt", shown(&fmt), quick, move || {
         cargo::cargo(&strs(&fmt), &[])?;
-        cargo::nostd_fmt_check()
+        cargo::nostd_fmt_check()?;
+        cargo::fuzz_fmt_check()
     });
 
     let clippy = cmd(
@@ -181,7 +213,8 @@ fn test(args: TestArgs) -> Result<(), ()> {
     );
     r.step("clippy", shown(&clippy), quick, move || {
         cargo::cargo(&strs(&clippy), &[])?;
-        cargo::nostd_clippy()
+        cargo::nostd_clippy()?;
+        cargo::fuzz_clippy()
     });
 
     let tests = cmd(&["test"], &select, &["--all-targets"]);
@@ -258,6 +291,17 @@ fn test(args: TestArgs) -> Result<(), ()> {
         Skip::No,
         cargo::nostd_check,
     );
+    let fuzz = if args.package.is_empty() {
+        Skip::No
+    } else {
+        Skip::Because("--package")
+    };
+    r.step(
+        "fuzz",
+        "cargo xtask fuzz --smoke --secs 3 (fuzz targets on their corpus + random inputs)".into(),
+        fuzz,
+        || cargo::fuzz_smoke(3.0),
+    );
     r.step("hw", "hardware suite: hw::test_hw(&[])".into(), hw, || {
         hw::test_hw(&[])
     });
@@ -300,6 +344,24 @@ mod tests {
             Task::TestHw { args } => assert_eq!(args, ["--device", "0000:01:00.0"]),
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn fuzz_flags() {
+        let cli = Cli::try_parse_from(["xtask", "fuzz", "--smoke", "--secs", "2"]).unwrap();
+        match cli.task {
+            Task::Fuzz(a) => assert!(a.smoke && a.secs == 2.0 && a.target.is_none()),
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["xtask", "fuzz", "identify", "--", "-runs=5"]).unwrap();
+        match cli.task {
+            Task::Fuzz(a) => {
+                assert_eq!(a.target.as_deref(), Some("identify"));
+                assert_eq!(a.args, ["-runs=5"]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["xtask", "fuzz"]).is_err());
     }
 
     #[test]

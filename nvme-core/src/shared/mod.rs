@@ -664,7 +664,8 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
             None => (cmd.0.prp1, cmd.0.prp2),
         };
         // 1. Claim.
-        let generation = (slot.generation.load(Ordering::Relaxed) + 1) & 0xff;
+        // (The stored value may be anything a corrupt member wrote: no overflow.)
+        let generation = slot.generation.load(Ordering::Relaxed).wrapping_add(1) & 0xff;
         slot.generation.store(generation, Ordering::Relaxed);
         slot.owner.store(owner.raw(), Ordering::Relaxed);
         slot.tag.store(tag, Ordering::Relaxed);
@@ -844,7 +845,9 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         }
         let n = self.state.events_seq.load(Ordering::Relaxed);
         self.state.events[(n % EVENTS_LEN as u64) as usize].store(cqe.dw0, Ordering::Relaxed);
-        self.state.events_seq.store(n + 1, Ordering::Release);
+        self.state
+            .events_seq
+            .store(n.wrapping_add(1), Ordering::Release);
     }
 
     /// Hands one completion to its owner's mailbox and frees its slot. Lock held.

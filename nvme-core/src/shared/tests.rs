@@ -518,3 +518,29 @@ fn a_reset_has_one_owner_and_holds_the_others_back() {
     b.end_reset(true).unwrap();
     assert_eq!(rig.state.reset_generation(), 4);
 }
+
+#[test]
+fn counters_a_corrupt_member_maxed_out_wrap_instead_of_panicking() {
+    // Found by the `completions` fuzz target: a slot generation (and the event sequence)
+    // that a corrupt member set to the maximum overflowed in the next submitter (a panic
+    // in debug builds).
+    let rig = Rig::new();
+    let q = rig.member(0, 1);
+    for s in &rig.state.slots {
+        s.generation.store(u32::MAX, Ordering::Relaxed);
+    }
+    rig.state.events_seq.store(u64::MAX, Ordering::Relaxed);
+    q.submit(Command::flush(1), None, 1).unwrap();
+    assert_eq!(rig.state.slots[0].generation.load(Ordering::Relaxed), 0);
+    q.enable_events(1).unwrap();
+    // Complete the event request (slot 1, generation 0) as a successful event.
+    let e = CompletionEntry {
+        cid: 1,
+        status: 1,
+        dw0: 0xabc,
+        ..Default::default()
+    };
+    assert!(rig.cq.post_cqe(0, &e));
+    q.reap();
+    assert_eq!(rig.state.events_seq(), 0, "wrapped");
+}

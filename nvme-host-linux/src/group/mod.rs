@@ -483,28 +483,8 @@ impl Group {
         regs: Mmio,
         at: &AdminAt,
     ) -> Result<SharedAdminQueue<'_, Mmio, RobustMutex>> {
-        let mem = self.admin_mem();
-        // Inside the admin segment mapping, which lives as long as `self`; the device sees
-        // it at `at.iova` (mapped by the creator).
-        let region = |off: u64, len: usize| -> Result<nvme_core::DmaRegion> {
-            mem.region(off as usize, len, at.iova).ok_or_else(|| {
-                Error::Group(format!(
-                    "the group's admin segment is {} bytes, too small for its layout (a part at {off:#x}+{len:#x}); detach every process of the group so that it is created anew",
-                    mem.len()
-                ))
-            })
-        };
-        let entries = at.entries as usize;
-        let q = SharedAdminQueue::new(
-            &self.header().admin,
-            &self.header().mutex,
-            regs,
-            region(at.sq_off, entries * 64)?,
-            region(at.cq_off, entries * 16)?,
-            region(at.prp_off, at.prp_len as usize)?,
-            self.me(),
-        )
-        .map_err(|e| Error::Group(format!("the group's shared admin queue: {e}")))?;
+        let h = self.header();
+        let q = admin_queue(self.admin_mem(), &h.admin, &h.mutex, regs, at, self.me())?;
         Ok(q.with_lock_timeout(self.lock_timeout))
     }
 
@@ -832,23 +812,42 @@ impl Group {
     }
 }
 
-/// Maps the control segment of a live group at `path` after checking, in this order, that
-/// the file holds at least the identity (before mapping it: a short file would fault on
-/// access), that the identity is this build's (magic, layout version, build id), and that
-/// the file is exactly `len` bytes, the size of this build's header.
+/// Maps the control segment of a live group at `path` (the whole file) and checks it
+/// ([`check_control`]).
 fn map_control(id: u32, path: &Path, len: usize) -> Result<SharedMemory> {
     let f = open_rw(path, false)?;
     let flen = f.metadata().map_err(os("stat control"))?.len() as usize;
     if flen < std::mem::size_of::<GroupIdent>() {
-        return Err(Error::Group(format!(
-            "group {id}: the control segment is truncated; it was not made by this driver"
-        )));
+        // Not even worth mapping (and mmap refuses an empty file).
+        return Err(truncated(id));
     }
-    // Check the header's identity before trusting its size.
     let control = SharedMemory::from_file(f, flen).map_err(os("mapping the control segment"))?;
-    let ident: &GroupIdent = control
-        .view()
-        .expect("the file holds the identity (checked above)");
+    check_control(id, &control, flen, len, path)?;
+    Ok(control)
+}
+
+fn truncated(id: u32) -> Error {
+    Error::Group(format!(
+        "group {id}: the control segment is truncated; it was not made by this driver"
+    ))
+}
+
+/// Checks a live group's control segment, a file of `flen` bytes mapped (at least
+/// `min(flen, len)` bytes) in `control`, in this order: the file holds at least the identity,
+/// the identity is this build's (magic, layout version, build id), and the file is exactly
+/// `len` bytes, the size of this build's header. Nothing past the identity is looked at
+/// before the last check passes.
+fn check_control(
+    id: u32,
+    control: &SharedMemory,
+    flen: usize,
+    len: usize,
+    path: &Path,
+) -> Result<()> {
+    if flen < std::mem::size_of::<GroupIdent>() {
+        return Err(truncated(id));
+    }
+    let ident: &GroupIdent = control.view().ok_or_else(|| truncated(id))?;
     let magic = ident.magic.load(Ordering::Acquire);
     let version = ident.layout_version.load(Ordering::Relaxed);
     let theirs = layout::read_str(&ident.build_id);
@@ -869,31 +868,84 @@ fn map_control(id: u32, path: &Path, len: usize) -> Result<SharedMemory> {
             path.display()
         )));
     }
-    Ok(control)
+    if control.view::<GroupHeader>().is_none() {
+        return Err(truncated(id));
+    }
+    Ok(())
 }
 
-/// Copies the admin segment's layout from the header of group `id` once, checks it, and
-/// maps `admin.mem` in `dir` after checking that the file has the size the layout says (a
-/// shorter file would fault on access).
-fn map_admin(id: u32, dir: &Path, h: &GroupHeader) -> Result<(AdminAt, SharedMemory)> {
-    let at = AdminAt::from_info(&h.info);
+/// The admin segment's layout from the header of group `id`: copied once, checked
+/// ([`AdminAt::check`]) and compared with the length of `admin.mem`, `admin_file_len` (a
+/// shorter file would fault on access; `dir` is named in the errors).
+fn admin_layout(
+    id: u32,
+    info: &layout::SharedInfo,
+    admin_file_len: u64,
+    dir: &Path,
+) -> Result<AdminAt> {
+    let at = AdminAt::from_info(info);
     at.check().map_err(|why| {
         Error::Group(format!(
             "group {id}: the admin queue layout in the control segment is invalid ({why}); it was damaged: detach every process of the group (or remove {}) so that it is created anew",
             dir.display()
         ))
     })?;
-    let path = dir.join("admin.mem");
-    let f = open_rw(&path, false)?;
-    let flen = f.metadata().map_err(os("stat admin.mem"))?.len();
-    if flen != at.len {
+    if admin_file_len != at.len {
         return Err(Error::Group(format!(
-            "group {id}: {} is {flen} bytes, not the {} the control segment says; it was damaged (truncated?): detach every process of the group (or remove {}) so that it is created anew",
-            path.display(),
+            "group {id}: {} is {admin_file_len} bytes, not the {} the control segment says; it was damaged (truncated?): detach every process of the group (or remove {}) so that it is created anew",
+            dir.join("admin.mem").display(),
             at.len,
             dir.display()
         )));
     }
+    Ok(at)
+}
+
+/// A handle on the shared admin queue whose state is `state` and whose rings sit at `at` in
+/// the admin segment mapping `mem`.
+fn admin_queue<'a, R: nvme_core::RegisterAccess, L: nvme_core::RobustLock>(
+    mem: &SharedMemory,
+    state: &'a nvme_core::shared::SharedAdminState,
+    lock: &'a L,
+    regs: R,
+    at: &AdminAt,
+    me: OwnerId,
+) -> Result<SharedAdminQueue<'a, R, L>> {
+    // Inside the admin segment mapping, which lives as long as the group (every caller
+    // holds it next to the queue); the device sees it at `at.iova` (mapped by the creator).
+    let region = |off: u64, len: usize| -> Result<nvme_core::DmaRegion> {
+        usize::try_from(off)
+            .ok()
+            .and_then(|off| mem.region(off, len, at.iova))
+            .ok_or_else(|| {
+                Error::Group(format!(
+                    "the group's admin segment is {} bytes, too small for its layout (a part at {off:#x}+{len:#x}); detach every process of the group so that it is created anew",
+                    mem.len()
+                ))
+            })
+    };
+    let entries = at.entries as usize;
+    let prp_len = usize::try_from(at.prp_len).unwrap_or(usize::MAX);
+    SharedAdminQueue::new(
+        state,
+        lock,
+        regs,
+        region(at.sq_off, entries * 64)?,
+        region(at.cq_off, entries * 16)?,
+        region(at.prp_off, prp_len)?,
+        me,
+    )
+    .map_err(|e| Error::Group(format!("the group's shared admin queue: {e}")))
+}
+
+/// Copies the admin segment's layout from the header of group `id` once, checks it, and
+/// maps `admin.mem` in `dir` after checking that the file has the size the layout says (a
+/// shorter file would fault on access).
+fn map_admin(id: u32, dir: &Path, h: &GroupHeader) -> Result<(AdminAt, SharedMemory)> {
+    let path = dir.join("admin.mem");
+    let f = open_rw(&path, false)?;
+    let flen = f.metadata().map_err(os("stat admin.mem"))?.len();
+    let at = admin_layout(id, &h.info, flen, dir)?;
     // `check` made sure the length fits a usize.
     let len = usize::try_from(at.len).expect("checked");
     let mem = SharedMemory::from_file(f, len).map_err(os("mapping admin.mem"))?;
@@ -1005,6 +1057,91 @@ fn remove_member_sockets(dir: &Path) {
         if name.starts_with("member.") && name.ends_with(".sock") {
             let _ = std::fs::remove_file(e.path());
         }
+    }
+}
+
+/// Entry points for the fuzz targets (`fuzz/`, feature `fuzzing`): the checks a joining
+/// process does on a group's files, run on bytes instead of files.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use super::*;
+    use crate::memory::Backing;
+    use std::cell::RefCell;
+
+    /// Largest admin segment the fuzz entry lays out (a larger one is only checked).
+    const MAX_ADMIN: usize = 1 << 20;
+
+    /// A device that ignores doorbells.
+    struct NoDevice;
+    impl nvme_core::RegisterAccess for NoDevice {
+        fn read32(&self, _: usize) -> u32 {
+            0
+        }
+        fn write32(&self, _: usize, _: u32) {}
+    }
+
+    /// What a process joining a group does with its files, on bytes: `control` is the
+    /// control file (its length is the file's); with `stamp`, its identity (magic, layout
+    /// version, build id) is first overwritten with this build's, so that the checks behind
+    /// it are reached. If [`check_control`] accepts it, [`admin_layout`] checks the admin
+    /// segment it describes against an `admin.mem` of `admin_file_len` bytes holding `admin`
+    /// (zero-padded), and if that passes too (and the segment is at most 1 MiB), the shared
+    /// admin queue is built over the header's shared state and the segment, as
+    /// [`Group::admin_at`] does (with the in-process lock instead of the header's robust
+    /// mutex, which holds arbitrary bytes here), joined, polled and reaped. Returns the
+    /// error a joining process would report.
+    pub fn join_checks(
+        control: &[u8],
+        stamp: bool,
+        admin: &[u8],
+        admin_file_len: u64,
+    ) -> Result<()> {
+        thread_local! {
+            static MEM: RefCell<Option<(SharedMemory, SharedMemory)>> = const { RefCell::new(None) };
+        }
+        MEM.with(|m| {
+            let mut m = m.borrow_mut();
+            let (cmem, amem) = m.get_or_insert_with(|| {
+                (
+                    SharedMemory::with_backing("fuzz-control", control_len(), Backing::Shared)
+                        .expect("memfd"),
+                    SharedMemory::with_backing("fuzz-admin", MAX_ADMIN, Backing::Shared)
+                        .expect("memfd"),
+                )
+            });
+            let bytes = cmem.bytes_mut();
+            bytes.fill(0);
+            let n = control.len().min(bytes.len());
+            bytes[..n].copy_from_slice(&control[..n]);
+            if stamp {
+                if let Some(h) = cmem.view_mut::<GroupIdent>() {
+                    h.magic.store(MAGIC, Ordering::Relaxed);
+                    h.layout_version
+                        .store(layout::LAYOUT_VERSION, Ordering::Relaxed);
+                    layout::write_str(&mut h.build_id, &layout::build_id());
+                }
+            }
+            let path = Path::new("/fuzz/control");
+            check_control(1, cmem, control.len(), control_len(), path)?;
+            let h: &GroupHeader = cmem.view().expect("checked");
+            let at = admin_layout(1, &h.info, admin_file_len, path)?;
+            if at.len > MAX_ADMIN as u64 {
+                return Ok(());
+            }
+            // The segment is `at.len` bytes (every part lies inside them, checked).
+            let abytes = &mut amem.bytes_mut()[..at.len as usize];
+            abytes.fill(0);
+            let n = admin.len().min(abytes.len());
+            abytes[..n].copy_from_slice(&admin[..n]);
+            let lock = nvme_core::hal::InProcessLock::new(());
+            let q = admin_queue(amem, &h.admin, &lock, NoDevice, &at, OwnerId::new(0, 1))?;
+            let _ = q.join();
+            let _ = q.submit(nvme_core::Command::identify(1, 0, 0), None, 7);
+            q.poll(true, |_, _| {});
+            q.reap();
+            let _ = q.recover();
+            Ok(())
+        })
     }
 }
 
