@@ -31,6 +31,11 @@ pub struct AttachOptions {
     pub admin_timeout: Duration,
     /// Shared-memory group id (`-i`): processes with the same id share the controller.
     pub group: Option<u32>,
+    /// When an admin command finds the controller in fatal status (CSTS.CFS), reset it
+    /// (for the whole group) and fail the command with [`Error::AbortedByReset`] so that
+    /// the caller retries; without it the command fails with [`Error::ControllerFatal`]
+    /// and resetting is left to the caller ([`Controller::reset`]).
+    pub reset_on_fatal: bool,
 }
 
 impl Default for AttachOptions {
@@ -40,6 +45,7 @@ impl Default for AttachOptions {
             io_queues: 64,
             admin_timeout: Duration::from_secs(10),
             group: None,
+            reset_on_fatal: true,
         }
     }
 }

@@ -356,9 +356,10 @@ impl Controller {
                 "admin transfer of {len} bytes exceeds {ADMIN_DATA}"
             )));
         }
-        let timeout = self.inner().opts.admin_timeout;
-        let mut admin = lock(&self.inner().admin);
-        admin.read_bytes(self.inner().group.as_deref(), cmd, len, timeout)
+        let inner = self.inner();
+        inner.recovering(|admin| {
+            admin.read_bytes(inner.group.as_deref(), cmd, len, inner.opts.admin_timeout)
+        })
     }
 
     /// Identify Controller, read now.
@@ -483,14 +484,37 @@ impl Inner {
         cmd: Command,
         data: Option<IoBuf<'_>>,
     ) -> Result<Completion> {
-        let mut admin = lock(&self.admin);
-        admin.execute(
-            self.group.as_deref(),
-            cmd,
-            data.map(|d| d.region()),
-            data.map(|d| d.map.clone()),
-            self.opts.admin_timeout,
-        )
+        self.recovering(|admin| {
+            admin.execute(
+                self.group.as_deref(),
+                cmd,
+                data.map(|d| d.region()),
+                data.map(|d| d.map.clone()),
+                self.opts.admin_timeout,
+            )
+        })
+    }
+
+    /// Runs `f` on the admin path; when it finds the controller in fatal status and
+    /// [`AttachOptions::reset_on_fatal`] is set, resets the controller (unless another
+    /// process or thread already did since `f` began) and reports the command as aborted by
+    /// the reset.
+    fn recovering<T>(&self, f: impl FnOnce(&mut Admin) -> Result<T>) -> Result<T> {
+        let generation = self.live.generation();
+        let r = f(&mut lock(&self.admin));
+        match r {
+            Err(Error::ControllerFatal) if self.opts.reset_on_fatal => {
+                if self.live.generation() == generation {
+                    match self.reset(None) {
+                        // Someone else is resetting it right now.
+                        Ok(()) | Err(Error::AbortedByReset) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(Error::AbortedByReset)
+            }
+            r => r,
+        }
     }
 
     /// See [`Controller::reset`]; `dead_owner`: a member that died resetting, whose reset

@@ -164,7 +164,7 @@ impl fmt::Display for Error {
             ),
             Error::ControllerFatal => write!(
                 f,
-                "controller fatal status (CSTS.CFS=1): the controller stopped processing commands; detach and attach again to reset it"
+                "controller fatal status (CSTS.CFS=1): the controller stopped processing commands; reset it (Controller::reset, nvmectl reset) or detach and attach again"
             ),
             Error::Submit(e) => write!(f, "{e}"),
             Error::AdminLockTimeout => write!(f, "{}", AdminSubmitError::LockTimeout),

@@ -108,9 +108,19 @@ fn a_reset_aborts_outstanding_io_once_and_everything_comes_back() {
     assert_eq!(s.dma_errors(), 0, "{:?}", s.dma_error_log());
 }
 
+/// Attaches alone to a software controller in this process.
+fn attach(opts: AttachOptions) -> Controller {
+    let t: Arc<dyn Transport> = Arc::new(SimTransport::with_config(SimConfig::default()).unwrap());
+    Controller::attach_transport(t, TransportId::parse("trtype:sim").unwrap(), &opts).unwrap()
+}
+
 #[test]
 fn a_fatal_controller_recovers_with_a_reset() {
-    let ctrl = Controller::attach("trtype:sim size:16M").unwrap();
+    // Left to the caller: the admin command reports the fatal status.
+    let ctrl = attach(AttachOptions {
+        reset_on_fatal: false,
+        ..Default::default()
+    });
     let mut qp = ctrl.alloc_io_queue(QueueOptions::default()).unwrap();
     let mut buf = ctrl.alloc_dma(4096).unwrap();
     sim(&ctrl).faults().raise_cfs();
@@ -119,11 +129,30 @@ fn a_fatal_controller_recovers_with_a_reset() {
         ctrl.identify_controller(),
         Err(Error::ControllerFatal)
     ));
+    assert!(ctrl.status_register().cfs(), "nothing reset it");
     ctrl.reset().unwrap();
     assert!(!ctrl.status_register().cfs());
     qp.process_completions(usize::MAX, |_, _| {});
     qp.write_sync(1, 0, buf.slice(0..4096).unwrap()).unwrap();
     ctrl.smart_log().unwrap();
+}
+
+#[test]
+fn an_admin_command_that_finds_the_controller_fatal_resets_it() {
+    let ctrl = attach(AttachOptions::default());
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::default()).unwrap();
+    let mut buf = ctrl.alloc_dma(4096).unwrap();
+    let resets = sim(&ctrl).stats().resets;
+    sim(&ctrl).faults().raise_cfs();
+    wait_until("fatal status", || ctrl.status_register().cfs());
+    // The command is aborted by the reset it caused; retried, it works.
+    assert!(matches!(ctrl.smart_log(), Err(Error::AbortedByReset)));
+    assert!(!ctrl.status_register().cfs());
+    assert!(sim(&ctrl).stats().resets > resets);
+    ctrl.smart_log().unwrap();
+    // The queue pair reconnects and works.
+    qp.process_completions(usize::MAX, |_, _| {});
+    qp.write_sync(1, 0, buf.slice(0..4096).unwrap()).unwrap();
 }
 
 #[test]

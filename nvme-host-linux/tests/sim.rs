@@ -404,8 +404,18 @@ fn bring_up_timeout_and_fatal_status() {
     assert!(e.to_string().contains("CAP.TO"), "{e}");
 
     // CFS raised while the controller runs: admin commands fail instead of hanging forever,
-    // and the status register shows it.
-    let ctrl = attach_config(SimConfig::default()).unwrap();
+    // and the status register shows it (here the caller resets; see tests/reset.rs for the
+    // automatic reset).
+    let t: Arc<dyn Transport> = Arc::new(SimTransport::with_config(SimConfig::default()).unwrap());
+    let ctrl = Controller::attach_transport(
+        t,
+        TransportId::parse("trtype:sim").unwrap(),
+        &AttachOptions {
+            reset_on_fatal: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     ctrl.sim().unwrap().faults().raise_cfs();
     let start = std::time::Instant::now();
     while !ctrl.status_register().cfs() {
@@ -415,7 +425,7 @@ fn bring_up_timeout_and_fatal_status() {
     let started = std::time::Instant::now();
     let e = ctrl.smart_log().unwrap_err();
     assert!(matches!(e, Error::ControllerFatal), "{e}");
-    assert!(e.to_string().contains("detach and attach again"), "{e}");
+    assert!(e.to_string().contains("reset it"), "{e}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "fatal status noticed promptly"
