@@ -298,16 +298,17 @@ impl Liveness {
     }
 }
 
-/// Runs `f` with this process's handle on the admin queue: its own, or its group's.
+/// Runs `f` with this process's handle on the admin queue: its own, or its group's (an
+/// error when another process damaged the group's queue state).
 fn with_queue<T>(
     local: &Option<LocalAdmin>,
     regs: &Mmio,
     group: Option<&Group>,
     f: impl FnOnce(&dyn AdminOps) -> T,
-) -> T {
+) -> Result<T> {
     match (local, group) {
-        (Some(l), _) => f(&l.queue(regs.clone())),
-        (None, Some(g)) => f(&g.admin(regs.clone())),
+        (Some(l), _) => Ok(f(&l.queue(regs.clone()))),
+        (None, Some(g)) => Ok(f(&g.admin(regs.clone())?)),
         (None, None) => unreachable!("the admin queue is this process's or its group's"),
     }
 }
@@ -393,7 +394,7 @@ impl Admin {
     /// Keeps `count` Asynchronous Event Requests outstanding (a group's creator does it
     /// for the whole group).
     pub(crate) fn enable_events(&self, group: Option<&Group>, count: u32) -> Result<()> {
-        with_queue(&self.local, &self.regs, group, |q| q.enable_events(count))?;
+        with_queue(&self.local, &self.regs, group, |q| q.enable_events(count))??;
         Ok(())
     }
 
@@ -410,6 +411,7 @@ impl Admin {
             q.reap();
             q.events_since(cursor, f)
         })
+        .unwrap_or(0)
     }
 
     /// Reaps late completions of this process's timed-out commands (letting their memory
@@ -419,7 +421,7 @@ impl Admin {
             return;
         }
         let parked = &mut self.parked;
-        with_queue(&self.local, &self.regs, group, |q| {
+        let _ = with_queue(&self.local, &self.regs, group, |q| {
             q.poll(false, &mut |t, _| unpark(parked, t))
         });
     }
@@ -461,13 +463,13 @@ impl Admin {
         }
         with_queue(&self.local, &self.regs, group, |q| {
             q.begin_reset(dead_owner)
-        })?;
+        })??;
         let r = self
             .reset_steps(group, opts, cap_timeout)
             .and_then(|info| extra(self).map(|_| info));
         let ended = with_queue(&self.local, &self.regs, group, |q| q.end_reset(r.is_ok()));
         let info = r?;
-        ended?;
+        ended??;
         Ok(info)
     }
 
@@ -475,7 +477,7 @@ impl Admin {
     /// caller is then killed, to test that the survivors finish the reset).
     #[cfg(feature = "test-hooks")]
     pub(crate) fn begin_reset_only(&mut self, group: Option<&Group>) -> Result<()> {
-        with_queue(&self.local, &self.regs, group, |q| q.begin_reset(None))?;
+        with_queue(&self.local, &self.regs, group, |q| q.begin_reset(None))??;
         disable(&self.regs, Duration::from_secs(10));
         Ok(())
     }
@@ -492,7 +494,7 @@ impl Admin {
                 timeout_ms: cap_timeout.as_millis() as u32,
             }));
         }
-        with_queue(&self.local, &self.regs, group, |q| q.reset_after_disable())?;
+        with_queue(&self.local, &self.regs, group, |q| q.reset_after_disable())??;
         // The controller is disabled: nothing it was given can be touched any more.
         self.parked.clear();
         let mut init = ControllerInit::new(&self.regs, init_options(opts))?;
@@ -505,7 +507,7 @@ impl Admin {
                 r
             }
             (None, Some(g)) => {
-                let mut queue = g.admin(self.regs.clone());
+                let mut queue = g.admin(self.regs.clone())?;
                 let r = bring_up(&transport, &mut init, &mut queue)?;
                 g.admin_state()
                     .lower_max_transfer(r.0.max_transfer.min(ADMIN_DATA));
@@ -571,7 +573,7 @@ impl Admin {
                     }
                 });
                 Ok(())
-            })?;
+            })??;
             if let Some(c) = result {
                 if c.status == ABORTED && self.live.generation() != generation {
                     return Err(Error::AbortedByReset);

@@ -572,7 +572,11 @@ impl Inner {
             return;
         }
         let me = group.me();
-        group.admin(self.regs.clone()).release_member(me);
+        match group.admin(self.regs.clone()) {
+            Ok(q) => q.release_member(me),
+            // Left as a dead member would be: the others clean up after it.
+            Err(e) => eprintln!("nvme: leaving the group: {e}"),
+        }
         if group.leave() {
             if alive {
                 shutdown(&self.regs, self.info.identify.rtd3e);

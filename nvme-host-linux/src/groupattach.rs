@@ -130,7 +130,7 @@ fn create_group(
     })?;
     group.set_lock_timeout(opts.admin_timeout);
     // One Asynchronous Event Request for the whole group; whoever reaps re-arms it.
-    let _ = group.admin(regs.clone()).enable_events(1);
+    let _ = group.admin(regs.clone())?.enable_events(1);
     let group = Arc::new(group);
     let live = Liveness::new(&transport, StateRef::Group(group.clone()), group.me());
     let admin = Admin::shared(live, data);
@@ -146,7 +146,7 @@ fn join_group(
 ) -> Result<Controller> {
     group.set_lock_timeout(opts.admin_timeout);
     let regs = transport.regs();
-    group.admin(regs.clone()).join()?;
+    group.admin(regs.clone())?.join()?;
     let info = info_from_header(group.header());
     let data = DmaBuffer::new(&transport, ADMIN_DATA)?;
     let group = Arc::new(group);
@@ -314,7 +314,10 @@ pub(crate) fn cleanup_dead(ctrl: &Inner) -> usize {
 }
 
 fn cleanup_member(ctrl: &Inner, group: &Group, who: OwnerId) {
-    group.admin(ctrl.regs().clone()).release_member(who);
+    let Ok(q) = group.admin(ctrl.regs().clone()) else {
+        return;
+    };
+    q.release_member(who);
     // It died resetting the controller: finish the reset for the group (the controller
     // then has none of the dead member's queues any more).
     let state = group.admin_state();
@@ -339,7 +342,9 @@ fn cleanup_member(ctrl: &Inner, group: &Group, who: OwnerId) {
     }
     // An admin command of the dead process may still be writing into its memory: let the
     // controller finish it (bounded) before the memory goes.
-    let q = group.admin(ctrl.regs().clone());
+    let Ok(q) = group.admin(ctrl.regs().clone()) else {
+        return;
+    };
     let start = std::time::Instant::now();
     while q.in_flight_of(who) > 0 && start.elapsed() < Duration::from_secs(2) {
         q.reap();
@@ -381,7 +386,9 @@ fn start_monitor(ctrl: &Controller) {
                 return;
             }
             // Record asynchronous events even when nobody sends admin commands.
-            group.admin(ctrl.regs().clone()).reap();
+            if let Ok(q) = group.admin(ctrl.regs().clone()) {
+                q.reap();
+            }
             // (A test hook may hold the join lock in this process: not ours to release.)
             if group.dead_members().is_empty() || group.join_held() {
                 continue;

@@ -469,11 +469,11 @@ impl Group {
         self.lock_timeout = timeout;
     }
 
-    /// This process's handle on the shared admin queue.
-    pub(crate) fn admin(&self, regs: Mmio) -> SharedAdminQueue<'_, Mmio, RobustMutex> {
+    /// This process's handle on the shared admin queue; an error when another process
+    /// damaged the queue's shared state (this process keeps working otherwise, and says so).
+    pub(crate) fn admin(&self, regs: Mmio) -> Result<SharedAdminQueue<'_, Mmio, RobustMutex>> {
         let at = self.admin_at.expect("admin layout checked at attach");
         self.admin_at(regs, &at)
-            .expect("shared admin queue configured by the creator")
     }
 
     /// A handle on the shared admin queue whose rings sit at `at` in the admin segment (the
