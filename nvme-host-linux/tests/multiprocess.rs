@@ -79,100 +79,6 @@ fn child_io(ctrl: &Controller) -> Result<(), String> {
     Ok(())
 }
 
-/// Like `child_io`, through controller resets by other processes: a round that a reset
-/// aborts is waited out (the queue pair reconnects) and done again; every round that
-/// completes is read back and checked.
-fn child_io_through_resets(ctrl: &Controller) -> Result<(), String> {
-    use nvme_host_linux::Error;
-    let base = env_u64("NVME_MP_LBA")?;
-    let mut qp = ctrl
-        .alloc_io_queue(QueueOptions { entries: 32 })
-        .map_err(|e| e.to_string())?;
-    say(format!("QID {}", qp.qid()));
-    let mut buf = ctrl.alloc_dma(16 * 4096).map_err(|e| e.to_string())?;
-    let (mut round, mut aborted) = (0u64, 0u64);
-    let mut last_report = Instant::now();
-    // Submits 8 I/Os of one direction and waits for them; Err(true) when a reset aborted
-    // any of them (or refused the submission).
-    let run = |qp: &mut nvme_host_linux::IoQueuePair,
-               buf: &mut nvme_host_linux::DmaBuffer,
-               write: bool|
-     -> Result<(), bool> {
-        let mut reset = false;
-        for i in 0..8usize {
-            let at = if write { i } else { 8 + i };
-            let r = buf.slice(at * 4096..(at + 1) * 4096).unwrap();
-            let lba = base + i as u64 * 8;
-            let s = if write {
-                qp.write(1, lba, r, i as u64)
-            } else {
-                qp.read(1, lba, r, i as u64)
-            };
-            match s {
-                Ok(()) => {}
-                Err(Error::AbortedByReset) => reset = true,
-                Err(_) => return Err(false),
-            }
-        }
-        let start = Instant::now();
-        while qp.outstanding() > 0 {
-            let mut bad = false;
-            qp.process_completions(usize::MAX, |_, r| match r {
-                Ok(()) => {}
-                Err(Error::AbortedByReset) => reset = true,
-                Err(_) => bad = true,
-            });
-            if bad || start.elapsed() > Duration::from_secs(20) {
-                return Err(false);
-            }
-        }
-        if reset {
-            Err(true)
-        } else {
-            Ok(())
-        }
-    };
-    while !stop_requested() {
-        round += 1;
-        let seed = round * 100 + base;
-        pattern::fill(seed, base, BS, &mut buf.as_mut_slice()[..8 * 4096]);
-        let done = run(&mut qp, &mut buf, true).and_then(|_| run(&mut qp, &mut buf, false));
-        match done {
-            Ok(()) => {}
-            Err(true) => {
-                aborted += 1;
-                say(format!("ABORTED {round}"));
-                // Wait until the queue pair has reconnected (a reset is under way, or done).
-                // (Processing completions is what reconnects it.)
-                let start = Instant::now();
-                loop {
-                    qp.process_completions(usize::MAX, |_, _| {});
-                    if qp.outstanding() == 0 && qp.flush(1, 0).is_ok() {
-                        break;
-                    }
-                    if start.elapsed() > Duration::from_secs(20) {
-                        return Err("the controller did not come back from a reset".into());
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                // The flush is in flight now: wait for it.
-                let _ = complete_all(&mut qp, Duration::from_secs(10));
-                continue;
-            }
-            Err(false) => return Err(format!("round {round}: an I/O failed")),
-        }
-        let d = buf.as_slice();
-        pattern::check(seed, base, BS, &d[8 * 4096..])
-            .map_err(|e| format!("round {round}: {e}"))?;
-        if last_report.elapsed() > Duration::from_millis(100) {
-            say(format!("PROGRESS {round}"));
-            last_report = Instant::now();
-        }
-    }
-    say(format!("DONE {round} aborted {aborted}"));
-    Ok(())
-}
-
 /// Sends admin commands whose results it can check, in a loop, until told to stop.
 fn child_admin(ctrl: &Controller) -> Result<(), String> {
     let which = env_u64("NVME_MP_NSID")? as u32;
@@ -283,7 +189,14 @@ fn child(role: &str) -> i32 {
     say(format!("READY {role_name} {}", std::process::id()));
     let r = match role {
         "io" => child_io(&ctrl),
-        "io-resets" => child_io_through_resets(&ctrl),
+        "io-resets" => env_u64("NVME_MP_LBA").and_then(|lba| {
+            let at = testkit::ResetIo {
+                nsid: 1,
+                lba,
+                block_size: BS,
+            };
+            testkit::io_through_resets(&ctrl, at).map(|_| ())
+        }),
         "reset" => ctrl
             .reset()
             .map_err(|e| e.to_string())

@@ -14,7 +14,9 @@
 //!
 //! `--manifest PATH` writes a known pattern to known blocks of the first write namespace and
 //! records them in PATH; `--multi-process` adds the shared-memory group scenarios (several
-//! processes on the controller, some SIGKILLed; see `mp`). After the controller is rebound to the kernel's nvme driver,
+//! processes on the controller, some SIGKILLed, then controller resets under I/O whose last
+//! acknowledged write joins the manifest; see `mp`). After the controller is rebound to the
+//! kernel's nvme driver,
 //! `--verify-kernel PATH` reads the same blocks from `/dev/nvmeXnY` and compares.
 
 #![forbid(unsafe_code)]

@@ -10,14 +10,17 @@
 //! process attaching, identifying and detaching a few times; a secondary SIGKILLed mid-I/O
 //! (its queues deleted, the others keep going); data written by one process read back by
 //! another; the primary SIGKILLed and a newcomer taking the role; the last member out
-//! releasing the device for a plain attach.
+//! releasing the device for a plain attach. Then, in a new group: a primary doing checked
+//! I/O while another process resets the controller twice; its last acknowledged write goes
+//! into the kernel read-back manifest.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nvme_host_linux::regs::features::{fid, FeatureSelect};
 use nvme_host_linux::testkit::{
-    complete_all, env, env_u64, pattern, say, stop_requested, wait_until, Proc, RunDir,
+    complete_all, env, env_u64, io_through_resets, pattern, say, stop_requested, wait_until, Proc,
+    ResetIo, RunDir,
 };
 use nvme_host_linux::{AttachOptions, Controller, PciAddress, QueueOptions, Role, TransportId};
 
@@ -84,6 +87,23 @@ pub fn child(role: &str) -> u8 {
                 Ok(())
             }
             "write" | "check" => child_data(&ctrl, role == "write"),
+            "io-resets" => {
+                let nsid = env_u64("NVME_HWTEST_MP_NS")? as u32;
+                let at = ResetIo {
+                    nsid,
+                    lba: env_u64("NVME_HWTEST_MP_LBA")?,
+                    block_size: ctrl
+                        .namespace(nsid)
+                        .map_err(|e| e.to_string())?
+                        .block_size() as usize,
+                };
+                io_through_resets(&ctrl, at).map(|_| ())
+            }
+            "reset" => {
+                ctrl.reset().map_err(|e| format!("reset: {e}"))?;
+                say("RESET-DONE");
+                Ok(())
+            }
             other => Err(format!("unknown role {other}")),
         }
     })();
@@ -235,6 +255,8 @@ pub struct Mp {
     primary: Option<Proc>,
     primary_qid: String,
     secondary: Option<Proc>,
+    /// The kernel read-back manifest (`--manifest`), to which data scenarios add ranges.
+    manifest: Option<String>,
 }
 
 impl Mp {
@@ -270,6 +292,7 @@ impl Mp {
             primary: None,
             primary_qid: String::new(),
             secondary: None,
+            manifest: cfg.manifest.clone(),
         })
     }
 
@@ -535,6 +558,83 @@ impl Mp {
         pattern::check(0x6d70_0000 ^ lba, lba, bs, b.as_slice())
             .map_err(|e| format!("the writer's data after the group ended: {e}"))?;
         println!("  secondary {done}; group removed; plain attach reads the writer's data");
+        Ok(())
+    }
+
+    /// In a new group (the old one is gone): a primary does checked I/O while another
+    /// process resets the controller for the group, twice; each reset aborts the primary's
+    /// I/O once, and it carries on, on re-created queues. Its last acknowledged write is
+    /// added to the kernel read-back manifest (and shown for the host's disk-image check).
+    pub fn resets_under_io(&mut self) -> R {
+        self.dir.clear_stop();
+        let lba = self.region(5);
+        let t = self.full_trid();
+        let mut p = self.spawn(
+            "resets primary",
+            "io-resets",
+            &t,
+            &[("NVME_HWTEST_MP_LBA", lba.to_string())],
+        )?;
+        let ready = p.line("READY")?;
+        if !ready.starts_with("READY primary") {
+            return Err(format!("first process of the new group: {ready}"));
+        }
+        p.line("QID")?;
+        p.progresses()?;
+        for n in 1..=2 {
+            let mut r = self.spawn(&format!("resetter {n}"), "reset", &t, &[])?;
+            r.line("READY secondary")?;
+            let start = Instant::now();
+            r.line("RESET-DONE")?;
+            let took = start.elapsed().as_millis();
+            r.finish()?.clean()?;
+            // The reset reached the primary (its I/O aborted once), which carries on.
+            let aborted = p.line("ABORTED")?;
+            p.progresses()?;
+            println!("  reset {n} in {took} ms; primary: {aborted}, then progress");
+        }
+        self.dir.stop()?;
+        let done = p.line("DONE")?;
+        let acked = p.line("ACKED ")?;
+        p.finish()?.clean()?;
+        let aborted: u64 = done
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("bad line '{done}'"))?;
+        if aborted < 2 {
+            return Err(format!("two resets, but the primary saw {aborted}: {done}"));
+        }
+        let line = &acked["ACKED ".len()..];
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() != 6 || f[0] != self.nsid.to_string() || f[1] != lba.to_string() {
+            return Err(format!("bad line '{acked}'"));
+        }
+        let group_dir = self.dir.group_dir(GROUP);
+        wait_until("the group directory is removed", WAIT, || {
+            !group_dir.exists()
+        })?;
+        println!(
+            "  HWTEST READBACK ns={} lba={} blocks={} bs={} fnv={}",
+            f[0], f[1], f[2], f[3], f[5]
+        );
+        if let Some(m) = &self.manifest {
+            use std::io::Write;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(m)
+                .and_then(|mut file| writeln!(file, "{line}"))
+                .map_err(|e| format!("adding to the read-back manifest {m}: {e}"))?;
+        }
+        println!(
+            "  primary {done}; its last acknowledged write ({} blocks at LBA {lba}) {}",
+            f[2],
+            if self.manifest.is_some() {
+                "is in the kernel read-back manifest"
+            } else {
+                "is not read back (no --manifest)"
+            }
+        );
         Ok(())
     }
 }

@@ -162,6 +162,7 @@ fn multi_process(s: &mut Suite) {
     s.test("mp-data-across-processes", |_| mp.data_across_processes());
     s.test("mp-kill-primary", |_| mp.kill_primary());
     s.test("mp-last-member-out", |_| mp.last_member_out());
+    s.test("mp-resets-under-io", |_| mp.resets_under_io());
 }
 
 fn attach(s: &mut Suite) -> R {

@@ -11,8 +11,11 @@
 //!    512 B file-backed, 4 KiB file-backed, 4 KiB null-co;
 //! 4. in the guest: binds the controller to vfio-pci, checks some attach errors for real,
 //!    runs the suite (single-process tests, then the multi-process scenarios of a
-//!    shared-memory group: `nvme-hwtest --multi-process`), rebinds the controller to the
-//!    kernel's nvme driver and reads back what the suite wrote through `/dev/nvme0nX`;
+//!    shared-memory group: `nvme-hwtest --multi-process`, ending with controller resets
+//!    by one process under another's checked I/O), rebinds the controller to the kernel's
+//!    nvme driver and reads back what the suite wrote through `/dev/nvme0nX` (the
+//!    manifest's ranges: the single-process pattern and the last write acknowledged after
+//!    the resets);
 //! 5. parses the serial console: any `FAIL` line, a missing summary, or a guest that does not
 //!    finish within the timeout fails the run (the full console log is printed then); the
 //!    read-back blocks are also checked in the disk images on the host.

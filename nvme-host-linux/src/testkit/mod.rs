@@ -11,9 +11,14 @@
 //!   the children, with the groups' directories and a stop file in it).
 //! - [`pattern`]: data that depends on the seed and the absolute LBA, so that any read can be
 //!   checked against what some other process wrote.
+//! - [`io_through_resets`]: a child's checked I/O through controller resets by other
+//!   processes, reporting the last acknowledged write (for a read-back).
 //! - [`run_scenarios`]: the runner of `harness = false` test binaries.
 
 pub mod pattern;
+mod resets;
+
+pub use resets::{io_through_resets, Acked, ResetIo};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
