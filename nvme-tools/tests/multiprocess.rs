@@ -394,39 +394,48 @@ fn fresh_group(salt: u32) -> u32 {
     2_000_000_000 + (std::process::id() % 100_000) * 8 + salt
 }
 
+/// A 30 s nvme-perf run of `workload` at depth `qd` in `group` (its own software
+/// controller), once it has started, and this process joined to the group to watch it.
+fn perf_in_group(
+    name: &str,
+    group: u32,
+    qd: &str,
+    workload: &str,
+) -> Result<(Proc, Controller), String> {
+    let g = group.to_string();
+    let args = [
+        "-i",
+        &g,
+        "-r",
+        "trtype:sim size:64M",
+        "-q",
+        qd,
+        "-o",
+        "4096",
+        "-w",
+        workload,
+        "-t",
+        "30",
+    ];
+    let mut perf = spawn(name, PERF, &args);
+    perf.line("Initialization complete")?;
+    let opts = AttachOptions {
+        group: Some(group),
+        ..AttachOptions::default()
+    };
+    let me = Controller::attach_with(&TransportId::parse("trtype:sim").unwrap(), &opts)
+        .map_err(|e| format!("the test process joins the group: {e}"))?;
+    Ok((perf, me))
+}
+
 /// Ctrl-C (SIGINT) and SIGTERM on a 30 s perf run in a group: it stops within seconds,
 /// prints SPDK's table of the run so far, exits 0 and, as the last member, removes the
 /// group.
 fn perf_stops_cleanly_on_sigint_and_sigterm() -> Outcome {
     for (salt, signal, name) in [(1, libc::SIGINT, "SIGINT"), (2, libc::SIGTERM, "SIGTERM")] {
         let group = fresh_group(salt);
-        let g = group.to_string();
-        let mut perf = spawn(
-            &format!("perf -t 30 ({name})"),
-            PERF,
-            &[
-                "-i",
-                &g,
-                "-r",
-                "trtype:sim size:64M",
-                "-q",
-                "8",
-                "-o",
-                "4096",
-                "-w",
-                "randread",
-                "-t",
-                "30",
-            ],
-        );
-        perf.line("Initialization complete")?;
         // Join to see perf's reads reach the controller: the run is under way.
-        let opts = AttachOptions {
-            group: Some(group),
-            ..AttachOptions::default()
-        };
-        let me = Controller::attach_with(&TransportId::parse("trtype:sim").unwrap(), &opts)
-            .expect("the test process joins the group");
+        let (perf, me) = perf_in_group(&format!("perf -t 30 ({name})"), group, "8", "randread")?;
         wait_until("perf's reads reach the controller", SETTLE, || {
             me.smart_log().unwrap().host_read_commands() > 1000
         })?;
@@ -470,31 +479,7 @@ fn perf_stops_cleanly_on_sigint_and_sigterm() -> Outcome {
 fn nvmectl_reset_beside_perf() -> Outcome {
     let group = fresh_group(4);
     let g = group.to_string();
-    let mut perf = spawn(
-        "perf -t 30",
-        PERF,
-        &[
-            "-i",
-            &g,
-            "-r",
-            "trtype:sim size:64M",
-            "-q",
-            "16",
-            "-o",
-            "4096",
-            "-w",
-            "randwrite",
-            "-t",
-            "30",
-        ],
-    );
-    perf.line("Initialization complete")?;
-    let opts = AttachOptions {
-        group: Some(group),
-        ..AttachOptions::default()
-    };
-    let me = Controller::attach_with(&TransportId::parse("trtype:sim").unwrap(), &opts)
-        .expect("the test process joins the group");
+    let (perf, me) = perf_in_group("perf -t 30", group, "16", "randwrite")?;
     let writes = || me.smart_log().unwrap().host_write_commands();
     wait_until("perf's writes reach the controller", SETTLE, || {
         writes() > 1000
