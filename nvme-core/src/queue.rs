@@ -86,25 +86,57 @@ pub const fn need_event(ei: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(ei).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
-/// Publishes `new` in the shadow doorbell and writes the MMIO doorbell if the controller
-/// asks for it. Returns whether it wrote the MMIO doorbell.
-fn ring_shadowed<R: RegisterAccess>(
-    regs: &R,
-    doorbell: usize,
-    slot: &ShadowSlot,
-    old: u32,
-    new: u32,
-) -> bool {
-    slot.db.write_u32(0, new);
-    // The shadow write must be visible before we read EventIdx, or both sides could miss
-    // each other's update (the controller reads the shadow after writing EventIdx).
-    fence(Ordering::SeqCst);
-    let ei = slot.ei.read_u32(0).unwrap_or(0);
-    if need_event(ei as u16, new as u16, old as u16) {
-        regs.write32(doorbell, new);
-        true
-    } else {
-        false
+/// A queue's doorbell: its register, the value last written to it, and the shadow
+/// doorbell slot when the controller took Doorbell Buffer Config.
+#[derive(Debug)]
+struct Doorbell {
+    /// Byte offset of the register in BAR0.
+    offset: usize,
+    /// Value last written (or published to the shadow).
+    rung: u32,
+    shadow: Option<ShadowSlot>,
+}
+
+impl Doorbell {
+    const fn new(offset: usize) -> Doorbell {
+        Doorbell {
+            offset,
+            rung: 0,
+            shadow: None,
+        }
+    }
+
+    /// Announces `value` if it moved since the last time: a release fence orders the
+    /// caller's memory accesses (entries written, or completions read) before it, then the
+    /// MMIO write, or with shadow doorbells the shadow write and the MMIO write only when
+    /// the controller's EventIdx asks for it. Returns whether it wrote the MMIO register.
+    #[inline]
+    fn ring<R: RegisterAccess>(&mut self, regs: &R, value: u32) -> bool {
+        if value == self.rung {
+            return false;
+        }
+        fence(Ordering::Release);
+        let wrote = match &self.shadow {
+            Some(slot) => {
+                slot.db.write_u32(0, value);
+                // The shadow write must be visible before we read EventIdx, or both sides
+                // could miss each other's update (the controller reads the shadow after
+                // writing EventIdx).
+                fence(Ordering::SeqCst);
+                let ei = slot.ei.read_u32(0).unwrap_or(0);
+                let ask = need_event(ei as u16, value as u16, self.rung as u16);
+                if ask {
+                    regs.write32(self.offset, value);
+                }
+                ask
+            }
+            None => {
+                regs.write32(self.offset, value);
+                true
+            }
+        };
+        self.rung = value;
+        wrote
     }
 }
 
@@ -144,10 +176,8 @@ pub struct SubmissionQueue {
     tail: u32,
     /// Last head reported by the controller.
     head: u32,
-    /// Tail value last written to the doorbell.
-    rung_tail: u32,
-    doorbell: usize,
-    shadow: Option<ShadowSlot>,
+    /// The tail doorbell.
+    bell: Doorbell,
 }
 
 impl SubmissionQueue {
@@ -165,9 +195,7 @@ impl SubmissionQueue {
             size: entries,
             tail: 0,
             head: 0,
-            rung_tail: 0,
-            doorbell,
-            shadow: None,
+            bell: Doorbell::new(doorbell),
         })
     }
     /// Number of entries in the ring.
@@ -213,7 +241,7 @@ impl SubmissionQueue {
     /// Takes back the last `n` entries pushed. They must not have been announced to the
     /// controller yet (no [`ring`](Self::ring) since they were pushed).
     pub fn unpush(&mut self, n: u32) {
-        let pushed = (self.tail + self.size - self.rung_tail) % self.size;
+        let pushed = (self.tail + self.size - self.bell.rung) % self.size;
         assert!(
             n <= pushed,
             "unpush of entries the controller was told about"
@@ -233,31 +261,20 @@ impl SubmissionQueue {
     }
     /// Has the tail moved since the doorbell was last written?
     pub fn needs_ring(&self) -> bool {
-        self.tail != self.rung_tail
+        self.tail != self.bell.rung
     }
     /// Writes the tail doorbell if the tail moved since the last write (with shadow
     /// doorbells: publishes it, and writes the MMIO doorbell only if the controller asks).
     /// Returns whether it wrote the MMIO doorbell.
     #[inline]
     pub fn ring<R: RegisterAccess>(&mut self, regs: &R) -> bool {
-        if self.tail == self.rung_tail {
-            return false;
-        }
-        // The entries must be visible to the device before the doorbell tells it to read them.
-        fence(Ordering::Release);
-        let wrote = match &self.shadow {
-            Some(slot) => ring_shadowed(regs, self.doorbell, slot, self.rung_tail, self.tail),
-            None => {
-                regs.write32(self.doorbell, self.tail);
-                true
-            }
-        };
-        self.rung_tail = self.tail;
-        wrote
+        // The entries must be visible to the device before the doorbell tells it to read
+        // them (the doorbell's release fence).
+        self.bell.ring(regs, self.tail)
     }
     /// Uses shadow doorbells from now on (`None`: MMIO doorbells only).
     pub fn set_shadow(&mut self, slot: Option<ShadowSlot>) {
-        self.shadow = slot;
+        self.bell.shadow = slot;
     }
     /// The tail and the last head the controller reported.
     pub fn positions(&self) -> (u32, u32) {
@@ -267,7 +284,7 @@ impl SubmissionQueue {
     pub fn reset(&mut self) {
         self.tail = 0;
         self.head = 0;
-        self.rung_tail = 0;
+        self.bell.rung = 0;
     }
 }
 
@@ -278,10 +295,8 @@ pub struct CompletionQueue {
     size: u32,
     head: u32,
     phase: bool,
-    /// Head value last written to the doorbell.
-    rung_head: u32,
-    doorbell: usize,
-    shadow: Option<ShadowSlot>,
+    /// The head doorbell.
+    bell: Doorbell,
 }
 
 impl CompletionQueue {
@@ -304,9 +319,7 @@ impl CompletionQueue {
             size: entries,
             head: 0,
             phase: true,
-            rung_head: 0,
-            doorbell,
-            shadow: None,
+            bell: Doorbell::new(doorbell),
         })
     }
     /// Number of entries in the ring.
@@ -335,25 +348,13 @@ impl CompletionQueue {
     /// Writes the head doorbell if the head moved since the last write.
     #[inline]
     pub fn ring<R: RegisterAccess>(&mut self, regs: &R) -> bool {
-        if self.head == self.rung_head {
-            return false;
-        }
-        // Our reads of the entries before the new head must be done before the doorbell lets
-        // the controller overwrite them.
-        fence(Ordering::Release);
-        let wrote = match &self.shadow {
-            Some(slot) => ring_shadowed(regs, self.doorbell, slot, self.rung_head, self.head),
-            None => {
-                regs.write32(self.doorbell, self.head);
-                true
-            }
-        };
-        self.rung_head = self.head;
-        wrote
+        // Our reads of the entries before the new head must be done before the doorbell
+        // lets the controller overwrite them (the doorbell's release fence).
+        self.bell.ring(regs, self.head)
     }
     /// Uses shadow doorbells from now on (`None`: MMIO doorbells only).
     pub fn set_shadow(&mut self, slot: Option<ShadowSlot>) {
-        self.shadow = slot;
+        self.bell.shadow = slot;
     }
     /// The head and the phase tag expected at the head.
     pub fn position(&self) -> (u32, bool) {
@@ -367,7 +368,7 @@ impl CompletionQueue {
         }
         self.head = 0;
         self.phase = true;
-        self.rung_head = 0;
+        self.bell.rung = 0;
     }
 }
 
