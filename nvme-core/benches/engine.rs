@@ -7,97 +7,16 @@
 //! `cargo xtask bench -- engine` (or `cargo bench -p nvme-core`). Criterion reports the time
 //! per I/O; compare runs side by side on the same machine.
 
-use std::cell::Cell;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use nvme_core::regs::CompletionEntry;
-use nvme_core::{Command, DmaRegion, QueueConfig, QueuePair, RegisterAccess, Slot};
+use nvme_core::Command;
 
-const PAGE: usize = 4096;
-const ENTRIES: u32 = 256;
-
-/// Zeroed, page-aligned memory that lives until the process exits, as a DMA region with a
-/// made-up IOVA.
-fn memory(len: usize, iova: u64) -> DmaRegion {
-    let layout = std::alloc::Layout::from_size_align(len, PAGE).unwrap();
-    // SAFETY: a non-zero size layout.
-    let p = unsafe { std::alloc::alloc_zeroed(layout) };
-    assert!(!p.is_null());
-    // SAFETY: never freed and used only through this region: valid for the whole process.
-    unsafe { DmaRegion::new(p, iova, len) }
-}
-
-/// A device that completes every new command when the SQ tail doorbell is written.
-struct FakeDevice {
-    sq: DmaRegion,
-    cq: DmaRegion,
-    sq_head: Cell<u32>,
-    cq_tail: Cell<u32>,
-    phase: Cell<bool>,
-}
-
-impl RegisterAccess for FakeDevice {
-    fn read32(&self, _offset: usize) -> u32 {
-        0
-    }
-    fn write32(&self, offset: usize, value: u32) {
-        if offset != nvme_core::regs::registers::sq_tail_doorbell(1, 0) {
-            return; // the CQ head doorbell: the ring never fills at these depths
-        }
-        while self.sq_head.get() != value {
-            let e = self.sq.read_sqe(self.sq_head.get()).unwrap();
-            self.sq_head.set((self.sq_head.get() + 1) % ENTRIES);
-            let c = CompletionEntry {
-                dw0: 0,
-                dw1: 0,
-                sq_head: self.sq_head.get() as u16,
-                sq_id: 1,
-                cid: e.cid,
-                status: self.phase.get() as u16,
-            };
-            self.cq.post_cqe(self.cq_tail.get(), &c);
-            let t = self.cq_tail.get() + 1;
-            if t == ENTRIES {
-                self.cq_tail.set(0);
-                self.phase.set(!self.phase.get());
-            } else {
-                self.cq_tail.set(t);
-            }
-        }
-    }
-}
+mod support;
+use support::PAGE;
 
 fn engine(c: &mut Criterion) {
-    let max_transfer = 128 << 10;
-    let sq = memory(ENTRIES as usize * 64, 0x10_0000);
-    let cq = memory(ENTRIES as usize * 16, 0x20_0000);
-    let prp = memory(
-        QueueConfig::prp_len(ENTRIES, PAGE, max_transfer).max(PAGE),
-        0x30_0000,
-    );
-    let data = memory(32 * PAGE, 0x4000_0000);
-    let cfg = QueueConfig {
-        qid: 1,
-        entries: ENTRIES,
-        dstrd: 0,
-        page_size: PAGE,
-        max_transfer,
-        sq,
-        cq,
-        prp,
-    };
-    let dev = FakeDevice {
-        sq,
-        cq,
-        sq_head: Cell::new(0),
-        cq_tail: Cell::new(0),
-        phase: Cell::new(true),
-    };
-    let slots: Vec<Slot<u64>> = (0..QueueConfig::slots(ENTRIES))
-        .map(|_| Slot::EMPTY)
-        .collect();
-    let mut qp = QueuePair::new(cfg, &dev, slots).unwrap();
+    let (mut qp, data) = support::rig();
     let read = Command::read(1, 0, 1);
 
     let mut group = c.benchmark_group("engine_read_4k");

@@ -7,7 +7,8 @@
 //! - `cargo xtask nostd`: only the `no_std` check (`ci/nostd-check`).
 //! - `cargo xtask fuzz --smoke`: the fuzz targets (`fuzz/`) on stable Rust, briefly (part of
 //!   `test`); `cargo xtask fuzz TARGET [-- libFuzzer args]`: a cargo-fuzz campaign.
-//! - `cargo xtask bench [-- criterion args]`: the criterion benchmarks.
+//! - `cargo xtask bench [-- criterion args]`: the criterion benchmarks;
+//!   `cargo xtask bench --instructions`: instructions per I/O counted by callgrind.
 //! - `cargo xtask test-hw [args]`: the hardware suite (QEMU VM or a real device).
 //! - `cargo xtask bench-hw [args]`: this driver against the kernel's (fio) in a QEMU VM.
 //! - `cargo xtask torture [args]`: rounds of random kills and stops of a group's processes
@@ -16,6 +17,7 @@
 mod bench_hw;
 mod cargo;
 mod hw;
+mod instructions;
 mod runner;
 mod torture;
 mod vm;
@@ -46,7 +48,12 @@ enum Task {
     /// Only the no_std check: build (and on x86_64 Linux, run) `ci/nostd-check`.
     Nostd,
     /// Run the criterion benchmarks (`cargo bench`); arguments after `--` go to criterion.
+    /// `--instructions`: instead, count instructions per I/O with callgrind (needs valgrind).
     Bench {
+        /// Count the driver's instructions per 4 KiB read (core engine and host API, batch 1
+        /// and 32) with callgrind instead of timing.
+        #[arg(long)]
+        instructions: bool,
         /// Arguments for criterion, e.g. `-- --save-baseline main` or `-- prp`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -125,7 +132,10 @@ fn main() -> ExitCode {
             );
             runner.run()
         }
-        Task::Bench { args } => cargo::bench(&args).map_err(|e| eprintln!("xtask bench: {e}")),
+        Task::Bench {
+            instructions: true, ..
+        } => instructions::run().map_err(|e| eprintln!("xtask bench --instructions: {e}")),
+        Task::Bench { args, .. } => cargo::bench(&args).map_err(|e| eprintln!("xtask bench: {e}")),
         Task::Fuzz(a) => {
             let result = match (a.smoke, a.target) {
                 (true, _) => cargo::fuzz_smoke(a.secs),
@@ -331,7 +341,15 @@ mod tests {
     fn trailing_args_pass_through() {
         let cli = Cli::try_parse_from(["xtask", "bench", "--", "--save-baseline", "main"]).unwrap();
         match cli.task {
-            Task::Bench { args } => assert_eq!(args, ["--save-baseline", "main"]),
+            Task::Bench { args, instructions } => {
+                assert_eq!(args, ["--save-baseline", "main"]);
+                assert!(!instructions);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["xtask", "bench", "--instructions"]).unwrap();
+        match cli.task {
+            Task::Bench { args, instructions } => assert!(instructions && args.is_empty()),
             other => panic!("parsed as {other:?}"),
         }
         let cli = Cli::try_parse_from(["xtask", "torture", "--rounds", "5", "--release"]).unwrap();
