@@ -211,10 +211,17 @@ impl SubmissionQueue {
         self.mem.iova()
     }
     /// Number of entries the controller has not consumed yet (as far as the host knows).
+    #[inline]
     pub fn in_use(&self) -> u32 {
-        (self.tail + self.size - self.head) % self.size
+        // Both are below `size`: no division needed.
+        if self.tail >= self.head {
+            self.tail - self.head
+        } else {
+            self.tail + self.size - self.head
+        }
     }
     /// Number of entries that can be pushed now (a ring of N holds at most N-1).
+    #[inline]
     pub fn free(&self) -> u32 {
         self.size - 1 - self.in_use()
     }

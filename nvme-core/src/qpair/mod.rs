@@ -165,8 +165,9 @@ impl From<PrpError> for SubmitError {
 /// slice, or memory of its own), one per command the queue may hold.
 #[derive(Debug)]
 pub struct Slot<T> {
-    /// Generation of the current (or last) use.
-    generation: u16,
+    /// Command identifier of the current (or last) use: the generation in the high bits,
+    /// the slot index in the low ones.
+    cid: u16,
     /// Is a command using this slot outstanding at the controller?
     in_flight: bool,
     /// Index of the request's head slot (itself for the head).
@@ -184,7 +185,7 @@ pub struct Slot<T> {
 impl<T> Slot<T> {
     /// An unused slot.
     pub const EMPTY: Slot<T> = Slot {
-        generation: 0,
+        cid: 0,
         in_flight: false,
         head: NONE,
         pending: 0,
@@ -228,6 +229,8 @@ pub struct QueuePair<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> {
     free_head: u16,
     free_count: u16,
     index_bits: u32,
+    /// `(1 << index_bits) - 1`: the slot index bits of a CID.
+    index_mask: u16,
     qid: u16,
     page_size: usize,
     max_transfer: usize,
@@ -289,6 +292,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             free_head: NONE,
             free_count: 0,
             index_bits: index_bits.clamp(1, 16 - MIN_GENERATION_BITS),
+            index_mask: 0,
             qid: cfg.qid,
             page_size: cfg.page_size,
             max_transfer: cfg.max_transfer,
@@ -298,6 +302,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             stats: QueueStats::default(),
             _ctx: core::marker::PhantomData,
         };
+        qp.index_mask = ((1u32 << qp.index_bits) - 1) as u16;
         qp.reset_slots();
         Ok(qp)
     }
@@ -305,7 +310,10 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     fn reset_slots(&mut self) {
         let cap = self.capacity as usize;
         let slots = self.slots.as_mut();
+        let index_mask = self.index_mask;
         for (i, s) in slots[..cap].iter_mut().enumerate() {
+            // Keep the generation (a late completion of an earlier use stays stale).
+            s.cid = (s.cid & !index_mask) | i as u16;
             s.in_flight = false;
             s.head = NONE;
             s.pending = 0;
@@ -389,33 +397,25 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         &self.regs
     }
 
-    fn cid_of(&self, idx: u16, generation: u16) -> u16 {
-        (generation << self.index_bits) | idx
-    }
-
-    fn generation_mask(&self) -> u16 {
-        // index_bits <= 16 - MIN_GENERATION_BITS (see `new`): no shift overflows.
-        ((1u32 << (16 - self.index_bits)) - 1) as u16
-    }
-
     /// Takes a free slot, advances its generation and returns (index, cid).
     #[inline]
     fn alloc_slot(&mut self) -> (u16, u16) {
         let idx = self.free_head;
         debug_assert!(idx != NONE);
-        let mask = self.generation_mask();
+        // The generation is the CID's high bits: adding one there wraps it within them and
+        // keeps the index (index_bits <= 16 - MIN_GENERATION_BITS, see `new`).
+        let step = 1u16 << self.index_bits;
         let slot = &mut self.slots.as_mut()[idx as usize];
         self.free_head = slot.next_free;
-        let mut generation = slot.generation.wrapping_add(1) & mask;
-        if (generation << self.index_bits | idx) == 0xffff {
+        let mut cid = slot.cid.wrapping_add(step);
+        if cid == 0xffff {
             // CID 0xffff means "no command" in the error log; skip it.
-            generation = generation.wrapping_add(1) & mask;
+            cid = cid.wrapping_add(step);
         }
-        let slot = &mut self.slots.as_mut()[idx as usize];
-        slot.generation = generation;
+        slot.cid = cid;
         slot.in_flight = true;
         self.free_count -= 1;
-        (idx, self.cid_of(idx, generation))
+        (idx, cid)
     }
 
     #[inline]
@@ -630,13 +630,12 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     /// when this completion finishes the request.
     #[inline]
     fn complete(&mut self, cqe: &CompletionEntry) -> Option<(T, Completion)> {
-        let idx = cqe.cid & ((1u16 << self.index_bits) - 1);
-        let generation = cqe.cid >> self.index_bits;
+        let idx = cqe.cid & self.index_mask;
         let cap = self.capacity;
         let slots = self.slots.as_mut();
         let valid = idx < cap && {
             let s = &slots[idx as usize];
-            s.in_flight && s.generation == generation && s.head != NONE
+            s.in_flight && s.cid == cqe.cid && s.head != NONE
         };
         if !valid {
             self.stats.stale_completions += 1;
