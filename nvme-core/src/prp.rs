@@ -70,6 +70,24 @@ pub const fn list_pages_for_transfer(max_transfer: usize, page_size: usize) -> u
     list_pages_for_entries(spanned.saturating_sub(1), page_size)
 }
 
+/// PRP1/PRP2 for `len` bytes at `iova` when they touch at most two pages (no list needed,
+/// no division); `None` when they touch more, or when [`build`] would refuse them.
+#[inline]
+pub fn without_list(iova: u64, len: usize, page_size: usize) -> Option<(u64, u64)> {
+    if len == 0 || iova & 3 != 0 || len > 2 * page_size {
+        return None;
+    }
+    let ps = page_size as u64;
+    let end = (iova & (ps - 1)) + len as u64;
+    if end <= ps {
+        Some((iova, 0))
+    } else if end <= 2 * ps {
+        Some((iova, (iova & !(ps - 1)) + ps))
+    } else {
+        None
+    }
+}
+
 /// Builds PRP1/PRP2 for `len` bytes at device address `iova`, writing a PRP list into `list`
 /// (whole pages, page aligned) when the transfer touches more than two pages.
 pub fn build(
@@ -198,6 +216,23 @@ mod tests {
         let (v, r) = list_mem(1);
         build(0x4000_0000, 512 * PS + 4, PS, Some(&r)).unwrap();
         assert_eq!(v(511), 0x4000_0000 + (512 * PS) as u64);
+    }
+
+    #[test]
+    fn short_transfers_agree_with_build() {
+        for iova in [0x1000u64, 0x1004, 0x1ffc, 0x1800, 0x1002] {
+            for len in [0usize, 4, 512, 4092, 4096, 4100, 8188, 8192, 8196, 3 * 4096] {
+                let short = without_list(iova, len, PS);
+                let full = build(iova, len, PS, None);
+                match short {
+                    Some(p) => assert_eq!(Ok(p), full, "{iova:#x} + {len}"),
+                    None => assert!(
+                        full.is_err(),
+                        "{iova:#x} + {len}: no list needed, yet without_list refused"
+                    ),
+                }
+            }
+        }
     }
 
     #[test]

@@ -225,6 +225,16 @@ impl SubmissionQueue {
     pub fn free(&self) -> u32 {
         self.size - 1 - self.in_use()
     }
+    /// Is the ring full (no entry can be pushed)?
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        let next = if self.tail + 1 == self.size {
+            0
+        } else {
+            self.tail + 1
+        };
+        next == self.head
+    }
     /// Writes `entry` at the tail and advances it. Does not ring the doorbell.
     /// Returns `false` (and writes nothing) when the ring is full.
     #[inline]

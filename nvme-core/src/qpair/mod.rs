@@ -439,6 +439,22 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         )
     }
 
+    /// PRP1 and PRP2 for `data`, with the PRP list (when it spans more than two pages) in
+    /// the list pages of slot `slot`.
+    #[inline]
+    fn prps(&self, data: &DmaRegion, slot: u16) -> Result<(u64, u64), PrpError> {
+        match prp::without_list(data.iova(), data.len(), self.page_size) {
+            Some(p) => Ok(p),
+            None => self.prps_with_list(data, slot),
+        }
+    }
+
+    #[inline(never)]
+    fn prps_with_list(&self, data: &DmaRegion, slot: u16) -> Result<(u64, u64), PrpError> {
+        let list = self.prp_list(slot);
+        prp::build(data.iova(), data.len(), self.page_size, list.as_ref())
+    }
+
     /// Submits one command with an optional data buffer (at most the maximum transfer size).
     /// The doorbell is written by the next [`poll`](Self::poll) or [`ring`](Self::ring).
     pub fn submit(
@@ -455,22 +471,28 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
                 });
             }
         }
-        if self.free_count == 0 || self.sq.free() == 0 {
+        self.submit_one(cmd, data, ctx)
+    }
+
+    /// Submits `cmd` as one command, with `data` (within the maximum transfer size) described
+    /// by its PRPs.
+    #[inline]
+    fn submit_one(
+        &mut self,
+        cmd: Command,
+        data: Option<DmaRegion>,
+        ctx: T,
+    ) -> Result<(), SubmitError> {
+        if self.free_head == NONE || self.sq.is_full() {
             return Err(SubmitError::QueueFull);
         }
-        let (prp1, prp2) = match &data {
-            Some(d) => {
-                // Build PRPs into the slot that alloc_slot will hand out next.
-                let list = self.prp_list(self.free_head);
-                prp::build(d.iova(), d.len(), self.page_size, list.as_ref())?
-            }
-            None => (0, 0),
-        };
-        let (idx, cid) = self.alloc_slot();
         let mut e = cmd.0;
+        if let Some(d) = &data {
+            // Into the list pages of the slot that alloc_slot hands out next.
+            (e.prp1, e.prp2) = self.prps(d, self.free_head)?;
+        }
+        let (idx, cid) = self.alloc_slot();
         e.cid = cid;
-        e.prp1 = if data.is_some() { prp1 } else { e.prp1 };
-        e.prp2 = if data.is_some() { prp2 } else { e.prp2 };
         let slot = &mut self.slots.as_mut()[idx as usize];
         slot.head = idx;
         slot.pending = 1;
@@ -490,7 +512,31 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     /// `data.len() / block_size` blocks starting at `slba`, split into several commands when
     /// it exceeds the maximum transfer size or 65536 blocks. The context is handed back once,
     /// when every part has completed; the first failing part's status wins.
+    #[inline]
     pub fn submit_io(
+        &mut self,
+        cmd: Command,
+        slba: u64,
+        block_size: u32,
+        data: DmaRegion,
+        ctx: T,
+    ) -> Result<(), SubmitError> {
+        let len = data.len();
+        // The common case, one command, without a division: NVMe block sizes are powers of
+        // two (2^LBADS). Anything else (and every error) takes the general path.
+        if block_size.is_power_of_two() && len != 0 && len <= self.max_transfer {
+            let shift = block_size.trailing_zeros();
+            let blocks = len >> shift;
+            if blocks << shift == len && blocks <= MAX_BLOCKS_PER_COMMAND as usize {
+                return self.submit_one(cmd.with_lba_range(slba, blocks as u32), Some(data), ctx);
+            }
+        }
+        self.submit_split(cmd, slba, block_size, data, ctx)
+    }
+
+    /// [`submit_io`](Self::submit_io) in general: checks, then as many commands as it takes.
+    #[inline(never)]
+    fn submit_split(
         &mut self,
         cmd: Command,
         slba: u64,
