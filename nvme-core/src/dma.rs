@@ -12,7 +12,9 @@
 //!   shadows, PRP list entries), [`read_obj`](DmaRegion::read_obj) /
 //!   [`write_obj`](DmaRegion::write_obj) (whole structures, copied);
 //! - [`shared`](DmaRegion::shared): a reference to a structure made only of atomics that
-//!   lives in memory shared with other processes.
+//!   lives in memory shared with other processes;
+//! - [`ring`](DmaRegion::ring): a [`DmaRing`], the queue rings' view, checked once when made
+//!   so that each entry access checks only its index.
 //!
 //! Memory the device writes is only ever read through volatile or atomic loads: Rust never
 //! holds a `&[u8]` to it.
@@ -115,7 +117,7 @@ impl DmaRegion {
             return false;
         };
         // SAFETY: 64 in-bounds, 8-byte aligned bytes of memory valid for writes (`new`).
-        unsafe { (p as *mut SubmissionEntry).write_volatile(*entry) };
+        unsafe { write_sqe_at(p, entry) };
         true
     }
 
@@ -126,34 +128,15 @@ impl DmaRegion {
     #[inline]
     pub fn read_cqe(&self, index: u32, phase: bool) -> Option<CompletionEntry> {
         let p = self.at(index as usize * CQE_SIZE, CQE_SIZE, 4)?;
-        // SAFETY: 16 in-bounds, 4-byte aligned bytes valid for reads (`new`); the device
-        // writes them concurrently, so they are read only atomically or volatile.
-        unsafe {
-            let dw3 = AtomicU32::from_ptr(p.add(12) as *mut u32).load(Ordering::Acquire);
-            let (cid, status) = CompletionEntry::split_dw3(dw3);
-            if (status & 1 != 0) != phase {
-                return None;
-            }
-            let dw0 = (p as *const u32).read_volatile();
-            let dw1 = (p.add(4) as *const u32).read_volatile();
-            let dw2 = (p.add(8) as *const u32).read_volatile();
-            Some(CompletionEntry {
-                dw0,
-                dw1,
-                sq_head: dw2 as u16,
-                sq_id: (dw2 >> 16) as u16,
-                cid,
-                status,
-            })
-        }
+        // SAFETY: 16 in-bounds, 4-byte aligned bytes valid for reads (`new`).
+        unsafe { read_cqe_at(p, phase) }
     }
 
     /// Device side, for fake devices and tests: reads submission entry `index` (volatile).
     pub fn read_sqe(&self, index: u32) -> Option<SubmissionEntry> {
         let p = self.at(index as usize * SQE_SIZE, SQE_SIZE, 8)?;
-        // SAFETY: 64 in-bounds, 8-byte aligned bytes valid for reads; any bytes are a valid
-        // SubmissionEntry (plain integers).
-        Some(unsafe { (p as *const SubmissionEntry).read_volatile() })
+        // SAFETY: 64 in-bounds, 8-byte aligned bytes valid for reads.
+        Some(unsafe { read_sqe_at(p) })
     }
 
     /// Device side, for fake devices and tests: posts completion entry `index` as a
@@ -163,17 +146,21 @@ impl DmaRegion {
         let Some(p) = self.at(index as usize * CQE_SIZE, CQE_SIZE, 4) else {
             return false;
         };
-        let dw2 = entry.sq_head as u32 | (entry.sq_id as u32) << 16;
-        let dw3 = entry.cid as u32 | (entry.status as u32) << 16;
-        // SAFETY: 16 in-bounds, 4-byte aligned bytes valid for writes; the host reads them
-        // only atomically or volatile.
-        unsafe {
-            (p as *mut u32).write_volatile(entry.dw0);
-            (p.add(4) as *mut u32).write_volatile(entry.dw1);
-            (p.add(8) as *mut u32).write_volatile(dw2);
-            AtomicU32::from_ptr(p.add(12) as *mut u32).store(dw3, Ordering::Release);
-        }
+        // SAFETY: 16 in-bounds, 4-byte aligned bytes valid for writes.
+        unsafe { post_cqe_at(p, entry) };
         true
+    }
+
+    /// The ring of `entries` entries of `N` bytes at the start of this region, or `None`
+    /// when it does not fit or the region is not 8-byte aligned. Its accesses check only
+    /// the entry index: the rest is checked here, once.
+    pub fn ring<const N: usize>(&self, entries: u32) -> Option<DmaRing<N>> {
+        let len = (entries as usize).checked_mul(N)?;
+        if N % 8 != 0 {
+            return None;
+        }
+        let vaddr = self.at(0, len, 8)?;
+        Some(DmaRing { vaddr, entries })
     }
 
     /// Zeroes the whole region (volatile: the device may read it afterwards).
@@ -263,6 +250,139 @@ impl DmaRegion {
     }
 }
 
+/// Writes a submission entry at `p` (volatile).
+///
+/// # Safety
+/// `p` is 8-byte aligned and valid for writes of 64 bytes.
+#[inline]
+unsafe fn write_sqe_at(p: *mut u8, entry: &SubmissionEntry) {
+    // SAFETY: the caller's promise; the device reads the entry only after the doorbell.
+    unsafe { (p as *mut SubmissionEntry).write_volatile(*entry) };
+}
+
+/// Reads a submission entry at `p` (volatile).
+///
+/// # Safety
+/// `p` is 8-byte aligned and valid for reads of 64 bytes.
+unsafe fn read_sqe_at(p: *mut u8) -> SubmissionEntry {
+    // SAFETY: the caller's promise; any bytes are a valid SubmissionEntry (plain integers).
+    unsafe { (p as *const SubmissionEntry).read_volatile() }
+}
+
+/// Reads the completion entry at `p` if its phase tag is `phase`: dword 3 with acquire
+/// ordering first, then the others (volatile).
+///
+/// # Safety
+/// `p` is 4-byte aligned and valid for reads of 16 bytes.
+#[inline]
+unsafe fn read_cqe_at(p: *mut u8, phase: bool) -> Option<CompletionEntry> {
+    // SAFETY: the caller's promise; the device writes the bytes concurrently, so they are
+    // read only atomically or volatile.
+    unsafe {
+        let dw3 = AtomicU32::from_ptr(p.add(12) as *mut u32).load(Ordering::Acquire);
+        let (cid, status) = CompletionEntry::split_dw3(dw3);
+        if (status & 1 != 0) != phase {
+            return None;
+        }
+        let dw0 = (p as *const u32).read_volatile();
+        let dw1 = (p.add(4) as *const u32).read_volatile();
+        let dw2 = (p.add(8) as *const u32).read_volatile();
+        Some(CompletionEntry {
+            dw0,
+            dw1,
+            sq_head: dw2 as u16,
+            sq_id: (dw2 >> 16) as u16,
+            cid,
+            status,
+        })
+    }
+}
+
+/// Posts the completion entry at `p` as a controller does: dwords 0-2, then dword 3 (with
+/// the phase tag) with release ordering.
+///
+/// # Safety
+/// `p` is 4-byte aligned and valid for writes of 16 bytes.
+unsafe fn post_cqe_at(p: *mut u8, entry: &CompletionEntry) {
+    let dw2 = entry.sq_head as u32 | (entry.sq_id as u32) << 16;
+    let dw3 = entry.cid as u32 | (entry.status as u32) << 16;
+    // SAFETY: the caller's promise; the host reads the bytes only atomically or volatile.
+    unsafe {
+        (p as *mut u32).write_volatile(entry.dw0);
+        (p.add(4) as *mut u32).write_volatile(entry.dw1);
+        (p.add(8) as *mut u32).write_volatile(dw2);
+        AtomicU32::from_ptr(p.add(12) as *mut u32).store(dw3, Ordering::Release);
+    }
+}
+
+/// A ring of `entries` entries of `N` bytes in DMA memory, made by [`DmaRegion::ring`]
+/// (which checked that it fits its region and is aligned): an access checks only the
+/// index. The region's validity promise ([`DmaRegion::new`]) covers it like a copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaRing<const N: usize> {
+    /// 8-byte aligned; `entries * N` bytes from here are inside the region.
+    vaddr: *mut u8,
+    entries: u32,
+}
+
+// SAFETY: as for DmaRegion: a description of memory accessed only volatile or atomically.
+unsafe impl<const N: usize> Send for DmaRing<N> {}
+// SAFETY: as above.
+unsafe impl<const N: usize> Sync for DmaRing<N> {}
+
+impl<const N: usize> DmaRing<N> {
+    /// Number of entries.
+    pub const fn entries(&self) -> u32 {
+        self.entries
+    }
+    /// Entry `index`, when it is one.
+    #[inline]
+    fn entry(&self, index: u32) -> Option<*mut u8> {
+        // SAFETY: index < entries: inside the `entries * N` bytes checked in `ring`.
+        (index < self.entries).then(|| unsafe { self.vaddr.add(index as usize * N) })
+    }
+}
+
+impl DmaRing<SQE_SIZE> {
+    /// [`DmaRegion::write_sqe`], checking only the index.
+    #[inline]
+    pub fn write_sqe(&self, index: u32, entry: &SubmissionEntry) -> bool {
+        let Some(p) = self.entry(index) else {
+            return false;
+        };
+        // SAFETY: an entry of the ring: 64 bytes, 8-byte aligned (`DmaRegion::ring`), valid
+        // for writes (`DmaRegion::new`).
+        unsafe { write_sqe_at(p, entry) };
+        true
+    }
+    /// [`DmaRegion::read_sqe`], checking only the index.
+    pub fn read_sqe(&self, index: u32) -> Option<SubmissionEntry> {
+        let p = self.entry(index)?;
+        // SAFETY: an entry of the ring, as in `write_sqe`.
+        Some(unsafe { read_sqe_at(p) })
+    }
+}
+
+impl DmaRing<CQE_SIZE> {
+    /// [`DmaRegion::read_cqe`], checking only the index.
+    #[inline]
+    pub fn read_cqe(&self, index: u32, phase: bool) -> Option<CompletionEntry> {
+        let p = self.entry(index)?;
+        // SAFETY: an entry of the ring: 16 bytes, 8-byte aligned (`DmaRegion::ring`), valid
+        // for reads (`DmaRegion::new`).
+        unsafe { read_cqe_at(p, phase) }
+    }
+    /// [`DmaRegion::post_cqe`], checking only the index.
+    pub fn post_cqe(&self, index: u32, entry: &CompletionEntry) -> bool {
+        let Some(p) = self.entry(index) else {
+            return false;
+        };
+        // SAFETY: an entry of the ring, as in `read_cqe`.
+        unsafe { post_cqe_at(p, entry) };
+        true
+    }
+}
+
 /// Page-aligned, zeroed heap memory standing in for DMA memory in tests and fake devices
 /// (its IOVA is made up). It lives until the test process exits.
 #[cfg(test)]
@@ -305,6 +425,40 @@ mod tests {
         assert!(!r.write_u64(4, 1), "misaligned");
         assert!(!r.write_bytes(4090, &[0; 7]));
         assert!(r.read_obj::<u64>(4089).is_none());
+    }
+
+    #[test]
+    fn rings_check_their_region_once_and_the_index_always() {
+        let r = test_memory(1, 0x1000);
+        assert!(r.ring::<SQE_SIZE>(65).is_none(), "does not fit");
+        assert!(
+            r.sub(4, 128).unwrap().ring::<SQE_SIZE>(1).is_none(),
+            "misaligned"
+        );
+        let sq = r.ring::<SQE_SIZE>(4).unwrap();
+        let e = SubmissionEntry {
+            opcode: 2,
+            cid: 7,
+            ..Default::default()
+        };
+        assert!(sq.write_sqe(3, &e));
+        assert!(
+            !sq.write_sqe(4, &e),
+            "past the ring, though inside the region"
+        );
+        assert_eq!(r.read_sqe(3).map(|e| e.cid), Some(7));
+        assert_eq!(sq.read_sqe(3).map(|e| e.opcode), Some(2));
+        let cq = r.sub(1024, 64).unwrap().ring::<CQE_SIZE>(4).unwrap();
+        let c = CompletionEntry {
+            cid: 9,
+            status: 1,
+            ..Default::default()
+        };
+        assert!(cq.post_cqe(2, &c));
+        assert!(!cq.post_cqe(4, &c));
+        assert_eq!(cq.read_cqe(2, true).map(|c| c.cid), Some(9));
+        assert!(cq.read_cqe(2, false).is_none());
+        assert!(cq.read_cqe(4, false).is_none(), "past the ring");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use core::sync::atomic::{fence, Ordering};
 
 use nvme_regs::{CompletionEntry, SubmissionEntry};
 
-use crate::dma::DmaRegion;
+use crate::dma::{DmaRegion, DmaRing};
 pub use crate::dma::{CQE_SIZE, SQE_SIZE};
 use crate::hal::RegisterAccess;
 
@@ -171,6 +171,8 @@ fn check_ring(
 #[derive(Debug)]
 pub struct SubmissionQueue {
     mem: DmaRegion,
+    /// The entries (checked against `mem` once).
+    ring: DmaRing<SQE_SIZE>,
     /// Entries in the ring (2..=65536).
     size: u32,
     tail: u32,
@@ -190,8 +192,13 @@ impl SubmissionQueue {
         align: usize,
     ) -> Result<SubmissionQueue, QueueError> {
         check_ring(&mem, entries, SQE_SIZE, align)?;
+        let ring = mem.ring(entries).ok_or(QueueError::Misaligned {
+            iova: mem.iova(),
+            align,
+        })?;
         Ok(SubmissionQueue {
             mem,
+            ring,
             size: entries,
             tail: 0,
             head: 0,
@@ -249,7 +256,7 @@ impl SubmissionQueue {
         }
         // The controller does not read this slot until the doorbell moves past it. The ring
         // holds `size` entries (checked in `new`), so the write is in bounds.
-        if !self.mem.write_sqe(self.tail, entry) {
+        if !self.ring.write_sqe(self.tail, entry) {
             return false;
         }
         self.tail = next;
@@ -309,6 +316,8 @@ impl SubmissionQueue {
 #[derive(Debug)]
 pub struct CompletionQueue {
     mem: DmaRegion,
+    /// The entries (checked against `mem` once).
+    ring: DmaRing<CQE_SIZE>,
     size: u32,
     head: u32,
     phase: bool,
@@ -327,12 +336,17 @@ impl CompletionQueue {
         align: usize,
     ) -> Result<CompletionQueue, QueueError> {
         check_ring(&mem, entries, CQE_SIZE, align)?;
+        let ring = mem.ring(entries).ok_or(QueueError::Misaligned {
+            iova: mem.iova(),
+            align,
+        })?;
         // The controller does not write to the ring before the queue is created.
         if let Some(ring) = mem.sub(0, entries as usize * CQE_SIZE) {
             ring.zero();
         }
         Ok(CompletionQueue {
             mem,
+            ring,
             size: entries,
             head: 0,
             phase: true,
@@ -354,7 +368,7 @@ impl CompletionQueue {
     /// Takes the next completion if the controller has posted it.
     #[inline]
     pub fn pop(&mut self) -> Option<CompletionEntry> {
-        let cqe = self.mem.read_cqe(self.head, self.phase)?;
+        let cqe = self.ring.read_cqe(self.head, self.phase)?;
         self.head += 1;
         if self.head == self.size {
             self.head = 0;
