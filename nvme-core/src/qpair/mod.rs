@@ -32,6 +32,19 @@ pub const MIN_GENERATION_BITS: u32 = 2;
 /// Most commands one queue pair has in flight (the slot index fits the other CID bits).
 pub const MAX_COMMANDS: usize = (1 << (16 - MIN_GENERATION_BITS)) - 1;
 
+/// The CID of a slot's next use after `cid`: the generation (the high bits) advanced by one
+/// (`step` is 1 << index bits), wrapping within its bits; never 0xffff, which means "no
+/// command" in the error log.
+#[inline]
+const fn next_cid(cid: u16, step: u16) -> u16 {
+    let next = cid.wrapping_add(step);
+    if next == 0xffff {
+        next.wrapping_add(step)
+    } else {
+        next
+    }
+}
+
 /// What a queue pair needs to know about its queues and the controller.
 #[derive(Clone, Copy, Debug)]
 pub struct QueueConfig {
@@ -407,11 +420,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         let step = 1u16 << self.index_bits;
         let slot = &mut self.slots.as_mut()[idx as usize];
         self.free_head = slot.next_free;
-        let mut cid = slot.cid.wrapping_add(step);
-        if cid == 0xffff {
-            // CID 0xffff means "no command" in the error log; skip it.
-            cid = cid.wrapping_add(step);
-        }
+        let cid = next_cid(slot.cid, step);
         slot.cid = cid;
         slot.in_flight = true;
         self.free_count -= 1;
@@ -491,17 +500,19 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             // Into the list pages of the slot that alloc_slot hands out next.
             (e.prp1, e.prp2) = self.prps(d, self.free_head)?;
         }
-        let (idx, cid) = self.alloc_slot();
-        e.cid = cid;
+        // Take the head of the free list (checked above) as the request's only slot.
+        let idx = self.free_head;
+        let step = 1u16 << self.index_bits;
         let slot = &mut self.slots.as_mut()[idx as usize];
+        self.free_head = slot.next_free;
+        e.cid = next_cid(slot.cid, step);
+        slot.cid = e.cid;
+        slot.in_flight = true;
         slot.head = idx;
         slot.pending = 1;
-        slot.result = Completion {
-            dw0: 0,
-            dw1: 0,
-            status: Status::SUCCESS,
-        };
+        slot.result.status = Status::SUCCESS;
         slot.ctx = Some(ctx);
+        self.free_count -= 1;
         let pushed = self.sq.push(&e);
         debug_assert!(pushed);
         self.outstanding_requests += 1;
@@ -687,16 +698,42 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             self.stats.stale_completions += 1;
             return None;
         }
-        let head = slots[idx as usize].head;
-        slots[idx as usize].in_flight = false;
-        let status = cqe.status();
-        let h = &mut slots[head as usize];
-        if h.result.status.is_success() {
-            h.result = Completion {
+        let s = &mut slots[idx as usize];
+        if s.head != idx || s.pending != 1 {
+            return self.complete_part(idx, cqe.dw0, cqe.dw1, cqe.status());
+        }
+        // The last (usually the only) command of its request: finish it.
+        let result = if s.result.status.is_success() {
+            Completion {
                 dw0: cqe.dw0,
                 dw1: cqe.dw1,
-                status,
-            };
+                status: cqe.status(),
+            }
+        } else {
+            s.result
+        };
+        let ctx = s.ctx.take();
+        s.pending = 0;
+        self.free_slot(idx);
+        self.outstanding_requests -= 1;
+        ctx.map(|c| (c, result))
+    }
+
+    /// [`complete`](Self::complete) for a command of a request that has others pending.
+    #[inline(never)]
+    fn complete_part(
+        &mut self,
+        idx: u16,
+        dw0: u32,
+        dw1: u32,
+        status: Status,
+    ) -> Option<(T, Completion)> {
+        let slots = self.slots.as_mut();
+        let head = slots[idx as usize].head;
+        slots[idx as usize].in_flight = false;
+        let h = &mut slots[head as usize];
+        if h.result.status.is_success() {
+            h.result = Completion { dw0, dw1, status };
         }
         h.pending -= 1;
         let done = h.pending == 0;
