@@ -376,6 +376,17 @@ impl CompletionQueue {
         }
         Some(cqe)
     }
+    /// Entries consumed since the head doorbell was last written: the controller still
+    /// counts them as occupied.
+    #[inline]
+    pub fn unreported(&self) -> u32 {
+        let rung = self.bell.rung;
+        if self.head >= rung {
+            self.head - rung
+        } else {
+            self.head + self.size - rung
+        }
+    }
     /// Writes the head doorbell if the head moved since the last write.
     #[inline]
     pub fn ring<R: RegisterAccess>(&mut self, regs: &R) -> bool {

@@ -12,6 +12,14 @@
 //! Nothing here allocates, locks or makes a system call: submission writes the entry and
 //! moves the tail; [`QueuePair::poll`] (or [`QueuePair::ring`]) writes the doorbell once for
 //! everything submitted since the last write.
+//!
+//! The completion queue's head doorbell is written lazily (NVMe lets the host report
+//! consumed entries whenever it likes): only when the entries consumed since the last
+//! report, plus every command that may still complete, could exceed what the controller
+//! sees as free in the completion queue. Then it is written before the submission doorbell,
+//! so the controller never finds the queue full; otherwise the submission doorbell goes out
+//! alone, without waiting behind a head write. With shadow doorbells the same rule decides
+//! when the shadow head is published.
 
 use nvme_regs::status::GenericStatus;
 use nvme_regs::{CompletionEntry, Status};
@@ -227,6 +235,9 @@ pub struct QueueStats {
     pub bad_sq_heads: u64,
     /// Doorbell writes to the submission queue tail.
     pub sq_doorbells: u64,
+    /// Doorbell writes to the completion queue head (lazy: far fewer than the SQ's at low
+    /// depths).
+    pub cq_doorbells: u64,
 }
 
 /// A submission/completion queue pair with command tracking.
@@ -650,20 +661,38 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         }
     }
 
-    /// Writes the submission doorbell if anything was submitted since the last write.
+    /// Writes the submission doorbell if anything was submitted since the last write, after
+    /// the completion queue's head doorbell when the controller could otherwise find that
+    /// queue full (see the module documentation).
     #[inline]
     pub fn ring(&mut self) {
+        self.report_cq_head_if_needed();
         if self.sq.ring(&self.regs) {
             self.stats.sq_doorbells += 1;
         }
     }
 
+    /// Writes the completion queue's head doorbell if the consumed entries not yet reported
+    /// plus the commands in flight (each may still post one entry) exceed the N-1 entries a
+    /// ring of N can hold.
+    #[inline]
+    fn report_cq_head_if_needed(&mut self) {
+        let in_flight = (self.capacity - self.free_count) as u32;
+        if self.cq.unreported() + in_flight > self.cq.size() - 1 {
+            if self.cq.ring(&self.regs) {
+                self.stats.cq_doorbells += 1;
+            }
+        }
+    }
+
     /// Rings the doorbell for pending submissions, then processes up to `max` completion
     /// entries, calling `f` with the context and result of every request that finished.
-    /// Returns the number of requests finished.
+    /// Returns the number of requests finished. The completion queue's head doorbell is
+    /// written only when it must be (see the module documentation).
     #[inline]
     pub fn poll<F: FnMut(T, Completion)>(&mut self, max: usize, mut f: F) -> usize {
         self.ring();
+        let stale = self.stats.stale_completions;
         let mut reaped = 0;
         let mut finished = 0;
         while reaped < max {
@@ -677,8 +706,11 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
                 f(ctx, c);
             }
         }
-        if reaped > 0 {
-            self.cq.ring(&self.regs);
+        if self.stats.stale_completions != stale {
+            // Every other entry consumed finished a command, so the sum of unreported
+            // entries and commands in flight did not grow; a stale one (no command of ours)
+            // makes it grow.
+            self.report_cq_head_if_needed();
         }
         finished
     }
