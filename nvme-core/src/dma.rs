@@ -12,7 +12,8 @@
 //!   shadows, PRP list entries), [`read_obj`](DmaRegion::read_obj) /
 //!   [`write_obj`](DmaRegion::write_obj) (whole structures, copied);
 //! - [`shared`](DmaRegion::shared): a reference to a structure made only of atomics that
-//!   lives in memory shared with other processes;
+//!   lives in memory shared with other processes ([`shared_ref`](DmaRegion::shared_ref): a
+//!   [`SharedRef`] handle to it, checked once);
 //! - [`ring`](DmaRegion::ring): a [`DmaRing`], the queue rings' view, checked once when made
 //!   so that each entry access checks only its index.
 //!
@@ -237,6 +238,12 @@ impl DmaRegion {
         self.write_bytes(offset, value.as_bytes())
     }
 
+    /// [`shared`](Self::shared), checked once: a handle that dereferences without checks.
+    pub fn shared_ref<T: SharedState>(&self) -> Option<SharedRef<T>> {
+        let p = self.at(0, core::mem::size_of::<T>(), core::mem::align_of::<T>())?;
+        Some(SharedRef { ptr: p as *const T })
+    }
+
     /// The shared structure at the start of this region, or `None` when the region is too
     /// small or misaligned for it.
     pub fn shared<T: SharedState>(&self) -> Option<&T> {
@@ -380,6 +387,39 @@ impl DmaRing<CQE_SIZE> {
         // SAFETY: an entry of the ring, as in `read_cqe`.
         unsafe { post_cqe_at(p, entry) };
         true
+    }
+}
+
+/// A [`SharedState`] structure in DMA or shared memory, made by [`DmaRegion::shared_ref`]
+/// (which checked size and alignment): [`get`](Self::get) is a plain dereference. The
+/// region's validity promise ([`DmaRegion::new`]) covers it like a copy of the region.
+#[derive(Debug)]
+pub struct SharedRef<T: SharedState> {
+    /// In bounds and aligned for `T` (checked in `shared_ref`).
+    ptr: *const T,
+}
+
+impl<T: SharedState> Clone for SharedRef<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: SharedState> Copy for SharedRef<T> {}
+
+// SAFETY: `T: SharedState` is Sync and made of atomics; the handle is a description of
+// memory, like DmaRegion.
+unsafe impl<T: SharedState> Send for SharedRef<T> {}
+// SAFETY: as above.
+unsafe impl<T: SharedState> Sync for SharedRef<T> {}
+
+impl<T: SharedState> SharedRef<T> {
+    /// The structure.
+    #[inline]
+    pub fn get(&self) -> &T {
+        // SAFETY: in bounds and aligned (`DmaRegion::shared_ref`), valid while the region is
+        // (`DmaRegion::new`'s promise, which covers this copy); `T` is valid for any bytes
+        // and accessed only atomically (SharedState), as in `DmaRegion::shared`.
+        unsafe { &*self.ptr }
     }
 }
 

@@ -29,7 +29,7 @@ pub mod queue;
 pub mod shared;
 
 pub use cmd::Command;
-pub use dma::{DmaRegion, DmaRing, SharedState};
+pub use dma::{DmaRegion, DmaRing, SharedRef, SharedState};
 pub use hal::{Clock, LockOutcome, RegisterAccess, RobustLock};
 pub use init::{ControllerInfo, ControllerInit, InitError, InitOptions, InitStep};
 

@@ -17,7 +17,7 @@ use nvme_core::init::AdminQueue;
 use nvme_core::shared::{AdminSubmitError, OwnerId, SharedAdminQueue, SharedAdminState};
 use nvme_core::{
     Command, Completion, ControllerInfo, ControllerInit, DmaRegion, QueueConfig, RobustLock,
-    SubmitError,
+    SharedRef, SubmitError,
 };
 use nvme_regs::opcode::DataDirection;
 use nvme_regs::registers::{ShutdownNotification, ShutdownStatus};
@@ -211,13 +211,16 @@ pub(crate) enum StateRef {
 }
 
 impl StateRef {
-    fn get(&self) -> &SharedAdminState {
-        match self {
-            StateRef::Local { state, .. } => state
-                .shared()
-                .expect("page-aligned state area sized for it"),
-            StateRef::Group(g) => g.admin_state(),
-        }
+    /// The state, checked once. Valid while this `StateRef` (which keeps its memory
+    /// mapped) lives.
+    fn shared_ref(&self) -> SharedRef<SharedAdminState> {
+        let region = match self {
+            StateRef::Local { state, .. } => *state,
+            StateRef::Group(g) => g.admin_state_region(),
+        };
+        region
+            .shared_ref()
+            .expect("page-aligned state area sized for it")
     }
 }
 
@@ -227,7 +230,10 @@ pub(crate) struct Liveness {
     transport: Arc<dyn Transport>,
     regs: Mmio,
     gone: std::sync::atomic::AtomicBool,
-    state: StateRef,
+    /// Keeps the memory of `shared` mapped.
+    _state: StateRef,
+    /// The admin queue state (reset generation and owner), checked once.
+    shared: SharedRef<SharedAdminState>,
     me: OwnerId,
 }
 
@@ -241,7 +247,8 @@ impl Liveness {
             transport: transport.clone(),
             regs: transport.regs(),
             gone: std::sync::atomic::AtomicBool::new(false),
-            state,
+            shared: state.shared_ref(),
+            _state: state,
             me,
         })
     }
@@ -253,7 +260,12 @@ impl Liveness {
     /// pairs compare it with the one their queues were created in.
     #[inline]
     pub(crate) fn generation(&self) -> u64 {
-        self.state.get().reset_generation()
+        self.shared.get().reset_generation()
+    }
+    /// The admin queue state the generation is read from, for a queue pair to read it
+    /// without going through this `Liveness` (valid while this `Liveness` lives).
+    pub(crate) fn shared_state(&self) -> SharedRef<SharedAdminState> {
+        self.shared
     }
     /// The transport.
     pub(crate) fn transport(&self) -> &Arc<dyn Transport> {
@@ -267,7 +279,7 @@ impl Liveness {
         if self.is_gone() {
             return Err(Error::ControllerGone);
         }
-        let state = self.state.get();
+        let state = self.shared.get();
         if state.reset_generation() & 1 == 1 {
             return match state.reset_owner() {
                 None => Err(Error::NeedsReset),

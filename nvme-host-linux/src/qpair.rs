@@ -56,7 +56,10 @@ pub struct IoQueuePair {
     qid: u16,
     /// The controller's reset generation this pair's queues were created in.
     generation: u64,
-    live: Arc<crate::admin::Liveness>,
+    /// The controller's current reset generation lives here (in `_live`'s memory).
+    reset_gen: nvme_core::SharedRef<nvme_core::shared::SharedAdminState>,
+    /// Keeps `reset_gen`'s memory mapped.
+    _live: Arc<crate::admin::Liveness>,
     ctrl: Controller,
     // Dropped last: the controller must stop using the rings first (see Drop).
     rings: Option<DmaMapping>,
@@ -158,7 +161,8 @@ impl IoQueuePair {
             namespaces: ctrl.namespaces_shared().clone(),
             qid,
             generation,
-            live,
+            reset_gen: live.shared_state(),
+            _live: live,
             ctrl,
             rings: Some(rings),
         })
@@ -346,9 +350,15 @@ impl IoQueuePair {
     /// [`process_completions`](Self::process_completions)).
     #[inline]
     pub fn ring(&mut self) {
-        if self.live.generation() == self.generation {
+        if self.reset_generation() == self.generation {
             self.qp.ring();
         }
+    }
+
+    /// The controller's reset generation now (one load).
+    #[inline]
+    fn reset_generation(&self) -> u64 {
+        self.reset_gen.get().reset_generation()
     }
 
     /// Are this pair's queues those of the controller's current generation? A reset since
@@ -356,7 +366,7 @@ impl IoQueuePair {
     /// [`process_completions`](Self::process_completions) has reconnected.
     #[inline]
     fn current(&self) -> Result<()> {
-        if self.live.generation() == self.generation {
+        if self.reset_generation() == self.generation {
             Ok(())
         } else {
             Err(Error::AbortedByReset)
@@ -401,7 +411,7 @@ impl IoQueuePair {
         max: usize,
         mut f: F,
     ) -> usize {
-        let now = self.live.generation();
+        let now = self.reset_generation();
         if now != self.generation {
             // Odd: a reset is under way; wait for it to finish.
             return if now & 1 == 0 {

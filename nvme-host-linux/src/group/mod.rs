@@ -430,6 +430,17 @@ impl Group {
         &self.header().admin
     }
 
+    /// The admin queue state's bytes in the control segment, valid as long as this group.
+    pub(crate) fn admin_state_region(&self) -> nvme_core::DmaRegion {
+        self.control
+            .region(
+                std::mem::offset_of!(GroupHeader, admin),
+                std::mem::size_of::<nvme_core::shared::SharedAdminState>(),
+                0,
+            )
+            .expect("the control segment holds a header (checked at open)")
+    }
+
     /// The control segment.
     pub(crate) fn header(&self) -> &GroupHeader {
         self.control
