@@ -16,6 +16,8 @@ use crate::transport::Transport;
 pub(crate) struct DmaMapping {
     mem: SharedMemory,
     iova: u64,
+    /// The whole segment (made once: `region` is on the I/O path).
+    region: DmaRegion,
     transport: Arc<dyn Transport>,
 }
 
@@ -32,18 +34,30 @@ impl DmaMapping {
             )
         })?;
         let iova = transport.map_dma(&mem)?;
+        let region = mem.region(0, mem.len(), iova).ok_or_else(|| {
+            Error::Transport(format!(
+                "DMA segment of {len} bytes at IOVA {iova:#x} wraps the device address space"
+            ))
+        });
+        let region = match region {
+            Ok(r) => r,
+            Err(e) => {
+                transport.unmap_dma(iova, mem.len());
+                return Err(e);
+            }
+        };
         Ok(DmaMapping {
             mem,
             iova,
+            region,
             transport: transport.clone(),
         })
     }
     /// The whole segment, mapped for the CPU (SharedMemory) and the device (map_dma) until
     /// this mapping drops; users of the region hold the mapping alive.
+    #[inline]
     pub(crate) fn region(&self) -> DmaRegion {
-        self.mem
-            .region(0, self.mem.len(), self.iova)
-            .expect("the whole segment")
+        self.region
     }
 }
 

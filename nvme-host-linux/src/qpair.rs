@@ -39,6 +39,29 @@ struct IoCtx {
 
 type Qp = QueuePair<Mmio, IoCtx, Box<[Slot<IoCtx>]>>;
 
+/// What the I/O path needs of a namespace: its id, log2 of its block size (a power of two:
+/// 2^LBADS, checked when the namespace was identified) and its size in blocks.
+#[derive(Clone, Copy, Debug)]
+struct NsGeometry {
+    id: u32,
+    shift: u32,
+    blocks: u64,
+}
+
+impl NsGeometry {
+    fn of(ns: &Namespace) -> NsGeometry {
+        debug_assert!(ns.block_size().is_power_of_two());
+        NsGeometry {
+            id: ns.id(),
+            shift: ns.block_size().trailing_zeros(),
+            blocks: ns.blocks(),
+        }
+    }
+    fn block_size(&self) -> u32 {
+        1 << self.shift
+    }
+}
+
 /// What a queue pair leaves with its controller when the controller may still use it (the
 /// queue deletion failed): its rings and the buffers of the requests it had in flight.
 pub(crate) struct Quarantined {
@@ -52,7 +75,8 @@ pub(crate) struct Quarantined {
 pub struct IoQueuePair {
     qp: Qp,
     dsm: DmaRegion,
-    namespaces: Arc<[Namespace]>,
+    /// The controller's namespaces, in NSID order (usually NSID n at index n-1).
+    namespaces: Box<[NsGeometry]>,
     qid: u16,
     /// The controller's reset generation this pair's queues were created in.
     generation: u64,
@@ -158,7 +182,11 @@ impl IoQueuePair {
         Ok(IoQueuePair {
             qp,
             dsm,
-            namespaces: ctrl.namespaces_shared().clone(),
+            namespaces: ctrl
+                .namespaces_shared()
+                .iter()
+                .map(NsGeometry::of)
+                .collect(),
             qid,
             generation,
             reset_gen: live.shared_state(),
@@ -189,12 +217,22 @@ impl IoQueuePair {
         self.qp.stats()
     }
 
+    /// The namespace `nsid`: at index `nsid - 1` when the NSIDs are dense (one compare),
+    /// else searched.
     #[inline]
-    fn namespace(&self, nsid: u32) -> Result<(u32, u64)> {
+    fn namespace(&self, nsid: u32) -> Result<NsGeometry> {
+        match self.namespaces.get(nsid.wrapping_sub(1) as usize) {
+            Some(g) if g.id == nsid => Ok(*g),
+            _ => self.namespace_search(nsid),
+        }
+    }
+
+    #[cold]
+    fn namespace_search(&self, nsid: u32) -> Result<NsGeometry> {
         self.namespaces
             .iter()
-            .find(|n| n.id() == nsid)
-            .map(|n| (n.block_size(), n.blocks()))
+            .find(|n| n.id == nsid)
+            .copied()
             .ok_or(Error::NoSuchNamespace(nsid))
     }
 
@@ -221,21 +259,29 @@ impl IoQueuePair {
         token: u64,
     ) -> Result<()> {
         self.current()?;
-        let (bs, capacity) = self.namespace(nsid)?;
-        if buf.len == 0 || !buf.len.is_multiple_of(bs as usize) {
+        let ns = self.namespace(nsid)?;
+        // Checked once here (the engine's own check of the length is a shift and a compare).
+        let blocks = buf.len >> ns.shift;
+        if blocks == 0 || blocks << ns.shift != buf.len {
             return Err(Error::BadLength {
                 len: buf.len,
-                block_size: bs,
+                block_size: ns.block_size(),
             });
         }
-        self.check_range(nsid, lba, (buf.len / bs as usize) as u64, capacity)?;
+        self.check_range(nsid, lba, blocks as u64, ns.blocks)?;
         let ctx = IoCtx {
             token,
             opcode: op as u8,
             _buf: Some(buf.map.clone()),
         };
         self.qp
-            .submit_io(Command::new(op as u8, nsid), lba, bs, buf.region(), ctx)
+            .submit_io(
+                Command::new(op as u8, nsid),
+                lba,
+                ns.block_size(),
+                buf.region(),
+                ctx,
+            )
             .map_err(Error::from)
     }
 
@@ -274,7 +320,7 @@ impl IoQueuePair {
     /// Writes zeroes to `blocks` (1..=65536) blocks at `lba`.
     pub fn write_zeroes(&mut self, nsid: u32, lba: u64, blocks: u32, token: u64) -> Result<()> {
         self.current()?;
-        let (_, capacity) = self.namespace(nsid)?;
+        let capacity = self.namespace(nsid)?.blocks;
         if blocks > MAX_BLOCKS_PER_COMMAND {
             return Err(Error::Invalid(format!(
                 "write zeroes of {blocks} blocks: at most {MAX_BLOCKS_PER_COMMAND} per command"
@@ -293,7 +339,7 @@ impl IoQueuePair {
     /// Deallocates (trims) `blocks` blocks at `lba` (Dataset Management, one range).
     pub fn deallocate(&mut self, nsid: u32, lba: u64, blocks: u32, token: u64) -> Result<()> {
         self.current()?;
-        let (_, capacity) = self.namespace(nsid)?;
+        let capacity = self.namespace(nsid)?.blocks;
         self.check_range(nsid, lba, blocks as u64, capacity)?;
         let Some(slot) = self.qp.next_slot() else {
             return Err(Error::Submit(nvme_core::SubmitError::QueueFull));
