@@ -344,6 +344,12 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             s.ctx = None;
             s.next_free = if i + 1 < cap { (i + 1) as u16 } else { NONE };
         }
+        // Storage past the capacity is never used; nothing there may look in flight (a
+        // completion naming such a slot is then stale, see `complete`).
+        for s in slots[cap..].iter_mut() {
+            s.in_flight = false;
+            s.head = NONE;
+        }
         self.free_head = 0;
         self.free_count = self.capacity;
         self.outstanding_requests = 0;
@@ -503,29 +509,32 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         data: Option<DmaRegion>,
         ctx: T,
     ) -> Result<(), SubmitError> {
-        if self.free_head == NONE || self.sq.is_full() {
+        // The head of the free list becomes the request's only slot.
+        let idx = self.free_head;
+        if idx == NONE {
             return Err(SubmitError::QueueFull);
         }
         let mut e = cmd.0;
         if let Some(d) = &data {
-            // Into the list pages of the slot that alloc_slot hands out next.
-            (e.prp1, e.prp2) = self.prps(d, self.free_head)?;
+            (e.prp1, e.prp2) = self.prps(d, idx)?;
         }
-        // Take the head of the free list (checked above) as the request's only slot.
-        let idx = self.free_head;
         let step = 1u16 << self.index_bits;
-        let slot = &mut self.slots.as_mut()[idx as usize];
-        self.free_head = slot.next_free;
+        let Some(slot) = self.slots.as_mut().get_mut(idx as usize) else {
+            return Err(SubmitError::QueueFull); // not reached: free slots are in range
+        };
         e.cid = next_cid(slot.cid, step);
+        // Written before the slot is taken; the controller sees it only after the doorbell.
+        if !self.sq.push(&e) {
+            return Err(SubmitError::QueueFull);
+        }
         slot.cid = e.cid;
         slot.in_flight = true;
         slot.head = idx;
         slot.pending = 1;
         slot.result.status = Status::SUCCESS;
         slot.ctx = Some(ctx);
+        self.free_head = slot.next_free;
         self.free_count -= 1;
-        let pushed = self.sq.push(&e);
-        debug_assert!(pushed);
         self.outstanding_requests += 1;
         Ok(())
     }
@@ -720,17 +729,14 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     #[inline]
     fn complete(&mut self, cqe: &CompletionEntry) -> Option<(T, Completion)> {
         let idx = cqe.cid & self.index_mask;
-        let cap = self.capacity;
-        let slots = self.slots.as_mut();
-        let valid = idx < cap && {
-            let s = &slots[idx as usize];
-            s.in_flight && s.cid == cqe.cid && s.head != NONE
+        // Slots past the capacity are never in flight.
+        let s = match self.slots.as_mut().get_mut(idx as usize) {
+            Some(s) if s.in_flight && s.cid == cqe.cid && s.head != NONE => s,
+            _ => {
+                self.stats.stale_completions += 1;
+                return None;
+            }
         };
-        if !valid {
-            self.stats.stale_completions += 1;
-            return None;
-        }
-        let s = &mut slots[idx as usize];
         if s.head != idx || s.pending != 1 {
             return self.complete_part(idx, cqe.dw0, cqe.dw1, cqe.status());
         }
