@@ -192,10 +192,13 @@ struct NsRun {
     qpairs: Vec<IoQueuePair>,
     buf: DmaBuffer,
     slots: Box<[Slot]>,
-    /// Slots waiting to be submitted (capacity `qd`: never grows).
+    /// Slots waiting to be submitted (capacity `qd`: never grows). A polling round pushes
+    /// the slots it completes; those from `reaped_from` on are accounted by `complete`.
     pending: Vec<u32>,
-    /// Slots completed in this polling round (capacity `qd`).
-    done: Vec<u32>,
+    /// Length of `pending` when the polling round started.
+    reaped_from: usize,
+    /// Slots whose I/O a controller reset aborted in this round (not accounted; rare).
+    aborted: Vec<u32>,
     lba: LbaGen,
     mix: Mix,
     rng: XorShift64,
@@ -251,7 +254,8 @@ impl NsRun {
             buf,
             slots: vec![Slot::default(); qd].into_boxed_slice(),
             pending: (0..qd as u32).rev().collect(),
-            done: Vec::with_capacity(qd),
+            reaped_from: qd,
+            aborted: Vec::with_capacity(qd),
             lba,
             mix: Mix::new(cfg.workload.read_percent),
             rng: XorShift64::new(((worker as u64) << 32) ^ job.nsid as u64 ^ 0x6e76_6d65),
@@ -280,14 +284,14 @@ impl NsRun {
         self.in_flight == 0 && !self.may_submit()
     }
 
-    /// Reaps completions into `done`; returns how many.
+    /// Reaps completions onto `pending` (from `reaped_from` on); returns how many.
     #[inline]
     fn poll(&mut self, stop: &AtomicBool) -> usize {
         let NsRun {
             qpairs,
-            done,
             pending,
-            in_flight,
+            reaped_from,
+            aborted,
             stats,
             errors,
             name,
@@ -295,18 +299,16 @@ impl NsRun {
             draining,
             ..
         } = self;
+        *reaped_from = pending.len();
         let mut n = 0;
         for qp in qpairs.iter_mut() {
             n += qp.process_completions(usize::MAX, |token, result| match result {
+                Ok(()) => pending.push(token as u32),
                 // A controller reset (e.g. `nvmectl -i N reset` beside this run) aborted
                 // the I/O: it is not counted, and its slot is used again.
-                Err(DriverError::AbortedByReset) => {
-                    pending.push(token as u32);
-                    *in_flight -= 1;
-                }
-                Ok(()) => done.push(token as u32),
+                Err(DriverError::AbortedByReset) => aborted.push(token as u32),
                 Err(e) => {
-                    done.push(token as u32);
+                    pending.push(token as u32);
                     stats.errors += 1;
                     errors.handle(name, *core, &e, stop);
                     *draining |= !errors.continues();
@@ -319,14 +321,18 @@ impl NsRun {
     /// Accounts the I/Os reaped by [`poll`](Self::poll), which finished by `now_ns`.
     #[inline]
     fn complete(&mut self, now_ns: u64) {
-        for &slot in &self.done {
+        let reaped = self.pending.get(self.reaped_from..).unwrap_or_default();
+        for &slot in reaped {
             let s = self.slots[slot as usize];
             self.stats
                 .record(now_ns.saturating_sub(s.submitted_ns), s.read);
         }
-        self.in_flight -= self.done.len() as u64;
-        self.pending.extend_from_slice(&self.done);
-        self.done.clear();
+        self.in_flight -= reaped.len() as u64;
+        self.reaped_from = self.pending.len();
+        if !self.aborted.is_empty() {
+            self.in_flight -= self.aborted.len() as u64;
+            self.pending.append(&mut self.aborted);
+        }
     }
 
     /// Starts I/O on free slots until the queue is full or the run says stop, then writes
