@@ -157,7 +157,7 @@ impl DmaRegion {
     /// the entry index: the rest is checked here, once.
     pub fn ring<const N: usize>(&self, entries: u32) -> Option<DmaRing<N>> {
         let len = (entries as usize).checked_mul(N)?;
-        if N % 8 != 0 {
+        if !N.is_multiple_of(8) {
             return None;
         }
         let vaddr = self.at(0, len, 8)?;

@@ -687,10 +687,8 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     #[inline]
     fn report_cq_head_if_needed(&mut self) {
         let in_flight = (self.capacity - self.free_count) as u32;
-        if self.cq.unreported() + in_flight > self.cq.size() - 1 {
-            if self.cq.ring(&self.regs) {
-                self.stats.cq_doorbells += 1;
-            }
+        if self.cq.unreported() + in_flight > self.cq.size() - 1 && self.cq.ring(&self.regs) {
+            self.stats.cq_doorbells += 1;
         }
     }
 
