@@ -263,8 +263,15 @@ impl DmaRegion {
 /// `p` is 8-byte aligned and valid for writes of 64 bytes.
 #[inline]
 unsafe fn write_sqe_at(p: *mut u8, entry: &SubmissionEntry) {
-    // SAFETY: the caller's promise; the device reads the entry only after the doorbell.
-    unsafe { (p as *mut SubmissionEntry).write_volatile(*entry) };
+    // As eight 64-bit words: the compiler keeps an entry built in registers there instead of
+    // copying it through the stack field by field.
+    let words: [u64; 8] = zerocopy::transmute!(*entry);
+    let p = p as *mut u64;
+    for (i, w) in words.into_iter().enumerate() {
+        // SAFETY: the caller's promise (64 bytes, 8-byte aligned); the device reads the
+        // entry only after the doorbell.
+        unsafe { p.add(i).write_volatile(w) };
+    }
 }
 
 /// Reads a submission entry at `p` (volatile).
