@@ -468,17 +468,17 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     /// PRP1 and PRP2 for `data`, with the PRP list (when it spans more than two pages) in
     /// the list pages of slot `slot`.
     #[inline]
-    fn prps(&self, data: &DmaRegion, slot: u16) -> Result<(u64, u64), PrpError> {
-        match prp::without_list(data.iova(), data.len(), self.page_size) {
+    fn prps(&self, iova: u64, len: usize, slot: u16) -> Result<(u64, u64), PrpError> {
+        match prp::without_list(iova, len, self.page_size) {
             Some(p) => Ok(p),
-            None => self.prps_with_list(data, slot),
+            None => self.prps_with_list(iova, len, slot),
         }
     }
 
     #[inline(never)]
-    fn prps_with_list(&self, data: &DmaRegion, slot: u16) -> Result<(u64, u64), PrpError> {
+    fn prps_with_list(&self, iova: u64, len: usize, slot: u16) -> Result<(u64, u64), PrpError> {
         let list = self.prp_list(slot);
-        prp::build(data.iova(), data.len(), self.page_size, list.as_ref())
+        prp::build(iova, len, self.page_size, list.as_ref())
     }
 
     /// Submits one command with an optional data buffer (at most the maximum transfer size).
@@ -497,16 +497,16 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
                 });
             }
         }
-        self.submit_one(cmd, data, ctx)
+        self.submit_one(cmd, data.map(|d| (d.iova(), d.len())), ctx)
     }
 
-    /// Submits `cmd` as one command, with `data` (within the maximum transfer size) described
-    /// by its PRPs.
+    /// Submits `cmd` as one command, with `data` (IOVA and length, within the maximum
+    /// transfer size) described by its PRPs.
     #[inline]
     fn submit_one(
         &mut self,
         cmd: Command,
-        data: Option<DmaRegion>,
+        data: Option<(u64, usize)>,
         ctx: T,
     ) -> Result<(), SubmitError> {
         // The head of the free list becomes the request's only slot.
@@ -515,8 +515,8 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             return Err(SubmitError::QueueFull);
         }
         let mut e = cmd.0;
-        if let Some(d) = &data {
-            (e.prp1, e.prp2) = self.prps(d, idx)?;
+        if let Some((iova, len)) = data {
+            (e.prp1, e.prp2) = self.prps(iova, len, idx)?;
         }
         let step = 1u16 << self.index_bits;
         let Some(slot) = self.slots.as_mut().get_mut(idx as usize) else {
@@ -559,7 +559,8 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             let shift = block_size.trailing_zeros();
             let blocks = len >> shift;
             if blocks << shift == len && blocks <= MAX_BLOCKS_PER_COMMAND as usize {
-                return self.submit_one(cmd.with_lba_range(slba, blocks as u32), Some(data), ctx);
+                let data = Some((data.iova(), len));
+                return self.submit_one(cmd.with_lba_range(slba, blocks as u32), data, ctx);
             }
         }
         self.submit_split(cmd, slba, block_size, data, ctx)
