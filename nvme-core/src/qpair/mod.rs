@@ -252,7 +252,10 @@ pub struct QueuePair<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> {
     capacity: u16,
     free_head: u16,
     free_count: u16,
+    /// Bits of a CID that hold the slot index (the rest hold the generation).
     index_bits: u32,
+    /// `1 << index_bits`: one generation step of a CID.
+    cid_step: u16,
     /// `(1 << index_bits) - 1`: the slot index bits of a CID.
     index_mask: u16,
     qid: u16,
@@ -317,6 +320,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             free_count: 0,
             index_bits: index_bits.clamp(1, 16 - MIN_GENERATION_BITS),
             index_mask: 0,
+            cid_step: 0,
             qid: cfg.qid,
             page_size: cfg.page_size,
             max_transfer: cfg.max_transfer,
@@ -327,6 +331,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             _ctx: core::marker::PhantomData,
         };
         qp.index_mask = ((1u32 << qp.index_bits) - 1) as u16;
+        qp.cid_step = 1u16 << qp.index_bits;
         qp.reset_slots();
         Ok(qp)
     }
@@ -434,7 +439,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         debug_assert!(idx != NONE);
         // The generation is the CID's high bits: adding one there wraps it within them and
         // keeps the index (index_bits <= 16 - MIN_GENERATION_BITS, see `new`).
-        let step = 1u16 << self.index_bits;
+        let step = self.cid_step;
         let slot = &mut self.slots.as_mut()[idx as usize];
         self.free_head = slot.next_free;
         let cid = next_cid(slot.cid, step);
@@ -518,7 +523,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         if let Some((iova, len)) = data {
             (e.prp1, e.prp2) = self.prps(iova, len, idx)?;
         }
-        let step = 1u16 << self.index_bits;
+        let step = self.cid_step;
         let Some(slot) = self.slots.as_mut().get_mut(idx as usize) else {
             return Err(SubmitError::QueueFull); // not reached: free slots are in range
         };
