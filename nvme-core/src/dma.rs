@@ -83,6 +83,7 @@ impl DmaRegion {
         self.len == 0
     }
     /// The sub-region `[offset, offset + len)`, or `None` if it does not fit.
+    #[inline]
     pub fn sub(&self, offset: usize, len: usize) -> Option<DmaRegion> {
         let end = offset.checked_add(len)?;
         if end > self.len {

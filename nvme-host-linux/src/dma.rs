@@ -103,6 +103,7 @@ impl IoBuf<'_> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    #[inline]
     pub(crate) fn region(&self) -> DmaRegion {
         self.map
             .region()
@@ -163,6 +164,7 @@ impl DmaBuffer {
     ///
     /// It borrows the buffer mutably so that no slice of the data can be alive when an I/O
     /// starts; the borrow ends when the I/O is submitted.
+    #[inline]
     pub fn slice(&mut self, range: Range<usize>) -> Result<IoBuf<'_>> {
         if range.start > range.end || range.end > self.len {
             return Err(Error::OutOfBounds {
