@@ -652,3 +652,43 @@ fn abort_all_returns_every_context() {
     assert_eq!(qp.free_slots(), qp.capacity());
     assert_eq!(qp.outstanding(), 0);
 }
+
+#[test]
+fn stale_completions_are_reported_at_once_when_the_queue_could_fill() {
+    // A ring of 4 holds 3 entries. One command in flight; entries that match no command
+    // fill the completion queue without finishing anything.
+    let rig = Rig::new(4, 4096, 1);
+    let (mut qp, dev) = rig.qp(4, 4096);
+    let data = rig.data.region().sub(0, 512).unwrap();
+    qp.submit_io(Command::read(1, 0, 1), 0, 512, data, 1)
+        .unwrap();
+    assert!(drain(&mut qp).is_empty());
+    let cmd = dev.fetch(rig.last_sq_tail())[0];
+    let head_writes = || {
+        rig.bells
+            .writes
+            .borrow()
+            .iter()
+            .filter(|(o, _)| *o == 0x100c)
+            .count()
+    };
+    dev.post(0x3ffe, Status::SUCCESS, 0);
+    dev.post(0x3ffd, Status::SUCCESS, 0);
+    assert!(drain(&mut qp).is_empty());
+    assert_eq!(
+        head_writes(),
+        0,
+        "2 unreported + 1 in flight: the controller still has room"
+    );
+    dev.post(0x3ffc, Status::SUCCESS, 0);
+    assert!(drain(&mut qp).is_empty());
+    assert_eq!(qp.stats().stale_completions, 3);
+    assert_eq!(
+        head_writes(),
+        1,
+        "3 unreported + 1 in flight would leave the controller no room for the real one"
+    );
+    // The controller has room for the real completion, and it arrives.
+    dev.post(cmd.cid, Status::SUCCESS, 0);
+    assert_eq!(drain(&mut qp)[0].0, 1);
+}
