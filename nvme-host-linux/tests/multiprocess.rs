@@ -211,6 +211,27 @@ fn child(role: &str) -> i32 {
             Err(e) => Err(e.to_string()),
         },
         "admin" => child_admin(&ctrl),
+        "admin-until-error" => {
+            // Admin commands until one fails; then one more, whose error is reported too;
+            // then stays attached until told to stop.
+            let mut n = 0u64;
+            let first = loop {
+                match ctrl.identify_controller() {
+                    Ok(_) => n += 1,
+                    Err(e) => break e.to_string(),
+                }
+                if n == 20 {
+                    say("PROGRESS");
+                }
+            };
+            say(format!("ADMIN-ERROR {first}"));
+            let next = ctrl.identify_controller().err().map(|e| e.to_string());
+            say(format!("NEXT-ERROR {next:?}"));
+            while !stop_requested() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(())
+        }
         "wait" => {
             say(format!("DAEMON {}", ctrl.sim_process().unwrap_or(0)));
             while !stop_requested() {
@@ -999,6 +1020,82 @@ fn a_damaged_admin_segment_is_refused_to_joiners() -> Outcome {
     Ok(())
 }
 
+/// Offset of the shared admin state's doorbell stride in the control segment.
+const DSTRD_AT: u64 = 13872 + 12;
+
+fn a_damaged_doorbell_stride_is_an_error_for_admin_users_only() -> Outcome {
+    let s = Scenario::new(29);
+    let g = s.group_dir();
+    let mut p = s.spawn("primary", "io", &[lba(0)]);
+    p.line("READY primary")?;
+    p.progresses()?;
+    let mut a = s.spawn(
+        "admin",
+        "admin-until-error",
+        &[("NVME_MP_ADMIN_TIMEOUT_MS", "1000".into())],
+    );
+    a.line("READY secondary")?;
+    a.line("PROGRESS")?;
+    // A neighbour writes stride exponent 3 (the controller's is 0): the admin completion
+    // doorbell would land on I/O queue 3's submission doorbell.
+    let old = poke_control(&g, DSTRD_AT, 0)?;
+    poke_control(&g, DSTRD_AT, (old & !0xffff_ffff) | 3)?;
+    let line = a.line("ADMIN-ERROR")?;
+    assert!(line.contains("doorbell stride"), "{line}");
+    let line = a.line("NEXT-ERROR")?;
+    assert!(line.contains("doorbell stride"), "{line}");
+    // I/O does not use the shared admin state: the primary goes on.
+    p.progresses()?;
+    poke_control(&g, DSTRD_AT, old)?;
+    s.stop()?;
+    a.finish()?.clean()?;
+    p.finish()?.clean()?;
+    wait_until("the group is removed", SETTLE, || !g.exists())?;
+    Ok(())
+}
+
+fn a_truncated_control_file_is_an_error_not_sigbus() -> Outcome {
+    let s = Scenario::new(30);
+    let g = s.group_dir();
+    let mut p = s.spawn("primary", "io", &[lba(0)]);
+    p.line("READY primary")?;
+    p.progresses()?;
+    let mut a = s.spawn(
+        "admin",
+        "admin-until-error",
+        &[("NVME_MP_ADMIN_TIMEOUT_MS", "1000".into())],
+    );
+    a.line("READY secondary")?;
+    a.line("PROGRESS")?;
+    // A neighbour cuts the control file under both members' mappings.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(g.join("control"))
+        .and_then(|f| f.set_len(0))
+        .map_err(|e| e.to_string())?;
+    a.line("ADMIN-ERROR")?;
+    let line = a.line("NEXT-ERROR")?;
+    assert!(line.contains("truncated control"), "{line}");
+    // The primary's I/O queue pair is its own memory: it goes on.
+    p.progresses()?;
+    s.stop()?;
+    // Both leave on their own (no SIGBUS); the group is unusable, so they leave it as
+    // dead members would.
+    for proc in [a, p] {
+        let exit = proc.finish()?;
+        assert_eq!(exit.code, Some(0), "{exit:?}");
+    }
+    // A fresh attach makes the group anew.
+    s.dir.clear_stop();
+    let mut next = s.spawn("next", "admin", &[("NVME_MP_NSID", "3".into())]);
+    next.line("READY primary")?;
+    next.line("PROGRESS")?;
+    s.stop()?;
+    next.finish()?.clean()?;
+    wait_until("the group is removed", SETTLE, || !g.exists())?;
+    Ok(())
+}
+
 /// The state letter of process `pid` (`/proc/<pid>/stat`).
 fn proc_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -1121,6 +1218,14 @@ fn main() -> ExitCode {
             data_written_by_one_process_reads_back_in_another,
         ),
         ("a_different_build_is_refused", a_different_build_is_refused),
+        (
+            "a_damaged_doorbell_stride_is_an_error_for_admin_users_only",
+            a_damaged_doorbell_stride_is_an_error_for_admin_users_only,
+        ),
+        (
+            "a_truncated_control_file_is_an_error_not_sigbus",
+            a_truncated_control_file_is_an_error_not_sigbus,
+        ),
         (
             "a_different_transport_is_refused",
             a_different_transport_is_refused,

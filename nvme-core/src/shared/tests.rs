@@ -356,6 +356,38 @@ fn configuration_is_checked() {
     assert_eq!(OwnerId::new(63, 7).index(), 63);
 }
 
+/// A member that rewrites the doorbell stride would make the others ring other queues'
+/// doorbells: the stride must be the controller's (CAP.DSTRD, 0 for this register block).
+#[test]
+fn a_damaged_doorbell_stride_is_refused() {
+    let rig = Rig::new();
+    let q = rig.member(0, 1);
+    rig.state.dstrd.store(3, Ordering::Relaxed);
+    assert_eq!(
+        q.submit(Command::identify(1, 0, 0), None, 1),
+        Err(AdminSubmitError::Corrupt(
+            SharedAdminError::WrongDoorbellStride {
+                shared: 3,
+                controller: 0
+            }
+        ))
+    );
+    assert!(matches!(
+        SharedAdminQueue::new(
+            rig.state,
+            rig.lock,
+            Regs(rig.bells.clone()),
+            rig.sq,
+            rig.cq,
+            rig.prp,
+            OwnerId::new(1, 1)
+        ),
+        Err(SharedAdminError::WrongDoorbellStride { .. })
+    ));
+    // Nothing reached the device's registers.
+    assert_eq!(rig.bells.writes.load(Ordering::Relaxed), 0);
+}
+
 #[test]
 fn asynchronous_events_reach_every_member() {
     let rig = Rig::new();
