@@ -86,7 +86,7 @@ fn round_script(round: u32, time_s: u64) -> String {
     for depth in [32, 1] {
         for t in order {
             s.push_str(&format!(
-                "bench {}-q{depth}-r{round} {}\n",
+                "bench {}-q{depth}-r{round} '{}'\n",
                 t.name(),
                 t.command(depth, time_s, "-c 0x1")
             ));
@@ -94,10 +94,10 @@ fn round_script(round: u32, time_s: u64) -> String {
     }
     for t in order {
         s.push_str(&format!(
-            "bench2 {}-2p-r{round} '{}' '{}'\n",
-            t.name(),
-            t.command(32, time_s, "-i 1 -c 0x1 -a 3"),
-            t.command(32, time_s, "-i 1 -c 0x2 -a 1"),
+            "bench2 {n}-2p-a-r{round} {n}-2p-b-r{round} '{a}' '{b}'\n",
+            n = t.name(),
+            a = t.command(32, time_s, "-i 1 -c 0x1 -a 3"),
+            b = t.command(32, time_s, "-i 1 -c 0x2 -a 1"),
         ));
     }
     s
@@ -109,28 +109,32 @@ echo 256 > /proc/sys/vm/nr_hugepages
 mkdir -p /dev/hugepages && mount -t hugetlbfs nodev /dev/hugepages || fail "mounting hugetlbfs"
 echo "BENCH-INFO $(grep HugePages_Total /proc/meminfo), clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 total() { grep -E '^Total' "$1" | tail -n 1 | tr -s ' '; }
+export bdf
+# bench NAME 'COMMAND': runs it, echoes its Total line.
 bench() {
-    name=$1; shift
-    echo "BENCH-RUN $name: $*"
-    sh -c "$*" > /tmp/$name.out 2> /tmp/$name.err
+    name=$1
+    echo "BENCH-RUN $name: $2"
+    sh -c "$2" > /tmp/$name.out 2> /tmp/$name.err
     rc=$?
     echo "BENCH-TEXT $name rc=$rc $(total /tmp/$name.out)"
     [ $rc = 0 ] || echo "BENCH-FAIL $name exit $rc: $(tail -n 5 /tmp/$name.err /tmp/$name.out | tr '\n' ' ')"
 }
+# bench2 NAME-A NAME-B 'COMMAND-A' 'COMMAND-B': A, and 2 s later B, at the same time.
 bench2() {
-    name=$1
-    echo "BENCH-RUN $name: $2 & (2 s) $3"
-    sh -c "$2" > /tmp/$name-a.out 2> /tmp/$name-a.err &
+    echo "BENCH-RUN $1: $3"
+    echo "BENCH-RUN $2 (2 s later): $4"
+    sh -c "$3" > /tmp/$1.out 2> /tmp/$1.err &
     a=$!
     sleep 2
-    sh -c "$3" > /tmp/$name-b.out 2> /tmp/$name-b.err
+    sh -c "$4" > /tmp/$2.out 2> /tmp/$2.err
     rcb=$?
     wait $a
     rca=$?
-    echo "BENCH-TEXT $name-a rc=$rca $(total /tmp/$name-a.out)"
-    echo "BENCH-TEXT $name-b rc=$rcb $(total /tmp/$name-b.out)"
-    [ $rca = 0 ] || echo "BENCH-FAIL $name-a exit $rca: $(tail -n 5 /tmp/$name-a.err /tmp/$name-a.out | tr '\n' ' ')"
-    [ $rcb = 0 ] || echo "BENCH-FAIL $name-b exit $rcb: $(tail -n 5 /tmp/$name-b.err /tmp/$name-b.out | tr '\n' ' ')"
+    for r in "$1 $rca" "$2 $rcb"; do
+        set -- $r
+        echo "BENCH-TEXT $1 rc=$2 $(total /tmp/$1.out)"
+        [ $2 = 0 ] || echo "BENCH-FAIL $1 exit $2: $(tail -n 5 /tmp/$1.err /tmp/$1.out | tr '\n' ' ')"
+    done
 }
 /bin/nvme-setup bind $bdf || fail "nvme-setup bind $bdf"
 . /bench.sh
@@ -387,11 +391,11 @@ mod tests {
         let r1 = round_script(1, 5);
         let r2 = round_script(2, 5);
         let first = |s: &str| s.lines().next().unwrap().to_string();
-        assert!(first(&r1).starts_with("bench ours-q32-r1 /bin/nvme-perf -q 32"));
-        assert!(first(&r2).starts_with("bench spdk-q32-r2 /spdk/spdk_nvme_perf -q 32"));
+        assert!(first(&r1).starts_with("bench ours-q32-r1 '/bin/nvme-perf -q 32"));
+        assert!(first(&r2).starts_with("bench spdk-q32-r2 '/spdk/spdk_nvme_perf -q 32"));
         assert_eq!(r1.lines().count(), 6);
         assert!(r1.contains(
-            "bench2 ours-2p-r1 '/bin/nvme-perf -q 32 -o 4096 -w randread -t 5 -i 1 -c 0x1 -a 3"
+            "bench2 ours-2p-a-r1 ours-2p-b-r1 '/bin/nvme-perf -q 32 -o 4096 -w randread -t 5 -i 1 -c 0x1 -a 3"
         ));
         assert!(r1.contains("-i 1 -c 0x2 -a 1 -r \"trtype:PCIe traddr:$bdf ns:1\"'"));
     }
