@@ -66,6 +66,19 @@ pub enum Error {
         /// How long the driver waited, in milliseconds.
         waited_ms: u64,
     },
+    /// A command did not complete in time and the driver aborted it (Abort command; see
+    /// [`TimeoutAction::Abort`](crate::TimeoutAction::Abort)): the controller completed
+    /// it with Command Abort Requested instead of carrying it out to the end. Nothing of it
+    /// is outstanding any more. It is safe to retry; a write aborted this way may have
+    /// written some of its blocks.
+    TimeoutAborted {
+        /// The command's opcode.
+        opcode: u8,
+        /// Whether it was an admin command.
+        admin: bool,
+        /// How long the driver waited before aborting it, in milliseconds.
+        waited_ms: u64,
+    },
     /// The namespace does not exist (or is not active) on this controller.
     NoSuchNamespace(u32),
     /// The LBA range is beyond the namespace.
@@ -171,6 +184,11 @@ impl fmt::Display for Error {
             Error::Timeout { opcode, admin, waited_ms } => write!(
                 f,
                 "{} (opcode {opcode:#04x}) did not complete within {waited_ms} ms",
+                opcode_name(*opcode, *admin)
+            ),
+            Error::TimeoutAborted { opcode, admin, waited_ms } => write!(
+                f,
+                "{} (opcode {opcode:#04x}) did not complete within {waited_ms} ms and was aborted (Command Abort Requested): it did not run to the end; retry it",
                 opcode_name(*opcode, *admin)
             ),
             Error::NoSuchNamespace(n) => write!(f, "namespace {n} is not an active namespace of this controller"),
