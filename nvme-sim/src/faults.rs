@@ -226,6 +226,8 @@ pub struct AbortSeen {
 
 /// Commands a rule fired on, kept per rule (the most recent ones).
 const FIRED_ON_KEPT: usize = 16;
+/// (SQ id, CID) of the commands a rule fired on, the most recent last.
+type FiredOn = VecDeque<(u16, u16)>;
 /// Abort commands kept by [`Faults::aborts`] (the most recent ones).
 const ABORTS_KEPT: usize = 64;
 
@@ -234,8 +236,8 @@ struct RuleState {
     rule: FaultRule,
     matched: u64,
     fired: u64,
-    /// (SQ id, CID) of the commands it fired on, the most recent last.
-    fired_on: VecDeque<(u16, u16)>,
+    /// The commands it fired on.
+    fired_on: FiredOn,
 }
 
 /// What the rules decided for one command.
@@ -252,7 +254,7 @@ pub struct Faults {
     rules: Mutex<Vec<RuleState>>,
     /// Fired counts and commands of removed (spent or cleared) rules, for
     /// [`Faults::fired`] and [`Faults::fired_on`].
-    spent: Mutex<Vec<(FaultId, u64, VecDeque<(u16, u16)>)>>,
+    spent: Mutex<Vec<(FaultId, u64, FiredOn)>>,
     aborts: Mutex<VecDeque<AbortSeen>>,
     aborts_received: AtomicU64,
     aborts_done: AtomicU64,
