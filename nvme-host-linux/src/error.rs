@@ -40,8 +40,10 @@ pub enum Error {
     /// The controller reports Controller Fatal Status (CSTS.CFS): it must be reset
     /// (detach and attach again).
     ControllerFatal,
-    /// The request was aborted by a controller reset ([`Controller::reset`]): it may or may
-    /// not have been carried out; retry it. A submission refused this way was not made
+    /// The request was aborted by a controller reset ([`Controller::reset`], a reset after
+    /// a fatal status, or after a command timed out and was not given back by an Abort:
+    /// see [`TimeoutAction`](crate::TimeoutAction)): it may or may not have been carried
+    /// out; retry it. A submission refused this way was not made
     /// (the reset is under way: process completions and retry).
     ///
     /// [`Controller::reset`]: crate::Controller::reset

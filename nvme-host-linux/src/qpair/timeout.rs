@@ -118,6 +118,8 @@ impl IoQueuePair {
     ///   group), and this queue pair's outstanding requests, the late one among them,
     ///   complete once each with [`Error::AbortedByReset`] (every other queue pair's
     ///   requests too, when their threads process completions);
+    ///   (When the Abort cannot be sent at all, e.g. the group's admin lock is held by a
+    ///   stopped process, the reset is tried once the request is another timeout late.)
     /// - `Reset`: the controller is reset at once, with the same outcome;
     /// - `None`: nothing happens (the request stays outstanding).
     ///
