@@ -56,7 +56,7 @@ mod transport;
 mod trid;
 pub mod vfio;
 
-pub use attach::AttachOptions;
+pub use attach::{AttachOptions, TimeoutAction};
 pub use controller::Controller;
 pub use dma::{DmaBuffer, IoBuf};
 pub use error::{Error, Result};

@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 use crate::mmio::Mmio;
 use crate::namespace::Namespace;
 
+mod timeout;
+
 /// Options of an I/O queue pair.
 #[derive(Clone, Copy, Debug)]
 pub struct QueueOptions {
@@ -58,6 +60,8 @@ pub struct IoQueuePair {
     generation: u64,
     live: Arc<crate::admin::Liveness>,
     ctrl: Controller,
+    /// The I/O timeout's watchdog, when one is set ([`set_timeout`](Self::set_timeout)).
+    timeout: Option<Box<timeout::IoTimeout>>,
     // Dropped last: the controller must stop using the rings first (see Drop).
     rings: Option<DmaMapping>,
 }
@@ -160,6 +164,7 @@ impl IoQueuePair {
             generation,
             live,
             ctrl,
+            timeout: None,
             rings: Some(rings),
         })
     }
@@ -409,6 +414,9 @@ impl IoQueuePair {
             } else {
                 0
             };
+        }
+        if self.timeout.is_some() {
+            return self.process_completions_watched(max, &mut f);
         }
         self.qp.poll(max, |ctx: IoCtx, c: Completion| {
             let r = if c.status.is_success() {

@@ -29,6 +29,9 @@ fn attach_from_env() -> Result<Controller, String> {
     if let Ok(ms) = env_u64("NVME_MP_ADMIN_TIMEOUT_MS") {
         opts.admin_timeout = Duration::from_millis(ms);
     }
+    if let Ok(ms) = env_u64("NVME_MP_ABORT_TIMEOUT_MS") {
+        opts.abort_timeout = Duration::from_millis(ms);
+    }
     Controller::attach_with(&trid, &opts).map_err(|e| e.to_string())
 }
 
@@ -231,6 +234,22 @@ fn child(role: &str) -> i32 {
                 std::thread::sleep(Duration::from_millis(10));
             }
             Ok(())
+        }
+        "keep-alive-times-out" => {
+            // A Keep Alive whose completion the controller loses (the parent's fault rule):
+            // it times out, is aborted in vain, and the controller is reset for the group.
+            let keep_alive = nvme_host_linux::nvme_core::Command::new(
+                nvme_host_linux::regs::opcode::AdminOpcode::KeepAlive as u8,
+                0,
+            );
+            let r = ctrl.admin_command(keep_alive, None);
+            say(format!(
+                "RESULT {:?}",
+                r.as_ref().err().map(|e| e.to_string())
+            ));
+            ctrl.identify_controller()
+                .map_err(|e| format!("identify after the reset: {e}"))
+                .map(|id| say(format!("AFTER {}", id.serial())))
         }
         "wait" => {
             say(format!("DAEMON {}", ctrl.sim_process().unwrap_or(0)));
@@ -652,6 +671,45 @@ fn a_reset_by_one_process_reaches_every_process() -> Outcome {
     for proc in [p, q] {
         proc.finish()?.clean()?;
     }
+    wait_until("the group is removed", SETTLE, || !s.group_dir().exists())?;
+    Ok(())
+}
+
+fn an_admin_timeout_in_one_process_resets_the_group() -> Outcome {
+    use nvme_host_linux::regs::opcode::AdminOpcode;
+    use nvme_host_linux::sim::{CommandMatch, SimClient};
+    let s = Scenario::new(26);
+    let mut p = s.spawn("primary", "io-resets", &[lba(0)]);
+    p.line("READY primary")?;
+    p.line("PROGRESS")?;
+    let sim = SimClient::connect(&s.group_dir().join("sim.sock")).map_err(|e| e.to_string())?;
+    let resets = sim.stats().map_err(|e| e.to_string())?.resets;
+    sim.drop_nth(CommandMatch::admin(AdminOpcode::KeepAlive as u8), 1, false)
+        .map_err(|e| e.to_string())?;
+    let mut t = s.spawn(
+        "timing out",
+        "keep-alive-times-out",
+        &[
+            ("NVME_MP_ADMIN_TIMEOUT_MS", "300".into()),
+            ("NVME_MP_ABORT_TIMEOUT_MS", "200".into()),
+        ],
+    );
+    t.line("READY secondary")?;
+    let result = t.line("RESULT")?;
+    assert!(result.contains("aborted by a controller reset"), "{result}");
+    t.line("AFTER MPTEST")?;
+    t.finish()?.clean()?;
+    // One Abort, answered "not aborted" (the Keep Alive ran), then one reset, which the
+    // primary saw (its round aborted) and went through: its I/O goes on, checked.
+    let c = sim.fault_counters().map_err(|e| e.to_string())?;
+    assert_eq!((c.aborts_received, c.aborts_done), (1, 0), "{c:?}");
+    assert!(sim.stats().map_err(|e| e.to_string())?.resets > resets);
+    p.line("ABORTED")?;
+    p.progresses()?;
+    assert_eq!(dma_errors(&s)?, 0, "DMA through memory that was let go");
+    drop(sim);
+    s.stop()?;
+    p.finish()?.clean()?;
     wait_until("the group is removed", SETTLE, || !s.group_dir().exists())?;
     Ok(())
 }
@@ -1233,6 +1291,10 @@ fn main() -> ExitCode {
         (
             "a_reset_by_one_process_reaches_every_process",
             a_reset_by_one_process_reaches_every_process,
+        ),
+        (
+            "an_admin_timeout_in_one_process_resets_the_group",
+            an_admin_timeout_in_one_process_resets_the_group,
         ),
         (
             "a_member_dying_mid_reset_does_not_wedge_the_group",

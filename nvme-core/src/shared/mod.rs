@@ -509,6 +509,26 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
             .count()
     }
 
+    /// The command identifier of this member's outstanding command `tag` (submitted and not
+    /// completed), for an Abort command to name (SQ id 0). `None` when it is not outstanding
+    /// (completed meanwhile, or never submitted). Takes the lock (within the bound, if one
+    /// is set).
+    pub fn cid_of(&self, tag: u64) -> Result<Option<u16>, AdminSubmitError> {
+        let held = self.take(true)?;
+        let usable = (held.geo.entries - 1) as usize;
+        Ok(self.state.slots[..usable]
+            .iter()
+            .position(|s| {
+                s.owner.load(Ordering::Relaxed) == self.me.raw()
+                    && s.state.load(Ordering::Relaxed) == SUBMITTED
+                    && s.tag.load(Ordering::Relaxed) == tag
+            })
+            .map(|idx| {
+                let generation = self.state.slots[idx].generation.load(Ordering::Relaxed) as u16;
+                (generation << INDEX_BITS) | idx as u16
+            }))
+    }
+
     /// Makes the shared state consistent after a holder died mid-step (the lock reports it
     /// to whoever takes it next; this takes it now).
     pub fn recover(&self) -> Result<(), AdminSubmitError> {
