@@ -659,10 +659,7 @@ impl Admin {
                     waited_ms: timeout.as_millis() as u64,
                 });
             }
-            std::hint::spin_loop();
-            if start.elapsed() > Duration::from_micros(200) {
-                std::thread::yield_now();
-            }
+            wait_a_little(start);
         }
     }
 
@@ -785,7 +782,7 @@ impl Admin {
                 // it has no memory to park, and a reset completes it.
                 return (outcome.unwrap_or(AbortOutcome::NotAborted), None);
             }
-            std::thread::yield_now();
+            wait_a_little(start);
         }
     }
 
@@ -835,6 +832,19 @@ impl Drop for Admin {
                 && disable(&self.regs, Duration::from_secs(10));
             self.release_parked(!disabled);
         }
+    }
+}
+
+/// One pause of an admin wait that began at `start`: a spin for the first 50 us (a quick
+/// command is answered within them), then a short sleep. Not `yield_now`: beside busy
+/// pollers (an application's I/O threads, the software controller) a yielding waiter gets
+/// the CPU back only when their time slice ends, milliseconds later, while a sleeper is
+/// woken ahead of them as soon as its sleep is over.
+fn wait_a_little(start: Instant) {
+    if start.elapsed() < Duration::from_micros(50) {
+        std::hint::spin_loop();
+    } else {
+        std::thread::sleep(Duration::from_micros(20));
     }
 }
 
