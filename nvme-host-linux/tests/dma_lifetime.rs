@@ -309,7 +309,7 @@ fn shared_admin_queue_timeouts_keep_their_memory() {
         &TransportId::parse("trtype:sim").unwrap(),
         &AttachOptions {
             group: Some(group),
-            admin_timeout: Duration::from_millis(1500),
+            admin_timeout: Duration::from_millis(2000),
             timeout_action: TimeoutAction::None,
             ..Default::default()
         },
@@ -336,7 +336,7 @@ fn shared_admin_queue_timeouts_keep_their_memory() {
         .unwrap();
 
     // 1. The admin data buffer (timeline as in the process-local test).
-    delay_identify(2000);
+    delay_identify(2500);
     let r = ctrl.identify_controller();
     assert!(
         is_admin_timeout(&r, AdminOpcode::Identify as u8),
@@ -365,7 +365,7 @@ fn shared_admin_queue_timeouts_keep_their_memory() {
     );
 
     // 2. A caller's buffer, dropped after the timeout.
-    delay_identify(2500);
+    delay_identify(3000);
     identify_into_a_dropped_buffer_times_out(&ctrl);
     wait_until("the late Identify executed", || executed() == 2);
     assert_eq!(
