@@ -112,6 +112,9 @@ pub struct IdCtrlArgs {
     /// Decode some fields.
     #[arg(short = 'H', long = "human-readable")]
     pub human: bool,
+    /// The 4096 bytes of the Identify Controller data, raw.
+    #[arg(short = 'b', long = "raw-binary")]
+    pub raw: bool,
     /// Output format.
     #[arg(short = 'o', long = "output-format", value_enum, default_value_t)]
     pub output: OutputFormat,

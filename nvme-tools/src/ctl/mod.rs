@@ -350,6 +350,7 @@ fn with_controller<T>(cli: &Cli, f: impl FnOnce(&Controller) -> Result<T>) -> Re
 pub fn run(cli: &Cli) -> Result<()> {
     let text = match &cli.command {
         Cmd::List(a) => list(cli, a)?,
+        Cmd::IdCtrl(a) if a.raw => return print(with_controller(cli, ops::id_ctrl_raw)?),
         Cmd::IdCtrl(a) => with_controller(cli, |c| id_ctrl(c, a))?,
         Cmd::IdNs(a) => with_controller(cli, |c| id_ns(c, a))?,
         Cmd::SmartLog(a) => with_controller(cli, |c| smart_log(c, a))?,
@@ -494,6 +495,7 @@ mod tests {
             &c,
             &IdCtrlArgs {
                 human: false,
+                raw: false,
                 output: OutputFormat::Normal,
             },
         )

@@ -126,6 +126,14 @@ pub fn fw_log(ctrl: &Controller, a: &FwLogArgs) -> Result<Printed> {
     }))
 }
 
+/// `id-ctrl -b`: the Identify Controller data, raw.
+pub fn id_ctrl_raw(ctrl: &Controller) -> Result<Printed> {
+    Ok(Printed::out(ctrl.admin_read(
+        Command::identify(cns::CONTROLLER, 0, 0),
+        IDENTIFY_DATA_SIZE,
+    )?))
+}
+
 // ---------------------------------------------------------------------------------------
 // get-log
 
@@ -492,7 +500,15 @@ pub fn dsm(ctrl: &Controller, a: &DsmArgs) -> Result<Printed> {
             deallocate: a.ad,
         }
     };
-    io::queue(ctrl)?.dataset_management_sync(nsid, &ranges, attrs)?;
+    io::queue(ctrl)?
+        .dataset_management_sync(nsid, &ranges, attrs)
+        .map_err(|e| match e {
+            e @ (nvme_host_linux::Error::LbaOutOfRange { .. }
+            | nvme_host_linux::Error::Invalid(_)) => {
+                Error::Failed(format!("-s/--slbs, -b/--blocks: {e}; nothing was sent"))
+            }
+            e => e.into(),
+        })?;
     Ok(Printed::out("NVMe DSM: success\n"))
 }
 
