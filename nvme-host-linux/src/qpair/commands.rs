@@ -329,12 +329,10 @@ mod tests {
         assert!(matches!(qp.flush_sync(2), Err(Error::NoSuchNamespace(2))));
         let e = qp
             .passthru_sync(
-                Command {
-                    0: nvme_regs::SubmissionEntry {
-                        flags: 0x40,
-                        ..Command::flush(1).0
-                    },
-                },
+                Command(nvme_regs::SubmissionEntry {
+                    flags: 0x40,
+                    ..Command::flush(1).0
+                }),
                 None,
                 SYNC_COMMAND_TIMEOUT,
             )
