@@ -3,6 +3,8 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+#[cfg(test)]
+use clap::CommandFactory;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nvme_host_linux::regs::features::FeatureSelect;
 use nvme_host_linux::TransportId;
@@ -460,6 +462,7 @@ impl Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::parse_args(std::iter::once("nvmectl").chain(args.iter().copied()))
@@ -518,6 +521,63 @@ mod tests {
         );
         assert!(parse(&["get-feature"]).is_err(), "-f is required");
         assert!(parse(&["get-feature", "-f", "7", "-s", "4"]).is_err());
+    }
+
+    #[test]
+    fn operator_subcommands_take_nvme_clis_options() {
+        Cli::command().debug_assert();
+        let c = parse(&[
+            "-i", "3", "get-log", "--log-id", "2", "-l", "512", "-o", "8", "--rae", "-b",
+        ])
+        .unwrap();
+        assert_eq!(c.shm_id, Some(3), "-i stays the group id");
+        let Cmd::GetLog(a) = c.command else { panic!() };
+        assert_eq!(
+            (a.log_id, a.log_len, a.lpo, a.rae, a.raw, a.nsid),
+            (2, 512, 8, true, true, u32::MAX)
+        );
+        let c = parse(&[
+            "admin-passthru",
+            "-o",
+            "6",
+            "-4",
+            "1",
+            "-l",
+            "4096",
+            "--read",
+            "-s",
+        ])
+        .unwrap();
+        let Cmd::AdminPassthru(a) = c.command else {
+            panic!()
+        };
+        assert_eq!(
+            (a.opcode, a.cdw10, a.data_len, a.read, a.show),
+            (6, 1, 4096, true, true)
+        );
+        let c = parse(&["dsm", "--ad", "-s", "0,100", "-b", "8,0x10", "--idr"]).unwrap();
+        let Cmd::Dsm(a) = c.command else { panic!() };
+        assert_eq!(
+            (a.slbs, a.blocks, a.ad, a.idr),
+            (vec![0, 100], vec![8, 16], true, true)
+        );
+        let c = parse(&["write-zeroes", "-s", "5", "-c", "3", "-d", "-f"]).unwrap();
+        let Cmd::WriteZeroes(a) = c.command else {
+            panic!()
+        };
+        assert_eq!(
+            (a.start_block, a.block_count, a.deac, a.fua),
+            (5, 3, true, true)
+        );
+        let c = parse(&["set-feature", "-f", "4", "-v", "0x15e", "-s"]).unwrap();
+        let Cmd::SetFeature(a) = c.command else {
+            panic!()
+        };
+        assert_eq!((a.fid, a.value, a.save), (4, 350, true));
+        assert!(
+            parse(&["get-log", "-l", "512"]).is_err(),
+            "--log-id is required"
+        );
     }
 
     #[test]
