@@ -3,8 +3,6 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-#[cfg(test)]
-use clap::CommandFactory;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use nvme_host_linux::regs::features::FeatureSelect;
 use nvme_host_linux::TransportId;
