@@ -15,7 +15,10 @@ use crate::error::{Error, Result};
 use crate::mmio::Mmio;
 use crate::namespace::Namespace;
 
+mod commands;
 mod timeout;
+
+pub use commands::{DsmAttributes, WriteZeroesOptions, MAX_DSM_RANGES, SYNC_COMMAND_TIMEOUT};
 
 /// Options of an I/O queue pair.
 #[derive(Clone, Copy, Debug)]
