@@ -23,6 +23,7 @@ use nvme_regs::opcode::DataDirection;
 use nvme_regs::registers::{ShutdownNotification, ShutdownStatus};
 use zerocopy::FromBytes;
 
+use crate::attach::TimeoutAction;
 use crate::dma::{DmaBuffer, DmaMapping, IoBuf};
 use crate::error::{Error, Result};
 use crate::group::Group;
@@ -79,6 +80,7 @@ pub(crate) trait AdminOps {
     fn begin_reset(&self, dead: Option<OwnerId>) -> std::result::Result<(), AdminSubmitError>;
     fn end_reset(&self, ok: bool) -> std::result::Result<(), AdminSubmitError>;
     fn reset_after_disable(&self) -> std::result::Result<(), AdminSubmitError>;
+    fn cid_of(&self, tag: u64) -> std::result::Result<Option<u16>, AdminSubmitError>;
 }
 
 impl<L: RobustLock> AdminOps for SharedAdminQueue<'_, Mmio, L> {
@@ -110,6 +112,9 @@ impl<L: RobustLock> AdminOps for SharedAdminQueue<'_, Mmio, L> {
     }
     fn reset_after_disable(&self) -> std::result::Result<(), AdminSubmitError> {
         SharedAdminQueue::reset_after_disable(self)
+    }
+    fn cid_of(&self, tag: u64) -> std::result::Result<Option<u16>, AdminSubmitError> {
+        SharedAdminQueue::cid_of(self, tag)
     }
 }
 
@@ -371,6 +376,30 @@ pub(crate) struct Admin {
     /// The admin data buffer is among them when such a command used it; the next command
     /// gets a fresh one.
     parked: Vec<(u64, Arc<DmaMapping>)>,
+    /// What a command that times out gets (see [`TimeoutAction`]); `None` until the
+    /// controller is attached (the attach's own commands time out as before).
+    action: TimeoutAction,
+    /// Bound on an Abort command's answer (and on the aborted command's completion after it).
+    abort_timeout: Duration,
+    /// A command timed out and its Abort failed (or the action is `Reset`): the caller,
+    /// which can take the controller's reset path without holding this admin path, resets
+    /// the controller (see `Inner::recovering`).
+    reset_wanted: bool,
+}
+
+/// What an Abort command achieved (see [`Admin::abort`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AbortOutcome {
+    /// The controller aborted the command (completion dword 0 bit 0 cleared): the command
+    /// completes with Command Abort Requested.
+    Aborted,
+    /// The controller did not abort it (dword 0 bit 0 set, or the Abort failed with an error
+    /// status such as Abort Command Limit Exceeded), or the Abort itself did not complete
+    /// within its bound: only a reset gets the command back.
+    NotAborted,
+    /// No Abort was sent (the admin queue refused it: full, its lock held, a reset under
+    /// way) or the controller is gone: nothing is known.
+    NotSent,
 }
 
 impl Admin {
@@ -383,6 +412,9 @@ impl Admin {
             next_tag: 1,
             data,
             parked: Vec::new(),
+            action: TimeoutAction::None,
+            abort_timeout: Duration::from_secs(1),
+            reset_wanted: false,
         }
     }
 
@@ -395,7 +427,23 @@ impl Admin {
             next_tag: 1,
             data,
             parked: Vec::new(),
+            action: TimeoutAction::None,
+            abort_timeout: Duration::from_secs(1),
+            reset_wanted: false,
         }
+    }
+
+    /// Sets what a command that times out gets from now on (once the controller is
+    /// attached: only then is there a reset path to escalate to).
+    pub(crate) fn set_timeout_action(&mut self, action: TimeoutAction, abort_timeout: Duration) {
+        self.action = action;
+        self.abort_timeout = abort_timeout;
+    }
+
+    /// Did a timed-out command ask for a controller reset since the last call? (The caller
+    /// resets once it has let go of this admin path.)
+    pub(crate) fn take_reset_request(&mut self) -> bool {
+        std::mem::take(&mut self.reset_wanted)
     }
 
     /// Whether the controller is still there.
@@ -480,6 +528,8 @@ impl Admin {
             .reset_steps(group, opts, cap_timeout)
             .and_then(|info| extra(self).map(|_| info));
         let ended = with_queue(&self.local, &self.regs, group, |q| q.end_reset(r.is_ok()));
+        // A command that timed out during the reset asked for one: this is it.
+        self.reset_wanted = false;
         let info = r?;
         ended??;
         Ok(info)
@@ -545,7 +595,11 @@ impl Admin {
     ) -> Result<Completion> {
         let tag = self.next_tag;
         self.next_tag += 1;
-        let r = self.execute_inner(group, cmd, region, tag, timeout);
+        let generation = self.live.generation();
+        let r = match self.execute_inner(group, cmd, region, tag, timeout) {
+            Err(e @ Error::Timeout { .. }) => self.timed_out(group, cmd, tag, generation, e),
+            r => r,
+        };
         if let (Err(Error::Timeout { .. } | Error::ControllerFatal), Some(k)) = (&r, keep) {
             // Submitted and not completed: the controller may still transfer.
             self.parked.push((tag, k));
@@ -617,10 +671,130 @@ impl Admin {
                     waited_ms: timeout.as_millis() as u64,
                 });
             }
-            std::hint::spin_loop();
-            if start.elapsed() > Duration::from_micros(200) {
-                std::thread::yield_now();
+            wait_a_little(start);
+        }
+    }
+
+    /// After command `tag` timed out (`timeout`), what [`TimeoutAction`] says: nothing; or
+    /// ask for a reset; or abort it and ask for a reset when the Abort did not get it back.
+    /// Returns the command's result: its late completion, [`Error::TimeoutAborted`] when
+    /// the Abort got it back, or `timeout` (it is still outstanding; with a reset asked for,
+    /// the reset completes it).
+    fn timed_out(
+        &mut self,
+        group: Option<&Group>,
+        cmd: Command,
+        tag: u64,
+        generation: u64,
+        timeout: Error,
+    ) -> Result<Completion> {
+        match self.action {
+            TimeoutAction::None => return Err(timeout),
+            TimeoutAction::Reset => {
+                self.reset_wanted = true;
+                return Err(timeout);
             }
+            TimeoutAction::Abort => {}
+        }
+        // Still outstanding? (Not when it was never submitted, or completed just now: its
+        // completion then waits in this process's mailbox and is reaped later.)
+        let Ok(Ok(Some(cid))) = with_queue(&self.local, &self.regs, group, |q| q.cid_of(tag))
+        else {
+            return Err(timeout);
+        };
+        let (outcome, late) = self.abort(group, 0, cid, Some(tag));
+        match late {
+            Some(c) if c.status == ABORT_REQUESTED => {
+                let Error::Timeout { waited_ms, .. } = timeout else {
+                    unreachable!("called with a timeout")
+                };
+                Err(Error::TimeoutAborted {
+                    opcode: cmd.opcode(),
+                    admin: true,
+                    waited_ms,
+                })
+            }
+            Some(c) if c.status == ABORTED && self.live.generation() != generation => {
+                Err(Error::AbortedByReset)
+            }
+            Some(c) if !c.status.is_success() => Err(Error::Nvme {
+                opcode: cmd.opcode(),
+                admin: true,
+                status: c.status,
+            }),
+            // It completed after all, before or despite the Abort.
+            Some(c) => Ok(c),
+            None => {
+                // Aborted but its completion did not come, or not aborted, or the Abort got
+                // no answer: only a reset gets the command (and its memory) back.
+                if outcome != AbortOutcome::NotSent {
+                    self.reset_wanted = true;
+                }
+                Err(timeout)
+            }
+        }
+    }
+
+    /// Sends an Abort for command `cid` of submission queue `sqid` and waits for its answer,
+    /// bounded by the abort timeout. With `watch` (the tag of this process's admin command
+    /// being aborted) it also waits for that command's completion when the Abort reports it
+    /// aborted, and returns it (as soon as it arrives, whatever the Abort says).
+    pub(crate) fn abort(
+        &mut self,
+        group: Option<&Group>,
+        sqid: u16,
+        cid: u16,
+        watch: Option<u64>,
+    ) -> (AbortOutcome, Option<Completion>) {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let submitted = with_queue(&self.local, &self.regs, group, |q| {
+            q.submit(Command::abort(sqid, cid), None, tag)
+        });
+        if !matches!(submitted, Ok(Ok(()))) {
+            return (AbortOutcome::NotSent, None);
+        }
+        let start = Instant::now();
+        let (mut answer, mut watched) = (None::<Completion>, None);
+        loop {
+            let parked = &mut self.parked;
+            let _ = with_queue(&self.local, &self.regs, group, |q| {
+                q.poll(false, &mut |t, c| {
+                    if t == tag {
+                        answer = Some(c);
+                    } else if Some(t) == watch {
+                        watched = Some(c);
+                    } else {
+                        unpark(parked, t);
+                    }
+                })
+            });
+            let outcome = answer.map(|c| {
+                if c.status.is_success() && c.dw0 & 1 == 0 {
+                    AbortOutcome::Aborted
+                } else {
+                    AbortOutcome::NotAborted
+                }
+            });
+            match (outcome, watched) {
+                (Some(o), w @ Some(_)) => return (o, w),
+                (Some(AbortOutcome::Aborted), None) if watch.is_some() => {}
+                (Some(o), None) => return (o, None),
+                (None, Some(w)) => return (AbortOutcome::NotSent, Some(w)),
+                (None, None) => {}
+            }
+            if start.elapsed() > Duration::from_millis(1) {
+                match self.live.check() {
+                    Ok(()) | Err(Error::AbortedByReset) => {}
+                    Err(_) => return (AbortOutcome::NotSent, None),
+                }
+            }
+            if start.elapsed() > self.abort_timeout {
+                // The Abort (if unanswered) stays outstanding like any timed-out command:
+                // it has no memory to park, and a reset completes it.
+                return (outcome.unwrap_or(AbortOutcome::NotAborted), None);
+            }
+            wait_a_little(start);
         }
     }
 
@@ -673,9 +847,26 @@ impl Drop for Admin {
     }
 }
 
+/// One pause of an admin wait that began at `start`: a spin for the first 50 us (a quick
+/// command is answered within them), then a short sleep. Not `yield_now`: beside busy
+/// pollers (an application's I/O threads, the software controller) a yielding waiter gets
+/// the CPU back only when their time slice ends, milliseconds later, while a sleeper is
+/// woken ahead of them as soon as its sleep is over.
+fn wait_a_little(start: Instant) {
+    if start.elapsed() < Duration::from_micros(50) {
+        std::hint::spin_loop();
+    } else {
+        std::thread::sleep(Duration::from_micros(20));
+    }
+}
+
 /// How the controller's reset completes the commands it held.
 const ABORTED: nvme_regs::Status =
     nvme_regs::Status::generic(nvme_regs::status::GenericStatus::AbortedSqDeletion);
+
+/// How a command aborted by an Abort command completes.
+pub(crate) const ABORT_REQUESTED: nvme_regs::Status =
+    nvme_regs::Status::generic(nvme_regs::status::GenericStatus::AbortRequested);
 
 /// Lets go of the parked memory of the timed-out command `tag`, whose completion arrived.
 fn unpark(parked: &mut Vec<(u64, Arc<DmaMapping>)>, tag: u64) {

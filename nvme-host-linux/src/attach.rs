@@ -36,6 +36,53 @@ pub struct AttachOptions {
     /// the caller retries; without it the command fails with [`Error::ControllerFatal`]
     /// and resetting is left to the caller ([`Controller::reset`]).
     pub reset_on_fatal: bool,
+    /// What happens to an admin command that does not complete within `admin_timeout`
+    /// once the controller is attached, and to an I/O request that outlives its queue
+    /// pair's timeout ([`IoQueuePair::set_timeout`](crate::IoQueuePair::set_timeout)):
+    /// see [`TimeoutAction`]. Default: [`TimeoutAction::Abort`]. Why not `None` (SPDK's
+    /// default, where timeouts are off unless asked for): here the admin timeout is always
+    /// on, and a command the controller lost would otherwise stay outstanding for good,
+    /// holding its memory and one of the process's 16 admin mailbox entries; why not
+    /// `Reset`: a reset aborts every process's I/O, an Abort costs nothing when the
+    /// controller can still give the command back.
+    pub timeout_action: TimeoutAction,
+    /// Bound on the answer to an Abort sent by [`TimeoutAction::Abort`] (and on the aborted
+    /// command's completion after it); past it the driver resets the controller. Default 1 s.
+    pub abort_timeout: Duration,
+}
+
+/// What the driver does with a command that did not complete in time (SPDK bdev_nvme's
+/// `action_on_timeout`). The admin path's outcome, as the caller sees it:
+///
+/// | action | the controller ... | the caller gets | afterwards |
+/// |---|---|---|---|
+/// | `None` | - | [`Error::Timeout`] | the command stays outstanding (its memory stays mapped until its completion comes or the controller is reset or detached) |
+/// | `Abort` | aborts it | [`Error::TimeoutAborted`] | nothing outstanding; retry |
+/// | `Abort` | says "not aborted" (QEMU always does), or does not answer the Abort within [`AttachOptions::abort_timeout`] | [`Error::AbortedByReset`] | the controller was reset for the whole group; retry |
+/// | `Reset` | - | [`Error::AbortedByReset`] | as above, without an Abort first |
+///
+/// A command that completes meanwhile (even while the Abort is under way) returns its own
+/// result. When the reset itself fails, the caller gets the reset's error and commands
+/// fail with [`Error::NeedsReset`] until a reset works. When the Abort cannot be sent (the
+/// group's lock is held by a stopped process, the queue is full, another process is
+/// resetting) the caller gets [`Error::Timeout`] and nothing is reset: the controller is
+/// not known to have lost the command. For I/O, see
+/// [`IoQueuePair::set_timeout`](crate::IoQueuePair::set_timeout).
+///
+/// The driver has at most one Abort outstanding per process (they go through the admin
+/// path one at a time), within any controller's Abort Command Limit (Identify ACL, at least
+/// 1); a controller that answers Abort Command Limit Exceeded (several processes aborting
+/// at once) is treated as "not aborted".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TimeoutAction {
+    /// Report the timeout, do nothing else (the behaviour before timeouts had actions).
+    None,
+    /// Send an Abort for the command; when the controller does not abort it, reset the
+    /// controller (group-wide).
+    #[default]
+    Abort,
+    /// Reset the controller (group-wide) at once.
+    Reset,
 }
 
 impl Default for AttachOptions {
@@ -46,6 +93,8 @@ impl Default for AttachOptions {
             admin_timeout: Duration::from_secs(10),
             group: None,
             reset_on_fatal: true,
+            timeout_action: TimeoutAction::default(),
+            abort_timeout: Duration::from_secs(1),
         }
     }
 }

@@ -109,10 +109,12 @@ impl Controller {
         opts: &AttachOptions,
         info: ControllerInfo,
         namespaces: Vec<Namespace>,
-        admin: Admin,
+        mut admin: Admin,
         group: Option<Arc<Group>>,
         shadow: Option<Arc<DmaMapping>>,
     ) -> Controller {
+        // Attached: from now on a timed-out command can escalate to this controller's reset.
+        admin.set_timeout_action(opts.timeout_action, opts.abort_timeout);
         let max_transfer = info.max_transfer.min(MAX_TRANSFER_CAP);
         let granted = info.io_queues.sq.min(info.io_queues.cq);
         let inner = Inner {
@@ -496,13 +498,31 @@ impl Inner {
     }
 
     /// Runs `f` on the admin path; when it finds the controller in fatal status and
-    /// [`AttachOptions::reset_on_fatal`] is set, resets the controller (unless another
-    /// process or thread already did since `f` began) and reports the command as aborted by
-    /// the reset.
+    /// [`AttachOptions::reset_on_fatal`] is set, or when a command timed out and
+    /// [`AttachOptions::timeout_action`] asks for a reset (see [`crate::TimeoutAction`]),
+    /// resets the controller (unless another process or thread already did since `f`
+    /// began) and reports the command as aborted by the reset. The reset is taken after `f`
+    /// let go of the admin path (the reset takes it again, and in a group goes through the
+    /// group's reset protocol like any other).
     fn recovering<T>(&self, f: impl FnOnce(&mut Admin) -> Result<T>) -> Result<T> {
         let generation = self.live.generation();
-        let r = f(&mut lock(&self.admin));
+        let (r, reset_wanted) = {
+            let mut admin = lock(&self.admin);
+            let r = f(&mut admin);
+            (r, admin.take_reset_request())
+        };
         match r {
+            Err(Error::Timeout { .. }) if reset_wanted => {
+                if self.live.generation() == generation {
+                    match self.reset(None) {
+                        Ok(()) | Err(Error::AbortedByReset) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                // The reset completed the command (as aborted) after disabling the
+                // controller: nothing of it is outstanding.
+                Err(Error::AbortedByReset)
+            }
             Err(Error::ControllerFatal) if self.opts.reset_on_fatal => {
                 if self.live.generation() == generation {
                     match self.reset(None) {
@@ -515,6 +535,19 @@ impl Inner {
             }
             r => r,
         }
+    }
+
+    /// Sends an Abort for I/O command `cid` of submission queue `sqid` (an I/O queue pair's
+    /// timeout) and waits for its answer, bounded by [`AttachOptions::abort_timeout`].
+    pub(crate) fn abort_io(&self, sqid: u16, cid: u16) -> crate::admin::AbortOutcome {
+        lock(&self.admin)
+            .abort(self.group.as_deref(), sqid, cid, None)
+            .0
+    }
+
+    /// What a timed-out command gets.
+    pub(crate) fn timeout_action(&self) -> crate::TimeoutAction {
+        self.opts.timeout_action
     }
 
     /// See [`Controller::reset`]; `dead_owner`: a member that died resetting, whose reset

@@ -40,8 +40,10 @@ pub enum Error {
     /// The controller reports Controller Fatal Status (CSTS.CFS): it must be reset
     /// (detach and attach again).
     ControllerFatal,
-    /// The request was aborted by a controller reset ([`Controller::reset`]): it may or may
-    /// not have been carried out; retry it. A submission refused this way was not made
+    /// The request was aborted by a controller reset ([`Controller::reset`], a reset after
+    /// a fatal status, or after a command timed out and was not given back by an Abort:
+    /// see [`TimeoutAction`](crate::TimeoutAction)): it may or may not have been carried
+    /// out; retry it. A submission refused this way was not made
     /// (the reset is under way: process completions and retry).
     ///
     /// [`Controller::reset`]: crate::Controller::reset
@@ -64,6 +66,19 @@ pub enum Error {
         /// Whether it was an admin command.
         admin: bool,
         /// How long the driver waited, in milliseconds.
+        waited_ms: u64,
+    },
+    /// A command did not complete in time and the driver aborted it (Abort command; see
+    /// [`TimeoutAction::Abort`](crate::TimeoutAction::Abort)): the controller completed
+    /// it with Command Abort Requested instead of carrying it out to the end. Nothing of it
+    /// is outstanding any more. It is safe to retry; a write aborted this way may have
+    /// written some of its blocks.
+    TimeoutAborted {
+        /// The command's opcode.
+        opcode: u8,
+        /// Whether it was an admin command.
+        admin: bool,
+        /// How long the driver waited before aborting it, in milliseconds.
         waited_ms: u64,
     },
     /// The namespace does not exist (or is not active) on this controller.
@@ -171,6 +186,11 @@ impl fmt::Display for Error {
             Error::Timeout { opcode, admin, waited_ms } => write!(
                 f,
                 "{} (opcode {opcode:#04x}) did not complete within {waited_ms} ms",
+                opcode_name(*opcode, *admin)
+            ),
+            Error::TimeoutAborted { opcode, admin, waited_ms } => write!(
+                f,
+                "{} (opcode {opcode:#04x}) did not complete within {waited_ms} ms and was aborted (Command Abort Requested): it did not run to the end; retry it",
                 opcode_name(*opcode, *admin)
             ),
             Error::NoSuchNamespace(n) => write!(f, "namespace {n} is not an active namespace of this controller"),

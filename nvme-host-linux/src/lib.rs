@@ -18,7 +18,9 @@
 //! - `admin`: the one admin path: nvme-core's shared admin queue protocol for a process
 //!   alone (a group of one, in-process lock) and for a group (robust mutex in the group's
 //!   files), bring-up, timed-out commands' memory, controller liveness.
-//! - `qpair`: [`IoQueuePair`], one per thread; `dma`: [`DmaBuffer`].
+//! - `qpair`: [`IoQueuePair`], one per thread (`qpair::commands`: synchronous Flush,
+//!   Write Zeroes, Dataset Management and I/O passthru); `dma`: [`DmaBuffer`].
+//! - `passthru`: [`Controller::admin_passthru`] and the admin commands it refuses.
 //! - `transport`: the [`Transport`] trait; `vfio` (PCIe through VFIO) and `simtransport`
 //!   (the software controller) implement it; `trid`: transport id strings.
 //! - `group`: the shared-memory group (files, members, liveness, queue id pool, descriptor
@@ -46,6 +48,7 @@ mod iova;
 pub mod memory;
 mod mmio;
 mod namespace;
+mod passthru;
 mod qpair;
 #[cfg(feature = "sim")]
 mod simtransport;
@@ -56,13 +59,15 @@ mod transport;
 mod trid;
 pub mod vfio;
 
-pub use attach::AttachOptions;
+pub use attach::{AttachOptions, TimeoutAction};
 pub use controller::Controller;
 pub use dma::{DmaBuffer, IoBuf};
 pub use error::{Error, Result};
 pub use group::Role;
 pub use mmio::Mmio;
 pub use namespace::Namespace;
+pub use passthru::admin_passthru_refusal;
+pub use qpair::{DsmAttributes, WriteZeroesOptions, MAX_DSM_RANGES, SYNC_COMMAND_TIMEOUT};
 pub use qpair::{IoQueuePair, QueueOptions};
 #[cfg(feature = "sim")]
 pub use simtransport::SimTransport;

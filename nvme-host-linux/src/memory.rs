@@ -12,6 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::unistd::ftruncate;
 use nvme_core::DmaRegion;
@@ -61,6 +62,8 @@ unsafe impl SharedView for crate::group::layout::GroupHeader {}
 pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// The slot in [`sigbus`]'s table when the mapping is guarded against truncation.
+    guard: Option<usize>,
 }
 
 // SAFETY: the struct owns a shared mapping and only hands out raw pointers; access to the
@@ -90,7 +93,31 @@ impl Mapping {
         }
         let ptr =
             NonNull::new(p as *mut u8).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
-        Ok(Mapping { ptr, len })
+        Ok(Mapping {
+            ptr,
+            len,
+            guard: None,
+        })
+    }
+
+    /// As [`Mapping::new`] for a file another process may truncate while this one uses it
+    /// (the group's files): an access past the file's new end replaces the whole mapping
+    /// with private zero-filled memory instead of killing the process with SIGBUS, and
+    /// [`Mapping::damaged`] says so from then on. See [`sigbus`].
+    pub(crate) fn new_guarded(
+        fd: BorrowedFd<'_>,
+        len: usize,
+        populate: bool,
+    ) -> io::Result<Mapping> {
+        let mut m = Mapping::new(fd, 0, len, populate)?;
+        m.guard = Some(sigbus::guard(m.ptr.as_ptr() as usize, len)?);
+        Ok(m)
+    }
+
+    /// Was the file under a guarded mapping truncated under it (and the mapping replaced by
+    /// zeros)? Always false for an unguarded mapping.
+    pub(crate) fn damaged(&self) -> bool {
+        self.guard.is_some_and(sigbus::hit)
     }
     /// Start of the mapping.
     pub fn as_ptr(&self) -> *mut u8 {
@@ -167,8 +194,174 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if let Some(slot) = self.guard {
+            sigbus::unguard(slot);
+        }
         // SAFETY: our own mapping; its users hold it alive while they use it.
         unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len) };
+    }
+}
+
+/// Survives the truncation of a mapped group file.
+///
+/// The group's files (`control`, `admin.mem`) are ordinary files any process of the same
+/// user can open; one that truncates a file makes every access past the new end fault with
+/// SIGBUS in every process that maps it. Their mappings are therefore registered here, and a
+/// SIGBUS handler (installed once, chained to the one before it) answers a fault inside a
+/// registered mapping by mapping private zero-filled memory over the whole of it
+/// (`MAP_FIXED`), as Wayland compositors do for their clients' shared memory pools. The
+/// faulting access then completes on zeros, which the readers of the group state refuse
+/// as damaged; the process goes on and reports the group as unusable
+/// ([`Mapping::damaged`]). A fault anywhere else goes to the previous handler (the Rust
+/// runtime's stack-overflow check, or the default action), so real crashes still crash.
+///
+/// The handler only loads atomics and calls `mmap`, a plain system call.
+mod sigbus {
+    use std::io;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+
+    /// Mappings guarded at once in one process (two per group membership).
+    const SLOTS: usize = 64;
+    /// A slot's `start` while its registration is being written.
+    const CLAIMED: usize = usize::MAX;
+
+    struct Slot {
+        /// Start address; 0: free.
+        start: AtomicUsize,
+        len: AtomicUsize,
+        /// A fault hit the mapping and it was replaced.
+        hit: AtomicBool,
+    }
+
+    #[allow(clippy::declare_interior_mutable_const)]
+    const FREE: Slot = Slot {
+        start: AtomicUsize::new(0),
+        len: AtomicUsize::new(0),
+        hit: AtomicBool::new(false),
+    };
+    static TABLE: [Slot; SLOTS] = [FREE; SLOTS];
+
+    /// The SIGBUS action found when ours was installed (set once, before ours is live).
+    static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
+
+    /// Registers `[start, start + len)`; returns its slot.
+    pub(super) fn guard(start: usize, len: usize) -> io::Result<usize> {
+        install()?;
+        for (i, slot) in TABLE.iter().enumerate() {
+            if slot
+                .start
+                .compare_exchange(0, CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                slot.hit.store(false, Ordering::Relaxed);
+                slot.len.store(len, Ordering::Relaxed);
+                slot.start.store(start, Ordering::Release);
+                return Ok(i);
+            }
+        }
+        Err(io::Error::other(format!(
+            "more than {SLOTS} group file mappings in one process"
+        )))
+    }
+
+    /// Forgets a registration (before the mapping goes).
+    pub(super) fn unguard(slot: usize) {
+        TABLE[slot].start.store(0, Ordering::Release);
+    }
+
+    /// Did a fault replace the mapping of `slot`?
+    pub(super) fn hit(slot: usize) -> bool {
+        TABLE[slot].hit.load(Ordering::Acquire)
+    }
+
+    fn install() -> io::Result<()> {
+        static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+        (*INSTALLED.get_or_init(|| {
+            // SAFETY: a zeroed sigaction is a valid "nothing" value; we fill it in.
+            let mut ours: libc::sigaction = unsafe { std::mem::zeroed() };
+            ours.sa_sigaction = on_sigbus as *const () as usize;
+            ours.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+            // SAFETY: as above.
+            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: `sa_mask` is ours to initialise.
+            unsafe { libc::sigemptyset(&mut ours.sa_mask) };
+            // Read the current action first, so that the handler always finds it.
+            // SAFETY: a null new action only reads the current one into `old`.
+            if unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) } != 0 {
+                return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
+            }
+            let _ = PREVIOUS.set(old);
+            // SAFETY: installs a handler that is async-signal-safe (atomics and mmap).
+            if unsafe { libc::sigaction(libc::SIGBUS, &ours, std::ptr::null_mut()) } != 0 {
+                return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
+            }
+            Ok(())
+        }))
+        .map_err(io::Error::from_raw_os_error)
+    }
+
+    extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+        let addr = unsafe { (*info).si_addr() } as usize;
+        for slot in &TABLE {
+            let start = slot.start.load(Ordering::Acquire);
+            if start == 0 || start == CLAIMED || addr < start {
+                continue;
+            }
+            let len = slot.len.load(Ordering::Relaxed);
+            if addr - start >= len {
+                continue;
+            }
+            // SAFETY: replaces exactly the registered mapping, which its `Mapping` still
+            // owns (it unregisters before unmapping), with private zeroed memory of the same
+            // size and protection: every reference into it stays valid.
+            let p = unsafe {
+                libc::mmap(
+                    start as *mut libc::c_void,
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if p != libc::MAP_FAILED {
+                slot.hit.store(true, Ordering::Release);
+                return;
+            }
+            break;
+        }
+        chain(sig, info, ctx);
+    }
+
+    /// Hands a fault that is not ours to the action that was there before.
+    fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        let prev = PREVIOUS.get().map(|a| (a.sa_sigaction, a.sa_flags));
+        match prev {
+            Some((h, flags)) if h != libc::SIG_DFL && h != libc::SIG_IGN => {
+                if flags & libc::SA_SIGINFO != 0 {
+                    // SAFETY: the previous handler was installed with SA_SIGINFO, so it has
+                    // this signature.
+                    let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                        unsafe { std::mem::transmute(h) };
+                    f(sig, info, ctx);
+                } else {
+                    // SAFETY: a handler without SA_SIGINFO takes the signal number only.
+                    let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(h) };
+                    f(sig);
+                }
+            }
+            _ => {
+                // The default action: restore it and return; the access faults again and
+                // the process ends as it would have without us.
+                // SAFETY: a zeroed sigaction with SIG_DFL (0) is the default action.
+                let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+                dfl.sa_sigaction = libc::SIG_DFL;
+                // SAFETY: restores the default action for SIGBUS.
+                unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) };
+            }
+        }
     }
 }
 
@@ -214,6 +407,7 @@ impl SharedMemory {
         let cname = CString::new(name)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))?;
         let flags = MFdFlags::MFD_CLOEXEC
+            | MFdFlags::MFD_ALLOW_SEALING
             | if backing == Backing::HugePages {
                 MFdFlags::MFD_HUGETLB
             } else {
@@ -221,15 +415,26 @@ impl SharedMemory {
             };
         let fd = memfd_create(cname.as_c_str(), flags)?;
         ftruncate(&fd, len as libc::off_t)?;
+        // The size is fixed from here on: whoever else gets the descriptor (the software
+        // controller's process) can neither shrink the memory under our mapping (SIGBUS)
+        // nor grow it.
+        fcntl(
+            &fd,
+            FcntlArg::F_ADD_SEALS(
+                SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+            ),
+        )?;
         let map = Mapping::new(fd.as_fd(), 0, len, true)?;
         Ok(SharedMemory { map, fd, backing })
     }
 
     /// Maps an existing file (a group's shared segment, opened by path) of `len` bytes.
-    /// The file must already have that size.
+    /// The file must already have that size. The mapping is guarded: if another process
+    /// truncates the file, this one reads zeros there instead of dying of SIGBUS, and
+    /// [`SharedMemory::damaged`] turns true.
     pub fn from_file(file: std::fs::File, len: usize) -> io::Result<SharedMemory> {
         let fd = OwnedFd::from(file);
-        let map = Mapping::new(fd.as_fd(), 0, len, true)?;
+        let map = Mapping::new_guarded(fd.as_fd(), len, true)?;
         Ok(SharedMemory {
             map,
             fd,
@@ -256,6 +461,10 @@ impl SharedMemory {
     /// The backing in use.
     pub fn backing(&self) -> Backing {
         self.backing
+    }
+    /// Was the file truncated under this mapping (see [`SharedMemory::from_file`])?
+    pub fn damaged(&self) -> bool {
+        self.map.damaged()
     }
     /// See [`Mapping::region`].
     pub(crate) fn region(&self, offset: usize, len: usize, iova: u64) -> Option<DmaRegion> {
@@ -301,6 +510,10 @@ mod tests {
         let second = Mapping::new(m.fd(), 0, 8192, false).unwrap();
         assert_eq!(second.bytes()[100], 42);
         assert!(SharedMemory::with_backing("test", 0, Backing::Shared).is_err());
+        // Sealed: whoever holds the descriptor can neither shrink nor grow it.
+        assert_eq!(ftruncate(m.fd(), 4096), Err(nix::errno::Errno::EPERM));
+        assert_eq!(ftruncate(m.fd(), 16384), Err(nix::errno::Errno::EPERM));
+        assert_eq!(second.bytes()[100], 42);
     }
 
     #[test]
@@ -314,6 +527,79 @@ mod tests {
         assert!(m.region(4096, 4097, 0).is_none());
         assert!(m.region(usize::MAX, 2, 0).is_none());
         assert_eq!(m.region(8192, 0, 0).map(|r| r.len()), Some(0));
+    }
+
+    /// A file of `len` bytes in the temporary directory, removed when the test ends.
+    struct TempFile(std::path::PathBuf);
+    impl TempFile {
+        fn new(name: &str, len: u64) -> (TempFile, std::fs::File) {
+            let path = std::env::temp_dir().join(format!("nvme-rs-{name}-{}", std::process::id()));
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+            f.set_len(len).unwrap();
+            (TempFile(path), f)
+        }
+    }
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_group_file_truncated_under_its_mapping_reads_as_zeros() {
+        let (file, f) = TempFile::new("guarded", 8192);
+        let other = f.try_clone().unwrap();
+        let m = SharedMemory::from_file(f, 8192).unwrap();
+        let r = m.region(0, 8192, 0).unwrap();
+        assert!(r.write_u32(4096 + 8, 0xfeed));
+        assert_eq!(r.read_u32(4096 + 8), Some(0xfeed));
+        assert!(!m.damaged());
+        // Another process (here: another descriptor) cuts the file to one page.
+        other.set_len(4096).unwrap();
+        // Past the end: without the guard this access dies of SIGBUS.
+        assert_eq!(r.read_u32(4096 + 8), Some(0));
+        assert!(m.damaged());
+        // The whole mapping was replaced: stays usable memory, reads zero, takes writes.
+        assert_eq!(r.read_u32(0), Some(0));
+        assert!(r.write_u32(16, 7));
+        assert_eq!(r.read_u32(16), Some(7));
+        drop(m);
+        drop(file);
+    }
+
+    #[test]
+    fn a_fault_outside_guarded_mappings_still_kills() {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        use nix::unistd::{fork, ForkResult};
+        // Our handler is installed (by a guarded mapping) and an unguarded mapping faults.
+        let (_guarded_file, g) = TempFile::new("other-guarded", 4096);
+        let _guarded = SharedMemory::from_file(g, 4096).unwrap();
+        let (_file, f) = TempFile::new("unguarded", 8192);
+        let m = Mapping::new(f.as_fd(), 0, 8192, false).unwrap();
+        let r = m.region(0, 8192, 0).unwrap();
+        f.set_len(0).unwrap();
+        // SAFETY: the child only reads memory and exits (async-signal-safe steps only).
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                let v = r.read_u32(4096);
+                // Reached only if the fault was swallowed.
+                // SAFETY: ends the child without running the parent's destructors.
+                unsafe { libc::_exit(if v.is_some() { 0 } else { 1 }) };
+            }
+            ForkResult::Parent { child } => {
+                let st = waitpid(child, None).unwrap();
+                assert_eq!(
+                    st,
+                    WaitStatus::Signaled(child, nix::sys::signal::Signal::SIGBUS, false)
+                );
+            }
+        }
     }
 
     #[test]

@@ -15,6 +15,11 @@ use crate::error::{Error, Result};
 use crate::mmio::Mmio;
 use crate::namespace::Namespace;
 
+mod commands;
+mod timeout;
+
+pub use commands::{DsmAttributes, WriteZeroesOptions, MAX_DSM_RANGES, SYNC_COMMAND_TIMEOUT};
+
 /// Options of an I/O queue pair.
 #[derive(Clone, Copy, Debug)]
 pub struct QueueOptions {
@@ -80,11 +85,13 @@ pub struct IoQueuePair {
     qid: u16,
     /// The controller's reset generation this pair's queues were created in.
     generation: u64,
-    /// The controller's current reset generation lives here (in `_live`'s memory).
+    /// The controller's current reset generation lives here (in `live`'s memory).
     reset_gen: nvme_core::SharedRef<nvme_core::shared::SharedAdminState>,
     /// Keeps `reset_gen`'s memory mapped.
-    _live: Arc<crate::admin::Liveness>,
+    live: Arc<crate::admin::Liveness>,
     ctrl: Controller,
+    /// The I/O timeout's watchdog, when one is set ([`set_timeout`](Self::set_timeout)).
+    timeout: Option<Box<timeout::IoTimeout>>,
     // Dropped last: the controller must stop using the rings first (see Drop).
     rings: Option<DmaMapping>,
 }
@@ -190,8 +197,9 @@ impl IoQueuePair {
             qid,
             generation,
             reset_gen: live.shared_state(),
-            _live: live,
+            live,
             ctrl,
+            timeout: None,
             rings: Some(rings),
         })
     }
@@ -465,6 +473,9 @@ impl IoQueuePair {
             } else {
                 0
             };
+        }
+        if self.timeout.is_some() {
+            return self.process_completions_watched(max, &mut f);
         }
         self.qp.poll(max, |ctx: IoCtx, c: Completion| {
             let r = if c.status.is_success() {

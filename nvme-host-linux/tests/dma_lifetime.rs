@@ -2,7 +2,9 @@
 //! rings stay mapped (and unused by anything else) until its completion is reaped or the
 //! controller has been disabled. The software controller executes commands late on request
 //! (`DelayExecution`: the data moves after the delay) and counts device accesses to
-//! unmapped IOVAs (`dma_errors`), which an IOMMU would fault.
+//! unmapped IOVAs (`dma_errors`), which an IOMMU would fault. The admin timeouts here use
+//! the timeout action `None`, under which a timed-out command stays outstanding (the other
+//! actions abort it or reset the controller: `tests/timeout.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,10 +17,12 @@ use nvme_host_linux::regs::status::GenericStatus;
 use nvme_host_linux::regs::Status;
 use nvme_host_linux::sim::{CommandMatch, SimConfig, SimController};
 use nvme_host_linux::{
-    AttachOptions, Controller, Error, QueueOptions, SimTransport, Transport, TransportId,
+    AttachOptions, Controller, Error, QueueOptions, SimTransport, TimeoutAction, Transport,
+    TransportId,
 };
 
-/// Attaches to a fresh software controller with a short admin timeout; also returns the
+/// Attaches to a fresh software controller with a short admin timeout (and the timeout
+/// action `None`: a command that times out stays outstanding); also returns the
 /// transport, which outlives the controller so that the test can look at the software
 /// controller after the driver detached.
 fn attach(admin_timeout: Duration) -> (Controller, Arc<dyn Transport>) {
@@ -28,6 +32,7 @@ fn attach(admin_timeout: Duration) -> (Controller, Arc<dyn Transport>) {
         TransportId::parse("trtype:sim").unwrap(),
         &AttachOptions {
             admin_timeout,
+            timeout_action: TimeoutAction::None,
             ..Default::default()
         },
     )
@@ -304,7 +309,8 @@ fn shared_admin_queue_timeouts_keep_their_memory() {
         &TransportId::parse("trtype:sim").unwrap(),
         &AttachOptions {
             group: Some(group),
-            admin_timeout: Duration::from_millis(1500),
+            admin_timeout: Duration::from_millis(2000),
+            timeout_action: TimeoutAction::None,
             ..Default::default()
         },
     )
@@ -330,7 +336,7 @@ fn shared_admin_queue_timeouts_keep_their_memory() {
         .unwrap();
 
     // 1. The admin data buffer (timeline as in the process-local test).
-    delay_identify(2000);
+    delay_identify(2500);
     let r = ctrl.identify_controller();
     assert!(
         is_admin_timeout(&r, AdminOpcode::Identify as u8),
@@ -359,7 +365,7 @@ fn shared_admin_queue_timeouts_keep_their_memory() {
     );
 
     // 2. A caller's buffer, dropped after the timeout.
-    delay_identify(2500);
+    delay_identify(3000);
     identify_into_a_dropped_buffer_times_out(&ctrl);
     wait_until("the late Identify executed", || executed() == 2);
     assert_eq!(

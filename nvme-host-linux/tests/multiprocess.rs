@@ -29,6 +29,9 @@ fn attach_from_env() -> Result<Controller, String> {
     if let Ok(ms) = env_u64("NVME_MP_ADMIN_TIMEOUT_MS") {
         opts.admin_timeout = Duration::from_millis(ms);
     }
+    if let Ok(ms) = env_u64("NVME_MP_ABORT_TIMEOUT_MS") {
+        opts.abort_timeout = Duration::from_millis(ms);
+    }
     Controller::attach_with(&trid, &opts).map_err(|e| e.to_string())
 }
 
@@ -211,6 +214,43 @@ fn child(role: &str) -> i32 {
             Err(e) => Err(e.to_string()),
         },
         "admin" => child_admin(&ctrl),
+        "admin-until-error" => {
+            // Admin commands until one fails; then one more, whose error is reported too;
+            // then stays attached until told to stop.
+            let mut n = 0u64;
+            let first = loop {
+                match ctrl.identify_controller() {
+                    Ok(_) => n += 1,
+                    Err(e) => break e.to_string(),
+                }
+                if n == 20 {
+                    say("PROGRESS");
+                }
+            };
+            say(format!("ADMIN-ERROR {first}"));
+            let next = ctrl.identify_controller().err().map(|e| e.to_string());
+            say(format!("NEXT-ERROR {next:?}"));
+            while !stop_requested() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(())
+        }
+        "keep-alive-times-out" => {
+            // A Keep Alive whose completion the controller loses (the parent's fault rule):
+            // it times out, is aborted in vain, and the controller is reset for the group.
+            let keep_alive = nvme_host_linux::nvme_core::Command::new(
+                nvme_host_linux::regs::opcode::AdminOpcode::KeepAlive as u8,
+                0,
+            );
+            let r = ctrl.admin_command(keep_alive, None);
+            say(format!(
+                "RESULT {:?}",
+                r.as_ref().err().map(|e| e.to_string())
+            ));
+            ctrl.identify_controller()
+                .map_err(|e| format!("identify after the reset: {e}"))
+                .map(|id| say(format!("AFTER {}", id.serial())))
+        }
         "wait" => {
             say(format!("DAEMON {}", ctrl.sim_process().unwrap_or(0)));
             while !stop_requested() {
@@ -635,6 +675,45 @@ fn a_reset_by_one_process_reaches_every_process() -> Outcome {
     Ok(())
 }
 
+fn an_admin_timeout_in_one_process_resets_the_group() -> Outcome {
+    use nvme_host_linux::regs::opcode::AdminOpcode;
+    use nvme_host_linux::sim::{CommandMatch, SimClient};
+    let s = Scenario::new(26);
+    let mut p = s.spawn("primary", "io-resets", &[lba(0)]);
+    p.line("READY primary")?;
+    p.line("PROGRESS")?;
+    let sim = SimClient::connect(&s.group_dir().join("sim.sock")).map_err(|e| e.to_string())?;
+    let resets = sim.stats().map_err(|e| e.to_string())?.resets;
+    sim.drop_nth(CommandMatch::admin(AdminOpcode::KeepAlive as u8), 1, false)
+        .map_err(|e| e.to_string())?;
+    let mut t = s.spawn(
+        "timing out",
+        "keep-alive-times-out",
+        &[
+            ("NVME_MP_ADMIN_TIMEOUT_MS", "300".into()),
+            ("NVME_MP_ABORT_TIMEOUT_MS", "200".into()),
+        ],
+    );
+    t.line("READY secondary")?;
+    let result = t.line("RESULT")?;
+    assert!(result.contains("aborted by a controller reset"), "{result}");
+    t.line("AFTER MPTEST")?;
+    t.finish()?.clean()?;
+    // One Abort, answered "not aborted" (the Keep Alive ran), then one reset, which the
+    // primary saw (its round aborted) and went through: its I/O goes on, checked.
+    let c = sim.fault_counters().map_err(|e| e.to_string())?;
+    assert_eq!((c.aborts_received, c.aborts_done), (1, 0), "{c:?}");
+    assert!(sim.stats().map_err(|e| e.to_string())?.resets > resets);
+    p.line("ABORTED")?;
+    p.progresses()?;
+    assert_eq!(dma_errors(&s)?, 0, "DMA through memory that was let go");
+    drop(sim);
+    s.stop()?;
+    p.finish()?.clean()?;
+    wait_until("the group is removed", SETTLE, || !s.group_dir().exists())?;
+    Ok(())
+}
+
 fn a_member_dying_mid_reset_does_not_wedge_the_group() -> Outcome {
     let s = Scenario::new(25);
     let mut p = s.spawn("primary", "io-resets", &[lba(0)]);
@@ -999,6 +1078,82 @@ fn a_damaged_admin_segment_is_refused_to_joiners() -> Outcome {
     Ok(())
 }
 
+/// Offset of the shared admin state's doorbell stride in the control segment.
+const DSTRD_AT: u64 = 13872 + 12;
+
+fn a_damaged_doorbell_stride_is_an_error_for_admin_users_only() -> Outcome {
+    let s = Scenario::new(29);
+    let g = s.group_dir();
+    let mut p = s.spawn("primary", "io", &[lba(0)]);
+    p.line("READY primary")?;
+    p.progresses()?;
+    let mut a = s.spawn(
+        "admin",
+        "admin-until-error",
+        &[("NVME_MP_ADMIN_TIMEOUT_MS", "1000".into())],
+    );
+    a.line("READY secondary")?;
+    a.line("PROGRESS")?;
+    // A neighbour writes stride exponent 3 (the controller's is 0): the admin completion
+    // doorbell would land on I/O queue 3's submission doorbell.
+    let old = poke_control(&g, DSTRD_AT, 0)?;
+    poke_control(&g, DSTRD_AT, (old & !0xffff_ffff) | 3)?;
+    let line = a.line("ADMIN-ERROR")?;
+    assert!(line.contains("doorbell stride"), "{line}");
+    let line = a.line("NEXT-ERROR")?;
+    assert!(line.contains("doorbell stride"), "{line}");
+    // I/O does not use the shared admin state: the primary goes on.
+    p.progresses()?;
+    poke_control(&g, DSTRD_AT, old)?;
+    s.stop()?;
+    a.finish()?.clean()?;
+    p.finish()?.clean()?;
+    wait_until("the group is removed", SETTLE, || !g.exists())?;
+    Ok(())
+}
+
+fn a_truncated_control_file_is_an_error_not_sigbus() -> Outcome {
+    let s = Scenario::new(30);
+    let g = s.group_dir();
+    let mut p = s.spawn("primary", "io", &[lba(0)]);
+    p.line("READY primary")?;
+    p.progresses()?;
+    let mut a = s.spawn(
+        "admin",
+        "admin-until-error",
+        &[("NVME_MP_ADMIN_TIMEOUT_MS", "1000".into())],
+    );
+    a.line("READY secondary")?;
+    a.line("PROGRESS")?;
+    // A neighbour cuts the control file under both members' mappings.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(g.join("control"))
+        .and_then(|f| f.set_len(0))
+        .map_err(|e| e.to_string())?;
+    a.line("ADMIN-ERROR")?;
+    let line = a.line("NEXT-ERROR")?;
+    assert!(line.contains("truncated control"), "{line}");
+    // The primary's I/O queue pair is its own memory: it goes on.
+    p.progresses()?;
+    s.stop()?;
+    // Both leave on their own (no SIGBUS); the group is unusable, so they leave it as
+    // dead members would.
+    for proc in [a, p] {
+        let exit = proc.finish()?;
+        assert_eq!(exit.code, Some(0), "{exit:?}");
+    }
+    // A fresh attach makes the group anew.
+    s.dir.clear_stop();
+    let mut next = s.spawn("next", "admin", &[("NVME_MP_NSID", "3".into())]);
+    next.line("READY primary")?;
+    next.line("PROGRESS")?;
+    s.stop()?;
+    next.finish()?.clean()?;
+    wait_until("the group is removed", SETTLE, || !g.exists())?;
+    Ok(())
+}
+
 /// The state letter of process `pid` (`/proc/<pid>/stat`).
 fn proc_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -1122,12 +1277,24 @@ fn main() -> ExitCode {
         ),
         ("a_different_build_is_refused", a_different_build_is_refused),
         (
+            "a_damaged_doorbell_stride_is_an_error_for_admin_users_only",
+            a_damaged_doorbell_stride_is_an_error_for_admin_users_only,
+        ),
+        (
+            "a_truncated_control_file_is_an_error_not_sigbus",
+            a_truncated_control_file_is_an_error_not_sigbus,
+        ),
+        (
             "a_different_transport_is_refused",
             a_different_transport_is_refused,
         ),
         (
             "a_reset_by_one_process_reaches_every_process",
             a_reset_by_one_process_reaches_every_process,
+        ),
+        (
+            "an_admin_timeout_in_one_process_resets_the_group",
+            an_admin_timeout_in_one_process_resets_the_group,
         ),
         (
             "a_member_dying_mid_reset_does_not_wedge_the_group",

@@ -13,6 +13,22 @@ pub mod cns {
     pub const ACTIVE_NAMESPACE_LIST: u8 = 0x02;
     /// Namespace identification descriptor list.
     pub const NS_ID_DESCRIPTORS: u8 = 0x03;
+    /// Allocated namespace ID list (NSIDs greater than the given NSID), attached or not;
+    /// controllers with Namespace Management (OACS bit 3).
+    pub const ALLOCATED_NAMESPACE_LIST: u8 = 0x10;
+}
+
+/// Namespace Identifier Types (NIDT) of the Namespace Identification Descriptor list
+/// (Identify CNS 03h): each descriptor is NIDT, NIDL, two reserved bytes, then NIDL bytes.
+pub mod nidt {
+    /// IEEE Extended Unique Identifier, 8 bytes.
+    pub const EUI64: u8 = 0x01;
+    /// Namespace Globally Unique Identifier, 16 bytes.
+    pub const NGUID: u8 = 0x02;
+    /// Namespace UUID, 16 bytes.
+    pub const UUID: u8 = 0x03;
+    /// Command Set Identifier, 1 byte.
+    pub const CSI: u8 = 0x04;
 }
 
 /// Size of every Identify data structure.

@@ -70,8 +70,7 @@ impl Controller {
             AdminOpcode::CreateIoSq => self.create_sq(cmd).into(),
             AdminOpcode::DeleteIoSq => self.delete_sq(cmd).into(),
             AdminOpcode::DeleteIoCq => self.delete_cq(cmd).into(),
-            // Nothing is ever aborted: dword 0 bit 0 set means "not aborted".
-            AdminOpcode::Abort => Outcome::Done(Status::SUCCESS, 1),
+            AdminOpcode::Abort => self.abort(cmd),
             AdminOpcode::AsyncEventRequest => {
                 if self.aer_outstanding.len() >= AER_LIMIT {
                     cs(Cs::AerLimitExceeded).into()

@@ -638,7 +638,10 @@ impl Controller {
             },
             1,
         );
-        let decision = self.shared.faults.check(sqid, cmd.opcode, cmd.nsid);
+        let decision = self
+            .shared
+            .faults
+            .check(sqid, cmd.cid, cmd.opcode, cmd.nsid);
         if let Some(d) = decision.as_ref().filter(|d| d.fail.is_none()) {
             if let Some(t) = d.delay_execution {
                 self.postponed.push(Postponed {
@@ -887,6 +890,56 @@ impl Controller {
                 i += 1;
             }
         }
+    }
+
+    /// Abort (NVMe 1.4 5.1): aborts the command CDW10 names (bits 15:0 SQ id, 31:16 CID)
+    /// when the controller still holds it: postponed by `DelayExecution` (it never
+    /// executes), its completion delayed by `Delay`, or an outstanding Asynchronous Event
+    /// Request. The aborted command completes with Command Abort Requested before the
+    /// Abort does, whose dword 0 is 0. Anything else (completed already, its completion
+    /// dropped by `Drop`: it executed; never seen) is not aborted: dword 0 bit 0 set, as a
+    /// controller that cannot abort it answers (QEMU's always does).
+    pub(crate) fn abort(&mut self, cmd: &SubmissionEntry) -> Outcome {
+        let (sqid, cid) = (cmd.cdw10 as u16, (cmd.cdw10 >> 16) as u16);
+        let requested = Status::generic(GenericStatus::AbortRequested);
+        let mut aborted = false;
+        if let Some(i) = self
+            .postponed
+            .iter()
+            .position(|p| p.sqid == sqid && p.cmd.cid == cid)
+        {
+            let p = self.postponed.remove(i);
+            let cqe = self.completion(sqid, &p.cmd, requested, 0);
+            self.post(p.cqid, cqe);
+            self.shared.faults.note_delayed_executed();
+            aborted = true;
+        } else if let Some(i) = self
+            .delayed
+            .iter()
+            .position(|d| d.cqe.sqid == sqid && d.cqe.cid == cid)
+        {
+            let mut d = self.delayed.remove(i);
+            d.cqe.status = requested;
+            self.post(d.cqid, d.cqe);
+            aborted = true;
+        } else if sqid == 0 {
+            if let Some(i) = self.aer_outstanding.iter().position(|&c| c == cid) {
+                self.aer_outstanding.remove(i);
+                let cqe = Cqe {
+                    sqid: 0,
+                    cid,
+                    status: requested,
+                    dw0: 0,
+                    sq_head: 0,
+                };
+                self.post(0, cqe);
+                aborted = true;
+            }
+        }
+        self.shared
+            .faults
+            .note_abort(crate::faults::AbortSeen { sqid, cid, aborted });
+        Outcome::Done(Status::SUCCESS, u32::from(!aborted))
     }
 
     /// Drops queued completions of a deleted completion queue from the accounting.

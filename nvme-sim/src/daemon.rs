@@ -811,7 +811,7 @@ impl Daemon {
                 r.vals[..SimStats::WORDS].copy_from_slice(&self.sim.stats().to_words());
             }
             Op::FaultCounters => {
-                r.vals[..8]
+                r.vals[..proto::COUNTER_WORDS]
                     .copy_from_slice(&proto::counters_to_words(&self.sim.faults().counters()));
             }
             Op::FatalReason => {

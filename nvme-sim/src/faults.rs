@@ -1,5 +1,6 @@
 //! Fault injection: failed, delayed and lost completions, controller fatal status, a
-//! controller that never becomes ready, and asynchronous events.
+//! controller that never becomes ready, and asynchronous events; and a record of the Abort
+//! commands the controller received ([`Faults::aborts`]).
 //!
 //! [`Faults`] is shared with the processing thread and may be used from any thread while the
 //! controller runs. When no command rule is installed, the I/O path pays one relaxed atomic
@@ -202,13 +203,41 @@ pub struct FaultCounters {
     pub ready_withheld: u64,
     /// Events queued through [`Faults::raise_async_event`].
     pub async_events_raised: u64,
+    /// Abort commands received (see [`Faults::aborts`]).
+    pub aborts_received: u64,
+    /// Abort commands that aborted their command (completion dword 0 bit 0 cleared).
+    pub aborts_done: u64,
 }
+
+/// An Abort command the controller received, and what it did (see [`Faults::aborts`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct AbortSeen {
+    /// The submission queue named by the Abort (CDW10 bits 15:0).
+    pub sqid: u16,
+    /// The command identifier named by the Abort (CDW10 bits 31:16).
+    pub cid: u16,
+    /// Whether the command was aborted: it was still held by the controller (postponed by
+    /// [`FaultAction::DelayExecution`], its completion delayed by [`FaultAction::Delay`], or
+    /// an outstanding Asynchronous Event Request) and completed with Command Abort
+    /// Requested. `false`: not found (it already completed, or its completion was dropped
+    /// by [`FaultAction::Drop`]: it executed), reported with completion dword 0 bit 0 set.
+    pub aborted: bool,
+}
+
+/// Commands a rule fired on, kept per rule (the most recent ones).
+const FIRED_ON_KEPT: usize = 16;
+/// (SQ id, CID) of the commands a rule fired on, the most recent last.
+type FiredOn = VecDeque<(u16, u16)>;
+/// Abort commands kept by [`Faults::aborts`] (the most recent ones).
+const ABORTS_KEPT: usize = 64;
 
 struct RuleState {
     id: FaultId,
     rule: FaultRule,
     matched: u64,
     fired: u64,
+    /// The commands it fired on.
+    fired_on: FiredOn,
 }
 
 /// What the rules decided for one command.
@@ -223,8 +252,12 @@ pub(crate) struct Decision {
 /// Fault injection controls of a running controller (see [`crate::SimController::faults`]).
 pub struct Faults {
     rules: Mutex<Vec<RuleState>>,
-    /// Fired counts of removed (spent or cleared) rules, for [`Faults::fired`].
-    spent: Mutex<Vec<(FaultId, u64)>>,
+    /// Fired counts and commands of removed (spent or cleared) rules, for
+    /// [`Faults::fired`] and [`Faults::fired_on`].
+    spent: Mutex<Vec<(FaultId, u64, FiredOn)>>,
+    aborts: Mutex<VecDeque<AbortSeen>>,
+    aborts_received: AtomicU64,
+    aborts_done: AtomicU64,
     any_rules: AtomicBool,
     next_id: AtomicU64,
     cfs_request: AtomicBool,
@@ -250,6 +283,9 @@ impl Faults {
         Faults {
             rules: Mutex::new(Vec::new()),
             spent: Mutex::new(Vec::new()),
+            aborts: Mutex::new(VecDeque::new()),
+            aborts_received: AtomicU64::new(0),
+            aborts_done: AtomicU64::new(0),
             any_rules: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             cfs_request: AtomicBool::new(false),
@@ -276,6 +312,7 @@ impl Faults {
             rule,
             matched: 0,
             fired: 0,
+            fired_on: VecDeque::new(),
         });
         self.any_rules.store(true, Ordering::Release);
         id
@@ -348,7 +385,7 @@ impl Faults {
             return false;
         };
         let s = r.remove(i);
-        lock(&self.spent).push((s.id, s.fired));
+        lock(&self.spent).push((s.id, s.fired, s.fired_on));
         self.any_rules.store(!r.is_empty(), Ordering::Release);
         true
     }
@@ -357,7 +394,7 @@ impl Faults {
     pub fn clear(&self) {
         let mut r = lock(&self.rules);
         let mut spent = lock(&self.spent);
-        spent.extend(r.drain(..).map(|s| (s.id, s.fired)));
+        spent.extend(r.drain(..).map(|s| (s.id, s.fired, s.fired_on)));
         self.any_rules.store(false, Ordering::Release);
         self.never_ready.store(false, Ordering::Release);
     }
@@ -369,8 +406,26 @@ impl Faults {
         }
         lock(&self.spent)
             .iter()
-            .find(|(i, _)| *i == id)
-            .map_or(0, |(_, n)| *n)
+            .find(|(i, _, _)| *i == id)
+            .map_or(0, |(_, n, _)| *n)
+    }
+
+    /// The (submission queue id, command identifier) of the commands the rule `id` fired
+    /// on, oldest first (the last 16; also after it was spent or removed). A test names
+    /// with it the command that an Abort should name (see [`Faults::aborts`]).
+    pub fn fired_on(&self, id: FaultId) -> Vec<(u16, u16)> {
+        if let Some(s) = lock(&self.rules).iter().find(|s| s.id == id) {
+            return s.fired_on.iter().copied().collect();
+        }
+        lock(&self.spent)
+            .iter()
+            .find(|(i, _, _)| *i == id)
+            .map_or(Vec::new(), |(_, _, c)| c.iter().copied().collect())
+    }
+
+    /// The Abort commands received, oldest first (the last 64), with what each did.
+    pub fn aborts(&self) -> Vec<AbortSeen> {
+        lock(&self.aborts).iter().copied().collect()
     }
 
     /// Is the rule `id` still installed (not spent, not removed)?
@@ -412,6 +467,8 @@ impl Faults {
             cfs_raised: self.cfs_raised.load(Ordering::Relaxed),
             ready_withheld: self.ready_withheld.load(Ordering::Relaxed),
             async_events_raised: self.events_raised.load(Ordering::Relaxed),
+            aborts_received: self.aborts_received.load(Ordering::Relaxed),
+            aborts_done: self.aborts_done.load(Ordering::Relaxed),
         }
     }
 
@@ -451,21 +508,33 @@ impl Faults {
         self.delayed_executed.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn note_abort(&self, seen: AbortSeen) {
+        self.aborts_received.fetch_add(1, Ordering::Relaxed);
+        if seen.aborted {
+            self.aborts_done.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut a = lock(&self.aborts);
+        if a.len() == ABORTS_KEPT {
+            a.pop_front();
+        }
+        a.push_back(seen);
+    }
+
     pub(crate) fn note_ready_withheld(&self) {
         self.ready_withheld.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The rules' decision for one command; `None` (the fast path) when no rule applies.
     #[inline]
-    pub(crate) fn check(&self, qid: u16, opcode: u8, nsid: u32) -> Option<Decision> {
+    pub(crate) fn check(&self, qid: u16, cid: u16, opcode: u8, nsid: u32) -> Option<Decision> {
         if !self.any_rules.load(Ordering::Relaxed) {
             return None;
         }
-        self.check_slow(qid, opcode, nsid)
+        self.check_slow(qid, cid, opcode, nsid)
     }
 
     #[cold]
-    fn check_slow(&self, qid: u16, opcode: u8, nsid: u32) -> Option<Decision> {
+    fn check_slow(&self, qid: u16, cid: u16, opcode: u8, nsid: u32) -> Option<Decision> {
         let mut rules = lock(&self.rules);
         let mut d = Decision::default();
         let mut any = false;
@@ -483,6 +552,10 @@ impl Faults {
                 continue;
             }
             s.fired += 1;
+            if s.fired_on.len() == FIRED_ON_KEPT {
+                s.fired_on.pop_front();
+            }
+            s.fired_on.push_back((qid, cid));
             any = true;
             if s.rule.repeat == Repeat::Once {
                 spent_any = true;
@@ -510,10 +583,10 @@ impl Faults {
         }
         if spent_any {
             let mut spent = lock(&self.spent);
-            rules.retain(|s| {
+            rules.retain_mut(|s| {
                 let done = s.rule.repeat == Repeat::Once && s.matched >= s.rule.nth.max(1);
                 if done {
-                    spent.push((s.id, s.fired));
+                    spent.push((s.id, s.fired, std::mem::take(&mut s.fired_on)));
                 }
                 !done
             });

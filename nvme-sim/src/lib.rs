@@ -72,8 +72,8 @@ mod tests;
 pub use client::SimClient;
 pub use daemon::{spawn_daemon, spawn_daemon_with, DaemonOptions, DaemonStatus};
 pub use faults::{
-    AsyncEvent, AsyncEventType, CommandMatch, FaultAction, FaultCounters, FaultId, FaultRule,
-    Faults, QueueMatch, Repeat, AER_INFO_SMART_TEMPERATURE,
+    AbortSeen, AsyncEvent, AsyncEventType, CommandMatch, FaultAction, FaultCounters, FaultId,
+    FaultRule, Faults, QueueMatch, Repeat, AER_INFO_SMART_TEMPERATURE,
 };
 pub use stats::SimStats;
 

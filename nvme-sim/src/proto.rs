@@ -551,7 +551,7 @@ pub(crate) fn event_type(v: u64) -> Result<AsyncEventType, SimError> {
 }
 
 /// The fault counters as reply values.
-pub(crate) fn counters_to_words(c: &FaultCounters) -> [u64; 8] {
+pub(crate) fn counters_to_words(c: &FaultCounters) -> [u64; COUNTER_WORDS] {
     [
         c.failed,
         c.delayed,
@@ -561,8 +561,13 @@ pub(crate) fn counters_to_words(c: &FaultCounters) -> [u64; 8] {
         c.async_events_raised,
         c.executions_delayed,
         c.delayed_executed,
+        c.aborts_received,
+        c.aborts_done,
     ]
 }
+
+/// Reply values of [`Op::FaultCounters`].
+pub(crate) const COUNTER_WORDS: usize = 10;
 
 /// The fault counters from reply values.
 pub(crate) fn counters_from_words(w: &[u64]) -> FaultCounters {
@@ -575,6 +580,8 @@ pub(crate) fn counters_from_words(w: &[u64]) -> FaultCounters {
         async_events_raised: w[5],
         executions_delayed: w[6],
         delayed_executed: w[7],
+        aborts_received: w[8],
+        aborts_done: w[9],
     }
 }
 

@@ -446,7 +446,7 @@ fn number_of_queues_and_features() {
     let mut c = cmd(A::SetFeatures as u8);
     c.cdw10 = fid::ARBITRATION as u32 | 1 << 31;
     assert_cs(&h.admin(c), Cs::FeatureNotSaveable);
-    // Abort never aborts; keep alive succeeds.
+    // Abort of a command the controller does not hold: not aborted; keep alive succeeds.
     let mut c = cmd(A::Abort as u8);
     c.cdw10 = 1 << 16;
     let e = h.admin(c);
@@ -850,6 +850,68 @@ fn delete_sq_aborts_held_commands() {
     assert_eq!(e.cid, cid);
     assert!(st(&e).is_generic(G::AbortedSqDeletion), "{}", st(&e));
     assert_eq!(h.sim.faults().fired(id), 1);
+}
+
+fn abort_cmd(sqid: u16, cid: u16) -> SubmissionEntry {
+    let mut c = cmd(A::Abort as u8);
+    c.cdw10 = sqid as u32 | (cid as u32) << 16;
+    c
+}
+
+#[test]
+fn abort_aborts_held_commands_and_reports_dropped_ones_as_not_aborted() {
+    let mut h = Host::ready_with_io();
+    // Held before execution: aborted, never executed.
+    h.sim.faults().delay_execution_nth(
+        CommandMatch::io(N::Flush as u8),
+        1,
+        Duration::from_secs(30),
+        false,
+    );
+    let held = h.submit(1, cmd(N::Flush as u8).with_nsid(1));
+    h.expect_none(1, Duration::from_millis(5));
+    let e = h.admin(abort_cmd(1, held));
+    assert!(st(&e).is_success());
+    assert_eq!(e.dw0 & 1, 0, "aborted");
+    let e = h.wait(1);
+    assert_eq!(e.cid, held);
+    assert!(st(&e).is_generic(G::AbortRequested), "{}", st(&e));
+    // Its completion delayed: aborted too.
+    h.sim.faults().delay_nth(
+        CommandMatch::io(N::Flush as u8),
+        1,
+        Duration::from_secs(30),
+        false,
+    );
+    let late = h.submit(1, cmd(N::Flush as u8).with_nsid(1));
+    h.expect_none(1, Duration::from_millis(5));
+    assert_eq!(h.admin(abort_cmd(1, late)).dw0 & 1, 0);
+    let e = h.wait(1);
+    assert_eq!(e.cid, late);
+    assert!(st(&e).is_generic(G::AbortRequested), "{}", st(&e));
+    // Its completion dropped: it executed, so it is not aborted, and nothing is posted.
+    let id = h
+        .sim
+        .faults()
+        .drop_nth(CommandMatch::io(N::Flush as u8), 1, false);
+    let lost = h.submit(1, cmd(N::Flush as u8).with_nsid(1));
+    h.expect_none(1, Duration::from_millis(5));
+    assert_eq!(h.sim.faults().fired_on(id), vec![(1, lost)]);
+    assert_eq!(h.admin(abort_cmd(1, lost)).dw0 & 1, 1, "not aborted");
+    h.expect_none(1, Duration::from_millis(5));
+    let seen: Vec<_> = h
+        .sim
+        .faults()
+        .aborts()
+        .iter()
+        .map(|a| (a.sqid, a.cid, a.aborted))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![(1, held, true), (1, late, true), (1, lost, false)]
+    );
+    let c = h.sim.faults().counters();
+    assert_eq!((c.aborts_received, c.aborts_done), (3, 2));
 }
 
 #[test]

@@ -21,13 +21,17 @@ use serde_json::Value;
 use crate::hw::{NVME_MODULES, VFIO_MODULES};
 use crate::vm::{self, VmOpts};
 
-const USAGE: &str = "usage: cargo xtask bench-hw [--time SECS] [--accel tcg|kvm] [--timeout SECS] [--aw-bits 39|48] [--keep] [--append KERNEL-ARGS]\n\
+const USAGE: &str = "usage: cargo xtask bench-hw [--time SECS] [--spdk DIR [--rounds N]] [--accel tcg|kvm] [--timeout SECS] [--aw-bits 39|48] [--keep] [--append KERNEL-ARGS]\n\
 Boots a QEMU VM with one null-co NVMe namespace and measures 4 KiB random reads at QD32 and QD1:\n\
 nvme-perf through this driver (VFIO), then fio with io_uring through the kernel's nvme driver\n\
 (plain, polled with --hipri, polled with fixed buffers and registered files), all on CPU 0.\n\
 --time: seconds per run (default 10). --append: more guest kernel arguments (e.g. tsc=reliable:\n\
 the TCG guest's clock source is otherwise hpet, which makes clock_gettime a syscall and an MMIO read).\n\
-Needs fio on the host (apt-get install fio).";
+Needs fio on the host (apt-get install fio).\n\
+--spdk DIR: instead of fio, SPDK's spdk_nvme_perf (DIR: the output directory of\n\
+../shared/tools/build-spdk-perf, or its bundle/) alternated with ours in the same boot, --rounds\n\
+times (default 3): QD32 and QD1 on core 0, then two processes of one group on cores 0 and 1;\n\
+prints the medians and the ratios against the issue's targets.";
 
 /// Reference figures from the issue, measured on this machine kind in the same setup
 /// (TCG, `-smp 2`, null-co, 4 KiB randread).
@@ -49,24 +53,49 @@ const NS_BYTES: u64 = 1 << 30;
 struct Opts {
     time_s: u64,
     vm: VmOpts,
+    /// `--spdk DIR`: compare with SPDK's perf instead of fio.
+    spdk: Option<std::path::PathBuf>,
+    /// `--rounds N` (with `--spdk`).
+    rounds: u32,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
     let mut vm = VmOpts::new(300);
     let mut time_s = 10;
+    let mut spdk = None;
+    let mut rounds = 3;
     vm::parse_args(args, USAGE, &mut vm, |flag, val| {
-        if flag != "--time" {
-            return Ok(false);
+        match flag {
+            "--time" => {
+                let v = val(flag)?;
+                time_s = v
+                    .parse()
+                    .ok()
+                    .filter(|t| *t > 0)
+                    .ok_or(format!("--time {v}: expected seconds (> 0)"))?;
+            }
+            "--spdk" => spdk = Some(std::path::PathBuf::from(val(flag)?)),
+            "--rounds" => {
+                let v = val(flag)?;
+                rounds = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=20).contains(n))
+                    .ok_or(format!("--rounds {v}: expected 1 to 20"))?;
+            }
+            _ => return Ok(false),
         }
-        let v = val(flag)?;
-        time_s = v
-            .parse()
-            .ok()
-            .filter(|t| *t > 0)
-            .ok_or(format!("--time {v}: expected seconds (> 0)"))?;
         Ok(true)
     })?;
-    Ok(Opts { time_s, vm })
+    if spdk.is_none() && rounds != 3 {
+        return Err("--rounds goes with --spdk".into());
+    }
+    Ok(Opts {
+        time_s,
+        vm,
+        spdk,
+        rounds,
+    })
 }
 
 /// Which program a run uses, and how.
@@ -185,6 +214,9 @@ finish
 /// Runs the benchmark with the arguments given after `cargo xtask bench-hw`.
 pub fn bench_hw(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
+    if let Some(dir) = &o.spdk {
+        return crate::bench_spdk::run(dir, o.time_s, o.rounds, o.vm);
+    }
     let tools = vm::prerequisites(&[("fio", "fio"), ("ldd", "libc-bin")], ")")?;
     let fio = vm::which("fio").expect("checked");
 
@@ -459,6 +491,13 @@ mod tests {
         assert_eq!((o.time_s, o.vm.keep, o.vm.accel.as_str()), (3, true, "kvm"));
         assert!(parse(&s(&["--time", "0"])).is_err());
         assert!(parse(&s(&["--device", "x"])).is_err());
+        let o = parse(&s(&["--spdk", "/tmp/spdk", "--rounds", "5"])).unwrap();
+        assert_eq!(
+            (o.spdk.as_deref(), o.rounds),
+            (Some(std::path::Path::new("/tmp/spdk")), 5)
+        );
+        assert!(parse(&s(&["--rounds", "5"])).is_err());
+        assert!(parse(&s(&["--spdk", "d", "--rounds", "0"])).is_err());
     }
 
     #[test]

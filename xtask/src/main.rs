@@ -15,6 +15,7 @@
 //!   on the software controller, each round checked (`nvme-torture`).
 
 mod bench_hw;
+mod bench_spdk;
 mod cargo;
 mod hw;
 mod instructions;

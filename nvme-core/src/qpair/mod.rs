@@ -793,6 +793,34 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         ctx.map(|c| (c, result))
     }
 
+    /// The command identifier of the request whose head slot is `slot` (see
+    /// [`next_slot`](Self::next_slot)), while it is outstanding: it identifies this use of
+    /// the slot (a later request in the same slot has another). `None` when no request
+    /// starts there. For a watchdog that scans the slots now and then (not on every poll).
+    pub fn request_cid(&mut self, slot: usize) -> Option<u16> {
+        if slot >= self.capacity as usize {
+            return None;
+        }
+        let s = &self.slots.as_mut()[slot];
+        (s.head == slot as u16 && s.ctx.is_some()).then_some(s.cid)
+    }
+
+    /// The command identifier of a command of the request whose head slot is `slot` that
+    /// the controller has not completed yet: the one an Abort command should name (a split
+    /// request's first part may have completed while another is still out). `None` when
+    /// the request is not outstanding.
+    pub fn abortable_cid(&mut self, slot: usize) -> Option<u16> {
+        let cid = self.request_cid(slot)?;
+        let head = slot as u16;
+        let cap = self.capacity as usize;
+        let slots = self.slots.as_mut();
+        if slots[slot].in_flight {
+            return Some(cid);
+        }
+        let part = (0..cap).find(|&i| slots[i].in_flight && slots[i].head == head)?;
+        Some(slots[part].cid)
+    }
+
     /// Completes every outstanding request with `status` (after the controller was reset or
     /// the queue deleted, when no completion will come) and empties both rings.
     pub fn abort_all<F: FnMut(T, Completion)>(&mut self, status: Status, mut f: F) -> usize {

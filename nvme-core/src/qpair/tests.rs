@@ -692,3 +692,45 @@ fn stale_completions_are_reported_at_once_when_the_queue_could_fill() {
     dev.post(cmd.cid, Status::SUCCESS, 0);
     assert_eq!(drain(&mut qp)[0].0, 1);
 }
+
+#[test]
+fn a_watchdog_can_name_the_outstanding_command_of_a_request() {
+    // 8 KiB MDTS: a 12 KiB read is two commands.
+    let rig = Rig::new(16, 8192, 4);
+    let data = rig.data.region();
+    let (mut qp, dev) = rig.qp(16, 8192);
+    assert_eq!(qp.request_cid(0), None);
+    let head = qp.next_slot().unwrap();
+    qp.submit_io(
+        Command::read(1, 0, 1),
+        0,
+        512,
+        data.sub(0, 12288).unwrap(),
+        5,
+    )
+    .unwrap();
+    qp.ring();
+    let cmds = dev.fetch(rig.last_sq_tail());
+    assert_eq!(cmds.len(), 2);
+    assert_eq!(qp.request_cid(head), Some(cmds[0].cid));
+    assert_eq!(qp.abortable_cid(head), Some(cmds[0].cid));
+    // Only the head starts a request; out of range is nothing.
+    let other = (0..qp.capacity()).find(|&i| i != head && qp.request_cid(i).is_some());
+    assert_eq!(other, None);
+    assert_eq!(qp.request_cid(usize::MAX), None);
+    // The first part completes: the request is still the head's, and the command still
+    // out is the second part.
+    dev.post(cmds[0].cid, Status::SUCCESS, 0);
+    assert!(drain(&mut qp).is_empty());
+    assert_eq!(qp.request_cid(head), Some(cmds[0].cid));
+    assert_eq!(qp.abortable_cid(head), Some(cmds[1].cid));
+    dev.post(cmds[1].cid, Status::SUCCESS, 0);
+    assert_eq!(drain(&mut qp).len(), 1);
+    assert_eq!(qp.request_cid(head), None);
+    assert_eq!(qp.abortable_cid(head), None);
+    // The next request in the slot has another identifier.
+    let again = qp.next_slot().unwrap();
+    qp.submit(Command::flush(1), None, 6).unwrap();
+    let cid = qp.request_cid(again).unwrap();
+    assert_ne!(Some(cid), Some(cmds[0].cid).filter(|_| again == head));
+}

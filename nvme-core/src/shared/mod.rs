@@ -26,7 +26,7 @@
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use core::time::Duration;
 
-use nvme_regs::registers::{cq_head_doorbell, sq_tail_doorbell};
+use nvme_regs::registers::{cq_head_doorbell, offset, sq_tail_doorbell, Cap};
 use nvme_regs::{CompletionEntry, Status, SubmissionEntry};
 
 use crate::cmd::Command;
@@ -147,6 +147,14 @@ pub enum SharedAdminError {
     RegionTooSmall,
     /// The shared state was never configured (or is corrupt).
     NotConfigured,
+    /// The doorbell stride in the shared state is not the controller's (CAP.DSTRD): with
+    /// it, this process would ring other queues' doorbells.
+    WrongDoorbellStride {
+        /// The stride exponent found in the shared state.
+        shared: u32,
+        /// The controller's CAP.DSTRD.
+        controller: u8,
+    },
 }
 
 impl core::fmt::Display for SharedAdminError {
@@ -162,6 +170,10 @@ impl core::fmt::Display for SharedAdminError {
             SharedAdminError::NotConfigured => {
                 write!(f, "shared admin queue state is not configured")
             }
+            SharedAdminError::WrongDoorbellStride { shared, controller } => write!(
+                f,
+                "the shared admin queue's doorbell stride exponent is {shared}, the controller's CAP.DSTRD is {controller}: the shared state is damaged"
+            ),
         }
     }
 }
@@ -278,11 +290,13 @@ impl SharedAdminState {
     }
     /// The geometry, each value read once and checked: a process of the group that wrote
     /// nonsense here gets the other members an error, never an access outside their rings.
+    /// `dstrd` is the controller's CAP.DSTRD, as this process read it.
     fn geometry(
         &self,
         sq: &DmaRegion,
         cq: &DmaRegion,
         prp: &DmaRegion,
+        controller_dstrd: u8,
     ) -> Result<Geometry, SharedAdminError> {
         let entries = self.entries.load(Ordering::Acquire);
         let page_size = self.page_size.load(Ordering::Relaxed) as usize;
@@ -296,6 +310,12 @@ impl SharedAdminState {
             || dstrd > 15
         {
             return Err(SharedAdminError::NotConfigured);
+        }
+        if dstrd != u32::from(controller_dstrd) {
+            return Err(SharedAdminError::WrongDoorbellStride {
+                shared: dstrd,
+                controller: controller_dstrd,
+            });
         }
         let slots = entries as usize - 1;
         let fits = sq.len() >= entries as usize * SQE_SIZE
@@ -350,6 +370,8 @@ pub struct SharedAdminQueue<'a, R: RegisterAccess, L: RobustLock> {
     prp: DmaRegion,
     me: OwnerId,
     lock_timeout: Option<Duration>,
+    /// The controller's CAP.DSTRD, read by this process: the shared state's must match.
+    dstrd: u8,
 }
 
 /// The lock held, and the geometry read under it.
@@ -360,7 +382,8 @@ struct Held<'g, L: RobustLock + 'g> {
 
 impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
     /// A handle for member `me` over this process's mapping of the rings (`sq`, `cq`: the
-    /// configured number of entries) and the PRP list area.
+    /// configured number of entries) and the PRP list area. Reads the controller's CAP
+    /// once, to check the doorbell stride the shared state names.
     pub fn new(
         state: &'a SharedAdminState,
         lock: &'a L,
@@ -370,7 +393,8 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         prp: DmaRegion,
         me: OwnerId,
     ) -> Result<Self, SharedAdminError> {
-        state.geometry(&sq, &cq, &prp)?;
+        let dstrd = Cap(regs.read64(offset::CAP)).dstrd();
+        state.geometry(&sq, &cq, &prp, dstrd)?;
         if me.index() >= MAX_MEMBERS {
             return Err(SharedAdminError::RegionTooSmall);
         }
@@ -383,6 +407,7 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
             prp,
             me,
             lock_timeout: None,
+            dstrd,
         })
     }
 
@@ -418,7 +443,7 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
         let (guard, outcome) = taken.ok_or(AdminSubmitError::LockTimeout)?;
         let geo = self
             .state
-            .geometry(&self.sq, &self.cq, &self.prp)
+            .geometry(&self.sq, &self.cq, &self.prp, self.dstrd)
             .map_err(AdminSubmitError::Corrupt)?;
         if outcome == LockOutcome::PreviousOwnerDied {
             self.recover_locked(&geo);
@@ -482,6 +507,26 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
                     && s.state.load(Ordering::Relaxed) == SUBMITTED
             })
             .count()
+    }
+
+    /// The command identifier of this member's outstanding command `tag` (submitted and not
+    /// completed), for an Abort command to name (SQ id 0). `None` when it is not outstanding
+    /// (completed meanwhile, or never submitted). Takes the lock (within the bound, if one
+    /// is set).
+    pub fn cid_of(&self, tag: u64) -> Result<Option<u16>, AdminSubmitError> {
+        let held = self.take(true)?;
+        let usable = (held.geo.entries - 1) as usize;
+        Ok(self.state.slots[..usable]
+            .iter()
+            .position(|s| {
+                s.owner.load(Ordering::Relaxed) == self.me.raw()
+                    && s.state.load(Ordering::Relaxed) == SUBMITTED
+                    && s.tag.load(Ordering::Relaxed) == tag
+            })
+            .map(|idx| {
+                let generation = self.state.slots[idx].generation.load(Ordering::Relaxed) as u16;
+                (generation << INDEX_BITS) | idx as u16
+            }))
     }
 
     /// Makes the shared state consistent after a holder died mid-step (the lock reports it

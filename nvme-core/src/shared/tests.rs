@@ -356,6 +356,38 @@ fn configuration_is_checked() {
     assert_eq!(OwnerId::new(63, 7).index(), 63);
 }
 
+/// A member that rewrites the doorbell stride would make the others ring other queues'
+/// doorbells: the stride must be the controller's (CAP.DSTRD, 0 for this register block).
+#[test]
+fn a_damaged_doorbell_stride_is_refused() {
+    let rig = Rig::new();
+    let q = rig.member(0, 1);
+    rig.state.dstrd.store(3, Ordering::Relaxed);
+    assert_eq!(
+        q.submit(Command::identify(1, 0, 0), None, 1),
+        Err(AdminSubmitError::Corrupt(
+            SharedAdminError::WrongDoorbellStride {
+                shared: 3,
+                controller: 0
+            }
+        ))
+    );
+    assert!(matches!(
+        SharedAdminQueue::new(
+            rig.state,
+            rig.lock,
+            Regs(rig.bells.clone()),
+            rig.sq,
+            rig.cq,
+            rig.prp,
+            OwnerId::new(1, 1)
+        ),
+        Err(SharedAdminError::WrongDoorbellStride { .. })
+    ));
+    // Nothing reached the device's registers.
+    assert_eq!(rig.bells.writes.load(Ordering::Relaxed), 0);
+}
+
 #[test]
 fn asynchronous_events_reach_every_member() {
     let rig = Rig::new();
@@ -543,4 +575,31 @@ fn counters_a_corrupt_member_maxed_out_wrap_instead_of_panicking() {
     assert!(rig.cq.post_cqe(0, &e));
     q.reap();
     assert_eq!(rig.state.events_seq(), 0, "wrapped");
+}
+
+#[test]
+fn an_outstanding_command_is_named_by_its_cid_for_its_owner_only() {
+    let rig = Rig::new();
+    // No device thread: nothing completes.
+    let a = rig.member(0, 1);
+    let b = rig.member(1, 1);
+    assert_eq!(a.cid_of(10).unwrap(), None, "not submitted");
+    a.submit(Command::identify(1, 0, 0), None, 10).unwrap();
+    b.submit(Command::identify(1, 0, 0), None, 10).unwrap();
+    let (ca, cb) = (
+        a.cid_of(10).unwrap().unwrap(),
+        b.cid_of(10).unwrap().unwrap(),
+    );
+    assert_ne!(ca, cb, "the same tag of two members is two commands");
+    let sqe = |cid: u16| {
+        (0..ENTRIES)
+            .map(|i| rig.sq.read_sqe(i).unwrap())
+            .any(|e| e.cid == cid && e.opcode == 0x06)
+    };
+    assert!(sqe(ca) && sqe(cb), "the identifiers are those in the ring");
+    assert_eq!(a.cid_of(11).unwrap(), None);
+    // Completed (here by a reset): no longer outstanding.
+    a.reset_after_disable().unwrap();
+    assert_eq!(a.cid_of(10).unwrap(), None);
+    assert_eq!(b.cid_of(10).unwrap(), None);
 }

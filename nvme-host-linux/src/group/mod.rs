@@ -494,9 +494,32 @@ impl Group {
         regs: Mmio,
         at: &AdminAt,
     ) -> Result<SharedAdminQueue<'_, Mmio, RobustMutex>> {
+        self.check_mappings()?;
         let h = self.header();
         let q = admin_queue(self.admin_mem(), &h.admin, &h.mutex, regs, at, self.me())?;
         Ok(q.with_lock_timeout(self.lock_timeout))
+    }
+
+    /// An error once another process truncated one of the group's files under this one's
+    /// mappings: they were replaced by zeros (`memory::sigbus`), the shared state is lost.
+    pub(crate) fn check_mappings(&self) -> Result<()> {
+        let damaged = [
+            ("control", Some(&self.control)),
+            ("admin.mem", self.admin_mem.as_ref()),
+        ]
+        .into_iter()
+        .filter(|(_, m)| m.is_some_and(|m| m.damaged()))
+        .map(|(name, _)| name)
+        .collect::<Vec<_>>();
+        if damaged.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Group(format!(
+            "group {}: another process truncated {} in {} under this one; the group's shared state is lost: detach every process of the group so that it is created anew",
+            self.id,
+            damaged.join(" and "),
+            self.dir.display()
+        )))
     }
 
     /// Claims a member record and this process's liveness byte, and the primary role if it

@@ -60,6 +60,28 @@ pub enum Cmd {
     /// Reset the controller (for every process of the group with -i: their I/O queues
     /// reconnect, their outstanding I/O completes as aborted by the reset).
     Reset(ResetArgs),
+    /// Firmware Slot Information log (LID 03h).
+    FwLog(FwLogArgs),
+    /// Any log page, as a hex dump or raw binary (--log-id: -i is the group id here).
+    GetLog(GetLogArgs),
+    /// Set Features.
+    SetFeature(SetFeatureArgs),
+    /// Active namespace list (Identify CNS 02h; --all: allocated, CNS 10h).
+    ListNs(ListNsArgs),
+    /// Namespace Identification Descriptor list (Identify CNS 03h).
+    NsDescs(NsDescsArgs),
+    /// Flush a namespace's volatile write cache.
+    Flush(FlushArgs),
+    /// Write Zeroes to a range of blocks.
+    WriteZeroes(WriteZeroesArgs),
+    /// Compare blocks with a file or stdin; a mismatch fails (exit status 1).
+    Compare(IoArgs),
+    /// Dataset Management (deallocate / trim with --ad) of ranges of blocks.
+    Dsm(DsmArgs),
+    /// Any admin command, except those the driver owns for the group.
+    AdminPassthru(PassthruArgs),
+    /// Any I/O command, on a queue pair of its own.
+    IoPassthru(PassthruArgs),
 }
 
 /// Options of `reset` (none).
@@ -90,6 +112,9 @@ pub struct IdCtrlArgs {
     /// Decode some fields.
     #[arg(short = 'H', long = "human-readable")]
     pub human: bool,
+    /// The 4096 bytes of the Identify Controller data, raw.
+    #[arg(short = 'b', long = "raw-binary")]
+    pub raw: bool,
     /// Output format.
     #[arg(short = 'o', long = "output-format", value_enum, default_value_t)]
     pub output: OutputFormat,
@@ -179,6 +204,232 @@ pub struct IdentifyArgs {
     pub hex: bool,
 }
 
+/// Options of `fw-log`.
+#[derive(Args, Debug, Clone)]
+pub struct FwLogArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output-format", value_enum, default_value_t)]
+    pub output: OutputFormat,
+    /// The 512 bytes of the log, raw.
+    #[arg(short = 'b', long = "raw-binary")]
+    pub raw: bool,
+}
+
+/// Options of `get-log`: nvme-cli's, except that `--log-id` and `--rae` have no short form
+/// (`-i` is the shared-memory group id, `-r` the transport).
+#[derive(Args, Debug, Clone)]
+pub struct GetLogArgs {
+    /// Log page identifier (nvme-cli's -i).
+    #[arg(long = "log-id", value_name = "LID", value_parser = parse_number::<u8>)]
+    pub log_id: u8,
+    /// Bytes to read: a positive multiple of 4.
+    #[arg(short = 'l', long = "log-len", value_name = "LEN", value_parser = parse_number::<u32>)]
+    pub log_len: u32,
+    /// Namespace id (default 0xffffffff: the controller).
+    #[arg(short = 'n', long = "namespace-id", value_name = "NSID", default_value = "0xffffffff", value_parser = parse_number::<u32>)]
+    pub nsid: u32,
+    /// Log page offset in bytes (a multiple of 4).
+    #[arg(short = 'o', long = "lpo", value_name = "OFFSET", default_value = "0", value_parser = parse_number::<u64>)]
+    pub lpo: u64,
+    /// Log specific field (0-127).
+    #[arg(short = 's', long = "lsp", value_name = "LSP", default_value = "0", value_parser = parse_number::<u8>)]
+    pub lsp: u8,
+    /// Log specific identifier.
+    #[arg(short = 'S', long = "lsi", value_name = "LSI", default_value = "0", value_parser = parse_number::<u16>)]
+    pub lsi: u16,
+    /// Retain asynchronous event (nvme-cli's -r).
+    #[arg(long = "rae")]
+    pub rae: bool,
+    /// The log's bytes, raw, instead of the hex dump.
+    #[arg(short = 'b', long = "raw-binary")]
+    pub raw: bool,
+}
+
+/// Options of `set-feature`.
+#[derive(Args, Debug, Clone)]
+pub struct SetFeatureArgs {
+    /// Namespace id, for namespace-specific features.
+    #[arg(short = 'n', long = "namespace-id", value_name = "NSID", default_value = "0", value_parser = parse_number::<u32>)]
+    pub nsid: u32,
+    /// Feature id.
+    #[arg(short = 'f', long = "feature-id", value_name = "FID", value_parser = parse_number::<u8>)]
+    pub fid: u8,
+    /// New value (command dword 11).
+    #[arg(short = 'v', long = "value", value_name = "VALUE", default_value = "0", value_parser = parse_number::<u32>)]
+    pub value: u32,
+    /// Command dword 12, if the feature uses it.
+    #[arg(short = 'c', long = "cdw12", value_name = "CDW12", default_value = "0", value_parser = parse_number::<u32>)]
+    pub cdw12: u32,
+    /// Bytes of feature data (default: the feature's own size, 0 for most).
+    #[arg(short = 'l', long = "data-len", value_name = "LEN", value_parser = parse_number::<u32>)]
+    pub data_len: Option<u32>,
+    /// File with the feature data (default stdin, when the feature has data).
+    #[arg(short = 'd', long = "data", value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Ask the controller to save the value across power cycles.
+    #[arg(short = 's', long = "save")]
+    pub save: bool,
+}
+
+/// Options of `list-ns`.
+#[derive(Args, Debug, Clone)]
+pub struct ListNsArgs {
+    /// The list starts at this namespace id.
+    #[arg(short = 'n', long = "namespace-id", value_name = "NSID", default_value = "1", value_parser = parse_number::<u32>)]
+    pub nsid: u32,
+    /// Every allocated namespace, attached or not (Identify CNS 10h).
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output-format", value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// Options of `ns-descs`.
+#[derive(Args, Debug, Clone)]
+pub struct NsDescsArgs {
+    /// Namespace id (default: the trid's ns:, else 1).
+    #[arg(short = 'n', long = "namespace-id", value_name = "NSID", value_parser = parse_nsid)]
+    pub nsid: Option<u32>,
+    /// Output format.
+    #[arg(short = 'o', long = "output-format", value_enum, default_value_t)]
+    pub output: OutputFormat,
+    /// The 4096 bytes of the list, raw.
+    #[arg(short = 'b', long = "raw-binary")]
+    pub raw: bool,
+}
+
+/// Options of `flush`.
+#[derive(Args, Debug, Clone)]
+pub struct FlushArgs {
+    /// Namespace id (default: the trid's ns:, else 1).
+    #[arg(short = 'n', long = "namespace-id", value_name = "NSID", value_parser = parse_nsid)]
+    pub nsid: Option<u32>,
+}
+
+/// Options of `write-zeroes` (nvme-cli's, without the protection information ones).
+#[derive(Args, Debug, Clone)]
+pub struct WriteZeroesArgs {
+    /// Namespace id (default: the trid's ns:, else 1).
+    #[arg(short = 'n', long = "namespace-id", value_name = "NSID", value_parser = parse_nsid)]
+    pub nsid: Option<u32>,
+    /// First logical block.
+    #[arg(short = 's', long = "start-block", value_name = "LBA", default_value = "0", value_parser = parse_number::<u64>)]
+    pub start_block: u64,
+    /// Blocks, 0's based (0 = one block), as in nvme-cli.
+    #[arg(short = 'c', long = "block-count", value_name = "N", default_value = "0", value_parser = parse_number::<u16>)]
+    pub block_count: u16,
+    /// DEAC: the controller may deallocate the blocks.
+    #[arg(short = 'd', long = "deac")]
+    pub deac: bool,
+    /// Limited retry.
+    #[arg(short = 'l', long = "limited-retry")]
+    pub limited_retry: bool,
+    /// Force unit access.
+    #[arg(short = 'f', long = "force-unit-access")]
+    pub fua: bool,
+}
+
+/// Options of `dsm` (nvme-cli's, except that `--idr` has no short form: `-r` is the
+/// transport).
+#[derive(Args, Debug, Clone)]
+pub struct DsmArgs {
+    /// Namespace id (default: the trid's ns:, else 1).
+    #[arg(short = 'n', long = "namespace-id", value_name = "NSID", value_parser = parse_nsid)]
+    pub nsid: Option<u32>,
+    /// Comma-separated context attributes of each range.
+    #[arg(short = 'a', long = "ctx-attrs", value_name = "LIST", value_delimiter = ',', value_parser = parse_number::<u32>)]
+    pub ctx_attrs: Vec<u32>,
+    /// Comma-separated block counts of each range (1's based).
+    #[arg(short = 'b', long = "blocks", value_name = "LIST", value_delimiter = ',', value_parser = parse_number::<u32>)]
+    pub blocks: Vec<u32>,
+    /// Comma-separated starting blocks of each range.
+    #[arg(short = 's', long = "slbs", value_name = "LIST", value_delimiter = ',', value_parser = parse_number::<u64>)]
+    pub slbs: Vec<u64>,
+    /// Attribute Deallocate.
+    #[arg(short = 'd', long = "ad")]
+    pub ad: bool,
+    /// Attribute Integral Dataset for Write.
+    #[arg(short = 'w', long = "idw")]
+    pub idw: bool,
+    /// Attribute Integral Dataset for Read (nvme-cli's -r).
+    #[arg(long = "idr")]
+    pub idr: bool,
+    /// Command dword 11 (all the attributes at once, instead of --ad/--idw/--idr).
+    #[arg(short = 'c', long = "cdw11", value_name = "CDW11", default_value = "0", value_parser = parse_number::<u32>)]
+    pub cdw11: u32,
+}
+
+/// Options of `admin-passthru` and `io-passthru`: nvme-cli's, except that `--input-file`
+/// and `--read` have no short form (`-i` is the group id, `-r` the transport).
+#[derive(Args, Debug, Clone)]
+pub struct PassthruArgs {
+    /// Opcode.
+    #[arg(short = 'o', long = "opcode", value_name = "OPCODE", value_parser = parse_number::<u8>)]
+    pub opcode: u8,
+    /// Command flags (fused operation, SGLs): must be 0, the driver builds the data pointer.
+    #[arg(short = 'f', long = "flags", value_name = "FLAGS", default_value = "0", value_parser = parse_number::<u8>)]
+    pub flags: u8,
+    /// Byte the data buffer is filled with before the command.
+    #[arg(short = 'p', long = "prefill", value_name = "BYTE", default_value = "0", value_parser = parse_number::<u8>)]
+    pub prefill: u8,
+    /// Namespace id.
+    #[arg(short = 'n', long = "namespace-id", value_name = "NSID", default_value = "0", value_parser = parse_number::<u32>)]
+    pub nsid: u32,
+    /// Bytes of data to transfer.
+    #[arg(short = 'l', long = "data-len", value_name = "LEN", default_value = "0", value_parser = parse_number::<u32>)]
+    pub data_len: u32,
+    /// Metadata length: must be 0 (no separate metadata buffers).
+    #[arg(short = 'm', long = "metadata-len", value_name = "LEN", default_value = "0", value_parser = parse_number::<u32>)]
+    pub metadata_len: u32,
+    /// Timeout in milliseconds (0: the driver's default).
+    #[arg(short = 't', long = "timeout", value_name = "MS", default_value = "0", value_parser = parse_number::<u32>)]
+    pub timeout: u32,
+    /// Command dword 2.
+    #[arg(short = '2', long = "cdw2", value_name = "V", default_value = "0", value_parser = parse_number::<u32>)]
+    pub cdw2: u32,
+    /// Command dword 3.
+    #[arg(short = '3', long = "cdw3", value_name = "V", default_value = "0", value_parser = parse_number::<u32>)]
+    pub cdw3: u32,
+    /// Command dword 10.
+    #[arg(short = '4', long = "cdw10", value_name = "V", default_value = "0", value_parser = parse_number::<u32>)]
+    pub cdw10: u32,
+    /// Command dword 11.
+    #[arg(short = '5', long = "cdw11", value_name = "V", default_value = "0", value_parser = parse_number::<u32>)]
+    pub cdw11: u32,
+    /// Command dword 12.
+    #[arg(short = '6', long = "cdw12", value_name = "V", default_value = "0", value_parser = parse_number::<u32>)]
+    pub cdw12: u32,
+    /// Command dword 13.
+    #[arg(short = '7', long = "cdw13", value_name = "V", default_value = "0", value_parser = parse_number::<u32>)]
+    pub cdw13: u32,
+    /// Command dword 14.
+    #[arg(short = '8', long = "cdw14", value_name = "V", default_value = "0", value_parser = parse_number::<u32>)]
+    pub cdw14: u32,
+    /// Command dword 15.
+    #[arg(short = '9', long = "cdw15", value_name = "V", default_value = "0", value_parser = parse_number::<u32>)]
+    pub cdw15: u32,
+    /// File the data is read from (--write) or written to (--read); default stdin / the
+    /// hex dump (nvme-cli's -i).
+    #[arg(long = "input-file", value_name = "FILE")]
+    pub input_file: Option<PathBuf>,
+    /// With --read: the data raw on stdout instead of the hex dump.
+    #[arg(short = 'b', long = "raw-binary")]
+    pub raw: bool,
+    /// Print the command before sending it.
+    #[arg(short = 's', long = "show-command")]
+    pub show: bool,
+    /// Print the command and send nothing.
+    #[arg(short = 'd', long = "dry-run")]
+    pub dry_run: bool,
+    /// The controller transfers data to the host (nvme-cli's -r; implied by opcode bit 1).
+    #[arg(long = "read")]
+    pub read: bool,
+    /// The host transfers data to the controller (implied by opcode bit 0).
+    #[arg(short = 'w', long = "write")]
+    pub write: bool,
+}
+
 fn parse_nsid(s: &str) -> Result<u32, String> {
     match parse_number::<u32>(s)? {
         0 | u32::MAX => Err(format!(
@@ -209,6 +460,7 @@ impl Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::parse_args(std::iter::once("nvmectl").chain(args.iter().copied()))
@@ -267,6 +519,63 @@ mod tests {
         );
         assert!(parse(&["get-feature"]).is_err(), "-f is required");
         assert!(parse(&["get-feature", "-f", "7", "-s", "4"]).is_err());
+    }
+
+    #[test]
+    fn operator_subcommands_take_nvme_clis_options() {
+        Cli::command().debug_assert();
+        let c = parse(&[
+            "-i", "3", "get-log", "--log-id", "2", "-l", "512", "-o", "8", "--rae", "-b",
+        ])
+        .unwrap();
+        assert_eq!(c.shm_id, Some(3), "-i stays the group id");
+        let Cmd::GetLog(a) = c.command else { panic!() };
+        assert_eq!(
+            (a.log_id, a.log_len, a.lpo, a.rae, a.raw, a.nsid),
+            (2, 512, 8, true, true, u32::MAX)
+        );
+        let c = parse(&[
+            "admin-passthru",
+            "-o",
+            "6",
+            "-4",
+            "1",
+            "-l",
+            "4096",
+            "--read",
+            "-s",
+        ])
+        .unwrap();
+        let Cmd::AdminPassthru(a) = c.command else {
+            panic!()
+        };
+        assert_eq!(
+            (a.opcode, a.cdw10, a.data_len, a.read, a.show),
+            (6, 1, 4096, true, true)
+        );
+        let c = parse(&["dsm", "--ad", "-s", "0,100", "-b", "8,0x10", "--idr"]).unwrap();
+        let Cmd::Dsm(a) = c.command else { panic!() };
+        assert_eq!(
+            (a.slbs, a.blocks, a.ad, a.idr),
+            (vec![0, 100], vec![8, 16], true, true)
+        );
+        let c = parse(&["write-zeroes", "-s", "5", "-c", "3", "-d", "-f"]).unwrap();
+        let Cmd::WriteZeroes(a) = c.command else {
+            panic!()
+        };
+        assert_eq!(
+            (a.start_block, a.block_count, a.deac, a.fua),
+            (5, 3, true, true)
+        );
+        let c = parse(&["set-feature", "-f", "4", "-v", "0x15e", "-s"]).unwrap();
+        let Cmd::SetFeature(a) = c.command else {
+            panic!()
+        };
+        assert_eq!((a.fid, a.value, a.save), (4, 350, true));
+        assert!(
+            parse(&["get-log", "-l", "512"]).is_err(),
+            "--log-id is required"
+        );
     }
 
     #[test]

@@ -85,7 +85,8 @@ fn chunk_bytes(ctrl: &Controller, block_size: u32) -> usize {
     (ctrl.max_transfer() / bs).max(1) * bs
 }
 
-fn queue(ctrl: &Controller) -> Result<nvme_host_linux::IoQueuePair> {
+/// A queue pair for one subcommand (a few entries; one command in flight at a time).
+pub fn queue(ctrl: &Controller) -> Result<nvme_host_linux::IoQueuePair> {
     let entries = QUEUE_ENTRIES.min(ctrl.info().cap.max_queue_entries());
     Ok(ctrl.alloc_io_queue(QueueOptions { entries })?)
 }
@@ -181,15 +182,7 @@ pub fn write_from(
         .map_err(|e| Error::Failed(format!("reading {what}: {e}")))?;
     transfer(ctrl, p, "write", |qp, buf, lba, range| {
         let n = range.len();
-        let piece = loop {
-            match rx.recv_timeout(std::time::Duration::from_millis(20)) {
-                Ok(piece) => break piece,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    check_interrupt(p, "write", range.start)?
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break Ok(Vec::new()),
-            }
-        };
+        let piece = next_piece(&rx, p, "write", range.start)?;
         let piece = piece.map_err(|e| Error::Failed(format!("reading {what}: {e}")))?;
         if piece.len() < n {
             return Err(short_input(p, range.start + piece.len(), what, lba));
@@ -197,6 +190,80 @@ pub fn write_from(
         buf.as_mut_slice()[..n].copy_from_slice(&piece);
         qp.write_sync(p.nsid, lba, buf.slice(0..n)?)?;
         Ok(())
+    })
+}
+
+/// The next piece `read_ahead` sent (an empty one when the reader is gone); a signal while
+/// waiting abandons `op` after `done` bytes.
+fn next_piece(
+    rx: &std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    p: &IoPlan,
+    op: &str,
+    done: usize,
+) -> Result<std::io::Result<Vec<u8>>> {
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(20)) {
+            Ok(piece) => return Ok(piece),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => check_interrupt(p, op, done)?,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(Ok(Vec::new())),
+        }
+    }
+}
+
+/// nvme-cli's text of an NVMe status: `NVMe status: Compare Failure(0x4285)` style, with
+/// libnvme's sentence for Compare Failure.
+pub fn nvme_status_text(status: nvme_host_linux::regs::Status) -> String {
+    use nvme_host_linux::regs::status::MediaErrorStatus;
+    let name = if status.is_media(MediaErrorStatus::CompareFailure) {
+        "Compare Failure: The command failed due to a miscompare during a Compare command"
+            .to_string()
+    } else {
+        status.to_string()
+    };
+    format!("NVMe status: {name}({:#x})", status.0)
+}
+
+/// Compares the plan's blocks with data read from `input` (read as `write_from` reads it),
+/// one command's worth at a time. A mismatch is an error that names the blocks of the
+/// command that found it (nvme-cli's `NVMe status: Compare Failure...` text); an input
+/// that ends early is an error that says how much was read.
+pub fn compare_from(
+    ctrl: &Controller,
+    p: &IoPlan,
+    input: Box<dyn std::io::Read + Send>,
+    what: &str,
+) -> Result<()> {
+    use nvme_host_linux::regs::status::MediaErrorStatus;
+    let rx = read_ahead(input, p.bytes(), chunk_len(ctrl, p))
+        .map_err(|e| Error::Failed(format!("reading {what}: {e}")))?;
+    transfer(ctrl, p, "compare", |qp, buf, lba, range| {
+        let n = range.len();
+        let piece = next_piece(&rx, p, "compare", range.start)?;
+        let piece = piece.map_err(|e| Error::Failed(format!("reading {what}: {e}")))?;
+        if piece.len() < n {
+            return Err(Error::Failed(format!(
+                "{what} has {} bytes, fewer than the {} bytes to compare ({} block(s) of {} bytes)",
+                range.start + piece.len(),
+                p.bytes(),
+                p.blocks,
+                p.block_size
+            )));
+        }
+        buf.as_mut_slice()[..n].copy_from_slice(&piece);
+        match qp.compare_sync(p.nsid, lba, buf.slice(0..n)?) {
+            Err(e)
+                if e.status()
+                    .is_some_and(|s| s.is_media(MediaErrorStatus::CompareFailure)) =>
+            {
+                let end = lba + (n / p.block_size as usize) as u64;
+                Err(Error::Failed(format!(
+                    "COMPARE: blocks {lba}..{end} of namespace {} differ from {what}: {}",
+                    p.nsid,
+                    nvme_status_text(e.status().expect("checked"))
+                )))
+            }
+            r => Ok(r?),
+        }
     })
 }
 

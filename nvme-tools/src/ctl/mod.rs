@@ -15,6 +15,7 @@ pub mod idns;
 pub mod io;
 pub mod list;
 pub mod logs;
+pub mod ops;
 #[cfg(test)]
 mod testdata;
 pub mod text;
@@ -255,6 +256,28 @@ pub fn write_input(ctrl: &Controller, a: &IoArgs) -> Result<()> {
     }
 }
 
+/// `compare` from `-d FILE` or stdin: the range is checked before the input is opened
+/// (as `write`); a mismatch is an error naming the blocks (exit status 1).
+pub fn compare_input(ctrl: &Controller, a: &IoArgs) -> Result<()> {
+    let p = io_plan(ctrl, a)?;
+    match a.data.as_deref() {
+        Some(path) => {
+            let what = path.display().to_string();
+            let f = std::fs::File::open(path)
+                .map_err(|e| Error::Failed(format!("opening {what}: {e}")))?;
+            io::compare_from(ctrl, &p, Box::new(f), &what)
+        }
+        None => io::compare_from(ctrl, &p, Box::new(std::io::stdin()), "stdin"),
+    }
+}
+
+/// Writes what a subcommand of [`ops`] printed: stdout first, then its stderr lines.
+fn print(p: ops::Printed) -> Result<()> {
+    output(None, &p.stdout)?;
+    eprint!("{}", p.stderr);
+    Ok(())
+}
+
 /// The controllers `list` shows without `-r`: every NVMe function bound to vfio-pci.
 fn probed_transports() -> Result<Vec<TransportId>> {
     let addrs: Vec<PciAddress> = nvme_host_linux::vfio::probe()?;
@@ -327,6 +350,7 @@ fn with_controller<T>(cli: &Cli, f: impl FnOnce(&Controller) -> Result<T>) -> Re
 pub fn run(cli: &Cli) -> Result<()> {
     let text = match &cli.command {
         Cmd::List(a) => list(cli, a)?,
+        Cmd::IdCtrl(a) if a.raw => return print(with_controller(cli, ops::id_ctrl_raw)?),
         Cmd::IdCtrl(a) => with_controller(cli, |c| id_ctrl(c, a))?,
         Cmd::IdNs(a) => with_controller(cli, |c| id_ns(c, a))?,
         Cmd::SmartLog(a) => with_controller(cli, |c| smart_log(c, a))?,
@@ -342,6 +366,22 @@ pub fn run(cli: &Cli) -> Result<()> {
             output(a.data.as_deref(), &data)?;
             eprintln!("read: Success");
             return Ok(());
+        }
+        Cmd::FwLog(a) => return print(with_controller(cli, |c| ops::fw_log(c, a))?),
+        Cmd::GetLog(a) => return print(with_controller(cli, |c| ops::get_log(c, a))?),
+        Cmd::SetFeature(a) => return print(with_controller(cli, |c| ops::set_feature(c, a))?),
+        Cmd::ListNs(a) => return print(with_controller(cli, |c| ops::list_ns(c, a))?),
+        Cmd::NsDescs(a) => return print(with_controller(cli, |c| ops::ns_descs(c, a))?),
+        Cmd::Flush(a) => return print(with_controller(cli, |c| ops::flush(c, a))?),
+        Cmd::WriteZeroes(a) => return print(with_controller(cli, |c| ops::write_zeroes(c, a))?),
+        Cmd::Dsm(a) => return print(with_controller(cli, |c| ops::dsm(c, a))?),
+        Cmd::AdminPassthru(a) => {
+            return print(with_controller(cli, |c| ops::passthru(c, a, true))?)
+        }
+        Cmd::IoPassthru(a) => return print(with_controller(cli, |c| ops::passthru(c, a, false))?),
+        Cmd::Compare(a) => {
+            with_controller(cli, |c| compare_input(c, a))?;
+            return print(ops::compare_done());
         }
         Cmd::Write(a) => {
             // Attach and check the range first: a missing -r or a bad range is reported
@@ -455,6 +495,7 @@ mod tests {
             &c,
             &IdCtrlArgs {
                 human: false,
+                raw: false,
                 output: OutputFormat::Normal,
             },
         )

@@ -1,0 +1,469 @@
+//! `cargo xtask bench-hw --spdk DIR`: our nvme-perf against SPDK's `spdk_nvme_perf`, in one
+//! VM boot, alternated.
+//!
+//! The VM is `bench-hw`'s (one 1 GiB null-co namespace with 4 KiB blocks, TCG, `-smp 2`),
+//! with the virtual IOMMU at 48 address bits (SPDK's default IOVA mode needs it), 256
+//! hugepages and hugetlbfs at `/dev/hugepages`. `DIR` is what
+//! `../shared/tools/build-spdk-perf <spdk git dir> DIR` made (its `bundle/` is copied into
+//! the guest's root). Per round, with the order of the two tools swapped every round:
+//! 1. QD32 and QD1 4 KiB random reads on core 0, ours and SPDK's;
+//! 2. two processes of one shared-memory group (`-i 1`) on cores 0 and 1 at QD32 each: a
+//!    primary (`-a 3` warm-up) and, 2 s later, a secondary (`-a 1`), so that their measured
+//!    windows overlap; ours, then SPDK's.
+//!
+//! Both tools print the same table; the guest echoes each run's `Total` line on the console
+//! (`BENCH-TEXT <name> rc=<exit> <line>`) and xtask takes IOPS and average latency from it.
+//! The result is the medians of the rounds and their ratios against the issue's targets.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::hw::VFIO_MODULES;
+use crate::vm::{self, VmOpts};
+
+/// Targets (issue 9): ours over SPDK's.
+const TARGET_QD32_IOPS: f64 = 1.2;
+const TARGET_QD1_LATENCY: f64 = 0.85;
+const TARGET_TWO_PROCESSES: f64 = 1.0;
+const TARGET_SECONDARY: f64 = 0.95;
+
+/// The namespace: nsid 1, 4 KiB blocks, 1 GiB, null-co.
+const NS_BYTES: u64 = 1 << 30;
+
+/// Where the SPDK bundle is: `DIR/bundle` (build-spdk-perf's output directory) or `DIR`
+/// itself; it must hold `spdk/spdk_nvme_perf`.
+pub fn bundle_dir(dir: &Path) -> Result<PathBuf, String> {
+    for d in [dir.join("bundle"), dir.to_path_buf()] {
+        if d.join("spdk/spdk_nvme_perf").is_file() {
+            return Ok(d);
+        }
+    }
+    Err(format!(
+        "--spdk {}: no SPDK bundle there (looked for bundle/spdk/spdk_nvme_perf and spdk/spdk_nvme_perf); \
+         build one with ../shared/tools/build-spdk-perf <spdk git dir> {} (as root; about 5-10 minutes)",
+        dir.display(),
+        dir.display()
+    ))
+}
+
+/// Which tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tool {
+    Ours,
+    Spdk,
+}
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Ours => "ours",
+            Tool::Spdk => "spdk",
+        }
+    }
+    fn binary(self) -> &'static str {
+        match self {
+            Tool::Ours => "/bin/nvme-perf",
+            Tool::Spdk => "/spdk/spdk_nvme_perf",
+        }
+    }
+    /// One run's command line (`$bdf`: the controller's address in the guest's shell).
+    fn command(self, depth: u32, time_s: u64, extra: &str) -> String {
+        format!(
+            "{} -q {depth} -o 4096 -w randread -t {time_s} {extra} -r \"trtype:PCIe traddr:$bdf ns:1\"",
+            self.binary()
+        )
+    }
+}
+
+/// The runs of one round, in order: the console names and the guest script lines.
+fn round_script(round: u32, time_s: u64) -> String {
+    let order = if round % 2 == 1 {
+        [Tool::Ours, Tool::Spdk]
+    } else {
+        [Tool::Spdk, Tool::Ours]
+    };
+    let mut s = String::new();
+    for depth in [32, 1] {
+        for t in order {
+            s.push_str(&format!(
+                "bench {}-q{depth}-r{round} '{}'\n",
+                t.name(),
+                t.command(depth, time_s, "-c 0x1")
+            ));
+        }
+    }
+    for t in order {
+        s.push_str(&format!(
+            "bench2 {n}-2p-a-r{round} {n}-2p-b-r{round} '{a}' '{b}'\n",
+            n = t.name(),
+            a = t.command(32, time_s, "-i 1 -c 0x1 -a 3"),
+            b = t.command(32, time_s, "-i 1 -c 0x2 -a 1"),
+        ));
+    }
+    s
+}
+
+/// The guest's `/init` after [`vm::INIT_PRELUDE`].
+const INIT: &str = r#"
+echo 256 > /proc/sys/vm/nr_hugepages
+mkdir -p /dev/hugepages && mount -t hugetlbfs nodev /dev/hugepages || fail "mounting hugetlbfs"
+echo "BENCH-INFO $(grep HugePages_Total /proc/meminfo), clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+total() { grep -E '^Total' "$1" | tail -n 1 | tr -s ' '; }
+export bdf
+# bench NAME 'COMMAND': runs it, echoes its Total line.
+bench() {
+    name=$1
+    echo "BENCH-RUN $name: $2"
+    sh -c "$2" > /tmp/$name.out 2> /tmp/$name.err
+    rc=$?
+    echo "BENCH-TEXT $name rc=$rc $(total /tmp/$name.out)"
+    [ $rc = 0 ] || echo "BENCH-FAIL $name exit $rc: $(tail -n 5 /tmp/$name.err /tmp/$name.out | tr '\n' ' ')"
+}
+# bench2 NAME-A NAME-B 'COMMAND-A' 'COMMAND-B': A, and 2 s later B, at the same time.
+bench2() {
+    echo "BENCH-RUN $1: $3"
+    echo "BENCH-RUN $2 (2 s later): $4"
+    sh -c "$3" > /tmp/$1.out 2> /tmp/$1.err &
+    a=$!
+    sleep 2
+    sh -c "$4" > /tmp/$2.out 2> /tmp/$2.err
+    rcb=$?
+    wait $a
+    rca=$?
+    for r in "$1 $rca" "$2 $rcb"; do
+        set -- $r
+        echo "BENCH-TEXT $1 rc=$2 $(total /tmp/$1.out)"
+        [ $2 = 0 ] || echo "BENCH-FAIL $1 exit $2: $(tail -n 5 /tmp/$1.err /tmp/$1.out | tr '\n' ' ')"
+    done
+}
+/bin/nvme-setup bind $bdf || fail "nvme-setup bind $bdf"
+. /bench.sh
+echo "BENCH-INIT done"
+finish
+"#;
+
+/// What one run measured: IOPS and average latency (us) from its `Total` line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Figures {
+    pub iops: f64,
+    pub lat_us: f64,
+}
+
+/// The figures of run `name` from the console log: `BENCH-TEXT <name> rc=0 Total : IOPS
+/// MiB/s avg min max`.
+fn figures(log: &str, name: &str) -> Result<Figures, String> {
+    let prefix = format!("BENCH-TEXT {name} rc=");
+    let line = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&prefix))
+        .ok_or_else(|| format!("{name}: no result line (the guest stopped before this run?)"))?;
+    let (rc, rest) = line.split_once(' ').unwrap_or((line, ""));
+    if rc != "0" {
+        let fail = format!("BENCH-FAIL {name} ");
+        let why = log
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&fail))
+            .unwrap_or("");
+        return Err(format!("{name}: exit status {rc} {why}").trim().to_string());
+    }
+    let nums: Vec<f64> = rest
+        .split_once(':')
+        .map(|(_, n)| n)
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match nums[..] {
+        [iops, _mib, avg, ..] if iops > 0.0 => Ok(Figures { iops, lat_us: avg }),
+        _ => Err(format!("{name}: no IOPS in its Total line '{rest}'")),
+    }
+}
+
+/// The median of `v` (the middle value; the mean of the two middle ones for an even count).
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// One row of the table: a value per round and their median.
+struct Row {
+    label: String,
+    values: Vec<Option<f64>>,
+}
+
+impl Row {
+    fn median(&self) -> Option<f64> {
+        median(self.values.iter().flatten().copied().collect())
+    }
+}
+
+/// The results of every round as rows, and the headline ratios against the targets.
+fn table(log: &str, rounds: u32, header: &str) -> (String, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut get = |name: String| match figures(log, &name) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    };
+    let mut rows: Vec<Row> = Vec::new();
+    let mut row = |label: &str, f: &mut dyn FnMut(u32) -> Option<f64>| {
+        let values = (1..=rounds).map(&mut *f).collect();
+        rows.push(Row {
+            label: label.to_string(),
+            values,
+        });
+    };
+    let mut all = std::collections::BTreeMap::new();
+    for r in 1..=rounds {
+        for t in [Tool::Ours, Tool::Spdk] {
+            for run in ["q32", "q1", "2p-a", "2p-b"] {
+                let name = format!("{}-{run}-r{r}", t.name());
+                all.insert((t.name(), run, r), get(name));
+            }
+        }
+    }
+    let f = |t: &str, run: &str, r: u32| all.get(&(t, run, r)).copied().flatten();
+    row("QD32 IOPS, ours", &mut |r| {
+        f("ours", "q32", r).map(|x| x.iops)
+    });
+    row("QD32 IOPS, SPDK", &mut |r| {
+        f("spdk", "q32", r).map(|x| x.iops)
+    });
+    row("QD1 avg latency us, ours", &mut |r| {
+        f("ours", "q1", r).map(|x| x.lat_us)
+    });
+    row("QD1 avg latency us, SPDK", &mut |r| {
+        f("spdk", "q1", r).map(|x| x.lat_us)
+    });
+    let sum = |t: &str, r: u32| Some(f(t, "2p-a", r)?.iops + f(t, "2p-b", r)?.iops);
+    row("2 processes QD32 IOPS (sum), ours", &mut |r| sum("ours", r));
+    row("2 processes QD32 IOPS (sum), SPDK", &mut |r| sum("spdk", r));
+    let sec = |t: &str, r: u32| Some(f(t, "2p-b", r)?.iops / f(t, "2p-a", r)?.iops);
+    row("secondary / primary IOPS, ours", &mut |r| sec("ours", r));
+    row("secondary / primary IOPS, SPDK", &mut |r| sec("spdk", r));
+
+    let mut out = format!("{header}\n\n{:<38}", "");
+    for r in 1..=rounds {
+        out.push_str(&format!(" {:>10}", format!("round {r}")));
+    }
+    out.push_str(&format!(" {:>10}\n", "median"));
+    let fmt = |v: Option<f64>| match v {
+        Some(x) if x >= 100.0 => format!("{x:>10.0}"),
+        Some(x) => format!("{x:>10.2}"),
+        None => format!("{:>10}", "-"),
+    };
+    for row in &rows {
+        out.push_str(&format!("{:<38}", row.label));
+        for v in &row.values {
+            out.push_str(&format!(" {}", fmt(*v)));
+        }
+        out.push_str(&format!(" {}\n", fmt(row.median())));
+    }
+    let m = |i: usize| rows[i].median();
+    let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+    let verdict = |what: &str, r: Option<f64>, target: f64, higher: bool| match r {
+        Some(r) => {
+            let met = if higher { r >= target } else { r <= target };
+            format!(
+                "{what}: {r:.2}x (target {} {target:.2}x: {})\n",
+                if higher { ">=" } else { "<=" },
+                if met { "met" } else { "NOT met" }
+            )
+        }
+        None => format!("{what}: not measured\n"),
+    };
+    out.push('\n');
+    out.push_str(&verdict(
+        "QD32 IOPS, ours / SPDK",
+        ratio(m(0), m(1)),
+        TARGET_QD32_IOPS,
+        true,
+    ));
+    out.push_str(&verdict(
+        "QD1 average latency, ours / SPDK",
+        ratio(m(2), m(3)),
+        TARGET_QD1_LATENCY,
+        false,
+    ));
+    out.push_str(&verdict(
+        "2 processes aggregate IOPS, ours / SPDK",
+        ratio(m(4), m(5)),
+        TARGET_TWO_PROCESSES,
+        true,
+    ));
+    out.push_str(&verdict(
+        "secondary / primary QD32 IOPS, ours",
+        m(6),
+        TARGET_SECONDARY,
+        true,
+    ));
+    (out, problems)
+}
+
+/// Runs the comparison: `time_s` seconds per run, `rounds` rounds.
+pub fn run(spdk: &Path, time_s: u64, rounds: u32, mut vm_opts: VmOpts) -> Result<(), String> {
+    let bundle = bundle_dir(spdk)?;
+    if vm_opts.aw_bits.is_none() {
+        vm_opts.aw_bits = Some(48);
+    }
+    let tools = vm::prerequisites(&[], ")")?;
+    let bins = vm::build_static(&["nvme-tools"], &["nvme-perf", "nvme-setup"])?;
+    let mut ir = vm::Initramfs::new("bench-spdk-vm", &tools.busybox, INIT)?;
+    ir.install(&bins[0], "bin/nvme-perf")?;
+    ir.install(&bins[1], "bin/nvme-setup")?;
+    ir.modules(&tools.moddir, VFIO_MODULES, "modules-vfio")?;
+    let root = ir.work.join("root");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(bundle.join("."))
+        .arg(&root)
+        .status()
+        .map_err(|e| format!("cp: {e}"))?;
+    if !st.success() {
+        return Err(format!(
+            "copying the SPDK bundle {} into {} failed",
+            bundle.display(),
+            root.display()
+        ));
+    }
+    let script: String = (1..=rounds).map(|r| round_script(r, time_s)).collect();
+    ir.write("bench.sh", &script)?;
+    let initrd = ir.pack()?;
+
+    // Boot, runs and slack: 2 processes take the warm-up and start offset longer.
+    let per_round = 4 * (time_s + 15) + 2 * (time_s + 20);
+    vm_opts.timeout = vm_opts.timeout.max(std::time::Duration::from_secs(
+        60 + per_round * rounds as u64,
+    ));
+    let mut q = vm::qemu(&tools, &vm_opts, &initrd);
+    vm::namespace(&mut q, 1, 4096, NS_BYTES, None)?;
+    let console = vm::run(q, vm_opts.timeout, &ir.work, |l| {
+        let l = l.trim_start();
+        l.starts_with("BENCH") || l.starts_with("HWTEST-INIT") || l.starts_with("qemu stderr")
+    })?;
+    let header = format!(
+        "bench-hw --spdk: 4 KiB random reads, 1 GiB null-co namespace, {time_s} s per run, {rounds} rounds \
+         alternated (ours first in odd rounds), QEMU {}, aw-bits {}; one process on core 0 (QD32, QD1), \
+         two processes of one group on cores 0 and 1 (QD32 each)",
+        vm_opts.accel,
+        vm_opts.aw_bits.unwrap_or(39)
+    );
+    let (table, mut problems) = table(&console.log, rounds, &header);
+    println!("{table}");
+    let _ = std::fs::write(ir.work.join("results.txt"), &table);
+    if console.timed_out {
+        problems.push(console.timeout_error(vm_opts.timeout));
+    }
+    println!(
+        "guest run took {:.1} s; console log and results in {}",
+        console.took.as_secs_f64(),
+        ir.work.display()
+    );
+    if let Some((qemu, other)) = console.host_cores {
+        println!(
+            "host CPUs during the run: QEMU {qemu:.2} cores, everything else {other:.2} cores"
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        console.dump(&ir.work);
+        Err(problems.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_alternate_the_tools() {
+        let r1 = round_script(1, 5);
+        let r2 = round_script(2, 5);
+        let first = |s: &str| s.lines().next().unwrap().to_string();
+        assert!(first(&r1).starts_with("bench ours-q32-r1 '/bin/nvme-perf -q 32"));
+        assert!(first(&r2).starts_with("bench spdk-q32-r2 '/spdk/spdk_nvme_perf -q 32"));
+        assert_eq!(r1.lines().count(), 6);
+        assert!(r1.contains(
+            "bench2 ours-2p-a-r1 ours-2p-b-r1 '/bin/nvme-perf -q 32 -o 4096 -w randread -t 5 -i 1 -c 0x1 -a 3"
+        ));
+        assert!(r1.contains("-i 1 -c 0x2 -a 1 -r \"trtype:PCIe traddr:$bdf ns:1\"'"));
+    }
+
+    #[test]
+    fn parses_both_tools_total_lines() {
+        let log = "BENCH-TEXT ours-q32-r1 rc=0 Total : 183000.50 714.85 174.20 20.10 900.00\n\
+                   BENCH-TEXT spdk-q32-r1 rc=0 Total : 214000.00 835.94 149.00 30.58 1229.91\n\
+                   BENCH-TEXT spdk-q1-r1 rc=1 \n\
+                   BENCH-FAIL spdk-q1-r1 exit 1: EAL: no hugepages\n";
+        assert_eq!(
+            figures(log, "ours-q32-r1").unwrap(),
+            Figures {
+                iops: 183000.5,
+                lat_us: 174.2
+            }
+        );
+        assert_eq!(figures(log, "spdk-q32-r1").unwrap().iops, 214000.0);
+        assert!(figures(log, "spdk-q1-r1")
+            .unwrap_err()
+            .contains("no hugepages"));
+        assert!(figures(log, "ours-q1-r1")
+            .unwrap_err()
+            .contains("no result"));
+    }
+
+    #[test]
+    fn medians_and_verdicts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+        let mut log = String::new();
+        for r in 1..=3 {
+            let k = r as f64;
+            for (name, iops, lat) in [
+                ("ours-q32", 240.0e3 + k, 130.0),
+                ("spdk-q32", 200.0e3, 160.0),
+                ("ours-q1", 30.0e3, 30.0 + k),
+                ("spdk-q1", 25.0e3, 40.0),
+                ("ours-2p-a", 150.0e3, 200.0),
+                ("ours-2p-b", 145.0e3, 210.0),
+                ("spdk-2p-a", 140.0e3, 220.0),
+                ("spdk-2p-b", 140.0e3, 220.0),
+            ] {
+                log.push_str(&format!(
+                    "BENCH-TEXT {name}-r{r} rc=0 Total : {iops} 1.0 {lat} 1.0 2.0\n"
+                ));
+            }
+        }
+        let (t, problems) = table(&log, 3, "h");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(
+            t.contains("QD32 IOPS, ours / SPDK: 1.20x (target >= 1.20x: met)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("QD1 average latency, ours / SPDK: 0.80x (target <= 0.85x: met)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("2 processes aggregate IOPS, ours / SPDK: 1.05x"),
+            "{t}"
+        );
+        assert!(
+            t.contains("secondary / primary QD32 IOPS, ours: 0.97x (target >= 0.95x: met)"),
+            "{t}"
+        );
+        let (_, problems) = table("", 1, "h");
+        assert_eq!(problems.len(), 8);
+    }
+}
