@@ -153,9 +153,26 @@ pub fn io_through_resets(ctrl: &Controller, at: ResetIo) -> Result<Acked, String
         }
     }
     let seed = acked.expect("the loop ends after a completed round");
-    qp.flush(at.nsid, 0)
-        .map_err(|e| format!("the final flush: {e}"))?;
-    complete_all(&mut qp, Duration::from_secs(20)).map_err(|e| format!("the final flush: {e}"))?;
+    // A reset may still land between the last round and the flush (the other process is
+    // told to stop at the same time): the completed writes stay acknowledged (a controller
+    // reset does not undo them), and the flush is sent again once the queue pair has
+    // reconnected.
+    let start = Instant::now();
+    loop {
+        let r = match qp.flush(at.nsid, 0) {
+            Ok(()) => complete_all(&mut qp, Duration::from_secs(20)),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => break,
+            Err(Error::AbortedByReset) if start.elapsed() < Duration::from_secs(20) => {
+                say("FINAL-FLUSH-ABORTED");
+                qp.process_completions(usize::MAX, |_, _| {});
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(format!("the final flush: {e}")),
+        }
+    }
     let written = &buf.as_slice()[..PER_ROUND * IO];
     let a = Acked {
         nsid: at.nsid,
