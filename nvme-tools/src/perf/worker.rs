@@ -303,6 +303,7 @@ impl NsRun {
                 Err(DriverError::AbortedByReset) => {
                     pending.push(token as u32);
                     *in_flight -= 1;
+                    stats.aborted_by_reset += 1;
                 }
                 Ok(()) => done.push(token as u32),
                 Err(e) => {
