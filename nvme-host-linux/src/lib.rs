@@ -66,7 +66,7 @@ pub use namespace::Namespace;
 pub use qpair::{IoQueuePair, QueueOptions};
 #[cfg(feature = "sim")]
 pub use simtransport::SimTransport;
-pub use transport::Transport;
+pub use transport::{FunctionReset, Transport};
 pub use trid::{PciAddress, SimOptions, TransportId, TransportKind};
 
 pub use nvme_core;
