@@ -5,14 +5,16 @@
 //! 1. builds `nvme-hwtest` as a static binary (own target directory, so the normal build is
 //!    not invalidated);
 //! 2. builds an initramfs from the machine's Debian kernel modules (vfio, vfio-pci, nvme and
-//!    their dependencies), busybox-static and that binary, with an `/init` script;
+//!    their dependencies), busybox-static, that binary and the tools (`nvme-setup`,
+//!    `nvmectl`, `nvme-perf`, static too), with an `/init` script;
 //! 3. boots QEMU (q35, virtual Intel IOMMU with its default 39-bit address width, TCG unless
 //!    `--accel kvm`) with one NVMe controller (serial `deadbeef`) and three namespaces:
 //!    512 B file-backed, 4 KiB file-backed, 4 KiB null-co;
 //! 4. in the guest: binds the controller to vfio-pci, checks some attach errors for real,
 //!    runs the suite (single-process tests, then the multi-process scenarios of a
 //!    shared-memory group: `nvme-hwtest --multi-process`, ending with controller resets
-//!    by one process under another's checked I/O), rebinds the controller to the kernel's
+//!    by one process under another's checked I/O, and `nvmectl -i G reset` beside
+//!    `nvme-perf -i G` with `--tools /bin`), rebinds the controller to the kernel's
 //!    nvme driver and reads back what the suite wrote through `/dev/nvme0nX` (the
 //!    manifest's ranges: the single-process pattern and the last write acknowledged after
 //!    the resets);
@@ -204,23 +206,23 @@ fn vm(o: &Opts) -> Result<(), String> {
     )?;
 
     // 1. The static binaries.
-    let bins = vm::build_static(
-        &["nvme-hwtest", "nvme-tools"],
-        &["nvme-hwtest", "nvme-setup"],
-    )?;
+    let names = ["nvme-hwtest", "nvme-setup", "nvmectl", "nvme-perf"];
+    let bins = vm::build_static(&["nvme-hwtest", "nvme-tools"], &names)?;
 
     // 2. The initramfs.
     let mut ir = vm::Initramfs::new("hwtest-vm", &tools.busybox, INIT)?;
-    ir.install(&bins[0], "bin/nvme-hwtest")?;
-    ir.install(&bins[1], "bin/nvme-setup")?;
+    for (bin, name) in bins.iter().zip(names) {
+        ir.install(bin, &format!("bin/{name}"))?;
+    }
     ir.modules(&tools.moddir, VFIO_MODULES, "modules-vfio")?;
     ir.modules(&tools.moddir, NVME_MODULES, "modules-nvme")?;
-    let mut args = String::from("--expect-serial deadbeef --multi-process");
+    let mut args = String::from("--expect-serial deadbeef --multi-process --tools /bin");
     for (nsid, bs, bytes, file) in NAMESPACES {
         args.push_str(&format!(" --expect-ns {nsid}:{bs}:{}", bytes / bs as u64));
-        if file {
-            args.push_str(&format!(" --write-ns {nsid}"));
-        }
+        // File-backed namespaces keep data (read back by the kernel); the null one is
+        // scratch for the tools' random writes.
+        let role = if file { "--write-ns" } else { "--scratch-ns" };
+        args.push_str(&format!(" {role} {nsid}"));
     }
     ir.write("hwtest.args", &args)?;
     let initrd = ir.pack()?;
