@@ -436,7 +436,10 @@ impl Controller {
     /// reset is what `echo 1 > /sys/bus/pci/devices/<bdf>/reset` does with no driver using
     /// the device. On the software controller (`trtype:sim`), which has no PCI function, it
     /// is the controller reset alone. Fails at once, changing nothing, when the function
-    /// cannot be reset (VFIO reports no reset method).
+    /// cannot be reset (VFIO reports no reset method); when `VFIO_DEVICE_RESET` itself
+    /// fails, the reset fails as a failed controller reset does (commands fail with
+    /// [`Error::NeedsReset`] until a reset works). Returns the PCI command register before
+    /// and after the function reset.
     pub fn reset_function(&self) -> Result<FunctionReset> {
         let inner = self.inner();
         if !inner.transport.function_reset_supported() {

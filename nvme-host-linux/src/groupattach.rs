@@ -379,37 +379,6 @@ fn queue_gone(r: Result<nvme_core::Completion>, cq: bool) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use nvme_regs::status::{CommandSpecificStatus as Sc, GenericStatus, Status};
-
-    fn failed(status: Status) -> Result<nvme_core::Completion> {
-        Err(Error::Nvme {
-            opcode: 0x04,
-            admin: true,
-            status,
-        })
-    }
-
-    #[test]
-    fn a_missing_queue_counts_as_deleted() {
-        let invalid_qid = Status::command_specific(Sc::InvalidQueueId).with_dnr();
-        let cq_invalid = Status::command_specific(Sc::CompletionQueueInvalid).with_dnr();
-        assert!(queue_gone(failed(invalid_qid), false));
-        assert!(queue_gone(failed(invalid_qid), true));
-        // QEMU's answer to deleting a completion queue that was never created.
-        assert!(queue_gone(failed(cq_invalid), true));
-        assert!(!queue_gone(failed(cq_invalid), false));
-        // A queue still there (its SQ not deleted), or any other failure: not gone.
-        let not_empty = Status::command_specific(Sc::InvalidQueueDeletion);
-        assert!(!queue_gone(failed(not_empty), true));
-        let internal = Status::generic(GenericStatus::InternalError);
-        assert!(!queue_gone(failed(internal), true));
-        assert!(!queue_gone(Err(Error::ControllerGone), true));
-    }
-}
-
 /// Starts the thread that cleans up after members that die while this process runs. It
 /// holds the controller only while it cleans up, so the application's last reference always
 /// runs the detach itself.
@@ -441,5 +410,36 @@ fn start_monitor(ctrl: &Controller) {
     if let Err(e) = started {
         // Without the monitor, dead members are still cleaned up when processes join.
         eprintln!("nvme: could not start the group monitor thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nvme_regs::status::{CommandSpecificStatus as Sc, GenericStatus, Status};
+
+    fn failed(status: Status) -> Result<nvme_core::Completion> {
+        Err(Error::Nvme {
+            opcode: 0x04,
+            admin: true,
+            status,
+        })
+    }
+
+    #[test]
+    fn a_missing_queue_counts_as_deleted() {
+        let invalid_qid = Status::command_specific(Sc::InvalidQueueId).with_dnr();
+        let cq_invalid = Status::command_specific(Sc::CompletionQueueInvalid).with_dnr();
+        assert!(queue_gone(failed(invalid_qid), false));
+        assert!(queue_gone(failed(invalid_qid), true));
+        // QEMU's answer to deleting a completion queue that was never created.
+        assert!(queue_gone(failed(cq_invalid), true));
+        assert!(!queue_gone(failed(cq_invalid), false));
+        // A queue still there (its SQ not deleted), or any other failure: not gone.
+        let not_empty = Status::command_specific(Sc::InvalidQueueDeletion);
+        assert!(!queue_gone(failed(not_empty), true));
+        let internal = Status::generic(GenericStatus::InternalError);
+        assert!(!queue_gone(failed(internal), true));
+        assert!(!queue_gone(Err(Error::ControllerGone), true));
     }
 }

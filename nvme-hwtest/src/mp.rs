@@ -12,7 +12,9 @@
 //! another; the primary SIGKILLed and a newcomer taking the role; the last member out
 //! releasing the device for a plain attach. Then, in a new group: a primary doing checked
 //! I/O while another process resets the controller twice; its last acknowledged write goes
-//! into the kernel read-back manifest.
+//! into the kernel read-back manifest. The same again with PCI function resets
+//! (`Controller::reset_function`, VFIO_DEVICE_RESET from a secondary). With `--tools`: the
+//! real `nvme-perf` and `nvmectl -i G reset` beside each other.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

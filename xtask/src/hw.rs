@@ -13,14 +13,16 @@
 //! 4. in the guest: binds the controller to vfio-pci, checks some attach errors for real,
 //!    runs the suite (single-process tests, then the multi-process scenarios of a
 //!    shared-memory group: `nvme-hwtest --multi-process`, ending with controller resets
-//!    by one process under another's checked I/O, and `nvmectl -i G reset` beside
-//!    `nvme-perf -i G` with `--tools /bin`), rebinds the controller to the kernel's
-//!    nvme driver and reads back what the suite wrote through `/dev/nvme0nX` (the
-//!    manifest's ranges: the single-process pattern and the last write acknowledged after
-//!    the resets);
+//!    by one process under another's checked I/O, the same with PCI function resets, and
+//!    `nvmectl -i G reset` beside `nvme-perf -i G` with `--tools /bin`), then
+//!    `nvme-torture` against the controller (8 rounds; `--torture-rounds N`), rebinds the
+//!    controller to the kernel's nvme driver and reads back what the suite wrote through
+//!    `/dev/nvme0nX` (the manifest's ranges: the single-process pattern and the last
+//!    writes acknowledged after the resets and after the function resets);
 //! 5. parses the serial console: any `FAIL` line, a missing summary, or a guest that does not
 //!    finish within the timeout fails the run (the full console log is printed then); the
-//!    read-back blocks are also checked in the disk images on the host.
+//!    read-back blocks are also checked in the disk images on the host; the torture run's
+//!    `TORTURE SUMMARY` line must be there and report no finding.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
