@@ -508,14 +508,16 @@ impl Admin {
     /// aborted, lets go of this process's memory of timed-out commands, brings it up again
     /// over the same admin queue and re-arms the asynchronous event request. On success the
     /// generation moves on and every process's I/O queue pairs reconnect themselves; on
-    /// failure commands fail with [`Error::NeedsReset`] until a reset works. `extra` runs
-    /// last, while the reset is still under way (shadow doorbells).
+    /// failure commands fail with [`Error::NeedsReset`] until a reset works. `disabled`
+    /// runs once the controller is disabled, before it is brought up again (a function
+    /// reset); `extra` runs last, while the reset is still under way (shadow doorbells).
     pub(crate) fn reset(
         &mut self,
         group: Option<&Group>,
         opts: &crate::attach::AttachOptions,
         cap_timeout: Duration,
         dead_owner: Option<OwnerId>,
+        disabled: impl FnOnce() -> Result<()>,
         extra: impl FnOnce(&mut Admin) -> Result<()>,
     ) -> Result<ControllerInfo> {
         if self.live.is_gone() {
@@ -525,7 +527,7 @@ impl Admin {
             q.begin_reset(dead_owner)
         })??;
         let r = self
-            .reset_steps(group, opts, cap_timeout)
+            .reset_steps(group, opts, cap_timeout, disabled)
             .and_then(|info| extra(self).map(|_| info));
         let ended = with_queue(&self.local, &self.regs, group, |q| q.end_reset(r.is_ok()));
         // A command that timed out during the reset asked for one: this is it.
@@ -549,6 +551,7 @@ impl Admin {
         group: Option<&Group>,
         opts: &crate::attach::AttachOptions,
         cap_timeout: Duration,
+        disabled: impl FnOnce() -> Result<()>,
     ) -> Result<ControllerInfo> {
         if !disable(&self.regs, cap_timeout) {
             return Err(Error::Init(nvme_core::InitError::ReadyTimeout {
@@ -559,6 +562,7 @@ impl Admin {
         with_queue(&self.local, &self.regs, group, |q| q.reset_after_disable())??;
         // The controller is disabled: nothing it was given can be touched any more.
         self.parked.clear();
+        disabled()?;
         let mut init = ControllerInit::new(&self.regs, init_options(opts))?;
         let transport = self.live.transport().clone();
         let (info, data) = match (&self.local, group) {

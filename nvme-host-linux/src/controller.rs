@@ -20,7 +20,7 @@ use crate::group::{Group, Role};
 use crate::mmio::Mmio;
 use crate::namespace::Namespace;
 use crate::qpair::{IoQueuePair, QueueOptions};
-use crate::transport::Transport;
+use crate::transport::{FunctionReset, Transport};
 use crate::trid::TransportId;
 
 /// Largest transfer the driver uses per command when the controller reports no MDTS.
@@ -427,6 +427,34 @@ impl Controller {
         self.inner().reset(None)
     }
 
+    /// Resets the function the controller sits on, under a live controller: as
+    /// [`reset`](Self::reset) (for the whole group, through the same reset path: other
+    /// processes wait, their outstanding I/O completes once with [`Error::AbortedByReset`]
+    /// and their queue pairs reconnect), with a function-level reset between disabling the
+    /// controller and bringing it up again. Over VFIO that is `VFIO_DEVICE_RESET` (an FLR,
+    /// or the PM or bus reset the kernel picks), which also returns everything outside
+    /// the NVMe registers to its power-on state; any member of a group can do it (each has
+    /// the device descriptor). nvme-cli's `nvme reset` is the controller reset; a PCI-level
+    /// reset is what `echo 1 > /sys/bus/pci/devices/<bdf>/reset` does with no driver using
+    /// the device. On the software controller (`trtype:sim`), which has no PCI function, it
+    /// is the controller reset alone. Fails at once, changing nothing, when the function
+    /// cannot be reset (VFIO reports no reset method); when `VFIO_DEVICE_RESET` itself
+    /// fails, the reset fails as a failed controller reset does (commands fail with
+    /// [`Error::NeedsReset`] until a reset works). Returns the PCI command register before
+    /// and after the function reset.
+    pub fn reset_function(&self) -> Result<FunctionReset> {
+        let inner = self.inner();
+        if !inner.transport.function_reset_supported() {
+            return Err(Error::Transport(format!(
+                "{}: the function cannot be reset (VFIO reports no reset method: no FLR, PM or bus reset); use a controller reset instead",
+                inner.transport.name()
+            )));
+        }
+        inner
+            .reset_with(None, true)
+            .map(|f| f.expect("a function reset reports what it saw"))
+    }
+
     /// Reads CSTS now.
     pub fn status_register(&self) -> Csts {
         self.inner().regs.csts()
@@ -553,6 +581,17 @@ impl Inner {
     /// See [`Controller::reset`]; `dead_owner`: a member that died resetting, whose reset
     /// this process finishes.
     pub(crate) fn reset(&self, dead_owner: Option<nvme_core::shared::OwnerId>) -> Result<()> {
+        self.reset_with(dead_owner, false).map(|_| ())
+    }
+
+    /// [`reset`](Self::reset), with a function reset while the controller is disabled when
+    /// `function` is set (what it saw is returned then).
+    fn reset_with(
+        &self,
+        dead_owner: Option<nvme_core::shared::OwnerId>,
+        function: bool,
+    ) -> Result<Option<FunctionReset>> {
+        let mut seen = None;
         let mut admin = lock(&self.admin);
         let cap_timeout = Duration::from_millis(self.info.cap.timeout_ms().max(500) as u64);
         let shadow = self.shadow.clone();
@@ -562,6 +601,12 @@ impl Inner {
             &self.opts,
             cap_timeout,
             dead_owner,
+            || {
+                if function {
+                    seen = Some(self.transport.reset_function()?);
+                }
+                Ok(())
+            },
             |admin| {
                 if let Some(sh) = &shadow {
                     // The same buffers again, from 0 (every queue starts at 0).
@@ -575,7 +620,7 @@ impl Inner {
         )?;
         // Queue pairs whose deletion failed before: the controller was disabled.
         lock(&self.quarantine).clear();
-        Ok(())
+        Ok(seen)
     }
 
     /// Leaves the controller: shuts it down when this process was alone or the group's

@@ -330,8 +330,8 @@ fn cleanup_member(ctrl: &Inner, group: &Group, who: OwnerId) {
     for qid in group.qids_of(who) {
         // Deleting the SQ aborts what the dead process left in flight; a queue that was
         // never created (the process died in between) fails with Invalid Queue Identifier.
-        let sq = queue_gone(ctrl.admin_command(Command::delete_io_sq(qid), None));
-        let cq = queue_gone(ctrl.admin_command(Command::delete_io_cq(qid), None));
+        let sq = queue_gone(ctrl.admin_command(Command::delete_io_sq(qid), None), false);
+        let cq = queue_gone(ctrl.admin_command(Command::delete_io_cq(qid), None), true);
         if sq && cq {
             group.free_qid(qid);
         } else {
@@ -361,13 +361,19 @@ fn cleanup_member(ctrl: &Inner, group: &Group, who: OwnerId) {
     group.forget_member(who);
 }
 
-/// Did a queue deletion leave the queue gone (deleted, or it never existed)?
-fn queue_gone(r: Result<nvme_core::Completion>) -> bool {
+/// Did a queue deletion leave the queue gone (deleted, or it never existed)? NVMe 1.4
+/// (5.5, 5.6) reports a queue that does not exist as Invalid Queue Identifier; QEMU's
+/// controller (7.2) answers a Delete I/O Completion Queue (`cq`) of a missing queue with
+/// Completion Queue Invalid instead, which says the same. (Without it, a member killed
+/// between taking a queue id and creating its completion queue left the id reserved for
+/// good: found by the torture run in the VM.)
+fn queue_gone(r: Result<nvme_core::Completion>, cq: bool) -> bool {
     use nvme_regs::status::CommandSpecificStatus;
     match r {
         Ok(_) => true,
         Err(Error::Nvme { status, .. }) => {
             status.is_command_specific(CommandSpecificStatus::InvalidQueueId)
+                || (cq && status.is_command_specific(CommandSpecificStatus::CompletionQueueInvalid))
         }
         Err(_) => false,
     }
@@ -404,5 +410,36 @@ fn start_monitor(ctrl: &Controller) {
     if let Err(e) = started {
         // Without the monitor, dead members are still cleaned up when processes join.
         eprintln!("nvme: could not start the group monitor thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nvme_regs::status::{CommandSpecificStatus as Sc, GenericStatus, Status};
+
+    fn failed(status: Status) -> Result<nvme_core::Completion> {
+        Err(Error::Nvme {
+            opcode: 0x04,
+            admin: true,
+            status,
+        })
+    }
+
+    #[test]
+    fn a_missing_queue_counts_as_deleted() {
+        let invalid_qid = Status::command_specific(Sc::InvalidQueueId).with_dnr();
+        let cq_invalid = Status::command_specific(Sc::CompletionQueueInvalid).with_dnr();
+        assert!(queue_gone(failed(invalid_qid), false));
+        assert!(queue_gone(failed(invalid_qid), true));
+        // QEMU's answer to deleting a completion queue that was never created.
+        assert!(queue_gone(failed(cq_invalid), true));
+        assert!(!queue_gone(failed(cq_invalid), false));
+        // A queue still there (its SQ not deleted), or any other failure: not gone.
+        let not_empty = Status::command_specific(Sc::InvalidQueueDeletion);
+        assert!(!queue_gone(failed(not_empty), true));
+        let internal = Status::generic(GenericStatus::InternalError);
+        assert!(!queue_gone(failed(internal), true));
+        assert!(!queue_gone(Err(Error::ControllerGone), true));
     }
 }

@@ -71,7 +71,7 @@ pub use qpair::{DsmAttributes, WriteZeroesOptions, MAX_DSM_RANGES, SYNC_COMMAND_
 pub use qpair::{IoQueuePair, QueueOptions};
 #[cfg(feature = "sim")]
 pub use simtransport::SimTransport;
-pub use transport::Transport;
+pub use transport::{FunctionReset, Transport};
 pub use trid::{PciAddress, SimOptions, TransportId, TransportKind};
 
 pub use nvme_core;

@@ -217,4 +217,14 @@ impl Transport for SimTransport {
             let _ = c.shutdown();
         }
     }
+    fn function_reset_supported(&self) -> bool {
+        true
+    }
+    /// The software controller has no PCI function: its nearest thing, a controller reset
+    /// (CC.EN 1 -> 0, which the driver's reset path has just done: queues, in-flight
+    /// commands and features go, the namespaces' data stays), is all there is, so this adds
+    /// nothing to it.
+    fn reset_function(&self) -> Result<crate::transport::FunctionReset> {
+        Ok(crate::transport::FunctionReset::default())
+    }
 }

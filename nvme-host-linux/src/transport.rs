@@ -39,6 +39,36 @@ pub trait Transport: Send + Sync + fmt::Debug + std::any::Any {
     /// Called when the last process of a shared-memory group leaves (after the controller
     /// was shut down): a transport with a process of its own may stop it.
     fn last_member_left(&self) {}
+    /// Can [`reset_function`](Self::reset_function) reset the function under a live
+    /// controller? `false` (the default) makes
+    /// [`Controller::reset_function`](crate::Controller::reset_function) refuse at once.
+    fn function_reset_supported(&self) -> bool {
+        false
+    }
+    /// Resets the function the controller sits on (PCI: `VFIO_DEVICE_RESET`, an FLR or
+    /// another reset method the kernel chose). The driver calls it in the middle of a
+    /// controller reset, with the controller disabled, and brings the controller up again
+    /// afterwards; the register mapping must stay usable.
+    fn reset_function(&self) -> Result<FunctionReset> {
+        Err(crate::error::Error::Transport(format!(
+            "{}: this transport has no function reset",
+            self.name()
+        )))
+    }
+}
+
+/// What a function reset ([`Controller::reset_function`](crate::Controller::reset_function))
+/// saw. The PCI fields are `None` on a transport without a PCI function (the software
+/// controller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FunctionReset {
+    /// The PCI command register before the reset.
+    pub command_before: Option<u16>,
+    /// The PCI command register right after the reset, before the driver touched it. The
+    /// kernel's vfio-pci saves the function's config space before the reset and restores it
+    /// after, so memory decoding and bus mastering are expected to survive; the driver sets
+    /// them again when they did not.
+    pub command_after: Option<u16>,
 }
 
 /// Bits of IOVA space each member of a shared-memory group allocates from (1 TiB); member

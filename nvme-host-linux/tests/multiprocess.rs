@@ -204,6 +204,10 @@ fn child(role: &str) -> i32 {
             .reset()
             .map_err(|e| e.to_string())
             .map(|_| say("RESET-DONE")),
+        "reset-function" => ctrl.reset_function().map_err(|e| e.to_string()).map(|f| {
+            say(format!("FUNCTION-RESET {f:?}"));
+            say("RESET-DONE")
+        }),
         "die-resetting" => match ctrl.__test_begin_reset_and_stop() {
             Ok(()) => {
                 say("RESETTING");
@@ -710,6 +714,51 @@ fn an_admin_timeout_in_one_process_resets_the_group() -> Outcome {
     drop(sim);
     s.stop()?;
     p.finish()?.clean()?;
+    wait_until("the group is removed", SETTLE, || !s.group_dir().exists())?;
+    Ok(())
+}
+
+/// The software controller's count of controller resets (CC.EN 1 -> 0).
+fn sim_resets(s: &Scenario) -> Result<u64, String> {
+    let sim = nvme_host_linux::sim::SimClient::connect(&s.group_dir().join("sim.sock"))
+        .map_err(|e| e.to_string())?;
+    sim.stats().map(|st| st.resets).map_err(|e| e.to_string())
+}
+
+/// `Controller::reset_function` by a secondary on the software controller, which has no
+/// PCI function: it is the controller reset, through the same path (every process's I/O
+/// aborted once and its queues re-created, checked data), with no PCI figures to report.
+fn a_function_reset_by_one_process_reaches_every_process() -> Outcome {
+    let s = Scenario::new(28);
+    let mut p = s.spawn("primary", "io-resets", &[lba(0)]);
+    p.line("READY primary")?;
+    p.line("PROGRESS")?;
+    let mut q = s.spawn("secondary", "io-resets", &[lba(4096)]);
+    q.line("READY secondary")?;
+    q.line("PROGRESS")?;
+    for n in 0..2 {
+        let before = sim_resets(&s)?;
+        let mut r = s.spawn(&format!("function reset {n}"), "reset-function", &[]);
+        r.line("READY secondary")?;
+        let seen = r.line("FUNCTION-RESET")?;
+        assert_eq!(
+            seen,
+            "FUNCTION-RESET FunctionReset { command_before: None, command_after: None }"
+        );
+        r.line("RESET-DONE")?;
+        r.finish()?.clean()?;
+        assert_eq!(sim_resets(&s)?, before + 1, "one controller reset");
+        // Both applications saw the reset (their I/O aborted once) and carry on.
+        p.line("ABORTED")?;
+        q.line("ABORTED")?;
+        p.progresses()?;
+        q.progresses()?;
+    }
+    assert_eq!(dma_errors(&s)?, 0, "DMA through memory that was let go");
+    s.stop()?;
+    for proc in [p, q] {
+        proc.finish()?.clean()?;
+    }
     wait_until("the group is removed", SETTLE, || !s.group_dir().exists())?;
     Ok(())
 }
@@ -1295,6 +1344,10 @@ fn main() -> ExitCode {
         (
             "an_admin_timeout_in_one_process_resets_the_group",
             an_admin_timeout_in_one_process_resets_the_group,
+        ),
+        (
+            "a_function_reset_by_one_process_reaches_every_process",
+            a_function_reset_by_one_process_reaches_every_process,
         ),
         (
             "a_member_dying_mid_reset_does_not_wedge_the_group",

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! nvme-hwtest [--device BDF] [--write-ns N]... [--expect-serial S] [--expect-ns N:BS:BLOCKS]...
-//!             [--manifest PATH] [--threads N] [--multi-process]
+//!             [--manifest PATH] [--threads N] [--multi-process] [--tools DIR [--scratch-ns N]]
 //! nvme-hwtest --verify-kernel MANIFEST [--device BDF]
 //! ```
 //!
@@ -15,7 +15,8 @@
 //! `--manifest PATH` writes a known pattern to known blocks of the first write namespace and
 //! records them in PATH; `--multi-process` adds the shared-memory group scenarios (several
 //! processes on the controller, some SIGKILLed, then controller resets under I/O whose last
-//! acknowledged write joins the manifest; see `mp`). After the controller is rebound to the
+//! acknowledged write joins the manifest; see `mp`); `--tools DIR` adds the scenarios that run
+//! the real `nvme-perf` and `nvmectl` from DIR beside each other. After the controller is rebound to the
 //! kernel's nvme driver,
 //! `--verify-kernel PATH` reads the same blocks from `/dev/nvmeXnY` and compares.
 
@@ -52,10 +53,16 @@ pub struct Config {
     pub as_uid: Option<u32>,
     /// `--multi-process`: run the multi-process scenarios after the single-process suite.
     pub multi_process: bool,
+    /// `--tools DIR`: where `nvme-perf` and `nvmectl` are, for the scenarios that run them.
+    pub tools: Option<String>,
+    /// `--scratch-ns N`: a namespace whose data `nvme-perf` may overwrite (random writes
+    /// anywhere in it); without it perf only reads.
+    pub scratch_ns: Option<u32>,
 }
 
 const USAGE: &str = "usage: nvme-hwtest [--device BDF] [--write-ns N]... [--expect-serial S] \
-[--expect-ns NSID:BLOCKSIZE:BLOCKS]... [--manifest PATH] [--threads N] [--multi-process]\n       \
+[--expect-ns NSID:BLOCKSIZE:BLOCKS]... [--manifest PATH] [--threads N] [--multi-process]\n                   \
+[--tools DIR [--scratch-ns N]]\n       \
 nvme-hwtest --verify-kernel MANIFEST [--device BDF]\n       \
 nvme-hwtest --device BDF [--as-uid UID] --expect-attach-error TEXT\n\
 Tests that write run only on namespaces named with --write-ns: they destroy data there.";
@@ -99,6 +106,14 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             }
             "--manifest" => c.manifest = Some(val("--manifest")?),
             "--multi-process" => c.multi_process = true,
+            "--tools" => c.tools = Some(val("--tools")?),
+            "--scratch-ns" => {
+                let v = val("--scratch-ns")?;
+                c.scratch_ns = Some(
+                    v.parse()
+                        .map_err(|_| format!("--scratch-ns {v}: expected a namespace id"))?,
+                )
+            }
             "--threads" => {
                 let v = val("--threads")?;
                 c.threads = v
@@ -119,6 +134,9 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
         }
+    }
+    if c.tools.is_some() && !c.multi_process {
+        return Err("--tools needs --multi-process: the tools run in a shared-memory group".into());
     }
     if c.manifest.is_some() && c.write_ns.is_empty() {
         return Err("--manifest needs --write-ns: the read-back test writes a pattern".into());

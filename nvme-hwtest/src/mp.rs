@@ -12,9 +12,12 @@
 //! another; the primary SIGKILLed and a newcomer taking the role; the last member out
 //! releasing the device for a plain attach. Then, in a new group: a primary doing checked
 //! I/O while another process resets the controller twice; its last acknowledged write goes
-//! into the kernel read-back manifest.
+//! into the kernel read-back manifest. The same again with PCI function resets
+//! (`Controller::reset_function`, VFIO_DEVICE_RESET from a secondary). With `--tools`: the
+//! real `nvme-perf` and `nvmectl -i G reset` beside each other.
 
-use std::process::Stdio;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nvme_host_linux::regs::features::{fid, FeatureSelect};
@@ -30,6 +33,8 @@ type R = Result<(), String>;
 
 /// The group id the scenarios use.
 const GROUP: u32 = 7;
+/// The group id of the scenarios that run the tools (`--tools`).
+const TOOLS_GROUP: u32 = 8;
 /// How long a child may take to say something (TCG is slow).
 const WAIT: Duration = Duration::from_secs(30);
 /// Bytes per I/O of the I/O loop, and I/Os per round.
@@ -101,6 +106,19 @@ pub fn child(role: &str) -> u8 {
             }
             "reset" => {
                 ctrl.reset().map_err(|e| format!("reset: {e}"))?;
+                say("RESET-DONE");
+                Ok(())
+            }
+            "reset-function" => {
+                let f = ctrl
+                    .reset_function()
+                    .map_err(|e| format!("function reset: {e}"))?;
+                let hex = |v: Option<u16>| v.map_or(String::from("-"), |v| format!("{v:#06x}"));
+                say(format!(
+                    "FUNCTION-RESET command {} {}",
+                    hex(f.command_before),
+                    hex(f.command_after)
+                ));
                 say("RESET-DONE");
                 Ok(())
             }
@@ -257,6 +275,10 @@ pub struct Mp {
     secondary: Option<Proc>,
     /// The kernel read-back manifest (`--manifest`), to which data scenarios add ranges.
     manifest: Option<String>,
+    /// Where `nvme-perf` and `nvmectl` are (`--tools`).
+    tools: Option<PathBuf>,
+    /// A namespace perf may overwrite (`--scratch-ns`).
+    scratch_ns: Option<u32>,
 }
 
 impl Mp {
@@ -293,6 +315,8 @@ impl Mp {
             primary_qid: String::new(),
             secondary: None,
             manifest: cfg.manifest.clone(),
+            tools: cfg.tools.as_ref().map(PathBuf::from),
+            scratch_ns: cfg.scratch_ns,
         })
     }
 
@@ -566,8 +590,27 @@ impl Mp {
     /// I/O once, and it carries on, on re-created queues. Its last acknowledged write is
     /// added to the kernel read-back manifest (and shown for the host's disk-image check).
     pub fn resets_under_io(&mut self) -> R {
+        self.checked_io_through_resets(false)
+    }
+
+    /// As [`resets_under_io`](Self::resets_under_io), with PCI function resets
+    /// (`Controller::reset_function`, `VFIO_DEVICE_RESET` from a secondary that received
+    /// the device descriptor): the primary's I/O is aborted once per reset and carries on,
+    /// the PCI command register keeps memory decoding and bus mastering through the reset
+    /// (vfio-pci restores the config space), and the register mapping keeps working (the
+    /// controller is brought up through it).
+    pub fn function_resets_under_io(&mut self) -> R {
+        if let Ok(m) =
+            std::fs::read_to_string(format!("/sys/bus/pci/devices/{}/reset_method", self.addr))
+        {
+            println!("  kernel reset methods of {}: {}", self.addr, m.trim());
+        }
+        self.checked_io_through_resets(true)
+    }
+
+    fn checked_io_through_resets(&mut self, function: bool) -> R {
         self.dir.clear_stop();
-        let lba = self.region(5);
+        let lba = self.region(if function { 6 } else { 5 });
         let t = self.full_trid();
         let mut p = self.spawn(
             "resets primary",
@@ -582,16 +625,23 @@ impl Mp {
         p.line("QID")?;
         p.progresses()?;
         for n in 1..=2 {
-            let mut r = self.spawn(&format!("resetter {n}"), "reset", &t, &[])?;
+            let role = if function { "reset-function" } else { "reset" };
+            let mut r = self.spawn(&format!("resetter {n}"), role, &t, &[])?;
             r.line("READY secondary")?;
             let start = Instant::now();
+            if function {
+                let l = r.line("FUNCTION-RESET")?;
+                check_command_register(&l)?;
+                println!("  {l}");
+            }
             r.line("RESET-DONE")?;
             let took = start.elapsed().as_millis();
             r.finish()?.clean()?;
             // The reset reached the primary (its I/O aborted once), which carries on.
             let aborted = p.line("ABORTED")?;
             p.progresses()?;
-            println!("  reset {n} in {took} ms; primary: {aborted}, then progress");
+            let kind = if function { "function reset" } else { "reset" };
+            println!("  {kind} {n} in {took} ms; primary: {aborted}, then progress");
         }
         self.dir.stop()?;
         let done = p.line("DONE")?;
@@ -640,6 +690,181 @@ impl Mp {
 }
 
 type R2<T> = Result<T, String>;
+
+/// Checks a `FUNCTION-RESET command BEFORE AFTER ...` line: memory decoding (bit 1) and bus
+/// mastering (bit 2) on before the reset, and still on right after it.
+fn check_command_register(line: &str) -> R {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let parse = |i: usize| {
+        f.get(i)
+            .and_then(|v| u16::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+            .ok_or_else(|| format!("bad line '{line}'"))
+    };
+    let (before, after) = (parse(2)?, parse(3)?);
+    const ON: u16 = 0x2 | 0x4;
+    if before & ON != ON || after & ON != ON {
+        return Err(format!(
+            "PCI command register {before:#06x} before and {after:#06x} after the function reset: memory decoding and bus mastering must be on in both"
+        ));
+    }
+    Ok(())
+}
+
+/// A tool run to its end: exit status 0 and nothing on standard error but lines that start
+/// with one of `expected`, or an error with its output.
+fn tool_ok(e: &nvme_host_linux::testkit::Exit, expected: &[&str]) -> R {
+    let unexpected = e
+        .stderr
+        .lines()
+        .any(|l| !l.trim().is_empty() && !expected.iter().any(|p| l.starts_with(p)));
+    if e.code != Some(0) || unexpected {
+        return Err(format!(
+            "{} exited with {:?}\nstdout:\n{}\nstderr:\n{}",
+            e.name, e.code, e.stdout, e.stderr
+        ));
+    }
+    Ok(())
+}
+
+/// The value of `key` in `nvmectl smart-log`'s text output (`key<tabs>: value`).
+fn smart_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().replace(',', "").parse().ok())?
+    })
+}
+
+/// The `Total` IOPS of nvme-perf's table.
+fn perf_total_iops(stdout: &str) -> Option<f64> {
+    let line = stdout.lines().find(|l| l.starts_with("Total "))?;
+    line.rsplit_once(':')?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl Mp {
+    fn tool(&self, name: &str) -> R2<Command> {
+        let dir = self.tools.as_ref().ok_or("no --tools directory")?;
+        let mut c = Command::new(dir.join(name));
+        c.env("NVME_RUN_DIR", self.dir.path())
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped());
+        Ok(c)
+    }
+
+    /// Runs a tool to its end (bounded by [`WAIT`]).
+    fn run_tool(&self, name: &str, args: &[&str]) -> R2<nvme_host_linux::testkit::Exit> {
+        let mut c = self.tool(name)?;
+        c.args(args);
+        Proc::spawn(&format!("{name} {}", args.join(" ")), &mut c)?
+            .with_wait(WAIT)
+            .finish()
+    }
+
+    /// The controller's count of host commands of perf's kind, read by `nvmectl -i G
+    /// smart-log` (another process joining the group beside perf).
+    fn host_commands(&self, group: &str, key: &str) -> R2<u64> {
+        let e = self.run_tool(
+            "nvmectl",
+            &["-i", group, "-r", &self.full_trid(), "smart-log"],
+        )?;
+        tool_ok(&e, &[])?;
+        smart_field(&e.stdout, key)
+            .ok_or_else(|| format!("no {key} in nvmectl smart-log's output:\n{}", e.stdout))
+    }
+
+    /// Waits until the controller has counted `more` commands of perf's kind beyond
+    /// `from`; returns the count then.
+    fn wait_host_commands(&self, group: &str, key: &str, from: u64, more: u64) -> R2<u64> {
+        let start = Instant::now();
+        loop {
+            let n = self.host_commands(group, key)?;
+            if n >= from + more {
+                return Ok(n);
+            }
+            if start.elapsed() > WAIT {
+                return Err(format!(
+                    "{key} went from {from} to {n} in {} s, not by {more}: perf does no I/O",
+                    WAIT.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The real tools beside each other: `nvme-perf -i G` (the group's primary) runs random
+    /// I/O at queue depth 32 while `nvmectl -i G reset`, in other processes, resets the
+    /// controller twice for the group. After each reset the controller's own SMART counter
+    /// (read by `nvmectl -i G smart-log`) shows perf's I/O going on, on re-created queues;
+    /// perf, stopped with SIGINT, exits 0 with IOPS and says how many I/Os the resets
+    /// aborted; then the group is gone and a fresh, plain attach (`nvmectl id-ctrl`) works.
+    /// perf writes only to `--scratch-ns` (the VM's null namespace), else it reads.
+    pub fn tools_reset_beside_perf(&mut self) -> R {
+        let g = TOOLS_GROUP.to_string();
+        let (nsid, workload, key) = match self.scratch_ns {
+            Some(n) => (n, "randwrite", "host_write_commands"),
+            None => (self.nsid, "randread", "host_read_commands"),
+        };
+        let perf_trid = format!("{} ns:{nsid}", self.full_trid());
+        let mut cmd = self.tool("nvme-perf")?;
+        cmd.args(["-i", &g, "-q", "32", "-o", "4096", "-w", workload])
+            .args(["-t", "120", "-r", &perf_trid]);
+        let mut perf = Proc::spawn("nvme-perf", &mut cmd)?.with_wait(WAIT);
+        perf.line("Initialization complete")?;
+        let mut count = self.wait_host_commands(&g, key, 0, 0)?;
+        count = self.wait_host_commands(&g, key, count, 1000)?;
+        for n in 1..=2 {
+            let start = Instant::now();
+            let e = self.run_tool("nvmectl", &["-i", &g, "-r", &self.full_trid(), "reset"])?;
+            tool_ok(&e, &[])?;
+            let took = start.elapsed().as_millis();
+            let before = self.host_commands(&g, key)?;
+            let after = self.wait_host_commands(&g, key, before, 1000)?;
+            println!("  nvmectl reset {n}: exit 0 in {took} ms; then {key} {before} -> {after}");
+            count = after;
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(perf.pid() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .map_err(|e| format!("SIGINT to nvme-perf: {e}"))?;
+        let e = perf.finish()?;
+        tool_ok(&e, &["nvme-perf: stopped by SIGINT"])?;
+        let iops = perf_total_iops(&e.stdout)
+            .ok_or_else(|| format!("no Total line in perf's output:\n{}", e.stdout))?;
+        let aborted = e
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("Controller resets during the run aborted"))
+            .ok_or_else(|| {
+                format!(
+                    "perf does not report I/O aborted by the resets:\n{}",
+                    e.stdout
+                )
+            })?;
+        if iops <= 0.0 {
+            return Err(format!("perf reports no IOPS:\n{}", e.stdout));
+        }
+        let group_dir = self.dir.group_dir(TOOLS_GROUP);
+        wait_until("the group directory is removed", WAIT, || {
+            !group_dir.exists()
+        })?;
+        // A fresh attach of the controller, by a tool alone (no group).
+        let e = self.run_tool("nvmectl", &["-r", &self.full_trid(), "id-ctrl"])?;
+        tool_ok(&e, &[])?;
+        if !e.stdout.lines().any(|l| l.starts_with("sn ")) {
+            return Err(format!("nvmectl id-ctrl after the run:\n{}", e.stdout));
+        }
+        println!(
+            "  perf: {iops:.0} IOPS total ({count} {key} counted by the controller); {aborted}"
+        );
+        println!("  group removed; a fresh nvmectl id-ctrl works");
+        Ok(())
+    }
+}
 
 impl Drop for Mp {
     fn drop(&mut self) {

@@ -163,6 +163,14 @@ fn multi_process(s: &mut Suite) {
     s.test("mp-kill-primary", |_| mp.kill_primary());
     s.test("mp-last-member-out", |_| mp.last_member_out());
     s.test("mp-resets-under-io", |_| mp.resets_under_io());
+    s.test("mp-function-resets-under-io", |_| {
+        mp.function_resets_under_io()
+    });
+    if s.cfg.tools.is_some() {
+        s.test("tools-nvmectl-reset-beside-perf", |_| {
+            mp.tools_reset_beside_perf()
+        });
+    }
 }
 
 fn attach(s: &mut Suite) -> R {

@@ -479,8 +479,8 @@ fn perf_stops_cleanly_on_sigint_and_sigterm() -> Outcome {
     Ok(())
 }
 
-/// `nvmectl -i N reset` beside a running perf: the tool resets the group's controller, the
-/// perf run carries on (its queues reconnect; the I/O the reset aborted is not counted as an
+/// `nvmectl -i N reset` and `reset --function` beside a running perf: the tool resets the
+/// group's controller, the perf run carries on (its queues reconnect; the I/O the reset aborted is not counted as an
 /// error) and ends with results and no error.
 fn nvmectl_reset_beside_perf() -> Outcome {
     let group = fresh_group(4);
@@ -490,12 +490,12 @@ fn nvmectl_reset_beside_perf() -> Outcome {
     wait_until("perf's writes reach the controller", SETTLE, || {
         writes() > 1000
     })?;
-    for _ in 0..2 {
-        let e = run(
-            "nvmectl reset",
-            NVMECTL,
-            &["-i", &g, "-r", "trtype:sim", "reset"],
-        )?;
+    // A controller reset, then a function reset (on the software controller, with no PCI
+    // function, the same controller reset).
+    for extra in [None, Some("--function")] {
+        let mut args = vec!["-i", &g, "-r", "trtype:sim", "reset"];
+        args.extend(extra);
+        let e = run("nvmectl reset", NVMECTL, &args)?;
         assert_eq!(
             e.code,
             Some(0),
@@ -504,6 +504,12 @@ fn nvmectl_reset_beside_perf() -> Outcome {
             e.stdout,
             e.stderr
         );
+        if extra.is_some() {
+            assert_eq!(
+                e.stderr.trim(),
+                "function reset: Success (PCI command register - before, - after)"
+            );
+        }
         // perf keeps writing through the re-created queues.
         let after = writes();
         wait_until("perf writes again after the reset", SETTLE, || {
@@ -524,6 +530,13 @@ fn nvmectl_reset_beside_perf() -> Outcome {
     );
     assert!(total_iops(&e.stdout) > 0.0, "{}", e.stdout);
     assert!(!e.stderr.contains("error"), "{}", e.stderr);
+    // perf saw the resets: each aborted its queue depth of writes once.
+    assert!(
+        e.stdout
+            .contains("Controller resets during the run aborted "),
+        "{}",
+        e.stdout
+    );
     Ok(())
 }
 

@@ -5,20 +5,24 @@
 //! 1. builds `nvme-hwtest` as a static binary (own target directory, so the normal build is
 //!    not invalidated);
 //! 2. builds an initramfs from the machine's Debian kernel modules (vfio, vfio-pci, nvme and
-//!    their dependencies), busybox-static and that binary, with an `/init` script;
+//!    their dependencies), busybox-static, that binary and the tools (`nvme-setup`,
+//!    `nvmectl`, `nvme-perf`, static too), with an `/init` script;
 //! 3. boots QEMU (q35, virtual Intel IOMMU with its default 39-bit address width, TCG unless
 //!    `--accel kvm`) with one NVMe controller (serial `deadbeef`) and three namespaces:
 //!    512 B file-backed, 4 KiB file-backed, 4 KiB null-co;
 //! 4. in the guest: binds the controller to vfio-pci, checks some attach errors for real,
 //!    runs the suite (single-process tests, then the multi-process scenarios of a
 //!    shared-memory group: `nvme-hwtest --multi-process`, ending with controller resets
-//!    by one process under another's checked I/O), rebinds the controller to the kernel's
-//!    nvme driver and reads back what the suite wrote through `/dev/nvme0nX` (the
-//!    manifest's ranges: the single-process pattern and the last write acknowledged after
-//!    the resets);
+//!    by one process under another's checked I/O, the same with PCI function resets, and
+//!    `nvmectl -i G reset` beside `nvme-perf -i G` with `--tools /bin`), then
+//!    `nvme-torture` against the controller (8 rounds; `--torture-rounds N`), rebinds the
+//!    controller to the kernel's nvme driver and reads back what the suite wrote through
+//!    `/dev/nvme0nX` (the manifest's ranges: the single-process pattern and the last
+//!    writes acknowledged after the resets and after the function resets);
 //! 5. parses the serial console: any `FAIL` line, a missing summary, or a guest that does not
 //!    finish within the timeout fails the run (the full console log is printed then); the
-//!    read-back blocks are also checked in the disk images on the host.
+//!    read-back blocks are also checked in the disk images on the host; the torture run's
+//!    `TORTURE SUMMARY` line must be there and report no finding.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -33,26 +37,51 @@ use crate::vm::{self, VmOpts};
 pub const VFIO_MODULES: &[&str] = &["vfio_iommu_type1", "vfio-pci"];
 pub const NVME_MODULES: &[&str] = &["nvme"];
 
+/// Torture rounds in the guest by default (`cargo xtask test`'s hw step): a short run.
+pub const TORTURE_SHORT_ROUNDS: u64 = 8;
+/// Guest time allowed per torture round beyond the default timeout (TCG).
+const TORTURE_SECS_PER_ROUND: u64 = 45;
+/// The torture run's mean worker time per round (ms) and its bound on any one wait (s):
+/// TCG runs 20-50x slower than the host.
+const TORTURE_TIME_PER_ROUND_MS: u64 = 2000;
+const TORTURE_BOUND_SECS: u64 = 120;
+/// Where the torture writers write on namespace 1: 65536 blocks in (32 MiB), clear of the
+/// blocks of the kernel read-back manifest (LBA 0, a third and three quarters in, the end).
+const TORTURE_LBA: u64 = 65536;
+
 /// Options of `cargo xtask test-hw`.
 #[derive(Debug, Clone, PartialEq)]
 struct Opts {
     device: Option<String>,
     write_ns: Vec<u32>,
     vm: VmOpts,
+    /// Rounds of `nvme-torture` in the guest after the suite (0: none).
+    torture_rounds: u64,
+    /// Its seed (default: the clock).
+    torture_seed: Option<u64>,
 }
 
-const USAGE: &str = "usage: cargo xtask test-hw [--accel tcg|kvm] [--timeout SECS] [--aw-bits 39|48] [--keep] [--append KERNEL-ARGS]\n       \
+const USAGE: &str = "usage: cargo xtask test-hw [--accel tcg|kvm] [--timeout SECS] [--aw-bits 39|48] [--keep] [--append KERNEL-ARGS]\n                          \
+[--torture-rounds N] [--torture-seed S]\n       \
 cargo xtask test-hw --device 0000:bb:dd.f [--write-ns NSID]...\n\
-Without --device: boots a QEMU VM with an emulated NVMe controller behind a virtual IOMMU and runs the suite there.\n\
+Without --device: boots a QEMU VM with an emulated NVMe controller behind a virtual IOMMU and runs the suite there,\n\
+then N rounds of nvme-torture (default 8; 0: none) against the controller; without --timeout the VM's timeout grows with N.\n\
 With --device: runs the suite on the host against a real controller bound to vfio-pci (`nvme-setup bind BDF`).\n\
 Writing tests run only on namespaces named with --write-ns: they DESTROY the data there.";
 
 fn parse(args: &[String]) -> Result<Opts, String> {
     let mut vm = VmOpts::new(300);
     let (mut device, mut write_ns) = (None, Vec::new());
+    let (mut torture_rounds, mut torture_seed) = (TORTURE_SHORT_ROUNDS, None);
+    let number = |flag: &str, v: String| {
+        v.parse::<u64>()
+            .map_err(|_| format!("{flag} {v}: expected a number"))
+    };
     vm::parse_args(args, USAGE, &mut vm, |flag, val| {
         match flag {
             "--device" => device = Some(val(flag)?),
+            "--torture-rounds" => torture_rounds = number(flag, val(flag)?)?,
+            "--torture-seed" => torture_seed = Some(number(flag, val(flag)?)?),
             "--write-ns" => {
                 let v = val(flag)?;
                 write_ns.push(
@@ -69,10 +98,17 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--write-ns is for --device runs (the VM's namespaces are always written)".into(),
         );
     }
+    if !args.iter().any(|a| a == "--timeout") {
+        vm.timeout += std::time::Duration::from_secs(
+            torture_rounds.saturating_sub(TORTURE_SHORT_ROUNDS) * TORTURE_SECS_PER_ROUND,
+        );
+    }
     Ok(Opts {
         device,
         write_ns,
         vm,
+        torture_rounds,
+        torture_seed,
     })
 }
 
@@ -108,12 +144,13 @@ fn real_device(bdf: &str, write_ns: &[u32]) -> Result<(), String> {
         log.push_str(&line);
         log.push('\n');
     }
-    let r = check_log(&log, false);
+    let r = check_log(&log, false, None);
     r.map(|s| println!("hardware suite on {bdf}: {s}"))
 }
 
 /// What the console log says: `Ok(summary)` or why it failed.
-fn check_log(log: &str, vm: bool) -> Result<String, String> {
+/// `torture`: the rounds of `nvme-torture` the guest was to run (`None`: not asked for).
+fn check_log(log: &str, vm: bool, torture: Option<u64>) -> Result<String, String> {
     let fails: Vec<&str> = log
         .lines()
         .map(|l| l.trim_start_matches(['\r', ' ']))
@@ -143,6 +180,12 @@ fn check_log(log: &str, vm: bool) -> Result<String, String> {
             ));
         };
         out.push_str(&format!("; kernel read-back: {verify}"));
+        if let Some(t) = torture {
+            match check_torture(log, t) {
+                Ok(s) => out.push_str(&format!("; torture: {s}")),
+                Err(e) => return Err(format!("{e}; {out}")),
+            }
+        }
         if !log.lines().any(|l| l.trim() == "HWTEST-INIT done") {
             return Err(format!("the guest did not reach the end of /init; {out}"));
         }
@@ -158,6 +201,52 @@ fn check_log(log: &str, vm: bool) -> Result<String, String> {
         return Err(out);
     }
     Ok(out)
+}
+
+/// The counters of `TORTURE SUMMARY` that must be 0.
+const TORTURE_FINDINGS: [&str; 7] = [
+    "hangs",
+    "failed_attaches",
+    "leaked_qids",
+    "lost_writes",
+    "bad_blocks",
+    "errors",
+    "leftovers",
+];
+
+/// The torture run's summary line: `Ok(its counters)` when it ran `rounds` rounds and found
+/// nothing, or what is wrong.
+fn check_torture(log: &str, rounds: u64) -> Result<String, String> {
+    let line = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("TORTURE SUMMARY "))
+        .ok_or("the torture run printed no TORTURE SUMMARY line (it crashed or did not run)")?;
+    let get = |k: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("no {k}= in TORTURE SUMMARY {line}"))
+    };
+    if get("rounds")? != rounds {
+        return Err(format!(
+            "{rounds} torture rounds asked for: TORTURE SUMMARY {line}"
+        ));
+    }
+    let found: Vec<String> = TORTURE_FINDINGS
+        .iter()
+        .map(|k| get(k).map(|n| (k, n)))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
+    if !found.is_empty() {
+        return Err(format!(
+            "the torture run found {} (the round lines above say which; reproduce with --torture-seed): TORTURE SUMMARY {line}",
+            found.join(" ")
+        ));
+    }
+    Ok(line.to_string())
 }
 
 /// The test guest's `/init` after [`vm::INIT_PRELUDE`] (VFIO loaded, `$bdf` found).
@@ -180,6 +269,12 @@ chown 0 /dev/vfio/$group
 
 /bin/nvme-hwtest --device $bdf $(cat /hwtest.args) --manifest /tmp/readback
 echo "HWTEST-INIT suite exited with status $?"
+
+# Torture: the processes of a group killed and stopped at random, each round checked.
+if [ -s /torture.args ]; then
+    /bin/nvme-torture --trid "trtype:PCIe traddr:$bdf" $(cat /torture.args)
+    echo "HWTEST-INIT torture exited with status $?"
+fi
 
 # Give the controller back to the kernel's nvme driver and read back through it.
 load modules-nvme
@@ -204,25 +299,48 @@ fn vm(o: &Opts) -> Result<(), String> {
     )?;
 
     // 1. The static binaries.
-    let bins = vm::build_static(
-        &["nvme-hwtest", "nvme-tools"],
-        &["nvme-hwtest", "nvme-setup"],
-    )?;
+    let names = [
+        "nvme-hwtest",
+        "nvme-setup",
+        "nvmectl",
+        "nvme-perf",
+        "nvme-torture",
+    ];
+    let bins = vm::build_static(&["nvme-hwtest", "nvme-tools"], &names)?;
 
     // 2. The initramfs.
     let mut ir = vm::Initramfs::new("hwtest-vm", &tools.busybox, INIT)?;
-    ir.install(&bins[0], "bin/nvme-hwtest")?;
-    ir.install(&bins[1], "bin/nvme-setup")?;
+    for (bin, name) in bins.iter().zip(names) {
+        ir.install(bin, &format!("bin/{name}"))?;
+    }
     ir.modules(&tools.moddir, VFIO_MODULES, "modules-vfio")?;
     ir.modules(&tools.moddir, NVME_MODULES, "modules-nvme")?;
-    let mut args = String::from("--expect-serial deadbeef --multi-process");
+    let mut args = String::from("--expect-serial deadbeef --multi-process --tools /bin");
     for (nsid, bs, bytes, file) in NAMESPACES {
         args.push_str(&format!(" --expect-ns {nsid}:{bs}:{}", bytes / bs as u64));
-        if file {
-            args.push_str(&format!(" --write-ns {nsid}"));
-        }
+        // File-backed namespaces keep data (read back by the kernel); the null one is
+        // scratch for the tools' random writes.
+        let role = if file { "--write-ns" } else { "--scratch-ns" };
+        args.push_str(&format!(" {role} {nsid}"));
     }
     ir.write("hwtest.args", &args)?;
+    let torture = (o.torture_rounds > 0).then(|| {
+        let seed = o.torture_seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs())
+        });
+        println!(
+            "torture in the guest: {} rounds, seed {seed} (reproduce: cargo xtask test-hw --torture-rounds {} --torture-seed {seed})",
+            o.torture_rounds, o.torture_rounds
+        );
+        format!(
+            "--nsid 1 --lba {TORTURE_LBA} --blocks 256 --nvmectl /bin/nvmectl --rounds {} --seed {seed} \
+             --time-per-round {TORTURE_TIME_PER_ROUND_MS} --bound-secs {TORTURE_BOUND_SECS} --verbose",
+            o.torture_rounds
+        )
+    });
+    ir.write("torture.args", torture.as_deref().unwrap_or(""))?;
     let initrd = ir.pack()?;
 
     // 3. Disk images (fresh, sparse) and QEMU.
@@ -240,6 +358,9 @@ fn vm(o: &Opts) -> Result<(), String> {
         "FAIL ",
         "SKIP ",
         "HWTEST",
+        "TORTURE",
+        "torture",
+        "round ",
         "qemu stderr",
         "nvme-setup",
         "0000:",
@@ -251,7 +372,7 @@ fn vm(o: &Opts) -> Result<(), String> {
     let mut result = if console.timed_out {
         Err(console.timeout_error(o.vm.timeout))
     } else {
-        check_log(log, true)
+        check_log(log, true, Some(o.torture_rounds).filter(|&r| r > 0))
     };
     if result.is_ok() {
         if let Err(e) = check_images(log, &images) {
@@ -347,22 +468,51 @@ mod tests {
         assert!(parse(&s(&["--write-ns", "1"])).is_err());
         assert!(parse(&s(&["--accel", "hvf"])).is_err());
         assert!(parse(&s(&["--aw-bits", "40"])).is_err());
+        // Torture rounds: the default short run, more rounds lengthen the default timeout
+        // (not one given explicitly).
+        assert_eq!(o.torture_rounds, TORTURE_SHORT_ROUNDS);
+        let o = parse(&s(&["--torture-rounds", "13", "--torture-seed", "7"])).unwrap();
+        assert_eq!((o.torture_rounds, o.torture_seed), (13, Some(7)));
+        assert_eq!(
+            o.vm.timeout.as_secs(),
+            300 + (13 - TORTURE_SHORT_ROUNDS) * TORTURE_SECS_PER_ROUND
+        );
+        let o = parse(&s(&["--torture-rounds", "13", "--timeout", "60"])).unwrap();
+        assert_eq!(o.vm.timeout.as_secs(), 60);
+        assert!(parse(&s(&["--torture-rounds", "x"])).is_err());
     }
 
     #[test]
     fn log_checks() {
         let good = "PASS a (1 ms)\nHWTEST SUMMARY passed=1 failed=0 skipped=0\nPASS k\nHWTEST VERIFY passed=1 failed=0\nHWTEST-INIT done\n";
-        assert!(check_log(good, true).is_ok());
-        assert!(check_log(&good.replace("PASS a", "FAIL a: x"), true)
+        assert!(check_log(good, true, None).is_ok());
+        assert!(check_log(&good.replace("PASS a", "FAIL a: x"), true, None)
             .unwrap_err()
             .contains("FAIL a: x"));
-        assert!(check_log("PASS a\n", true)
+        assert!(check_log("PASS a\n", true, None)
             .unwrap_err()
             .contains("no summary"));
-        assert!(check_log(&good.replace("HWTEST VERIFY", "X"), true)
+        assert!(check_log(&good.replace("HWTEST VERIFY", "X"), true, None)
             .unwrap_err()
             .contains("read-back"));
-        assert!(check_log(&good.replace("HWTEST-INIT done", ""), true).is_err());
-        assert!(check_log(&good.replace("HWTEST-INIT done", ""), false).is_ok());
+        assert!(check_log(&good.replace("HWTEST-INIT done", ""), true, None).is_err());
+        assert!(check_log(&good.replace("HWTEST-INIT done", ""), false, None).is_ok());
+        // The torture summary: present, with the rounds asked for, and no finding.
+        let t = "TORTURE SUMMARY rounds=3 workers=9 kills=2 stops=1 hangs=0 failed_attaches=0 leaked_qids=0 lost_writes=0 bad_blocks=0 errors=0 leftovers=0 acked_writes=50 max_verify_attach_ms=300\n";
+        let with = format!("{good}{t}");
+        assert!(check_log(&with, true, Some(3))
+            .unwrap()
+            .contains("torture: rounds=3"));
+        assert!(check_log(good, true, Some(3))
+            .unwrap_err()
+            .contains("no TORTURE SUMMARY"));
+        assert!(check_log(&with, true, Some(4)).is_err());
+        let e = check_log(
+            &with.replace("lost_writes=0", "lost_writes=2"),
+            true,
+            Some(3),
+        )
+        .unwrap_err();
+        assert!(e.contains("found lost_writes=2"), "{e}");
     }
 }

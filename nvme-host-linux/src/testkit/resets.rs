@@ -159,19 +159,35 @@ pub fn io_through_resets(ctrl: &Controller, at: ResetIo) -> Result<Acked, String
     // reconnected.
     let start = Instant::now();
     loop {
-        let r = match qp.flush(at.nsid, 0) {
-            Ok(()) => complete_all(&mut qp, Duration::from_secs(20)),
-            Err(e) => Err(e),
-        };
-        match r {
-            Ok(()) => break,
-            Err(Error::AbortedByReset) if start.elapsed() < Duration::from_secs(20) => {
-                say("FINAL-FLUSH-ABORTED");
-                qp.process_completions(usize::MAX, |_, _| {});
-                std::thread::sleep(Duration::from_millis(1));
+        let mut reset = false;
+        let mut failed = None;
+        match qp.flush(at.nsid, 0) {
+            Ok(()) => {
+                let drained = qp.drain(Duration::from_secs(20), |_, r| match r {
+                    Ok(()) => {}
+                    Err(Error::AbortedByReset) => reset = true,
+                    Err(e) => failed = Some(e.to_string()),
+                });
+                if let Err(e) = drained {
+                    failed.get_or_insert(e.to_string());
+                }
             }
-            Err(e) => return Err(format!("the final flush: {e}")),
+            Err(Error::AbortedByReset) => reset = true,
+            Err(e) => failed = Some(e.to_string()),
         }
+        if let Some(e) = failed {
+            return Err(format!("the final flush: {e}"));
+        }
+        if !reset {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            return Err("the final flush: aborted by controller resets for 20 s".into());
+        }
+        say("FINAL-FLUSH-ABORTED");
+        // Processing completions is what reconnects the queue pair.
+        qp.process_completions(usize::MAX, |_, _| {});
+        std::thread::sleep(Duration::from_millis(1));
     }
     let written = &buf.as_slice()[..PER_ROUND * IO];
     let a = Acked {

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::iova::IovaAllocator;
 use crate::memory::SharedMemory;
 use crate::mmio::Mmio;
-use crate::transport::Transport;
+use crate::transport::{FunctionReset, Transport};
 use crate::trid::PciAddress;
 
 use device::Device;
@@ -352,6 +352,42 @@ impl Transport for VfioTransport {
     }
     fn last_member_left(&self) {
         self.last_member.store(true, Ordering::Release);
+    }
+    fn function_reset_supported(&self) -> bool {
+        self.device.can_reset()
+    }
+    fn reset_function(&self) -> Result<FunctionReset> {
+        let addr = self.addr;
+        let command = || {
+            self.device
+                .config_u16(device::PCI_COMMAND)
+                .map_err(|e| Error::os(format!("reading the PCI command register of {addr}"), e))
+        };
+        let before = command()?;
+        // vfio-pci blocks access to the BAR while it resets (its mmap is zapped and faulted
+        // in again afterwards, at the same address), and saves and restores the config
+        // space around the reset.
+        self.device
+            .reset()
+            .map_err(|e| Error::os(format!("VFIO_DEVICE_RESET of {addr}"), e))?;
+        let after = command()?;
+        if after == u16::MAX {
+            return Err(Error::Transport(format!(
+                "{addr} reads all ones from config space after VFIO_DEVICE_RESET: the device is gone"
+            )));
+        }
+        if device::command_for_polling(after) != after {
+            self.device.enable_bus_master().map_err(|e| {
+                Error::os(
+                    format!("enabling bus mastering on {addr} after its reset"),
+                    e,
+                )
+            })?;
+        }
+        Ok(FunctionReset {
+            command_before: Some(before),
+            command_after: Some(after),
+        })
     }
 }
 

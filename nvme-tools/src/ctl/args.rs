@@ -57,8 +57,9 @@ pub enum Cmd {
     Write(IoArgs),
     /// Summary in the style of SPDK's spdk_nvme_identify.
     Identify(IdentifyArgs),
-    /// Reset the controller (for every process of the group with -i: their I/O queues
-    /// reconnect, their outstanding I/O completes as aborted by the reset).
+    /// Reset the controller, or with --function the PCI function under it (for every
+    /// process of the group with -i: their I/O queues reconnect, their outstanding I/O
+    /// completes as aborted by the reset).
     Reset(ResetArgs),
     /// Firmware Slot Information log (LID 03h).
     FwLog(FwLogArgs),
@@ -84,9 +85,16 @@ pub enum Cmd {
     IoPassthru(PassthruArgs),
 }
 
-/// Options of `reset` (none).
+/// Options of `reset`.
 #[derive(Args, Debug, Clone)]
-pub struct ResetArgs {}
+pub struct ResetArgs {
+    /// Reset the PCI function too (VFIO_DEVICE_RESET: FLR or the reset method the kernel
+    /// picks) while the controller is disabled, then bring it up as a controller reset
+    /// does; nvme-cli's `reset` is the controller reset (CC.EN 1 -> 0 -> 1) alone. With
+    /// trtype:sim (no PCI function) it is the controller reset.
+    #[arg(long)]
+    pub function: bool,
+}
 
 /// `-o`: nvme-cli's output formats.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]

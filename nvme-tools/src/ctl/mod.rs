@@ -357,6 +357,17 @@ pub fn run(cli: &Cli) -> Result<()> {
         Cmd::ErrorLog(a) => with_controller(cli, |c| error_log(c, a))?,
         Cmd::GetFeature(a) => with_controller(cli, |c| get_feature(c, a))?,
         Cmd::Identify(a) => with_controller(cli, |c| identify(c, a))?,
+        Cmd::Reset(a) if a.function => {
+            let f = with_controller(cli, |c| c.reset_function().map_err(Error::from))?;
+            let hex = |v: Option<u16>| v.map_or("-".into(), |v| format!("{v:#06x}"));
+            // Said on stderr like nvme-cli's status lines; stdout stays empty as for `reset`.
+            eprintln!(
+                "function reset: Success (PCI command register {} before, {} after)",
+                hex(f.command_before),
+                hex(f.command_after)
+            );
+            return Ok(());
+        }
         Cmd::Reset(_) => {
             with_controller(cli, |c| c.reset().map_err(Error::from))?;
             return Ok(());

@@ -104,6 +104,8 @@ pub struct Totals {
     pub ios: u64,
     /// Errors.
     pub errors: u64,
+    /// I/Os aborted by controller resets (and submitted again).
+    pub aborted_by_reset: u64,
     /// Sum of the rows' IOPS and MiB/s; average latency weighted by I/O count; min of the
     /// mins, max of the maxes.
     pub figures: Figures,
@@ -120,8 +122,10 @@ impl Report {
             max_us: 0.0,
         };
         let (mut ios, mut errors, mut sum_ns) = (0u64, 0u64, 0u128);
+        let mut aborted_by_reset = 0;
         for row in &self.rows {
             errors += row.stats.errors;
+            aborted_by_reset += row.stats.aborted_by_reset;
             if row.stats.ios == 0 {
                 continue;
             }
@@ -141,6 +145,7 @@ impl Report {
         Totals {
             ios,
             errors,
+            aborted_by_reset,
             figures: t,
         }
     }
@@ -183,6 +188,13 @@ impl Report {
                 width = w + 13
             );
             out.push('\n');
+        }
+        if totals.aborted_by_reset > 0 {
+            let _ = writeln!(
+                out,
+                "Controller resets during the run aborted {} I/Os; they were submitted again (not counted above).\n",
+                totals.aborted_by_reset
+            );
         }
         out
     }
@@ -282,7 +294,10 @@ impl Report {
         out.push("devices", devices);
         let t = self.totals();
         let mut total = Json::object();
-        total.push("ios", t.ios).push("errors", t.errors);
+        total
+            .push("ios", t.ios)
+            .push("errors", t.errors)
+            .push("aborted_by_reset", t.aborted_by_reset);
         push_figures(&mut total, &t.figures);
         out.push("total", total);
         out.compact()
@@ -436,6 +451,13 @@ Total                                  :    3567.50      13.94    4482.10     12
 
 ";
         assert_eq!(report.table(), expected);
+        // I/Os aborted by a controller reset are said after the table (SPDK has no line).
+        let mut report = report;
+        report.rows[0].stats.aborted_by_reset = 32;
+        assert_eq!(
+            report.table(),
+            format!("{expected}Controller resets during the run aborted 32 I/Os; they were submitted again (not counted above).\n\n")
+        );
     }
 
     #[test]
@@ -608,6 +630,7 @@ Total                                  :    3567.50      13.94    4482.10     12
     fn json_object() {
         let mut r = row("SIM (sim) NSID 1", 0, 2000, 2000 * 5_000, 1_000, 9_000, 2.0);
         r.stats.errors = 1;
+        r.stats.aborted_by_reset = 3;
         let report = Report {
             io_size: 4096,
             rows: vec![r],
@@ -625,7 +648,7 @@ Total                                  :    3567.50      13.94    4482.10     12
              \"devices\":[{\"name\":\"SIM (sim) NSID 1\",\"nsid\":1,\"core\":0,\"elapsed_s\":2.000000,\"ios\":2000,\
              \"reads\":2000,\"writes\":0,\"errors\":1,\"iops\":1000.00,\"mib_s\":3.91,\
              \"latency_us\":{\"avg\":5.000,\"min\":1.000,\"max\":9.000}}],\
-             \"total\":{\"ios\":2000,\"errors\":1,\"iops\":1000.00,\"mib_s\":3.91,\
+             \"total\":{\"ios\":2000,\"errors\":1,\"aborted_by_reset\":3,\"iops\":1000.00,\"mib_s\":3.91,\
              \"latency_us\":{\"avg\":5.000,\"min\":1.000,\"max\":9.000}}}"
         );
         let mut with_hist = Stats::new(true);

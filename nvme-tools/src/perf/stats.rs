@@ -20,6 +20,9 @@ pub struct Stats {
     pub writes: u64,
     /// I/Os that failed (at submission or with an error status).
     pub errors: u64,
+    /// I/Os a controller reset aborted (e.g. `nvmectl -i N reset` beside the run): not
+    /// counted in `ios`, submitted again.
+    pub aborted_by_reset: u64,
     /// Sum of latencies in nanoseconds.
     pub latency_sum_ns: u64,
     /// Smallest latency (`u64::MAX` before the first I/O).
@@ -44,6 +47,7 @@ impl Stats {
             reads: 0,
             writes: 0,
             errors: 0,
+            aborted_by_reset: 0,
             latency_sum_ns: 0,
             latency_min_ns: u64::MAX,
             latency_max_ns: 0,

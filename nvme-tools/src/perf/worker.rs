@@ -306,7 +306,10 @@ impl NsRun {
                 Ok(()) => pending.push(token as u32),
                 // A controller reset (e.g. `nvmectl -i N reset` beside this run) aborted
                 // the I/O: it is not counted, and its slot is used again.
-                Err(DriverError::AbortedByReset) => aborted.push(token as u32),
+                Err(DriverError::AbortedByReset) => {
+                    aborted.push(token as u32);
+                    stats.aborted_by_reset += 1;
+                }
                 Err(e) => {
                     pending.push(token as u32);
                     stats.errors += 1;

@@ -156,6 +156,8 @@ struct Worker {
     name: String,
     role: Role,
     proc: Option<Proc>,
+    /// Its process group (its pid: each worker leads a group of its own).
+    pgid: u32,
     state: State,
     stderr: PathBuf,
     /// What happened to it, for reports.
@@ -315,6 +317,7 @@ impl Round<'_> {
         self.workers.push(Worker {
             name,
             role,
+            pgid: proc.pid(),
             proc: Some(proc),
             state: State::Running,
             stderr,
@@ -414,6 +417,7 @@ impl Round<'_> {
         for i in 0..self.workers.len() {
             self.finish(i);
         }
+        self.wait_for_orphans();
 
         // Check.
         self.verify();
@@ -554,6 +558,38 @@ impl Round<'_> {
         }
     }
 
+    /// Waits until no process is left in the workers' process groups: a killed tool
+    /// worker's `nvmectl` gets the same SIGKILL but is not its parent's to wait for, and
+    /// may still be dying (a member whose liveness lock is still held, with its queues)
+    /// when the worker itself has been reaped. Zombies do not count (their descriptors and
+    /// locks are gone). One that is still there after the bound is a hang.
+    fn wait_for_orphans(&mut self) {
+        let groups: Vec<u32> = self.workers.iter().map(|w| w.pgid).collect();
+        let start = Instant::now();
+        loop {
+            let left = live_in_groups(&groups);
+            if left.is_empty() {
+                if start.elapsed() > Duration::from_millis(100) {
+                    self.note(format!(
+                        "waited {} ms for workers' children to exit",
+                        start.elapsed().as_millis()
+                    ));
+                }
+                return;
+            }
+            if start.elapsed() > self.opts.bound {
+                self.t.hangs += 1;
+                self.note(format!(
+                    "HANG processes of the workers' process groups still there {} s after the workers exited: {}",
+                    self.opts.bound.as_secs(),
+                    left.join(", ")
+                ));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The fresh attach and the checks.
     fn verify(&mut self) {
         let cmd = self.command("verify", &self.dir.path().join("stop-verify"), 0);
@@ -632,6 +668,27 @@ impl Round<'_> {
             ));
         }
     }
+}
+
+/// `pid (comm) state` of every process that is not a zombie and whose process group is one
+/// of `groups`.
+fn live_in_groups(groups: &[u32]) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let (state, pgrp) = (*f.first()?, f.get(2)?.parse::<u32>().ok()?);
+            (state != "Z" && groups.contains(&pgrp)).then(|| {
+                let comm = head.split_once('(').map_or("", |(_, c)| c);
+                format!("{pid} ({comm}) {state}")
+            })
+        })
+        .collect()
 }
 
 /// `name state wchan` of every thread of `pid`: where a hung process waits.
