@@ -80,6 +80,9 @@ impl Controller {
                 }
             }
             AdminOpcode::KeepAlive => Outcome::ok(),
+            AdminOpcode::DoorbellBufferConfig if self.cfg.shadow_doorbells => {
+                self.doorbell_buffer_config(cmd.prp1, cmd.prp2).into()
+            }
             _ => Status::generic(G::InvalidOpcode).with_dnr().into(),
         }
     }
@@ -174,7 +177,11 @@ impl Controller {
         id.cntlid = 1;
         id.ver = nvme_regs::registers::Vs::V1_4.0;
         id.cntrltype = 1; // I/O controller
-        id.oacs = 0;
+        id.oacs = if self.cfg.shadow_doorbells {
+            nvme_regs::identify::Oacs::DOORBELL_BUFFER_CONFIG.bits()
+        } else {
+            0
+        };
         id.acl = 3;
         id.aerl = (AER_LIMIT - 1) as u8;
         id.frmw = 1 | 1 << 1; // slot 1 read only, one slot

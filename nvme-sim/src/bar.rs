@@ -33,6 +33,13 @@ impl Bar {
         self.map.atomic_u32(off).store(v, Ordering::Release)
     }
 
+    /// Replaces a 32-bit doorbell with `v` and returns what was there (acquire and release):
+    /// a host write between the two cannot be lost.
+    #[inline]
+    pub(crate) fn swap32(&self, off: usize, v: u32) -> u32 {
+        self.map.atomic_u32(off).swap(v, Ordering::AcqRel)
+    }
+
     /// Reads a 64-bit register.
     pub(crate) fn load64(&self, off: usize) -> u64 {
         self.map.atomic_u64(off).load(Ordering::Acquire)

@@ -1,7 +1,7 @@
 //! The processing thread: register state machine, queues, command dispatch, completions.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,42 @@ enum State {
     Fatal,
 }
 
+/// What a shadow doorbell queue's MMIO doorbell holds after the controller looked at it: a
+/// value no host writes (doorbells are below the queue size), so any write is seen.
+const DOORBELL_SEEN: u32 = u32::MAX;
+
+/// A queue's entries in the shadow doorbell and EventIdx buffers of Doorbell Buffer Config.
+pub(crate) struct Shadow {
+    /// The 4-byte shadow doorbell (written by the host).
+    db: HostMem,
+    /// The 4-byte EventIdx (written by the controller).
+    ei: HostMem,
+}
+
+impl Shadow {
+    /// The shadow doorbell's value (acquire: the entries the host wrote before it are
+    /// visible).
+    fn load(&self) -> u32 {
+        self.db.map.atomic_u32(self.db.off).load(Ordering::Acquire)
+    }
+    fn store(&self, v: u32) {
+        self.db
+            .map
+            .atomic_u32(self.db.off)
+            .store(v, Ordering::Release)
+    }
+    /// Writes EventIdx, then reads the shadow doorbell again: the host writes its shadow
+    /// doorbell before it reads EventIdx, so one of the two sides sees the other's update.
+    fn set_event_and_reload(&self, v: u32) -> u32 {
+        self.ei
+            .map
+            .atomic_u32(self.ei.off)
+            .store(v, Ordering::Release);
+        fence(Ordering::SeqCst);
+        self.load()
+    }
+}
+
 /// A submission queue.
 pub(crate) struct Sq {
     pub(crate) cqid: u16,
@@ -62,6 +98,11 @@ pub(crate) struct Sq {
     /// Is the ring's IOVA range still mapped? (False once the host unmapped it while the
     /// queue exists; the controller then neither fetches from it nor records more errors.)
     mapped: bool,
+    /// Shadow doorbell (Doorbell Buffer Config): the tail comes from there.
+    shadow: Option<Shadow>,
+    /// With a shadow doorbell: the MMIO doorbell was written since the controller last
+    /// caught up with the shadow tail (QEMU looks at a queue only then).
+    kicked: bool,
 }
 
 /// A completion queue.
@@ -82,6 +123,8 @@ pub(crate) struct Cq {
     overflow: VecDeque<Cqe>,
     /// Submission queues that post here.
     pub(crate) sq_refs: u16,
+    /// Shadow doorbell (Doorbell Buffer Config): the head comes from there.
+    shadow: Option<Shadow>,
 }
 
 impl Cq {
@@ -96,7 +139,14 @@ impl Cq {
         if next != self.head {
             return true;
         }
-        let h = bar.load32(self.db);
+        let h = match &self.shadow {
+            Some(sh) => {
+                // Full as far as we know: ask for an MMIO write once the host moves past the
+                // head we know (not needed by this polling model, done as QEMU does).
+                sh.set_event_and_reload(self.head)
+            }
+            None => bar.load32(self.db),
+        };
         if h < self.size {
             self.head = h;
         }
@@ -216,6 +266,8 @@ pub(crate) struct Controller {
     delayed: Vec<Delayed>,
     postponed: Vec<Postponed>,
     pub(crate) segs: Vec<Seg>,
+    /// Doorbell Buffer Config: IOVAs of the shadow doorbell and EventIdx buffers.
+    pub(crate) dbbuf: Option<(u64, u64)>,
     pub(crate) features: Features,
     pub(crate) aer_outstanding: VecDeque<u16>,
     /// Newest first.
@@ -281,6 +333,7 @@ impl Controller {
             delayed: Vec::new(),
             postponed: Vec::new(),
             segs: Vec::with_capacity(64),
+            dbbuf: None,
             aer_outstanding: VecDeque::with_capacity(AER_LIMIT),
             error_log: VecDeque::with_capacity(ERROR_LOG_ENTRIES),
             error_count: 0,
@@ -502,7 +555,9 @@ impl Controller {
         // doorbell register (the register is write-only on real hardware).
         let db = nvme_regs::registers::cq_head_doorbell(qid, self.cfg.dstrd);
         self.bar.store32(db, 0);
+        let shadow = self.shadow_of(qid, db)?;
         Ok(Cq {
+            shadow,
             size: entries,
             tail: 0,
             head: 0,
@@ -532,8 +587,13 @@ impl Controller {
             .ok_or_else(|| Status::generic(GenericStatus::DataTransferError).with_dnr())?;
         // As for completion queues: a new queue starts at tail 0.
         let db = nvme_regs::registers::sq_tail_doorbell(qid, self.cfg.dstrd);
-        self.bar.store32(db, 0);
+        let shadow = self.shadow_of(qid, db)?;
+        // With a shadow doorbell, the queue is looked at after its first MMIO write only.
+        self.bar
+            .store32(db, if shadow.is_some() { DOORBELL_SEEN } else { 0 });
         Ok(Sq {
+            shadow,
+            kicked: false,
             cqid,
             size: entries,
             head: 0,
@@ -545,8 +605,72 @@ impl Controller {
         })
     }
 
+    /// The shadow doorbell and EventIdx entries of the doorbell at BAR offset `db` of I/O
+    /// queue `qid`, when Doorbell Buffer Config gave the buffers (the admin queue keeps MMIO
+    /// doorbells). Entries outside the host's mapped memory fail the queue's creation.
+    pub(crate) fn shadow_of(&mut self, qid: u16, db: usize) -> Result<Option<Shadow>, Status> {
+        let Some((dbs, eis)) = self.dbbuf.filter(|_| qid != 0) else {
+            return Ok(None);
+        };
+        let off = (db - offset::DOORBELLS) as u64;
+        let bad = || Status::generic(GenericStatus::DataTransferError).with_dnr();
+        let mut entry = |base: u64| -> Result<HostMem, Status> {
+            let m = base
+                .checked_add(off)
+                .and_then(|a| self.dma.translate_owned(a, 4))
+                .ok_or_else(bad)?;
+            if m.map.is_aligned(m.off, 4) {
+                Ok(m)
+            } else {
+                Err(bad())
+            }
+        };
+        Ok(Some(Shadow {
+            db: entry(dbs)?,
+            ei: entry(eis)?,
+        }))
+    }
+
+    /// Doorbell Buffer Config (NVMe 1.4 5.7): from now on I/O queues take their doorbells
+    /// from the shadow buffer at `dbs`; the controller writes EventIdx entries at `eis`.
+    /// Queues that exist already switch over with their current positions written to their
+    /// shadow doorbells (as QEMU does).
+    pub(crate) fn doorbell_buffer_config(&mut self, dbs: u64, eis: u64) -> Status {
+        let page = self.page_size as u64 - 1;
+        if dbs & page != 0 || eis & page != 0 || dbs == 0 || eis == 0 {
+            return Status::generic(GenericStatus::InvalidField).with_dnr();
+        }
+        self.dbbuf = Some((dbs, eis));
+        for qid in 1..self.sqs.len() {
+            if let Some(db) = self.sqs[qid].as_ref().map(|q| q.db) {
+                let shadow = self.shadow_of(qid as u16, db).ok().flatten();
+                let tail = self.bar.load32(db);
+                if let Some(sq) = self.sqs[qid].as_mut() {
+                    if let Some(sh) = &shadow {
+                        sh.store(tail);
+                        sq.kicked = true;
+                        self.bar.store32(db, DOORBELL_SEEN);
+                    }
+                    sq.shadow = shadow;
+                }
+            }
+            if let Some(db) = self.cqs[qid].as_ref().map(|q| q.db) {
+                let shadow = self.shadow_of(qid as u16, db).ok().flatten();
+                if let Some(cq) = self.cqs[qid].as_mut() {
+                    if let Some(sh) = &shadow {
+                        sh.store(cq.head);
+                    }
+                    cq.shadow = shadow;
+                }
+            }
+        }
+        Status::SUCCESS
+    }
+
     /// Controller reset: all queues and in-flight state go, features return to defaults.
     fn reset(&mut self) {
+        // Doorbell Buffer Config is forgotten too (as QEMU does): the host sends it again.
+        self.dbbuf = None;
         add(&self.shared.stats.resets, 1);
         // Doorbells reset to 0.
         for qid in 0..=self.cfg.max_io_queues {
@@ -574,13 +698,38 @@ impl Controller {
 
     /// Fetches and executes commands of one submission queue; true if any.
     fn process_sq(&mut self, qid: u16) -> bool {
-        let Some(sq) = self.sqs[qid as usize].as_ref() else {
+        let Some(sq) = self.sqs[qid as usize].as_mut() else {
             return false;
         };
-        let tail = self.bar.load32(sq.db);
+        let tail = match &sq.shadow {
+            None => self.bar.load32(sq.db),
+            Some(sh) => {
+                // As QEMU: the queue is looked at once its MMIO doorbell was written; the
+                // tail then comes from the shadow doorbell; caught up, the controller writes
+                // its head to EventIdx and reads the shadow once more before it waits for
+                // the next MMIO write.
+                if self.bar.swap32(sq.db, DOORBELL_SEEN) != DOORBELL_SEEN {
+                    sq.kicked = true;
+                }
+                if !sq.kicked {
+                    return false;
+                }
+                let mut t = sh.load();
+                if t == sq.head {
+                    t = sh.set_event_and_reload(sq.head);
+                }
+                if t == sq.head || t >= sq.size {
+                    // Nothing new, or a tail outside the ring (ignored until the next write).
+                    sq.kicked = false;
+                    return false;
+                }
+                t
+            }
+        };
         if tail >= sq.size || tail == sq.head {
             return false;
         }
+        let shadow = sq.shadow.is_some();
         if !sq.mapped {
             // The host unmapped the ring while the queue exists: an IOMMU would fault the
             // fetch. Recorded once, when the table changed (see `revalidate_queues`).
@@ -623,6 +772,9 @@ impl Controller {
             if self.state != State::Ready {
                 break;
             }
+        }
+        if shadow {
+            add(&self.shared.stats.shadow_fetches, n as u64);
         }
         n > 0
     }
@@ -970,9 +1122,13 @@ impl Controller {
         any
     }
 
-    /// Reads the submission queue tail doorbell of `qid`.
+    /// Reads the submission queue tail doorbell of `qid` (its shadow doorbell when it has
+    /// one).
     pub(crate) fn sq_tail(&self, sq: &Sq) -> u32 {
-        self.bar.load32(sq.db)
+        match &sq.shadow {
+            Some(sh) => sh.load(),
+            None => self.bar.load32(sq.db),
+        }
     }
 
     /// Reads the entry at `index` of a submission queue.

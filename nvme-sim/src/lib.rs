@@ -26,8 +26,12 @@
 //! # What it implements
 //! Controller registers (CAP, VS, CC, CSTS, AQA, ASQ, ACQ, doorbells), enable/reset/shutdown,
 //! the admin commands Identify (CNS 0-3), Get Log Page (error, SMART / health, firmware
-//! slot), Get/Set Features, Create/Delete I/O SQ/CQ, Abort, Asynchronous Event Request and
-//! Keep Alive, and the NVM commands Read, Write, Flush, Write Zeroes, Dataset Management,
+//! slot), Get/Set Features, Create/Delete I/O SQ/CQ, Abort, Asynchronous Event Request,
+//! Keep Alive and Doorbell Buffer Config (shadow doorbells for the I/O queues, read the way
+//! QEMU's controller reads them: an I/O submission queue is looked at when its MMIO doorbell
+//! is written, its tail then comes from the shadow doorbell, and once caught up the
+//! controller writes its head to the EventIdx entry and reads the shadow once more), and the
+//! NVM commands Read, Write, Flush, Write Zeroes, Dataset Management,
 //! Compare, Write Uncorrectable and Verify, with PRP data pointers (PRP lists, chained list
 //! pages) and the specification's error statuses. [`Faults`] injects errors.
 //!
@@ -133,6 +137,9 @@ pub struct SimConfig {
     pub firmware: String,
     /// Time CSTS.RDY takes to follow CC.EN (default 0).
     pub ready_delay: Duration,
+    /// Offer Doorbell Buffer Config (Identify OACS bit 8: shadow doorbells and EventIdx, as
+    /// QEMU's controller does; default true).
+    pub shadow_doorbells: bool,
 }
 
 impl Default for SimConfig {
@@ -150,6 +157,7 @@ impl Default for SimConfig {
             model: "nvme-sim software controller".into(),
             firmware: "0.1.0".into(),
             ready_delay: Duration::ZERO,
+            shadow_doorbells: true,
         }
     }
 }

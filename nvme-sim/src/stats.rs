@@ -38,6 +38,9 @@ pub struct SimStats {
     pub resets: u64,
     /// Enables (CC.EN 0 -> 1) processed.
     pub enables: u64,
+    /// Commands fetched from I/O submission queues whose tail the controller read from the
+    /// shadow doorbell buffer (Doorbell Buffer Config) rather than from the MMIO doorbell.
+    pub shadow_fetches: u64,
 }
 
 macro_rules! counters {
@@ -85,6 +88,7 @@ counters!(
     cq_full_waits,
     resets,
     enables,
+    shadow_fetches,
 );
 
 /// Adds `n` to a counter (relaxed; the processing thread is the only writer).
