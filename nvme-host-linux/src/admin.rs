@@ -34,11 +34,14 @@ use crate::transport::Transport;
 /// largest admin transfer.
 pub(crate) const ADMIN_DATA: usize = 64 << 10;
 
-/// Where the admin rings and PRP lists sit in their segment.
+/// Where the admin rings and PRP lists sit in their segment; in a group's admin segment,
+/// the shadow doorbell and EventIdx pages (Doorbell Buffer Config) follow them.
 pub(crate) struct AdminLayout {
     pub(crate) sq_len: usize,
     pub(crate) cq_len: usize,
     pub(crate) prp_len: usize,
+    /// The controller's memory page size: the length of each shadow page.
+    pub(crate) page_size: usize,
     pub(crate) len: usize,
 }
 
@@ -51,8 +54,22 @@ impl AdminLayout {
             sq_len,
             cq_len,
             prp_len,
+            page_size,
             len: sq_len + cq_len + prp_len,
         }
+    }
+    /// The same with the two shadow pages after the rest (a group's admin segment).
+    pub(crate) fn with_shadow_pages(mut self) -> AdminLayout {
+        self.len += 2 * self.page_size;
+        self
+    }
+    /// The shadow doorbell page (see [`with_shadow_pages`](Self::with_shadow_pages)).
+    pub(crate) fn shadow_db_off(&self) -> usize {
+        self.prp_off() + self.prp_len
+    }
+    /// The EventIdx page.
+    pub(crate) fn shadow_ei_off(&self) -> usize {
+        self.shadow_db_off() + self.page_size
     }
     pub(crate) fn sq_off(&self) -> usize {
         0

@@ -9,10 +9,10 @@ use nvme_regs::identify::{cns, IdentifyNamespace};
 
 use crate::admin::{bring_up, init_options, Admin, Liveness, LocalAdmin, ADMIN_DATA};
 use crate::controller::Controller;
-use crate::dma::DmaMapping;
 use crate::error::{Error, Result};
 use crate::group::Group;
 use crate::namespace::Namespace;
+use crate::shadow::ShadowPages;
 use crate::transport::Transport;
 use crate::trid::{TransportId, TransportKind};
 use nvme_core::shared::OwnerId;
@@ -99,32 +99,6 @@ impl Default for AttachOptions {
     }
 }
 
-/// Gives the controller shadow doorbell buffers (Doorbell Buffer Config) when it offers them
-/// and `NVME_NO_SHADOW_DOORBELLS` is not set. A failure only means MMIO doorbells.
-fn setup_shadow_doorbells(
-    transport: &Arc<dyn Transport>,
-    info: &ControllerInfo,
-    admin: &mut Admin,
-    timeout: Duration,
-) -> Option<Arc<DmaMapping>> {
-    use nvme_regs::identify::Oacs;
-    if !info.identify.oacs().contains(Oacs::DOORBELL_BUFFER_CONFIG)
-        || std::env::var_os("NVME_NO_SHADOW_DOORBELLS").is_some()
-    {
-        return None;
-    }
-    let ps = info.page_size;
-    let mem = Arc::new(DmaMapping::new(transport, "nvme-dbbuf", 2 * ps).ok()?);
-    let r = mem.region();
-    let cmd = Command::doorbell_buffer_config(r.iova(), r.iova() + ps as u64);
-    // The buffers are not a PRP, but the controller may use them once the command ran:
-    // on a timeout they stay mapped like a data buffer.
-    admin
-        .execute(None, cmd, None, Some(mem.clone()), timeout)
-        .ok()?;
-    Some(mem)
-}
-
 impl Controller {
     /// Attaches to the controller named by a transport id string, e.g. `trtype:sim` or
     /// `trtype:PCIe traddr:0000:04:00.0`.
@@ -175,14 +149,17 @@ impl Controller {
     }
 
     /// Identifies the namespaces and builds the controller (every attach path ends here).
+    /// `group`: the group, and its shadow doorbell pages when it uses them; a process alone
+    /// sets up shadow doorbells of its own here.
     pub(crate) fn finish(
         transport: Arc<dyn Transport>,
         trid: TransportId,
         opts: &AttachOptions,
         info: ControllerInfo,
         mut admin: Admin,
-        group: Option<Arc<Group>>,
+        group: Option<(Arc<Group>, Option<ShadowPages>)>,
     ) -> Result<Controller> {
+        let (group, group_shadow) = group.unzip();
         let mut namespaces = Vec::new();
         for nsid in info.namespaces.iter() {
             let id: IdentifyNamespace = admin.read_struct(
@@ -192,11 +169,9 @@ impl Controller {
             )?;
             namespaces.extend(Namespace::from_identify(nsid, id));
         }
-        let shadow = match &group {
-            // Controller-wide buffers would have to live in the group's shared memory; a
-            // group uses MMIO doorbells for now.
-            Some(_) => None,
-            None => setup_shadow_doorbells(&transport, &info, &mut admin, opts.admin_timeout),
+        let shadow = match group_shadow {
+            Some(shadow) => shadow,
+            None => crate::shadow::setup_own(&transport, &info, &mut admin, opts.admin_timeout),
         };
         Ok(Controller::new(
             transport, trid, opts, info, namespaces, admin, group, shadow,

@@ -14,12 +14,13 @@ use zerocopy::FromBytes;
 
 use crate::admin::{disable, shutdown, Admin, ADMIN_DATA};
 use crate::attach::AttachOptions;
-use crate::dma::{DmaBuffer, DmaMapping, IoBuf};
+use crate::dma::{DmaBuffer, IoBuf};
 use crate::error::{Error, Result};
 use crate::group::{Group, Role};
 use crate::mmio::Mmio;
 use crate::namespace::Namespace;
 use crate::qpair::{IoQueuePair, QueueOptions};
+use crate::shadow::ShadowPages;
 use crate::transport::{FunctionReset, Transport};
 use crate::trid::TransportId;
 
@@ -44,8 +45,8 @@ pub(crate) struct Inner {
     opts: AttachOptions,
     monitor_stop: Arc<AtomicBool>,
     /// Shadow doorbell and EventIdx buffers (one page each) given to the controller with
-    /// Doorbell Buffer Config, when it offers it.
-    shadow: Option<Arc<DmaMapping>>,
+    /// Doorbell Buffer Config, when it offers it: this process's own, or its group's.
+    shadow: Option<ShadowPages>,
     /// Memory of queue pairs dropped while the controller may still use it (their queue
     /// deletion failed): rings and the buffers of requests in flight. Let go after the
     /// controller is shut down and disabled (see `release_parked`).
@@ -111,7 +112,7 @@ impl Controller {
         namespaces: Vec<Namespace>,
         mut admin: Admin,
         group: Option<Arc<Group>>,
-        shadow: Option<Arc<DmaMapping>>,
+        shadow: Option<ShadowPages>,
     ) -> Controller {
         // Attached: from now on a timed-out command can escalate to this controller's reset.
         admin.set_timeout_action(opts.timeout_action, opts.abort_timeout);
@@ -164,7 +165,7 @@ impl Controller {
         self.inner().group()
     }
     /// Shadow doorbell and EventIdx buffers, when the controller took them.
-    pub(crate) fn shadow_doorbells(&self) -> Option<&Arc<DmaMapping>> {
+    pub(crate) fn shadow_doorbells(&self) -> Option<&ShadowPages> {
         self.inner().shadow.as_ref()
     }
     /// The namespaces, shared with queue pairs.
@@ -594,10 +595,9 @@ impl Inner {
         let mut seen = None;
         let mut admin = lock(&self.admin);
         let cap_timeout = Duration::from_millis(self.info.cap.timeout_ms().max(500) as u64);
-        let shadow = self.shadow.clone();
-        let (ps, timeout) = (self.info.page_size as u64, self.opts.admin_timeout);
+        let (group, timeout) = (self.group.as_deref(), self.opts.admin_timeout);
         admin.reset(
-            self.group.as_deref(),
+            group,
             &self.opts,
             cap_timeout,
             dead_owner,
@@ -608,12 +608,10 @@ impl Inner {
                 Ok(())
             },
             |admin| {
-                if let Some(sh) = &shadow {
-                    // The same buffers again, from 0 (every queue starts at 0).
-                    let r = sh.region();
-                    r.zero();
-                    let cmd = Command::doorbell_buffer_config(r.iova(), r.iova() + ps);
-                    admin.execute(None, cmd, None, Some(sh.clone()), timeout)?;
+                if let Some(sh) = &self.shadow {
+                    // The same buffers again (the group's in a group: every member's queue
+                    // pairs reconnect over them), from 0 (every queue starts at 0).
+                    admin.execute(group, sh.config_command(), None, sh.mapping(), timeout)?;
                 }
                 Ok(())
             },

@@ -84,7 +84,9 @@ fn create_group(
     let regs = transport.regs();
     let mut init = ControllerInit::new(&regs, init_options(opts))?;
     let entries = opts.admin_entries.min(MAX_ADMIN_ENTRIES);
-    let layout = AdminLayout::new(entries, init.page_size());
+    // The shadow doorbell pages are reserved in every group; the controller gets them if it
+    // offers Doorbell Buffer Config (`shadow::setup_group`).
+    let layout = AdminLayout::new(entries, init.page_size()).with_shadow_pages();
     let mem = creating.create_admin_mem(layout.len)?;
     map_admin(mem, admin_iova)?;
     let at = AdminAt {
@@ -95,6 +97,9 @@ fn create_group(
         cq_off: layout.cq_off() as u64,
         prp_off: layout.prp_off() as u64,
         prp_len: layout.prp_len as u64,
+        page: init.page_size() as u64,
+        shadow_db_off: layout.shadow_db_off() as u64,
+        shadow_ei_off: layout.shadow_ei_off() as u64,
     };
     let hdr = creating.group().header();
     hdr.admin
@@ -110,6 +115,7 @@ fn create_group(
     hdr.admin
         .lower_max_transfer(info.max_transfer.min(ADMIN_DATA));
     before_publish(&mut creating);
+    creating.set_shadow_pages(at.shadow_db_off, at.shadow_ei_off);
     let trid_text = trid.to_string();
     let mut group = creating.publish(&trid_text, |si| {
         si.cap = info.cap.0;
@@ -133,8 +139,17 @@ fn create_group(
     let _ = group.admin(regs.clone())?.enable_events(1);
     let group = Arc::new(group);
     let live = Liveness::new(&transport, StateRef::Group(group.clone()), group.me());
-    let admin = Admin::shared(live, data);
-    Controller::finish(transport, trid.clone(), opts, info, admin, Some(group))
+    let mut admin = Admin::shared(live, data);
+    // Before anyone else can join (the join lock is held): every member follows.
+    let shadow = crate::shadow::setup_group(&group, &info, &mut admin, opts.admin_timeout)?;
+    Controller::finish(
+        transport,
+        trid.clone(),
+        opts,
+        info,
+        admin,
+        Some((group, shadow)),
+    )
 }
 
 /// Joins a live group through `transport` (this process's own view of the controller).
@@ -150,9 +165,11 @@ fn join_group(
     let info = info_from_header(group.header());
     let data = DmaBuffer::new(&transport, ADMIN_DATA)?;
     let group = Arc::new(group);
+    // What the creator decided, read once.
+    let shadow = group.shadow_pages()?;
     let live = Liveness::new(&transport, StateRef::Group(group.clone()), group.me());
     let admin = Admin::shared(live, data);
-    Controller::finish(transport, trid, opts, info, admin, Some(group))
+    Controller::finish(transport, trid, opts, info, admin, Some((group, shadow)))
 }
 
 #[cfg(feature = "sim")]

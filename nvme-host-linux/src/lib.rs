@@ -14,7 +14,8 @@
 //! Where each job lives:
 //! - `controller`: [`Controller`], an attached controller (identity, namespaces, queue ids,
 //!   synchronous admin helpers, detach); `attach`: attaching alone or in a group
-//!   ([`AttachOptions`]), namespaces, shadow doorbells; `namespace`: [`Namespace`].
+//!   ([`AttachOptions`]), namespaces; `shadow`: shadow doorbells (Doorbell Buffer Config),
+//!   a process's own pages or its group's; `namespace`: [`Namespace`].
 //! - `admin`: the one admin path: nvme-core's shared admin queue protocol for a process
 //!   alone (a group of one, in-process lock) and for a group (robust mutex in the group's
 //!   files), bring-up, timed-out commands' memory, controller liveness.
@@ -50,6 +51,7 @@ mod mmio;
 mod namespace;
 mod passthru;
 mod qpair;
+mod shadow;
 #[cfg(feature = "sim")]
 mod simtransport;
 mod sys;

@@ -51,8 +51,9 @@ pub(crate) unsafe trait SharedView: Sync {}
 unsafe impl SharedView for crate::group::layout::GroupIdent {}
 // SAFETY: `#[repr(C)]` (layout asserted in group::layout); made of integers, atomics, arrays
 // and structures of them, the robust mutex (UnsafeCell) and nvme-core's SharedAdminState
-// (a SharedState: atomics only). The plain fields (trid, info, pci_addr, iova_slices) are
-// written only by the creator before it publishes the magic (`group::Creating`).
+// (a SharedState: atomics only). The plain fields (trid, info, pci_addr, iova_slices, the
+// shadow page offsets) are written only by the creator before it publishes the magic
+// (`group::Creating`).
 unsafe impl SharedView for crate::group::layout::GroupHeader {}
 
 /// A shared mapping of a file (a memfd, a group file, a device region): the one type that

@@ -153,12 +153,9 @@ impl IoQueuePair {
                 // The two pages were given to the controller with Doorbell Buffer Config and
                 // live as long as the controller, which this queue pair keeps.
                 // Every queue must use them once the controller has them.
-                let r = sh.region();
-                let set = match (r.sub(0, ps), r.sub(ps, ps)) {
-                    (Some(db), Some(ei)) => qp.set_shadow_doorbells(&db, &ei, info.cap.dstrd()),
-                    _ => false,
-                };
-                if !set {
+                // Zeroes this queue's entries first (an earlier user of the qid, maybe a
+                // member that died, may have left values there).
+                if !qp.set_shadow_doorbells(sh.db(), sh.ei(), info.cap.dstrd()) {
                     return Err(Error::Invalid(format!(
                         "I/O queue {qid}: its shadow doorbells fall outside the {ps}-byte Doorbell Buffer Config pages"
                     )));
@@ -436,6 +433,13 @@ impl IoQueuePair {
         let n = self.qp.abort_all(Qp::ABORTED, |ctx: IoCtx, _| {
             f(ctx.token, Err(Error::AbortedByReset))
         });
+        if let Some(sh) = self.ctrl.shadow_doorbells() {
+            // The reset zeroed the pages; zeroed again for this queue before it is created
+            // (an I/O thread of this process may have rung between the two). It fit at
+            // creation.
+            self.qp
+                .set_shadow_doorbells(sh.db(), sh.ei(), self.ctrl.info().cap.dstrd());
+        }
         let entries = self.qp.entries();
         let created = self
             .ctrl

@@ -19,7 +19,7 @@ use super::robust::RobustMutex;
 /// "NVMERSG1".
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"NVMERSG1");
 /// Changes whenever the layout below changes.
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 /// Largest I/O queue id tracked.
 pub(crate) const MAX_QID: usize = 1024;
 
@@ -61,6 +61,21 @@ pub(crate) struct SharedInfo {
     pub(crate) namespaces: [u8; 4096],
 }
 
+/// The shadow doorbell and EventIdx pages (Doorbell Buffer Config) in `admin.mem`.
+#[repr(C)]
+pub(crate) struct ShadowInfo {
+    /// Offset in `admin.mem` of the shadow doorbell page (one controller page,
+    /// `SharedInfo::page_size`); written by the creator before it publishes the group.
+    pub(crate) db_off: u64,
+    /// Offset of the EventIdx page.
+    pub(crate) ei_off: u64,
+    /// 1 when the controller was given the pages: every member's I/O queues use them; 0:
+    /// MMIO doorbells. Stored by the creator before any other process can join (join lock
+    /// held); a member reads it once, when it joins.
+    pub(crate) on: AtomicU32,
+    pub(crate) _pad: u32,
+}
+
 /// The identity at the start of the control segment: what a joining process checks before
 /// it trusts anything else (or even the segment's size). Its layout never changes.
 #[repr(C)]
@@ -97,6 +112,8 @@ pub(crate) struct GroupHeader {
     /// `trtype:PCIe`: the IOVA slices `[start, len]` of the shared VFIO container: slice 0
     /// holds the admin segment, slice `i + 1` belongs to member `i`. Zero for `trtype:sim`.
     pub(crate) iova_slices: [[u64; 2]; MAX_MEMBERS + 1],
+    /// Shadow doorbells: where their pages are, and whether the group uses them.
+    pub(crate) shadow: ShadowInfo,
 }
 
 /// Sizes and offsets of the layout (version [`LAYOUT_VERSION`]), in bytes.
@@ -104,7 +121,8 @@ const SHARED_INFO_SIZE: usize = 8272;
 const ADMIN_STATE_SIZE: usize = 31872;
 const MEMBERS_OFFSET: usize = 8744;
 const ADMIN_OFFSET: usize = 13872;
-const HEADER_SIZE: usize = 46816;
+const SHADOW_OFFSET: usize = 46816;
+const HEADER_SIZE: usize = 46840;
 
 // The layout, asserted. Sizes and offsets in bytes (x86_64 and every other 64-bit Linux
 // target: u64 and the atomics are 8-aligned).
@@ -137,6 +155,11 @@ const _: () = {
     assert!(offset_of!(SharedInfo, identify) == 80);
     assert!(offset_of!(SharedInfo, namespaces) == 80 + 4096);
 
+    assert!(size_of::<ShadowInfo>() == 24 && align_of::<ShadowInfo>() == 8);
+    assert!(offset_of!(ShadowInfo, db_off) == 0);
+    assert!(offset_of!(ShadowInfo, ei_off) == 8);
+    assert!(offset_of!(ShadowInfo, on) == 16);
+
     assert!(size_of::<RobustMutex>() == 64 && align_of::<RobustMutex>() == 8);
     assert!(size_of::<SharedAdminState>() == ADMIN_STATE_SIZE);
 
@@ -152,6 +175,8 @@ const _: () = {
     assert!(offset_of!(GroupHeader, admin) == ADMIN_OFFSET);
     assert!(offset_of!(GroupHeader, pci_addr) == ADMIN_OFFSET + ADMIN_STATE_SIZE);
     assert!(offset_of!(GroupHeader, iova_slices) == ADMIN_OFFSET + ADMIN_STATE_SIZE + 32);
+    assert!(offset_of!(GroupHeader, shadow) == SHADOW_OFFSET);
+    assert!(SHADOW_OFFSET == ADMIN_OFFSET + ADMIN_STATE_SIZE + 32 + 16 * (MAX_MEMBERS + 1));
     assert!(size_of::<GroupHeader>() == HEADER_SIZE);
 };
 

@@ -68,11 +68,17 @@ pub(crate) struct AdminAt {
     pub(crate) cq_off: u64,
     pub(crate) prp_off: u64,
     pub(crate) prp_len: u64,
+    /// The controller's memory page size: the length of each shadow page.
+    pub(crate) page: u64,
+    /// Offsets of the shadow doorbell and EventIdx pages (Doorbell Buffer Config).
+    pub(crate) shadow_db_off: u64,
+    pub(crate) shadow_ei_off: u64,
 }
 
 impl AdminAt {
     /// Copies the admin segment's layout from the header, each value read once.
-    fn from_info(info: &layout::SharedInfo) -> AdminAt {
+    fn from_header(h: &GroupHeader) -> AdminAt {
+        let info = &h.info;
         AdminAt {
             iova: info.admin_iova,
             len: info.admin_len,
@@ -81,12 +87,17 @@ impl AdminAt {
             cq_off: info.cq_off,
             prp_off: info.prp_off,
             prp_len: info.prp_len,
+            page: u64::from(info.page_size),
+            shadow_db_off: h.shadow.db_off,
+            shadow_ei_off: h.shadow.ei_off,
         }
     }
 
     /// Checks the layout with checked arithmetic: ring sizes in range, the rings and the
-    /// PRP list pages 4 KiB aligned, inside the segment and apart from each other, the
-    /// segment's device addresses without overflow. Says what is wrong.
+    /// PRP list pages 4 KiB aligned, the shadow doorbell and EventIdx pages (one controller
+    /// page each) aligned to that page in the segment and on the device, all inside the
+    /// segment and apart from each other, the segment's device addresses without overflow.
+    /// Says what is wrong.
     pub(crate) fn check(&self) -> std::result::Result<(), String> {
         use nvme_core::shared::MAX_ADMIN_ENTRIES;
         if !(2..=MAX_ADMIN_ENTRIES).contains(&self.entries) {
@@ -104,14 +115,24 @@ impl AdminAt {
                 self.len, self.iova
             ));
         }
+        // CAP.MPSMIN..=MPSMAX: 4 KiB << 0..=15.
+        if !self.page.is_power_of_two() || !(4096..=4096 << 15).contains(&self.page) {
+            return Err(format!(
+                "a controller memory page of {:#x} bytes",
+                self.page
+            ));
+        }
         let entries = u64::from(self.entries);
         let parts = [
-            ("submission ring", self.sq_off, entries * 64),
-            ("completion ring", self.cq_off, entries * 16),
-            ("PRP list pages", self.prp_off, self.prp_len),
+            // (what, offset, length, on a controller page boundary on the device)
+            ("submission ring", self.sq_off, entries * 64, false),
+            ("completion ring", self.cq_off, entries * 16, false),
+            ("PRP list pages", self.prp_off, self.prp_len, false),
+            ("shadow doorbell page", self.shadow_db_off, self.page, true),
+            ("EventIdx page", self.shadow_ei_off, self.page, true),
         ];
         let mut spans = Vec::with_capacity(parts.len());
-        for (what, off, len) in parts {
+        for (what, off, len, page_aligned) in parts {
             let end = off
                 .checked_add(len)
                 .filter(|&end| end <= self.len && len > 0)
@@ -123,6 +144,17 @@ impl AdminAt {
                 })?;
             if !off.is_multiple_of(4096) {
                 return Err(format!("the {what} at {off:#x} is not 4 KiB aligned"));
+            }
+            if page_aligned {
+                // Doorbell Buffer Config takes page-aligned device addresses; `iova + len`
+                // does not wrap (checked above) and `off < len`.
+                let iova = self.iova + off;
+                if !iova.is_multiple_of(self.page) {
+                    return Err(format!(
+                        "the {what} at device address {iova:#x} is not aligned to the {:#x}-byte controller page",
+                        self.page
+                    ));
+                }
             }
             spans.push((what, off, end));
         }
@@ -475,6 +507,55 @@ impl Group {
         self.admin_mem.as_ref().expect("admin segment mapped")
     }
 
+    /// The shadow doorbell and EventIdx pages in the admin segment (checked at attach, with
+    /// the rest of its layout).
+    pub(crate) fn shadow_regions(&self) -> Result<(nvme_core::DmaRegion, nvme_core::DmaRegion)> {
+        let at = self.admin_at.expect("admin layout checked at attach");
+        let mem = self.admin_mem();
+        let region = |off: u64| {
+            usize::try_from(off)
+                .ok()
+                .zip(usize::try_from(at.page).ok())
+                .and_then(|(off, len)| mem.region(off, len, at.iova))
+        };
+        match (region(at.shadow_db_off), region(at.shadow_ei_off)) {
+            (Some(db), Some(ei)) => Ok((db, ei)),
+            _ => Err(Error::Group(format!(
+                "group {}: the shadow doorbell pages at {:#x} and {:#x} are not inside the {}-byte admin segment",
+                self.id,
+                at.shadow_db_off,
+                at.shadow_ei_off,
+                mem.len()
+            ))),
+        }
+    }
+
+    /// Records that the controller was given the group's shadow doorbell pages (the
+    /// creator, join lock held, before anyone else joins).
+    pub(crate) fn set_shadow_on(&self) {
+        self.header().shadow.on.store(1, Ordering::Release);
+    }
+
+    /// The group's shadow doorbell pages when its creator gave them to the controller
+    /// (every member's I/O queues must then use them), read once by a joining member; an
+    /// error when the record is neither on nor off (a damaged header).
+    pub(crate) fn shadow_pages(
+        self: &std::sync::Arc<Self>,
+    ) -> Result<Option<crate::shadow::ShadowPages>> {
+        match self.header().shadow.on.load(Ordering::Acquire) {
+            0 => Ok(None),
+            1 => {
+                let (db, ei) = self.shadow_regions()?;
+                Ok(Some(crate::shadow::ShadowPages::of_group(self, db, ei)))
+            }
+            v => Err(Error::Group(format!(
+                "group {}: the control segment says shadow doorbells are {v} (neither 0, off, nor 1, on); it was damaged: detach every process of the group (or remove {}) so that it is created anew",
+                self.id,
+                self.dir.display()
+            ))),
+        }
+    }
+
     /// Bounds how long this process's admin commands wait for the group lock.
     pub(crate) fn set_lock_timeout(&mut self, timeout: std::time::Duration) {
         self.lock_timeout = timeout;
@@ -751,7 +832,7 @@ impl Creating {
         layout::write_str(&mut h.trid, trid);
         fill(&mut h.info);
         // What joiners will check, checked here too; then this process uses the same copy.
-        let at = AdminAt::from_info(&h.info);
+        let at = AdminAt::from_header(h);
         let mapped = self.group.admin_mem().len() as u64;
         at.check()
             .and_then(|()| {
@@ -765,6 +846,14 @@ impl Creating {
         h.ident.state.store(layout::READY, Ordering::Relaxed);
         h.ident.magic.store(MAGIC, Ordering::Release);
         Ok(self.group)
+    }
+    /// Records where the shadow doorbell and EventIdx pages sit in `admin.mem` (before
+    /// publishing; whether the group uses them is recorded later, [`Group::set_shadow_on`]).
+    pub(crate) fn set_shadow_pages(&mut self, db_off: u64, ei_off: u64) {
+        // Nobody else maps the segment until the magic is published.
+        let h = self.group.header_mut();
+        h.shadow.db_off = db_off;
+        h.shadow.ei_off = ei_off;
     }
     /// Records the controller's PCI address and the IOVA slices of a `trtype:PCIe` group
     /// (before publishing).
@@ -911,13 +1000,8 @@ fn check_control(
 /// The admin segment's layout from the header of group `id`: copied once, checked
 /// ([`AdminAt::check`]) and compared with the length of `admin.mem`, `admin_file_len` (a
 /// shorter file would fault on access; `dir` is named in the errors).
-fn admin_layout(
-    id: u32,
-    info: &layout::SharedInfo,
-    admin_file_len: u64,
-    dir: &Path,
-) -> Result<AdminAt> {
-    let at = AdminAt::from_info(info);
+fn admin_layout(id: u32, h: &GroupHeader, admin_file_len: u64, dir: &Path) -> Result<AdminAt> {
+    let at = AdminAt::from_header(h);
     at.check().map_err(|why| {
         Error::Group(format!(
             "group {id}: the admin queue layout in the control segment is invalid ({why}); it was damaged: detach every process of the group (or remove {}) so that it is created anew",
@@ -979,7 +1063,7 @@ fn map_admin(id: u32, dir: &Path, h: &GroupHeader) -> Result<(AdminAt, SharedMem
     let path = dir.join("admin.mem");
     let f = open_rw(&path, false)?;
     let flen = f.metadata().map_err(os("stat admin.mem"))?.len();
-    let at = admin_layout(id, &h.info, flen, dir)?;
+    let at = admin_layout(id, h, flen, dir)?;
     // `check` made sure the length fits a usize.
     let len = usize::try_from(at.len).expect("checked");
     let mem = SharedMemory::from_file(f, len).map_err(os("mapping admin.mem"))?;
@@ -1158,7 +1242,7 @@ pub mod fuzzing {
             let path = Path::new("/fuzz/control");
             check_control(1, cmem, control.len(), control_len(), path)?;
             let h: &GroupHeader = cmem.view().expect("checked");
-            let at = admin_layout(1, &h.info, admin_file_len, path)?;
+            let at = admin_layout(1, h, admin_file_len, path)?;
             if at.len > MAX_ADMIN as u64 {
                 return Ok(());
             }
@@ -1253,6 +1337,13 @@ mod tests {
             cq_off: 4096,
             prp_off: 8192,
             prp_len: 4096,
+            page: 4096,
+            shadow_db_off: 3 * 4096,
+            shadow_ei_off: 4 * 4096,
+        };
+        let good = AdminAt {
+            len: 5 * 4096,
+            ..good
         };
         good.check().unwrap();
         let bad = |f: fn(&mut AdminAt), want: &str| {
@@ -1267,8 +1358,36 @@ mod tests {
         bad(|a| a.iova = u64::MAX - 4095, "wraps around");
         bad(|a| a.sq_off = !0xfffu64, "the submission ring at");
         bad(
-            |a| a.cq_off = 3 * 4096,
-            "the completion ring at 0x3000+0x400 is not inside",
+            |a| a.cq_off = 5 * 4096,
+            "the completion ring at 0x5000+0x400 is not inside",
+        );
+        bad(
+            |a| a.shadow_ei_off = u64::MAX - 4095,
+            "the EventIdx page at 0xfffffffffffff000+0x1000 is not inside",
+        );
+        bad(
+            |a| a.shadow_db_off = 5 * 4096,
+            "the shadow doorbell page at 0x5000+0x1000 is not inside",
+        );
+        bad(|a| a.shadow_db_off = 100, "not 4 KiB aligned");
+        bad(|a| a.page = 0, "a controller memory page of 0x0 bytes");
+        bad(|a| a.page = 3 * 4096, "a controller memory page of 0x3000");
+        bad(
+            |a| {
+                a.page = 8192;
+                a.len = 8 * 4096;
+                a.shadow_db_off = 5 * 4096;
+                a.shadow_ei_off = 6 * 4096;
+            },
+            "the shadow doorbell page at device address 0x40005000 is not aligned",
+        );
+        bad(
+            |a| a.shadow_ei_off = 2 * 4096,
+            "the PRP list pages and the EventIdx page overlap",
+        );
+        bad(
+            |a| a.shadow_ei_off = 3 * 4096,
+            "the shadow doorbell page and the EventIdx page overlap",
         );
         bad(|a| a.prp_len = u64::MAX, "the PRP list pages at");
         bad(|a| a.prp_len = 0, "the PRP list pages at");
