@@ -38,9 +38,12 @@ fn attach_from_env() -> Result<Controller, String> {
 /// Block size of both namespaces.
 const BS: usize = 512;
 
-/// Writes and reads back its own region in a loop, 8 I/Os in flight, until told to stop.
+/// Writes and reads back its own region in a loop, 8 I/Os in flight, until told to stop
+/// (or `NVME_MP_ROUNDS` rounds: then it reports `STATS <I/Os> <SQ MMIO doorbell writes>
+/// <CQ MMIO doorbell writes>` and returns).
 fn child_io(ctrl: &Controller) -> Result<(), String> {
     let base = env_u64("NVME_MP_LBA")?;
+    let rounds = env_u64("NVME_MP_ROUNDS").ok();
     let mut qp = ctrl
         .alloc_io_queue(QueueOptions { entries: 32 })
         .map_err(|e| e.to_string())?;
@@ -49,6 +52,16 @@ fn child_io(ctrl: &Controller) -> Result<(), String> {
     let mut round = 0u64;
     let mut last_report = Instant::now();
     while !stop_requested() {
+        if rounds == Some(round) {
+            let st = qp.stats();
+            say(format!(
+                "STATS {} {} {}",
+                round * 16,
+                st.sq_doorbells,
+                st.cq_doorbells
+            ));
+            return Ok(());
+        }
         round += 1;
         // Eight 4 KiB writes at `base`, `base + 8`, ...: one run of 512-byte blocks.
         let seed = round * 100 + base;
@@ -296,6 +309,16 @@ fn child(role: &str) -> i32 {
             loop {
                 std::thread::sleep(Duration::from_secs(1));
             }
+        }
+        "keep" => {
+            // Stays a member (keeping the group and its controller) until the file
+            // NVME_MP_RELEASE exists, whatever the other children are told.
+            testkit::env("NVME_MP_RELEASE").map(|release| {
+                let release = std::path::PathBuf::from(release);
+                while !release.exists() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
         }
         "hold-join" => {
             // Holds the group's join lock until the file NVME_MP_RELEASE exists, then lets
@@ -783,6 +806,214 @@ fn a_member_dying_mid_reset_does_not_wedge_the_group() -> Outcome {
     assert_eq!(dma_errors(&s)?, 0, "DMA through memory that was let go");
     s.stop()?;
     p.finish()?.clean()?;
+    Ok(())
+}
+
+/// The software controller's I/O command counters: (fetched, fetched through a shadow
+/// doorbell).
+fn shadow_counts(s: &Scenario) -> Result<(u64, u64), String> {
+    let sim = nvme_host_linux::sim::SimClient::connect(&s.group_dir().join("sim.sock"))
+        .map_err(|e| e.to_string())?;
+    let st = sim.stats().map_err(|e| e.to_string())?;
+    Ok((st.io_commands, st.shadow_fetches))
+}
+
+/// `STATS <I/Os> <SQ MMIO doorbells> <CQ MMIO doorbells>` of an `io` child with
+/// `NVME_MP_ROUNDS`.
+fn io_stats(p: &mut Proc) -> Result<[u64; 3], String> {
+    let line = p.line("STATS")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|w| w.parse().map_err(|_| format!("bad line {line}")))
+        .collect::<Result<_, _>>()?;
+    v.try_into().map_err(|_| format!("bad line {line}"))
+}
+
+/// I/O rounds (16 I/Os each, 8 in flight, on a 32-entry queue) of the `io` children that
+/// report their doorbell counts.
+const ROUNDS: u64 = 100;
+
+fn rounds() -> (&'static str, String) {
+    ("NVME_MP_ROUNDS", ROUNDS.to_string())
+}
+
+fn a_secondarys_io_goes_through_the_groups_shadow_doorbells() -> Outcome {
+    let s = Scenario::new(41);
+    let mut keeper = s.spawn("keeper", "wait", &[]);
+    keeper.line("READY primary")?;
+    let mut sec = s.spawn("secondary", "io", &[lba(0), rounds()]);
+    sec.line("READY secondary")?;
+    let [ios, _sq, cq] = io_stats(&mut sec)?;
+    sec.finish()?.clean()?;
+    // Every I/O command the controller fetched, it found through the shadow doorbell; the
+    // secondary wrote the completion head to MMIO once per wrap of its 32-entry queue (the
+    // controller did not ask otherwise), not once per batch of completions (>= 2 a round).
+    let (fetched, via_shadow) = shadow_counts(&s)?;
+    assert_eq!(fetched, ios, "I/O commands the controller fetched");
+    assert_eq!(via_shadow, fetched, "fetched through a shadow doorbell");
+    assert!(
+        cq <= ios / 32 + 2,
+        "{cq} MMIO completion doorbell writes for {ios} I/Os"
+    );
+    s.stop()?;
+    keeper.finish()?.clean()?;
+    Ok(())
+}
+
+/// Offsets in the control segment (`group/layout.rs` asserts them): the owners of the I/O
+/// queue ids (u32 each), and the shadow doorbell page offsets and on/off record.
+const QIDS_AT: u64 = 8744 + 16 * 64;
+const SHADOW_AT: u64 = 46816;
+
+/// A member that outlives the scenario's other children (`keep`, the primary): the group and
+/// its controller stay after [`Scenario::stop`], until [`release`].
+fn keeper(s: &Scenario) -> Result<Proc, String> {
+    let release = s.dir.path().join("release-keeper");
+    let mut k = s.spawn(
+        "keeper",
+        "keep",
+        &[("NVME_MP_RELEASE", release.display().to_string())],
+    );
+    k.line("READY primary")?;
+    Ok(k)
+}
+
+/// Lets the [`keeper`] go and checks that it ends cleanly.
+fn release(s: &Scenario, k: Proc) -> Outcome {
+    std::fs::write(s.dir.path().join("release-keeper"), b"").map_err(|e| e.to_string())?;
+    k.finish()?.clean()
+}
+
+fn read_at(path: &std::path::Path, at: u64, buf: &mut [u8]) -> Outcome {
+    use std::os::unix::fs::FileExt;
+    std::fs::File::open(path)
+        .and_then(|f| f.read_exact_at(buf, at))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn control_u64(dir: &std::path::Path, at: u64) -> Result<u64, String> {
+    let mut b = [0u8; 8];
+    read_at(&dir.join("control"), at, &mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn control_u32(dir: &std::path::Path, at: u64) -> Result<u32, String> {
+    let mut b = [0u8; 4];
+    read_at(&dir.join("control"), at, &mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn a_dead_members_queue_id_is_reused_with_clean_shadow_doorbells() -> Outcome {
+    use std::os::unix::fs::FileExt;
+    let s = Scenario::new(42);
+    let g = s.group_dir();
+    let k = keeper(&s)?;
+    let mut victim = s.spawn("victim io", "io", &[lba(4096)]);
+    victim.line("READY")?;
+    let v_qid = victim.line("QID")?;
+    victim.line("PROGRESS")?; // mid-I/O
+    victim.kill();
+    let qid: u64 = v_qid[4..].parse().map_err(|_| v_qid.clone())?;
+    wait_until("the dead member's queue id is free", SETTLE, || {
+        control_u32(&g, QIDS_AT + 4 * qid).is_ok_and(|owner| owner == 0)
+    })?;
+    assert_eq!(control_u32(&g, SHADOW_AT + 16)?, 1, "shadow doorbells on");
+    // What a member that died with its queue in use can leave in its shadow entries: a
+    // tail and a head from the middle of its rings and EventIdx values the controller
+    // wrote. A new queue must start from 0, or the controller (waiting for an MMIO write
+    // that the EventIdx keeps the host from making) never looks at it.
+    let (db, ei) = (control_u64(&g, SHADOW_AT)?, control_u64(&g, SHADOW_AT + 8)?);
+    let admin = std::fs::OpenOptions::new()
+        .write(true)
+        .open(g.join("admin.mem"))
+        .map_err(|e| e.to_string())?;
+    // Doorbell stride 0: the SQ tail of queue q at 8q, its CQ head at 8q + 4.
+    for (at, v) in [(db, 25u32), (db + 4, 13), (ei, 20), (ei + 4, 20)] {
+        admin
+            .write_all_at(&v.to_le_bytes(), at + 8 * qid)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut n = s.spawn("newcomer", "io", &[lba(8192), rounds()]);
+    n.line("READY secondary")?;
+    assert_eq!(
+        n.line("QID")?,
+        v_qid,
+        "the dead member's queue id is reused"
+    );
+    io_stats(&mut n)?;
+    n.finish()?.clean()?;
+    let (fetched, via_shadow) = shadow_counts(&s)?;
+    assert_eq!(via_shadow, fetched, "fetched through a shadow doorbell");
+    release(&s, k)
+}
+
+fn a_group_reset_keeps_every_member_on_shadow_doorbells() -> Outcome {
+    let s = Scenario::new(43);
+    let k = keeper(&s)?;
+    let mut p = s.spawn("io 1", "io-resets", &[lba(0)]);
+    p.line("READY secondary")?;
+    p.line("PROGRESS")?;
+    let mut q = s.spawn("io 2", "io-resets", &[lba(4096)]);
+    q.line("READY secondary")?;
+    q.line("PROGRESS")?;
+    for n in 0..2 {
+        let mut r = s.spawn(&format!("reset {n}"), "reset", &[]);
+        r.line("READY secondary")?;
+        r.line("RESET-DONE")?;
+        r.finish()?.clean()?;
+        let (_, before) = shadow_counts(&s)?;
+        // Both carry on, on re-created queues, with checked data, through the group's
+        // shadow doorbells (given to the controller again by the reset).
+        p.progresses()?;
+        q.progresses()?;
+        let (_, after) = shadow_counts(&s)?;
+        assert!(
+            after > before,
+            "no I/O through shadow doorbells after reset {n}"
+        );
+    }
+    s.stop()?;
+    for proc in [p, q] {
+        proc.finish()?.clean()?;
+    }
+    let (fetched, via_shadow) = shadow_counts(&s)?;
+    assert_eq!(via_shadow, fetched, "fetched through a shadow doorbell");
+    assert_eq!(dma_errors(&s)?, 0, "DMA through memory that was let go");
+    release(&s, k)
+}
+
+fn the_creator_decides_shadow_doorbells_for_the_group() -> Outcome {
+    let off = ("NVME_NO_SHADOW_DOORBELLS", "1".to_string());
+    // Turned off by the creator: MMIO doorbells for everyone.
+    let s = Scenario::new(44);
+    let mut keeper = s.spawn("keeper", "wait", std::slice::from_ref(&off));
+    keeper.line("READY primary")?;
+    assert_eq!(control_u32(&s.group_dir(), SHADOW_AT + 16)?, 0);
+    let mut sec = s.spawn("secondary", "io", &[lba(0), rounds()]);
+    sec.line("READY secondary")?;
+    let [ios, _, cq] = io_stats(&mut sec)?;
+    sec.finish()?.clean()?;
+    assert_eq!(shadow_counts(&s)?, (ios, 0), "no shadow doorbells");
+    assert!(cq >= 2 * ROUNDS, "{cq} MMIO completion doorbell writes");
+    s.stop()?;
+    keeper.finish()?.clean()?;
+    // On for the group: a member that would rather not uses them all the same (the
+    // controller reads every I/O queue's tail from the shadow buffer).
+    let s = Scenario::new(45);
+    let mut keeper = s.spawn("keeper", "wait", &[]);
+    keeper.line("READY primary")?;
+    let mut sec = s.spawn("secondary", "io", &[lba(0), rounds(), off]);
+    sec.line("READY secondary")?;
+    let [ios, _, _] = io_stats(&mut sec)?;
+    sec.finish()?.clean()?;
+    assert_eq!(
+        shadow_counts(&s)?,
+        (ios, ios),
+        "all through shadow doorbells"
+    );
+    s.stop()?;
+    keeper.finish()?.clean()?;
     Ok(())
 }
 
@@ -1392,6 +1623,22 @@ fn main() -> ExitCode {
         (
             "attaching_while_the_last_member_leaves_always_succeeds",
             attaching_while_the_last_member_leaves_always_succeeds,
+        ),
+        (
+            "a_secondarys_io_goes_through_the_groups_shadow_doorbells",
+            a_secondarys_io_goes_through_the_groups_shadow_doorbells,
+        ),
+        (
+            "a_dead_members_queue_id_is_reused_with_clean_shadow_doorbells",
+            a_dead_members_queue_id_is_reused_with_clean_shadow_doorbells,
+        ),
+        (
+            "a_group_reset_keeps_every_member_on_shadow_doorbells",
+            a_group_reset_keeps_every_member_on_shadow_doorbells,
+        ),
+        (
+            "the_creator_decides_shadow_doorbells_for_the_group",
+            the_creator_decides_shadow_doorbells_for_the_group,
         ),
     ];
     testkit::run_scenarios("multiprocess", scenarios)

@@ -140,11 +140,12 @@ impl Cq {
             return true;
         }
         let h = match &self.shadow {
-            Some(sh) => {
-                // Full as far as we know: ask for an MMIO write once the host moves past the
-                // head we know (not needed by this polling model, done as QEMU does).
-                sh.set_event_and_reload(self.head)
-            }
+            Some(sh) => match sh.load() {
+                // Still full: ask for an MMIO write once the host moves past this head (this
+                // polling model does not need it; a controller that waits for room would).
+                h if h == self.head => sh.set_event_and_reload(h),
+                h => h,
+            },
             None => bar.load32(self.db),
         };
         if h < self.size {
