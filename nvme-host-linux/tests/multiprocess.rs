@@ -1346,6 +1346,26 @@ fn a_damaged_admin_segment_is_refused_to_joiners() -> Outcome {
     p.progresses()?;
     poke_control(&g, ADMIN_LEN_AT, len)?;
 
+    // The shadow doorbell pages outside the segment, and an on/off record that is neither.
+    let db_off = poke_control(&g, SHADOW_AT, 1 << 40)?;
+    join_fails_with(
+        &s,
+        "joiner of absurd shadow pages",
+        &[
+            "admin queue layout in the control segment is invalid",
+            "the shadow doorbell page at 0x10000000000",
+        ],
+    )?;
+    poke_control(&g, SHADOW_AT, db_off)?;
+    let on = poke_control(&g, SHADOW_AT + 16, 7)?;
+    join_fails_with(
+        &s,
+        "joiner of a damaged shadow record",
+        &["the control segment says shadow doorbells are 7"],
+    )?;
+    p.progresses()?;
+    poke_control(&g, SHADOW_AT + 16, on)?;
+
     // Repaired, the group takes members again.
     let mut next = s.spawn("next", "admin", &[("NVME_MP_NSID", "1".into())]);
     next.line("READY secondary")?;
