@@ -6,7 +6,9 @@
 //! - `control`: the control segment (`GroupHeader`): build id, controller facts,
 //!   the robust group lock, member records, the I/O queue id pool and the shared admin
 //!   queue state. No pointers: every process maps it wherever it likes.
-//! - `admin.mem`: the admin rings and their PRP list pages, mapped by every member.
+//! - `admin.mem`: the admin rings and their PRP list pages, then the shadow doorbell and
+//!   EventIdx pages (Doorbell Buffer Config, used when the creator gave them to the
+//!   controller), mapped by every member.
 //! - `members.lock`: one byte per member, locked (OFD lock) by that member for its lifetime.
 //!   The kernel drops the lock when the process dies; that is how survivors know.
 //! - `sim.sock`: the software controller's process, for `trtype:sim`.
