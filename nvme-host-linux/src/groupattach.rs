@@ -100,6 +100,7 @@ fn create_group(
         page: init.page_size() as u64,
         shadow_db_off: layout.shadow_db_off() as u64,
         shadow_ei_off: layout.shadow_ei_off() as u64,
+        shadow_on: 0,
     };
     let hdr = creating.group().header();
     hdr.admin

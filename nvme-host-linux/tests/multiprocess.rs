@@ -1361,7 +1361,10 @@ fn a_damaged_admin_segment_is_refused_to_joiners() -> Outcome {
     join_fails_with(
         &s,
         "joiner of a damaged shadow record",
-        &["the control segment says shadow doorbells are 7"],
+        &[
+            "admin queue layout in the control segment is invalid",
+            "shadow doorbells recorded as 7",
+        ],
     )?;
     p.progresses()?;
     poke_control(&g, SHADOW_AT + 16, on)?;

@@ -75,6 +75,10 @@ pub(crate) struct AdminAt {
     /// Offsets of the shadow doorbell and EventIdx pages (Doorbell Buffer Config).
     pub(crate) shadow_db_off: u64,
     pub(crate) shadow_ei_off: u64,
+    /// The group's record of whether the controller was given the shadow pages: 0 (off), 1
+    /// (on: the pages must be valid), anything else is damage. The creator copies its
+    /// layout before it decides (its copy says off; it uses the pages it gave itself).
+    pub(crate) shadow_on: u32,
 }
 
 impl AdminAt {
@@ -92,14 +96,15 @@ impl AdminAt {
             page: u64::from(info.page_size),
             shadow_db_off: h.shadow.db_off,
             shadow_ei_off: h.shadow.ei_off,
+            shadow_on: h.shadow.on.load(Ordering::Acquire),
         }
     }
 
     /// Checks the layout with checked arithmetic: ring sizes in range, the rings and the
     /// PRP list pages 4 KiB aligned, the shadow doorbell and EventIdx pages (one controller
-    /// page each) aligned to that page in the segment and on the device, all inside the
-    /// segment and apart from each other, the segment's device addresses without overflow.
-    /// Says what is wrong.
+    /// page each, looked at when the group uses them) aligned to that page in the segment
+    /// and on the device, all inside the segment and apart from each other, the segment's
+    /// device addresses without overflow. Says what is wrong.
     pub(crate) fn check(&self) -> std::result::Result<(), String> {
         use nvme_core::shared::MAX_ADMIN_ENTRIES;
         if !(2..=MAX_ADMIN_ENTRIES).contains(&self.entries) {
@@ -117,8 +122,17 @@ impl AdminAt {
                 self.len, self.iova
             ));
         }
+        let shadow = match self.shadow_on {
+            0 => false,
+            1 => true,
+            v => {
+                return Err(format!(
+                    "shadow doorbells recorded as {v} (neither 0, off, nor 1, on)"
+                ))
+            }
+        };
         // CAP.MPSMIN..=MPSMAX: 4 KiB << 0..=15.
-        if !self.page.is_power_of_two() || !(4096..=4096 << 15).contains(&self.page) {
+        if shadow && (!self.page.is_power_of_two() || !(4096..=4096 << 15).contains(&self.page)) {
             return Err(format!(
                 "a controller memory page of {:#x} bytes",
                 self.page
@@ -135,6 +149,9 @@ impl AdminAt {
         ];
         let mut spans = Vec::with_capacity(parts.len());
         for (what, off, len, page_aligned) in parts {
+            if page_aligned && !shadow {
+                continue;
+            }
             let end = off
                 .checked_add(len)
                 .filter(|&end| end <= self.len && len > 0)
@@ -539,23 +556,17 @@ impl Group {
     }
 
     /// The group's shadow doorbell pages when its creator gave them to the controller
-    /// (every member's I/O queues must then use them), read once by a joining member; an
-    /// error when the record is neither on nor off (a damaged header).
+    /// (every member's I/O queues must then use them), as this member read it when it
+    /// joined.
     pub(crate) fn shadow_pages(
         self: &std::sync::Arc<Self>,
     ) -> Result<Option<crate::shadow::ShadowPages>> {
-        match self.header().shadow.on.load(Ordering::Acquire) {
-            0 => Ok(None),
-            1 => {
-                let (db, ei) = self.shadow_regions()?;
-                Ok(Some(crate::shadow::ShadowPages::of_group(self, db, ei)))
-            }
-            v => Err(Error::Group(format!(
-                "group {}: the control segment says shadow doorbells are {v} (neither 0, off, nor 1, on); it was damaged: detach every process of the group (or remove {}) so that it is created anew",
-                self.id,
-                self.dir.display()
-            ))),
+        // Checked with the rest of the layout when this process joined.
+        if self.admin_at.is_some_and(|at| at.shadow_on == 1) {
+            let (db, ei) = self.shadow_regions()?;
+            return Ok(Some(crate::shadow::ShadowPages::of_group(self, db, ei)));
         }
+        Ok(None)
     }
 
     /// Bounds how long this process's admin commands wait for the group lock.
@@ -1342,6 +1353,7 @@ mod tests {
             page: 4096,
             shadow_db_off: 3 * 4096,
             shadow_ei_off: 4 * 4096,
+            shadow_on: 1,
         };
         let good = AdminAt {
             len: 5 * 4096,
@@ -1391,6 +1403,16 @@ mod tests {
             |a| a.shadow_ei_off = 3 * 4096,
             "the shadow doorbell page and the EventIdx page overlap",
         );
+        bad(|a| a.shadow_on = 2, "shadow doorbells recorded as 2");
+        // Off: the pages are not looked at.
+        AdminAt {
+            shadow_on: 0,
+            page: 0,
+            shadow_db_off: u64::MAX,
+            ..good
+        }
+        .check()
+        .unwrap();
         bad(|a| a.prp_len = u64::MAX, "the PRP list pages at");
         bad(|a| a.prp_len = 0, "the PRP list pages at");
         bad(|a| a.cq_off = 100, "not 4 KiB aligned");
