@@ -847,8 +847,8 @@ fn a_secondarys_io_goes_through_the_groups_shadow_doorbells() -> Outcome {
     let [ios, _sq, cq] = io_stats(&mut sec)?;
     sec.finish()?.clean()?;
     // Every I/O command the controller fetched, it found through the shadow doorbell; the
-    // secondary wrote the completion head to MMIO once per wrap of its 32-entry queue (the
-    // controller did not ask otherwise), not once per batch of completions (>= 2 a round).
+    // secondary wrote the completion head to MMIO at most once per wrap of its 32-entry
+    // queue (the controller's EventIdx did not ask for more).
     let (fetched, via_shadow) = shadow_counts(&s)?;
     assert_eq!(fetched, ios, "I/O commands the controller fetched");
     assert_eq!(via_shadow, fetched, "fetched through a shadow doorbell");
@@ -992,10 +992,9 @@ fn the_creator_decides_shadow_doorbells_for_the_group() -> Outcome {
     assert_eq!(control_u32(&s.group_dir(), SHADOW_AT + 16)?, 0);
     let mut sec = s.spawn("secondary", "io", &[lba(0), rounds()]);
     sec.line("READY secondary")?;
-    let [ios, _, cq] = io_stats(&mut sec)?;
+    let [ios, _, _] = io_stats(&mut sec)?;
     sec.finish()?.clean()?;
     assert_eq!(shadow_counts(&s)?, (ios, 0), "no shadow doorbells");
-    assert!(cq >= 2 * ROUNDS, "{cq} MMIO completion doorbell writes");
     s.stop()?;
     keeper.finish()?.clean()?;
     // On for the group: a member that would rather not uses them all the same (the
