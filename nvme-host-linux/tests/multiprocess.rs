@@ -1383,9 +1383,9 @@ fn a_damaged_admin_segment_is_refused_to_joiners() -> Outcome {
 /// Offset of the shared admin state's doorbell stride in the control segment.
 const DSTRD_AT: u64 = 13872 + 12;
 
-fn a_damaged_doorbell_stride_is_an_error_for_admin_users_only() -> Outcome {
-    let s = Scenario::new(29);
-    let g = s.group_dir();
+/// A primary doing checked I/O and a secondary sending admin commands until one fails
+/// (role `admin-until-error`), both under way.
+fn io_primary_and_admin_secondary(s: &Scenario) -> Result<(Proc, Proc), String> {
     let mut p = s.spawn("primary", "io", &[lba(0)]);
     p.line("READY primary")?;
     p.progresses()?;
@@ -1396,6 +1396,13 @@ fn a_damaged_doorbell_stride_is_an_error_for_admin_users_only() -> Outcome {
     );
     a.line("READY secondary")?;
     a.line("PROGRESS")?;
+    Ok((p, a))
+}
+
+fn a_damaged_doorbell_stride_is_an_error_for_admin_users_only() -> Outcome {
+    let s = Scenario::new(29);
+    let g = s.group_dir();
+    let (mut p, mut a) = io_primary_and_admin_secondary(&s)?;
     // A neighbour writes stride exponent 3 (the controller's is 0): the admin completion
     // doorbell would land on I/O queue 3's submission doorbell.
     let old = poke_control(&g, DSTRD_AT, 0)?;
@@ -1417,16 +1424,7 @@ fn a_damaged_doorbell_stride_is_an_error_for_admin_users_only() -> Outcome {
 fn a_truncated_control_file_is_an_error_not_sigbus() -> Outcome {
     let s = Scenario::new(30);
     let g = s.group_dir();
-    let mut p = s.spawn("primary", "io", &[lba(0)]);
-    p.line("READY primary")?;
-    p.progresses()?;
-    let mut a = s.spawn(
-        "admin",
-        "admin-until-error",
-        &[("NVME_MP_ADMIN_TIMEOUT_MS", "1000".into())],
-    );
-    a.line("READY secondary")?;
-    a.line("PROGRESS")?;
+    let (mut p, mut a) = io_primary_and_admin_secondary(&s)?;
     // A neighbour cuts the control file under both members' mappings.
     std::fs::OpenOptions::new()
         .write(true)

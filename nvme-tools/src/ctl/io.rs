@@ -182,8 +182,7 @@ pub fn write_from(
         .map_err(|e| Error::Failed(format!("reading {what}: {e}")))?;
     transfer(ctrl, p, "write", |qp, buf, lba, range| {
         let n = range.len();
-        let piece = next_piece(&rx, p, "write", range.start)?;
-        let piece = piece.map_err(|e| Error::Failed(format!("reading {what}: {e}")))?;
+        let piece = next_read_piece(&rx, p, "write", range.start, what)?;
         if piece.len() < n {
             return Err(short_input(p, range.start + piece.len(), what, lba));
         }
@@ -208,6 +207,17 @@ fn next_piece(
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(Ok(Vec::new())),
         }
     }
+}
+
+/// [`next_piece`], with a read error of the input `what` as the error.
+fn next_read_piece(
+    rx: &std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    p: &IoPlan,
+    op: &str,
+    done: usize,
+    what: &str,
+) -> Result<Vec<u8>> {
+    next_piece(rx, p, op, done)?.map_err(|e| Error::Failed(format!("reading {what}: {e}")))
 }
 
 /// nvme-cli's text of an NVMe status: `NVMe status: Compare Failure(0x4285)` style, with
@@ -238,8 +248,7 @@ pub fn compare_from(
         .map_err(|e| Error::Failed(format!("reading {what}: {e}")))?;
     transfer(ctrl, p, "compare", |qp, buf, lba, range| {
         let n = range.len();
-        let piece = next_piece(&rx, p, "compare", range.start)?;
-        let piece = piece.map_err(|e| Error::Failed(format!("reading {what}: {e}")))?;
+        let piece = next_read_piece(&rx, p, "compare", range.start, what)?;
         if piece.len() < n {
             return Err(Error::Failed(format!(
                 "{what} has {} bytes, fewer than the {} bytes to compare ({} block(s) of {} bytes)",
