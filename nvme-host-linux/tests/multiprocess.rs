@@ -389,6 +389,11 @@ impl Scenario {
     fn stop(&self) -> Outcome {
         self.dir.stop()
     }
+    /// A client of the group's software controller process.
+    fn sim(&self) -> Result<nvme_host_linux::sim::SimClient, String> {
+        nvme_host_linux::sim::SimClient::connect(&self.group_dir().join("sim.sock"))
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// How long the scenarios wait for a state to come about.
@@ -470,7 +475,7 @@ fn a_queue_the_controller_would_not_delete_stays_reserved() -> Outcome {
     use nvme_host_linux::regs::opcode::AdminOpcode;
     use nvme_host_linux::regs::status::GenericStatus;
     use nvme_host_linux::regs::Status;
-    use nvme_host_linux::sim::{CommandMatch, SimClient};
+    use nvme_host_linux::sim::CommandMatch;
     let s = Scenario::new(21);
     let mut p = s.spawn("primary", "io", &[lba(0)]);
     p.line("READY primary")?;
@@ -481,7 +486,7 @@ fn a_queue_the_controller_would_not_delete_stays_reserved() -> Outcome {
     victim.line("PROGRESS")?;
     // The controller refuses to delete the dead process's submission queue: it may still
     // use that queue and its memory, so the queue id must not go to anyone else.
-    let sim = SimClient::connect(&s.group_dir().join("sim.sock")).map_err(|e| e.to_string())?;
+    let sim = s.sim()?;
     let fault = sim
         .fail_nth(
             CommandMatch::admin(AdminOpcode::DeleteIoSq as u8),
@@ -670,19 +675,36 @@ fn a_dead_controller_process_is_detected_once() -> Outcome {
 
 /// The software controller process's record of DMA through unmapped addresses.
 fn dma_errors(s: &Scenario) -> Result<u64, String> {
-    let sim = nvme_host_linux::sim::SimClient::connect(&s.group_dir().join("sim.sock"))
-        .map_err(|e| e.to_string())?;
+    let sim = s.sim()?;
     sim.dma_errors().map(|(n, _)| n).map_err(|e| e.to_string())
 }
 
-fn a_reset_by_one_process_reaches_every_process() -> Outcome {
-    let s = Scenario::new(24);
+/// A primary and a secondary doing checked I/O through resets (role `io-resets`), both
+/// under way.
+fn checked_apps(s: &Scenario) -> Result<(Proc, Proc), String> {
     let mut p = s.spawn("primary", "io-resets", &[lba(0)]);
     p.line("READY primary")?;
     p.line("PROGRESS")?;
     let mut q = s.spawn("secondary", "io-resets", &[lba(4096)]);
     q.line("READY secondary")?;
     q.line("PROGRESS")?;
+    Ok((p, q))
+}
+
+/// The end of a reset scenario: no DMA through memory that was let go, the applications
+/// stop cleanly, and the last one out removes the group.
+fn end_checked<const N: usize>(s: &Scenario, apps: [Proc; N]) -> Outcome {
+    assert_eq!(dma_errors(s)?, 0, "DMA through memory that was let go");
+    s.stop()?;
+    for app in apps {
+        app.finish()?.clean()?;
+    }
+    wait_until("the group is removed", SETTLE, || !s.group_dir().exists())
+}
+
+fn a_reset_by_one_process_reaches_every_process() -> Outcome {
+    let s = Scenario::new(24);
+    let (mut p, mut q) = checked_apps(&s)?;
     // A tool joins, resets the controller for the group, and leaves, twice.
     for n in 0..2 {
         let mut r = s.spawn(&format!("reset {n}"), "reset", &[]);
@@ -693,23 +715,17 @@ fn a_reset_by_one_process_reaches_every_process() -> Outcome {
         p.progresses()?;
         q.progresses()?;
     }
-    assert_eq!(dma_errors(&s)?, 0, "DMA through memory that was let go");
-    s.stop()?;
-    for proc in [p, q] {
-        proc.finish()?.clean()?;
-    }
-    wait_until("the group is removed", SETTLE, || !s.group_dir().exists())?;
-    Ok(())
+    end_checked(&s, [p, q])
 }
 
 fn an_admin_timeout_in_one_process_resets_the_group() -> Outcome {
     use nvme_host_linux::regs::opcode::AdminOpcode;
-    use nvme_host_linux::sim::{CommandMatch, SimClient};
+    use nvme_host_linux::sim::CommandMatch;
     let s = Scenario::new(26);
     let mut p = s.spawn("primary", "io-resets", &[lba(0)]);
     p.line("READY primary")?;
     p.line("PROGRESS")?;
-    let sim = SimClient::connect(&s.group_dir().join("sim.sock")).map_err(|e| e.to_string())?;
+    let sim = s.sim()?;
     let resets = sim.stats().map_err(|e| e.to_string())?.resets;
     sim.drop_nth(CommandMatch::admin(AdminOpcode::KeepAlive as u8), 1, false)
         .map_err(|e| e.to_string())?;
@@ -733,18 +749,13 @@ fn an_admin_timeout_in_one_process_resets_the_group() -> Outcome {
     assert!(sim.stats().map_err(|e| e.to_string())?.resets > resets);
     p.line("ABORTED")?;
     p.progresses()?;
-    assert_eq!(dma_errors(&s)?, 0, "DMA through memory that was let go");
     drop(sim);
-    s.stop()?;
-    p.finish()?.clean()?;
-    wait_until("the group is removed", SETTLE, || !s.group_dir().exists())?;
-    Ok(())
+    end_checked(&s, [p])
 }
 
 /// The software controller's count of controller resets (CC.EN 1 -> 0).
 fn sim_resets(s: &Scenario) -> Result<u64, String> {
-    let sim = nvme_host_linux::sim::SimClient::connect(&s.group_dir().join("sim.sock"))
-        .map_err(|e| e.to_string())?;
+    let sim = s.sim()?;
     sim.stats().map(|st| st.resets).map_err(|e| e.to_string())
 }
 
@@ -753,12 +764,7 @@ fn sim_resets(s: &Scenario) -> Result<u64, String> {
 /// aborted once and its queues re-created, checked data), with no PCI figures to report.
 fn a_function_reset_by_one_process_reaches_every_process() -> Outcome {
     let s = Scenario::new(28);
-    let mut p = s.spawn("primary", "io-resets", &[lba(0)]);
-    p.line("READY primary")?;
-    p.line("PROGRESS")?;
-    let mut q = s.spawn("secondary", "io-resets", &[lba(4096)]);
-    q.line("READY secondary")?;
-    q.line("PROGRESS")?;
+    let (mut p, mut q) = checked_apps(&s)?;
     for n in 0..2 {
         let before = sim_resets(&s)?;
         let mut r = s.spawn(&format!("function reset {n}"), "reset-function", &[]);
@@ -777,13 +783,7 @@ fn a_function_reset_by_one_process_reaches_every_process() -> Outcome {
         p.progresses()?;
         q.progresses()?;
     }
-    assert_eq!(dma_errors(&s)?, 0, "DMA through memory that was let go");
-    s.stop()?;
-    for proc in [p, q] {
-        proc.finish()?.clean()?;
-    }
-    wait_until("the group is removed", SETTLE, || !s.group_dir().exists())?;
-    Ok(())
+    end_checked(&s, [p, q])
 }
 
 fn a_member_dying_mid_reset_does_not_wedge_the_group() -> Outcome {
@@ -812,8 +812,7 @@ fn a_member_dying_mid_reset_does_not_wedge_the_group() -> Outcome {
 /// The software controller's I/O command counters: (fetched, fetched through a shadow
 /// doorbell).
 fn shadow_counts(s: &Scenario) -> Result<(u64, u64), String> {
-    let sim = nvme_host_linux::sim::SimClient::connect(&s.group_dir().join("sim.sock"))
-        .map_err(|e| e.to_string())?;
+    let sim = s.sim()?;
     let st = sim.stats().map_err(|e| e.to_string())?;
     Ok((st.io_commands, st.shadow_fetches))
 }
@@ -1177,7 +1176,7 @@ fn asynchronous_events_reach_every_process() -> Outcome {
     b.line("READY secondary")?;
     // The test plays the device's environment: it tells the controller process to raise a
     // SMART / health event (temperature, SMART log page).
-    let client = nvme_host_linux::sim::SimClient::connect(&s.group_dir().join("sim.sock")).unwrap();
+    let client = s.sim().unwrap();
     client
         .raise_async_event(nvme_host_linux::sim::AsyncEventType::SmartHealth, 1, 2)
         .unwrap();
