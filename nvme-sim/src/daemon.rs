@@ -523,15 +523,7 @@ fn daemon_main(setup: ChildSetup, listener: OwnedFd, pipe_w: OwnedFd) -> i32 {
         ident,
         grace,
         client_uid,
-        state: Mutex::new(State {
-            clients: 0,
-            pending: 0,
-            next_id: 0,
-            connections: 0,
-            idle_since: Instant::now(),
-            live: HashSet::new(),
-            maps: BTreeMap::new(),
-        }),
+        state: Mutex::new(State::new()),
     });
     let mut r = Reply::ok(Op::Started, 0);
     r.vals[0] = u64::from(pid);
@@ -563,6 +555,21 @@ struct State {
     live: HashSet<u64>,
     /// DMA mappings by IOVA.
     maps: BTreeMap<u64, MapRecord>,
+}
+
+impl State {
+    /// No client yet; idle since now.
+    fn new() -> State {
+        State {
+            clients: 0,
+            pending: 0,
+            next_id: 0,
+            connections: 0,
+            idle_since: Instant::now(),
+            live: HashSet::new(),
+            maps: BTreeMap::new(),
+        }
+    }
 }
 
 impl State {
@@ -907,15 +914,7 @@ pub mod fuzzing {
                     ident: (0, 0),
                     grace: Duration::ZERO,
                     client_uid: proto::euid(),
-                    state: Mutex::new(State {
-                        clients: 0,
-                        pending: 0,
-                        next_id: 0,
-                        connections: 0,
-                        idle_since: Instant::now(),
-                        live: HashSet::new(),
-                        maps: BTreeMap::new(),
-                    }),
+                    state: Mutex::new(State::new()),
                 },
                 file: crate::mem::create_memfd("nvme-sim-fuzz", FD_FILE_LEN)
                     .expect("a memfd for DMA"),

@@ -316,20 +316,17 @@ fn admin_commands_beside_perf() -> Outcome {
     assert!(g.ends_with("Current value:0x00000157\n"), "{g}");
 
     // admin-passthru of Identify Controller: id-ctrl's bytes.
-    let o = ok(
-        group,
-        &[
-            "admin-passthru",
-            "-o",
-            "6",
-            "--cdw10",
-            "1",
-            "-l",
-            "4096",
-            "--read",
-            "-b",
-        ],
-    );
+    const IDENTIFY_PASSTHRU: &[&str] = &[
+        "admin-passthru",
+        "-o",
+        "6",
+        "--cdw10",
+        "1",
+        "-l",
+        "4096",
+        "--read",
+    ];
+    let o = ok(group, &[IDENTIFY_PASSTHRU, &["-b"]].concat());
     assert_eq!(
         text(&o.stderr),
         "Admin Command Identify is Success and result: 0x00000000\n"
@@ -338,19 +335,7 @@ fn admin_commands_beside_perf() -> Outcome {
     assert_eq!(id_ctrl.len(), 4096);
     assert_eq!(o.stdout, id_ctrl, "admin-passthru Identify = id-ctrl -b");
     assert_eq!(&id_ctrl[4..10], b"GRPCTL", "perf's controller");
-    let o = ok(
-        group,
-        &[
-            "admin-passthru",
-            "-o",
-            "6",
-            "--cdw10",
-            "1",
-            "-l",
-            "4096",
-            "--read",
-        ],
-    );
+    let o = ok(group, IDENTIFY_PASSTHRU);
     assert!(
         text(&o.stdout).contains("\n0000: fe ff fe ff"),
         "{}",
