@@ -17,6 +17,7 @@ use crate::attach::AttachOptions;
 use crate::dma::{DmaBuffer, IoBuf};
 use crate::error::{Error, Result};
 use crate::group::{Group, Role};
+use crate::lease::{Lease, LeaseMode, LeaseRange, LocalLeases};
 use crate::mmio::Mmio;
 use crate::namespace::Namespace;
 use crate::qpair::{IoQueuePair, QueueOptions};
@@ -51,6 +52,8 @@ pub(crate) struct Inner {
     /// deletion failed): rings and the buffers of requests in flight. Let go after the
     /// controller is shut down and disabled (see `release_parked`).
     quarantine: Mutex<Vec<crate::qpair::Quarantined>>,
+    /// This attach's LBA range leases, private to the process (`lease`).
+    leases: Arc<LocalLeases>,
 }
 
 /// An attached NVMe controller. Cheap to clone; every clone and every queue pair keeps the
@@ -135,6 +138,7 @@ impl Controller {
             opts: opts.clone(),
             monitor_stop: Arc::new(AtomicBool::new(false)),
             quarantine: Mutex::new(Vec::new()),
+            leases: Arc::default(),
         };
         Controller {
             att: Arc::new(Attached {
@@ -226,6 +230,58 @@ impl Controller {
             .iter()
             .find(|n| n.id() == nsid)
             .ok_or(Error::NoSuchNamespace(nsid))
+    }
+    /// Claims a lease on blocks `lbas` of namespace `nsid` ([`LeaseMode::Exclusive`]: no
+    /// other lease may overlap it; [`LeaseMode::Shared`]: only shared ones may), in the
+    /// group's shared table: [`Error::LeaseConflict`] names the process holding a lease in
+    /// the way. From then on this process's writes to the namespace outside the ranges it
+    /// holds are refused ([`Error::OutsideLease`]); reads are not checked. Dropping the
+    /// [`Lease`] releases it; a process that dies loses its leases. See [`Lease`] for the
+    /// whole contract.
+    ///
+    /// ```
+    /// # use nvme_host_linux::{Controller, LeaseMode, QueueOptions, Error};
+    /// let ctrl = Controller::attach("trtype:sim size:1M lbasize:512")?;
+    /// let lease = ctrl.lease(1, 0..1024, LeaseMode::Exclusive)?;
+    /// let mut qp = ctrl.alloc_io_queue(QueueOptions::default())?;
+    /// let buf = ctrl.alloc_dma(4096)?;
+    /// qp.write_sync(1, 1016, buf.slice(0..4096)?)?; // blocks 1016..1024: inside
+    /// let e = qp.write_sync(1, 1020, buf.slice(0..4096)?).unwrap_err(); // 1020..1028
+    /// assert!(matches!(e, Error::OutsideLease { lba: 1020, .. }));
+    /// drop(lease);
+    /// # Ok::<(), nvme_host_linux::Error>(())
+    /// ```
+    pub fn lease(&self, nsid: u32, lbas: std::ops::Range<u64>, mode: LeaseMode) -> Result<Lease> {
+        let ns = self.namespace(nsid)?;
+        if lbas.start >= lbas.end {
+            return Err(Error::Invalid(format!(
+                "lease of LBAs {}..{} of namespace {nsid}: the range is empty; give start..end with start < end",
+                lbas.start, lbas.end
+            )));
+        }
+        if lbas.end > ns.blocks() {
+            return Err(Error::LbaOutOfRange {
+                nsid,
+                lba: lbas.start,
+                blocks: lbas.end - lbas.start,
+                capacity: ns.blocks(),
+            });
+        }
+        let range = LeaseRange {
+            nsid,
+            start: lbas.start,
+            count: lbas.end - lbas.start,
+            mode,
+        };
+        self.inner().leases.claim(self, range)
+    }
+    /// Turns on the lease check of writes to namespace `nsid` without claiming a lease:
+    /// every write there is refused ([`Error::OutsideLease`]) until this process holds a
+    /// lease covering it. Claiming a lease does this too; it cannot be turned off.
+    pub fn enforce_leases(&self, nsid: u32) -> Result<()> {
+        self.namespace(nsid)?;
+        self.inner().leases.enforce(nsid);
+        Ok(())
     }
     /// Largest transfer of one command in bytes (larger I/Os are split).
     pub fn max_transfer(&self) -> usize {
@@ -508,6 +564,10 @@ impl Inner {
     /// The shared-memory group this process belongs to, if any.
     pub(crate) fn group(&self) -> Option<&Arc<Group>> {
         self.group.as_ref()
+    }
+    /// This attach's LBA range leases.
+    pub(crate) fn leases(&self) -> &Arc<LocalLeases> {
+        &self.leases
     }
     /// See [`Controller::admin_command`].
     pub(crate) fn admin_command(

@@ -92,6 +92,8 @@ pub struct IoQueuePair {
     ctrl: Controller,
     /// The I/O timeout's watchdog, when one is set ([`set_timeout`](Self::set_timeout)).
     timeout: Option<Box<timeout::IoTimeout>>,
+    /// This process's LBA range leases, as this pair last copied them (`crate::lease`).
+    leases: crate::lease::LeaseView,
     // Dropped last: the controller must stop using the rings first (see Drop).
     rings: Option<DmaMapping>,
 }
@@ -183,6 +185,7 @@ impl IoQueuePair {
             }
             return Err(e);
         }
+        let leases = ctrl.state().leases().view();
         Ok(IoQueuePair {
             qp,
             dsm,
@@ -197,6 +200,7 @@ impl IoQueuePair {
             live,
             ctrl,
             timeout: None,
+            leases,
             rings: Some(rings),
         })
     }
@@ -274,6 +278,9 @@ impl IoQueuePair {
             });
         }
         self.check_range(nsid, lba, blocks as u64, ns.blocks)?;
+        if let NvmOpcode::Write = op {
+            self.leases.check_write(nsid, lba, blocks as u64)?;
+        }
         let ctx = IoCtx {
             token,
             opcode: op as u8,
@@ -332,6 +339,7 @@ impl IoQueuePair {
             )));
         }
         self.check_range(nsid, lba, blocks as u64, capacity)?;
+        self.leases.check_write(nsid, lba, blocks as u64)?;
         let ctx = IoCtx {
             token,
             opcode: NvmOpcode::WriteZeroes as u8,
@@ -346,6 +354,7 @@ impl IoQueuePair {
         self.current()?;
         let capacity = self.namespace(nsid)?.blocks;
         self.check_range(nsid, lba, blocks as u64, capacity)?;
+        self.leases.check_write(nsid, lba, blocks as u64)?;
         let Some(slot) = self.qp.next_slot() else {
             return Err(Error::Submit(nvme_core::SubmitError::QueueFull));
         };
@@ -386,8 +395,11 @@ impl IoQueuePair {
     /// Submits any I/O command as built, with an optional data range (at most the maximum
     /// transfer size; not split). Nothing is checked beyond the data pointer: the
     /// controller's status reports the rest.
+    /// A process that enforces LBA range leases on the namespace has the command's
+    /// blocks checked against them first (see [`Lease`](crate::Lease)).
     pub fn submit(&mut self, cmd: Command, data: Option<IoBuf<'_>>, token: u64) -> Result<()> {
         self.current()?;
+        self.leases.check_command(&cmd, data.as_ref())?;
         let ctx = IoCtx {
             token,
             opcode: cmd.opcode(),

@@ -9,6 +9,7 @@
 //! - `admin.mem`: the admin rings and their PRP list pages, then the shadow doorbell and
 //!   EventIdx pages (Doorbell Buffer Config, used when the creator gave them to the
 //!   controller), mapped by every member.
+//!   It also holds the table of LBA range leases (`leases`, [`crate::Lease`]).
 //! - `members.lock`: one byte per member, locked (OFD lock) by that member for its lifetime.
 //!   The kernel drops the lock when the process dies; that is how survivors know.
 //! - `sim.sock`: the software controller's process, for `trtype:sim`.
@@ -35,6 +36,7 @@
 
 pub(crate) mod fdpass;
 pub(crate) mod layout;
+mod leases;
 mod lockfile;
 mod robust;
 
@@ -432,6 +434,10 @@ impl Group {
                 .view_mut()
                 .expect("the control segment is sized for the header");
             h.mutex.init().map_err(os("initialising the group lock"))?;
+            h.leases
+                .mutex
+                .init()
+                .map_err(os("initialising the lease table lock"))?;
             h.ident
                 .layout_version
                 .store(layout::LAYOUT_VERSION, Ordering::Relaxed);
