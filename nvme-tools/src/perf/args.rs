@@ -5,8 +5,9 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
-use nvme_host_linux::TransportId;
+use nvme_host_linux::{LeaseMode, TransportId};
 
+use super::lba::{parse_lba_range, LbaRange};
 use super::Error;
 
 /// `nvme-perf`'s command line, as typed. [`Cli::validate`] turns it into a [`Config`].
@@ -76,6 +77,15 @@ pub struct Cli {
     /// (the first is the primary, the others secondaries; each has its own I/O queues).
     #[arg(short = 'i', long = "shmem-grp-id", value_name = "ID")]
     pub shmem_grp_id: Option<u32>,
+    /// Restrict the I/O to COUNT blocks from LBA START of each namespace (e.g. 0:262144).
+    #[arg(long = "lba-range", value_name = "START:COUNT", value_parser = parse_lba_range)]
+    pub lba_range: Option<LbaRange>,
+    /// Hold an LBA range lease on the blocks the run uses (its --lba-range, or the whole
+    /// namespace) for the whole run: exclusive (no other process may lease them) or shared
+    /// (other shared leases may overlap). Its writes are checked against it; a claim that
+    /// conflicts with another process's lease ends the run with an error naming it.
+    #[arg(long = "lease", value_name = "exclusive|shared")]
+    pub lease: Option<LeaseMode>,
 }
 
 /// Which I/O a workload issues.
@@ -134,6 +144,10 @@ pub struct Config {
     pub json: bool,
     /// Shared-memory group (`-i`) every controller is attached in.
     pub shm_id: Option<u32>,
+    /// The blocks of each namespace the run uses (`--lba-range`; all when `None`).
+    pub lba_range: Option<LbaRange>,
+    /// The lease held on those blocks during the run (`--lease`).
+    pub lease: Option<LeaseMode>,
 }
 
 /// The longest run: `-t` plus `-a`, one year. Longer is a typo (or an overflow attempt), and
@@ -275,6 +289,8 @@ impl Cli {
             io_queue_size: self.io_queue_size,
             json: self.json,
             shm_id: self.shmem_grp_id,
+            lba_range: self.lba_range,
+            lease: self.lease,
         };
         Ok((config, warnings))
     }
@@ -595,6 +611,29 @@ mod tests {
             Some(3)
         );
         assert!(cli("-q 1 -o 4k -w read -t 1 -i x").is_err());
+    }
+
+    #[test]
+    fn lba_range_and_lease() {
+        let (c, _) = config("-q 1 -o 4k -w read -t 1").unwrap();
+        assert_eq!((c.lba_range, c.lease), (None, None));
+        let (c, _) = config("-q 1 -o 4k -w write -t 1 --lba-range 8:1024 --lease shared").unwrap();
+        assert_eq!(
+            c.lba_range,
+            Some(LbaRange {
+                start: 8,
+                count: 1024
+            })
+        );
+        assert_eq!(c.lease, Some(LeaseMode::Shared));
+        let e = cli("-q 1 -o 4k -w read -t 1 --lease mine")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lease mode 'mine': give exclusive"), "{e}");
+        let e = cli("-q 1 -o 4k -w read -t 1 --lba-range 5")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected START:COUNT"), "{e}");
     }
 
     #[test]

@@ -36,7 +36,9 @@ pub struct Job {
     pub nsid: u32,
     /// `SIM (sim) NSID 1`.
     pub name: String,
-    /// Namespace size in blocks.
+    /// The first LBA the run uses (`--lba-range`; 0 otherwise).
+    pub first_lba: u64,
+    /// Blocks the run uses from `first_lba` (the namespace's size without `--lba-range`).
     pub blocks: u64,
     /// Block size in bytes.
     pub block_size: u32,
@@ -229,7 +231,8 @@ impl NsRun {
             worker as u64,
             workers as u64,
         )
-        .map_err(|e| Error::new(format!("{}: {e}", job.name)))?;
+        .map_err(|e| Error::new(format!("{}: {e}", job.name)))?
+        .starting_at(job.first_lba);
         let qpairs = (0..cfg.qpairs)
             .map(|_| {
                 job.ctrl.alloc_io_queue(QueueOptions {
