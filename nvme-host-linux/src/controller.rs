@@ -244,7 +244,7 @@ impl Controller {
     /// let ctrl = Controller::attach("trtype:sim size:1M lbasize:512")?;
     /// let lease = ctrl.lease(1, 0..1024, LeaseMode::Exclusive)?;
     /// let mut qp = ctrl.alloc_io_queue(QueueOptions::default())?;
-    /// let buf = ctrl.alloc_dma(4096)?;
+    /// let mut buf = ctrl.alloc_dma(4096)?;
     /// qp.write_sync(1, 1016, buf.slice(0..4096)?)?; // blocks 1016..1024: inside
     /// let e = qp.write_sync(1, 1020, buf.slice(0..4096)?).unwrap_err(); // 1020..1028
     /// assert!(matches!(e, Error::OutsideLease { lba: 1020, .. }));

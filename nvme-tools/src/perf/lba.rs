@@ -300,7 +300,7 @@ mod tests {
         for _ in 0..10_000 {
             let lba = g.next_lba(&mut rng);
             assert!(
-                (1000..1057).contains(&lba) && (lba - 1000) % 8 == 0,
+                (1000..1057).contains(&lba) && (lba - 1000).is_multiple_of(8),
                 "{lba}"
             );
         }

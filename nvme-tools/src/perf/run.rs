@@ -579,7 +579,7 @@ mod tests {
         // block of the range once, nothing else.
         let cfg = config("-q 4 -o 512 -w write -t 10 -d 64 --lba-range 1000:64 --lease exclusive");
         assert_eq!(cfg.lease, Some(nvme_host_linux::LeaseMode::Exclusive));
-        let outcome = run_with(&cfg, &[ctrl.clone()]).unwrap();
+        let outcome = run_with(&cfg, std::slice::from_ref(&ctrl)).unwrap();
         assert!(outcome.success());
         assert_eq!(outcome.report.rows[0].stats.writes, 64);
         let mut data = vec![0u8; 1 << 20];
@@ -608,7 +608,7 @@ mod tests {
         let ctrl = sim("trtype:sim size:1M lbasize:512");
         let e = run_with(
             &config("-q 1 -o 512 -w read -t 1 --lba-range 2000:49"),
-            &[ctrl.clone()],
+            std::slice::from_ref(&ctrl),
         )
         .unwrap_err()
         .to_string();
