@@ -173,40 +173,36 @@ fn child(role: &str) -> i32 {
         "writes" => child_writes(&ctrl),
         other => Err(format!("unknown role {other}")),
     };
-    match r {
-        Ok(()) => 0,
-        Err(e) => {
-            say(format!("ERROR {e}"));
-            1
-        }
-    }
+    i32::from(testkit::exit_code(r))
 }
 
 // ---------------------------------------------------------------------------------------
 // Parent side
 
-struct Scenario {
-    dir: RunDir,
+/// A child in `role` in group `group`, claiming `leases` (see [`child_claims`]); its pid
+/// once it is attached.
+fn spawn(
+    dir: &RunDir,
     group: u32,
+    role: &str,
+    name: &str,
+    leases: &str,
+) -> Result<(Proc, u32), String> {
+    let mut cmd = dir.rerun(role)?;
+    cmd.env("NVME_LEASE_GROUP", group.to_string())
+        .env("NVME_LEASES", leases);
+    let mut p = Proc::spawn(name, &mut cmd)?;
+    let pid = p.line("READY")?;
+    let pid = pid["READY ".len()..].parse().map_err(|e| format!("{e}"))?;
+    Ok((p, pid))
 }
 
-impl Scenario {
-    fn new(group: u32) -> Scenario {
-        Scenario {
-            dir: RunDir::new(&format!("lease-{group}")).unwrap(),
-            group,
-        }
-    }
-    /// A child claiming `leases` (see [`child_claims`]); its pid once it is attached.
-    fn claims(&self, name: &str, leases: &str) -> Result<(Proc, u32), String> {
-        let mut cmd = self.dir.rerun("claims")?;
-        cmd.env("NVME_LEASE_GROUP", self.group.to_string())
-            .env("NVME_LEASES", leases);
-        let mut p = Proc::spawn(name, &mut cmd)?;
-        let pid = p.line("READY")?;
-        let pid = pid["READY ".len()..].parse().map_err(|e| format!("{e}"))?;
-        Ok((p, pid))
-    }
+/// A child of group `group` that claims the one lease `spec` and holds it until stopped.
+fn holder(dir: &RunDir, group: u32, name: &str, spec: &str) -> Result<(Proc, u32), String> {
+    let (mut p, pid) = spawn(dir, group, "claims", name, spec)?;
+    expect_leased(&mut p, spec)?;
+    p.line("DONE")?;
+    Ok((p, pid))
 }
 
 /// The name the kernel gives process `pid` (what the driver records with a lease).
@@ -235,11 +231,12 @@ fn expect_conflict(p: &mut Proc, spec: &str, pid: u32, held: &str) -> Outcome {
 }
 
 fn a_conflicting_claim_names_the_holder_and_a_killed_holder_loses_its_lease() -> Outcome {
-    let s = Scenario::new(31);
-    let (mut a, a_pid) = s.claims("holder", "1:0:1000:exclusive")?;
-    expect_leased(&mut a, "1:0:1000:exclusive")?;
-    a.line("DONE")?;
-    let (mut b, _) = s.claims(
+    let (dir, g) = (RunDir::new("lease-31")?, 31);
+    let (mut a, a_pid) = holder(&dir, g, "holder", "1:0:1000:exclusive")?;
+    let (mut b, _) = spawn(
+        &dir,
+        g,
+        "claims",
         "claimer",
         "1:500:100:exclusive 1:999:5:shared 1:1000:1000:exclusive 2:0:1000:exclusive",
     )?;
@@ -252,10 +249,8 @@ fn a_conflicting_claim_names_the_holder_and_a_killed_holder_loses_its_lease() ->
     b.line("DONE")?;
     // The holder dies with its lease: the range is free for the next claim at once.
     a.kill();
-    let (mut c, _) = s.claims("successor", "1:0:1000:exclusive")?;
-    expect_leased(&mut c, "1:0:1000:exclusive")?;
-    c.line("DONE")?;
-    s.dir.stop()?;
+    let (c, _) = holder(&dir, g, "successor", "1:0:1000:exclusive")?;
+    dir.stop()?;
     for p in [b, c] {
         p.finish()?.clean()?;
     }
@@ -263,12 +258,13 @@ fn a_conflicting_claim_names_the_holder_and_a_killed_holder_loses_its_lease() ->
 }
 
 fn shared_leases_coexist_and_keep_exclusive_ones_out() -> Outcome {
-    let s = Scenario::new(32);
-    let (mut a, a_pid) = s.claims("sharer a", "1:0:100:shared")?;
-    expect_leased(&mut a, "1:0:100:shared")?;
-    let (mut b, b_pid) = s.claims("sharer b", "1:50:100:shared")?;
-    expect_leased(&mut b, "1:50:100:shared")?;
-    let (mut c, _) = s.claims(
+    let (dir, g) = (RunDir::new("lease-32")?, 32);
+    let (a, a_pid) = holder(&dir, g, "sharer a", "1:0:100:shared")?;
+    let (b, b_pid) = holder(&dir, g, "sharer b", "1:50:100:shared")?;
+    let (mut c, _) = spawn(
+        &dir,
+        g,
+        "claims",
         "exclusive",
         "1:120:10:exclusive 1:10:1:exclusive 1:150:10:exclusive",
     )?;
@@ -287,7 +283,7 @@ fn shared_leases_coexist_and_keep_exclusive_ones_out() -> Outcome {
     )?;
     expect_leased(&mut c, "1:150:10:exclusive")?;
     c.line("DONE")?;
-    s.dir.stop()?;
+    dir.stop()?;
     for p in [a, b, c] {
         p.finish()?.clean()?;
     }
@@ -295,16 +291,13 @@ fn shared_leases_coexist_and_keep_exclusive_ones_out() -> Outcome {
 }
 
 fn writes_outside_held_ranges_are_refused() -> Outcome {
-    let s = Scenario::new(33);
+    let (dir, g) = (RunDir::new("lease-33")?, 33);
     // Another member holding a lease elsewhere does not change this process's checks.
-    let (mut other, _) = s.claims("other", "1:1000:10:exclusive")?;
-    expect_leased(&mut other, "1:1000:10:exclusive")?;
-    let mut cmd = s.dir.rerun("writes")?;
-    cmd.env("NVME_LEASE_GROUP", s.group.to_string());
-    let mut w = Proc::spawn("writer", &mut cmd)?;
+    let (other, _) = holder(&dir, g, "other", "1:1000:10:exclusive")?;
+    let (mut w, _) = spawn(&dir, g, "writes", "writer", "")?;
     w.line("WRITES-CHECKED")?;
     w.finish()?.clean()?;
-    s.dir.stop()?;
+    dir.stop()?;
     other.finish()?.clean()?;
     Ok(())
 }

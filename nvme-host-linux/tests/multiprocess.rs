@@ -182,13 +182,7 @@ fn child_cycles() -> Outcome {
 
 fn child(role: &str) -> i32 {
     if role == "cycles" {
-        return match child_cycles() {
-            Ok(()) => 0,
-            Err(e) => {
-                say(format!("ERROR {e}"));
-                1
-            }
-        };
+        return i32::from(testkit::exit_code(child_cycles()));
     }
     let ctrl = match attach_from_env() {
         Ok(c) => c,
@@ -350,13 +344,7 @@ fn child(role: &str) -> i32 {
         }
         other => Err(format!("unknown role {other}")),
     };
-    match r {
-        Ok(()) => 0,
-        Err(e) => {
-            say(format!("ERROR {e}"));
-            1
-        }
-    }
+    i32::from(testkit::exit_code(r))
 }
 
 // ---------------------------------------------------------------------------------------

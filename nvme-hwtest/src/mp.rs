@@ -125,13 +125,7 @@ pub fn child(role: &str) -> u8 {
             other => Err(format!("unknown role {other}")),
         }
     })();
-    match r {
-        Ok(()) => 0,
-        Err(e) => {
-            say(format!("ERROR {e}"));
-            1
-        }
-    }
+    nvme_host_linux::testkit::exit_code(r)
 }
 
 /// Writes and reads back its own region, 8 I/Os in flight, until told to stop; with

@@ -525,27 +525,29 @@ fn perf_leases_disjoint_ranges_run_overlapping_ones_fail() -> Outcome {
 
     let mut a = leased_perf("perf A 0:4096 (30 s)", group, "0:4096", "exclusive", "30");
     a.line("Holding an exclusive lease")?;
-    let b = leased_perf("perf B 2048:4096", group, "2048:4096", "exclusive", "2");
-    let e = b.finish()?;
-    assert_eq!(e.code, Some(1), "{}\n{}", e.stdout, e.stderr);
     let want = format!(
         "nvme-perf: error: SIM (sim) NSID 1: cannot claim an exclusive lease on LBAs 2048..6144 of namespace 1: pid {} (nvme-perf, member 0 of the group) holds an exclusive lease on LBAs 0..4096 of namespace 1",
         a.pid()
     );
-    assert!(
-        e.stderr.contains(&want),
-        "expected '{want}' in:\n{}",
-        e.stderr
-    );
-    // A shared claim on the same blocks fails the same way; elsewhere it runs.
-    let e = leased_perf("perf C shared", group, "4000:100", "shared", "1").finish()?;
-    assert_eq!(e.code, Some(1), "{}", e.stderr);
-    assert!(
-        e.stderr
-            .contains("cannot claim a shared lease on LBAs 4000..4100"),
-        "{}",
-        e.stderr
-    );
+    let refused = [
+        ("perf B 2048:4096", "2048:4096", "exclusive", want.as_str()),
+        // A shared claim on the same blocks fails the same way; elsewhere it runs.
+        (
+            "perf C shared",
+            "4000:100",
+            "shared",
+            "cannot claim a shared lease on LBAs 4000..4100",
+        ),
+    ];
+    for (name, range, mode, want) in refused {
+        let e = leased_perf(name, group, range, mode, "2").finish()?;
+        assert_eq!(e.code, Some(1), "{name}: {}\n{}", e.stdout, e.stderr);
+        assert!(
+            e.stderr.contains(want),
+            "{name}: expected '{want}' in:\n{}",
+            e.stderr
+        );
+    }
     leased_perf("perf D shared", group, "4096:100", "shared", "1")
         .finish()?
         .clean()?;

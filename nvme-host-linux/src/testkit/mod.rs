@@ -54,6 +54,17 @@ pub fn say(line: impl AsRef<str>) {
     let _ = out.flush();
 }
 
+/// A child's exit status for the outcome of its role: 0, or 1 after an `ERROR why` line.
+pub fn exit_code(r: Outcome) -> u8 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            say(format!("ERROR {e}"));
+            1
+        }
+    }
+}
+
 /// Whether the parent asked its children to stop ([`RunDir::stop`]).
 pub fn stop_requested() -> bool {
     std::env::var_os(STOP_VAR).is_some_and(|p| Path::new(&p).exists())
