@@ -140,9 +140,40 @@ fn child_writes(ctrl: &Controller) -> Outcome {
         Err(Error::Invalid(m)) if m.contains("opcode 0x81") => {}
         other => return Err(format!("vendor command: {other:?}")),
     }
-    // Reads are not checked; the other namespace is not enforced.
+    // Dataset Management with Deallocate through passthru: its ranges are read from the
+    // range list in its buffer.
+    let mut list = ctrl.alloc_dma(4096).map_err(e)?;
+    let dsm = Command::new(NvmOpcode::DatasetManagement as u8, 1).cdw11(4);
+    for (slba, ok) in [(104u64, true), (400, false)] {
+        let r = range(slba, 4);
+        list.as_mut_slice()[..16].copy_from_slice(zerocopy::IntoBytes::as_bytes(&r));
+        let sent = qp.passthru_sync(
+            dsm,
+            Some(list.slice(0..16).map_err(e)?),
+            Duration::from_secs(5),
+        );
+        match (ok, sent) {
+            (true, Ok(_)) => {}
+            (false, r) => refused("passthru deallocate", 400, r.map(|_| ()))?,
+            (true, Err(x)) => return Err(format!("passthru deallocate inside: {x}")),
+        }
+    }
+    // Reads are not checked; the other namespace is not enforced until asked.
     qp.read_sync(1, 0, data).map_err(e)?;
     qp.write_sync(2, 0, data).map_err(e)?;
+    ctrl.enforce_leases(2).map_err(e)?;
+    match qp.write_sync(2, 0, data) {
+        Err(Error::OutsideLease { nsid: 2, .. }) => {}
+        other => {
+            return Err(format!(
+                "write to namespace 2 after enforce_leases: {other:?}"
+            ))
+        }
+    }
+    match ctrl.enforce_leases(9) {
+        Err(Error::NoSuchNamespace(9)) => {}
+        other => return Err(format!("enforce_leases(9): {other:?}")),
+    }
     // After the release the namespace stays enforced.
     lease.release().map_err(e)?;
     refused("write after release", 100, qp.write_sync(1, 100, data))?;
