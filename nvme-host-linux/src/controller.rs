@@ -344,6 +344,15 @@ impl Controller {
             g.hold_lock_forever();
         }
     }
+    /// Test hook: takes the group's lease table lock and never releases it, so that a test
+    /// can kill this process while it holds the lock. Does nothing outside a group.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn __test_hold_lease_lock(&self) {
+        if let Some(g) = &self.inner().group {
+            g.hold_lease_lock_forever();
+        }
+    }
     /// Test hook: starts a reset of the group's controller (it is disabled) and stops
     /// there, so that a test can kill this process in the middle of the reset.
     #[cfg(feature = "test-hooks")]

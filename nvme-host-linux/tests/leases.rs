@@ -23,10 +23,13 @@ const TRID: &str = "trtype:sim nscount:2 size:8M lbasize:512";
 
 fn attach() -> Result<Controller, String> {
     let trid = TransportId::parse(TRID).map_err(|e| e.to_string())?;
-    let opts = AttachOptions {
+    let mut opts = AttachOptions {
         group: Some(env_u64("NVME_LEASE_GROUP")? as u32),
         ..Default::default()
     };
+    if let Ok(ms) = env_u64("NVME_LEASE_LOCK_TIMEOUT_MS") {
+        opts.admin_timeout = Duration::from_millis(ms);
+    }
     Controller::attach_with(&trid, &opts).map_err(|e| e.to_string())
 }
 
@@ -41,8 +44,10 @@ fn lease_spec(spec: &str) -> Result<(u32, std::ops::Range<u64>, LeaseMode), Stri
     Ok((num(nsid)? as u32, start..start + num(count)?, mode.parse()?))
 }
 
-/// Claims each lease of `NVME_LEASES` (space separated) in turn, reporting `LEASED <spec>`
-/// or `CONFLICT <spec> <error>` for each, then keeps what it got until told to stop.
+/// Claims each lease of `NVME_LEASES` (space separated) in turn, reporting `LEASED <spec>`,
+/// `CONFLICT <spec> <error>` or `FAILED <spec> <error>` for each, then (with
+/// `NVME_LEASE_HOLD_LOCK`) takes the lease table's lock for good, and keeps what it got until
+/// told to stop.
 fn child_claims(ctrl: &Controller) -> Outcome {
     let mut kept = Vec::new();
     for spec in env("NVME_LEASES")?.split_whitespace() {
@@ -53,8 +58,11 @@ fn child_claims(ctrl: &Controller) -> Outcome {
                 kept.push(l);
             }
             Err(e @ Error::LeaseConflict(_)) => say(format!("CONFLICT {spec} {e}")),
-            Err(e) => return Err(format!("claiming {spec}: {e}")),
+            Err(e) => say(format!("FAILED {spec} {e}")),
         }
+    }
+    if std::env::var_os("NVME_LEASE_HOLD_LOCK").is_some() {
+        ctrl.__test_hold_lease_lock();
     }
     say("DONE");
     while !stop_requested() {
@@ -218,10 +226,12 @@ fn spawn(
     role: &str,
     name: &str,
     leases: &str,
+    extra_env: &[(&str, &str)],
 ) -> Result<(Proc, u32), String> {
     let mut cmd = dir.rerun(role)?;
     cmd.env("NVME_LEASE_GROUP", group.to_string())
-        .env("NVME_LEASES", leases);
+        .env("NVME_LEASES", leases)
+        .envs(extra_env.iter().copied());
     let mut p = Proc::spawn(name, &mut cmd)?;
     let pid = p.line("READY")?;
     let pid = pid["READY ".len()..].parse().map_err(|e| format!("{e}"))?;
@@ -230,10 +240,28 @@ fn spawn(
 
 /// A child of group `group` that claims the one lease `spec` and holds it until stopped.
 fn holder(dir: &RunDir, group: u32, name: &str, spec: &str) -> Result<(Proc, u32), String> {
-    let (mut p, pid) = spawn(dir, group, "claims", name, spec)?;
+    let (mut p, pid) = spawn(dir, group, "claims", name, spec, &[])?;
     expect_leased(&mut p, spec)?;
     p.line("DONE")?;
     Ok((p, pid))
+}
+
+/// Kills `victim`, which holds a lease on `spec`: a new process gets it at once. Then stops
+/// and ends the scenario's other children `rest`.
+fn killed_holder_is_succeeded(
+    dir: &RunDir,
+    group: u32,
+    victim: &mut Proc,
+    spec: &str,
+    rest: Vec<Proc>,
+) -> Outcome {
+    victim.kill();
+    let (successor, _) = holder(dir, group, "successor", spec)?;
+    dir.stop()?;
+    for p in rest.into_iter().chain([successor]) {
+        p.finish()?.clean()?;
+    }
+    Ok(())
 }
 
 /// The name the kernel gives process `pid` (what the driver records with a lease).
@@ -270,6 +298,7 @@ fn a_conflicting_claim_names_the_holder_and_a_killed_holder_loses_its_lease() ->
         "claims",
         "claimer",
         "1:500:100:exclusive 1:999:5:shared 1:1000:1000:exclusive 2:0:1000:exclusive",
+        &[],
     )?;
     let held = "holds an exclusive lease on LBAs 0..1000 of namespace 1";
     expect_conflict(&mut b, "1:500:100:exclusive", a_pid, held)?;
@@ -279,13 +308,7 @@ fn a_conflicting_claim_names_the_holder_and_a_killed_holder_loses_its_lease() ->
     expect_leased(&mut b, "2:0:1000:exclusive")?;
     b.line("DONE")?;
     // The holder dies with its lease: the range is free for the next claim at once.
-    a.kill();
-    let (c, _) = holder(&dir, g, "successor", "1:0:1000:exclusive")?;
-    dir.stop()?;
-    for p in [b, c] {
-        p.finish()?.clean()?;
-    }
-    Ok(())
+    killed_holder_is_succeeded(&dir, g, &mut a, "1:0:1000:exclusive", vec![b])
 }
 
 fn shared_leases_coexist_and_keep_exclusive_ones_out() -> Outcome {
@@ -298,6 +321,7 @@ fn shared_leases_coexist_and_keep_exclusive_ones_out() -> Outcome {
         "claims",
         "exclusive",
         "1:120:10:exclusive 1:10:1:exclusive 1:150:10:exclusive",
+        &[],
     )?;
     // Only b's lease covers 120..130; a's covers 10.
     expect_conflict(
@@ -321,11 +345,41 @@ fn shared_leases_coexist_and_keep_exclusive_ones_out() -> Outcome {
     Ok(())
 }
 
+fn a_lease_lock_holder_is_waited_for_boundedly_and_recovered_from_when_killed() -> Outcome {
+    let (dir, g) = (RunDir::new("lease-34")?, 34);
+    let (mut a, _) = spawn(
+        &dir,
+        g,
+        "claims",
+        "lock holder",
+        "1:0:100:exclusive",
+        &[("NVME_LEASE_HOLD_LOCK", "1")],
+    )?;
+    expect_leased(&mut a, "1:0:100:exclusive")?;
+    a.line("DONE")?;
+    // The holder is alive and keeps the lock: a claim gives up after its bound, and says so.
+    let (mut b, _) = spawn(
+        &dir,
+        g,
+        "claims",
+        "waiter",
+        "1:200:10:exclusive",
+        &[("NVME_LEASE_LOCK_TIMEOUT_MS", "300")],
+    )?;
+    let l = b.line("FAILED 1:200:10:exclusive")?;
+    if !l.contains("waited 300 ms for the lease table's lock") {
+        return Err(format!("{l}: expected the bounded wait to be named"));
+    }
+    b.line("DONE")?;
+    // Killed with the lock and its lease: the next claim of its blocks gets both.
+    killed_holder_is_succeeded(&dir, g, &mut a, "1:0:100:exclusive", vec![b])
+}
+
 fn writes_outside_held_ranges_are_refused() -> Outcome {
     let (dir, g) = (RunDir::new("lease-33")?, 33);
     // Another member holding a lease elsewhere does not change this process's checks.
     let (other, _) = holder(&dir, g, "other", "1:1000:10:exclusive")?;
-    let (mut w, _) = spawn(&dir, g, "writes", "writer", "")?;
+    let (mut w, _) = spawn(&dir, g, "writes", "writer", "", &[])?;
     w.line("WRITES-CHECKED")?;
     w.finish()?.clean()?;
     dir.stop()?;
@@ -345,6 +399,10 @@ fn main() -> ExitCode {
         (
             "shared_leases_coexist_and_keep_exclusive_ones_out",
             shared_leases_coexist_and_keep_exclusive_ones_out,
+        ),
+        (
+            "a_lease_lock_holder_is_waited_for_boundedly_and_recovered_from_when_killed",
+            a_lease_lock_holder_is_waited_for_boundedly_and_recovered_from_when_killed,
         ),
         (
             "writes_outside_held_ranges_are_refused",

@@ -119,6 +119,13 @@ impl Group {
         })
     }
 
+    /// Takes the lease table's lock and never releases it (tests: a process killed while
+    /// holding it).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn hold_lease_lock_forever(&self) {
+        std::mem::forget(self.header().leases.mutex.lock(None));
+    }
+
     /// Frees entry `slot` if it still holds this member's `range`.
     pub(crate) fn release_lease(&self, slot: usize, range: &LeaseRange) -> Result<()> {
         let me = self.me();
