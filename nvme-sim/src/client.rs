@@ -154,6 +154,21 @@ impl SimClient {
         call_on(&mut self.lock(), Op::DmaMap, args, Some(fd)).map(|_| ())
     }
 
+    /// Makes the controller signal `eventfd` (an `eventfd(2)`, written with 1) whenever it
+    /// posts to a completion queue created with interrupts on `vector`; `None` stops the
+    /// vector signalling. Like `VFIO_DEVICE_SET_IRQS` for one MSI-X vector.
+    pub fn set_interrupt(
+        &self,
+        vector: u16,
+        eventfd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), SimError> {
+        let args = [u64::from(vector), 0, 0, 0, 0, 0];
+        match eventfd {
+            Some(fd) => call_on(&mut self.lock(), Op::SetInterrupt, args, Some(fd)).map(|_| ()),
+            None => self.call(Op::ClearInterrupt, args).map(|_| ()),
+        }
+    }
+
     /// Removes every DMA mapping inside `[iova, iova + len)`, whoever made it (a mapping
     /// may not be split). Commands that start after this returns no longer see the range.
     pub fn dma_unmap(&self, iova: u64, len: usize) -> Result<(), SimError> {

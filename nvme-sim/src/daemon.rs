@@ -746,6 +746,10 @@ impl Daemon {
                 source: e,
             })
         };
+        let vector = |v: u64| {
+            u16::try_from(v)
+                .map_err(|_| SimError::InvalidArgument(format!("interrupt vector {v}")))
+        };
         let size = |v: u64, what: &str| {
             usize::try_from(v).map_err(|_| SimError::InvalidArgument(format!("{what} {v:#x}")))
         };
@@ -835,6 +839,8 @@ impl Daemon {
                     r.set_text(&last);
                 }
             }
+            Op::SetInterrupt => self.sim.set_interrupt(vector(a[0])?, Some(fds[0].as_fd()))?,
+            Op::ClearInterrupt => self.sim.set_interrupt(vector(a[0])?, None)?,
             Op::Forked | Op::Started => {
                 return Err(SimError::Protocol(format!("{op:?} is not a request")))
             }
