@@ -45,7 +45,7 @@ fn child_io(ctrl: &Controller) -> Result<(), String> {
     let base = env_u64("NVME_MP_LBA")?;
     let rounds = env_u64("NVME_MP_ROUNDS").ok();
     let mut qp = ctrl
-        .alloc_io_queue(QueueOptions { entries: 32 })
+        .alloc_io_queue(QueueOptions::new(32))
         .map_err(|e| e.to_string())?;
     say(format!("QID {}", qp.qid()));
     let mut buf = ctrl.alloc_dma(16 * 4096).map_err(|e| e.to_string())?;
@@ -162,6 +162,36 @@ fn child_data(ctrl: &Controller, write: bool) -> Outcome {
         pattern::check(seed, lba, BS, buf.as_slice())
             .map_err(|e| format!("data differs from what the other process wrote: {e}"))
     }
+}
+
+/// Writes and reads back 32 rounds of 8 blocks at `NVME_MP_LBA` through a queue pair with
+/// interrupts, waiting on them; reports `VECTOR <qid> <vector>` and `IRQS <consumed>`.
+fn child_interrupt_io(ctrl: &Controller) -> Outcome {
+    let base = env_u64("NVME_MP_LBA")?;
+    let mut qp = ctrl
+        .alloc_io_queue(QueueOptions::new(16).with_interrupts(true))
+        .map_err(|e| e.to_string())?;
+    let vector = qp
+        .interrupt_vector()
+        .ok_or_else(|| format!("no interrupt: {:?}", qp.interrupt_fallback()))?;
+    say(format!("VECTOR {} {vector}", qp.qid()));
+    let mut buf = ctrl.alloc_dma(8 * BS).map_err(|e| e.to_string())?;
+    for round in 0..32 {
+        pattern::fill(base + round, base, BS, buf.as_mut_slice());
+        qp.write(1, base, &mut buf, round)
+            .map_err(|e| e.to_string())?;
+        let mut done = 0;
+        while done == 0 {
+            done = qp
+                .wait(Some(Duration::from_secs(10)), 1, |_, r| r.expect("write"))
+                .map_err(|e| e.to_string())?;
+        }
+        buf.as_mut_slice().fill(0);
+        qp.read_sync(1, base, &mut buf).map_err(|e| e.to_string())?;
+        pattern::check(base + round, base, BS, buf.as_slice())?;
+    }
+    say(format!("IRQS {}", qp.interrupts_seen()));
+    Ok(())
 }
 
 /// Attaches, sends one admin command and detaches, `NVME_MP_CYCLES` times; every attach
@@ -339,12 +369,13 @@ fn child(role: &str) -> i32 {
                 })
         }
         "write" | "check" => child_data(&ctrl, role == "write"),
+        "interrupt-io" => child_interrupt_io(&ctrl),
         "queues" => {
             // Report the pool after survivors' cleanup settles, then create one queue.
             std::thread::sleep(Duration::from_millis(300));
             say(format!("IN-USE {}", ctrl.io_queues_in_use()));
             let qp = ctrl
-                .alloc_io_queue(QueueOptions { entries: 16 })
+                .alloc_io_queue(QueueOptions::new(16))
                 .map_err(|e| e.to_string());
             qp.map(|q| say(format!("QID {}", q.qid())))
         }
@@ -576,6 +607,39 @@ fn data_written_by_one_process_reads_back_in_another() -> Outcome {
     Ok(())
 }
 
+fn every_process_gets_interrupts_on_vectors_of_its_own() -> Outcome {
+    let s = Scenario::new(60);
+    let mut keeper = s.spawn("keeper", "wait", &[]);
+    keeper.line("READY primary")?;
+    let mut procs: Vec<Proc> = [100u64, 200]
+        .iter()
+        .map(|&l| s.spawn(&format!("interrupts at {l}"), "interrupt-io", &[lba(l)]))
+        .collect();
+    let mut vectors = Vec::new();
+    for p in &mut procs {
+        let line = p.line("VECTOR")?;
+        let v: Vec<u16> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|w| w.parse().unwrap())
+            .collect();
+        assert_eq!(v[0], v[1], "the vector is the queue id: {line}");
+        vectors.push(v[1]);
+    }
+    assert_ne!(vectors[0], vectors[1], "two processes, one vector");
+    for p in &mut procs {
+        let line = p.line("IRQS")?;
+        let n: u64 = line[5..].parse().unwrap();
+        assert!(n > 0, "waits that never consumed an interrupt: {line}");
+    }
+    for p in procs {
+        p.finish()?.clean()?;
+    }
+    s.stop()?;
+    keeper.finish()?.clean()?;
+    Ok(())
+}
+
 fn a_different_build_is_refused() -> Outcome {
     let s = Scenario::new(15);
     let mut keeper = s.spawn("keeper", "wait", &[]);
@@ -629,7 +693,7 @@ fn detach_joins_the_monitor_thread_first() -> Outcome {
     })?;
     let before = threads_named("nvme-group");
     let qp = ctrl
-        .alloc_io_queue(QueueOptions { entries: 16 })
+        .alloc_io_queue(QueueOptions::new(16))
         .map_err(|e| e.to_string())?;
     drop(ctrl);
     assert_eq!(
@@ -1575,6 +1639,10 @@ fn main() -> ExitCode {
             data_written_by_one_process_reads_back_in_another,
         ),
         ("a_different_build_is_refused", a_different_build_is_refused),
+        (
+            "every_process_gets_interrupts_on_vectors_of_its_own",
+            every_process_gets_interrupts_on_vectors_of_its_own,
+        ),
         (
             "a_damaged_doorbell_stride_is_an_error_for_admin_users_only",
             a_damaged_doorbell_stride_is_an_error_for_admin_users_only,

@@ -86,7 +86,7 @@ pub fn child(role: &str) -> u8 {
                 say(format!("IOVA {:#x}", b.iova()));
                 say(format!("IN-USE {}", ctrl.io_queues_in_use()));
                 let q = ctrl
-                    .alloc_io_queue(QueueOptions { entries: 16 })
+                    .alloc_io_queue(QueueOptions::new(16))
                     .map_err(|e| e.to_string())?;
                 say(format!("QID {}", q.qid()));
                 Ok(())
@@ -151,7 +151,7 @@ fn child_io(ctrl: &Controller) -> R {
         .map_err(|e| e.to_string())?;
     say(format!("IOVA {:#x}", buf.iova()));
     let mut qp = ctrl
-        .alloc_io_queue(QueueOptions { entries: 32 })
+        .alloc_io_queue(QueueOptions::new(32))
         .map_err(|e| e.to_string())?;
     say(format!("QID {}", qp.qid()));
     let mut round = 0u64;
@@ -219,7 +219,7 @@ fn child_cycle(trid: &str) -> R {
         let id = ctrl.identify_controller().map_err(|e| e.to_string())?;
         let ns = ctrl.namespace(nsid).map_err(|e| e.to_string())?.clone();
         let mut qp = ctrl
-            .alloc_io_queue(QueueOptions { entries: 8 })
+            .alloc_io_queue(QueueOptions::new(8))
             .map_err(|e| e.to_string())?;
         let mut b = ctrl
             .alloc_dma(ns.block_size() as usize)
@@ -574,7 +574,7 @@ impl Mp {
         let lba = self.region(3);
         let bs = self.bs as usize;
         let mut qp = c
-            .alloc_io_queue(QueueOptions { entries: 8 })
+            .alloc_io_queue(QueueOptions::new(8))
             .map_err(|e| e.to_string())?;
         let mut b = c.alloc_dma(4 * IO).map_err(|e| e.to_string())?;
         qp.read_sync(self.nsid, lba, &mut b)

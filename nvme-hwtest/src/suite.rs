@@ -357,7 +357,7 @@ fn admin_logs(s: &mut Suite) -> R {
 }
 
 fn qp(ctrl: &Controller, entries: u32) -> Result<IoQueuePair, String> {
-    ctrl.alloc_io_queue(QueueOptions { entries })
+    ctrl.alloc_io_queue(QueueOptions::new(entries))
         .ctx("create I/O queue pair")
 }
 

@@ -598,7 +598,11 @@ impl SimController {
     /// Makes the controller signal `eventfd` (an `eventfd(2)`, written with 1) whenever it
     /// posts to a completion queue created with interrupts on `vector`; `None` stops the
     /// vector signalling. Like `VFIO_DEVICE_SET_IRQS` for one MSI-X vector.
-    pub fn set_interrupt(&self, vector: u16, eventfd: Option<BorrowedFd<'_>>) -> Result<(), SimError> {
+    pub fn set_interrupt(
+        &self,
+        vector: u16,
+        eventfd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), SimError> {
         self.shared.irqs.set(vector, eventfd)
     }
 

@@ -58,7 +58,7 @@ const MAX_RECV_FDS: usize = 8;
 #[repr(u16)]
 pub(crate) enum Op {
     /// First request of a connection. Reply: BAR fd; vals: bar_len, pid, namespaces,
-    /// client id, uid.
+    /// client id, uid, interrupt vectors.
     Hello = 1,
     /// args: iova, file offset, len; one fd.
     DmaMap = 2,

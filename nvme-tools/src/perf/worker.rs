@@ -232,9 +232,8 @@ impl NsRun {
         .map_err(|e| Error::new(format!("{}: {e}", job.name)))?;
         let qpairs = (0..cfg.qpairs)
             .map(|_| {
-                job.ctrl.alloc_io_queue(QueueOptions {
-                    entries: job.queue_entries,
-                })
+                job.ctrl
+                    .alloc_io_queue(QueueOptions::new(job.queue_entries))
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| context("creating an I/O queue pair", e))?;
