@@ -76,6 +76,11 @@ pub struct Cli {
     /// (the first is the primary, the others secondaries; each has its own I/O queues).
     #[arg(short = 'i', long = "shmem-grp-id", value_name = "ID")]
     pub shmem_grp_id: Option<u32>,
+    /// Completions by interrupt: each I/O queue gets an MSI-X vector and a worker with
+    /// nothing completed sleeps until one fires instead of polling (a queue the controller
+    /// has no vector for is polled, with a warning).
+    #[arg(long)]
+    pub interrupt: bool,
 }
 
 /// Which I/O a workload issues.
@@ -134,6 +139,8 @@ pub struct Config {
     pub json: bool,
     /// Shared-memory group (`-i`) every controller is attached in.
     pub shm_id: Option<u32>,
+    /// Interrupt-driven completions (`--interrupt`).
+    pub interrupts: bool,
 }
 
 /// The longest run: `-t` plus `-a`, one year. Longer is a typo (or an overflow attempt), and
@@ -275,6 +282,7 @@ impl Cli {
             io_queue_size: self.io_queue_size,
             json: self.json,
             shm_id: self.shmem_grp_id,
+            interrupts: self.interrupt,
         };
         Ok((config, warnings))
     }
@@ -474,6 +482,13 @@ mod tests {
             (2, 2, Some(100), Some(10))
         );
         assert_eq!((c.io_queue_size, c.json), (Some(64), true));
+        assert!(!c.interrupts);
+        assert!(
+            config("-q 1 -o 4k -w read -t 1 --interrupt")
+                .unwrap()
+                .0
+                .interrupts
+        );
         // -s is the older spelling of -o.
         let (c, _) = config("-q 1 -s 1m -w write -t 1").unwrap();
         assert_eq!((c.io_size, c.workload.read_percent), (1 << 20, 0));
