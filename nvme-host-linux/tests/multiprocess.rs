@@ -164,36 +164,6 @@ fn child_data(ctrl: &Controller, write: bool) -> Outcome {
     }
 }
 
-/// Writes and reads back 32 rounds of 8 blocks at `NVME_MP_LBA` through a queue pair with
-/// interrupts, waiting on them; reports `VECTOR <qid> <vector>` and `IRQS <consumed>`.
-fn child_interrupt_io(ctrl: &Controller) -> Outcome {
-    let base = env_u64("NVME_MP_LBA")?;
-    let mut qp = ctrl
-        .alloc_io_queue(QueueOptions::new(16).with_interrupts(true))
-        .map_err(|e| e.to_string())?;
-    let vector = qp
-        .interrupt_vector()
-        .ok_or_else(|| format!("no interrupt: {:?}", qp.interrupt_fallback()))?;
-    say(format!("VECTOR {} {vector}", qp.qid()));
-    let mut buf = ctrl.alloc_dma(8 * BS).map_err(|e| e.to_string())?;
-    for round in 0..32 {
-        pattern::fill(base + round, base, BS, buf.as_mut_slice());
-        qp.write(1, base, &mut buf, round)
-            .map_err(|e| e.to_string())?;
-        let mut done = 0;
-        while done == 0 {
-            done = qp
-                .wait(Some(Duration::from_secs(10)), 1, |_, r| r.expect("write"))
-                .map_err(|e| e.to_string())?;
-        }
-        buf.as_mut_slice().fill(0);
-        qp.read_sync(1, base, &mut buf).map_err(|e| e.to_string())?;
-        pattern::check(base + round, base, BS, buf.as_slice())?;
-    }
-    say(format!("IRQS {}", qp.interrupts_seen()));
-    Ok(())
-}
-
 /// Attaches, sends one admin command and detaches, `NVME_MP_CYCLES` times; every attach
 /// must succeed, also while the group's last member leaves and another creates it anew.
 fn child_cycles() -> Outcome {
@@ -369,7 +339,9 @@ fn child(role: &str) -> i32 {
                 })
         }
         "write" | "check" => child_data(&ctrl, role == "write"),
-        "interrupt-io" => child_interrupt_io(&ctrl),
+        "interrupt-io" => {
+            env_u64("NVME_MP_LBA").and_then(|lba| testkit::interrupt_io(&ctrl, 1, lba, BS, 32))
+        }
         "queues" => {
             // Report the pool after survivors' cleanup settles, then create one queue.
             std::thread::sleep(Duration::from_millis(300));

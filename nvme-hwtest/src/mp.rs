@@ -92,6 +92,15 @@ pub fn child(role: &str) -> u8 {
                 Ok(())
             }
             "write" | "check" => child_data(&ctrl, role == "write"),
+            "interrupt-io" => {
+                let nsid = env_u64("NVME_HWTEST_MP_NS")? as u32;
+                let bs = ctrl
+                    .namespace(nsid)
+                    .map_err(|e| e.to_string())?
+                    .block_size() as usize;
+                let lba = env_u64("NVME_HWTEST_MP_LBA")?;
+                nvme_host_linux::testkit::interrupt_io(&ctrl, nsid, lba, bs, 64)
+            }
             "io-resets" => {
                 let nsid = env_u64("NVME_HWTEST_MP_NS")? as u32;
                 let at = ResetIo {
@@ -520,6 +529,49 @@ impl Mp {
                 e.code, e.errors
             ));
         }
+        Ok(())
+    }
+
+    /// Two more processes of the group, each with an interrupt-driven queue pair (MSI-X
+    /// through `VFIO_DEVICE_SET_IRQS`), beside the primary and secondary's polled I/O: each
+    /// gets the vector numbered like its queue, the two differ, both consume interrupts,
+    /// and their data reads back.
+    pub fn interrupts_in_two_processes(&mut self) -> R {
+        let t = self.full_trid();
+        let mut procs = Vec::new();
+        for k in [7, 8] {
+            let lba = self.region(k).to_string();
+            procs.push(self.spawn(
+                &format!("interrupts {k}"),
+                "interrupt-io",
+                &t,
+                &[("NVME_HWTEST_MP_LBA", lba)],
+            )?);
+        }
+        let mut vectors = Vec::new();
+        for p in &mut procs {
+            let line = p.line("VECTOR")?;
+            let v: Vec<&str> = line.split_whitespace().collect();
+            if v.len() != 3 || v[1] != v[2] {
+                return Err(format!("the vector should be the queue id: {line}"));
+            }
+            vectors.push(v[2].to_string());
+        }
+        if vectors[0] == vectors[1] {
+            return Err(format!("two processes on one vector: {vectors:?}"));
+        }
+        for p in &mut procs {
+            let line = p.line("IRQS")?;
+            if line[5..].trim().parse::<u64>().map_or(true, |n| n == 0) {
+                return Err(format!("waits that consumed no interrupt: {line}"));
+            }
+        }
+        for p in procs {
+            p.finish()?.clean()?;
+        }
+        println!("  interrupt vectors {vectors:?}");
+        self.primary()?.progresses()?;
+        self.secondary()?.progresses()?;
         Ok(())
     }
 
