@@ -19,7 +19,7 @@ mod interrupts;
 pub mod pattern;
 mod resets;
 
-pub use interrupts::interrupt_io;
+pub use interrupts::{check_interrupt_report, check_interrupt_reports, interrupt_io};
 pub use resets::{io_through_resets, Acked, ResetIo};
 
 use std::io::{BufRead, BufReader, Read, Write};
