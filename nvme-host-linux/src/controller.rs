@@ -39,6 +39,9 @@ pub(crate) struct Inner {
     max_transfer: usize,
     admin: Mutex<Admin>,
     qids: Mutex<Vec<bool>>,
+    /// Serialises this process's interrupt set-up (the group's interrupt lock serialises
+    /// the processes).
+    irq_lock: Mutex<()>,
     group: Option<Arc<Group>>,
     /// Position in the group's asynchronous event record this controller has read up to.
     event_cursor: Mutex<u64>,
@@ -132,6 +135,7 @@ impl Controller {
             max_transfer,
             admin: Mutex::new(admin),
             qids: Mutex::new(vec![false; granted as usize + 1]),
+            irq_lock: Mutex::new(()),
             event_cursor: Mutex::new(group.as_ref().map_or(0, |g| g.events_seq())),
             group,
             granted,
@@ -400,6 +404,21 @@ impl Controller {
             + 1;
         q[id] = true;
         Ok(id as u16)
+    }
+    /// Makes interrupt vector `vector` signal `eventfd` (`None`: nothing), serialised
+    /// against the other threads of this process and the other members of its group.
+    pub(crate) fn set_interrupt(
+        &self,
+        vector: u16,
+        eventfd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<()> {
+        let inner = self.inner();
+        let _serial = lock(&inner.irq_lock);
+        let set = || inner.transport.set_interrupt(vector, eventfd);
+        match &inner.group {
+            Some(g) => g.with_interrupt_lock(inner.opts.admin_timeout, set),
+            None => set(),
+        }
     }
     pub(crate) fn free_qid(&self, qid: u16) {
         if let Some(g) = &self.inner().group {

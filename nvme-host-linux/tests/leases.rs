@@ -88,9 +88,7 @@ fn refused(what: &str, lba: u64, r: Result<(), Error>) -> Outcome {
 /// writes go through.
 fn child_writes(ctrl: &Controller) -> Outcome {
     let e = |e: Error| e.to_string();
-    let mut qp = ctrl
-        .alloc_io_queue(QueueOptions { entries: 8 })
-        .map_err(e)?;
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(8)).map_err(e)?;
     let mut buf = ctrl.alloc_dma(4096).map_err(e)?;
     buf.as_mut_slice().fill(0xa5);
     let data = buf.slice(0..4096).map_err(e)?;
@@ -186,9 +184,7 @@ fn child_writes(ctrl: &Controller) -> Outcome {
     lease.release().map_err(e)?;
     refused("write after release", 100, qp.write_sync(1, 100, data))?;
     // A queue pair created now sees the same.
-    let mut qp2 = ctrl
-        .alloc_io_queue(QueueOptions { entries: 8 })
-        .map_err(e)?;
+    let mut qp2 = ctrl.alloc_io_queue(QueueOptions::new(8)).map_err(e)?;
     refused("write on a new pair", 100, qp2.write_sync(1, 100, data))?;
     // Two adjacent leases cover a write across their border.
     let _a = ctrl.lease(1, 0..8, LeaseMode::Shared).map_err(e)?;

@@ -86,12 +86,21 @@ pub fn child(role: &str) -> u8 {
                 say(format!("IOVA {:#x}", b.iova()));
                 say(format!("IN-USE {}", ctrl.io_queues_in_use()));
                 let q = ctrl
-                    .alloc_io_queue(QueueOptions { entries: 16 })
+                    .alloc_io_queue(QueueOptions::new(16))
                     .map_err(|e| e.to_string())?;
                 say(format!("QID {}", q.qid()));
                 Ok(())
             }
             "write" | "check" => child_data(&ctrl, role == "write"),
+            "interrupt-io" => {
+                let nsid = env_u64("NVME_HWTEST_MP_NS")? as u32;
+                let bs = ctrl
+                    .namespace(nsid)
+                    .map_err(|e| e.to_string())?
+                    .block_size() as usize;
+                let lba = env_u64("NVME_HWTEST_MP_LBA")?;
+                nvme_host_linux::testkit::interrupt_io(&ctrl, nsid, lba, bs, 64)
+            }
             "io-resets" => {
                 let nsid = env_u64("NVME_HWTEST_MP_NS")? as u32;
                 let at = ResetIo {
@@ -145,7 +154,7 @@ fn child_io(ctrl: &Controller) -> R {
         .map_err(|e| e.to_string())?;
     say(format!("IOVA {:#x}", buf.iova()));
     let mut qp = ctrl
-        .alloc_io_queue(QueueOptions { entries: 32 })
+        .alloc_io_queue(QueueOptions::new(32))
         .map_err(|e| e.to_string())?;
     say(format!("QID {}", qp.qid()));
     let mut round = 0u64;
@@ -213,7 +222,7 @@ fn child_cycle(trid: &str) -> R {
         let id = ctrl.identify_controller().map_err(|e| e.to_string())?;
         let ns = ctrl.namespace(nsid).map_err(|e| e.to_string())?.clone();
         let mut qp = ctrl
-            .alloc_io_queue(QueueOptions { entries: 8 })
+            .alloc_io_queue(QueueOptions::new(8))
             .map_err(|e| e.to_string())?;
         let mut b = ctrl
             .alloc_dma(ns.block_size() as usize)
@@ -517,6 +526,37 @@ impl Mp {
         Ok(())
     }
 
+    /// Two more processes of the group, each with two interrupt-driven queue pairs (MSI-X
+    /// through `VFIO_DEVICE_SET_IRQS`), beside the primary and secondary's polled I/O: each
+    /// queue gets the vector numbered like it, no two share one, every queue consumes
+    /// interrupts (a later queue's set-up left the earlier ones' vectors alone), and the
+    /// data reads back.
+    pub fn interrupts_in_two_processes(&mut self) -> R {
+        let t = self.full_trid();
+        let mut procs = Vec::new();
+        for k in [7, 8] {
+            let lba = self.region(k).to_string();
+            procs.push(self.spawn(
+                &format!("interrupts {k}"),
+                "interrupt-io",
+                &t,
+                &[("NVME_HWTEST_MP_LBA", lba)],
+            )?);
+        }
+        let mut reports = Vec::new();
+        for p in &mut procs {
+            reports.push((p.line("VECTOR")?, p.line("IRQS")?));
+        }
+        let vectors = nvme_host_linux::testkit::check_interrupt_reports(&reports)?;
+        for p in procs {
+            p.finish()?.clean()?;
+        }
+        println!("  interrupt vectors {vectors:?}");
+        self.primary()?.progresses()?;
+        self.secondary()?.progresses()?;
+        Ok(())
+    }
+
     /// The primary SIGKILLed: the secondary continues; a newcomer becomes primary and gets
     /// the dead primary's queue id (its queue was deleted on the controller).
     pub fn kill_primary(&mut self) -> R {
@@ -568,7 +608,7 @@ impl Mp {
         let lba = self.region(3);
         let bs = self.bs as usize;
         let mut qp = c
-            .alloc_io_queue(QueueOptions { entries: 8 })
+            .alloc_io_queue(QueueOptions::new(8))
             .map_err(|e| e.to_string())?;
         let mut b = c.alloc_dma(4 * IO).map_err(|e| e.to_string())?;
         qp.read_sync(self.nsid, lba, &mut b)

@@ -312,7 +312,7 @@ fn nvmectl_write_changes_exactly_the_requested_blocks() -> Outcome {
     let me = Controller::attach_with(&TransportId::parse("trtype:sim size:16M").unwrap(), &opts)
         .expect("the test process creates the group");
     let mut qp = me
-        .alloc_io_queue(nvme_host_linux::QueueOptions { entries: 4 })
+        .alloc_io_queue(nvme_host_linux::QueueOptions::new(4))
         .unwrap();
     let mut buf = me.alloc_dma(32 * BS).unwrap();
     buf.as_mut_slice().fill(0xa5);

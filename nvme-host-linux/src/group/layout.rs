@@ -236,6 +236,8 @@ const _: () = {
 /// Byte offsets in `members.lock`: one per member, then the role locks.
 pub(crate) const JOIN_BYTE: u64 = 1000;
 pub(crate) const PRIMARY_BYTE: u64 = 1001;
+/// Serialises changes to the function's interrupt (MSI-X) set-up across members.
+pub(crate) const INTERRUPT_BYTE: u64 = 1002;
 
 /// The build id: a process whose id differs is refused.
 pub(crate) fn build_id() -> String {

@@ -244,7 +244,7 @@ mod tests {
 
     fn setup() -> (Controller, IoQueuePair, crate::DmaBuffer) {
         let c = Controller::attach("trtype:sim nscount:1 size:1M lbasize:512").unwrap();
-        let qp = c.alloc_io_queue(QueueOptions { entries: 8 }).unwrap();
+        let qp = c.alloc_io_queue(QueueOptions::new(8)).unwrap();
         let buf = c.alloc_dma(8 * 512).unwrap();
         (c, qp, buf)
     }

@@ -15,9 +15,11 @@
 //!   processes, reporting the last acknowledged write (for a read-back).
 //! - [`run_scenarios`]: the runner of `harness = false` test binaries.
 
+mod interrupts;
 pub mod pattern;
 mod resets;
 
+pub use interrupts::{check_interrupt_report, check_interrupt_reports, interrupt_io};
 pub use resets::{io_through_resets, Acked, ResetIo};
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -86,6 +86,11 @@ pub struct Cli {
     /// conflicts with another process's lease ends the run with an error naming it.
     #[arg(long = "lease", value_name = "exclusive|shared")]
     pub lease: Option<LeaseMode>,
+    /// Completions by interrupt: each I/O queue gets an MSI-X vector and a worker with
+    /// nothing completed sleeps until one fires instead of polling (a queue the controller
+    /// has no vector for is polled, with a warning).
+    #[arg(long)]
+    pub interrupt: bool,
 }
 
 /// Which I/O a workload issues.
@@ -148,6 +153,8 @@ pub struct Config {
     pub lba_range: Option<LbaRange>,
     /// The lease held on those blocks during the run (`--lease`).
     pub lease: Option<LeaseMode>,
+    /// Interrupt-driven completions (`--interrupt`).
+    pub interrupts: bool,
 }
 
 /// The longest run: `-t` plus `-a`, one year. Longer is a typo (or an overflow attempt), and
@@ -291,6 +298,7 @@ impl Cli {
             shm_id: self.shmem_grp_id,
             lba_range: self.lba_range,
             lease: self.lease,
+            interrupts: self.interrupt,
         };
         Ok((config, warnings))
     }
@@ -490,6 +498,13 @@ mod tests {
             (2, 2, Some(100), Some(10))
         );
         assert_eq!((c.io_queue_size, c.json), (Some(64), true));
+        assert!(!c.interrupts);
+        assert!(
+            config("-q 1 -o 4k -w read -t 1 --interrupt")
+                .unwrap()
+                .0
+                .interrupts
+        );
         // -s is the older spelling of -o.
         let (c, _) = config("-q 1 -s 1m -w write -t 1").unwrap();
         assert_eq!((c.io_size, c.workload.read_percent), (1 << 20, 0));
