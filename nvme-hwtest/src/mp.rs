@@ -92,6 +92,9 @@ pub fn child(role: &str) -> u8 {
                 Ok(())
             }
             "write" | "check" => child_data(&ctrl, role == "write"),
+            "claims" => {
+                nvme_host_linux::testkit::claim_leases(&ctrl, &env("NVME_HWTEST_MP_LEASES")?, || {})
+            }
             "interrupt-io" => {
                 let nsid = env_u64("NVME_HWTEST_MP_NS")? as u32;
                 let bs = ctrl
@@ -552,6 +555,48 @@ impl Mp {
             p.finish()?.clean()?;
         }
         println!("  interrupt vectors {vectors:?}");
+        self.primary()?.progresses()?;
+        self.secondary()?.progresses()?;
+        Ok(())
+    }
+
+    /// LBA range leases between processes of the group over VFIO, beside the primary's and
+    /// secondary's I/O: an exclusive lease held by one process makes an overlapping claim by
+    /// another fail with an error naming the holder's pid, a disjoint shared claim succeeds,
+    /// and once the holder is SIGKILLed a newcomer gets the range at once.
+    pub fn leases(&mut self) -> R {
+        let t = self.full_trid();
+        let blocks = 65536 / self.bs;
+        let spec = |k: u64, offset: u64, mode: &str| {
+            format!("{}:{}:{blocks}:{mode}", self.nsid, self.region(k) + offset)
+        };
+        let held = spec(9, 0, "exclusive");
+        let claims = |me: &Self, name: &str, specs: String| {
+            me.spawn(name, "claims", &t, &[("NVME_HWTEST_MP_LEASES", specs)])
+        };
+        let mut holder = claims(self, "lease holder", held.clone())?;
+        let pid = holder.line("READY")?;
+        let pid = pid.split_whitespace().nth(2).unwrap_or("?").to_string();
+        holder.line(&format!("LEASED {held}"))?;
+        holder.line("DONE")?;
+        let overlapping = spec(9, blocks / 2, "exclusive");
+        let disjoint = spec(10, 0, "shared");
+        let mut claimer = claims(self, "lease claimer", format!("{overlapping} {disjoint}"))?;
+        let conflict = claimer.line(&format!("CONFLICT {overlapping} "))?;
+        if !conflict.contains(&format!("pid {pid} ")) {
+            return Err(format!(
+                "the conflict should name the holder, pid {pid}: {conflict}"
+            ));
+        }
+        claimer.line(&format!("LEASED {disjoint}"))?;
+        claimer.line("DONE")?;
+        holder.kill();
+        let mut successor = claims(self, "lease successor", held.clone())?;
+        successor.line(&format!("LEASED {held}"))?;
+        successor.line("DONE")?;
+        println!("  {conflict}");
+        successor.kill();
+        claimer.kill();
         self.primary()?.progresses()?;
         self.secondary()?.progresses()?;
         Ok(())
