@@ -34,6 +34,8 @@ int main(void)
 	P("TD_O_NAME", offsetof(struct thread_data, o.name));
 	P("TD_O_IODEPTH", offsetof(struct thread_data, o.iodepth));
 	P("TD_O_USE_THREAD", offsetof(struct thread_data, o.use_thread));
+	P("TD_O_SIZE", offsetof(struct thread_data, o.size));
+	P("TD_O_START_OFFSET", offsetof(struct thread_data, o.start_offset));
 	P("IO_U_SIZE", sizeof(struct io_u));
 	P("IO_U_FILE", offsetof(struct io_u, file));
 	P("IO_U_DDIR", offsetof(struct io_u, ddir));

@@ -126,8 +126,17 @@ fn release(slot: usize) {
     drop(gone);
 }
 
-/// fio's `setup`: attach each file's controller, size the files.
+/// fio's `setup`: attach each file's controller, size the files. On failure the job lets
+/// go of what it attached.
 pub(crate) fn setup(td: Td) -> Result<(), String> {
+    let r = setup_files(td);
+    if r.is_err() {
+        release_files(td);
+    }
+    r
+}
+
+fn setup_files(td: Td) -> Result<(), String> {
     if !td.use_thread() {
         return Err(format!(
             "job '{}': this engine needs thread=1 (one attachment per process, shared by \
@@ -136,13 +145,27 @@ pub(crate) fn setup(td: Td) -> Result<(), String> {
         ));
     }
     let group = u32::try_from(td.options().shm_id).ok();
-    for f in td.files() {
+    let files = td.files();
+    // fio divides size= among the files and quietly shortens a range that runs past the end
+    // of a device: refused here instead, so that a job meant for a larger namespace says so.
+    let (offset, size) = td.offset_and_size();
+    let per_file = size / files.len().max(1) as u64;
+    for f in files {
         if FileTarget::decode(f.engine_pos()).is_some() {
             continue; // set up already
         }
-        let (target, size) = attach_file(&f.name(), group)?;
-        f.set_block_device_size(size);
+        let (target, ns_size) = attach_file(&f.name(), group)?;
         f.set_engine_pos(target.encode());
+        f.set_block_device_size(ns_size);
+        if offset >= ns_size || offset.saturating_add(per_file) > ns_size {
+            return Err(format!(
+                "job '{}': offset={offset} size={per_file} reaches past the end of namespace {} \
+                 of '{}' ({ns_size} bytes): lower offset= or size=",
+                td.name(),
+                target.nsid,
+                f.name()
+            ));
+        }
     }
     Ok(())
 }
@@ -171,9 +194,9 @@ pub(crate) struct ThreadState {
 }
 
 /// What `queue` did with an I/O.
-pub(crate) enum Queued {
+pub(crate) enum QueueResult {
     /// Submitted; it completes through `getevents`.
-    Queued,
+    Submitted,
     /// No room now: fio should commit and reap first.
     Busy,
     /// Finished at once (with its error set).
@@ -394,16 +417,18 @@ impl ThreadState {
         Ok(())
     }
 
-    fn queue(&mut self, io: IoU) -> Queued {
+    fn queue(&mut self, io: IoU) -> QueueResult {
         match self.submit(io) {
             Ok(()) => {
                 self.queued += 1;
-                Queued::Queued
+                QueueResult::Submitted
             }
-            Err(Error::Submit(SubmitError::QueueFull)) if self.qp.outstanding() > 0 => Queued::Busy,
+            Err(Error::Submit(SubmitError::QueueFull)) if self.qp.outstanding() > 0 => {
+                QueueResult::Busy
+            }
             Err(e) => {
                 self.fail(io, &e);
-                Queued::Completed
+                QueueResult::Completed
             }
         }
     }
@@ -463,11 +488,11 @@ impl ThreadState {
 }
 
 /// fio's `queue`.
-pub(crate) fn queue(td: Td, io: IoU) -> Queued {
+pub(crate) fn queue(td: Td, io: IoU) -> QueueResult {
     td.with_state(|st| st.queue(io)).unwrap_or_else(|| {
         log(&format!("job '{}': I/O before init", td.name()));
         io.complete(libc::EINVAL as u32);
-        Queued::Completed
+        QueueResult::Completed
     })
 }
 
@@ -500,6 +525,11 @@ pub(crate) fn cleanup(td: Td) {
         }
         drop(st);
     }
+    release_files(td);
+}
+
+/// The job's files stop using their attachments.
+fn release_files(td: Td) {
     for f in td.files() {
         if let Some(t) = FileTarget::decode(f.engine_pos()) {
             f.set_engine_pos(0);

@@ -13,7 +13,7 @@ use std::ptr::{null, null_mut, NonNull};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::engine::{self, Queued, ThreadState};
+use crate::engine::{self, QueueResult, ThreadState};
 
 /// The fio release whose structure layout [`layout`] records.
 pub(crate) const FIO_VERSION: &str = "fio-3.33";
@@ -31,6 +31,8 @@ mod layout {
     pub const TD_O_NAME: usize = 104;
     pub const TD_O_IODEPTH: usize = 208;
     pub const TD_O_USE_THREAD: usize = 1256;
+    pub const TD_O_SIZE: usize = 240;
+    pub const TD_O_START_OFFSET: usize = 296;
     pub const TD_EO: usize = 4216;
     pub const TD_THREAD_NUMBER: usize = 4232;
     pub const TD_FILES: usize = 188832;
@@ -347,6 +349,16 @@ impl Td {
         // SAFETY: an `unsigned int` field of the live thread_data.
         unsafe { get::<c_uint>(self.0, layout::TD_O_USE_THREAD) != 0 }
     }
+    /// `offset=` and `size=` in bytes, as given (0: not given).
+    pub(crate) fn offset_and_size(self) -> (u64, u64) {
+        // SAFETY: two `unsigned long long` fields of the live thread_data.
+        unsafe {
+            (
+                get(self.0, layout::TD_O_START_OFFSET),
+                get(self.0, layout::TD_O_SIZE),
+            )
+        }
+    }
     /// The job's files (`td->files[0..files_index]`).
     pub(crate) fn files(self) -> Vec<FioFile> {
         // SAFETY: `files` is a `struct fio_file **` with `files_index` entries (fio's
@@ -593,6 +605,12 @@ fn status(r: Result<(), String>) -> c_int {
 }
 
 macro_rules! td {
+    ($p:expr) => {
+        match NonNull::new($p.cast::<u8>()) {
+            Some(p) => Td(p),
+            None => return,
+        }
+    };
     ($p:expr, $err:expr) => {
         match NonNull::new($p.cast::<u8>()) {
             Some(p) => Td(p),
@@ -617,9 +635,9 @@ unsafe extern "C" fn queue(td: TdPtr, io_u: IoUPtr) -> c_int {
         return FIO_Q_COMPLETED;
     };
     guard("queue", FIO_Q_COMPLETED, || match engine::queue(td, io) {
-        Queued::Queued => FIO_Q_QUEUED,
-        Queued::Busy => FIO_Q_BUSY,
-        Queued::Completed => FIO_Q_COMPLETED,
+        QueueResult::Submitted => FIO_Q_QUEUED,
+        QueueResult::Busy => FIO_Q_BUSY,
+        QueueResult::Completed => FIO_Q_COMPLETED,
     })
 }
 
@@ -679,7 +697,7 @@ unsafe extern "C" fn event(td: TdPtr, i: c_int) -> IoUPtr {
 }
 
 unsafe extern "C" fn cleanup(td: TdPtr) {
-    let td = td!(td, ());
+    let td = td!(td);
     guard("cleanup", (), || engine::cleanup(td))
 }
 
@@ -704,7 +722,7 @@ unsafe extern "C" fn iomem_alloc(td: TdPtr, len: usize) -> c_int {
 }
 
 unsafe extern "C" fn iomem_free(td: TdPtr) {
-    let td = td!(td, ());
+    let td = td!(td);
     guard("iomem_free", (), || engine::iomem_free(td))
 }
 

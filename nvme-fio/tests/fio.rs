@@ -1,0 +1,317 @@
+//! The engine under the real fio (`/usr/bin/fio`, 3.33): the job files in `nvme-fio/jobs/`
+//! against the software controller, checked on fio's JSON output and exit status.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use nvme_host_linux::regs::status::MediaErrorStatus;
+use nvme_host_linux::regs::Status;
+use nvme_host_linux::sim::{CommandMatch, SimClient};
+use nvme_host_linux::{AttachOptions, Controller, TransportId};
+use serde_json::Value;
+
+/// Linux's EIO, what fio reports for a failed command.
+const EIO: i64 = 5;
+/// Linux's EILSEQ, what fio reports for a verify failure.
+const EILSEQ: i64 = 84;
+
+/// The engine cargo built beside this test (`target/<profile>/libnvme_fio.so`).
+fn engine() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/fio-<hash> -> target/<profile>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let so = dir.join("libnvme_fio.so");
+    assert!(
+        so.exists(),
+        "{} is missing: cargo builds the cdylib before this test (cargo test -p nvme-fio)",
+        so.display()
+    );
+    so
+}
+
+/// A scratch directory for one test (the driver's run directory, fio's JSON output), under
+/// cargo's `target/tmp`; each run starts it afresh.
+fn scratch(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nvme-fio-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch directory");
+    d
+}
+
+/// What a fio run left.
+struct Run {
+    ok: bool,
+    output: String,
+    json: Option<Value>,
+}
+
+impl Run {
+    fn json(&self) -> &Value {
+        self.json
+            .as_ref()
+            .unwrap_or_else(|| panic!("fio wrote no JSON; its output:\n{}", self.output))
+    }
+    fn jobs(&self) -> &Vec<Value> {
+        self.json()["jobs"].as_array().expect("jobs array")
+    }
+    fn job(&self, name: &str) -> &Value {
+        self.jobs()
+            .iter()
+            .find(|j| j["jobname"] == name)
+            .unwrap_or_else(|| panic!("no job '{name}' in fio's JSON:\n{}", self.output))
+    }
+}
+
+/// Runs fio on `nvme-fio/jobs/<job>` with `env`, JSON output into the scratch directory.
+fn fio(job: &str, dir: &Path, env: &[(&str, String)]) -> Run {
+    let jobfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs").join(job);
+    let out = dir.join(format!("{job}.json"));
+    let mut cmd = Command::new("fio");
+    cmd.arg("--output-format=json")
+        .arg(format!("--output={}", out.display()))
+        .arg(&jobfile)
+        .env("NVME_FIO_ENGINE", engine())
+        .env("NVME_RUN_DIR", dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let res = match cmd.output() {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("fio is not installed: install fio (apt-get install fio), version 3.33")
+        }
+        Err(e) => panic!("running fio: {e}"),
+    };
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let output = format!(
+        "exit status: {}\nstdout:\n{}\nstderr:\n{}\njson file:\n{text}",
+        res.status,
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    // fio may print lines before the JSON object.
+    let json = text
+        .find('{')
+        .and_then(|i| serde_json::from_str(&text[i..]).ok());
+    Run {
+        ok: res.status.success(),
+        output,
+        json,
+    }
+}
+
+fn ios(job: &Value, dir: &str) -> u64 {
+    job[dir]["total_ios"].as_u64().expect("total_ios")
+}
+
+/// fio ran `job` without error and read and/or wrote what it was asked to.
+fn assert_clean(run: &Run, job: &Value) {
+    assert!(run.ok, "fio failed:\n{}", run.output);
+    assert_eq!(job["error"], 0, "job error:\n{}", run.output);
+    assert!(
+        !run.output.contains("verify:") && !run.output.contains("nvme-fio:"),
+        "verify failures or engine errors:\n{}",
+        run.output
+    );
+}
+
+#[test]
+fn randwrite_crc32c_then_read_verify_pass() {
+    let dir = scratch("verify");
+    let run = fio("verify.fio", &dir, &[]);
+    let w = run.job("write-verify");
+    assert_clean(&run, w);
+    assert_eq!(ios(w, "write"), 16 << 20 >> 12, "16 MiB of 4 KiB writes");
+    assert_eq!(
+        ios(w, "read"),
+        16 << 20 >> 12,
+        "each write read back and verified"
+    );
+    let r = run.job("read-verify");
+    assert_clean(&run, r);
+    assert_eq!(
+        ios(r, "read"),
+        16 << 20 >> 12,
+        "the second pass verified all of it"
+    );
+    assert_eq!(ios(r, "write"), 0);
+}
+
+#[test]
+fn md5_verify_with_bssplit_on_4k_blocks() {
+    let dir = scratch("md5");
+    let run = fio("verify-md5.fio", &dir, &[]);
+    let j = run.job("write-verify-md5");
+    assert_clean(&run, j);
+    assert!(ios(j, "write") > 0 && ios(j, "read") > 0, "{}", run.output);
+    assert_eq!(
+        j["write"]["io_bytes"], j["read"]["io_bytes"],
+        "every byte written was read back"
+    );
+}
+
+#[test]
+fn verifying_unwritten_blocks_fails() {
+    // The check that the verify passes above are real: data fio never wrote does not pass.
+    let dir = scratch("unwritten");
+    let run = fio("unwritten.fio", &dir, &[]);
+    assert!(!run.ok, "fio should fail:\n{}", run.output);
+    assert!(
+        run.output.contains("verify: bad magic header"),
+        "fio names the verify failure:\n{}",
+        run.output
+    );
+    assert_eq!(run.job("read-unwritten")["error"], EILSEQ, "{}", run.output);
+}
+
+#[test]
+fn randrw_batched_with_ramp_and_percentiles() {
+    let dir = scratch("randrw");
+    let run = fio("randrw.fio", &dir, &[]);
+    let j = run.job("randrw");
+    assert_clean(&run, j);
+    for d in ["read", "write"] {
+        assert!(ios(j, d) > 0, "no {d}s:\n{}", run.output);
+        let p = &j[d]["clat_ns"]["percentile"];
+        for k in ["50.000000", "99.000000", "99.900000"] {
+            assert!(
+                p[k].as_u64().is_some_and(|v| v > 0),
+                "{d} p{k}:\n{}",
+                run.output
+            );
+        }
+    }
+    // Batched submission: fio recorded batches of more than one I/O.
+    let submit = j["iodepth_submit"].as_object().expect("iodepth_submit");
+    let batched: f64 = submit
+        .iter()
+        .filter(|(k, _)| k.as_str() != "0" && k.as_str() != "4")
+        .map(|(_, v)| v.as_f64().unwrap_or(0.0))
+        .sum();
+    assert!(
+        batched > 0.0,
+        "no batch of 5 or more submitted:\n{}",
+        run.output
+    );
+}
+
+#[test]
+fn two_job_threads_share_one_attachment() {
+    let dir = scratch("numjobs");
+    let run = fio("numjobs.fio", &dir, &[]);
+    let jobs: Vec<&Value> = run
+        .jobs()
+        .iter()
+        .filter(|j| j["jobname"] == "two-threads")
+        .collect();
+    assert_eq!(jobs.len(), 2, "{}", run.output);
+    for j in jobs {
+        assert_clean(&run, j);
+        assert_eq!(ios(j, "write"), 8 << 20 >> 13, "{}", run.output);
+        assert_eq!(ios(j, "read"), 8 << 20 >> 13, "{}", run.output);
+    }
+}
+
+#[test]
+fn writing_past_the_namespace_fails_clearly() {
+    let dir = scratch("past-end");
+    let run = fio("past-end.fio", &dir, &[]);
+    assert!(!run.ok, "fio should fail:\n{}", run.output);
+    assert!(
+        run.output.contains("reaches past the end of namespace 1")
+            && run.output.contains("67108864 bytes"),
+        "{}",
+        run.output
+    );
+}
+
+/// The driver's run directory of this test process's groups (one for all: the driver reads
+/// `NVME_RUN_DIR` from the environment when it attaches).
+fn group_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = scratch("groups");
+        std::env::set_var("NVME_RUN_DIR", &d);
+        d
+    })
+}
+
+/// Creates shared-memory group `group` as its primary with the software controller `trid`,
+/// so that fio joins it as a secondary (engine option `shm_id`) and the test can reach the
+/// controller's fault injection and counters.
+fn primary(trid: &str, group: u32) -> (Controller, SimClient) {
+    let dir = group_dir();
+    let trid = TransportId::parse(trid).expect("trid");
+    let opts = AttachOptions {
+        group: Some(group),
+        ..Default::default()
+    };
+    let ctrl = Controller::attach_with(&trid, &opts).expect("attach as the group's primary");
+    let sim = SimClient::connect(&dir.join(format!("nvme-rs.{group}/sim.sock"))).expect("sim");
+    (ctrl, sim)
+}
+
+/// A group id of this test process: `n` picks one of its groups.
+fn group_id(n: u32) -> u32 {
+    40_000 + (std::process::id() % 10_000) * 4 + n
+}
+
+#[test]
+fn one_mib_blocks_split_by_mdts() {
+    let group = group_id(0);
+    let (ctrl, sim) = primary("trtype:sim size:64M mdts:3", group);
+    let run = fio(
+        "mdts.fio",
+        group_dir(),
+        &[("NVME_FIO_GROUP", group.to_string())],
+    );
+    let stats = sim.stats().expect("controller counters");
+    drop(ctrl);
+    let j = run.job("big-blocks");
+    assert_clean(&run, j);
+    assert_eq!(ios(j, "write"), 32, "{}", run.output);
+    assert_eq!(ios(j, "read"), 32, "verified after the split writes");
+    // MDTS 3 = 32 KiB: each 1 MiB request went to the controller as 32 commands.
+    assert_eq!((stats.writes, stats.reads), (32 * 32, 32 * 32), "{stats:?}");
+    assert_eq!(stats.bytes_written, 32 << 20, "{stats:?}");
+}
+
+#[test]
+fn nvme_error_status_reaches_fio_as_eio() {
+    let group = group_id(1);
+    // The controller fails the 10th write with a media error.
+    let (ctrl, sim) = primary("trtype:sim size:64M", group);
+    let fault = sim
+        .fail_nth(
+            CommandMatch::io(0x01),
+            10,
+            Status::media(MediaErrorStatus::WriteFault),
+            false,
+        )
+        .expect("inject");
+    let run = fio(
+        "group-errors.fio",
+        group_dir(),
+        &[("NVME_FIO_GROUP", group.to_string())],
+    );
+    assert_eq!(
+        sim.fault_fired(fault).expect("fault state").0,
+        1,
+        "{}",
+        run.output
+    );
+    drop(ctrl);
+    assert!(!run.ok, "fio should fail:\n{}", run.output);
+    assert_eq!(run.job("group-write")["error"], EIO, "{}", run.output);
+    assert!(
+        run.output
+            .contains("write of 4096 bytes at offset 36864 failed")
+            && run.output.contains("Write Fault (sct 0x2, sc 0x80"),
+        "the NVMe status is named:\n{}",
+        run.output
+    );
+}
