@@ -772,6 +772,19 @@ fn ops() -> *mut IoengineOps {
     }) as *mut IoengineOps
 }
 
+/// Is `found` (fio's `fio_version_string`) the fio whose layout this engine knows?
+fn check_version(found: Option<&str>) -> Result<(), String> {
+    match found {
+        Some(v) if v == FIO_VERSION => Ok(()),
+        found => Err(format!(
+            "this engine is built for {FIO_VERSION}'s structures and was loaded by {}; \
+             not loading (install fio 3.33, e.g. Debian 12's package, or port \
+             nvme-fio/src/ffi.rs with nvme-fio/layout/offsets.c)",
+            found.unwrap_or("a program without fio_version_string")
+        )),
+    }
+}
+
 /// What fio calls after `dlopen` to get the engine's operations (`get_ioengine_t`). Leaves
 /// `*out` NULL, with a message, in any fio but 3.33: the structures above are 3.33's.
 ///
@@ -782,20 +795,36 @@ pub unsafe extern "C" fn get_ioengine(out: *mut *mut c_void) {
     if out.is_null() {
         return;
     }
-    let ops = match fio_version() {
-        Some(v) if v == FIO_VERSION => ops().cast::<c_void>(),
-        found => {
-            log(&format!(
-                "this engine is built for {FIO_VERSION}'s structures and was loaded by {}; \
-                 not loading (install fio 3.33, e.g. Debian 12's package, or port \
-                 nvme-fio/src/ffi.rs with nvme-fio/layout/offsets.c)",
-                found
-                    .as_deref()
-                    .unwrap_or("a program without fio_version_string")
-            ));
+    let ops = match check_version(fio_version().as_deref()) {
+        Ok(()) => ops().cast::<c_void>(),
+        Err(e) => {
+            log(&e);
             null_mut()
         }
     };
     // SAFETY: the caller's contract.
     unsafe { *out = ops };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_fio_3_33_loads_the_engine() {
+        assert!(check_version(Some("fio-3.33")).is_ok());
+        let e = check_version(Some("fio-3.35")).unwrap_err();
+        assert!(
+            e.contains("built for fio-3.33") && e.contains("loaded by fio-3.35"),
+            "{e}"
+        );
+        let e = check_version(None).unwrap_err();
+        assert!(e.contains("without fio_version_string"), "{e}");
+        // The test binary is not fio: the symbol is not there, and get_ioengine says no.
+        assert_eq!(fio_version(), None);
+        let mut out = 1usize as *mut c_void;
+        // SAFETY: `out` is a valid pointer-sized variable.
+        unsafe { get_ioengine(&mut out) };
+        assert!(out.is_null(), "refused outside fio 3.33");
+    }
 }
