@@ -315,18 +315,18 @@ fn op_name(d: i32) -> &'static str {
     }
 }
 
-impl ThreadState {
-    fn fail(&self, io: IoU, e: &Error) {
-        let (_, len) = io.xfer();
-        log(&format!(
-            "job '{}': {} of {len} bytes at offset {} failed: {e}",
-            self.name,
-            op_name(io.ddir()),
-            io.offset()
-        ));
-        io.complete(errno_of(e));
-    }
+/// Completes `io` of job `job` with the error `e`, and says so on fio's error output.
+fn fail(job: &str, io: IoU, e: &Error) {
+    let (_, len) = io.xfer();
+    log(&format!(
+        "job '{job}': {} of {len} bytes at offset {} failed: {e}",
+        op_name(io.ddir()),
+        io.offset()
+    ));
+    io.complete(errno_of(e));
+}
 
+impl ThreadState {
     /// The offset of `[p, p + len)` in the DMA buffer, if it lies inside it.
     fn dma_offset(&self, p: *mut u8, len: usize) -> Option<usize> {
         let buf = self.dma.as_ref()?;
@@ -427,7 +427,7 @@ impl ThreadState {
                 QueueResult::Busy
             }
             Err(e) => {
-                self.fail(io, &e);
+                fail(&self.name, io, &e);
                 QueueResult::Completed
             }
         }
@@ -445,15 +445,7 @@ impl ThreadState {
                 let io = IoU::from_token(token);
                 match r {
                     Ok(()) => io.complete(0),
-                    Err(e) => {
-                        let (_, len) = io.xfer();
-                        log(&format!(
-                            "job '{name}': {} of {len} bytes at offset {} failed: {e}",
-                            op_name(io.ddir()),
-                            io.offset()
-                        ));
-                        io.complete(errno_of(&e));
-                    }
+                    Err(e) => fail(name, io, &e),
                 }
                 events.push(io);
             });

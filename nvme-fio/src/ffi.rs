@@ -822,7 +822,7 @@ mod tests {
         assert!(e.contains("without fio_version_string"), "{e}");
         // The test binary is not fio: the symbol is not there, and get_ioengine says no.
         assert_eq!(fio_version(), None);
-        let mut out = 1usize as *mut c_void;
+        let mut out = std::ptr::dangling_mut::<c_void>();
         // SAFETY: `out` is a valid pointer-sized variable.
         unsafe { get_ioengine(&mut out) };
         assert!(out.is_null(), "refused outside fio 3.33");

@@ -16,18 +16,14 @@ const EIO: i64 = 5;
 /// Linux's EILSEQ, what fio reports for a verify failure.
 const EILSEQ: i64 = 84;
 
-/// The engine cargo built beside this test (`target/<profile>/libnvme_fio.so`).
+/// The engine cargo built for this test run: `target/<profile>/deps/libnvme_fio.so`, beside
+/// the test executable (cargo copies it up to `target/<profile>/` only for `cargo build`).
 fn engine() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/fio-<hash> -> target/<profile>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let so = dir.join("libnvme_fio.so");
+    let so = exe.with_file_name("libnvme_fio.so");
     assert!(
         so.exists(),
-        "{} is missing: cargo builds the cdylib before this test (cargo test -p nvme-fio)",
+        "{} is missing: cargo builds the library (cdylib and rlib) before this test",
         so.display()
     );
     so
@@ -104,6 +100,12 @@ fn fio(job: &str, dir: &Path, env: &[(&str, String)]) -> Run {
     }
 }
 
+/// Runs fio on `nvme-fio/jobs/<job>` alone (no group), in a scratch directory of its own.
+fn fio_alone(job: &str) -> Run {
+    let dir = scratch(job.trim_end_matches(".fio"));
+    fio(job, &dir, &[])
+}
+
 fn ios(job: &Value, dir: &str) -> u64 {
     job[dir]["total_ios"].as_u64().expect("total_ios")
 }
@@ -121,8 +123,7 @@ fn assert_clean(run: &Run, job: &Value) {
 
 #[test]
 fn randwrite_crc32c_then_read_verify_pass() {
-    let dir = scratch("verify");
-    let run = fio("verify.fio", &dir, &[]);
+    let run = fio_alone("verify.fio");
     let w = run.job("write-verify");
     assert_clean(&run, w);
     assert_eq!(ios(w, "write"), 16 << 20 >> 12, "16 MiB of 4 KiB writes");
@@ -143,8 +144,7 @@ fn randwrite_crc32c_then_read_verify_pass() {
 
 #[test]
 fn md5_verify_with_bssplit_on_4k_blocks() {
-    let dir = scratch("md5");
-    let run = fio("verify-md5.fio", &dir, &[]);
+    let run = fio_alone("verify-md5.fio");
     let j = run.job("write-verify-md5");
     assert_clean(&run, j);
     assert!(ios(j, "write") > 0 && ios(j, "read") > 0, "{}", run.output);
@@ -157,8 +157,7 @@ fn md5_verify_with_bssplit_on_4k_blocks() {
 #[test]
 fn verifying_unwritten_blocks_fails() {
     // The check that the verify passes above are real: data fio never wrote does not pass.
-    let dir = scratch("unwritten");
-    let run = fio("unwritten.fio", &dir, &[]);
+    let run = fio_alone("unwritten.fio");
     assert!(!run.ok, "fio should fail:\n{}", run.output);
     assert!(
         run.output.contains("verify: bad magic header"),
@@ -170,8 +169,7 @@ fn verifying_unwritten_blocks_fails() {
 
 #[test]
 fn randrw_batched_with_ramp_and_percentiles() {
-    let dir = scratch("randrw");
-    let run = fio("randrw.fio", &dir, &[]);
+    let run = fio_alone("randrw.fio");
     let j = run.job("randrw");
     assert_clean(&run, j);
     for d in ["read", "write"] {
@@ -201,8 +199,7 @@ fn randrw_batched_with_ramp_and_percentiles() {
 
 #[test]
 fn two_job_threads_share_one_attachment() {
-    let dir = scratch("numjobs");
-    let run = fio("numjobs.fio", &dir, &[]);
+    let run = fio_alone("numjobs.fio");
     let jobs: Vec<&Value> = run
         .jobs()
         .iter()
@@ -218,8 +215,7 @@ fn two_job_threads_share_one_attachment() {
 
 #[test]
 fn writing_past_the_namespace_fails_clearly() {
-    let dir = scratch("past-end");
-    let run = fio("past-end.fio", &dir, &[]);
+    let run = fio_alone("past-end.fio");
     assert!(!run.ok, "fio should fail:\n{}", run.output);
     assert!(
         run.output.contains("reaches past the end of namespace 1")
