@@ -212,6 +212,7 @@ pub(crate) fn init(td: Td) -> Result<(), String> {
         .filter_map(|f| FileTarget::decode(f.engine_pos()))
         .map(|t| t.slot)
         .collect();
+    slots.sort_unstable();
     slots.dedup();
     let slot = match slots.as_slice() {
         [s] => *s,
