@@ -1,6 +1,7 @@
 //! The engine: one attachment per controller per process, shared by the job threads; per
 //! job thread an I/O queue pair and the DMA memory that fio uses as its I/O buffers.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -191,7 +192,19 @@ pub(crate) struct ThreadState {
     warned_bounce: bool,
     /// I/Os queued since the last commit.
     queued: usize,
+    /// The tokens of the I/Os the controller has (to give them back if it dies).
+    in_flight: HashSet<u64>,
+    /// Completed I/Os beyond what fio asked for; handed out first by the next `getevents`.
+    backlog: Vec<IoU>,
+    /// The controller died (gone or fatal): every I/O fails at once.
+    dead: bool,
+    /// The driver's completions of one poll (kept: no allocation per `getevents`).
+    done: Vec<(u64, nvme_host_linux::Result<()>)>,
 }
+
+/// After this long without a completion while I/O is outstanding, `getevents` checks that
+/// the controller is still there (and again each time as long again passes).
+const LIVENESS_CHECK: Duration = Duration::from_millis(10);
 
 /// What `queue` did with an I/O.
 pub(crate) enum QueueResult {
@@ -254,6 +267,10 @@ pub(crate) fn init(td: Td) -> Result<(), String> {
         bounces: Vec::new(),
         warned_bounce: false,
         queued: 0,
+        in_flight: HashSet::with_capacity(entries as usize),
+        backlog: Vec::new(),
+        dead: false,
+        done: Vec::new(),
     }));
     Ok(())
 }
@@ -419,9 +436,14 @@ impl ThreadState {
     }
 
     fn queue(&mut self, io: IoU) -> QueueResult {
+        if self.dead {
+            io.complete(libc::EIO as u32);
+            return QueueResult::Completed;
+        }
         match self.submit(io) {
             Ok(()) => {
                 self.queued += 1;
+                self.in_flight.insert(io.token());
                 QueueResult::Submitted
             }
             Err(Error::Submit(SubmitError::QueueFull)) if self.qp.outstanding() > 0 => {
@@ -434,34 +456,94 @@ impl ThreadState {
         }
     }
 
+    /// Completes the driver's finished request `token` with `r`: into `events` while it
+    /// has room for `max`, else into the backlog.
+    fn complete(&mut self, token: u64, r: nvme_host_linux::Result<()>, max: usize) {
+        let io = IoU::from_token(token);
+        self.in_flight.remove(&token);
+        match r {
+            Ok(()) => io.complete(0),
+            Err(e) => fail(&self.name, io, &e),
+        }
+        if self.events.len() < max {
+            self.events.push(io);
+        } else {
+            self.backlog.push(io);
+        }
+    }
+
     fn getevents(&mut self, min: usize, max: usize, timeout: Option<Duration>) -> usize {
         self.events.clear();
         let max = max.max(1);
+        let take = self.backlog.len().min(max);
+        self.events.extend(self.backlog.drain(..take));
         let start = Instant::now();
+        let mut idle_since: Option<Instant> = None;
+        let mut done = std::mem::take(&mut self.done);
         loop {
-            let ThreadState {
-                qp, events, name, ..
-            } = self;
-            qp.process_completions(max - events.len(), |token, r| {
-                let io = IoU::from_token(token);
-                match r {
-                    Ok(()) => io.complete(0),
-                    Err(e) => fail(name, io, &e),
-                }
-                events.push(io);
-            });
+            if !self.dead {
+                self.qp
+                    .process_completions(max - self.events.len(), |t, r| done.push((t, r)));
+            }
+            let progress = !done.is_empty();
+            for (t, r) in done.drain(..) {
+                self.complete(t, r, max);
+            }
             if !self.bounces.is_empty() {
                 self.finish_bounces();
             }
-            if self.events.len() >= min.min(max) || self.events.len() >= max {
+            if self.events.len() >= min.min(max) || self.events.len() >= max || self.dead {
                 break;
             }
             if timeout.is_some_and(|t| start.elapsed() >= t) {
                 break;
             }
+            if progress {
+                idle_since = None;
+            } else {
+                let now = Instant::now();
+                if now - *idle_since.get_or_insert(now) >= LIVENESS_CHECK {
+                    idle_since = Some(now);
+                    self.check_controller(max);
+                }
+            }
             std::hint::spin_loop();
         }
+        self.done = done;
         self.events.len()
+    }
+
+    /// Nothing completed for a while: is the controller still there? (The driver's `drain`
+    /// checks, polling briefly.) If it is gone or fatal, the I/Os it had fail with EIO.
+    #[cold]
+    fn check_controller(&mut self, max: usize) {
+        let mut done = Vec::new();
+        let r = self
+            .qp
+            .drain(Duration::from_millis(2), |t, r| done.push((t, r)));
+        for (t, r) in done {
+            self.complete(t, r, max);
+        }
+        let e = match r {
+            Ok(()) | Err(Error::Timeout { .. }) => return,
+            Err(e) => e,
+        };
+        log(&format!(
+            "job '{}': the controller is lost ({e}); the {} I/Os it had fail with EIO, and \
+             every later one",
+            self.name,
+            self.in_flight.len()
+        ));
+        self.dead = true;
+        for t in std::mem::take(&mut self.in_flight) {
+            let io = IoU::from_token(t);
+            io.complete(libc::EIO as u32);
+            if self.events.len() < max {
+                self.events.push(io);
+            } else {
+                self.backlog.push(io);
+            }
+        }
     }
 
     /// Copies completed bounced reads back into fio's buffers and frees their bounce buffers.

@@ -1,9 +1,11 @@
 //! The engine under the real fio (`/usr/bin/fio`, 3.33): the job files in `nvme-fio/jobs/`
 //! against the software controller, checked on fio's JSON output and exit status.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use nvme_host_linux::regs::status::MediaErrorStatus;
 use nvme_host_linux::regs::Status;
@@ -62,42 +64,59 @@ impl Run {
     }
 }
 
-/// Runs fio on `nvme-fio/jobs/<job>` with `env`, JSON output into the scratch directory.
-fn fio(job: &str, dir: &Path, env: &[(&str, String)]) -> Run {
+/// Starts fio on `nvme-fio/jobs/<job>` with `env`; its JSON, stdout and stderr go to files
+/// in `dir`.
+fn start_fio(job: &str, dir: &Path, env: &[(&str, String)]) -> Child {
     let jobfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs").join(job);
-    let out = dir.join(format!("{job}.json"));
+    let file = |ext: &str| File::create(dir.join(format!("{job}.{ext}"))).expect("output file");
     let mut cmd = Command::new("fio");
     cmd.arg("--output-format=json")
-        .arg(format!("--output={}", out.display()))
+        .arg(format!(
+            "--output={}",
+            dir.join(format!("{job}.json")).display()
+        ))
         .arg(&jobfile)
         .env("NVME_FIO_ENGINE", engine())
-        .env("NVME_RUN_DIR", dir);
+        .env("NVME_RUN_DIR", dir)
+        .stdin(Stdio::null())
+        .stdout(file("stdout"))
+        .stderr(file("stderr"));
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let res = match cmd.output() {
-        Ok(r) => r,
+    match cmd.spawn() {
+        Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             panic!("fio is not installed: install fio (apt-get install fio), version 3.33")
         }
         Err(e) => panic!("running fio: {e}"),
-    };
-    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    }
+}
+
+/// What fio, started by [`start_fio`] for `job` in `dir`, left when it exited with `status`.
+fn finished(job: &str, dir: &Path, status: ExitStatus) -> Run {
+    let read = |ext: &str| std::fs::read_to_string(dir.join(format!("{job}.{ext}")));
+    let text = read("json").unwrap_or_default();
     let output = format!(
-        "exit status: {}\nstdout:\n{}\nstderr:\n{}\njson file:\n{text}",
-        res.status,
-        String::from_utf8_lossy(&res.stdout),
-        String::from_utf8_lossy(&res.stderr)
+        "exit status: {status}\nstdout:\n{}\nstderr:\n{}\njson file:\n{text}",
+        read("stdout").unwrap_or_default(),
+        read("stderr").unwrap_or_default()
     );
     // fio may print lines before the JSON object.
     let json = text
         .find('{')
         .and_then(|i| serde_json::from_str(&text[i..]).ok());
     Run {
-        ok: res.status.success(),
+        ok: status.success(),
         output,
         json,
     }
+}
+
+/// Runs fio on `nvme-fio/jobs/<job>` with `env` to the end.
+fn fio(job: &str, dir: &Path, env: &[(&str, String)]) -> Run {
+    let status = start_fio(job, dir, env).wait().expect("waiting for fio");
+    finished(job, dir, status)
 }
 
 /// Runs fio on `nvme-fio/jobs/<job>` alone (no group), in a scratch directory of its own.
@@ -308,6 +327,73 @@ fn nvme_error_status_reaches_fio_as_eio() {
             .contains("write of 4096 bytes at offset 36864 failed")
             && run.output.contains("Write Fault (sct 0x2, sc 0x80"),
         "the NVMe status is named:\n{}",
+        run.output
+    );
+}
+
+/// Waits up to `limit` for `cond`, polling; false if it never held.
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn a_dead_controller_ends_the_job_with_eio() {
+    let group = group_id(2);
+    let (ctrl, sim) = primary("trtype:sim size:64M", group);
+    let sim_pid = ctrl
+        .sim_process()
+        .expect("the group's controller runs as a process");
+    let mut child = start_fio(
+        "controller-dies.fio",
+        group_dir(),
+        &[("NVME_FIO_GROUP", group.to_string())],
+    );
+    let reading = wait_for(Duration::from_secs(60), || {
+        sim.stats().is_ok_and(|s| s.reads > 100)
+    });
+    let killed = Command::new("kill")
+        .args(["-KILL", &sim_pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(
+        killed.success(),
+        "killing the controller's process {sim_pid}"
+    );
+    // fio must end by itself: before the engine checked the controller, its job thread
+    // polled for completions that never came, and fio could not be stopped but by SIGKILL.
+    let mut status = None;
+    let ended = wait_for(Duration::from_secs(60), || {
+        status = child.try_wait().expect("fio's status");
+        status.is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let run = finished(
+        "controller-dies.fio",
+        group_dir(),
+        status.unwrap_or_default(),
+    );
+    assert!(reading, "fio never read:\n{}", run.output);
+    assert!(
+        ended,
+        "fio kept running after the controller died:\n{}",
+        run.output
+    );
+    drop(ctrl);
+    assert!(!run.ok, "fio should fail:\n{}", run.output);
+    assert_eq!(run.job("controller-dies")["error"], EIO, "{}", run.output);
+    assert!(
+        run.output.contains("the controller is lost") && run.output.contains("fail with EIO"),
+        "{}",
         run.output
     );
 }
