@@ -257,21 +257,7 @@ pub(crate) fn init(td: Td) -> Result<(), String> {
     let qp = ctrl
         .alloc_io_queue(QueueOptions { entries })
         .map_err(|e| format!("job '{name}': creating its I/O queue pair: {e}"))?;
-    td.set_state(Box::new(ThreadState {
-        name,
-        ctrl,
-        qp,
-        dma: None,
-        dma_base: 0,
-        events: Vec::new(),
-        bounces: Vec::new(),
-        warned_bounce: false,
-        queued: 0,
-        in_flight: HashSet::with_capacity(entries as usize),
-        backlog: Vec::new(),
-        dead: false,
-        done: Vec::new(),
-    }));
+    td.set_state(Box::new(ThreadState::new(name, ctrl, qp)));
     Ok(())
 }
 
@@ -345,6 +331,25 @@ fn fail(job: &str, io: IoU, e: &Error) {
 }
 
 impl ThreadState {
+    fn new(name: String, ctrl: Controller, qp: IoQueuePair) -> ThreadState {
+        let slots = qp.capacity();
+        ThreadState {
+            name,
+            ctrl,
+            qp,
+            dma: None,
+            dma_base: 0,
+            events: Vec::new(),
+            bounces: Vec::new(),
+            warned_bounce: false,
+            queued: 0,
+            in_flight: HashSet::with_capacity(slots),
+            backlog: Vec::new(),
+            dead: false,
+            done: Vec::new(),
+        }
+    }
+
     /// The offset of `[p, p + len)` in the DMA buffer, if it lies inside it.
     fn dma_offset(&self, p: *mut u8, len: usize) -> Option<usize> {
         let buf = self.dma.as_ref()?;
@@ -616,6 +621,51 @@ fn release_files(td: Td) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ffi::fake::{FakeFile, FakeIoU};
+
+    /// One I/O through the queue pair: queued, committed, completed; its errno.
+    fn run_one(st: &mut ThreadState, io: &FakeIoU) -> u32 {
+        assert!(matches!(st.queue(io.io()), QueueResult::Submitted));
+        st.qp.ring();
+        let mut got = 0;
+        while got == 0 {
+            got = st.getevents(1, 1, None);
+        }
+        assert_eq!(st.events, [io.io()]);
+        io.error()
+    }
+
+    #[test]
+    fn buffers_outside_dma_memory_go_through_bounce_buffers() {
+        let ctrl = Controller::attach("trtype:sim size:16M").expect("software controller");
+        let qp = ctrl
+            .alloc_io_queue(QueueOptions { entries: 16 })
+            .expect("queue pair");
+        // No iomem_alloc: every buffer is fio's own memory.
+        let mut st = ThreadState::new("bounce".into(), ctrl, qp);
+        let file = FakeFile::new(
+            FileTarget {
+                slot: 0,
+                shift: 9,
+                nsid: 1,
+            }
+            .encode(),
+        );
+        let mut data: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
+        let write = FakeIoU::new(&file, ddir::WRITE, 4096, &mut data);
+        assert_eq!(run_one(&mut st, &write), 0);
+        assert!(st.warned_bounce, "the bounce was reported");
+        let mut back = vec![0u8; 8192];
+        let read = FakeIoU::new(&file, ddir::READ, 4096, &mut back);
+        assert_eq!(run_one(&mut st, &read), 0);
+        assert!(st.bounces.is_empty(), "bounce buffers freed");
+        assert_eq!(back, data, "read back through a bounce buffer");
+        // A misaligned offset fails at once with EINVAL, nothing submitted.
+        let bad = FakeIoU::new(&file, ddir::READ, 100, &mut back);
+        assert!(matches!(st.queue(bad.io()), QueueResult::Completed));
+        assert_eq!(bad.error(), libc::EINVAL as u32);
+        assert_eq!(st.qp.outstanding(), 0);
+    }
 
     #[test]
     fn file_target_round_trips() {

@@ -28,6 +28,8 @@ const FIO_IOOPS_VERSION: c_int = 31;
 /// `io_ops_init` at `io_ops` + 8 = 0x2e608, `init_io_u_buffers` reads `orig_buffer` at
 /// 0x2e280). The engine refuses to load into any fio but [`FIO_VERSION`].
 mod layout {
+    pub const IO_U_SIZE: usize = 368;
+    pub const FILE_SIZE: usize = 376;
     pub const TD_O_NAME: usize = 104;
     pub const TD_O_IODEPTH: usize = 208;
     pub const TD_O_USE_THREAD: usize = 1256;
@@ -804,6 +806,72 @@ pub unsafe extern "C" fn get_ioengine(out: *mut *mut c_void) {
     };
     // SAFETY: the caller's contract.
     unsafe { *out = ops };
+}
+
+/// fio's `io_u` and `fio_file` in Rust memory, for tests of the engine without fio.
+#[cfg(test)]
+pub(crate) mod fake {
+    use super::*;
+
+    /// Zeroed, 8-byte aligned memory of `bytes` bytes, owned by the fake.
+    fn zeroed(bytes: usize) -> NonNull<u8> {
+        let words = vec![0u64; bytes.div_ceil(8)].into_boxed_slice();
+        NonNull::from(Box::leak(words)).cast()
+    }
+
+    fn free(p: NonNull<u8>, bytes: usize) {
+        let words = std::ptr::slice_from_raw_parts_mut(p.as_ptr().cast::<u64>(), bytes.div_ceil(8));
+        // SAFETY: `p` came from Box::leak of a slice of this length in `zeroed`.
+        drop(unsafe { Box::from_raw(words) });
+    }
+
+    /// A `struct fio_file` with the engine's word set.
+    pub(crate) struct FakeFile(NonNull<u8>);
+
+    impl FakeFile {
+        pub(crate) fn new(engine_pos: u64) -> FakeFile {
+            let f = FakeFile(zeroed(layout::FILE_SIZE));
+            FioFile(f.0).set_engine_pos(engine_pos);
+            f
+        }
+    }
+
+    impl Drop for FakeFile {
+        fn drop(&mut self) {
+            free(self.0, layout::FILE_SIZE);
+        }
+    }
+
+    /// A `struct io_u` for `buf` at byte `offset` of `file`.
+    pub(crate) struct FakeIoU(NonNull<u8>);
+
+    impl FakeIoU {
+        pub(crate) fn new(file: &FakeFile, ddir: i32, offset: u64, buf: &mut [u8]) -> FakeIoU {
+            let p = zeroed(layout::IO_U_SIZE);
+            // SAFETY: fields of the zeroed io_u-sized memory above, at fio's offsets.
+            unsafe {
+                put(p, layout::IO_U_FILE, file.0.as_ptr());
+                put(p, layout::IO_U_DDIR, ddir);
+                put(p, layout::IO_U_OFFSET, offset);
+                put(p, layout::IO_U_XFER_BUF, buf.as_mut_ptr());
+                put(p, layout::IO_U_XFER_BUFLEN, buf.len() as u64);
+            }
+            FakeIoU(p)
+        }
+        pub(crate) fn io(&self) -> IoU {
+            IoU(self.0)
+        }
+        pub(crate) fn error(&self) -> u32 {
+            // SAFETY: an `unsigned int` field of the fake io_u.
+            unsafe { get(self.0, layout::IO_U_ERROR) }
+        }
+    }
+
+    impl Drop for FakeIoU {
+        fn drop(&mut self) {
+            free(self.0, layout::IO_U_SIZE);
+        }
+    }
 }
 
 #[cfg(test)]

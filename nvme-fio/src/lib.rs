@@ -26,7 +26,9 @@
 //! buffer outside it (fio does not hand one out today) goes through a bounce buffer, and the
 //! engine says so once. Requests larger than the controller's MDTS are split by the driver.
 //! A failed command comes back to fio as `EIO`, with a log line naming the command, the
-//! offset and the NVMe status (status code type and code).
+//! offset and the NVMe status (status code type and code). A controller that dies under a
+//! job (removed, fatal, or the group's software controller process killed) is noticed after
+//! 10 ms without completions: the I/Os it had and every later one fail with `EIO`.
 //!
 //! Where each job lives: `ffi` (fio's structures, the entry points fio calls, fio's
 //! version check), `engine` (attachments, per-thread state, the I/O path), `target` (the
