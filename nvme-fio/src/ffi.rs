@@ -28,7 +28,10 @@ const FIO_IOOPS_VERSION: c_int = 31;
 /// `io_ops_init` at `io_ops` + 8 = 0x2e608, `init_io_u_buffers` reads `orig_buffer` at
 /// 0x2e280). The engine refuses to load into any fio but [`FIO_VERSION`].
 mod layout {
+    /// `sizeof(struct io_u)` and `sizeof(struct fio_file)`: the tests' fakes.
+    #[cfg(test)]
     pub const IO_U_SIZE: usize = 368;
+    #[cfg(test)]
     pub const FILE_SIZE: usize = 376;
     pub const TD_O_NAME: usize = 104;
     pub const TD_O_IODEPTH: usize = 208;
