@@ -78,6 +78,8 @@ fn start_fio(job: &str, dir: &Path, env: &[(&str, String)]) -> Child {
         .arg(&jobfile)
         .env("NVME_FIO_ENGINE", engine())
         .env("NVME_RUN_DIR", dir)
+        // fio's own files (verify state when a job ends early) stay in the scratch directory.
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(file("stdout"))
         .stderr(file("stderr"));
