@@ -1,0 +1,235 @@
+//! `cargo xtask fio-hw`: the fio engine (`nvme-fio`) against QEMU's NVMe controller through
+//! VFIO in a VM, with Debian's fio 3.33 in the guest.
+//!
+//! 1. builds `libnvme_fio.so` (release; a shared object, so not static: it goes into the
+//!    guest with the libraries `ldd` names, beside fio and its own) and `nvme-setup`
+//!    (static);
+//! 2. boots QEMU with one controller: namespace 1 file-backed (512 B blocks), namespace 2
+//!    null-co (4 KiB blocks);
+//! 3. in the guest: binds the controller to vfio-pci and runs the job files of
+//!    `nvme-fio/jobs/hw/` (crc32c write and read-verify, 1 MiB blocks split by MDTS, two job
+//!    threads), printing each JSON result on the console;
+//! 4. checks each run (exit status, job errors, I/O counts) and, on the host, the verify
+//!    headers fio wrote in namespace 1's image (every 4 KiB block of the first 16 MiB starts
+//!    with fio's magic): data that went through the engine and QEMU reached the disk.
+
+use std::fs;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::cargo;
+use crate::hw::VFIO_MODULES;
+use crate::vm::{self, VmOpts};
+
+const USAGE: &str = "\
+usage: cargo xtask fio-hw [--accel tcg|kvm] [--timeout S] [--aw-bits 39|48] [--keep] [--append ARGS]
+Runs fio with the nvme-fio engine against QEMU's NVMe controller in a VM (jobs:
+nvme-fio/jobs/hw/). Needs fio 3.33 on the host (apt-get install fio) and the VM packages.";
+
+/// The job files, in the order the guest runs them.
+const JOBS: &[&str] = &["verify", "big", "numjobs"];
+
+/// Namespace 1's size; verify.fio writes its first 16 MiB with 4 KiB blocks.
+const NS1_BYTES: u64 = 64 << 20;
+const VERIFIED_BYTES: u64 = 16 << 20;
+
+/// The guest's `/init` after [`vm::INIT_PRELUDE`].
+const INIT: &str = r#"
+/bin/nvme-setup bind $bdf || fail "nvme-setup bind $bdf"
+echo "FIO-HW $bdf bound to $(basename $(readlink $dev/driver))"
+export LD_LIBRARY_PATH=$(cat /fio.libpath)
+export NVME_FIO_ENGINE=/lib/libnvme_fio.so
+export NVME_FIO_TRADDR=$(echo $bdf | tr ':' '.')
+echo "FIO-HW $(/bin/fio --version)"
+for j in $(cat /jobs/order); do
+    /bin/fio --output-format=json --output=/tmp/$j.json /jobs/$j.fio > /tmp/$j.out 2>&1
+    rc=$?
+    echo "FIO-JSON $j rc=$rc $(tr -d '\n' < /tmp/$j.json)"
+    [ $rc = 0 ] || echo "FIO-FAIL $j exit $rc: $(tail -n 5 /tmp/$j.out | tr '\n' ' ')"
+done
+echo "FIO-HW done"
+finish
+"#;
+
+/// Runs the VM with the arguments given after `cargo xtask fio-hw`.
+pub fn fio_hw(args: &[String]) -> Result<(), String> {
+    let mut o = VmOpts::new(300);
+    vm::parse_args(args, USAGE, &mut o, |_, _| Ok(false))?;
+    let tools = vm::prerequisites(&[("fio", "fio"), ("ldd", "libc-bin")], ")")?;
+    let fio = vm::which("fio").expect("checked");
+
+    let setup = vm::build_static(&["nvme-tools"], &["nvme-setup"])?;
+    cargo::cargo(&["build", "--release", "-p", "nvme-fio"], &[])?;
+    let engine = cargo::target_dir().join("release/libnvme_fio.so");
+
+    let mut ir = vm::Initramfs::new("fio-hw-vm", &tools.busybox, INIT)?;
+    ir.install(&setup[0], "bin/nvme-setup")?;
+    let mut libdirs = ir.dynamic(&fio, "bin/fio")?;
+    for d in ir.dynamic(&engine, "lib/libnvme_fio.so")? {
+        if !libdirs.contains(&d) {
+            libdirs.push(d);
+        }
+    }
+    ir.write("fio.libpath", &libdirs.join(":"))?;
+    ir.modules(&tools.moddir, VFIO_MODULES, "modules-vfio")?;
+    let jobs = cargo::workspace_root().join("nvme-fio/jobs/hw");
+    for j in JOBS {
+        ir.install(&jobs.join(format!("{j}.fio")), &format!("jobs/{j}.fio"))?;
+    }
+    ir.write("jobs/order", &JOBS.join("\n"))?;
+    let initrd = ir.pack()?;
+
+    let img = ir.work.join("ns1.img");
+    let mut q = vm::qemu(&tools, &o, &initrd);
+    vm::namespace(&mut q, 1, 512, NS1_BYTES, Some(&img))?;
+    vm::namespace(&mut q, 2, 4096, 256 << 20, None)?;
+    let console = vm::run(q, o.timeout, &ir.work, |l| {
+        let l = l.trim_start();
+        (l.starts_with("FIO-") && !l.starts_with("FIO-JSON"))
+            || l.starts_with("HWTEST-INIT")
+            || l.starts_with("qemu stderr")
+    })?;
+
+    let mut problems = Vec::new();
+    for j in JOBS {
+        match check_job(&console.log, j) {
+            Ok(line) => println!("fio-hw {j}: {line}"),
+            Err(e) => problems.push(format!("{j}: {e}")),
+        }
+    }
+    if console.timed_out {
+        problems.push(console.timeout_error(o.timeout));
+    } else if !console.log.lines().any(|l| l.trim() == "FIO-HW done") {
+        problems.push("the guest did not reach the end of /init".into());
+    }
+    if problems.is_empty() {
+        if let Err(e) = check_image(&img) {
+            problems.push(e);
+        }
+    }
+    println!(
+        "guest run took {:.1} s ({})",
+        console.took.as_secs_f64(),
+        o.accel
+    );
+    if problems.is_empty() {
+        if !o.keep {
+            let _ = fs::remove_dir_all(&ir.work);
+        }
+        println!("fio-hw: all {} job files passed", JOBS.len());
+        Ok(())
+    } else {
+        console.dump(&ir.work);
+        Err(problems.join("\n"))
+    }
+}
+
+/// The JSON result of job file `name` on the console.
+fn result_of(log: &str, name: &str) -> Result<Value, String> {
+    let prefix = format!("FIO-JSON {name} rc=");
+    let line = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+        .ok_or("no result on the console")?;
+    let (rc, rest) = line.split_once(' ').unwrap_or((line, ""));
+    if rc != "0" {
+        let why = log
+            .lines()
+            .find(|l| l.contains(&format!("FIO-FAIL {name} ")))
+            .unwrap_or("");
+        return Err(format!("fio exited with {rc}: {}", why.trim()));
+    }
+    let start = rest.find('{').ok_or("no JSON")?;
+    serde_json::from_str(&rest[start..]).map_err(|e| format!("fio's JSON: {e}"))
+}
+
+fn ios(job: &Value, dir: &str) -> u64 {
+    job[dir]["total_ios"].as_u64().unwrap_or(0)
+}
+
+/// Checks job file `name`'s result; a summary line when it passed.
+fn check_job(log: &str, name: &str) -> Result<String, String> {
+    let v = result_of(log, name)?;
+    let jobs = v["jobs"].as_array().ok_or("no jobs in fio's JSON")?;
+    let mut summary = Vec::new();
+    for j in jobs {
+        let jname = j["jobname"].as_str().unwrap_or("?");
+        if j["error"] != 0 {
+            return Err(format!("job {jname}: error {}", j["error"]));
+        }
+        let (r, w) = (ios(j, "read"), ios(j, "write"));
+        let expected = match (name, jname) {
+            // 16 MiB of 4 KiB blocks written and read back (verify), then read again.
+            ("verify", "write-verify") => Some((4096, 4096)),
+            ("verify", "read-verify") => Some((4096, 0)),
+            // 16 writes of 1 MiB, each verified.
+            ("big", _) => Some((16, 16)),
+            _ => None,
+        };
+        match expected {
+            Some(e) if (r, w) != e => {
+                return Err(format!(
+                    "job {jname}: {r} reads and {w} writes, expected {} and {}",
+                    e.0, e.1
+                ))
+            }
+            None if r == 0 => return Err(format!("job {jname}: no reads")),
+            _ => {}
+        }
+        summary.push(format!(
+            "{jname} {r} reads ({:.0} IOPS) {w} writes ({:.0} IOPS)",
+            j["read"]["iops"].as_f64().unwrap_or(0.0),
+            j["write"]["iops"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    if name == "numjobs" && jobs.len() != 2 {
+        return Err(format!("{} jobs, expected 2 threads", jobs.len()));
+    }
+    Ok(summary.join("; "))
+}
+
+/// Every 4 KiB block of the first 16 MiB of namespace 1 holds an fio verify header (its
+/// magic 0xacca, little-endian, first): verify.fio's writes are on QEMU's disk.
+fn check_image(img: &Path) -> Result<(), String> {
+    let data = fs::read(img).map_err(|e| format!("reading {}: {e}", img.display()))?;
+    let bad: Vec<u64> = (0..VERIFIED_BYTES / 4096)
+        .filter(|b| data.get(*b as usize * 4096..*b as usize * 4096 + 2) != Some(&[0xca, 0xac]))
+        .collect();
+    if bad.is_empty() {
+        println!(
+            "fio-hw: namespace 1's image holds fio's verify header in all {} blocks verify.fio wrote",
+            VERIFIED_BYTES / 4096
+        );
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of the {} blocks verify.fio wrote lack fio's verify header in {} (first: block {})",
+            bad.len(),
+            VERIFIED_BYTES / 4096,
+            img.display(),
+            bad[0]
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_results_from_the_console() {
+        let ok = r#"FIO-JSON big rc=0 {"jobs":[{"jobname":"big-blocks","error":0,"read":{"total_ios":16,"iops":5.0},"write":{"total_ios":16,"iops":4.0}}]}"#;
+        assert!(check_job(ok, "big").unwrap().contains("16 reads"));
+        let short = ok.replace(
+            "\"total_ios\":16,\"iops\":4.0",
+            "\"total_ios\":15,\"iops\":4.0",
+        );
+        assert!(check_job(&short, "big")
+            .unwrap_err()
+            .contains("expected 16"));
+        let failed = "FIO-JSON big rc=1 \nFIO-FAIL big exit 1: nvme-fio: boom";
+        assert!(check_job(failed, "big").unwrap_err().contains("boom"));
+        assert!(check_job("", "big").is_err());
+    }
+}
