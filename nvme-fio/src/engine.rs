@@ -255,7 +255,7 @@ pub(crate) fn init(td: Td) -> Result<(), String> {
         ));
     }
     let qp = ctrl
-        .alloc_io_queue(QueueOptions { entries })
+        .alloc_io_queue(QueueOptions::new(entries))
         .map_err(|e| format!("job '{name}': creating its I/O queue pair: {e}"))?;
     td.set_state(Box::new(ThreadState::new(name, ctrl, qp)));
     Ok(())
@@ -639,7 +639,7 @@ mod tests {
     fn buffers_outside_dma_memory_go_through_bounce_buffers() {
         let ctrl = Controller::attach("trtype:sim size:16M").expect("software controller");
         let qp = ctrl
-            .alloc_io_queue(QueueOptions { entries: 16 })
+            .alloc_io_queue(QueueOptions::new(16))
             .expect("queue pair");
         // No iomem_alloc: every buffer is fio's own memory.
         let mut st = ThreadState::new("bounce".into(), ctrl, qp);

@@ -182,6 +182,15 @@ fn test(args: TestArgs) -> Result<(), ()> {
         eprintln!("xtask {name}: {e}");
         return Err(());
     }
+    // The fio engine's tests run the real fio: say so now rather than after the build.
+    let needs_fio = args.package.is_empty() || args.package.iter().any(|p| p == "nvme-fio");
+    if needs_fio && vm::which("fio").is_none() {
+        eprintln!(
+            "xtask {name}: the fio engine's tests (nvme-fio) run fio 3.33, which is not installed: \
+             apt-get install fio (.ci/run installs it), or leave them out with --package"
+        );
+        return Err(());
+    }
 
     let quick = if args.quick {
         Skip::Because("--quick")
