@@ -286,10 +286,7 @@ fn admin_commands_beside_perf() -> Outcome {
 
     // ns-descs: the EUI64 and NGUID Identify Namespace reports.
     let d = text(&ok(group, &["ns-descs", "-n", "2"]).stdout);
-    let id: serde_json::Value = serde_json::from_str(&text(
-        &ok(group, &["id-ns", "-n", "2", "-o", "json"]).stdout,
-    ))
-    .unwrap();
+    let id = id_ns_json(group, 2);
     let (eui, nguid) = (id["eui64"].as_str().unwrap(), id["nguid"].as_str().unwrap());
     assert_eq!(
         d,
@@ -354,6 +351,13 @@ fn admin_commands_beside_perf() -> Outcome {
     let e = fails(group, &["admin-passthru", "-o", "0xc"], 1);
     assert!(e.contains("Asynchronous Event Requests"), "{e}");
     perf_kept_running(perf, me)
+}
+
+/// `id-ns -n nsid -o json`.
+fn id_ns_json(group: u32, nsid: u32) -> serde_json::Value {
+    let n = nsid.to_string();
+    let o = ok(group, &["id-ns", "-n", &n, "-o", "json"]);
+    serde_json::from_str(&text(&o.stdout)).expect("valid JSON")
 }
 
 /// The Device Self-test log as JSON.
@@ -425,10 +429,7 @@ fn namespace_commands_beside_perf() -> Outcome {
             && e.contains(&format!("pid {} (nvme-perf): I/O queue ids 1", perf.pid())),
         "{e}"
     );
-    let id: serde_json::Value = serde_json::from_str(&text(
-        &ok(group, &["id-ns", "-n", "3", "-o", "json"]).stdout,
-    ))
-    .unwrap();
+    let id = id_ns_json(group, 3);
     assert_eq!(id["flbas"], 0, "{id}");
 
     // Namespace 3: detach, delete, create (4 KiB blocks), attach.
@@ -471,10 +472,7 @@ fn namespace_commands_beside_perf() -> Outcome {
         text(&ok(group, &["attach-ns", "-n", "3"]).stdout),
         "attach-ns: Success, nsid:3\n"
     );
-    let id: serde_json::Value = serde_json::from_str(&text(
-        &ok(group, &["id-ns", "-n", "3", "-o", "json"]).stdout,
-    ))
-    .unwrap();
+    let id = id_ns_json(group, 3);
     assert_eq!(
         (&id["nsze"], &id["flbas"]),
         (&1024.into(), &1.into()),
@@ -545,10 +543,7 @@ fn format_in_a_group() -> Outcome {
 
     let o = ok(group, &["format", "-n", "2", "-b", "4096", "--force"]);
     assert_eq!(text(&o.stdout), "Success formatting namespace:2\n");
-    let id: serde_json::Value = serde_json::from_str(&text(
-        &ok(group, &["id-ns", "-n", "2", "-o", "json"]).stdout,
-    ))
-    .unwrap();
+    let id = id_ns_json(group, 2);
     assert_eq!(
         (&id["flbas"], &id["nsze"]),
         (&1.into(), &4096.into()),
