@@ -1083,7 +1083,7 @@ impl Mp {
             &["-r", &trid, "format", "-n", &n, "-b", &bs, "--force"],
         )?;
         tool_ok(&e, &[])?;
-        if e.stdout != format!("Success formatting namespace:{nsid:x}\n") {
+        if e.stdout.trim_end() != format!("Success formatting namespace:{nsid:x}") {
             return Err(format!("nvmectl format: {}", e.stdout));
         }
         let ctrl = Controller::attach(&trid).map_err(|e| format!("attach {trid}: {e}"))?;
@@ -1101,6 +1101,43 @@ impl Mp {
             "  nvmectl format -b {bs}: namespace {nsid} back to {} x {bs} B",
             again.blocks()
         );
+        drop(ctrl);
+
+        // Namespace Attachment: QEMU's controller attaches and detaches namespaces only
+        // inside an nvme-subsys device, which the VM does not have. Either way the
+        // namespace list must say what happened, and the namespace ends attached.
+        let listed = |s: &Self| -> R2<bool> {
+            let e = s.run_tool("nvmectl", &["-r", &trid, "list-ns"])?;
+            tool_ok(&e, &[])?;
+            Ok(e.stdout
+                .lines()
+                .any(|l| l.ends_with(&format!(":{nsid:#x}"))))
+        };
+        let e = self.run_tool("nvmectl", &["-r", &trid, "detach-ns", "-n", &n])?;
+        if e.code == Some(0) {
+            if listed(self)? {
+                return Err(format!(
+                    "detach-ns -n {nsid} succeeded, list-ns still lists it"
+                ));
+            }
+            let a = self.run_tool("nvmectl", &["-r", &trid, "attach-ns", "-n", &n])?;
+            tool_ok(&a, &[])?;
+            println!("  detach-ns and attach-ns of namespace {nsid}: done");
+        } else if e.code != Some(1)
+            || !e
+                .stderr
+                .contains("Namespace Attachment (opcode 0x15) failed")
+        {
+            return Err(format!(
+                "detach-ns: exit {:?}, expected 0 or 1 with the controller's status:\n{}",
+                e.code, e.stderr
+            ));
+        } else {
+            println!("  detach-ns refused by the controller: {}", e.stderr.trim());
+        }
+        if !listed(self)? {
+            return Err(format!("namespace {nsid} is no longer attached"));
+        }
         Ok(())
     }
 }
