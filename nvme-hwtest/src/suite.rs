@@ -163,6 +163,7 @@ fn multi_process(s: &mut Suite) {
     s.test("mp-interrupts-in-two-processes", |_| {
         mp.interrupts_in_two_processes()
     });
+    s.test("mp-interrupt-wait-sleeps", |_| mp.interrupt_wait_sleeps());
     s.test("mp-leases", |_| mp.leases());
     s.test("mp-kill-primary", |_| mp.kill_primary());
     s.test("mp-last-member-out", |_| mp.last_member_out());

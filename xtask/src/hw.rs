@@ -8,11 +8,13 @@
 //!    their dependencies), busybox-static, that binary and the tools (`nvme-setup`,
 //!    `nvmectl`, `nvme-perf`, static too), with an `/init` script;
 //! 3. boots QEMU (q35, virtual Intel IOMMU with its default 39-bit address width, TCG unless
-//!    `--accel kvm`) with one NVMe controller (serial `deadbeef`) and three namespaces:
-//!    512 B file-backed, 4 KiB file-backed, 4 KiB null-co;
+//!    `--accel kvm`) with one NVMe controller (serial `deadbeef`) and four namespaces:
+//!    512 B file-backed, 4 KiB file-backed, 4 KiB null-co, and a small 4 KiB null-co one
+//!    whose every command takes 2 ms (`--slow-ns`: the interrupt waiter's);
 //! 4. in the guest: binds the controller to vfio-pci, checks some attach errors for real,
 //!    runs the suite (single-process tests, then the multi-process scenarios of a
-//!    shared-memory group: `nvme-hwtest --multi-process`, ending with controller resets
+//!    shared-memory group: `nvme-hwtest --multi-process`, with interrupt-driven queues in
+//!    two processes and a thread sleeping on its interrupt, ending with controller resets
 //!    by one process under another's checked I/O, the same with PCI function resets, and
 //!    `nvmectl -i G reset` beside `nvme-perf -i G` with `--tools /bin`), then
 //!    `nvme-torture` against the controller (8 rounds; `--torture-rounds N`), fio with the
@@ -301,6 +303,11 @@ const FIO_LAYOUT: crate::fio_hw::Layout = crate::fio_hw::Layout {
     read_ns: 3,
 };
 
+/// The VM's slow namespace: null-co, 4 KiB blocks, 16 MiB, every command taking
+/// [`SLOW_NS_LATENCY`] (the interrupt scenario waits on it; `--slow-ns`).
+const SLOW_NS: (u32, u32, u64) = (4, 4096, 16 << 20);
+const SLOW_NS_LATENCY: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Namespaces of the VM: (nsid, block size, bytes, file-backed).
 const NAMESPACES: [(u32, u32, u64, bool); 3] = [
     (1, 512, 128 << 20, true),
@@ -339,6 +346,11 @@ fn vm(o: &Opts) -> Result<(), String> {
         let role = if file { "--write-ns" } else { "--scratch-ns" };
         args.push_str(&format!(" {role} {nsid}"));
     }
+    let (slow, slow_bs, slow_bytes) = SLOW_NS;
+    args.push_str(&format!(
+        " --expect-ns {slow}:{slow_bs}:{} --slow-ns {slow}",
+        slow_bytes / slow_bs as u64
+    ));
     ir.write("hwtest.args", &args)?;
     let torture = (o.torture_rounds > 0).then(|| {
         let seed = o.torture_seed.unwrap_or_else(|| {
@@ -371,6 +383,15 @@ fn vm(o: &Opts) -> Result<(), String> {
             images.push((nsid, img));
         }
     }
+    let (slow, slow_bs, slow_bytes) = SLOW_NS;
+    vm::namespace_with_latency(
+        &mut q,
+        slow,
+        slow_bs,
+        slow_bytes,
+        None,
+        Some(SLOW_NS_LATENCY),
+    )?;
     let shown = [
         "PASS ",
         "FAIL ",
