@@ -10,7 +10,7 @@
 //! 3. boots QEMU (q35, virtual Intel IOMMU with its default 39-bit address width, TCG unless
 //!    `--accel kvm`) with one NVMe controller (serial `deadbeef`) and four namespaces:
 //!    512 B file-backed, 4 KiB file-backed, 4 KiB null-co, and a small 4 KiB null-co one
-//!    whose every command takes 2 ms (`--slow-ns`: the interrupt waiter's);
+//!    whose every command takes 10 ms (`--slow-ns`: the interrupt waiter's);
 //! 4. in the guest: binds the controller to vfio-pci, checks some attach errors for real,
 //!    runs the suite (single-process tests, then the multi-process scenarios of a
 //!    shared-memory group: `nvme-hwtest --multi-process`, with interrupt-driven queues in
@@ -306,7 +306,7 @@ const FIO_LAYOUT: crate::fio_hw::Layout = crate::fio_hw::Layout {
 /// The VM's slow namespace: null-co, 4 KiB blocks, 16 MiB, every command taking
 /// [`SLOW_NS_LATENCY`] (the interrupt scenario waits on it; `--slow-ns`).
 const SLOW_NS: (u32, u32, u64) = (4, 4096, 16 << 20);
-const SLOW_NS_LATENCY: std::time::Duration = std::time::Duration::from_millis(2);
+const SLOW_NS_LATENCY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Namespaces of the VM: (nsid, block size, bytes, file-backed).
 const NAMESPACES: [(u32, u32, u64, bool); 3] = [
