@@ -182,22 +182,64 @@ impl From<PrpError> for SubmitError {
     }
 }
 
+/// A slot's state word: CID (bits 0-15), head slot index (16-31), commands pending (32-47,
+/// for a head) and flags (48-63), so that a submission initialises it with one store and a
+/// completion checks it with one compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SlotState(u64);
+
+/// A command using the slot is outstanding at the controller.
+const IN_FLIGHT: u64 = 1 << 48;
+/// The slot holds one command of a request split into several (its completion goes the
+/// general way, [`QueuePair::complete_other`]).
+const PART: u64 = 1 << 49;
+/// One pending command, in the state word.
+const ONE_PENDING: u64 = 1 << 32;
+
+impl SlotState {
+    #[inline]
+    const fn new(cid: u16, head: u16, pending: u16, flags: u64) -> SlotState {
+        SlotState(cid as u64 | (head as u64) << 16 | (pending as u64) << 32 | flags)
+    }
+    /// A free slot whose last use had `cid`.
+    #[inline]
+    const fn free(cid: u16) -> SlotState {
+        SlotState::new(cid, NONE, 0, 0)
+    }
+    /// Slot `idx` in flight with `cid`, the only command of its request.
+    #[inline]
+    const fn single(cid: u16, idx: u16) -> SlotState {
+        SlotState::new(cid, idx, 1, IN_FLIGHT)
+    }
+    #[inline]
+    const fn cid(self) -> u16 {
+        self.0 as u16
+    }
+    #[inline]
+    const fn head(self) -> u16 {
+        (self.0 >> 16) as u16
+    }
+    #[inline]
+    const fn pending(self) -> u16 {
+        (self.0 >> 32) as u16
+    }
+    #[inline]
+    const fn in_flight(self) -> bool {
+        self.0 & IN_FLIGHT != 0
+    }
+}
+
 /// Per-command tracking state. Storage for these comes from the caller (an array, a boxed
 /// slice, or memory of its own), one per command the queue may hold.
 #[derive(Debug)]
 pub struct Slot<T> {
-    /// Command identifier of the current (or last) use: the generation in the high bits,
-    /// the slot index in the low ones.
-    cid: u16,
-    /// Is a command using this slot outstanding at the controller?
-    in_flight: bool,
-    /// Index of the request's head slot (itself for the head).
-    head: u16,
-    /// For a head: commands of the request not yet completed.
-    pending: u16,
+    /// CID of the current (or last) use (the generation in the high bits, the slot index in
+    /// the low ones), head slot, commands pending, in flight: see [`SlotState`].
+    state: SlotState,
     /// Next free slot (free list link).
     next_free: u16,
-    /// For a head: the result so far.
+    /// For the head of a split request: the result so far (a single command's result is
+    /// its completion entry's).
     result: Completion,
     /// For a head: the caller's context, handed back on completion.
     ctx: Option<T>,
@@ -206,10 +248,7 @@ pub struct Slot<T> {
 impl<T> Slot<T> {
     /// An unused slot.
     pub const EMPTY: Slot<T> = Slot {
-        cid: 0,
-        in_flight: false,
-        head: NONE,
-        pending: 0,
+        state: SlotState::free(0),
         next_free: NONE,
         result: Completion {
             dw0: 0,
@@ -342,18 +381,14 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         let index_mask = self.index_mask;
         for (i, s) in slots[..cap].iter_mut().enumerate() {
             // Keep the generation (a late completion of an earlier use stays stale).
-            s.cid = (s.cid & !index_mask) | i as u16;
-            s.in_flight = false;
-            s.head = NONE;
-            s.pending = 0;
+            s.state = SlotState::free((s.state.cid() & !index_mask) | i as u16);
             s.ctx = None;
             s.next_free = if i + 1 < cap { (i + 1) as u16 } else { NONE };
         }
         // Storage past the capacity is never used; nothing there may look in flight (a
         // completion naming such a slot is then stale, see `complete`).
         for s in slots[cap..].iter_mut() {
-            s.in_flight = false;
-            s.head = NONE;
+            s.state = SlotState::free(s.state.cid());
         }
         self.free_head = 0;
         self.free_count = self.capacity;
@@ -442,9 +477,8 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         let step = self.cid_step;
         let slot = &mut self.slots.as_mut()[idx as usize];
         self.free_head = slot.next_free;
-        let cid = next_cid(slot.cid, step);
-        slot.cid = cid;
-        slot.in_flight = true;
+        let cid = next_cid(slot.state.cid(), step);
+        slot.state = SlotState::new(cid, NONE, 0, IN_FLIGHT | PART);
         self.free_count -= 1;
         (idx, cid)
     }
@@ -453,8 +487,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     fn free_slot(&mut self, idx: u16) {
         let head = self.free_head;
         let slot = &mut self.slots.as_mut()[idx as usize];
-        slot.in_flight = false;
-        slot.head = NONE;
+        slot.state = SlotState::free(slot.state.cid());
         slot.next_free = head;
         self.free_head = idx;
         self.free_count += 1;
@@ -527,16 +560,12 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         let Some(slot) = self.slots.as_mut().get_mut(idx as usize) else {
             return Err(SubmitError::QueueFull); // not reached: free slots are in range
         };
-        e.cid = next_cid(slot.cid, step);
+        e.cid = next_cid(slot.state.cid(), step);
         // Written before the slot is taken; the controller sees it only after the doorbell.
         if !self.sq.push(&e) {
             return Err(SubmitError::QueueFull);
         }
-        slot.cid = e.cid;
-        slot.in_flight = true;
-        slot.head = idx;
-        slot.pending = 1;
-        slot.result.status = Status::SUCCESS;
+        slot.state = SlotState::single(e.cid, idx);
         slot.ctx = Some(ctx);
         self.free_head = slot.next_free;
         self.free_count -= 1;
@@ -642,9 +671,9 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             e.prp1 = prp1;
             e.prp2 = prp2;
             let slot = &mut self.slots.as_mut()[idx as usize];
-            slot.head = head;
+            let pending = if idx == head { parts as u16 } else { 0 };
+            slot.state = SlotState::new(cid, head, pending, IN_FLIGHT | PART);
             if idx == head {
-                slot.pending = parts as u16;
                 slot.result = Completion {
                     dw0: 0,
                     dw1: 0,
@@ -669,7 +698,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         self.sq.unpush(parts as u32);
         for i in 0..self.capacity {
             let s = &mut self.slots.as_mut()[i as usize];
-            if s.in_flight && s.head == head {
+            if s.state.in_flight() && s.state.head() == head {
                 s.ctx = None;
                 self.free_slot(i);
             }
@@ -733,52 +762,64 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     #[inline]
     fn complete(&mut self, cqe: &CompletionEntry) -> Option<(T, Completion)> {
         let idx = cqe.cid & self.index_mask;
-        // Slots past the capacity are never in flight.
+        let head = self.free_head;
+        // The usual case, a request of one command, in one compare of the state word: in
+        // flight, this use's CID, its own head, one command pending, not a part.
         let s = match self.slots.as_mut().get_mut(idx as usize) {
-            Some(s) if s.in_flight && s.cid == cqe.cid && s.head != NONE => s,
-            _ => {
-                self.stats.stale_completions += 1;
-                return None;
-            }
+            Some(s) if s.state == SlotState::single(cqe.cid, idx) => s,
+            _ => return self.complete_other(idx, cqe),
         };
-        if s.head != idx || s.pending != 1 {
-            return self.complete_part(idx, cqe.dw0, cqe.dw1, cqe.status());
-        }
-        // The last (usually the only) command of its request: finish it.
-        let result = if s.result.status.is_success() {
-            Completion {
+        let ctx = s.ctx.take();
+        s.state = SlotState::free(cqe.cid);
+        s.next_free = head;
+        self.free_head = idx;
+        self.free_count += 1;
+        self.outstanding_requests -= 1;
+        ctx.map(|c| {
+            let result = Completion {
                 dw0: cqe.dw0,
                 dw1: cqe.dw1,
                 status: cqe.status(),
-            }
-        } else {
-            s.result
-        };
-        let ctx = s.ctx.take();
-        s.pending = 0;
-        self.free_slot(idx);
-        self.outstanding_requests -= 1;
-        ctx.map(|c| (c, result))
+            };
+            (c, result)
+        })
     }
 
-    /// [`complete`](Self::complete) for a command of a request that has others pending.
+    /// [`complete`](Self::complete) for anything but a request of one command: a command
+    /// of a split request, or a stale completion (no command of ours has its CID; slots
+    /// past the capacity are never in flight).
     #[inline(never)]
-    fn complete_part(
-        &mut self,
-        idx: u16,
-        dw0: u32,
-        dw1: u32,
-        status: Status,
-    ) -> Option<(T, Completion)> {
+    fn complete_other(&mut self, idx: u16, cqe: &CompletionEntry) -> Option<(T, Completion)> {
         let slots = self.slots.as_mut();
-        let head = slots[idx as usize].head;
-        slots[idx as usize].in_flight = false;
+        let part = match slots.get(idx as usize) {
+            Some(s) => {
+                let st = s.state;
+                st.in_flight()
+                    && st.0 & PART != 0
+                    && st.cid() == cqe.cid
+                    && (st.head() as usize) < slots.len()
+            }
+            None => false,
+        };
+        if !part {
+            self.stats.stale_completions += 1;
+            return None;
+        }
+        let (dw0, dw1, status) = (cqe.dw0, cqe.dw1, cqe.status());
+        let head = slots[idx as usize].state.head();
+        let st = slots[idx as usize].state;
+        slots[idx as usize].state = SlotState(st.0 & !IN_FLIGHT);
         let h = &mut slots[head as usize];
+        if h.state.pending() == 0 {
+            // Not reached: a head keeps a command pending until its last part completes.
+            self.stats.stale_completions += 1;
+            return None;
+        }
         if h.result.status.is_success() {
             h.result = Completion { dw0, dw1, status };
         }
-        h.pending -= 1;
-        let done = h.pending == 0;
+        h.state = SlotState(h.state.0 - ONE_PENDING);
+        let done = h.state.pending() == 0;
         if idx != head {
             self.free_slot(idx);
         }
@@ -802,7 +843,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             return None;
         }
         let s = &self.slots.as_mut()[slot];
-        (s.head == slot as u16 && s.ctx.is_some()).then_some(s.cid)
+        (s.state.head() == slot as u16 && s.ctx.is_some()).then_some(s.state.cid())
     }
 
     /// The command identifier of a command of the request whose head slot is `slot` that
@@ -814,11 +855,11 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         let head = slot as u16;
         let cap = self.capacity as usize;
         let slots = self.slots.as_mut();
-        if slots[slot].in_flight {
+        if slots[slot].state.in_flight() {
             return Some(cid);
         }
-        let part = (0..cap).find(|&i| slots[i].in_flight && slots[i].head == head)?;
-        Some(slots[part].cid)
+        let part = (0..cap).find(|&i| slots[i].state.in_flight() && slots[i].state.head() == head)?;
+        Some(slots[part].state.cid())
     }
 
     /// Completes every outstanding request with `status` (after the controller was reset or
@@ -828,7 +869,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         let mut n = 0;
         for i in 0..cap {
             let s = &mut self.slots.as_mut()[i];
-            if s.head == i as u16 {
+            if s.state.head() == i as u16 {
                 if let Some(ctx) = s.ctx.take() {
                     n += 1;
                     f(
