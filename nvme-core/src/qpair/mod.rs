@@ -597,14 +597,14 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
                 return self.submit_one(cmd.with_lba_range(slba, blocks as u32), data, ctx);
             }
         }
-        self.submit_split(cmd, slba, block_size, data, ctx)
+        self.submit_split(&cmd.clone(), slba, block_size, data, ctx)
     }
 
     /// [`submit_io`](Self::submit_io) in general: checks, then as many commands as it takes.
     #[inline(never)]
     fn submit_split(
         &mut self,
-        cmd: Command,
+        cmd: &Command,
         slba: u64,
         block_size: u32,
         data: DmaRegion,
@@ -743,7 +743,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             if !self.sq.update_head(cqe.sq_head) {
                 self.stats.bad_sq_heads += 1;
             }
-            if let Some((ctx, c)) = self.complete(&cqe) {
+            if let Some((ctx, c)) = self.complete(cqe) {
                 finished += 1;
                 f(ctx, c);
             }
@@ -760,14 +760,14 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     /// Matches a completion entry to its command. Returns the request's context and result
     /// when this completion finishes the request.
     #[inline]
-    fn complete(&mut self, cqe: &CompletionEntry) -> Option<(T, Completion)> {
+    fn complete(&mut self, cqe: CompletionEntry) -> Option<(T, Completion)> {
         let idx = cqe.cid & self.index_mask;
         let head = self.free_head;
         // The usual case, a request of one command, in one compare of the state word: in
         // flight, this use's CID, its own head, one command pending, not a part.
         let s = match self.slots.as_mut().get_mut(idx as usize) {
             Some(s) if s.state == SlotState::single(cqe.cid, idx) => s,
-            _ => return self.complete_other(idx, cqe),
+            _ => return self.complete_other(idx, cqe.cid, cqe.dw0, cqe.dw1, cqe.status()),
         };
         let ctx = s.ctx.take();
         s.state = SlotState::free(cqe.cid);
@@ -789,14 +789,21 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     /// of a split request, or a stale completion (no command of ours has its CID; slots
     /// past the capacity are never in flight).
     #[inline(never)]
-    fn complete_other(&mut self, idx: u16, cqe: &CompletionEntry) -> Option<(T, Completion)> {
+    fn complete_other(
+        &mut self,
+        idx: u16,
+        cid: u16,
+        dw0: u32,
+        dw1: u32,
+        status: Status,
+    ) -> Option<(T, Completion)> {
         let slots = self.slots.as_mut();
         let part = match slots.get(idx as usize) {
             Some(s) => {
                 let st = s.state;
                 st.in_flight()
                     && st.0 & PART != 0
-                    && st.cid() == cqe.cid
+                    && st.cid() == cid
                     && (st.head() as usize) < slots.len()
             }
             None => false,
@@ -805,7 +812,6 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             self.stats.stale_completions += 1;
             return None;
         }
-        let (dw0, dw1, status) = (cqe.dw0, cqe.dw1, cqe.status());
         let head = slots[idx as usize].state.head();
         let st = slots[idx as usize].state;
         slots[idx as usize].state = SlotState(st.0 & !IN_FLIGHT);
