@@ -1,5 +1,6 @@
 //! A queue pair: one submission and one completion ring, command identifiers in fixed
-//! storage, PRP lists, and transparent splitting of large transfers.
+//! storage, PRP lists or SGL descriptors ([`DataPointer`]), and transparent splitting of
+//! large transfers.
 //!
 //! Command identifiers are `generation << index_bits | slot index`. A slot's generation
 //! advances every time it is reused, so a late or duplicated completion for an earlier use of
@@ -21,6 +22,7 @@
 //! alone, without waiting behind a head write. With shadow doorbells the same rule decides
 //! when the shadow head is published.
 
+use nvme_regs::entry::PSDT_SGL;
 use nvme_regs::status::GenericStatus;
 use nvme_regs::{CompletionEntry, Status};
 
@@ -29,6 +31,7 @@ use crate::dma::DmaRegion;
 use crate::hal::RegisterAccess;
 use crate::prp::{self, PrpError};
 use crate::queue::{CompletionQueue, QueueError, ShadowSlot, SubmissionQueue};
+use crate::sgl::{self, SglError};
 
 /// Largest number of logical blocks one read/write command can carry (NLB is 16 bits).
 pub const MAX_BLOCKS_PER_COMMAND: u32 = 65536;
@@ -131,6 +134,8 @@ pub enum SubmitError {
     },
     /// The data buffer cannot be described with PRPs.
     Prp(PrpError),
+    /// The data buffer cannot be described with an SGL.
+    Sgl(SglError),
     /// The data length is not a positive multiple of the block size.
     BadLength {
         /// Data length in bytes.
@@ -156,6 +161,7 @@ impl core::fmt::Display for SubmitError {
                 "request needs {commands} commands but the queue holds {capacity}; use a deeper queue or a smaller request"
             ),
             SubmitError::Prp(e) => write!(f, "{e}"),
+            SubmitError::Sgl(e) => write!(f, "{e}"),
             SubmitError::BadLength { len, block_size } => write!(
                 f,
                 "data length {len} is not a positive multiple of the {block_size}-byte block size"
@@ -171,6 +177,7 @@ impl core::error::Error for SubmitError {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             SubmitError::Prp(e) => Some(e),
+            SubmitError::Sgl(e) => Some(e),
             _ => None,
         }
     }
@@ -180,6 +187,24 @@ impl From<PrpError> for SubmitError {
     fn from(e: PrpError) -> Self {
         SubmitError::Prp(e)
     }
+}
+
+impl From<SglError> for SubmitError {
+    fn from(e: SglError) -> Self {
+        SubmitError::Sgl(e)
+    }
+}
+
+/// How a queue pair's commands point to their data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataPointer {
+    /// PRP entries and lists (every controller takes them).
+    #[default]
+    Prp,
+    /// SGL descriptors (PSDT 01b): only for controllers whose Identify SGLS field reports
+    /// SGL support for NVM commands, and only on I/O queues (admin commands over PCIe use
+    /// PRPs).
+    Sgl,
 }
 
 /// A slot's state word: CID (bits 0-15), head slot index (16-31), commands pending (32-47,
@@ -302,6 +327,8 @@ pub struct QueuePair<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> {
     max_transfer: usize,
     prp: DmaRegion,
     prp_bytes_per_slot: usize,
+    /// Data as SGL descriptors ([`DataPointer::Sgl`]) rather than PRPs.
+    sgl: bool,
     outstanding_requests: usize,
     stats: QueueStats,
     _ctx: core::marker::PhantomData<T>,
@@ -365,6 +392,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             max_transfer: cfg.max_transfer,
             prp: cfg.prp,
             prp_bytes_per_slot,
+            sgl: false,
             outstanding_requests: 0,
             stats: QueueStats::default(),
             _ctx: core::marker::PhantomData,
@@ -457,6 +485,19 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         self.sq.set_shadow(Some(sq));
         self.cq.set_shadow(Some(cq));
         true
+    }
+    /// How commands point to their data from now on (default [`DataPointer::Prp`]). SGLs
+    /// only for controllers that report SGL support (Identify SGLS), on I/O queues.
+    pub fn set_data_pointer(&mut self, dp: DataPointer) {
+        self.sgl = dp == DataPointer::Sgl;
+    }
+    /// How commands point to their data.
+    pub fn data_pointer(&self) -> DataPointer {
+        if self.sgl {
+            DataPointer::Sgl
+        } else {
+            DataPointer::Prp
+        }
     }
     /// Diagnostic counters.
     pub fn stats(&self) -> QueueStats {
@@ -554,7 +595,12 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         }
         let mut e = cmd.0;
         if let Some((iova, len)) = data {
-            (e.prp1, e.prp2) = self.prps(iova, len, idx)?;
+            if self.sgl {
+                (e.prp1, e.prp2) = sgl::single(iova, len)?;
+                e.set_psdt(PSDT_SGL);
+            } else {
+                (e.prp1, e.prp2) = self.prps(iova, len, idx)?;
+            }
         }
         let step = self.cid_step;
         let Some(slot) = self.slots.as_mut().get_mut(idx as usize) else {
@@ -615,7 +661,11 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             return Err(SubmitError::BadLength { len, block_size });
         }
         if data.iova() & 3 != 0 {
-            return Err(SubmitError::Prp(PrpError::Misaligned(data.iova())));
+            return Err(if self.sgl {
+                SubmitError::Sgl(SglError::Misaligned(data.iova()))
+            } else {
+                SubmitError::Prp(PrpError::Misaligned(data.iova()))
+            });
         }
         let blocks = (len / block_size as usize) as u64;
         let chunk_blocks =
@@ -643,13 +693,17 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             let offset = part * chunk_bytes;
             let part_len = chunk_bytes.min(len - offset);
             let part_blocks = (part_len / block_size as usize) as u32;
-            let built = data
-                .sub(offset, part_len)
-                .ok_or(PrpError::Empty)
-                .and_then(|region| {
+            let built = match data.sub(offset, part_len) {
+                None => Err(SubmitError::Prp(PrpError::Empty)),
+                Some(region) if self.sgl => {
+                    sgl::single(region.iova(), part_len).map_err(SubmitError::from)
+                }
+                Some(region) => {
                     let list = self.prp_list(self.free_head);
                     prp::build(region.iova(), part_len, self.page_size, list.as_ref())
-                });
+                        .map_err(SubmitError::from)
+                }
+            };
             let (prp1, prp2) = match built {
                 Ok(p) => p,
                 Err(e) => {
@@ -657,7 +711,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
                     // in the ring (the doorbell has not been written since they were put
                     // there) and their slots.
                     self.unwind(head, part);
-                    return Err(e.into());
+                    return Err(e);
                 }
             };
             let (idx, cid) = self.alloc_slot();
@@ -670,6 +724,9 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             e.cid = cid;
             e.prp1 = prp1;
             e.prp2 = prp2;
+            if self.sgl {
+                e.set_psdt(PSDT_SGL);
+            }
             let slot = &mut self.slots.as_mut()[idx as usize];
             let pending = if idx == head { parts as u16 } else { 0 };
             slot.state = SlotState::new(cid, head, pending, IN_FLIGHT | PART);
@@ -864,7 +921,8 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         if slots[slot].state.in_flight() {
             return Some(cid);
         }
-        let part = (0..cap).find(|&i| slots[i].state.in_flight() && slots[i].state.head() == head)?;
+        let part =
+            (0..cap).find(|&i| slots[i].state.in_flight() && slots[i].state.head() == head)?;
         Some(slots[part].state.cid())
     }
 

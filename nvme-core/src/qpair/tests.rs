@@ -734,3 +734,63 @@ fn a_watchdog_can_name_the_outstanding_command_of_a_request() {
     let cid = qp.request_cid(again).unwrap();
     assert_ne!(Some(cid), Some(cmds[0].cid).filter(|_| again == head));
 }
+
+#[test]
+fn sgl_mode_gives_each_command_one_data_block_descriptor() {
+    use nvme_regs::sgl::{SglDescriptor, SglDescriptorType};
+    // 8 KiB MDTS: a 20 KiB + 512 B read at a 512-byte offset is 3 parts, a 4 KiB one is one.
+    let rig = Rig::new(32, 8192, 20);
+    let data = rig.data.region();
+    let (mut qp, dev) = rig.qp(32, 8192);
+    assert_eq!(qp.data_pointer(), DataPointer::Prp);
+    qp.set_data_pointer(DataPointer::Sgl);
+    assert_eq!(qp.data_pointer(), DataPointer::Sgl);
+    qp.submit_io(
+        Command::read(1, 0, 1),
+        50,
+        512,
+        data.sub(512, 20 * 1024 + 512).unwrap(),
+        1,
+    )
+    .unwrap();
+    qp.submit_io(
+        Command::write(1, 0, 1),
+        9,
+        512,
+        data.sub(4, 4096).unwrap(),
+        2,
+    )
+    .unwrap();
+    qp.ring();
+    let cmds = dev.fetch(rig.last_sq_tail());
+    assert_eq!(cmds.len(), 4);
+    let want = [
+        (0x4000_0000 + 512, 8192),
+        (0x4000_0000 + 512 + 8192, 8192),
+        (0x4000_0000 + 512 + 16384, 4608),
+        (0x4000_0004, 4096),
+    ];
+    for (c, &(iova, len)) in cmds.iter().zip(&want) {
+        assert_eq!(c.psdt(), nvme_regs::entry::PSDT_SGL, "PSDT 01b");
+        let d = SglDescriptor::from_dptr(c.prp1, c.prp2);
+        assert_eq!(d.kind(), Some(SglDescriptorType::DataBlock));
+        assert_eq!((d.address, d.length), (iova, len));
+        dev.post(c.cid, Status::SUCCESS, 0);
+    }
+    let done = drain(&mut qp);
+    assert_eq!(done.len(), 2);
+    // Back to PRPs: PSDT 00b, PRP1 the buffer's address.
+    qp.set_data_pointer(DataPointer::Prp);
+    qp.submit_io(Command::read(1, 0, 1), 0, 512, data.sub(0, 512).unwrap(), 3)
+        .unwrap();
+    qp.ring();
+    let cmds = dev.fetch(rig.last_sq_tail());
+    assert_eq!(cmds[0].psdt(), 0);
+    assert_eq!((cmds[0].prp1, cmds[0].prp2), (0x4000_0000, 0));
+    // A misaligned buffer is refused with the SGL's error, nothing submitted.
+    qp.set_data_pointer(DataPointer::Sgl);
+    assert_eq!(
+        qp.submit(Command::read(1, 0, 1), data.sub(2, 512), 4),
+        Err(SubmitError::Sgl(SglError::Misaligned(0x4000_0002)))
+    );
+}
