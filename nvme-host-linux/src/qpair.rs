@@ -34,6 +34,20 @@ impl Default for QueueOptions {
     }
 }
 
+/// How I/O commands point to their data ([`AttachOptions::data_pointer`](crate::AttachOptions::data_pointer),
+/// [`IoQueuePair::set_data_pointer`]). Admin commands always use PRPs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataPointer {
+    /// SGL descriptors where Identify Controller's SGLS field reports SGL support for NVM
+    /// commands, PRPs otherwise.
+    #[default]
+    Auto,
+    /// PRP entries and lists, whatever the controller supports.
+    Prp,
+    /// SGL descriptors; queue creation fails on a controller without SGL support.
+    Sgl,
+}
+
 /// Per-request context: the caller's token, the opcode (for error reports), and a reference
 /// keeping the data buffer mapped until the request completes.
 struct IoCtx {
@@ -123,6 +137,7 @@ impl IoQueuePair {
         let prp_len = QueueConfig::prp_len(entries, ps, max_transfer);
         let dsm_len =
             (QueueConfig::slots(entries) * std::mem::size_of::<DsmRange>()).next_multiple_of(ps);
+        let data_pointer = ctrl.io_data_pointer(ctrl.options().data_pointer)?;
         let qid = ctrl.alloc_qid()?;
         let live = ctrl.state().liveness().clone();
         let generation = live.generation();
@@ -149,6 +164,7 @@ impl IoQueuePair {
                 .collect();
             let mut qp = QueuePair::new(cfg, ctrl.regs().clone(), slots)
                 .map_err(|e| Error::Invalid(format!("I/O queue {qid}: {e}")))?;
+            qp.set_data_pointer(data_pointer);
             if let Some(sh) = ctrl.shadow_doorbells() {
                 // The two pages were given to the controller with Doorbell Buffer Config and
                 // live as long as the controller, which this queue pair keeps.
@@ -216,6 +232,20 @@ impl IoQueuePair {
     /// The controller.
     pub fn controller(&self) -> &Controller {
         &self.ctrl
+    }
+    /// How this queue pair's commands point to their data (PRPs or SGLs, `Auto` resolved).
+    pub fn data_pointer(&self) -> DataPointer {
+        match self.qp.data_pointer() {
+            nvme_core::DataPointer::Prp => DataPointer::Prp,
+            nvme_core::DataPointer::Sgl => DataPointer::Sgl,
+        }
+    }
+    /// Chooses how this queue pair's next commands point to their data; [`DataPointer::Sgl`]
+    /// is refused (and nothing changes) when the controller does not support SGLs.
+    pub fn set_data_pointer(&mut self, dp: DataPointer) -> Result<()> {
+        let dp = self.ctrl.io_data_pointer(dp)?;
+        self.qp.set_data_pointer(dp);
+        Ok(())
     }
     /// Diagnostic counters of the underlying queue pair.
     pub fn stats(&self) -> nvme_core::qpair::QueueStats {
