@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
-use nvme_host_linux::TransportId;
+use nvme_host_linux::{DataPointer, TransportId};
 
 use super::Error;
 
@@ -76,6 +76,22 @@ pub struct Cli {
     /// (the first is the primary, the others secondaries; each has its own I/O queues).
     #[arg(short = 'i', long = "shmem-grp-id", value_name = "ID")]
     pub shmem_grp_id: Option<u32>,
+    /// How I/O commands point to their data: auto (SGLs where the controller reports SGL
+    /// support, else PRPs), prp or sgl. Not in SPDK's perf.
+    #[arg(long = "data-pointer", value_name = "auto|prp|sgl", default_value = "auto", value_parser = parse_data_pointer)]
+    pub data_pointer: DataPointer,
+}
+
+/// `--data-pointer`'s value.
+pub fn parse_data_pointer(s: &str) -> Result<DataPointer, String> {
+    match s {
+        "auto" => Ok(DataPointer::Auto),
+        "prp" => Ok(DataPointer::Prp),
+        "sgl" => Ok(DataPointer::Sgl),
+        _ => Err(format!(
+            "'{s}' is not a data pointer kind: use auto, prp or sgl"
+        )),
+    }
 }
 
 /// Which I/O a workload issues.
@@ -134,6 +150,8 @@ pub struct Config {
     pub json: bool,
     /// Shared-memory group (`-i`) every controller is attached in.
     pub shm_id: Option<u32>,
+    /// PRPs or SGLs for the I/O commands (`--data-pointer`).
+    pub data_pointer: DataPointer,
 }
 
 /// The longest run: `-t` plus `-a`, one year. Longer is a typo (or an overflow attempt), and
@@ -275,6 +293,7 @@ impl Cli {
             io_queue_size: self.io_queue_size,
             json: self.json,
             shm_id: self.shmem_grp_id,
+            data_pointer: self.data_pointer,
         };
         Ok((config, warnings))
     }
@@ -595,6 +614,16 @@ mod tests {
             Some(3)
         );
         assert!(cli("-q 1 -o 4k -w read -t 1 -i x").is_err());
+        let dp = |extra: &str| {
+            config(&format!("-q 1 -o 4k -w read -t 1 {extra}"))
+                .unwrap()
+                .0
+                .data_pointer
+        };
+        assert_eq!(dp(""), DataPointer::Auto);
+        assert_eq!(dp("--data-pointer prp"), DataPointer::Prp);
+        assert_eq!(dp("--data-pointer sgl"), DataPointer::Sgl);
+        assert!(cli("-q 1 -o 4k -w read -t 1 --data-pointer sg").is_err());
     }
 
     #[test]
