@@ -327,6 +327,13 @@ pub struct QueuePair<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> {
     max_transfer: usize,
     prp: DmaRegion,
     prp_bytes_per_slot: usize,
+    /// Completion queue entries the controller may count as occupied: entries consumed
+    /// since the head doorbell was last written plus commands that may still post one
+    /// (submitted, not completed). Kept as it changes, so that the lazy head check is one
+    /// compare (see the module documentation).
+    cq_debt: u32,
+    /// `cq_debt` above this (the N-1 entries a ring of N holds) writes the head doorbell.
+    cq_limit: u32,
     /// Data as SGL descriptors ([`DataPointer::Sgl`]) rather than PRPs.
     sgl: bool,
     outstanding_requests: usize,
@@ -392,6 +399,8 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             max_transfer: cfg.max_transfer,
             prp: cfg.prp,
             prp_bytes_per_slot,
+            cq_debt: 0,
+            cq_limit: cfg.entries - 1,
             sgl: false,
             outstanding_requests: 0,
             stats: QueueStats::default(),
@@ -420,6 +429,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         }
         self.free_head = 0;
         self.free_count = self.capacity;
+        self.cq_debt = 0;
         self.outstanding_requests = 0;
     }
 
@@ -615,6 +625,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         slot.ctx = Some(ctx);
         self.free_head = slot.next_free;
         self.free_count -= 1;
+        self.cq_debt += 1;
         self.outstanding_requests += 1;
         Ok(())
     }
@@ -741,6 +752,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             let pushed = self.sq.push(&e);
             debug_assert!(pushed);
         }
+        self.cq_debt += parts as u32;
         self.outstanding_requests += 1;
         Ok(())
     }
@@ -774,12 +786,20 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     }
 
     /// Writes the completion queue's head doorbell if the consumed entries not yet reported
-    /// plus the commands in flight (each may still post one entry) exceed the N-1 entries a
-    /// ring of N can hold.
+    /// plus the commands that may still complete (each may post one entry) exceed the N-1
+    /// entries a ring of N can hold.
     #[inline]
     fn report_cq_head_if_needed(&mut self) {
-        let in_flight = (self.capacity - self.free_count) as u32;
-        if self.cq.unreported() + in_flight > self.cq.size() - 1 && self.cq.ring(&self.regs) {
+        if self.cq_debt > self.cq_limit {
+            self.report_cq_head();
+        }
+    }
+
+    #[cold]
+    fn report_cq_head(&mut self) {
+        let unreported = self.cq.unreported();
+        self.cq_debt -= unreported;
+        if self.cq.ring(&self.regs) {
             self.stats.cq_doorbells += 1;
         }
     }
@@ -791,7 +811,6 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     #[inline]
     pub fn poll<F: FnMut(T, Completion)>(&mut self, max: usize, mut f: F) -> usize {
         self.ring();
-        let stale = self.stats.stale_completions;
         let mut reaped = 0;
         let mut finished = 0;
         while reaped < max {
@@ -800,46 +819,50 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             if !self.sq.update_head(cqe.sq_head) {
                 self.stats.bad_sq_heads += 1;
             }
-            if let Some((ctx, c)) = self.complete(cqe) {
-                finished += 1;
-                f(ctx, c);
-            }
+            finished += self.complete(cqe, &mut f) as usize;
         }
-        if self.stats.stale_completions != stale {
-            // Every other entry consumed finished a command, so the sum of unreported
-            // entries and commands in flight did not grow; a stale one (no command of ours)
-            // makes it grow.
-            self.report_cq_head_if_needed();
-        }
+        // Every entry consumed that finished a command left `cq_debt` as it was (one more
+        // unreported, one fewer to come); a stale one (no command of ours) made it grow.
+        self.report_cq_head_if_needed();
         finished
     }
 
-    /// Matches a completion entry to its command. Returns the request's context and result
-    /// when this completion finishes the request.
+    /// Matches a completion entry to its command and, when it finishes the request, calls
+    /// `f` with the request's context and result. Returns whether it did.
     #[inline]
-    fn complete(&mut self, cqe: CompletionEntry) -> Option<(T, Completion)> {
+    fn complete<F: FnMut(T, Completion)>(&mut self, cqe: CompletionEntry, f: &mut F) -> bool {
         let idx = cqe.cid & self.index_mask;
         let head = self.free_head;
         // The usual case, a request of one command, in one compare of the state word: in
         // flight, this use's CID, its own head, one command pending, not a part.
-        let s = match self.slots.as_mut().get_mut(idx as usize) {
-            Some(s) if s.state == SlotState::single(cqe.cid, idx) => s,
-            _ => return self.complete_other(idx, cqe.cid, cqe.dw0, cqe.dw1, cqe.status()),
+        let (ctx, result) = match self.slots.as_mut().get_mut(idx as usize) {
+            Some(s) if s.state == SlotState::single(cqe.cid, idx) => {
+                let ctx = s.ctx.take();
+                s.state = SlotState::free(cqe.cid);
+                s.next_free = head;
+                self.free_head = idx;
+                self.free_count += 1;
+                self.outstanding_requests -= 1;
+                let result = Completion {
+                    dw0: cqe.dw0,
+                    dw1: cqe.dw1,
+                    status: cqe.status(),
+                };
+                (ctx, result)
+            }
+            _ => match self.complete_other(idx, cqe.cid, cqe.dw0, cqe.dw1, cqe.status()) {
+                Some((ctx, c)) => (Some(ctx), c),
+                None => return false,
+            },
         };
-        let ctx = s.ctx.take();
-        s.state = SlotState::free(cqe.cid);
-        s.next_free = head;
-        self.free_head = idx;
-        self.free_count += 1;
-        self.outstanding_requests -= 1;
-        ctx.map(|c| {
-            let result = Completion {
-                dw0: cqe.dw0,
-                dw1: cqe.dw1,
-                status: cqe.status(),
-            };
-            (c, result)
-        })
+        // One call of `f` (the caller's closure is inlined once).
+        match ctx {
+            Some(c) => {
+                f(c, result);
+                true
+            }
+            None => false,
+        }
     }
 
     /// [`complete`](Self::complete) for anything but a request of one command: a command
@@ -867,6 +890,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         };
         if !part {
             self.stats.stale_completions += 1;
+            self.cq_debt += 1;
             return None;
         }
         let head = slots[idx as usize].state.head();
@@ -876,6 +900,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         if h.state.pending() == 0 {
             // Not reached: a head keeps a command pending until its last part completes.
             self.stats.stale_completions += 1;
+            self.cq_debt += 1;
             return None;
         }
         if h.result.status.is_success() {
