@@ -310,10 +310,11 @@ impl IoQueuePair {
             _buf: Some(buf.map.clone()),
         };
         self.qp
-            .submit_io(
+            .submit_blocks(
                 Command::new(op as u8, nsid),
                 lba,
-                ns.block_size(),
+                blocks,
+                ns.shift,
                 buf.region(),
                 ctx,
             )

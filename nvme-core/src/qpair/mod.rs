@@ -657,6 +657,34 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         self.submit_split(&cmd.clone(), slba, block_size, data, ctx)
     }
 
+    /// [`submit_io`](Self::submit_io) for a caller that has counted the blocks already:
+    /// `data` should be `blocks` blocks of `1 << block_shift` bytes. The common case, one
+    /// command, is a shift and a few compares; anything else (every error included) takes
+    /// the general path, which checks everything again and goes by the data's length.
+    #[inline]
+    pub fn submit_blocks(
+        &mut self,
+        cmd: Command,
+        slba: u64,
+        blocks: usize,
+        block_shift: u32,
+        data: DmaRegion,
+        ctx: T,
+    ) -> Result<(), SubmitError> {
+        let len = data.len();
+        if len != 0
+            && len <= self.max_transfer
+            && blocks <= MAX_BLOCKS_PER_COMMAND as usize
+            && block_shift < 32
+            && (blocks as u64) << block_shift == len as u64
+        {
+            let data = Some((data.iova(), len));
+            return self.submit_one(cmd.with_lba_range(slba, blocks as u32), data, ctx);
+        }
+        let block_size = 1u32.checked_shl(block_shift).unwrap_or(0);
+        self.submit_split(&cmd.clone(), slba, block_size, data, ctx)
+    }
+
     /// [`submit_io`](Self::submit_io) in general: checks, then as many commands as it takes.
     #[inline(never)]
     fn submit_split(

@@ -794,3 +794,65 @@ fn sgl_mode_gives_each_command_one_data_block_descriptor() {
         Err(SubmitError::Sgl(SglError::Misaligned(0x4000_0002)))
     );
 }
+
+#[test]
+fn submit_blocks_takes_the_callers_count_or_the_general_path() {
+    let rig = Rig::new(32, 8192, 8);
+    let data = rig.data.region();
+    let (mut qp, dev) = rig.qp(32, 8192);
+    // One command of 8 blocks of 512 bytes.
+    qp.submit_blocks(
+        Command::read(1, 0, 1),
+        100,
+        8,
+        9,
+        data.sub(0, 4096).unwrap(),
+        1,
+    )
+    .unwrap();
+    // A count that disagrees with the length: the general path goes by the length.
+    qp.submit_blocks(
+        Command::read(1, 0, 1),
+        200,
+        7,
+        9,
+        data.sub(0, 4096).unwrap(),
+        2,
+    )
+    .unwrap();
+    // Larger than the maximum transfer: split (12 KiB at 8 KiB MDTS: two commands).
+    qp.submit_blocks(
+        Command::read(1, 0, 1),
+        300,
+        24,
+        9,
+        data.sub(0, 12288).unwrap(),
+        3,
+    )
+    .unwrap();
+    // Not a whole number of blocks.
+    assert_eq!(
+        qp.submit_blocks(
+            Command::read(1, 0, 1),
+            0,
+            1,
+            9,
+            data.sub(0, 700).unwrap(),
+            4
+        ),
+        Err(SubmitError::BadLength {
+            len: 700,
+            block_size: 512
+        })
+    );
+    qp.ring();
+    let cmds = dev.fetch(rig.last_sq_tail());
+    let got: Vec<(u64, u32)> = cmds.iter().map(|c| (c.slba(), c.nlb())).collect();
+    assert_eq!(got, [(100, 8), (200, 8), (300, 16), (316, 8)]);
+    for c in &cmds {
+        dev.post(c.cid, Status::SUCCESS, 0);
+    }
+    let mut tokens: Vec<u64> = drain(&mut qp).into_iter().map(|(t, _)| t).collect();
+    tokens.sort_unstable();
+    assert_eq!(tokens, [1, 2, 3]);
+}
