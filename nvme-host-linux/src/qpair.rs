@@ -48,11 +48,11 @@ pub enum DataPointer {
     Sgl,
 }
 
-/// Per-request context: the caller's token, the opcode (for error reports), and a reference
-/// keeping the data buffer mapped until the request completes.
+/// Per-request context: the caller's token and a reference keeping the data buffer mapped
+/// until the request completes (16 bytes: it moves in registers; the queue pair keeps the
+/// opcode for error reports, [`Completion::opcode`]).
 struct IoCtx {
     token: u64,
-    opcode: u8,
     _buf: Option<Arc<DmaMapping>>,
 }
 
@@ -306,7 +306,6 @@ impl IoQueuePair {
         self.check_range(nsid, lba, blocks as u64, ns.blocks)?;
         let ctx = IoCtx {
             token,
-            opcode: op as u8,
             _buf: Some(buf.map.clone()),
         };
         self.qp
@@ -363,11 +362,7 @@ impl IoQueuePair {
             )));
         }
         self.check_range(nsid, lba, blocks as u64, capacity)?;
-        let ctx = IoCtx {
-            token,
-            opcode: NvmOpcode::WriteZeroes as u8,
-            _buf: None,
-        };
+        let ctx = IoCtx { token, _buf: None };
         self.qp
             .submit(Command::write_zeroes(nsid, lba, blocks.max(1)), None, ctx)
             .map_err(Error::from)
@@ -392,11 +387,7 @@ impl IoQueuePair {
             entry.write_bytes(0, range.as_bytes()),
             "a DSM range is 16 bytes"
         );
-        let ctx = IoCtx {
-            token,
-            opcode: NvmOpcode::DatasetManagement as u8,
-            _buf: None,
-        };
+        let ctx = IoCtx { token, _buf: None };
         self.qp
             .submit(Command::deallocate(nsid, 1), Some(entry), ctx)
             .map_err(Error::from)
@@ -405,11 +396,7 @@ impl IoQueuePair {
     pub fn flush(&mut self, nsid: u32, token: u64) -> Result<()> {
         self.current()?;
         self.namespace(nsid)?;
-        let ctx = IoCtx {
-            token,
-            opcode: NvmOpcode::Flush as u8,
-            _buf: None,
-        };
+        let ctx = IoCtx { token, _buf: None };
         self.qp
             .submit(Command::flush(nsid), None, ctx)
             .map_err(Error::from)
@@ -421,7 +408,6 @@ impl IoQueuePair {
         self.current()?;
         let ctx = IoCtx {
             token,
-            opcode: cmd.opcode(),
             _buf: data.map(|d| d.map.clone()),
         };
         self.qp
@@ -517,7 +503,7 @@ impl IoQueuePair {
                 Ok(())
             } else {
                 Err(Error::Nvme {
-                    opcode: ctx.opcode,
+                    opcode: c.opcode,
                     admin: false,
                     status: c.status,
                 })

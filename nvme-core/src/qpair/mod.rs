@@ -107,6 +107,10 @@ pub struct Completion {
     pub dw1: u32,
     /// Status; `status.is_success()` for a successful request.
     pub status: Status,
+    /// The request's opcode, for error reports (kept by the queue pair, so that the caller's
+    /// context need not carry it); 0 for admin completions handed over through a group's
+    /// mailbox (their submitter knows its command).
+    pub opcode: u8,
 }
 
 impl Completion {
@@ -264,7 +268,7 @@ pub struct Slot<T> {
     /// Next free slot (free list link).
     next_free: u16,
     /// For the head of a split request: the result so far (a single command's result is
-    /// its completion entry's).
+    /// its completion entry's). For every head: the request's opcode.
     result: Completion,
     /// For a head: the caller's context, handed back on completion.
     ctx: Option<T>,
@@ -279,6 +283,7 @@ impl<T> Slot<T> {
             dw0: 0,
             dw1: 0,
             status: Status::SUCCESS,
+            opcode: 0,
         },
         ctx: None,
     };
@@ -622,6 +627,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             return Err(SubmitError::QueueFull);
         }
         slot.state = SlotState::single(e.cid, idx);
+        slot.result.opcode = e.opcode;
         slot.ctx = Some(ctx);
         self.free_head = slot.next_free;
         self.free_count -= 1;
@@ -774,6 +780,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
                     dw0: 0,
                     dw1: 0,
                     status: Status::SUCCESS,
+                    opcode: e.opcode,
                 };
                 slot.ctx = ctx.take();
             }
@@ -875,6 +882,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
                     dw0: cqe.dw0,
                     dw1: cqe.dw1,
                     status: cqe.status(),
+                    opcode: s.result.opcode,
                 };
                 (ctx, result)
             }
@@ -932,7 +940,12 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             return None;
         }
         if h.result.status.is_success() {
-            h.result = Completion { dw0, dw1, status };
+            h.result = Completion {
+                dw0,
+                dw1,
+                status,
+                opcode: h.result.opcode,
+            };
         }
         h.state = SlotState(h.state.0 - ONE_PENDING);
         let done = h.state.pending() == 0;
@@ -995,6 +1008,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
                             dw0: 0,
                             dw1: 0,
                             status,
+                            opcode: s.result.opcode,
                         },
                     );
                 }

@@ -422,7 +422,8 @@ fn identifiers_carry_generations_and_stale_completions_are_dropped() {
                 Completion {
                     dw0: 0,
                     dw1: 0,
-                    status: Status::SUCCESS
+                    status: Status::SUCCESS,
+                    opcode: nvme_regs::opcode::NvmOpcode::Flush as u8,
                 }
             )]
         );
@@ -777,8 +778,11 @@ fn sgl_mode_gives_each_command_one_data_block_descriptor() {
         assert_eq!((d.address, d.length), (iova, len));
         dev.post(c.cid, Status::SUCCESS, 0);
     }
-    let done = drain(&mut qp);
-    assert_eq!(done.len(), 2);
+    let mut done = drain(&mut qp);
+    done.sort_by_key(|(t, _)| *t);
+    // Each request's opcode comes back with it (the split read's from its head slot).
+    let opcodes: Vec<(u64, u8)> = done.iter().map(|(t, c)| (*t, c.opcode)).collect();
+    assert_eq!(opcodes, [(1, 0x02), (2, 0x01)]);
     // Back to PRPs: PSDT 00b, PRP1 the buffer's address.
     qp.set_data_pointer(DataPointer::Prp);
     qp.submit_io(Command::read(1, 0, 1), 0, 512, data.sub(0, 512).unwrap(), 3)
