@@ -116,6 +116,17 @@ impl Command {
         c.0.prp1 = iova;
         c
     }
+    /// Create I/O Completion Queue `qid` as [`create_io_cq`](Self::create_io_cq) does, but
+    /// with interrupts enabled (IEN) on interrupt vector `vector` (IV: the MSI-X table
+    /// entry the controller signals when it posts to this queue).
+    pub const fn create_io_cq_with_interrupt(
+        qid: u16,
+        entries: u32,
+        iova: u64,
+        vector: u16,
+    ) -> Command {
+        Command::create_io_cq(qid, entries, iova).cdw11(1 | 1 << 1 | (vector as u32) << 16)
+    }
     /// Create I/O Submission Queue `qid` of `entries` at `iova`, bound to completion queue
     /// `cqid`, physically contiguous, medium priority.
     pub const fn create_io_sq(qid: u16, entries: u32, iova: u64, cqid: u16) -> Command {
@@ -261,5 +272,14 @@ mod tests {
         let c = Command::get_features(4, FeatureSelect::Default, 0, 0);
         assert_eq!(c.0.cdw10, 0x104);
         assert_eq!(Command::abort(1, 0x42).0.cdw10, 0x0042_0001);
+    }
+
+    #[test]
+    fn create_io_cq_with_interrupt_sets_ien_and_iv() {
+        let c = Command::create_io_cq_with_interrupt(3, 256, 0x8000, 17);
+        assert_eq!(c.0.cdw10, 3 | 255 << 16);
+        assert_eq!(c.0.cdw11, 1 | 2 | 17 << 16);
+        assert_eq!(c.0.prp1, 0x8000);
+        assert_eq!(Command::create_io_cq(3, 256, 0x8000).0.cdw11 & 2, 0);
     }
 }

@@ -20,7 +20,7 @@ fn random_reads(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(5));
     for qd in [1usize, 32] {
-        let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 256 }).unwrap();
+        let mut qp = ctrl.alloc_io_queue(QueueOptions::new(256)).unwrap();
         let mut buf = ctrl.alloc_dma(qd * 4096).unwrap();
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut next_lba = move || {

@@ -54,7 +54,7 @@ fn main() -> Result<(), nvme_host_linux::Error> {
     let ctrl = Controller::attach("trtype:sim lbasize:512 size:64M")?;
     let nsid = ctrl.namespaces()[0].id();
     let sim = ctrl.sim().expect("an in-process software controller");
-    let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 256 })?;
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(256))?;
     let mut buf = ctrl.alloc_dma(32 * 4096)?;
     let mut posted = sim.stats().completions;
     let mut done = 0u64;

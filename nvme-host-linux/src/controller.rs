@@ -17,6 +17,7 @@ use crate::attach::AttachOptions;
 use crate::dma::{DmaBuffer, IoBuf};
 use crate::error::{Error, Result};
 use crate::group::{Group, Role};
+use crate::lease::{Lease, LeaseMode, LeaseRange, LocalLeases};
 use crate::mmio::Mmio;
 use crate::namespace::Namespace;
 use crate::qpair::{IoQueuePair, QueueOptions};
@@ -38,6 +39,9 @@ pub(crate) struct Inner {
     max_transfer: usize,
     admin: Mutex<Admin>,
     qids: Mutex<Vec<bool>>,
+    /// Serialises this process's interrupt set-up (the group's interrupt lock serialises
+    /// the processes).
+    irq_lock: Mutex<()>,
     group: Option<Arc<Group>>,
     /// Position in the group's asynchronous event record this controller has read up to.
     event_cursor: Mutex<u64>,
@@ -51,6 +55,8 @@ pub(crate) struct Inner {
     /// deletion failed): rings and the buffers of requests in flight. Let go after the
     /// controller is shut down and disabled (see `release_parked`).
     quarantine: Mutex<Vec<crate::qpair::Quarantined>>,
+    /// This attach's LBA range leases, private to the process (`lease`).
+    leases: Arc<LocalLeases>,
 }
 
 /// An attached NVMe controller. Cheap to clone; every clone and every queue pair keeps the
@@ -129,12 +135,14 @@ impl Controller {
             max_transfer,
             admin: Mutex::new(admin),
             qids: Mutex::new(vec![false; granted as usize + 1]),
+            irq_lock: Mutex::new(()),
             event_cursor: Mutex::new(group.as_ref().map_or(0, |g| g.events_seq())),
             group,
             granted,
             opts: opts.clone(),
             monitor_stop: Arc::new(AtomicBool::new(false)),
             quarantine: Mutex::new(Vec::new()),
+            leases: Arc::default(),
         };
         Controller {
             att: Arc::new(Attached {
@@ -250,6 +258,58 @@ impl Controller {
             .find(|n| n.id() == nsid)
             .ok_or(Error::NoSuchNamespace(nsid))
     }
+    /// Claims a lease on blocks `lbas` of namespace `nsid` ([`LeaseMode::Exclusive`]: no
+    /// other lease may overlap it; [`LeaseMode::Shared`]: only shared ones may), in the
+    /// group's shared table: [`Error::LeaseConflict`] names the process holding a lease in
+    /// the way. From then on this process's writes to the namespace outside the ranges it
+    /// holds are refused ([`Error::OutsideLease`]); reads are not checked. Dropping the
+    /// [`Lease`] releases it; a process that dies loses its leases. See [`Lease`] for the
+    /// whole contract.
+    ///
+    /// ```
+    /// # use nvme_host_linux::{Controller, LeaseMode, QueueOptions, Error};
+    /// let ctrl = Controller::attach("trtype:sim size:1M lbasize:512")?;
+    /// let lease = ctrl.lease(1, 0..1024, LeaseMode::Exclusive)?;
+    /// let mut qp = ctrl.alloc_io_queue(QueueOptions::default())?;
+    /// let mut buf = ctrl.alloc_dma(4096)?;
+    /// qp.write_sync(1, 1016, buf.slice(0..4096)?)?; // blocks 1016..1024: inside
+    /// let e = qp.write_sync(1, 1020, buf.slice(0..4096)?).unwrap_err(); // 1020..1028
+    /// assert!(matches!(e, Error::OutsideLease { lba: 1020, .. }));
+    /// drop(lease);
+    /// # Ok::<(), nvme_host_linux::Error>(())
+    /// ```
+    pub fn lease(&self, nsid: u32, lbas: std::ops::Range<u64>, mode: LeaseMode) -> Result<Lease> {
+        let ns = self.namespace(nsid)?;
+        if lbas.start >= lbas.end {
+            return Err(Error::Invalid(format!(
+                "lease of LBAs {}..{} of namespace {nsid}: the range is empty; give start..end with start < end",
+                lbas.start, lbas.end
+            )));
+        }
+        if lbas.end > ns.blocks() {
+            return Err(Error::LbaOutOfRange {
+                nsid,
+                lba: lbas.start,
+                blocks: lbas.end - lbas.start,
+                capacity: ns.blocks(),
+            });
+        }
+        let range = LeaseRange {
+            nsid,
+            start: lbas.start,
+            count: lbas.end - lbas.start,
+            mode,
+        };
+        self.inner().leases.claim(self, range)
+    }
+    /// Turns on the lease check of writes to namespace `nsid` without claiming a lease:
+    /// every write there is refused ([`Error::OutsideLease`]) until this process holds a
+    /// lease covering it. Claiming a lease does this too; it cannot be turned off.
+    pub fn enforce_leases(&self, nsid: u32) -> Result<()> {
+        self.namespace(nsid)?;
+        self.inner().leases.enforce(nsid);
+        Ok(())
+    }
     /// Largest transfer of one command in bytes (larger I/Os are split).
     pub fn max_transfer(&self) -> usize {
         self.inner().max_transfer
@@ -311,6 +371,15 @@ impl Controller {
             g.hold_lock_forever();
         }
     }
+    /// Test hook: takes the group's lease table lock and never releases it, so that a test
+    /// can kill this process while it holds the lock. Does nothing outside a group.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn __test_hold_lease_lock(&self) {
+        if let Some(g) = &self.inner().group {
+            g.hold_lease_lock_forever();
+        }
+    }
     /// Test hook: starts a reset of the group's controller (it is disabled) and stops
     /// there, so that a test can kill this process in the middle of the reset.
     #[cfg(feature = "test-hooks")]
@@ -358,6 +427,21 @@ impl Controller {
             + 1;
         q[id] = true;
         Ok(id as u16)
+    }
+    /// Makes interrupt vector `vector` signal `eventfd` (`None`: nothing), serialised
+    /// against the other threads of this process and the other members of its group.
+    pub(crate) fn set_interrupt(
+        &self,
+        vector: u16,
+        eventfd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<()> {
+        let inner = self.inner();
+        let _serial = lock(&inner.irq_lock);
+        let set = || inner.transport.set_interrupt(vector, eventfd);
+        match &inner.group {
+            Some(g) => g.with_interrupt_lock(inner.opts.admin_timeout, set),
+            None => set(),
+        }
     }
     pub(crate) fn free_qid(&self, qid: u16) {
         if let Some(g) = &self.inner().group {
@@ -531,6 +615,10 @@ impl Inner {
     /// The shared-memory group this process belongs to, if any.
     pub(crate) fn group(&self) -> Option<&Arc<Group>> {
         self.group.as_ref()
+    }
+    /// This attach's LBA range leases.
+    pub(crate) fn leases(&self) -> &Arc<LocalLeases> {
+        &self.leases
     }
     /// See [`Controller::admin_command`].
     pub(crate) fn admin_command(

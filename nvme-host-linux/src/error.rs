@@ -122,6 +122,19 @@ pub enum Error {
     },
     /// Invalid argument.
     Invalid(String),
+    /// A lease claim ([`Controller::lease`](crate::Controller::lease)) overlaps a lease
+    /// another process of the group holds in a way their modes forbid; says who holds it.
+    LeaseConflict(Box<crate::LeaseConflict>),
+    /// A write outside the LBA ranges this process holds leases on, on a namespace whose
+    /// writes it checks (see [`Lease`](crate::Lease)); nothing was submitted.
+    OutsideLease {
+        /// Namespace.
+        nsid: u32,
+        /// First LBA of the write.
+        lba: u64,
+        /// Blocks written.
+        blocks: u64,
+    },
 }
 
 /// A `Result` with the driver's [`Error`].
@@ -208,6 +221,12 @@ impl fmt::Display for Error {
             Error::NoQueuesLeft { granted } => write!(
                 f,
                 "all {granted} I/O queues the controller granted are in use; free a queue pair first"
+            ),
+            Error::LeaseConflict(c) => write!(f, "{c}"),
+            Error::OutsideLease { nsid, lba, blocks } => write!(
+                f,
+                "write to LBAs {lba}..{} of namespace {nsid} refused: this process checks its writes against its LBA range leases there and holds none covering these blocks; claim a lease on them first (Controller::lease, nvme-perf --lease)",
+                lba.saturating_add(*blocks)
             ),
             Error::Busy { outstanding } => {
                 write!(f, "synchronous call on a queue pair with {outstanding} I/Os outstanding; complete them first")

@@ -22,6 +22,9 @@
 //! - `qpair`: [`IoQueuePair`], one per thread (`qpair::commands`: synchronous Flush,
 //!   Write Zeroes, Dataset Management and I/O passthru); `dma`: [`DmaBuffer`].
 //! - `passthru`: [`Controller::admin_passthru`] and the admin commands it refuses.
+//! - `lease`: LBA range leases ([`Controller::lease`], [`Lease`]): processes of a group own
+//!   or share ranges of blocks, and a process that opted in has its writes outside them
+//!   refused before submission (the group's table is `group::leases`).
 //! - `transport`: the [`Transport`] trait; `vfio` (PCIe through VFIO) and `simtransport`
 //!   (the software controller) implement it; `trid`: transport id strings.
 //! - `group`: the shared-memory group (files, members, liveness, queue id pool, descriptor
@@ -46,6 +49,7 @@ mod error;
 pub mod group;
 mod groupattach;
 mod iova;
+mod lease;
 pub mod memory;
 mod mmio;
 mod namespace;
@@ -66,6 +70,7 @@ pub use controller::Controller;
 pub use dma::{DmaBuffer, IoBuf};
 pub use error::{Error, Result};
 pub use group::Role;
+pub use lease::{Lease, LeaseConflict, LeaseMode, LeaseRange};
 pub use mmio::Mmio;
 pub use namespace::Namespace;
 pub use passthru::admin_passthru_refusal;

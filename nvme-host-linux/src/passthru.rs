@@ -97,9 +97,7 @@ mod tests {
     #[test]
     fn commands_the_driver_owns_are_refused() {
         let c = Controller::attach("trtype:sim").unwrap();
-        let _qp = c
-            .alloc_io_queue(crate::QueueOptions { entries: 4 })
-            .unwrap();
+        let _qp = c.alloc_io_queue(crate::QueueOptions::new(4)).unwrap();
         for (cmd, word) in [
             (Command::delete_io_sq(1), "owns the I/O queues"),
             (Command::create_io_cq(5, 4, 0), "owns the I/O queues"),

@@ -16,21 +16,44 @@ use crate::mmio::Mmio;
 use crate::namespace::Namespace;
 
 mod commands;
+mod interrupt;
 mod timeout;
 
 pub use commands::{DsmAttributes, WriteZeroesOptions, MAX_DSM_RANGES, SYNC_COMMAND_TIMEOUT};
 
-/// Options of an I/O queue pair.
+/// Options of an I/O queue pair: `QueueOptions::new(256)`, `QueueOptions::default()`
+/// (256 entries, polled), `QueueOptions::new(64).with_interrupts(true)`.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct QueueOptions {
-    /// Entries of the submission and completion rings (clamped to the controller's
-    /// maximum). A ring of N entries holds N-1 commands.
+    /// Entries of the submission and completion rings (at most the controller's CAP.MQES+1).
+    /// A ring of N entries holds N-1 commands.
     pub entries: u32,
+    /// Ask for an interrupt (an MSI-X vector signalling an eventfd of this process) when
+    /// the controller posts a completion, so that [`IoQueuePair::wait`] can sleep instead
+    /// of polling. When the controller has no vector for this queue, the queue is polled
+    /// and [`IoQueuePair::interrupt_fallback`] says why. Default: off.
+    pub interrupts: bool,
+}
+
+impl QueueOptions {
+    /// Polled queues of `entries` entries.
+    pub const fn new(entries: u32) -> QueueOptions {
+        QueueOptions {
+            entries,
+            interrupts: false,
+        }
+    }
+    /// The same options with interrupts on or off (see [`interrupts`](Self::interrupts)).
+    pub const fn with_interrupts(mut self, on: bool) -> QueueOptions {
+        self.interrupts = on;
+        self
+    }
 }
 
 impl Default for QueueOptions {
     fn default() -> Self {
-        QueueOptions { entries: 256 }
+        QueueOptions::new(256)
     }
 }
 
@@ -106,6 +129,12 @@ pub struct IoQueuePair {
     ctrl: Controller,
     /// The I/O timeout's watchdog, when one is set ([`set_timeout`](Self::set_timeout)).
     timeout: Option<Box<timeout::IoTimeout>>,
+    /// This process's LBA range leases, as this pair last copied them (`crate::lease`).
+    leases: crate::lease::LeaseView,
+    /// The completion queue's interrupt, when it has one ([`QueueOptions::interrupts`]).
+    irq: Option<interrupt::Interrupt>,
+    /// Why interrupts were asked for and the queue is polled.
+    irq_fallback: Option<String>,
     // Dropped last: the controller must stop using the rings first (see Drop).
     rings: Option<DmaMapping>,
 }
@@ -186,19 +215,40 @@ impl IoQueuePair {
                 return Err(e);
             }
         };
-        if let Err(e) = ctrl.admin_command(Command::create_io_cq(qid, entries, qp.cq_iova()), None)
+        let (irq, irq_fallback) = match opts
+            .interrupts
+            .then(|| interrupt::Interrupt::enable(&ctrl, qid))
+            .transpose()
         {
-            ctrl.free_qid(qid);
-            return Err(e);
+            Ok(None) => (None, None),
+            Ok(Some(interrupt::Outcome::On(irq))) => (Some(irq), None),
+            Ok(Some(interrupt::Outcome::Polled(why))) => (None, Some(why)),
+            Err(e) => {
+                ctrl.free_qid(qid);
+                return Err(e);
+            }
+        };
+        let give_up = |e: Error, cq_created: bool| {
+            if let Some(irq) = &irq {
+                irq.disable(&ctrl);
+            }
+            if !cq_created || ctrl.admin_command(Command::delete_io_cq(qid), None).is_ok() {
+                ctrl.free_qid(qid);
+            }
+            Err(e)
+        };
+        if let Err(e) = ctrl.admin_command(
+            create_cq_command(qid, entries, qp.cq_iova(), irq.as_ref()),
+            None,
+        ) {
+            return give_up(e, false);
         }
         if let Err(e) =
             ctrl.admin_command(Command::create_io_sq(qid, entries, qp.sq_iova(), qid), None)
         {
-            if ctrl.admin_command(Command::delete_io_cq(qid), None).is_ok() {
-                ctrl.free_qid(qid);
-            }
-            return Err(e);
+            return give_up(e, true);
         }
+        let leases = ctrl.state().leases().view();
         Ok(IoQueuePair {
             qp,
             dsm,
@@ -213,6 +263,9 @@ impl IoQueuePair {
             live,
             ctrl,
             timeout: None,
+            leases,
+            irq,
+            irq_fallback,
             rings: Some(rings),
         })
     }
@@ -304,6 +357,9 @@ impl IoQueuePair {
             });
         }
         self.check_range(nsid, lba, blocks as u64, ns.blocks)?;
+        if let NvmOpcode::Write = op {
+            self.leases.check_write(nsid, lba, blocks as u64)?;
+        }
         let ctx = IoCtx {
             token,
             _buf: Some(buf.map.clone()),
@@ -362,6 +418,7 @@ impl IoQueuePair {
             )));
         }
         self.check_range(nsid, lba, blocks as u64, capacity)?;
+        self.leases.check_write(nsid, lba, blocks as u64)?;
         let ctx = IoCtx { token, _buf: None };
         self.qp
             .submit(Command::write_zeroes(nsid, lba, blocks.max(1)), None, ctx)
@@ -372,6 +429,7 @@ impl IoQueuePair {
         self.current()?;
         let capacity = self.namespace(nsid)?.blocks;
         self.check_range(nsid, lba, blocks as u64, capacity)?;
+        self.leases.check_write(nsid, lba, blocks as u64)?;
         let Some(slot) = self.qp.next_slot() else {
             return Err(Error::Submit(nvme_core::SubmitError::QueueFull));
         };
@@ -404,8 +462,11 @@ impl IoQueuePair {
     /// Submits any I/O command as built, with an optional data range (at most the maximum
     /// transfer size; not split). Nothing is checked beyond the data pointer: the
     /// controller's status reports the rest.
+    /// A process that enforces LBA range leases on the namespace has the command's
+    /// blocks checked against them first (see [`Lease`](crate::Lease)).
     pub fn submit(&mut self, cmd: Command, data: Option<IoBuf<'_>>, token: u64) -> Result<()> {
         self.current()?;
+        self.leases.check_command(&cmd, data.as_ref())?;
         let ctx = IoCtx {
             token,
             _buf: data.map(|d| d.map.clone()),
@@ -461,7 +522,7 @@ impl IoQueuePair {
         let created = self
             .ctrl
             .admin_command(
-                Command::create_io_cq(self.qid, entries, self.qp.cq_iova()),
+                create_cq_command(self.qid, entries, self.qp.cq_iova(), self.irq.as_ref()),
                 None,
             )
             .and_then(|_| {
@@ -571,6 +632,19 @@ impl IoQueuePair {
     }
 }
 
+/// Create I/O Completion Queue for queue `qid`, with interrupts on `irq`'s vector if any.
+fn create_cq_command(
+    qid: u16,
+    entries: u32,
+    iova: u64,
+    irq: Option<&interrupt::Interrupt>,
+) -> Command {
+    match irq {
+        Some(irq) => Command::create_io_cq_with_interrupt(qid, entries, iova, irq.vector()),
+        None => Command::create_io_cq(qid, entries, iova),
+    }
+}
+
 impl Drop for IoQueuePair {
     fn drop(&mut self) {
         // Give outstanding I/O a moment, then delete the queues: the controller completes or
@@ -585,6 +659,9 @@ impl Drop for IoQueuePair {
         let mut bufs = Vec::new();
         self.qp
             .abort_all(Qp::ABORTED, |ctx, _| bufs.extend(ctx._buf));
+        if let Some(irq) = &self.irq {
+            irq.disable(&self.ctrl);
+        }
         if sq.is_ok() && cq.is_ok() {
             // The controller completed or aborted every command of the queue (Delete I/O SQ
             // aborts what is outstanding) and no longer uses the rings.

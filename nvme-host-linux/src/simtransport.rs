@@ -34,6 +34,22 @@ impl Device {
             Device::Process(c) => c.dma_unmap(iova, len),
         }
     }
+    fn interrupt_vectors(&self) -> u16 {
+        match self {
+            Device::InProcess(s) => s.interrupt_vectors(),
+            Device::Process(c) => c.interrupt_vectors(),
+        }
+    }
+    fn set_interrupt(
+        &self,
+        vector: u16,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> std::result::Result<(), SimError> {
+        match self {
+            Device::InProcess(s) => s.set_interrupt(vector, fd),
+            Device::Process(c) => c.set_interrupt(vector, fd),
+        }
+    }
 }
 
 /// The software controller as a transport: its BAR mapped here, and DMA mappings made in
@@ -85,6 +101,7 @@ impl SimTransport {
             mdts: opts.mdts,
             mqes: opts.mqes,
             serial: opts.serial.clone(),
+            interrupt_vectors: opts.vectors,
             ..Default::default()
         }
     }
@@ -216,6 +233,18 @@ impl Transport for SimTransport {
         if let Device::Process(c) = &self.dev {
             let _ = c.shutdown();
         }
+    }
+    fn interrupt_vectors(&self) -> u16 {
+        self.dev.interrupt_vectors()
+    }
+    fn set_interrupt(
+        &self,
+        vector: u16,
+        eventfd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<()> {
+        self.dev
+            .set_interrupt(vector, eventfd)
+            .map_err(|e| Error::Transport(format!("software controller: {e}")))
     }
     fn function_reset_supported(&self) -> bool {
         true

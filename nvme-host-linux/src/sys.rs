@@ -153,6 +153,52 @@ pub(crate) fn vfio_device_get_region_info(
     unsafe { ioctl_argsz(device, nr::DEVICE_GET_REGION_INFO, buf, 32) }
 }
 
+/// `VFIO_DEVICE_GET_IRQ_INFO` for interrupt `index` (`VFIO_PCI_MSIX_IRQ_INDEX`, ...).
+pub(crate) fn vfio_device_get_irq_info(
+    device: BorrowedFd<'_>,
+    index: u32,
+) -> io::Result<vfio_bindings::bindings::vfio::vfio_irq_info> {
+    let mut info = vfio_bindings::bindings::vfio::vfio_irq_info {
+        argsz: std::mem::size_of::<vfio_bindings::bindings::vfio::vfio_irq_info>() as u32,
+        index,
+        ..Default::default()
+    };
+    // SAFETY: the request takes a `struct vfio_irq_info`, argsz its size.
+    unsafe { ioctl_ptr(device, nr::DEVICE_GET_IRQ_INFO, &mut info) }?;
+    Ok(info)
+}
+
+/// `VFIO_DEVICE_SET_IRQS` with `VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER`:
+/// vectors `start..start + fds.len()` of interrupt `index` signal the given eventfds (`None`:
+/// nothing). The kernel takes its own reference to each eventfd.
+pub(crate) fn vfio_device_set_irq_eventfds(
+    device: BorrowedFd<'_>,
+    index: u32,
+    start: u32,
+    fds: &[Option<BorrowedFd<'_>>],
+) -> io::Result<()> {
+    use vfio_bindings::bindings::vfio::{VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD};
+    // struct vfio_irq_set { u32 argsz; u32 flags; u32 index; u32 start; u32 count; s32 data[]; }
+    const HEADER: usize = 20;
+    let argsz = HEADER + 4 * fds.len();
+    let mut buf = AlignedBuf::new(argsz);
+    let b = buf.bytes();
+    let flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+    for (i, word) in [argsz as u32, flags, index, start, fds.len() as u32]
+        .into_iter()
+        .enumerate()
+    {
+        b[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    for (i, fd) in fds.iter().enumerate() {
+        let raw: i32 = fd.map_or(-1, |f| f.as_raw_fd());
+        b[HEADER + i * 4..HEADER + i * 4 + 4].copy_from_slice(&raw.to_ne_bytes());
+    }
+    // SAFETY: the request takes an argsz-prefixed `struct vfio_irq_set` (20 bytes) followed
+    // by `count` descriptors, all inside argsz; the descriptors are borrowed for the call.
+    unsafe { ioctl_argsz(device, nr::DEVICE_SET_IRQS, &mut buf, HEADER) }
+}
+
 /// `VFIO_DEVICE_RESET`.
 pub(crate) fn vfio_device_reset(device: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: takes no argument.

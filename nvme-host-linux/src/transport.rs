@@ -4,6 +4,7 @@
 //! it for a transport of its own.
 
 use std::fmt;
+use std::os::fd::BorrowedFd;
 
 use crate::error::Result;
 use crate::memory::SharedMemory;
@@ -39,6 +40,22 @@ pub trait Transport: Send + Sync + fmt::Debug + std::any::Any {
     /// Called when the last process of a shared-memory group leaves (after the controller
     /// was shut down): a transport with a process of its own may stop it.
     fn last_member_left(&self) {}
+    /// How many interrupt vectors (MSI-X table entries) the driver may use; vector `v`
+    /// serves the I/O completion queue with id `v` (0 is the admin queue's). 0 (the
+    /// default): no interrupts, every queue is polled.
+    fn interrupt_vectors(&self) -> u16 {
+        0
+    }
+    /// Makes interrupt vector `vector` signal `eventfd` (an `eventfd(2)`; `None`: nothing
+    /// from now on). The vector's previous eventfd, whichever process gave it, is replaced.
+    /// The caller serialises calls across the processes of a shared-memory group.
+    fn set_interrupt(&self, vector: u16, eventfd: Option<BorrowedFd<'_>>) -> Result<()> {
+        let _ = (vector, eventfd);
+        Err(crate::error::Error::Transport(format!(
+            "{}: this transport has no interrupts",
+            self.name()
+        )))
+    }
     /// Can [`reset_function`](Self::reset_function) reset the function under a live
     /// controller? `false` (the default) makes
     /// [`Controller::reset_function`](crate::Controller::reset_function) refuse at once.

@@ -28,7 +28,7 @@ pub enum TransportKind {
 }
 
 /// Options of the software controller: `nscount:N lbasize:512|4096 size:1G mdts:N mqes:N
-/// serial:S`.
+/// serial:S vectors:N`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimOptions {
     /// Number of namespaces.
@@ -43,6 +43,8 @@ pub struct SimOptions {
     pub mqes: u16,
     /// Serial number.
     pub serial: String,
+    /// MSI-X interrupt vectors (default 65, as QEMU's controller has).
+    pub vectors: u16,
 }
 
 impl Default for SimOptions {
@@ -54,6 +56,7 @@ impl Default for SimOptions {
             mdts: 5,
             mqes: 1023,
             serial: "SIM0001".into(),
+            vectors: 65,
         }
     }
 }
@@ -181,9 +184,10 @@ impl TransportId {
                         "mdts" => o.mdts = v.parse().ok().filter(|n| *n <= 10).ok_or_else(|| bad("an MDTS exponent in 0..=10"))?,
                         "mqes" => o.mqes = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| bad("a 0's based queue size in 1..=65535"))?,
                         "serial" => o.serial = v,
+                        "vectors" => o.vectors = v.parse().ok().filter(|n| *n <= 2048).ok_or_else(|| bad("an MSI-X vector count in 0..=2048"))?,
                         _ => {
                             return Err(format!(
-                                "bad transport id '{s}': unknown key '{k}' for trtype sim (known: ns, nscount, lbasize, size, mdts, mqes, serial)"
+                                "bad transport id '{s}': unknown key '{k}' for trtype sim (known: ns, nscount, lbasize, size, mdts, mqes, serial, vectors)"
                             ))
                         }
                     }
@@ -228,11 +232,16 @@ impl fmt::Display for TransportId {
         match &self.kind {
             TransportKind::Pcie { traddr: Some(a) } => write!(f, "trtype:PCIe traddr:{a}")?,
             TransportKind::Pcie { traddr: None } => write!(f, "trtype:PCIe")?,
-            TransportKind::Sim(o) => write!(
-                f,
-                "trtype:sim nscount:{} lbasize:{} size:{} mdts:{} mqes:{}",
-                o.namespaces, o.lba_size, o.size, o.mdts, o.mqes
-            )?,
+            TransportKind::Sim(o) => {
+                write!(
+                    f,
+                    "trtype:sim nscount:{} lbasize:{} size:{} mdts:{} mqes:{}",
+                    o.namespaces, o.lba_size, o.size, o.mdts, o.mqes
+                )?;
+                if o.vectors != SimOptions::default().vectors {
+                    write!(f, " vectors:{}", o.vectors)?;
+                }
+            }
         }
         if let Some(ns) = self.nsid {
             write!(f, " ns:{ns}")?;

@@ -197,7 +197,7 @@ fn queue_pair_dropped_with_io_in_flight_and_a_failed_deletion() {
     pattern(7, &mut data);
     s.write_backing(1, 0, &data).unwrap();
 
-    let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 16 }).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
     let mut buf = ctrl.alloc_dma(4096).unwrap();
     // Longer than the 5 s the queue pair's drop waits for outstanding I/O.
     postpone(
@@ -247,7 +247,7 @@ fn dma_buffer_dropped_while_an_io_is_in_flight() {
     let (ctrl, t) = attach(Duration::from_secs(2));
     let s = sim(&t);
     let faults = s.faults();
-    let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 16 }).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
     let mut data = vec![0u8; 8192];
     pattern(3, &mut data);
     s.write_backing(1, 0, &data[..4096]).unwrap();

@@ -45,7 +45,7 @@ fn child_io(ctrl: &Controller) -> Result<(), String> {
     let base = env_u64("NVME_MP_LBA")?;
     let rounds = env_u64("NVME_MP_ROUNDS").ok();
     let mut qp = ctrl
-        .alloc_io_queue(QueueOptions { entries: 32 })
+        .alloc_io_queue(QueueOptions::new(32))
         .map_err(|e| e.to_string())?;
     say(format!("QID {}", qp.qid()));
     let mut buf = ctrl.alloc_dma(16 * 4096).map_err(|e| e.to_string())?;
@@ -182,13 +182,7 @@ fn child_cycles() -> Outcome {
 
 fn child(role: &str) -> i32 {
     if role == "cycles" {
-        return match child_cycles() {
-            Ok(()) => 0,
-            Err(e) => {
-                say(format!("ERROR {e}"));
-                1
-            }
-        };
+        return i32::from(testkit::exit_code(child_cycles()));
     }
     let ctrl = match attach_from_env() {
         Ok(c) => c,
@@ -339,24 +333,21 @@ fn child(role: &str) -> i32 {
                 })
         }
         "write" | "check" => child_data(&ctrl, role == "write"),
+        "interrupt-io" => {
+            env_u64("NVME_MP_LBA").and_then(|lba| testkit::interrupt_io(&ctrl, 1, lba, BS, 32))
+        }
         "queues" => {
             // Report the pool after survivors' cleanup settles, then create one queue.
             std::thread::sleep(Duration::from_millis(300));
             say(format!("IN-USE {}", ctrl.io_queues_in_use()));
             let qp = ctrl
-                .alloc_io_queue(QueueOptions { entries: 16 })
+                .alloc_io_queue(QueueOptions::new(16))
                 .map_err(|e| e.to_string());
             qp.map(|q| say(format!("QID {}", q.qid())))
         }
         other => Err(format!("unknown role {other}")),
     };
-    match r {
-        Ok(()) => 0,
-        Err(e) => {
-            say(format!("ERROR {e}"));
-            1
-        }
-    }
+    i32::from(testkit::exit_code(r))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -576,6 +567,27 @@ fn data_written_by_one_process_reads_back_in_another() -> Outcome {
     Ok(())
 }
 
+fn every_process_gets_interrupts_on_vectors_of_its_own() -> Outcome {
+    let s = Scenario::new(60);
+    let mut keeper = s.spawn("keeper", "wait", &[]);
+    keeper.line("READY primary")?;
+    let mut procs: Vec<Proc> = [100u64, 200]
+        .iter()
+        .map(|&l| s.spawn(&format!("interrupts at {l}"), "interrupt-io", &[lba(l)]))
+        .collect();
+    let mut reports = Vec::new();
+    for p in &mut procs {
+        reports.push((p.line("VECTOR")?, p.line("IRQS")?));
+    }
+    testkit::check_interrupt_reports(&reports)?;
+    for p in procs {
+        p.finish()?.clean()?;
+    }
+    s.stop()?;
+    keeper.finish()?.clean()?;
+    Ok(())
+}
+
 fn a_different_build_is_refused() -> Outcome {
     let s = Scenario::new(15);
     let mut keeper = s.spawn("keeper", "wait", &[]);
@@ -629,7 +641,7 @@ fn detach_joins_the_monitor_thread_first() -> Outcome {
     })?;
     let before = threads_named("nvme-group");
     let qp = ctrl
-        .alloc_io_queue(QueueOptions { entries: 16 })
+        .alloc_io_queue(QueueOptions::new(16))
         .map_err(|e| e.to_string())?;
     drop(ctrl);
     assert_eq!(
@@ -1575,6 +1587,10 @@ fn main() -> ExitCode {
             data_written_by_one_process_reads_back_in_another,
         ),
         ("a_different_build_is_refused", a_different_build_is_refused),
+        (
+            "every_process_gets_interrupts_on_vectors_of_its_own",
+            every_process_gets_interrupts_on_vectors_of_its_own,
+        ),
         (
             "a_damaged_doorbell_stride_is_an_error_for_admin_users_only",
             a_damaged_doorbell_stride_is_an_error_for_admin_users_only,

@@ -31,7 +31,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 fn a_reset_aborts_outstanding_io_once_and_everything_comes_back() {
     let ctrl = Controller::attach("trtype:sim size:16M").unwrap();
     let s = sim(&ctrl);
-    let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 16 }).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
     let mut buf = ctrl.alloc_dma(8192).unwrap();
     // An acknowledged write survives the reset.
     let mut acked = vec![0u8; 4096];
@@ -96,7 +96,7 @@ fn a_reset_aborts_outstanding_io_once_and_everything_comes_back() {
     });
     assert_eq!((events[0].event_type, events[0].info), (2, 1));
     // A second queue pair created after the reset works too, and so does a second reset.
-    let mut qp2 = ctrl.alloc_io_queue(QueueOptions { entries: 8 }).unwrap();
+    let mut qp2 = ctrl.alloc_io_queue(QueueOptions::new(8)).unwrap();
     ctrl.reset().unwrap();
     let mut buf2 = ctrl.alloc_dma(4096).unwrap();
     for q in [&mut qp, &mut qp2] {

@@ -89,7 +89,7 @@ fn data_reads_back_across_sizes_offsets_and_block_sizes() {
 fn data_reads_back_with(dp: DataPointer) {
     let ctrl = two_namespaces_with(dp);
     assert_eq!(ctrl.max_transfer(), 16 << 10);
-    let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 1024 }).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(1024)).unwrap();
     assert_eq!(qp.data_pointer(), dp);
     let mut wbuf = ctrl.alloc_dma(5 << 20).unwrap();
     let mut rbuf = ctrl.alloc_dma(5 << 20).unwrap();
@@ -300,7 +300,7 @@ fn host_side_checks_name_the_problem() {
 #[test]
 fn queue_full_back_pressure() {
     let ctrl = two_namespaces();
-    let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 8 }).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(8)).unwrap();
     assert_eq!(qp.capacity(), 7);
     let mut buf = ctrl.alloc_dma(128 << 10).unwrap();
     // Hold completions back so the queue really fills.
@@ -388,9 +388,7 @@ fn queue_ids_are_pooled_and_reused() {
     assert_eq!(ctrl.io_queues_in_use(), 2);
     let d = ctrl.alloc_io_queue(QueueOptions::default()).unwrap();
     assert_eq!(d.qid(), freed);
-    let e = ctrl
-        .alloc_io_queue(QueueOptions { entries: 1 << 20 })
-        .unwrap_err();
+    let e = ctrl.alloc_io_queue(QueueOptions::new(1 << 20)).unwrap_err();
     assert!(e.to_string().contains("CAP.MQES"), "{e}");
 }
 
@@ -459,7 +457,7 @@ fn queue_pairs_on_several_threads() {
         .map(|t| {
             let ctrl = ctrl.clone();
             std::thread::spawn(move || {
-                let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 64 }).unwrap();
+                let mut qp = ctrl.alloc_io_queue(QueueOptions::new(64)).unwrap();
                 let mut buf = ctrl.alloc_dma(64 * 4096).unwrap();
                 // LBAs t * 64.. of the 4 KiB namespace; the second half (LBAs t * 64 + 32..,
                 // never written) differs from the first until the reads land there.
@@ -527,7 +525,7 @@ fn a_recreated_queue_id_works_again() {
     let ctrl = two_namespaces();
     let mut buf = ctrl.alloc_dma(4096).unwrap();
     for round in 0..4u64 {
-        let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 16 }).unwrap();
+        let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
         assert_eq!(qp.qid(), 1);
         for i in 0..(5 - round) {
             qp.read_sync(1, i, buf.slice(0..512).unwrap()).unwrap();

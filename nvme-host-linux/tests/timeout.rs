@@ -56,7 +56,7 @@ fn works(ctrl: &Controller, qp: &mut nvme_host_linux::IoQueuePair, seed: u64) {
 fn an_admin_command_whose_completion_is_lost_is_aborted_then_the_controller_reset() {
     let ctrl = attach(TimeoutAction::Abort);
     let s = sim(&ctrl);
-    let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 16 }).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
     works(&ctrl, &mut qp, 1);
     let resets = s.stats().resets;
     let lost = s.faults().drop_nth(CommandMatch::admin(LOG_PAGE), 1, false);
@@ -86,7 +86,7 @@ fn an_admin_command_whose_completion_is_lost_is_aborted_then_the_controller_rese
 fn an_admin_command_the_controller_still_holds_is_aborted_without_a_reset() {
     let ctrl = attach(TimeoutAction::Abort);
     let s = sim(&ctrl);
-    let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 16 }).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
     let resets = s.stats().resets;
     let held = s.faults().delay_execution_nth(
         CommandMatch::admin(LOG_PAGE),
@@ -126,7 +126,7 @@ fn an_admin_command_the_controller_still_holds_is_aborted_without_a_reset() {
 fn with_the_action_none_a_timeout_is_only_reported() {
     let ctrl = attach(TimeoutAction::None);
     let s = sim(&ctrl);
-    let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 16 }).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
     let resets = s.stats().resets;
     s.faults().drop_nth(CommandMatch::admin(LOG_PAGE), 1, false);
     let r = ctrl.smart_log();
@@ -176,7 +176,7 @@ fn works_admin(ctrl: &Controller) {
 fn with_the_action_reset_the_controller_is_reset_without_an_abort() {
     let ctrl = attach(TimeoutAction::Reset);
     let s = sim(&ctrl);
-    let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 16 }).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
     let resets = s.stats().resets;
     s.faults().drop_nth(CommandMatch::admin(LOG_PAGE), 1, false);
     let r = ctrl.smart_log();
@@ -204,7 +204,7 @@ fn submit_writes(
 fn an_io_write_whose_completion_is_lost_is_aborted_then_the_controller_reset() {
     let ctrl = attach(TimeoutAction::Abort);
     let s = sim(&ctrl);
-    let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 16 }).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
     let limit = Duration::from_millis(150);
     qp.set_timeout(Some(limit));
     assert_eq!(qp.timeout(), Some(limit));
@@ -262,7 +262,7 @@ fn an_io_write_whose_completion_is_lost_is_aborted_then_the_controller_reset() {
 fn an_io_write_the_controller_still_holds_is_aborted_without_a_reset() {
     let ctrl = attach(TimeoutAction::Abort);
     let s = sim(&ctrl);
-    let mut qp = ctrl.alloc_io_queue(QueueOptions { entries: 16 }).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
     qp.set_timeout(Some(Duration::from_millis(150)));
     let resets = s.stats().resets;
     let write = NvmOpcode::Write as u8;

@@ -86,12 +86,24 @@ pub fn child(role: &str) -> u8 {
                 say(format!("IOVA {:#x}", b.iova()));
                 say(format!("IN-USE {}", ctrl.io_queues_in_use()));
                 let q = ctrl
-                    .alloc_io_queue(QueueOptions { entries: 16 })
+                    .alloc_io_queue(QueueOptions::new(16))
                     .map_err(|e| e.to_string())?;
                 say(format!("QID {}", q.qid()));
                 Ok(())
             }
             "write" | "check" => child_data(&ctrl, role == "write"),
+            "claims" => {
+                nvme_host_linux::testkit::claim_leases(&ctrl, &env("NVME_HWTEST_MP_LEASES")?, || {})
+            }
+            "interrupt-io" => {
+                let nsid = env_u64("NVME_HWTEST_MP_NS")? as u32;
+                let bs = ctrl
+                    .namespace(nsid)
+                    .map_err(|e| e.to_string())?
+                    .block_size() as usize;
+                let lba = env_u64("NVME_HWTEST_MP_LBA")?;
+                nvme_host_linux::testkit::interrupt_io(&ctrl, nsid, lba, bs, 64)
+            }
             "io-resets" => {
                 let nsid = env_u64("NVME_HWTEST_MP_NS")? as u32;
                 let at = ResetIo {
@@ -125,13 +137,7 @@ pub fn child(role: &str) -> u8 {
             other => Err(format!("unknown role {other}")),
         }
     })();
-    match r {
-        Ok(()) => 0,
-        Err(e) => {
-            say(format!("ERROR {e}"));
-            1
-        }
-    }
+    nvme_host_linux::testkit::exit_code(r)
 }
 
 /// Writes and reads back its own region, 8 I/Os in flight, until told to stop; with
@@ -151,7 +157,7 @@ fn child_io(ctrl: &Controller) -> R {
         .map_err(|e| e.to_string())?;
     say(format!("IOVA {:#x}", buf.iova()));
     let mut qp = ctrl
-        .alloc_io_queue(QueueOptions { entries: 32 })
+        .alloc_io_queue(QueueOptions::new(32))
         .map_err(|e| e.to_string())?;
     say(format!("QID {}", qp.qid()));
     let mut round = 0u64;
@@ -219,7 +225,7 @@ fn child_cycle(trid: &str) -> R {
         let id = ctrl.identify_controller().map_err(|e| e.to_string())?;
         let ns = ctrl.namespace(nsid).map_err(|e| e.to_string())?.clone();
         let mut qp = ctrl
-            .alloc_io_queue(QueueOptions { entries: 8 })
+            .alloc_io_queue(QueueOptions::new(8))
             .map_err(|e| e.to_string())?;
         let mut b = ctrl
             .alloc_dma(ns.block_size() as usize)
@@ -523,6 +529,79 @@ impl Mp {
         Ok(())
     }
 
+    /// Two more processes of the group, each with two interrupt-driven queue pairs (MSI-X
+    /// through `VFIO_DEVICE_SET_IRQS`), beside the primary and secondary's polled I/O: each
+    /// queue gets the vector numbered like it, no two share one, every queue consumes
+    /// interrupts (a later queue's set-up left the earlier ones' vectors alone), and the
+    /// data reads back.
+    pub fn interrupts_in_two_processes(&mut self) -> R {
+        let t = self.full_trid();
+        let mut procs = Vec::new();
+        for k in [7, 8] {
+            let lba = self.region(k).to_string();
+            procs.push(self.spawn(
+                &format!("interrupts {k}"),
+                "interrupt-io",
+                &t,
+                &[("NVME_HWTEST_MP_LBA", lba)],
+            )?);
+        }
+        let mut reports = Vec::new();
+        for p in &mut procs {
+            reports.push((p.line("VECTOR")?, p.line("IRQS")?));
+        }
+        let vectors = nvme_host_linux::testkit::check_interrupt_reports(&reports)?;
+        for p in procs {
+            p.finish()?.clean()?;
+        }
+        println!("  interrupt vectors {vectors:?}");
+        self.primary()?.progresses()?;
+        self.secondary()?.progresses()?;
+        Ok(())
+    }
+
+    /// LBA range leases between processes of the group over VFIO, beside the primary's and
+    /// secondary's I/O: an exclusive lease held by one process makes an overlapping claim by
+    /// another fail with an error naming the holder's pid, a disjoint shared claim succeeds,
+    /// and once the holder is SIGKILLed a newcomer gets the range at once.
+    pub fn leases(&mut self) -> R {
+        let t = self.full_trid();
+        let blocks = 65536 / self.bs;
+        let spec = |k: u64, offset: u64, mode: &str| {
+            format!("{}:{}:{blocks}:{mode}", self.nsid, self.region(k) + offset)
+        };
+        let held = spec(9, 0, "exclusive");
+        let claims = |me: &Self, name: &str, specs: String| {
+            me.spawn(name, "claims", &t, &[("NVME_HWTEST_MP_LEASES", specs)])
+        };
+        let mut holder = claims(self, "lease holder", held.clone())?;
+        let pid = holder.line("READY")?;
+        let pid = pid.split_whitespace().nth(2).unwrap_or("?").to_string();
+        holder.line(&format!("LEASED {held}"))?;
+        holder.line("DONE")?;
+        let overlapping = spec(9, blocks / 2, "exclusive");
+        let disjoint = spec(10, 0, "shared");
+        let mut claimer = claims(self, "lease claimer", format!("{overlapping} {disjoint}"))?;
+        let conflict = claimer.line(&format!("CONFLICT {overlapping} "))?;
+        if !conflict.contains(&format!("pid {pid} ")) {
+            return Err(format!(
+                "the conflict should name the holder, pid {pid}: {conflict}"
+            ));
+        }
+        claimer.line(&format!("LEASED {disjoint}"))?;
+        claimer.line("DONE")?;
+        holder.kill();
+        let mut successor = claims(self, "lease successor", held.clone())?;
+        successor.line(&format!("LEASED {held}"))?;
+        successor.line("DONE")?;
+        println!("  {conflict}");
+        successor.kill();
+        claimer.kill();
+        self.primary()?.progresses()?;
+        self.secondary()?.progresses()?;
+        Ok(())
+    }
+
     /// The primary SIGKILLed: the secondary continues; a newcomer becomes primary and gets
     /// the dead primary's queue id (its queue was deleted on the controller).
     pub fn kill_primary(&mut self) -> R {
@@ -574,7 +653,7 @@ impl Mp {
         let lba = self.region(3);
         let bs = self.bs as usize;
         let mut qp = c
-            .alloc_io_queue(QueueOptions { entries: 8 })
+            .alloc_io_queue(QueueOptions::new(8))
             .map_err(|e| e.to_string())?;
         let mut b = c.alloc_dma(4 * IO).map_err(|e| e.to_string())?;
         qp.read_sync(self.nsid, lba, &mut b)

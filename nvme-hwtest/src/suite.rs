@@ -160,6 +160,10 @@ fn multi_process(s: &mut Suite) {
     s.test("mp-attach-detach-cycles", |_| mp.attach_detach_cycles());
     s.test("mp-kill-secondary", |_| mp.kill_secondary());
     s.test("mp-data-across-processes", |_| mp.data_across_processes());
+    s.test("mp-interrupts-in-two-processes", |_| {
+        mp.interrupts_in_two_processes()
+    });
+    s.test("mp-leases", |_| mp.leases());
     s.test("mp-kill-primary", |_| mp.kill_primary());
     s.test("mp-last-member-out", |_| mp.last_member_out());
     s.test("mp-resets-under-io", |_| mp.resets_under_io());
@@ -357,7 +361,7 @@ fn admin_logs(s: &mut Suite) -> R {
 }
 
 fn qp(ctrl: &Controller, entries: u32) -> Result<IoQueuePair, String> {
-    ctrl.alloc_io_queue(QueueOptions { entries })
+    ctrl.alloc_io_queue(QueueOptions::new(entries))
         .ctx("create I/O queue pair")
 }
 

@@ -434,8 +434,13 @@ impl Controller {
         let qid = cmd.cdw10 as u16;
         let qsize = (cmd.cdw10 >> 16) as u16;
         let pc = cmd.cdw11 & 1 != 0;
+        let ien = cmd.cdw11 & 2 != 0;
+        let iv = (cmd.cdw11 >> 16) as u16;
         if qid == 0 || qid > self.features.queues.1 || self.cqs[qid as usize].is_some() {
             return cs(Cs::InvalidQueueId);
+        }
+        if ien && iv >= self.shared.irqs.count() {
+            return cs(Cs::InvalidInterruptVector);
         }
         if qsize == 0 || qsize > self.cfg.mqes {
             return cs(Cs::InvalidQueueSize);
@@ -450,7 +455,8 @@ impl Controller {
             return Status::generic(G::PrpOffsetInvalid).with_dnr();
         }
         match self.make_cq(cmd.prp1, qsize as u32 + 1, qid) {
-            Ok(cq) => {
+            Ok(mut cq) => {
+                cq.vector = ien.then_some(iv);
                 self.cqs[qid as usize] = Some(cq);
                 Status::SUCCESS
             }

@@ -43,6 +43,7 @@ pub struct SimClient {
     bar_len: usize,
     pid: u32,
     namespaces: u32,
+    vectors: u16,
     id: u64,
 }
 
@@ -95,12 +96,17 @@ impl SimClient {
             .ok()
             .filter(|&n| n <= 1024)
             .ok_or_else(|| SimError::Protocol(format!("{} namespaces", r.vals[2])))?;
+        let vectors = u16::try_from(r.vals[5])
+            .ok()
+            .filter(|&n| n <= 2048)
+            .ok_or_else(|| SimError::Protocol(format!("{} interrupt vectors", r.vals[5])))?;
         Ok(SimClient {
             conn: Mutex::new(conn),
             bar_fd,
             bar_len,
             pid,
             namespaces,
+            vectors,
             id: r.vals[3],
         })
     }
@@ -124,6 +130,11 @@ impl SimClient {
     /// Number of namespaces (NSIDs are `1..=count`).
     pub fn namespace_count(&self) -> u32 {
         self.namespaces
+    }
+
+    /// The controller's MSI-X interrupt vectors (see [`set_interrupt`](Self::set_interrupt)).
+    pub fn interrupt_vectors(&self) -> u16 {
+        self.vectors
     }
 
     /// This connection's number in the daemon (1 for the first client, ...).
@@ -152,6 +163,21 @@ impl SimClient {
     ) -> Result<(), SimError> {
         let args = [iova, offset, len as u64, 0, 0, 0];
         call_on(&mut self.lock(), Op::DmaMap, args, Some(fd)).map(|_| ())
+    }
+
+    /// Makes the controller signal `eventfd` (an `eventfd(2)`, written with 1) whenever it
+    /// posts to a completion queue created with interrupts on `vector`; `None` stops the
+    /// vector signalling. Like `VFIO_DEVICE_SET_IRQS` for one MSI-X vector.
+    pub fn set_interrupt(
+        &self,
+        vector: u16,
+        eventfd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), SimError> {
+        let args = [u64::from(vector), 0, 0, 0, 0, 0];
+        match eventfd {
+            Some(fd) => call_on(&mut self.lock(), Op::SetInterrupt, args, Some(fd)).map(|_| ()),
+            None => self.call(Op::ClearInterrupt, args).map(|_| ()),
+        }
     }
 
     /// Removes every DMA mapping inside `[iova, iova + len)`, whoever made it (a mapping

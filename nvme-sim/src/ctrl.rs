@@ -125,6 +125,8 @@ pub(crate) struct Cq {
     pub(crate) sq_refs: u16,
     /// Shadow doorbell (Doorbell Buffer Config): the head comes from there.
     shadow: Option<Shadow>,
+    /// Interrupts enabled (IEN) on this vector (IV).
+    pub(crate) vector: Option<u16>,
 }
 
 impl Cq {
@@ -569,6 +571,7 @@ impl Controller {
             len,
             mapped: true,
             overflow: VecDeque::new(),
+            vector: None,
             sq_refs: 0,
         })
     }
@@ -901,6 +904,9 @@ impl Controller {
             .map_or(e.sq_head, |s| s.head as u16);
         cq.write(&e, head);
         add(&self.shared.stats.completions, 1);
+        if let Some(v) = cq.vector {
+            self.shared.irqs.signal(v);
+        }
     }
 
     fn drain_overflow(&mut self) -> bool {
@@ -917,6 +923,9 @@ impl Controller {
                 self.overflowing -= 1;
                 add(&self.shared.stats.completions, 1);
                 moved = true;
+                if let Some(v) = cq.vector {
+                    self.shared.irqs.signal(v);
+                }
             }
         }
         moved

@@ -746,18 +746,22 @@ impl Daemon {
                 source: e,
             })
         };
+        let vector = |v: u64| {
+            u16::try_from(v).map_err(|_| SimError::InvalidArgument(format!("interrupt vector {v}")))
+        };
         let size = |v: u64, what: &str| {
             usize::try_from(v).map_err(|_| SimError::InvalidArgument(format!("{what} {v:#x}")))
         };
         match op {
             Op::Hello => {
                 fd = Some(dup(self.sim.bar_fd())?);
-                r.vals[..5].copy_from_slice(&[
+                r.vals[..6].copy_from_slice(&[
                     self.sim.bar_len() as u64,
                     u64::from(self.pid),
                     u64::from(self.sim.namespace_count()),
                     client,
                     u64::from(proto::euid()),
+                    u64::from(self.sim.interrupt_vectors()),
                 ]);
             }
             Op::DmaMap => {
@@ -835,6 +839,10 @@ impl Daemon {
                     r.set_text(&last);
                 }
             }
+            Op::SetInterrupt => self
+                .sim
+                .set_interrupt(vector(a[0])?, Some(fds[0].as_fd()))?,
+            Op::ClearInterrupt => self.sim.set_interrupt(vector(a[0])?, None)?,
             Op::Forked | Op::Started => {
                 return Err(SimError::Protocol(format!("{op:?} is not a request")))
             }

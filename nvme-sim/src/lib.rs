@@ -60,6 +60,7 @@ mod daemon;
 mod dma;
 mod faults;
 mod io;
+mod irq;
 #[allow(unsafe_code)]
 mod mem;
 mod proto;
@@ -144,6 +145,10 @@ pub struct SimConfig {
     /// Report SGL support for NVM commands (Identify SGLS 01b, as QEMU's controller does)
     /// and accept SGL data pointers (PSDT 01b) on I/O queues (default true).
     pub sgl: bool,
+    /// MSI-X interrupt vectors (default 65, like QEMU's controller). A completion queue
+    /// created with interrupts on a vector at or past this count is refused with Invalid
+    /// Interrupt Vector; [`SimController::set_interrupt`] gives a vector its eventfd.
+    pub interrupt_vectors: u16,
 }
 
 impl Default for SimConfig {
@@ -163,6 +168,7 @@ impl Default for SimConfig {
             ready_delay: Duration::ZERO,
             shadow_doorbells: true,
             sgl: true,
+            interrupt_vectors: 65,
         }
     }
 }
@@ -208,6 +214,12 @@ impl SimConfig {
         }
         if self.max_io_queues == 0 || self.max_io_queues == u16::MAX {
             return bad(format!("max_io_queues {} (1..=65534)", self.max_io_queues));
+        }
+        if self.interrupt_vectors > 2048 {
+            return bad(format!(
+                "interrupt_vectors {} (MSI-X has at most 2048)",
+                self.interrupt_vectors
+            ));
         }
         let min_page = 4096u64 << self.mpsmin;
         if self.mdts != 0 && (self.mdts > 20 || (min_page << self.mdts) > 1 << 30) {
@@ -506,6 +518,7 @@ pub(crate) struct Shared {
     pub(crate) stats: stats::Counters,
     pub(crate) dma: Arc<dma::DmaShared>,
     pub(crate) fatal_reason: Mutex<Option<String>>,
+    pub(crate) irqs: irq::Vectors,
 }
 
 /// A running software NVMe controller. Dropping it stops and joins its thread.
@@ -538,6 +551,7 @@ impl SimController {
             stats: stats::Counters::default(),
             dma: Arc::new(dma::DmaShared::new()),
             fatal_reason: Mutex::new(None),
+            irqs: irq::Vectors::new(config.interrupt_vectors),
         });
         // CAP and VS are valid before `start` returns.
         bar.store64(nvme_regs::registers::offset::CAP, config.cap().0);
@@ -584,6 +598,28 @@ impl SimController {
         len: usize,
     ) -> Result<(), SimError> {
         self.shared.dma.map(iova, fd, offset, len)
+    }
+
+    /// Makes the controller signal `eventfd` (an `eventfd(2)`, written with 1) whenever it
+    /// posts to a completion queue created with interrupts on `vector`; `None` stops the
+    /// vector signalling. Like `VFIO_DEVICE_SET_IRQS` for one MSI-X vector.
+    pub fn set_interrupt(
+        &self,
+        vector: u16,
+        eventfd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), SimError> {
+        self.shared.irqs.set(vector, eventfd)
+    }
+
+    /// The controller's MSI-X interrupt vectors ([`SimConfig::interrupt_vectors`]).
+    pub fn interrupt_vectors(&self) -> u16 {
+        self.shared.irqs.count()
+    }
+
+    /// Interrupts signalled so far (posts to an interrupt-enabled completion queue whose
+    /// vector has an eventfd).
+    pub fn interrupts_signalled(&self) -> u64 {
+        self.shared.irqs.signalled()
     }
 
     /// Removes every DMA mapping inside `[iova, iova + len)` (a mapping may not be split).

@@ -42,7 +42,7 @@ use crate::{
 /// "NVSD": first word of every message.
 pub(crate) const MAGIC: u32 = u32::from_le_bytes(*b"NVSD");
 /// Protocol version; a peer speaking another version is refused with a message saying so.
-pub(crate) const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 2;
 /// Bytes of a [`Request`].
 pub(crate) const REQUEST_LEN: usize = 64;
 /// Bytes of a [`Reply`].
@@ -58,7 +58,7 @@ const MAX_RECV_FDS: usize = 8;
 #[repr(u16)]
 pub(crate) enum Op {
     /// First request of a connection. Reply: BAR fd; vals: bar_len, pid, namespaces,
-    /// client id, uid.
+    /// client id, uid, interrupt vectors.
     Hello = 1,
     /// args: iova, file offset, len; one fd.
     DmaMap = 2,
@@ -92,6 +92,10 @@ pub(crate) enum Op {
     Shutdown = 16,
     /// vals: DMA errors so far; text: the latest one, if any.
     DmaErrors = 17,
+    /// args: interrupt vector; one fd (an eventfd the controller signals).
+    SetInterrupt = 18,
+    /// args: interrupt vector. The vector signals nothing from now on.
+    ClearInterrupt = 19,
     /// Start-up pipe only: the daemon's pid (vals[0]), sent before building the controller.
     Forked = 100,
     /// Start-up pipe only: the controller runs and the daemon serves the socket.
@@ -119,6 +123,8 @@ impl Op {
             15 => Status,
             16 => Shutdown,
             17 => DmaErrors,
+            18 => SetInterrupt,
+            19 => ClearInterrupt,
             100 => Forked,
             101 => Started,
             _ => return None,
@@ -127,7 +133,7 @@ impl Op {
 
     /// Descriptors a request of this type carries.
     pub(crate) fn request_fds(self) -> usize {
-        usize::from(self == Op::DmaMap)
+        usize::from(matches!(self, Op::DmaMap | Op::SetInterrupt))
     }
 
     /// Descriptors a successful reply of this type carries.
@@ -140,7 +146,12 @@ impl Op {
         match self {
             Op::DmaMap | Op::RaiseAsyncEvent => 3,
             Op::DmaUnmap => 2,
-            Op::NamespaceFd | Op::RemoveFault | Op::FaultFired | Op::SetNeverReady => 1,
+            Op::NamespaceFd
+            | Op::RemoveFault
+            | Op::FaultFired
+            | Op::SetNeverReady
+            | Op::SetInterrupt
+            | Op::ClearInterrupt => 1,
             Op::Inject => 6,
             _ => 0,
         }

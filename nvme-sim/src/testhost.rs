@@ -374,9 +374,24 @@ impl HostCore {
 
     /// Creates I/O CQ and SQ `qid` (paired) of the given sizes.
     pub(crate) fn create_io(&mut self, qid: u16, sq_entries: u32, cq_entries: u32) {
+        self.create_io_on(qid, sq_entries, cq_entries, None)
+    }
+
+    /// [`create_io`](Self::create_io) with the CQ's interrupts enabled on `vector`, if any.
+    pub(crate) fn create_io_on(
+        &mut self,
+        qid: u16,
+        sq_entries: u32,
+        cq_entries: u32,
+        vector: Option<u16>,
+    ) {
         let cq = self.alloc(cq_entries as usize * 16);
         let sq = self.alloc(sq_entries as usize * 64);
-        let e = self.admin(Self::create_cq_cmd(qid, cq_entries, Self::iova(cq)));
+        let mut c = Self::create_cq_cmd(qid, cq_entries, Self::iova(cq));
+        if let Some(v) = vector {
+            c.cdw11 |= 2 | u32::from(v) << 16;
+        }
+        let e = self.admin(c);
         assert!(e.status().is_success(), "create cq: {}", e.status());
         let e = self.admin(Self::create_sq_cmd(qid, sq_entries, Self::iova(sq), qid));
         assert!(e.status().is_success(), "create sq: {}", e.status());

@@ -1319,3 +1319,57 @@ fn malformed_sgls_get_the_specifications_statuses() {
     // Nothing reached the namespace: the queue still works.
     assert!(st(&read(&mut h, block(0, 4096))).is_success());
 }
+
+#[test]
+fn an_interrupt_enabled_cq_signals_its_vector_s_eventfd() {
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    let mut h = Host::new(small_config());
+    h.enable();
+    let efd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap();
+    h.sim.set_interrupt(3, Some(efd.as_fd())).unwrap();
+    h.create_io_on(1, 16, 16, Some(3));
+    h.create_io(2, 16, 16);
+    let buf = h.alloc(4096);
+    let e = h.exec(2, rw(N::Read, 1, 0, 8, Host::iova(buf), 0));
+    assert!(st(&e).is_success());
+    assert!(
+        efd.read().is_err(),
+        "a queue without interrupts signalled the eventfd"
+    );
+    for _ in 0..3 {
+        let e = h.exec(1, rw(N::Read, 1, 0, 8, Host::iova(buf), 0));
+        assert!(st(&e).is_success());
+    }
+    assert_eq!(efd.read().unwrap(), 3, "one signal per posted completion");
+    assert_eq!(h.sim.interrupts_signalled(), 3);
+    h.sim.set_interrupt(3, None).unwrap();
+    let e = h.exec(1, rw(N::Read, 1, 0, 8, Host::iova(buf), 0));
+    assert!(st(&e).is_success());
+    assert!(efd.read().is_err(), "a cleared vector still signalled");
+}
+
+#[test]
+fn a_cq_on_a_vector_the_controller_lacks_is_refused() {
+    let mut h = Host::new(SimConfig {
+        interrupt_vectors: 4,
+        ..small_config()
+    });
+    h.enable();
+    let cq = h.alloc(4096);
+    let mut c = Host::create_cq_cmd(1, 16, Host::iova(cq));
+    c.cdw11 |= 2 | 4 << 16;
+    let e = h.admin(c);
+    assert_eq!(
+        st(&e),
+        Status::command_specific(Cs::InvalidInterruptVector).with_dnr()
+    );
+    c.cdw11 = 1 | 2 | 3 << 16;
+    assert!(st(&h.admin(c)).is_success(), "vector 3 of 4 exists");
+    assert!(h.sim.set_interrupt(4, None).is_err());
+    assert!(SimConfig {
+        interrupt_vectors: 2049,
+        ..SimConfig::default()
+    }
+    .validate()
+    .is_err());
+}

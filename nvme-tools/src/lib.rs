@@ -6,7 +6,10 @@
 //! - [`json`]: the JSON writer both use.
 //!
 //! Both take `-i N` to run as members of a shared-memory group (several processes, one
-//! controller).
+//! controller). `nvme-perf --lba-range START:COUNT --lease exclusive|shared` confines a
+//! run to a range of blocks and holds an LBA range lease on it (`nvme_host_linux::Lease`),
+//! so that processes of a group divide a namespace between them; a conflicting claim ends
+//! the run with an error naming the holder.
 //!
 //! [`sys`] holds the crate's only `unsafe` code (affinity, the TSC, process limits);
 //! [`signals`] records SIGINT / SIGTERM for a clean stop.

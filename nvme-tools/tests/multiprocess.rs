@@ -312,7 +312,7 @@ fn nvmectl_write_changes_exactly_the_requested_blocks() -> Outcome {
     let me = Controller::attach_with(&TransportId::parse("trtype:sim size:16M").unwrap(), &opts)
         .expect("the test process creates the group");
     let mut qp = me
-        .alloc_io_queue(nvme_host_linux::QueueOptions { entries: 4 })
+        .alloc_io_queue(nvme_host_linux::QueueOptions::new(4))
         .unwrap();
     let mut buf = me.alloc_dma(32 * BS).unwrap();
     buf.as_mut_slice().fill(0xa5);
@@ -479,6 +479,87 @@ fn perf_stops_cleanly_on_sigint_and_sigterm() -> Outcome {
     Ok(())
 }
 
+/// An `nvme-perf` random-write run in `group` on `--lba-range range` holding a lease of
+/// `mode`, for `seconds`.
+fn leased_perf(name: &str, group: u32, range: &str, mode: &str, seconds: &str) -> Proc {
+    let g = group.to_string();
+    let args = [
+        "-i",
+        &g,
+        "-r",
+        "trtype:sim size:16M",
+        "-q",
+        "4",
+        "-o",
+        "4096",
+        "-w",
+        "randwrite",
+        "-t",
+        seconds,
+        "--lba-range",
+        range,
+        "--lease",
+        mode,
+    ];
+    spawn(name, PERF, &args)
+}
+
+/// Two perf processes of one group with `--lease exclusive`: on disjoint LBA ranges both
+/// run; on overlapping ones the second exits 1 with an error that names the first.
+fn perf_leases_disjoint_ranges_run_overlapping_ones_fail() -> Outcome {
+    let group = fresh_group(3);
+    let mut a = leased_perf("perf A 0:4096", group, "0:4096", "exclusive", "2");
+    a.line("Holding an exclusive lease on LBAs 0..4096 of SIM (sim) NSID 1")?;
+    let mut b = leased_perf("perf B 4096:4096", group, "4096:4096", "exclusive", "2");
+    b.line("Holding an exclusive lease on LBAs 4096..8192 of SIM (sim) NSID 1")?;
+    for p in [a, b] {
+        let e = p.finish()?;
+        e.clean()?;
+        assert!(
+            total_iops(&e.stdout) > 0.0,
+            "{}: no I/O\n{}",
+            e.name,
+            e.stdout
+        );
+    }
+
+    let mut a = leased_perf("perf A 0:4096 (30 s)", group, "0:4096", "exclusive", "30");
+    a.line("Holding an exclusive lease")?;
+    let want = format!(
+        "nvme-perf: error: SIM (sim) NSID 1: cannot claim an exclusive lease on LBAs 2048..6144 of namespace 1: pid {} (nvme-perf, member 0 of the group) holds an exclusive lease on LBAs 0..4096 of namespace 1",
+        a.pid()
+    );
+    let refused = [
+        ("perf B 2048:4096", "2048:4096", "exclusive", want.as_str()),
+        // A shared claim on the same blocks fails the same way; elsewhere it runs.
+        (
+            "perf C shared",
+            "4000:100",
+            "shared",
+            "cannot claim a shared lease on LBAs 4000..4100",
+        ),
+    ];
+    for (name, range, mode, want) in refused {
+        let e = leased_perf(name, group, range, mode, "2").finish()?;
+        assert_eq!(e.code, Some(1), "{name}: {}\n{}", e.stdout, e.stderr);
+        assert!(
+            e.stderr.contains(want),
+            "{name}: expected '{want}' in:\n{}",
+            e.stderr
+        );
+    }
+    leased_perf("perf D shared", group, "4096:100", "shared", "1")
+        .finish()?
+        .clean()?;
+    send(&a, libc::SIGINT);
+    let e = a.finish()?;
+    assert_eq!(e.code, Some(0), "{}\n{}", e.stdout, e.stderr);
+    wait_until("the group is removed", SETTLE, || {
+        !group_dir(group).exists()
+    })?;
+    Ok(())
+}
+
 /// `nvmectl -i N reset` and `reset --function` beside a running perf: the tool resets the
 /// group's controller, the perf run carries on (its queues reconnect; the I/O the reset aborted is not counted as an
 /// error) and ends with results and no error.
@@ -595,6 +676,10 @@ fn main() -> ExitCode {
                 nvmectl_abandons_a_write_on_sigint,
             ),
             ("nvmectl_reset_beside_perf", nvmectl_reset_beside_perf),
+            (
+                "perf_leases_disjoint_ranges_run_overlapping_ones_fail",
+                perf_leases_disjoint_ranges_run_overlapping_ones_fail,
+            ),
         ],
     )
 }

@@ -279,3 +279,44 @@ fn a_worker_panicking_in_setup_ends_the_run_with_an_error() {
         "no results for a run that did not start:\n{stdout}"
     );
 }
+
+#[test]
+fn interrupt_mode_completes_and_falls_back_with_a_warning() {
+    let run = |trid: &str| {
+        let out = perf(&[
+            "-r",
+            trid,
+            "-t",
+            "10",
+            "-q",
+            "4",
+            "-o",
+            "4k",
+            "-w",
+            "randrw",
+            "-M",
+            "50",
+            "-d",
+            "2000",
+            "-P",
+            "2",
+            "--interrupt",
+            "--json",
+        ]);
+        let stdout = text(&out.stdout);
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
+        assert_eq!(v["total"]["ios"], 2000, "{stdout}");
+        assert_eq!(v["devices"][0]["errors"], 0);
+        stderr
+    };
+    let stderr = run("trtype:sim size:64M");
+    assert!(!stderr.contains("polled"), "{stderr}");
+    // Two queue pairs (-P 2) and two vectors: queue 2 has none and is polled.
+    let stderr = run("trtype:sim size:64M vectors:2");
+    assert!(
+        stderr.contains("has 2 MSI-X vectors") && stderr.contains("queue 2 would need vector 2"),
+        "{stderr}"
+    );
+}

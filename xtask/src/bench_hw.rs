@@ -101,8 +101,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 /// Which program a run uses, and how.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
-    /// nvme-perf through our driver.
-    Perf,
+    /// nvme-perf through our driver, polled or with `--interrupt`.
+    Perf { interrupt: bool },
     /// fio io_uring through the kernel driver.
     Fio { hipri: bool, fixed: bool },
 }
@@ -118,9 +118,11 @@ impl Run {
     /// All runs, in the order the guest makes them: nvme-perf at each depth (our driver
     /// first: one rebind only), then per depth the fio variants.
     fn all() -> Vec<Run> {
-        let perf = DEPTHS.map(|depth| Run {
-            kind: Kind::Perf,
-            depth,
+        let perf = DEPTHS.iter().flat_map(|&depth| {
+            [false, true].map(|interrupt| Run {
+                kind: Kind::Perf { interrupt },
+                depth,
+            })
         });
         let fio = DEPTHS.iter().flat_map(|&depth| {
             [(false, false), (true, false), (true, true)].map(|(hipri, fixed)| Run {
@@ -134,7 +136,8 @@ impl Run {
     /// Name on the console line and in files (`perf-q32`, `fio-hipri-fixed-q1`).
     fn name(&self) -> String {
         let base = match self.kind {
-            Kind::Perf => "perf",
+            Kind::Perf { interrupt: false } => "perf",
+            Kind::Perf { interrupt: true } => "perf-irq",
             Kind::Fio { hipri: false, .. } => "fio",
             Kind::Fio { fixed: false, .. } => "fio-hipri",
             Kind::Fio { .. } => "fio-hipri-fixed",
@@ -145,7 +148,8 @@ impl Run {
     /// What the table calls it.
     fn label(&self) -> &'static str {
         match self.kind {
-            Kind::Perf => "nvme-perf (this driver, VFIO)",
+            Kind::Perf { interrupt: false } => "nvme-perf (this driver, VFIO)",
+            Kind::Perf { interrupt: true } => "nvme-perf --interrupt (this driver, MSI-X)",
             Kind::Fio { hipri: false, .. } => "fio io_uring (interrupts)",
             Kind::Fio { fixed: false, .. } => "fio io_uring --hipri (polled)",
             Kind::Fio { .. } => "fio io_uring polled + fixedbufs + registerfiles",
@@ -155,9 +159,10 @@ impl Run {
     /// The guest command (`$bdf` is the controller's address in the guest's shell).
     fn command(&self, time_s: u64) -> String {
         match self.kind {
-            Kind::Perf => format!(
-                "/bin/nvme-perf -q {} -o 4096 -w randread -t {time_s} -c 0x1 --json -r \"trtype:PCIe traddr:$bdf ns:1\"",
-                self.depth
+            Kind::Perf { interrupt } => format!(
+                "/bin/nvme-perf -q {} -o 4096 -w randread -t {time_s} -c 0x1 --json{} -r \"trtype:PCIe traddr:$bdf ns:1\"",
+                self.depth,
+                if interrupt { " --interrupt" } else { "" }
             ),
             Kind::Fio { hipri, fixed } => {
                 let mut c = format!(
@@ -184,11 +189,15 @@ impl Run {
 /// `/bench-kernel.sh` are the runs (generated), `bench NAME CMD...` runs one and prints its
 /// JSON (the file `/tmp/NAME.json` if the command wrote one, else its stdout) on one line.
 const INIT: &str = r#"
+# The guest's CPU time so far (all CPUs, in clock ticks): busy, then total.
+cpu_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat; }
 bench() {
     name=$1; shift
     echo "BENCH-RUN $name: $*"
+    before=$(cpu_ticks)
     "$@" > /tmp/$name.out 2> /tmp/$name.err
     rc=$?
+    echo "BENCH-CPU $name $before $(cpu_ticks)"
     f=/tmp/$name.json; [ -s $f ] || f=/tmp/$name.out
     echo "BENCH-JSON $name rc=$rc $(tr -d '\n' < $f)"
     [ $rc = 0 ] || echo "BENCH-FAIL $name exit $rc: $(tail -n 5 /tmp/$name.err | tr '\n' ' ')"
@@ -232,7 +241,7 @@ pub fn bench_hw(args: &[String]) -> Result<(), String> {
     let runs = Run::all();
     let (mut driver, mut kernel) = (String::new(), String::new());
     for r in &runs {
-        let script = if r.kind == Kind::Perf {
+        let script = if matches!(r.kind, Kind::Perf { .. }) {
             &mut driver
         } else {
             &mut kernel
@@ -272,7 +281,8 @@ pub fn bench_hw(args: &[String]) -> Result<(), String> {
             format!(", kernel arguments +{}", o.vm.append)
         }
     );
-    let table = table(&results, &header);
+    let cpu: Vec<Option<f64>> = runs.iter().map(|r| guest_cpu(&console.log, r)).collect();
+    let table = table(&results, &cpu, &header);
     println!("{table}");
     let _ = fs::write(ir.work.join("results.txt"), &table);
 
@@ -327,6 +337,23 @@ struct Figures {
     lat_us: f64,
 }
 
+/// How busy the guest's CPUs were during the run, in percent of all of them, from its
+/// `BENCH-CPU name busy0 total0 busy1 total1` console line (`/proc/stat` ticks before and
+/// after).
+fn guest_cpu(log: &str, r: &Run) -> Option<f64> {
+    let prefix = format!("BENCH-CPU {} ", r.name());
+    let line = log.lines().find_map(|l| l.trim().strip_prefix(&prefix))?;
+    let t: Vec<f64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    match t[..] {
+        [b0, t0, b1, t1] if t1 > t0 => Some(100.0 * (b1 - b0) / (t1 - t0)),
+        _ => None,
+    }
+}
+
 /// The run's figures from its `BENCH-JSON` console line.
 fn result_of(log: &str, r: &Run) -> Result<Figures, String> {
     let prefix = format!("BENCH-JSON {} rc=", r.name());
@@ -346,7 +373,7 @@ fn result_of(log: &str, r: &Run) -> Result<Figures, String> {
     let v: Value =
         serde_json::from_str(json).map_err(|e| format!("bad JSON ({e}): {json:.200}"))?;
     match r.kind {
-        Kind::Perf => perf_figures(&v),
+        Kind::Perf { .. } => perf_figures(&v),
         Kind::Fio { .. } => fio_figures(&v),
     }
 }
@@ -388,11 +415,12 @@ fn fio_figures(v: &Value) -> Result<Figures, String> {
 
 /// The result table: per depth, every configuration with IOPS, average latency and the
 /// ratios of ours to it; then the headline against the issue's SPDK reference.
-fn table(results: &[(Run, Result<Figures, String>)], header: &str) -> String {
+/// `cpu[i]`: the guest's CPU use during `results[i]` (see [`guest_cpu`]), when known.
+fn table(results: &[(Run, Result<Figures, String>)], cpu: &[Option<f64>], header: &str) -> String {
     let mut out = format!("{header}\n");
     let ours = |depth: u32| {
         results.iter().find_map(|(r, f)| {
-            (r.kind == Kind::Perf && r.depth == depth)
+            (r.kind == Kind::Perf { interrupt: false } && r.depth == depth)
                 .then(|| f.as_ref().ok().copied())
                 .flatten()
         })
@@ -411,15 +439,24 @@ fn table(results: &[(Run, Result<Figures, String>)], header: &str) -> String {
     };
     for depth in DEPTHS {
         out.push_str(&format!(
-            "\nQD{depth:<3} {:<47} {:>11} {:>11} {:>11} {:>11}\n",
-            "config", "IOPS", "avg lat us", "ours/this", "this/ours"
+            "\nQD{depth:<3} {:<47} {:>11} {:>11} {:>11} {:>11} {:>9}\n",
+            "config", "IOPS", "avg lat us", "ours/this", "this/ours", "guest"
         ));
         out.push_str(&format!(
-            "      {:<47} {:>11} {:>11} {:>11} {:>11}\n",
-            "", "", "", "IOPS", "latency"
+            "      {:<47} {:>11} {:>11} {:>11} {:>11} {:>9}\n",
+            "", "", "", "IOPS", "latency", "CPU %"
         ));
         let us = ours(depth);
-        for (r, f) in results.iter().filter(|(r, _)| r.depth == depth) {
+        for (i, (r, f)) in results
+            .iter()
+            .enumerate()
+            .filter(|(_, (r, _))| r.depth == depth)
+        {
+            let busy = cpu
+                .get(i)
+                .copied()
+                .flatten()
+                .map_or("-".into(), |c| format!("{c:.0}"));
             match f {
                 Ok(f) => {
                     let (ri, rl) = match us {
@@ -430,7 +467,7 @@ fn table(results: &[(Run, Result<Figures, String>)], header: &str) -> String {
                         None => ("-".into(), "-".into()),
                     };
                     out.push_str(&format!(
-                        "      {:<47} {:>11.0} {:>11.2} {ri:>11} {rl:>11}\n",
+                        "      {:<47} {:>11.0} {:>11.2} {ri:>11} {rl:>11} {busy:>9}\n",
                         r.label(),
                         f.iops,
                         f.lat_us
@@ -507,7 +544,9 @@ mod tests {
             names,
             [
                 "perf-q32",
+                "perf-irq-q32",
                 "perf-q1",
+                "perf-irq-q1",
                 "fio-q32",
                 "fio-hipri-q32",
                 "fio-hipri-fixed-q32",
@@ -527,18 +566,25 @@ mod tests {
         assert!(c.contains("--iodepth=1 ") && c.ends_with("--hipri --fixedbufs --registerfiles"));
         assert!(c.starts_with("taskset 0x1 ") && c.contains("--cpus_allowed=0"));
         let perf = Run {
-            kind: Kind::Perf,
+            kind: Kind::Perf { interrupt: false },
             depth: 32,
         };
         assert!(perf
             .command(10)
-            .starts_with("/bin/nvme-perf -q 32 -o 4096 -w randread -t 10 -c 0x1 --json"));
+            .starts_with("/bin/nvme-perf -q 32 -o 4096 -w randread -t 10 -c 0x1 --json -r"));
+        let irq = Run {
+            kind: Kind::Perf { interrupt: true },
+            depth: 1,
+        };
+        assert!(
+            irq.command(10).contains(" -q 1 ") && irq.command(10).contains("--json --interrupt -r")
+        );
     }
 
     #[test]
     fn parses_results() {
         let perf = Run {
-            kind: Kind::Perf,
+            kind: Kind::Perf { interrupt: false },
             depth: 32,
         };
         let fio = Run {
@@ -570,7 +616,15 @@ mod tests {
             .contains("no hugepages"));
         assert!(result_of("", &perf).unwrap_err().contains("no result"));
         let results = vec![(perf, result_of(log, &perf)), (fio, result_of(log, &fio))];
-        let t = table(&results, "header");
+        let cpu_log = "BENCH-CPU perf-q32 100 1000 250 1200\nBENCH-CPU fio-q32 1 2 3\n";
+        let cpu: Vec<_> = [perf, fio].iter().map(|r| guest_cpu(cpu_log, r)).collect();
+        assert_eq!(cpu, [Some(75.0), None]);
+        let t = table(&results, &cpu, "header");
         assert!(t.contains("10.00x"), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.contains("VFIO") && l.trim_end().ends_with(" 75")),
+            "{t}"
+        );
     }
 }

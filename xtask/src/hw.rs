@@ -15,14 +15,17 @@
 //!    shared-memory group: `nvme-hwtest --multi-process`, ending with controller resets
 //!    by one process under another's checked I/O, the same with PCI function resets, and
 //!    `nvmectl -i G reset` beside `nvme-perf -i G` with `--tools /bin`), then
-//!    `nvme-torture` against the controller (8 rounds; `--torture-rounds N`), rebinds the
+//!    `nvme-torture` against the controller (8 rounds; `--torture-rounds N`), fio with the
+//!    `nvme-fio` engine (the job files of `nvme-fio/jobs/hw/`: crc32c verify, 1 MiB blocks,
+//!    two job threads; [`crate::fio_hw`]), rebinds the
 //!    controller to the kernel's nvme driver and reads back what the suite wrote through
 //!    `/dev/nvme0nX` (the manifest's ranges: the single-process pattern and the last
 //!    writes acknowledged after the resets and after the function resets);
 //! 5. parses the serial console: any `FAIL` line, a missing summary, or a guest that does not
 //!    finish within the timeout fails the run (the full console log is printed then); the
 //!    read-back blocks are also checked in the disk images on the host; the torture run's
-//!    `TORTURE SUMMARY` line must be there and report no finding.
+//!    `TORTURE SUMMARY` line must be there and report no finding; every fio job file must
+//!    pass and fio's verify headers must be in the namespace's disk image.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -276,6 +279,9 @@ if [ -s /torture.args ]; then
     echo "HWTEST-INIT torture exited with status $?"
 fi
 
+# fio with this driver's engine (nvme-fio): its VM job files, on namespace 2.
+[ -s /fio-run.sh ] && (. /fio-run.sh)
+
 # Give the controller back to the kernel's nvme driver and read back through it.
 load modules-nvme
 /bin/nvme-setup unbind $bdf || fail "nvme-setup unbind $bdf"
@@ -284,6 +290,16 @@ echo "HWTEST-INIT $bdf now bound to $(basename $(readlink $dev/driver 2>/dev/nul
 /bin/nvme-hwtest --verify-kernel /tmp/readback --device $bdf
 finish
 "#;
+
+/// Where the fio jobs do their I/O: namespace 2 (4 KiB blocks, 64 MiB, file-backed) from
+/// 1 MiB and 24 MiB, clear of the suite's read-back blocks there (the first block, about
+/// 21.3-21.9 MiB, the last 32 KiB); reads on the null namespace 3.
+const FIO_LAYOUT: crate::fio_hw::Layout = crate::fio_hw::Layout {
+    ns: 2,
+    verify_offset: 1 << 20,
+    big_offset: 24 << 20,
+    read_ns: 3,
+};
 
 /// Namespaces of the VM: (nsid, block size, bytes, file-backed).
 const NAMESPACES: [(u32, u32, u64, bool); 3] = [
@@ -294,7 +310,7 @@ const NAMESPACES: [(u32, u32, u64, bool); 3] = [
 
 fn vm(o: &Opts) -> Result<(), String> {
     let tools = vm::prerequisites(
-        &[],
+        &[("fio", "fio"), ("ldd", "libc-bin")],
         "; .ci/run installs them in CI), or skip this step with `cargo xtask test --skip-hw`",
     )?;
 
@@ -341,6 +357,8 @@ fn vm(o: &Opts) -> Result<(), String> {
         )
     });
     ir.write("torture.args", torture.as_deref().unwrap_or(""))?;
+    // The engine from the dev profile: the test step's build has it (correctness only here).
+    crate::fio_hw::install(&mut ir, false, FIO_LAYOUT)?;
     let initrd = ir.pack()?;
 
     // 3. Disk images (fresh, sparse) and QEMU.
@@ -364,6 +382,8 @@ fn vm(o: &Opts) -> Result<(), String> {
         "qemu stderr",
         "nvme-setup",
         "0000:",
+        "FIO-HW",
+        "FIO-FAIL",
     ];
     let console = vm::run(q, o.vm.timeout, &ir.work, |l| {
         shown.iter().any(|p| l.trim_start().starts_with(p)) || l.starts_with("  ")
@@ -378,6 +398,10 @@ fn vm(o: &Opts) -> Result<(), String> {
         if let Err(e) = check_images(log, &images) {
             result = Err(e);
         }
+    }
+    if let Ok(summary) = &result {
+        let img = ir.work.join(format!("ns{}.img", FIO_LAYOUT.ns));
+        result = crate::fio_hw::check(log, &img, FIO_LAYOUT).map(|f| format!("{summary}; {f}"));
     }
     if result.is_ok() && !console.status.success() {
         result = Err(format!("QEMU exited with {}", console.status));

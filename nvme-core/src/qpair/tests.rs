@@ -860,3 +860,40 @@ fn submit_blocks_takes_the_callers_count_or_the_general_path() {
     tokens.sort_unstable();
     assert_eq!(tokens, [1, 2, 3]);
 }
+
+#[test]
+fn report_cq_head_writes_the_head_at_once_and_only_when_it_moved() {
+    let rig = Rig::new(64, 128 << 10, 8);
+    let data = rig.data.region();
+    let (mut qp, dev) = rig.qp(64, 128 << 10);
+    let cq_head_writes = || {
+        rig.bells
+            .writes
+            .borrow()
+            .iter()
+            .filter(|(o, _)| *o == 0x100c)
+            .map(|(_, v)| *v)
+            .collect::<Vec<_>>()
+    };
+    qp.report_cq_head();
+    assert!(cq_head_writes().is_empty(), "nothing consumed yet");
+    for i in 0..3u64 {
+        let buf = data.sub(i as usize * 4096, 4096).unwrap();
+        qp.submit_io(Command::read(1, i * 8, 8), i * 8, 512, buf, i)
+            .unwrap();
+    }
+    qp.ring();
+    for c in dev.fetch(3) {
+        dev.post(c.cid, Status::SUCCESS, 0);
+    }
+    assert_eq!(drain(&mut qp).len(), 3);
+    assert!(
+        cq_head_writes().is_empty(),
+        "the lazy rule keeps the head back on a 64-entry queue"
+    );
+    qp.report_cq_head();
+    assert_eq!(cq_head_writes(), [3]);
+    qp.report_cq_head();
+    assert_eq!(cq_head_writes(), [3], "no second write for the same head");
+    assert_eq!(qp.stats().cq_doorbells, 1);
+}

@@ -19,7 +19,7 @@ use super::robust::RobustMutex;
 /// "NVMERSG1".
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"NVMERSG1");
 /// Changes whenever the layout below changes.
-pub(crate) const LAYOUT_VERSION: u32 = 3;
+pub(crate) const LAYOUT_VERSION: u32 = 4;
 /// Largest I/O queue id tracked.
 pub(crate) const MAX_QID: usize = 1024;
 
@@ -76,6 +76,43 @@ pub(crate) struct ShadowInfo {
     pub(crate) _pad: u32,
 }
 
+/// Entries of the group's table of LBA range leases.
+pub(crate) const MAX_LEASES: usize = 256;
+
+/// Lease entry states (`LeaseEntry::state`); any other value counts as free.
+pub(crate) const LEASE_FREE: u32 = 0;
+pub(crate) const LEASE_HELD: u32 = 1;
+
+/// One LBA range lease (`crate::Lease`). Written only under `LeaseTable::mutex`: every field
+/// first, `state` last (release), so that a holder of the lock that dies half-way leaves
+/// the entry free or whole. Freed by a store of `state` alone.
+#[repr(C)]
+pub(crate) struct LeaseEntry {
+    pub(crate) state: AtomicU32,
+    /// `OwnerId::raw` of the member holding it; the lease is free once that member is dead.
+    pub(crate) owner: AtomicU32,
+    /// The holder's pid (for messages only).
+    pub(crate) pid: AtomicU32,
+    pub(crate) nsid: AtomicU32,
+    /// `crate::LeaseMode` as a number: 1 exclusive, 2 shared (anything else: exclusive).
+    pub(crate) mode: AtomicU32,
+    pub(crate) _pad: u32,
+    /// First LBA and number of blocks.
+    pub(crate) start: AtomicU64,
+    pub(crate) count: AtomicU64,
+    /// The holder's process name (`/proc/self/comm`, NUL-padded, 16 bytes little-endian).
+    pub(crate) comm: [AtomicU64; 2],
+}
+
+/// The group's LBA range leases: claims and releases take `mutex`; nothing on the I/O path
+/// reads the table (each process checks its writes against its private copy).
+#[repr(C)]
+pub(crate) struct LeaseTable {
+    /// Robust, process-shared: a holder that dies is recovered from (`EOWNERDEAD`).
+    pub(crate) mutex: RobustMutex,
+    pub(crate) entries: [LeaseEntry; MAX_LEASES],
+}
+
 /// The identity at the start of the control segment: what a joining process checks before
 /// it trusts anything else (or even the segment's size). Its layout never changes.
 #[repr(C)]
@@ -114,6 +151,8 @@ pub(crate) struct GroupHeader {
     pub(crate) iova_slices: [[u64; 2]; MAX_MEMBERS + 1],
     /// Shadow doorbells: where their pages are, and whether the group uses them.
     pub(crate) shadow: ShadowInfo,
+    /// LBA range leases (`crate::Lease`).
+    pub(crate) leases: LeaseTable,
 }
 
 /// Sizes and offsets of the layout (version [`LAYOUT_VERSION`]), in bytes.
@@ -122,7 +161,9 @@ const ADMIN_STATE_SIZE: usize = 31872;
 const MEMBERS_OFFSET: usize = 8744;
 const ADMIN_OFFSET: usize = 13872;
 const SHADOW_OFFSET: usize = 46816;
-const HEADER_SIZE: usize = 46840;
+const LEASES_OFFSET: usize = SHADOW_OFFSET + 24;
+const LEASE_ENTRY_SIZE: usize = 56;
+const HEADER_SIZE: usize = LEASES_OFFSET + 64 + LEASE_ENTRY_SIZE * MAX_LEASES;
 
 // The layout, asserted. Sizes and offsets in bytes (x86_64 and every other 64-bit Linux
 // target: u64 and the atomics are 8-aligned).
@@ -177,12 +218,26 @@ const _: () = {
     assert!(offset_of!(GroupHeader, iova_slices) == ADMIN_OFFSET + ADMIN_STATE_SIZE + 32);
     assert!(offset_of!(GroupHeader, shadow) == SHADOW_OFFSET);
     assert!(SHADOW_OFFSET == ADMIN_OFFSET + ADMIN_STATE_SIZE + 32 + 16 * (MAX_MEMBERS + 1));
+    assert!(size_of::<LeaseEntry>() == LEASE_ENTRY_SIZE && align_of::<LeaseEntry>() == 8);
+    assert!(offset_of!(LeaseEntry, state) == 0);
+    assert!(offset_of!(LeaseEntry, owner) == 4);
+    assert!(offset_of!(LeaseEntry, pid) == 8);
+    assert!(offset_of!(LeaseEntry, nsid) == 12);
+    assert!(offset_of!(LeaseEntry, mode) == 16);
+    assert!(offset_of!(LeaseEntry, start) == 24);
+    assert!(offset_of!(LeaseEntry, count) == 32);
+    assert!(offset_of!(LeaseEntry, comm) == 40);
+    assert!(offset_of!(LeaseTable, mutex) == 0);
+    assert!(offset_of!(LeaseTable, entries) == 64);
+    assert!(offset_of!(GroupHeader, leases) == LEASES_OFFSET);
     assert!(size_of::<GroupHeader>() == HEADER_SIZE);
 };
 
 /// Byte offsets in `members.lock`: one per member, then the role locks.
 pub(crate) const JOIN_BYTE: u64 = 1000;
 pub(crate) const PRIMARY_BYTE: u64 = 1001;
+/// Serialises changes to the function's interrupt (MSI-X) set-up across members.
+pub(crate) const INTERRUPT_BYTE: u64 = 1002;
 
 /// The build id: a process whose id differs is refused.
 pub(crate) fn build_id() -> String {

@@ -9,6 +9,7 @@
 //! - `admin.mem`: the admin rings and their PRP list pages, then the shadow doorbell and
 //!   EventIdx pages (Doorbell Buffer Config, used when the creator gave them to the
 //!   controller), mapped by every member.
+//!   It also holds the table of LBA range leases (`leases`, [`crate::Lease`]).
 //! - `members.lock`: one byte per member, locked (OFD lock) by that member for its lifetime.
 //!   The kernel drops the lock when the process dies; that is how survivors know.
 //! - `sim.sock`: the software controller's process, for `trtype:sim`.
@@ -35,6 +36,7 @@
 
 pub(crate) mod fdpass;
 pub(crate) mod layout;
+mod leases;
 mod lockfile;
 mod robust;
 
@@ -51,7 +53,9 @@ use nvme_core::shared::{OwnerId, SharedAdminQueue, MAX_MEMBERS};
 use crate::error::{Error, Result};
 use crate::memory::SharedMemory;
 use crate::mmio::Mmio;
-use layout::{GroupHeader, GroupIdent, ACTIVE, FREE, JOIN_BYTE, MAGIC, MAX_QID, PRIMARY_BYTE};
+use layout::{
+    GroupHeader, GroupIdent, ACTIVE, FREE, INTERRUPT_BYTE, JOIN_BYTE, MAGIC, MAX_QID, PRIMARY_BYTE,
+};
 use robust::RobustMutex;
 
 /// Where the shared admin queue's rings sit in the admin segment. A member copies it from
@@ -432,6 +436,10 @@ impl Group {
                 .view_mut()
                 .expect("the control segment is sized for the header");
             h.mutex.init().map_err(os("initialising the group lock"))?;
+            h.leases
+                .mutex
+                .init()
+                .map_err(os("initialising the lease table lock"))?;
             h.ident
                 .layout_version
                 .store(layout::LAYOUT_VERSION, Ordering::Relaxed);
@@ -731,6 +739,28 @@ impl Group {
         self.join_held.store(true, Ordering::Relaxed);
         self.record_join_holder();
         Ok(())
+    }
+    /// Runs `f` holding the group's interrupt lock (a byte of `members.lock` of its own, so
+    /// a holder that dies releases it), waiting at most `bound` for it. It serialises the
+    /// members' changes to the function's MSI-X set-up; the caller serialises the threads
+    /// of this process (the lock is an OFD lock, which threads of one process share).
+    pub(crate) fn with_interrupt_lock<T>(
+        &self,
+        bound: Duration,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        if !lockfile::lock_within(&self.lockf, INTERRUPT_BYTE, bound)
+            .map_err(os("taking the group's interrupt lock"))?
+        {
+            return Err(Error::Group(format!(
+                "group {}: waited {} ms for the interrupt lock (byte {INTERRUPT_BYTE} of members.lock), held by a member that is stopped or stuck",
+                self.id,
+                bound.as_millis()
+            )));
+        }
+        let r = f();
+        let _ = lockfile::unlock(&self.lockf, INTERRUPT_BYTE);
+        r
     }
     /// Does this process hold the join lock through this membership?
     pub(crate) fn join_held(&self) -> bool {

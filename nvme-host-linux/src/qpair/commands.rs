@@ -99,6 +99,7 @@ impl IoQueuePair {
             )));
         }
         self.check_range(nsid, lba, blocks as u64, capacity)?;
+        self.leases.check_write(nsid, lba, blocks as u64)?;
         let mut cmd = Command::write_zeroes(nsid, lba, blocks);
         cmd.0.cdw12 |= opts.cdw12_bits();
         self.command_sync(cmd, None, SYNC_COMMAND_TIMEOUT)
@@ -129,6 +130,9 @@ impl IoQueuePair {
                 )));
             }
             self.check_range(nsid, r.slba, r.blocks as u64, capacity)?;
+            if attrs.deallocate {
+                self.leases.check_write(nsid, r.slba, r.blocks as u64)?;
+            }
         }
         let mut buf = self.ctrl.alloc_dma(4096)?;
         buf.as_mut_slice()[..ranges.len() * 16].copy_from_slice(ranges.as_bytes());
@@ -144,8 +148,9 @@ impl IoQueuePair {
     /// the controller's maximum transfer; not split), waits up to `timeout` for it and
     /// returns its completion dword 0. The driver fills in the command identifier and the
     /// data pointer: fused operations and SGLs (command dword 0 bits 15:8) are refused.
-    /// Nothing else is checked: the controller's status reports the rest. No other I/O may
-    /// be outstanding on this pair. After a timeout the command stays outstanding (its
+    /// Nothing else is checked (but a write's blocks against this process's LBA range
+    /// leases, when it enforces them: [`Lease`](crate::Lease)): the controller's status
+    /// reports the rest. No other I/O may be outstanding on this pair. After a timeout the command stays outstanding (its
     /// buffer stays mapped) until it completes or the pair is dropped.
     pub fn passthru_sync(
         &mut self,
@@ -159,6 +164,7 @@ impl IoQueuePair {
                 cmd.0.flags
             )));
         }
+        self.leases.check_command(&cmd, data.as_ref())?;
         if let Some(d) = &data {
             let max = self.ctrl.max_transfer();
             if d.len() > max {
@@ -237,7 +243,7 @@ mod tests {
 
     fn setup() -> (Controller, IoQueuePair, crate::DmaBuffer) {
         let c = Controller::attach("trtype:sim nscount:1 size:1M lbasize:512").unwrap();
-        let qp = c.alloc_io_queue(QueueOptions { entries: 8 }).unwrap();
+        let qp = c.alloc_io_queue(QueueOptions::new(8)).unwrap();
         let buf = c.alloc_dma(8 * 512).unwrap();
         (c, qp, buf)
     }

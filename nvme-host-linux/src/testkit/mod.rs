@@ -15,9 +15,13 @@
 //!   processes, reporting the last acknowledged write (for a read-back).
 //! - [`run_scenarios`]: the runner of `harness = false` test binaries.
 
+mod interrupts;
+mod leases;
 pub mod pattern;
 mod resets;
 
+pub use interrupts::{check_interrupt_report, check_interrupt_reports, interrupt_io};
+pub use leases::{claim_leases, lease_spec};
 pub use resets::{io_through_resets, Acked, ResetIo};
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -52,6 +56,17 @@ pub fn say(line: impl AsRef<str>) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", line.as_ref());
     let _ = out.flush();
+}
+
+/// A child's exit status for the outcome of its role: 0, or 1 after an `ERROR why` line.
+pub fn exit_code(r: Outcome) -> u8 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            say(format!("ERROR {e}"));
+            1
+        }
+    }
 }
 
 /// Whether the parent asked its children to stop ([`RunDir::stop`]).

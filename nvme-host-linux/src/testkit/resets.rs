@@ -66,7 +66,7 @@ pub fn io_through_resets(ctrl: &Controller, at: ResetIo) -> Result<Acked, String
     }
     let per = (IO / bs) as u64;
     let mut qp = ctrl
-        .alloc_io_queue(QueueOptions { entries: 32 })
+        .alloc_io_queue(QueueOptions::new(32))
         .map_err(|e| e.to_string())?;
     say(format!("QID {}", qp.qid()));
     let mut buf = ctrl

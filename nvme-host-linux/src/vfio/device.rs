@@ -93,6 +93,53 @@ impl Device {
         sys::vfio_device_reset(self.fd.as_fd())
     }
 
+    /// The function's MSI-X vectors as VFIO reports them (0 when it has none or VFIO cannot
+    /// signal them through eventfds).
+    pub(crate) fn msix_vectors(&self) -> u32 {
+        use vfio_bindings::bindings::vfio::{VFIO_IRQ_INFO_EVENTFD, VFIO_PCI_MSIX_IRQ_INDEX};
+        match sys::vfio_device_get_irq_info(self.fd.as_fd(), VFIO_PCI_MSIX_IRQ_INDEX) {
+            Ok(info) if info.flags & VFIO_IRQ_INFO_EVENTFD != 0 => info.count,
+            _ => 0,
+        }
+    }
+
+    /// Is MSI-X enabled on the function (the Enable bit of the MSI-X capability's Message
+    /// Control, which vfio-pci passes through from the device)? `Ok(false)` when the
+    /// function has no MSI-X capability.
+    pub(crate) fn msix_enabled(&self) -> io::Result<bool> {
+        const PCI_STATUS: u64 = 0x06;
+        const PCI_STATUS_CAP_LIST: u16 = 1 << 4;
+        const PCI_CAPABILITY_LIST: u64 = 0x34;
+        const PCI_CAP_ID_MSIX: u8 = 0x11;
+        const PCI_MSIX_FLAGS_ENABLE: u16 = 1 << 15;
+        if self.config_u16(PCI_STATUS)? & PCI_STATUS_CAP_LIST == 0 {
+            return Ok(false);
+        }
+        let mut b = [0u8; 1];
+        self.config_read(PCI_CAPABILITY_LIST, &mut b)?;
+        let mut at = u64::from(b[0] & !3);
+        // At most 48 capabilities fit in the 192 bytes after the header: a longer chain is
+        // a loop.
+        for _ in 0..48 {
+            if at < 0x40 {
+                return Ok(false);
+            }
+            let head = self.config_u16(at)?;
+            if head as u8 == PCI_CAP_ID_MSIX {
+                return Ok(self.config_u16(at + 2)? & PCI_MSIX_FLAGS_ENABLE != 0);
+            }
+            at = u64::from((head >> 8) as u8 & !3);
+        }
+        Ok(false)
+    }
+
+    /// Makes MSI-X vectors `start..start + fds.len()` signal `fds` (`None`: nothing); the
+    /// first call enables MSI-X on the function with as many vectors as it is given.
+    pub(crate) fn set_msix(&self, start: u32, fds: &[Option<BorrowedFd<'_>>]) -> io::Result<()> {
+        use vfio_bindings::bindings::vfio::VFIO_PCI_MSIX_IRQ_INDEX;
+        sys::vfio_device_set_irq_eventfds(self.fd.as_fd(), VFIO_PCI_MSIX_IRQ_INDEX, start, fds)
+    }
+
     /// Reads config space at `off`.
     pub(crate) fn config_read(&self, off: u64, buf: &mut [u8]) -> io::Result<()> {
         let n = pread(&self.fd, buf, (self.config.offset + off) as libc::off_t);

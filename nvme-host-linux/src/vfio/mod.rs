@@ -20,7 +20,7 @@ pub(crate) mod share;
 pub mod sysfs;
 
 use std::fmt;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,6 +47,10 @@ pub struct VfioTransport {
     shared: bool,
     /// Set when this process is the last member of its group to leave.
     last_member: AtomicBool,
+    /// MSI-X vectors the driver may use (see [`MAX_MSIX_VECTORS`]).
+    msix_vectors: u16,
+    /// Serialises this process's MSI-X changes (the group's join lock serialises processes).
+    msix_lock: Mutex<()>,
     // Drop order matters: the device closes before the group and container it came from.
     device: Device,
     iommu: Type1Container,
@@ -64,6 +68,16 @@ impl fmt::Debug for VfioTransport {
             .field("iova_ranges", &self.iommu.iova_ranges().0)
             .finish()
     }
+}
+
+/// At most this many MSI-X vectors are enabled (the first interrupt-driven queue enables them
+/// all at once: kernels before 6.5 cannot add vectors to an enabled MSI-X function later).
+/// Queues with larger ids are polled.
+pub const MAX_MSIX_VECTORS: u16 = 256;
+
+/// The MSI-X vectors the driver may use on `device`.
+fn msix_vectors(device: &Device) -> u16 {
+    device.msix_vectors().min(u32::from(MAX_MSIX_VECTORS)) as u16
 }
 
 /// NVMe functions bound to vfio-pci on this machine, by address.
@@ -137,6 +151,8 @@ impl VfioTransport {
             iovas,
             shared: false,
             last_member: AtomicBool::new(false),
+            msix_vectors: msix_vectors(&device),
+            msix_lock: Mutex::new(()),
             device,
             iommu,
         })
@@ -181,6 +197,8 @@ impl VfioTransport {
             iovas,
             shared: true,
             last_member: AtomicBool::new(false),
+            msix_vectors: msix_vectors(&device),
+            msix_lock: Mutex::new(()),
             device,
             iommu,
         })
@@ -352,6 +370,42 @@ impl Transport for VfioTransport {
     }
     fn last_member_left(&self) {
         self.last_member.store(true, Ordering::Release);
+    }
+    fn interrupt_vectors(&self) -> u16 {
+        self.msix_vectors
+    }
+    fn set_interrupt(&self, vector: u16, eventfd: Option<BorrowedFd<'_>>) -> Result<()> {
+        let addr = self.addr;
+        let n = self.msix_vectors;
+        if vector >= n {
+            return Err(Error::Invalid(format!(
+                "{addr}: MSI-X vector {vector} does not exist (the driver uses {n})"
+            )));
+        }
+        let _serial = self.msix_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let enabled = self
+            .device
+            .msix_enabled()
+            .map_err(|e| Error::os(format!("reading the MSI-X capability of {addr}"), e))?;
+        let set = if enabled {
+            self.device.set_msix(u32::from(vector), &[eventfd])
+        } else if eventfd.is_none() {
+            return Ok(());
+        } else {
+            // Enables MSI-X with every vector the driver may use; only ours signals.
+            let mut fds = vec![None; n as usize];
+            fds[vector as usize] = eventfd;
+            self.device.set_msix(0, &fds)
+        };
+        set.map_err(|e| {
+            Error::os(
+                format!(
+                    "VFIO_DEVICE_SET_IRQS (MSI-X vector {vector} of {n}{}) on {addr}",
+                    if enabled { "" } else { ", enabling MSI-X" }
+                ),
+                e,
+            )
+        })
     }
     fn function_reset_supported(&self) -> bool {
         self.device.can_reset()

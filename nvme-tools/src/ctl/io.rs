@@ -88,7 +88,7 @@ fn chunk_bytes(ctrl: &Controller, block_size: u32) -> usize {
 /// A queue pair for one subcommand (a few entries; one command in flight at a time).
 pub fn queue(ctrl: &Controller) -> Result<nvme_host_linux::IoQueuePair> {
     let entries = QUEUE_ENTRIES.min(ctrl.info().cap.max_queue_entries());
-    Ok(ctrl.alloc_io_queue(QueueOptions { entries })?)
+    Ok(ctrl.alloc_io_queue(QueueOptions::new(entries))?)
 }
 
 /// The bytes of each command of the plan (the last may be shorter).

@@ -5,8 +5,9 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
-use nvme_host_linux::{DataPointer, TransportId};
+use nvme_host_linux::{DataPointer, LeaseMode, TransportId};
 
+use super::lba::{parse_lba_range, LbaRange};
 use super::Error;
 
 /// `nvme-perf`'s command line, as typed. [`Cli::validate`] turns it into a [`Config`].
@@ -76,6 +77,20 @@ pub struct Cli {
     /// (the first is the primary, the others secondaries; each has its own I/O queues).
     #[arg(short = 'i', long = "shmem-grp-id", value_name = "ID")]
     pub shmem_grp_id: Option<u32>,
+    /// Restrict the I/O to COUNT blocks from LBA START of each namespace (e.g. 0:262144).
+    #[arg(long = "lba-range", value_name = "START:COUNT", value_parser = parse_lba_range)]
+    pub lba_range: Option<LbaRange>,
+    /// Hold an LBA range lease on the blocks the run uses (its --lba-range, or the whole
+    /// namespace) for the whole run: exclusive (no other process may lease them) or shared
+    /// (other shared leases may overlap). Its writes are checked against it; a claim that
+    /// conflicts with another process's lease ends the run with an error naming it.
+    #[arg(long = "lease", value_name = "exclusive|shared")]
+    pub lease: Option<LeaseMode>,
+    /// Completions by interrupt: each I/O queue gets an MSI-X vector and a worker with
+    /// nothing completed sleeps until one fires instead of polling (a queue the controller
+    /// has no vector for is polled, with a warning).
+    #[arg(long)]
+    pub interrupt: bool,
     /// How I/O commands point to their data: auto (SGLs where the controller reports SGL
     /// support, else PRPs), prp or sgl. Not in SPDK's perf.
     #[arg(long = "data-pointer", value_name = "auto|prp|sgl", default_value = "auto", value_parser = parse_data_pointer)]
@@ -152,6 +167,12 @@ pub struct Config {
     pub shm_id: Option<u32>,
     /// PRPs or SGLs for the I/O commands (`--data-pointer`).
     pub data_pointer: DataPointer,
+    /// The blocks of each namespace the run uses (`--lba-range`; all when `None`).
+    pub lba_range: Option<LbaRange>,
+    /// The lease held on those blocks during the run (`--lease`).
+    pub lease: Option<LeaseMode>,
+    /// Interrupt-driven completions (`--interrupt`).
+    pub interrupts: bool,
 }
 
 /// The longest run: `-t` plus `-a`, one year. Longer is a typo (or an overflow attempt), and
@@ -294,6 +315,9 @@ impl Cli {
             json: self.json,
             shm_id: self.shmem_grp_id,
             data_pointer: self.data_pointer,
+            lba_range: self.lba_range,
+            lease: self.lease,
+            interrupts: self.interrupt,
         };
         Ok((config, warnings))
     }
@@ -493,6 +517,13 @@ mod tests {
             (2, 2, Some(100), Some(10))
         );
         assert_eq!((c.io_queue_size, c.json), (Some(64), true));
+        assert!(!c.interrupts);
+        assert!(
+            config("-q 1 -o 4k -w read -t 1 --interrupt")
+                .unwrap()
+                .0
+                .interrupts
+        );
         // -s is the older spelling of -o.
         let (c, _) = config("-q 1 -s 1m -w write -t 1").unwrap();
         assert_eq!((c.io_size, c.workload.read_percent), (1 << 20, 0));
@@ -624,6 +655,29 @@ mod tests {
         assert_eq!(dp("--data-pointer prp"), DataPointer::Prp);
         assert_eq!(dp("--data-pointer sgl"), DataPointer::Sgl);
         assert!(cli("-q 1 -o 4k -w read -t 1 --data-pointer sg").is_err());
+    }
+
+    #[test]
+    fn lba_range_and_lease() {
+        let (c, _) = config("-q 1 -o 4k -w read -t 1").unwrap();
+        assert_eq!((c.lba_range, c.lease), (None, None));
+        let (c, _) = config("-q 1 -o 4k -w write -t 1 --lba-range 8:1024 --lease shared").unwrap();
+        assert_eq!(
+            c.lba_range,
+            Some(LbaRange {
+                start: 8,
+                count: 1024
+            })
+        );
+        assert_eq!(c.lease, Some(LeaseMode::Shared));
+        let e = cli("-q 1 -o 4k -w read -t 1 --lease mine")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lease mode 'mine': give exclusive"), "{e}");
+        let e = cli("-q 1 -o 4k -w read -t 1 --lba-range 5")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected START:COUNT"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Where each I/O goes and whether it reads or writes: a per-worker xorshift generator,
-//! I/O-aligned LBAs inside the namespace, and the read/write mix.
+//! I/O-aligned LBAs inside the namespace (or the part of it `--lba-range` gives), and the
+//! read/write mix.
 
 /// xorshift64* (Marsaglia / Vigna): a few cycles per number, good enough for spreading I/O.
 #[derive(Clone, Debug)]
@@ -34,9 +35,50 @@ impl XorShift64 {
     }
 }
 
+/// `--lba-range START:COUNT`: the blocks of a namespace a run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LbaRange {
+    /// First LBA.
+    pub start: u64,
+    /// Number of blocks (at least 1).
+    pub count: u64,
+}
+
+impl LbaRange {
+    /// Checks the range against a namespace of `blocks` blocks (`name` in the error).
+    pub fn check(&self, blocks: u64, name: &str) -> Result<(), String> {
+        match self.start.checked_add(self.count) {
+            Some(end) if end <= blocks => Ok(()),
+            _ => Err(format!(
+                "--lba-range {}:{} goes past the end of {name} ({blocks} blocks): give START:COUNT with START + COUNT <= {blocks}",
+                self.start, self.count
+            )),
+        }
+    }
+}
+
+/// Parses `START:COUNT` (decimal, or hexadecimal with `0x`; COUNT at least 1).
+pub fn parse_lba_range(s: &str) -> Result<LbaRange, String> {
+    let num = |t: &str| match t.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => t.parse().ok(),
+    };
+    let bad = || format!("bad LBA range '{s}': expected START:COUNT in blocks, e.g. 0:262144");
+    let (start, count) = s.split_once(':').ok_or_else(bad)?;
+    let (start, count) = (num(start).ok_or_else(bad)?, num(count).ok_or_else(bad)?);
+    if count == 0 {
+        return Err(format!(
+            "LBA range '{s}' has 0 blocks: give a COUNT of at least 1"
+        ));
+    }
+    Ok(LbaRange { start, count })
+}
+
 /// Generates the starting LBA of each I/O for one namespace on one worker.
 #[derive(Clone, Debug)]
 pub struct LbaGen {
+    /// The first LBA the run uses (`--lba-range`; 0 otherwise).
+    base: u64,
     blocks_per_io: u64,
     ios_in_ns: u64,
     order: Order,
@@ -87,10 +129,17 @@ impl LbaGen {
             }
         };
         Ok(LbaGen {
+            base: 0,
             blocks_per_io,
             ios_in_ns,
             order,
         })
+    }
+
+    /// The same LBAs moved up by `base` blocks: for a run on blocks `base..base + blocks`.
+    pub fn starting_at(mut self, base: u64) -> LbaGen {
+        self.base = base;
+        self
     }
 
     /// Blocks per I/O.
@@ -113,7 +162,7 @@ impl LbaGen {
                 slot
             }
         };
-        slot * self.blocks_per_io
+        self.base + slot * self.blocks_per_io
     }
 }
 
@@ -209,6 +258,57 @@ mod tests {
         );
         let e = LbaGen::new(4, 512, 4096, true, 0, 1).unwrap_err();
         assert!(e.contains("larger than the namespace"), "{e}");
+    }
+
+    #[test]
+    fn an_lba_range_moves_and_bounds_the_lbas() {
+        let r = parse_lba_range("1000:64").unwrap();
+        assert_eq!(
+            r,
+            LbaRange {
+                start: 1000,
+                count: 64
+            }
+        );
+        assert_eq!(
+            parse_lba_range("0x10:0x20").unwrap(),
+            LbaRange {
+                start: 16,
+                count: 32
+            }
+        );
+        for bad in ["", "5", "a:1", "1:b", ":", "1:2:3"] {
+            let e = parse_lba_range(bad).unwrap_err();
+            assert!(e.contains("expected START:COUNT"), "{bad}: {e}");
+        }
+        assert!(parse_lba_range("7:0").unwrap_err().contains("0 blocks"));
+        r.check(1064, "NS").unwrap();
+        let e = r.check(1063, "NS").unwrap_err();
+        assert!(e.contains("goes past the end of NS (1063 blocks)"), "{e}");
+        let e = LbaRange {
+            start: u64::MAX,
+            count: 2,
+        }
+        .check(10, "NS")
+        .unwrap_err();
+        assert!(e.contains("goes past the end"), "{e}");
+        // 64 blocks of 8-block I/Os from 1000: slots 1000, 1008, ... 1056.
+        let mut rng = XorShift64::new(3);
+        let mut g = LbaGen::new(r.count, 512, 4096, true, 0, 1)
+            .unwrap()
+            .starting_at(r.start);
+        for _ in 0..10_000 {
+            let lba = g.next_lba(&mut rng);
+            assert!(
+                (1000..1057).contains(&lba) && (lba - 1000).is_multiple_of(8),
+                "{lba}"
+            );
+        }
+        let mut s = LbaGen::new(r.count, 512, 4096, false, 0, 1)
+            .unwrap()
+            .starting_at(r.start);
+        let lbas: Vec<u64> = (0..9).map(|_| s.next_lba(&mut rng)).collect();
+        assert_eq!(lbas, [1000, 1008, 1016, 1024, 1032, 1040, 1048, 1056, 1000]);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nvme_host_linux::nvme_core::qpair::MAX_BLOCKS_PER_COMMAND;
-use nvme_host_linux::{AttachOptions, Controller, Role, TransportKind};
+use nvme_host_linux::{AttachOptions, Controller, Lease, LeaseMode, Role, TransportKind};
 
 use super::args::{self, Config};
 use super::report::{self, JsonContext, Report};
@@ -76,6 +76,8 @@ fn run_attached(
     console: Console,
 ) -> Result<Outcome, Error> {
     let namespaces = select_namespaces(ctrls, cfg)?;
+    // Held until the run is over (dropped at the end of this function).
+    let _leases = claim_leases(&namespaces, cfg, console)?;
     let plans = associate_workers(&namespaces, cores, console);
     check_queue_counts(ctrls, &plans, cfg.qpairs)?;
     let most_jobs = plans.iter().map(|p| p.jobs.len()).max().unwrap_or(0);
@@ -212,6 +214,19 @@ fn select_namespaces(ctrls: &[Controller], cfg: &Config) -> Result<Vec<Job>, Err
                     ns.size_bytes()
                 )));
             }
+            let (first_lba, blocks) = match cfg.lba_range {
+                Some(r) => {
+                    r.check(ns.blocks(), &name).map_err(Error::new)?;
+                    if (cfg.io_size as u64) > r.count.saturating_mul(bs as u64) {
+                        return Err(Error::new(format!(
+                            "I/O size {} is larger than --lba-range {}:{} ({} blocks of {bs} bytes of {name})",
+                            cfg.io_size, r.start, r.count, r.count
+                        )));
+                    }
+                    (r.start, r.count)
+                }
+                None => (0, ns.blocks()),
+            };
             let geometry = QueueGeometry {
                 io_depth: cfg.io_depth,
                 qpairs: cfg.qpairs,
@@ -228,13 +243,40 @@ fn select_namespaces(ctrls: &[Controller], cfg: &Config) -> Result<Vec<Job>, Err
                 ctrl_index,
                 nsid: ns.id(),
                 name,
-                blocks: ns.blocks(),
+                first_lba,
+                blocks,
                 block_size: bs,
                 queue_entries,
             });
         }
     }
     Ok(jobs)
+}
+
+/// `--lease`: a lease of the blocks each namespace's jobs use, held by the caller for the
+/// run. A conflict with another process's lease is an error that names that process.
+fn claim_leases(jobs: &[Job], cfg: &Config, console: Console) -> Result<Vec<Lease>, Error> {
+    let Some(mode) = cfg.lease else {
+        return Ok(Vec::new());
+    };
+    jobs.iter()
+        .map(|job| {
+            let lbas = job.first_lba..job.first_lba + job.blocks;
+            let lease = job
+                .ctrl
+                .lease(job.nsid, lbas.clone(), mode)
+                .map_err(|e| Error::new(format!("{}: {e}", job.name)))?;
+            let article = match mode {
+                LeaseMode::Exclusive => "an",
+                LeaseMode::Shared => "a",
+            };
+            console.info(&format!(
+                "Holding {article} {mode} lease on LBAs {}..{} of {}",
+                lbas.start, lbas.end, job.name
+            ));
+            Ok(lease)
+        })
+        .collect()
 }
 
 /// What decides the size of an I/O queue.
@@ -527,6 +569,61 @@ mod tests {
             assert_eq!(r.stats.histogram.as_ref().unwrap().len(), 500);
         }
         assert_eq!(rows[1].name, "SIM (sim) NSID 2");
+    }
+
+    #[test]
+    fn an_lba_range_confines_the_writes_and_its_lease_is_held() {
+        let ctrl = sim("trtype:sim size:1M lbasize:512");
+        let sim = ctrl.sim().unwrap();
+        sim.write_backing(1, 0, &[0xff; 1 << 20]).unwrap();
+        // 64 sequential one-block writes (of perf's zeroed buffers) from LBA 1000: each
+        // block of the range once, nothing else.
+        let cfg = config("-q 4 -o 512 -w write -t 10 -d 64 --lba-range 1000:64 --lease exclusive");
+        assert_eq!(cfg.lease, Some(nvme_host_linux::LeaseMode::Exclusive));
+        let outcome = run_with(&cfg, std::slice::from_ref(&ctrl)).unwrap();
+        assert!(outcome.success());
+        assert_eq!(outcome.report.rows[0].stats.writes, 64);
+        let mut data = vec![0u8; 1 << 20];
+        sim.read_backing(1, 0, &mut data).unwrap();
+        let written: Vec<usize> = (0..2048).filter(|b| data[b * 512] == 0).collect();
+        assert_eq!(written, (1000..1064).collect::<Vec<_>>());
+        // The run released its lease: this process can lease the blocks again, and its
+        // writes outside the new lease are refused (the namespace stays enforced).
+        let _l = ctrl
+            .lease(1, 1000..1064, nvme_host_linux::LeaseMode::Exclusive)
+            .unwrap();
+        let mut qp = ctrl.alloc_io_queue(Default::default()).unwrap();
+        let mut buf = ctrl.alloc_dma(512).unwrap();
+        let e = qp
+            .write_sync(1, 999, buf.slice(0..512).unwrap())
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("write to LBAs 999..1000 of namespace 1 refused"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_lba_range_must_fit_the_namespace_and_the_io_size() {
+        let ctrl = sim("trtype:sim size:1M lbasize:512");
+        let e = run_with(
+            &config("-q 1 -o 512 -w read -t 1 --lba-range 2000:49"),
+            std::slice::from_ref(&ctrl),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--lba-range 2000:49 goes past the end of SIM (sim) NSID 1 (2048 blocks)"),
+            "{e}"
+        );
+        let e = run_with(&config("-q 1 -o 4k -w read -t 1 --lba-range 0:7"), &[ctrl])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("I/O size 4096 is larger than --lba-range 0:7"),
+            "{e}"
+        );
     }
 
     #[test]

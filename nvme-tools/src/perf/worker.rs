@@ -24,6 +24,9 @@ use super::Error;
 
 /// How long the workers wait for outstanding I/O after the run before giving up on it.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest sleep on an interrupt (`--interrupt`): the loop looks at the clock, the
+/// other queue pairs and the stop flag at least this often.
+const SLEEP_STEP: Duration = Duration::from_millis(10);
 
 /// One namespace assigned to one worker.
 #[derive(Clone, Debug)]
@@ -36,7 +39,9 @@ pub struct Job {
     pub nsid: u32,
     /// `SIM (sim) NSID 1`.
     pub name: String,
-    /// Namespace size in blocks.
+    /// The first LBA the run uses (`--lba-range`; 0 otherwise).
+    pub first_lba: u64,
+    /// Blocks the run uses from `first_lba` (the namespace's size without `--lba-range`).
     pub blocks: u64,
     /// Block size in bytes.
     pub block_size: u32,
@@ -229,12 +234,16 @@ impl NsRun {
             worker as u64,
             workers as u64,
         )
-        .map_err(|e| Error::new(format!("{}: {e}", job.name)))?;
+        .map_err(|e| Error::new(format!("{}: {e}", job.name)))?
+        .starting_at(job.first_lba);
         let qpairs = (0..cfg.qpairs)
             .map(|_| {
-                job.ctrl.alloc_io_queue(QueueOptions {
-                    entries: job.queue_entries,
-                })
+                let opts = QueueOptions::new(job.queue_entries).with_interrupts(cfg.interrupts);
+                let qp = job.ctrl.alloc_io_queue(opts)?;
+                if let Some(why) = qp.interrupt_fallback() {
+                    eprintln!("nvme-perf: {}: {why}", job.name);
+                }
+                Ok(qp)
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| context("creating an I/O queue pair", e))?;
@@ -284,9 +293,11 @@ impl NsRun {
         self.in_flight == 0 && !self.may_submit()
     }
 
-    /// Reaps completions onto `pending` (from `reaped_from` on); returns how many.
+    /// Reaps completions onto `pending` (from `reaped_from` on); returns how many. With
+    /// `sleep` (interrupt mode, nothing completed in the last round), the first queue pair
+    /// with I/O outstanding sleeps until its interrupt fires or [`SLEEP_STEP`] passes.
     #[inline]
-    fn poll(&mut self, stop: &AtomicBool) -> usize {
+    fn poll(&mut self, stop: &AtomicBool, mut sleep: bool) -> usize {
         let NsRun {
             qpairs,
             pending,
@@ -302,7 +313,7 @@ impl NsRun {
         *reaped_from = pending.len();
         let mut n = 0;
         for qp in qpairs.iter_mut() {
-            n += qp.process_completions(usize::MAX, |token, result| match result {
+            let on_completion = |token: u64, result: Result<(), DriverError>| match result {
                 Ok(()) => pending.push(token as u32),
                 // A controller reset (e.g. `nvmectl -i N reset` beside this run) aborted
                 // the I/O: it is not counted, and its slot is used again.
@@ -316,7 +327,16 @@ impl NsRun {
                     errors.handle(name, *core, &e, stop);
                     *draining |= !errors.continues();
                 }
-            });
+            };
+            n += if sleep && qp.outstanding() > 0 {
+                sleep = false;
+                // An error of the wait itself (the controller is gone) shows on the next
+                // poll as the I/O's errors or the drain's timeout.
+                qp.wait(Some(SLEEP_STEP), usize::MAX, on_completion)
+                    .unwrap_or(0)
+            } else {
+                qp.process_completions(usize::MAX, on_completion)
+            };
         }
         n
     }
@@ -495,10 +515,18 @@ fn io_loop(runs: &mut [NsRun], cfg: &Config, shared: &Shared, index: usize) -> (
     for r in runs.iter_mut() {
         r.submit(0, &shared.stop);
     }
+    let mut idle = false;
     loop {
-        for r in runs.iter_mut() {
-            completed += r.poll(&shared.stop) as u64;
+        let before = completed;
+        // Interrupt mode: when the last round completed nothing, one run with I/O in flight
+        // sleeps on its interrupt.
+        let sleeper = (cfg.interrupts && idle)
+            .then(|| runs.iter().position(|r| r.in_flight > 0))
+            .flatten();
+        for (i, r) in runs.iter_mut().enumerate() {
+            completed += r.poll(&shared.stop, sleeper == Some(i)) as u64;
         }
+        idle = completed == before;
         let now = clock.now_ns();
         for r in runs.iter_mut() {
             r.complete(now);

@@ -113,7 +113,7 @@ fn writer(ctrl: &Controller) -> R {
         .alloc_dma(MAX_QD * slot_bytes)
         .map_err(|e| e.to_string())?;
     let mut qp = ctrl
-        .alloc_io_queue(QueueOptions { entries: 32 })
+        .alloc_io_queue(QueueOptions::new(32))
         .map_err(|e| e.to_string())?;
     say(format!("QID {}", qp.qid()));
     let (mut seq, mut acked, mut last) = (0u64, 0u64, Instant::now());
@@ -261,7 +261,7 @@ fn attacher() -> R {
         }
         if rng.below(2) == 0 {
             let mut qp = ctrl
-                .alloc_io_queue(QueueOptions { entries: 8 })
+                .alloc_io_queue(QueueOptions::new(8))
                 .map_err(|e| e.to_string())?;
             let bs = ctrl
                 .namespace(nsid)
@@ -370,7 +370,7 @@ fn verify() -> R {
     let chunk = (ctrl.max_transfer() / bs).clamp(1, 64);
     let mut buf = ctrl.alloc_dma(chunk * bs).map_err(|e| e.to_string())?;
     let mut qp = ctrl
-        .alloc_io_queue(QueueOptions { entries: 8 })
+        .alloc_io_queue(QueueOptions::new(8))
         .map_err(|e| e.to_string())?;
     let writers = env("NVME_TORTURE_WRITERS")?;
     let (mut lost, mut bad, mut acked_total) = (0u64, 0u64, 0usize);
