@@ -87,6 +87,14 @@ finish
 /// libraries both need, the job files, `/fio-run.sh` (source it in the guest with the
 /// controller bound to vfio-pci) and the job files' settings for `layout`.
 pub fn install(ir: &mut vm::Initramfs, release: bool, layout: Layout) -> Result<(), String> {
+    install_engine(ir, release)?;
+    install_jobs(ir, layout)
+}
+
+/// Builds the engine (`release` or the dev profile) and puts it into `ir` as
+/// `/lib/libnvme_fio.so`, with fio as `/bin/fio` and the libraries both need (their
+/// directories, for `LD_LIBRARY_PATH`, in `/fio.libpath`).
+pub fn install_engine(ir: &mut vm::Initramfs, release: bool) -> Result<(), String> {
     let fio = vm::which("fio").ok_or("fio is not installed (apt-get install fio)")?;
     let mut build = vec!["build", "-p", "nvme-fio"];
     if release {
@@ -101,7 +109,11 @@ pub fn install(ir: &mut vm::Initramfs, release: bool, layout: Layout) -> Result<
             libdirs.push(d);
         }
     }
-    ir.write("fio.libpath", &libdirs.join(":"))?;
+    ir.write("fio.libpath", &libdirs.join(":"))
+}
+
+/// The job files, their settings for `layout` and `/fio-run.sh`.
+fn install_jobs(ir: &mut vm::Initramfs, layout: Layout) -> Result<(), String> {
     let jobs = cargo::workspace_root().join("nvme-fio/jobs/hw");
     for j in JOBS {
         ir.install(&jobs.join(format!("{j}.fio")), &format!("jobs/{j}.fio"))?;
