@@ -58,11 +58,14 @@ pub struct Config {
     /// `--scratch-ns N`: a namespace whose data `nvme-perf` may overwrite (random writes
     /// anywhere in it); without it perf only reads.
     pub scratch_ns: Option<u32>,
+    /// `--slow-ns N`: a read-only namespace whose every command takes milliseconds (QEMU's
+    /// null-co with `latency-ns`), where waiting on an interrupt can be told from polling.
+    pub slow_ns: Option<u32>,
 }
 
 const USAGE: &str = "usage: nvme-hwtest [--device BDF] [--write-ns N]... [--expect-serial S] \
 [--expect-ns NSID:BLOCKSIZE:BLOCKS]... [--manifest PATH] [--threads N] [--multi-process]\n                   \
-[--tools DIR [--scratch-ns N]]\n       \
+[--tools DIR [--scratch-ns N]] [--slow-ns N]\n       \
 nvme-hwtest --verify-kernel MANIFEST [--device BDF]\n       \
 nvme-hwtest --device BDF [--as-uid UID] --expect-attach-error TEXT\n\
 Tests that write run only on namespaces named with --write-ns: they destroy data there.";
@@ -112,6 +115,13 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
                 c.scratch_ns = Some(
                     v.parse()
                         .map_err(|_| format!("--scratch-ns {v}: expected a namespace id"))?,
+                )
+            }
+            "--slow-ns" => {
+                let v = val("--slow-ns")?;
+                c.slow_ns = Some(
+                    v.parse()
+                        .map_err(|_| format!("--slow-ns {v}: expected a namespace id"))?,
                 )
             }
             "--threads" => {

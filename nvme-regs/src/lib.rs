@@ -2,7 +2,7 @@
 //!
 //! Encoding and decoding only: controller registers, the 64-byte submission and 16-byte
 //! completion queue entries, opcodes, status codes, Identify data, log pages and feature
-//! identifiers. Every structure's size (and the offsets that matter) is asserted at compile
+//! identifiers, SGL descriptors. Every structure's size (and the offsets that matter) is asserted at compile
 //! time. The crate is `no_std` and contains no `unsafe` code.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -16,6 +16,7 @@ pub mod identify;
 pub mod log;
 pub mod opcode;
 pub mod registers;
+pub mod sgl;
 pub mod status;
 
 pub use entry::{CompletionEntry, SubmissionEntry};

@@ -10,8 +10,12 @@
 //!    `nvme-fio/jobs/hw/` (crc32c write and read-verify, 1 MiB blocks split by MDTS, two job
 //!    threads), printing each JSON result on the console;
 //! 4. checks each run (exit status, job errors, I/O counts) and, on the host, the verify
-//!    headers fio wrote in namespace 1's image (every 4 KiB block of the first 16 MiB starts
-//!    with fio's magic): data that went through the engine and QEMU reached the disk.
+//!    headers fio wrote in namespace 1's image (every 4 KiB block of the 16 MiB verify.fio
+//!    wrote starts with fio's magic): data that went through the engine and QEMU reached the
+//!    disk.
+//!
+//! The same jobs run in `cargo xtask test-hw`'s guest after the suite ([`install`],
+//! [`check`]), on a file-backed namespace of that VM, clear of the suite's read-back blocks.
 
 use std::fs;
 use std::path::Path;
@@ -30,17 +34,37 @@ nvme-fio/jobs/hw/). Needs fio 3.33 on the host (apt-get install fio) and the VM 
 /// The job files, in the order the guest runs them.
 const JOBS: &[&str] = &["verify", "big", "numjobs"];
 
-/// Namespace 1's size; verify.fio writes its first 16 MiB with 4 KiB blocks.
+/// Namespace 1's size; verify.fio writes 16 MiB of it with 4 KiB blocks.
 const NS1_BYTES: u64 = 64 << 20;
 const VERIFIED_BYTES: u64 = 16 << 20;
 
-/// The guest's `/init` after [`vm::INIT_PRELUDE`].
-const INIT: &str = r#"
-/bin/nvme-setup bind $bdf || fail "nvme-setup bind $bdf"
-echo "FIO-HW $bdf bound to $(basename $(readlink $dev/driver))"
-export LD_LIBRARY_PATH=$(cat /fio.libpath)
+/// Where the job files do their I/O in a VM.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// A file-backed namespace verify.fio and big.fio write (16 MiB each).
+    pub ns: u32,
+    /// Where verify.fio's 16 MiB start.
+    pub verify_offset: u64,
+    /// Where big.fio's 16 MiB start.
+    pub big_offset: u64,
+    /// The namespace numjobs.fio reads.
+    pub read_ns: u32,
+}
+
+/// This command's VM: namespace 1 file-backed, namespace 2 null-co.
+const LAYOUT: Layout = Layout {
+    ns: 1,
+    verify_offset: 0,
+    big_offset: 32 << 20,
+    read_ns: 2,
+};
+
+/// `/fio-run.sh` in the guest: runs the job files (the controller bound to vfio-pci, `$bdf`
+/// set), printing `FIO-JSON <job> rc=<status> <fio's JSON>` for each and `FIO-HW done`.
+const RUN: &str = r#"export LD_LIBRARY_PATH=$(cat /fio.libpath)
 export NVME_FIO_ENGINE=/lib/libnvme_fio.so
 export NVME_FIO_TRADDR=$(echo $bdf | tr ':' '.')
+. /fio.env
 echo "FIO-HW $(/bin/fio --version)"
 for j in $(cat /jobs/order); do
     /bin/fio --output-format=json --output=/tmp/$j.json /jobs/$j.fio > /tmp/$j.out 2>&1
@@ -49,35 +73,103 @@ for j in $(cat /jobs/order); do
     [ $rc = 0 ] || echo "FIO-FAIL $j exit $rc: $(tail -n 5 /tmp/$j.out | tr '\n' ' ')"
 done
 echo "FIO-HW done"
+"#;
+
+/// The guest's `/init` after [`vm::INIT_PRELUDE`].
+const INIT: &str = r#"
+/bin/nvme-setup bind $bdf || fail "nvme-setup bind $bdf"
+echo "FIO-HW $bdf bound to $(basename $(readlink $dev/driver))"
+. /fio-run.sh
 finish
 "#;
 
-/// Runs the VM with the arguments given after `cargo xtask fio-hw`.
-pub fn fio_hw(args: &[String]) -> Result<(), String> {
-    let mut o = VmOpts::new(300);
-    vm::parse_args(args, USAGE, &mut o, |_, _| Ok(false))?;
-    let tools = vm::prerequisites(&[("fio", "fio"), ("ldd", "libc-bin")], ")")?;
-    let fio = vm::which("fio").expect("checked");
+/// Builds the engine (`release` or the dev profile) and puts it into `ir` with fio, the
+/// libraries both need, the job files, `/fio-run.sh` (source it in the guest with the
+/// controller bound to vfio-pci) and the job files' settings for `layout`.
+pub fn install(ir: &mut vm::Initramfs, release: bool, layout: Layout) -> Result<(), String> {
+    install_engine(ir, release)?;
+    install_jobs(ir, layout)
+}
 
-    let setup = vm::build_static(&["nvme-tools"], &["nvme-setup"])?;
-    cargo::cargo(&["build", "--release", "-p", "nvme-fio"], &[])?;
-    let engine = cargo::target_dir().join("release/libnvme_fio.so");
-
-    let mut ir = vm::Initramfs::new("fio-hw-vm", &tools.busybox, INIT)?;
-    ir.install(&setup[0], "bin/nvme-setup")?;
+/// Builds the engine (`release` or the dev profile) and puts it into `ir` as
+/// `/lib/libnvme_fio.so`, with fio as `/bin/fio` and the libraries both need (their
+/// directories, for `LD_LIBRARY_PATH`, in `/fio.libpath`).
+pub fn install_engine(ir: &mut vm::Initramfs, release: bool) -> Result<(), String> {
+    let fio = vm::which("fio").ok_or("fio is not installed (apt-get install fio)")?;
+    let mut build = vec!["build", "-p", "nvme-fio"];
+    if release {
+        build.push("--release");
+    }
+    cargo::cargo(&build, &[])?;
+    let profile = if release { "release" } else { "debug" };
+    let engine = cargo::target_dir().join(profile).join("libnvme_fio.so");
     let mut libdirs = ir.dynamic(&fio, "bin/fio")?;
     for d in ir.dynamic(&engine, "lib/libnvme_fio.so")? {
         if !libdirs.contains(&d) {
             libdirs.push(d);
         }
     }
-    ir.write("fio.libpath", &libdirs.join(":"))?;
-    ir.modules(&tools.moddir, VFIO_MODULES, "modules-vfio")?;
+    ir.write("fio.libpath", &libdirs.join(":"))
+}
+
+/// The job files, their settings for `layout` and `/fio-run.sh`.
+fn install_jobs(ir: &mut vm::Initramfs, layout: Layout) -> Result<(), String> {
     let jobs = cargo::workspace_root().join("nvme-fio/jobs/hw");
     for j in JOBS {
         ir.install(&jobs.join(format!("{j}.fio")), &format!("jobs/{j}.fio"))?;
     }
     ir.write("jobs/order", &JOBS.join("\n"))?;
+    ir.write(
+        "fio.env",
+        &format!(
+            "export NVME_FIO_NS={} NVME_FIO_VERIFY_OFFSET={} NVME_FIO_BIG_OFFSET={} NVME_FIO_READ_NS={}\n",
+            layout.ns, layout.verify_offset, layout.big_offset, layout.read_ns
+        ),
+    )?;
+    ir.write("fio-run.sh", RUN)
+}
+
+/// Checks the jobs' results on the console and verify.fio's data in `img` (the image of
+/// `layout.ns`); a summary when all passed.
+pub fn check(log: &str, img: &Path, layout: Layout) -> Result<String, String> {
+    let mut problems = Vec::new();
+    let mut lines = Vec::new();
+    for j in JOBS {
+        match check_job(log, j) {
+            Ok(line) => lines.push(format!("{j}: {line}")),
+            Err(e) => problems.push(format!("fio job file {j}: {e}")),
+        }
+    }
+    if !log.lines().any(|l| l.trim() == "FIO-HW done") {
+        problems.push("the guest did not finish the fio jobs".into());
+    }
+    if problems.is_empty() {
+        if let Err(e) = check_image(img, layout.verify_offset) {
+            problems.push(e);
+        }
+    }
+    if problems.is_empty() {
+        Ok(format!(
+            "{} fio job files passed ({})",
+            JOBS.len(),
+            lines.join("; ")
+        ))
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Runs the VM with the arguments given after `cargo xtask fio-hw`.
+pub fn fio_hw(args: &[String]) -> Result<(), String> {
+    let mut o = VmOpts::new(300);
+    vm::parse_args(args, USAGE, &mut o, |_, _| Ok(false))?;
+    let tools = vm::prerequisites(&[("fio", "fio"), ("ldd", "libc-bin")], ")")?;
+
+    let setup = vm::build_static(&["nvme-tools"], &["nvme-setup"])?;
+    let mut ir = vm::Initramfs::new("fio-hw-vm", &tools.busybox, INIT)?;
+    ir.install(&setup[0], "bin/nvme-setup")?;
+    install(&mut ir, true, LAYOUT)?;
+    ir.modules(&tools.moddir, VFIO_MODULES, "modules-vfio")?;
     let initrd = ir.pack()?;
 
     let img = ir.work.join("ns1.img");
@@ -92,20 +184,12 @@ pub fn fio_hw(args: &[String]) -> Result<(), String> {
     })?;
 
     let mut problems = Vec::new();
-    for j in JOBS {
-        match check_job(&console.log, j) {
-            Ok(line) => println!("fio-hw {j}: {line}"),
-            Err(e) => problems.push(format!("{j}: {e}")),
-        }
-    }
     if console.timed_out {
         problems.push(console.timeout_error(o.timeout));
-    } else if !console.log.lines().any(|l| l.trim() == "FIO-HW done") {
-        problems.push("the guest did not reach the end of /init".into());
-    }
-    if problems.is_empty() {
-        if let Err(e) = check_image(&img) {
-            problems.push(e);
+    } else {
+        match check(&console.log, &img, LAYOUT) {
+            Ok(summary) => println!("fio-hw: {summary}"),
+            Err(e) => problems.push(e),
         }
     }
     println!(
@@ -117,7 +201,6 @@ pub fn fio_hw(args: &[String]) -> Result<(), String> {
         if !o.keep {
             let _ = fs::remove_dir_all(&ir.work);
         }
-        println!("fio-hw: all {} job files passed", JOBS.len());
         Ok(())
     } else {
         console.dump(&ir.work);
@@ -189,16 +272,17 @@ fn check_job(log: &str, name: &str) -> Result<String, String> {
     Ok(summary.join("; "))
 }
 
-/// Every 4 KiB block of the first 16 MiB of namespace 1 holds an fio verify header (its
-/// magic 0xacca, little-endian, first): verify.fio's writes are on QEMU's disk.
-fn check_image(img: &Path) -> Result<(), String> {
+/// Every 4 KiB block of the 16 MiB from `offset` holds an fio verify header (its magic
+/// 0xacca, little-endian, first): verify.fio's writes are on QEMU's disk.
+fn check_image(img: &Path, offset: u64) -> Result<(), String> {
     let data = fs::read(img).map_err(|e| format!("reading {}: {e}", img.display()))?;
+    let at = |b: u64| (offset + b * 4096) as usize;
     let bad: Vec<u64> = (0..VERIFIED_BYTES / 4096)
-        .filter(|b| data.get(*b as usize * 4096..*b as usize * 4096 + 2) != Some(&[0xca, 0xac]))
+        .filter(|&b| data.get(at(b)..at(b) + 2) != Some(&[0xca, 0xac]))
         .collect();
     if bad.is_empty() {
         println!(
-            "fio-hw: namespace 1's image holds fio's verify header in all {} blocks verify.fio wrote",
+            "fio: the namespace's image holds fio's verify header in all {} blocks verify.fio wrote",
             VERIFIED_BYTES / 4096
         );
         Ok(())
