@@ -12,6 +12,11 @@
 //! [`Controller::rescan_namespaces`]; their existing queue pairs keep the namespaces they
 //! were created with, and commands to a namespace that went away fail with the
 //! controller's Invalid Namespace status.
+//!
+//! The driver does not set Asynchronous Event Configuration bit 8 (Namespace Attribute
+//! Notices): QEMU's controller and the software controller send the notice regardless; a
+//! controller that waits for the bit sends none, and the other processes must call
+//! [`Controller::rescan_namespaces`] themselves.
 
 use std::time::Duration;
 
