@@ -4,8 +4,10 @@
 //! Every subcommand is a function of an attached [`Controller`] and its options that issues
 //! admin commands only (`read` / `write` add one queue pair for the call) and leaves
 //! nothing behind, so that it can run as a short-lived secondary beside an application.
-//! The formatters ([`idctrl`], [`idns`], [`logs`], [`features`], [`list`], [`mod@identify`])
-//! are pure functions of the driver's data types.
+//! The formatters ([`idctrl`], [`idns`], [`logs`], [`features`], [`list`], [`mod@identify`],
+//! and those of [`ops`] and [`manage`]) are pure functions of the driver's data types.
+//! [`manage`]'s subcommands change the namespaces (`format`, `create-ns`, `delete-ns`,
+//! `attach-ns`, `detach-ns`) or test the device (`device-self-test`).
 
 pub mod args;
 pub mod features;
