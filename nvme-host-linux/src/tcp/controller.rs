@@ -17,7 +17,7 @@ use nvme_regs::fabrics::{
     DISCOVERY_LOG_PAGE, DISCOVERY_NQN,
 };
 use nvme_regs::features::{fid, FeatureSelect};
-use nvme_regs::identify::{IdentifyController, IdentifyNamespace};
+use nvme_regs::identify::{IdentifyController, IdentifyNamespace, Uuid};
 use nvme_regs::opcode::AdminOpcode;
 use nvme_regs::registers::{offset, Cap, Cc, Csts, ShutdownNotification, ShutdownStatus, Vs};
 use nvme_regs::tcp::ADMIN_IN_CAPSULE_DATA;
@@ -42,19 +42,7 @@ pub struct HostIdentity {
     pub hostid: [u8; 16],
 }
 
-fn uuid_string(id: &[u8; 16]) -> String {
-    let h: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
-fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+pub(super) fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     let hex: String = s.trim().chars().filter(|c| *c != '-').collect();
     if hex.len() != 32 {
         return None;
@@ -88,7 +76,7 @@ impl HostIdentity {
             });
         let hostnqn = read("/etc/nvme/hostnqn")
             .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{}", uuid_string(&hostid)));
+            .unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{}", Uuid(hostid)));
         HostIdentity { hostnqn, hostid }
     }
 }

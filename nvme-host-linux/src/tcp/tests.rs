@@ -807,3 +807,25 @@ fn keep_alive_expiry_and_the_keep_alive_thread() {
     drop(c);
     h.join().unwrap();
 }
+
+#[test]
+fn host_identity_is_an_nqn_with_its_uuid() {
+    let id = controller::parse_uuid("0123456789abcdef0123456789ABCDEF").unwrap();
+    assert_eq!(id[0], 0x01);
+    assert_eq!(id[15], 0xef);
+    assert_eq!(
+        controller::parse_uuid("01234567-89ab-cdef-0123-456789abcdef"),
+        Some(id)
+    );
+    assert_eq!(controller::parse_uuid("0123"), None);
+    assert_eq!(
+        controller::parse_uuid("g123456789abcdef0123456789abcdef"),
+        None
+    );
+    let h = HostIdentity::of_this_host();
+    let uuid = h.hostnqn.rsplit(':').next().unwrap();
+    assert!(h.hostnqn.starts_with("nqn."), "{}", h.hostnqn);
+    if h.hostnqn.starts_with("nqn.2014-08.org.nvmexpress:uuid:") {
+        assert_eq!(controller::parse_uuid(uuid), Some(h.hostid));
+    }
+}
