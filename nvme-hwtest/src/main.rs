@@ -5,7 +5,7 @@
 //! nvme-hwtest [--device BDF] [--write-ns N]... [--expect-serial S] [--expect-ns N:BS:BLOCKS]...
 //!             [--manifest PATH] [--threads N] [--multi-process] [--tools DIR [--scratch-ns N]]
 //! nvme-hwtest --verify-kernel MANIFEST [--device BDF]
-//! nvme-hwtest --tcp TRID [--tcp-denied NQN] [--tools DIR]
+//! nvme-hwtest --tcp TRID [--tcp6 TRID] [--tcp-denied NQN] [--tools DIR]
 //! ```
 //!
 //! Prints one line per test (`PASS name (x ms)` or `FAIL name: reason`) and a final
@@ -65,6 +65,8 @@ pub struct Config {
     pub tcp: Option<String>,
     /// `--tcp-denied NQN`: a subsystem on the same port that allows no host.
     pub tcp_denied: Option<String>,
+    /// `--tcp6 TRID`: the same subsystem over IPv6.
+    pub tcp6: Option<String>,
 }
 
 const USAGE: &str = "usage: nvme-hwtest [--device BDF] [--write-ns N]... [--expect-serial S] \
@@ -72,7 +74,7 @@ const USAGE: &str = "usage: nvme-hwtest [--device BDF] [--write-ns N]... [--expe
 [--tools DIR [--scratch-ns N]]\n       \
 nvme-hwtest --verify-kernel MANIFEST [--device BDF]\n       \
 nvme-hwtest --device BDF [--as-uid UID] --expect-attach-error TEXT\n       \
-nvme-hwtest --tcp 'trtype:TCP traddr:IP trsvcid:PORT subnqn:NQN' [--tcp-denied NQN] [--tools DIR]\n\
+nvme-hwtest --tcp 'trtype:TCP traddr:IP trsvcid:PORT subnqn:NQN' [--tcp6 TRID] [--tcp-denied NQN] [--tools DIR]\n\
 Tests that write run only on namespaces named with --write-ns: they destroy data there.";
 
 fn parse_args(args: &[String]) -> Result<Config, String> {
@@ -116,6 +118,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             "--multi-process" => c.multi_process = true,
             "--tcp" => c.tcp = Some(val("--tcp")?),
             "--tcp-denied" => c.tcp_denied = Some(val("--tcp-denied")?),
+            "--tcp6" => c.tcp6 = Some(val("--tcp6")?),
             "--tools" => c.tools = Some(val("--tools")?),
             "--scratch-ns" => {
                 let v = val("--scratch-ns")?;
@@ -173,7 +176,12 @@ fn main() -> ExitCode {
         }
     }
     if let Some(trid) = &cfg.tcp {
-        let ok = tcp::run(trid, cfg.tcp_denied.as_deref(), cfg.tools.as_deref());
+        let ok = tcp::run(
+            trid,
+            cfg.tcp6.as_deref(),
+            cfg.tcp_denied.as_deref(),
+            cfg.tools.as_deref(),
+        );
         return if ok {
             ExitCode::SUCCESS
         } else {

@@ -2,8 +2,8 @@
 //! and without digests, Connect rejections (no such subsystem, host not allowed), keep-alive
 //! kept and expired, and `nvmectl discover` / `id-ctrl` over TCP.
 //!
-//! `--tcp TRID` names the exported subsystem (`subnqn:` included); `--tcp-denied NQN` a
-//! subsystem on the same port that allows no host. Prints `PASS`/`FAIL` lines and
+//! `--tcp TRID` names the exported subsystem (`subnqn:` included); `--tcp6 TRID` the same
+//! over IPv6; `--tcp-denied NQN` a subsystem on the same port that allows no host. Prints `PASS`/`FAIL` lines and
 //! `HWTEST TCP SUMMARY passed=N failed=M`.
 
 use std::time::{Duration, Instant};
@@ -153,6 +153,16 @@ fn digests(o: &TcpOptions) -> R {
     Ok(())
 }
 
+/// Discovery and the admin queue over IPv6.
+fn ipv6(trid: &str) -> R {
+    let o = options(trid)?;
+    check(o.addr.is_ipv6(), || {
+        format!("--tcp6 {trid}: not an IPv6 address")
+    })?;
+    discover(&o)?;
+    admin(&o)
+}
+
 fn expect_error(r: nvme_host_linux::Result<TcpController>, text: &str) -> R {
     match r {
         Ok(_) => Err(format!("connected; expected an error saying '{text}'")),
@@ -253,7 +263,7 @@ fn nvmectl(tools: &str, trid: &str, o: &TcpOptions) -> R {
 }
 
 /// Runs the NVMe/TCP checks; `true` when none failed.
-pub fn run(trid: &str, denied: Option<&str>, tools: Option<&str>) -> bool {
+pub fn run(trid: &str, trid6: Option<&str>, denied: Option<&str>, tools: Option<&str>) -> bool {
     let (mut passed, mut failed) = (0, 0);
     let mut test = |name: &str, f: &dyn Fn() -> R| {
         let start = Instant::now();
@@ -277,6 +287,9 @@ pub fn run(trid: &str, denied: Option<&str>, tools: Option<&str>) -> bool {
             test("tcp-discover", &|| discover(&o));
             test("tcp-admin", &|| admin(&o));
             test("tcp-digests", &|| digests(&o));
+            if let Some(t6) = trid6 {
+                test("tcp-ipv6", &|| ipv6(t6));
+            }
             if let Some(d) = denied {
                 test("tcp-connect-rejections", &|| rejections(&o, d));
             }

@@ -336,7 +336,8 @@ echo "HWTEST-INIT $bdf now bound to $(basename $(readlink $dev/driver 2>/dev/nul
 /// target's modules share their dependencies).
 const INIT_TCP: &str = r#"
 # NVMe/TCP: the kernel's target exports a null_blk device as a subsystem on 127.0.0.1:4420
-# (with the discovery service on the same port), beside a subsystem that allows no host.
+# and [::1]:4420 (with the discovery service on the same ports), beside a subsystem that
+# allows no host.
 load modules-nvmet
 ip link set lo up || ifconfig lo 127.0.0.1 up || fail "loopback up"
 mount -t configfs none /sys/kernel/config 2>/dev/null
@@ -355,8 +356,15 @@ echo 127.0.0.1 > $N/ports/1/addr_traddr
 echo 4420 > $N/ports/1/addr_trsvcid
 ln -s $N/subsystems/$nqn $N/ports/1/subsystems/$nqn || fail "nvmet port"
 ln -s $N/subsystems/$denied $N/ports/1/subsystems/$denied
-echo "HWTEST-INIT nvmet-tcp exports $nqn on 127.0.0.1:4420"
-/bin/nvme-hwtest --tcp "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:$nqn" --tcp-denied $denied --tools /bin
+mkdir $N/ports/2
+echo tcp > $N/ports/2/addr_trtype
+echo ipv6 > $N/ports/2/addr_adrfam
+echo ::1 > $N/ports/2/addr_traddr
+echo 4420 > $N/ports/2/addr_trsvcid
+ln -s $N/subsystems/$nqn $N/ports/2/subsystems/$nqn || fail "nvmet IPv6 port"
+echo "HWTEST-INIT nvmet-tcp exports $nqn on 127.0.0.1:4420 and [::1]:4420"
+/bin/nvme-hwtest --tcp "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:$nqn" \
+    --tcp6 "trtype:TCP adrfam:IPv6 traddr:::1 trsvcid:4420 subnqn:$nqn" --tcp-denied $denied --tools /bin
 echo "HWTEST-INIT tcp checks exited with status $?"
 "#;
 

@@ -4,8 +4,10 @@
 //! Every subcommand is a function of an attached [`Controller`] and its options that issues
 //! admin commands only (`read` / `write` add one queue pair for the call) and leaves
 //! nothing behind, so that it can run as a short-lived secondary beside an application.
-//! The formatters ([`idctrl`], [`idns`], [`logs`], [`features`], [`list`], [`mod@identify`])
-//! are pure functions of the driver's data types.
+//! With `trtype:TCP`, `discover` and `id-ctrl` use an NVMe/TCP admin queue
+//! ([`nvme_host_linux::tcp::TcpController`]) instead. The formatters ([`idctrl`], [`idns`],
+//! [`logs`], [`features`], [`list`], [`mod@identify`], [`mod@discover`]) are pure functions
+//! of the driver's data types.
 
 pub mod args;
 pub mod discover;
