@@ -146,6 +146,13 @@ pub enum TcpError {
         /// What was wrong.
         message: String,
     },
+    /// An earlier failure left the connection unusable.
+    Failed {
+        /// The address.
+        peer: String,
+        /// The first failure's message.
+        first: String,
+    },
     /// A system call on the connection failed.
     Io {
         /// The address.
@@ -210,6 +217,10 @@ impl fmt::Display for TcpError {
             TcpError::Protocol { peer, message } => {
                 write!(f, "NVMe/TCP {peer}: protocol error: {message}")
             }
+            TcpError::Failed { peer, first } => write!(
+                f,
+                "NVMe/TCP {peer}: the connection failed earlier and carries no more commands (first failure: {first}); connect again"
+            ),
             TcpError::Io { peer, what, source } => write!(f, "NVMe/TCP {peer}: {what}: {source}"),
         }
     }

@@ -29,6 +29,9 @@ pub struct SyncQueue {
     in_capsule: usize,
     /// When the last command completed (for the keep-alive diagnosis).
     pub(crate) last_completion: Instant,
+    /// The first transport failure: the byte stream is out of step after it, so every
+    /// later command fails at once naming it.
+    failed: Option<String>,
 }
 
 impl SyncQueue {
@@ -39,11 +42,31 @@ impl SyncQueue {
             next_cid: 0,
             in_capsule,
             last_completion: Instant::now(),
+            failed: None,
         }
     }
 
-    /// Runs `sqe` with `data` and returns its completion (whatever its status).
+    /// Runs `sqe` with `data` and returns its completion (whatever its status). After a
+    /// transport failure every call fails with [`TcpError::Failed`].
     pub fn execute(
+        &mut self,
+        sqe: SubmissionEntry,
+        data: Data<'_>,
+    ) -> Result<CompletionEntry, TcpError> {
+        if let Some(first) = &self.failed {
+            return Err(TcpError::Failed {
+                peer: self.link.peer.clone(),
+                first: first.clone(),
+            });
+        }
+        let r = self.transfer(sqe, data);
+        if let Err(e) = &r {
+            self.failed = Some(e.to_string());
+        }
+        r
+    }
+
+    fn transfer(
         &mut self,
         mut sqe: SubmissionEntry,
         mut data: Data<'_>,
