@@ -86,6 +86,71 @@ fn align_up(v: usize, a: usize) -> usize {
     v.div_ceil(a) * a
 }
 
+/// Frames one PDU into `out` (cleared first): the common header, `header_rest` (the
+/// header's bytes after the common header), the header digest when `digests.0` and the type
+/// carries one, padding up to a multiple of `alignment`, `data`, and its digest when
+/// `digests.1`. The host frames what it sends with it, and so can a test's controller.
+/// `Err(plen)` when the PDU would be longer than `plen` can say.
+pub fn frame(
+    out: &mut Vec<u8>,
+    kind: PduType,
+    mut flags: PduFlags,
+    header_rest: &[u8],
+    data: &[u8],
+    digests: (bool, bool),
+    alignment: usize,
+) -> Result<(), usize> {
+    let hlen = kind.header_len();
+    debug_assert_eq!(header_rest.len() + 8, hlen);
+    let hd = if digests.0 && kind.has_header_digest() {
+        flags |= PduFlags::HDGSTF;
+        DIGEST_LEN
+    } else {
+        0
+    };
+    let dd = if digests.1 && !data.is_empty() {
+        flags |= PduFlags::DDGSTF;
+        DIGEST_LEN
+    } else {
+        0
+    };
+    let pdo = if data.is_empty() {
+        0
+    } else {
+        align_up(hlen + hd, alignment.max(1))
+    };
+    let plen = if data.is_empty() {
+        hlen + hd
+    } else {
+        pdo + data.len() + dd
+    };
+    let (Ok(plen32), Ok(pdo8)) = (u32::try_from(plen), u8::try_from(pdo)) else {
+        return Err(plen);
+    };
+    let ch = CommonHeader {
+        pdu_type: kind as u8,
+        flags: flags.bits(),
+        hlen: hlen as u8,
+        pdo: pdo8,
+        plen: plen32,
+    };
+    out.clear();
+    out.extend_from_slice(ch.as_bytes());
+    out.extend_from_slice(header_rest);
+    if hd != 0 {
+        let d = crc32c(&out[..hlen]);
+        out.extend_from_slice(&d.to_le_bytes());
+    }
+    if !data.is_empty() {
+        out.resize(pdo, 0);
+        out.extend_from_slice(data);
+        if dd != 0 {
+            out.extend_from_slice(&crc32c(data).to_le_bytes());
+        }
+    }
+    Ok(())
+}
+
 impl Link {
     /// Exchanges ICReq and ICResp on a fresh stream.
     pub fn establish(
@@ -418,67 +483,28 @@ impl Link {
         Ok(())
     }
 
-    /// Appends a header (and its digest and the padding up to the data) to the send
-    /// buffer, then the data and its digest, and sends it all in one write.
+    /// Frames one PDU into the send buffer (see [`frame`]) and sends it in one write.
     fn send_pdu(
         &mut self,
         kind: PduType,
-        mut flags: PduFlags,
+        flags: PduFlags,
         header_rest: &[u8],
         data: &[u8],
     ) -> Result<(), TcpError> {
-        let hlen = kind.header_len();
-        debug_assert_eq!(header_rest.len() + 8, hlen);
-        let hd = if self.neg.header_digest {
-            flags |= PduFlags::HDGSTF;
-            DIGEST_LEN
-        } else {
-            0
+        let digests = (self.neg.header_digest, self.neg.data_digest);
+        let align = self.neg.data_alignment;
+        let mut tx = std::mem::take(&mut self.tx);
+        let r = frame(&mut tx, kind, flags, header_rest, data, digests, align);
+        let r = match r {
+            Ok(()) => self
+                .stream
+                .write_all(&tx)
+                .and_then(|_| self.stream.flush())
+                .map_err(|e| self.map_io(e, kind.name(), "sending")),
+            Err(plen) => Err(self.protocol(format!("a PDU of {plen} bytes is too long"))),
         };
-        let dd = if self.neg.data_digest && !data.is_empty() {
-            flags |= PduFlags::DDGSTF;
-            DIGEST_LEN
-        } else {
-            0
-        };
-        let pdo = if data.is_empty() {
-            0
-        } else {
-            align_up(hlen + hd, self.neg.data_alignment)
-        };
-        let plen = if data.is_empty() {
-            hlen + hd
-        } else {
-            pdo + data.len() + dd
-        };
-        let plen32 = u32::try_from(plen)
-            .map_err(|_| self.protocol(format!("a PDU of {plen} bytes is too long")))?;
-        let ch = CommonHeader {
-            pdu_type: kind as u8,
-            flags: flags.bits(),
-            hlen: hlen as u8,
-            pdo: pdo as u8,
-            plen: plen32,
-        };
-        self.tx.clear();
-        self.tx.extend_from_slice(ch.as_bytes());
-        self.tx.extend_from_slice(header_rest);
-        if hd != 0 {
-            let d = crc32c(&self.tx[..hlen]);
-            self.tx.extend_from_slice(&d.to_le_bytes());
-        }
-        if !data.is_empty() {
-            self.tx.resize(pdo, 0);
-            self.tx.extend_from_slice(data);
-            if dd != 0 {
-                self.tx.extend_from_slice(&crc32c(data).to_le_bytes());
-            }
-        }
-        let r = self
-            .stream
-            .write_all(&self.tx)
-            .and_then(|_| self.stream.flush());
-        r.map_err(|e| self.map_io(e, kind.name(), "sending"))
+        self.tx = tx;
+        r
     }
 
     /// Sends a command capsule with `data` in it (empty: none).

@@ -25,7 +25,7 @@ use std::io;
 
 pub use controller::{discover, DiscoveryLog, HostIdentity, TcpController, TcpControllerOptions};
 pub use crc32c::crc32c;
-pub use link::{Negotiated, Stream};
+pub use link::{frame, Negotiated, Stream};
 pub use queue::Data;
 
 /// Which digest.

@@ -84,56 +84,25 @@ impl Peer {
         Some(Pdu { ch, hdr, data })
     }
 
-    /// Sends a PDU; `bad_hd` / `bad_dd` corrupt the digests.
-    fn send(
-        &mut self,
-        t: PduType,
-        mut flags: PduFlags,
-        header: &[u8],
-        data: &[u8],
-        bad: (bool, bool),
-    ) {
-        let hlen = t.header_len();
-        let hd = if self.hd && t.has_header_digest() {
-            flags |= PduFlags::HDGSTF;
-            4
-        } else {
-            0
-        };
-        let dd = if self.dd && !data.is_empty() {
-            flags |= PduFlags::DDGSTF;
-            4
-        } else {
-            0
-        };
-        let pdo = if data.is_empty() {
-            0
-        } else {
-            (hlen + hd).div_ceil(8) * 8
-        };
-        let plen = if data.is_empty() {
-            hlen + hd
-        } else {
-            pdo + data.len() + dd
-        };
-        let ch = CommonHeader {
-            pdu_type: t as u8,
-            flags: flags.bits(),
-            hlen: hlen as u8,
-            pdo: pdo as u8,
-            plen: plen as u32,
-        };
-        let mut out = ch.as_bytes().to_vec();
-        out.extend_from_slice(&header[8..hlen]);
-        if hd != 0 {
-            out.extend_from_slice(&(crc32c(&out) ^ bad.0 as u32).to_le_bytes());
+    /// Sends a PDU (with the data aligned to 8 bytes); `bad` corrupts the header and data
+    /// digests.
+    fn send(&mut self, t: PduType, flags: PduFlags, header: &[u8], data: &[u8], bad: (bool, bool)) {
+        let mut out = Vec::new();
+        frame(
+            &mut out,
+            t,
+            flags,
+            &header[8..t.header_len()],
+            data,
+            (self.hd, self.dd),
+            8,
+        )
+        .unwrap();
+        if bad.0 {
+            out[t.header_len()] ^= 1;
         }
-        if !data.is_empty() {
-            out.resize(pdo, 0);
-            out.extend_from_slice(data);
-            if dd != 0 {
-                out.extend_from_slice(&(crc32c(data) ^ bad.1 as u32).to_le_bytes());
-            }
+        if bad.1 {
+            *out.last_mut().unwrap() ^= 1;
         }
         let _ = self.s.write_all(&out);
     }
