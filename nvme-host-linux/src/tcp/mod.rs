@@ -12,6 +12,14 @@
 //!
 //! I/O queues over TCP, and the same [`Controller`](crate::Controller) API as PCIe, come
 //! with the engine's unification (a later step); until then attaching `trtype:TCP` says so.
+//! What that step needs from `nvme-core`: the slot table (CIDs with generations, split
+//! requests, tokens) usable without rings, with a slot able to hold the host buffer a
+//! C2HData or R2T for its CID refers to; submission behind a sink (ring + doorbell, or a
+//! framed capsule into a reused send buffer and one write per batch) and completions from
+//! a source (phase-tagged ring, or parsed CapsuleResp / C2HData with SUCCESS, SQHD feeding
+//! the same flow control); Transport SGL data pointers and in-capsule data up to IOCCSZ
+//! instead of PRP lists; and the bring-up state machine over a register access that is
+//! Property Get/Set on the admin queue (no doorbells, no AQA/ASQ/ACQ).
 
 mod controller;
 mod crc32c;
