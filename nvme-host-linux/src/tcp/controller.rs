@@ -277,15 +277,8 @@ impl TcpController {
     }
     /// What ICResp granted: digests, data alignment, MAXH2CDATA.
     pub fn negotiated(&self) -> super::link::Negotiated {
-        self.queue().map_or(
-            super::link::Negotiated {
-                header_digest: false,
-                data_digest: false,
-                data_alignment: 4,
-                max_h2c_data: 0,
-            },
-            |q| q.link.negotiated(),
-        )
+        let q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.link.negotiated()
     }
 
     fn queue(&self) -> Result<MutexGuard<'_, SyncQueue>> {
