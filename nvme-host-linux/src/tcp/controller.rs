@@ -124,8 +124,6 @@ struct Shared {
     queue: Mutex<SyncQueue>,
     kato_ms: u32,
     timeout: Duration,
-    /// The keep-alive thread's last failure, reported by the next command.
-    keep_alive_error: Mutex<Option<String>>,
 }
 
 /// An NVMe/TCP controller's admin queue.
@@ -219,7 +217,6 @@ impl TcpController {
                 queue: Mutex::new(q),
                 kato_ms: 0,
                 timeout: opts.timeout,
-                keep_alive_error: Mutex::new(None),
             }),
             keep_alive: None,
             cntlid,
@@ -277,26 +274,16 @@ impl TcpController {
     }
     /// What ICResp granted: digests, data alignment, MAXH2CDATA.
     pub fn negotiated(&self) -> super::link::Negotiated {
-        let q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.link.negotiated()
+        self.queue().link.negotiated()
     }
 
-    fn queue(&self) -> Result<MutexGuard<'_, SyncQueue>> {
-        if let Some(e) = self
-            .shared
-            .keep_alive_error
-            .lock()
-            .expect("not poisoned")
-            .take()
-        {
-            return Err(Error::Transport(e));
-        }
-        Ok(self.shared.queue.lock().unwrap_or_else(|p| p.into_inner()))
+    fn queue(&self) -> MutexGuard<'_, SyncQueue> {
+        self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs an admin command; an error status becomes [`Error::Nvme`].
     pub fn admin(&self, sqe: SubmissionEntry, data: Data<'_>) -> Result<CompletionEntry> {
-        let mut q = self.queue()?;
+        let mut q = self.queue();
         let c = run(&mut q, sqe, data, &self.shared)?;
         check(sqe.opcode, c)
     }
@@ -358,7 +345,7 @@ impl TcpController {
 
     /// Property Get of a 4- or 8-byte property.
     pub fn property_get(&self, offset: u32, size: PropertySize) -> Result<u64> {
-        let mut q = self.queue()?;
+        let mut q = self.queue();
         property_get(&mut q, offset, size)
     }
 
@@ -617,8 +604,8 @@ fn start_keep_alive(shared: &Arc<Shared>, kato_ms: u32) -> (mpsc::Sender<()>, Jo
                 let cmd = Command::new(AdminOpcode::KeepAlive as u8, 0).0;
                 let r = run(&mut q, cmd, Data::None, &shared).and_then(|c| check(cmd.opcode, c));
                 if let Err(e) = r {
-                    *shared.keep_alive_error.lock().expect("not poisoned") =
-                        Some(format!("Keep Alive failed: {e}"));
+                    // Still under the queue's lock: the next command reports this.
+                    q.mark_failed(format!("Keep Alive (from the keep-alive thread): {e}"));
                     return;
                 }
             }

@@ -66,6 +66,12 @@ impl SyncQueue {
         r
     }
 
+    /// Marks the queue failed with `why` (replacing a failure recorded before): every later
+    /// command fails at once naming it.
+    pub fn mark_failed(&mut self, why: String) {
+        self.failed = Some(why);
+    }
+
     fn transfer(
         &mut self,
         mut sqe: SubmissionEntry,

@@ -798,3 +798,36 @@ fn host_identity_is_an_nqn_with_its_uuid() {
         assert_eq!(controller::parse_uuid(uuid), Some(h.hostid));
     }
 }
+
+#[test]
+fn a_failed_keep_alive_is_reported_by_the_next_command() {
+    let (mut t, ka) = target();
+    t.kato = 40;
+    let (a, b) = UnixStream::pair().unwrap();
+    let h = spawn_target(b, IcResp::new(0, 0, 4096), t, |_, t, sqe, _| {
+        if sqe.opcode == 0x18 {
+            // The controller goes away instead of answering the thread's Keep Alive.
+            let _ = t.keep_alives.send(());
+            return Hook::Close;
+        }
+        Hook::Default
+    });
+    let opts = TcpControllerOptions {
+        keep_alive_thread: true,
+        ..options()
+    };
+    let c =
+        TcpController::over_stream(Box::new(a), &tcp_options(false, false), SUBNQN, &opts).unwrap();
+    ka.recv_timeout(Duration::from_secs(30))
+        .expect("a Keep Alive from the thread");
+    h.join().unwrap();
+    // The thread's Keep Alive may still be waiting for its answer: the queue's lock orders
+    // it before this command, which then names it as the first failure.
+    let e = c.identify_controller().unwrap_err().to_string();
+    assert!(
+        e.contains("failed earlier")
+            && e.contains("Keep Alive (from the keep-alive thread)")
+            && e.contains("closed the connection"),
+        "{e}"
+    );
+}
