@@ -180,6 +180,13 @@ impl DmaRegion {
         Some(unsafe { (p as *const u32).read_volatile() })
     }
 
+    /// The 32-bit word at `offset`, checked once for later accesses; `None` when outside or
+    /// misaligned.
+    pub fn word(&self, offset: usize) -> Option<DmaWord> {
+        let p = self.at(offset, 4, 4)?;
+        Some(DmaWord { p: p as *mut u32 })
+    }
+
     /// Writes the 32-bit word at `offset` (volatile). Returns `false` when outside or
     /// misaligned.
     #[inline]
@@ -327,6 +334,36 @@ unsafe fn post_cqe_at(p: *mut u8, entry: &CompletionEntry) {
         (p.add(4) as *mut u32).write_volatile(entry.dw1);
         (p.add(8) as *mut u32).write_volatile(dw2);
         AtomicU32::from_ptr(p.add(12) as *mut u32).store(dw3, Ordering::Release);
+    }
+}
+
+/// One 32-bit word of DMA memory, made by [`DmaRegion::word`] (which checked that it is
+/// inside its region and 4-byte aligned): accesses check nothing more. A shadow doorbell
+/// or EventIdx entry. The region's validity promise ([`DmaRegion::new`]) covers it like a
+/// copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaWord {
+    /// 4-byte aligned, inside the region.
+    p: *mut u32,
+}
+
+// SAFETY: as for DmaRegion: a description of memory accessed only volatile.
+unsafe impl Send for DmaWord {}
+// SAFETY: as above.
+unsafe impl Sync for DmaWord {}
+
+impl DmaWord {
+    /// Reads the word (volatile: the device may write it).
+    #[inline]
+    pub fn read(&self) -> u32 {
+        // SAFETY: 4 aligned bytes inside the region (`DmaRegion::word`), valid for reads.
+        unsafe { self.p.read_volatile() }
+    }
+    /// Writes the word (volatile: the device reads it).
+    #[inline]
+    pub fn write(&self, value: u32) {
+        // SAFETY: 4 aligned bytes inside the region (`DmaRegion::word`), valid for writes.
+        unsafe { self.p.write_volatile(value) }
     }
 }
 

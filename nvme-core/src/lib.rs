@@ -5,6 +5,7 @@
 //! - [`qpair`]: a queue pair with command identifiers (slot + generation) in fixed storage,
 //!   PRP lists, transparent splitting of transfers larger than MDTS, and back-pressure.
 //! - [`prp`]: PRP entry and list construction.
+//! - [`sgl`]: SGL descriptors for controllers that take them (Identify SGLS).
 //! - [`cmd`]: builders for admin and NVM commands.
 //! - [`init`]: the controller bring-up state machine, driven by the caller's clock.
 //! - [`shared`]: the admin queue shared by the processes of a group.
@@ -26,12 +27,13 @@ pub mod init;
 pub mod prp;
 pub mod qpair;
 pub mod queue;
+pub mod sgl;
 pub mod shared;
 
 pub use cmd::Command;
-pub use dma::{DmaRegion, DmaRing, SharedRef, SharedState};
+pub use dma::{DmaRegion, DmaRing, DmaWord, SharedRef, SharedState};
 pub use hal::{Clock, LockOutcome, RegisterAccess, RobustLock};
 pub use init::{ControllerInfo, ControllerInit, InitError, InitOptions, InitStep};
 
 pub use nvme_regs as regs;
-pub use qpair::{Completion, QueueConfig, QueuePair, Slot, SubmitError};
+pub use qpair::{Completion, DataPointer, QueueConfig, QueuePair, Slot, SubmitError};

@@ -9,7 +9,7 @@ use core::sync::atomic::{fence, Ordering};
 
 use nvme_regs::{CompletionEntry, SubmissionEntry};
 
-use crate::dma::{DmaRegion, DmaRing};
+use crate::dma::{DmaRegion, DmaRing, DmaWord};
 pub use crate::dma::{CQE_SIZE, SQE_SIZE};
 use crate::hal::RegisterAccess;
 
@@ -59,9 +59,9 @@ impl core::error::Error for QueueError {}
 #[derive(Clone, Copy, Debug)]
 pub struct ShadowSlot {
     /// The 4-byte shadow doorbell.
-    db: DmaRegion,
+    db: DmaWord,
     /// The 4-byte EventIdx.
-    ei: DmaRegion,
+    ei: DmaWord,
 }
 
 impl ShadowSlot {
@@ -69,14 +69,15 @@ impl ShadowSlot {
     /// buffer `ei` (both given to the controller with Doorbell Buffer Config). `None` when
     /// the offset is outside either buffer or not 4-byte aligned.
     pub fn new(db: &DmaRegion, ei: &DmaRegion, offset: usize) -> Option<ShadowSlot> {
-        let db = db.sub(offset, 4)?;
-        let ei = ei.sub(offset, 4)?;
-        (db.read_u32(0).is_some() && ei.read_u32(0).is_some()).then_some(ShadowSlot { db, ei })
+        Some(ShadowSlot {
+            db: db.word(offset)?,
+            ei: ei.word(offset)?,
+        })
     }
     /// Sets both entries to 0 (before the queue is created).
     pub fn clear(&self) {
-        self.db.write_u32(0, 0);
-        self.ei.write_u32(0, 0);
+        self.db.write(0);
+        self.ei.write(0);
     }
 }
 
@@ -118,12 +119,12 @@ impl Doorbell {
         fence(Ordering::Release);
         let wrote = match &self.shadow {
             Some(slot) => {
-                slot.db.write_u32(0, value);
+                slot.db.write(value);
                 // The shadow write must be visible before we read EventIdx, or both sides
                 // could miss each other's update (the controller reads the shadow after
                 // writing EventIdx).
                 fence(Ordering::SeqCst);
-                let ei = slot.ei.read_u32(0).unwrap_or(0);
+                let ei = slot.ei.read();
                 let ask = need_event(ei as u16, value as u16, self.rung as u16);
                 if ask {
                     regs.write32(self.offset, value);

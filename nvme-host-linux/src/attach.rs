@@ -49,6 +49,10 @@ pub struct AttachOptions {
     /// Bound on the answer to an Abort sent by [`TimeoutAction::Abort`] (and on the aborted
     /// command's completion after it); past it the driver resets the controller. Default 1 s.
     pub abort_timeout: Duration,
+    /// How this process's I/O queue pairs point to their data: SGLs where the controller
+    /// supports them (default [`DataPointer::Auto`](crate::DataPointer::Auto)), or PRPs or
+    /// SGLs by force.
+    pub data_pointer: crate::DataPointer,
 }
 
 /// What the driver does with a command that did not complete in time (SPDK bdev_nvme's
@@ -95,6 +99,7 @@ impl Default for AttachOptions {
             reset_on_fatal: true,
             timeout_action: TimeoutAction::default(),
             abort_timeout: Duration::from_secs(1),
+            data_pointer: crate::DataPointer::Auto,
         }
     }
 }

@@ -156,6 +156,29 @@ impl Controller {
         &self.att.inner
     }
 
+    /// The options this process attached with.
+    pub(crate) fn options(&self) -> &AttachOptions {
+        &self.inner().opts
+    }
+
+    /// `dp` for this controller's I/O queues: `Auto` becomes SGLs when Identify SGLS reports
+    /// SGL support for NVM commands, PRPs otherwise; `Sgl` without that support is an error.
+    pub(crate) fn io_data_pointer(&self, dp: crate::DataPointer) -> Result<nvme_core::DataPointer> {
+        let sgls = self.identify().sgl_support();
+        Ok(match dp {
+            crate::DataPointer::Prp => nvme_core::DataPointer::Prp,
+            crate::DataPointer::Auto if !sgls.supported() => nvme_core::DataPointer::Prp,
+            crate::DataPointer::Auto => nvme_core::DataPointer::Sgl,
+            crate::DataPointer::Sgl if sgls.supported() => nvme_core::DataPointer::Sgl,
+            crate::DataPointer::Sgl => {
+                return Err(Error::Invalid(format!(
+                    "SGL data pointers asked for, but the controller does not support SGLs for NVM commands (Identify SGLS = {:#x}); use DataPointer::Prp or Auto",
+                    sgls.0
+                )))
+            }
+        })
+    }
+
     /// The controller's state (what the group's monitor and cleanup work with).
     pub(crate) fn state(&self) -> &Inner {
         self.inner()

@@ -79,8 +79,8 @@ pub use lease::{Lease, LeaseConflict, LeaseMode, LeaseRange};
 pub use mmio::Mmio;
 pub use namespace::Namespace;
 pub use passthru::admin_passthru_refusal;
+pub use qpair::{DataPointer, IoQueuePair, QueueOptions};
 pub use qpair::{DsmAttributes, WriteZeroesOptions, MAX_DSM_RANGES, SYNC_COMMAND_TIMEOUT};
-pub use qpair::{IoQueuePair, QueueOptions};
 #[cfg(feature = "sim")]
 pub use simtransport::SimTransport;
 pub use transport::{FunctionReset, Transport};

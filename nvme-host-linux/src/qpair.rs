@@ -57,11 +57,25 @@ impl Default for QueueOptions {
     }
 }
 
-/// Per-request context: the caller's token, the opcode (for error reports), and a reference
-/// keeping the data buffer mapped until the request completes.
+/// How I/O commands point to their data ([`AttachOptions::data_pointer`](crate::AttachOptions::data_pointer),
+/// [`IoQueuePair::set_data_pointer`]). Admin commands always use PRPs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataPointer {
+    /// SGL descriptors where Identify Controller's SGLS field reports SGL support for NVM
+    /// commands, PRPs otherwise.
+    #[default]
+    Auto,
+    /// PRP entries and lists, whatever the controller supports.
+    Prp,
+    /// SGL descriptors; queue creation fails on a controller without SGL support.
+    Sgl,
+}
+
+/// Per-request context: the caller's token and a reference keeping the data buffer mapped
+/// until the request completes (16 bytes: it moves in registers; the queue pair keeps the
+/// opcode for error reports, [`Completion::opcode`]).
 struct IoCtx {
     token: u64,
-    opcode: u8,
     _buf: Option<Arc<DmaMapping>>,
 }
 
@@ -152,6 +166,7 @@ impl IoQueuePair {
         let prp_len = QueueConfig::prp_len(entries, ps, max_transfer);
         let dsm_len =
             (QueueConfig::slots(entries) * std::mem::size_of::<DsmRange>()).next_multiple_of(ps);
+        let data_pointer = ctrl.io_data_pointer(ctrl.options().data_pointer)?;
         let qid = ctrl.alloc_qid()?;
         let live = ctrl.state().liveness().clone();
         let generation = live.generation();
@@ -178,6 +193,7 @@ impl IoQueuePair {
                 .collect();
             let mut qp = QueuePair::new(cfg, ctrl.regs().clone(), slots)
                 .map_err(|e| Error::Invalid(format!("I/O queue {qid}: {e}")))?;
+            qp.set_data_pointer(data_pointer);
             if let Some(sh) = ctrl.shadow_doorbells() {
                 // The two pages were given to the controller with Doorbell Buffer Config and
                 // live as long as the controller, which this queue pair keeps.
@@ -270,6 +286,20 @@ impl IoQueuePair {
     pub fn controller(&self) -> &Controller {
         &self.ctrl
     }
+    /// How this queue pair's commands point to their data (PRPs or SGLs, `Auto` resolved).
+    pub fn data_pointer(&self) -> DataPointer {
+        match self.qp.data_pointer() {
+            nvme_core::DataPointer::Prp => DataPointer::Prp,
+            nvme_core::DataPointer::Sgl => DataPointer::Sgl,
+        }
+    }
+    /// Chooses how this queue pair's next commands point to their data; [`DataPointer::Sgl`]
+    /// is refused (and nothing changes) when the controller does not support SGLs.
+    pub fn set_data_pointer(&mut self, dp: DataPointer) -> Result<()> {
+        let dp = self.ctrl.io_data_pointer(dp)?;
+        self.qp.set_data_pointer(dp);
+        Ok(())
+    }
     /// Diagnostic counters of the underlying queue pair.
     pub fn stats(&self) -> nvme_core::qpair::QueueStats {
         self.qp.stats()
@@ -332,14 +362,14 @@ impl IoQueuePair {
         }
         let ctx = IoCtx {
             token,
-            opcode: op as u8,
             _buf: Some(buf.map.clone()),
         };
         self.qp
-            .submit_io(
+            .submit_blocks(
                 Command::new(op as u8, nsid),
                 lba,
-                ns.block_size(),
+                blocks,
+                ns.shift,
                 buf.region(),
                 ctx,
             )
@@ -389,11 +419,7 @@ impl IoQueuePair {
         }
         self.check_range(nsid, lba, blocks as u64, capacity)?;
         self.leases.check_write(nsid, lba, blocks as u64)?;
-        let ctx = IoCtx {
-            token,
-            opcode: NvmOpcode::WriteZeroes as u8,
-            _buf: None,
-        };
+        let ctx = IoCtx { token, _buf: None };
         self.qp
             .submit(Command::write_zeroes(nsid, lba, blocks.max(1)), None, ctx)
             .map_err(Error::from)
@@ -419,11 +445,7 @@ impl IoQueuePair {
             entry.write_bytes(0, range.as_bytes()),
             "a DSM range is 16 bytes"
         );
-        let ctx = IoCtx {
-            token,
-            opcode: NvmOpcode::DatasetManagement as u8,
-            _buf: None,
-        };
+        let ctx = IoCtx { token, _buf: None };
         self.qp
             .submit(Command::deallocate(nsid, 1), Some(entry), ctx)
             .map_err(Error::from)
@@ -432,11 +454,7 @@ impl IoQueuePair {
     pub fn flush(&mut self, nsid: u32, token: u64) -> Result<()> {
         self.current()?;
         self.namespace(nsid)?;
-        let ctx = IoCtx {
-            token,
-            opcode: NvmOpcode::Flush as u8,
-            _buf: None,
-        };
+        let ctx = IoCtx { token, _buf: None };
         self.qp
             .submit(Command::flush(nsid), None, ctx)
             .map_err(Error::from)
@@ -451,7 +469,6 @@ impl IoQueuePair {
         self.leases.check_command(&cmd, data.as_ref())?;
         let ctx = IoCtx {
             token,
-            opcode: cmd.opcode(),
             _buf: data.map(|d| d.map.clone()),
         };
         self.qp
@@ -547,7 +564,7 @@ impl IoQueuePair {
                 Ok(())
             } else {
                 Err(Error::Nvme {
-                    opcode: ctx.opcode,
+                    opcode: c.opcode,
                     admin: false,
                     status: c.status,
                 })

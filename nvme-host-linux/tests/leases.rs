@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use nvme_host_linux::nvme_core::Command;
 use nvme_host_linux::regs::opcode::NvmOpcode;
-use nvme_host_linux::testkit::{self, env, env_u64, say, stop_requested, Outcome, Proc, RunDir};
+use nvme_host_linux::testkit::{self, env, env_u64, say, Outcome, Proc, RunDir};
 use nvme_host_linux::{
     AttachOptions, Controller, DsmAttributes, Error, LeaseMode, QueueOptions, TransportId,
     WriteZeroesOptions,
@@ -33,43 +33,15 @@ fn attach() -> Result<Controller, String> {
     Controller::attach_with(&trid, &opts).map_err(|e| e.to_string())
 }
 
-/// `nsid:start:count:mode`.
-fn lease_spec(spec: &str) -> Result<(u32, std::ops::Range<u64>, LeaseMode), String> {
-    let p: Vec<&str> = spec.split(':').collect();
-    let [nsid, start, count, mode] = p[..] else {
-        return Err(format!("bad lease spec {spec}"));
-    };
-    let num = |s: &str| s.parse::<u64>().map_err(|e| format!("{spec}: {e}"));
-    let start = num(start)?;
-    Ok((num(nsid)? as u32, start..start + num(count)?, mode.parse()?))
-}
-
-/// Claims each lease of `NVME_LEASES` (space separated) in turn, reporting `LEASED <spec>`,
-/// `CONFLICT <spec> <error>` or `FAILED <spec> <error>` for each, then (with
-/// `NVME_LEASE_HOLD_LOCK`) takes the lease table's lock for good, and keeps what it got until
-/// told to stop.
+/// Claims the leases of `NVME_LEASES` (see [`testkit::claim_leases`]), with
+/// `NVME_LEASE_HOLD_LOCK` taking the lease table's lock for good afterwards.
 fn child_claims(ctrl: &Controller) -> Outcome {
-    let mut kept = Vec::new();
-    for spec in env("NVME_LEASES")?.split_whitespace() {
-        let (nsid, lbas, mode) = lease_spec(spec)?;
-        match ctrl.lease(nsid, lbas, mode) {
-            Ok(l) => {
-                say(format!("LEASED {spec}"));
-                kept.push(l);
-            }
-            Err(e @ Error::LeaseConflict(_)) => say(format!("CONFLICT {spec} {e}")),
-            Err(e) => say(format!("FAILED {spec} {e}")),
+    let hold_lock = std::env::var_os("NVME_LEASE_HOLD_LOCK").is_some();
+    testkit::claim_leases(ctrl, &env("NVME_LEASES")?, || {
+        if hold_lock {
+            ctrl.__test_hold_lease_lock();
         }
-    }
-    if std::env::var_os("NVME_LEASE_HOLD_LOCK").is_some() {
-        ctrl.__test_hold_lease_lock();
-    }
-    say("DONE");
-    while !stop_requested() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    drop(kept);
-    Ok(())
+    })
 }
 
 /// Expects `r` to be a refusal of a write at `lba` of namespace 1.

@@ -9,37 +9,49 @@ use nvme_host_linux::regs::Status;
 use nvme_host_linux::sim::{CommandMatch, NamespaceConfig, SimConfig};
 use nvme_host_linux::testkit::pattern;
 use nvme_host_linux::{
-    AttachOptions, Controller, Error, IoQueuePair, QueueOptions, SimTransport, Transport,
-    TransportId,
+    AttachOptions, Controller, DataPointer, Error, IoQueuePair, QueueOptions, SimTransport,
+    Transport, TransportId,
 };
 
 const T: Duration = Duration::from_secs(10);
 
 fn attach_config(cfg: SimConfig) -> Result<Controller, Error> {
+    attach_config_with(cfg, &AttachOptions::default())
+}
+
+fn attach_config_with(cfg: SimConfig, opts: &AttachOptions) -> Result<Controller, Error> {
     let t: Arc<dyn Transport> = Arc::new(SimTransport::with_config(cfg)?);
-    Controller::attach_transport(
-        t,
-        TransportId::parse("trtype:sim").unwrap(),
-        &AttachOptions::default(),
-    )
+    Controller::attach_transport(t, TransportId::parse("trtype:sim").unwrap(), opts)
 }
 
 /// Two namespaces (512 B and 4 KiB blocks), 16 KiB MDTS so that splits are easy to reach.
 fn two_namespaces() -> Controller {
-    attach_config(SimConfig {
-        namespaces: vec![
-            NamespaceConfig {
-                lba_size: 512,
-                blocks: 64 << 11,
-            },
-            NamespaceConfig {
-                lba_size: 4096,
-                blocks: 64 << 8,
-            },
-        ],
-        mdts: 2,
-        ..Default::default()
-    })
+    two_namespaces_with(DataPointer::Auto)
+}
+
+/// [`two_namespaces`], its I/O queues pointing to data with `dp`.
+fn two_namespaces_with(dp: DataPointer) -> Controller {
+    let opts = AttachOptions {
+        data_pointer: dp,
+        ..AttachOptions::default()
+    };
+    attach_config_with(
+        SimConfig {
+            namespaces: vec![
+                NamespaceConfig {
+                    lba_size: 512,
+                    blocks: 64 << 11,
+                },
+                NamespaceConfig {
+                    lba_size: 4096,
+                    blocks: 64 << 8,
+                },
+            ],
+            mdts: 2,
+            ..Default::default()
+        },
+        &opts,
+    )
     .expect("attach")
 }
 
@@ -68,9 +80,17 @@ fn attach_reports_identify_and_namespaces() {
 
 #[test]
 fn data_reads_back_across_sizes_offsets_and_block_sizes() {
-    let ctrl = two_namespaces();
+    // The same transfers with PRPs and with SGLs (the controller reports SGL support).
+    for dp in [DataPointer::Prp, DataPointer::Sgl] {
+        data_reads_back_with(dp);
+    }
+}
+
+fn data_reads_back_with(dp: DataPointer) {
+    let ctrl = two_namespaces_with(dp);
     assert_eq!(ctrl.max_transfer(), 16 << 10);
     let mut qp = ctrl.alloc_io_queue(QueueOptions::new(1024)).unwrap();
+    assert_eq!(qp.data_pointer(), dp);
     let mut wbuf = ctrl.alloc_dma(5 << 20).unwrap();
     let mut rbuf = ctrl.alloc_dma(5 << 20).unwrap();
     for ns in ctrl.namespaces().to_vec() {
@@ -109,7 +129,7 @@ fn data_reads_back_across_sizes_offsets_and_block_sizes() {
                     .unwrap();
                 assert!(
                     wbuf.as_slice()[off..off + size] == rbuf.as_slice()[roff..roff + size],
-                    "ns {} size {size} write offset {off} read offset {roff}: data differs",
+                    "{dp:?}: ns {} size {size} write offset {off} read offset {roff}: data differs",
                     ns.id()
                 );
                 // The controller's own copy agrees byte for byte.
@@ -546,4 +566,38 @@ fn asynchronous_events_are_delivered() {
         // with the event request outstanding.
         ctrl.smart_log().unwrap();
     }
+}
+
+#[test]
+fn data_pointer_follows_the_controllers_sgl_support() {
+    // SGLs reported: Auto takes them; PRPs can be forced, and the queue switched back.
+    let ctrl = two_namespaces();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::default()).unwrap();
+    assert_eq!(qp.data_pointer(), DataPointer::Sgl);
+    qp.set_data_pointer(DataPointer::Prp).unwrap();
+    assert_eq!(qp.data_pointer(), DataPointer::Prp);
+    let forced = two_namespaces_with(DataPointer::Prp);
+    let qp = forced.alloc_io_queue(QueueOptions::default()).unwrap();
+    assert_eq!(qp.data_pointer(), DataPointer::Prp);
+
+    // No SGL support: Auto takes PRPs, and SGLs asked for by force are refused by name.
+    let no_sgl = || SimConfig {
+        sgl: false,
+        ..Default::default()
+    };
+    let ctrl = attach_config(no_sgl()).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::default()).unwrap();
+    assert_eq!(qp.data_pointer(), DataPointer::Prp);
+    let e = qp.set_data_pointer(DataPointer::Sgl).unwrap_err();
+    assert!(e.to_string().contains("does not support SGLs"), "{e}");
+    assert_eq!(qp.data_pointer(), DataPointer::Prp);
+    let mut buf = ctrl.alloc_dma(4096).unwrap();
+    qp.write_sync(1, 0, &mut buf).unwrap();
+    let opts = AttachOptions {
+        data_pointer: DataPointer::Sgl,
+        ..AttachOptions::default()
+    };
+    let ctrl = attach_config_with(no_sgl(), &opts).unwrap();
+    let e = ctrl.alloc_io_queue(QueueOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("Identify SGLS = 0x0"), "{e}");
 }

@@ -61,6 +61,9 @@ pub struct Config {
     /// `--scratch-ns N`: a namespace whose data `nvme-perf` may overwrite (random writes
     /// anywhere in it); without it perf only reads.
     pub scratch_ns: Option<u32>,
+    /// `--slow-ns N`: a read-only namespace whose every command takes milliseconds (QEMU's
+    /// null-co with `latency-ns`), where waiting on an interrupt can be told from polling.
+    pub slow_ns: Option<u32>,
     /// `--tcp TRID`: run the NVMe/TCP checks against this subsystem.
     pub tcp: Option<String>,
     /// `--tcp-denied NQN`: a subsystem on the same port that allows no host.
@@ -71,7 +74,7 @@ pub struct Config {
 
 const USAGE: &str = "usage: nvme-hwtest [--device BDF] [--write-ns N]... [--expect-serial S] \
 [--expect-ns NSID:BLOCKSIZE:BLOCKS]... [--manifest PATH] [--threads N] [--multi-process]\n                   \
-[--tools DIR [--scratch-ns N]]\n       \
+[--tools DIR [--scratch-ns N]] [--slow-ns N]\n       \
 nvme-hwtest --verify-kernel MANIFEST [--device BDF]\n       \
 nvme-hwtest --device BDF [--as-uid UID] --expect-attach-error TEXT\n       \
 nvme-hwtest --tcp 'trtype:TCP traddr:IP trsvcid:PORT subnqn:NQN' [--tcp6 TRID] [--tcp-denied NQN] [--tools DIR]\n\
@@ -125,6 +128,13 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
                 c.scratch_ns = Some(
                     v.parse()
                         .map_err(|_| format!("--scratch-ns {v}: expected a namespace id"))?,
+                )
+            }
+            "--slow-ns" => {
+                let v = val("--slow-ns")?;
+                c.slow_ns = Some(
+                    v.parse()
+                        .map_err(|_| format!("--slow-ns {v}: expected a namespace id"))?,
                 )
             }
             "--threads" => {

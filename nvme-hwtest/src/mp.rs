@@ -92,6 +92,23 @@ pub fn child(role: &str) -> u8 {
                 Ok(())
             }
             "write" | "check" => child_data(&ctrl, role == "write"),
+            "claims" => {
+                nvme_host_linux::testkit::claim_leases(&ctrl, &env("NVME_HWTEST_MP_LEASES")?, || {})
+            }
+            "interrupt-wait" => {
+                let nsid = env_u64("NVME_HWTEST_MP_SLOW_NS")? as u32;
+                let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+                let (ic, iw) = nvme_host_linux::testkit::wait_cost(&ctrl, nsid, 64, true)?;
+                let (pc, pw) = nvme_host_linux::testkit::wait_cost(&ctrl, nsid, 64, false)?;
+                say(format!(
+                    "WAIT-CPU interrupts {:.1} {:.1} polling {:.1} {:.1}",
+                    ms(ic),
+                    ms(iw),
+                    ms(pc),
+                    ms(pw)
+                ));
+                Ok(())
+            }
             "interrupt-io" => {
                 let nsid = env_u64("NVME_HWTEST_MP_NS")? as u32;
                 let bs = ctrl
@@ -282,6 +299,8 @@ pub struct Mp {
     tools: Option<PathBuf>,
     /// A namespace perf may overwrite (`--scratch-ns`).
     scratch_ns: Option<u32>,
+    /// A namespace whose commands take milliseconds (`--slow-ns`).
+    slow_ns: Option<u32>,
 }
 
 impl Mp {
@@ -320,6 +339,7 @@ impl Mp {
             manifest: cfg.manifest.clone(),
             tools: cfg.tools.as_ref().map(PathBuf::from),
             scratch_ns: cfg.scratch_ns,
+            slow_ns: cfg.slow_ns,
         })
     }
 
@@ -552,6 +572,84 @@ impl Mp {
             p.finish()?.clean()?;
         }
         println!("  interrupt vectors {vectors:?}");
+        self.primary()?.progresses()?;
+        self.secondary()?.progresses()?;
+        Ok(())
+    }
+
+    /// A thread waiting on its interrupt sleeps: 64 reads at QD1 from the slow namespace
+    /// (every command takes milliseconds), each awaited with `wait`, cost the thread less
+    /// than a third of the wall time in CPU with interrupts; the same through a polled queue
+    /// pair is printed beside it (not checked: it is the spinning the interrupts avoid).
+    pub fn interrupt_wait_sleeps(&mut self) -> R {
+        let Some(slow) = self.slow_ns else {
+            return Err("SKIP no --slow-ns".into());
+        };
+        let t = self.full_trid();
+        let mut p = self.spawn(
+            "interrupt waiter",
+            "interrupt-wait",
+            &t,
+            &[("NVME_HWTEST_MP_SLOW_NS", slow.to_string())],
+        )?;
+        let line = p.line("WAIT-CPU")?;
+        p.finish()?.clean()?;
+        let v: Vec<f64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let [irq_cpu, irq_wall, poll_cpu, poll_wall] = v[..] else {
+            return Err(format!("bad report: {line}"));
+        };
+        println!(
+            "  64 reads at QD1 from the slow namespace: with interrupts {irq_cpu:.1} ms CPU in {irq_wall:.1} ms, \
+             polling {poll_cpu:.1} ms CPU in {poll_wall:.1} ms"
+        );
+        if irq_cpu * 3.0 > irq_wall {
+            return Err(format!(
+                "waiting on interrupts used {irq_cpu:.1} ms of CPU in {irq_wall:.1} ms: the thread did not sleep"
+            ));
+        }
+        Ok(())
+    }
+
+    /// LBA range leases between processes of the group over VFIO, beside the primary's and
+    /// secondary's I/O: an exclusive lease held by one process makes an overlapping claim by
+    /// another fail with an error naming the holder's pid, a disjoint shared claim succeeds,
+    /// and once the holder is SIGKILLed a newcomer gets the range at once.
+    pub fn leases(&mut self) -> R {
+        let t = self.full_trid();
+        let blocks = 65536 / self.bs;
+        let spec = |k: u64, offset: u64, mode: &str| {
+            format!("{}:{}:{blocks}:{mode}", self.nsid, self.region(k) + offset)
+        };
+        let held = spec(9, 0, "exclusive");
+        let claims = |me: &Self, name: &str, specs: String| {
+            me.spawn(name, "claims", &t, &[("NVME_HWTEST_MP_LEASES", specs)])
+        };
+        let mut holder = claims(self, "lease holder", held.clone())?;
+        let pid = holder.line("READY")?;
+        let pid = pid.split_whitespace().nth(2).unwrap_or("?").to_string();
+        holder.line(&format!("LEASED {held}"))?;
+        holder.line("DONE")?;
+        let overlapping = spec(9, blocks / 2, "exclusive");
+        let disjoint = spec(10, 0, "shared");
+        let mut claimer = claims(self, "lease claimer", format!("{overlapping} {disjoint}"))?;
+        let conflict = claimer.line(&format!("CONFLICT {overlapping} "))?;
+        if !conflict.contains(&format!("pid {pid} ")) {
+            return Err(format!(
+                "the conflict should name the holder, pid {pid}: {conflict}"
+            ));
+        }
+        claimer.line(&format!("LEASED {disjoint}"))?;
+        claimer.line("DONE")?;
+        holder.kill();
+        let mut successor = claims(self, "lease successor", held.clone())?;
+        successor.line(&format!("LEASED {held}"))?;
+        successor.line("DONE")?;
+        println!("  {conflict}");
+        successor.kill();
+        claimer.kill();
         self.primary()?.progresses()?;
         self.secondary()?.progresses()?;
         Ok(())

@@ -6,6 +6,8 @@ use crate::status::Status;
 
 /// Data pointer transfer selector in CDW0 bits 15:14 (PSDT): PRPs are used.
 pub const PSDT_PRP: u8 = 0;
+/// PSDT: SGLs are used for the data (MPTR, if used, is a contiguous metadata buffer).
+pub const PSDT_SGL: u8 = 1;
 
 /// A 64-byte submission queue entry (NVMe 1.4 figure 105).
 #[derive(
@@ -66,6 +68,10 @@ impl SubmissionEntry {
     /// Data pointer selector (PSDT).
     pub const fn psdt(&self) -> u8 {
         self.flags >> 6
+    }
+    /// Sets the data pointer selector (PSDT, [`PSDT_PRP`] or [`PSDT_SGL`]).
+    pub const fn set_psdt(&mut self, psdt: u8) {
+        self.flags = (self.flags & 0x3f) | (psdt & 3) << 6;
     }
     /// Fused operation bits.
     pub const fn fuse(&self) -> u8 {

@@ -368,6 +368,10 @@ impl IdentifyController {
     pub fn oncs(&self) -> Oncs {
         Oncs::from_bits_retain(self.oncs)
     }
+    /// SGL support (SGLS).
+    pub fn sgl_support(&self) -> crate::sgl::Sgls {
+        crate::sgl::Sgls(self.sgls)
+    }
     /// Log page attributes.
     pub fn lpa(&self) -> Lpa {
         Lpa::from_bits_retain(self.lpa)

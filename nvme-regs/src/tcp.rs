@@ -1,6 +1,6 @@
 //! NVMe/TCP (NVMe-oF 1.1 chapter 7, TP 8000): the PDU headers, their types and flags, the
-//! fatal error statuses of a Terminate Connection Request, and the data pointers (SGL
-//! descriptor forms) an NVMe/TCP command carries.
+//! fatal error statuses of a Terminate Connection Request, and the SGL descriptor forms an
+//! NVMe/TCP command carries (the descriptor itself is [`crate::sgl`]'s).
 //!
 //! A PDU is a header of `hlen` bytes beginning with the 8-byte [`CommonHeader`], an
 //! optional 4-byte header digest (CRC32C of the header), padding up to the data offset
@@ -10,6 +10,7 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::entry::{CompletionEntry, SubmissionEntry};
+use crate::sgl::{SglDescriptor, SglDescriptorType, SGL_SUBTYPE_OFFSET};
 
 /// The IANA port of NVMe/TCP I/O controllers (and of discovery on many targets).
 pub const DEFAULT_PORT: u16 = 4420;
@@ -389,30 +390,35 @@ impl FatalErrorStatus {
     }
 }
 
-/// PSDT 01b in a command's flags byte: NVMe/TCP commands always carry an SGL descriptor.
-pub const FLAGS_SGL: u8 = 1 << 6;
+/// SGL descriptor sub type Ah, transport specific: NVMe/TCP's Transport SGL Data Block
+/// (its data moves in C2HData PDUs, or in H2CData PDUs answering R2Ts).
+pub const SGL_SUBTYPE_TRANSPORT_A: u8 = 0xa;
 
-/// SGL identifier (byte 15 of the descriptor) of in-capsule data: a Data Block descriptor
-/// (type 0h) with the Offset sub type (1h); its address is the offset in the capsule.
-pub const SGL_ID_IN_CAPSULE: u8 = 0x01;
-/// SGL identifier of data moved by C2HData/R2T+H2CData PDUs: a Transport SGL Data Block
-/// descriptor (type 5h) with the transport specific sub type Ah.
-pub const SGL_ID_TRANSPORT_DATA_BLOCK: u8 = 0x5a;
+/// SGL identifier of in-capsule data: a Data Block with the Offset sub type.
+pub const SGL_ID_IN_CAPSULE: u8 = (SglDescriptorType::DataBlock as u8) << 4 | SGL_SUBTYPE_OFFSET;
+/// SGL identifier of data moved by data PDUs: a Transport SGL Data Block, sub type Ah.
+pub const SGL_ID_TRANSPORT_DATA_BLOCK: u8 =
+    (SglDescriptorType::TransportDataBlock as u8) << 4 | SGL_SUBTYPE_TRANSPORT_A;
 
-/// The data pointer words (DPTR bytes 0-7 and 8-15) of `len` bytes of in-capsule data at
-/// `offset` in the capsule's data.
-pub const fn in_capsule_dptr(offset: u64, len: u32) -> (u64, u64) {
-    (offset, len as u64 | (SGL_ID_IN_CAPSULE as u64) << 56)
+/// The descriptor of `len` bytes of in-capsule data at `offset` in the capsule's data
+/// (NVMe/TCP commands carry SGLs: PSDT [`PSDT_SGL`](crate::entry::PSDT_SGL)).
+pub const fn in_capsule(offset: u64, len: u32) -> SglDescriptor {
+    SglDescriptor {
+        address: offset,
+        length: len,
+        reserved: [0; 3],
+        id: SGL_ID_IN_CAPSULE,
+    }
 }
 
-/// The data pointer words of `len` bytes moved by data PDUs (a Transport SGL Data Block).
-pub const fn transport_dptr(len: u32) -> (u64, u64) {
-    (0, len as u64 | (SGL_ID_TRANSPORT_DATA_BLOCK as u64) << 56)
-}
-
-/// The SGL identifier and length of a data pointer's words.
-pub const fn dptr_sgl(dptr1: u64, dptr2: u64) -> (u8, u64, u32) {
-    ((dptr2 >> 56) as u8, dptr1, dptr2 as u32)
+/// The descriptor of `len` bytes moved by data PDUs (a Transport SGL Data Block).
+pub const fn transport_data_block(len: u32) -> SglDescriptor {
+    SglDescriptor {
+        address: 0,
+        length: len,
+        reserved: [0; 3],
+        id: SGL_ID_TRANSPORT_DATA_BLOCK,
+    }
 }
 
 #[cfg(test)]
@@ -458,10 +464,14 @@ mod tests {
 
     #[test]
     fn data_pointers() {
-        let (a, b) = in_capsule_dptr(0, 1024);
-        assert_eq!((a, b), (0, 0x0100_0000_0000_0400));
-        assert_eq!(dptr_sgl(a, b), (0x01, 0, 1024));
-        let (a, b) = transport_dptr(4096);
-        assert_eq!(dptr_sgl(a, b), (0x5a, 0, 4096));
+        let d = in_capsule(0, 1024);
+        assert_eq!(d.to_dptr(), (0, 0x0100_0000_0000_0400));
+        assert_eq!(d.kind(), Some(SglDescriptorType::DataBlock));
+        assert_eq!(d.subtype(), SGL_SUBTYPE_OFFSET);
+        let t = transport_data_block(4096);
+        assert_eq!(t.id, 0x5a);
+        assert_eq!(t.kind(), Some(SglDescriptorType::TransportDataBlock));
+        let (a, b) = t.to_dptr();
+        assert_eq!(SglDescriptor::from_dptr(a, b), t);
     }
 }

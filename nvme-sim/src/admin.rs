@@ -204,7 +204,9 @@ impl Controller {
             | Oncs::VERIFY)
             .bits();
         id.vwc = 1;
-        id.sgls = 0;
+        // SGLs for NVM commands, no alignment requirement (01b); no Bit Bucket, no SGL
+        // longer than the transfer.
+        id.sgls = if self.cfg.sgl { 1 } else { 0 };
         let nqn = format!("nqn.2024-01.io.nvme-sim:{}", self.cfg.serial);
         let n = nqn.len().min(255);
         id.subnqn[..n].copy_from_slice(&nqn.as_bytes()[..n]);

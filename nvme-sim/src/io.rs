@@ -1,11 +1,12 @@
 //! NVM command set I/O commands.
 
+use nvme_regs::entry::{PSDT_PRP, PSDT_SGL};
 use nvme_regs::opcode::NvmOpcode;
 use nvme_regs::status::{GenericStatus as G, MediaErrorStatus};
 use nvme_regs::{Status, SubmissionEntry};
 
 use crate::ctrl::{Controller, Outcome};
-use crate::dma::{copy_from_host, copy_to_host, read_host, resolve_prps};
+use crate::dma::{copy_from_host, copy_to_host, read_host, resolve_prps, resolve_sgl};
 use crate::stats::add;
 
 fn invalid_ns() -> Status {
@@ -33,8 +34,14 @@ struct Range {
 
 impl Controller {
     pub(crate) fn io(&mut self, cmd: &SubmissionEntry) -> Outcome {
-        if cmd.fuse() != 0 || cmd.psdt() != 0 {
-            // No fused operations; SGLs are not supported (Identify SGLS = 0).
+        let psdt_ok = match cmd.psdt() {
+            PSDT_PRP => true,
+            // SGLs when Identify reports them (SGLS 01b); never SGL metadata (PSDT 10b).
+            PSDT_SGL => self.cfg.sgl,
+            _ => false,
+        };
+        if cmd.fuse() != 0 || !psdt_ok {
+            // No fused operations.
             return invalid_field().into();
         }
         let Some(op) = NvmOpcode::from_u8(cmd.opcode) else {
@@ -87,15 +94,25 @@ impl Controller {
         if r.len > self.max_transfer as u64 {
             return Err(invalid_field());
         }
-        resolve_prps(
-            &mut self.dma,
-            &mut self.segs,
-            cmd.prp1,
-            cmd.prp2,
-            r.len as usize,
-            self.page_size,
-        )?;
+        self.resolve_data(cmd, r.len as usize)?;
         Ok(r)
+    }
+
+    /// The host memory of a command's `len`-byte transfer, from its PRPs or (PSDT 01b,
+    /// checked in [`io`](Self::io)) its SGL, into `self.segs`.
+    fn resolve_data(&mut self, cmd: &SubmissionEntry, len: usize) -> Result<(), Status> {
+        if cmd.psdt() == PSDT_SGL {
+            resolve_sgl(&mut self.dma, &mut self.segs, cmd.prp1, cmd.prp2, len)
+        } else {
+            resolve_prps(
+                &mut self.dma,
+                &mut self.segs,
+                cmd.prp1,
+                cmd.prp2,
+                len,
+                self.page_size,
+            )
+        }
     }
 
     fn uncorrectable_in(&self, r: &Range) -> bool {
@@ -235,14 +252,7 @@ impl Controller {
         let deallocate = cmd.cdw11 & (1 << 2) != 0;
         let mut list = [0u8; 256 * 16];
         let bytes = nr * 16;
-        if let Err(s) = resolve_prps(
-            &mut self.dma,
-            &mut self.segs,
-            cmd.prp1,
-            cmd.prp2,
-            bytes,
-            self.page_size,
-        ) {
+        if let Err(s) = self.resolve_data(cmd, bytes) {
             return s;
         }
         read_host(&self.segs, &mut list[..bytes]);

@@ -33,7 +33,8 @@
 //! controller writes its head to the EventIdx entry and reads the shadow once more), and the
 //! NVM commands Read, Write, Flush, Write Zeroes, Dataset Management,
 //! Compare, Write Uncorrectable and Verify, with PRP data pointers (PRP lists, chained list
-//! pages) and the specification's error statuses. [`Faults`] injects errors.
+//! pages) or SGLs (Data Block, Segment and Last Segment descriptors; its own walk in
+//! `dma.rs`, not the driver's) and the specification's error statuses. [`Faults`] injects errors.
 //!
 //! # Unsafe code
 //! Two modules may contain `unsafe`, each block with a `// SAFETY:` comment: `mem` (the
@@ -141,6 +142,9 @@ pub struct SimConfig {
     /// Offer Doorbell Buffer Config (Identify OACS bit 8: shadow doorbells and EventIdx, as
     /// QEMU's controller does; default true).
     pub shadow_doorbells: bool,
+    /// Report SGL support for NVM commands (Identify SGLS 01b, as QEMU's controller does)
+    /// and accept SGL data pointers (PSDT 01b) on I/O queues (default true).
+    pub sgl: bool,
     /// MSI-X interrupt vectors (default 65, like QEMU's controller). A completion queue
     /// created with interrupts on a vector at or past this count is refused with Invalid
     /// Interrupt Vector; [`SimController::set_interrupt`] gives a vector its eventfd.
@@ -163,6 +167,7 @@ impl Default for SimConfig {
             firmware: "0.1.0".into(),
             ready_delay: Duration::ZERO,
             shadow_doorbells: true,
+            sgl: true,
             interrupt_vectors: 65,
         }
     }

@@ -9,9 +9,10 @@ use nvme_regs::identify::{IdentifyController, IdentifyNamespace, NamespaceList};
 use nvme_regs::log::{lid, CriticalWarning, ErrorLogEntry, FirmwareSlotLog, SmartLog};
 use nvme_regs::opcode::{AdminOpcode as A, NvmOpcode as N};
 use nvme_regs::registers::{cq_head_doorbell, offset, Cap, Cc, ShutdownStatus, Vs};
+use nvme_regs::sgl::{SglDescriptor, SglSupport};
 use nvme_regs::status::{CommandSpecificStatus as Cs, GenericStatus as G, MediaErrorStatus as M};
 use nvme_regs::{CompletionEntry, Status, SubmissionEntry};
-use zerocopy::FromBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::mem::create_memfd;
 use crate::testhost::*;
@@ -702,10 +703,12 @@ fn io_error_statuses() {
         &ex(&mut h, rw(N::Read, 1, 0, 24, b, Host::iova(list))),
         G::PrpOffsetInvalid,
     );
-    // SGL requested.
-    let mut c = rw(N::Read, 1, 0, 1, b, 0);
-    c.flags = 1 << 6;
-    assert_generic(&ex(&mut h, c), G::InvalidField);
+    // SGL metadata (PSDT 10b) and the reserved PSDT 11b.
+    for psdt in [2u8, 3] {
+        let mut c = rw(N::Read, 1, 0, 1, b, 0);
+        c.set_psdt(psdt);
+        assert_generic(&ex(&mut h, c), G::InvalidField);
+    }
     // IOVA outside every DMA mapping.
     assert_generic(
         &ex(&mut h, rw(N::Read, 1, 0, 1, 0x4000, 0)),
@@ -1118,6 +1121,203 @@ fn fault_never_ready_and_cfs() {
     assert!(!h.csts().cfs());
     h.enable();
     assert!(st(&h.admin(cmd(A::KeepAlive as u8))).is_success());
+}
+
+// ---------------------------------------------------------------------------------------
+// SGLs
+
+/// A command with an SGL data pointer (PSDT 01b) holding `d`.
+fn rw_sgl(opcode: N, nsid: u32, slba: u64, nlb: u32, d: SglDescriptor) -> SubmissionEntry {
+    let (a, b) = d.to_dptr();
+    let mut c = rw(opcode, nsid, slba, nlb, a, b);
+    c.set_psdt(nvme_regs::entry::PSDT_SGL);
+    c
+}
+
+/// Writes the descriptors `ds` at `at` in the host's memory.
+fn put_descriptors(h: &Host, at: usize, ds: &[SglDescriptor]) {
+    for (i, d) in ds.iter().enumerate() {
+        h.write_mem(at + i * 16, d.as_bytes());
+    }
+}
+
+#[test]
+fn identify_reports_sgl_support_unless_configured_off() {
+    let mut h = Host::new(small_config());
+    h.enable();
+    let (s, id) = h.identify(1, 0);
+    assert!(s.is_success());
+    let id = IdentifyController::read_from_bytes(&id).unwrap();
+    assert_eq!(id.sgl_support().support(), SglSupport::Unaligned);
+
+    let mut h = Host::new(SimConfig {
+        sgl: false,
+        ..small_config()
+    });
+    h.enable();
+    let (_, id) = h.identify(1, 0);
+    let id = IdentifyController::read_from_bytes(&id).unwrap();
+    assert!(!id.sgl_support().supported());
+    // Without SGL support a PSDT of 01b is an invalid field.
+    h.create_io(1, 16, 16);
+    let buf = h.alloc(PAGE);
+    let d = SglDescriptor::data_block(Host::iova(buf), 512);
+    assert_generic(&h.exec(1, rw_sgl(N::Read, 1, 0, 1, d)), G::InvalidField);
+}
+
+#[test]
+fn data_round_trips_through_sgl_data_blocks_segments_and_last_segments() {
+    let mut h = Host::ready_with_io();
+    let len = 24 * 1024;
+    let data = pattern(9, len);
+    // Write from one Data Block at an odd dword offset.
+    let wbuf = h.alloc(len + PAGE);
+    h.write_mem(wbuf + 0x104, &data);
+    let d = SglDescriptor::data_block(Host::iova(wbuf + 0x104), len as u32);
+    let e = h.exec(1, rw_sgl(N::Write, 1, 10, (len / 512) as u32, d));
+    assert!(st(&e).is_success(), "write: {}", st(&e));
+    let mut back = vec![0u8; len];
+    h.sim.read_backing(1, 10 * 512, &mut back).unwrap();
+    assert!(back == data, "backing store differs");
+
+    // Read into three scattered pieces: a Segment of two descriptors (a data block and a
+    // Last Segment), whose list holds the other two data blocks.
+    let pieces = [(0usize, 4096usize), (8192, 512), (16384, len - 4608)];
+    let rbuf = h.alloc(64 * 1024);
+    let lists = h.alloc(PAGE);
+    let at = |p: usize| Host::iova(rbuf + p);
+    put_descriptors(
+        &h,
+        lists,
+        &[
+            SglDescriptor::data_block(at(pieces[0].0), pieces[0].1 as u32),
+            SglDescriptor::last_segment(Host::iova(lists + 256), 2),
+        ],
+    );
+    put_descriptors(
+        &h,
+        lists + 256,
+        &[
+            SglDescriptor::data_block(at(pieces[1].0), pieces[1].1 as u32),
+            SglDescriptor::data_block(at(pieces[2].0), pieces[2].1 as u32),
+        ],
+    );
+    let seg = SglDescriptor::segment(Host::iova(lists), 2);
+    let e = h.exec(1, rw_sgl(N::Read, 1, 10, (len / 512) as u32, seg));
+    assert!(st(&e).is_success(), "read: {}", st(&e));
+    let mut got = Vec::new();
+    for (off, n) in pieces {
+        got.extend(h.read_mem(rbuf + off, n));
+    }
+    assert!(got == data, "read data differs");
+
+    // Compare through a Last Segment in the command.
+    put_descriptors(
+        &h,
+        lists + 512,
+        &[
+            SglDescriptor::data_block(Host::iova(wbuf + 0x104), 4096),
+            SglDescriptor::data_block(Host::iova(wbuf + 0x104 + 4096), (len - 4096) as u32),
+        ],
+    );
+    let last = SglDescriptor::last_segment(Host::iova(lists + 512), 2);
+    let e = h.exec(1, rw_sgl(N::Compare, 1, 10, (len / 512) as u32, last));
+    assert!(st(&e).is_success(), "compare: {}", st(&e));
+    let s = h.sim.stats();
+    assert_eq!((s.writes, s.reads, s.compares), (1, 1, 1));
+}
+
+#[test]
+fn malformed_sgls_get_the_specifications_statuses() {
+    let mut h = Host::ready_with_io();
+    let buf = h.alloc(4 * PAGE);
+    let b = Host::iova(buf);
+    let list = h.alloc(PAGE);
+    let l = Host::iova(list);
+    let read = |h: &mut Host, d: SglDescriptor| h.exec(1, rw_sgl(N::Read, 1, 0, 8, d));
+    let block = |off: u64, n: u32| SglDescriptor::data_block(b + off, n);
+
+    // Unknown type, Bit Bucket (not offered), Keyed Data Block, an Offset sub type.
+    let mut odd = block(0, 4096);
+    odd.id = 0x70;
+    assert_generic(&read(&mut h, odd), G::SglDescriptorTypeInvalid);
+    odd.id = 0x10;
+    assert_generic(&read(&mut h, odd), G::SglDescriptorTypeInvalid);
+    odd.id = 0x40;
+    assert_generic(&read(&mut h, odd), G::SglDescriptorTypeInvalid);
+    odd.id = 0x01;
+    assert_generic(&read(&mut h, odd), G::SglDescriptorTypeInvalid);
+    // A bad type inside a list.
+    let mut bad = block(0, 4096);
+    bad.id = 0xe0;
+    put_descriptors(&h, list, &[bad]);
+    assert_generic(
+        &read(&mut h, SglDescriptor::last_segment(l, 1)),
+        G::SglDescriptorTypeInvalid,
+    );
+
+    // Data blocks shorter and longer than the 4 KiB transfer.
+    assert_generic(&read(&mut h, block(0, 4095)), G::DataSglLengthInvalid);
+    assert_generic(&read(&mut h, block(0, 4097)), G::DataSglLengthInvalid);
+    put_descriptors(&h, list, &[block(0, 2048), block(4096, 1024)]);
+    assert_generic(
+        &read(&mut h, SglDescriptor::last_segment(l, 2)),
+        G::DataSglLengthInvalid,
+    );
+
+    // Segment descriptors: length not a multiple of 16, zero, not last in its list, inside a
+    // Last Segment's list, and a Segment's list that ends without a pointer onwards.
+    let mut ragged = SglDescriptor::last_segment(l, 1);
+    ragged.length = 24;
+    assert_generic(&read(&mut h, ragged), G::InvalidSglSegmentDescriptor);
+    assert_generic(
+        &read(&mut h, SglDescriptor::last_segment(l, 0)),
+        G::InvalidSglSegmentDescriptor,
+    );
+    put_descriptors(
+        &h,
+        list,
+        &[SglDescriptor::last_segment(l + 256, 1), block(0, 4096)],
+    );
+    assert_generic(
+        &read(&mut h, SglDescriptor::segment(l, 2)),
+        G::InvalidSglSegmentDescriptor,
+    );
+    put_descriptors(
+        &h,
+        list,
+        &[block(0, 2048), SglDescriptor::last_segment(l + 256, 1)],
+    );
+    put_descriptors(&h, list + 256, &[block(2048, 2048)]);
+    assert!(st(&read(&mut h, SglDescriptor::segment(l, 2))).is_success());
+    assert_generic(
+        &read(&mut h, SglDescriptor::last_segment(l, 2)),
+        G::InvalidSglSegmentDescriptor,
+    );
+    put_descriptors(&h, list, &[block(0, 4096)]);
+    assert_generic(
+        &read(&mut h, SglDescriptor::segment(l, 1)),
+        G::InvalidSglSegmentDescriptor,
+    );
+
+    // A Segment that points to itself forever: too many descriptors.
+    put_descriptors(&h, list, &[SglDescriptor::segment(l, 1)]);
+    assert_generic(
+        &read(&mut h, SglDescriptor::segment(l, 1)),
+        G::InvalidSglCount,
+    );
+
+    // A data block or a list at an IOVA that is not mapped.
+    assert_generic(
+        &read(&mut h, SglDescriptor::data_block(0x4000, 4096)),
+        G::DataTransferError,
+    );
+    assert_generic(
+        &read(&mut h, SglDescriptor::last_segment(0x4000, 1)),
+        G::DataTransferError,
+    );
+    // Nothing reached the namespace: the queue still works.
+    assert!(st(&read(&mut h, block(0, 4096))).is_success());
 }
 
 #[test]

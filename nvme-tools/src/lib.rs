@@ -9,7 +9,9 @@
 //! controller). `nvme-perf --lba-range START:COUNT --lease exclusive|shared` confines a
 //! run to a range of blocks and holds an LBA range lease on it (`nvme_host_linux::Lease`),
 //! so that processes of a group divide a namespace between them; a conflicting claim ends
-//! the run with an error naming the holder.
+//! the run with an error naming the holder. `nvme-perf --data-pointer auto|prp|sgl` chooses
+//! how I/O commands point to their data (SGLs where the controller supports them, by
+//! default).
 //!
 //! [`sys`] holds the crate's only `unsafe` code (affinity, the TSC, process limits);
 //! [`signals`] records SIGINT / SIGTERM for a clean stop.

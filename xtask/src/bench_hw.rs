@@ -4,7 +4,8 @@
 //! `test-hw` ([`crate::vm`]) with a single namespace: 1 GiB null-co, 4 KiB blocks (no disk
 //! I/O behind it). In the guest:
 //! 1. the controller is bound to vfio-pci and `nvme-perf -q 32 -o 4096 -w randread -t 10
-//!    -c 0x1 --json` runs through our driver, then the same with `-q 1`;
+//!    -c 0x1 --json` runs through our driver, polled and with `--interrupt`, then fio with
+//!    this driver's engine (`nvme-fio`, the same workload on CPU 0); then all of it at `-q 1`;
 //! 2. the controller goes back to the kernel's nvme driver, loaded with `poll_queues=2`, and
 //!    fio (io_uring, 4 KiB random reads, O_DIRECT, pinned to CPU 0 like `-c 0x1`) runs on
 //!    `/dev/nvme0n1` at the same depths: plain (interrupts), polled (`--hipri`), and polled
@@ -23,8 +24,9 @@ use crate::vm::{self, VmOpts};
 
 const USAGE: &str = "usage: cargo xtask bench-hw [--time SECS] [--spdk DIR [--rounds N]] [--accel tcg|kvm] [--timeout SECS] [--aw-bits 39|48] [--keep] [--append KERNEL-ARGS]\n\
 Boots a QEMU VM with one null-co NVMe namespace and measures 4 KiB random reads at QD32 and QD1:\n\
-nvme-perf through this driver (VFIO), then fio with io_uring through the kernel's nvme driver\n\
-(plain, polled with --hipri, polled with fixed buffers and registered files), all on CPU 0.\n\
+nvme-perf through this driver (VFIO; polled, then --interrupt), fio with this driver's engine\n\
+(nvme-fio), then fio with io_uring through the kernel's nvme driver (plain, polled with --hipri,\n\
+polled with fixed buffers and registered files), all on CPU 0; the guest's CPU use per run.\n\
 --time: seconds per run (default 10). --append: more guest kernel arguments (e.g. tsc=reliable:\n\
 the TCG guest's clock source is otherwise hpet, which makes clock_gettime a syscall and an MMIO read).\n\
 Needs fio on the host (apt-get install fio).\n\
@@ -105,6 +107,8 @@ enum Kind {
     Perf { interrupt: bool },
     /// fio io_uring through the kernel driver.
     Fio { hipri: bool, fixed: bool },
+    /// fio with this driver's engine (`nvme-fio`, VFIO, polled).
+    FioEngine,
 }
 
 /// One measured configuration.
@@ -119,10 +123,12 @@ impl Run {
     /// first: one rebind only), then per depth the fio variants.
     fn all() -> Vec<Run> {
         let perf = DEPTHS.iter().flat_map(|&depth| {
-            [false, true].map(|interrupt| Run {
-                kind: Kind::Perf { interrupt },
-                depth,
-            })
+            [
+                Kind::Perf { interrupt: false },
+                Kind::Perf { interrupt: true },
+                Kind::FioEngine,
+            ]
+            .map(|kind| Run { kind, depth })
         });
         let fio = DEPTHS.iter().flat_map(|&depth| {
             [(false, false), (true, false), (true, true)].map(|(hipri, fixed)| Run {
@@ -141,6 +147,7 @@ impl Run {
             Kind::Fio { hipri: false, .. } => "fio",
             Kind::Fio { fixed: false, .. } => "fio-hipri",
             Kind::Fio { .. } => "fio-hipri-fixed",
+            Kind::FioEngine => "fio-nvme",
         };
         format!("{base}-q{}", self.depth)
     }
@@ -153,6 +160,7 @@ impl Run {
             Kind::Fio { hipri: false, .. } => "fio io_uring (interrupts)",
             Kind::Fio { fixed: false, .. } => "fio io_uring --hipri (polled)",
             Kind::Fio { .. } => "fio io_uring polled + fixedbufs + registerfiles",
+            Kind::FioEngine => "fio, this driver's engine (nvme-fio, VFIO)",
         }
     }
 
@@ -163,6 +171,15 @@ impl Run {
                 "/bin/nvme-perf -q {} -o 4096 -w randread -t {time_s} -c 0x1 --json{} -r \"trtype:PCIe traddr:$bdf ns:1\"",
                 self.depth,
                 if interrupt { " --interrupt" } else { "" }
+            ),
+            Kind::FioEngine => format!(
+                "/bin/fio --name={} --ioengine=external:/lib/libnvme_fio.so --thread=1 \
+                 --filename=\"trtype=PCIe traddr=$(echo $bdf | tr : .) ns=1\" --rw=randread --bs=4096 \
+                 --iodepth={} --runtime={time_s} --time_based --norandommap --randrepeat=0 \
+                 --cpus_allowed=0 --output-format=json --output=/tmp/{}.json",
+                self.name(),
+                self.depth,
+                self.name()
             ),
             Kind::Fio { hipri, fixed } => {
                 let mut c = format!(
@@ -205,6 +222,8 @@ bench() {
 echo "BENCH-INFO clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 /bin/nvme-setup bind $bdf || fail "nvme-setup bind $bdf"
 echo "BENCH-INFO $bdf bound to $(basename $(readlink $dev/driver))"
+# fio and the nvme-fio engine are dynamic (the other tools are static).
+export LD_LIBRARY_PATH=$(cat /fio.libpath)
 . /bench-driver.sh
 
 load modules-nvme
@@ -213,7 +232,6 @@ i=0
 while [ ! -b /dev/nvme0n1 ] && [ $i -lt 30 ]; do sleep 1; i=$((i+1)); done
 [ -b /dev/nvme0n1 ] || fail "no /dev/nvme0n1 after the rebind to the kernel driver"
 echo "BENCH-INFO $bdf bound to $(basename $(readlink $dev/driver)); $(dmesg | grep -o 'nvme0: [0-9/]* default/read/poll queues'); io_poll=$(cat /sys/block/nvme0n1/queue/io_poll); poll_queues=$(cat /sys/module/nvme/parameters/poll_queues)"
-export LD_LIBRARY_PATH=$(cat /fio.libpath)
 /bin/fio --version | sed 's/^/BENCH-INFO /'
 . /bench-kernel.sh
 echo "BENCH-INIT done"
@@ -227,21 +245,19 @@ pub fn bench_hw(args: &[String]) -> Result<(), String> {
         return crate::bench_spdk::run(dir, o.time_s, o.rounds, o.vm);
     }
     let tools = vm::prerequisites(&[("fio", "fio"), ("ldd", "libc-bin")], ")")?;
-    let fio = vm::which("fio").expect("checked");
 
     let bins = vm::build_static(&["nvme-tools"], &["nvme-perf", "nvme-setup"])?;
     let mut ir = vm::Initramfs::new("bench-hw-vm", &tools.busybox, INIT)?;
     ir.install(&bins[0], "bin/nvme-perf")?;
     ir.install(&bins[1], "bin/nvme-setup")?;
-    let libdirs = ir.dynamic(&fio, "bin/fio")?;
-    ir.write("fio.libpath", &libdirs.join(":"))?;
+    crate::fio_hw::install_engine(&mut ir, true)?;
     ir.modules(&tools.moddir, VFIO_MODULES, "modules-vfio")?;
     ir.modules(&tools.moddir, NVME_MODULES, "modules-nvme")?;
     ir.write("params-nvme", "poll_queues=2")?;
     let runs = Run::all();
     let (mut driver, mut kernel) = (String::new(), String::new());
     for r in &runs {
-        let script = if matches!(r.kind, Kind::Perf { .. }) {
+        let script = if matches!(r.kind, Kind::Perf { .. } | Kind::FioEngine) {
             &mut driver
         } else {
             &mut kernel
@@ -374,7 +390,7 @@ fn result_of(log: &str, r: &Run) -> Result<Figures, String> {
         serde_json::from_str(json).map_err(|e| format!("bad JSON ({e}): {json:.200}"))?;
     match r.kind {
         Kind::Perf { .. } => perf_figures(&v),
-        Kind::Fio { .. } => fio_figures(&v),
+        Kind::Fio { .. } | Kind::FioEngine => fio_figures(&v),
     }
 }
 
@@ -545,8 +561,10 @@ mod tests {
             [
                 "perf-q32",
                 "perf-irq-q32",
+                "fio-nvme-q32",
                 "perf-q1",
                 "perf-irq-q1",
+                "fio-nvme-q1",
                 "fio-q32",
                 "fio-hipri-q32",
                 "fio-hipri-fixed-q32",
@@ -578,6 +596,17 @@ mod tests {
         };
         assert!(
             irq.command(10).contains(" -q 1 ") && irq.command(10).contains("--json --interrupt -r")
+        );
+        let engine = Run {
+            kind: Kind::FioEngine,
+            depth: 32,
+        }
+        .command(10);
+        assert!(
+            engine.contains("--ioengine=external:/lib/libnvme_fio.so --thread=1")
+                && engine.contains("--iodepth=32 ")
+                && engine.contains("--output=/tmp/fio-nvme-q32.json"),
+            "{engine}"
         );
     }
 

@@ -8,14 +8,18 @@
 //!    their dependencies), busybox-static, that binary and the tools (`nvme-setup`,
 //!    `nvmectl`, `nvme-perf`, static too), with an `/init` script;
 //! 3. boots QEMU (q35, virtual Intel IOMMU with its default 39-bit address width, TCG unless
-//!    `--accel kvm`) with one NVMe controller (serial `deadbeef`) and three namespaces:
-//!    512 B file-backed, 4 KiB file-backed, 4 KiB null-co;
+//!    `--accel kvm`) with one NVMe controller (serial `deadbeef`) and four namespaces:
+//!    512 B file-backed, 4 KiB file-backed, 4 KiB null-co, and a small 4 KiB null-co one
+//!    whose every command takes 10 ms (`--slow-ns`: the interrupt waiter's);
 //! 4. in the guest: binds the controller to vfio-pci, checks some attach errors for real,
 //!    runs the suite (single-process tests, then the multi-process scenarios of a
-//!    shared-memory group: `nvme-hwtest --multi-process`, ending with controller resets
+//!    shared-memory group: `nvme-hwtest --multi-process`, with interrupt-driven queues in
+//!    two processes and a thread sleeping on its interrupt, ending with controller resets
 //!    by one process under another's checked I/O, the same with PCI function resets, and
 //!    `nvmectl -i G reset` beside `nvme-perf -i G` with `--tools /bin`), then
-//!    `nvme-torture` against the controller (8 rounds; `--torture-rounds N`), rebinds the
+//!    `nvme-torture` against the controller (8 rounds; `--torture-rounds N`), fio with the
+//!    `nvme-fio` engine (the job files of `nvme-fio/jobs/hw/`: crc32c verify, 1 MiB blocks,
+//!    two job threads; [`crate::fio_hw`]), rebinds the
 //!    controller to the kernel's nvme driver and reads back what the suite wrote through
 //!    `/dev/nvme0nX` (the manifest's ranges: the single-process pattern and the last
 //!    writes acknowledged after the resets and after the function resets); then loads the
@@ -25,7 +29,8 @@
 //! 5. parses the serial console: any `FAIL` line, a missing summary, or a guest that does not
 //!    finish within the timeout fails the run (the full console log is printed then); the
 //!    read-back blocks are also checked in the disk images on the host; the torture run's
-//!    `TORTURE SUMMARY` line must be there and report no finding.
+//!    `TORTURE SUMMARY` line must be there and report no finding; every fio job file must
+//!    pass and fio's verify headers must be in the namespace's disk image.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -323,6 +328,9 @@ if [ -s /torture.args ]; then
     echo "HWTEST-INIT torture exited with status $?"
 fi
 
+# fio with this driver's engine (nvme-fio): its VM job files, on namespace 2.
+[ -s /fio-run.sh ] && (. /fio-run.sh)
+
 # Give the controller back to the kernel's nvme driver and read back through it.
 load modules-nvme
 /bin/nvme-setup unbind $bdf || fail "nvme-setup unbind $bdf"
@@ -368,6 +376,21 @@ echo "HWTEST-INIT nvmet-tcp exports $nqn on 127.0.0.1:4420 and [::1]:4420"
 echo "HWTEST-INIT tcp checks exited with status $?"
 "#;
 
+/// Where the fio jobs do their I/O: namespace 2 (4 KiB blocks, 64 MiB, file-backed) from
+/// 1 MiB and 24 MiB, clear of the suite's read-back blocks there (the first block, about
+/// 21.3-21.9 MiB, the last 32 KiB); reads on the null namespace 3.
+const FIO_LAYOUT: crate::fio_hw::Layout = crate::fio_hw::Layout {
+    ns: 2,
+    verify_offset: 1 << 20,
+    big_offset: 24 << 20,
+    read_ns: 3,
+};
+
+/// The VM's slow namespace: null-co, 4 KiB blocks, 16 MiB, every command taking
+/// [`SLOW_NS_LATENCY`] (the interrupt scenario waits on it; `--slow-ns`).
+const SLOW_NS: (u32, u32, u64) = (4, 4096, 16 << 20);
+const SLOW_NS_LATENCY: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Namespaces of the VM: (nsid, block size, bytes, file-backed).
 const NAMESPACES: [(u32, u32, u64, bool); 3] = [
     (1, 512, 128 << 20, true),
@@ -377,7 +400,7 @@ const NAMESPACES: [(u32, u32, u64, bool); 3] = [
 
 fn vm(o: &Opts) -> Result<(), String> {
     let tools = vm::prerequisites(
-        &[],
+        &[("fio", "fio"), ("ldd", "libc-bin")],
         "; .ci/run installs them in CI), or skip this step with `cargo xtask test --skip-hw`",
     )?;
 
@@ -412,6 +435,11 @@ fn vm(o: &Opts) -> Result<(), String> {
         let role = if file { "--write-ns" } else { "--scratch-ns" };
         args.push_str(&format!(" {role} {nsid}"));
     }
+    let (slow, slow_bs, slow_bytes) = SLOW_NS;
+    args.push_str(&format!(
+        " --expect-ns {slow}:{slow_bs}:{} --slow-ns {slow}",
+        slow_bytes / slow_bs as u64
+    ));
     ir.write("hwtest.args", &args)?;
     let torture = (o.torture_rounds > 0 && !o.tcp_only).then(|| {
         let seed = o.torture_seed.unwrap_or_else(|| {
@@ -430,6 +458,8 @@ fn vm(o: &Opts) -> Result<(), String> {
         )
     });
     ir.write("torture.args", torture.as_deref().unwrap_or(""))?;
+    // The engine from the dev profile: the test step's build has it (correctness only here).
+    crate::fio_hw::install(&mut ir, false, FIO_LAYOUT)?;
     let initrd = ir.pack()?;
 
     // 3. Disk images (fresh, sparse) and QEMU.
@@ -442,6 +472,15 @@ fn vm(o: &Opts) -> Result<(), String> {
             images.push((nsid, img));
         }
     }
+    let (slow, slow_bs, slow_bytes) = SLOW_NS;
+    vm::namespace_with_latency(
+        &mut q,
+        slow,
+        slow_bs,
+        slow_bytes,
+        None,
+        Some(SLOW_NS_LATENCY),
+    )?;
     let shown = [
         "PASS ",
         "FAIL ",
@@ -453,6 +492,8 @@ fn vm(o: &Opts) -> Result<(), String> {
         "qemu stderr",
         "nvme-setup",
         "0000:",
+        "FIO-HW",
+        "FIO-FAIL",
     ];
     let console = vm::run(q, o.vm.timeout, &ir.work, |l| {
         shown.iter().any(|p| l.trim_start().starts_with(p)) || l.starts_with("  ")
@@ -460,18 +501,20 @@ fn vm(o: &Opts) -> Result<(), String> {
     let log = &console.log;
     let mut result = if console.timed_out {
         Err(console.timeout_error(o.vm.timeout))
+    } else if o.tcp_only {
+        check_tcp_log(log)
     } else {
-        if o.tcp_only {
-            check_tcp_log(log)
-        } else {
-            check_log(log, true, Some(o.torture_rounds).filter(|&r| r > 0))
-        }
+        check_log(log, true, Some(o.torture_rounds).filter(|&r| r > 0))
     };
-    // The read-back blocks exist only after the PCIe suite.
+    // The read-back blocks and fio's verify headers exist only after the PCIe suite.
     if result.is_ok() && !o.tcp_only {
         if let Err(e) = check_images(log, &images) {
             result = Err(e);
         }
+    }
+    if let (Ok(summary), false) = (&result, o.tcp_only) {
+        let img = ir.work.join(format!("ns{}.img", FIO_LAYOUT.ns));
+        result = crate::fio_hw::check(log, &img, FIO_LAYOUT).map(|f| format!("{summary}; {f}"));
     }
     if result.is_ok() && !console.status.success() {
         result = Err(format!("QEMU exited with {}", console.status));

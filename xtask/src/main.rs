@@ -11,12 +11,15 @@
 //!   `cargo xtask bench --instructions`: instructions per I/O counted by callgrind.
 //! - `cargo xtask test-hw [args]`: the hardware suite (QEMU VM or a real device).
 //! - `cargo xtask bench-hw [args]`: this driver against the kernel's (fio) in a QEMU VM.
+//! - `cargo xtask fio-hw [args]`: fio with the nvme-fio engine against QEMU's controller in a
+//!   VM.
 //! - `cargo xtask torture [args]`: rounds of random kills and stops of a group's processes
 //!   on the software controller, each round checked (`nvme-torture`).
 
 mod bench_hw;
 mod bench_spdk;
 mod cargo;
+mod fio_hw;
 mod hw;
 mod instructions;
 mod runner;
@@ -72,6 +75,13 @@ enum Task {
     /// a measurement, not part of `test`. All arguments are passed through.
     BenchHw {
         /// Arguments for the benchmark, e.g. `--time 5`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// fio (Debian's 3.33) with the nvme-fio engine against QEMU's NVMe controller in a VM:
+    /// the job files of nvme-fio/jobs/hw/. All arguments are passed through.
+    FioHw {
+        /// Arguments for the VM, e.g. `--timeout 600 --keep`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -149,6 +159,7 @@ fn main() -> ExitCode {
         Task::Torture { args } => {
             torture::torture(&args).map_err(|e| eprintln!("xtask torture: {e}"))
         }
+        Task::FioHw { args } => fio_hw::fio_hw(&args).map_err(|e| eprintln!("xtask fio-hw: {e}")),
         Task::BenchHw { args } => {
             bench_hw::bench_hw(&args).map_err(|e| eprintln!("xtask bench-hw: {e}"))
         }
@@ -169,6 +180,15 @@ fn test(args: TestArgs) -> Result<(), ()> {
     };
     if let Err(e) = cargo::require_components(components) {
         eprintln!("xtask {name}: {e}");
+        return Err(());
+    }
+    // The fio engine's tests run the real fio: say so now rather than after the build.
+    let needs_fio = args.package.is_empty() || args.package.iter().any(|p| p == "nvme-fio");
+    if needs_fio && vm::which("fio").is_none() {
+        eprintln!(
+            "xtask {name}: the fio engine's tests (nvme-fio) run fio 3.33, which is not installed: \
+             apt-get install fio (.ci/run installs it), or leave them out with --package"
+        );
         return Err(());
     }
 

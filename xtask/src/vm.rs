@@ -537,6 +537,20 @@ pub fn namespace(
     bytes: u64,
     image: Option<&Path>,
 ) -> Result<(), String> {
+    namespace_with_latency(q, nsid, bs, bytes, image, None)
+}
+
+/// [`namespace`], a null-co one taking `latency` for every request when given (null-co's
+/// `latency-ns`: a slow device without disk I/O).
+pub fn namespace_with_latency(
+    q: &mut Command,
+    nsid: u32,
+    bs: u32,
+    bytes: u64,
+    image: Option<&Path>,
+    latency: Option<std::time::Duration>,
+) -> Result<(), String> {
+    let latency = latency.map_or(String::new(), |d| format!(",latency-ns={}", d.as_nanos()));
     let drive = match image {
         Some(img) => {
             fs::File::create(img)
@@ -547,7 +561,7 @@ pub fn namespace(
                 img.display()
             )
         }
-        None => format!("driver=null-co,size={bytes},read-zeroes=on,if=none,id=d{nsid}"),
+        None => format!("driver=null-co,size={bytes},read-zeroes=on{latency},if=none,id=d{nsid}"),
     };
     q.args(["-drive", &drive]);
     q.args([

@@ -1,5 +1,6 @@
 //! A queue pair: one submission and one completion ring, command identifiers in fixed
-//! storage, PRP lists, and transparent splitting of large transfers.
+//! storage, PRP lists or SGL descriptors ([`DataPointer`]), and transparent splitting of
+//! large transfers.
 //!
 //! Command identifiers are `generation << index_bits | slot index`. A slot's generation
 //! advances every time it is reused, so a late or duplicated completion for an earlier use of
@@ -21,6 +22,7 @@
 //! alone, without waiting behind a head write. With shadow doorbells the same rule decides
 //! when the shadow head is published.
 
+use nvme_regs::entry::PSDT_SGL;
 use nvme_regs::status::GenericStatus;
 use nvme_regs::{CompletionEntry, Status};
 
@@ -29,6 +31,7 @@ use crate::dma::DmaRegion;
 use crate::hal::RegisterAccess;
 use crate::prp::{self, PrpError};
 use crate::queue::{CompletionQueue, QueueError, ShadowSlot, SubmissionQueue};
+use crate::sgl::{self, SglError};
 
 /// Largest number of logical blocks one read/write command can carry (NLB is 16 bits).
 pub const MAX_BLOCKS_PER_COMMAND: u32 = 65536;
@@ -104,6 +107,10 @@ pub struct Completion {
     pub dw1: u32,
     /// Status; `status.is_success()` for a successful request.
     pub status: Status,
+    /// The request's opcode, for error reports (kept by the queue pair, so that the caller's
+    /// context need not carry it); 0 for admin completions handed over through a group's
+    /// mailbox (their submitter knows its command).
+    pub opcode: u8,
 }
 
 impl Completion {
@@ -131,6 +138,8 @@ pub enum SubmitError {
     },
     /// The data buffer cannot be described with PRPs.
     Prp(PrpError),
+    /// The data buffer cannot be described with an SGL.
+    Sgl(SglError),
     /// The data length is not a positive multiple of the block size.
     BadLength {
         /// Data length in bytes.
@@ -156,6 +165,7 @@ impl core::fmt::Display for SubmitError {
                 "request needs {commands} commands but the queue holds {capacity}; use a deeper queue or a smaller request"
             ),
             SubmitError::Prp(e) => write!(f, "{e}"),
+            SubmitError::Sgl(e) => write!(f, "{e}"),
             SubmitError::BadLength { len, block_size } => write!(
                 f,
                 "data length {len} is not a positive multiple of the {block_size}-byte block size"
@@ -171,6 +181,7 @@ impl core::error::Error for SubmitError {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             SubmitError::Prp(e) => Some(e),
+            SubmitError::Sgl(e) => Some(e),
             _ => None,
         }
     }
@@ -182,22 +193,82 @@ impl From<PrpError> for SubmitError {
     }
 }
 
+impl From<SglError> for SubmitError {
+    fn from(e: SglError) -> Self {
+        SubmitError::Sgl(e)
+    }
+}
+
+/// How a queue pair's commands point to their data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataPointer {
+    /// PRP entries and lists (every controller takes them).
+    #[default]
+    Prp,
+    /// SGL descriptors (PSDT 01b): only for controllers whose Identify SGLS field reports
+    /// SGL support for NVM commands, and only on I/O queues (admin commands over PCIe use
+    /// PRPs).
+    Sgl,
+}
+
+/// A slot's state word: CID (bits 0-15), head slot index (16-31), commands pending (32-47,
+/// for a head) and flags (48-63), so that a submission initialises it with one store and a
+/// completion checks it with one compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SlotState(u64);
+
+/// A command using the slot is outstanding at the controller.
+const IN_FLIGHT: u64 = 1 << 48;
+/// The slot holds one command of a request split into several (its completion goes the
+/// general way, [`QueuePair::complete_other`]).
+const PART: u64 = 1 << 49;
+/// One pending command, in the state word.
+const ONE_PENDING: u64 = 1 << 32;
+
+impl SlotState {
+    #[inline]
+    const fn new(cid: u16, head: u16, pending: u16, flags: u64) -> SlotState {
+        SlotState(cid as u64 | (head as u64) << 16 | (pending as u64) << 32 | flags)
+    }
+    /// A free slot whose last use had `cid`.
+    #[inline]
+    const fn free(cid: u16) -> SlotState {
+        SlotState::new(cid, NONE, 0, 0)
+    }
+    /// Slot `idx` in flight with `cid`, the only command of its request.
+    #[inline]
+    const fn single(cid: u16, idx: u16) -> SlotState {
+        SlotState::new(cid, idx, 1, IN_FLIGHT)
+    }
+    #[inline]
+    const fn cid(self) -> u16 {
+        self.0 as u16
+    }
+    #[inline]
+    const fn head(self) -> u16 {
+        (self.0 >> 16) as u16
+    }
+    #[inline]
+    const fn pending(self) -> u16 {
+        (self.0 >> 32) as u16
+    }
+    #[inline]
+    const fn in_flight(self) -> bool {
+        self.0 & IN_FLIGHT != 0
+    }
+}
+
 /// Per-command tracking state. Storage for these comes from the caller (an array, a boxed
 /// slice, or memory of its own), one per command the queue may hold.
 #[derive(Debug)]
 pub struct Slot<T> {
-    /// Command identifier of the current (or last) use: the generation in the high bits,
-    /// the slot index in the low ones.
-    cid: u16,
-    /// Is a command using this slot outstanding at the controller?
-    in_flight: bool,
-    /// Index of the request's head slot (itself for the head).
-    head: u16,
-    /// For a head: commands of the request not yet completed.
-    pending: u16,
+    /// CID of the current (or last) use (the generation in the high bits, the slot index in
+    /// the low ones), head slot, commands pending, in flight: see [`SlotState`].
+    state: SlotState,
     /// Next free slot (free list link).
     next_free: u16,
-    /// For a head: the result so far.
+    /// For the head of a split request: the result so far (a single command's result is
+    /// its completion entry's). For every head: the request's opcode.
     result: Completion,
     /// For a head: the caller's context, handed back on completion.
     ctx: Option<T>,
@@ -206,15 +277,13 @@ pub struct Slot<T> {
 impl<T> Slot<T> {
     /// An unused slot.
     pub const EMPTY: Slot<T> = Slot {
-        cid: 0,
-        in_flight: false,
-        head: NONE,
-        pending: 0,
+        state: SlotState::free(0),
         next_free: NONE,
         result: Completion {
             dw0: 0,
             dw1: 0,
             status: Status::SUCCESS,
+            opcode: 0,
         },
         ctx: None,
     };
@@ -263,6 +332,15 @@ pub struct QueuePair<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> {
     max_transfer: usize,
     prp: DmaRegion,
     prp_bytes_per_slot: usize,
+    /// Completion queue entries the controller may count as occupied: entries consumed
+    /// since the head doorbell was last written plus commands that may still post one
+    /// (submitted, not completed). Kept as it changes, so that the lazy head check is one
+    /// compare (see the module documentation).
+    cq_debt: u32,
+    /// `cq_debt` above this (the N-1 entries a ring of N holds) writes the head doorbell.
+    cq_limit: u32,
+    /// Data as SGL descriptors ([`DataPointer::Sgl`]) rather than PRPs.
+    sgl: bool,
     outstanding_requests: usize,
     stats: QueueStats,
     _ctx: core::marker::PhantomData<T>,
@@ -326,6 +404,9 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             max_transfer: cfg.max_transfer,
             prp: cfg.prp,
             prp_bytes_per_slot,
+            cq_debt: 0,
+            cq_limit: cfg.entries - 1,
+            sgl: false,
             outstanding_requests: 0,
             stats: QueueStats::default(),
             _ctx: core::marker::PhantomData,
@@ -342,21 +423,18 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         let index_mask = self.index_mask;
         for (i, s) in slots[..cap].iter_mut().enumerate() {
             // Keep the generation (a late completion of an earlier use stays stale).
-            s.cid = (s.cid & !index_mask) | i as u16;
-            s.in_flight = false;
-            s.head = NONE;
-            s.pending = 0;
+            s.state = SlotState::free((s.state.cid() & !index_mask) | i as u16);
             s.ctx = None;
             s.next_free = if i + 1 < cap { (i + 1) as u16 } else { NONE };
         }
         // Storage past the capacity is never used; nothing there may look in flight (a
         // completion naming such a slot is then stale, see `complete`).
         for s in slots[cap..].iter_mut() {
-            s.in_flight = false;
-            s.head = NONE;
+            s.state = SlotState::free(s.state.cid());
         }
         self.free_head = 0;
         self.free_count = self.capacity;
+        self.cq_debt = 0;
         self.outstanding_requests = 0;
     }
 
@@ -423,6 +501,19 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         self.cq.set_shadow(Some(cq));
         true
     }
+    /// How commands point to their data from now on (default [`DataPointer::Prp`]). SGLs
+    /// only for controllers that report SGL support (Identify SGLS), on I/O queues.
+    pub fn set_data_pointer(&mut self, dp: DataPointer) {
+        self.sgl = dp == DataPointer::Sgl;
+    }
+    /// How commands point to their data.
+    pub fn data_pointer(&self) -> DataPointer {
+        if self.sgl {
+            DataPointer::Sgl
+        } else {
+            DataPointer::Prp
+        }
+    }
     /// Diagnostic counters.
     pub fn stats(&self) -> QueueStats {
         self.stats
@@ -442,9 +533,8 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         let step = self.cid_step;
         let slot = &mut self.slots.as_mut()[idx as usize];
         self.free_head = slot.next_free;
-        let cid = next_cid(slot.cid, step);
-        slot.cid = cid;
-        slot.in_flight = true;
+        let cid = next_cid(slot.state.cid(), step);
+        slot.state = SlotState::new(cid, NONE, 0, IN_FLIGHT | PART);
         self.free_count -= 1;
         (idx, cid)
     }
@@ -453,8 +543,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     fn free_slot(&mut self, idx: u16) {
         let head = self.free_head;
         let slot = &mut self.slots.as_mut()[idx as usize];
-        slot.in_flight = false;
-        slot.head = NONE;
+        slot.state = SlotState::free(slot.state.cid());
         slot.next_free = head;
         self.free_head = idx;
         self.free_count += 1;
@@ -521,25 +610,28 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         }
         let mut e = cmd.0;
         if let Some((iova, len)) = data {
-            (e.prp1, e.prp2) = self.prps(iova, len, idx)?;
+            if self.sgl {
+                (e.prp1, e.prp2) = sgl::single(iova, len)?;
+                e.set_psdt(PSDT_SGL);
+            } else {
+                (e.prp1, e.prp2) = self.prps(iova, len, idx)?;
+            }
         }
         let step = self.cid_step;
         let Some(slot) = self.slots.as_mut().get_mut(idx as usize) else {
             return Err(SubmitError::QueueFull); // not reached: free slots are in range
         };
-        e.cid = next_cid(slot.cid, step);
+        e.cid = next_cid(slot.state.cid(), step);
         // Written before the slot is taken; the controller sees it only after the doorbell.
         if !self.sq.push(&e) {
             return Err(SubmitError::QueueFull);
         }
-        slot.cid = e.cid;
-        slot.in_flight = true;
-        slot.head = idx;
-        slot.pending = 1;
-        slot.result.status = Status::SUCCESS;
+        slot.state = SlotState::single(e.cid, idx);
+        slot.result.opcode = e.opcode;
         slot.ctx = Some(ctx);
         self.free_head = slot.next_free;
         self.free_count -= 1;
+        self.cq_debt += 1;
         self.outstanding_requests += 1;
         Ok(())
     }
@@ -568,14 +660,42 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
                 return self.submit_one(cmd.with_lba_range(slba, blocks as u32), data, ctx);
             }
         }
-        self.submit_split(cmd, slba, block_size, data, ctx)
+        self.submit_split(&cmd.clone(), slba, block_size, data, ctx)
+    }
+
+    /// [`submit_io`](Self::submit_io) for a caller that has counted the blocks already:
+    /// `data` should be `blocks` blocks of `1 << block_shift` bytes. The common case, one
+    /// command, is a shift and a few compares; anything else (every error included) takes
+    /// the general path, which checks everything again and goes by the data's length.
+    #[inline]
+    pub fn submit_blocks(
+        &mut self,
+        cmd: Command,
+        slba: u64,
+        blocks: usize,
+        block_shift: u32,
+        data: DmaRegion,
+        ctx: T,
+    ) -> Result<(), SubmitError> {
+        let len = data.len();
+        if len != 0
+            && len <= self.max_transfer
+            && blocks <= MAX_BLOCKS_PER_COMMAND as usize
+            && block_shift < 32
+            && (blocks as u64) << block_shift == len as u64
+        {
+            let data = Some((data.iova(), len));
+            return self.submit_one(cmd.with_lba_range(slba, blocks as u32), data, ctx);
+        }
+        let block_size = 1u32.checked_shl(block_shift).unwrap_or(0);
+        self.submit_split(&cmd.clone(), slba, block_size, data, ctx)
     }
 
     /// [`submit_io`](Self::submit_io) in general: checks, then as many commands as it takes.
     #[inline(never)]
     fn submit_split(
         &mut self,
-        cmd: Command,
+        cmd: &Command,
         slba: u64,
         block_size: u32,
         data: DmaRegion,
@@ -586,7 +706,11 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             return Err(SubmitError::BadLength { len, block_size });
         }
         if data.iova() & 3 != 0 {
-            return Err(SubmitError::Prp(PrpError::Misaligned(data.iova())));
+            return Err(if self.sgl {
+                SubmitError::Sgl(SglError::Misaligned(data.iova()))
+            } else {
+                SubmitError::Prp(PrpError::Misaligned(data.iova()))
+            });
         }
         let blocks = (len / block_size as usize) as u64;
         let chunk_blocks =
@@ -614,13 +738,17 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             let offset = part * chunk_bytes;
             let part_len = chunk_bytes.min(len - offset);
             let part_blocks = (part_len / block_size as usize) as u32;
-            let built = data
-                .sub(offset, part_len)
-                .ok_or(PrpError::Empty)
-                .and_then(|region| {
+            let built = match data.sub(offset, part_len) {
+                None => Err(SubmitError::Prp(PrpError::Empty)),
+                Some(region) if self.sgl => {
+                    sgl::single(region.iova(), part_len).map_err(SubmitError::from)
+                }
+                Some(region) => {
                     let list = self.prp_list(self.free_head);
                     prp::build(region.iova(), part_len, self.page_size, list.as_ref())
-                });
+                        .map_err(SubmitError::from)
+                }
+            };
             let (prp1, prp2) = match built {
                 Ok(p) => p,
                 Err(e) => {
@@ -628,7 +756,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
                     // in the ring (the doorbell has not been written since they were put
                     // there) and their slots.
                     self.unwind(head, part);
-                    return Err(e.into());
+                    return Err(e);
                 }
             };
             let (idx, cid) = self.alloc_slot();
@@ -641,20 +769,25 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             e.cid = cid;
             e.prp1 = prp1;
             e.prp2 = prp2;
+            if self.sgl {
+                e.set_psdt(PSDT_SGL);
+            }
             let slot = &mut self.slots.as_mut()[idx as usize];
-            slot.head = head;
+            let pending = if idx == head { parts as u16 } else { 0 };
+            slot.state = SlotState::new(cid, head, pending, IN_FLIGHT | PART);
             if idx == head {
-                slot.pending = parts as u16;
                 slot.result = Completion {
                     dw0: 0,
                     dw1: 0,
                     status: Status::SUCCESS,
+                    opcode: e.opcode,
                 };
                 slot.ctx = ctx.take();
             }
             let pushed = self.sq.push(&e);
             debug_assert!(pushed);
         }
+        self.cq_debt += parts as u32;
         self.outstanding_requests += 1;
         Ok(())
     }
@@ -669,7 +802,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         self.sq.unpush(parts as u32);
         for i in 0..self.capacity {
             let s = &mut self.slots.as_mut()[i as usize];
-            if s.in_flight && s.head == head {
+            if s.state.in_flight() && s.state.head() == head {
                 s.ctx = None;
                 self.free_slot(i);
             }
@@ -691,20 +824,23 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     /// last report, whatever the lazy rule says. A queue pair driven by interrupts calls it
     /// before it sleeps: the controller then sees every posted entry consumed, so an entry
     /// posted afterwards raises a new interrupt.
+    #[cold]
     pub fn report_cq_head(&mut self) {
+        // The entries consumed so far no longer count against the controller's free space.
+        let unreported = self.cq.unreported();
+        self.cq_debt -= unreported;
         if self.cq.ring(&self.regs) {
             self.stats.cq_doorbells += 1;
         }
     }
 
     /// Writes the completion queue's head doorbell if the consumed entries not yet reported
-    /// plus the commands in flight (each may still post one entry) exceed the N-1 entries a
-    /// ring of N can hold.
+    /// plus the commands that may still complete (each may post one entry) exceed the N-1
+    /// entries a ring of N can hold.
     #[inline]
     fn report_cq_head_if_needed(&mut self) {
-        let in_flight = (self.capacity - self.free_count) as u32;
-        if self.cq.unreported() + in_flight > self.cq.size() - 1 && self.cq.ring(&self.regs) {
-            self.stats.cq_doorbells += 1;
+        if self.cq_debt > self.cq_limit {
+            self.report_cq_head();
         }
     }
 
@@ -715,7 +851,6 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     #[inline]
     pub fn poll<F: FnMut(T, Completion)>(&mut self, max: usize, mut f: F) -> usize {
         self.ring();
-        let stale = self.stats.stale_completions;
         let mut reaped = 0;
         let mut finished = 0;
         while reaped < max {
@@ -724,71 +859,101 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             if !self.sq.update_head(cqe.sq_head) {
                 self.stats.bad_sq_heads += 1;
             }
-            if let Some((ctx, c)) = self.complete(&cqe) {
-                finished += 1;
-                f(ctx, c);
-            }
+            finished += self.complete(cqe, &mut f) as usize;
         }
-        if self.stats.stale_completions != stale {
-            // Every other entry consumed finished a command, so the sum of unreported
-            // entries and commands in flight did not grow; a stale one (no command of ours)
-            // makes it grow.
-            self.report_cq_head_if_needed();
-        }
+        // Every entry consumed that finished a command left `cq_debt` as it was (one more
+        // unreported, one fewer to come); a stale one (no command of ours) made it grow.
+        self.report_cq_head_if_needed();
         finished
     }
 
-    /// Matches a completion entry to its command. Returns the request's context and result
-    /// when this completion finishes the request.
+    /// Matches a completion entry to its command and, when it finishes the request, calls
+    /// `f` with the request's context and result. Returns whether it did.
     #[inline]
-    fn complete(&mut self, cqe: &CompletionEntry) -> Option<(T, Completion)> {
+    fn complete<F: FnMut(T, Completion)>(&mut self, cqe: CompletionEntry, f: &mut F) -> bool {
         let idx = cqe.cid & self.index_mask;
-        // Slots past the capacity are never in flight.
-        let s = match self.slots.as_mut().get_mut(idx as usize) {
-            Some(s) if s.in_flight && s.cid == cqe.cid && s.head != NONE => s,
-            _ => {
-                self.stats.stale_completions += 1;
-                return None;
+        let head = self.free_head;
+        // The usual case, a request of one command, in one compare of the state word: in
+        // flight, this use's CID, its own head, one command pending, not a part.
+        let (ctx, result) = match self.slots.as_mut().get_mut(idx as usize) {
+            Some(s) if s.state == SlotState::single(cqe.cid, idx) => {
+                let ctx = s.ctx.take();
+                s.state = SlotState::free(cqe.cid);
+                s.next_free = head;
+                self.free_head = idx;
+                self.free_count += 1;
+                self.outstanding_requests -= 1;
+                let result = Completion {
+                    dw0: cqe.dw0,
+                    dw1: cqe.dw1,
+                    status: cqe.status(),
+                    opcode: s.result.opcode,
+                };
+                (ctx, result)
             }
+            _ => match self.complete_other(idx, cqe.cid, cqe.dw0, cqe.dw1, cqe.status()) {
+                Some((ctx, c)) => (Some(ctx), c),
+                None => return false,
+            },
         };
-        if s.head != idx || s.pending != 1 {
-            return self.complete_part(idx, cqe.dw0, cqe.dw1, cqe.status());
+        // One call of `f` (the caller's closure is inlined once).
+        match ctx {
+            Some(c) => {
+                f(c, result);
+                true
+            }
+            None => false,
         }
-        // The last (usually the only) command of its request: finish it.
-        let result = if s.result.status.is_success() {
-            Completion {
-                dw0: cqe.dw0,
-                dw1: cqe.dw1,
-                status: cqe.status(),
-            }
-        } else {
-            s.result
-        };
-        let ctx = s.ctx.take();
-        s.pending = 0;
-        self.free_slot(idx);
-        self.outstanding_requests -= 1;
-        ctx.map(|c| (c, result))
     }
 
-    /// [`complete`](Self::complete) for a command of a request that has others pending.
+    /// [`complete`](Self::complete) for anything but a request of one command: a command
+    /// of a split request, or a stale completion (no command of ours has its CID; slots
+    /// past the capacity are never in flight).
     #[inline(never)]
-    fn complete_part(
+    fn complete_other(
         &mut self,
         idx: u16,
+        cid: u16,
         dw0: u32,
         dw1: u32,
         status: Status,
     ) -> Option<(T, Completion)> {
         let slots = self.slots.as_mut();
-        let head = slots[idx as usize].head;
-        slots[idx as usize].in_flight = false;
-        let h = &mut slots[head as usize];
-        if h.result.status.is_success() {
-            h.result = Completion { dw0, dw1, status };
+        let part = match slots.get(idx as usize) {
+            Some(s) => {
+                let st = s.state;
+                st.in_flight()
+                    && st.0 & PART != 0
+                    && st.cid() == cid
+                    && (st.head() as usize) < slots.len()
+            }
+            None => false,
+        };
+        if !part {
+            self.stats.stale_completions += 1;
+            self.cq_debt += 1;
+            return None;
         }
-        h.pending -= 1;
-        let done = h.pending == 0;
+        let head = slots[idx as usize].state.head();
+        let st = slots[idx as usize].state;
+        slots[idx as usize].state = SlotState(st.0 & !IN_FLIGHT);
+        let h = &mut slots[head as usize];
+        if h.state.pending() == 0 {
+            // Not reached: a head keeps a command pending until its last part completes.
+            self.stats.stale_completions += 1;
+            self.cq_debt += 1;
+            return None;
+        }
+        if h.result.status.is_success() {
+            h.result = Completion {
+                dw0,
+                dw1,
+                status,
+                opcode: h.result.opcode,
+            };
+        }
+        h.state = SlotState(h.state.0 - ONE_PENDING);
+        let done = h.state.pending() == 0;
         if idx != head {
             self.free_slot(idx);
         }
@@ -812,7 +977,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             return None;
         }
         let s = &self.slots.as_mut()[slot];
-        (s.head == slot as u16 && s.ctx.is_some()).then_some(s.cid)
+        (s.state.head() == slot as u16 && s.ctx.is_some()).then_some(s.state.cid())
     }
 
     /// The command identifier of a command of the request whose head slot is `slot` that
@@ -824,11 +989,12 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         let head = slot as u16;
         let cap = self.capacity as usize;
         let slots = self.slots.as_mut();
-        if slots[slot].in_flight {
+        if slots[slot].state.in_flight() {
             return Some(cid);
         }
-        let part = (0..cap).find(|&i| slots[i].in_flight && slots[i].head == head)?;
-        Some(slots[part].cid)
+        let part =
+            (0..cap).find(|&i| slots[i].state.in_flight() && slots[i].state.head() == head)?;
+        Some(slots[part].state.cid())
     }
 
     /// Completes every outstanding request with `status` (after the controller was reset or
@@ -838,7 +1004,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         let mut n = 0;
         for i in 0..cap {
             let s = &mut self.slots.as_mut()[i];
-            if s.head == i as u16 {
+            if s.state.head() == i as u16 {
                 if let Some(ctx) = s.ctx.take() {
                     n += 1;
                     f(
@@ -847,6 +1013,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
                             dw0: 0,
                             dw1: 0,
                             status,
+                            opcode: s.result.opcode,
                         },
                     );
                 }

@@ -422,7 +422,8 @@ fn identifiers_carry_generations_and_stale_completions_are_dropped() {
                 Completion {
                     dw0: 0,
                     dw1: 0,
-                    status: Status::SUCCESS
+                    status: Status::SUCCESS,
+                    opcode: nvme_regs::opcode::NvmOpcode::Flush as u8,
                 }
             )]
         );
@@ -733,6 +734,131 @@ fn a_watchdog_can_name_the_outstanding_command_of_a_request() {
     qp.submit(Command::flush(1), None, 6).unwrap();
     let cid = qp.request_cid(again).unwrap();
     assert_ne!(Some(cid), Some(cmds[0].cid).filter(|_| again == head));
+}
+
+#[test]
+fn sgl_mode_gives_each_command_one_data_block_descriptor() {
+    use nvme_regs::sgl::{SglDescriptor, SglDescriptorType};
+    // 8 KiB MDTS: a 20 KiB + 512 B read at a 512-byte offset is 3 parts, a 4 KiB one is one.
+    let rig = Rig::new(32, 8192, 20);
+    let data = rig.data.region();
+    let (mut qp, dev) = rig.qp(32, 8192);
+    assert_eq!(qp.data_pointer(), DataPointer::Prp);
+    qp.set_data_pointer(DataPointer::Sgl);
+    assert_eq!(qp.data_pointer(), DataPointer::Sgl);
+    qp.submit_io(
+        Command::read(1, 0, 1),
+        50,
+        512,
+        data.sub(512, 20 * 1024 + 512).unwrap(),
+        1,
+    )
+    .unwrap();
+    qp.submit_io(
+        Command::write(1, 0, 1),
+        9,
+        512,
+        data.sub(4, 4096).unwrap(),
+        2,
+    )
+    .unwrap();
+    qp.ring();
+    let cmds = dev.fetch(rig.last_sq_tail());
+    assert_eq!(cmds.len(), 4);
+    let want = [
+        (0x4000_0000 + 512, 8192),
+        (0x4000_0000 + 512 + 8192, 8192),
+        (0x4000_0000 + 512 + 16384, 4608),
+        (0x4000_0004, 4096),
+    ];
+    for (c, &(iova, len)) in cmds.iter().zip(&want) {
+        assert_eq!(c.psdt(), nvme_regs::entry::PSDT_SGL, "PSDT 01b");
+        let d = SglDescriptor::from_dptr(c.prp1, c.prp2);
+        assert_eq!(d.kind(), Some(SglDescriptorType::DataBlock));
+        assert_eq!((d.address, d.length), (iova, len));
+        dev.post(c.cid, Status::SUCCESS, 0);
+    }
+    let mut done = drain(&mut qp);
+    done.sort_by_key(|(t, _)| *t);
+    // Each request's opcode comes back with it (the split read's from its head slot).
+    let opcodes: Vec<(u64, u8)> = done.iter().map(|(t, c)| (*t, c.opcode)).collect();
+    assert_eq!(opcodes, [(1, 0x02), (2, 0x01)]);
+    // Back to PRPs: PSDT 00b, PRP1 the buffer's address.
+    qp.set_data_pointer(DataPointer::Prp);
+    qp.submit_io(Command::read(1, 0, 1), 0, 512, data.sub(0, 512).unwrap(), 3)
+        .unwrap();
+    qp.ring();
+    let cmds = dev.fetch(rig.last_sq_tail());
+    assert_eq!(cmds[0].psdt(), 0);
+    assert_eq!((cmds[0].prp1, cmds[0].prp2), (0x4000_0000, 0));
+    // A misaligned buffer is refused with the SGL's error, nothing submitted.
+    qp.set_data_pointer(DataPointer::Sgl);
+    assert_eq!(
+        qp.submit(Command::read(1, 0, 1), data.sub(2, 512), 4),
+        Err(SubmitError::Sgl(SglError::Misaligned(0x4000_0002)))
+    );
+}
+
+#[test]
+fn submit_blocks_takes_the_callers_count_or_the_general_path() {
+    let rig = Rig::new(32, 8192, 8);
+    let data = rig.data.region();
+    let (mut qp, dev) = rig.qp(32, 8192);
+    // One command of 8 blocks of 512 bytes.
+    qp.submit_blocks(
+        Command::read(1, 0, 1),
+        100,
+        8,
+        9,
+        data.sub(0, 4096).unwrap(),
+        1,
+    )
+    .unwrap();
+    // A count that disagrees with the length: the general path goes by the length.
+    qp.submit_blocks(
+        Command::read(1, 0, 1),
+        200,
+        7,
+        9,
+        data.sub(0, 4096).unwrap(),
+        2,
+    )
+    .unwrap();
+    // Larger than the maximum transfer: split (12 KiB at 8 KiB MDTS: two commands).
+    qp.submit_blocks(
+        Command::read(1, 0, 1),
+        300,
+        24,
+        9,
+        data.sub(0, 12288).unwrap(),
+        3,
+    )
+    .unwrap();
+    // Not a whole number of blocks.
+    assert_eq!(
+        qp.submit_blocks(
+            Command::read(1, 0, 1),
+            0,
+            1,
+            9,
+            data.sub(0, 700).unwrap(),
+            4
+        ),
+        Err(SubmitError::BadLength {
+            len: 700,
+            block_size: 512
+        })
+    );
+    qp.ring();
+    let cmds = dev.fetch(rig.last_sq_tail());
+    let got: Vec<(u64, u32)> = cmds.iter().map(|c| (c.slba(), c.nlb())).collect();
+    assert_eq!(got, [(100, 8), (200, 8), (300, 16), (316, 8)]);
+    for c in &cmds {
+        dev.post(c.cid, Status::SUCCESS, 0);
+    }
+    let mut tokens: Vec<u64> = drain(&mut qp).into_iter().map(|(t, _)| t).collect();
+    tokens.sort_unstable();
+    assert_eq!(tokens, [1, 2, 3]);
 }
 
 #[test]

@@ -815,6 +815,7 @@ impl<'a, R: RegisterAccess, L: RobustLock> SharedAdminQueue<'a, R, L> {
                 dw0: e.dw0.load(Ordering::Relaxed),
                 dw1: e.dw1.load(Ordering::Relaxed),
                 status: Status(e.status.load(Ordering::Relaxed) as u16),
+                opcode: 0,
             };
             let tag = e.tag.load(Ordering::Relaxed);
             head = head.wrapping_add(1);

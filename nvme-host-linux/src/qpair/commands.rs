@@ -194,7 +194,6 @@ impl IoQueuePair {
         let opcode = cmd.opcode();
         let ctx = IoCtx {
             token: 0,
-            opcode,
             _buf: data.map(|d| d.map.clone()),
         };
         self.qp
@@ -207,12 +206,12 @@ impl IoQueuePair {
                 // A reset: reconnecting completes the command as aborted.
                 self.process_completions(usize::MAX, |_, r| result = Some(r.map(|()| 0)));
             } else {
-                self.qp.poll(usize::MAX, |ctx: IoCtx, c: Completion| {
+                self.qp.poll(usize::MAX, |_: IoCtx, c: Completion| {
                     result = Some(if c.status.is_success() {
                         Ok(c.dw0)
                     } else {
                         Err(Error::Nvme {
-                            opcode: ctx.opcode,
+                            opcode: c.opcode,
                             admin: false,
                             status: c.status,
                         })

@@ -150,7 +150,7 @@ impl IoQueuePair {
         };
         let waited_ms = t.limit.as_millis() as u64;
         let n = self.qp.poll(max, |ctx: IoCtx, c: Completion| {
-            f(ctx.token, result(&ctx, c, waited_ms))
+            f(ctx.token, result(c, waited_ms))
         });
         let now = Instant::now();
         if now < t.next_scan {
@@ -213,18 +213,18 @@ impl IoQueuePair {
 
 /// A completion's result, with a request aborted by the watchdog's Abort reported as such.
 #[inline]
-fn result(ctx: &IoCtx, c: Completion, waited_ms: u64) -> Result<()> {
+fn result(c: Completion, waited_ms: u64) -> Result<()> {
     if c.status.is_success() {
         Ok(())
     } else if c.status == ABORT_REQUESTED {
         Err(Error::TimeoutAborted {
-            opcode: ctx.opcode,
+            opcode: c.opcode,
             admin: false,
             waited_ms,
         })
     } else {
         Err(Error::Nvme {
-            opcode: ctx.opcode,
+            opcode: c.opcode,
             admin: false,
             status: c.status,
         })

@@ -5,8 +5,9 @@
 
 use std::time::Instant;
 
+use nvme_regs::entry::PSDT_SGL;
 use nvme_regs::entry::{CompletionEntry, SubmissionEntry};
-use nvme_regs::tcp::{in_capsule_dptr, transport_dptr, PduFlags, FLAGS_SGL};
+use nvme_regs::tcp::{in_capsule, transport_data_block, PduFlags};
 
 use super::link::{Inbound, Link};
 use super::TcpError;
@@ -80,7 +81,7 @@ impl SyncQueue {
         let cid = self.next_cid;
         self.next_cid = self.next_cid.wrapping_add(1);
         sqe.cid = cid;
-        sqe.flags = (sqe.flags & !0xc0) | FLAGS_SGL;
+        sqe.set_psdt(PSDT_SGL);
         let (inline, len): (&[u8], usize) = match &data {
             Data::None => (&[], 0),
             Data::ToHost(b) => (&[], b.len()),
@@ -93,8 +94,8 @@ impl SyncQueue {
         })?;
         (sqe.prp1, sqe.prp2) = match (&data, inline.is_empty()) {
             (Data::None, _) => (0, 0),
-            (Data::FromHost(_), false) => in_capsule_dptr(0, len32),
-            _ => transport_dptr(len32),
+            (Data::FromHost(_), false) => in_capsule(0, len32).to_dptr(),
+            _ => transport_data_block(len32).to_dptr(),
         };
         self.link.send_command(&sqe, inline)?;
         let mut received = 0usize;

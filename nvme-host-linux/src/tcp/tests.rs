@@ -16,10 +16,11 @@ use nvme_regs::fabrics::{
 use nvme_regs::features::{fid, FeatureSelect};
 use nvme_regs::identify::{fill_ascii, IdentifyController};
 use nvme_regs::registers::{Cap, Cc, Vs};
+use nvme_regs::sgl::SglDescriptor;
 use nvme_regs::status::{GenericStatus, StatusCodeType};
 use nvme_regs::tcp::{
-    digest, dptr_sgl, CapsuleResp, CommonHeader, DataHeader, IcReq, IcResp, PduFlags, PduType, R2t,
-    TermReq, SGL_ID_IN_CAPSULE, SGL_ID_TRANSPORT_DATA_BLOCK,
+    digest, CapsuleResp, CommonHeader, DataHeader, IcReq, IcResp, PduFlags, PduType, R2t, TermReq,
+    SGL_ID_IN_CAPSULE, SGL_ID_TRANSPORT_DATA_BLOCK,
 };
 use nvme_regs::{CompletionEntry, Status};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
@@ -288,7 +289,8 @@ fn spawn_target(
             assert_eq!(pdu.ch.kind(), Some(PduType::CapsuleCmd));
             let sqe = SubmissionEntry::read_from_bytes(&pdu.hdr[8..72]).unwrap();
             assert_eq!(sqe.flags & 0xc0, 0x40, "PSDT: SGL");
-            let (id, _, len) = dptr_sgl(sqe.prp1, sqe.prp2);
+            let sgl = SglDescriptor::from_dptr(sqe.prp1, sqe.prp2);
+            let (id, len) = (sgl.id, sgl.length);
             if !pdu.data.is_empty() {
                 assert_eq!((id, len as usize), (SGL_ID_IN_CAPSULE, pdu.data.len()));
             } else if len != 0 {
@@ -597,7 +599,8 @@ fn large_writes_answer_r2ts_and_small_ones_go_in_the_capsule() {
         if sqe.opcode != 0x09 {
             return Hook::Default;
         }
-        let (id, _, len) = dptr_sgl(sqe.prp1, sqe.prp2);
+        let sgl = SglDescriptor::from_dptr(sqe.prp1, sqe.prp2);
+        let (id, len) = (sgl.id, sgl.length);
         if id == SGL_ID_IN_CAPSULE {
             tx.send((data.to_vec(), Vec::new())).unwrap();
         } else {

@@ -66,6 +66,41 @@ fn io(
     result.expect("set").map_err(|e| e.to_string())
 }
 
+/// The calling thread's CPU time.
+fn thread_cpu() -> Duration {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, |t| {
+        Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+    })
+}
+
+/// What waiting for `ios` reads of one block at QD1 from namespace `nsid` cost this thread:
+/// (CPU time, wall time), through a queue pair with interrupts (`interrupts`) or a polled
+/// one, each completion awaited with [`IoQueuePair::wait`].
+pub fn wait_cost(
+    ctrl: &Controller,
+    nsid: u32,
+    ios: u64,
+    interrupts: bool,
+) -> Result<(Duration, Duration), String> {
+    let bs = ctrl
+        .namespace(nsid)
+        .map_err(|e| e.to_string())?
+        .block_size() as usize;
+    let mut qp = ctrl
+        .alloc_io_queue(QueueOptions::new(4).with_interrupts(interrupts))
+        .map_err(|e| e.to_string())?;
+    if interrupts && qp.interrupt_vector().is_none() {
+        return Err(format!("no interrupt: {:?}", qp.interrupt_fallback()));
+    }
+    let mut buf = ctrl.alloc_dma(bs).map_err(|e| e.to_string())?;
+    let (cpu, wall) = (thread_cpu(), std::time::Instant::now());
+    for i in 0..ios {
+        io(&mut qp, &mut buf, |qp, b| qp.read(nsid, i, b, i))?;
+    }
+    Ok((thread_cpu() - cpu, wall.elapsed()))
+}
+
 /// Checks what one [`interrupt_io`] child reported (its `VECTOR` and `IRQS` lines): each
 /// queue's vector is its queue id and each queue consumed interrupts. Returns the vectors.
 pub fn check_interrupt_report(vector_line: &str, irqs_line: &str) -> Result<Vec<u16>, String> {

@@ -16,10 +16,12 @@
 //! - [`run_scenarios`]: the runner of `harness = false` test binaries.
 
 mod interrupts;
+mod leases;
 pub mod pattern;
 mod resets;
 
-pub use interrupts::{check_interrupt_report, check_interrupt_reports, interrupt_io};
+pub use interrupts::{check_interrupt_report, check_interrupt_reports, interrupt_io, wait_cost};
+pub use leases::{claim_leases, lease_spec};
 pub use resets::{io_through_resets, Acked, ResetIo};
 
 use std::io::{BufRead, BufReader, Read, Write};

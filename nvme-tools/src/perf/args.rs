@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
-use nvme_host_linux::{LeaseMode, TransportId};
+use nvme_host_linux::{DataPointer, LeaseMode, TransportId};
 
 use super::lba::{parse_lba_range, LbaRange};
 use super::Error;
@@ -91,6 +91,22 @@ pub struct Cli {
     /// has no vector for is polled, with a warning).
     #[arg(long)]
     pub interrupt: bool,
+    /// How I/O commands point to their data: auto (SGLs where the controller reports SGL
+    /// support, else PRPs), prp or sgl. Not in SPDK's perf.
+    #[arg(long = "data-pointer", value_name = "auto|prp|sgl", default_value = "auto", value_parser = parse_data_pointer)]
+    pub data_pointer: DataPointer,
+}
+
+/// `--data-pointer`'s value.
+pub fn parse_data_pointer(s: &str) -> Result<DataPointer, String> {
+    match s {
+        "auto" => Ok(DataPointer::Auto),
+        "prp" => Ok(DataPointer::Prp),
+        "sgl" => Ok(DataPointer::Sgl),
+        _ => Err(format!(
+            "'{s}' is not a data pointer kind: use auto, prp or sgl"
+        )),
+    }
 }
 
 /// Which I/O a workload issues.
@@ -149,6 +165,8 @@ pub struct Config {
     pub json: bool,
     /// Shared-memory group (`-i`) every controller is attached in.
     pub shm_id: Option<u32>,
+    /// PRPs or SGLs for the I/O commands (`--data-pointer`).
+    pub data_pointer: DataPointer,
     /// The blocks of each namespace the run uses (`--lba-range`; all when `None`).
     pub lba_range: Option<LbaRange>,
     /// The lease held on those blocks during the run (`--lease`).
@@ -296,6 +314,7 @@ impl Cli {
             io_queue_size: self.io_queue_size,
             json: self.json,
             shm_id: self.shmem_grp_id,
+            data_pointer: self.data_pointer,
             lba_range: self.lba_range,
             lease: self.lease,
             interrupts: self.interrupt,
@@ -626,6 +645,16 @@ mod tests {
             Some(3)
         );
         assert!(cli("-q 1 -o 4k -w read -t 1 -i x").is_err());
+        let dp = |extra: &str| {
+            config(&format!("-q 1 -o 4k -w read -t 1 {extra}"))
+                .unwrap()
+                .0
+                .data_pointer
+        };
+        assert_eq!(dp(""), DataPointer::Auto);
+        assert_eq!(dp("--data-pointer prp"), DataPointer::Prp);
+        assert_eq!(dp("--data-pointer sgl"), DataPointer::Sgl);
+        assert!(cli("-q 1 -o 4k -w read -t 1 --data-pointer sg").is_err());
     }
 
     #[test]

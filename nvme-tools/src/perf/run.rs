@@ -129,6 +129,7 @@ fn attach_all(cfg: &Config, workers: usize, console: Console) -> Result<Vec<Cont
         // The primary of a group asks for the queues; a secondary uses what it was granted.
         io_queues: (workers * cfg.qpairs as usize).clamp(64, u16::MAX as usize - 1) as u16,
         group: cfg.shm_id,
+        data_pointer: cfg.data_pointer,
         ..AttachOptions::default()
     };
     cfg.transports
