@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nvme_core::{Command, ControllerInfo, ControllerInit};
-use nvme_regs::identify::{cns, IdentifyNamespace};
+use nvme_regs::identify::{cns, IdentifyNamespace, IDENTIFY_DATA_SIZE};
 
 use crate::admin::{bring_up, init_options, Admin, Liveness, LocalAdmin, ADMIN_DATA};
 use crate::controller::Controller;
@@ -166,15 +166,29 @@ impl Controller {
         group: Option<(Arc<Group>, Option<ShadowPages>)>,
     ) -> Result<Controller> {
         let (group, group_shadow) = group.unzip();
-        let mut namespaces = Vec::new();
-        for nsid in info.namespaces.iter() {
-            let id: IdentifyNamespace = admin.read_struct(
-                group.as_deref(),
-                Command::identify(cns::NAMESPACE, nsid, 0),
-                opts.admin_timeout,
-            )?;
-            namespaces.extend(Namespace::from_identify(nsid, id));
-        }
+        let namespaces = if group.is_some() {
+            // The group's copy of the namespace list is its creator's: read the list now,
+            // namespaces may have been formatted, created or attached since.
+            crate::namespace::identify_active(|cmd| {
+                admin.read_bytes(
+                    group.as_deref(),
+                    cmd,
+                    IDENTIFY_DATA_SIZE,
+                    opts.admin_timeout,
+                )
+            })?
+        } else {
+            let mut namespaces = Vec::new();
+            for nsid in info.namespaces.iter() {
+                let id: IdentifyNamespace = admin.read_struct(
+                    group.as_deref(),
+                    Command::identify(cns::NAMESPACE, nsid, 0),
+                    opts.admin_timeout,
+                )?;
+                namespaces.extend(Namespace::from_identify(nsid, id));
+            }
+            namespaces
+        };
         let shadow = match group_shadow {
             Some(shadow) => shadow,
             None => crate::shadow::setup_own(&transport, &info, &mut admin, opts.admin_timeout),

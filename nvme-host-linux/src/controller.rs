@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::group::{Group, Role};
 use crate::lease::{Lease, LeaseMode, LeaseRange, LocalLeases};
 use crate::mmio::Mmio;
-use crate::namespace::Namespace;
+use crate::namespace::{Namespace, NamespaceTable};
 use crate::qpair::{IoQueuePair, QueueOptions};
 use crate::shadow::ShadowPages;
 use crate::transport::{FunctionReset, Transport};
@@ -35,7 +35,7 @@ pub(crate) struct Inner {
     regs: Mmio,
     trid: TransportId,
     info: Box<ControllerInfo>,
-    namespaces: Arc<[Namespace]>,
+    namespaces: NamespaceTable,
     max_transfer: usize,
     admin: Mutex<Admin>,
     qids: Mutex<Vec<bool>>,
@@ -131,7 +131,7 @@ impl Controller {
             transport,
             trid,
             info: Box::new(info),
-            namespaces: namespaces.into(),
+            namespaces: NamespaceTable::new(namespaces),
             max_transfer,
             admin: Mutex::new(admin),
             qids: Mutex::new(vec![false; granted as usize + 1]),
@@ -201,6 +201,10 @@ impl Controller {
     }
     /// The namespaces, shared with queue pairs.
     pub(crate) fn namespaces_shared(&self) -> &Arc<[Namespace]> {
+        self.inner().namespaces.current()
+    }
+    /// The table of namespace lists (a rescan appends to it).
+    pub(crate) fn namespace_table(&self) -> &NamespaceTable {
         &self.inner().namespaces
     }
     /// Starts the group's monitor thread with `run`, which gets the controller's state
@@ -246,14 +250,18 @@ impl Controller {
     pub fn identify(&self) -> &IdentifyController {
         &self.inner().info.identify
     }
-    /// Active namespaces.
+    /// Active namespaces, as identified at attach or by the latest
+    /// [`rescan_namespaces`](Self::rescan_namespaces) (which Format NVM, Namespace
+    /// Management and Attachment through this controller, and a Namespace Attribute Changed
+    /// event seen by [`async_events`](Self::async_events), run).
     pub fn namespaces(&self) -> &[Namespace] {
-        &self.inner().namespaces
+        self.inner().namespaces.current()
     }
-    /// An active namespace by id.
+    /// An active namespace by id (see [`namespaces`](Self::namespaces)).
     pub fn namespace(&self, nsid: u32) -> Result<&Namespace> {
         self.inner()
             .namespaces
+            .current()
             .iter()
             .find(|n| n.id() == nsid)
             .ok_or(Error::NoSuchNamespace(nsid))
@@ -344,15 +352,24 @@ impl Controller {
     /// Asynchronous events (SMART/health warnings, notices, errors) that arrived since the
     /// last call. In a shared-memory group every process sees every event. Reading the
     /// log page an event names (e.g. [`smart_log`](Self::smart_log)) re-enables that
-    /// event type on the controller.
+    /// event type on the controller. A Namespace Attribute Changed notice is handled here:
+    /// the Changed Namespace List is read (which re-enables the notice) and the namespaces
+    /// are rescanned ([`rescan_namespaces`](Self::rescan_namespaces)); a failure of either
+    /// leaves the list as it was (rescan again later).
     pub fn async_events(&self) -> Vec<AsyncEvent> {
         let mut out = Vec::new();
-        let mut cursor = lock(&self.inner().event_cursor);
-        lock(&self.inner().admin).events_since(
-            self.inner().group.as_deref(),
-            &mut cursor,
-            &mut |dw0| out.push(AsyncEvent::from_dword(dw0)),
-        );
+        {
+            let mut cursor = lock(&self.inner().event_cursor);
+            lock(&self.inner().admin).events_since(
+                self.inner().group.as_deref(),
+                &mut cursor,
+                &mut |dw0| out.push(AsyncEvent::from_dword(dw0)),
+            );
+        }
+        if out.iter().any(crate::manage::is_namespace_change) {
+            let _ = self.get_log_page(lid::CHANGED_NAMESPACES, u32::MAX, 4096, 0);
+            let _ = self.rescan_namespaces();
+        }
         out
     }
 
@@ -413,6 +430,12 @@ impl Controller {
         self.inner().group.as_ref().map(|g| g.id())
     }
 
+    /// The I/O queue ids this process holds when it is not in a group.
+    pub(crate) fn local_qids(&self) -> Vec<u16> {
+        let q = lock(&self.inner().qids);
+        (1..q.len()).filter(|&i| q[i]).map(|i| i as u16).collect()
+    }
+
     pub(crate) fn alloc_qid(&self) -> Result<u16> {
         if let Some(g) = &self.inner().group {
             return g.alloc_qid(self.inner().granted);
@@ -456,6 +479,20 @@ impl Controller {
     /// completion. A failing status is an [`Error::Nvme`].
     pub fn admin_command(&self, cmd: Command, data: Option<IoBuf<'_>>) -> Result<Completion> {
         self.inner().admin_command(cmd, data)
+    }
+
+    /// [`admin_command`](Self::admin_command) for a command that may take longer than the
+    /// admin timeout ([`AttachOptions::admin_timeout`]): it waits up to `timeout`, and only
+    /// then does [`AttachOptions::timeout_action`] apply (by default: Abort, then a reset
+    /// when the Abort does not get the command back). Other processes' admin commands go on
+    /// meanwhile; this process's other threads wait for its admin path.
+    pub fn admin_command_timeout(
+        &self,
+        cmd: Command,
+        data: Option<IoBuf<'_>>,
+        timeout: Duration,
+    ) -> Result<Completion> {
+        self.inner().admin_command_timeout(cmd, data, timeout)
     }
 
     /// Runs an admin command that reads `len` bytes into the admin data buffer and returns a
@@ -626,13 +663,24 @@ impl Inner {
         cmd: Command,
         data: Option<IoBuf<'_>>,
     ) -> Result<Completion> {
+        self.admin_command_timeout(cmd, data, self.opts.admin_timeout)
+    }
+
+    /// [`admin_command`](Self::admin_command) waiting up to `timeout` instead of the admin
+    /// timeout; past it the command gets [`AttachOptions::timeout_action`] as any other.
+    pub(crate) fn admin_command_timeout(
+        &self,
+        cmd: Command,
+        data: Option<IoBuf<'_>>,
+        timeout: Duration,
+    ) -> Result<Completion> {
         self.recovering(|admin| {
             admin.execute(
                 self.group.as_deref(),
                 cmd,
                 data.map(|d| d.region()),
                 data.map(|d| d.map.clone()),
-                self.opts.admin_timeout,
+                timeout,
             )
         })
     }

@@ -163,6 +163,10 @@ fn opcode_name(opcode: u8, admin: bool) -> &'static str {
             Some(A::DeleteIoSq) => "Delete I/O SQ",
             Some(A::Abort) => "Abort",
             Some(A::AsyncEventRequest) => "Asynchronous Event Request",
+            Some(A::FormatNvm) => "Format NVM",
+            Some(A::DeviceSelfTest) => "Device Self-test",
+            Some(A::NamespaceManagement) => "Namespace Management",
+            Some(A::NamespaceAttachment) => "Namespace Attachment",
             _ => "admin command",
         }
     } else {

@@ -23,6 +23,9 @@
 //! - `qpair`: [`IoQueuePair`], one per thread (`qpair::commands`: synchronous Flush,
 //!   Write Zeroes, Dataset Management and I/O passthru); `dma`: [`DmaBuffer`].
 //! - `passthru`: [`Controller::admin_passthru`] and the admin commands it refuses.
+//! - `manage`: Format NVM ([`Controller::format`]), Device Self-test, Namespace
+//!   Management and Attachment, and [`Controller::rescan_namespaces`], which brings the
+//!   namespace list (`namespace::NamespaceTable`) up to date after them.
 //! - `lease`: LBA range leases ([`Controller::lease`], [`Lease`]): processes of a group own
 //!   or share ranges of blocks, and a process that opted in has its writes outside them
 //!   refused before submission (the group's table is `group::leases`).
@@ -54,6 +57,7 @@ pub mod group;
 mod groupattach;
 mod iova;
 mod lease;
+mod manage;
 pub mod memory;
 mod mmio;
 mod namespace;
@@ -76,6 +80,7 @@ pub use dma::{DmaBuffer, IoBuf};
 pub use error::{Error, Result};
 pub use group::Role;
 pub use lease::{Lease, LeaseConflict, LeaseMode, LeaseRange};
+pub use manage::{FormatOptions, NamespaceSpec, FORMAT_TIMEOUT, NS_MANAGEMENT_TIMEOUT};
 pub use mmio::Mmio;
 pub use namespace::Namespace;
 pub use passthru::admin_passthru_refusal;

@@ -50,3 +50,135 @@ impl Namespace {
         })
     }
 }
+
+/// The active NSIDs (Identify CNS 02h, page after page of 1024) and their Identify
+/// Namespace data, read with `read` (an admin command reading 4096 bytes). Namespaces
+/// without blocks or block size are left out.
+pub(crate) fn identify_active(
+    mut read: impl FnMut(nvme_core::Command) -> crate::Result<Vec<u8>>,
+) -> crate::Result<Vec<Namespace>> {
+    use nvme_regs::identify::{cns, NamespaceList, NAMESPACE_LIST_LEN};
+    use zerocopy::FromBytes;
+    let mut ids = Vec::new();
+    let mut from = 0u32;
+    loop {
+        let b = read(nvme_core::Command::identify(
+            cns::ACTIVE_NAMESPACE_LIST,
+            from,
+            0,
+        ))?;
+        let list = NamespaceList::read_from_bytes(&b).expect("4096 bytes");
+        let page: Vec<u32> = list.iter().collect();
+        // Ascending and above `from`, or the controller misbehaves: stop there.
+        let valid = page.windows(2).all(|w| w[0] < w[1]) && page.first().is_none_or(|&f| f > from);
+        if !valid {
+            return Err(crate::Error::Invalid(format!(
+                "the controller's active namespace list after NSID {from} is not ascending: {page:?}"
+            )));
+        }
+        ids.extend_from_slice(&page);
+        match page.last() {
+            Some(&last) if page.len() == NAMESPACE_LIST_LEN && last < 0xffff_fffe => from = last,
+            _ => break,
+        }
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    for nsid in ids {
+        let b = read(nvme_core::Command::identify(cns::NAMESPACE, nsid, 0))?;
+        let id = IdentifyNamespace::read_from_bytes(&b).expect("4096 bytes");
+        out.extend(Namespace::from_identify(nsid, id));
+    }
+    Ok(out)
+}
+
+/// A controller's namespaces as last identified, and every earlier list.
+///
+/// Format NVM, Namespace Management and Attachment change the namespaces under an attached
+/// controller; a rescan ([`crate::Controller::rescan_namespaces`]) appends the new list.
+/// Lists are never dropped while the controller is attached, so that the `&[Namespace]`
+/// and `&Namespace` the controller hands out stay valid: each rescan that finds a change
+/// keeps one more list (a few KiB per namespace) until the controller detaches.
+pub(crate) struct NamespaceTable {
+    first: Snapshot,
+    /// Serialises the appenders.
+    update: std::sync::Mutex<()>,
+}
+
+struct Snapshot {
+    list: std::sync::Arc<[Namespace]>,
+    next: std::sync::OnceLock<Box<Snapshot>>,
+}
+
+impl NamespaceTable {
+    /// The table with its first list.
+    pub(crate) fn new(list: Vec<Namespace>) -> NamespaceTable {
+        NamespaceTable {
+            first: Snapshot {
+                list: list.into(),
+                next: std::sync::OnceLock::new(),
+            },
+            update: std::sync::Mutex::new(()),
+        }
+    }
+
+    fn last(&self) -> &Snapshot {
+        let mut s = &self.first;
+        while let Some(n) = s.next.get() {
+            s = n;
+        }
+        s
+    }
+
+    /// The newest list.
+    pub(crate) fn current(&self) -> &std::sync::Arc<[Namespace]> {
+        &self.last().list
+    }
+
+    /// Makes `list` the newest unless it equals it (same NSIDs and Identify data); returns
+    /// whether it changed.
+    pub(crate) fn update(&self, list: Vec<Namespace>) -> bool {
+        let _serial = crate::controller::lock(&self.update);
+        let last = self.last();
+        let same = last.list.len() == list.len()
+            && last
+                .list
+                .iter()
+                .zip(&list)
+                .all(|(a, b)| a.id == b.id && a.identify == b.identify);
+        if same {
+            return false;
+        }
+        let next = Box::new(Snapshot {
+            list: list.into(),
+            next: std::sync::OnceLock::new(),
+        });
+        // The last snapshot has no successor: appenders are serialised.
+        last.next.set(next).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::FromZeros;
+
+    fn ns(id: u32, lbads: u8, nsze: u64) -> Namespace {
+        let mut i = IdentifyNamespace::new_zeroed();
+        i.nsze = nsze;
+        i.lbaf[0].lbads = lbads;
+        Namespace::from_identify(id, i).unwrap()
+    }
+
+    #[test]
+    fn table_keeps_old_lists_and_skips_equal_ones() {
+        let t = NamespaceTable::new(vec![ns(1, 9, 100)]);
+        let old: &[Namespace] = t.current();
+        assert!(!t.update(vec![ns(1, 9, 100)]), "nothing changed");
+        assert!(t.update(vec![ns(1, 12, 12)]));
+        assert!(t.update(vec![ns(1, 12, 12), ns(2, 9, 8)]));
+        assert_eq!(old[0].block_size(), 512, "an earlier list stays valid");
+        let now = t.current();
+        assert_eq!(now.len(), 2);
+        assert_eq!((now[0].block_size(), now[0].blocks()), (4096, 12));
+    }
+}

@@ -58,6 +58,18 @@ impl Controller {
     /// Event Request, Doorbell Buffer Config, Set Features Number of Queues), fused
     /// operations and SGLs, and data larger than the controller's maximum transfer.
     pub fn admin_passthru(&self, cmd: Command, data: Option<IoBuf<'_>>) -> Result<Completion> {
+        self.admin_passthru_timeout(cmd, data, None)
+    }
+
+    /// [`admin_passthru`](Self::admin_passthru) waiting up to `timeout` (the admin timeout
+    /// when `None`) for a command known to take long (a Format NVM, a Sanitize); see
+    /// [`admin_command_timeout`](Self::admin_command_timeout).
+    pub fn admin_passthru_timeout(
+        &self,
+        cmd: Command,
+        data: Option<IoBuf<'_>>,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Completion> {
         if let Some(why) = admin_passthru_refusal(&cmd) {
             return Err(Error::Invalid(why));
         }
@@ -70,7 +82,10 @@ impl Controller {
                 )));
             }
         }
-        self.admin_command(cmd, data)
+        match timeout {
+            Some(t) => self.admin_command_timeout(cmd, data, t),
+            None => self.admin_command(cmd, data),
+        }
     }
 }
 

@@ -998,6 +998,203 @@ impl Mp {
     }
 }
 
+impl Mp {
+    /// Format NVM and Device Self-test with the real tools, on `--scratch-ns` only (the
+    /// VM's null namespace, which no test keeps data in): `nvmectl -i G format` beside
+    /// `nvme-perf -i G` is refused, naming perf and its queue; then, with the controller
+    /// free, the driver's [`Controller::format`] to 512-byte blocks refreshes the attached
+    /// controller's namespace (a write and read of its last block on the new geometry),
+    /// `nvmectl format -b <old size>` (alone) puts the old format back, and a fresh attach
+    /// sees it. Device Self-test runs when the controller offers it (QEMU 7.2's does not:
+    /// then nvmectl says so and exits 1).
+    pub fn tools_format_scratch(&mut self) -> R {
+        let Some(nsid) = self.scratch_ns else {
+            return Err("SKIP no --scratch-ns namespace to format".into());
+        };
+        let n = nsid.to_string();
+        let trid = self.full_trid();
+        // Beside perf (reading, so nothing of the namespace matters): refused.
+        let g = (TOOLS_GROUP + 1).to_string();
+        let perf_trid = format!("{trid} ns:{nsid}");
+        let mut cmd = self.tool("nvme-perf")?;
+        cmd.args(["-i", &g, "-q", "8", "-o", "4096", "-w", "randread"])
+            .args(["-t", "60", "-r", &perf_trid]);
+        let mut perf = Proc::spawn("nvme-perf", &mut cmd)?.with_wait(WAIT);
+        perf.line("Initialization complete")?;
+        let e = self.run_tool(
+            "nvmectl",
+            &[
+                "-i", &g, "-r", &trid, "format", "-n", &n, "-b", "512", "--force",
+            ],
+        )?;
+        let want = format!("pid {} (nvme-perf): I/O queue ids", perf.pid());
+        if e.code != Some(1) || !e.stderr.contains("refused") || !e.stderr.contains(&want) {
+            return Err(format!(
+                "nvmectl format beside perf: exit {:?}, expected 1 naming perf ({want}):\n{}",
+                e.code, e.stderr
+            ));
+        }
+        println!("  format beside perf refused: {}", e.stderr.trim());
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(perf.pid() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .map_err(|e| format!("SIGINT to nvme-perf: {e}"))?;
+        tool_ok(&perf.finish()?, &["nvme-perf: stopped by SIGINT"])?;
+        let group_dir = self.dir.group_dir(TOOLS_GROUP + 1);
+        wait_until("the group directory is removed", WAIT, || {
+            !group_dir.exists()
+        })?;
+
+        // The driver's format: the attached controller's namespace changes with it.
+        let ctrl = Controller::attach(&trid).map_err(|e| format!("attach {trid}: {e}"))?;
+        let before = ctrl.namespace(nsid).map_err(|e| e.to_string())?.clone();
+        let id = ctrl.identify_namespace(nsid).map_err(|e| e.to_string())?;
+        let lbaf = (0..=id.nlbaf.min(15) as usize)
+            .find(|&i| id.lbaf[i].data_size() == 512 && id.lbaf[i].ms == 0)
+            .ok_or_else(|| {
+                format!(
+                    "namespace {nsid} offers no 512-byte LBA format: {:?}",
+                    id.lbaf
+                )
+            })?;
+        let start = Instant::now();
+        let opts = nvme_host_linux::FormatOptions {
+            lbaf: lbaf as u8,
+            ..Default::default()
+        };
+        ctrl.format(nsid, opts)
+            .map_err(|e| format!("format: {e}"))?;
+        let after = ctrl.namespace(nsid).map_err(|e| e.to_string())?.clone();
+        let bytes = before.size_bytes();
+        if after.block_size() != 512 || after.size_bytes() != bytes {
+            return Err(format!(
+                "after the format namespace {nsid} has {} blocks of {} bytes; expected {} of 512",
+                after.blocks(),
+                after.block_size(),
+                bytes / 512
+            ));
+        }
+        println!(
+            "  Format NVM to LBA format {lbaf} in {} ms: namespace {nsid} {} x {} B -> {} x 512 B",
+            start.elapsed().as_millis(),
+            before.blocks(),
+            before.block_size(),
+            after.blocks()
+        );
+        {
+            let mut qp = ctrl
+                .alloc_io_queue(QueueOptions::new(8))
+                .map_err(|e| e.to_string())?;
+            let mut buf = ctrl.alloc_dma(4096).map_err(|e| e.to_string())?;
+            buf.as_mut_slice()[..512].fill(0xa7);
+            let last = after.blocks() - 1;
+            qp.write_sync(nsid, last, buf.slice(0..512).map_err(|e| e.to_string())?)
+                .map_err(|e| format!("write of block {last} at 512 bytes: {e}"))?;
+            qp.read_sync(nsid, last, buf.slice(512..1024).map_err(|e| e.to_string())?)
+                .map_err(|e| format!("read of block {last} at 512 bytes: {e}"))?;
+        }
+        // Device Self-test, when the controller has it.
+        let has_dst =
+            nvme_host_linux::regs::identify::Oacs::from_bits_truncate(ctrl.identify().oacs)
+                .contains(nvme_host_linux::regs::identify::Oacs::SELF_TEST);
+        drop(ctrl);
+        let e = self.run_tool(
+            "nvmectl",
+            &[
+                "-r",
+                &trid,
+                "device-self-test",
+                "-s",
+                "1",
+                "-n",
+                &n,
+                "--wait",
+            ],
+        )?;
+        if has_dst {
+            tool_ok(&e, &[])?;
+            let log = self.run_tool("nvmectl", &["-r", &trid, "self-test-log"])?;
+            tool_ok(&log, &[])?;
+            println!(
+                "  device self-test: {}",
+                log.stdout.lines().take(6).collect::<Vec<_>>().join(" | ")
+            );
+        } else if e.code != Some(1) || !e.stderr.contains("OACS bit 4 is 0") {
+            return Err(format!(
+                "device-self-test on a controller without it: exit {:?}, expected 1 saying so:\n{}",
+                e.code, e.stderr
+            ));
+        } else {
+            println!("  device-self-test: not offered by this controller, nvmectl says so");
+        }
+
+        // The old format back, with nvmectl alone; a fresh attach sees it.
+        let bs = before.block_size().to_string();
+        let e = self.run_tool(
+            "nvmectl",
+            &["-r", &trid, "format", "-n", &n, "-b", &bs, "--force"],
+        )?;
+        tool_ok(&e, &[])?;
+        if e.stdout.trim_end() != format!("Success formatting namespace:{nsid:x}") {
+            return Err(format!("nvmectl format: {}", e.stdout));
+        }
+        let ctrl = Controller::attach(&trid).map_err(|e| format!("attach {trid}: {e}"))?;
+        let again = ctrl.namespace(nsid).map_err(|e| e.to_string())?;
+        if (again.block_size(), again.blocks()) != (before.block_size(), before.blocks()) {
+            return Err(format!(
+                "after nvmectl format -b {bs}: {} blocks of {} bytes, expected {} of {}",
+                again.blocks(),
+                again.block_size(),
+                before.blocks(),
+                before.block_size()
+            ));
+        }
+        println!(
+            "  nvmectl format -b {bs}: namespace {nsid} back to {} x {bs} B",
+            again.blocks()
+        );
+        drop(ctrl);
+
+        // Namespace Attachment: QEMU's controller attaches and detaches namespaces only
+        // inside an nvme-subsys device, which the VM does not have. Either way the
+        // namespace list must say what happened, and the namespace ends attached.
+        let listed = |s: &Self| -> R2<bool> {
+            let e = s.run_tool("nvmectl", &["-r", &trid, "list-ns"])?;
+            tool_ok(&e, &[])?;
+            Ok(e.stdout
+                .lines()
+                .any(|l| l.ends_with(&format!(":{nsid:#x}"))))
+        };
+        let e = self.run_tool("nvmectl", &["-r", &trid, "detach-ns", "-n", &n])?;
+        if e.code == Some(0) {
+            if listed(self)? {
+                return Err(format!(
+                    "detach-ns -n {nsid} succeeded, list-ns still lists it"
+                ));
+            }
+            let a = self.run_tool("nvmectl", &["-r", &trid, "attach-ns", "-n", &n])?;
+            tool_ok(&a, &[])?;
+            println!("  detach-ns and attach-ns of namespace {nsid}: done");
+        } else if e.code != Some(1)
+            || !e
+                .stderr
+                .contains("Namespace Attachment (opcode 0x15) failed")
+        {
+            return Err(format!(
+                "detach-ns: exit {:?}, expected 0 or 1 with the controller's status:\n{}",
+                e.code, e.stderr
+            ));
+        } else {
+            println!("  detach-ns refused by the controller: {}", e.stderr.trim());
+        }
+        if !listed(self)? {
+            return Err(format!("namespace {nsid} is no longer attached"));
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Mp {
     fn drop(&mut self) {
         // Children first (the run directory goes after them, with the field).

@@ -175,6 +175,9 @@ fn multi_process(s: &mut Suite) {
         s.test("tools-nvmectl-reset-beside-perf", |_| {
             mp.tools_reset_beside_perf()
         });
+        s.test("tools-nvmectl-format-scratch", |_| {
+            mp.tools_format_scratch()
+        });
     }
 }
 

@@ -16,6 +16,13 @@ pub mod cns {
     /// Allocated namespace ID list (NSIDs greater than the given NSID), attached or not;
     /// controllers with Namespace Management (OACS bit 3).
     pub const ALLOCATED_NAMESPACE_LIST: u8 = 0x10;
+    /// Identify Namespace data structure of an allocated NSID, attached or not (Namespace
+    /// Management).
+    pub const ALLOCATED_NAMESPACE: u8 = 0x11;
+    /// Controller list of the controllers a namespace is attached to (Namespace Management).
+    pub const NAMESPACE_CONTROLLER_LIST: u8 = 0x12;
+    /// Controller list of the NVM subsystem (Namespace Management).
+    pub const CONTROLLER_LIST: u8 = 0x13;
 }
 
 /// Namespace Identifier Types (NIDT) of the Namespace Identification Descriptor list

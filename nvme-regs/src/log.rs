@@ -1,4 +1,5 @@
-//! Log pages: identifiers, SMART / Health Information, Error Information, Firmware Slot.
+//! Log pages: identifiers, SMART / Health Information, Error Information, Firmware Slot,
+//! Device Self-test.
 
 use bitflags::bitflags;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -232,6 +233,158 @@ impl FirmwareSlotLog {
     }
 }
 
+/// Device self-test codes (Device Self-test command dword 10 bits 3:0, and bits 7:4 of a
+/// result's status).
+pub mod self_test {
+    /// No operation (the log's current operation when no test runs).
+    pub const NONE: u8 = 0x0;
+    /// Short device self-test.
+    pub const SHORT: u8 = 0x1;
+    /// Extended device self-test.
+    pub const EXTENDED: u8 = 0x2;
+    /// Vendor specific self-test.
+    pub const VENDOR: u8 = 0xe;
+    /// Abort the running device self-test.
+    pub const ABORT: u8 = 0xf;
+
+    /// Result (status bits 3:0): completed without error.
+    pub const RESULT_OK: u8 = 0x0;
+    /// Result: aborted by a Device Self-test command.
+    pub const RESULT_ABORTED_BY_COMMAND: u8 = 0x1;
+    /// Result: aborted by a Controller Level Reset.
+    pub const RESULT_ABORTED_BY_RESET: u8 = 0x2;
+    /// Result: aborted by the removal of a namespace.
+    pub const RESULT_ABORTED_NS_REMOVED: u8 = 0x3;
+    /// Result: aborted by a Format NVM command.
+    pub const RESULT_ABORTED_BY_FORMAT: u8 = 0x4;
+    /// Result: the entry is not used.
+    pub const RESULT_NOT_USED: u8 = 0xf;
+
+    /// Valid diagnostic information bits: the NSID field is valid.
+    pub const VDI_NSID: u8 = 1 << 0;
+    /// The failing LBA field is valid.
+    pub const VDI_FLBA: u8 = 1 << 1;
+    /// The status code type field is valid.
+    pub const VDI_SCT: u8 = 1 << 2;
+    /// The status code field is valid.
+    pub const VDI_SC: u8 = 1 << 3;
+
+    /// Result entries in the log.
+    pub const RESULTS: usize = 20;
+}
+
+/// One result of the Device Self-test log (28 bytes; its multi-byte fields are unaligned
+/// in the log, so they are kept as little-endian bytes).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct SelfTestResult {
+    /// Self-test code (bits 7:4) and result (bits 3:0; 0xf: entry not used).
+    pub dsts: u8,
+    /// Number of the segment that failed.
+    pub seg: u8,
+    /// Valid diagnostic information ([`self_test::VDI_NSID`], ...).
+    pub vdi: u8,
+    _rsvd3: u8,
+    /// Power on hours when the operation completed or was aborted.
+    pub poh: [u8; 8],
+    /// The namespace the failure was found on.
+    pub nsid: [u8; 4],
+    /// The first failing LBA.
+    pub flba: [u8; 8],
+    /// Status code type of the failure.
+    pub sct: u8,
+    /// Status code of the failure.
+    pub sc: u8,
+    /// Vendor specific.
+    pub vs: [u8; 2],
+}
+
+crate::assert_size!(SelfTestResult, 28);
+crate::assert_offset!(SelfTestResult, poh, 4);
+crate::assert_offset!(SelfTestResult, flba, 16);
+
+impl SelfTestResult {
+    /// An entry with no result (result 0xf, the rest zero).
+    pub const UNUSED: SelfTestResult = SelfTestResult {
+        dsts: self_test::RESULT_NOT_USED,
+        seg: 0,
+        vdi: 0,
+        _rsvd3: 0,
+        poh: [0; 8],
+        nsid: [0; 4],
+        flba: [0; 8],
+        sct: 0,
+        sc: 0,
+        vs: [0; 2],
+    };
+    /// A result of test `code` with `result`, at `power_on_hours`, for `nsid` (marked valid
+    /// when not 0 or all namespaces).
+    pub fn new(code: u8, result: u8, power_on_hours: u64, nsid: u32) -> SelfTestResult {
+        let valid_nsid = nsid != 0 && nsid != u32::MAX;
+        SelfTestResult {
+            dsts: (code & 0xf) << 4 | (result & 0xf),
+            vdi: if valid_nsid { self_test::VDI_NSID } else { 0 },
+            poh: power_on_hours.to_le_bytes(),
+            nsid: nsid.to_le_bytes(),
+            ..SelfTestResult::UNUSED
+        }
+    }
+    /// The result (status bits 3:0).
+    pub const fn result(&self) -> u8 {
+        self.dsts & 0xf
+    }
+    /// The self-test code (status bits 7:4).
+    pub const fn code(&self) -> u8 {
+        self.dsts >> 4
+    }
+    /// Power on hours.
+    pub fn power_on_hours(&self) -> u64 {
+        u64::from_le_bytes(self.poh)
+    }
+    /// The namespace (valid when `vdi` has [`self_test::VDI_NSID`]).
+    pub fn nsid(&self) -> u32 {
+        u32::from_le_bytes(self.nsid)
+    }
+    /// The failing LBA (valid when `vdi` has [`self_test::VDI_FLBA`]).
+    pub fn failing_lba(&self) -> u64 {
+        u64::from_le_bytes(self.flba)
+    }
+}
+
+/// Device Self-test log page (LID 06h, 564 bytes): the running operation and the last 20
+/// results, newest first.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct SelfTestLog {
+    /// The running self-test's code (bits 3:0), 0 when none runs.
+    pub current_operation: u8,
+    /// Percent complete of the running test (bits 6:0).
+    pub completion: u8,
+    _rsvd2: [u8; 2],
+    /// Results, newest first.
+    pub results: [SelfTestResult; self_test::RESULTS],
+}
+
+crate::assert_size!(SelfTestLog, 564);
+crate::assert_offset!(SelfTestLog, results, 4);
+
+impl SelfTestLog {
+    /// A log with the given current operation, completion and results (newest first; at
+    /// most 20 are kept, the other entries are unused).
+    pub fn new(current_operation: u8, completion: u8, results: &[SelfTestResult]) -> SelfTestLog {
+        let mut r = [SelfTestResult::UNUSED; self_test::RESULTS];
+        for (slot, e) in r.iter_mut().zip(results) {
+            *slot = *e;
+        }
+        SelfTestLog {
+            current_operation,
+            completion,
+            _rsvd2: [0; 2],
+            results: r,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +450,26 @@ mod tests {
         assert_eq!(fw.revision(3), None);
         assert_eq!(fw.revision(0), None);
         assert_eq!(fw.revision(8), None);
+    }
+
+    #[test]
+    fn self_test_log_layout() {
+        let e = SelfTestResult::new(self_test::SHORT, self_test::RESULT_OK, 0x1c, 1);
+        let log = SelfTestLog::new(self_test::EXTENDED, 42, &[e]);
+        let b = log.as_bytes();
+        assert_eq!((b[0], b[1]), (2, 42));
+        assert_eq!(b[4], 0x10);
+        assert_eq!(b[6], self_test::VDI_NSID);
+        assert_eq!(b[8], 0x1c);
+        assert_eq!(&b[16..20], &1u32.to_le_bytes());
+        assert_eq!(b[4 + 28], 0x0f, "the second entry is unused");
+        let back = SelfTestLog::read_from_bytes(b).unwrap();
+        assert_eq!(back.results[0].code(), self_test::SHORT);
+        assert_eq!(back.results[0].power_on_hours(), 0x1c);
+        assert_eq!(back.results[0].nsid(), 1);
+        assert_eq!(back.results[1].result(), self_test::RESULT_NOT_USED);
+        // Outside a namespace the NSID is not marked valid.
+        assert_eq!(SelfTestResult::new(1, 0, 0, u32::MAX).vdi, 0);
     }
 }
 

@@ -138,6 +138,69 @@ impl DataDirection {
     }
 }
 
+/// Command dword 10 of Format NVM (NVMe 1.4 figure 394): LBA format `lbaf` (bits 3:0),
+/// metadata settings `mset` (bit 4: extended LBA), protection information `pi` (bits 7:5),
+/// its location `pil` (bit 8: first bytes of metadata) and secure erase settings `ses`
+/// (bits 11:9). Each value is masked to its field.
+pub const fn format_nvm_cdw10(lbaf: u8, mset: bool, pi: u8, pil: bool, ses: u8) -> u32 {
+    (lbaf as u32 & 0xf)
+        | (mset as u32) << 4
+        | (pi as u32 & 0x7) << 5
+        | (pil as u32) << 8
+        | (ses as u32 & 0x7) << 9
+}
+
+/// The fields of Format NVM command dword 10: (lbaf, mset, pi, pil, ses); the inverse of
+/// [`format_nvm_cdw10`].
+pub const fn format_nvm_fields(cdw10: u32) -> (u8, bool, u8, bool, u8) {
+    (
+        (cdw10 & 0xf) as u8,
+        cdw10 & (1 << 4) != 0,
+        ((cdw10 >> 5) & 0x7) as u8,
+        cdw10 & (1 << 8) != 0,
+        ((cdw10 >> 9) & 0x7) as u8,
+    )
+}
+
+/// Select field (dword 10 bits 3:0) of Namespace Management and Namespace Attachment.
+pub mod ns_sel {
+    /// Namespace Management: create (the data is an Identify Namespace structure).
+    pub const CREATE: u32 = 0x0;
+    /// Namespace Management: delete.
+    pub const DELETE: u32 = 0x1;
+    /// Namespace Attachment: attach (the data is a controller list).
+    pub const ATTACH: u32 = 0x0;
+    /// Namespace Attachment: detach.
+    pub const DETACH: u32 = 0x1;
+}
+
+/// A controller list (Namespace Attachment data, Identify CNS 12h/13h): the number of
+/// entries, then the controller ids, each a little-endian `u16`, in 4096 bytes. At most
+/// 2047 ids fit; the rest are dropped.
+pub fn controller_list(ids: &[u16]) -> [u8; 4096] {
+    let mut b = [0u8; 4096];
+    let n = ids.len().min(2047);
+    b[..2].copy_from_slice(&(n as u16).to_le_bytes());
+    for (i, id) in ids[..n].iter().enumerate() {
+        b[2 + 2 * i..4 + 2 * i].copy_from_slice(&id.to_le_bytes());
+    }
+    b
+}
+
+/// The controller ids of a controller list (see [`controller_list`]); a count past the
+/// 2047 that fit is clamped.
+pub fn controller_list_ids(b: &[u8]) -> impl Iterator<Item = u16> + '_ {
+    let n = b
+        .get(..2)
+        .map_or(0, |c| u16::from_le_bytes([c[0], c[1]]) as usize)
+        .min(2047);
+    b.get(2..)
+        .unwrap_or(&[])
+        .chunks_exact(2)
+        .take(n)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +234,29 @@ mod tests {
         assert_eq!(
             DataDirection::of_opcode(NvmOpcode::Flush as u8),
             DataDirection::None
+        );
+    }
+
+    #[test]
+    fn format_fields_and_controller_lists() {
+        let w = format_nvm_cdw10(1, true, 0, true, 1);
+        assert_eq!(w, 1 | 1 << 4 | 1 << 8 | 1 << 9);
+        assert_eq!(format_nvm_fields(w), (1, true, 0, true, 1));
+        assert_eq!(
+            format_nvm_fields(format_nvm_cdw10(0x1f, false, 9, false, 2)),
+            (0xf, false, 1, false, 2)
+        );
+        let l = controller_list(&[1, 0x22]);
+        assert_eq!(&l[..6], &[2, 0, 1, 0, 0x22, 0]);
+        let mut ids = controller_list_ids(&l);
+        assert_eq!(
+            (ids.next(), ids.next(), ids.next()),
+            (Some(1), Some(0x22), None)
+        );
+        assert_eq!(
+            controller_list_ids(&[5, 0, 1]).count(),
+            0,
+            "a short list ends early"
         );
     }
 }

@@ -187,6 +187,20 @@ status_enum! {
         FeatureNotChangeable = 0x0e, "Feature Not Changeable";
         /// Feature not namespace specific.
         FeatureNotNamespaceSpecific = 0x0f, "Feature Not Namespace Specific";
+        /// Namespace insufficient capacity (Namespace Management).
+        NamespaceInsufficientCapacity = 0x15, "Namespace Insufficient Capacity";
+        /// Namespace identifier unavailable (Namespace Management).
+        NamespaceIdUnavailable = 0x16, "Namespace Identifier Unavailable";
+        /// Namespace already attached (Namespace Attachment).
+        NamespaceAlreadyAttached = 0x18, "Namespace Already Attached";
+        /// Namespace is private (Namespace Attachment).
+        NamespaceIsPrivate = 0x19, "Namespace Is Private";
+        /// Namespace not attached (Namespace Attachment).
+        NamespaceNotAttached = 0x1a, "Namespace Not Attached";
+        /// Controller list invalid (Namespace Attachment).
+        ControllerListInvalid = 0x1c, "Controller List Invalid";
+        /// Device self-test in progress (Device Self-test).
+        SelfTestInProgress = 0x1d, "Device Self-test in Progress";
         /// Conflicting attributes (NVM command set).
         ConflictingAttributes = 0x80, "Conflicting Attributes";
         /// Invalid protection information (NVM command set).

@@ -2,7 +2,7 @@
 
 use nvme_regs::features::fid;
 use nvme_regs::identify::{
-    cns, fill_ascii, IdentifyController, IdentifyNamespace, LbaFormat, Lpa, Oncs,
+    cns, fill_ascii, IdentifyController, IdentifyNamespace, LbaFormat, Lpa, Oacs, Oncs,
     IDENTIFY_DATA_SIZE,
 };
 use nvme_regs::log::{lid, CriticalWarning, FirmwareSlotLog, SmartLog};
@@ -31,12 +31,31 @@ pub(crate) fn invalid_field() -> Status {
     Status::generic(G::InvalidField).with_dnr()
 }
 
-fn invalid_ns() -> Status {
+pub(crate) fn invalid_ns() -> Status {
     Status::generic(G::InvalidNamespaceOrFormat).with_dnr()
 }
 
-fn cs(s: Cs) -> Status {
+pub(crate) fn cs(s: Cs) -> Status {
     Status::command_specific(s).with_dnr()
+}
+
+/// The controller's id (CNTLID): it is the only controller of its subsystem.
+pub(crate) const CNTLID: u16 = 1;
+
+/// The LBA formats the controller offers: 512 and 4096 bytes, no metadata.
+pub(crate) const LBA_FORMATS: [u32; 2] = [512, 4096];
+
+/// Reports [`LBA_FORMATS`] in `id`, with the one of `lba_size` in use.
+fn set_lba_formats(id: &mut IdentifyNamespace, lba_size: u32) {
+    id.nlbaf = (LBA_FORMATS.len() - 1) as u8;
+    for (i, size) in LBA_FORMATS.iter().enumerate() {
+        id.lbaf[i] = LbaFormat {
+            ms: 0,
+            lbads: size.trailing_zeros() as u8,
+            rp: 0,
+        };
+    }
+    id.flbas = LBA_FORMATS.iter().position(|&s| s == lba_size).unwrap_or(0) as u8;
 }
 
 /// Completion dword 0 layout of Get Features SEL = supported capabilities: changeable.
@@ -80,6 +99,10 @@ impl Controller {
                 }
             }
             AdminOpcode::KeepAlive => Outcome::ok(),
+            AdminOpcode::FormatNvm => self.format_nvm(cmd),
+            AdminOpcode::DeviceSelfTest => self.device_self_test(cmd),
+            AdminOpcode::NamespaceManagement => self.namespace_management(cmd),
+            AdminOpcode::NamespaceAttachment => self.namespace_attachment(cmd),
             AdminOpcode::DoorbellBufferConfig if self.cfg.shadow_doorbells => {
                 self.doorbell_buffer_config(cmd.prp1, cmd.prp2).into()
             }
@@ -88,7 +111,7 @@ impl Controller {
     }
 
     /// Transfers `data` to the host buffer of an admin command (PRP1/PRP2).
-    fn send(&mut self, cmd: &SubmissionEntry, data: &[u8]) -> Outcome {
+    pub(crate) fn send(&mut self, cmd: &SubmissionEntry, data: &[u8]) -> Outcome {
         let limit = self.max_transfer.min(ADMIN_MAX_TRANSFER);
         if data.len() > limit {
             return invalid_field().into();
@@ -107,7 +130,14 @@ impl Controller {
         Outcome::ok()
     }
 
-    fn ns_index(&self, nsid: u32) -> Option<usize> {
+    /// The index of active namespace `nsid`.
+    pub(crate) fn ns_index(&self, nsid: u32) -> Option<usize> {
+        let i = nsid.checked_sub(1)? as usize;
+        self.namespaces.get(i)?.active().then_some(i)
+    }
+
+    /// The index of `nsid` when it is a valid NSID of the controller (1..=NN), active or not.
+    pub(crate) fn nsid_index(&self, nsid: u32) -> Option<usize> {
         let i = nsid.checked_sub(1)? as usize;
         (i < self.namespaces.len()).then_some(i)
     }
@@ -122,20 +152,61 @@ impl Controller {
                 let id = self.identify_controller();
                 buf.copy_from_slice(id.as_bytes());
             }
-            cns::NAMESPACE => {
-                let Some(i) = self.ns_index(cmd.nsid) else {
-                    return invalid_ns().into();
-                };
-                buf.copy_from_slice(self.identify_namespace(i).as_bytes());
+            cns::NAMESPACE | cns::ALLOCATED_NAMESPACE => {
+                if cmd.nsid == u32::MAX {
+                    // The capabilities common to all namespaces: the LBA formats.
+                    let mut id = IdentifyNamespace::new_zeroed();
+                    set_lba_formats(&mut id, 512);
+                    id.flbas = 0;
+                    buf.copy_from_slice(id.as_bytes());
+                } else {
+                    let Some(i) = self.nsid_index(cmd.nsid) else {
+                        return invalid_ns().into();
+                    };
+                    // An inactive NSID (or, for CNS 11h, an unallocated one) reads as zeroes.
+                    let n = &self.namespaces[i];
+                    let shown = if cns == cns::NAMESPACE {
+                        n.active()
+                    } else {
+                        n.allocated()
+                    };
+                    if shown {
+                        buf.copy_from_slice(self.identify_namespace(i).as_bytes());
+                    }
+                }
             }
-            cns::ACTIVE_NAMESPACE_LIST => {
+            cns::ACTIVE_NAMESPACE_LIST | cns::ALLOCATED_NAMESPACE_LIST => {
                 if cmd.nsid >= 0xffff_fffe {
                     return invalid_ns().into();
                 }
-                let ids = (cmd.nsid + 1..=self.namespaces.len() as u32).take(1024);
+                let allocated = cns == cns::ALLOCATED_NAMESPACE_LIST;
+                let ids = (cmd.nsid.saturating_add(1)..=self.namespaces.len() as u32)
+                    .filter(|&id| {
+                        let n = &self.namespaces[id as usize - 1];
+                        if allocated {
+                            n.allocated()
+                        } else {
+                            n.active()
+                        }
+                    })
+                    .take(1024);
                 for (k, id) in ids.enumerate() {
                     buf[k * 4..k * 4 + 4].copy_from_slice(&id.to_le_bytes());
                 }
+            }
+            cns::NAMESPACE_CONTROLLER_LIST | cns::CONTROLLER_LIST => {
+                // One controller, id 1 (CDW10 bits 31:16: the first id to list).
+                let first = (cmd.cdw10 >> 16) as u16;
+                let attached = cns == cns::CONTROLLER_LIST
+                    || self
+                        .nsid_index(cmd.nsid)
+                        .is_some_and(|i| self.namespaces[i].active());
+                let ids: &[u16] = if attached && first <= CNTLID {
+                    &[CNTLID]
+                } else {
+                    &[]
+                };
+                buf.copy_from_slice(&nvme_regs::opcode::controller_list(ids));
             }
             cns::NS_ID_DESCRIPTORS => {
                 let Some(i) = self.ns_index(cmd.nsid) else {
@@ -174,14 +245,19 @@ impl Controller {
         fill_ascii(&mut id.fr, &self.cfg.firmware);
         id.rab = 0;
         id.mdts = self.cfg.mdts;
-        id.cntlid = 1;
+        id.cntlid = CNTLID;
         id.ver = nvme_regs::registers::Vs::V1_4.0;
         id.cntrltype = 1; // I/O controller
-        id.oacs = if self.cfg.shadow_doorbells {
-            nvme_regs::identify::Oacs::DOORBELL_BUFFER_CONFIG.bits()
-        } else {
-            0
-        };
+        let mut oacs = Oacs::FORMAT_NVM | Oacs::NS_MANAGEMENT | Oacs::SELF_TEST;
+        if self.cfg.shadow_doorbells {
+            oacs |= Oacs::DOORBELL_BUFFER_CONFIG;
+        }
+        id.oacs = oacs.bits();
+        // Formats apply to one namespace (FNA 0); no cryptographic erase.
+        id.fna = 0;
+        id.edstt = crate::mgmt::EXTENDED_SELF_TEST_MINUTES;
+        // One device self-test at a time in the subsystem.
+        id.dsto = 1;
         id.acl = 3;
         id.aerl = (AER_LIMIT - 1) as u8;
         id.frmw = 1 | 1 << 1; // slot 1 read only, one slot
@@ -190,8 +266,15 @@ impl Controller {
         id.npss = 0;
         id.wctemp = WCTEMP;
         id.cctemp = CCTEMP;
-        let total: u128 = self.namespaces.iter().map(|n| n.bytes() as u128).sum();
+        let total: u128 = self.namespaces.iter().map(|n| n.capacity() as u128).sum();
+        let free: u128 = self
+            .namespaces
+            .iter()
+            .filter(|n| !n.allocated())
+            .map(|n| n.capacity() as u128)
+            .sum();
         id.tnvmcap = total.to_le_bytes();
+        id.unvmcap = free.to_le_bytes();
         id.kas = 0;
         id.sqes = 0x66;
         id.cqes = 0x44;
@@ -223,16 +306,10 @@ impl Controller {
         id.ncap = ns.blocks();
         id.nuse = ns.blocks();
         id.nsfeat = 0;
-        id.nlbaf = 0;
-        id.flbas = 0;
+        set_lba_formats(&mut id, ns.lba_size());
         // Deallocated blocks read as zeroes (bits 2:0 = 1); Write Zeroes may deallocate.
         id.dlfeat = 1 | 1 << 3;
         id.nvmcap = (ns.bytes() as u128).to_le_bytes();
-        id.lbaf[0] = LbaFormat {
-            ms: 0,
-            lbads: ns.lba_size().trailing_zeros() as u8,
-            rp: 0,
-        };
         let (eui, nguid) = self.ns_ids(i);
         id.eui64 = eui;
         id.nguid = nguid;
@@ -258,6 +335,22 @@ impl Controller {
                 v
             }
             lid::SMART => self.smart_log().as_bytes().to_vec(),
+            lid::SELF_TEST => self.self_test_log().as_bytes().to_vec(),
+            lid::CHANGED_NAMESPACES => {
+                // Read: the list is cleared (and the notice may be sent again).
+                let mut v = vec![0u8; 4096];
+                if self.changed_ns.len() > 1024 {
+                    v[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+                } else {
+                    for (k, id) in self.changed_ns.iter().enumerate() {
+                        v[k * 4..k * 4 + 4].copy_from_slice(&id.to_le_bytes());
+                    }
+                }
+                if cmd.cdw10 & (1 << 15) == 0 {
+                    self.changed_ns.clear();
+                }
+                v
+            }
             lid::FIRMWARE_SLOT => {
                 let mut f = FirmwareSlotLog::new_zeroed();
                 f.afi = 1;

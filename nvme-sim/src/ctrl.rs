@@ -281,6 +281,12 @@ pub(crate) struct Controller {
     pub(crate) uncorrectable: BTreeSet<(u32, u64)>,
     pub(crate) temperature_warning: bool,
     pub(crate) started: Instant,
+    /// The device self-test running, if any.
+    pub(crate) self_test: Option<crate::mgmt::SelfTest>,
+    /// Device self-test results, newest first (at most 20).
+    pub(crate) self_test_results: VecDeque<nvme_regs::log::SelfTestResult>,
+    /// NSIDs whose attributes changed since the Changed Namespace List log was last read.
+    pub(crate) changed_ns: BTreeSet<u32>,
 }
 
 pub(crate) fn default_features(cfg: &SimConfig) -> Features {
@@ -344,6 +350,9 @@ impl Controller {
             uncorrectable: BTreeSet::new(),
             temperature_warning: false,
             started: Instant::now(),
+            self_test: None,
+            self_test_results: VecDeque::with_capacity(nvme_regs::log::self_test::RESULTS),
+            changed_ns: BTreeSet::new(),
             cfg,
         }
     }
@@ -369,6 +378,9 @@ impl Controller {
 
     /// One polling pass; returns true when it did something.
     fn step(&mut self) -> bool {
+        if self.self_test.is_some() {
+            self.check_self_test();
+        }
         if self.dma.take_changed() {
             self.revalidate_queues();
         }
@@ -698,6 +710,9 @@ impl Controller {
         self.aer_outstanding.clear();
         self.features = default_features(&self.cfg);
         self.temperature_warning = false;
+        // A controller level reset aborts the running device self-test (this controller
+        // does not resume extended tests after a reset).
+        self.end_self_test(nvme_regs::log::self_test::RESULT_ABORTED_BY_RESET);
     }
 
     /// Fetches and executes commands of one submission queue; true if any.

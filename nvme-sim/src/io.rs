@@ -67,7 +67,7 @@ impl Controller {
             .nsid
             .checked_sub(1)
             .map(|i| i as usize)
-            .filter(|&i| i < self.namespaces.len())
+            .filter(|&i| self.namespaces.get(i).is_some_and(|n| n.active()))
             .ok_or_else(invalid_ns)?;
         self.block_range(ns, cmd.slba(), cmd.nlb() as u64)
     }
@@ -198,7 +198,12 @@ impl Controller {
     }
 
     fn flush(&mut self, cmd: &SubmissionEntry) -> Status {
-        if cmd.nsid != 0xffff_ffff && (cmd.nsid == 0 || cmd.nsid as usize > self.namespaces.len()) {
+        let active = |nsid: u32| {
+            nsid.checked_sub(1)
+                .and_then(|i| self.namespaces.get(i as usize))
+                .is_some_and(|n| n.active())
+        };
+        if cmd.nsid != 0xffff_ffff && !active(cmd.nsid) {
             return invalid_ns();
         }
         add(&self.shared.stats.flushes, 1);
@@ -243,7 +248,7 @@ impl Controller {
             .nsid
             .checked_sub(1)
             .map(|i| i as usize)
-            .filter(|&i| i < self.namespaces.len())
+            .filter(|&i| self.namespaces.get(i).is_some_and(|n| n.active()))
         else {
             return invalid_ns();
         };

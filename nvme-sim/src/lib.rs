@@ -25,9 +25,12 @@
 //!
 //! # What it implements
 //! Controller registers (CAP, VS, CC, CSTS, AQA, ASQ, ACQ, doorbells), enable/reset/shutdown,
-//! the admin commands Identify (CNS 0-3), Get Log Page (error, SMART / health, firmware
-//! slot), Get/Set Features, Create/Delete I/O SQ/CQ, Abort, Asynchronous Event Request,
-//! Keep Alive and Doorbell Buffer Config (shadow doorbells for the I/O queues, read the way
+//! the admin commands Identify (CNS 0-3, 10h-13h), Get Log Page (error, SMART / health,
+//! firmware slot, changed namespaces, device self-test), Get/Set Features, Create/Delete I/O SQ/CQ, Abort, Asynchronous Event Request,
+//! Keep Alive, Format NVM (LBA formats of 512 and 4096 bytes), Device Self-test (log page
+//! 06h), Namespace Management and Attachment (each NSID keeps the storage it was configured
+//! with; a change of the active namespaces sends a Namespace Attribute Changed notice and
+//! fills the Changed Namespace List log page; see `mgmt.rs`) and Doorbell Buffer Config (shadow doorbells for the I/O queues, read the way
 //! QEMU's controller reads them: an I/O submission queue is looked at when its MMIO doorbell
 //! is written, its tail then comes from the shadow doorbell, and once caught up the
 //! controller writes its head to the EventIdx entry and reads the shadow once more), and the
@@ -47,7 +50,7 @@
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -63,6 +66,7 @@ mod io;
 mod irq;
 #[allow(unsafe_code)]
 mod mem;
+mod mgmt;
 mod proto;
 mod stats;
 #[allow(unsafe_code)]
@@ -399,12 +403,22 @@ impl std::error::Error for SimError {
     }
 }
 
-/// A namespace's storage: a sparse memfd mapped shared.
+/// A namespace's storage: a sparse memfd mapped shared, of the capacity configured for its
+/// NSID, and the namespace's state on it. Format NVM changes its LBA format (the block
+/// count follows from the capacity), Namespace Management allocates and deletes it,
+/// Namespace Attachment attaches and detaches it; the processing thread is the only writer
+/// of these fields, the API's readers load them.
 pub(crate) struct Namespace {
     fd: OwnedFd,
     map: Mapping,
-    lba_size: u32,
-    blocks: u64,
+    /// Bytes of storage behind the NSID (what it was configured with).
+    capacity: u64,
+    lba_size: AtomicU32,
+    blocks: AtomicU64,
+    /// Allocated (Namespace Management) ...
+    allocated: AtomicBool,
+    /// ... and attached to the controller (Namespace Attachment): active when both.
+    attached: AtomicBool,
 }
 
 impl Namespace {
@@ -417,21 +431,61 @@ impl Namespace {
         Ok(Namespace {
             fd,
             map,
-            lba_size: cfg.lba_size,
-            blocks: cfg.blocks,
+            capacity: bytes,
+            lba_size: AtomicU32::new(cfg.lba_size),
+            blocks: AtomicU64::new(cfg.blocks),
+            allocated: AtomicBool::new(true),
+            attached: AtomicBool::new(true),
         })
     }
 
     pub(crate) fn bytes(&self) -> u64 {
-        self.blocks * self.lba_size as u64
+        self.blocks() * self.lba_size() as u64
     }
 
     pub(crate) fn lba_size(&self) -> u32 {
-        self.lba_size
+        self.lba_size.load(Ordering::Acquire)
     }
 
     pub(crate) fn blocks(&self) -> u64 {
-        self.blocks
+        self.blocks.load(Ordering::Acquire)
+    }
+
+    /// Bytes of storage behind the NSID.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Allocated by Namespace Management (configured namespaces start allocated).
+    pub(crate) fn allocated(&self) -> bool {
+        self.allocated.load(Ordering::Acquire)
+    }
+
+    /// Allocated and attached: commands may address it.
+    #[inline]
+    pub(crate) fn active(&self) -> bool {
+        self.attached.load(Ordering::Acquire) && self.allocated()
+    }
+
+    /// Gives the namespace `blocks` blocks of `lba_size` bytes (the caller checked they fit
+    /// the capacity) and zeroes its storage: a new format, or a new allocation.
+    pub(crate) fn set_format(&self, lba_size: u32, blocks: u64) {
+        self.zero(0, self.capacity);
+        self.lba_size.store(lba_size, Ordering::Release);
+        self.blocks.store(blocks, Ordering::Release);
+    }
+
+    /// Marks the namespace allocated or not (deleted: its storage is zeroed too).
+    pub(crate) fn set_allocated(&self, on: bool) {
+        if !on {
+            self.zero(0, self.capacity);
+        }
+        self.allocated.store(on, Ordering::Release);
+    }
+
+    /// Attaches or detaches the namespace.
+    pub(crate) fn set_attached(&self, on: bool) {
+        self.attached.store(on, Ordering::Release);
     }
 
     /// The storage's mapping in this process (byte `i` of the namespace at offset `i`).
@@ -481,13 +535,18 @@ impl NamespaceData<'_> {
     pub fn nsid(&self) -> u32 {
         self.nsid
     }
-    /// Logical block size in bytes.
+    /// Logical block size in bytes (of its current LBA format).
     pub fn lba_size(&self) -> u32 {
-        self.ns.lba_size
+        self.ns.lba_size()
     }
     /// Size in logical blocks.
     pub fn blocks(&self) -> u64 {
-        self.ns.blocks
+        self.ns.blocks()
+    }
+    /// Whether the namespace is active: allocated and attached to the controller
+    /// (Namespace Management and Attachment change it; configured ones start active).
+    pub fn active(&self) -> bool {
+        self.ns.active()
     }
     /// Size in bytes.
     pub fn len_bytes(&self) -> u64 {

@@ -292,7 +292,17 @@ fn identify_controller_and_namespaces() {
     assert_eq!((d[12], d[13]), (2, 16));
     assert_eq!(&d[16..32], &ns.nguid);
 
-    for nsid in [0, 3, 0xffff_ffff] {
+    // NSID FFFFFFFFh: what all namespaces share, the LBA formats.
+    let (s, d) = h.identify(0, 0xffff_ffff);
+    assert!(s.is_success(), "{s}");
+    let common = IdentifyNamespace::read_from_bytes(&d).unwrap();
+    assert_eq!(common.nlbaf, 1);
+    assert_eq!(
+        (common.lbaf[0].data_size(), common.lbaf[1].data_size()),
+        (512, 4096)
+    );
+    assert_eq!(ns2.flbas, 1, "namespace 2 uses the 4096-byte format");
+    for nsid in [0, 3] {
         let (s, _) = h.identify(0, nsid);
         assert!(
             s.is_generic(G::InvalidNamespaceOrFormat) && s.dnr(),
@@ -1372,4 +1382,204 @@ fn a_cq_on_a_vector_the_controller_lacks_is_refused() {
     }
     .validate()
     .is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// Format NVM, Device Self-test, Namespace Management and Attachment
+
+/// Runs an admin command whose 4096 bytes of data come from the host.
+fn admin_write(h: &mut Host, mut c: SubmissionEntry, data: &[u8; 4096]) -> CompletionEntry {
+    let buf = h.alloc(4096);
+    h.write_mem(buf, data);
+    c.prp1 = Host::iova(buf);
+    h.admin(c)
+}
+
+fn self_test_log(h: &mut Host) -> nvme_regs::log::SelfTestLog {
+    let (s, d) = h.get_log(lid::SELF_TEST, 564 / 4, 0);
+    assert!(s.is_success(), "{s}");
+    nvme_regs::log::SelfTestLog::read_from_bytes(&d).unwrap()
+}
+
+#[test]
+fn format_changes_the_lba_format_and_erases() {
+    use nvme_regs::opcode::format_nvm_cdw10;
+    let mut h = Host::new(small_config());
+    h.enable();
+    let (_, d) = h.identify(1, 0);
+    let id = IdentifyController::read_from_bytes(&d).unwrap();
+    assert!(id.oacs().contains(nvme_regs::identify::Oacs::FORMAT_NVM));
+    h.sim.write_backing(1, 4096, &[0xa5; 512]).unwrap();
+    let mut c = cmd(A::FormatNvm as u8);
+    c.nsid = 1;
+    c.cdw10 = format_nvm_cdw10(1, false, 0, false, 1);
+    assert!(st(&h.admin(c)).is_success());
+    let (_, d) = h.identify(0, 1);
+    let ns = IdentifyNamespace::read_from_bytes(&d).unwrap();
+    assert_eq!((ns.block_size(), ns.nsze, ns.flbas), (4096, 2048, 1));
+    assert_eq!(h.sim.namespace_data(1).unwrap().lba_size(), 4096);
+    let mut b = [0xffu8; 512];
+    h.sim.read_backing(1, 4096, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0), "format erased the data");
+    // Unknown format, protection information, crypto erase, inactive namespace.
+    for (lbaf, pi, ses, nsid) in [(2, 0, 0, 1), (0, 1, 0, 1), (0, 0, 2, 1), (0, 0, 0, 3)] {
+        let mut c = cmd(A::FormatNvm as u8);
+        c.nsid = nsid;
+        c.cdw10 = format_nvm_cdw10(lbaf, false, pi, false, ses);
+        assert!(
+            !st(&h.admin(c)).is_success(),
+            "lbaf {lbaf} pi {pi} ses {ses} nsid {nsid}"
+        );
+    }
+    let mut c = cmd(A::FormatNvm as u8);
+    c.nsid = 1;
+    c.cdw10 = 2;
+    assert_cs(&h.admin(c), Cs::InvalidFormat);
+}
+
+#[test]
+fn device_self_test_runs_logs_and_aborts() {
+    use nvme_regs::log::self_test;
+    let mut h = Host::new(small_config());
+    h.enable();
+    let log = self_test_log(&mut h);
+    assert_eq!(log.current_operation, 0);
+    assert!(log
+        .results
+        .iter()
+        .all(|r| r.result() == self_test::RESULT_NOT_USED));
+    let start = |h: &mut Host, code: u32, nsid: u32| {
+        let mut c = cmd(A::DeviceSelfTest as u8);
+        c.nsid = nsid;
+        c.cdw10 = code;
+        h.admin(c)
+    };
+    assert!(st(&start(&mut h, 1, 1)).is_success());
+    assert_eq!(self_test_log(&mut h).current_operation, 1);
+    assert_cs(&start(&mut h, 2, 0), Cs::SelfTestInProgress);
+    // The short test completes on its own.
+    let log = loop {
+        let log = self_test_log(&mut h);
+        if log.current_operation == 0 {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(log.results[0].code(), self_test::SHORT);
+    assert_eq!(log.results[0].result(), self_test::RESULT_OK);
+    assert_eq!(log.results[0].nsid(), 1);
+    // An extended test aborted by code Fh.
+    assert!(st(&start(&mut h, 2, 0xffff_ffff)).is_success());
+    assert!(st(&start(&mut h, 0xf, 0)).is_success());
+    let log = self_test_log(&mut h);
+    assert_eq!(log.current_operation, 0);
+    assert_eq!(log.results[0].code(), self_test::EXTENDED);
+    assert_eq!(
+        log.results[0].result(),
+        self_test::RESULT_ABORTED_BY_COMMAND
+    );
+    assert_eq!(
+        log.results[1].code(),
+        self_test::SHORT,
+        "older results move down"
+    );
+    assert_generic(&start(&mut h, 3, 0), G::InvalidField);
+    assert_generic(&start(&mut h, 1, 7), G::InvalidNamespaceOrFormat);
+}
+
+#[test]
+fn namespace_management_and_attachment() {
+    use nvme_regs::opcode::{controller_list, ns_sel};
+    let mut h = Host::new(small_config());
+    h.enable();
+    let aer = h.submit(0, cmd(A::AsyncEventRequest as u8));
+    let mgmt = |sel: u32, nsid: u32| {
+        let mut c = cmd(A::NamespaceManagement as u8);
+        c.cdw10 = sel;
+        c.nsid = nsid;
+        c
+    };
+    let attach = |sel: u32, nsid: u32| {
+        let mut c = cmd(A::NamespaceAttachment as u8);
+        c.cdw10 = sel;
+        c.nsid = nsid;
+        c
+    };
+    let mine = controller_list(&[1]);
+    // Detach namespace 2: no longer active, still allocated; a notice names it.
+    assert!(st(&admin_write(&mut h, attach(ns_sel::DETACH, 2), &mine)).is_success());
+    let e = h.wait(0);
+    assert_eq!(e.cid, aer);
+    assert_eq!(
+        e.dw0 & 0xff_00ff,
+        0x04_0002,
+        "notice, Changed Namespace List"
+    );
+    let (_, d) = h.get_log(lid::CHANGED_NAMESPACES, 1024, 0);
+    assert_eq!(&d[..8], &[2, 0, 0, 0, 0, 0, 0, 0]);
+    let (_, d) = h.get_log(lid::CHANGED_NAMESPACES, 1024, 0);
+    assert!(d.iter().all(|&b| b == 0), "reading the log cleared it");
+    let (_, d) = h.identify(2, 0);
+    assert_eq!(
+        NamespaceList::read_from_bytes(&d)
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+    let (_, d) = h.identify(0x10, 0);
+    assert_eq!(
+        NamespaceList::read_from_bytes(&d)
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let (_, d) = h.identify(0, 2);
+    assert!(
+        d.iter().all(|&b| b == 0),
+        "an inactive namespace identifies as zeroes"
+    );
+    assert_cs(
+        &admin_write(&mut h, attach(ns_sel::DETACH, 2), &mine),
+        Cs::NamespaceNotAttached,
+    );
+    assert_cs(
+        &admin_write(&mut h, attach(ns_sel::ATTACH, 2), &controller_list(&[5])),
+        Cs::ControllerListInvalid,
+    );
+    let e = h.admin(mgmt(ns_sel::DELETE, 2));
+    assert!(st(&e).is_success());
+    // No NSID left free but 2: a namespace larger than its 8 MiB does not fit.
+    let mut idns = [0u8; 4096];
+    idns[..8].copy_from_slice(&4096u64.to_le_bytes());
+    idns[8..16].copy_from_slice(&4096u64.to_le_bytes());
+    idns[26] = 1;
+    assert_cs(
+        &admin_write(&mut h, mgmt(ns_sel::CREATE, 0), &idns),
+        Cs::NamespaceInsufficientCapacity,
+    );
+    idns[..8].copy_from_slice(&1024u64.to_le_bytes());
+    idns[8..16].copy_from_slice(&1024u64.to_le_bytes());
+    let e = admin_write(&mut h, mgmt(ns_sel::CREATE, 0), &idns);
+    assert!(st(&e).is_success(), "{}", st(&e));
+    assert_eq!(e.dw0, 2, "created in the free NSID");
+    assert_cs(
+        &admin_write(&mut h, mgmt(ns_sel::CREATE, 0), &idns),
+        Cs::NamespaceIdUnavailable,
+    );
+    assert!(st(&admin_write(&mut h, attach(ns_sel::ATTACH, 2), &mine)).is_success());
+    let (_, d) = h.identify(0, 2);
+    let ns = IdentifyNamespace::read_from_bytes(&d).unwrap();
+    assert_eq!((ns.nsze, ns.block_size()), (1024, 4096));
+    let (_, d) = h.identify(0x12, 2);
+    assert_eq!(&d[..4], &[1, 0, 1, 0], "attached to controller 1");
+    assert_cs(
+        &admin_write(&mut h, attach(ns_sel::ATTACH, 2), &mine),
+        Cs::NamespaceAlreadyAttached,
+    );
+    let (_, d) = h.identify(1, 0);
+    let id = IdentifyController::read_from_bytes(&d).unwrap();
+    assert_eq!(u128::from_le_bytes(id.unvmcap), 0);
+    assert_eq!(id.total_capacity(), 16 << 20);
 }

@@ -712,6 +712,28 @@ impl Group {
         }
     }
 
+    /// The I/O queue ids in use with the pid of the member holding each (0 when its record
+    /// no longer names it), in queue id order.
+    pub(crate) fn qid_holders(&self) -> Vec<(u16, u32)> {
+        let h = self.header();
+        h.qids
+            .iter()
+            .enumerate()
+            .filter_map(|(q, o)| {
+                let raw = o.load(Ordering::Acquire);
+                if raw == 0 {
+                    return None;
+                }
+                let index = ((raw & 0xff) as usize).checked_sub(1);
+                let pid = index
+                    .and_then(|i| Some((i, h.members.get(i)?)))
+                    .filter(|(i, m)| OwnerId::new(*i, m.epoch.load(Ordering::Relaxed)).raw() == raw)
+                    .map_or(0, |(_, m)| m.pid.load(Ordering::Relaxed));
+                Some((q as u16, pid))
+            })
+            .collect()
+    }
+
     /// Queue ids in use by any member.
     pub(crate) fn qids_in_use(&self) -> usize {
         self.header()

@@ -87,6 +87,143 @@ pub enum Cmd {
     /// The Discovery Log Page of an NVMe/TCP discovery controller, as `nvme discover`
     /// prints it (-r 'trtype:TCP adrfam:IPv4 traddr:IP trsvcid:PORT').
     Discover(DiscoverArgs),
+    /// Format NVM: a new LBA format, erasing the namespace (--force, or confirm on a
+    /// terminal); refused while processes of the group have I/O queues.
+    Format(FormatArgs),
+    /// Device Self-test: start (-s 1 short, 2 extended), abort (-s 15) or show the test.
+    DeviceSelfTest(DeviceSelfTestArgs),
+    /// Device Self-test log (LID 06h).
+    SelfTestLog(SelfTestLogArgs),
+    /// Namespace Management: create a namespace (not attached; see attach-ns).
+    CreateNs(CreateNsArgs),
+    /// Namespace Management: delete a namespace.
+    DeleteNs(DeleteNsArgs),
+    /// Namespace Attachment: attach a namespace to controllers (default: this one).
+    AttachNs(AttachNsArgs),
+    /// Namespace Attachment: detach a namespace from controllers (default: this one).
+    DetachNs(AttachNsArgs),
+}
+
+/// Options of `format` (nvme-cli's; `--pi` and `--reset` have no short form here: `-i` is
+/// the group id and `-r` the transport).
+#[derive(Args, Debug, Clone)]
+pub struct FormatArgs {
+    /// Namespace id (default: the trid's ns:, else 1; 0xffffffff: every namespace).
+    #[arg(short = 'n', long = "namespace-id", value_name = "NSID", value_parser = parse_number::<u32>)]
+    pub nsid: Option<u32>,
+    /// How long to wait for the format, in milliseconds.
+    #[arg(short = 't', long = "timeout", value_name = "MS", default_value = "600000", value_parser = parse_number::<u32>)]
+    pub timeout: u32,
+    /// LBA format index to apply (default: the one in use).
+    #[arg(short = 'l', long = "lbaf", value_name = "LBAF", value_parser = parse_number::<u8>)]
+    pub lbaf: Option<u8>,
+    /// Secure erase settings: 0 none, 1 user data erase, 2 cryptographic erase.
+    #[arg(short = 's', long = "ses", value_name = "SES", default_value = "0", value_parser = parse_number::<u8>)]
+    pub ses: u8,
+    /// Protection information: 0 off, 1-3 type 1-3.
+    #[arg(long = "pi", value_name = "PI", default_value = "0", value_parser = parse_number::<u8>)]
+    pub pi: u8,
+    /// Protection information location: 1 first bytes of metadata, 0 last.
+    #[arg(short = 'p', long = "pil", value_name = "PIL", default_value = "0", value_parser = parse_number::<u8>)]
+    pub pil: u8,
+    /// Metadata settings: 1 extended LBA (metadata with the data), 0 separate.
+    #[arg(short = 'm', long = "ms", value_name = "MS", default_value = "0", value_parser = parse_number::<u8>)]
+    pub ms: u8,
+    /// Reset the controller after a successful format (for the whole group).
+    #[arg(long = "reset")]
+    pub reset: bool,
+    /// Do not ask for confirmation (needed when stdin is not a terminal).
+    #[arg(long = "force")]
+    pub force: bool,
+    /// The LBA format by its block size (instead of --lbaf).
+    #[arg(short = 'b', long = "block-size", value_name = "BYTES", value_parser = parse_number::<u64>)]
+    pub block_size: Option<u64>,
+}
+
+/// Options of `device-self-test`.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceSelfTestArgs {
+    /// Namespace the test includes (0: the controller only; default: every namespace).
+    #[arg(short = 'n', long = "namespace-id", value_name = "NSID", default_value = "0xffffffff", value_parser = parse_number::<u32>)]
+    pub nsid: u32,
+    /// 1 short test, 2 extended test, 0xe vendor specific, 0xf abort the running test;
+    /// without it: show the running test.
+    #[arg(short = 's', long = "self-test-code", value_name = "CODE", value_parser = parse_number::<u8>)]
+    pub code: Option<u8>,
+    /// Wait for the test to finish, showing its progress (SIGINT aborts the test).
+    #[arg(short = 'w', long = "wait")]
+    pub wait: bool,
+}
+
+/// Options of `self-test-log`.
+#[derive(Args, Debug, Clone)]
+pub struct SelfTestLogArgs {
+    /// Result entries to show (1-20).
+    #[arg(short = 'e', long = "dst-entries", value_name = "N", default_value = "20", value_parser = parse_number::<u8>)]
+    pub entries: u8,
+    /// Output format.
+    #[arg(short = 'o', long = "output-format", value_enum, default_value_t)]
+    pub output: OutputFormat,
+    /// Name each result and code.
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+}
+
+/// Options of `create-ns` (nvme-cli's; `--nvmset-id` has no short form here).
+#[derive(Args, Debug, Clone)]
+pub struct CreateNsArgs {
+    /// Size in logical blocks (NSZE).
+    #[arg(short = 's', long = "nsze", value_name = "BLOCKS", default_value = "0", value_parser = parse_number::<u64>)]
+    pub nsze: u64,
+    /// Capacity in logical blocks (NCAP).
+    #[arg(short = 'c', long = "ncap", value_name = "BLOCKS", default_value = "0", value_parser = parse_number::<u64>)]
+    pub ncap: u64,
+    /// Formatted LBA size: the LBA format index (or give --block-size).
+    #[arg(short = 'f', long = "flbas", value_name = "FLBAS", value_parser = parse_number::<u8>)]
+    pub flbas: Option<u8>,
+    /// End-to-end data protection settings (DPS).
+    #[arg(short = 'd', long = "dps", value_name = "DPS", default_value = "0", value_parser = parse_number::<u8>)]
+    pub dps: u8,
+    /// Multi-path I/O and sharing (NMIC).
+    #[arg(short = 'm', long = "nmic", value_name = "NMIC", default_value = "0", value_parser = parse_number::<u8>)]
+    pub nmic: u8,
+    /// ANA group identifier.
+    #[arg(short = 'a', long = "anagrp-id", value_name = "ID", default_value = "0", value_parser = parse_number::<u32>)]
+    pub anagrpid: u32,
+    /// NVM set identifier.
+    #[arg(long = "nvmset-id", value_name = "ID", default_value = "0", value_parser = parse_number::<u16>)]
+    pub nvmsetid: u16,
+    /// The LBA format by its block size (instead of --flbas).
+    #[arg(short = 'b', long = "block-size", value_name = "BYTES", value_parser = parse_number::<u64>)]
+    pub block_size: Option<u64>,
+    /// How long to wait, in milliseconds.
+    #[arg(short = 't', long = "timeout", value_name = "MS", default_value = "120000", value_parser = parse_number::<u32>)]
+    pub timeout: u32,
+    /// Command set identifier (0: NVM).
+    #[arg(short = 'y', long = "csi", value_name = "CSI", default_value = "0", value_parser = parse_number::<u8>)]
+    pub csi: u8,
+}
+
+/// Options of `delete-ns`.
+#[derive(Args, Debug, Clone)]
+pub struct DeleteNsArgs {
+    /// The namespace to delete (default: the trid's ns:; 0xffffffff: every namespace).
+    #[arg(short = 'n', long = "namespace-id", value_name = "NSID", value_parser = parse_number::<u32>)]
+    pub nsid: Option<u32>,
+    /// How long to wait, in milliseconds.
+    #[arg(short = 't', long = "timeout", value_name = "MS", default_value = "120000", value_parser = parse_number::<u32>)]
+    pub timeout: u32,
+}
+
+/// Options of `attach-ns` and `detach-ns`.
+#[derive(Args, Debug, Clone)]
+pub struct AttachNsArgs {
+    /// The namespace.
+    #[arg(short = 'n', long = "namespace-id", value_name = "NSID", value_parser = parse_nsid)]
+    pub nsid: Option<u32>,
+    /// Comma-separated controller ids (default: this controller's, Identify CNTLID).
+    #[arg(short = 'c', long = "controllers", value_name = "LIST", value_delimiter = ',', value_parser = parse_number::<u16>)]
+    pub controllers: Vec<u16>,
 }
 
 /// Options of `discover`.

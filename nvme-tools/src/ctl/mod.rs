@@ -6,8 +6,10 @@
 //! nothing behind, so that it can run as a short-lived secondary beside an application.
 //! With `trtype:TCP`, `discover` and `id-ctrl` use an NVMe/TCP admin queue
 //! ([`nvme_host_linux::tcp::TcpController`]) instead. The formatters ([`idctrl`], [`idns`],
-//! [`logs`], [`features`], [`list`], [`mod@identify`], [`mod@discover`]) are pure functions
-//! of the driver's data types.
+//! [`logs`], [`features`], [`list`], [`mod@identify`], [`mod@discover`], and those of
+//! [`ops`] and [`manage`]) are pure functions of the driver's data types.
+//! [`manage`]'s subcommands change the namespaces (`format`, `create-ns`, `delete-ns`,
+//! `attach-ns`, `detach-ns`) or test the device (`device-self-test`).
 
 pub mod args;
 pub mod discover;
@@ -18,6 +20,7 @@ pub mod idns;
 pub mod io;
 pub mod list;
 pub mod logs;
+pub mod manage;
 pub mod ops;
 #[cfg(test)]
 mod testdata;
@@ -447,6 +450,25 @@ pub fn run(cli: &Cli) -> Result<()> {
             return print(with_controller(cli, |c| ops::passthru(c, a, true))?)
         }
         Cmd::IoPassthru(a) => return print(with_controller(cli, |c| ops::passthru(c, a, false))?),
+        Cmd::Format(a) => {
+            // Options checked before attaching: a bad command line sends nothing.
+            manage::check_format_args(a)?;
+            return print(with_controller(cli, |c| manage::format(c, a))?);
+        }
+        Cmd::DeviceSelfTest(a) => {
+            return with_controller(cli, |c| {
+                manage::device_self_test(c, a, &mut std::io::stdout().lock())
+            })
+        }
+        Cmd::SelfTestLog(a) => {
+            return print(with_controller(cli, |c| manage::self_test_log(c, a))?)
+        }
+        Cmd::CreateNs(a) => return print(with_controller(cli, |c| manage::create_ns(c, a))?),
+        Cmd::DeleteNs(a) => return print(with_controller(cli, |c| manage::delete_ns(c, a))?),
+        Cmd::AttachNs(a) => return print(with_controller(cli, |c| manage::attach_ns(c, a, true))?),
+        Cmd::DetachNs(a) => {
+            return print(with_controller(cli, |c| manage::attach_ns(c, a, false))?)
+        }
         Cmd::Compare(a) => {
             with_controller(cli, |c| compare_input(c, a))?;
             return print(ops::compare_done());

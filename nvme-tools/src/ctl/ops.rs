@@ -35,7 +35,7 @@ pub struct Printed {
 }
 
 impl Printed {
-    fn out(s: impl Into<Vec<u8>>) -> Printed {
+    pub(crate) fn out(s: impl Into<Vec<u8>>) -> Printed {
         Printed {
             stdout: s.into(),
             stderr: String::new(),
@@ -655,7 +655,8 @@ pub fn passthru(ctrl: &Controller, a: &PassthruArgs, admin: bool) -> Result<Prin
         None => None,
     };
     let result = if admin {
-        ctrl.admin_passthru(cmd, data)?.dw0
+        let timeout = (a.timeout != 0).then(|| Duration::from_millis(a.timeout as u64));
+        ctrl.admin_passthru_timeout(cmd, data, timeout)?.dw0
     } else {
         let timeout = match a.timeout {
             0 => nvme_host_linux::SYNC_COMMAND_TIMEOUT,
