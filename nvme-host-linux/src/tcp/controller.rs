@@ -59,23 +59,35 @@ impl HostIdentity {
     /// they exist; else a UUID from `/etc/machine-id` (stable across runs), else a random
     /// one, with the NQN `nqn.2014-08.org.nvmexpress:uuid:<uuid>`.
     pub fn of_this_host() -> HostIdentity {
-        let read = |p: &str| {
-            std::fs::read_to_string(p)
-                .ok()
-                .map(|s| s.trim().to_string())
-        };
-        let hostid = read("/etc/nvme/hostid")
-            .and_then(|s| parse_uuid(&s))
-            .or_else(|| read("/etc/machine-id").and_then(|s| parse_uuid(&s)))
-            .unwrap_or_else(|| {
-                let mut id = [0u8; 16];
-                if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-                    let _ = std::io::Read::read_exact(&mut f, &mut id);
-                }
-                id
-            });
-        let hostnqn = read("/etc/nvme/hostnqn")
+        let read = |p: &str| std::fs::read_to_string(p).ok();
+        let mut random = [0u8; 16];
+        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+            let _ = std::io::Read::read_exact(&mut f, &mut random);
+        }
+        Self::from_files(
+            read("/etc/nvme/hostnqn").as_deref(),
+            read("/etc/nvme/hostid").as_deref(),
+            read("/etc/machine-id").as_deref(),
+            random,
+        )
+    }
+
+    /// [`HostIdentity::of_this_host`] from the files' contents (`None`: no such file) and
+    /// the random identifier used when neither id file gives one.
+    pub fn from_files(
+        hostnqn: Option<&str>,
+        hostid: Option<&str>,
+        machine_id: Option<&str>,
+        random: [u8; 16],
+    ) -> HostIdentity {
+        let hostid = hostid
+            .and_then(parse_uuid)
+            .or_else(|| machine_id.and_then(parse_uuid))
+            .unwrap_or(random);
+        let hostnqn = hostnqn
+            .map(str::trim)
             .filter(|s| !s.is_empty())
+            .map(String::from)
             .unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{}", Uuid(hostid)));
         HostIdentity { hostnqn, hostid }
     }

@@ -794,12 +794,37 @@ fn host_identity_is_an_nqn_with_its_uuid() {
         controller::parse_uuid("g123456789abcdef0123456789abcdef"),
         None
     );
-    let h = HostIdentity::of_this_host();
-    let uuid = h.hostnqn.rsplit(':').next().unwrap();
-    assert!(h.hostnqn.starts_with("nqn."), "{}", h.hostnqn);
-    if h.hostnqn.starts_with("nqn.2014-08.org.nvmexpress:uuid:") {
-        assert_eq!(controller::parse_uuid(uuid), Some(h.hostid));
-    }
+    // nvme-cli's files win (they need not agree with each other: Debian's package writes
+    // both at random); then /etc/machine-id; then the random identifier.
+    let nqn = "nqn.2014-08.org.nvmexpress:uuid:13f2a6f7-5a31-4ad7-9233-82b8a15d5494\n";
+    let h = HostIdentity::from_files(
+        Some(nqn),
+        Some("77a76e60-4a2a-4fb8-b88f-d0813270e3bc\n"),
+        Some("0123456789abcdef0123456789abcdef"),
+        [9; 16],
+    );
+    assert_eq!(h.hostnqn, nqn.trim());
+    assert_eq!(h.hostid[0], 0x77);
+    let h = HostIdentity::from_files(
+        None,
+        None,
+        Some("0123456789abcdef0123456789abcdef\n"),
+        [9; 16],
+    );
+    assert_eq!(h.hostid, id);
+    assert_eq!(
+        h.hostnqn,
+        "nqn.2014-08.org.nvmexpress:uuid:01234567-89ab-cdef-0123-456789abcdef"
+    );
+    let h = HostIdentity::from_files(Some(""), Some("junk"), None, [9; 16]);
+    assert_eq!(h.hostid, [9; 16]);
+    assert!(
+        h.hostnqn
+            .ends_with(":uuid:09090909-0909-0909-0909-090909090909"),
+        "{}",
+        h.hostnqn
+    );
+    assert!(HostIdentity::of_this_host().hostnqn.starts_with("nqn."));
 }
 
 #[test]
