@@ -463,7 +463,12 @@ fn vm(o: &Opts) -> Result<(), String> {
     let initrd = ir.pack()?;
 
     // 3. Disk images (fresh, sparse) and QEMU.
-    let mut q = vm::qemu(&tools, &o.vm, &initrd);
+    // In an NVM subsystem, so that QEMU's controller supports Namespace Attachment.
+    let vm_opts = VmOpts {
+        subsystem: true,
+        ..o.vm.clone()
+    };
+    let mut q = vm::qemu(&tools, &vm_opts, &initrd);
     let mut images = Vec::new();
     for (nsid, bs, bytes, file) in NAMESPACES {
         let img = file.then(|| ir.work.join(format!("ns{nsid}.img")));
