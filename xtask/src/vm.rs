@@ -525,7 +525,15 @@ pub fn qemu(tools: &Tools, o: &VmOpts, initrd: &Path) -> Command {
     q.arg("-append").arg(format!(
         // no_timer_check: on a busy host the TCG guest's early check of the IO-APIC timer
         // can fail ("timer doesn't work through Interrupt-remapped IO-APIC": a panic).
-        "console=ttyS0 intel_iommu=on iommu=pt quiet panic=-1 no_timer_check hugepages=64{}",
+        // nvme_core.multipath=N with a subsystem: the kernel driver names the namespaces
+        // of the controller itself (nvmeXnY under it), as without one, not through
+        // multipath heads.
+        "console=ttyS0 intel_iommu=on iommu=pt quiet panic=-1 no_timer_check hugepages=64{}{}",
+        if o.subsystem {
+            " nvme_core.multipath=N"
+        } else {
+            ""
+        },
         o.append
     ));
     if o.subsystem {
