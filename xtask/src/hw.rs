@@ -426,6 +426,9 @@ fn vm(o: &Opts) -> Result<(), String> {
     }
     ir.modules(&tools.moddir, VFIO_MODULES, "modules-vfio")?;
     ir.modules(&tools.moddir, NVME_MODULES, "modules-nvme")?;
+    // The controller is in an NVM subsystem (below): without multipath the kernel keeps
+    // the namespaces' block devices under the controller, where the read-back finds them.
+    ir.write("params-nvme-core", "multipath=N")?;
     ir.modules(&tools.moddir, NVMET_MODULES, "modules-nvmet")?;
     let mut args = String::from("--expect-serial deadbeef --multi-process --tools /bin");
     for (nsid, bs, bytes, file) in NAMESPACES {

@@ -31,7 +31,10 @@ pub struct VmOpts {
     /// Extra kernel command-line arguments (`--append`, e.g. `tsc=reliable`).
     pub append: String,
     /// Put the controller in an NVM subsystem (QEMU's `nvme-subsys` device): then it
-    /// supports Namespace Attachment (attach-ns, detach-ns).
+    /// supports Namespace Attachment (attach-ns, detach-ns). A guest that loads the kernel's
+    /// nvme driver should load `nvme-core` with `multipath=N` (see [`Initramfs::modules`]'s
+    /// `params-<module>` files), so that the namespaces' block devices sit under the
+    /// controller as without a subsystem.
     pub subsystem: bool,
 }
 
@@ -525,15 +528,7 @@ pub fn qemu(tools: &Tools, o: &VmOpts, initrd: &Path) -> Command {
     q.arg("-append").arg(format!(
         // no_timer_check: on a busy host the TCG guest's early check of the IO-APIC timer
         // can fail ("timer doesn't work through Interrupt-remapped IO-APIC": a panic).
-        // nvme_core.multipath=N with a subsystem: the kernel driver names the namespaces
-        // of the controller itself (nvmeXnY under it), as without one, not through
-        // multipath heads.
-        "console=ttyS0 intel_iommu=on iommu=pt quiet panic=-1 no_timer_check hugepages=64{}{}",
-        if o.subsystem {
-            " nvme_core.multipath=N"
-        } else {
-            ""
-        },
+        "console=ttyS0 intel_iommu=on iommu=pt quiet panic=-1 no_timer_check hugepages=64{}",
         o.append
     ));
     if o.subsystem {
