@@ -42,10 +42,16 @@ pub fn data_len(fid: u8, cdw11: u32) -> usize {
     }
 }
 
-/// The `get-feature:` line.
+/// The `get-feature:` line. nvme-cli prints the value with C's `%#0*x`, 10 wide, and 8 wide
+/// when it is 0 (C's `#` adds no `0x` to zero): `value:00000000`.
 pub fn summary(fid: u8, sel: FeatureSelect, value: u32) -> String {
+    let value = if value == 0 {
+        "00000000".to_string()
+    } else {
+        format!("{value:#010x}")
+    };
     format!(
-        "get-feature:{fid:#04x} ({}), {} value:{value:#010x}\n",
+        "get-feature:{fid:#04x} ({}), {} value:{value}\n",
         feature_name(fid),
         select_name(sel)
     )
@@ -126,18 +132,18 @@ pub fn decode(fid: u8, value: u32, data: &[u8]) -> Option<String> {
     Some(s)
 }
 
-/// The whole `get-feature` output: the line, the decode with `human` (the capabilities for
-/// SEL 3), and the data buffer, if the feature has one, as nvme-cli's hex dump.
+/// The whole `get-feature` output as nvme-cli prints it: the line, then the capabilities for
+/// SEL 3, else with `human` the decode, else the data buffer (if the feature has one) as
+/// nvme-cli's hex dump.
 pub fn format_text(fid: u8, sel: FeatureSelect, value: u32, data: &[u8], human: bool) -> String {
     let mut out = summary(fid, sel, value);
-    if human {
-        if sel == FeatureSelect::SupportedCapabilities {
+    if sel == FeatureSelect::SupportedCapabilities {
+        if human {
             out.push_str(&capabilities(value));
-        } else if let Some(d) = decode(fid, value, data) {
-            out.push_str(&d);
         }
-    }
-    if !data.is_empty() && sel != FeatureSelect::SupportedCapabilities {
+    } else if human {
+        out.extend(decode(fid, value, data));
+    } else if !data.is_empty() {
         out.push_str(&nvme_cli_dump(data));
     }
     out
@@ -155,7 +161,7 @@ mod tests {
         );
         assert_eq!(
             summary(0x81, FeatureSelect::Saved, 0),
-            "get-feature:0x81 (Host Identifier), Saved value:0x00000000\n"
+            "get-feature:0x81 (Host Identifier), Saved value:00000000\n"
         );
     }
 
@@ -185,6 +191,8 @@ mod tests {
             t.contains("The timestamp is : 1000 ms\n\tSynch: 1\n\tOrigin: 1\n"),
             "{t}"
         );
+        assert!(!t.contains("0000: e8"), "-H decodes instead of dumping: {t}");
+        let t = format_text(fid::TIMESTAMP, FeatureSelect::Current, 0, &data, false);
         assert!(t.contains("0000: e8 03 00 00 00 00 03 00"), "{t}");
     }
 
