@@ -19,6 +19,7 @@
 mod bench_hw;
 mod bench_spdk;
 mod cargo;
+mod cli_compare;
 mod fio_hw;
 mod hw;
 mod instructions;

@@ -454,7 +454,10 @@ mod tests {
         assert_eq!(v["psds"].as_array().unwrap().len(), 1);
         assert_eq!(v["psds"][0]["max_power"], 2500);
         assert_eq!(v["psds"][0]["active_power_work"], 0);
-        assert_eq!(v["tnvmcap"], "1048576", "128-bit fields are strings in nvme-cli's JSON");
+        assert_eq!(
+            v["tnvmcap"], "1048576",
+            "128-bit fields are strings in nvme-cli's JSON"
+        );
         let mut id = sample();
         id.maxdna = (1u128 << 70).to_le_bytes();
         id.sgls = 0x8000_0001;
@@ -463,7 +466,10 @@ mod tests {
         id.subnqn[..nqn.len()].copy_from_slice(nqn);
         let v: serde_json::Value = serde_json::from_str(&format_json(&id)).unwrap();
         assert_eq!(v["maxdna"], (1u128 << 70).to_string());
-        assert_eq!(v["sgls"], 0x8000_0001u32 as i32, "json-c's int32, as nvme-cli 2.3");
+        assert_eq!(
+            v["sgls"], 0x8000_0001u32 as i32,
+            "json-c's int32, as nvme-cli 2.3"
+        );
         assert_eq!(v["subnqn"], "nqn.2019-08.org.qemu:deadbeef");
         id.subnqn = [0; 256];
         let v: serde_json::Value = serde_json::from_str(&format_json(&id)).unwrap();
@@ -481,7 +487,10 @@ mod tests {
         ps.apw_aps = (1 << 6) | 2;
         ps.actp = 15000;
         let p = power_state(1, &ps);
-        assert!(p.starts_with("ps      1 : mp:1.2345W non-operational"), "{p}");
+        assert!(
+            p.starts_with("ps      1 : mp:1.2345W non-operational"),
+            "{p}"
+        );
         assert!(p.contains("idle_power:5.00W active_power:1.5000W\n"), "{p}");
         assert!(p.ends_with("active_power_workload:80K 128KiB SW\n"), "{p}");
     }

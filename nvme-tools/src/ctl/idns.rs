@@ -207,7 +207,10 @@ mod tests {
         ns.mcl = 4096;
         let t = format_text(3, &ns, false);
         assert!(t.contains("\nmcl     : 4096\n"), "{t}");
-        assert!(t.ends_with("lbaf  2 : ms:0   lbads:0  rp:0 \n"), "NULBAF formats listed: {t}");
+        assert!(
+            t.ends_with("lbaf  2 : ms:0   lbads:0  rp:0 \n"),
+            "NULBAF formats listed: {t}"
+        );
         let mut ns = sample();
         ns.nsfeat = 0x10;
         assert!(format_text(3, &ns, false).contains("\nnpwg    : 0\n"));
@@ -230,7 +233,10 @@ mod tests {
         assert_eq!(v["eui64"], "11220000000000ff");
         assert_eq!(v["lbafs"][1]["ds"], 12);
         assert_eq!(v["lbafs"].as_array().unwrap().len(), 2);
-        assert_eq!(v["nvmcap"], "1048576", "128-bit fields are strings in nvme-cli's JSON");
+        assert_eq!(
+            v["nvmcap"], "1048576",
+            "128-bit fields are strings in nvme-cli's JSON"
+        );
         assert_eq!(v["mssrl"], 0);
         assert_eq!(v["nulbaf"], 0);
     }

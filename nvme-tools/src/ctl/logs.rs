@@ -32,7 +32,12 @@ fn smart_rows(s: &SmartLog) -> Vec<(String, String, String, Json)> {
         "critical_warning",
         json_int(s.critical_warning.into()),
     );
-    row("temperature", temperature(t), "temperature", json_int(t.into()));
+    row(
+        "temperature",
+        temperature(t),
+        "temperature",
+        json_int(t.into()),
+    );
     row(
         "available_spare",
         format!("{}%", s.available_spare),
@@ -396,7 +401,10 @@ mod tests {
             t.starts_with("Error Log Entries for device:sim entries:3\n.................\n Entry[ 0]   \n.................\nerror_count\t: 0\n"),
             "{t}"
         );
-        assert!(t.contains("status_field\t: 0(Successful Completion)\n"), "{t}");
+        assert!(
+            t.contains("status_field\t: 0(Successful Completion)\n"),
+            "{t}"
+        );
         for want in [
             "error_count\t: 7",
             "sqid\t\t: 1",
@@ -407,7 +415,10 @@ mod tests {
         ] {
             assert!(t.lines().any(|l| l == want), "{want} missing in\n{t}");
         }
-        assert!(t.contains("status_field\t: 0x4080(LBA Out of Range)\n"), "{t}");
+        assert!(
+            t.contains("status_field\t: 0x4080(LBA Out of Range)\n"),
+            "{t}"
+        );
         let v: serde_json::Value =
             serde_json::from_str(&error_json(&entries())).expect("valid JSON");
         assert_eq!(v["errors"].as_array().unwrap().len(), 3);
