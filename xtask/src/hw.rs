@@ -22,12 +22,16 @@
 //!    two job threads; [`crate::fio_hw`]), rebinds the
 //!    controller to the kernel's nvme driver and reads back what the suite wrote through
 //!    `/dev/nvme0nX` (the manifest's ranges: the single-process pattern and the last
-//!    writes acknowledged after the resets and after the function resets);
+//!    writes acknowledged after the resets and after the function resets); nvmectl's
+//!    id-ctrl, id-ns, smart-log, error-log, fw-log (plain and `-o json`) and get-feature
+//!    run before the rebind, Debian's nvme-cli's after it (copied in with its libraries);
 //! 5. parses the serial console: any `FAIL` line, a missing summary, or a guest that does not
 //!    finish within the timeout fails the run (the full console log is printed then); the
 //!    read-back blocks are also checked in the disk images on the host; the torture run's
 //!    `TORTURE SUMMARY` line must be there and report no finding; every fio job file must
-//!    pass and fio's verify headers must be in the namespace's disk image.
+//!    pass and fio's verify headers must be in the namespace's disk image; every field
+//!    nvme-cli printed must be in nvmectl's output with the same value
+//!    ([`crate::cli_compare`]).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
