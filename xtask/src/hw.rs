@@ -323,7 +323,7 @@ cli_run() {
 nvmectl_cmd() { /bin/nvmectl "$@" -r "trtype:PCIe traddr:$bdf"; }
 nvmecli_cmd() { sub=$1; shift; LD_LIBRARY_PATH=$(cat /nvme-cli.libpath) /bin/nvme $sub /dev/nvme0 "$@"; }
 cli_all() {
-    local t=$1 c=$2 x a n f ns
+    local t=$1 c=$2 x a n f ns start=$(date +%s)
     for x in "" .json; do
         a=""; [ -n "$x" ] && a="-o json"
         cli_run $t id-ctrl$x $c id-ctrl $a
@@ -336,6 +336,7 @@ cli_all() {
         ns=""; [ $f = 0x05 ] && ns="-n 1"
         cli_run $t get-feature-$f $c get-feature -f $f $ns
     done
+    echo "HWTEST-INIT $t's outputs for the nvme-cli comparison took $(( $(date +%s) - start )) s"
 }
 "#;
 

@@ -338,22 +338,14 @@ mod tests {
         assert_eq!(lines[1], "critical_warning\t\t\t: 0x2");
         assert_eq!(lines[2], "temperature\t\t\t\t: 35°C (308 Kelvin)");
         assert_eq!(lines[3], "available_spare\t\t\t\t: 97%");
-        assert!(
-            lines.contains(&"Data Units Read\t\t\t\t: 1234 (631.81 MB)"),
-            "{t}"
-        );
-        assert!(
-            lines.contains(&"Data Units Written\t\t\t: 0 (0.00 B)"),
-            "{t}"
-        );
-        assert!(
-            lines.contains(&"host_read_commands\t\t\t: 18446744073709551616"),
-            "{t}"
-        );
-        assert!(
-            lines.contains(&"Temperature Sensor 3           : 27°C (300 Kelvin)"),
-            "{t}"
-        );
+        for want in [
+            "Data Units Read\t\t\t\t: 1234 (631.81 MB)",
+            "Data Units Written\t\t\t: 0 (0.00 B)",
+            "host_read_commands\t\t\t: 18446744073709551616",
+            "Temperature Sensor 3           : 27°C (300 Kelvin)",
+        ] {
+            assert!(lines.contains(&want), "{want} missing in\n{t}");
+        }
         assert!(
             !t.contains("Temperature Sensor 1"),
             "sensors reading 0 are absent"
