@@ -14,12 +14,15 @@
 //! - [`group_control`]: the checks a process joining a group does on the control segment
 //!   and the admin segment layout it describes.
 //! - [`sim_protocol`]: the software controller daemon's request handling.
+//! - [`tcp_pdus`]: the NVMe/TCP host's admin queue fed arbitrary PDUs (framing, digests,
+//!   C2HData, R2T, responses, terminations).
 
 pub mod completions;
 pub mod group_control;
 pub mod identify;
 mod input;
 pub mod sim_protocol;
+pub mod tcp_pdus;
 
 /// A target's entry point.
 pub type Target = fn(&[u8]);
@@ -30,4 +33,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("identify", identify::run),
     ("group_control", group_control::run),
     ("sim_protocol", sim_protocol::run),
+    ("tcp_pdus", tcp_pdus::run),
 ];

@@ -198,3 +198,8 @@ fn group_control() {
 fn sim_protocol() {
     smoke("sim_protocol");
 }
+
+#[test]
+fn tcp_pdus() {
+    smoke("tcp_pdus");
+}

@@ -120,6 +120,7 @@ impl Controller {
         let transport: Arc<dyn Transport> = match &trid.kind {
             TransportKind::Sim(o) => crate::open_sim(o)?,
             TransportKind::Pcie { traddr } => crate::open_pcie(traddr.as_ref())?,
+            TransportKind::Tcp(_) => return Err(crate::tcp::no_io_queues_yet()),
         };
         Controller::attach_transport(transport, trid.clone(), opts)
     }

@@ -135,6 +135,15 @@ pub enum Error {
         /// Blocks written.
         blocks: u64,
     },
+    /// NVMe/TCP: the connection, the Connect, a digest or the keep-alive failed; the
+    /// message names the address and what failed.
+    Tcp(crate::tcp::TcpError),
+}
+
+impl From<crate::tcp::TcpError> for Error {
+    fn from(e: crate::tcp::TcpError) -> Error {
+        Error::Tcp(e)
+    }
 }
 
 /// A `Result` with the driver's [`Error`].
@@ -227,6 +236,7 @@ impl fmt::Display for Error {
                 "all {granted} I/O queues the controller granted are in use; free a queue pair first"
             ),
             Error::LeaseConflict(c) => write!(f, "{c}"),
+            Error::Tcp(e) => write!(f, "{e}"),
             Error::OutsideLease { nsid, lba, blocks } => write!(
                 f,
                 "write to LBAs {lba}..{} of namespace {nsid} refused: this process checks its writes against its LBA range leases there and holds none covering these blocks; claim a lease on them first (Controller::lease, nvme-perf --lease)",

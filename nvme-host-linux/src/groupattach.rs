@@ -45,6 +45,9 @@ pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Resul
     if let TransportKind::Sim(_) = trid.kind {
         return Err(crate::no_sim());
     }
+    if let TransportKind::Tcp(_) = trid.kind {
+        return Err(crate::tcp::no_io_queues_yet());
+    }
     let ctrl = match (&trid.kind, Group::open(id, opts.admin_timeout)?) {
         #[cfg(feature = "sim")]
         (TransportKind::Sim(sim_opts), Joined::Create(creating)) => {
@@ -60,6 +63,7 @@ pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Resul
         (TransportKind::Pcie { traddr }, Joined::Join(group)) => {
             join_pcie(group, traddr.as_ref(), trid, opts)?
         }
+        (TransportKind::Tcp(_), _) => unreachable!("refused above"),
     };
     let group = ctrl.group().expect("group member");
     cleanup_dead(ctrl.state());

@@ -1,8 +1,9 @@
 //! The NVMe driver for Linux: attach to a controller, allocate DMA buffers, create one I/O
 //! queue pair per thread, submit commands and poll for their completions.
 //!
-//! Transports: `trtype:PCIe traddr:dddd:bb:dd.f` (a controller bound to vfio-pci) and
-//! `trtype:sim` (the built-in software controller, no hardware needed).
+//! Transports: `trtype:PCIe traddr:dddd:bb:dd.f` (a controller bound to vfio-pci),
+//! `trtype:sim` (the built-in software controller, no hardware needed), and for the admin
+//! queue and discovery so far `trtype:TCP traddr:IP trsvcid:PORT subnqn:NQN` (NVMe/TCP).
 //!
 //! Cargo features, all off by default:
 //! - `sim`: the software controller (`trtype:sim`, `SimTransport`, the `sim` module with
@@ -30,6 +31,9 @@
 //!   refused before submission (the group's table is `group::leases`).
 //! - `transport`: the [`Transport`] trait; `vfio` (PCIe through VFIO) and `simtransport`
 //!   (the software controller) implement it; `trid`: transport id strings.
+//! - `tcp`: NVMe/TCP (`trtype:TCP`): the admin queue of a controller over TCP
+//!   ([`tcp::TcpController`]: Fabrics Connect, properties, admin commands, Keep Alive) and
+//!   discovery ([`tcp::discover`]); I/O queues over TCP come with a later step.
 //! - `group`: the shared-memory group (files, members, liveness, queue id pool, descriptor
 //!   passing); `groupattach`: creating, joining and cleaning up after dead members.
 //! - `memory`, `mmio`, `sys`, `iova`, `error`: mappings, registers, system calls, IOVA
@@ -63,6 +67,7 @@ mod shadow;
 #[cfg(feature = "sim")]
 mod simtransport;
 mod sys;
+pub mod tcp;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod transport;
@@ -84,7 +89,7 @@ pub use qpair::{DsmAttributes, WriteZeroesOptions, MAX_DSM_RANGES, SYNC_COMMAND_
 #[cfg(feature = "sim")]
 pub use simtransport::SimTransport;
 pub use transport::{FunctionReset, Transport};
-pub use trid::{PciAddress, SimOptions, TransportId, TransportKind};
+pub use trid::{PciAddress, SimOptions, TcpOptions, TransportId, TransportKind};
 
 pub use nvme_core;
 pub use nvme_regs as regs;

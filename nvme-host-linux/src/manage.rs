@@ -13,9 +13,10 @@
 //! were created with, and commands to a namespace that went away fail with the
 //! controller's Invalid Namespace status.
 //!
-//! The driver does not set Asynchronous Event Configuration bit 8 (Namespace Attribute
-//! Notices): QEMU's controller and the software controller send the notice regardless; a
-//! controller that waits for the bit sends none, and the other processes must call
+//! The bring-up asks for Namespace Attribute Notices (Asynchronous Event Configuration bit
+//! 8) when the controller offers them (OAES bit 8; `nvme_core::init::async_event_config`);
+//! the software controller sends the notice only then, as the spec says. A controller that
+//! does not offer them sends none, and the other processes must call
 //! [`Controller::rescan_namespaces`] themselves.
 
 use std::time::Duration;

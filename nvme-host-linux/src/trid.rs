@@ -1,4 +1,5 @@
-//! Transport identifiers in SPDK's form: `trtype:PCIe traddr:0000:04:00.0 ns:1`.
+//! Transport identifiers in SPDK's form: `trtype:PCIe traddr:0000:04:00.0 ns:1`,
+//! `trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2014-08.org.example:disk1`.
 //!
 //! Pairs are separated by whitespace; each is `key:value` or `key=value` (the first `:` or
 //! `=` separates, so PCI addresses keep their colons). Keys and the `trtype` value are
@@ -25,6 +26,127 @@ pub enum TransportKind {
     },
     /// `trtype:sim`: the built-in software controller.
     Sim(SimOptions),
+    /// `trtype:TCP`: an NVMe/TCP controller.
+    Tcp(TcpOptions),
+}
+
+/// Options of an NVMe/TCP controller: `adrfam:IPv4|IPv6 traddr:ADDR trsvcid:PORT
+/// subnqn:NQN hostnqn:NQN hdgst:0|1 ddgst:0|1`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpOptions {
+    /// The controller's address and port (`traddr`, `trsvcid`; port 4420 when absent).
+    pub addr: std::net::SocketAddr,
+    /// `subnqn`: the subsystem (absent: only discovery is possible).
+    pub subnqn: Option<String>,
+    /// `hostnqn`: this host's NQN (absent: one derived from the host id).
+    pub hostnqn: Option<String>,
+    /// `hdgst:1`: ask for header digests (CRC32C).
+    pub header_digest: bool,
+    /// `ddgst:1`: ask for data digests (CRC32C).
+    pub data_digest: bool,
+}
+
+impl TcpOptions {
+    /// The subsystem NQN, or an error saying that `subnqn:` is needed and how to find it.
+    pub fn subsystem(&self) -> Result<&str, String> {
+        self.subnqn.as_deref().ok_or_else(|| {
+            format!(
+                "missing subnqn: trtype:TCP traddr:{} trsvcid:{} needs subnqn:<NQN> to reach a subsystem; `nvmectl discover -r 'trtype:TCP traddr:{} trsvcid:{}'` lists them",
+                self.addr.ip(),
+                self.addr.port(),
+                self.addr.ip(),
+                self.addr.port()
+            )
+        })
+    }
+}
+
+/// Checks an NQN's length and characters (`what`: the key it came from).
+fn check_nqn(what: &str, v: &str) -> Result<(), String> {
+    if v.len() > nvme_regs::fabrics::NQN_MAX {
+        return Err(format!(
+            "bad {what} '{v}': an NQN has at most {} bytes",
+            nvme_regs::fabrics::NQN_MAX
+        ));
+    }
+    if !v.is_ascii() || v.bytes().any(|b| b.is_ascii_control()) {
+        return Err(format!(
+            "bad {what} '{v}': an NQN is printable ASCII (e.g. nqn.2014-08.org.example:disk1)"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses the `trtype:TCP` pairs.
+fn parse_tcp(s: &str, pairs: Vec<(String, String)>) -> Result<(TcpOptions, Option<u32>), String> {
+    use std::net::IpAddr;
+    let (mut adrfam, mut traddr, mut port) = (None, None, None);
+    let (mut subnqn, mut hostnqn, mut nsid) = (None, None, None);
+    let (mut hdgst, mut ddgst) = (false, false);
+    let flag = |k: &str, v: &str| match v.to_ascii_lowercase().as_str() {
+        "1" | "on" | "yes" | "true" => Ok(true),
+        "0" | "off" | "no" | "false" => Ok(false),
+        _ => Err(format!("bad transport id '{s}': {k}:{v} is not 0 or 1")),
+    };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "adrfam" => {
+                adrfam = Some(match v.to_ascii_lowercase().as_str() {
+                    "ipv4" => 4,
+                    "ipv6" => 6,
+                    _ => return Err(format!("bad transport id '{s}': adrfam:{v} is not IPv4 or IPv6 (the address families NVMe/TCP uses)")),
+                })
+            }
+            "traddr" => {
+                let a = v.trim_start_matches('[').trim_end_matches(']');
+                traddr = Some(a.parse::<IpAddr>().map_err(|_| {
+                    format!("bad transport id '{s}': traddr:{v} is not an IP address (e.g. traddr:192.168.1.10 or traddr:fe80::1; host names are not resolved)")
+                })?)
+            }
+            "trsvcid" => {
+                port = Some(v.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    format!("bad transport id '{s}': trsvcid:{v} is not a TCP port in 1..=65535 (NVMe/TCP uses 4420, discovery often 8009)")
+                })?)
+            }
+            "subnqn" => {
+                check_nqn("subnqn", &v)?;
+                subnqn = Some(v)
+            }
+            "hostnqn" => {
+                check_nqn("hostnqn", &v)?;
+                hostnqn = Some(v)
+            }
+            "hdgst" => hdgst = flag(&k, &v)?,
+            "ddgst" => ddgst = flag(&k, &v)?,
+            "ns" => nsid = Some(parse_nsid(&v)?),
+            _ => return Err(format!("bad transport id '{s}': unknown key '{k}' for trtype TCP (known: adrfam, traddr, trsvcid, subnqn, hostnqn, hdgst, ddgst, ns)")),
+        }
+    }
+    let Some(ip) = traddr else {
+        return Err(format!(
+            "bad transport id '{s}': trtype:TCP needs traddr:<IP address> (e.g. 'trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420')"
+        ));
+    };
+    match (adrfam, ip) {
+        (Some(6), IpAddr::V4(_)) | (Some(4), IpAddr::V6(_)) => {
+            return Err(format!(
+                "bad transport id '{s}': traddr:{ip} is not an IPv{} address (adrfam)",
+                adrfam.unwrap_or(4)
+            ))
+        }
+        _ => {}
+    }
+    let port = port.unwrap_or(nvme_regs::tcp::DEFAULT_PORT);
+    Ok((
+        TcpOptions {
+            addr: std::net::SocketAddr::new(ip, port),
+            subnqn,
+            hostnqn,
+            header_digest: hdgst,
+            data_digest: ddgst,
+        },
+        nsid,
+    ))
 }
 
 /// Options of the software controller: `nscount:N lbasize:512|4096 size:1G mdts:N mqes:N
@@ -194,9 +316,14 @@ impl TransportId {
                 }
                 TransportKind::Sim(o)
             }
+            "tcp" => {
+                let (o, n) = parse_tcp(s, pairs)?;
+                nsid = n;
+                TransportKind::Tcp(o)
+            }
             other => {
                 return Err(format!(
-                    "bad transport id '{s}': unknown trtype '{other}' (supported: PCIe, sim)"
+                    "bad transport id '{s}': unknown trtype '{other}' (supported: PCIe, sim, TCP)"
                 ))
             }
         };
@@ -209,6 +336,10 @@ impl TransportId {
             TransportKind::Pcie { traddr: Some(a) } => a.to_string(),
             TransportKind::Pcie { traddr: None } => "PCIe".into(),
             TransportKind::Sim(_) => "sim".into(),
+            TransportKind::Tcp(o) => match &o.subnqn {
+                Some(n) => format!("{} {n}", o.addr),
+                None => o.addr.to_string(),
+            },
         }
     }
 }
@@ -240,6 +371,27 @@ impl fmt::Display for TransportId {
                 )?;
                 if o.vectors != SimOptions::default().vectors {
                     write!(f, " vectors:{}", o.vectors)?;
+                }
+            }
+            TransportKind::Tcp(o) => {
+                let fam = if o.addr.is_ipv4() { "IPv4" } else { "IPv6" };
+                write!(
+                    f,
+                    "trtype:TCP adrfam:{fam} traddr:{} trsvcid:{}",
+                    o.addr.ip(),
+                    o.addr.port()
+                )?;
+                if let Some(n) = &o.subnqn {
+                    write!(f, " subnqn:{n}")?;
+                }
+                if let Some(n) = &o.hostnqn {
+                    write!(f, " hostnqn:{n}")?;
+                }
+                if o.header_digest {
+                    write!(f, " hdgst:1")?;
+                }
+                if o.data_digest {
+                    write!(f, " ddgst:1")?;
                 }
             }
         }
@@ -286,7 +438,7 @@ mod tests {
         assert!(e.contains("no trtype"), "{e}");
         let e = TransportId::parse("trtype:rdma").unwrap_err();
         assert!(
-            e.contains("unknown trtype 'rdma'") && e.contains("PCIe, sim"),
+            e.contains("unknown trtype 'rdma'") && e.contains("PCIe, sim, TCP"),
             "{e}"
         );
         let e = TransportId::parse("trtype:PCIe traddr:0000:04:00").unwrap_err();
@@ -307,5 +459,68 @@ mod tests {
         assert_eq!(parse_size("4k"), Some(4096));
         assert_eq!(parse_size("2G"), Some(2 << 30));
         assert_eq!(parse_size("2X"), None);
+    }
+
+    #[test]
+    fn parses_tcp() {
+        let t = TransportId::parse(
+            "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2014-08.org.example:disk1 hostnqn:nqn.2014-08.org.example:host hdgst:1 ns:2",
+        )
+        .unwrap();
+        let TransportKind::Tcp(o) = &t.kind else {
+            panic!("{t:?}")
+        };
+        assert_eq!(o.addr, "127.0.0.1:4420".parse().unwrap());
+        assert_eq!(o.subsystem().unwrap(), "nqn.2014-08.org.example:disk1");
+        assert_eq!(o.hostnqn.as_deref(), Some("nqn.2014-08.org.example:host"));
+        assert!(o.header_digest && !o.data_digest);
+        assert_eq!(t.nsid, Some(2));
+        assert_eq!(TransportId::parse(&t.to_string()).unwrap(), t);
+        let t = TransportId::parse("trtype:tcp adrfam:ipv6 traddr:[::1] trsvcid:8009").unwrap();
+        let TransportKind::Tcp(o) = &t.kind else {
+            panic!("{t:?}")
+        };
+        assert_eq!(o.addr, "[::1]:8009".parse().unwrap());
+        assert_eq!(TransportId::parse(&t.to_string()).unwrap(), t);
+        // The port defaults to 4420; without subnqn only discovery is possible.
+        let t = TransportId::parse("trtype:TCP traddr:10.0.0.2").unwrap();
+        let TransportKind::Tcp(o) = &t.kind else {
+            panic!("{t:?}")
+        };
+        assert_eq!(o.addr.port(), 4420);
+        let e = o.subsystem().unwrap_err();
+        assert!(
+            e.contains("missing subnqn") && e.contains("nvmectl discover"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tcp_errors_name_the_problem() {
+        let e = TransportId::parse("trtype:TCP traddr:300.1.1.1").unwrap_err();
+        assert!(e.contains("traddr:300.1.1.1 is not an IP address"), "{e}");
+        let e = TransportId::parse("trtype:TCP traddr:storage.example").unwrap_err();
+        assert!(
+            e.contains("not an IP address") && e.contains("not resolved"),
+            "{e}"
+        );
+        let e = TransportId::parse("trtype:TCP traddr:127.0.0.1 trsvcid:70000").unwrap_err();
+        assert!(e.contains("trsvcid:70000 is not a TCP port"), "{e}");
+        let e = TransportId::parse("trtype:TCP traddr:127.0.0.1 trsvcid:0").unwrap_err();
+        assert!(e.contains("is not a TCP port"), "{e}");
+        let e = TransportId::parse("trtype:TCP trsvcid:4420").unwrap_err();
+        assert!(e.contains("needs traddr"), "{e}");
+        let e = TransportId::parse("trtype:TCP adrfam:IPv6 traddr:127.0.0.1").unwrap_err();
+        assert!(e.contains("not an IPv6 address"), "{e}");
+        let e = TransportId::parse("trtype:TCP adrfam:IB traddr:127.0.0.1").unwrap_err();
+        assert!(e.contains("adrfam:IB is not IPv4 or IPv6"), "{e}");
+        let long = "n".repeat(224);
+        let e =
+            TransportId::parse(&format!("trtype:TCP traddr:127.0.0.1 subnqn:{long}")).unwrap_err();
+        assert!(e.contains("at most 223 bytes"), "{e}");
+        let e = TransportId::parse("trtype:TCP traddr:127.0.0.1 hdgst:maybe").unwrap_err();
+        assert!(e.contains("hdgst:maybe is not 0 or 1"), "{e}");
+        let e = TransportId::parse("trtype:TCP traddr:127.0.0.1 lbasize:512").unwrap_err();
+        assert!(e.contains("unknown key 'lbasize' for trtype TCP"), "{e}");
     }
 }

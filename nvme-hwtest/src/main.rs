@@ -5,6 +5,7 @@
 //! nvme-hwtest [--device BDF] [--write-ns N]... [--expect-serial S] [--expect-ns N:BS:BLOCKS]...
 //!             [--manifest PATH] [--threads N] [--multi-process] [--tools DIR [--scratch-ns N]]
 //! nvme-hwtest --verify-kernel MANIFEST [--device BDF]
+//! nvme-hwtest --tcp TRID [--tcp6 TRID] [--tcp-denied NQN] [--tools DIR]
 //! ```
 //!
 //! Prints one line per test (`PASS name (x ms)` or `FAIL name: reason`) and a final
@@ -19,11 +20,13 @@
 //! the real `nvme-perf` and `nvmectl` from DIR beside each other. After the controller is rebound to the
 //! kernel's nvme driver,
 //! `--verify-kernel PATH` reads the same blocks from `/dev/nvmeXnY` and compares.
+//! `--tcp TRID` runs the NVMe/TCP checks against a kernel target instead (see `tcp`).
 
 #![forbid(unsafe_code)]
 
 mod mp;
 mod suite;
+mod tcp;
 mod verify;
 
 use std::process::ExitCode;
@@ -61,13 +64,20 @@ pub struct Config {
     /// `--slow-ns N`: a read-only namespace whose every command takes milliseconds (QEMU's
     /// null-co with `latency-ns`), where waiting on an interrupt can be told from polling.
     pub slow_ns: Option<u32>,
+    /// `--tcp TRID`: run the NVMe/TCP checks against this subsystem.
+    pub tcp: Option<String>,
+    /// `--tcp-denied NQN`: a subsystem on the same port that allows no host.
+    pub tcp_denied: Option<String>,
+    /// `--tcp6 TRID`: the same subsystem over IPv6.
+    pub tcp6: Option<String>,
 }
 
 const USAGE: &str = "usage: nvme-hwtest [--device BDF] [--write-ns N]... [--expect-serial S] \
 [--expect-ns NSID:BLOCKSIZE:BLOCKS]... [--manifest PATH] [--threads N] [--multi-process]\n                   \
 [--tools DIR [--scratch-ns N]] [--slow-ns N]\n       \
 nvme-hwtest --verify-kernel MANIFEST [--device BDF]\n       \
-nvme-hwtest --device BDF [--as-uid UID] --expect-attach-error TEXT\n\
+nvme-hwtest --device BDF [--as-uid UID] --expect-attach-error TEXT\n       \
+nvme-hwtest --tcp 'trtype:TCP traddr:IP trsvcid:PORT subnqn:NQN' [--tcp6 TRID] [--tcp-denied NQN] [--tools DIR]\n\
 Tests that write run only on namespaces named with --write-ns: they destroy data there.";
 
 fn parse_args(args: &[String]) -> Result<Config, String> {
@@ -109,6 +119,9 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             }
             "--manifest" => c.manifest = Some(val("--manifest")?),
             "--multi-process" => c.multi_process = true,
+            "--tcp" => c.tcp = Some(val("--tcp")?),
+            "--tcp-denied" => c.tcp_denied = Some(val("--tcp-denied")?),
+            "--tcp6" => c.tcp6 = Some(val("--tcp6")?),
             "--tools" => c.tools = Some(val("--tools")?),
             "--scratch-ns" => {
                 let v = val("--scratch-ns")?;
@@ -145,7 +158,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
         }
     }
-    if c.tools.is_some() && !c.multi_process {
+    if c.tools.is_some() && !c.multi_process && c.tcp.is_none() {
         return Err("--tools needs --multi-process: the tools run in a shared-memory group".into());
     }
     if c.manifest.is_some() && c.write_ns.is_empty() {
@@ -171,6 +184,19 @@ fn main() -> ExitCode {
             eprintln!("nvme-hwtest: --as-uid {uid}: {e}");
             return ExitCode::from(2);
         }
+    }
+    if let Some(trid) = &cfg.tcp {
+        let ok = tcp::run(
+            trid,
+            cfg.tcp6.as_deref(),
+            cfg.tcp_denied.as_deref(),
+            cfg.tools.as_deref(),
+        );
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     let ok = match (&cfg.verify_kernel, &cfg.expect_attach_error) {
         (Some(m), _) => verify::run(m, cfg.device.as_ref()),

@@ -1157,8 +1157,9 @@ impl Mp {
         drop(ctrl);
 
         // Namespace Attachment: QEMU's controller attaches and detaches namespaces only
-        // inside an nvme-subsys device, which the VM does not have. Either way the
-        // namespace list must say what happened, and the namespace ends attached.
+        // inside an nvme-subsys device (`cargo xtask test-hw` has one; a real device may
+        // refuse). Either way the namespace list must say what happened, and the namespace
+        // ends attached.
         let listed = |s: &Self| -> R2<bool> {
             let e = s.run_tool("nvmectl", &["-r", &trid, "list-ns"])?;
             tool_ok(&e, &[])?;

@@ -354,6 +354,23 @@ pub fn trim_ascii(field: &[u8]) -> &str {
     core::str::from_utf8(&field[..end]).unwrap_or("<non-ascii>")
 }
 
+/// A 16-byte UUID (namespace UUIDs, host identifiers), displayed as
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in lowercase hex.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uuid(pub [u8; 16]);
+
+impl core::fmt::Display for Uuid {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes `s` into a space-padded ASCII identify field (truncating).
 pub fn fill_ascii(field: &mut [u8], s: &str) {
     field.fill(b' ');

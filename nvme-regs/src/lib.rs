@@ -2,8 +2,10 @@
 //!
 //! Encoding and decoding only: controller registers, the 64-byte submission and 16-byte
 //! completion queue entries, opcodes, status codes, Identify data, log pages and feature
-//! identifiers, SGL descriptors. Every structure's size (and the offsets that matter) is asserted at compile
-//! time. The crate is `no_std` and contains no `unsafe` code.
+//! identifiers, SGL descriptors; for NVMe over Fabrics the Fabrics command set and the
+//! Discovery Log Page (`fabrics`) and the NVMe/TCP PDUs and data pointers (`tcp`). Every
+//! structure's size (and the offsets that matter) is asserted at compile time. The crate is
+//! `no_std` and contains no `unsafe` code.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -11,6 +13,7 @@
 extern crate std;
 
 pub mod entry;
+pub mod fabrics;
 pub mod features;
 pub mod identify;
 pub mod log;
@@ -18,6 +21,7 @@ pub mod opcode;
 pub mod registers;
 pub mod sgl;
 pub mod status;
+pub mod tcp;
 
 pub use entry::{CompletionEntry, SubmissionEntry};
 pub use status::{Status, StatusCodeType};

@@ -253,6 +253,8 @@ impl Controller {
             oacs |= Oacs::DOORBELL_BUFFER_CONFIG;
         }
         id.oacs = oacs.bits();
+        // Namespace Attribute Notices (sent when Asynchronous Event Configuration asks).
+        id.oaes = 1 << 8;
         // Formats apply to one namespace (FNA 0); no cryptographic erase.
         id.fna = 0;
         id.edstt = crate::mgmt::EXTENDED_SELF_TEST_MINUTES;

@@ -175,11 +175,13 @@ impl Controller {
 
     // ---- Namespace Management and Attachment ----
 
-    /// Records that `nsid`'s attributes changed and sends the notice.
+    /// Records that `nsid`'s attributes changed and sends the notice, when the host asked for
+    /// Namespace Attribute Notices (Asynchronous Event Configuration bit 8: a controller
+    /// sends none by default).
     fn namespace_changed(&mut self, nsid: u32) {
         let first = self.changed_ns.is_empty();
         self.changed_ns.insert(nsid);
-        if first {
+        if first && self.features.async_event_config & 1 << 8 != 0 {
             // One notice until the host reads the log page (which clears the list).
             self.shared.faults.push_event(AsyncEvent {
                 event_type: AsyncEventType::Notice,

@@ -1506,6 +1506,26 @@ fn namespace_management_and_attachment() {
         c
     };
     let mine = controller_list(&[1]);
+    // Without Namespace Attribute Notices asked for (AEC bit 8), a change sends none.
+    assert!(st(&admin_write(&mut h, attach(ns_sel::DETACH, 2), &mine)).is_success());
+    h.expect_none(0, std::time::Duration::from_millis(50));
+    let (_, d) = h.get_log(lid::CHANGED_NAMESPACES, 1024, 0);
+    assert_eq!(
+        &d[..8],
+        &[2, 0, 0, 0, 0, 0, 0, 0],
+        "the list is kept all the same"
+    );
+    assert!(st(&admin_write(&mut h, attach(ns_sel::ATTACH, 2), &mine)).is_success());
+    let (_, d) = h.get_log(lid::CHANGED_NAMESPACES, 1024, 0);
+    assert_eq!(&d[..8], &[2, 0, 0, 0, 0, 0, 0, 0]);
+    let (_, id) = h.identify(1, 0);
+    let oaes = IdentifyController::read_from_bytes(&id).unwrap().oaes;
+    assert_eq!(
+        oaes & 1 << 8,
+        1 << 8,
+        "OAES reports Namespace Attribute Notices"
+    );
+    assert!(st(&h.set_feature(fid::ASYNC_EVENT_CONFIG, 0x1ff)).is_success());
     // Detach namespace 2: no longer active, still allocated; a notice names it.
     assert!(st(&admin_write(&mut h, attach(ns_sel::DETACH, 2), &mine)).is_success());
     let e = h.wait(0);

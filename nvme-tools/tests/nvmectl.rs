@@ -334,3 +334,34 @@ fn write_refuses_a_short_file_before_writing() {
         "{e}"
     );
 }
+
+/// A local TCP port with nothing listening on it (bound, then released).
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a port");
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn discover_and_tcp_errors_name_the_problem() {
+    let trid = format!(
+        "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{}",
+        closed_port()
+    );
+    let e = fails(&["discover", "-r", &trid], 1);
+    assert!(e.contains("connection refused"), "{e}");
+    let e = fails(&["id-ctrl", "-r", &trid], 1);
+    assert!(e.contains("connection refused"), "{e}");
+    let e = fails(&["discover", "-r", TRID], 2);
+    assert!(
+        e.contains("discover needs an NVMe/TCP discovery controller"),
+        "{e}"
+    );
+    let e = fails(&["discover", "-r", "trtype:TCP traddr:10.0.0.300"], 2);
+    assert!(e.contains("is not an IP address"), "{e}");
+    // Commands beyond the admin queue say what TCP does so far.
+    let e = fails(&["smart-log", "-r", &format!("{trid} subnqn:nqn.x:y")], 1);
+    assert!(
+        e.contains("I/O queues over NVMe/TCP are not built yet"),
+        "{e}"
+    );
+}

@@ -25,6 +25,10 @@
 //!    writes acknowledged after the resets and after the function resets); nvmectl's
 //!    id-ctrl, id-ns, smart-log, error-log, fw-log (plain and `-o json`) and get-feature
 //!    run before the rebind, Debian's nvme-cli's after it (copied in with its libraries);
+//!    then loads the kernel's NVMe/TCP target (nvmet-tcp), exports a null_blk namespace on
+//!    127.0.0.1:4420 through configfs and runs `nvme-hwtest --tcp` (discovery, the admin
+//!    queue with and without digests, Connect rejections, keep-alive kept and expired,
+//!    `nvmectl discover`);
 //! 5. parses the serial console: any `FAIL` line, a missing summary, or a guest that does not
 //!    finish within the timeout fails the run (the full console log is printed then); the
 //!    read-back blocks are also checked in the disk images on the host; the torture run's
@@ -45,6 +49,10 @@ use crate::vm::{self, VmOpts};
 /// from modules.dep).
 pub const VFIO_MODULES: &[&str] = &["vfio_iommu_type1", "vfio-pci"];
 pub const NVME_MODULES: &[&str] = &["nvme"];
+/// Kernel modules for the NVMe/TCP target the TCP checks talk to: nvmet-tcp, null_blk for
+/// its namespace, configfs to configure it, and CRC32C for its digests (the crypto API
+/// cannot load it on demand in a guest without modprobe).
+pub const NVMET_MODULES: &[&str] = &["configfs", "crc32c_generic", "nvmet-tcp", "null_blk"];
 
 /// Torture rounds in the guest by default (`cargo xtask test`'s hw step): a short run.
 pub const TORTURE_SHORT_ROUNDS: u64 = 8;
@@ -68,13 +76,16 @@ struct Opts {
     torture_rounds: u64,
     /// Its seed (default: the clock).
     torture_seed: Option<u64>,
+    /// `--tcp-only`: boot, run the NVMe/TCP checks alone, power off.
+    tcp_only: bool,
 }
 
 const USAGE: &str = "usage: cargo xtask test-hw [--accel tcg|kvm] [--timeout SECS] [--aw-bits 39|48] [--keep] [--append KERNEL-ARGS]\n                          \
-[--torture-rounds N] [--torture-seed S]\n       \
+[--torture-rounds N] [--torture-seed S] [--tcp-only]\n       \
 cargo xtask test-hw --device 0000:bb:dd.f [--write-ns NSID]...\n\
 Without --device: boots a QEMU VM with an emulated NVMe controller behind a virtual IOMMU and runs the suite there,\n\
-then N rounds of nvme-torture (default 8; 0: none) against the controller; without --timeout the VM's timeout grows with N.\n\
+then N rounds of nvme-torture (default 8; 0: none) against the controller, then the NVMe/TCP checks against the kernel's target;\n\
+without --timeout the VM's timeout grows with N. --tcp-only: the NVMe/TCP checks alone.\n\
 With --device: runs the suite on the host against a real controller bound to vfio-pci (`nvme-setup bind BDF`).\n\
 Writing tests run only on namespaces named with --write-ns: they DESTROY the data there.";
 
@@ -82,6 +93,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     let mut vm = VmOpts::new(300);
     let (mut device, mut write_ns) = (None, Vec::new());
     let (mut torture_rounds, mut torture_seed) = (TORTURE_SHORT_ROUNDS, None);
+    let mut tcp_only = false;
     let number = |flag: &str, v: String| {
         v.parse::<u64>()
             .map_err(|_| format!("{flag} {v}: expected a number"))
@@ -91,6 +103,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--device" => device = Some(val(flag)?),
             "--torture-rounds" => torture_rounds = number(flag, val(flag)?)?,
             "--torture-seed" => torture_seed = Some(number(flag, val(flag)?)?),
+            "--tcp-only" => tcp_only = true,
             "--write-ns" => {
                 let v = val(flag)?;
                 write_ns.push(
@@ -118,6 +131,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         vm,
         torture_rounds,
         torture_seed,
+        tcp_only,
     })
 }
 
@@ -189,6 +203,10 @@ fn check_log(log: &str, vm: bool, torture: Option<u64>) -> Result<String, String
             ));
         };
         out.push_str(&format!("; kernel read-back: {verify}"));
+        match tcp_summary(log) {
+            Ok(t) => out.push_str(&format!("; {t}")),
+            Err(e) => return Err(format!("{e}; {out}")),
+        }
         if let Some(t) = torture {
             match check_torture(log, t) {
                 Ok(s) => out.push_str(&format!("; torture: {s}")),
@@ -208,6 +226,36 @@ fn check_log(log: &str, vm: bool, torture: Option<u64>) -> Result<String, String
     }
     if !summary.contains("failed=0") {
         return Err(out);
+    }
+    Ok(out)
+}
+
+/// The NVMe/TCP checks' summary line: `Ok(it)` when it is there with no failure.
+fn tcp_summary(log: &str) -> Result<String, String> {
+    let tcp = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("HWTEST TCP SUMMARY "))
+        .ok_or("no NVMe/TCP result (HWTEST TCP SUMMARY line missing)")?;
+    if tcp.contains("failed=0") {
+        Ok(format!("nvme/tcp: {tcp}"))
+    } else {
+        Err(format!("nvme/tcp: {tcp}"))
+    }
+}
+
+/// A `--tcp-only` run's console log: the TCP summary, no `FAIL` line, the end of `/init`.
+fn check_tcp_log(log: &str) -> Result<String, String> {
+    let out = tcp_summary(log)?;
+    let fails: Vec<&str> = log
+        .lines()
+        .map(|l| l.trim_start_matches(['\r', ' ']))
+        .filter(|l| l.starts_with("FAIL ") || l.starts_with("HWTEST-INIT FAIL"))
+        .collect();
+    if !fails.is_empty() {
+        return Err(format!("{}; {out}", fails.join(" | ")));
+    }
+    if !log.lines().any(|l| l.trim() == "HWTEST-INIT done") {
+        return Err(format!("the guest did not reach the end of /init; {out}"));
     }
     Ok(out)
 }
@@ -302,7 +350,42 @@ echo "HWTEST-INIT $bdf now bound to $(basename $(readlink $dev/driver 2>/dev/nul
 # nvme-cli's side, through the kernel driver.
 cli_all nvme-cli nvmecli_cmd
 echo "HWTEST-INIT nvme-cli comparison outputs done"
-finish
+"#;
+
+/// The NVMe/TCP checks of the guest's `/init` (after the NVMe modules are loaded: the
+/// target's modules share their dependencies).
+const INIT_TCP: &str = r#"
+# NVMe/TCP: the kernel's target exports a null_blk device as a subsystem on 127.0.0.1:4420
+# and [::1]:4420 (with the discovery service on the same ports), beside a subsystem that
+# allows no host.
+load modules-nvmet
+ip link set lo up || ifconfig lo 127.0.0.1 up || fail "loopback up"
+mount -t configfs none /sys/kernel/config 2>/dev/null
+N=/sys/kernel/config/nvmet
+nqn=nqn.2026-11.io.nvme-rs:tcp-null
+denied=nqn.2026-11.io.nvme-rs:tcp-denied
+mkdir $N/subsystems/$nqn $N/subsystems/$denied || fail "nvmet subsystems"
+echo 1 > $N/subsystems/$nqn/attr_allow_any_host
+mkdir $N/subsystems/$nqn/namespaces/1
+echo /dev/nullb0 > $N/subsystems/$nqn/namespaces/1/device_path
+echo 1 > $N/subsystems/$nqn/namespaces/1/enable || fail "nvmet namespace on /dev/nullb0"
+mkdir $N/ports/1
+echo tcp > $N/ports/1/addr_trtype
+echo ipv4 > $N/ports/1/addr_adrfam
+echo 127.0.0.1 > $N/ports/1/addr_traddr
+echo 4420 > $N/ports/1/addr_trsvcid
+ln -s $N/subsystems/$nqn $N/ports/1/subsystems/$nqn || fail "nvmet port"
+ln -s $N/subsystems/$denied $N/ports/1/subsystems/$denied
+mkdir $N/ports/2
+echo tcp > $N/ports/2/addr_trtype
+echo ipv6 > $N/ports/2/addr_adrfam
+echo ::1 > $N/ports/2/addr_traddr
+echo 4420 > $N/ports/2/addr_trsvcid
+ln -s $N/subsystems/$nqn $N/ports/2/subsystems/$nqn || fail "nvmet IPv6 port"
+echo "HWTEST-INIT nvmet-tcp exports $nqn on 127.0.0.1:4420 and [::1]:4420"
+/bin/nvme-hwtest --tcp "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:$nqn" \
+    --tcp6 "trtype:TCP adrfam:IPv6 traddr:::1 trsvcid:4420 subnqn:$nqn" --tcp-denied $denied --tools /bin
+echo "HWTEST-INIT tcp checks exited with status $?"
 "#;
 
 /// `/cli-compare.sh`: runs the subcommands that [`crate::cli_compare`] compares with one
@@ -385,12 +468,18 @@ fn vm(o: &Opts) -> Result<(), String> {
     let bins = vm::build_static(&["nvme-hwtest", "nvme-tools"], &names)?;
 
     // 2. The initramfs.
-    let mut ir = vm::Initramfs::new("hwtest-vm", &tools.busybox, INIT)?;
+    let init = if o.tcp_only {
+        format!("load modules-nvme\n{INIT_TCP}finish\n")
+    } else {
+        format!("{INIT}{INIT_TCP}finish\n")
+    };
+    let mut ir = vm::Initramfs::new("hwtest-vm", &tools.busybox, &init)?;
     for (bin, name) in bins.iter().zip(names) {
         ir.install(bin, &format!("bin/{name}"))?;
     }
     ir.modules(&tools.moddir, VFIO_MODULES, "modules-vfio")?;
     ir.modules(&tools.moddir, NVME_MODULES, "modules-nvme")?;
+    ir.modules(&tools.moddir, NVMET_MODULES, "modules-nvmet")?;
     let mut args = String::from("--expect-serial deadbeef --multi-process --tools /bin");
     for (nsid, bs, bytes, file) in NAMESPACES {
         args.push_str(&format!(" --expect-ns {nsid}:{bs}:{}", bytes / bs as u64));
@@ -405,7 +494,7 @@ fn vm(o: &Opts) -> Result<(), String> {
         slow_bytes / slow_bs as u64
     ));
     ir.write("hwtest.args", &args)?;
-    let torture = (o.torture_rounds > 0).then(|| {
+    let torture = (o.torture_rounds > 0 && !o.tcp_only).then(|| {
         let seed = o.torture_seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -442,7 +531,12 @@ fn vm(o: &Opts) -> Result<(), String> {
     let initrd = ir.pack()?;
 
     // 3. Disk images (fresh, sparse) and QEMU.
-    let mut q = vm::qemu(&tools, &o.vm, &initrd);
+    // In an NVM subsystem, so that QEMU's controller supports Namespace Attachment.
+    let vm_opts = VmOpts {
+        subsystem: true,
+        ..o.vm.clone()
+    };
+    let mut q = vm::qemu(&tools, &vm_opts, &initrd);
     let mut images = Vec::new();
     for (nsid, bs, bytes, file) in NAMESPACES {
         let img = file.then(|| ir.work.join(format!("ns{nsid}.img")));
@@ -480,19 +574,22 @@ fn vm(o: &Opts) -> Result<(), String> {
     let log = &console.log;
     let mut result = if console.timed_out {
         Err(console.timeout_error(o.vm.timeout))
+    } else if o.tcp_only {
+        check_tcp_log(log)
     } else {
         check_log(log, true, Some(o.torture_rounds).filter(|&r| r > 0))
     };
-    if result.is_ok() {
+    // The read-back blocks and fio's verify headers exist only after the PCIe suite.
+    if result.is_ok() && !o.tcp_only {
         if let Err(e) = check_images(log, &images) {
             result = Err(e);
         }
     }
-    if let Ok(summary) = &result {
+    if let (Ok(summary), false) = (&result, o.tcp_only) {
         let img = ir.work.join(format!("ns{}.img", FIO_LAYOUT.ns));
         result = crate::fio_hw::check(log, &img, FIO_LAYOUT).map(|f| format!("{summary}; {f}"));
     }
-    if !console.timed_out {
+    if !console.timed_out && !o.tcp_only {
         // Reported even when something else failed: the field list is worth having.
         let cli = crate::cli_compare::check(log);
         match (&cli, &result) {
@@ -606,8 +703,21 @@ mod tests {
 
     #[test]
     fn log_checks() {
-        let good = "PASS a (1 ms)\nHWTEST SUMMARY passed=1 failed=0 skipped=0\nPASS k\nHWTEST VERIFY passed=1 failed=0\nHWTEST-INIT done\n";
-        assert!(check_log(good, true, None).is_ok());
+        let good = "PASS a (1 ms)\nHWTEST SUMMARY passed=1 failed=0 skipped=0\nPASS k\nHWTEST VERIFY passed=1 failed=0\nHWTEST TCP SUMMARY passed=6 failed=0\nHWTEST-INIT done\n";
+        assert!(check_log(good, true, None)
+            .unwrap()
+            .contains("nvme/tcp: passed=6 failed=0"));
+        assert!(
+            check_log(&good.replace("HWTEST TCP SUMMARY", "X"), true, None)
+                .unwrap_err()
+                .contains("NVMe/TCP")
+        );
+        assert!(check_log(
+            &good.replace("passed=6 failed=0", "passed=5 failed=1"),
+            true,
+            None
+        )
+        .is_err());
         assert!(check_log(&good.replace("PASS a", "FAIL a: x"), true, None)
             .unwrap_err()
             .contains("FAIL a: x"));
@@ -629,6 +739,10 @@ mod tests {
             .unwrap_err()
             .contains("no TORTURE SUMMARY"));
         assert!(check_log(&with, true, Some(4)).is_err());
+        let tcp = "PASS tcp-admin (3 ms)\nHWTEST TCP SUMMARY passed=1 failed=0\nHWTEST-INIT done\n";
+        assert!(check_tcp_log(tcp).unwrap().contains("passed=1"));
+        assert!(check_tcp_log(&tcp.replace("PASS tcp-admin", "FAIL tcp-admin: x")).is_err());
+        assert!(check_tcp_log(&tcp.replace("HWTEST-INIT done", "")).is_err());
         let e = check_log(
             &with.replace("lost_writes=0", "lost_writes=2"),
             true,

@@ -30,6 +30,9 @@ pub struct VmOpts {
     pub keep: bool,
     /// Extra kernel command-line arguments (`--append`, e.g. `tsc=reliable`).
     pub append: String,
+    /// Put the controller in an NVM subsystem (QEMU's `nvme-subsys` device): then it
+    /// supports Namespace Attachment (attach-ns, detach-ns).
+    pub subsystem: bool,
 }
 
 impl VmOpts {
@@ -41,6 +44,7 @@ impl VmOpts {
             aw_bits: None,
             keep: false,
             append: String::new(),
+            subsystem: false,
         }
     }
 
@@ -524,7 +528,12 @@ pub fn qemu(tools: &Tools, o: &VmOpts, initrd: &Path) -> Command {
         "console=ttyS0 intel_iommu=on iommu=pt quiet panic=-1 no_timer_check hugepages=64{}",
         o.append
     ));
-    q.args(["-device", "nvme,serial=deadbeef,id=nvme0"]);
+    if o.subsystem {
+        q.args(["-device", "nvme-subsys,id=subsys0,nqn=deadbeef"]);
+        q.args(["-device", "nvme,serial=deadbeef,id=nvme0,subsys=subsys0"]);
+    } else {
+        q.args(["-device", "nvme,serial=deadbeef,id=nvme0"]);
+    }
     q
 }
 

@@ -14,7 +14,7 @@
 
 use core::task::Poll;
 
-use nvme_regs::features::NumberOfQueues;
+use nvme_regs::features::{fid, NumberOfQueues};
 use nvme_regs::identify::{cns, IdentifyController, NamespaceList, IDENTIFY_DATA_SIZE};
 use nvme_regs::registers::{offset, Aqa, Cap, Cc, Csts, Vs, CAP_CSS_NVM};
 use nvme_regs::Status;
@@ -266,6 +266,7 @@ enum State {
 enum Step {
     IdentifyController,
     SetQueues,
+    AsyncEvents,
     ActiveNamespaces,
 }
 
@@ -274,6 +275,7 @@ impl Step {
         match self {
             Step::IdentifyController => "Identify Controller",
             Step::SetQueues => "Set Features (Number of Queues)",
+            Step::AsyncEvents => "Set Features (Asynchronous Event Configuration)",
             Step::ActiveNamespaces => "Identify (Active Namespace List)",
         }
     }
@@ -519,6 +521,18 @@ impl ControllerInit {
                                     None,
                                 )
                             }
+                            Step::AsyncEvents => {
+                                let oaes = self.identify.map_or(0, |id| id.oaes);
+                                (
+                                    Command::set_features(
+                                        fid::ASYNC_EVENT_CONFIG,
+                                        0,
+                                        async_event_config(oaes),
+                                        false,
+                                    ),
+                                    None,
+                                )
+                            }
                             Step::ActiveNamespaces => (
                                 Command::identify(cns::ACTIVE_NAMESPACE_LIST, 0, 0),
                                 Some(*data),
@@ -554,7 +568,9 @@ impl ControllerInit {
                         }
                         return Poll::Pending;
                     };
-                    if !c.status.is_success() {
+                    // Which notices the controller sends is a preference: a controller that
+                    // refuses the configuration still works (its defaults apply).
+                    if !c.status.is_success() && step != Step::AsyncEvents {
                         return self.fail(InitError::Command {
                             what: step.name(),
                             status: c.status,
@@ -571,6 +587,13 @@ impl ControllerInit {
                         }
                         Step::SetQueues => {
                             self.granted = Some(NumberOfQueues::from_dword(c.dw0));
+                            self.state = State::Command {
+                                step: Step::AsyncEvents,
+                                deadline: 0,
+                                submitted: false,
+                            };
+                        }
+                        Step::AsyncEvents => {
                             self.state = State::Command {
                                 step: Step::ActiveNamespaces,
                                 deadline: 0,
@@ -598,6 +621,13 @@ impl ControllerInit {
             }
         }
     }
+}
+
+/// The Asynchronous Event Configuration the driver asks for: every SMART / health critical
+/// warning, and the notices the controller says it supports (OAES) among Namespace
+/// Attribute (bit 8: the namespace list changed) and Firmware Activation (bit 9).
+pub const fn async_event_config(oaes: u32) -> u32 {
+    0xff | (oaes & (1 << 8 | 1 << 9))
 }
 
 /// Copies a 4 KiB structure out of a DMA buffer the controller has finished writing (its

@@ -233,3 +233,10 @@ fn rejects_bad_options_and_missing_devices() {
         Err(InitError::NoNvmCommandSet(_))
     ));
 }
+
+#[test]
+fn async_event_config_asks_for_the_notices_the_controller_offers() {
+    assert_eq!(async_event_config(0), 0xff);
+    assert_eq!(async_event_config(1 << 8), 0x1ff);
+    assert_eq!(async_event_config(1 << 8 | 1 << 9 | 1 << 11), 0x3ff);
+}

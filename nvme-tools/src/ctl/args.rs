@@ -16,11 +16,12 @@ use super::text::parse_number;
     name = "nvmectl",
     version,
     about = "NVMe management over the userspace driver: nvme-cli's subcommands and output, SPDK's transport ids.",
-    after_help = "Examples:\n  nvmectl list\n  nvmectl id-ctrl -r 'trtype:PCIe traddr:0000:04:00.0'\n  nvmectl smart-log -r 'trtype:sim'\n  nvmectl read -r 'trtype:sim' -n 1 -s 0 -c 7 -z 4096 -d out.bin"
+    after_help = "Examples:\n  nvmectl list\n  nvmectl id-ctrl -r 'trtype:PCIe traddr:0000:04:00.0'\n  nvmectl smart-log -r 'trtype:sim'\n  nvmectl read -r 'trtype:sim' -n 1 -s 0 -c 7 -z 4096 -d out.bin\n  nvmectl discover -r 'trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420'"
 )]
 pub struct Cli {
-    /// Controller, e.g. 'trtype:PCIe traddr:0000:04:00.0 ns:1' or 'trtype:sim nscount:2
-    /// lbasize:4096 size:64M serial:S'. Required except for `list`.
+    /// Controller, e.g. 'trtype:PCIe traddr:0000:04:00.0 ns:1', 'trtype:sim nscount:2
+    /// lbasize:4096 size:64M serial:S' or (discover, id-ctrl) 'trtype:TCP adrfam:IPv4
+    /// traddr:IP trsvcid:4420 subnqn:NQN'. Required except for `list`.
     #[arg(short = 'r', long = "transport", value_name = "TRID", global = true, value_parser = TransportId::parse)]
     pub transport: Option<TransportId>,
     /// Shared-memory group id: attach beside a running application that uses the same id
@@ -83,6 +84,9 @@ pub enum Cmd {
     AdminPassthru(PassthruArgs),
     /// Any I/O command, on a queue pair of its own.
     IoPassthru(PassthruArgs),
+    /// The Discovery Log Page of an NVMe/TCP discovery controller, as `nvme discover`
+    /// prints it (-r 'trtype:TCP adrfam:IPv4 traddr:IP trsvcid:PORT').
+    Discover(DiscoverArgs),
     /// Format NVM: a new LBA format, erasing the namespace (--force, or confirm on a
     /// terminal); refused while processes of the group have I/O queues.
     Format(FormatArgs),
@@ -220,6 +224,14 @@ pub struct AttachNsArgs {
     /// Comma-separated controller ids (default: this controller's, Identify CNTLID).
     #[arg(short = 'c', long = "controllers", value_name = "LIST", value_delimiter = ',', value_parser = parse_number::<u16>)]
     pub controllers: Vec<u16>,
+}
+
+/// Options of `discover`.
+#[derive(Args, Debug, Clone)]
+pub struct DiscoverArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output-format", value_enum, default_value_t)]
+    pub output: OutputFormat,
 }
 
 /// Options of `reset`.

@@ -4,12 +4,15 @@
 //! Every subcommand is a function of an attached [`Controller`] and its options that issues
 //! admin commands only (`read` / `write` add one queue pair for the call) and leaves
 //! nothing behind, so that it can run as a short-lived secondary beside an application.
-//! The formatters ([`idctrl`], [`idns`], [`logs`], [`features`], [`list`], [`mod@identify`],
-//! and those of [`ops`] and [`manage`]) are pure functions of the driver's data types.
+//! With `trtype:TCP`, `discover` and `id-ctrl` use an NVMe/TCP admin queue
+//! ([`nvme_host_linux::tcp::TcpController`]) instead. The formatters ([`idctrl`], [`idns`],
+//! [`logs`], [`features`], [`list`], [`mod@identify`], [`mod@discover`], and those of
+//! [`ops`] and [`manage`]) are pure functions of the driver's data types.
 //! [`manage`]'s subcommands change the namespaces (`format`, `create-ns`, `delete-ns`,
 //! `attach-ns`, `detach-ns`) or test the device (`device-self-test`).
 
 pub mod args;
+pub mod discover;
 pub mod features;
 pub mod idctrl;
 pub mod identify;
@@ -29,11 +32,14 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use nvme_host_linux::regs::features::FeatureSelect;
-use nvme_host_linux::{AttachOptions, Controller, PciAddress, Role, TransportId, TransportKind};
+use nvme_host_linux::tcp::{self, TcpController, TcpControllerOptions};
+use nvme_host_linux::{
+    AttachOptions, Controller, PciAddress, Role, TcpOptions, TransportId, TransportKind,
+};
 
 use args::{
-    Cli, Cmd, ErrorLogArgs, GetFeatureArgs, IdCtrlArgs, IdNsArgs, IdentifyArgs, IoArgs,
-    OutputFormat, SmartLogArgs,
+    Cli, Cmd, DiscoverArgs, ErrorLogArgs, GetFeatureArgs, IdCtrlArgs, IdNsArgs, IdentifyArgs,
+    IoArgs, OutputFormat, SmartLogArgs,
 };
 
 /// Why `nvmectl` failed.
@@ -349,10 +355,61 @@ fn with_controller<T>(cli: &Cli, f: impl FnOnce(&Controller) -> Result<T>) -> Re
     r
 }
 
+/// `-r`'s NVMe/TCP options, when it names `trtype:TCP`.
+fn tcp_transport(cli: &Cli) -> Option<&TcpOptions> {
+    match &cli.transport {
+        Some(TransportId {
+            kind: TransportKind::Tcp(o),
+            ..
+        }) => Some(o),
+        _ => None,
+    }
+}
+
+/// `discover`: connects to the discovery controller `-r` names and prints its log.
+pub fn discover(cli: &Cli, a: &DiscoverArgs) -> Result<String> {
+    let Some(o) = tcp_transport(cli) else {
+        return Err(Error::Usage(
+            "discover needs an NVMe/TCP discovery controller: -r 'trtype:TCP adrfam:IPv4 traddr:<IP> trsvcid:<port>' (subnqn: defaults to the discovery NQN)".into(),
+        ));
+    };
+    let log = tcp::discover(o, &TcpControllerOptions::default())?;
+    Ok(match a.output {
+        OutputFormat::Normal => discover::format_text(&log),
+        OutputFormat::Json => discover::format_json(&log),
+    })
+}
+
+/// `id-ctrl` over NVMe/TCP: the admin queue alone (`subnqn:` names the subsystem; without
+/// it, the discovery controller).
+fn id_ctrl_tcp(o: &TcpOptions, a: &IdCtrlArgs) -> Result<Vec<u8>> {
+    let opts = TcpControllerOptions::default();
+    let c = match o.subnqn {
+        Some(_) => TcpController::connect(o, &opts)?,
+        None => TcpController::connect_discovery(o, &opts)?,
+    };
+    if a.raw {
+        let mut b = vec![0u8; 4096];
+        let cmd = nvme_host_linux::nvme_core::Command::identify(1, 0, 0).0;
+        c.admin(cmd, tcp::Data::ToHost(&mut b))?;
+        return Ok(b);
+    }
+    let id = c.identify_controller()?;
+    Ok(match a.output {
+        OutputFormat::Normal => idctrl::format_text(&id, a.human).into_bytes(),
+        OutputFormat::Json => idctrl::format_json(&id).into_bytes(),
+    })
+}
+
 /// Runs the parsed command line; text goes to stdout.
 pub fn run(cli: &Cli) -> Result<()> {
     let text = match &cli.command {
         Cmd::List(a) => list(cli, a)?,
+        Cmd::Discover(a) => discover(cli, a)?,
+        Cmd::IdCtrl(a) if tcp_transport(cli).is_some() => {
+            let o = tcp_transport(cli).expect("checked");
+            return output(None, &id_ctrl_tcp(o, a)?);
+        }
         Cmd::IdCtrl(a) if a.raw => return print(with_controller(cli, ops::id_ctrl_raw)?),
         Cmd::IdCtrl(a) => with_controller(cli, |c| id_ctrl(c, a))?,
         Cmd::IdNs(a) => with_controller(cli, |c| id_ns(c, a))?,

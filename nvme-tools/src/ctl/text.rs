@@ -152,15 +152,7 @@ pub fn hex_string(bytes: &[u8]) -> String {
 
 /// `bytes` (16) as a UUID: `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
 pub fn uuid_string(bytes: &[u8; 16]) -> String {
-    let h = hex_string(bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    nvme_host_linux::regs::identify::Uuid(*bytes).to_string()
 }
 
 /// `label` followed by tabs up to column 40 (8-column tabs), as nvme-cli aligns the SMART

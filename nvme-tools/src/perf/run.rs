@@ -167,6 +167,7 @@ pub fn device_name(ctrl: &Controller, nsid: u32) -> String {
     let kind = match ctrl.transport_id().kind {
         TransportKind::Pcie { .. } => "PCIE",
         TransportKind::Sim(_) => "SIM",
+        TransportKind::Tcp(_) => "TCP",
     };
     format!("{kind} ({}) NSID {nsid}", ctrl.name())
 }

@@ -1,0 +1,251 @@
+//! NVMe/TCP, host side (`trtype:TCP`): the admin queue of a controller reached over TCP,
+//! and the discovery service.
+//!
+//! - `crc32c`: the header and data digests.
+//! - `link`: one connection: ICReq/ICResp, PDU framing with digests and data alignment,
+//!   the checks on every PDU received.
+//! - `queue`: one command at a time over a connection, its data in the capsule, in
+//!   C2HData PDUs or in H2CData PDUs answering R2Ts.
+//! - `controller`: [`TcpController`]: Fabrics Connect of the admin queue, Property Get/Set,
+//!   the enable sequence, admin commands, Keep Alive at the granted KATO, discovery
+//!   ([`discover`]).
+//!
+//! I/O queues over TCP, and the same [`Controller`](crate::Controller) API as PCIe, come
+//! with the engine's unification (a later step); until then attaching `trtype:TCP` says so.
+//! What that step needs from `nvme-core`: the slot table (CIDs with generations, split
+//! requests, tokens) usable without rings, with a slot able to hold the host buffer a
+//! C2HData or R2T for its CID refers to; submission behind a sink (ring + doorbell, or a
+//! framed capsule into a reused send buffer and one write per batch) and completions from
+//! a source (phase-tagged ring, or parsed CapsuleResp / C2HData with SUCCESS, SQHD feeding
+//! the same flow control); Transport SGL data pointers and in-capsule data up to IOCCSZ
+//! instead of PRP lists; and the bring-up state machine over a register access that is
+//! Property Get/Set on the admin queue (no doorbells, no AQA/ASQ/ACQ).
+
+mod controller;
+mod crc32c;
+mod link;
+mod queue;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::io;
+
+pub use controller::{discover, DiscoveryLog, HostIdentity, TcpController, TcpControllerOptions};
+pub use crc32c::crc32c;
+pub use link::{frame, Negotiated, Stream};
+pub use queue::Data;
+
+/// Which digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DigestKind {
+    /// The header digest.
+    Header,
+    /// The data digest.
+    Data,
+}
+
+impl fmt::Display for DigestKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DigestKind::Header => "header",
+            DigestKind::Data => "data",
+        })
+    }
+}
+
+/// What went wrong talking NVMe/TCP. Every message names the controller's address.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TcpError {
+    /// Nothing listens at the address (TCP connection refused).
+    ConnectionRefused {
+        /// The address.
+        peer: String,
+    },
+    /// The TCP connection could not be made (unreachable, timed out, ...).
+    Connect {
+        /// The address.
+        peer: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The controller closed the connection.
+    Closed {
+        /// The address.
+        peer: String,
+        /// What the host was waiting for.
+        waiting_for: &'static str,
+    },
+    /// The controller closed the connection after the keep-alive timeout passed without a
+    /// command: it tore the association down.
+    KeepAliveExpired {
+        /// The address.
+        peer: String,
+        /// The granted keep-alive timeout, in milliseconds.
+        kato_ms: u32,
+        /// How long the admin queue had been idle, in milliseconds.
+        idle_ms: u64,
+    },
+    /// Nothing arrived within the timeout.
+    NoResponse {
+        /// The address.
+        peer: String,
+        /// What the host was waiting for.
+        waiting_for: &'static str,
+    },
+    /// The subsystem NQN is not known to the controller (Connect Invalid Parameters
+    /// pointing at SUBNQN).
+    NoSuchSubsystem {
+        /// The address.
+        peer: String,
+        /// The NQN asked for.
+        subnqn: String,
+    },
+    /// The subsystem does not allow this host (Connect Invalid Host).
+    HostNotAllowed {
+        /// The address.
+        peer: String,
+        /// The subsystem.
+        subnqn: String,
+        /// This host's NQN.
+        hostnqn: String,
+    },
+    /// Connect failed otherwise (busy, authentication required, another bad parameter).
+    ConnectRejected {
+        /// The address.
+        peer: String,
+        /// What the completion said, in words.
+        reason: String,
+    },
+    /// The controller declined a digest the host asked for.
+    DigestDeclined {
+        /// The address.
+        peer: String,
+        /// Which digest.
+        kind: DigestKind,
+    },
+    /// A received digest did not match the PDU.
+    DigestMismatch {
+        /// The address.
+        peer: String,
+        /// Which digest.
+        kind: DigestKind,
+        /// The PDU type's name.
+        pdu: &'static str,
+        /// The CRC32C computed here.
+        expected: u32,
+        /// The digest received.
+        received: u32,
+    },
+    /// The controller terminated the connection (C2HTermReq).
+    Terminated {
+        /// The address.
+        peer: String,
+        /// Fatal error status.
+        fes: u16,
+        /// Fatal error information.
+        fei: u32,
+    },
+    /// The controller sent something the protocol does not allow.
+    Protocol {
+        /// The address.
+        peer: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// An earlier failure left the connection unusable.
+    Failed {
+        /// The address.
+        peer: String,
+        /// The first failure's message.
+        first: String,
+    },
+    /// A system call on the connection failed.
+    Io {
+        /// The address.
+        peer: String,
+        /// What the driver was doing.
+        what: String,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for TcpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TcpError::ConnectionRefused { peer } => write!(
+                f,
+                "NVMe/TCP {peer}: connection refused: no target listens there (check traddr/trsvcid, and that the target's port is enabled)"
+            ),
+            TcpError::Connect { peer, source } => {
+                write!(f, "NVMe/TCP {peer}: cannot connect: {source}")
+            }
+            TcpError::Closed { peer, waiting_for } => write!(
+                f,
+                "NVMe/TCP {peer}: the controller closed the connection (while the host waited for {waiting_for})"
+            ),
+            TcpError::KeepAliveExpired { peer, kato_ms, idle_ms } => write!(
+                f,
+                "NVMe/TCP {peer}: keep-alive expired: the controller closed the association after {idle_ms} ms without a command (keep-alive timeout {kato_ms} ms); connect again"
+            ),
+            TcpError::NoResponse { peer, waiting_for } => write!(
+                f,
+                "NVMe/TCP {peer}: no {waiting_for} from the controller within the timeout"
+            ),
+            TcpError::NoSuchSubsystem { peer, subnqn } => write!(
+                f,
+                "NVMe/TCP {peer}: no such subsystem '{subnqn}' (Connect Invalid Parameters: SUBNQN); `nvmectl discover` lists the subsystems there"
+            ),
+            TcpError::HostNotAllowed { peer, subnqn, hostnqn } => write!(
+                f,
+                "NVMe/TCP {peer}: host '{hostnqn}' is not allowed to connect to '{subnqn}' (Connect Invalid Host): add it to the subsystem's allowed hosts, or pass the allowed one as hostnqn:"
+            ),
+            TcpError::ConnectRejected { peer, reason } => {
+                write!(f, "NVMe/TCP {peer}: Connect rejected: {reason}")
+            }
+            TcpError::DigestDeclined { peer, kind } => write!(
+                f,
+                "NVMe/TCP {peer}: the controller does not support {kind} digests; connect without {}",
+                if *kind == DigestKind::Header { "hdgst:1" } else { "ddgst:1" }
+            ),
+            TcpError::DigestMismatch { peer, kind, pdu, expected, received } => write!(
+                f,
+                "NVMe/TCP {peer}: {kind} digest mismatch on a {pdu} PDU (received {received:#010x}, computed {expected:#010x}): the connection is corrupt and was dropped"
+            ),
+            TcpError::Terminated { peer, fes, fei } => {
+                let name = nvme_regs::tcp::FatalErrorStatus::from_u16(*fes)
+                    .map_or("reserved status", |s| s.name());
+                write!(
+                    f,
+                    "NVMe/TCP {peer}: the controller terminated the connection: {name} (FES {fes:#x}, FEI {fei:#x})"
+                )
+            }
+            TcpError::Protocol { peer, message } => {
+                write!(f, "NVMe/TCP {peer}: protocol error: {message}")
+            }
+            TcpError::Failed { peer, first } => write!(
+                f,
+                "NVMe/TCP {peer}: the connection failed earlier and carries no more commands (first failure: {first}); connect again"
+            ),
+            TcpError::Io { peer, what, source } => write!(f, "NVMe/TCP {peer}: {what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for TcpError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TcpError::Connect { source, .. } | TcpError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// What attaching `trtype:TCP` as a [`Controller`](crate::Controller) gives for now.
+pub(crate) fn no_io_queues_yet() -> crate::Error {
+    crate::Error::Transport(
+        "trtype:TCP: I/O queues over NVMe/TCP are not built yet; the admin queue and discovery are (TcpController, `nvmectl discover`, `nvmectl id-ctrl`)".into(),
+    )
+}
