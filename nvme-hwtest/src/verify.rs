@@ -43,6 +43,24 @@ pub fn parse_manifest(text: &str) -> Result<Vec<Entry>, String> {
         .collect()
 }
 
+/// The PCI addresses of the controllers behind the block device at `/sys/block/<disk>`:
+/// its controller's, or, for the multipath head of a namespace in an NVM subsystem (whose
+/// `device` is the subsystem), those of the subsystem's controllers (`device/nvmeN`).
+fn controller_addresses(disk: &std::path::Path) -> Vec<String> {
+    let dev = disk.join("device");
+    if let Ok(a) = fs::read_to_string(dev.join("address")) {
+        return vec![a.trim().to_string()];
+    }
+    fs::read_dir(&dev)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|c| c.file_name().to_string_lossy().starts_with("nvme"))
+        .filter_map(|c| fs::read_to_string(c.path().join("address")).ok())
+        .map(|a| a.trim().to_string())
+        .collect()
+}
+
 /// The kernel block device of namespace `nsid` (of controller `addr`, when given).
 fn block_device(nsid: u32, addr: Option<&PciAddress>) -> Option<PathBuf> {
     for e in fs::read_dir("/sys/block").ok()?.flatten() {
@@ -57,8 +75,7 @@ fn block_device(nsid: u32, addr: Option<&PciAddress>) -> Option<PathBuf> {
             continue;
         }
         if let Some(a) = addr {
-            let ctrl_addr = fs::read_to_string(e.path().join("device/address")).unwrap_or_default();
-            if ctrl_addr.trim() != a.to_string() {
+            if !controller_addresses(&e.path()).contains(&a.to_string()) {
                 continue;
             }
         }

@@ -185,7 +185,13 @@ pub struct IdentifyController {
     pub fguid: [u8; 16],
     /// Command retry delay times 1-3 (100 ms units).
     pub crdt: [u16; 3],
-    _rsvd134: [u8; 122],
+    _rsvd134: [u8; 119],
+    /// NVM subsystem report (NVMe 2.0: bit 0 NVMe storage device, bit 1 enclosure).
+    pub nvmsr: u8,
+    /// VPD write cycle information (NVMe 2.0: bit 7 valid, bits 6:0 cycles remaining).
+    pub vwci: u8,
+    /// Management endpoint capabilities (NVMe 2.0: bit 0 SMBus/I2C port, bit 1 PCIe port).
+    pub mec: u8,
     /// Optional admin command support ([`Oacs`]).
     pub oacs: u16,
     /// Abort command limit (0's based).
@@ -254,7 +260,12 @@ pub struct IdentifyController {
     pub nanagrpid: u32,
     /// Persistent event log size (64 KiB units).
     pub pels: u32,
-    _rsvd356: [u8; 156],
+    /// Domain identifier (NVMe 2.0).
+    pub domainid: u16,
+    _rsvd358: [u8; 10],
+    /// Max endurance group capacity in bytes (NVMe 2.0, 128-bit little endian).
+    pub megcap: [u8; 16],
+    _rsvd384: [u8; 128],
     /// Submission queue entry size: required (bits 3:0) and maximum (bits 7:4), powers of two.
     pub sqes: u8,
     /// Completion queue entry size: required (bits 3:0) and maximum (bits 7:4), powers of two.
@@ -275,18 +286,23 @@ pub struct IdentifyController {
     pub awun: u16,
     /// Atomic write unit power fail (0's based, blocks).
     pub awupf: u16,
-    /// NVM vendor specific command configuration.
-    pub nvscc: u8,
+    /// I/O command set vendor specific command configuration (NVSCC before NVMe 2.0).
+    pub icsvscc: u8,
     /// Namespace write protection capabilities.
     pub nwpc: u8,
     /// Atomic compare and write unit.
     pub acwu: u16,
-    _rsvd534: u16,
+    /// Optimized copy formats supported (NVMe 2.0, bit N: format N).
+    pub ocfs: u16,
     /// SGL support.
     pub sgls: u32,
     /// Maximum number of allowed namespaces.
     pub mnan: u32,
-    _rsvd544: [u8; 224],
+    /// Maximum domain namespace attachments (NVMe 2.0, 128-bit little endian).
+    pub maxdna: [u8; 16],
+    /// Maximum I/O controller namespace attachments (NVMe 2.0).
+    pub maxcna: u32,
+    _rsvd564: [u8; 204],
     /// NVM subsystem NVMe qualified name (NUL terminated UTF-8).
     pub subnqn: [u8; 256],
     _rsvd1024: [u8; 768],
@@ -311,6 +327,14 @@ crate::assert_offset!(IdentifyController, oacs, 256);
 crate::assert_offset!(IdentifyController, wctemp, 266);
 crate::assert_offset!(IdentifyController, tnvmcap, 280);
 crate::assert_offset!(IdentifyController, pels, 352);
+crate::assert_offset!(IdentifyController, nvmsr, 253);
+crate::assert_offset!(IdentifyController, mec, 255);
+crate::assert_offset!(IdentifyController, domainid, 356);
+crate::assert_offset!(IdentifyController, megcap, 368);
+crate::assert_offset!(IdentifyController, icsvscc, 530);
+crate::assert_offset!(IdentifyController, ocfs, 534);
+crate::assert_offset!(IdentifyController, maxdna, 544);
+crate::assert_offset!(IdentifyController, maxcna, 560);
 crate::assert_offset!(IdentifyController, sqes, 512);
 crate::assert_offset!(IdentifyController, nn, 516);
 crate::assert_offset!(IdentifyController, oncs, 520);
@@ -487,7 +511,16 @@ pub struct IdentifyNamespace {
     pub npda: u16,
     /// Namespace optimal write size.
     pub nows: u16,
-    _rsvd74: [u8; 18],
+    /// Maximum single source range length (NVMe 2.0, Copy).
+    pub mssrl: u16,
+    /// Maximum copy length (NVMe 2.0).
+    pub mcl: u32,
+    /// Maximum source range count (NVMe 2.0, 0's based).
+    pub msrc: u8,
+    _rsvd81: u8,
+    /// Number of unique capability LBA formats beyond NLBAF (NVMe 2.0).
+    pub nulbaf: u8,
+    _rsvd83: [u8; 9],
     /// ANA group identifier.
     pub anagrpid: u32,
     _rsvd96: [u8; 3],
@@ -515,6 +548,9 @@ crate::assert_offset!(IdentifyNamespace, dlfeat, 33);
 crate::assert_offset!(IdentifyNamespace, nvmcap, 48);
 crate::assert_offset!(IdentifyNamespace, nows, 72);
 crate::assert_offset!(IdentifyNamespace, anagrpid, 92);
+crate::assert_offset!(IdentifyNamespace, mssrl, 74);
+crate::assert_offset!(IdentifyNamespace, mcl, 76);
+crate::assert_offset!(IdentifyNamespace, nulbaf, 82);
 crate::assert_offset!(IdentifyNamespace, nsattr, 99);
 crate::assert_offset!(IdentifyNamespace, nguid, 104);
 crate::assert_offset!(IdentifyNamespace, eui64, 120);

@@ -85,7 +85,7 @@ fn smart_log_and_get_feature() {
         "critical_warning",
         "temperature",
         "available_spare",
-        "data_units_read",
+        "Data Units Read",
         "host_read_commands",
         "power_cycles",
     ] {

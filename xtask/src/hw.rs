@@ -22,15 +22,20 @@
 //!    two job threads; [`crate::fio_hw`]), rebinds the
 //!    controller to the kernel's nvme driver and reads back what the suite wrote through
 //!    `/dev/nvme0nX` (the manifest's ranges: the single-process pattern and the last
-//!    writes acknowledged after the resets and after the function resets); then loads the
-//!    kernel's NVMe/TCP target (nvmet-tcp), exports a null_blk namespace on 127.0.0.1:4420
-//!    through configfs and runs `nvme-hwtest --tcp` (discovery, the admin queue with and
-//!    without digests, Connect rejections, keep-alive kept and expired, `nvmectl discover`);
+//!    writes acknowledged after the resets and after the function resets); nvmectl's
+//!    id-ctrl, id-ns, smart-log, error-log, fw-log (plain and `-o json`) and get-feature
+//!    run before the rebind, Debian's nvme-cli's after it (copied in with its libraries);
+//!    then loads the kernel's NVMe/TCP target (nvmet-tcp), exports a null_blk namespace on
+//!    127.0.0.1:4420 through configfs and runs `nvme-hwtest --tcp` (discovery, the admin
+//!    queue with and without digests, Connect rejections, keep-alive kept and expired,
+//!    `nvmectl discover`);
 //! 5. parses the serial console: any `FAIL` line, a missing summary, or a guest that does not
 //!    finish within the timeout fails the run (the full console log is printed then); the
 //!    read-back blocks are also checked in the disk images on the host; the torture run's
 //!    `TORTURE SUMMARY` line must be there and report no finding; every fio job file must
-//!    pass and fio's verify headers must be in the namespace's disk image.
+//!    pass and fio's verify headers must be in the namespace's disk image; every field
+//!    nvme-cli printed must be in nvmectl's output with the same value
+//!    ([`crate::cli_compare`]).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -331,6 +336,10 @@ fi
 # fio with this driver's engine (nvme-fio): its VM job files, on namespace 2.
 [ -s /fio-run.sh ] && (. /fio-run.sh)
 
+# nvmectl's side of the comparison with nvme-cli, through VFIO (crate::cli_compare).
+. /cli-compare.sh
+cli_all nvmectl nvmectl_cmd
+
 # Give the controller back to the kernel's nvme driver and read back through it.
 load modules-nvme
 /bin/nvme-setup unbind $bdf || fail "nvme-setup unbind $bdf"
@@ -338,6 +347,9 @@ echo "HWTEST-INIT $bdf now bound to $(basename $(readlink $dev/driver 2>/dev/nul
 /bin/nvme-hwtest --device $bdf --expect-attach-error "bound to the kernel nvme driver"
 /bin/nvme-hwtest --verify-kernel /tmp/readback --device $bdf
 
+# nvme-cli's side, through the kernel driver.
+cli_all nvme-cli nvmecli_cmd
+echo "HWTEST-INIT nvme-cli comparison outputs done"
 "#;
 
 /// The NVMe/TCP checks of the guest's `/init` (after the NVMe modules are loaded: the
@@ -376,6 +388,47 @@ echo "HWTEST-INIT nvmet-tcp exports $nqn on 127.0.0.1:4420 and [::1]:4420"
 echo "HWTEST-INIT tcp checks exited with status $?"
 "#;
 
+/// `/cli-compare.sh`: runs the subcommands that [`crate::cli_compare`] compares with one
+/// tool, each output as a `CLI-OUT` block on the console. `nvmectl_cmd SUB ARGS` runs
+/// nvmectl on the controller through VFIO, `nvmecli_cmd SUB ARGS` Debian's nvme-cli on
+/// `/dev/nvme0` with the libraries copied in (`/nvme-cli.libpath`). Namespaces are in
+/// `/cli-namespaces`, feature ids in `/cli-features`; Error Recovery is per namespace
+/// (namespace 1).
+const CLI_COMPARE_SH: &str = r#"
+cli_run() {
+    local t=$1 n=$2 rc; shift 2
+    echo "CLI-OUT $t $n"
+    "$@" >/tmp/cli.out 2>/tmp/cli.err; rc=$?
+    sed 's/^/CLI|/' /tmp/cli.out
+    sed 's/^/CLI-ERR|/' /tmp/cli.err
+    echo "CLI-END $t $n rc=$rc"
+}
+nvmectl_cmd() { /bin/nvmectl "$@" -r "trtype:PCIe traddr:$bdf"; }
+nvmecli_cmd() { sub=$1; shift; LD_LIBRARY_PATH=$(cat /nvme-cli.libpath) /bin/nvme $sub /dev/nvme0 "$@"; }
+cli_all() {
+    local t=$1 c=$2 x a n f ns start=$(date +%s)
+    for x in "" .json; do
+        a=""; [ -n "$x" ] && a="-o json"
+        cli_run $t id-ctrl$x $c id-ctrl $a
+        for n in $(cat /cli-namespaces); do cli_run $t id-ns-$n$x $c id-ns -n $n $a; done
+        cli_run $t smart-log$x $c smart-log $a
+        cli_run $t error-log$x $c error-log $a
+        cli_run $t fw-log$x $c fw-log $a
+    done
+    for f in $(cat /cli-features); do
+        ns=""; [ $f = 0x05 ] && ns="-n 1"
+        cli_run $t get-feature-$f $c get-feature -f $f $ns
+    done
+    echo "HWTEST-INIT $t's outputs for the nvme-cli comparison took $(( $(date +%s) - start )) s"
+}
+"#;
+
+/// The features compared (current values): those QEMU's controller supports and nvmectl
+/// names.
+const CLI_FEATURES: &[u8] = &[
+    0x01, 0x02, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0e,
+];
+
 /// Where the fio jobs do their I/O: namespace 2 (4 KiB blocks, 64 MiB, file-backed) from
 /// 1 MiB and 24 MiB, clear of the suite's read-back blocks there (the first block, about
 /// 21.3-21.9 MiB, the last 32 KiB); reads on the null namespace 3.
@@ -400,7 +453,7 @@ const NAMESPACES: [(u32, u32, u64, bool); 3] = [
 
 fn vm(o: &Opts) -> Result<(), String> {
     let tools = vm::prerequisites(
-        &[("fio", "fio"), ("ldd", "libc-bin")],
+        &[("fio", "fio"), ("ldd", "libc-bin"), ("nvme", "nvme-cli")],
         "; .ci/run installs them in CI), or skip this step with `cargo xtask test --skip-hw`",
     )?;
 
@@ -463,6 +516,21 @@ fn vm(o: &Opts) -> Result<(), String> {
     ir.write("torture.args", torture.as_deref().unwrap_or(""))?;
     // The engine from the dev profile: the test step's build has it (correctness only here).
     crate::fio_hw::install(&mut ir, false, FIO_LAYOUT)?;
+    // Debian's nvme-cli with its libraries, and the comparison's script.
+    let nvme_cli =
+        vm::which("nvme").ok_or("nvme-cli is not installed (apt-get install nvme-cli)")?;
+    let libdirs = ir.dynamic(&nvme_cli, "bin/nvme")?;
+    ir.write("nvme-cli.libpath", &libdirs.join(":"))?;
+    ir.write("cli-compare.sh", CLI_COMPARE_SH)?;
+    let nsids: Vec<String> = NAMESPACES
+        .iter()
+        .map(|n| n.0)
+        .chain([SLOW_NS.0])
+        .map(|n| n.to_string())
+        .collect();
+    ir.write("cli-namespaces", &nsids.join(" "))?;
+    let fids: Vec<String> = CLI_FEATURES.iter().map(|f| format!("{f:#04x}")).collect();
+    ir.write("cli-features", &fids.join(" "))?;
     let initrd = ir.pack()?;
 
     // 3. Disk images (fresh, sparse) and QEMU.
@@ -523,6 +591,15 @@ fn vm(o: &Opts) -> Result<(), String> {
     if let (Ok(summary), false) = (&result, o.tcp_only) {
         let img = ir.work.join(format!("ns{}.img", FIO_LAYOUT.ns));
         result = crate::fio_hw::check(log, &img, FIO_LAYOUT).map(|f| format!("{summary}; {f}"));
+    }
+    if !console.timed_out && !o.tcp_only {
+        // Reported even when something else failed: the field list is worth having.
+        let cli = crate::cli_compare::check(log);
+        match (&cli, &result) {
+            (Ok(c), Ok(s)) => result = Ok(format!("{s}; nvme-cli comparison: {c}")),
+            (Err(e), Ok(_)) => result = Err(format!("nvme-cli comparison: {e}")),
+            (Ok(c), Err(_)) | (Err(c), Err(_)) => println!("nvme-cli comparison: {c}"),
+        }
     }
     if result.is_ok() && !console.status.success() {
         result = Err(format!("QEMU exited with {}", console.status));

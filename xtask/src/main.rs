@@ -19,6 +19,7 @@
 mod bench_hw;
 mod bench_spdk;
 mod cargo;
+mod cli_compare;
 mod fio_hw;
 mod hw;
 mod instructions;
@@ -84,6 +85,12 @@ enum Task {
         /// Arguments for the VM, e.g. `--timeout 600 --keep`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Compare nvmectl's output with nvme-cli's again from a kept guest console log
+    /// (`test-hw --keep` leaves it in target/hwtest-vm/console.log), without booting.
+    CliCompare {
+        /// The console log.
+        log: std::path::PathBuf,
     },
     /// Rounds of random SIGKILL and SIGSTOP/SIGCONT of the processes sharing a software
     /// controller, each round checked: a fresh attach, no leaked queue id, every
@@ -156,6 +163,11 @@ fn main() -> ExitCode {
             result.map_err(|e| eprintln!("xtask fuzz: {e}"))
         }
         Task::TestHw { args } => hw::test_hw(&args).map_err(|e| eprintln!("xtask test-hw: {e}")),
+        Task::CliCompare { log } => std::fs::read_to_string(&log)
+            .map_err(|e| format!("reading {}: {e}", log.display()))
+            .and_then(|l| cli_compare::check(&l))
+            .map(|s| println!("{s}"))
+            .map_err(|e| eprintln!("xtask cli-compare: {e}")),
         Task::Torture { args } => {
             torture::torture(&args).map_err(|e| eprintln!("xtask torture: {e}"))
         }

@@ -42,24 +42,32 @@ pub fn data_len(fid: u8, cdw11: u32) -> usize {
     }
 }
 
-/// The `get-feature:` line.
+/// The `get-feature:` line. nvme-cli prints the value with C's `%#0*x`, 10 wide, and 8 wide
+/// when it is 0 (C's `#` adds no `0x` to zero): `value:00000000`.
 pub fn summary(fid: u8, sel: FeatureSelect, value: u32) -> String {
+    let value = if value == 0 {
+        "00000000".to_string()
+    } else {
+        format!("{value:#010x}")
+    };
     format!(
-        "get-feature:{fid:#04x} ({}), {} value:{value:#010x}\n",
+        "get-feature:{fid:#04x} ({}), {} value:{value}\n",
         feature_name(fid),
         select_name(sel)
     )
 }
 
-/// Supported capabilities (SEL 3) as nvme-cli decodes them.
+/// Supported capabilities (SEL 3) as nvme-cli 2.3 lists them: one line per bit set.
 fn capabilities(value: u32) -> String {
-    let yes = |b: u32| if value >> b & 1 != 0 { "Yes" } else { "No" };
-    format!(
-        "\tFeature is changeable: {}\n\tFeature is namespace specific: {}\n\tFeature is saveable: {}\n",
-        yes(2),
-        yes(1),
-        yes(0)
-    )
+    [
+        (0, "  Feature is saveable\n"),
+        (1, "  Feature is per-namespace\n"),
+        (2, "  Feature is changeable\n"),
+    ]
+    .iter()
+    .filter(|(b, _)| value >> b & 1 != 0)
+    .map(|(_, l)| *l)
+    .collect()
 }
 
 fn enabled(on: bool) -> &'static str {
@@ -126,18 +134,16 @@ pub fn decode(fid: u8, value: u32, data: &[u8]) -> Option<String> {
     Some(s)
 }
 
-/// The whole `get-feature` output: the line, the decode with `human` (the capabilities for
-/// SEL 3), and the data buffer, if the feature has one, as nvme-cli's hex dump.
+/// The whole `get-feature` output as nvme-cli prints it: the line, then the capabilities
+/// for SEL 3 (with or without `human`), else with `human` the decode, else the data buffer (if the feature has one) as
+/// nvme-cli's hex dump.
 pub fn format_text(fid: u8, sel: FeatureSelect, value: u32, data: &[u8], human: bool) -> String {
     let mut out = summary(fid, sel, value);
-    if human {
-        if sel == FeatureSelect::SupportedCapabilities {
-            out.push_str(&capabilities(value));
-        } else if let Some(d) = decode(fid, value, data) {
-            out.push_str(&d);
-        }
-    }
-    if !data.is_empty() && sel != FeatureSelect::SupportedCapabilities {
+    if sel == FeatureSelect::SupportedCapabilities {
+        out.push_str(&capabilities(value));
+    } else if human {
+        out.extend(decode(fid, value, data));
+    } else if !data.is_empty() {
         out.push_str(&nvme_cli_dump(data));
     }
     out
@@ -155,7 +161,7 @@ mod tests {
         );
         assert_eq!(
             summary(0x81, FeatureSelect::Saved, 0),
-            "get-feature:0x81 (Host Identifier), Saved value:0x00000000\n"
+            "get-feature:0x81 (Host Identifier), Saved value:00000000\n"
         );
     }
 
@@ -171,8 +177,11 @@ mod tests {
         let tt = decode(fid::TEMPERATURE_THRESHOLD, 343, &[]).unwrap();
         assert!(tt.contains("(TMPTH): 70 C (343 K)"), "{tt}");
         assert!(decode(0x7f, 1, &[]).is_none());
-        let caps = format_text(4, FeatureSelect::SupportedCapabilities, 0b101, &[], true);
-        assert!(caps.contains("changeable: Yes\n\tFeature is namespace specific: No\n\tFeature is saveable: Yes\n"), "{caps}");
+        let caps = format_text(4, FeatureSelect::SupportedCapabilities, 0b101, &[], false);
+        assert!(
+            caps.ends_with("value:0x00000005\n  Feature is saveable\n  Feature is changeable\n"),
+            "{caps}"
+        );
     }
 
     #[test]
@@ -185,6 +194,11 @@ mod tests {
             t.contains("The timestamp is : 1000 ms\n\tSynch: 1\n\tOrigin: 1\n"),
             "{t}"
         );
+        assert!(
+            !t.contains("0000: e8"),
+            "-H decodes instead of dumping: {t}"
+        );
+        let t = format_text(fid::TIMESTAMP, FeatureSelect::Current, 0, &data, false);
         assert!(t.contains("0000: e8 03 00 00 00 00 03 00"), "{t}");
     }
 

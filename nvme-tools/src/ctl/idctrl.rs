@@ -3,7 +3,9 @@
 
 use nvme_host_linux::regs::identify::{IdentifyController, PowerStateDescriptor};
 
-use super::text::{alt_hex, dec, fields_json, hex, kv_line, raw_ascii, text, uuid_string, Field};
+use super::text::{
+    alt_hex, big, dec, fields_json, hex, json_int, kv_line, raw_ascii, text, uuid_string, Field,
+};
 use crate::json::Json;
 
 /// Width of the names in nvme-cli's `id-ctrl` output (`vid       : `).
@@ -18,7 +20,7 @@ fn fabrics_fields(id: &IdentifyController) -> Vec<Field> {
         dec("ioccsz", u32_at(0)),
         dec("iorcsz", u32_at(4)),
         dec("icdoff", u16_at(8)),
-        dec("fcatt", b[10]),
+        hex("fcatt", b[10]),
         dec("msdbd", b[11]),
         dec("ofcs", u16_at(12)),
     ]
@@ -56,6 +58,9 @@ pub fn fields(id: &IdentifyController) -> Vec<Field> {
         dec("crdt1", id.crdt[0]),
         dec("crdt2", id.crdt[1]),
         dec("crdt3", id.crdt[2]),
+        dec("nvmsr", id.nvmsr),
+        dec("vwci", id.vwci),
+        dec("mec", id.mec),
     ];
     f.extend(admin_fields(id));
     f.extend(nvm_fields(id));
@@ -80,8 +85,8 @@ fn admin_fields(id: &IdentifyController) -> Vec<Field> {
         dec("mtfa", id.mtfa),
         dec("hmpre", id.hmpre),
         dec("hmmin", id.hmmin),
-        dec("tnvmcap", u128::from_le_bytes(id.tnvmcap)),
-        dec("unvmcap", u128::from_le_bytes(id.unvmcap)),
+        big("tnvmcap", id.tnvmcap),
+        big("unvmcap", id.unvmcap),
         hex("rpmbs", id.rpmbs),
         dec("edstt", id.edstt),
         dec("dsto", id.dsto),
@@ -100,6 +105,8 @@ fn admin_fields(id: &IdentifyController) -> Vec<Field> {
         dec("anagrpmax", id.anagrpmax),
         dec("nanagrpid", id.nanagrpid),
         dec("pels", id.pels),
+        dec("domainid", id.domainid),
+        big("megcap", id.megcap),
     ]
 }
 
@@ -115,15 +122,18 @@ fn nvm_fields(id: &IdentifyController) -> Vec<Field> {
         hex("vwc", id.vwc),
         dec("awun", id.awun),
         dec("awupf", id.awupf),
-        dec("nvscc", id.nvscc),
+        dec("icsvscc", id.icsvscc),
         dec("nwpc", id.nwpc),
         dec("acwu", id.acwu),
+        hex("ocfs", id.ocfs),
         hex("sgls", id.sgls),
         dec("mnan", id.mnan),
+        big("maxdna", id.maxdna),
+        dec("maxcna", id.maxcna),
     ]
 }
 
-/// A power value with its scale (bits 7:6 of IPS / APS): `-` when not reported.
+/// A power value with its scale (bits 7:6 of IPS / APWS): `-` when not reported.
 fn scaled_power(power: u16, scale_byte: u8) -> String {
     match scale_byte >> 6 {
         0 => "-".into(),
@@ -133,7 +143,17 @@ fn scaled_power(power: u16, scale_byte: u8) -> String {
     }
 }
 
-/// One power state descriptor, two lines, as nvme-cli prints it.
+/// The active power workload (APWS bits 2:0) in nvme-cli's words.
+fn workload(apws: u8) -> &'static str {
+    match apws & 7 {
+        0 => "-",
+        1 => "1MiB 32 RW, 30s idle",
+        2 => "80K 128KiB SW",
+        _ => "reserved",
+    }
+}
+
+/// One power state descriptor, three lines, as nvme-cli 2.3 prints it.
 pub fn power_state(i: usize, ps: &PowerStateDescriptor) -> String {
     let mp = if ps.flags & 1 != 0 {
         format!("{}.{:04}W", ps.mp / 10000, ps.mp % 10000)
@@ -141,16 +161,18 @@ pub fn power_state(i: usize, ps: &PowerStateDescriptor) -> String {
         format!("{}.{:02}W", ps.mp / 100, ps.mp % 100)
     };
     let non = if ps.flags & 2 != 0 { "non-" } else { "" };
+    let pad = " ".repeat(12);
     format!(
-        "ps {i:4} : mp:{mp} {non}operational enlat:{} exlat:{} rrt:{} rrl:{}\n          rwt:{} rwl:{} idle_power:{} active_power:{}\n",
+        "ps   {i:4} : mp:{mp} {non}operational enlat:{} exlat:{} rrt:{} rrl:{}\n{pad}rwt:{} rwl:{} idle_power:{} active_power:{}\n{pad}active_power_workload:{}\n",
         ps.enlat,
         ps.exlat,
-        ps.rrt & 0x1f,
-        ps.rrl & 0x1f,
-        ps.rwt & 0x1f,
-        ps.rwl & 0x1f,
+        ps.rrt,
+        ps.rrl,
+        ps.rwt,
+        ps.rwl,
         scaled_power(ps.idlp, ps.ips),
         scaled_power(ps.actp, ps.apw_aps),
+        workload(ps.apw_aps),
     )
 }
 
@@ -299,12 +321,15 @@ pub fn format_text(id: &IdentifyController, human: bool) -> String {
     out
 }
 
-/// `nvme id-ctrl -o json`: the fields (the IEEE OUI as a number) and `psds`.
+/// `nvme id-ctrl -o json`: the fields (the IEEE OUI as a number; `subnqn` only when it is
+/// not empty, as nvme-cli does) and `psds`.
 pub fn format_json(id: &IdentifyController) -> String {
-    let mut o = fields_json(&fields(id));
+    let mut f = fields(id);
+    f.retain(|f| f.name != "subnqn" || f.value != super::text::Value::Text(String::new()));
+    let mut o = fields_json(&f);
     if let Json::Obj(members) = &mut o {
         if let Some(m) = members.iter_mut().find(|(k, _)| k == "ieee") {
-            m.1 = Json::from(ieee(id));
+            m.1 = json_int(ieee(id));
         }
     }
     let psds: Vec<Json> = id
@@ -315,8 +340,8 @@ pub fn format_json(id: &IdentifyController) -> String {
             let mut p = Json::object();
             p.push("max_power", ps.mp)
                 .push("flags", ps.flags)
-                .push("entry_lat", ps.enlat)
-                .push("exit_lat", ps.exlat)
+                .push("entry_lat", json_int(ps.enlat))
+                .push("exit_lat", json_int(ps.exlat))
                 .push("read_tput", ps.rrt)
                 .push("read_lat", ps.rrl)
                 .push("write_tput", ps.rwt)
@@ -324,7 +349,8 @@ pub fn format_json(id: &IdentifyController) -> String {
                 .push("idle_power", ps.idlp)
                 .push("idle_scale", ps.ips >> 6)
                 .push("active_power", ps.actp)
-                .push("active_work_scale", ps.apw_aps);
+                .push("active_power_work", ps.apw_aps & 7)
+                .push("active_scale", ps.apw_aps >> 6);
             p
         })
         .collect();
@@ -371,13 +397,30 @@ mod tests {
             assert!(lines.contains(&want), "{want} missing in\n{t}");
         }
         assert_eq!(
+            lines[lines.len() - 3],
+            "ps      0 : mp:25.00W operational enlat:16 exlat:4 rrt:0 rrl:0"
+        );
+        assert_eq!(
             lines[lines.len() - 2],
-            "ps    0 : mp:25.00W operational enlat:16 exlat:4 rrt:0 rrl:0"
+            "            rwt:0 rwl:0 idle_power:- active_power:-"
         );
         assert_eq!(
             lines[lines.len() - 1],
-            "          rwt:0 rwl:0 idle_power:- active_power:-"
+            "            active_power_workload:-"
         );
+        for want in [
+            "nvmsr     : 0",
+            "mec       : 0",
+            "domainid  : 0",
+            "megcap    : 0",
+            "icsvscc   : 0",
+            "ocfs      : 0",
+            "maxdna    : 0",
+            "maxcna    : 0",
+            "fcatt     : 0",
+        ] {
+            assert!(lines.contains(&want), "{want} missing in\n{t}");
+        }
         assert!(!t.contains("  [1:1]"), "no decode without -H");
     }
 
@@ -410,6 +453,28 @@ mod tests {
         assert_eq!(v["ieee"], 0x525400);
         assert_eq!(v["psds"].as_array().unwrap().len(), 1);
         assert_eq!(v["psds"][0]["max_power"], 2500);
+        assert_eq!(v["psds"][0]["active_power_work"], 0);
+        assert_eq!(
+            v["tnvmcap"], "1048576",
+            "128-bit fields are strings in nvme-cli's JSON"
+        );
+        let mut id = sample();
+        id.maxdna = (1u128 << 70).to_le_bytes();
+        id.sgls = 0x8000_0001;
+        let nqn = b"nqn.2019-08.org.qemu:deadbeef";
+        id.subnqn = [0; 256];
+        id.subnqn[..nqn.len()].copy_from_slice(nqn);
+        let v: serde_json::Value = serde_json::from_str(&format_json(&id)).unwrap();
+        assert_eq!(v["maxdna"], (1u128 << 70).to_string());
+        assert_eq!(
+            v["sgls"], 0x8000_0001u32 as i32,
+            "json-c's int32, as nvme-cli 2.3"
+        );
+        assert_eq!(v["subnqn"], "nqn.2019-08.org.qemu:deadbeef");
+        id.subnqn = [0; 256];
+        let v: serde_json::Value = serde_json::from_str(&format_json(&id)).unwrap();
+        assert!(v.get("subnqn").is_none(), "an empty subnqn is left out");
+        assert!(v.get("ioccsz").is_some());
     }
 
     #[test]
@@ -419,7 +484,14 @@ mod tests {
         ps.mp = 12345;
         ps.idlp = 500;
         ps.ips = 2 << 6;
-        assert!(power_state(1, &ps).starts_with("ps    1 : mp:1.2345W non-operational"));
-        assert!(power_state(1, &ps).contains("idle_power:5.00W active_power:-"));
+        ps.apw_aps = (1 << 6) | 2;
+        ps.actp = 15000;
+        let p = power_state(1, &ps);
+        assert!(
+            p.starts_with("ps      1 : mp:1.2345W non-operational"),
+            "{p}"
+        );
+        assert!(p.contains("idle_power:5.00W active_power:1.5000W\n"), "{p}");
+        assert!(p.ends_with("active_power_workload:80K 128KiB SW\n"), "{p}");
     }
 }

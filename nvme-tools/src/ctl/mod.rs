@@ -170,7 +170,7 @@ pub fn smart_log(ctrl: &Controller, a: &SmartLogArgs) -> Result<String> {
     let s = ctrl.smart_log()?;
     Ok(match a.output {
         OutputFormat::Normal => logs::smart_text(&s, &ctrl.name(), u32::MAX, a.human),
-        OutputFormat::Json => logs::smart_json(&s),
+        OutputFormat::Json => logs::smart_json(&s, a.human),
     })
 }
 

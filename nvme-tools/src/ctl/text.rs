@@ -4,13 +4,21 @@
 use std::fmt::Write;
 
 /// A field value, printed the way nvme-cli prints it and carried as a number or string in
-/// JSON.
+/// JSON the way nvme-cli 2.3 carries it: fields of 32 bits or less go through json-c's
+/// `json_object_new_int` (a signed 32-bit number, so 0x80000000 and up come out negative),
+/// 64-bit ones as unsigned numbers, 128-bit ones as decimal strings.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
-    /// Decimal (`%d`, `%u`).
-    Dec(u128),
-    /// Hexadecimal in C's `%#x`: `0` for zero, `0x1f` otherwise.
-    Hex(u64),
+    /// Decimal (`%d`, `%u`) of a field of 32 bits or less.
+    Dec(u32),
+    /// Hexadecimal in C's `%#x` (`0` for zero, `0x1f` otherwise) of a field of 32 bits or less.
+    Hex(u32),
+    /// Decimal of a 64-bit field.
+    Dec64(u64),
+    /// `%#x` of a 64-bit field.
+    Hex64(u64),
+    /// Decimal of a 128-bit field (a string in JSON).
+    Big(u128),
     /// Text, printed as is.
     Text(String),
 }
@@ -20,7 +28,10 @@ impl Value {
     pub fn human(&self) -> String {
         match self {
             Value::Dec(v) => v.to_string(),
-            Value::Hex(v) => alt_hex(*v),
+            Value::Hex(v) => alt_hex(*v as u64),
+            Value::Dec64(v) => v.to_string(),
+            Value::Hex64(v) => alt_hex(*v),
+            Value::Big(v) => v.to_string(),
             Value::Text(s) => s.clone(),
         }
     }
@@ -29,8 +40,9 @@ impl Value {
     pub fn json(&self) -> crate::json::Json {
         use crate::json::Json;
         match self {
-            Value::Dec(v) => Json::Uint(*v),
-            Value::Hex(v) => Json::Uint(*v as u128),
+            Value::Dec(v) | Value::Hex(v) => json_int(*v),
+            Value::Dec64(v) | Value::Hex64(v) => Json::Uint(*v as u128),
+            Value::Big(v) => Json::Str(v.to_string()),
             Value::Text(s) => Json::Str(s.clone()),
         }
     }
@@ -45,19 +57,41 @@ pub struct Field {
     pub value: Value,
 }
 
-/// A field printed in decimal.
-pub fn dec(name: &'static str, v: impl Into<u128>) -> Field {
+/// A number as nvme-cli 2.3 puts a field of 32 bits or less in JSON: json-c's
+/// `json_object_new_int` takes an `int32_t`, so values from 2^31 up wrap to negative.
+pub fn json_int(v: u32) -> crate::json::Json {
+    crate::json::Json::Int(v as i32 as i64)
+}
+
+/// A field of 32 bits or less printed in decimal.
+pub fn dec(name: &'static str, v: impl Into<u32>) -> Field {
     Field {
         name,
         value: Value::Dec(v.into()),
     }
 }
 
-/// A field printed as `%#x`.
-pub fn hex(name: &'static str, v: impl Into<u64>) -> Field {
+/// A field of 32 bits or less printed as `%#x`.
+pub fn hex(name: &'static str, v: impl Into<u32>) -> Field {
     Field {
         name,
         value: Value::Hex(v.into()),
+    }
+}
+
+/// A 64-bit field printed as `%#x`.
+pub fn hex64(name: &'static str, v: u64) -> Field {
+    Field {
+        name,
+        value: Value::Hex64(v),
+    }
+}
+
+/// A 128-bit little-endian field printed in decimal (a string in JSON).
+pub fn big(name: &'static str, le: [u8; 16]) -> Field {
+    Field {
+        name,
+        value: Value::Big(u128::from_le_bytes(le)),
     }
 }
 
