@@ -659,6 +659,64 @@ fn detach_joins_the_monitor_thread_first() -> Outcome {
     Ok(())
 }
 
+/// A member's DMA memory comes from its transport's pool: many small buffers and a queue
+/// pair cost one device mapping (the pool region), all inside the member's own IOVA slice
+/// (1 TiB per member above the group's admin segment, `transport::member_iova_range`).
+fn a_members_buffers_come_from_one_mapping_inside_its_iova_slice() -> Outcome {
+    let s = Scenario::new(61);
+    std::env::set_var("NVME_RUN_DIR", s.dir.path());
+    let opts = AttachOptions {
+        group: Some(61),
+        ..Default::default()
+    };
+    let ctrl = Controller::attach_with(&TransportId::parse(TRID).unwrap(), &opts);
+    std::env::remove_var("NVME_RUN_DIR");
+    let ctrl = ctrl.map_err(|e| e.to_string())?;
+    let maps = || -> Result<u64, String> {
+        Ok(s.sim()?
+            .daemon_status()
+            .map_err(|e| e.to_string())?
+            .dma_maps)
+    };
+    let before = maps()?;
+    let qp = ctrl
+        .alloc_io_queue(QueueOptions::new(16))
+        .map_err(|e| e.to_string())?;
+    let bufs: Vec<_> = (1..=16)
+        .map(|i| ctrl.alloc_dma(i * 4096))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    assert_eq!(
+        maps()?,
+        before,
+        "16 buffers and a queue pair mapped nothing new: the pool has room"
+    );
+    let slice = |iova: u64| (iova >> 40).checked_sub(1);
+    let member = slice(bufs[0].iova()).ok_or("a buffer below every member slice")?;
+    assert!(member < 64, "IOVA {:#x} is no member's", bufs[0].iova());
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    for b in &bufs {
+        assert_eq!(slice(b.iova()), Some(member), "IOVA {:#x}", b.iova());
+        assert_eq!(
+            slice(b.iova() + b.len() as u64 - 1),
+            Some(member),
+            "buffer at {:#x} ends outside the slice",
+            b.iova()
+        );
+        assert_eq!(b.iova() % 4096, 0, "page-aligned");
+        spans.push((b.iova(), b.iova() + b.len() as u64));
+    }
+    spans.sort_unstable();
+    assert!(
+        spans.windows(2).all(|w| w[0].1 <= w[1].0),
+        "buffers overlap: {spans:x?}"
+    );
+    drop((bufs, qp, ctrl));
+    assert!(!s.group_dir().exists(), "the last member removed the group");
+    s.stop()?;
+    Ok(())
+}
+
 fn a_dead_controller_process_is_detected_once() -> Outcome {
     let s = Scenario::new(23);
     let mut p = s.spawn("member", "outlive-controller", &[]);
@@ -1626,6 +1684,10 @@ fn main() -> ExitCode {
         (
             "detach_joins_the_monitor_thread_first",
             detach_joins_the_monitor_thread_first,
+        ),
+        (
+            "a_members_buffers_come_from_one_mapping_inside_its_iova_slice",
+            a_members_buffers_come_from_one_mapping_inside_its_iova_slice,
         ),
         (
             "a_group_of_another_user_is_refused",
