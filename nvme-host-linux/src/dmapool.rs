@@ -4,15 +4,15 @@
 //! Without it every buffer was its own memfd, `mmap` and device mapping
 //! (`VFIO_IOMMU_MAP_DMA`), 2 MiB each with hugepages. A transport that owns a [`DmaPool`]
 //! (VFIO and the software controller do) hands it out through
-//! [`Transport::dma_pool`](crate::Transport::dma_pool); `DmaMapping::new` then takes a
-//! [`Carve`] of one of its regions, and only requests larger than a region get a segment
+//! [`crate::Transport::dma_pool`]; `DmaMapping::new` then takes a
+//! `Carve` of one of its regions, and only requests larger than a region get a segment
 //! of their own.
 //!
 //! Regions are [`REGION`] bytes (one hugepage), mapped through the transport's `map_dma`,
 //! so in a shared-memory group they sit inside this member's IOVA slice like any other
 //! mapping. Inside a region a first-fit free list with coalescing (the IOVA allocator's)
 //! hands out page-aligned, page-granular ranges. A range goes back to its region when its
-//! [`Carve`] drops, which is when the last `Arc<DmaMapping>` holding it drops: a buffer
+//! `Carve` drops, which is when the last `Arc<DmaMapping>` holding it drops: a buffer
 //! whose I/O is still in flight keeps its range, exactly as it kept its own segment before.
 //! Regions stay mapped until the transport drops and calls [`DmaPool::release`].
 //!

@@ -51,7 +51,7 @@ mod admin;
 mod attach;
 mod controller;
 mod dma;
-pub mod dmapool;
+mod dmapool;
 mod error;
 pub mod group;
 mod groupattach;
