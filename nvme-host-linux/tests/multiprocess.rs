@@ -380,6 +380,17 @@ impl Scenario {
     fn stop(&self) -> Outcome {
         self.dir.stop()
     }
+    /// Attaches this (test) process to the scenario's group.
+    fn attach_here(&self) -> Result<Controller, String> {
+        std::env::set_var("NVME_RUN_DIR", self.dir.path());
+        let opts = AttachOptions {
+            group: Some(self.group),
+            ..Default::default()
+        };
+        let ctrl = Controller::attach_with(&TransportId::parse(TRID).unwrap(), &opts);
+        std::env::remove_var("NVME_RUN_DIR");
+        ctrl.map_err(|e| e.to_string())
+    }
     /// A client of the group's software controller process.
     fn sim(&self) -> Result<nvme_host_linux::sim::SimClient, String> {
         nvme_host_linux::sim::SimClient::connect(&self.group_dir().join("sim.sock"))
@@ -627,14 +638,7 @@ fn threads_named(name: &str) -> usize {
 
 fn detach_joins_the_monitor_thread_first() -> Outcome {
     let s = Scenario::new(22);
-    std::env::set_var("NVME_RUN_DIR", s.dir.path());
-    let opts = AttachOptions {
-        group: Some(22),
-        ..Default::default()
-    };
-    let ctrl = Controller::attach_with(&TransportId::parse(TRID).unwrap(), &opts);
-    std::env::remove_var("NVME_RUN_DIR");
-    let ctrl = ctrl.map_err(|e| e.to_string())?;
+    let ctrl = s.attach_here()?;
     // A new thread names itself once it runs.
     wait_until("the monitor thread runs", SETTLE, || {
         threads_named("nvme-group") >= 1
@@ -664,14 +668,7 @@ fn detach_joins_the_monitor_thread_first() -> Outcome {
 /// (1 TiB per member above the group's admin segment, `transport::member_iova_range`).
 fn a_members_buffers_come_from_one_mapping_inside_its_iova_slice() -> Outcome {
     let s = Scenario::new(61);
-    std::env::set_var("NVME_RUN_DIR", s.dir.path());
-    let opts = AttachOptions {
-        group: Some(61),
-        ..Default::default()
-    };
-    let ctrl = Controller::attach_with(&TransportId::parse(TRID).unwrap(), &opts);
-    std::env::remove_var("NVME_RUN_DIR");
-    let ctrl = ctrl.map_err(|e| e.to_string())?;
+    let ctrl = s.attach_here()?;
     let maps = || -> Result<u64, String> {
         Ok(s.sim()?
             .daemon_status()
