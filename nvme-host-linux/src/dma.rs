@@ -7,26 +7,55 @@ use std::sync::Arc;
 
 use nvme_core::DmaRegion;
 
+use crate::dmapool::Carve;
 use crate::error::{Error, Result};
 use crate::memory::SharedMemory;
 use crate::transport::Transport;
 
-/// A segment of shared memory mapped for one controller.
+/// DMA memory mapped for one controller: a range of the transport's pool, or (larger than
+/// a pool region, or a transport without a pool) a segment of its own.
 #[derive(Debug)]
 pub(crate) struct DmaMapping {
-    mem: SharedMemory,
+    mem: Memory,
     iova: u64,
-    /// The whole segment (made once: `region` is on the I/O path).
+    /// The whole mapping (made once: `region` is on the I/O path).
     region: DmaRegion,
     transport: Arc<dyn Transport>,
 }
 
+#[derive(Debug)]
+enum Memory {
+    /// A range of the transport's pool; it goes back to the pool when this drops.
+    Pooled(Carve),
+    /// A segment mapped for this mapping alone; unmapped when this drops.
+    Own(SharedMemory),
+}
+
 impl DmaMapping {
+    /// `len` zeroed bytes mapped for the controller behind `transport`, from its pool when
+    /// it has one and `len` fits a region (`name` names a segment of its own otherwise).
     pub(crate) fn new(
         transport: &Arc<dyn Transport>,
         name: &str,
         len: usize,
     ) -> Result<DmaMapping> {
+        if let Some(pool) = transport.dma_pool() {
+            if let Some(carve) = pool.alloc(transport.as_ref(), len)? {
+                let (iova, region) = (carve.iova(), carve.region());
+                let region = region.ok_or_else(|| wraps(len, iova))?;
+                return Ok(DmaMapping {
+                    mem: Memory::Pooled(carve),
+                    iova,
+                    region,
+                    transport: transport.clone(),
+                });
+            }
+        }
+        Self::own(transport, name, len)
+    }
+
+    /// A segment of its own (not from the pool).
+    fn own(transport: &Arc<dyn Transport>, name: &str, len: usize) -> Result<DmaMapping> {
         let mem = SharedMemory::new(name, len).map_err(|e| {
             Error::os(
                 format!("allocating {len} bytes of DMA memory (hugepages or shared memory)"),
@@ -34,36 +63,51 @@ impl DmaMapping {
             )
         })?;
         let iova = transport.map_dma(&mem)?;
-        let region = mem.region(0, mem.len(), iova).ok_or_else(|| {
-            Error::Transport(format!(
-                "DMA segment of {len} bytes at IOVA {iova:#x} wraps the device address space"
-            ))
-        });
-        let region = match region {
-            Ok(r) => r,
-            Err(e) => {
+        let region = match mem.region(0, mem.len(), iova) {
+            Some(r) => r,
+            None => {
                 transport.unmap_dma(iova, mem.len());
-                return Err(e);
+                return Err(wraps(len, iova));
             }
         };
         Ok(DmaMapping {
-            mem,
+            mem: Memory::Own(mem),
             iova,
             region,
             transport: transport.clone(),
         })
     }
-    /// The whole segment, mapped for the CPU (SharedMemory) and the device (map_dma) until
-    /// this mapping drops; users of the region hold the mapping alive.
+    /// The whole mapping, mapped for the CPU and the device until this mapping drops;
+    /// users of the region hold the mapping alive.
     #[inline]
     pub(crate) fn region(&self) -> DmaRegion {
         self.region
     }
+    fn bytes(&self) -> &[u8] {
+        match &self.mem {
+            Memory::Pooled(c) => c.bytes(),
+            Memory::Own(m) => m.bytes(),
+        }
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match &mut self.mem {
+            Memory::Pooled(c) => c.bytes_mut(),
+            Memory::Own(m) => m.bytes_mut(),
+        }
+    }
+}
+
+fn wraps(len: usize, iova: u64) -> Error {
+    Error::Transport(format!(
+        "DMA segment of {len} bytes at IOVA {iova:#x} wraps the device address space"
+    ))
 }
 
 impl Drop for DmaMapping {
     fn drop(&mut self) {
-        self.transport.unmap_dma(self.iova, self.mem.len());
+        if let Memory::Own(m) = &self.mem {
+            self.transport.unmap_dma(self.iova, m.len());
+        }
     }
 }
 
@@ -76,8 +120,9 @@ impl Drop for DmaMapping {
 ///
 /// I/Os take the buffer (or a range of it, [`slice`](Self::slice)) by mutable borrow for the
 /// duration of the submission call only, so several I/Os may use one buffer at once.
-/// Allocate few, large buffers and pass ranges to I/Os: each buffer is its own segment
-/// (2 MiB granularity with hugepages).
+/// Buffers up to a pool region (2 MiB) are carved from the transport's DMA pool, mapped for
+/// the device once; larger ones are a segment of their own (2 MiB granularity with
+/// hugepages). A range of the pool is reused only after every I/O that used it completed.
 #[derive(Debug)]
 pub struct DmaBuffer {
     map: Arc<DmaMapping>,
@@ -186,14 +231,14 @@ impl DmaBuffer {
         }
         // No I/O is in flight (checked above), and none can start while this shared borrow
         // lives: submission needs `&mut DmaBuffer`.
-        Some(&self.map.mem.bytes()[..self.len])
+        Some(&self.map.bytes()[..self.len])
     }
     /// The data, writable, or `None` while an I/O uses the buffer.
     pub fn try_as_mut_slice(&mut self) -> Option<&mut [u8]> {
         // The only reference to the mapping: no I/O in flight, and none can start while
         // `self` is mutably borrowed.
         let map = Arc::get_mut(&mut self.map)?;
-        Some(&mut map.mem.bytes_mut()[..self.len])
+        Some(&mut map.bytes_mut()[..self.len])
     }
     /// The data. Panics while an I/O uses the buffer.
     pub fn as_slice(&self) -> &[u8] {

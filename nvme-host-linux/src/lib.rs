@@ -36,11 +36,14 @@
 //!   discovery ([`tcp::discover`]); I/O queues over TCP come with a later step.
 //! - `group`: the shared-memory group (files, members, liveness, queue id pool, descriptor
 //!   passing); `groupattach`: creating, joining and cleaning up after dead members.
+//! - `dmapool`: [`DmaPool`], the transport's pool of mapped regions that buffers, rings and
+//!   pages are carved from.
 //! - `memory`, `mmio`, `sys`, `iova`, `error`: mappings, registers, system calls, IOVA
 //!   allocation, the error type.
 //!
 //! Where `unsafe` lives (everything else denies it): `memory` (the one RAII type for every
 //! `mmap`, and the safe views of mapped memory: DMA regions, bytes, the control header),
+//! `dmapool` (a pooled range's bytes, owned alone by the allocator's rule),
 //! `mmio` (volatile register access), `sys` (system calls and ioctls without a safe
 //! wrapper in `nix`), `group::robust` (the robust process-shared pthread mutex in shared
 //! memory) and one statement in `group::fdpass` (owning descriptors received with
@@ -52,6 +55,7 @@ mod admin;
 mod attach;
 mod controller;
 mod dma;
+mod dmapool;
 mod error;
 pub mod group;
 mod groupattach;
@@ -77,6 +81,7 @@ pub mod vfio;
 pub use attach::{AttachOptions, TimeoutAction};
 pub use controller::Controller;
 pub use dma::{DmaBuffer, IoBuf};
+pub use dmapool::{DmaPool, PoolStats};
 pub use error::{Error, Result};
 pub use group::Role;
 pub use lease::{Lease, LeaseConflict, LeaseMode, LeaseRange};

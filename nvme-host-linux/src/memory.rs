@@ -379,9 +379,20 @@ impl SharedMemory {
     /// Tries hugepages first unless `NVME_NO_HUGE=1` is set; falls back to ordinary shared
     /// memory when no hugepages are reserved.
     pub fn new(name: &str, len: usize) -> io::Result<SharedMemory> {
+        Self::create(name, len, true)
+    }
+
+    /// As [`SharedMemory::new`], without faulting the pages in: each is allocated (zeroed)
+    /// on first touch, by this process or whoever else maps the memfd.
+    pub fn new_lazy(name: &str, len: usize) -> io::Result<SharedMemory> {
+        Self::create(name, len, false)
+    }
+
+    /// Allocates, hugepages first unless `NVME_NO_HUGE=1`; `populate` faults pages in.
+    fn create(name: &str, len: usize, populate: bool) -> io::Result<SharedMemory> {
         let want_huge = std::env::var_os("NVME_NO_HUGE").is_none_or(|v| v != "1");
         if want_huge && HUGE_STATE.load(Ordering::Relaxed) != 2 {
-            match Self::with_backing(name, len, Backing::HugePages) {
+            match Self::make(name, len, Backing::HugePages, populate) {
                 Ok(m) => {
                     HUGE_STATE.store(1, Ordering::Relaxed);
                     return Ok(m);
@@ -389,11 +400,15 @@ impl SharedMemory {
                 Err(_) => HUGE_STATE.store(2, Ordering::Relaxed),
             }
         }
-        Self::with_backing(name, len, Backing::Shared)
+        Self::make(name, len, Backing::Shared, populate)
     }
 
     /// Allocates with a specific backing; fails rather than falling back.
     pub fn with_backing(name: &str, len: usize, backing: Backing) -> io::Result<SharedMemory> {
+        Self::make(name, len, backing, true)
+    }
+
+    fn make(name: &str, len: usize, backing: Backing, populate: bool) -> io::Result<SharedMemory> {
         if len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -425,7 +440,7 @@ impl SharedMemory {
                 SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
             ),
         )?;
-        let map = Mapping::new(fd.as_fd(), 0, len, true)?;
+        let map = Mapping::new(fd.as_fd(), 0, len, populate)?;
         Ok(SharedMemory { map, fd, backing })
     }
 

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use nvme_sim::{SimClient, SimController, SimError};
 
+use crate::dmapool::DmaPool;
 use crate::error::{Error, Result};
 use crate::iova::IovaAllocator;
 use crate::memory::{Mapping, SharedMemory};
@@ -58,6 +59,7 @@ pub struct SimTransport {
     dev: Device,
     bar: Mmio,
     iovas: Mutex<IovaAllocator>,
+    pool: DmaPool,
 }
 
 impl fmt::Debug for SimTransport {
@@ -117,6 +119,7 @@ impl SimTransport {
             dev: Device::InProcess(sim),
             bar,
             iovas,
+            pool: DmaPool::new(),
         })
     }
 
@@ -136,6 +139,7 @@ impl SimTransport {
             dev: Device::Process(client),
             bar,
             iovas,
+            pool: DmaPool::new(),
         })
     }
 
@@ -166,6 +170,12 @@ impl SimTransport {
     /// `transport` as a software controller, if it is one.
     pub fn of(transport: &dyn Transport) -> Option<&SimTransport> {
         transport.as_any().downcast_ref()
+    }
+}
+
+impl Drop for SimTransport {
+    fn drop(&mut self) {
+        self.pool.release(|iova, len| self.unmap_dma(iova, len));
     }
 }
 
@@ -209,6 +219,9 @@ impl Transport for SimTransport {
                 .unwrap_or_else(|p| p.into_inner())
                 .free(iova, len as u64);
         }
+    }
+    fn dma_pool(&self) -> Option<&DmaPool> {
+        Some(&self.pool)
     }
     fn pci_id(&self) -> Option<(u16, u16)> {
         None

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::os::fd::BorrowedFd;
 
+use crate::dmapool::DmaPool;
 use crate::error::Result;
 use crate::memory::SharedMemory;
 use crate::mmio::Mmio;
@@ -24,6 +25,13 @@ pub trait Transport: Send + Sync + fmt::Debug + std::any::Any {
     fn map_dma(&self, mem: &SharedMemory) -> Result<u64>;
     /// Reverses [`map_dma`](Self::map_dma).
     fn unmap_dma(&self, iova: u64, len: usize);
+    /// The transport's DMA pool, from which buffers, rings and pages up to a pool region
+    /// are carved (one [`map_dma`](Self::map_dma) per region instead of one per
+    /// allocation). `None` (the default): every allocation maps a segment of its own. A
+    /// transport that has one calls [`DmaPool::release`] when it drops.
+    fn dma_pool(&self) -> Option<&DmaPool> {
+        None
+    }
     /// PCI vendor and device id, for messages (`None` when there is no PCI function).
     fn pci_id(&self) -> Option<(u16, u16)>;
     /// A short name (the PCI address, or `sim`).

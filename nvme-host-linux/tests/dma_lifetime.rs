@@ -292,6 +292,72 @@ fn dma_buffer_dropped_while_an_io_is_in_flight() {
     assert_no_dma_errors(s);
 }
 
+/// Buffers are carved from the transport's DMA pool: a buffer dropped while its write is in
+/// flight keeps its range, so buffers allocated meanwhile get other memory (their contents
+/// cannot leak into the late transfer); once the completion is reaped the range is free
+/// again, and the next allocation of that size gets it back, zeroed.
+#[test]
+fn a_pooled_range_is_not_reused_while_its_io_is_in_flight() {
+    let (ctrl, t) = attach(Duration::from_secs(2));
+    let s = sim(&t);
+    let pool = t
+        .dma_pool()
+        .expect("the software controller's transport has a pool");
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
+    let mut data = vec![0u8; 8192];
+    pattern(5, &mut data);
+    postpone(
+        s,
+        CommandMatch::io(NvmOpcode::Write as u8),
+        Duration::from_millis(300),
+    );
+    let regions = pool.stats().regions;
+    let mut wbuf = ctrl.alloc_dma(8192).unwrap();
+    wbuf.as_mut_slice().copy_from_slice(&data);
+    let busy = wbuf.iova();
+    qp.write(1, 16, wbuf.slice(0..8192).unwrap(), 1).unwrap();
+    qp.ring();
+    drop(wbuf);
+    // Meanwhile: buffers of the same size, filled with something else.
+    let mut others = Vec::new();
+    for _ in 0..8 {
+        let mut b = ctrl.alloc_dma(8192).unwrap();
+        assert_ne!(
+            b.iova(),
+            busy,
+            "the in-flight write's range was handed out again"
+        );
+        assert!(
+            b.iova() + 8192 <= busy || b.iova() >= busy + 8192,
+            "overlaps the in-flight range"
+        );
+        b.as_mut_slice().fill(0xee);
+        others.push(b);
+    }
+    assert_eq!(pool.stats().regions, regions, "all from the same region");
+    let mut done = Vec::new();
+    wait_until("the write completed", || {
+        qp.process_completions(8, |token, r| done.push((token, r.is_ok())));
+        !done.is_empty()
+    });
+    assert_eq!(done, vec![(1, true)]);
+    let mut landed = vec![0u8; 8192];
+    s.read_backing(1, 16 * 512, &mut landed).unwrap();
+    assert_eq!(
+        landed, data,
+        "the late write transferred the dropped buffer's data"
+    );
+    // Free now: first fit hands the same range out again, zeroed.
+    let again = ctrl.alloc_dma(8192).unwrap();
+    assert_eq!(again.iova(), busy);
+    assert!(
+        again.as_slice().iter().all(|&b| b == 0),
+        "a reused range is zeroed"
+    );
+    drop(others);
+    assert_no_dma_errors(s);
+}
+
 /// The same through the shared admin queue of a group (the software controller runs as a
 /// process of its own): a timed-out command keeps the admin data buffer, its late
 /// completion reaches this process's mailbox and is reaped by the next command; a caller's

@@ -380,6 +380,17 @@ impl Scenario {
     fn stop(&self) -> Outcome {
         self.dir.stop()
     }
+    /// Attaches this (test) process to the scenario's group.
+    fn attach_here(&self) -> Result<Controller, String> {
+        std::env::set_var("NVME_RUN_DIR", self.dir.path());
+        let opts = AttachOptions {
+            group: Some(self.group),
+            ..Default::default()
+        };
+        let ctrl = Controller::attach_with(&TransportId::parse(TRID).unwrap(), &opts);
+        std::env::remove_var("NVME_RUN_DIR");
+        ctrl.map_err(|e| e.to_string())
+    }
     /// A client of the group's software controller process.
     fn sim(&self) -> Result<nvme_host_linux::sim::SimClient, String> {
         nvme_host_linux::sim::SimClient::connect(&self.group_dir().join("sim.sock"))
@@ -627,14 +638,7 @@ fn threads_named(name: &str) -> usize {
 
 fn detach_joins_the_monitor_thread_first() -> Outcome {
     let s = Scenario::new(22);
-    std::env::set_var("NVME_RUN_DIR", s.dir.path());
-    let opts = AttachOptions {
-        group: Some(22),
-        ..Default::default()
-    };
-    let ctrl = Controller::attach_with(&TransportId::parse(TRID).unwrap(), &opts);
-    std::env::remove_var("NVME_RUN_DIR");
-    let ctrl = ctrl.map_err(|e| e.to_string())?;
+    let ctrl = s.attach_here()?;
     // A new thread names itself once it runs.
     wait_until("the monitor thread runs", SETTLE, || {
         threads_named("nvme-group") >= 1
@@ -654,6 +658,57 @@ fn detach_joins_the_monitor_thread_first() -> Outcome {
     // detach cannot end up on a thread the process does not wait for.
     drop(qp);
     assert_eq!(threads_named("nvme-group"), before - 1);
+    assert!(!s.group_dir().exists(), "the last member removed the group");
+    s.stop()?;
+    Ok(())
+}
+
+/// A member's DMA memory comes from its transport's pool: many small buffers and a queue
+/// pair cost one device mapping (the pool region), all inside the member's own IOVA slice
+/// (1 TiB per member above the group's admin segment, `transport::member_iova_range`).
+fn a_members_buffers_come_from_one_mapping_inside_its_iova_slice() -> Outcome {
+    let s = Scenario::new(61);
+    let ctrl = s.attach_here()?;
+    let maps = || -> Result<u64, String> {
+        Ok(s.sim()?
+            .daemon_status()
+            .map_err(|e| e.to_string())?
+            .dma_maps)
+    };
+    let before = maps()?;
+    let qp = ctrl
+        .alloc_io_queue(QueueOptions::new(16))
+        .map_err(|e| e.to_string())?;
+    let bufs: Vec<_> = (1..=16)
+        .map(|i| ctrl.alloc_dma(i * 4096))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    assert_eq!(
+        maps()?,
+        before,
+        "16 buffers and a queue pair mapped nothing new: the pool has room"
+    );
+    let slice = |iova: u64| (iova >> 40).checked_sub(1);
+    let member = slice(bufs[0].iova()).ok_or("a buffer below every member slice")?;
+    assert!(member < 64, "IOVA {:#x} is no member's", bufs[0].iova());
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    for b in &bufs {
+        assert_eq!(slice(b.iova()), Some(member), "IOVA {:#x}", b.iova());
+        assert_eq!(
+            slice(b.iova() + b.len() as u64 - 1),
+            Some(member),
+            "buffer at {:#x} ends outside the slice",
+            b.iova()
+        );
+        assert_eq!(b.iova() % 4096, 0, "page-aligned");
+        spans.push((b.iova(), b.iova() + b.len() as u64));
+    }
+    spans.sort_unstable();
+    assert!(
+        spans.windows(2).all(|w| w[0].1 <= w[1].0),
+        "buffers overlap: {spans:x?}"
+    );
+    drop((bufs, qp, ctrl));
     assert!(!s.group_dir().exists(), "the last member removed the group");
     s.stop()?;
     Ok(())
@@ -1626,6 +1681,10 @@ fn main() -> ExitCode {
         (
             "detach_joins_the_monitor_thread_first",
             detach_joins_the_monitor_thread_first,
+        ),
+        (
+            "a_members_buffers_come_from_one_mapping_inside_its_iova_slice",
+            a_members_buffers_come_from_one_mapping_inside_its_iova_slice,
         ),
         (
             "a_group_of_another_user_is_refused",

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::dmapool::DmaPool;
 use crate::error::{Error, Result};
 use crate::iova::IovaAllocator;
 use crate::memory::SharedMemory;
@@ -51,6 +52,8 @@ pub struct VfioTransport {
     msix_vectors: u16,
     /// Serialises this process's MSI-X changes (the group's join lock serialises processes).
     msix_lock: Mutex<()>,
+    /// DMA memory carved for buffers, rings and pages (released in `drop`).
+    pool: DmaPool,
     // Drop order matters: the device closes before the group and container it came from.
     device: Device,
     iommu: Type1Container,
@@ -153,6 +156,7 @@ impl VfioTransport {
             last_member: AtomicBool::new(false),
             msix_vectors: msix_vectors(&device),
             msix_lock: Mutex::new(()),
+            pool: DmaPool::new(),
             device,
             iommu,
         })
@@ -199,6 +203,7 @@ impl VfioTransport {
             last_member: AtomicBool::new(false),
             msix_vectors: msix_vectors(&device),
             msix_lock: Mutex::new(()),
+            pool: DmaPool::new(),
             device,
             iommu,
         })
@@ -282,6 +287,9 @@ impl Drop for VfioTransport {
         if alone && !(self.device.can_reset() && self.device.reset().is_ok()) {
             let _ = self.device.disable_bus_master();
         }
+        // The device no longer uses the pool (its queues are deleted, or it was reset):
+        // unmap the regions, which in a group's shared container would outlive us.
+        self.pool.release(|iova, len| self.unmap_dma(iova, len));
     }
 }
 
@@ -358,6 +366,9 @@ impl Transport for VfioTransport {
                 .unwrap_or_else(|p| p.into_inner())
                 .free(iova, len as u64);
         }
+    }
+    fn dma_pool(&self) -> Option<&DmaPool> {
+        Some(&self.pool)
     }
     fn pci_id(&self) -> Option<(u16, u16)> {
         Some(self.ids)
