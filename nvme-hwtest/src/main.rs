@@ -64,6 +64,9 @@ pub struct Config {
     /// `--slow-ns N`: a read-only namespace whose every command takes milliseconds (QEMU's
     /// null-co with `latency-ns`), where waiting on an interrupt can be told from polling.
     pub slow_ns: Option<u32>,
+    /// `--ns-attachment`: the controller supports Namespace Attachment (QEMU's inside an
+    /// nvme-subsys device): detach-ns and attach-ns must work, not merely fail cleanly.
+    pub ns_attachment: bool,
     /// `--tcp TRID`: run the NVMe/TCP checks against this subsystem.
     pub tcp: Option<String>,
     /// `--tcp-denied NQN`: a subsystem on the same port that allows no host.
@@ -74,7 +77,7 @@ pub struct Config {
 
 const USAGE: &str = "usage: nvme-hwtest [--device BDF] [--write-ns N]... [--expect-serial S] \
 [--expect-ns NSID:BLOCKSIZE:BLOCKS]... [--manifest PATH] [--threads N] [--multi-process]\n                   \
-[--tools DIR [--scratch-ns N]] [--slow-ns N]\n       \
+[--tools DIR [--scratch-ns N]] [--slow-ns N] [--ns-attachment]\n       \
 nvme-hwtest --verify-kernel MANIFEST [--device BDF]\n       \
 nvme-hwtest --device BDF [--as-uid UID] --expect-attach-error TEXT\n       \
 nvme-hwtest --tcp 'trtype:TCP traddr:IP trsvcid:PORT subnqn:NQN' [--tcp6 TRID] [--tcp-denied NQN] [--tools DIR]\n\
@@ -119,6 +122,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             }
             "--manifest" => c.manifest = Some(val("--manifest")?),
             "--multi-process" => c.multi_process = true,
+            "--ns-attachment" => c.ns_attachment = true,
             "--tcp" => c.tcp = Some(val("--tcp")?),
             "--tcp-denied" => c.tcp_denied = Some(val("--tcp-denied")?),
             "--tcp6" => c.tcp6 = Some(val("--tcp6")?),

@@ -301,6 +301,8 @@ pub struct Mp {
     scratch_ns: Option<u32>,
     /// A namespace whose commands take milliseconds (`--slow-ns`).
     slow_ns: Option<u32>,
+    /// The controller supports Namespace Attachment (`--ns-attachment`).
+    ns_attachment: bool,
 }
 
 impl Mp {
@@ -340,6 +342,7 @@ impl Mp {
             tools: cfg.tools.as_ref().map(PathBuf::from),
             scratch_ns: cfg.scratch_ns,
             slow_ns: cfg.slow_ns,
+            ns_attachment: cfg.ns_attachment,
         })
     }
 
@@ -1120,6 +1123,12 @@ impl Mp {
                 "  device self-test: {}",
                 log.stdout.lines().take(6).collect::<Vec<_>>().join(" | ")
             );
+        } else if self.ns_attachment {
+            return Err(format!(
+                "detach-ns -n {nsid} failed on a controller with Namespace Attachment \
+                 (--ns-attachment): exit {:?}\n{}",
+                e.code, e.stderr
+            ));
         } else if e.code != Some(1) || !e.stderr.contains("OACS bit 4 is 0") {
             return Err(format!(
                 "device-self-test on a controller without it: exit {:?}, expected 1 saying so:\n{}",

@@ -493,7 +493,7 @@ fn vm(o: &Opts) -> Result<(), String> {
     }
     let (slow, slow_bs, slow_bytes) = SLOW_NS;
     args.push_str(&format!(
-        " --expect-ns {slow}:{slow_bs}:{} --slow-ns {slow}",
+        " --expect-ns {slow}:{slow_bs}:{} --slow-ns {slow} --ns-attachment",
         slow_bytes / slow_bs as u64
     ));
     ir.write("hwtest.args", &args)?;
