@@ -1002,6 +1002,92 @@ impl Mp {
 }
 
 impl Mp {
+    /// nvmectl's subcommands, each a process of its own joining the group (`-i G`) beside a
+    /// running `nvme-perf -i G` reading the scratch namespace: admin and log subcommands,
+    /// features, and the data subcommands on the scratch namespace (null-co: writes are
+    /// dropped, reads return zeros, so `compare` against zeros matches). Every one must
+    /// exit 0, and perf must keep completing reads after them and exit 0 on SIGINT.
+    pub fn tools_nvmectl_beside_perf(&mut self) -> R {
+        let Some(nsid) = self.scratch_ns else {
+            return Err("SKIP no --scratch-ns namespace".into());
+        };
+        let g = TOOLS_GROUP.to_string();
+        let key = "host_read_commands";
+        let trid = self.full_trid();
+        let mut cmd = self.tool("nvme-perf")?;
+        cmd.args([
+            "-i", &g, "-q", "16", "-o", "4096", "-w", "randread", "-t", "120",
+        ])
+        .args(["-r", &format!("{trid} ns:{nsid}")]);
+        let mut perf = Proc::spawn("nvme-perf", &mut cmd)?.with_wait(WAIT);
+        perf.line("Initialization complete")?;
+        let before = self.wait_host_commands(&g, key, 0, 0)?;
+        let zeros = self.dir.path().join("zeros-4k");
+        std::fs::write(&zeros, [0u8; 4096]).map_err(|e| format!("writing {zeros:?}: {e}"))?;
+        let zeros = zeros.to_string_lossy().into_owned();
+        let n = nsid.to_string();
+        let runs: &[&[&str]] = &[
+            &["id-ctrl"],
+            &["id-ns", "-n", &n, "-o", "json"],
+            &["list-ns"],
+            &["ns-descs", "-n", &n],
+            &["smart-log"],
+            &["error-log"],
+            &["fw-log"],
+            &["get-log", "--log-id", "2", "-l", "512"],
+            &["get-feature", "-f", "4"],
+            &["set-feature", "-f", "4", "-v", "343"],
+            &[
+                "admin-passthru",
+                "-o",
+                "6",
+                "--cdw10",
+                "1",
+                "-l",
+                "4096",
+                "--read",
+                "-b",
+            ],
+            &["flush", "-n", &n],
+            &["write-zeroes", "-n", &n, "-s", "0", "-c", "7"],
+            &["dsm", "-n", &n, "--ad", "-s", "8", "-b", "8"],
+            &["compare", "-n", &n, "-s", "16", "-c", "0", "-d", &zeros],
+            &[
+                "io-passthru",
+                "-o",
+                "2",
+                "-n",
+                &n,
+                "-l",
+                "4096",
+                "--read",
+                "-b",
+            ],
+        ];
+        let start = Instant::now();
+        for args in runs {
+            let mut a = vec!["-i", g.as_str(), "-r", trid.as_str()];
+            a.extend_from_slice(args);
+            let e = self.run_tool("nvmectl", &a)?;
+            tool_ok(&e, &[]).map_err(|err| format!("nvmectl {}: {err}", args.join(" ")))?;
+        }
+        let took = start.elapsed().as_millis();
+        let now = self.host_commands(&g, key)?;
+        let after = self.wait_host_commands(&g, key, now, 1000)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(perf.pid() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .map_err(|e| format!("SIGINT to nvme-perf: {e}"))?;
+        let e = perf.finish()?;
+        tool_ok(&e, &["nvme-perf: stopped by SIGINT"])?;
+        println!(
+            "  {} nvmectl subcommands as secondaries beside perf in {took} ms; {key} {before} -> {after}",
+            runs.len()
+        );
+        Ok(())
+    }
+
     /// Format NVM and Device Self-test with the real tools, on `--scratch-ns` only (the
     /// VM's null namespace, which no test keeps data in): `nvmectl -i G format` beside
     /// `nvme-perf -i G` is refused, naming perf and its queue; then, with the controller

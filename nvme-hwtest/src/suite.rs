@@ -172,6 +172,9 @@ fn multi_process(s: &mut Suite) {
         mp.function_resets_under_io()
     });
     if s.cfg.tools.is_some() {
+        s.test("tools-nvmectl-beside-perf", |_| {
+            mp.tools_nvmectl_beside_perf()
+        });
         s.test("tools-nvmectl-reset-beside-perf", |_| {
             mp.tools_reset_beside_perf()
         });
