@@ -90,7 +90,7 @@ pub fn run(data: &[u8]) {
         }
         2 => {
             let _ = logs::smart_text(&smart, "fuzz", u32::MAX, human);
-            let _ = logs::smart_json(&smart);
+            let _ = logs::smart_json(&smart, human);
         }
         3 => {
             let _ = logs::error_text(&errors, "fuzz");
