@@ -1064,22 +1064,28 @@ impl Mp {
                 "-b",
             ],
         ];
+        // The status lines nvme-cli (and so nvmectl) prints on stderr for these.
+        const STATUS_LINES: &[&str] = &["Admin Command ", "IO Command ", "compare: Success"];
         let start = Instant::now();
-        for args in runs {
+        let ran = runs.iter().try_for_each(|args| {
             let mut a = vec!["-i", g.as_str(), "-r", trid.as_str()];
             a.extend_from_slice(args);
             let e = self.run_tool("nvmectl", &a)?;
-            tool_ok(&e, &[]).map_err(|err| format!("nvmectl {}: {err}", args.join(" ")))?;
-        }
+            tool_ok(&e, STATUS_LINES).map_err(|err| format!("nvmectl {}: {err}", args.join(" ")))
+        });
         let took = start.elapsed().as_millis();
-        let now = self.host_commands(&g, key)?;
-        let after = self.wait_host_commands(&g, key, now, 1000)?;
+        let counted = ran.and_then(|()| {
+            let now = self.host_commands(&g, key)?;
+            self.wait_host_commands(&g, key, now, 1000)
+        });
+        // perf stops whatever happened above: later scenarios need the controller free.
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(perf.pid() as i32),
             nix::sys::signal::Signal::SIGINT,
         )
         .map_err(|e| format!("SIGINT to nvme-perf: {e}"))?;
         let e = perf.finish()?;
+        let after = counted?;
         tool_ok(&e, &["nvme-perf: stopped by SIGINT"])?;
         println!(
             "  {} nvmectl subcommands as secondaries beside perf in {took} ms; {key} {before} -> {after}",
@@ -1209,12 +1215,6 @@ impl Mp {
                 "  device self-test: {}",
                 log.stdout.lines().take(6).collect::<Vec<_>>().join(" | ")
             );
-        } else if self.ns_attachment {
-            return Err(format!(
-                "detach-ns -n {nsid} failed on a controller with Namespace Attachment \
-                 (--ns-attachment): exit {:?}\n{}",
-                e.code, e.stderr
-            ));
         } else if e.code != Some(1) || !e.stderr.contains("OACS bit 4 is 0") {
             return Err(format!(
                 "device-self-test on a controller without it: exit {:?}, expected 1 saying so:\n{}",
@@ -1272,6 +1272,12 @@ impl Mp {
             let a = self.run_tool("nvmectl", &["-r", &trid, "attach-ns", "-n", &n])?;
             tool_ok(&a, &[])?;
             println!("  detach-ns and attach-ns of namespace {nsid}: done");
+        } else if self.ns_attachment {
+            return Err(format!(
+                "detach-ns -n {nsid} failed on a controller with Namespace Attachment \
+                 (--ns-attachment): exit {:?}\n{}",
+                e.code, e.stderr
+            ));
         } else if e.code != Some(1)
             || !e
                 .stderr
