@@ -1046,23 +1046,12 @@ impl Mp {
                 "-l",
                 "4096",
                 "--read",
-                "-b",
             ],
             &["flush", "-n", &n],
             &["write-zeroes", "-n", &n, "-s", "0", "-c", "7"],
             &["dsm", "-n", &n, "--ad", "-s", "8", "-b", "8"],
             &["compare", "-n", &n, "-s", "16", "-c", "0", "-d", &zeros],
-            &[
-                "io-passthru",
-                "-o",
-                "2",
-                "-n",
-                &n,
-                "-l",
-                "4096",
-                "--read",
-                "-b",
-            ],
+            &["io-passthru", "-o", "2", "-n", &n, "-l", "4096", "--read"],
         ];
         // The status lines nvme-cli (and so nvmectl) prints on stderr for these.
         const STATUS_LINES: &[&str] = &["Admin Command ", "IO Command ", "compare: Success"];
