@@ -305,7 +305,7 @@ fn queue_pair(input: &mut Input<'_>) {
             _ => {
                 if input.u8() == 0 {
                     qp.abort_all(
-                        QueuePair::<&Device, u64, Vec<Slot<u64>>>::ABORTED,
+                        QueuePair::<nvme_core::PciRings<&Device>, u64, Vec<Slot<u64>>>::ABORTED,
                         |ctx, _| {
                             assert!(live.remove(&ctx), "aborted {ctx}, not in flight");
                             assert!(done.insert(ctx), "request {ctx} completed twice");

@@ -66,6 +66,12 @@ impl DmaRegion {
     pub const unsafe fn new(vaddr: *mut u8, iova: u64, len: usize) -> DmaRegion {
         DmaRegion { vaddr, iova, len }
     }
+    /// No memory: zero bytes at IOVA 0 (every access and sub-region of it is refused).
+    pub const EMPTY: DmaRegion = DmaRegion {
+        vaddr: core::ptr::null_mut(),
+        iova: 0,
+        len: 0,
+    };
     /// CPU address of the first byte.
     pub const fn vaddr(&self) -> *mut u8 {
         self.vaddr

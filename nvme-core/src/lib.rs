@@ -37,3 +37,4 @@ pub use init::{ControllerInfo, ControllerInit, InitError, InitOptions, InitStep}
 
 pub use nvme_regs as regs;
 pub use qpair::{Completion, DataPointer, QueueConfig, QueuePair, Slot, SubmitError};
+pub use queue::{PciRings, Rings};

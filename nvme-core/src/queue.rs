@@ -415,6 +415,106 @@ impl CompletionQueue {
     }
 }
 
+/// Where a [`QueuePair`](crate::QueuePair)'s commands go and where its completions come
+/// from. The queue pair keeps the bookkeeping (command identifiers and their generations,
+/// the slot table, splitting by the maximum transfer size, results); the rings move
+/// entries. [`PciRings`] are a PCIe controller's: rings in DMA memory and doorbells. A
+/// transport without shared rings (NVMe over Fabrics: capsules on a connection) implements
+/// the same calls over its own medium.
+///
+/// Nothing here may block: `push` queues, [`ring_sq`](Self::ring_sq) announces, `pop`
+/// returns what has arrived.
+pub trait Rings {
+    /// Entries of the submission queue (a queue of N holds at most N-1 commands).
+    fn size(&self) -> u32;
+    /// Entries that can be pushed now.
+    fn free(&self) -> u32;
+    /// Queues `entry` (not yet announced to the controller). `false` (and nothing queued)
+    /// when the queue is full or the entry cannot be sent.
+    fn push(&mut self, entry: &SubmissionEntry) -> bool;
+    /// Takes back the last `n` entries pushed; none of them was announced yet.
+    fn unpush(&mut self, n: u32);
+    /// Announces everything pushed since the last call (the tail doorbell). Returns whether
+    /// it told the controller (an MMIO doorbell write, a send).
+    fn ring_sq(&mut self) -> bool;
+    /// The next completion entry, if the controller has posted one.
+    fn pop(&mut self) -> Option<CompletionEntry>;
+    /// Records the submission queue head a completion reported; `false` (and ignored) when
+    /// it is outside the queue.
+    fn update_sq_head(&mut self, head: u16) -> bool;
+    /// Completion entries consumed and not yet reported to the controller (the controller
+    /// still counts them as occupied). A transport without a completion ring: 0.
+    fn cq_unreported(&self) -> u32 {
+        0
+    }
+    /// Reports the consumed completion entries (the head doorbell). Returns whether it told
+    /// the controller.
+    fn ring_cq(&mut self) -> bool {
+        false
+    }
+    /// Empties both queues (the controller deleted them, was reset, or the connection went).
+    fn reset(&mut self);
+    /// Called once by the queue pair: the bits of a command identifier that index its slot
+    /// table (`cid & mask`), for a transport that keeps per-command state of its own.
+    fn cid_index_mask(&mut self, mask: u16) {
+        let _ = mask;
+    }
+}
+
+/// A PCIe controller's queues: a submission and a completion ring in DMA memory, with their
+/// doorbells written through `R`.
+#[derive(Debug)]
+pub struct PciRings<R: RegisterAccess> {
+    /// The submission ring.
+    pub sq: SubmissionQueue,
+    /// The completion ring.
+    pub cq: CompletionQueue,
+    /// The registers the doorbells are written through.
+    pub regs: R,
+}
+
+impl<R: RegisterAccess> Rings for PciRings<R> {
+    #[inline]
+    fn size(&self) -> u32 {
+        self.sq.size()
+    }
+    #[inline]
+    fn free(&self) -> u32 {
+        self.sq.free()
+    }
+    #[inline]
+    fn push(&mut self, entry: &SubmissionEntry) -> bool {
+        self.sq.push(entry)
+    }
+    fn unpush(&mut self, n: u32) {
+        self.sq.unpush(n)
+    }
+    #[inline]
+    fn ring_sq(&mut self) -> bool {
+        self.sq.ring(&self.regs)
+    }
+    #[inline]
+    fn pop(&mut self) -> Option<CompletionEntry> {
+        self.cq.pop()
+    }
+    #[inline]
+    fn update_sq_head(&mut self, head: u16) -> bool {
+        self.sq.update_head(head)
+    }
+    #[inline]
+    fn cq_unreported(&self) -> u32 {
+        self.cq.unreported()
+    }
+    #[inline]
+    fn ring_cq(&mut self) -> bool {
+        self.cq.ring(&self.regs)
+    }
+    fn reset(&mut self) {
+        self.sq.reset();
+        self.cq.reset();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,7 +79,7 @@ struct IoCtx {
     _buf: Option<Arc<DmaMapping>>,
 }
 
-type Qp = QueuePair<Mmio, IoCtx, Box<[Slot<IoCtx>]>>;
+type Qp = QueuePair<nvme_core::PciRings<Mmio>, IoCtx, Box<[Slot<IoCtx>]>>;
 
 /// What the I/O path needs of a namespace: its id, log2 of its block size (a power of two:
 /// 2^LBADS, checked when the namespace was identified) and its size in blocks.

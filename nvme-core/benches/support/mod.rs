@@ -5,7 +5,7 @@
 use std::cell::Cell;
 
 use nvme_core::regs::CompletionEntry;
-use nvme_core::{DmaRegion, QueueConfig, QueuePair, RegisterAccess, Slot};
+use nvme_core::{DmaRegion, PciRings, QueueConfig, QueuePair, RegisterAccess, Slot};
 
 /// Memory page size of the fake controller.
 pub const PAGE: usize = 4096;
@@ -73,7 +73,7 @@ impl RegisterAccess for FakeDevice {
 }
 
 /// The measured queue pair.
-pub type Qp<'a> = QueuePair<&'a FakeDevice, u64, Vec<Slot<u64>>>;
+pub type Qp<'a> = QueuePair<PciRings<&'a FakeDevice>, u64, Vec<Slot<u64>>>;
 
 /// A queue pair 1 of [`ENTRIES`] entries (MDTS 128 KiB) over fresh memory, its fake device
 /// (leaked: it lives as long as the process), and 32 pages of data buffers.

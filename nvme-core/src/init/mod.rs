@@ -47,7 +47,9 @@ pub trait AdminQueue {
     fn poll_admin(&mut self) -> Option<Completion>;
 }
 
-impl<R: RegisterAccess, T: Default, S: AsMut<[Slot<T>]>> AdminQueue for QueuePair<R, T, S> {
+impl<R: RegisterAccess, T: Default, S: AsMut<[Slot<T>]>> AdminQueue
+    for QueuePair<crate::PciRings<R>, T, S>
+{
     fn entries(&self) -> u32 {
         QueuePair::entries(self)
     }

@@ -70,7 +70,7 @@ impl AdminMem {
     }
 }
 
-type Admin<'a> = QueuePair<&'a FakeRegs, u8, Vec<Slot<u8>>>;
+type Admin<'a> = QueuePair<crate::PciRings<&'a FakeRegs>, u8, Vec<Slot<u8>>>;
 
 fn admin<'a>(init: &ControllerInit, regs: &'a FakeRegs, mem: &AdminMem) -> Admin<'a> {
     let cfg = init.admin_queue_config(mem.region(0), mem.region(1), mem.region(2), 4096);

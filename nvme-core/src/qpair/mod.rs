@@ -30,7 +30,7 @@ use crate::cmd::Command;
 use crate::dma::DmaRegion;
 use crate::hal::RegisterAccess;
 use crate::prp::{self, PrpError};
-use crate::queue::{CompletionQueue, QueueError, ShadowSlot, SubmissionQueue};
+use crate::queue::{CompletionQueue, PciRings, QueueError, Rings, ShadowSlot, SubmissionQueue};
 use crate::sgl::{self, SglError};
 
 /// Largest number of logical blocks one read/write command can carry (NLB is 16 bits).
@@ -311,18 +311,15 @@ pub struct QueueStats {
 
 /// A submission/completion queue pair with command tracking.
 ///
-/// `R` writes the doorbells, `T` is the caller's per-request context (handed back on
+/// `Q` moves the entries ([`PciRings`]: a PCIe controller's rings and doorbells; or a
+/// transport's own [`Rings`]), `T` is the caller's per-request context (handed back on
 /// completion), `S` is the slot storage.
-pub struct QueuePair<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> {
-    sq: SubmissionQueue,
-    cq: CompletionQueue,
-    regs: R,
+pub struct QueuePair<Q: Rings, T, S: AsMut<[Slot<T>]>> {
+    rings: Q,
     slots: S,
     capacity: u16,
     free_head: u16,
     free_count: u16,
-    /// Bits of a CID that hold the slot index (the rest hold the generation).
-    index_bits: u32,
     /// `1 << index_bits`: one generation step of a CID.
     cid_step: u16,
     /// `(1 << index_bits) - 1`: the slot index bits of a CID.
@@ -346,10 +343,11 @@ pub struct QueuePair<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> {
     _ctx: core::marker::PhantomData<T>,
 }
 
-impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
+/// The PCIe queue pair: rings in DMA memory, doorbells through `R`.
+impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<PciRings<R>, T, S> {
     /// Builds a queue pair over `cfg`'s memory. `slots` may be shorter than
     /// [`QueueConfig::slots`] (fewer commands in flight) but not empty.
-    pub fn new(cfg: QueueConfig, regs: R, mut slots: S) -> Result<Self, QueueError> {
+    pub fn new(cfg: QueueConfig, regs: R, slots: S) -> Result<Self, QueueError> {
         let sq = SubmissionQueue::new(
             cfg.sq,
             cfg.entries,
@@ -364,13 +362,101 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         )?;
         let prp_pages = QueueConfig::prp_pages_per_slot(cfg.page_size, cfg.max_transfer);
         let prp_bytes_per_slot = prp_pages * cfg.page_size;
+        if prp_bytes_per_slot != 0 && !cfg.prp.iova().is_multiple_of(cfg.page_size as u64) {
+            return Err(QueueError::Misaligned {
+                iova: cfg.prp.iova(),
+                align: cfg.page_size,
+            });
+        }
+        let rings = PciRings { sq, cq, regs };
+        QueuePair::build(
+            rings,
+            cfg.qid,
+            cfg.page_size,
+            cfg.max_transfer,
+            Some((cfg.prp, prp_bytes_per_slot)),
+            slots,
+        )
+    }
+
+    /// IOVA of the submission ring (for Create I/O SQ or ASQ).
+    pub fn sq_iova(&self) -> u64 {
+        self.rings.sq.iova()
+    }
+    /// IOVA of the completion ring (for Create I/O CQ or ACQ).
+    pub fn cq_iova(&self) -> u64 {
+        self.rings.cq.iova()
+    }
+    /// Uses the shadow doorbell and EventIdx buffers (Doorbell Buffer Config) for this
+    /// queue pair's doorbells: `db` and `ei` are the two buffers given to the controller;
+    /// this queue's entries sit where its doorbells sit in BAR0 (less 0x1000). Zeroes them;
+    /// call before the queues are created. Returns `false` (and keeps MMIO doorbells) when
+    /// the buffers are too small for this queue id with stride `dstrd`.
+    pub fn set_shadow_doorbells(&mut self, db: &DmaRegion, ei: &DmaRegion, dstrd: u8) -> bool {
+        let base = nvme_regs::registers::offset::DOORBELLS;
+        let sq_off = nvme_regs::registers::sq_tail_doorbell(self.qid, dstrd) - base;
+        let cq_off = nvme_regs::registers::cq_head_doorbell(self.qid, dstrd) - base;
+        let (Some(sq), Some(cq)) = (
+            ShadowSlot::new(db, ei, sq_off),
+            ShadowSlot::new(db, ei, cq_off),
+        ) else {
+            return false;
+        };
+        sq.clear();
+        cq.clear();
+        self.rings.sq.set_shadow(Some(sq));
+        self.rings.cq.set_shadow(Some(cq));
+        true
+    }
+    /// The register access this queue pair rings doorbells through.
+    pub fn regs(&self) -> &R {
+        &self.rings.regs
+    }
+}
+
+impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
+    /// Builds a queue pair over a transport's own rings (`rings.size()` entries), with
+    /// queue id `qid`. Its commands describe their data with SGLs
+    /// ([`DataPointer::Sgl`]; there is no PRP list memory): one Data Block descriptor per
+    /// command, whose address is the data's IOVA for the transport to resolve. `slots` may
+    /// be shorter than the queue (fewer commands in flight) but not empty.
+    pub fn with_rings(
+        rings: Q,
+        qid: u16,
+        page_size: usize,
+        max_transfer: usize,
+        slots: S,
+    ) -> Result<Self, QueueError> {
+        if !(2..=65536).contains(&rings.size()) {
+            return Err(QueueError::BadSize(rings.size()));
+        }
+        let mut qp = QueuePair::build(rings, qid, page_size, max_transfer, None, slots)?;
+        qp.sgl = true;
+        Ok(qp)
+    }
+
+    /// The common part of the constructors: `prp` is the PRP list memory and the bytes of
+    /// it each slot uses (`None`: none, SGLs only).
+    fn build(
+        mut rings: Q,
+        qid: u16,
+        page_size: usize,
+        max_transfer: usize,
+        prp: Option<(DmaRegion, usize)>,
+        mut slots: S,
+    ) -> Result<Self, QueueError> {
+        let entries = rings.size();
+        let (prp, prp_bytes_per_slot) = match prp {
+            Some(p) => p,
+            // An empty region at IOVA 0: `prp_list` never hands it out.
+            None => (DmaRegion::EMPTY, 0),
+        };
         let capacity = slots
             .as_mut()
             .len()
-            .min(QueueConfig::slots(cfg.entries))
+            .min(QueueConfig::slots(entries))
             .min(
-                cfg.prp
-                    .len()
+                prp.len()
                     .checked_div(prp_bytes_per_slot)
                     .unwrap_or(usize::MAX),
             )
@@ -378,41 +464,33 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         if capacity == 0 {
             return Err(QueueError::RegionTooSmall {
                 needed: prp_bytes_per_slot,
-                given: cfg.prp.len(),
-            });
-        }
-        if prp_bytes_per_slot != 0 && !cfg.prp.iova().is_multiple_of(cfg.page_size as u64) {
-            return Err(QueueError::Misaligned {
-                iova: cfg.prp.iova(),
-                align: cfg.page_size,
+                given: prp.len(),
             });
         }
         let index_bits = u32::BITS - ((capacity - 1) as u32).leading_zeros();
+        let index_bits = index_bits.clamp(1, 16 - MIN_GENERATION_BITS);
+        let index_mask = ((1u32 << index_bits) - 1) as u16;
+        rings.cid_index_mask(index_mask);
         let mut qp = QueuePair {
-            sq,
-            cq,
-            regs,
+            rings,
             slots,
             capacity: capacity as u16,
             free_head: NONE,
             free_count: 0,
-            index_bits: index_bits.clamp(1, 16 - MIN_GENERATION_BITS),
-            index_mask: 0,
-            cid_step: 0,
-            qid: cfg.qid,
-            page_size: cfg.page_size,
-            max_transfer: cfg.max_transfer,
-            prp: cfg.prp,
+            index_mask,
+            cid_step: 1u16 << index_bits,
+            qid,
+            page_size,
+            max_transfer,
+            prp,
             prp_bytes_per_slot,
             cq_debt: 0,
-            cq_limit: cfg.entries - 1,
+            cq_limit: entries - 1,
             sgl: false,
             outstanding_requests: 0,
             stats: QueueStats::default(),
             _ctx: core::marker::PhantomData,
         };
-        qp.index_mask = ((1u32 << qp.index_bits) - 1) as u16;
-        qp.cid_step = 1u16 << qp.index_bits;
         qp.reset_slots();
         Ok(qp)
     }
@@ -444,15 +522,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     }
     /// The number of ring entries.
     pub fn entries(&self) -> u32 {
-        self.sq.size()
-    }
-    /// IOVA of the submission ring (for Create I/O SQ or ASQ).
-    pub fn sq_iova(&self) -> u64 {
-        self.sq.iova()
-    }
-    /// IOVA of the completion ring (for Create I/O CQ or ACQ).
-    pub fn cq_iova(&self) -> u64 {
-        self.cq.iova()
+        self.rings.size()
     }
     /// Commands this queue pair can have outstanding at once.
     pub fn capacity(&self) -> usize {
@@ -480,27 +550,6 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     pub fn next_slot(&self) -> Option<usize> {
         (self.free_head != NONE).then_some(self.free_head as usize)
     }
-    /// Uses the shadow doorbell and EventIdx buffers (Doorbell Buffer Config) for this
-    /// queue pair's doorbells: `db` and `ei` are the two buffers given to the controller;
-    /// this queue's entries sit where its doorbells sit in BAR0 (less 0x1000). Zeroes them;
-    /// call before the queues are created. Returns `false` (and keeps MMIO doorbells) when
-    /// the buffers are too small for this queue id with stride `dstrd`.
-    pub fn set_shadow_doorbells(&mut self, db: &DmaRegion, ei: &DmaRegion, dstrd: u8) -> bool {
-        let base = nvme_regs::registers::offset::DOORBELLS;
-        let sq_off = nvme_regs::registers::sq_tail_doorbell(self.qid, dstrd) - base;
-        let cq_off = nvme_regs::registers::cq_head_doorbell(self.qid, dstrd) - base;
-        let (Some(sq), Some(cq)) = (
-            ShadowSlot::new(db, ei, sq_off),
-            ShadowSlot::new(db, ei, cq_off),
-        ) else {
-            return false;
-        };
-        sq.clear();
-        cq.clear();
-        self.sq.set_shadow(Some(sq));
-        self.cq.set_shadow(Some(cq));
-        true
-    }
     /// How commands point to their data from now on (default [`DataPointer::Prp`]). SGLs
     /// only for controllers that report SGL support (Identify SGLS), on I/O queues.
     pub fn set_data_pointer(&mut self, dp: DataPointer) {
@@ -518,9 +567,13 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     pub fn stats(&self) -> QueueStats {
         self.stats
     }
-    /// The register access this queue pair rings doorbells through.
-    pub fn regs(&self) -> &R {
-        &self.regs
+    /// The rings.
+    pub fn rings(&self) -> &Q {
+        &self.rings
+    }
+    /// The rings, to change them (a transport's own state, say).
+    pub fn rings_mut(&mut self) -> &mut Q {
+        &mut self.rings
     }
 
     /// Takes a free slot, advances its generation and returns (index, cid).
@@ -623,7 +676,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         };
         e.cid = next_cid(slot.state.cid(), step);
         // Written before the slot is taken; the controller sees it only after the doorbell.
-        if !self.sq.push(&e) {
+        if !self.rings.push(&e) {
             return Err(SubmitError::QueueFull);
         }
         slot.state = SlotState::single(e.cid, idx);
@@ -722,13 +775,14 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
             });
         }
         let parts = blocks.div_ceil(chunk_blocks) as usize;
-        if parts > self.capacity as usize || parts > self.sq.size() as usize - 1 {
+        let size = self.rings.size();
+        if parts > self.capacity as usize || parts > size as usize - 1 {
             return Err(SubmitError::TooLarge {
                 commands: parts,
-                capacity: self.capacity.min((self.sq.size() - 1) as u16) as usize,
+                capacity: self.capacity.min((size - 1) as u16) as usize,
             });
         }
-        if parts > self.free_count as usize || parts > self.sq.free() as usize {
+        if parts > self.free_count as usize || parts > self.rings.free() as usize {
             return Err(SubmitError::QueueFull);
         }
         let chunk_bytes = chunk_blocks as usize * block_size as usize;
@@ -784,8 +838,12 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
                 };
                 slot.ctx = ctx.take();
             }
-            let pushed = self.sq.push(&e);
-            debug_assert!(pushed);
+            if !self.rings.push(&e) {
+                // Not reached for rings that count their free entries exactly: take back
+                // what this request pushed, this part's slot included.
+                self.unwind(head, part);
+                return Err(SubmitError::QueueFull);
+            }
         }
         self.cq_debt += parts as u32;
         self.outstanding_requests += 1;
@@ -793,13 +851,16 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     }
 
     /// Takes back the first `parts` commands of the request whose head slot is `head`, just
-    /// put in the ring and not yet announced to the controller.
+    /// put in the ring and not yet announced to the controller, and frees every slot the
+    /// request took (one taken for a part not pushed included).
     #[cold]
     fn unwind(&mut self, head: u16, parts: usize) {
-        if parts == 0 {
+        if parts != 0 {
+            self.rings.unpush(parts as u32);
+        }
+        if head == NONE {
             return;
         }
-        self.sq.unpush(parts as u32);
         for i in 0..self.capacity {
             let s = &mut self.slots.as_mut()[i as usize];
             if s.state.in_flight() && s.state.head() == head {
@@ -815,7 +876,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     #[inline]
     pub fn ring(&mut self) {
         self.report_cq_head_if_needed();
-        if self.sq.ring(&self.regs) {
+        if self.rings.ring_sq() {
             self.stats.sq_doorbells += 1;
         }
     }
@@ -827,9 +888,9 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
     #[cold]
     pub fn report_cq_head(&mut self) {
         // The entries consumed so far no longer count against the controller's free space.
-        let unreported = self.cq.unreported();
+        let unreported = self.rings.cq_unreported();
         self.cq_debt -= unreported;
-        if self.cq.ring(&self.regs) {
+        if self.rings.ring_cq() {
             self.stats.cq_doorbells += 1;
         }
     }
@@ -854,9 +915,9 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
         let mut reaped = 0;
         let mut finished = 0;
         while reaped < max {
-            let Some(cqe) = self.cq.pop() else { break };
+            let Some(cqe) = self.rings.pop() else { break };
             reaped += 1;
-            if !self.sq.update_head(cqe.sq_head) {
+            if !self.rings.update_sq_head(cqe.sq_head) {
                 self.stats.bad_sq_heads += 1;
             }
             finished += self.complete(cqe, &mut f) as usize;
@@ -1019,8 +1080,7 @@ impl<R: RegisterAccess, T, S: AsMut<[Slot<T>]>> QueuePair<R, T, S> {
                 }
             }
         }
-        self.sq.reset();
-        self.cq.reset();
+        self.rings.reset();
         self.reset_slots();
         n
     }

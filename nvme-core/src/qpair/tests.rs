@@ -114,7 +114,10 @@ impl Rig {
         &self,
         entries: u32,
         max_transfer: usize,
-    ) -> (QueuePair<&'static Doorbells, u64, Vec<Slot<u64>>>, Device) {
+    ) -> (
+        QueuePair<PciRings<&'static Doorbells>, u64, Vec<Slot<u64>>>,
+        Device,
+    ) {
         let cfg = QueueConfig {
             qid: 1,
             entries,
@@ -144,7 +147,9 @@ impl Rig {
     }
 }
 
-fn drain(qp: &mut QueuePair<&'static Doorbells, u64, Vec<Slot<u64>>>) -> Vec<(u64, Completion)> {
+fn drain(
+    qp: &mut QueuePair<PciRings<&'static Doorbells>, u64, Vec<Slot<u64>>>,
+) -> Vec<(u64, Completion)> {
     let mut out = Vec::new();
     qp.poll(usize::MAX, |t, c| out.push((t, c)));
     out
@@ -643,7 +648,7 @@ fn abort_all_returns_every_context() {
     qp.submit(Command::flush(1), None, 2).unwrap();
     let mut got = Vec::new();
     let n = qp.abort_all(
-        QueuePair::<&Doorbells, u64, Vec<Slot<u64>>>::ABORTED,
+        QueuePair::<PciRings<&Doorbells>, u64, Vec<Slot<u64>>>::ABORTED,
         |t, c| got.push((t, c.status)),
     );
     assert_eq!(n, 2);
@@ -896,4 +901,131 @@ fn report_cq_head_writes_the_head_at_once_and_only_when_it_moved() {
     qp.report_cq_head();
     assert_eq!(cq_head_writes(), [3], "no second write for the same head");
     assert_eq!(qp.stats().cq_doorbells, 1);
+}
+
+/// A transport's own rings, the way a fabrics transport uses them: capsules queued in a
+/// list, sent on `ring_sq`, completions from a list the test fills; `refuse_push` makes
+/// a push fail while `free` still promises room.
+#[derive(Default)]
+struct ListRings {
+    size: u32,
+    queued: Vec<SubmissionEntry>,
+    sent: Vec<SubmissionEntry>,
+    completions: std::collections::VecDeque<CompletionEntry>,
+    in_flight: u32,
+    mask: Option<u16>,
+    refuse_push: Option<usize>,
+    resets: usize,
+}
+
+impl Rings for ListRings {
+    fn size(&self) -> u32 {
+        self.size
+    }
+    fn free(&self) -> u32 {
+        self.size - 1 - self.in_flight - self.queued.len() as u32
+    }
+    fn push(&mut self, entry: &SubmissionEntry) -> bool {
+        if self.refuse_push == Some(self.queued.len()) || self.free() == 0 {
+            return false;
+        }
+        self.queued.push(*entry);
+        true
+    }
+    fn unpush(&mut self, n: u32) {
+        let keep = self.queued.len() - n as usize;
+        self.queued.truncate(keep);
+    }
+    fn ring_sq(&mut self) -> bool {
+        if self.queued.is_empty() {
+            return false;
+        }
+        self.in_flight += self.queued.len() as u32;
+        self.sent.append(&mut self.queued);
+        true
+    }
+    fn pop(&mut self) -> Option<CompletionEntry> {
+        let c = self.completions.pop_front()?;
+        self.in_flight -= 1;
+        Some(c)
+    }
+    fn update_sq_head(&mut self, head: u16) -> bool {
+        (head as u32) < self.size
+    }
+    fn reset(&mut self) {
+        self.queued.clear();
+        self.completions.clear();
+        self.in_flight = 0;
+        self.resets += 1;
+    }
+    fn cid_index_mask(&mut self, mask: u16) {
+        self.mask = Some(mask);
+    }
+}
+
+fn answer(rings: &mut ListRings, status: u16) {
+    let sent = std::mem::take(&mut rings.sent);
+    for e in sent {
+        rings.completions.push_back(CompletionEntry {
+            cid: e.cid,
+            status: status << 1,
+            ..Default::default()
+        });
+    }
+}
+
+#[test]
+fn a_transports_own_rings_get_sgl_commands_split_and_completed_by_the_same_engine() {
+    let rings = ListRings {
+        size: 32,
+        ..Default::default()
+    };
+    let slots: Vec<Slot<u64>> = (0..31).map(|_| Slot::EMPTY).collect();
+    let mut qp = QueuePair::with_rings(rings, 3, PS, 8 * PS, slots).unwrap();
+    assert_eq!(qp.rings().mask, Some(31), "the slot index bits of a CID");
+    assert_eq!(qp.data_pointer(), DataPointer::Sgl);
+    assert_eq!((qp.capacity(), qp.entries(), qp.qid()), (31, 32, 3));
+    // 24 pages at IOVA 0x1234_0000: three commands of 8 pages, one SGL descriptor each.
+    let mem = Mem::new(24, 0x1234_0000);
+    let data = mem.region();
+    qp.submit_io(Command::new(2, 1), 100, 512, data, 7).unwrap();
+    assert_eq!(qp.rings().queued.len(), 3);
+    assert_eq!(qp.poll(8, |_, _| panic!("nothing completed yet")), 0);
+    let sent = qp.rings().sent.clone();
+    assert_eq!(sent.len(), 3, "ring_sq sent the batch");
+    for (i, e) in sent.iter().enumerate() {
+        assert_eq!(e.psdt(), PSDT_SGL);
+        assert_eq!(
+            e.prp1,
+            0x1234_0000 + (i * 8 * PS) as u64,
+            "part {i}'s address"
+        );
+        assert_eq!(e.cdw10 as u64, 100 + i as u64 * 64, "part {i}'s LBA");
+    }
+    answer(qp.rings_mut(), 0);
+    let mut done = Vec::new();
+    assert_eq!(qp.poll(8, |t, c| done.push((t, c.status))), 1);
+    assert_eq!(done, vec![(7, Status::SUCCESS)]);
+    assert_eq!(qp.outstanding(), 0);
+
+    // A push that fails although the rings promised room: nothing of the request stays.
+    qp.rings_mut().refuse_push = Some(1);
+    assert_eq!(
+        qp.submit_io(Command::new(2, 1), 0, 512, data, 8),
+        Err(SubmitError::QueueFull)
+    );
+    assert!(
+        qp.rings().queued.is_empty(),
+        "the first part was taken back"
+    );
+    assert_eq!((qp.free_slots(), qp.outstanding()), (31, 0));
+    qp.rings_mut().refuse_push = None;
+
+    // A failed connection: every outstanding request comes back once, the rings are reset.
+    qp.submit(Command::new(0, 1), None, 9).unwrap();
+    qp.ring();
+    let mut aborted = Vec::new();
+    assert_eq!(qp.abort_all(Status::SUCCESS, |t, _| aborted.push(t)), 1);
+    assert_eq!((aborted, qp.rings().resets), (vec![9], 1));
+    assert_eq!(qp.free_slots(), 31);
 }
