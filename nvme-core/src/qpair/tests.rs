@@ -99,6 +99,8 @@ struct Rig {
     bells: &'static Doorbells,
 }
 
+type TestQp = QueuePair<PciRings<&'static Doorbells>, u64, Vec<Slot<u64>>>;
+
 impl Rig {
     fn new(entries: u32, max_transfer: usize, data_pages: usize) -> Rig {
         let prp_pages = QueueConfig::prp_len(entries, PS, max_transfer) / PS;
@@ -110,14 +112,7 @@ impl Rig {
             bells: std::boxed::Box::leak(std::boxed::Box::default()),
         }
     }
-    fn qp(
-        &self,
-        entries: u32,
-        max_transfer: usize,
-    ) -> (
-        QueuePair<PciRings<&'static Doorbells>, u64, Vec<Slot<u64>>>,
-        Device,
-    ) {
+    fn qp(&self, entries: u32, max_transfer: usize) -> (TestQp, Device) {
         let cfg = QueueConfig {
             qid: 1,
             entries,
@@ -147,9 +142,7 @@ impl Rig {
     }
 }
 
-fn drain(
-    qp: &mut QueuePair<PciRings<&'static Doorbells>, u64, Vec<Slot<u64>>>,
-) -> Vec<(u64, Completion)> {
+fn drain(qp: &mut TestQp) -> Vec<(u64, Completion)> {
     let mut out = Vec::new();
     qp.poll(usize::MAX, |t, c| out.push((t, c)));
     out
@@ -647,10 +640,7 @@ fn abort_all_returns_every_context() {
     .unwrap();
     qp.submit(Command::flush(1), None, 2).unwrap();
     let mut got = Vec::new();
-    let n = qp.abort_all(
-        QueuePair::<PciRings<&Doorbells>, u64, Vec<Slot<u64>>>::ABORTED,
-        |t, c| got.push((t, c.status)),
-    );
+    let n = qp.abort_all(TestQp::ABORTED, |t, c| got.push((t, c.status)));
     assert_eq!(n, 2);
     got.sort_by_key(|g| g.0);
     assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [1, 2]);
