@@ -86,7 +86,7 @@ fn block_device(nsid: u32, addr: Option<&PciAddress>) -> Option<PathBuf> {
 
 /// Runs the read-back; prints one line per manifest entry and a summary.
 pub fn run(manifest: &str, addr: Option<&PciAddress>) -> bool {
-    check_all(manifest, |e| {
+    check_all(manifest, "VERIFY", |e| {
         // udev is absent: devtmpfs creates the node once the kernel has scanned the namespace.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -104,11 +104,16 @@ pub fn run(manifest: &str, addr: Option<&PciAddress>) -> bool {
 /// The read-back from `file`, the backing file of the namespace(s) the manifest names on
 /// an NVMe over Fabrics target (the kernel's nvmet wrote it).
 pub fn run_file(manifest: &str, file: &str) -> bool {
-    check_all(manifest, |_| Ok(PathBuf::from(file)))
+    check_all(manifest, "VERIFY-FILE", |_| Ok(PathBuf::from(file)))
 }
 
 /// Checks every entry of `manifest` in the file or device `source` gives for it.
-fn check_all(manifest: &str, source: impl Fn(&Entry) -> Result<PathBuf, String>) -> bool {
+/// The summary line is `HWTEST <label> passed=N failed=M`.
+fn check_all(
+    manifest: &str,
+    label: &str,
+    source: impl Fn(&Entry) -> Result<PathBuf, String>,
+) -> bool {
     let start = Instant::now();
     let entries = match fs::read_to_string(manifest)
         .map_err(|e| format!("reading {manifest}: {e}"))
@@ -117,7 +122,7 @@ fn check_all(manifest: &str, source: impl Fn(&Entry) -> Result<PathBuf, String>)
         Ok(e) => e,
         Err(e) => {
             println!("FAIL kernel-readback: {e}");
-            println!("HWTEST VERIFY passed=0 failed=1");
+            println!("HWTEST {label} passed=0 failed=1");
             return false;
         }
     };
@@ -166,7 +171,7 @@ fn check_all(manifest: &str, source: impl Fn(&Entry) -> Result<PathBuf, String>)
         println!("FAIL kernel-readback: the manifest {manifest} is empty");
     }
     println!(
-        "HWTEST VERIFY passed={passed} failed={failed} time_ms={}",
+        "HWTEST {label} passed={passed} failed={failed} time_ms={}",
         start.elapsed().as_millis()
     );
     failed == 0

@@ -230,16 +230,31 @@ fn check_log(log: &str, vm: bool, torture: Option<u64>) -> Result<String, String
     Ok(out)
 }
 
-/// The NVMe/TCP checks' summary line: `Ok(it)` when it is there with no failure.
+/// The NVMe/TCP results: the checks' summary, the suite's over TCP, nvme-perf's beside it
+/// and the read-back from the target's file. `Ok(them)` when all are there with no failure.
 fn tcp_summary(log: &str) -> Result<String, String> {
-    let tcp = log
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("HWTEST TCP SUMMARY "))
-        .ok_or("no NVMe/TCP result (HWTEST TCP SUMMARY line missing)")?;
-    if tcp.contains("failed=0") {
-        Ok(format!("nvme/tcp: {tcp}"))
+    let line = |prefix: &str| {
+        log.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map(str::trim)
+            .ok_or(format!("no NVMe/TCP result ({}line missing)", prefix))
+    };
+    let tcp = line("HWTEST TCP SUMMARY ")?;
+    let suite = line("HWTEST TRID SUMMARY ")?;
+    let perf = line("HWTEST TCP-PERF ")?;
+    let verify = line("HWTEST VERIFY-FILE ")?;
+    let out = format!(
+        "nvme/tcp: {tcp}; suite over TCP: {suite}; nvme-perf beside it: {perf}; read-back from the target's file: {verify}"
+    );
+    let perf_ok = perf.starts_with("rc=0 ") && perf.contains("Total");
+    if tcp.contains("failed=0")
+        && suite.contains("failed=0")
+        && perf_ok
+        && verify.contains("failed=0")
+    {
+        Ok(out)
     } else {
-        Err(format!("nvme/tcp: {tcp}"))
+        Err(out)
     }
 }
 
@@ -386,6 +401,28 @@ echo "HWTEST-INIT nvmet-tcp exports $nqn on 127.0.0.1:4420 and [::1]:4420"
 /bin/nvme-hwtest --tcp "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:$nqn" \
     --tcp6 "trtype:TCP adrfam:IPv6 traddr:::1 trsvcid:4420 subnqn:$nqn" --tcp-denied $denied --tools /bin
 echo "HWTEST-INIT tcp checks exited with status $?"
+
+# I/O over NVMe/TCP: the hardware suite's single-process tests through the same API as on
+# PCIe, on a file-backed subsystem whose data is then checked in the backing file, while
+# nvme-perf in another process (its own association) reads the null subsystem.
+data=nqn.2026-11.io.nvme-rs:tcp-data
+dd if=/dev/zero of=/tmp/tcp-data.img bs=1M count=0 seek=64 2>/dev/null || fail "the data subsystem's file"
+mkdir $N/subsystems/$data || fail "nvmet data subsystem"
+echo 1 > $N/subsystems/$data/attr_allow_any_host
+mkdir $N/subsystems/$data/namespaces/1
+echo /tmp/tcp-data.img > $N/subsystems/$data/namespaces/1/device_path
+# The initramfs is a ramfs: no O_DIRECT.
+echo 1 > $N/subsystems/$data/namespaces/1/buffered_io
+echo 1 > $N/subsystems/$data/namespaces/1/enable || fail "nvmet namespace on /tmp/tcp-data.img"
+ln -s $N/subsystems/$data $N/ports/1/subsystems/$data || fail "nvmet data port"
+tcp="trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420"
+/bin/nvme-perf -r "$tcp subnqn:$nqn ns:1" -q 16 -o 4096 -w randread -t 20 > /tmp/tcp-perf.out 2>&1 &
+perf=$!
+/bin/nvme-hwtest --trid "$tcp subnqn:$data" --write-ns 1 --manifest /tmp/tcp-readback
+wait $perf
+echo "HWTEST TCP-PERF rc=$? $(grep -m1 Total /tmp/tcp-perf.out | tr -s ' ')"
+tail -n 4 /tmp/tcp-perf.out | sed 's/^/  nvme-perf: /'
+/bin/nvme-hwtest --verify-kernel /tmp/tcp-readback --verify-file /tmp/tcp-data.img
 "#;
 
 /// `/cli-compare.sh`: runs the subcommands that [`crate::cli_compare`] compares with one
@@ -706,7 +743,9 @@ mod tests {
 
     #[test]
     fn log_checks() {
-        let good = "PASS a (1 ms)\nHWTEST SUMMARY passed=1 failed=0 skipped=0\nPASS k\nHWTEST VERIFY passed=1 failed=0\nHWTEST TCP SUMMARY passed=6 failed=0\nHWTEST-INIT done\n";
+        let tcp_io = "HWTEST TRID SUMMARY passed=13 failed=0 skipped=2\nHWTEST TCP-PERF rc=0 Total : 5000.00 IOPS\nHWTEST VERIFY-FILE passed=3 failed=0\n";
+        let good = format!("PASS a (1 ms)\nHWTEST SUMMARY passed=1 failed=0 skipped=0\nPASS k\nHWTEST VERIFY passed=1 failed=0\nHWTEST TCP SUMMARY passed=6 failed=0\n{tcp_io}HWTEST-INIT done\n");
+        let good = good.as_str();
         assert!(check_log(good, true, None)
             .unwrap()
             .contains("nvme/tcp: passed=6 failed=0"));
@@ -721,6 +760,25 @@ mod tests {
             None
         )
         .is_err());
+        // Over TCP: the suite, perf beside it and the read-back from the target's file.
+        for (from, to) in [
+            (
+                "TRID SUMMARY passed=13 failed=0",
+                "TRID SUMMARY passed=12 failed=1",
+            ),
+            ("TCP-PERF rc=0", "TCP-PERF rc=1"),
+            ("TCP-PERF rc=0 Total : 5000.00 IOPS", "TCP-PERF rc=0 "),
+            (
+                "VERIFY-FILE passed=3 failed=0",
+                "VERIFY-FILE passed=2 failed=1",
+            ),
+            ("HWTEST VERIFY-FILE", "X"),
+        ] {
+            assert!(
+                check_log(&good.replace(from, to), true, None).is_err(),
+                "{from} -> {to}"
+            );
+        }
         assert!(check_log(&good.replace("PASS a", "FAIL a: x"), true, None)
             .unwrap_err()
             .contains("FAIL a: x"));
@@ -742,7 +800,10 @@ mod tests {
             .unwrap_err()
             .contains("no TORTURE SUMMARY"));
         assert!(check_log(&with, true, Some(4)).is_err());
-        let tcp = "PASS tcp-admin (3 ms)\nHWTEST TCP SUMMARY passed=1 failed=0\nHWTEST-INIT done\n";
+        let tcp = format!(
+            "PASS tcp-admin (3 ms)\nHWTEST TCP SUMMARY passed=1 failed=0\n{tcp_io}HWTEST-INIT done\n"
+        );
+        let tcp = tcp.as_str();
         assert!(check_tcp_log(tcp).unwrap().contains("passed=1"));
         assert!(check_tcp_log(&tcp.replace("PASS tcp-admin", "FAIL tcp-admin: x")).is_err());
         assert!(check_tcp_log(&tcp.replace("HWTEST-INIT done", "")).is_err());
