@@ -71,6 +71,7 @@ mod proto;
 mod stats;
 #[allow(unsafe_code)]
 mod sys;
+mod tcp;
 
 #[cfg(test)]
 mod daemon_tests;
@@ -86,6 +87,7 @@ pub use faults::{
     FaultRule, Faults, QueueMatch, Repeat, AER_INFO_SMART_TEMPERATURE,
 };
 pub use stats::SimStats;
+pub use tcp::{DigestPolicy, TcpTarget, TcpTargetOptions, DEFAULT_SUBNQN};
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`; not for other uses).
 #[cfg(feature = "fuzzing")]
