@@ -143,7 +143,10 @@ impl AdminQueue {
 impl Backend {
     /// Enables `sim` with the target's admin queue, reads its Identify Controller, asks
     /// for its I/O queues and starts the admin thread.
-    pub(crate) fn start(sim: SimController, registry: Arc<Registry>) -> Result<Arc<Backend>, SimError> {
+    pub(crate) fn start(
+        sim: SimController,
+        registry: Arc<Registry>,
+    ) -> Result<Arc<Backend>, SimError> {
         let bar = Bar::new(Mapping::map(sim.bar_fd(), 0, sim.bar_len(), false)?);
         let cap = Cap(bar.load64(offset::CAP));
         let page = cap.min_page_size();
@@ -317,12 +320,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn admin_thread(
-    b: &Backend,
-    mut q: AdminQueue,
-    rx: mpsc::Receiver<AdminReq>,
-    registry: &Registry,
-) {
+fn admin_thread(b: &Backend, mut q: AdminQueue, rx: mpsc::Receiver<AdminReq>, registry: &Registry) {
     let entries = q.sq.entries as usize;
     // In flight by CID (the slot index); the ring holds at most entries - 1 commands.
     let mut inflight: Vec<Option<Reply>> = (0..entries - 1).map(|_| None).collect();

@@ -165,7 +165,7 @@ impl Conn {
             Some(s) if s.busy => *s,
             _ => return,
         };
-        if s.dir == Dir::ToHost && s.len > 0 && cqe.status() .is_success() {
+        if s.dir == Dir::ToHost && s.len > 0 && cqe.status().is_success() {
             let base = self.bounce(slot);
             if s.patch_identify {
                 self.patch_identify(base);
@@ -214,7 +214,11 @@ impl Conn {
         id.cntrltype = 1;
         let pages = inner.max_xfer / inner.backend.page;
         let ours = (usize::BITS - 1 - pages.leading_zeros()) as u8;
-        id.mdts = if id.mdts == 0 { ours } else { id.mdts.min(ours) };
+        id.mdts = if id.mdts == 0 {
+            ours
+        } else {
+            id.mdts.min(ours)
+        };
         id.sgls = 1 | Sgls::OFFSET | Sgls::TRANSPORT_DATA_BLOCK;
         id.oacs &= !Oacs::DOORBELL_BUFFER_CONFIG.bits();
         id.kas = 1;
@@ -815,7 +819,8 @@ impl Reader {
         let Some((qid, vector)) = b.take_queue() else {
             return Err(fabrics_st(FabricsStatus::ControllerBusy));
         };
-        let vector = vector.filter(|&v| b.sim.set_interrupt(v, Some(self.out.wake.as_fd())).is_ok());
+        let vector =
+            vector.filter(|&v| b.sim.set_interrupt(v, Some(self.out.wake.as_fd())).is_ok());
         let n = conn.ring_entries;
         let ok = |r: Result<CompletionEntry, String>| r.is_ok_and(|c| c.status().is_success());
         let cq = SubmissionEntry {
@@ -1088,7 +1093,11 @@ impl Reader {
         e.mptr = 0;
         (e.prp1, e.prp2) = conn.prps(slot, s.len);
         sq.push(&conn.mem, &e);
-        sq.ring(&conn.inner.backend.bar, q.qid, conn.inner.backend.cap.dstrd());
+        sq.ring(
+            &conn.inner.backend.bar,
+            q.qid,
+            conn.inner.backend.cap.dstrd(),
+        );
         Flow::Go
     }
 

@@ -129,7 +129,11 @@ impl SimController {
     /// Serves this controller over NVMe/TCP on `addr` (port 0: any free port, see
     /// [`TcpTarget::local_addr`]). The target becomes the controller's only host: it
     /// enables it with its own admin queue, so the controller must not be enabled yet.
-    pub fn serve_tcp(self, addr: SocketAddr, opts: TcpTargetOptions) -> Result<TcpTarget, SimError> {
+    pub fn serve_tcp(
+        self,
+        addr: SocketAddr,
+        opts: TcpTargetOptions,
+    ) -> Result<TcpTarget, SimError> {
         TcpTarget::serve(self, addr, opts)
     }
 }
@@ -144,7 +148,11 @@ impl TcpTarget {
         TcpTarget::serve(SimController::start(config)?, addr, opts)
     }
 
-    fn serve(sim: SimController, addr: SocketAddr, opts: TcpTargetOptions) -> Result<TcpTarget, SimError> {
+    fn serve(
+        sim: SimController,
+        addr: SocketAddr,
+        opts: TcpTargetOptions,
+    ) -> Result<TcpTarget, SimError> {
         let bad = |m: String| Err(SimError::InvalidArgument(m));
         if opts.subnqn.is_empty()
             || opts.subnqn.len() > nvme_regs::fabrics::NQN_MAX
@@ -163,7 +171,10 @@ impl TcpTarget {
                 nvme_regs::tcp::MIN_MAXH2CDATA
             ));
         }
-        if opts.max_c2h_data == 0 || opts.in_capsule_data % 16 != 0 || opts.in_capsule_data > 1 << 20 {
+        if opts.max_c2h_data == 0
+            || opts.in_capsule_data % 16 != 0
+            || opts.in_capsule_data > 1 << 20
+        {
             return bad(format!(
                 "max_c2h_data {} (at least 1) / in_capsule_data {} (a multiple of 16, at most 1 MiB)",
                 opts.max_c2h_data, opts.in_capsule_data
@@ -179,7 +190,10 @@ impl TcpTarget {
         let mqes = backend.cap.mqes() as usize;
         let nslots = (opts.max_queue_entries as usize).min(mqes);
         if nslots < 2 {
-            return fail(&backend, format!("max_queue_entries {} (at least 2)", opts.max_queue_entries));
+            return fail(
+                &backend,
+                format!("max_queue_entries {} (at least 2)", opts.max_queue_entries),
+            );
         }
         let max_xfer = opts.max_transfer as usize;
         if max_xfer < page || max_xfer % page != 0 || max_xfer / page > page / 8 {
@@ -321,7 +335,10 @@ fn accept_loop(inner: &Arc<Inner>, listener: TcpListener) {
                     }
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
                 let mut fds = [nix::poll::PollFd::new(
                     listener.as_fd(),
                     nix::poll::PollFlags::POLLIN,
