@@ -1074,7 +1074,7 @@ impl Reader {
         let mut page = h.as_bytes().to_vec();
         page.extend_from_slice(e.as_bytes());
         let off = s.sqe.cdw12 as u64 | (s.sqe.cdw13 as u64) << 32;
-        if off % 4 != 0 {
+        if !off.is_multiple_of(4) {
             return self.complete(slot, st(G::InvalidField));
         }
         let from = (off as usize).min(page.len());

@@ -164,7 +164,7 @@ impl TcpTarget {
                 nvme_regs::fabrics::NQN_MAX
             ));
         }
-        if opts.maxh2cdata < nvme_regs::tcp::MIN_MAXH2CDATA || opts.maxh2cdata % 4 != 0 {
+        if opts.maxh2cdata < nvme_regs::tcp::MIN_MAXH2CDATA || !opts.maxh2cdata.is_multiple_of(4) {
             return bad(format!(
                 "maxh2cdata {} (a multiple of 4, at least {})",
                 opts.maxh2cdata,
@@ -172,7 +172,7 @@ impl TcpTarget {
             ));
         }
         if opts.max_c2h_data == 0
-            || opts.in_capsule_data % 16 != 0
+            || !opts.in_capsule_data.is_multiple_of(16)
             || opts.in_capsule_data > 1 << 20
         {
             return bad(format!(
@@ -196,7 +196,7 @@ impl TcpTarget {
             );
         }
         let max_xfer = opts.max_transfer as usize;
-        if max_xfer < page || max_xfer % page != 0 || max_xfer / page > page / 8 {
+        if max_xfer < page || !max_xfer.is_multiple_of(page) || max_xfer / page > page / 8 {
             return fail(
                 &backend,
                 format!(
@@ -498,7 +498,7 @@ impl Registry {
         // CNTLIDs 1..=0xffef (0xfff0 and up are reserved).
         for _ in 0..0xffef {
             *next = if *next >= 0xffef { 1 } else { *next + 1 };
-            if !map.contains_key(&*next) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(*next) {
                 let a = Arc::new(Assoc {
                     cntlid: *next,
                     discovery: n.discovery,
@@ -513,7 +513,7 @@ impl Registry {
                     aers: Mutex::new(AerState::default()),
                     dead: AtomicBool::new(false),
                 });
-                map.insert(*next, a.clone());
+                slot.insert(a.clone());
                 return Some(a);
             }
         }

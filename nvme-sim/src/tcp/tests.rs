@@ -250,8 +250,10 @@ impl Client {
         cntlid: u16,
         subnqn: &str,
     ) -> CompletionEntry {
-        let mut d = ConnectData::default();
-        d.cntlid = cntlid;
+        let mut d = ConnectData {
+            cntlid,
+            ..Default::default()
+        };
         d.subnqn[..subnqn.len()].copy_from_slice(subnqn.as_bytes());
         d.hostnqn[..HOST.len()].copy_from_slice(HOST.as_bytes());
         let e = ConnectCommand::new(qid, sqsize, kato).to_entry();
@@ -412,7 +414,7 @@ fn writes_and_reads_with_digests() {
         max_c2h_data: 24 << 10,
         ..Default::default()
     });
-    let (_a, mut q, _) = io_pair(&t, digest::HEADER | digest::DATA);
+    let (a, mut q, _) = io_pair(&t, digest::HEADER | digest::DATA);
     assert!(a.hd && a.dd && q.hd && q.dd);
     assert_eq!(q.maxh2cdata, 16 << 10);
     let ns = t.controller().namespace_data(1).unwrap();
@@ -549,8 +551,10 @@ fn connect_refusals() {
     assert_eq!(fabrics_sc(&c).1, FabricsStatus::ControllerBusy as u8);
     // A host that is not allowed.
     let (mut other, _) = Client::ic(t.local_addr(), 0);
-    let mut d = ConnectData::default();
-    d.cntlid = 0xffff;
+    let mut d = ConnectData {
+        cntlid: 0xffff,
+        ..Default::default()
+    };
     d.subnqn[..DEFAULT_SUBNQN.len()].copy_from_slice(DEFAULT_SUBNQN.as_bytes());
     d.hostnqn[..9].copy_from_slice(b"nqn.other");
     let (c, _) = other.exec(
