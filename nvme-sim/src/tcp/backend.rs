@@ -119,6 +119,23 @@ struct AdminQueue {
 }
 
 impl AdminQueue {
+    /// [`exec`](Self::exec), an unsuccessful status being an error about `what`.
+    fn exec_ok(
+        &mut self,
+        bar: &Bar,
+        e: SubmissionEntry,
+        what: &str,
+    ) -> Result<CompletionEntry, SimError> {
+        let c = self.exec(bar, e)?;
+        if !c.status().is_success() {
+            return Err(SimError::Protocol(format!(
+                "{what} failed on the controller: {}",
+                c.status()
+            )));
+        }
+        Ok(c)
+    }
+
     fn exec(&mut self, bar: &Bar, mut e: SubmissionEntry) -> Result<CompletionEntry, SimError> {
         e.cid = 0xfffe;
         self.sq.push(&self.mem, &e);
@@ -206,35 +223,23 @@ impl Backend {
             }
             std::thread::sleep(Duration::from_micros(100));
         }
-        let mut id = SubmissionEntry {
+        let id = SubmissionEntry {
             opcode: A::Identify as u8,
             cdw10: nvme_regs::identify::cns::CONTROLLER as u32,
             prp1: ADMIN_IOVA + 2 * page as u64,
             ..Default::default()
         };
-        let c = q.exec(&bar, id)?;
-        if !c.status().is_success() {
-            return Err(SimError::Protocol(format!(
-                "Identify Controller failed: {}",
-                c.status()
-            )));
-        }
+        q.exec_ok(&bar, id, "Identify Controller")?;
         let mut raw = vec![0u8; size_of::<IdentifyController>()];
         q.mem.read(2 * page, &mut raw);
         let ident = IdentifyController::read_from_bytes(&raw).expect("4096 bytes");
-        id = SubmissionEntry {
+        let nq = SubmissionEntry {
             opcode: A::SetFeatures as u8,
             cdw10: fid::NUMBER_OF_QUEUES as u32,
             cdw11: 0xfffe | 0xfffe << 16,
             ..Default::default()
         };
-        let c = q.exec(&bar, id)?;
-        if !c.status().is_success() {
-            return Err(SimError::Protocol(format!(
-                "Set Features Number of Queues failed: {}",
-                c.status()
-            )));
-        }
+        let c = q.exec_ok(&bar, nq, "Set Features Number of Queues")?;
         let io_queues = ((c.dw0 & 0xffff).min(c.dw0 >> 16) + 1) as u16;
         let vectors = sim.interrupt_vectors();
         let (tx, rx) = mpsc::channel();
