@@ -19,7 +19,7 @@ use nvme_regs::tcp::{
     digest, in_capsule, transport_data_block, CommonHeader, DataHeader, FatalErrorStatus, IcReq,
     IcResp, PduFlags, PduType, R2t, TermReq,
 };
-use nvme_regs::{CompletionEntry, Status, StatusCodeType, SubmissionEntry};
+use nvme_regs::{CompletionEntry, StatusCodeType, SubmissionEntry};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::crc32c::crc32c;
@@ -458,6 +458,12 @@ fn writes_and_reads_with_digests() {
         "{}",
         c.status()
     );
+    assert_eq!(
+        t.controller().dma_errors(),
+        0,
+        "{:?}",
+        t.controller().dma_error_log()
+    );
     drop(a);
 }
 
@@ -770,5 +776,89 @@ fn async_events_reach_held_requests() {
     assert!(c.status().is_success());
     assert_eq!(c.dw0 & 7, AsyncEventType::SmartHealth as u32);
     assert_eq!((c.dw0 >> 16) & 0xff, 2);
-    let _ = Status::SUCCESS;
+}
+
+#[test]
+fn queues_come_and_go() {
+    let t = target(TcpTargetOptions::default());
+    let (_a, mut q, cntlid) = io_pair(&t, 0);
+    let d = pattern(5, 4096);
+    let (c, _) = q.exec(rw(N::Write, 1, 0, 8), Data::InCapsule(&d));
+    assert!(c.status().is_success());
+    // Disconnect: answered, then the connection closes.
+    let (c, _) = q.exec(
+        SubmissionEntry {
+            opcode: nvme_regs::fabrics::FABRICS_OPCODE,
+            nsid: nvme_regs::fabrics::FabricsCommandType::Disconnect as u32,
+            ..Default::default()
+        },
+        Data::None,
+    );
+    assert!(c.status().is_success());
+    let mut b = [0u8; 1];
+    assert_eq!(q.s.read(&mut b).unwrap_or(0), 0, "closed after Disconnect");
+    // The queue id is free again once the target has deleted the controller's queues.
+    let t0 = Instant::now();
+    let mut q = loop {
+        let (mut q, _) = Client::ic(t.local_addr(), 0);
+        let c = q.connect(1, 15, 0, cntlid, DEFAULT_SUBNQN);
+        if c.status().is_success() {
+            break q;
+        }
+        assert_eq!(fabrics_sc(&c).1, FabricsStatus::ControllerBusy as u8);
+        assert!(t0.elapsed() < WAIT, "queue 1 never freed");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let (c, got) = q.exec(rw(N::Read, 1, 0, 8), Data::Read(4096));
+    assert!(c.status().is_success());
+    assert_eq!(got, d);
+    // A host dropping the connection in the middle of a write (R2T out, no data sent).
+    let e = rw(N::Write, 1, 0, 32);
+    let mut e2 = e;
+    e2.cid = 9;
+    e2.set_psdt(1);
+    (e2.prp1, e2.prp2) = transport_data_block(16 << 10).to_dptr();
+    q.send(PduType::CapsuleCmd, e2.as_bytes(), &[], false);
+    assert!(matches!(q.recv(), Rx::R2t(r) if r.cccid == 9 && r.r2tl == 16 << 10));
+    drop(q);
+    let t0 = Instant::now();
+    while t.connections() != 1 {
+        assert!(t0.elapsed() < WAIT, "connection not cleaned up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut got = vec![0u8; 4096];
+    t.controller().read_backing(1, 0, &mut got).unwrap();
+    assert_eq!(got, d, "the abandoned write changed nothing");
+    assert_eq!(
+        t.controller().dma_errors(),
+        0,
+        "{:?}",
+        t.controller().dma_error_log()
+    );
+}
+
+#[test]
+fn data_beyond_the_r2t_ends_the_connection() {
+    let t = target(TcpTargetOptions::default());
+    let (_a, mut q, _) = io_pair(&t, 0);
+    let mut e = rw(N::Write, 1, 0, 8);
+    e.cid = 3;
+    e.set_psdt(1);
+    (e.prp1, e.prp2) = transport_data_block(4096).to_dptr();
+    q.send(PduType::CapsuleCmd, e.as_bytes(), &[], false);
+    let Rx::R2t(r) = q.recv() else {
+        panic!("expected an R2T")
+    };
+    let h = DataHeader {
+        cccid: 3,
+        ttag: r.ttag,
+        datao: 2048,
+        datal: 4096,
+        ..Default::default()
+    };
+    q.send(PduType::H2cData, &h.as_bytes()[8..], &[7u8; 4096], false);
+    match q.recv() {
+        Rx::Term(t) => assert_eq!(t.fes, FatalErrorStatus::DataTransferOutOfRange as u16),
+        _ => panic!("expected a C2HTermReq"),
+    }
 }
