@@ -110,6 +110,8 @@ struct Conn {
     simq: OnceLock<SimQueue>,
     /// Nothing more may be written to the socket.
     broken: AtomicBool,
+    /// The host disabled SQ flow control (Connect CATTR bit 2): SQHD is 0xffff.
+    sqhd_off: AtomicBool,
 }
 
 impl Conn {
@@ -135,6 +137,9 @@ impl Conn {
     }
 
     fn sqhd(&self) -> u16 {
+        if self.sqhd_off.load(Ordering::Acquire) {
+            return 0xffff;
+        }
         (self.received.load(Ordering::Acquire) % self.sq_entries.load(Ordering::Acquire)) as u16
     }
 
@@ -370,6 +375,7 @@ impl Conn {
             assoc: OnceLock::new(),
             simq: OnceLock::new(),
             broken: AtomicBool::new(false),
+            sqhd_off: AtomicBool::new(false),
         })
     }
 }
@@ -795,11 +801,24 @@ impl Reader {
                 let Ok(sock) = conn.stream.try_clone() else {
                     return self.complete(slot, st(G::InternalError));
                 };
-                qs.insert(cmd.qid, sock);
+                qs.insert(
+                    cmd.qid,
+                    super::IoQueue {
+                        sock,
+                        sim_qid: None,
+                    },
+                );
             }
-            if let Err(status) = self.create_sim_queue() {
-                lock(&a.queues).remove(&cmd.qid);
-                return self.complete(slot, status);
+            match self.create_sim_queue() {
+                Ok(sim_qid) => {
+                    if let Some(q) = lock(&a.queues).get_mut(&cmd.qid) {
+                        q.sim_qid = Some(sim_qid);
+                    }
+                }
+                Err(status) => {
+                    lock(&a.queues).remove(&cmd.qid);
+                    return self.complete(slot, status);
+                }
             }
             a.touch();
             a
@@ -807,13 +826,17 @@ impl Reader {
         let cntlid = assoc.cntlid;
         let _ = conn.assoc.set(assoc);
         conn.sq_entries.store(sqsize as u32 + 1, Ordering::Release);
+        conn.sqhd_off.store(
+            cmd.cattr & ConnectCommand::CATTR_DISABLE_SQ_FLOW_CONTROL != 0,
+            Ordering::Release,
+        );
         conn.qid.store(cmd.qid as u32, Ordering::Release);
         self.complete_dw(slot, Status::SUCCESS, cntlid as u32, 0);
         Flow::Go
     }
 
-    /// Creates the controller I/O queue pair of this connection.
-    fn create_sim_queue(&mut self) -> Result<(), Status> {
+    /// Creates the controller I/O queue pair of this connection; returns its queue id.
+    fn create_sim_queue(&mut self) -> Result<u16, Status> {
         let conn = &self.conn;
         let b = &conn.inner.backend;
         let Some((qid, vector)) = b.take_queue() else {
@@ -852,7 +875,7 @@ impl Reader {
             entries: n,
             tail: 0,
         });
-        Ok(())
+        Ok(qid)
     }
 
     fn property(&mut self, slot: u16, a: &Assoc, s: &Slot) -> Flow {
@@ -887,6 +910,10 @@ impl Reader {
                     regs.1 = 1;
                 } else if !new.en() {
                     regs.1 = 0;
+                    if old.en() {
+                        // A controller reset deletes the I/O queues: end their connections.
+                        a.end_io_queues();
+                    }
                 }
                 if new.shn() != 0 {
                     // Shutdown complete at once (SHST 10b).
@@ -1052,8 +1079,8 @@ impl Reader {
                 AddressFamily::Ipv6
             } as u8,
             subtype: SubsystemType::Nvme as u8,
-            // Secure channel not required.
-            treq: 2,
+            // Secure channel not required; SQ flow control may be disabled.
+            treq: 2 | nvme_regs::fabrics::Treq::SQ_FLOW_CONTROL_DISABLE,
             portid: 1,
             cntlid: nvme_regs::fabrics::CNTLID_DYNAMIC,
             asqsz: 32,

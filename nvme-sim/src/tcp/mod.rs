@@ -282,6 +282,15 @@ impl TcpTarget {
         lock(&self.inner.registry.assocs).len()
     }
 
+    /// The controller's queue id behind I/O queue `qid` of association `cntlid` (the
+    /// target's own numbering, what [`Faults`](crate::Faults) rules and statistics see),
+    /// while that queue is connected.
+    pub fn controller_queue(&self, cntlid: u16, qid: u16) -> Option<u16> {
+        let a = self.inner.registry.get(cntlid)?;
+        let q = lock(&a.queues);
+        q.get(&qid)?.sim_qid
+    }
+
     /// TCP connections open now.
     pub fn connections(&self) -> usize {
         lock(&self.inner.conns).len()
@@ -423,10 +432,18 @@ pub(crate) struct Assoc {
     pub(crate) io_queues: AtomicU16,
     /// The admin connection's socket (to end the association).
     admin: TcpStream,
-    /// Connected I/O queues by QID: their sockets.
-    pub(crate) queues: Mutex<HashMap<u16, TcpStream>>,
+    /// Connected I/O queues by QID.
+    pub(crate) queues: Mutex<HashMap<u16, IoQueue>>,
     pub(crate) aers: Mutex<AerState>,
     pub(crate) dead: AtomicBool,
+}
+
+/// An I/O queue connected to an association.
+pub(crate) struct IoQueue {
+    /// Its connection's socket (to end it).
+    pub(crate) sock: TcpStream,
+    /// The controller's queue id behind it, once created.
+    pub(crate) sim_qid: Option<u16>,
 }
 
 /// Asynchronous Event Requests held and events not yet reported.
@@ -451,8 +468,13 @@ impl Assoc {
     pub(crate) fn kill(&self) {
         self.dead.store(true, Ordering::Release);
         let _ = self.admin.shutdown(Shutdown::Both);
-        for s in lock(&self.queues).values() {
-            let _ = s.shutdown(Shutdown::Both);
+        self.end_io_queues();
+    }
+
+    /// Ends the association's I/O queue connections (a controller reset deletes them).
+    pub(crate) fn end_io_queues(&self) {
+        for q in lock(&self.queues).values() {
+            let _ = q.sock.shutdown(Shutdown::Both);
         }
     }
 

@@ -402,6 +402,19 @@ fn connect_properties_enable_and_identify() {
     let (c, d) = a.exec(e, Data::Read(4096));
     assert!(c.status().is_success());
     assert_eq!(u64::from_le_bytes(d[..8].try_into().unwrap()), 16384);
+    // An I/O queue without SQ flow control gets SQHD 0xffff.
+    let (mut q, _) = Client::ic(t.local_addr(), 0);
+    let mut d = ConnectData {
+        cntlid,
+        ..Default::default()
+    };
+    d.subnqn[..DEFAULT_SUBNQN.len()].copy_from_slice(DEFAULT_SUBNQN.as_bytes());
+    d.hostnqn[..HOST.len()].copy_from_slice(HOST.as_bytes());
+    let mut cc = ConnectCommand::new(1, 15, 0);
+    cc.cattr = ConnectCommand::CATTR_DISABLE_SQ_FLOW_CONTROL;
+    let (c, _) = q.exec(cc.to_entry(), Data::InCapsule(d.as_bytes()));
+    assert!(c.status().is_success(), "{}", c.status());
+    assert_eq!(c.sq_head, 0xffff);
     // Shutdown completes at once.
     a.prop_set(0x14, 0x46_4001);
     assert_eq!((a.prop_get(0x1c, PropertySize::Four) >> 2) & 3, 2);
@@ -590,6 +603,35 @@ fn two_associations_share_the_namespaces() {
     a1.prop_set(0x14, 0x46_0000);
     assert_eq!(a1.prop_get(0x1c, PropertySize::Four) & 1, 0);
     assert_eq!(a2.prop_get(0x1c, PropertySize::Four) & 1, 1);
+    // ... but its I/O queues are gone (a reset deletes them).
+    let mut b = [0u8; 1];
+    assert_eq!(
+        q1.s.read(&mut b).unwrap_or(0),
+        0,
+        "I/O queue closed by the reset"
+    );
+    a1.prop_set(0x14, 0x46_0001);
+    let (mut q1, _) = Client::ic(t.local_addr(), 0);
+    let t0 = Instant::now();
+    while !q1
+        .connect(1, 31, 0, c1, DEFAULT_SUBNQN)
+        .status()
+        .is_success()
+    {
+        assert!(
+            t0.elapsed() < WAIT,
+            "queue 1 of the first association never freed"
+        );
+        q1 = Client::ic(t.local_addr(), 0).0;
+    }
+    let sim_q1 = t
+        .controller_queue(c1, 1)
+        .expect("a controller queue behind it");
+    let sim_q2 = t
+        .controller_queue(c2, 1)
+        .expect("a controller queue behind it");
+    assert_ne!(sim_q1, sim_q2);
+    assert_eq!(t.controller_queue(c2, 5), None);
     let d = pattern(9, 8192);
     let (c, _) = q1.exec(rw(N::Write, 1, 40, 16), Data::InCapsule(&d));
     assert!(c.status().is_success());
@@ -598,7 +640,6 @@ fn two_associations_share_the_namespaces() {
     assert_eq!(got, d);
     // The end of an association's admin queue ends its I/O queues.
     drop(a1);
-    let mut b = [0u8; 1];
     assert_eq!(q1.s.read(&mut b).unwrap_or(0), 0, "I/O queue closed");
     let t0 = Instant::now();
     while t.associations() != 1 {
