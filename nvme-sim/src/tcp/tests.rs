@@ -903,3 +903,54 @@ fn data_beyond_the_r2t_ends_the_connection() {
         _ => panic!("expected a C2HTermReq"),
     }
 }
+
+#[test]
+fn malformed_pdus_end_only_their_connection() {
+    let t = target(TcpTargetOptions::default());
+    let (mut good, mut q, _) = io_pair(&t, 0);
+    let bad_headers: [(&[u8], FatalErrorStatus, u32); 3] = [
+        // A reserved PDU type.
+        (
+            &[0x08, 0, 24, 0, 24, 0, 0, 0],
+            FatalErrorStatus::InvalidHeaderField,
+            0,
+        ),
+        // A CapsuleCmd with the wrong HLEN.
+        (
+            &[0x04, 0, 24, 0, 24, 0, 0, 0],
+            FatalErrorStatus::InvalidHeaderField,
+            2,
+        ),
+        // A second ICReq.
+        (
+            &[0x00, 0, 128, 0, 128, 0, 0, 0],
+            FatalErrorStatus::InvalidHeaderField,
+            0,
+        ),
+    ];
+    for (hdr, fes, fei) in bad_headers {
+        let (mut c, _) = Client::ic(t.local_addr(), 0);
+        let mut v = hdr.to_vec();
+        v.resize(hdr[2] as usize, 0);
+        c.s.write_all(&v).unwrap();
+        match c.recv() {
+            Rx::Term(term) => {
+                assert_eq!((term.fes, u32::from_le_bytes(term.fei)), (fes as u16, fei))
+            }
+            _ => panic!("expected a C2HTermReq for {hdr:?}"),
+        }
+    }
+    // An H2CData nobody asked for.
+    let h = DataHeader {
+        cccid: 1,
+        ttag: 5,
+        datal: 4,
+        ..Default::default()
+    };
+    q.send(PduType::H2cData, &h.as_bytes()[8..], &[1, 2, 3, 4], false);
+    assert!(
+        matches!(q.recv(), Rx::Term(term) if term.fes == FatalErrorStatus::InvalidHeaderField as u16)
+    );
+    // The others go on.
+    assert_eq!(good.identify().cntrltype, 1);
+}
