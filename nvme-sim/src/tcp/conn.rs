@@ -37,7 +37,7 @@ use nvme_regs::{CompletionEntry, Status, StatusCodeType, SubmissionEntry};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::backend::{lock, CqRing, Reply, SqRing};
-use super::pdu::{put_pdu, read_pdu, term_req, Fatal, Framing, RecvError};
+use super::pdu::{put_pdu, put_pdu_with, read_pdu, term_req, Fatal, Framing, RecvError};
 use super::{Assoc, DigestPolicy, Inner, NewAssoc, Out, Outbox, AER_LIMIT};
 use crate::mem::{create_memfd, Mapping};
 use crate::THREAD_STACK;
@@ -175,20 +175,19 @@ impl Conn {
             if s.patch_identify {
                 self.patch_identify(base);
             }
-            let mut data = vec![0u8; s.len as usize];
-            self.mem.read(base, &mut data);
+            let total = s.len as usize;
             let max = self.inner.opts.max_c2h_data as usize;
             let mut off = 0;
-            while off < data.len() {
-                let n = max.min(data.len() - off);
+            while off < total {
+                let n = max.min(total - off);
                 let h = DataHeader {
                     cccid: s.cid,
                     datao: off as u32,
                     datal: n as u32,
                     ..Default::default()
                 };
-                let last = off + n == data.len();
-                put_pdu(
+                let last = off + n == total;
+                put_pdu_with(
                     out,
                     &self.f,
                     PduType::C2hData,
@@ -198,7 +197,8 @@ impl Conn {
                         PduFlags::empty()
                     },
                     &h.as_bytes()[8..],
-                    &data[off..off + n],
+                    n,
+                    |d| self.mem.read(base + off, d),
                 );
                 off += n;
             }

@@ -7,7 +7,7 @@ use std::io::{self, Read};
 use nvme_regs::tcp::{CommonHeader, FatalErrorStatus, PduFlags, PduType, TermReq, DIGEST_LEN};
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::crc32c::{crc32c, Crc32c};
+use super::crc32c::crc32c;
 
 /// What ICReq/ICResp settled for a connection.
 #[derive(Clone, Copy, Debug, Default)]
@@ -160,14 +160,29 @@ pub(crate) fn put_pdu(
     out: &mut Vec<u8>,
     f: &Framing,
     kind: PduType,
-    mut flags: PduFlags,
+    flags: PduFlags,
     rest: &[u8],
     data: &[u8],
+) {
+    put_pdu_with(out, f, kind, flags, rest, data.len(), |d| {
+        d.copy_from_slice(data)
+    });
+}
+
+/// [`put_pdu`] with `len` bytes of data that `fill` writes in place.
+pub(crate) fn put_pdu_with(
+    out: &mut Vec<u8>,
+    f: &Framing,
+    kind: PduType,
+    mut flags: PduFlags,
+    rest: &[u8],
+    len: usize,
+    fill: impl FnOnce(&mut [u8]),
 ) {
     let hlen = kind.header_len();
     debug_assert_eq!(rest.len() + 8, hlen);
     let hd = f.hd && kind.has_header_digest();
-    let dd = f.dd && kind.has_data_digest() && !data.is_empty();
+    let dd = f.dd && kind.has_data_digest() && len > 0;
     if hd {
         flags |= PduFlags::HDGSTF;
     }
@@ -175,11 +190,11 @@ pub(crate) fn put_pdu(
         flags |= PduFlags::DDGSTF;
     }
     let fixed = hlen + if hd { DIGEST_LEN } else { 0 };
-    let (pdo, plen) = if data.is_empty() {
+    let (pdo, plen) = if len == 0 {
         (0, fixed)
     } else {
         let pdo = fixed.next_multiple_of(f.c2h_align.max(1));
-        (pdo, pdo + data.len() + if dd { DIGEST_LEN } else { 0 })
+        (pdo, pdo + len + if dd { DIGEST_LEN } else { 0 })
     };
     let ch = CommonHeader::new(kind, flags, pdo as u8, plen as u32);
     let start = out.len();
@@ -189,13 +204,13 @@ pub(crate) fn put_pdu(
         let d = crc32c(&out[start..]);
         out.extend_from_slice(&d.to_le_bytes());
     }
-    if !data.is_empty() {
-        out.resize(start + pdo, 0);
-        out.extend_from_slice(data);
+    if len > 0 {
+        let at = start + pdo;
+        out.resize(at + len, 0);
+        fill(&mut out[at..]);
         if dd {
-            let mut c = Crc32c::new();
-            c.feed(data);
-            out.extend_from_slice(&c.value().to_le_bytes());
+            let d = crc32c(&out[at..]);
+            out.extend_from_slice(&d.to_le_bytes());
         }
     }
 }
