@@ -906,6 +906,8 @@ struct ListRings {
     mask: Option<u16>,
     refuse_push: Option<usize>,
     resets: usize,
+    /// Every SQ head the queue pair recorded.
+    heads: Vec<u16>,
 }
 
 impl Rings for ListRings {
@@ -940,6 +942,7 @@ impl Rings for ListRings {
         Some(c)
     }
     fn update_sq_head(&mut self, head: u16) -> bool {
+        self.heads.push(head);
         (head as u32) < self.size
     }
     fn reset(&mut self) {
@@ -1018,4 +1021,42 @@ fn a_transports_own_rings_get_sgl_commands_split_and_completed_by_the_same_engin
     assert_eq!(qp.abort_all(Status::SUCCESS, |t, _| aborted.push(t)), 1);
     assert_eq!((aborted, qp.rings().resets), (vec![9], 1));
     assert_eq!(qp.free_slots(), 31);
+}
+
+#[test]
+fn the_sq_head_is_taken_from_the_last_completion_of_a_poll_and_checked() {
+    let rings = ListRings {
+        size: 8,
+        ..Default::default()
+    };
+    let slots: Vec<Slot<u64>> = (0..7).map(|_| Slot::EMPTY).collect();
+    let mut qp = QueuePair::with_rings(rings, 1, PS, 8 * PS, slots).unwrap();
+    for t in 0..3 {
+        qp.submit(Command::new(0, 1), None, t).unwrap();
+    }
+    qp.ring();
+    // A bad head in the middle of a poll is overtaken by the last one (heads only move
+    // forward); a bad last head is counted and ignored.
+    for (i, head) in [(0, 99u16), (1, 2), (2, 999)] {
+        let cid = qp.rings().sent[i].cid;
+        qp.rings_mut().completions.push_back(CompletionEntry {
+            cid,
+            sq_head: head,
+            ..Default::default()
+        });
+        if i == 0 {
+            continue;
+        }
+        let mut done = Vec::new();
+        qp.poll(8, |t, _| done.push(t));
+        let want: Vec<u64> = if i == 1 { vec![0, 1] } else { vec![2] };
+        assert_eq!(done, want);
+        assert_eq!(
+            qp.stats().bad_sq_heads,
+            if i == 1 { 0 } else { 1 },
+            "poll {i}"
+        );
+        assert_eq!(qp.rings().heads.len(), i, "one head per poll");
+        assert_eq!(qp.rings().heads.last(), Some(&[2, 999][i - 1]));
+    }
 }
