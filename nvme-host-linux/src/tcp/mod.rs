@@ -23,6 +23,7 @@
 
 mod controller;
 mod crc32c;
+mod ioq;
 mod link;
 mod queue;
 #[cfg(test)]
@@ -33,6 +34,7 @@ use std::io;
 
 pub use controller::{discover, DiscoveryLog, HostIdentity, TcpController, TcpControllerOptions};
 pub use crc32c::crc32c;
+pub use ioq::TcpRings;
 pub use link::{frame, Negotiated, Stream};
 pub use queue::Data;
 
