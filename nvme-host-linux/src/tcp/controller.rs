@@ -365,6 +365,26 @@ impl TcpController {
         check(sqe.opcode, c)
     }
 
+    /// [`admin`](Self::admin) waiting up to `timeout` for each PDU of the command (instead
+    /// of the connect options' timeout).
+    pub fn admin_with_timeout(
+        &self,
+        sqe: SubmissionEntry,
+        data: Data<'_>,
+        timeout: Duration,
+    ) -> Result<CompletionEntry> {
+        let mut q = self.queue();
+        let changed = timeout != self.shared.timeout;
+        if changed {
+            q.link.set_timeout(timeout)?;
+        }
+        let c = run(&mut q, sqe, data, &self.shared);
+        if changed {
+            let _ = q.link.set_timeout(self.shared.timeout);
+        }
+        check(sqe.opcode, c?)
+    }
+
     /// Identify Controller.
     pub fn identify_controller(&self) -> Result<IdentifyController> {
         let mut b = [0u8; 4096];

@@ -28,6 +28,7 @@ mod link;
 mod queue;
 #[cfg(test)]
 mod tests;
+mod transport;
 
 use std::fmt;
 use std::io;
@@ -37,6 +38,8 @@ pub use crc32c::crc32c;
 pub use ioq::TcpRings;
 pub use link::{frame, Negotiated, Stream};
 pub use queue::Data;
+pub use transport::TcpTransport;
+pub(crate) use transport::{admin_command, attach, csts, no_reset};
 
 /// Which digest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,9 +248,9 @@ impl std::error::Error for TcpError {
     }
 }
 
-/// What attaching `trtype:TCP` as a [`Controller`](crate::Controller) gives for now.
-pub(crate) fn no_io_queues_yet() -> crate::Error {
+/// What attaching `trtype:TCP` in a shared-memory group (`-i`) gives for now.
+pub(crate) fn no_groups_yet() -> crate::Error {
     crate::Error::Transport(
-        "trtype:TCP: I/O queues over NVMe/TCP are not built yet; the admin queue and discovery are (TcpController, `nvmectl discover`, `nvmectl id-ctrl`)".into(),
+        "trtype:TCP: shared-memory groups (-i) are not supported over NVMe/TCP yet; attach without a group id (each process then opens its own association with the target)".into(),
     )
 }
