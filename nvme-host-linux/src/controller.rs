@@ -789,10 +789,11 @@ impl Inner {
         // A controller that is gone gets no shutdown notification (nothing would answer).
         let alive = self.live.check().is_ok();
         let Some(group) = &group else {
-            // Over NVMe/TCP the transport shuts the controller down (CC.SHN as a property)
-            // when it drops, after this.
-            if let (true, Some(regs)) = (alive, &self.regs) {
-                shutdown(regs, self.info.identify.rtd3e);
+            match (alive, &self.regs) {
+                (true, Some(regs)) => shutdown(regs, self.info.identify.rtd3e),
+                // Over NVMe/TCP: CC.SHN as a property, on the admin queue's connection.
+                (true, None) => crate::tcp::shutdown(self.transport.as_ref()),
+                (false, _) => {}
             }
             self.release_parked(alive);
             return;

@@ -142,7 +142,9 @@ struct Shared {
 /// An NVMe/TCP controller's admin queue.
 pub struct TcpController {
     shared: Arc<Shared>,
-    keep_alive: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    keep_alive: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    /// Shut down already ([`TcpController::shutdown`]).
+    shut_down: std::sync::atomic::AtomicBool,
     cntlid: u16,
     cap: Cap,
     vs: Vs,
@@ -236,7 +238,8 @@ impl TcpController {
                 kato_ms: 0,
                 timeout: opts.timeout,
             }),
-            keep_alive: None,
+            keep_alive: Mutex::new(None),
+            shut_down: std::sync::atomic::AtomicBool::new(false),
             cntlid,
             cap,
             vs,
@@ -256,7 +259,8 @@ impl TcpController {
             .unwrap_or(opts.kato_ms);
         Arc::get_mut(&mut c.shared).expect("not shared yet").kato_ms = granted;
         if granted != 0 && opts.keep_alive_thread {
-            c.keep_alive = Some(start_keep_alive(&c.shared, granted));
+            *c.keep_alive.get_mut().unwrap_or_else(|p| p.into_inner()) =
+                Some(start_keep_alive(&c.shared, granted));
         }
         Ok(c)
     }
@@ -713,13 +717,26 @@ fn start_keep_alive(shared: &Arc<Shared>, kato_ms: u32) -> (mpsc::Sender<()>, Jo
     (tx, h)
 }
 
-impl Drop for TcpController {
-    fn drop(&mut self) {
-        if let Some((tx, h)) = self.keep_alive.take() {
+impl TcpController {
+    /// Stops Keep Alive and shuts the controller down (CC.SHN, then CSTS.SHST within
+    /// 500 ms), once; best effort (the association ends with the socket anyway). Dropping
+    /// does it when it was not done.
+    pub fn shutdown(&self) {
+        if self
+            .shut_down
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let ka = self
+            .keep_alive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((tx, h)) = ka {
             drop(tx);
             let _ = h.join();
         }
-        // Normal shutdown, best effort and bounded: the association ends with the socket.
         let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
         let _ = q.link.set_timeout(Duration::from_secs(1));
         let cc = property_get(&mut q, offset::CC as u32, PropertySize::Four)
@@ -732,5 +749,11 @@ impl Drop for TcpController {
                 });
             }
         }
+    }
+}
+
+impl Drop for TcpController {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }

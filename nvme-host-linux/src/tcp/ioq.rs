@@ -268,8 +268,9 @@ impl TcpRings {
             framing: neg.framing(),
             neg,
             params: QueueParams { entries, ..params },
-            tail: 0,
-            head: 0,
+            // The Connect command took the queue's first entry.
+            tail: 1,
+            head: 1,
             tx: Vec::with_capacity(64 * 1024),
             sent: 0,
             pushed: Vec::with_capacity(entries as usize),
@@ -807,4 +808,106 @@ pub(crate) fn io_in_capsule(id: &nvme_regs::identify::IdentifyController) -> usi
         return 0;
     }
     (ioccsz * 16).saturating_sub(64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+
+    use nvme_regs::tcp::SGL_ID_IN_CAPSULE;
+
+    use super::*;
+    use crate::memory::SharedMemory;
+
+    fn write_cmd(cid: u16, addr: u64, len: u32) -> SubmissionEntry {
+        let mut e = SubmissionEntry {
+            opcode: 0x01,
+            cid,
+            ..Default::default()
+        };
+        (e.prp1, e.prp2) = SglDescriptor::data_block(addr, len).to_dptr();
+        e.set_psdt(PSDT_SGL);
+        e
+    }
+
+    fn nothing_sent(b: &mut UnixStream) -> bool {
+        b.set_nonblocking(true).unwrap();
+        let r = b.read(&mut [0u8; 16]);
+        b.set_nonblocking(false).unwrap();
+        matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    #[test]
+    fn data_pointers_resolve_in_the_memory_table_or_fail_unsent() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let table = Arc::new(MemoryTable::default());
+        let mem = SharedMemory::new("nvme-tcp-ioq-test", 8192).unwrap();
+        let iova = mem.as_ptr() as u64;
+        let region = mem.region(0, 8192, iova).unwrap();
+        assert!(table.insert(region));
+        let half = mem.region(4096, 4096, iova).unwrap();
+        assert!(!table.insert(half), "an overlapping region is refused");
+        assert_eq!(table.len(), 1);
+        let neg = Negotiated {
+            header_digest: false,
+            data_digest: false,
+            data_alignment: 4,
+            max_h2c_data: 4096,
+        };
+        let params = QueueParams {
+            qid: 1,
+            entries: 8,
+            in_capsule: 4096,
+            max_transfer: 65536,
+        };
+        let mut r = TcpRings::new(Box::new(a), "test".into(), neg, params, table.clone()).unwrap();
+        r.cid_index_mask(7);
+        // Past the end of the mapping, and straddling it: failed here, nothing sent.
+        assert!(r.push(&write_cmd(1, iova + 8192, 512)));
+        assert!(r.push(&write_cmd(2, iova + 8000, 512)));
+        r.ring_sq();
+        assert!(nothing_sent(&mut b));
+        for cid in [1, 2] {
+            let c = r.pop().unwrap();
+            assert_eq!(c.cid, cid);
+            assert!(c.status().is_generic(GenericStatus::DataTransferError));
+        }
+        assert!(r.pop().is_none());
+        assert_eq!(r.free(), 7, "failed commands take no queue entry");
+        // Inside: framed with its data in the capsule; unpush takes it back unsent.
+        let data: Vec<u8> = (0..512u32).map(|i| i as u8 ^ 0x3c).collect();
+        assert!(region.write_bytes(100, &data));
+        assert!(r.push(&write_cmd(3, iova + 100, 512)));
+        r.unpush(1);
+        assert!(!r.ring_sq(), "nothing left to send");
+        assert!(nothing_sent(&mut b));
+        assert!(r.push(&write_cmd(4, iova + 100, 512)));
+        assert!(r.ring_sq());
+        let mut pdu = vec![0u8; 72 + 512];
+        b.read_exact(&mut pdu).unwrap();
+        let ch = CommonHeader::read_from_bytes(&pdu[..8]).unwrap();
+        assert_eq!(
+            (ch.pdu_type, ch.pdo, ch.plen),
+            (PduType::CapsuleCmd as u8, 72, 584)
+        );
+        let sqe = SubmissionEntry::read_from_bytes(&pdu[8..72]).unwrap();
+        let sgl = SglDescriptor::from_dptr(sqe.prp1, sqe.prp2);
+        assert_eq!((sqe.cid, sgl.id, sgl.length), (4, SGL_ID_IN_CAPSULE, 512));
+        assert_eq!(&pdu[72..], &data[..]);
+        // Unmapped: the same address now fails.
+        table.remove(iova, 8192);
+        assert!(r.push(&write_cmd(5, iova + 100, 512)));
+        r.ring_sq();
+        assert!(nothing_sent(&mut b));
+        let c = r.pop().unwrap();
+        assert_eq!(c.cid, 5);
+        assert!(c.status().is_generic(GenericStatus::DataTransferError));
+        // The peer closing the connection is the queue's failure.
+        drop(b);
+        assert!(r.pop().is_none());
+        let f = r.failure().expect("a failure");
+        assert!(f.contains("closed the connection"), "{f}");
+        assert_eq!(r.free(), 0, "nothing more is pushed");
+    }
 }

@@ -23,6 +23,8 @@
 
 mod controller;
 mod crc32c;
+#[cfg(test)]
+mod e2e_tests;
 mod ioq;
 mod link;
 mod queue;
@@ -39,7 +41,7 @@ pub use ioq::TcpRings;
 pub use link::{frame, Negotiated, Stream};
 pub use queue::Data;
 pub use transport::TcpTransport;
-pub(crate) use transport::{admin_command, attach, csts, no_reset};
+pub(crate) use transport::{admin_command, attach, csts, no_reset, shutdown};
 
 /// Which digest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

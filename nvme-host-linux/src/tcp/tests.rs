@@ -33,23 +33,28 @@ use crate::Error;
 const SUBNQN: &str = "nqn.2014-08.org.example:scripted";
 const HOSTNQN: &str = "nqn.2014-08.org.example:host1";
 
-/// The controller's end of the socket pair, speaking PDUs.
-struct Peer {
-    s: UnixStream,
-    hd: bool,
-    dd: bool,
-    align: usize,
+/// A byte stream a scripted controller speaks over (a socket pair's end, an accepted TCP
+/// connection).
+pub(super) trait PeerStream: Read + Write + Send {}
+impl<S: Read + Write + Send> PeerStream for S {}
+
+/// The controller's end of a connection, speaking PDUs.
+pub(super) struct Peer {
+    pub(super) s: Box<dyn PeerStream>,
+    pub(super) hd: bool,
+    pub(super) dd: bool,
+    pub(super) align: usize,
 }
 
 /// One PDU as received: common header, the header's bytes, the data.
-struct Pdu {
-    ch: CommonHeader,
-    hdr: Vec<u8>,
-    data: Vec<u8>,
+pub(super) struct Pdu {
+    pub(super) ch: CommonHeader,
+    pub(super) hdr: Vec<u8>,
+    pub(super) data: Vec<u8>,
 }
 
 impl Peer {
-    fn read_pdu(&mut self) -> Option<Pdu> {
+    pub(super) fn read_pdu(&mut self) -> Option<Pdu> {
         let mut b = [0u8; 8];
         self.s.read_exact(&mut b).ok()?;
         let ch = CommonHeader::read_from_bytes(&b).unwrap();
@@ -87,7 +92,14 @@ impl Peer {
 
     /// Sends a PDU (with the data aligned to 8 bytes); `bad` corrupts the header and data
     /// digests.
-    fn send(&mut self, t: PduType, flags: PduFlags, header: &[u8], data: &[u8], bad: (bool, bool)) {
+    pub(super) fn send(
+        &mut self,
+        t: PduType,
+        flags: PduFlags,
+        header: &[u8],
+        data: &[u8],
+        bad: (bool, bool),
+    ) {
         let mut out = Vec::new();
         frame(
             &mut out,
@@ -108,12 +120,18 @@ impl Peer {
         let _ = self.s.write_all(&out);
     }
 
-    fn respond(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32) {
+    pub(super) fn respond(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32) {
+        self.respond_sqhd(cid, status, dw0, dw1, 0)
+    }
+
+    /// [`respond`](Self::respond) reporting submission queue head `sqhd`.
+    pub(super) fn respond_sqhd(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32, sqhd: u16) {
         let r = CapsuleResp {
             cqe: CompletionEntry {
                 dw0,
                 dw1,
                 cid,
+                sq_head: sqhd,
                 status: status.to_completion_word(false),
                 ..Default::default()
             },
@@ -130,7 +148,22 @@ impl Peer {
 
     /// Sends `data` in C2HData PDUs of `chunk` bytes; `success`: the last one carries
     /// SUCCESS and no response follows.
-    fn c2h(&mut self, cid: u16, data: &[u8], chunk: usize, success: bool, bad_dd: bool) {
+    pub(super) fn c2h(&mut self, cid: u16, data: &[u8], chunk: usize, success: bool, bad_dd: bool) {
+        self.c2h_pdus(cid, data, chunk, success, bad_dd);
+        if !success {
+            self.respond(cid, Status::generic(GenericStatus::Success), 0, 0);
+        }
+    }
+
+    /// The C2HData PDUs of [`c2h`](Self::c2h) alone.
+    pub(super) fn c2h_pdus(
+        &mut self,
+        cid: u16,
+        data: &[u8],
+        chunk: usize,
+        success: bool,
+        bad_dd: bool,
+    ) {
         let mut off = 0;
         while off < data.len() {
             let n = chunk.min(data.len() - off);
@@ -156,9 +189,6 @@ impl Peer {
                 (false, bad_dd),
             );
             off += n;
-        }
-        if !success {
-            self.respond(cid, Status::generic(GenericStatus::Success), 0, 0);
         }
     }
 }
@@ -270,7 +300,7 @@ fn spawn_target(
 ) -> thread::JoinHandle<Target> {
     thread::spawn(move || {
         let mut p = Peer {
-            s,
+            s: Box::new(s),
             hd: false,
             dd: false,
             align: icresp.data_alignment(),

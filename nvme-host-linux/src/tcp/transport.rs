@@ -167,7 +167,8 @@ pub(crate) fn attach(
     };
     // The reset generation I/O queue pairs read: a page of its own (no reset over TCP, so
     // it stays 0).
-    let state = Arc::new(DmaMapping::new(&transport, "nvme-tcp-state", 4096)?);
+    let len = std::mem::size_of::<nvme_core::shared::SharedAdminState>().next_multiple_of(4096);
+    let state = Arc::new(DmaMapping::new(&transport, "nvme-tcp-state", len)?);
     let region = state.region();
     let state = StateRef::Local {
         _keep: state,
@@ -196,10 +197,12 @@ pub(crate) fn admin_command(
             r.read_bytes(0, &mut bytes);
             Data::FromHost(&bytes)
         }
-        (d, Some(_)) => return Err(Error::Invalid(format!(
+        (d, Some(_)) => {
+            return Err(Error::Invalid(format!(
             "admin command {:#04x} with data moving {d:?}: NVMe/TCP moves data one way per command",
             cmd.opcode()
-        ))),
+        )))
+        }
     };
     let c = ctrl.admin_with_timeout(cmd.0, data, timeout)?;
     if let (DataDirection::ControllerToHost, Some(r)) = (cmd.direction(), region) {
@@ -219,6 +222,13 @@ pub(crate) fn csts(transport: &dyn Transport) -> Csts {
     TcpTransport::of(transport)
         .and_then(|t| t.ctrl.csts().ok())
         .unwrap_or(Csts(u32::MAX))
+}
+
+/// Shuts the controller behind `transport` down (see [`TcpController::shutdown`]).
+pub(crate) fn shutdown(transport: &dyn Transport) {
+    if let Some(t) = TcpTransport::of(transport) {
+        t.ctrl.shutdown();
+    }
 }
 
 /// What a controller reset gives over NVMe/TCP.
