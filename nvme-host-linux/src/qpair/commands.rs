@@ -205,10 +205,11 @@ impl IoQueuePair {
                 // A reset: reconnecting completes the command as aborted.
                 self.process_completions(usize::MAX, |_, r| result = Some(r.map(|()| 0)));
             } else {
+                let res = &mut result;
                 with_qp!(&mut self.qp, |q| q.poll(
                     usize::MAX,
                     |_: IoCtx, c: Completion| {
-                        result = Some(if c.status.is_success() {
+                        *res = Some(if c.status.is_success() {
                             Ok(c.dw0)
                         } else {
                             Err(Error::Nvme {

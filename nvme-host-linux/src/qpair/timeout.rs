@@ -154,9 +154,10 @@ impl IoQueuePair {
             return 0;
         };
         let waited_ms = t.limit.as_millis() as u64;
+        let g = &mut *f;
         let n = with_qp!(&mut self.qp, |q| q
             .poll(max, |ctx: IoCtx, c: Completion| {
-                f(ctx.token, result(c, waited_ms))
+                g(ctx.token, result(c, waited_ms))
             }));
         let now = Instant::now();
         if now < t.next_scan {
