@@ -820,6 +820,16 @@ impl Admin {
         cid: u16,
         watch: Option<u64>,
     ) -> (AbortOutcome, Option<Completion>) {
+        if let Some(tcp) = &self.tcp {
+            // Over NVMe/TCP admin commands are synchronous: only I/O commands are aborted.
+            let abort = Command::abort(sqid, cid);
+            let outcome = match crate::tcp::admin_command(tcp, abort, None, self.abort_timeout) {
+                Ok(c) if c.dw0 & 1 == 0 => AbortOutcome::Aborted,
+                Ok(_) | Err(Error::Nvme { .. }) => AbortOutcome::NotAborted,
+                Err(_) => AbortOutcome::NotSent,
+            };
+            return (outcome, None);
+        }
         let tag = self.next_tag;
         self.next_tag += 1;
         let submitted = with_queue(&self.local, &self.regs, group, |q| {

@@ -430,7 +430,7 @@ fn exercise(trid: &str, t: &Target) {
         assert_ne!(disk[24 * 512], 0, "block 24 left as it was");
     }
     // A batch in flight: 32 reads of 4 KiB, completions matched by token.
-    let mut done = vec![false; 32];
+    let mut done = [false; 32];
     for i in 0..32u64 {
         let r = buf
             .slice(i as usize * 4096..(i as usize + 1) * 4096)

@@ -1,5 +1,6 @@
-//! NVMe/TCP, host side (`trtype:TCP`): the admin queue of a controller reached over TCP,
-//! and the discovery service.
+//! NVMe/TCP, host side (`trtype:TCP`): a controller reached over TCP, behind the same
+//! [`Controller`](crate::Controller) and [`IoQueuePair`](crate::IoQueuePair) as PCIe, and
+//! the discovery service.
 //!
 //! - `crc32c`: the header and data digests.
 //! - `link`: one connection: ICReq/ICResp, PDU framing with digests and data alignment,
@@ -8,18 +9,19 @@
 //!   C2HData PDUs or in H2CData PDUs answering R2Ts.
 //! - `controller`: [`TcpController`]: Fabrics Connect of the admin queue, Property Get/Set,
 //!   the enable sequence, admin commands, Keep Alive at the granted KATO, discovery
-//!   ([`discover`]).
+//!   ([`discover`]); Fabrics Connect of I/O queues (same host, same controller ID).
+//! - `ioq`: [`TcpRings`], nvme-core's `Rings` over one non-blocking connection: the I/O
+//!   queue pair is nvme-core's engine (CIDs, slots, splitting, status), as over PCIe; the
+//!   rings frame capsules (in-capsule data up to IOCCSZ), answer R2Ts, copy C2HData, and
+//!   resolve data pointers in the transport's memory table.
+//! - `transport`: [`TcpTransport`] and attaching: a [`Controller`](crate::Controller) whose
+//!   admin path is the [`TcpController`] and whose memory "mappings" are that table.
 //!
-//! I/O queues over TCP, and the same [`Controller`](crate::Controller) API as PCIe, come
-//! with the engine's unification (a later step); until then attaching `trtype:TCP` says so.
-//! What that step needs from `nvme-core`: the slot table (CIDs with generations, split
-//! requests, tokens) usable without rings, with a slot able to hold the host buffer a
-//! C2HData or R2T for its CID refers to; submission behind a sink (ring + doorbell, or a
-//! framed capsule into a reused send buffer and one write per batch) and completions from
-//! a source (phase-tagged ring, or parsed CapsuleResp / C2HData with SUCCESS, SQHD feeding
-//! the same flow control); Transport SGL data pointers and in-capsule data up to IOCCSZ
-//! instead of PRP lists; and the bring-up state machine over a register access that is
-//! Property Get/Set on the admin queue (no doorbells, no AQA/ASQ/ACQ).
+//! Not over TCP (yet): shared-memory groups (`-i`; each process attaches on its own, its
+//! own association), controller and function resets (detach and attach again),
+//! asynchronous events, interrupts (queues are polled), PRP data pointers. An I/O timeout
+//! sends an Abort over the admin queue; the reset that follows when the controller does
+//! not abort is refused.
 
 mod controller;
 mod crc32c;
