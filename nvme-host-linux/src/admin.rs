@@ -437,26 +437,24 @@ pub(crate) enum AbortOutcome {
 impl Admin {
     /// The admin path of a process that attached alone, over its brought-up queue.
     pub(crate) fn local(local: LocalAdmin, live: Arc<Liveness>, data: DmaBuffer) -> Admin {
-        Admin {
-            local: Some(local),
-            regs: live.regs().cloned(),
-            tcp: None,
-            live,
-            next_tag: 1,
-            data,
-            parked: Vec::new(),
-            action: TimeoutAction::None,
-            abort_timeout: Duration::from_secs(1),
-            reset_wanted: false,
-        }
+        Admin::with(Some(local), None, live, data)
     }
 
     /// The admin path through the group's shared admin queue (the process already joined).
     pub(crate) fn shared(live: Arc<Liveness>, data: DmaBuffer) -> Admin {
+        Admin::with(None, None, live, data)
+    }
+
+    fn with(
+        local: Option<LocalAdmin>,
+        tcp: Option<Arc<crate::tcp::TcpController>>,
+        live: Arc<Liveness>,
+        data: DmaBuffer,
+    ) -> Admin {
         Admin {
-            local: None,
+            local,
             regs: live.regs().cloned(),
-            tcp: None,
+            tcp,
             live,
             next_tag: 1,
             data,
@@ -474,18 +472,7 @@ impl Admin {
         live: Arc<Liveness>,
         data: DmaBuffer,
     ) -> Admin {
-        Admin {
-            local: None,
-            regs: None,
-            tcp: Some(ctrl),
-            live,
-            next_tag: 1,
-            data,
-            parked: Vec::new(),
-            action: TimeoutAction::None,
-            abort_timeout: Duration::from_secs(1),
-            reset_wanted: false,
-        }
+        Admin::with(None, Some(ctrl), live, data)
     }
 
     /// Sets what a command that times out gets from now on (once the controller is

@@ -707,18 +707,7 @@ impl IoQueuePair {
             return self.process_completions_watched(max, &mut f);
         }
         match &mut self.qp {
-            Engine::Pci(q) => q.poll(max, |ctx: IoCtx, c: Completion| {
-                let r = if c.status.is_success() {
-                    Ok(())
-                } else {
-                    Err(Error::Nvme {
-                        opcode: c.opcode,
-                        admin: false,
-                        status: c.status,
-                    })
-                };
-                f(ctx.token, r)
-            }),
+            Engine::Pci(q) => q.poll(max, |ctx: IoCtx, c| f(ctx.token, io_result(c))),
             Engine::Tcp(q) => out_of_line(move || {
                 let n = q.poll(max, |ctx: IoCtx, c| f(ctx.token, io_result(c)));
                 match q.rings().failure() {

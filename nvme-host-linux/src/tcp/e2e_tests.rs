@@ -17,7 +17,7 @@ use nvme_regs::identify::{fill_ascii, IdentifyController, IdentifyNamespace};
 use nvme_regs::registers::{Cap, Cc, Vs};
 use nvme_regs::sgl::SglDescriptor;
 use nvme_regs::status::{GenericStatus, MediaErrorStatus};
-use nvme_regs::tcp::{digest, DataHeader, IcReq, IcResp, PduFlags, PduType, R2t};
+use nvme_regs::tcp::{digest, DataHeader, IcReq, IcResp, PduFlags, PduType};
 use nvme_regs::Status;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -244,20 +244,7 @@ fn receive(p: &mut Peer, sqe: &SubmissionEntry, inline: &[u8], len: usize) -> Ve
         assert!(inline.len() <= IN_CAPSULE as usize);
         return inline.to_vec();
     }
-    let r = R2t {
-        cccid: sqe.cid,
-        ttag: 0x77,
-        r2to: 0,
-        r2tl: len as u32,
-        ..Default::default()
-    };
-    p.send(
-        PduType::R2t,
-        PduFlags::empty(),
-        r.as_bytes(),
-        &[],
-        (false, false),
-    );
+    p.r2t(sqe.cid, 0x77, 0, len as u32);
     let mut got = vec![0u8; len];
     loop {
         let pdu = p.read_pdu().expect("H2CData");

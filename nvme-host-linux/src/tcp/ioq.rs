@@ -40,8 +40,8 @@ use nvme_regs::Status;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::link::{
-    check_common, check_data_digest, check_header, check_header_digest, Framing, Inbound,
-    Negotiated, Stream,
+    check_common, check_data_digest, check_header, check_header_digest, io_failure, Framing,
+    Inbound, Negotiated, Stream,
 };
 use super::TcpError;
 
@@ -325,22 +325,13 @@ impl TcpRings {
         }
     }
 
-    /// An I/O error as what it means (see `Link::map_io`).
+    /// An I/O error as what it means (the controller closed the connection, or another OS
+    /// error).
     fn io_error(&self, e: io::Error, doing: &'static str) -> TcpError {
-        match e.kind() {
-            io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted => TcpError::Closed {
-                peer: self.peer.clone(),
-                waiting_for: "I/O completions",
-            },
-            _ => TcpError::Io {
-                peer: self.peer.clone(),
-                what: format!("{doing} on I/O queue {}", self.params.qid),
-                source: e,
-            },
-        }
+        let qid = self.params.qid;
+        io_failure(&self.peer, e, "I/O completions", || {
+            format!("{doing} on I/O queue {qid}")
+        })
     }
 
     /// Commands at the controller (SQ entries in use).

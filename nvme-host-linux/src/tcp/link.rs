@@ -198,6 +198,31 @@ impl Framing {
     }
 }
 
+/// A failed read or write on a connection as what it means: the controller closed it
+/// ([`TcpError::Closed`], the host waiting for `waiting_for`), or another OS error while
+/// doing `what`.
+pub(crate) fn io_failure(
+    peer: &str,
+    e: io::Error,
+    waiting_for: &'static str,
+    what: impl FnOnce() -> String,
+) -> TcpError {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => TcpError::Closed {
+            peer: peer.to_string(),
+            waiting_for,
+        },
+        _ => TcpError::Io {
+            peer: peer.to_string(),
+            what: what(),
+            source: e,
+        },
+    }
+}
+
 /// Where a C2HData PDU's data lies after its header (and header digest).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct DataLayout {
@@ -487,18 +512,11 @@ impl Link {
     /// An I/O error as what it means: the controller closed the connection, or a timeout.
     fn map_io(&self, e: io::Error, pdu: &'static str, doing: &'static str) -> TcpError {
         match e.kind() {
-            io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted => TcpError::Closed {
-                peer: self.peer.clone(),
-                waiting_for: pdu,
-            },
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => TcpError::NoResponse {
                 peer: self.peer.clone(),
                 waiting_for: pdu,
             },
-            _ => self.io(&format!("{doing} {pdu}"), e),
+            _ => io_failure(&self.peer, e, pdu, || format!("{doing} {pdu}")),
         }
     }
 

@@ -146,6 +146,19 @@ impl Peer {
         );
     }
 
+    /// Sends an R2T for `len` bytes at `off` of command `cid`.
+    pub(super) fn r2t(&mut self, cid: u16, ttag: u16, off: u32, len: u32) {
+        let r = R2t {
+            cccid: cid,
+            ttag,
+            r2to: off,
+            r2tl: len,
+            ..Default::default()
+        };
+        let flags = PduFlags::empty();
+        self.send(PduType::R2t, flags, r.as_bytes(), &[], (false, false));
+    }
+
     /// Sends `data` in C2HData PDUs of `chunk` bytes; `success`: the last one carries
     /// SUCCESS and no response follows.
     pub(super) fn c2h(&mut self, cid: u16, data: &[u8], chunk: usize, success: bool, bad_dd: bool) {
@@ -638,20 +651,7 @@ fn large_writes_answer_r2ts_and_small_ones_go_in_the_capsule() {
             let mut got = vec![0u8; len as usize];
             let mut pdus = Vec::new();
             for (ttag, off, n) in [(3u16, 0u32, 10000u32), (4, 10000, len - 10000)] {
-                let r = R2t {
-                    cccid: sqe.cid,
-                    ttag,
-                    r2to: off,
-                    r2tl: n,
-                    ..Default::default()
-                };
-                p.send(
-                    PduType::R2t,
-                    PduFlags::empty(),
-                    r.as_bytes(),
-                    &[],
-                    (false, false),
-                );
+                p.r2t(sqe.cid, ttag, off, n);
                 loop {
                     let pdu = p.read_pdu().unwrap();
                     assert_eq!(pdu.ch.kind(), Some(PduType::H2cData));
