@@ -30,6 +30,8 @@ mod e2e_tests;
 mod ioq;
 mod link;
 mod queue;
+#[cfg(any(test, feature = "testkit"))]
+pub mod scripted;
 #[cfg(test)]
 mod tests;
 mod transport;

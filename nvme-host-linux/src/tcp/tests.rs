@@ -2,7 +2,7 @@
 //! without digests and data alignment, C2HData and R2T/H2CData transfers, Connect
 //! rejections, corrupt digests, terminations and keep-alive expiry.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::thread;
@@ -19,192 +19,19 @@ use nvme_regs::registers::{Cap, Cc, Vs};
 use nvme_regs::sgl::SglDescriptor;
 use nvme_regs::status::{GenericStatus, StatusCodeType};
 use nvme_regs::tcp::{
-    digest, CapsuleResp, CommonHeader, DataHeader, IcReq, IcResp, PduFlags, PduType, R2t, TermReq,
+    digest, CapsuleResp, CommonHeader, DataHeader, IcReq, IcResp, PduFlags, PduType, TermReq,
     SGL_ID_IN_CAPSULE, SGL_ID_TRANSPORT_DATA_BLOCK,
 };
 use nvme_regs::{CompletionEntry, Status};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
-use super::crc32c::crc32c;
+use super::scripted::Peer;
 use super::*;
 use crate::trid::TcpOptions;
 use crate::Error;
 
 const SUBNQN: &str = "nqn.2014-08.org.example:scripted";
 const HOSTNQN: &str = "nqn.2014-08.org.example:host1";
-
-/// A byte stream a scripted controller speaks over (a socket pair's end, an accepted TCP
-/// connection).
-pub(super) trait PeerStream: Read + Write + Send {}
-impl<S: Read + Write + Send> PeerStream for S {}
-
-/// The controller's end of a connection, speaking PDUs.
-pub(super) struct Peer {
-    pub(super) s: Box<dyn PeerStream>,
-    pub(super) hd: bool,
-    pub(super) dd: bool,
-    pub(super) align: usize,
-}
-
-/// One PDU as received: common header, the header's bytes, the data.
-pub(super) struct Pdu {
-    pub(super) ch: CommonHeader,
-    pub(super) hdr: Vec<u8>,
-    pub(super) data: Vec<u8>,
-}
-
-impl Peer {
-    pub(super) fn read_pdu(&mut self) -> Option<Pdu> {
-        let mut b = [0u8; 8];
-        self.s.read_exact(&mut b).ok()?;
-        let ch = CommonHeader::read_from_bytes(&b).unwrap();
-        let mut hdr = b.to_vec();
-        hdr.resize(ch.hlen as usize, 0);
-        self.s.read_exact(&mut hdr[8..]).ok()?;
-        let mut at = ch.hlen as usize;
-        let flags = ch.flags();
-        if flags.contains(PduFlags::HDGSTF) {
-            let mut d = [0u8; 4];
-            self.s.read_exact(&mut d).ok()?;
-            assert_eq!(u32::from_le_bytes(d), crc32c(&hdr), "host's header digest");
-            at += 4;
-        }
-        let mut data = Vec::new();
-        if ch.pdo != 0 {
-            assert_eq!(ch.pdo as usize % self.align, 0, "host honours CPDA");
-            let mut pad = vec![0u8; ch.pdo as usize - at];
-            self.s.read_exact(&mut pad).ok()?;
-            let dd = if flags.contains(PduFlags::DDGSTF) {
-                4
-            } else {
-                0
-            };
-            data.resize(ch.plen as usize - ch.pdo as usize - dd, 0);
-            self.s.read_exact(&mut data).ok()?;
-            if dd != 0 {
-                let mut d = [0u8; 4];
-                self.s.read_exact(&mut d).ok()?;
-                assert_eq!(u32::from_le_bytes(d), crc32c(&data), "host's data digest");
-            }
-        }
-        Some(Pdu { ch, hdr, data })
-    }
-
-    /// Sends a PDU (with the data aligned to 8 bytes); `bad` corrupts the header and data
-    /// digests.
-    pub(super) fn send(
-        &mut self,
-        t: PduType,
-        flags: PduFlags,
-        header: &[u8],
-        data: &[u8],
-        bad: (bool, bool),
-    ) {
-        let mut out = Vec::new();
-        frame(
-            &mut out,
-            t,
-            flags,
-            &header[8..t.header_len()],
-            data,
-            (self.hd, self.dd),
-            8,
-        )
-        .unwrap();
-        if bad.0 {
-            out[t.header_len()] ^= 1;
-        }
-        if bad.1 {
-            *out.last_mut().unwrap() ^= 1;
-        }
-        let _ = self.s.write_all(&out);
-    }
-
-    pub(super) fn respond(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32) {
-        self.respond_sqhd(cid, status, dw0, dw1, 0)
-    }
-
-    /// [`respond`](Self::respond) reporting submission queue head `sqhd`.
-    pub(super) fn respond_sqhd(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32, sqhd: u16) {
-        let r = CapsuleResp {
-            cqe: CompletionEntry {
-                dw0,
-                dw1,
-                cid,
-                sq_head: sqhd,
-                status: status.to_completion_word(false),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        self.send(
-            PduType::CapsuleResp,
-            PduFlags::empty(),
-            r.as_bytes(),
-            &[],
-            (false, false),
-        );
-    }
-
-    /// Sends an R2T for `len` bytes at `off` of command `cid`.
-    pub(super) fn r2t(&mut self, cid: u16, ttag: u16, off: u32, len: u32) {
-        let r = R2t {
-            cccid: cid,
-            ttag,
-            r2to: off,
-            r2tl: len,
-            ..Default::default()
-        };
-        let flags = PduFlags::empty();
-        self.send(PduType::R2t, flags, r.as_bytes(), &[], (false, false));
-    }
-
-    /// Sends `data` in C2HData PDUs of `chunk` bytes; `success`: the last one carries
-    /// SUCCESS and no response follows.
-    pub(super) fn c2h(&mut self, cid: u16, data: &[u8], chunk: usize, success: bool, bad_dd: bool) {
-        self.c2h_pdus(cid, data, chunk, success, bad_dd);
-        if !success {
-            self.respond(cid, Status::generic(GenericStatus::Success), 0, 0);
-        }
-    }
-
-    /// The C2HData PDUs of [`c2h`](Self::c2h) alone.
-    pub(super) fn c2h_pdus(
-        &mut self,
-        cid: u16,
-        data: &[u8],
-        chunk: usize,
-        success: bool,
-        bad_dd: bool,
-    ) {
-        let mut off = 0;
-        while off < data.len() {
-            let n = chunk.min(data.len() - off);
-            let last = off + n == data.len();
-            let mut flags = PduFlags::empty();
-            if last {
-                flags |= PduFlags::LAST_PDU;
-                if success {
-                    flags |= PduFlags::SUCCESS;
-                }
-            }
-            let h = DataHeader {
-                cccid: cid,
-                datao: off as u32,
-                datal: n as u32,
-                ..Default::default()
-            };
-            self.send(
-                PduType::C2hData,
-                flags,
-                h.as_bytes(),
-                &data[off..off + n],
-                (false, bad_dd),
-            );
-            off += n;
-        }
-    }
-}
 
 /// What the scripted controller does with a command beyond its defaults.
 enum Hook {
