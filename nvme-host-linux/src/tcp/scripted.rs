@@ -260,6 +260,8 @@ pub struct Target {
     pub cc: Mutex<u32>,
     /// Connects seen: (qid, sqsize, cntlid asked for).
     pub connects: Mutex<Vec<(u16, u16, u16)>>,
+    /// I/O commands answered: reads, writes.
+    pub io: Mutex<(u64, u64)>,
 }
 
 /// Starts a target on 127.0.0.1 (an ephemeral port); returns its transport id.
@@ -271,6 +273,7 @@ pub fn start(cfg: Config) -> (String, Arc<Target>) {
         disk: Mutex::new(vec![0; (BLOCKS * 512) as usize]),
         cc: Mutex::new(0),
         connects: Mutex::new(Vec::new()),
+        io: Mutex::new((0, 0)),
     });
     let t2 = t.clone();
     thread::spawn(move || {
@@ -466,6 +469,11 @@ fn io_one(p: &mut Peer, t: &Target, sqhd: u16, sqe: &SubmissionEntry, inline: &[
     let range = slba as usize * 512..(slba as usize + nlb) * 512;
     let sgl = SglDescriptor::from_dptr(sqe.prp1, sqe.prp2);
     let respond = |p: &mut Peer, s: Status| p.respond_sqhd(sqe.cid, s, 0, 0, sqhd);
+    match sqe.opcode {
+        0x02 => t.io.lock().unwrap().0 += 1,
+        0x01 => t.io.lock().unwrap().1 += 1,
+        _ => {}
+    }
     match sqe.opcode {
         0x02 => {
             assert_eq!(sgl.length as usize, range.len(), "read's data length");
