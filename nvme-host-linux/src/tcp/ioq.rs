@@ -201,9 +201,11 @@ pub struct TcpRings {
     neg: Negotiated,
     framing: Framing,
     params: QueueParams,
-    /// Commands sent or framed (mod `entries`), and the controller's SQ head (SQHD).
-    tail: u32,
-    head: u32,
+    /// Commands sent or framed and not completed: the submission queue entries that may
+    /// be in use at the controller (it frees an entry when it fetches the command, before
+    /// completing it; SQHD is not needed, and is 0xffff when the controller disabled SQ
+    /// flow control).
+    in_flight: u32,
     /// Framed PDUs, `tx[sent..]` not written yet.
     tx: Vec<u8>,
     sent: usize,
@@ -242,6 +244,10 @@ enum Parsed {
     NeedMore,
 }
 
+/// SQHD of a completion that reports no submission queue head (SQ flow control disabled;
+/// a completion synthesised here).
+const SQHD_NONE: u16 = 0xffff;
+
 /// Bytes before the data in a PDU at most (header, digest, padding up to 128-byte CPDA).
 const MAX_PDU_OVERHEAD: usize = 256;
 
@@ -268,9 +274,7 @@ impl TcpRings {
             framing: neg.framing(),
             neg,
             params: QueueParams { entries, ..params },
-            // The Connect command took the queue's first entry.
-            tail: 1,
-            head: 1,
+            in_flight: 0,
             tx: Vec::with_capacity(64 * 1024),
             sent: 0,
             pushed: Vec::with_capacity(entries as usize),
@@ -334,17 +338,11 @@ impl TcpRings {
         })
     }
 
-    /// Commands at the controller (SQ entries in use).
-    #[inline]
-    fn in_use(&self) -> u32 {
-        (self.tail + self.params.entries - self.head) % self.params.entries
-    }
-
     /// A completion for a command failed here with `status`, never sent.
     fn fail_locally(&mut self, cid: u16, status: GenericStatus) -> bool {
         self.local.push_back(CompletionEntry {
             cid,
-            sq_head: self.head as u16,
+            sq_head: SQHD_NONE,
             status: Status::generic(status).to_completion_word(false),
             ..Default::default()
         });
@@ -466,6 +464,7 @@ impl TcpRings {
                 if let Some(c) = self.cmds.get_mut(slot) {
                     if c.cid == Some(cqe.cid) {
                         *c = Outstanding::NONE;
+                        self.in_flight -= 1;
                     }
                 }
                 Ok(Parsed::Completion(cqe))
@@ -519,16 +518,11 @@ impl TcpRings {
                     return Err((self.protocol(m), sequence));
                 }
                 self.cmds[slot] = Outstanding::NONE;
-                // No response capsule follows (the controller disabled SQ flow control
-                // or does not report SQHD here): the command left the queue.
-                let head = if self.in_use() > 0 {
-                    (self.head + 1) % self.params.entries
-                } else {
-                    self.head
-                };
+                self.in_flight -= 1;
+                // No response capsule follows: the command succeeded.
                 Ok(Parsed::Completion(CompletionEntry {
                     cid: d.cccid,
-                    sq_head: head as u16,
+                    sq_head: SQHD_NONE,
                     ..Default::default()
                 }))
             }
@@ -620,7 +614,7 @@ impl Rings for TcpRings {
         if self.failure.is_some() {
             return 0;
         }
-        self.params.entries - 1 - self.in_use()
+        self.params.entries - 1 - self.in_flight
     }
 
     fn push(&mut self, entry: &SubmissionEntry) -> bool {
@@ -692,7 +686,7 @@ impl Rings for TcpRings {
             in_capsule: inline,
             received: 0,
         };
-        self.tail = (self.tail + 1) % self.params.entries;
+        self.in_flight += 1;
         self.pushed.push(Pushed::Framed { tx_len, slot });
         true
     }
@@ -703,7 +697,7 @@ impl Rings for TcpRings {
                 Some(Pushed::Framed { tx_len, slot }) => {
                     self.tx.truncate(tx_len);
                     self.cmds[slot] = Outstanding::NONE;
-                    self.tail = (self.tail + self.params.entries - 1) % self.params.entries;
+                    self.in_flight -= 1;
                 }
                 Some(Pushed::Local) => {
                     self.local.pop_back();
@@ -755,18 +749,10 @@ impl Rings for TcpRings {
         }
     }
 
+    /// Checks SQHD (inside the queue, or 0xffff: SQ flow control disabled); the queue's
+    /// occupancy is kept from the completions themselves (see `in_flight`).
     fn update_sq_head(&mut self, head: u16) -> bool {
-        let head = head as u32;
-        if head >= self.params.entries {
-            return false;
-        }
-        // Only forward, up to the tail: the entries between are the controller's.
-        let ahead = (head + self.params.entries - self.head) % self.params.entries;
-        if ahead > self.in_use() {
-            return false;
-        }
-        self.head = head;
-        true
+        head == SQHD_NONE || (head as u32) < self.params.entries
     }
 
     fn reset(&mut self) {
@@ -775,8 +761,7 @@ impl Rings for TcpRings {
         self.pushed.clear();
         self.tx.clear();
         self.sent = 0;
-        self.tail = 0;
-        self.head = 0;
+        self.in_flight = 0;
     }
 
     fn cid_index_mask(&mut self, mask: u16) {
