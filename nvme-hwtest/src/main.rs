@@ -73,12 +73,20 @@ pub struct Config {
     pub tcp_denied: Option<String>,
     /// `--tcp6 TRID`: the same subsystem over IPv6.
     pub tcp6: Option<String>,
+    /// `--trid TRID`: run the suite on the controller this transport id names (NVMe/TCP,
+    /// say) instead of a VFIO function; the VFIO-only tests are skipped.
+    pub trid: Option<String>,
+    /// `--verify-file PATH` (with `--verify-kernel`): read the blocks back from this file,
+    /// the namespace's backing file on an NVMe over Fabrics target, instead of a kernel
+    /// block device.
+    pub verify_file: Option<String>,
 }
 
 const USAGE: &str = "usage: nvme-hwtest [--device BDF] [--write-ns N]... [--expect-serial S] \
 [--expect-ns NSID:BLOCKSIZE:BLOCKS]... [--manifest PATH] [--threads N] [--multi-process]\n                   \
 [--tools DIR [--scratch-ns N]] [--slow-ns N] [--ns-attachment]\n       \
-nvme-hwtest --verify-kernel MANIFEST [--device BDF]\n       \
+nvme-hwtest --trid TRID [--write-ns N]... [--expect-ns NSID:BLOCKSIZE:BLOCKS]... [--manifest PATH]\n       \
+nvme-hwtest --verify-kernel MANIFEST [--device BDF | --verify-file PATH]\n       \
 nvme-hwtest --device BDF [--as-uid UID] --expect-attach-error TEXT\n       \
 nvme-hwtest --tcp 'trtype:TCP traddr:IP trsvcid:PORT subnqn:NQN' [--tcp6 TRID] [--tcp-denied NQN] [--tools DIR]\n\
 Tests that write run only on namespaces named with --write-ns: they destroy data there.";
@@ -126,6 +134,8 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             "--tcp" => c.tcp = Some(val("--tcp")?),
             "--tcp-denied" => c.tcp_denied = Some(val("--tcp-denied")?),
             "--tcp6" => c.tcp6 = Some(val("--tcp6")?),
+            "--trid" => c.trid = Some(val("--trid")?),
+            "--verify-file" => c.verify_file = Some(val("--verify-file")?),
             "--tools" => c.tools = Some(val("--tools")?),
             "--scratch-ns" => {
                 let v = val("--scratch-ns")?;
@@ -165,6 +175,12 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
     if c.tools.is_some() && !c.multi_process && c.tcp.is_none() {
         return Err("--tools needs --multi-process: the tools run in a shared-memory group".into());
     }
+    if c.trid.is_some() && (c.device.is_some() || c.multi_process) {
+        return Err(
+            "--trid runs the single-process suite on that controller: no --device, no --multi-process"
+                .into(),
+        );
+    }
     if c.manifest.is_some() && c.write_ns.is_empty() {
         return Err("--manifest needs --write-ns: the read-back test writes a pattern".into());
     }
@@ -203,7 +219,10 @@ fn main() -> ExitCode {
         };
     }
     let ok = match (&cfg.verify_kernel, &cfg.expect_attach_error) {
-        (Some(m), _) => verify::run(m, cfg.device.as_ref()),
+        (Some(m), _) => match &cfg.verify_file {
+            Some(f) => verify::run_file(m, f),
+            None => verify::run(m, cfg.device.as_ref()),
+        },
         (None, Some(text)) => expect_attach_error(cfg.device.as_ref(), text),
         (None, None) => suite::run(&cfg),
     };

@@ -137,7 +137,9 @@ pub fn run(cfg: &Config) -> bool {
         multi_process(&mut s);
     }
     println!(
-        "HWTEST SUMMARY passed={} failed={} skipped={} time_ms={}",
+        "HWTEST {}SUMMARY passed={} failed={} skipped={} time_ms={}",
+        // A suite over another transport has a summary line of its own.
+        if cfg.trid.is_some() { "TRID " } else { "" },
         s.passed,
         s.failed,
         s.skipped,
@@ -184,7 +186,27 @@ fn multi_process(s: &mut Suite) {
     }
 }
 
+/// Attaches through the public path to the controller `--trid` names (not VFIO).
+fn attach_trid(s: &mut Suite, trid: &str) -> R {
+    let ctrl = Controller::attach(trid).ctx(&format!("attach {trid}"))?;
+    let info = ctrl.info();
+    println!(
+        "  {}: NVMe {} MQES {}, max transfer {} B, I/O queues {}/{}",
+        ctrl.name(),
+        info.vs,
+        info.cap.max_queue_entries(),
+        ctrl.max_transfer(),
+        info.io_queues.sq,
+        info.io_queues.cq
+    );
+    s.ctrl = Some(ctrl);
+    Ok(())
+}
+
 fn attach(s: &mut Suite) -> R {
+    if let Some(trid) = &s.cfg.trid {
+        return attach_trid(s, trid);
+    }
     let addr = match s.cfg.device {
         Some(a) => a,
         None => {
@@ -298,8 +320,11 @@ fn identify(s: &mut Suite) -> R {
 }
 
 fn iova_ranges(s: &mut Suite) -> R {
-    let t = s.transport.as_ref().ok_or("SKIP no controller attached")?;
     let ctrl = s.ctrl()?;
+    let t = s
+        .transport
+        .as_ref()
+        .ok_or("SKIP not a VFIO transport: no IOVA ranges")?;
     let (ranges, from_kernel) = t.iova_ranges();
     println!(
         "  IOVA ranges ({}): {}",
@@ -828,11 +853,14 @@ fn detach_reattach(s: &mut Suite) -> R {
     drop(ctrl);
     s.ctrl = None;
     s.transport = None; // the last reference: shutdown, device reset, VFIO closed
-    let addr: nvme_host_linux::PciAddress = name.parse()?;
+    let again = match &s.cfg.trid {
+        Some(t) => t.clone(),
+        None => trid(&name.parse()?),
+    };
     for round in 0..2 {
         let start = Instant::now();
         // The public path, as an application uses it.
-        let c = Controller::attach(&trid(&addr)).ctx(&format!("re-attach {round}"))?;
+        let c = Controller::attach(&again).ctx(&format!("re-attach {round}"))?;
         if c.identify().serial() != serial {
             return Err("serial changed across re-attach".into());
         }

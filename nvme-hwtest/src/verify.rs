@@ -86,6 +86,29 @@ fn block_device(nsid: u32, addr: Option<&PciAddress>) -> Option<PathBuf> {
 
 /// Runs the read-back; prints one line per manifest entry and a summary.
 pub fn run(manifest: &str, addr: Option<&PciAddress>) -> bool {
+    check_all(manifest, |e| {
+        // udev is absent: devtmpfs creates the node once the kernel has scanned the namespace.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(d) = block_device(e.nsid, addr).filter(|d| d.exists()) {
+                return Ok(d);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no kernel block device for namespace {} after 20 s (is the nvme driver bound?)", e.nsid));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+/// The read-back from `file`, the backing file of the namespace(s) the manifest names on
+/// an NVMe over Fabrics target (the kernel's nvmet wrote it).
+pub fn run_file(manifest: &str, file: &str) -> bool {
+    check_all(manifest, |_| Ok(PathBuf::from(file)))
+}
+
+/// Checks every entry of `manifest` in the file or device `source` gives for it.
+fn check_all(manifest: &str, source: impl Fn(&Entry) -> Result<PathBuf, String>) -> bool {
     let start = Instant::now();
     let entries = match fs::read_to_string(manifest)
         .map_err(|e| format!("reading {manifest}: {e}"))
@@ -103,17 +126,7 @@ pub fn run(manifest: &str, addr: Option<&PciAddress>) -> bool {
         let name = format!("kernel-readback-ns{}-lba{}", e.nsid, e.lba);
         let t = Instant::now();
         let r = (|| -> Result<String, String> {
-            // udev is absent: devtmpfs creates the node once the kernel has scanned the namespace.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let dev = loop {
-                if let Some(d) = block_device(e.nsid, addr).filter(|d| d.exists()) {
-                    break d;
-                }
-                if Instant::now() > deadline {
-                    return Err(format!("no kernel block device for namespace {} after 20 s (is the nvme driver bound?)", e.nsid));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            };
+            let dev = source(e)?;
             let mut f =
                 fs::File::open(&dev).map_err(|x| format!("opening {}: {x}", dev.display()))?;
             let mut buf = vec![0u8; (e.blocks * e.bs) as usize];

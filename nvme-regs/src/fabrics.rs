@@ -145,6 +145,41 @@ impl ConnectData {
     pub const HOSTID_OFFSET: u16 = 0;
 }
 
+/// The NVMe over Fabrics attributes of Identify Controller (its bytes 1792-1807, the start
+/// of [`IdentifyController::nvmeof`](crate::identify::IdentifyController::nvmeof)).
+#[derive(
+    Clone, Copy, Default, PartialEq, Eq, Debug, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct FabricsAttributes {
+    /// I/O queue command capsule supported size, in 16-byte units (64-byte command plus
+    /// in-capsule data).
+    pub ioccsz: u32,
+    /// I/O queue response capsule supported size, in 16-byte units (1: the completion only).
+    pub iorcsz: u32,
+    /// In-capsule data offset, in 16-byte units from the end of the command.
+    pub icdoff: u16,
+    /// Fabrics controller attributes (bit 0: static controller model).
+    pub fcatt: u8,
+    /// Maximum SGL data block descriptors in a command.
+    pub msdbd: u8,
+    /// Optional fabrics commands supported (bit 0: Disconnect).
+    pub ofcs: u16,
+    /// Reserved.
+    pub reserved: [u8; 2],
+}
+crate::assert_size!(FabricsAttributes, 16);
+crate::assert_offset!(FabricsAttributes, icdoff, 8);
+crate::assert_offset!(FabricsAttributes, msdbd, 11);
+crate::assert_offset!(FabricsAttributes, ofcs, 12);
+
+impl FabricsAttributes {
+    /// Byte offset of these attributes in Identify Controller.
+    pub const OFFSET: usize = 1792;
+    /// OFCS bit 0: the Disconnect command is supported.
+    pub const OFCS_DISCONNECT: u16 = 1 << 0;
+}
+
 /// What dword 0 of a successful Connect's completion holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectResponse {

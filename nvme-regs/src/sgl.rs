@@ -145,6 +145,11 @@ impl Sgls {
     pub const BIT_BUCKET: u32 = 1 << 16;
     /// Bit 18: an SGL whose data blocks are longer than the transfer is accepted.
     pub const LONGER_THAN_TRANSFER: u32 = 1 << 18;
+    /// Bit 20: the Address field of a data block may be an offset (NVMe over Fabrics:
+    /// in-capsule data).
+    pub const OFFSET: u32 = 1 << 20;
+    /// Bit 21: the Transport SGL Data Block descriptor is supported (NVMe over Fabrics).
+    pub const TRANSPORT_DATA_BLOCK: u32 = 1 << 21;
 
     /// Bits 1:0.
     pub const fn support(self) -> SglSupport {

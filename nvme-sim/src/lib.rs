@@ -23,6 +23,23 @@
 //! socket). Driver processes that share it can then come, go and be killed while it lives
 //! on, like hardware.
 //!
+//! # Over NVMe/TCP
+//! [`SimController::serve_tcp`] (or [`TcpTarget::start`]) puts an NVMe/TCP target in front
+//! of a controller (module `tcp`): the target is the controller's host, like the PCIe
+//! driver would be (it maps the BAR, maps its own DMA memory, enables the controller once
+//! and rings its doorbells), and a fabrics subsystem towards the network: hosts connect
+//! with `trtype:TCP` to [`TcpTarget::local_addr`] and the subsystem NQN
+//! [`TcpTarget::subnqn`] ([`DEFAULT_SUBNQN`], `nqn.2014-08.org.nvmexpress:nvme-sim`, unless
+//! [`TcpTargetOptions::subnqn`] says otherwise); [`TcpTarget::transport_id`] is the whole
+//! transport ID string. Each association (a Connect of the admin queue) gets its own
+//! CNTLID, CC/CSTS, Keep Alive timer and Asynchronous Event Requests; its admin commands go
+//! to the controller's one admin queue (the target multiplexes them), but for those a
+//! fabrics controller answers itself; each I/O queue is bridged to a controller I/O queue
+//! pair of its own, command data bounced through the target's memory (in-capsule, R2T and
+//! H2CData, C2HData). The discovery NQN answers the Discovery Log Page with this subsystem.
+//! The `nvme-sim-target` binary serves one from the command line
+//! (`nvme-sim-target --listen 127.0.0.1:4420 --size 1G`).
+//!
 //! # What it implements
 //! Controller registers (CAP, VS, CC, CSTS, AQA, ASQ, ACQ, doorbells), enable/reset/shutdown,
 //! the admin commands Identify (CNS 0-3, 10h-13h), Get Log Page (error, SMART / health,
@@ -71,6 +88,7 @@ mod proto;
 mod stats;
 #[allow(unsafe_code)]
 mod sys;
+mod tcp;
 
 #[cfg(test)]
 mod daemon_tests;
@@ -86,6 +104,7 @@ pub use faults::{
     FaultRule, Faults, QueueMatch, Repeat, AER_INFO_SMART_TEMPERATURE,
 };
 pub use stats::SimStats;
+pub use tcp::{DigestPolicy, TcpTarget, TcpTargetOptions, DEFAULT_SUBNQN};
 
 /// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`; not for other uses).
 #[cfg(feature = "fuzzing")]

@@ -219,9 +219,8 @@ impl Mapping {
     }
 
     /// Copies `data` to `[off, off + data.len())` with volatile stores (8 bytes at a time
-    /// where aligned): for memory a peer may be reading (queue entries). Only the test host
-    /// writes queue entries.
-    #[cfg(test)]
+    /// where aligned): for memory a peer may be reading (queue entries). The test host and
+    /// the NVMe/TCP target (a host of the controller) write queue entries.
     #[track_caller]
     pub(crate) fn write_volatile(&self, off: usize, data: &[u8]) {
         let p = self.at(off, data.len());

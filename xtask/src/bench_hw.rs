@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::hw::{NVME_MODULES, VFIO_MODULES};
 use crate::vm::{self, VmOpts};
 
-const USAGE: &str = "usage: cargo xtask bench-hw [--time SECS] [--spdk DIR [--rounds N]] [--accel tcg|kvm] [--timeout SECS] [--aw-bits 39|48] [--keep] [--append KERNEL-ARGS]\n\
+const USAGE: &str = "usage: cargo xtask bench-hw [--time SECS] [--spdk DIR [--rounds N] | --tcp] [--accel tcg|kvm] [--timeout SECS] [--aw-bits 39|48] [--keep] [--append KERNEL-ARGS]\n\
 Boots a QEMU VM with one null-co NVMe namespace and measures 4 KiB random reads at QD32 and QD1:\n\
 nvme-perf through this driver (VFIO; polled, then --interrupt), fio with this driver's engine\n\
 (nvme-fio), then fio with io_uring through the kernel's nvme driver (plain, polled with --hipri,\n\
@@ -33,7 +33,9 @@ Needs fio on the host (apt-get install fio).\n\
 --spdk DIR: instead of fio, SPDK's spdk_nvme_perf (DIR: the output directory of\n\
 ../shared/tools/build-spdk-perf, or its bundle/) alternated with ours in the same boot, --rounds\n\
 times (default 3): QD32 and QD1 on core 0, then two processes of one group on cores 0 and 1;\n\
-prints the medians and the ratios against the issue's targets.";
+prints the medians and the ratios against the issue's targets.\n\
+--tcp: instead, nvme-perf over NVMe/TCP against fio through the kernel's NVMe/TCP initiator, both\n\
+reading a null_blk namespace that the guest's nvmet-tcp exports on 127.0.0.1:4420 (needs nvme-cli).";
 
 /// Reference figures from the issue, measured on this machine kind in the same setup
 /// (TCG, `-smp 2`, null-co, 4 KiB randread).
@@ -59,6 +61,8 @@ struct Opts {
     spdk: Option<std::path::PathBuf>,
     /// `--rounds N` (with `--spdk`).
     rounds: u32,
+    /// `--tcp`: NVMe/TCP, ours against the kernel's initiator.
+    tcp: bool,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -66,6 +70,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     let mut time_s = 10;
     let mut spdk = None;
     let mut rounds = 3;
+    let mut tcp = false;
     vm::parse_args(args, USAGE, &mut vm, |flag, val| {
         match flag {
             "--time" => {
@@ -77,6 +82,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                     .ok_or(format!("--time {v}: expected seconds (> 0)"))?;
             }
             "--spdk" => spdk = Some(std::path::PathBuf::from(val(flag)?)),
+            "--tcp" => tcp = true,
             "--rounds" => {
                 let v = val(flag)?;
                 rounds = v
@@ -92,11 +98,15 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     if spdk.is_none() && rounds != 3 {
         return Err("--rounds goes with --spdk".into());
     }
+    if tcp && spdk.is_some() {
+        return Err("--tcp and --spdk are separate benchmarks: give one".into());
+    }
     Ok(Opts {
         time_s,
         vm,
         spdk,
         rounds,
+        tcp,
     })
 }
 
@@ -202,23 +212,9 @@ impl Run {
     }
 }
 
-/// The guest's `/init` after [`vm::INIT_PRELUDE`]: `/bench-driver.sh` and
-/// `/bench-kernel.sh` are the runs (generated), `bench NAME CMD...` runs one and prints its
-/// JSON (the file `/tmp/NAME.json` if the command wrote one, else its stdout) on one line.
+/// The guest's `/init` after [`vm::INIT_PRELUDE`] and [`BENCH_SH`]: `/bench-driver.sh` and
+/// `/bench-kernel.sh` are the runs (generated).
 const INIT: &str = r#"
-# The guest's CPU time so far (all CPUs, in clock ticks): busy, then total.
-cpu_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat; }
-bench() {
-    name=$1; shift
-    echo "BENCH-RUN $name: $*"
-    before=$(cpu_ticks)
-    "$@" > /tmp/$name.out 2> /tmp/$name.err
-    rc=$?
-    echo "BENCH-CPU $name $before $(cpu_ticks)"
-    f=/tmp/$name.json; [ -s $f ] || f=/tmp/$name.out
-    echo "BENCH-JSON $name rc=$rc $(tr -d '\n' < $f)"
-    [ $rc = 0 ] || echo "BENCH-FAIL $name exit $rc: $(tail -n 5 /tmp/$name.err | tr '\n' ' ')"
-}
 echo "BENCH-INFO clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 /bin/nvme-setup bind $bdf || fail "nvme-setup bind $bdf"
 echo "BENCH-INFO $bdf bound to $(basename $(readlink $dev/driver))"
@@ -238,16 +234,38 @@ echo "BENCH-INIT done"
 finish
 "#;
 
+/// `bench NAME CMD...`: runs one measurement and prints its JSON (the file
+/// `/tmp/NAME.json` if the command wrote one, else its stdout) on one console line, with
+/// the guest's CPU ticks before and after.
+pub(crate) const BENCH_SH: &str = r#"
+# The guest's CPU time so far (all CPUs, in clock ticks): busy, then total.
+cpu_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat; }
+bench() {
+    name=$1; shift
+    echo "BENCH-RUN $name: $*"
+    before=$(cpu_ticks)
+    "$@" > /tmp/$name.out 2> /tmp/$name.err
+    rc=$?
+    echo "BENCH-CPU $name $before $(cpu_ticks)"
+    f=/tmp/$name.json; [ -s $f ] || f=/tmp/$name.out
+    echo "BENCH-JSON $name rc=$rc $(tr -d '\n' < $f)"
+    [ $rc = 0 ] || echo "BENCH-FAIL $name exit $rc: $(tail -n 5 /tmp/$name.err | tr '\n' ' ')"
+}
+"#;
+
 /// Runs the benchmark with the arguments given after `cargo xtask bench-hw`.
 pub fn bench_hw(args: &[String]) -> Result<(), String> {
     let o = parse(args)?;
     if let Some(dir) = &o.spdk {
         return crate::bench_spdk::run(dir, o.time_s, o.rounds, o.vm);
     }
+    if o.tcp {
+        return crate::bench_tcp::run(o.time_s, o.vm);
+    }
     let tools = vm::prerequisites(&[("fio", "fio"), ("ldd", "libc-bin")], ")")?;
 
     let bins = vm::build_static(&["nvme-tools"], &["nvme-perf", "nvme-setup"])?;
-    let mut ir = vm::Initramfs::new("bench-hw-vm", &tools.busybox, INIT)?;
+    let mut ir = vm::Initramfs::new("bench-hw-vm", &tools.busybox, &format!("{BENCH_SH}{INIT}"))?;
     ir.install(&bins[0], "bin/nvme-perf")?;
     ir.install(&bins[1], "bin/nvme-setup")?;
     crate::fio_hw::install_engine(&mut ir, true)?;
@@ -348,16 +366,21 @@ pub fn bench_hw(args: &[String]) -> Result<(), String> {
 
 /// What one run measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Figures {
-    iops: f64,
-    lat_us: f64,
+pub(crate) struct Figures {
+    pub(crate) iops: f64,
+    pub(crate) lat_us: f64,
 }
 
 /// How busy the guest's CPUs were during the run, in percent of all of them, from its
 /// `BENCH-CPU name busy0 total0 busy1 total1` console line (`/proc/stat` ticks before and
 /// after).
 fn guest_cpu(log: &str, r: &Run) -> Option<f64> {
-    let prefix = format!("BENCH-CPU {} ", r.name());
+    guest_cpu_of(log, &r.name())
+}
+
+/// [`guest_cpu`] of the run called `name`.
+pub(crate) fn guest_cpu_of(log: &str, name: &str) -> Option<f64> {
+    let prefix = format!("BENCH-CPU {name} ");
     let line = log.lines().find_map(|l| l.trim().strip_prefix(&prefix))?;
     let t: Vec<f64> = line
         .split_whitespace()
@@ -372,26 +395,31 @@ fn guest_cpu(log: &str, r: &Run) -> Option<f64> {
 
 /// The run's figures from its `BENCH-JSON` console line.
 fn result_of(log: &str, r: &Run) -> Result<Figures, String> {
-    let prefix = format!("BENCH-JSON {} rc=", r.name());
+    let v = json_of(log, &r.name())?;
+    match r.kind {
+        Kind::Perf { .. } => perf_figures(&v),
+        Kind::Fio { .. } | Kind::FioEngine => fio_figures(&v),
+    }
+}
+
+/// The JSON of the run called `name`, from its `BENCH-JSON` console line, or why there is
+/// none (no line, a failed exit with the end of its stderr, bad JSON).
+pub(crate) fn json_of(log: &str, name: &str) -> Result<Value, String> {
+    let prefix = format!("BENCH-JSON {name} rc=");
     let line = log
         .lines()
         .find_map(|l| l.trim().strip_prefix(&prefix))
         .ok_or("no result line (the guest stopped before this run?)")?;
     let (rc, json) = line.split_once(' ').unwrap_or((line, ""));
     if rc != "0" {
-        let fail = format!("BENCH-FAIL {} ", r.name());
+        let fail = format!("BENCH-FAIL {name} ");
         let why = log
             .lines()
             .find_map(|l| l.trim().strip_prefix(&fail))
             .unwrap_or("");
         return Err(format!("exit status {rc} {why}").trim().to_string());
     }
-    let v: Value =
-        serde_json::from_str(json).map_err(|e| format!("bad JSON ({e}): {json:.200}"))?;
-    match r.kind {
-        Kind::Perf { .. } => perf_figures(&v),
-        Kind::Fio { .. } | Kind::FioEngine => fio_figures(&v),
-    }
+    serde_json::from_str(json).map_err(|e| format!("bad JSON ({e}): {json:.200}"))
 }
 
 fn num(v: &Value, path: &[&str]) -> Result<f64, String> {
@@ -402,7 +430,7 @@ fn num(v: &Value, path: &[&str]) -> Result<f64, String> {
 }
 
 /// nvme-perf `--json`: `total.iops`, `total.latency_us.avg`, `total.errors`.
-fn perf_figures(v: &Value) -> Result<Figures, String> {
+pub(crate) fn perf_figures(v: &Value) -> Result<Figures, String> {
     let errors = num(v, &["total", "errors"])?;
     if errors > 0.0 {
         return Err(format!("{errors} I/O errors"));
@@ -414,7 +442,7 @@ fn perf_figures(v: &Value) -> Result<Figures, String> {
 }
 
 /// fio `--output-format=json`: the one job's `read.iops` and `read.lat_ns.mean`.
-fn fio_figures(v: &Value) -> Result<Figures, String> {
+pub(crate) fn fio_figures(v: &Value) -> Result<Figures, String> {
     let job = v
         .get("jobs")
         .and_then(|j| j.get(0))

@@ -18,6 +18,7 @@
 
 mod bench_hw;
 mod bench_spdk;
+mod bench_tcp;
 mod cargo;
 mod cli_compare;
 mod fio_hw;

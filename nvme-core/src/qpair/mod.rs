@@ -300,7 +300,8 @@ impl<T> Default for Slot<T> {
 pub struct QueueStats {
     /// Completions whose CID did not match an outstanding command (dropped).
     pub stale_completions: u64,
-    /// Completions with an SQ head outside the ring (head ignored).
+    /// Polls whose last completion had an SQ head outside the ring (head ignored; the SQ
+    /// head is recorded once per poll, from its last completion).
     pub bad_sq_heads: u64,
     /// Doorbell writes to the submission queue tail.
     pub sq_doorbells: u64,
@@ -914,13 +915,19 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
         self.ring();
         let mut reaped = 0;
         let mut finished = 0;
+        // The controller's SQ head only moves forward: the last entry's is the one to keep,
+        // recorded (and checked) once per poll.
+        let mut sq_head = None;
         while reaped < max {
             let Some(cqe) = self.rings.pop() else { break };
             reaped += 1;
-            if !self.rings.update_sq_head(cqe.sq_head) {
+            sq_head = Some(cqe.sq_head);
+            finished += self.complete(cqe, &mut f) as usize;
+        }
+        if let Some(head) = sq_head {
+            if !self.rings.update_sq_head(head) {
                 self.stats.bad_sq_heads += 1;
             }
-            finished += self.complete(cqe, &mut f) as usize;
         }
         // Every entry consumed that finished a command left `cq_debt` as it was (one more
         // unreported, one fewer to come); a stale one (no command of ours) made it grow.

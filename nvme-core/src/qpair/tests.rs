@@ -99,6 +99,8 @@ struct Rig {
     bells: &'static Doorbells,
 }
 
+type TestQp = QueuePair<PciRings<&'static Doorbells>, u64, Vec<Slot<u64>>>;
+
 impl Rig {
     fn new(entries: u32, max_transfer: usize, data_pages: usize) -> Rig {
         let prp_pages = QueueConfig::prp_len(entries, PS, max_transfer) / PS;
@@ -110,14 +112,7 @@ impl Rig {
             bells: std::boxed::Box::leak(std::boxed::Box::default()),
         }
     }
-    fn qp(
-        &self,
-        entries: u32,
-        max_transfer: usize,
-    ) -> (
-        QueuePair<PciRings<&'static Doorbells>, u64, Vec<Slot<u64>>>,
-        Device,
-    ) {
+    fn qp(&self, entries: u32, max_transfer: usize) -> (TestQp, Device) {
         let cfg = QueueConfig {
             qid: 1,
             entries,
@@ -147,9 +142,7 @@ impl Rig {
     }
 }
 
-fn drain(
-    qp: &mut QueuePair<PciRings<&'static Doorbells>, u64, Vec<Slot<u64>>>,
-) -> Vec<(u64, Completion)> {
+fn drain(qp: &mut TestQp) -> Vec<(u64, Completion)> {
     let mut out = Vec::new();
     qp.poll(usize::MAX, |t, c| out.push((t, c)));
     out
@@ -647,10 +640,7 @@ fn abort_all_returns_every_context() {
     .unwrap();
     qp.submit(Command::flush(1), None, 2).unwrap();
     let mut got = Vec::new();
-    let n = qp.abort_all(
-        QueuePair::<PciRings<&Doorbells>, u64, Vec<Slot<u64>>>::ABORTED,
-        |t, c| got.push((t, c.status)),
-    );
+    let n = qp.abort_all(TestQp::ABORTED, |t, c| got.push((t, c.status)));
     assert_eq!(n, 2);
     got.sort_by_key(|g| g.0);
     assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [1, 2]);
@@ -916,6 +906,8 @@ struct ListRings {
     mask: Option<u16>,
     refuse_push: Option<usize>,
     resets: usize,
+    /// Every SQ head the queue pair recorded.
+    heads: Vec<u16>,
 }
 
 impl Rings for ListRings {
@@ -950,6 +942,7 @@ impl Rings for ListRings {
         Some(c)
     }
     fn update_sq_head(&mut self, head: u16) -> bool {
+        self.heads.push(head);
         (head as u32) < self.size
     }
     fn reset(&mut self) {
@@ -1028,4 +1021,42 @@ fn a_transports_own_rings_get_sgl_commands_split_and_completed_by_the_same_engin
     assert_eq!(qp.abort_all(Status::SUCCESS, |t, _| aborted.push(t)), 1);
     assert_eq!((aborted, qp.rings().resets), (vec![9], 1));
     assert_eq!(qp.free_slots(), 31);
+}
+
+#[test]
+fn the_sq_head_is_taken_from_the_last_completion_of_a_poll_and_checked() {
+    let rings = ListRings {
+        size: 8,
+        ..Default::default()
+    };
+    let slots: Vec<Slot<u64>> = (0..7).map(|_| Slot::EMPTY).collect();
+    let mut qp = QueuePair::with_rings(rings, 1, PS, 8 * PS, slots).unwrap();
+    for t in 0..3 {
+        qp.submit(Command::new(0, 1), None, t).unwrap();
+    }
+    qp.ring();
+    // A bad head in the middle of a poll is overtaken by the last one (heads only move
+    // forward); a bad last head is counted and ignored.
+    for (i, head) in [(0, 99u16), (1, 2), (2, 999)] {
+        let cid = qp.rings().sent[i].cid;
+        qp.rings_mut().completions.push_back(CompletionEntry {
+            cid,
+            sq_head: head,
+            ..Default::default()
+        });
+        if i == 0 {
+            continue;
+        }
+        let mut done = Vec::new();
+        qp.poll(8, |t, _| done.push(t));
+        let want: Vec<u64> = if i == 1 { vec![0, 1] } else { vec![2] };
+        assert_eq!(done, want);
+        assert_eq!(
+            qp.stats().bad_sq_heads,
+            if i == 1 { 0 } else { 1 },
+            "poll {i}"
+        );
+        assert_eq!(qp.rings().heads.len(), i, "one head per poll");
+        assert_eq!(qp.rings().heads.last(), Some(&[2, 999][i - 1]));
+    }
 }
