@@ -250,7 +250,8 @@ impl StateRef {
 /// it stays gone: later commands fail at once instead of each waiting out its timeout.
 pub(crate) struct Liveness {
     transport: Arc<dyn Transport>,
-    regs: Mmio,
+    /// The registers (`None` over NVMe/TCP: the transport tells whether it is gone).
+    regs: Option<Mmio>,
     gone: std::sync::atomic::AtomicBool,
     /// Keeps the memory of `shared` mapped.
     _state: StateRef,
@@ -274,9 +275,9 @@ impl Liveness {
             me,
         })
     }
-    /// The register handle.
-    pub(crate) fn regs(&self) -> &Mmio {
-        &self.regs
+    /// The register handle (`None` over NVMe/TCP).
+    pub(crate) fn regs(&self) -> Option<&Mmio> {
+        self.regs.as_ref()
     }
     /// The reset generation (odd: a reset is under way, or the last one failed). I/O queue
     /// pairs compare it with the one their queues were created in.
@@ -320,12 +321,12 @@ impl Liveness {
     /// [`precheck`](Self::precheck) knows.
     pub(crate) fn check(&self) -> Result<()> {
         self.precheck()?;
-        let csts = self.regs.csts();
-        if csts.is_all_ones() || self.transport.gone() {
+        let csts = self.regs.as_ref().map(|r| r.csts());
+        if csts.is_some_and(|c| c.is_all_ones()) || self.transport.gone() {
             self.gone.store(true, std::sync::atomic::Ordering::Relaxed);
             return Err(Error::ControllerGone);
         }
-        if csts.cfs() {
+        if csts.is_some_and(|c| c.cfs()) {
             return Err(Error::ControllerFatal);
         }
         Ok(())
@@ -336,15 +337,26 @@ impl Liveness {
 /// error when another process damaged the group's queue state).
 fn with_queue<T>(
     local: &Option<LocalAdmin>,
-    regs: &Mmio,
+    regs: &Option<Mmio>,
     group: Option<&Group>,
     f: impl FnOnce(&dyn AdminOps) -> T,
 ) -> Result<T> {
+    let Some(regs) = regs else {
+        return Err(no_admin_queue());
+    };
     match (local, group) {
         (Some(l), _) => Ok(f(&l.queue(regs.clone()))),
         (None, Some(g)) => Ok(f(&g.admin(regs.clone())?)),
         (None, None) => unreachable!("the admin queue is this process's or its group's"),
     }
+}
+
+/// What an operation on the shared admin queue protocol gives over NVMe/TCP, whose admin
+/// queue is a connection (and whose registers are properties) instead.
+fn no_admin_queue() -> Error {
+    Error::Transport(
+        "NVMe/TCP: this needs a controller's registers and admin queue in memory, which a controller over TCP does not have".into(),
+    )
 }
 
 /// The bring-up's options from the attach options.
@@ -364,7 +376,7 @@ pub(crate) fn bring_up(
     init: &mut ControllerInit,
     queue: &mut impl AdminQueue,
 ) -> Result<(ControllerInfo, DmaBuffer)> {
-    let regs = transport.regs();
+    let regs = crate::transport::registers(transport.as_ref())?;
     let mut data = DmaBuffer::new(transport, ADMIN_DATA)?;
     let data_region = IoBuf::from(&mut data).region();
     let start = Instant::now();
@@ -383,7 +395,10 @@ pub(crate) fn bring_up(
 pub(crate) struct Admin {
     /// The queue of a process that attached alone; `None` in a group.
     local: Option<LocalAdmin>,
-    regs: Mmio,
+    /// The registers (`None` over NVMe/TCP).
+    regs: Option<Mmio>,
+    /// The admin queue of a controller over NVMe/TCP (neither `local` nor a group's).
+    tcp: Option<Arc<crate::tcp::TcpController>>,
     live: Arc<Liveness>,
     next_tag: u64,
     data: DmaBuffer,
@@ -422,9 +437,24 @@ pub(crate) enum AbortOutcome {
 impl Admin {
     /// The admin path of a process that attached alone, over its brought-up queue.
     pub(crate) fn local(local: LocalAdmin, live: Arc<Liveness>, data: DmaBuffer) -> Admin {
+        Admin::with(Some(local), None, live, data)
+    }
+
+    /// The admin path through the group's shared admin queue (the process already joined).
+    pub(crate) fn shared(live: Arc<Liveness>, data: DmaBuffer) -> Admin {
+        Admin::with(None, None, live, data)
+    }
+
+    fn with(
+        local: Option<LocalAdmin>,
+        tcp: Option<Arc<crate::tcp::TcpController>>,
+        live: Arc<Liveness>,
+        data: DmaBuffer,
+    ) -> Admin {
         Admin {
-            local: Some(local),
-            regs: live.regs().clone(),
+            local,
+            regs: live.regs().cloned(),
+            tcp,
             live,
             next_tag: 1,
             data,
@@ -435,19 +465,14 @@ impl Admin {
         }
     }
 
-    /// The admin path through the group's shared admin queue (the process already joined).
-    pub(crate) fn shared(live: Arc<Liveness>, data: DmaBuffer) -> Admin {
-        Admin {
-            local: None,
-            regs: live.regs().clone(),
-            live,
-            next_tag: 1,
-            data,
-            parked: Vec::new(),
-            action: TimeoutAction::None,
-            abort_timeout: Duration::from_secs(1),
-            reset_wanted: false,
-        }
+    /// The admin path of a controller over NVMe/TCP: commands go through its admin queue's
+    /// connection (`data`, the admin data buffer, is in memory the transport resolves).
+    pub(crate) fn tcp(
+        ctrl: Arc<crate::tcp::TcpController>,
+        live: Arc<Liveness>,
+        data: DmaBuffer,
+    ) -> Admin {
+        Admin::with(None, Some(ctrl), live, data)
     }
 
     /// Sets what a command that times out gets from now on (once the controller is
@@ -471,6 +496,11 @@ impl Admin {
     /// Keeps `count` Asynchronous Event Requests outstanding (a group's creator does it
     /// for the whole group).
     pub(crate) fn enable_events(&self, group: Option<&Group>, count: u32) -> Result<()> {
+        if self.tcp.is_some() {
+            // Over NVMe/TCP the admin queue runs one command at a time: no Asynchronous
+            // Event Request is kept outstanding (events are not reported there yet).
+            return Ok(());
+        }
         with_queue(&self.local, &self.regs, group, |q| q.enable_events(count))??;
         Ok(())
     }
@@ -540,6 +570,9 @@ impl Admin {
         if self.live.is_gone() {
             return Err(Error::ControllerGone);
         }
+        if self.tcp.is_some() {
+            return Err(crate::tcp::no_reset());
+        }
         with_queue(&self.local, &self.regs, group, |q| {
             q.begin_reset(dead_owner)
         })??;
@@ -559,7 +592,9 @@ impl Admin {
     #[cfg(feature = "test-hooks")]
     pub(crate) fn begin_reset_only(&mut self, group: Option<&Group>) -> Result<()> {
         with_queue(&self.local, &self.regs, group, |q| q.begin_reset(None))??;
-        disable(&self.regs, Duration::from_secs(10));
+        if let Some(regs) = &self.regs {
+            disable(regs, Duration::from_secs(10));
+        }
         Ok(())
     }
 
@@ -570,7 +605,8 @@ impl Admin {
         cap_timeout: Duration,
         disabled: impl FnOnce() -> Result<()>,
     ) -> Result<ControllerInfo> {
-        if !disable(&self.regs, cap_timeout) {
+        let regs = self.regs.clone().ok_or_else(no_admin_queue)?;
+        if !disable(&regs, cap_timeout) {
             return Err(Error::Init(nvme_core::InitError::ReadyTimeout {
                 ready: false,
                 timeout_ms: cap_timeout.as_millis() as u32,
@@ -580,17 +616,17 @@ impl Admin {
         // The controller is disabled: nothing it was given can be touched any more.
         self.parked.clear();
         disabled()?;
-        let mut init = ControllerInit::new(&self.regs, init_options(opts))?;
+        let mut init = ControllerInit::new(&regs, init_options(opts))?;
         let transport = self.live.transport().clone();
         let (info, data) = match (&self.local, group) {
             (Some(l), _) => {
-                let mut queue = l.queue(self.regs.clone());
+                let mut queue = l.queue(regs.clone());
                 let r = bring_up(&transport, &mut init, &mut queue)?;
                 l.lower_max_transfer(r.0.max_transfer.min(ADMIN_DATA));
                 r
             }
             (None, Some(g)) => {
-                let mut queue = g.admin(self.regs.clone())?;
+                let mut queue = g.admin(regs.clone())?;
                 let r = bring_up(&transport, &mut init, &mut queue)?;
                 g.admin_state()
                     .lower_max_transfer(r.0.max_transfer.min(ADMIN_DATA));
@@ -614,6 +650,10 @@ impl Admin {
         keep: Option<Arc<DmaMapping>>,
         timeout: Duration,
     ) -> Result<Completion> {
+        if let Some(tcp) = &self.tcp {
+            self.live.precheck()?;
+            return crate::tcp::admin_command(tcp, cmd, region, timeout);
+        }
         let tag = self.next_tag;
         self.next_tag += 1;
         let generation = self.live.generation();
@@ -767,6 +807,16 @@ impl Admin {
         cid: u16,
         watch: Option<u64>,
     ) -> (AbortOutcome, Option<Completion>) {
+        if let Some(tcp) = &self.tcp {
+            // Over NVMe/TCP admin commands are synchronous: only I/O commands are aborted.
+            let abort = Command::abort(sqid, cid);
+            let outcome = match crate::tcp::admin_command(tcp, abort, None, self.abort_timeout) {
+                Ok(c) if c.dw0 & 1 == 0 => AbortOutcome::Aborted,
+                Ok(_) | Err(Error::Nvme { .. }) => AbortOutcome::NotAborted,
+                Err(_) => AbortOutcome::NotSent,
+            };
+            return (outcome, None);
+        }
         let tag = self.next_tag;
         self.next_tag += 1;
         let submitted = with_queue(&self.local, &self.regs, group, |q| {
@@ -862,7 +912,10 @@ impl Drop for Admin {
         if self.has_parked() || self.local.is_some() {
             let disabled = self.local.is_some()
                 && !self.live.is_gone()
-                && disable(&self.regs, Duration::from_secs(10));
+                && self
+                    .regs
+                    .as_ref()
+                    .is_some_and(|r| disable(r, Duration::from_secs(10)));
             self.release_parked(!disabled);
         }
     }

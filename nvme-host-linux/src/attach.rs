@@ -120,7 +120,7 @@ impl Controller {
         let transport: Arc<dyn Transport> = match &trid.kind {
             TransportKind::Sim(o) => crate::open_sim(o)?,
             TransportKind::Pcie { traddr } => crate::open_pcie(traddr.as_ref())?,
-            TransportKind::Tcp(_) => return Err(crate::tcp::no_io_queues_yet()),
+            TransportKind::Tcp(o) => return crate::tcp::attach(o, trid.clone(), opts),
         };
         Controller::attach_transport(transport, trid.clone(), opts)
     }
@@ -132,7 +132,7 @@ impl Controller {
         trid: TransportId,
         opts: &AttachOptions,
     ) -> Result<Controller> {
-        let regs = transport.regs();
+        let regs = crate::transport::registers(transport.as_ref())?;
         let mut init = ControllerInit::new(&regs, init_options(opts))?;
         // A process alone is a group of one: the same admin queue protocol over its own
         // memory, with the in-process lock.
@@ -191,6 +191,8 @@ impl Controller {
         };
         let shadow = match group_shadow {
             Some(shadow) => shadow,
+            // Shadow doorbells are a PCIe controller's (NVMe/TCP has no doorbells).
+            None if transport.regs().is_none() => None,
             None => crate::shadow::setup_own(&transport, &info, &mut admin, opts.admin_timeout),
         };
         Ok(Controller::new(

@@ -32,7 +32,8 @@ const MAX_TRANSFER_CAP: usize = 2 << 20;
 pub(crate) struct Inner {
     live: Arc<crate::admin::Liveness>,
     transport: Arc<dyn Transport>,
-    regs: Mmio,
+    /// The registers (`None` over NVMe/TCP).
+    regs: Option<Mmio>,
     trid: TransportId,
     info: Box<ControllerInfo>,
     namespaces: NamespaceTable,
@@ -126,7 +127,7 @@ impl Controller {
         let granted = info.io_queues.sq.min(info.io_queues.cq);
         let inner = Inner {
             shadow,
-            regs: admin.liveness().regs().clone(),
+            regs: admin.liveness().regs().cloned(),
             live: admin.liveness().clone(),
             transport,
             trid,
@@ -182,10 +183,6 @@ impl Controller {
     /// The controller's state (what the group's monitor and cleanup work with).
     pub(crate) fn state(&self) -> &Inner {
         self.inner()
-    }
-    /// The register handle.
-    pub(crate) fn regs(&self) -> &Mmio {
-        self.inner().regs()
     }
     /// The transport.
     pub(crate) fn transport(&self) -> &Arc<dyn Transport> {
@@ -589,6 +586,9 @@ impl Controller {
     /// and after the function reset.
     pub fn reset_function(&self) -> Result<FunctionReset> {
         let inner = self.inner();
+        if inner.regs.is_none() {
+            return Err(crate::tcp::no_reset());
+        }
         if !inner.transport.function_reset_supported() {
             return Err(Error::Transport(format!(
                 "{}: the function cannot be reset (VFIO reports no reset method: no FLR, PM or bus reset); use a controller reset instead",
@@ -600,9 +600,13 @@ impl Controller {
             .map(|f| f.expect("a function reset reports what it saw"))
     }
 
-    /// Reads CSTS now.
+    /// Reads CSTS now (over NVMe/TCP with a Property Get on the admin queue; all ones,
+    /// as a removed PCIe device reads, when that fails).
     pub fn status_register(&self) -> Csts {
-        self.inner().regs.csts()
+        match &self.inner().regs {
+            Some(regs) => regs.csts(),
+            None => crate::tcp::csts(self.inner().transport.as_ref()),
+        }
     }
 }
 
@@ -618,11 +622,8 @@ impl Inner {
         if !admin.has_parked() && quarantine.is_empty() {
             return;
         }
-        let disabled = controller_down
-            && disable(
-                &self.regs,
-                Duration::from_millis(self.info.cap.timeout_ms() as u64),
-            );
+        let timeout = Duration::from_millis(self.info.cap.timeout_ms() as u64);
+        let disabled = controller_down && self.regs.as_ref().is_some_and(|r| disable(r, timeout));
         admin.release_parked(!disabled);
         for q in quarantine.drain(..) {
             if !disabled {
@@ -633,9 +634,9 @@ impl Inner {
 }
 
 impl Inner {
-    /// The register handle.
-    pub(crate) fn regs(&self) -> &Mmio {
-        &self.regs
+    /// The register handle (`None` over NVMe/TCP).
+    pub(crate) fn regs(&self) -> Option<&Mmio> {
+        self.regs.as_ref()
     }
     /// Is the controller still there? (See [`Error::ControllerGone`].)
     pub(crate) fn check_alive(&self) -> Result<()> {
@@ -788,8 +789,11 @@ impl Inner {
         // A controller that is gone gets no shutdown notification (nothing would answer).
         let alive = self.live.check().is_ok();
         let Some(group) = &group else {
-            if alive {
-                shutdown(&self.regs, self.info.identify.rtd3e);
+            match (alive, &self.regs) {
+                (true, Some(regs)) => shutdown(regs, self.info.identify.rtd3e),
+                // Over NVMe/TCP: CC.SHN as a property, on the admin queue's connection.
+                (true, None) => crate::tcp::shutdown(self.transport.as_ref()),
+                (false, _) => {}
             }
             self.release_parked(alive);
             return;
@@ -807,14 +811,18 @@ impl Inner {
             return;
         }
         let me = group.me();
-        match group.admin(self.regs.clone()) {
+        let admin = match &self.regs {
+            Some(regs) => group.admin(regs.clone()),
+            None => Err(Error::Transport("a group without registers".into())),
+        };
+        match admin {
             Ok(q) => q.release_member(me),
             // Left as a dead member would be: the others clean up after it.
             Err(e) => eprintln!("nvme: leaving the group: {e}"),
         }
         if group.leave() {
-            if alive {
-                shutdown(&self.regs, self.info.identify.rtd3e);
+            if let (true, Some(regs)) = (alive, &self.regs) {
+                shutdown(regs, self.info.identify.rtd3e);
             }
             self.release_parked(alive);
             self.transport.last_member_left();

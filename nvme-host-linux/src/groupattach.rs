@@ -46,7 +46,7 @@ pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Resul
         return Err(crate::no_sim());
     }
     if let TransportKind::Tcp(_) = trid.kind {
-        return Err(crate::tcp::no_io_queues_yet());
+        return Err(crate::tcp::no_groups_yet());
     }
     let ctrl = match (&trid.kind, Group::open(id, opts.admin_timeout)?) {
         #[cfg(feature = "sim")]
@@ -85,7 +85,7 @@ fn create_group(
     opts: &AttachOptions,
     before_publish: impl FnOnce(&mut Creating),
 ) -> Result<Controller> {
-    let regs = transport.regs();
+    let regs = crate::transport::registers(transport.as_ref())?;
     let mut init = ControllerInit::new(&regs, init_options(opts))?;
     let entries = opts.admin_entries.min(MAX_ADMIN_ENTRIES);
     // The shadow doorbell pages are reserved in every group; the controller gets them if it
@@ -165,7 +165,7 @@ fn join_group(
     opts: &AttachOptions,
 ) -> Result<Controller> {
     group.set_lock_timeout(opts.admin_timeout);
-    let regs = transport.regs();
+    let regs = crate::transport::registers(transport.as_ref())?;
     group.admin(regs.clone())?.join()?;
     let info = info_from_header(group.header());
     let data = DmaBuffer::new(&transport, ADMIN_DATA)?;
@@ -336,7 +336,7 @@ pub(crate) fn cleanup_dead(ctrl: &Inner) -> usize {
 }
 
 fn cleanup_member(ctrl: &Inner, group: &Group, who: OwnerId) {
-    let Ok(q) = group.admin(ctrl.regs().clone()) else {
+    let Some(Ok(q)) = ctrl.regs().map(|r| group.admin(r.clone())) else {
         return;
     };
     q.release_member(who);
@@ -364,7 +364,7 @@ fn cleanup_member(ctrl: &Inner, group: &Group, who: OwnerId) {
     }
     // An admin command of the dead process may still be writing into its memory: let the
     // controller finish it (bounded) before the memory goes.
-    let Ok(q) = group.admin(ctrl.regs().clone()) else {
+    let Some(Ok(q)) = ctrl.regs().map(|r| group.admin(r.clone())) else {
         return;
     };
     let start = std::time::Instant::now();
@@ -414,7 +414,7 @@ fn start_monitor(ctrl: &Controller) {
                 return;
             }
             // Record asynchronous events even when nobody sends admin commands.
-            if let Ok(q) = group.admin(ctrl.regs().clone()) {
+            if let Some(Ok(q)) = ctrl.regs().map(|r| group.admin(r.clone())) {
                 q.reap();
             }
             // (A test hook may hold the join lock in this process: not ours to release.)

@@ -2,8 +2,9 @@
 //! queue pair per thread, submit commands and poll for their completions.
 //!
 //! Transports: `trtype:PCIe traddr:dddd:bb:dd.f` (a controller bound to vfio-pci),
-//! `trtype:sim` (the built-in software controller, no hardware needed), and for the admin
-//! queue and discovery so far `trtype:TCP traddr:IP trsvcid:PORT subnqn:NQN` (NVMe/TCP).
+//! `trtype:sim` (the built-in software controller, no hardware needed), and
+//! `trtype:TCP traddr:IP trsvcid:PORT subnqn:NQN` (NVMe/TCP: the same [`Controller`] and
+//! [`IoQueuePair`] API; no shared-memory groups, resets or interrupts over TCP yet).
 //!
 //! Cargo features, all off by default:
 //! - `sim`: the software controller (`trtype:sim`, `SimTransport`, the `sim` module with
@@ -32,8 +33,10 @@
 //! - `transport`: the [`Transport`] trait; `vfio` (PCIe through VFIO) and `simtransport`
 //!   (the software controller) implement it; `trid`: transport id strings.
 //! - `tcp`: NVMe/TCP (`trtype:TCP`): the admin queue of a controller over TCP
-//!   ([`tcp::TcpController`]: Fabrics Connect, properties, admin commands, Keep Alive) and
-//!   discovery ([`tcp::discover`]); I/O queues over TCP come with a later step.
+//!   ([`tcp::TcpController`]: Fabrics Connect, properties, admin commands, Keep Alive),
+//!   discovery ([`tcp::discover`]), [`tcp::TcpTransport`] (the transport a [`Controller`]
+//!   over TCP has: no registers, host memory in a table instead of an IOMMU) and
+//!   [`tcp::TcpRings`] (an I/O queue's connection, under nvme-core's queue pair).
 //! - `group`: the shared-memory group (files, members, liveness, queue id pool, descriptor
 //!   passing); `groupattach`: creating, joining and cleaning up after dead members.
 //! - `dmapool`: [`DmaPool`], the transport's pool of mapped regions that buffers, rings and

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use nvme_core::cmd::DsmRange;
 use nvme_core::qpair::MAX_BLOCKS_PER_COMMAND;
-use nvme_core::{Command, Completion, DmaRegion, QueueConfig, QueuePair, Slot};
+use nvme_core::{Command, Completion, DmaRegion, PciRings, QueueConfig, QueuePair, Slot};
 use nvme_regs::opcode::NvmOpcode;
 use zerocopy::IntoBytes;
 
@@ -79,7 +79,43 @@ struct IoCtx {
     _buf: Option<Arc<DmaMapping>>,
 }
 
-type Qp = QueuePair<nvme_core::PciRings<Mmio>, IoCtx, Box<[Slot<IoCtx>]>>;
+/// The slot storage of a queue pair.
+type Slots = Box<[Slot<IoCtx>]>;
+/// The engine over PCIe rings and doorbells (a VFIO device or the software controller).
+type Qp = QueuePair<PciRings<Mmio>, IoCtx, Slots>;
+/// The engine over an NVMe/TCP connection.
+type TcpQp = QueuePair<crate::tcp::TcpRings, IoCtx, Slots>;
+
+/// nvme-core's queue pair over the transport's rings: one engine, two kinds of rings.
+// The PCIe engine stays inline on purpose: boxing it would cost a load per call on the
+// I/O path that the instruction count measures.
+#[allow(clippy::large_enum_variant)]
+enum Engine {
+    /// Rings in memory and doorbells.
+    Pci(Qp),
+    /// Capsules on a connection (boxed: the PCIe engine's fields keep their places and
+    /// the variant is told by a pointer that is never null).
+    Tcp(Box<TcpQp>),
+}
+
+/// Runs `$body` with `$q` bound to the engine's queue pair, whichever kind it is. The
+/// NVMe/TCP arm runs out of line, so that the PCIe path compiles as it did with one engine
+/// (one more compare and branch).
+macro_rules! with_qp {
+    ($engine:expr, |$q:ident| $body:expr) => {
+        match $engine {
+            Engine::Pci($q) => $body,
+            Engine::Tcp($q) => $crate::qpair::out_of_line(move || $body),
+        }
+    };
+}
+
+/// Calls `f`, never inlined into the caller (see `with_qp`).
+#[inline(never)]
+pub(crate) fn out_of_line<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+pub(crate) use with_qp;
 
 /// What the I/O path needs of a namespace: its id, log2 of its block size (a power of two:
 /// 2^LBADS, checked when the namespace was identified) and its size in blocks.
@@ -115,7 +151,7 @@ pub(crate) struct Quarantined {
 /// completion take no lock. Completions are delivered by
 /// [`process_completions`](Self::process_completions) with the token given at submission.
 pub struct IoQueuePair {
-    qp: Qp,
+    qp: Engine,
     dsm: DmaRegion,
     /// The controller's namespaces, in NSID order (usually NSID n at index n-1).
     namespaces: Box<[NsGeometry]>,
@@ -143,7 +179,7 @@ impl std::fmt::Debug for IoQueuePair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IoQueuePair")
             .field("qid", &self.qid)
-            .field("entries", &self.qp.entries())
+            .field("entries", &with_qp!(&self.qp, |q| q.entries()))
             .finish()
     }
 }
@@ -157,6 +193,9 @@ impl IoQueuePair {
                 "I/O queue size {} is outside 2..={max_entries} (the controller's CAP.MQES+1)",
                 opts.entries
             )));
+        }
+        if crate::tcp::TcpTransport::of(ctrl.transport().as_ref()).is_some() {
+            return Self::create_tcp(ctrl, opts);
         }
         let entries = opts.entries;
         let ps = info.page_size;
@@ -191,7 +230,8 @@ impl IoQueuePair {
             let slots: Box<[Slot<IoCtx>]> = (0..QueueConfig::slots(entries))
                 .map(|_| Slot::EMPTY)
                 .collect();
-            let mut qp = QueuePair::new(cfg, ctrl.regs().clone(), slots)
+            let regs = crate::transport::registers(ctrl.transport().as_ref())?;
+            let mut qp = QueuePair::new(cfg, regs, slots)
                 .map_err(|e| Error::Invalid(format!("I/O queue {qid}: {e}")))?;
             qp.set_data_pointer(data_pointer);
             if let Some(sh) = ctrl.shadow_doorbells() {
@@ -248,8 +288,29 @@ impl IoQueuePair {
         {
             return give_up(e, true);
         }
+        Ok(Self::assemble(
+            ctrl,
+            Engine::Pci(qp),
+            dsm,
+            qid,
+            (live, generation),
+            (irq, irq_fallback),
+            rings,
+        ))
+    }
+
+    /// The queue pair around its engine, once its queues exist at the controller.
+    fn assemble(
+        ctrl: Controller,
+        qp: Engine,
+        dsm: DmaRegion,
+        qid: u16,
+        (live, generation): (Arc<crate::admin::Liveness>, u64),
+        (irq, irq_fallback): (Option<interrupt::Interrupt>, Option<String>),
+        rings: DmaMapping,
+    ) -> IoQueuePair {
         let leases = ctrl.state().leases().view();
-        Ok(IoQueuePair {
+        IoQueuePair {
             qp,
             dsm,
             namespaces: ctrl
@@ -267,6 +328,80 @@ impl IoQueuePair {
             irq,
             irq_fallback,
             rings: Some(rings),
+        }
+    }
+
+    /// An I/O queue pair over NVMe/TCP: a connection of its own (Fabrics Connect of queue
+    /// `qid`), polled; the same engine over [`TcpRings`](crate::tcp::TcpRings).
+    #[cold]
+    fn create_tcp(ctrl: Controller, opts: QueueOptions) -> Result<IoQueuePair> {
+        if ctrl.options().data_pointer == DataPointer::Prp {
+            return Err(prp_over_tcp());
+        }
+        let tcp = crate::tcp::TcpTransport::of(ctrl.transport().as_ref()).expect("NVMe/TCP");
+        let entries = opts.entries;
+        let max_transfer = ctrl.max_transfer();
+        let ps = ctrl.info().page_size;
+        let slots = QueueConfig::slots(entries);
+        let dsm_len = (slots * std::mem::size_of::<DsmRange>()).next_multiple_of(ps);
+        let qid = ctrl.alloc_qid()?;
+        let live = ctrl.state().liveness().clone();
+        let generation = live.generation();
+        let build = || -> Result<(TcpQp, DmaMapping)> {
+            // The DSM ranges live in memory the connection resolves, like any data.
+            let mem = DmaMapping::new(ctrl.transport(), "nvme-tcp-dsm", dsm_len)?;
+            let rings = tcp.io_queue(qid, entries, max_transfer)?;
+            let slots: Slots = (0..slots).map(|_| Slot::EMPTY).collect();
+            let qp = QueuePair::with_rings(rings, qid, ps, max_transfer, slots)
+                .map_err(|e| Error::Invalid(format!("I/O queue {qid}: {e}")))?;
+            Ok((qp, mem))
+        };
+        let (qp, mem) = match build() {
+            Ok(x) => x,
+            Err(e) => {
+                ctrl.free_qid(qid);
+                return Err(e);
+            }
+        };
+        let dsm = mem.region();
+        let fallback = opts
+            .interrupts
+            .then(|| "NVMe/TCP queues are polled (no interrupts over TCP)".to_string());
+        Ok(Self::assemble(
+            ctrl,
+            Engine::Tcp(Box::new(qp)),
+            dsm,
+            qid,
+            (live, generation),
+            (None, fallback),
+            mem,
+        ))
+    }
+
+    /// The error a failed submission gives: over NVMe/TCP a queue whose connection failed
+    /// says so instead of "queue full".
+    #[cold]
+    fn submit_error(&self, e: nvme_core::SubmitError) -> Error {
+        match &self.qp {
+            Engine::Tcp(q) => match q.rings().failure() {
+                Some(f) => Error::Transport(f.to_string()),
+                None => Error::from(e),
+            },
+            Engine::Pci(_) => Error::from(e),
+        }
+    }
+
+    /// Over NVMe/TCP, after the connection failed: completes every outstanding request
+    /// with an error naming the failure. Returns how many.
+    #[cold]
+    fn fail_connection<F: FnMut(u64, Result<()>)>(q: &mut TcpQp, f: &mut F) -> usize {
+        let why = q
+            .rings()
+            .failure()
+            .unwrap_or("the connection failed")
+            .to_string();
+        q.abort_all(Qp::ABORTED, |ctx: IoCtx, _| {
+            f(ctx.token, Err(Error::Transport(why.clone())))
         })
     }
 
@@ -276,11 +411,11 @@ impl IoQueuePair {
     }
     /// Commands the queue pair can have in flight.
     pub fn capacity(&self) -> usize {
-        self.qp.capacity()
+        with_qp!(&self.qp, |q| q.capacity())
     }
     /// Requests submitted and not completed.
     pub fn outstanding(&self) -> usize {
-        self.qp.outstanding()
+        with_qp!(&self.qp, |q| q.outstanding())
     }
     /// The controller.
     pub fn controller(&self) -> &Controller {
@@ -288,7 +423,7 @@ impl IoQueuePair {
     }
     /// How this queue pair's commands point to their data (PRPs or SGLs, `Auto` resolved).
     pub fn data_pointer(&self) -> DataPointer {
-        match self.qp.data_pointer() {
+        match with_qp!(&self.qp, |q| q.data_pointer()) {
             nvme_core::DataPointer::Prp => DataPointer::Prp,
             nvme_core::DataPointer::Sgl => DataPointer::Sgl,
         }
@@ -297,12 +432,16 @@ impl IoQueuePair {
     /// is refused (and nothing changes) when the controller does not support SGLs.
     pub fn set_data_pointer(&mut self, dp: DataPointer) -> Result<()> {
         let dp = self.ctrl.io_data_pointer(dp)?;
-        self.qp.set_data_pointer(dp);
+        match &mut self.qp {
+            Engine::Pci(q) => q.set_data_pointer(dp),
+            Engine::Tcp(_) if dp == nvme_core::DataPointer::Prp => return Err(prp_over_tcp()),
+            Engine::Tcp(_) => {}
+        }
         Ok(())
     }
     /// Diagnostic counters of the underlying queue pair.
     pub fn stats(&self) -> nvme_core::qpair::QueueStats {
-        self.qp.stats()
+        with_qp!(&self.qp, |q| q.stats())
     }
 
     /// The namespace `nsid`: at index `nsid - 1` when the NSIDs are dense (one compare),
@@ -364,16 +503,24 @@ impl IoQueuePair {
             token,
             _buf: Some(buf.map.clone()),
         };
-        self.qp
-            .submit_blocks(
+        let r = match &mut self.qp {
+            Engine::Pci(q) => q.submit_blocks(
                 Command::new(op as u8, nsid),
                 lba,
                 blocks,
                 ns.shift,
                 buf.region(),
                 ctx,
-            )
-            .map_err(Error::from)
+            ),
+            Engine::Tcp(q) => {
+                let region = buf.region();
+                out_of_line(move || {
+                    let cmd = Command::new(op as u8, nsid);
+                    q.submit_blocks(cmd, lba, blocks, ns.shift, region, ctx)
+                })
+            }
+        };
+        r.map_err(|e| self.submit_error(e))
     }
 
     /// Reads `buf.len()` bytes (a multiple of the block size) from `lba`.
@@ -420,9 +567,8 @@ impl IoQueuePair {
         self.check_range(nsid, lba, blocks as u64, capacity)?;
         self.leases.check_write(nsid, lba, blocks as u64)?;
         let ctx = IoCtx { token, _buf: None };
-        self.qp
-            .submit(Command::write_zeroes(nsid, lba, blocks.max(1)), None, ctx)
-            .map_err(Error::from)
+        let cmd = Command::write_zeroes(nsid, lba, blocks.max(1));
+        with_qp!(&mut self.qp, |q| q.submit(cmd, None, ctx)).map_err(|e| self.submit_error(e))
     }
     /// Deallocates (trims) `blocks` blocks at `lba` (Dataset Management, one range).
     pub fn deallocate(&mut self, nsid: u32, lba: u64, blocks: u32, token: u64) -> Result<()> {
@@ -430,7 +576,7 @@ impl IoQueuePair {
         let capacity = self.namespace(nsid)?.blocks;
         self.check_range(nsid, lba, blocks as u64, capacity)?;
         self.leases.check_write(nsid, lba, blocks as u64)?;
-        let Some(slot) = self.qp.next_slot() else {
+        let Some(slot) = with_qp!(&mut self.qp, |q| q.next_slot()) else {
             return Err(Error::Submit(nvme_core::SubmitError::QueueFull));
         };
         let range = DsmRange {
@@ -446,18 +592,17 @@ impl IoQueuePair {
             "a DSM range is 16 bytes"
         );
         let ctx = IoCtx { token, _buf: None };
-        self.qp
-            .submit(Command::deallocate(nsid, 1), Some(entry), ctx)
-            .map_err(Error::from)
+        let cmd = Command::deallocate(nsid, 1);
+        with_qp!(&mut self.qp, |q| q.submit(cmd, Some(entry), ctx))
+            .map_err(|e| self.submit_error(e))
     }
     /// Flushes the namespace's volatile write cache.
     pub fn flush(&mut self, nsid: u32, token: u64) -> Result<()> {
         self.current()?;
         self.namespace(nsid)?;
         let ctx = IoCtx { token, _buf: None };
-        self.qp
-            .submit(Command::flush(nsid), None, ctx)
-            .map_err(Error::from)
+        let cmd = Command::flush(nsid);
+        with_qp!(&mut self.qp, |q| q.submit(cmd, None, ctx)).map_err(|e| self.submit_error(e))
     }
     /// Submits any I/O command as built, with an optional data range (at most the maximum
     /// transfer size; not split). Nothing is checked beyond the data pointer: the
@@ -471,16 +616,15 @@ impl IoQueuePair {
             token,
             _buf: data.map(|d| d.map.clone()),
         };
-        self.qp
-            .submit(cmd, data.map(|d| d.region()), ctx)
-            .map_err(Error::from)
+        let region = data.map(|d| d.region());
+        with_qp!(&mut self.qp, |q| q.submit(cmd, region, ctx)).map_err(|e| self.submit_error(e))
     }
     /// Writes the doorbell for everything submitted since the last write (also done by
     /// [`process_completions`](Self::process_completions)).
     #[inline]
     pub fn ring(&mut self) {
         if self.reset_generation() == self.generation {
-            self.qp.ring();
+            with_qp!(&mut self.qp, |q| q.ring());
         }
     }
 
@@ -508,28 +652,31 @@ impl IoQueuePair {
     /// the queues again with the same id and memory. Returns the requests finished.
     #[cold]
     fn reconnect<F: FnMut(u64, Result<()>)>(&mut self, now: u64, f: &mut F) -> usize {
-        let n = self.qp.abort_all(Qp::ABORTED, |ctx: IoCtx, _| {
-            f(ctx.token, Err(Error::AbortedByReset))
-        });
+        let n = with_qp!(&mut self.qp, |q| q
+            .abort_all(Qp::ABORTED, |ctx: IoCtx, _| {
+                f(ctx.token, Err(Error::AbortedByReset))
+            }));
+        // Over NVMe/TCP there is no controller reset (the generation never moves).
+        let Engine::Pci(qp) = &mut self.qp else {
+            return n;
+        };
         if let Some(sh) = self.ctrl.shadow_doorbells() {
             // The reset zeroed the pages; zeroed again for this queue before it is created
             // (an I/O thread of this process may have rung between the two). It fit at
             // creation.
-            self.qp
-                .set_shadow_doorbells(sh.db(), sh.ei(), self.ctrl.info().cap.dstrd());
+            qp.set_shadow_doorbells(sh.db(), sh.ei(), self.ctrl.info().cap.dstrd());
         }
-        let entries = self.qp.entries();
+        let entries = qp.entries();
+        let (sq, cq) = (qp.sq_iova(), qp.cq_iova());
         let created = self
             .ctrl
             .admin_command(
-                create_cq_command(self.qid, entries, self.qp.cq_iova(), self.irq.as_ref()),
+                create_cq_command(self.qid, entries, cq, self.irq.as_ref()),
                 None,
             )
             .and_then(|_| {
-                self.ctrl.admin_command(
-                    Command::create_io_sq(self.qid, entries, self.qp.sq_iova(), self.qid),
-                    None,
-                )
+                self.ctrl
+                    .admin_command(Command::create_io_sq(self.qid, entries, sq, self.qid), None)
             });
         // On failure the generation stays old: submissions keep being refused, and the next
         // call tries again.
@@ -559,18 +706,16 @@ impl IoQueuePair {
         if self.timeout.is_some() {
             return self.process_completions_watched(max, &mut f);
         }
-        self.qp.poll(max, |ctx: IoCtx, c: Completion| {
-            let r = if c.status.is_success() {
-                Ok(())
-            } else {
-                Err(Error::Nvme {
-                    opcode: c.opcode,
-                    admin: false,
-                    status: c.status,
-                })
-            };
-            f(ctx.token, r)
-        })
+        match &mut self.qp {
+            Engine::Pci(q) => q.poll(max, |ctx: IoCtx, c| f(ctx.token, io_result(c))),
+            Engine::Tcp(q) => out_of_line(move || {
+                let n = q.poll(max, |ctx: IoCtx, c| f(ctx.token, io_result(c)));
+                match q.rings().failure() {
+                    None => n,
+                    Some(_) => n + Self::fail_connection(q, &mut f),
+                }
+            }),
+        }
     }
 
     /// Polls until nothing is outstanding or `timeout` passes, calling `f` for each finished
@@ -632,6 +777,27 @@ impl IoQueuePair {
     }
 }
 
+/// An I/O command's result from its completion.
+#[inline]
+fn io_result(c: Completion) -> Result<()> {
+    if c.status.is_success() {
+        Ok(())
+    } else {
+        Err(Error::Nvme {
+            opcode: c.opcode,
+            admin: false,
+            status: c.status,
+        })
+    }
+}
+
+/// Why PRPs cannot be used over NVMe/TCP.
+fn prp_over_tcp() -> Error {
+    Error::Invalid(
+        "NVMe/TCP commands describe their data with SGLs; PRP data pointers cannot be used over TCP (use DataPointer::Auto or Sgl)".into(),
+    )
+}
+
 /// Create I/O Completion Queue for queue `qid`, with interrupts on `irq`'s vector if any.
 fn create_cq_command(
     qid: u16,
@@ -650,6 +816,13 @@ impl Drop for IoQueuePair {
         // Give outstanding I/O a moment, then delete the queues: the controller completes or
         // aborts whatever is left, and stops using the rings.
         let _ = self.drain(Duration::from_secs(5), |_, _| {});
+        if let Engine::Tcp(q) = &mut self.qp {
+            // Over NVMe/TCP the queue goes with its connection (closed when the pair
+            // drops): nothing at the controller can still move this process's data.
+            q.abort_all(Qp::ABORTED, |_, _| {});
+            self.ctrl.free_qid(self.qid);
+            return;
+        }
         let sq = self
             .ctrl
             .admin_command(Command::delete_io_sq(self.qid), None);
@@ -657,8 +830,9 @@ impl Drop for IoQueuePair {
             .ctrl
             .admin_command(Command::delete_io_cq(self.qid), None);
         let mut bufs = Vec::new();
-        self.qp
-            .abort_all(Qp::ABORTED, |ctx, _| bufs.extend(ctx._buf));
+        let kept = &mut bufs;
+        with_qp!(&mut self.qp, |q| q
+            .abort_all(Qp::ABORTED, |ctx, _| kept.extend(ctx._buf)));
         if let Some(irq) = &self.irq {
             irq.disable(&self.ctrl);
         }

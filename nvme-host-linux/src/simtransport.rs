@@ -183,8 +183,8 @@ impl Transport for SimTransport {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
-    fn regs(&self) -> Mmio {
-        self.bar.clone()
+    fn regs(&self) -> Option<Mmio> {
+        Some(self.bar.clone())
     }
     fn map_dma(&self, mem: &SharedMemory) -> Result<u64> {
         let lock = || self.iovas.lock().unwrap_or_else(|p| p.into_inner());

@@ -19,8 +19,9 @@ pub trait Transport: Send + Sync + fmt::Debug + std::any::Any {
     /// This transport as `Any`, to reach its own type (e.g. the software controller of a
     /// [`SimTransport`](crate::SimTransport)).
     fn as_any(&self) -> &dyn std::any::Any;
-    /// The controller's register BAR.
-    fn regs(&self) -> Mmio;
+    /// The controller's register BAR; `None` for a transport without one (NVMe/TCP, whose
+    /// registers are properties reached with Fabrics commands on the admin queue).
+    fn regs(&self) -> Option<Mmio>;
     /// Makes `mem` visible to the controller and returns its device address (IOVA).
     fn map_dma(&self, mem: &SharedMemory) -> Result<u64>;
     /// Reverses [`map_dma`](Self::map_dma).
@@ -80,6 +81,17 @@ pub trait Transport: Send + Sync + fmt::Debug + std::any::Any {
             self.name()
         )))
     }
+}
+
+/// The register BAR of `t`, or the error saying it has none (a register-based attach of a
+/// transport such as NVMe/TCP).
+pub(crate) fn registers(t: &dyn Transport) -> Result<Mmio> {
+    t.regs().ok_or_else(|| {
+        crate::error::Error::Transport(format!(
+            "{}: this transport has no controller registers to attach through; attach it by its transport id (Controller::attach)",
+            t.name()
+        ))
+    })
 }
 
 /// What a function reset ([`Controller::reset_function`](crate::Controller::reset_function))

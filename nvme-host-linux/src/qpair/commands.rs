@@ -15,7 +15,7 @@ use nvme_core::{Command, Completion};
 use nvme_regs::opcode::NvmOpcode;
 use zerocopy::IntoBytes;
 
-use super::{IoCtx, IoQueuePair};
+use super::{with_qp, Engine, IoCtx, IoQueuePair};
 use crate::dma::IoBuf;
 use crate::error::{Error, Result};
 
@@ -196,9 +196,8 @@ impl IoQueuePair {
             token: 0,
             _buf: data.map(|d| d.map.clone()),
         };
-        self.qp
-            .submit(cmd, data.map(|d| d.region()), ctx)
-            .map_err(Error::from)?;
+        let region = data.map(|d| d.region());
+        with_qp!(&mut self.qp, |q| q.submit(cmd, region, ctx)).map_err(|e| self.submit_error(e))?;
         let start = Instant::now();
         let mut result: Option<Result<u32>> = None;
         loop {
@@ -206,17 +205,27 @@ impl IoQueuePair {
                 // A reset: reconnecting completes the command as aborted.
                 self.process_completions(usize::MAX, |_, r| result = Some(r.map(|()| 0)));
             } else {
-                self.qp.poll(usize::MAX, |_: IoCtx, c: Completion| {
-                    result = Some(if c.status.is_success() {
-                        Ok(c.dw0)
-                    } else {
-                        Err(Error::Nvme {
-                            opcode: c.opcode,
-                            admin: false,
-                            status: c.status,
-                        })
-                    });
-                });
+                let res = &mut result;
+                with_qp!(&mut self.qp, |q| q.poll(
+                    usize::MAX,
+                    |_: IoCtx, c: Completion| {
+                        *res = Some(if c.status.is_success() {
+                            Ok(c.dw0)
+                        } else {
+                            Err(Error::Nvme {
+                                opcode: c.opcode,
+                                admin: false,
+                                status: c.status,
+                            })
+                        });
+                    }
+                ));
+                if let Engine::Tcp(q) = &mut self.qp {
+                    if q.rings().failure().is_some() {
+                        let mut failed = |_, r: Result<()>| result = Some(r.map(|()| 0));
+                        Self::fail_connection(q, &mut failed);
+                    }
+                }
             }
             if let Some(r) = result {
                 return r;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use nvme_core::Completion;
 
-use super::{IoCtx, IoQueuePair, Qp};
+use super::{with_qp, Engine, IoCtx, IoQueuePair, Slots};
 use crate::admin::{AbortOutcome, ABORT_REQUESTED};
 use crate::attach::TimeoutAction;
 use crate::error::{Error, Result};
@@ -69,7 +69,11 @@ impl IoTimeout {
     }
 
     /// Notes new requests and forgets finished ones; returns a late one, if any.
-    fn scan(&mut self, qp: &mut Qp, now: Instant) -> Option<Late> {
+    fn scan<Q: nvme_core::Rings>(
+        &mut self,
+        qp: &mut nvme_core::QueuePair<Q, IoCtx, Slots>,
+        now: Instant,
+    ) -> Option<Late> {
         self.next_scan = now + self.every;
         let mut oldest: Option<(usize, Instant)> = None;
         let mut lost = false;
@@ -130,7 +134,8 @@ impl IoQueuePair {
     /// through the controller's admin path (bounded by the abort and admin timeouts).
     /// Off by default; when off, the only cost is one branch per `process_completions`.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
-        self.timeout = timeout.map(|t| Box::new(IoTimeout::new(t, self.qp.capacity())));
+        let capacity = self.capacity();
+        self.timeout = timeout.map(|t| Box::new(IoTimeout::new(t, capacity)));
     }
 
     /// The I/O timeout set by [`set_timeout`](Self::set_timeout).
@@ -149,14 +154,16 @@ impl IoQueuePair {
             return 0;
         };
         let waited_ms = t.limit.as_millis() as u64;
-        let n = self.qp.poll(max, |ctx: IoCtx, c: Completion| {
-            f(ctx.token, result(c, waited_ms))
-        });
+        let g = &mut *f;
+        let n = with_qp!(&mut self.qp, |q| q
+            .poll(max, |ctx: IoCtx, c: Completion| {
+                g(ctx.token, result(c, waited_ms))
+            }));
         let now = Instant::now();
         if now < t.next_scan {
             return n;
         }
-        match t.scan(&mut self.qp, now) {
+        match with_qp!(&mut self.qp, |q| t.scan(q, now)) {
             None => n,
             Some(late) => n + self.late(late, now, f),
         }
@@ -180,7 +187,7 @@ impl IoQueuePair {
             (TimeoutAction::None, Late::AbortLost) => false,
             (TimeoutAction::Reset, _) | (TimeoutAction::Abort, Late::AbortLost) => true,
             (TimeoutAction::Abort, Late::Request(slot)) => {
-                let Some(cid) = self.qp.abortable_cid(slot) else {
+                let Some(cid) = with_qp!(&mut self.qp, |q| q.abortable_cid(slot)) else {
                     return 0; // completed meanwhile
                 };
                 let outcome = inner.abort_io(self.qid, cid);

@@ -24,6 +24,7 @@ use nvme_regs::tcp::ADMIN_IN_CAPSULE_DATA;
 use nvme_regs::{Status, StatusCodeType};
 use zerocopy::{FromBytes, IntoBytes};
 
+use super::ioq::{io_in_capsule, MemoryTable, QueueParams, TcpRings};
 use super::link::{Link, LinkOptions, Stream};
 use super::queue::{Data, SyncQueue};
 use super::TcpError;
@@ -141,7 +142,9 @@ struct Shared {
 /// An NVMe/TCP controller's admin queue.
 pub struct TcpController {
     shared: Arc<Shared>,
-    keep_alive: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    keep_alive: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    /// Shut down already ([`TcpController::shutdown`]).
+    shut_down: std::sync::atomic::AtomicBool,
     cntlid: u16,
     cap: Cap,
     vs: Vs,
@@ -149,6 +152,10 @@ pub struct TcpController {
     hostnqn: String,
     peer: String,
     identify: Box<IdentifyController>,
+    /// What I/O queues connect with: the transport id, this host, the timeout.
+    options: TcpOptions,
+    host: HostIdentity,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for TcpController {
@@ -222,7 +229,8 @@ impl TcpController {
             opts.timeout,
         )?;
         let mut q = SyncQueue::new(link, ADMIN_IN_CAPSULE_DATA);
-        let cntlid = fabrics_connect(&mut q, &host, subnqn, opts.kato_ms)?;
+        let admin = ConnectCommand::new(0, ADMIN_QUEUE_ENTRIES - 1, opts.kato_ms);
+        let cntlid = fabrics_connect(&mut q, &host, subnqn, admin, CNTLID_DYNAMIC)?;
         let (cap, vs) = enable(&mut q, opts.timeout)?;
         let mut c = TcpController {
             shared: Arc::new(Shared {
@@ -230,14 +238,18 @@ impl TcpController {
                 kato_ms: 0,
                 timeout: opts.timeout,
             }),
-            keep_alive: None,
+            keep_alive: Mutex::new(None),
+            shut_down: std::sync::atomic::AtomicBool::new(false),
             cntlid,
             cap,
             vs,
             subnqn: subnqn.to_string(),
-            hostnqn: host.hostnqn,
+            hostnqn: host.hostnqn.clone(),
             peer,
             identify: Box::new(<IdentifyController as zerocopy::FromZeros>::new_zeroed()),
+            options: o.clone(),
+            host,
+            timeout: opts.timeout,
         };
         c.identify = Box::new(c.identify_controller()?);
         // The granted KATO (the controller may round what Connect asked for); a controller
@@ -247,7 +259,8 @@ impl TcpController {
             .unwrap_or(opts.kato_ms);
         Arc::get_mut(&mut c.shared).expect("not shared yet").kato_ms = granted;
         if granted != 0 && opts.keep_alive_thread {
-            c.keep_alive = Some(start_keep_alive(&c.shared, granted));
+            *c.keep_alive.get_mut().unwrap_or_else(|p| p.into_inner()) =
+                Some(start_keep_alive(&c.shared, granted));
         }
         Ok(c)
     }
@@ -289,6 +302,62 @@ impl TcpController {
         self.queue().link.negotiated()
     }
 
+    /// Opens I/O queue `qid` of `entries` entries over a connection of its own: TCP to the
+    /// admin queue's address, ICReq/ICResp with the same digests, Fabrics Connect with this
+    /// association's host and controller ID. `max_transfer` bounds one command's data;
+    /// `memory` is where its commands' data pointers are resolved.
+    pub(crate) fn connect_io_queue(
+        &self,
+        qid: u16,
+        entries: u32,
+        max_transfer: usize,
+        memory: Arc<MemoryTable>,
+    ) -> Result<TcpRings> {
+        let stream = open_tcp(&self.options, self.timeout)?;
+        self.connect_io_queue_over(stream, qid, entries, max_transfer, memory)
+    }
+
+    /// [`connect_io_queue`](Self::connect_io_queue) over a stream the caller opened.
+    pub(crate) fn connect_io_queue_over(
+        &self,
+        stream: Box<dyn Stream>,
+        qid: u16,
+        entries: u32,
+        max_transfer: usize,
+        memory: Arc<MemoryTable>,
+    ) -> Result<TcpRings> {
+        let sqsize = u16::try_from(entries.saturating_sub(1)).map_err(|_| {
+            Error::Invalid(format!(
+                "I/O queue of {entries} entries: NVMe/TCP queues have at most 65536"
+            ))
+        })?;
+        let link = Link::establish(
+            stream,
+            self.peer.clone(),
+            LinkOptions {
+                header_digest: self.options.header_digest,
+                data_digest: self.options.data_digest,
+            },
+            self.timeout,
+        )?;
+        let mut q = SyncQueue::new(link, ADMIN_IN_CAPSULE_DATA);
+        let cmd = ConnectCommand::new(qid, sqsize, 0);
+        fabrics_connect(&mut q, &self.host, &self.subnqn, cmd, self.cntlid)?;
+        let (stream, peer, neg) = q.link.into_parts();
+        let params = QueueParams {
+            qid,
+            entries,
+            in_capsule: io_in_capsule(&self.identify),
+            max_transfer,
+        };
+        Ok(TcpRings::new(stream, peer, neg, params, memory)?)
+    }
+
+    /// Has the admin queue's connection failed (the association is gone)? The failure.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.queue().failure().map(str::to_string)
+    }
+
     fn queue(&self) -> MutexGuard<'_, SyncQueue> {
         self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -298,6 +367,26 @@ impl TcpController {
         let mut q = self.queue();
         let c = run(&mut q, sqe, data, &self.shared)?;
         check(sqe.opcode, c)
+    }
+
+    /// [`admin`](Self::admin) waiting up to `timeout` for each PDU of the command (instead
+    /// of the connect options' timeout).
+    pub fn admin_with_timeout(
+        &self,
+        sqe: SubmissionEntry,
+        data: Data<'_>,
+        timeout: Duration,
+    ) -> Result<CompletionEntry> {
+        let mut q = self.queue();
+        let changed = timeout != self.shared.timeout;
+        if changed {
+            q.link.set_timeout(timeout)?;
+        }
+        let c = run(&mut q, sqe, data, &self.shared);
+        if changed {
+            let _ = q.link.set_timeout(self.shared.timeout);
+        }
+        check(sqe.opcode, c?)
     }
 
     /// Identify Controller.
@@ -458,21 +547,23 @@ fn copy_nqn(field: &mut [u8; 256], s: &str) {
     field[..n].copy_from_slice(&s.as_bytes()[..n]);
 }
 
-/// Fabrics Connect of the admin queue; the granted controller ID.
+/// Fabrics Connect `cmd` (the admin queue's, or an I/O queue's naming the association's
+/// controller `cntlid`); the granted controller ID.
 fn fabrics_connect(
     q: &mut SyncQueue,
     host: &HostIdentity,
     subnqn: &str,
-    kato_ms: u32,
+    cmd: ConnectCommand,
+    cntlid: u16,
 ) -> Result<u16> {
     let mut data = ConnectData {
         hostid: host.hostid,
-        cntlid: CNTLID_DYNAMIC,
+        cntlid,
         ..Default::default()
     };
     copy_nqn(&mut data.subnqn, subnqn);
     copy_nqn(&mut data.hostnqn, &host.hostnqn);
-    let cmd = ConnectCommand::new(0, ADMIN_QUEUE_ENTRIES - 1, kato_ms).to_entry();
+    let cmd = cmd.to_entry();
     let c = q.execute(cmd, Data::FromHost(data.as_bytes()))?;
     let status = c.status();
     if status.is_success() {
@@ -626,13 +717,26 @@ fn start_keep_alive(shared: &Arc<Shared>, kato_ms: u32) -> (mpsc::Sender<()>, Jo
     (tx, h)
 }
 
-impl Drop for TcpController {
-    fn drop(&mut self) {
-        if let Some((tx, h)) = self.keep_alive.take() {
+impl TcpController {
+    /// Stops Keep Alive and shuts the controller down (CC.SHN, then CSTS.SHST within
+    /// 500 ms), once; best effort (the association ends with the socket anyway). Dropping
+    /// does it when it was not done.
+    pub fn shutdown(&self) {
+        if self
+            .shut_down
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let ka = self
+            .keep_alive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((tx, h)) = ka {
             drop(tx);
             let _ = h.join();
         }
-        // Normal shutdown, best effort and bounded: the association ends with the socket.
         let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
         let _ = q.link.set_timeout(Duration::from_secs(1));
         let cc = property_get(&mut q, offset::CC as u32, PropertySize::Four)
@@ -645,5 +749,11 @@ impl Drop for TcpController {
                 });
             }
         }
+    }
+}
+
+impl Drop for TcpController {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }

@@ -22,17 +22,26 @@ use super::{DigestKind, TcpError};
 pub trait Stream: Read + Write + Send {
     /// Bounds each read (`None`: wait forever).
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+    /// Makes reads and writes return `WouldBlock` instead of waiting (an I/O queue's
+    /// connection, polled).
+    fn set_nonblocking(&self, on: bool) -> io::Result<()>;
 }
 
 impl Stream for std::net::TcpStream {
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         std::net::TcpStream::set_read_timeout(self, t)
     }
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        std::net::TcpStream::set_nonblocking(self, on)
+    }
 }
 
 impl Stream for std::os::unix::net::UnixStream {
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         std::os::unix::net::UnixStream::set_read_timeout(self, t)
+    }
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        std::os::unix::net::UnixStream::set_nonblocking(self, on)
     }
 }
 
@@ -94,61 +103,278 @@ fn align_up(v: usize, a: usize) -> usize {
 pub fn frame(
     out: &mut Vec<u8>,
     kind: PduType,
-    mut flags: PduFlags,
+    flags: PduFlags,
     header_rest: &[u8],
     data: &[u8],
     digests: (bool, bool),
     alignment: usize,
 ) -> Result<(), usize> {
-    let hlen = kind.header_len();
-    debug_assert_eq!(header_rest.len() + 8, hlen);
-    let hd = if digests.0 && kind.has_header_digest() {
-        flags |= PduFlags::HDGSTF;
-        DIGEST_LEN
-    } else {
-        0
-    };
-    let dd = if digests.1 && !data.is_empty() {
-        flags |= PduFlags::DDGSTF;
-        DIGEST_LEN
-    } else {
-        0
-    };
-    let pdo = if data.is_empty() {
-        0
-    } else {
-        align_up(hlen + hd, alignment.max(1))
-    };
-    let plen = if data.is_empty() {
-        hlen + hd
-    } else {
-        pdo + data.len() + dd
-    };
-    let (Ok(plen32), Ok(pdo8)) = (u32::try_from(plen), u8::try_from(pdo)) else {
-        return Err(plen);
-    };
-    let ch = CommonHeader {
-        pdu_type: kind as u8,
-        flags: flags.bits(),
-        hlen: hlen as u8,
-        pdo: pdo8,
-        plen: plen32,
-    };
     out.clear();
-    out.extend_from_slice(ch.as_bytes());
-    out.extend_from_slice(header_rest);
-    if hd != 0 {
-        let d = crc32c(&out[..hlen]);
-        out.extend_from_slice(&d.to_le_bytes());
-    }
-    if !data.is_empty() {
-        out.resize(pdo, 0);
-        out.extend_from_slice(data);
-        if dd != 0 {
-            out.extend_from_slice(&crc32c(data).to_le_bytes());
+    let fill = |dst: &mut [u8]| {
+        dst.copy_from_slice(data);
+        true
+    };
+    let framing = Framing { digests, alignment };
+    framing
+        .append(out, kind, flags, header_rest, data.len(), fill)
+        .map(|_| ())
+}
+
+/// How PDUs are framed on one connection: the digests and the data alignment in force.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Framing {
+    /// Header and data digests on.
+    pub(crate) digests: (bool, bool),
+    /// Alignment of the data in a PDU (`(CPDA + 1) * 4`; 1 for none).
+    pub(crate) alignment: usize,
+}
+
+impl Framing {
+    /// Appends one PDU to `out` (see [`frame`]) whose `data_len` bytes of data `fill`
+    /// writes in place (it returns `false` when it could not; then nothing is appended
+    /// and the result is `Ok(false)`). `Err(plen)`: too long for the PDU length field.
+    pub(crate) fn append(
+        &self,
+        out: &mut Vec<u8>,
+        kind: PduType,
+        mut flags: PduFlags,
+        header_rest: &[u8],
+        data_len: usize,
+        fill: impl FnOnce(&mut [u8]) -> bool,
+    ) -> Result<bool, usize> {
+        let hlen = kind.header_len();
+        debug_assert_eq!(header_rest.len() + 8, hlen);
+        let hd = if self.digests.0 && kind.has_header_digest() {
+            flags |= PduFlags::HDGSTF;
+            DIGEST_LEN
+        } else {
+            0
+        };
+        let dd = if self.digests.1 && data_len != 0 {
+            flags |= PduFlags::DDGSTF;
+            DIGEST_LEN
+        } else {
+            0
+        };
+        let pdo = if data_len == 0 {
+            0
+        } else {
+            align_up(hlen + hd, self.alignment.max(1))
+        };
+        let plen = if data_len == 0 {
+            hlen + hd
+        } else {
+            pdo + data_len + dd
+        };
+        let (Ok(plen32), Ok(pdo8)) = (u32::try_from(plen), u8::try_from(pdo)) else {
+            return Err(plen);
+        };
+        let ch = CommonHeader {
+            pdu_type: kind as u8,
+            flags: flags.bits(),
+            hlen: hlen as u8,
+            pdo: pdo8,
+            plen: plen32,
+        };
+        let start = out.len();
+        out.extend_from_slice(ch.as_bytes());
+        out.extend_from_slice(header_rest);
+        if hd != 0 {
+            let d = crc32c(&out[start..start + hlen]);
+            out.extend_from_slice(&d.to_le_bytes());
         }
+        if data_len != 0 {
+            out.resize(start + pdo + data_len, 0);
+            if !fill(&mut out[start + pdo..]) {
+                out.truncate(start);
+                return Ok(false);
+            }
+            if dd != 0 {
+                let d = crc32c(&out[start + pdo..]);
+                out.extend_from_slice(&d.to_le_bytes());
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// A failed read or write on a connection as what it means: the controller closed it
+/// ([`TcpError::Closed`], the host waiting for `waiting_for`), or another OS error while
+/// doing `what`.
+pub(crate) fn io_failure(
+    peer: &str,
+    e: io::Error,
+    waiting_for: &'static str,
+    what: impl FnOnce() -> String,
+) -> TcpError {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => TcpError::Closed {
+            peer: peer.to_string(),
+            waiting_for,
+        },
+        _ => TcpError::Io {
+            peer: peer.to_string(),
+            what: what(),
+            source: e,
+        },
+    }
+}
+
+/// Where a C2HData PDU's data lies after its header (and header digest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DataLayout {
+    /// Padding bytes before the data.
+    pub(crate) pad: usize,
+    /// Data bytes.
+    pub(crate) len: usize,
+    /// A data digest follows the data.
+    pub(crate) digest: bool,
+}
+
+/// Checks a received common header (not a C2HTermReq, which the caller handles): a PDU
+/// type a controller sends once connected, its header length, the header digest flag.
+pub(crate) fn check_common(ch: &CommonHeader, neg: &Negotiated) -> Result<PduType, String> {
+    let Some(kind) = ch.kind() else {
+        return Err(format!("unknown PDU type {:#04x}", ch.pdu_type));
+    };
+    if !matches!(kind, PduType::CapsuleResp | PduType::C2hData | PduType::R2t) {
+        return Err(format!(
+            "{} PDU from the controller (a controller sends CapsuleResp, C2HData, R2T and C2HTermReq once connected)",
+            kind.name()
+        ));
+    }
+    let hlen = kind.header_len();
+    if ch.hlen as usize != hlen {
+        return Err(format!(
+            "{} with hlen {} (must be {hlen})",
+            kind.name(),
+            ch.hlen
+        ));
+    }
+    let set = |on: bool| if on { "set" } else { "clear" };
+    let on = |on: bool| if on { "on" } else { "off" };
+    let flags = ch.flags();
+    if flags.contains(PduFlags::HDGSTF) != neg.header_digest {
+        return Err(format!(
+            "{} with the header digest flag {} although header digests are {}",
+            kind.name(),
+            set(flags.contains(PduFlags::HDGSTF)),
+            on(neg.header_digest)
+        ));
+    }
+    if kind == PduType::C2hData && flags.contains(PduFlags::DDGSTF) != neg.data_digest {
+        return Err(format!(
+            "C2HData with the data digest flag {} although data digests are {}",
+            set(flags.contains(PduFlags::DDGSTF)),
+            on(neg.data_digest)
+        ));
+    }
+    Ok(kind)
+}
+
+/// Checks a received header digest `got` against the header's bytes `hdr`.
+pub(crate) fn check_header_digest(
+    peer: &str,
+    kind: PduType,
+    hdr: &[u8],
+    got: [u8; 4],
+) -> Result<(), TcpError> {
+    let (got, want) = (u32::from_le_bytes(got), crc32c(hdr));
+    if got != want {
+        return Err(TcpError::DigestMismatch {
+            peer: peer.to_string(),
+            kind: DigestKind::Header,
+            pdu: kind.name(),
+            expected: want,
+            received: got,
+        });
     }
     Ok(())
+}
+
+/// Checks the lengths of a received PDU whose common header passed [`check_common`]
+/// (`hdr`: its `hlen` header bytes) and decodes it; for C2HData, where its data lies.
+pub(crate) fn check_header(
+    kind: PduType,
+    ch: &CommonHeader,
+    hdr: &[u8],
+    neg: &Negotiated,
+) -> Result<(Inbound, Option<DataLayout>), String> {
+    let hd = if neg.header_digest { DIGEST_LEN } else { 0 };
+    let plen = ch.plen as usize;
+    let fixed = kind.header_len() + hd;
+    match kind {
+        PduType::CapsuleResp | PduType::R2t => {
+            if plen != fixed || ch.pdo != 0 {
+                return Err(format!(
+                    "{} with plen {plen} and pdo {} (must be {fixed} and 0)",
+                    kind.name(),
+                    ch.pdo
+                ));
+            }
+            if kind == PduType::R2t {
+                let r = R2t::read_from_bytes(&hdr[..24]).expect("24 bytes");
+                Ok((Inbound::R2t(r), None))
+            } else {
+                let r = CapsuleResp::read_from_bytes(&hdr[..24]).expect("24 bytes");
+                Ok((Inbound::Response(r.cqe), None))
+            }
+        }
+        _ => {
+            let d = DataHeader::read_from_bytes(&hdr[..24]).expect("24 bytes");
+            let dd = if neg.data_digest { DIGEST_LEN } else { 0 };
+            let pdo = ch.pdo as usize;
+            let datal = d.datal as usize;
+            if pdo < fixed || datal == 0 || plen != pdo + datal + dd {
+                return Err(format!(
+                    "C2HData with pdo {pdo}, plen {plen} and {datal} bytes of data (header {fixed} bytes)"
+                ));
+            }
+            let flags = ch.flags();
+            if flags.contains(PduFlags::SUCCESS) && !flags.contains(PduFlags::LAST_PDU) {
+                return Err("C2HData with SUCCESS but not LAST_PDU".into());
+            }
+            let layout = DataLayout {
+                pad: pdo - fixed,
+                len: datal,
+                digest: dd != 0,
+            };
+            Ok((Inbound::Data(d), Some(layout)))
+        }
+    }
+}
+
+/// Checks a received data digest `got` against the data.
+pub(crate) fn check_data_digest(
+    peer: &str,
+    pdu: &'static str,
+    data: &[u8],
+    got: [u8; 4],
+) -> Result<(), TcpError> {
+    let (got, want) = (u32::from_le_bytes(got), crc32c(data));
+    if got != want {
+        return Err(TcpError::DigestMismatch {
+            peer: peer.to_string(),
+            kind: DigestKind::Data,
+            pdu,
+            expected: want,
+            received: got,
+        });
+    }
+    Ok(())
+}
+
+impl Negotiated {
+    /// How PDUs are framed under these terms.
+    pub(crate) fn framing(&self) -> Framing {
+        Framing {
+            digests: (self.header_digest, self.data_digest),
+            alignment: self.data_alignment,
+        }
+    }
 }
 
 impl Link {
@@ -245,6 +471,12 @@ impl Link {
         Ok(link)
     }
 
+    /// The stream, the controller's address and what ICResp granted, for a queue that
+    /// frames and parses PDUs itself (an I/O queue, non-blocking).
+    pub(crate) fn into_parts(self) -> (Box<dyn Stream>, String, Negotiated) {
+        (self.stream, self.peer, self.neg)
+    }
+
     /// What ICResp granted.
     pub fn negotiated(&self) -> Negotiated {
         self.neg
@@ -280,18 +512,11 @@ impl Link {
     /// An I/O error as what it means: the controller closed the connection, or a timeout.
     fn map_io(&self, e: io::Error, pdu: &'static str, doing: &'static str) -> TcpError {
         match e.kind() {
-            io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted => TcpError::Closed {
-                peer: self.peer.clone(),
-                waiting_for: pdu,
-            },
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => TcpError::NoResponse {
                 peer: self.peer.clone(),
                 waiting_for: pdu,
             },
-            _ => self.io(&format!("{doing} {pdu}"), e),
+            _ => io_failure(&self.peer, e, pdu, || format!("{doing} {pdu}")),
         }
     }
 
@@ -351,108 +576,23 @@ impl Link {
             return Err(self.protocol("C2HData payload not consumed".into()));
         }
         let ch = self.read_common(waiting_for)?;
-        let Some(kind) = ch.kind() else {
-            return Err(self.protocol(format!("unknown PDU type {:#04x}", ch.pdu_type)));
-        };
-        if kind == PduType::C2hTermReq {
+        if ch.kind() == Some(PduType::C2hTermReq) {
             return Err(self.read_term(ch));
         }
-        if !matches!(kind, PduType::CapsuleResp | PduType::C2hData | PduType::R2t) {
-            return Err(self.protocol(format!(
-                "{} PDU from the controller (a controller sends CapsuleResp, C2HData, R2T and C2HTermReq once connected)",
-                kind.name()
-            )));
-        }
+        let kind = check_common(&ch, &self.neg).map_err(|m| self.protocol(m))?;
         let hlen = kind.header_len();
-        if ch.hlen as usize != hlen {
-            return Err(self.protocol(format!(
-                "{} with hlen {} (must be {hlen})",
-                kind.name(),
-                ch.hlen
-            )));
-        }
-        let flags = ch.flags();
-        if flags.contains(PduFlags::HDGSTF) != self.neg.header_digest {
-            return Err(self.protocol(format!(
-                "{} with the header digest flag {} although header digests are {}",
-                kind.name(),
-                if flags.contains(PduFlags::HDGSTF) {
-                    "set"
-                } else {
-                    "clear"
-                },
-                if self.neg.header_digest { "on" } else { "off" }
-            )));
-        }
         self.read_exact_into_hdr(8, hlen, kind.name())?;
-        let hd = if self.neg.header_digest {
-            DIGEST_LEN
-        } else {
-            0
-        };
-        if hd != 0 {
+        if self.neg.header_digest {
             let mut d = [0u8; 4];
             self.read_exact(&mut d, kind.name())?;
-            let got = u32::from_le_bytes(d);
-            let want = crc32c(&self.hdr[..hlen]);
-            if got != want {
-                return Err(TcpError::DigestMismatch {
-                    peer: self.peer.clone(),
-                    kind: DigestKind::Header,
-                    pdu: kind.name(),
-                    expected: want,
-                    received: got,
-                });
-            }
+            check_header_digest(&self.peer, kind, &self.hdr[..hlen], d)?;
         }
-        let plen = ch.plen as usize;
-        let fixed = hlen + hd;
-        match kind {
-            PduType::CapsuleResp | PduType::R2t => {
-                if plen != fixed || ch.pdo != 0 {
-                    return Err(self.protocol(format!(
-                        "{} with plen {plen} and pdo {} (must be {fixed} and 0)",
-                        kind.name(),
-                        ch.pdo
-                    )));
-                }
-                if kind == PduType::R2t {
-                    Ok(Inbound::R2t(
-                        R2t::read_from_bytes(&self.hdr[..24]).expect("24 bytes"),
-                    ))
-                } else {
-                    let r = CapsuleResp::read_from_bytes(&self.hdr[..24]).expect("24 bytes");
-                    Ok(Inbound::Response(r.cqe))
-                }
-            }
-            _ => {
-                let d = DataHeader::read_from_bytes(&self.hdr[..24]).expect("24 bytes");
-                if flags.contains(PduFlags::DDGSTF) != self.neg.data_digest {
-                    return Err(self.protocol(format!(
-                        "C2HData with the data digest flag {} although data digests are {}",
-                        if flags.contains(PduFlags::DDGSTF) {
-                            "set"
-                        } else {
-                            "clear"
-                        },
-                        if self.neg.data_digest { "on" } else { "off" }
-                    )));
-                }
-                let dd = if self.neg.data_digest { DIGEST_LEN } else { 0 };
-                let pdo = ch.pdo as usize;
-                let datal = d.datal as usize;
-                if pdo < fixed || datal == 0 || plen != pdo + datal + dd {
-                    return Err(self.protocol(format!(
-                        "C2HData with pdo {pdo}, plen {plen} and {datal} bytes of data (header {fixed} bytes)"
-                    )));
-                }
-                if flags.contains(PduFlags::SUCCESS) && !flags.contains(PduFlags::LAST_PDU) {
-                    return Err(self.protocol("C2HData with SUCCESS but not LAST_PDU".into()));
-                }
-                self.pending_data = Some((pdo - fixed, datal, dd != 0));
-                Ok(Inbound::Data(d))
-            }
+        let (inbound, data) =
+            check_header(kind, &ch, &self.hdr[..hlen], &self.neg).map_err(|m| self.protocol(m))?;
+        if let Some(d) = data {
+            self.pending_data = Some((d.pad, d.len, d.digest));
         }
+        Ok(inbound)
     }
 
     /// Reads the data of the C2HData PDU [`Link::recv`] returned into `dst` (its length
@@ -468,17 +608,7 @@ impl Link {
         if digest {
             let mut d = [0u8; 4];
             self.read_exact(&mut d, "C2HData")?;
-            let got = u32::from_le_bytes(d);
-            let want = crc32c(dst);
-            if got != want {
-                return Err(TcpError::DigestMismatch {
-                    peer: self.peer.clone(),
-                    kind: DigestKind::Data,
-                    pdu: "C2HData",
-                    expected: want,
-                    received: got,
-                });
-            }
+            check_data_digest(&self.peer, "C2HData", dst, d)?;
         }
         Ok(())
     }
@@ -491,10 +621,17 @@ impl Link {
         header_rest: &[u8],
         data: &[u8],
     ) -> Result<(), TcpError> {
-        let digests = (self.neg.header_digest, self.neg.data_digest);
-        let align = self.neg.data_alignment;
+        let f = self.neg.framing();
         let mut tx = std::mem::take(&mut self.tx);
-        let r = frame(&mut tx, kind, flags, header_rest, data, digests, align);
+        let r = frame(
+            &mut tx,
+            kind,
+            flags,
+            header_rest,
+            data,
+            f.digests,
+            f.alignment,
+        );
         let r = match r {
             Ok(()) => self
                 .stream

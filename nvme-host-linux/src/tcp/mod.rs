@@ -1,5 +1,6 @@
-//! NVMe/TCP, host side (`trtype:TCP`): the admin queue of a controller reached over TCP,
-//! and the discovery service.
+//! NVMe/TCP, host side (`trtype:TCP`): a controller reached over TCP, behind the same
+//! [`Controller`](crate::Controller) and [`IoQueuePair`](crate::IoQueuePair) as PCIe, and
+//! the discovery service.
 //!
 //! - `crc32c`: the header and data digests.
 //! - `link`: one connection: ICReq/ICResp, PDU framing with digests and data alignment,
@@ -8,33 +9,43 @@
 //!   C2HData PDUs or in H2CData PDUs answering R2Ts.
 //! - `controller`: [`TcpController`]: Fabrics Connect of the admin queue, Property Get/Set,
 //!   the enable sequence, admin commands, Keep Alive at the granted KATO, discovery
-//!   ([`discover`]).
+//!   ([`discover`]); Fabrics Connect of I/O queues (same host, same controller ID).
+//! - `ioq`: [`TcpRings`], nvme-core's `Rings` over one non-blocking connection: the I/O
+//!   queue pair is nvme-core's engine (CIDs, slots, splitting, status), as over PCIe; the
+//!   rings frame capsules (in-capsule data up to IOCCSZ), answer R2Ts, copy C2HData, and
+//!   resolve data pointers in the transport's memory table.
+//! - `transport`: [`TcpTransport`] and attaching: a [`Controller`](crate::Controller) whose
+//!   admin path is the [`TcpController`] and whose memory "mappings" are that table.
 //!
-//! I/O queues over TCP, and the same [`Controller`](crate::Controller) API as PCIe, come
-//! with the engine's unification (a later step); until then attaching `trtype:TCP` says so.
-//! What that step needs from `nvme-core`: the slot table (CIDs with generations, split
-//! requests, tokens) usable without rings, with a slot able to hold the host buffer a
-//! C2HData or R2T for its CID refers to; submission behind a sink (ring + doorbell, or a
-//! framed capsule into a reused send buffer and one write per batch) and completions from
-//! a source (phase-tagged ring, or parsed CapsuleResp / C2HData with SUCCESS, SQHD feeding
-//! the same flow control); Transport SGL data pointers and in-capsule data up to IOCCSZ
-//! instead of PRP lists; and the bring-up state machine over a register access that is
-//! Property Get/Set on the admin queue (no doorbells, no AQA/ASQ/ACQ).
+//! Not over TCP (yet): shared-memory groups (`-i`; each process attaches on its own, its
+//! own association), controller and function resets (detach and attach again),
+//! asynchronous events, interrupts (queues are polled), PRP data pointers. An I/O timeout
+//! sends an Abort over the admin queue; the reset that follows when the controller does
+//! not abort is refused.
 
 mod controller;
 mod crc32c;
+#[cfg(test)]
+mod e2e_tests;
+mod ioq;
 mod link;
 mod queue;
+#[cfg(any(test, feature = "testkit"))]
+pub mod scripted;
 #[cfg(test)]
 mod tests;
+mod transport;
 
 use std::fmt;
 use std::io;
 
 pub use controller::{discover, DiscoveryLog, HostIdentity, TcpController, TcpControllerOptions};
 pub use crc32c::crc32c;
+pub use ioq::TcpRings;
 pub use link::{frame, Negotiated, Stream};
 pub use queue::Data;
+pub use transport::TcpTransport;
+pub(crate) use transport::{admin_command, attach, csts, no_reset, shutdown};
 
 /// Which digest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,9 +254,9 @@ impl std::error::Error for TcpError {
     }
 }
 
-/// What attaching `trtype:TCP` as a [`Controller`](crate::Controller) gives for now.
-pub(crate) fn no_io_queues_yet() -> crate::Error {
+/// What attaching `trtype:TCP` in a shared-memory group (`-i`) gives for now.
+pub(crate) fn no_groups_yet() -> crate::Error {
     crate::Error::Transport(
-        "trtype:TCP: I/O queues over NVMe/TCP are not built yet; the admin queue and discovery are (TcpController, `nvmectl discover`, `nvmectl id-ctrl`)".into(),
+        "trtype:TCP: shared-memory groups (-i) are not supported over NVMe/TCP yet; attach without a group id (each process then opens its own association with the target)".into(),
     )
 }

@@ -67,6 +67,11 @@ impl SyncQueue {
         r
     }
 
+    /// The first transport failure, if there was one.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
     /// Marks the queue failed with `why` (replacing a failure recorded before): every later
     /// command fails at once naming it.
     pub fn mark_failed(&mut self, why: String) {

@@ -2,7 +2,7 @@
 //! without digests and data alignment, C2HData and R2T/H2CData transfers, Connect
 //! rejections, corrupt digests, terminations and keep-alive expiry.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::thread;
@@ -19,149 +19,19 @@ use nvme_regs::registers::{Cap, Cc, Vs};
 use nvme_regs::sgl::SglDescriptor;
 use nvme_regs::status::{GenericStatus, StatusCodeType};
 use nvme_regs::tcp::{
-    digest, CapsuleResp, CommonHeader, DataHeader, IcReq, IcResp, PduFlags, PduType, R2t, TermReq,
+    digest, CapsuleResp, CommonHeader, DataHeader, IcReq, IcResp, PduFlags, PduType, TermReq,
     SGL_ID_IN_CAPSULE, SGL_ID_TRANSPORT_DATA_BLOCK,
 };
 use nvme_regs::{CompletionEntry, Status};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
-use super::crc32c::crc32c;
+use super::scripted::Peer;
 use super::*;
 use crate::trid::TcpOptions;
 use crate::Error;
 
 const SUBNQN: &str = "nqn.2014-08.org.example:scripted";
 const HOSTNQN: &str = "nqn.2014-08.org.example:host1";
-
-/// The controller's end of the socket pair, speaking PDUs.
-struct Peer {
-    s: UnixStream,
-    hd: bool,
-    dd: bool,
-    align: usize,
-}
-
-/// One PDU as received: common header, the header's bytes, the data.
-struct Pdu {
-    ch: CommonHeader,
-    hdr: Vec<u8>,
-    data: Vec<u8>,
-}
-
-impl Peer {
-    fn read_pdu(&mut self) -> Option<Pdu> {
-        let mut b = [0u8; 8];
-        self.s.read_exact(&mut b).ok()?;
-        let ch = CommonHeader::read_from_bytes(&b).unwrap();
-        let mut hdr = b.to_vec();
-        hdr.resize(ch.hlen as usize, 0);
-        self.s.read_exact(&mut hdr[8..]).ok()?;
-        let mut at = ch.hlen as usize;
-        let flags = ch.flags();
-        if flags.contains(PduFlags::HDGSTF) {
-            let mut d = [0u8; 4];
-            self.s.read_exact(&mut d).ok()?;
-            assert_eq!(u32::from_le_bytes(d), crc32c(&hdr), "host's header digest");
-            at += 4;
-        }
-        let mut data = Vec::new();
-        if ch.pdo != 0 {
-            assert_eq!(ch.pdo as usize % self.align, 0, "host honours CPDA");
-            let mut pad = vec![0u8; ch.pdo as usize - at];
-            self.s.read_exact(&mut pad).ok()?;
-            let dd = if flags.contains(PduFlags::DDGSTF) {
-                4
-            } else {
-                0
-            };
-            data.resize(ch.plen as usize - ch.pdo as usize - dd, 0);
-            self.s.read_exact(&mut data).ok()?;
-            if dd != 0 {
-                let mut d = [0u8; 4];
-                self.s.read_exact(&mut d).ok()?;
-                assert_eq!(u32::from_le_bytes(d), crc32c(&data), "host's data digest");
-            }
-        }
-        Some(Pdu { ch, hdr, data })
-    }
-
-    /// Sends a PDU (with the data aligned to 8 bytes); `bad` corrupts the header and data
-    /// digests.
-    fn send(&mut self, t: PduType, flags: PduFlags, header: &[u8], data: &[u8], bad: (bool, bool)) {
-        let mut out = Vec::new();
-        frame(
-            &mut out,
-            t,
-            flags,
-            &header[8..t.header_len()],
-            data,
-            (self.hd, self.dd),
-            8,
-        )
-        .unwrap();
-        if bad.0 {
-            out[t.header_len()] ^= 1;
-        }
-        if bad.1 {
-            *out.last_mut().unwrap() ^= 1;
-        }
-        let _ = self.s.write_all(&out);
-    }
-
-    fn respond(&mut self, cid: u16, status: Status, dw0: u32, dw1: u32) {
-        let r = CapsuleResp {
-            cqe: CompletionEntry {
-                dw0,
-                dw1,
-                cid,
-                status: status.to_completion_word(false),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        self.send(
-            PduType::CapsuleResp,
-            PduFlags::empty(),
-            r.as_bytes(),
-            &[],
-            (false, false),
-        );
-    }
-
-    /// Sends `data` in C2HData PDUs of `chunk` bytes; `success`: the last one carries
-    /// SUCCESS and no response follows.
-    fn c2h(&mut self, cid: u16, data: &[u8], chunk: usize, success: bool, bad_dd: bool) {
-        let mut off = 0;
-        while off < data.len() {
-            let n = chunk.min(data.len() - off);
-            let last = off + n == data.len();
-            let mut flags = PduFlags::empty();
-            if last {
-                flags |= PduFlags::LAST_PDU;
-                if success {
-                    flags |= PduFlags::SUCCESS;
-                }
-            }
-            let h = DataHeader {
-                cccid: cid,
-                datao: off as u32,
-                datal: n as u32,
-                ..Default::default()
-            };
-            self.send(
-                PduType::C2hData,
-                flags,
-                h.as_bytes(),
-                &data[off..off + n],
-                (false, bad_dd),
-            );
-            off += n;
-        }
-        if !success {
-            self.respond(cid, Status::generic(GenericStatus::Success), 0, 0);
-        }
-    }
-}
 
 /// What the scripted controller does with a command beyond its defaults.
 enum Hook {
@@ -270,7 +140,7 @@ fn spawn_target(
 ) -> thread::JoinHandle<Target> {
     thread::spawn(move || {
         let mut p = Peer {
-            s,
+            s: Box::new(s),
             hd: false,
             dd: false,
             align: icresp.data_alignment(),
@@ -608,20 +478,7 @@ fn large_writes_answer_r2ts_and_small_ones_go_in_the_capsule() {
             let mut got = vec![0u8; len as usize];
             let mut pdus = Vec::new();
             for (ttag, off, n) in [(3u16, 0u32, 10000u32), (4, 10000, len - 10000)] {
-                let r = R2t {
-                    cccid: sqe.cid,
-                    ttag,
-                    r2to: off,
-                    r2tl: n,
-                    ..Default::default()
-                };
-                p.send(
-                    PduType::R2t,
-                    PduFlags::empty(),
-                    r.as_bytes(),
-                    &[],
-                    (false, false),
-                );
+                p.r2t(sqe.cid, ttag, off, n);
                 loop {
                     let pdu = p.read_pdu().unwrap();
                     assert_eq!(pdu.ch.kind(), Some(PduType::H2cData));

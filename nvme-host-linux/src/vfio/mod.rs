@@ -325,8 +325,8 @@ impl Transport for VfioTransport {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
-    fn regs(&self) -> Mmio {
-        self.bar.clone()
+    fn regs(&self) -> Option<Mmio> {
+        Some(self.bar.clone())
     }
     fn map_dma(&self, mem: &SharedMemory) -> Result<u64> {
         let len = mem.len() as u64;

@@ -380,14 +380,21 @@ pub fn discover(cli: &Cli, a: &DiscoverArgs) -> Result<String> {
     })
 }
 
-/// `id-ctrl` over NVMe/TCP: the admin queue alone (`subnqn:` names the subsystem; without
-/// it, the discovery controller).
-fn id_ctrl_tcp(o: &TcpOptions, a: &IdCtrlArgs) -> Result<Vec<u8>> {
+/// `-r`'s NVMe/TCP options when they name a discovery controller (no `subnqn:`, or the
+/// discovery NQN): it has an admin queue only, so it is reached without a [`Controller`].
+fn tcp_discovery(cli: &Cli) -> Option<&TcpOptions> {
+    tcp_transport(cli).filter(|o| {
+        o.subnqn
+            .as_deref()
+            .is_none_or(|n| n == nvme_host_linux::regs::fabrics::DISCOVERY_NQN)
+    })
+}
+
+/// `id-ctrl` of an NVMe/TCP discovery controller (every other controller, over TCP too, is
+/// attached as a [`Controller`]).
+fn id_ctrl_discovery(o: &TcpOptions, a: &IdCtrlArgs) -> Result<Vec<u8>> {
     let opts = TcpControllerOptions::default();
-    let c = match o.subnqn {
-        Some(_) => TcpController::connect(o, &opts)?,
-        None => TcpController::connect_discovery(o, &opts)?,
-    };
+    let c = TcpController::connect_discovery(o, &opts)?;
     if a.raw {
         let mut b = vec![0u8; 4096];
         let cmd = nvme_host_linux::nvme_core::Command::identify(1, 0, 0).0;
@@ -406,9 +413,9 @@ pub fn run(cli: &Cli) -> Result<()> {
     let text = match &cli.command {
         Cmd::List(a) => list(cli, a)?,
         Cmd::Discover(a) => discover(cli, a)?,
-        Cmd::IdCtrl(a) if tcp_transport(cli).is_some() => {
-            let o = tcp_transport(cli).expect("checked");
-            return output(None, &id_ctrl_tcp(o, a)?);
+        Cmd::IdCtrl(a) if tcp_discovery(cli).is_some() => {
+            let o = tcp_discovery(cli).expect("checked");
+            return output(None, &id_ctrl_discovery(o, a)?);
         }
         Cmd::IdCtrl(a) if a.raw => return print(with_controller(cli, ops::id_ctrl_raw)?),
         Cmd::IdCtrl(a) => with_controller(cli, |c| id_ctrl(c, a))?,

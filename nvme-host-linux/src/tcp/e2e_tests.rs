@@ -1,0 +1,270 @@
+//! End to end over TCP on 127.0.0.1: `Controller::attach("trtype:TCP ...")`, the admin
+//! helpers and I/O queue pairs against a scripted NVMe/TCP target with one namespace in
+//! memory. The tests need only what [`start`] returns (a transport id string and the
+//! namespace's bytes), so a real target (the software controller's, Linux's nvmet) can
+//! take the scripted one's place.
+
+use std::time::Duration;
+
+use nvme_regs::features::{fid, FeatureSelect};
+use nvme_regs::registers::Cc;
+use nvme_regs::status::MediaErrorStatus;
+use nvme_regs::tcp::digest;
+
+use super::scripted::{start, Config, Target, BLOCKS};
+use crate::{AttachOptions, Controller, Error, QueueOptions, TransportId};
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// The same program as over PCIe: attach, identify, logs, features, an I/O queue pair
+/// with reads, writes (in the capsule and through R2T), compare, write zeroes, deallocate,
+/// flush, split transfers and a batch in flight.
+fn exercise(trid: &str, t: &Target) {
+    let ctrl = Controller::attach(trid).unwrap();
+    assert_eq!(ctrl.identify().model(), "E2E TCP TARGET");
+    assert_eq!(ctrl.name(), format!("tcp:{}", trid_addr(trid)));
+    assert_eq!(ctrl.max_transfer(), 128 * 1024);
+    let ns = ctrl.namespace(1).unwrap();
+    assert_eq!((ns.blocks(), ns.block_size()), (BLOCKS, 512));
+    assert_eq!(ctrl.identify_controller().unwrap().cntlid, 5);
+    assert_eq!(
+        ctrl.get_features(fid::KEEP_ALIVE_TIMER, FeatureSelect::Current, 0, 0)
+            .unwrap(),
+        5000
+    );
+    let log = ctrl.get_log_page(0x02, u32::MAX, 512, 0).unwrap();
+    assert_eq!(&log[..4], &[1, 2, 3, 4]);
+    assert!(ctrl.status_register().rdy());
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(64)).unwrap();
+    assert_eq!(qp.qid(), 1);
+    assert_eq!(qp.data_pointer(), crate::DataPointer::Sgl);
+
+    let mut buf = ctrl.alloc_dma(1 << 20).unwrap();
+    // 4 KiB: in the capsule. 64 KiB: R2T and H2CData.
+    for (lba, len, seed) in [(8u64, 4096usize, 1u8), (100, 65536, 2)] {
+        buf.as_mut_slice()[..len].copy_from_slice(&pattern(seed, len));
+        qp.write_sync(1, lba, buf.slice(0..len).unwrap()).unwrap();
+        let disk = t.disk.lock().unwrap();
+        assert_eq!(disk[lba as usize * 512..][..len], pattern(seed, len)[..]);
+    }
+    buf.as_mut_slice().fill(0);
+    qp.read_sync(1, 100, buf.slice(0..65536).unwrap()).unwrap();
+    assert_eq!(buf.as_slice()[..65536], pattern(2, 65536)[..]);
+    // Compare: equal, then not.
+    qp.compare_sync(1, 100, buf.slice(0..65536).unwrap())
+        .unwrap();
+    buf.as_mut_slice()[7] ^= 1;
+    let e = qp
+        .compare_sync(1, 100, buf.slice(0..65536).unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Nvme { status, .. } if status.is_media(MediaErrorStatus::CompareFailure)),
+        "{e}"
+    );
+    // 1 MiB: eight commands of MDTS each, one request.
+    {
+        let mut disk = t.disk.lock().unwrap();
+        disk[..1 << 20].copy_from_slice(&pattern(3, 1 << 20));
+    }
+    buf.as_mut_slice().fill(0);
+    qp.read_sync(1, 0, buf.slice(0..1 << 20).unwrap()).unwrap();
+    assert!(buf.as_slice() == pattern(3, 1 << 20), "1 MiB split read");
+    // Write zeroes, deallocate, flush.
+    qp.write_zeroes_sync(1, 0, 16, Default::default()).unwrap();
+    qp.deallocate(1, 16, 8, 9).unwrap();
+    let mut results = Vec::new();
+    qp.drain(Duration::from_secs(10), |tok, r| {
+        results.push((tok, r.is_ok()))
+    })
+    .unwrap();
+    assert_eq!(results, [(9, true)]);
+    qp.flush_sync(1).unwrap();
+    {
+        let disk = t.disk.lock().unwrap();
+        assert!(
+            disk[..24 * 512].iter().all(|&b| b == 0),
+            "zeroed blocks 0..24"
+        );
+        assert_ne!(disk[24 * 512], 0, "block 24 left as it was");
+    }
+    // A batch in flight: 32 reads of 4 KiB, completions matched by token.
+    let mut done = [false; 32];
+    for i in 0..32u64 {
+        let r = buf
+            .slice(i as usize * 4096..(i as usize + 1) * 4096)
+            .unwrap();
+        qp.read(1, 256 + i * 8, r, i).unwrap();
+    }
+    qp.drain(Duration::from_secs(10), |tok, r| {
+        r.unwrap();
+        done[tok as usize] = true;
+    })
+    .unwrap();
+    assert!(done.iter().all(|&d| d));
+    let disk = t.disk.lock().unwrap().clone();
+    assert!(buf.as_slice()[..128 * 1024] == disk[256 * 512..256 * 512 + 128 * 1024]);
+    assert_eq!(qp.stats().bad_sq_heads, 0, "SQHD followed");
+    drop(qp);
+    drop(ctrl);
+    let connects = t.connects.lock().unwrap().clone();
+    assert_eq!(
+        connects[0],
+        (0, 31, 0xffff),
+        "admin queue: dynamic controller"
+    );
+    assert_eq!(
+        connects[1],
+        (1, 63, 5),
+        "I/O queue 1: the admin's controller"
+    );
+    assert!(Cc(*t.cc.lock().unwrap()).shn() != 0, "shut down at detach");
+}
+
+fn trid_addr(trid: &str) -> String {
+    match TransportId::parse(trid).unwrap().kind {
+        crate::TransportKind::Tcp(o) => o.addr.to_string(),
+        k => panic!("{k:?}"),
+    }
+}
+
+#[test]
+fn a_pcie_program_runs_unchanged_over_tcp() {
+    let (trid, t) = start(Config::default());
+    exercise(&trid, &t);
+}
+
+#[test]
+fn with_digests_alignment_small_h2c_pdus_and_success_flags() {
+    let (trid, t) = start(Config {
+        digests: digest::HEADER | digest::DATA,
+        cpda: 1,
+        max_h2c: 4096,
+        success_flag: true,
+        ..Default::default()
+    });
+    exercise(&format!("{trid} hdgst:1 ddgst:1"), &t);
+}
+
+#[test]
+fn completions_out_of_order_finish_their_own_requests() {
+    let (trid, t) = start(Config {
+        swap_reads: true,
+        ..Default::default()
+    });
+    {
+        let mut disk = t.disk.lock().unwrap();
+        disk[..65536].copy_from_slice(&pattern(5, 65536));
+    }
+    let ctrl = Controller::attach(&trid).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
+    let mut buf = ctrl.alloc_dma(65536).unwrap();
+    for round in 0..4u64 {
+        for i in 0..2u64 {
+            let at = (round * 2 + i) as usize * 8192;
+            qp.read(
+                1,
+                at as u64 / 512,
+                buf.slice(at..at + 8192).unwrap(),
+                at as u64,
+            )
+            .unwrap();
+        }
+        let mut order = Vec::new();
+        qp.drain(Duration::from_secs(10), |tok, r| {
+            r.unwrap();
+            order.push(tok);
+        })
+        .unwrap();
+        let first = round * 2 * 8192;
+        assert_eq!(
+            order,
+            [first + 8192, first],
+            "the second read completes first"
+        );
+    }
+    assert!(buf.as_slice() == pattern(5, 65536));
+}
+
+#[test]
+fn a_dropped_connection_fails_outstanding_io_naming_it() {
+    let (trid, _t) = start(Config {
+        close_io_after: Some(3),
+        ..Default::default()
+    });
+    let ctrl = Controller::attach(&trid).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
+    let mut buf = ctrl.alloc_dma(4096).unwrap();
+    qp.flush_sync(1).unwrap();
+    qp.flush_sync(1).unwrap();
+    // The third command is taken and the connection closed: both outstanding fail.
+    qp.read(1, 0, buf.slice(0..512).unwrap(), 1).unwrap();
+    qp.read(1, 1, buf.slice(512..1024).unwrap(), 2).unwrap();
+    let mut failed = Vec::new();
+    qp.drain(Duration::from_secs(10), |tok, r| {
+        failed.push((tok, r.unwrap_err().to_string()))
+    })
+    .unwrap();
+    failed.sort();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    for (tok, e) in &failed {
+        assert!([1, 2].contains(tok));
+        assert!(e.contains("closed the connection"), "{e}");
+    }
+    let e = qp.flush_sync(1).unwrap_err().to_string();
+    assert!(e.contains("closed the connection"), "{e}");
+    assert_eq!(qp.outstanding(), 0);
+}
+
+#[test]
+fn c2h_data_outside_the_command_fails_the_queue() {
+    let (trid, _t) = start(Config {
+        c2h_out_of_range: true,
+        ..Default::default()
+    });
+    let ctrl = Controller::attach(&trid).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
+    let mut buf = ctrl.alloc_dma(4096).unwrap();
+    buf.as_mut_slice().fill(0x5a);
+    let e = qp.read_sync(1, 0, buf.slice(0..1024).unwrap()).unwrap_err();
+    let m = e.to_string();
+    assert!(m.contains("C2HData") && m.contains("offset 1024"), "{m}");
+    assert!(buf.as_slice().iter().all(|&b| b == 0x5a), "nothing written");
+}
+
+#[test]
+fn what_tcp_does_not_do_is_refused_clearly() {
+    let (trid, _t) = start(Config::default());
+    let parsed = TransportId::parse(&trid).unwrap();
+    let opts = AttachOptions {
+        group: Some(4_000_000_011),
+        ..Default::default()
+    };
+    let e = Controller::attach_with(&parsed, &opts).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("groups (-i) are not supported over NVMe/TCP"),
+        "{e}"
+    );
+    let ctrl = Controller::attach(&trid).unwrap();
+    let e = ctrl.reset().unwrap_err().to_string();
+    assert!(e.contains("not supported over TCP"), "{e}");
+    assert!(ctrl.reset_function().is_err());
+    let mut qp = ctrl
+        .alloc_io_queue(QueueOptions::new(8).with_interrupts(true))
+        .unwrap();
+    assert!(qp.interrupt_fallback().unwrap().contains("polled"));
+    let e = qp.set_data_pointer(crate::DataPointer::Prp).unwrap_err();
+    assert!(e.to_string().contains("SGLs"), "{e}");
+    // The same attach options with PRPs are refused when the queue is made.
+    let opts = AttachOptions {
+        data_pointer: crate::DataPointer::Prp,
+        ..Default::default()
+    };
+    let ctrl = Controller::attach_with(&parsed, &opts).unwrap();
+    let e = ctrl.alloc_io_queue(QueueOptions::new(8)).unwrap_err();
+    assert!(e.to_string().contains("SGLs"), "{e}");
+}
