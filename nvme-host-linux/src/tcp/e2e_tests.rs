@@ -268,3 +268,87 @@ fn what_tcp_does_not_do_is_refused_clearly() {
     let e = ctrl.alloc_io_queue(QueueOptions::new(8)).unwrap_err();
     assert!(e.to_string().contains("SGLs"), "{e}");
 }
+
+/// Data round trips any target must pass (it only needs a namespace 1 of at least 4 MiB
+/// in 512-byte blocks, and MDTS of at most 128 KiB): writes in the capsule and through
+/// R2T, a split 1 MiB transfer, a batch of reads in flight, compare, write zeroes.
+fn round_trips(trid: &str) {
+    let ctrl = Controller::attach(trid).unwrap();
+    let ns = ctrl.namespace(1).unwrap();
+    assert_eq!(ns.block_size(), 512);
+    assert!(ns.blocks() >= 8192);
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(64)).unwrap();
+    let mut buf = ctrl.alloc_dma(1 << 20).unwrap();
+    let mut back = ctrl.alloc_dma(1 << 20).unwrap();
+    for (lba, len, seed) in [
+        (0u64, 4096usize, 11u8),
+        (64, 65536, 12),
+        (2048, 1 << 20, 13),
+    ] {
+        buf.as_mut_slice()[..len].copy_from_slice(&pattern(seed, len));
+        qp.write_sync(1, lba, buf.slice(0..len).unwrap()).unwrap();
+        back.as_mut_slice().fill(0);
+        qp.read_sync(1, lba, back.slice(0..len).unwrap()).unwrap();
+        assert!(
+            back.as_slice()[..len] == pattern(seed, len)[..],
+            "{len} bytes at {lba}"
+        );
+    }
+    qp.compare_sync(1, 2048, buf.slice(0..1 << 20).unwrap())
+        .unwrap();
+    buf.as_mut_slice()[4095] ^= 0x80;
+    let e = qp
+        .compare_sync(1, 2048, buf.slice(0..4096).unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Nvme { status, .. } if status.is_media(MediaErrorStatus::CompareFailure)),
+        "{e}"
+    );
+    // 32 reads of 4 KiB of the 1 MiB written, in flight together.
+    back.as_mut_slice().fill(0);
+    for i in 0..32u64 {
+        let r = back
+            .slice(i as usize * 4096..(i as usize + 1) * 4096)
+            .unwrap();
+        qp.read(1, 2048 + i * 8, r, i).unwrap();
+    }
+    let mut seen = 0u64;
+    qp.drain(Duration::from_secs(10), |tok, r| {
+        r.unwrap();
+        seen |= 1 << tok;
+    })
+    .unwrap();
+    assert_eq!(seen, u32::MAX as u64);
+    assert!(back.as_slice()[..128 << 10] == pattern(13, 1 << 20)[..128 << 10]);
+    qp.write_zeroes_sync(1, 64, 8, Default::default()).unwrap();
+    qp.read_sync(1, 64, back.slice(0..8192).unwrap()).unwrap();
+    assert!(back.as_slice()[..4096].iter().all(|&b| b == 0));
+    assert!(back.as_slice()[4096..8192] == pattern(12, 8192)[4096..]);
+    qp.flush_sync(1).unwrap();
+}
+
+#[test]
+fn data_round_trips_through_the_scripted_target() {
+    let (trid, _t) = start(Config {
+        digests: digest::DATA,
+        ..Default::default()
+    });
+    round_trips(&format!("{trid} ddgst:1"));
+}
+
+/// The software controller behind nvme-sim's NVMe/TCP target.
+#[cfg(feature = "sim")]
+#[test]
+fn data_round_trips_through_the_software_controllers_tcp_target() {
+    let cfg = nvme_sim::SimConfig {
+        namespaces: vec![nvme_sim::NamespaceConfig {
+            lba_size: 512,
+            blocks: 16384,
+        }],
+        ..Default::default()
+    };
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let target = nvme_sim::TcpTarget::start(cfg, addr, Default::default()).unwrap();
+    round_trips(&target.transport_id());
+    round_trips(&format!("{} hdgst:1 ddgst:1", target.transport_id()));
+}

@@ -322,9 +322,10 @@ fn serve(s: std::net::TcpStream, t: &Target) {
         entries,
         commands: 0,
         held: None,
+        backlog: std::collections::VecDeque::new(),
     };
     p.respond_sqhd(sqe.cid, ok(), 5, 0, q.head as u16);
-    while let Some(pdu) = p.read_pdu() {
+    while let Some(pdu) = q.backlog.pop_front().or_else(|| p.read_pdu()) {
         if pdu.ch.kind() == Some(PduType::H2cTermReq) {
             return;
         }
@@ -350,6 +351,8 @@ struct Queue {
     commands: usize,
     /// A read held back to be answered after the next command (`Config::swap_reads`).
     held: Option<SubmissionEntry>,
+    /// Command capsules that arrived while a write's data was awaited (handled next).
+    backlog: std::collections::VecDeque<Pdu>,
 }
 
 fn identify_controller() -> Vec<u8> {
@@ -430,7 +433,13 @@ fn admin(p: &mut Peer, t: &Target, q: &Queue, sqe: &SubmissionEntry) {
 }
 
 /// The data of a write-like command: in the capsule, or asked for with one R2T.
-fn receive(p: &mut Peer, sqe: &SubmissionEntry, inline: &[u8], len: usize) -> Vec<u8> {
+fn receive(
+    p: &mut Peer,
+    backlog: &mut std::collections::VecDeque<Pdu>,
+    sqe: &SubmissionEntry,
+    inline: &[u8],
+    len: usize,
+) -> Vec<u8> {
     if !inline.is_empty() {
         assert!(inline.len() <= IN_CAPSULE as usize);
         return inline.to_vec();
@@ -439,6 +448,11 @@ fn receive(p: &mut Peer, sqe: &SubmissionEntry, inline: &[u8], len: usize) -> Ve
     let mut got = vec![0u8; len];
     loop {
         let pdu = p.read_pdu().expect("H2CData");
+        if pdu.ch.kind() == Some(PduType::CapsuleCmd) {
+            // The host pipelines: later commands may come before this one's data.
+            backlog.push_back(pdu);
+            continue;
+        }
         assert_eq!(pdu.ch.kind(), Some(PduType::H2cData));
         let d = DataHeader::read_from_bytes(&pdu.hdr).unwrap();
         assert_eq!((d.cccid, d.ttag), (sqe.cid, 0x77));
@@ -457,13 +471,20 @@ fn io(p: &mut Peer, t: &Target, q: &mut Queue, sqe: &SubmissionEntry, inline: &[
         return;
     }
     let held = q.held.take();
-    io_one(p, t, sqhd, sqe, inline);
+    io_one(p, t, q, sqhd, sqe, inline);
     if let Some(h) = held {
-        io_one(p, t, sqhd, &h, &[]);
+        io_one(p, t, q, sqhd, &h, &[]);
     }
 }
 
-fn io_one(p: &mut Peer, t: &Target, sqhd: u16, sqe: &SubmissionEntry, inline: &[u8]) {
+fn io_one(
+    p: &mut Peer,
+    t: &Target,
+    q: &mut Queue,
+    sqhd: u16,
+    sqe: &SubmissionEntry,
+    inline: &[u8],
+) {
     let slba = sqe.cdw10 as u64 | (sqe.cdw11 as u64) << 32;
     let nlb = (sqe.cdw12 & 0xffff) as usize + 1;
     let range = slba as usize * 512..(slba as usize + nlb) * 512;
@@ -500,7 +521,7 @@ fn io_one(p: &mut Peer, t: &Target, sqhd: u16, sqe: &SubmissionEntry, inline: &[
             }
         }
         0x01 | 0x05 => {
-            let data = receive(p, sqe, inline, range.len());
+            let data = receive(p, &mut q.backlog, sqe, inline, range.len());
             let mut disk = t.disk.lock().unwrap();
             if sqe.opcode == 0x01 {
                 disk[range].copy_from_slice(&data);
@@ -521,7 +542,7 @@ fn io_one(p: &mut Peer, t: &Target, sqhd: u16, sqe: &SubmissionEntry, inline: &[
         }
         0x09 => {
             let ranges = (sqe.cdw10 & 0xff) as usize + 1;
-            let data = receive(p, sqe, inline, ranges * 16);
+            let data = receive(p, &mut q.backlog, sqe, inline, ranges * 16);
             let mut disk = t.disk.lock().unwrap();
             for r in data.chunks_exact(16) {
                 let len = u32::from_le_bytes(r[4..8].try_into().unwrap()) as usize;
