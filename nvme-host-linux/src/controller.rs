@@ -752,6 +752,15 @@ impl Inner {
         dead_owner: Option<nvme_core::shared::OwnerId>,
         function: bool,
     ) -> Result<Option<FunctionReset>> {
+        if self.regs.is_none() {
+            // NVMe/TCP: a new association (the old one shut down); every I/O queue pair
+            // completes what it had with AbortedByReset and reconnects when it sees it.
+            if function {
+                return Err(crate::tcp::no_reset());
+            }
+            let _admin = lock(&self.admin);
+            return crate::tcp::reset(self.transport.as_ref()).map(|()| None);
+        }
         let mut seen = None;
         let mut admin = lock(&self.admin);
         let cap_timeout = Duration::from_millis(self.info.cap.timeout_ms().max(500) as u64);

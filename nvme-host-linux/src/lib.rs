@@ -94,6 +94,7 @@ pub use namespace::Namespace;
 pub use passthru::admin_passthru_refusal;
 pub use qpair::{DataPointer, IoQueuePair, QueueOptions};
 pub use qpair::{DsmAttributes, WriteZeroesOptions, MAX_DSM_RANGES, SYNC_COMMAND_TIMEOUT};
+pub use qpair::{RECONNECT_ATTEMPTS, RECONNECT_INTERVAL};
 #[cfg(feature = "sim")]
 pub use simtransport::SimTransport;
 pub use transport::{FunctionReset, Transport};

@@ -156,6 +156,8 @@ pub struct TcpController {
     options: TcpOptions,
     host: HostIdentity,
     timeout: Duration,
+    /// What this association was connected with (for [`TcpController::connect_again`]).
+    connected_with: TcpControllerOptions,
 }
 
 impl std::fmt::Debug for TcpController {
@@ -248,6 +250,10 @@ impl TcpController {
             peer,
             identify: Box::new(<IdentifyController as zerocopy::FromZeros>::new_zeroed()),
             options: o.clone(),
+            connected_with: TcpControllerOptions {
+                host: Some(host.clone()),
+                ..opts.clone()
+            },
             host,
             timeout: opts.timeout,
         };
@@ -300,6 +306,14 @@ impl TcpController {
     /// What ICResp granted: digests, data alignment, MAXH2CDATA.
     pub fn negotiated(&self) -> super::link::Negotiated {
         self.queue().link.negotiated()
+    }
+
+    /// A new association with the same subsystem, as this one was made (same address,
+    /// host, digests, KATO): what a reconnect after a dropped connection or a target
+    /// restart, or a controller reset over TCP, starts with.
+    pub fn connect_again(&self) -> Result<TcpController> {
+        let stream = open_tcp(&self.options, self.timeout)?;
+        Self::over_stream(stream, &self.options, &self.subnqn, &self.connected_with)
     }
 
     /// Opens I/O queue `qid` of `entries` entries over a connection of its own: TCP to the

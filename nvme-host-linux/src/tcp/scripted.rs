@@ -262,6 +262,22 @@ pub struct Target {
     pub connects: Mutex<Vec<(u16, u16, u16)>>,
     /// I/O commands answered: reads, writes.
     pub io: Mutex<(u64, u64)>,
+    /// The controller ID the next admin Connect gets; I/O Connects naming another are
+    /// refused (Connect Invalid Parameters: CNTLID).
+    pub cntlid: Mutex<u16>,
+    /// Every connection accepted, to end them ([`Target::restart`]).
+    streams: Mutex<Vec<std::net::TcpStream>>,
+}
+
+impl Target {
+    /// What a target restart looks like to hosts: every connection is closed, and the
+    /// controller IDs given before are no longer known.
+    pub fn restart(&self) {
+        *self.cntlid.lock().unwrap() += 1;
+        for s in self.streams.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// Starts a target on 127.0.0.1 (an ephemeral port); returns its transport id.
@@ -274,6 +290,8 @@ pub fn start(cfg: Config) -> (String, Arc<Target>) {
         cc: Mutex::new(0),
         connects: Mutex::new(Vec::new()),
         io: Mutex::new((0, 0)),
+        cntlid: Mutex::new(5),
+        streams: Mutex::new(Vec::new()),
     });
     let t2 = t.clone();
     thread::spawn(move || {
@@ -294,6 +312,17 @@ fn ok() -> Status {
 /// One connection: ICReq/ICResp, Connect, then the admin or an I/O queue's commands.
 fn serve(s: std::net::TcpStream, t: &Target) {
     s.set_nodelay(true).unwrap();
+    let Ok(own) = s.try_clone() else { return };
+    if let Ok(c) = s.try_clone() {
+        t.streams.lock().unwrap().push(c);
+    }
+    serve_connection(s, t);
+    // Closed here whoever else holds the socket (the clone kept for `restart`).
+    let _ = own.shutdown(std::net::Shutdown::Both);
+}
+
+/// [`serve`]'s work on one connection, until it ends.
+fn serve_connection(s: std::net::TcpStream, t: &Target) {
     let mut p = Peer {
         s: Box::new(s),
         hd: false,
@@ -324,7 +353,19 @@ fn serve(s: std::net::TcpStream, t: &Target) {
         held: None,
         backlog: std::collections::VecDeque::new(),
     };
-    p.respond_sqhd(sqe.cid, ok(), 5, 0, q.head as u16);
+    let cntlid = *t.cntlid.lock().unwrap();
+    if cmd.qid != 0 && data.cntlid != cntlid {
+        // Connect Invalid Parameters (command specific 82h), in the data at CNTLID.
+        let status = Status::new(nvme_regs::StatusCodeType::CommandSpecific, 0x82);
+        let dw0 = nvme_regs::fabrics::InvalidParameter {
+            offset: nvme_regs::fabrics::ConnectData::CNTLID_OFFSET,
+            in_data: true,
+        }
+        .to_dword();
+        p.respond_sqhd(sqe.cid, status, dw0, 0, q.head as u16);
+        return;
+    }
+    p.respond_sqhd(sqe.cid, ok(), cntlid as u32, 0, q.head as u16);
     while let Some(pdu) = q.backlog.pop_front().or_else(|| p.read_pdu()) {
         if pdu.ch.kind() == Some(PduType::H2cTermReq) {
             return;
