@@ -191,12 +191,19 @@ fn completions_out_of_order_finish_their_own_requests() {
 
 #[test]
 fn a_dropped_connection_fails_outstanding_io_naming_it_and_reconnects() {
+    dropped_connection(None);
+    // The same with the I/O timeout's watchdog on (its own completion path).
+    dropped_connection(Some(Duration::from_secs(30)));
+}
+
+fn dropped_connection(timeout: Option<Duration>) {
     let (trid, t) = start(Config {
         close_io_after: Some(3),
         ..Default::default()
     });
     let ctrl = Controller::attach(&trid).unwrap();
     let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
+    qp.set_timeout(timeout);
     let mut buf = ctrl.alloc_dma(4096).unwrap();
     qp.flush_sync(1).unwrap();
     qp.flush_sync(1).unwrap();
