@@ -91,6 +91,39 @@ pub(crate) fn identify_active(
     Ok(out)
 }
 
+/// A group member's namespaces at attach: the group's record when it is usable
+/// (`group::nsrecord`), otherwise [`identify_active`] with `read`, whose result is recorded
+/// for the next joiners when the record's lock is free.
+pub(crate) fn for_member(
+    group: &crate::group::Group,
+    regs: &crate::mmio::Mmio,
+    read: impl FnMut(nvme_core::Command) -> crate::Result<Vec<u8>>,
+) -> crate::Result<Vec<Namespace>> {
+    if let Ok(list) = group.read_namespace_record(regs) {
+        return Ok(list);
+    }
+    let lock = group.try_lock_namespace_record();
+    identify_recorded(group, lock.as_ref(), read)
+}
+
+/// [`identify_active`]; holding the group's namespace record lock (`lock`), also records
+/// the result in the group (or empties the record when it failed).
+pub(crate) fn identify_recorded(
+    group: &crate::group::Group,
+    lock: Option<&crate::group::nsrecord::RecordLock<'_>>,
+    read: impl FnMut(nvme_core::Command) -> crate::Result<Vec<u8>>,
+) -> crate::Result<Vec<Namespace>> {
+    // Read first: a notice recorded from now on may be about a change the list misses.
+    let events_at = group.events_seq();
+    let r = identify_active(read);
+    match (lock, &r) {
+        (Some(lock), Ok(list)) => lock.publish(events_at, list),
+        (Some(lock), Err(_)) => lock.invalidate(),
+        (None, _) => {}
+    }
+    r
+}
+
 /// A controller's namespaces as last identified, and every earlier list.
 ///
 /// Format NVM, Namespace Management and Attachment change the namespaces under an attached

@@ -9,7 +9,8 @@
 //! - `admin.mem`: the admin rings and their PRP list pages, then the shadow doorbell and
 //!   EventIdx pages (Doorbell Buffer Config, used when the creator gave them to the
 //!   controller), mapped by every member.
-//!   It also holds the table of LBA range leases (`leases`, [`crate::Lease`]).
+//!   It also holds the table of LBA range leases (`leases`, [`crate::Lease`]) and the
+//!   record of the active namespaces that joining processes read (`nsrecord`).
 //! - `members.lock`: one byte per member, locked (OFD lock) by that member for its lifetime.
 //!   The kernel drops the lock when the process dies; that is how survivors know.
 //! - `sim.sock`: the software controller's process, for `trtype:sim`.
@@ -38,6 +39,7 @@ pub(crate) mod fdpass;
 pub(crate) mod layout;
 mod leases;
 mod lockfile;
+pub(crate) mod nsrecord;
 mod robust;
 
 use std::fs::{File, OpenOptions};
