@@ -442,6 +442,10 @@ impl Group {
                 .mutex
                 .init()
                 .map_err(os("initialising the lease table lock"))?;
+            h.namespaces
+                .mutex
+                .init()
+                .map_err(os("initialising the namespace record lock"))?;
             h.ident
                 .layout_version
                 .store(layout::LAYOUT_VERSION, Ordering::Relaxed);
