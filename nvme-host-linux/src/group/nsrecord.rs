@@ -230,7 +230,7 @@ fn write_record(r: &NamespaceRecord, events_at: u64, list: Option<&[Namespace]>)
 /// Reads `r` without its lock. `alive`: is this member (`OwnerId::raw`) alive;
 /// `notice_since`: is there a Namespace Attribute Changed notice at or after this event
 /// count.
-fn read_record(
+pub(super) fn read_record(
     r: &NamespaceRecord,
     alive: impl Fn(u32) -> bool,
     notice_since: impl Fn(u64) -> bool,
@@ -292,7 +292,7 @@ fn read_record(
 }
 
 /// See [`Group::namespace_record_needs_refresh`].
-fn needs_refresh(
+pub(super) fn needs_refresh(
     r: &NamespaceRecord,
     alive: impl Fn(u32) -> bool,
     notice_since: impl Fn(u64) -> bool,
