@@ -412,7 +412,6 @@ const NS_REFRESH_RETRY: Duration = Duration::from_secs(1);
 /// died, a change or refresh that failed. Returns false when the refresh failed.
 fn refresh_namespace_record(ctrl: &Inner, group: &Group) -> bool {
     use nvme_regs::identify::IDENTIFY_DATA_SIZE;
-    use nvme_regs::log::lid;
     if group.namespace_record_needs_refresh(ctrl.regs()).is_none() {
         return true;
     }
@@ -423,11 +422,10 @@ fn refresh_namespace_record(ctrl: &Inner, group: &Group) -> bool {
     let Some(why) = group.namespace_record_needs_refresh(ctrl.regs()) else {
         return true;
     };
-    if why == Unusable::Stale {
-        let log = Command::get_log_page(lid::CHANGED_NAMESPACES, u32::MAX, 4096, 0);
-        let _ = ctrl.admin_read(log, 4096);
-    }
     let read = |cmd| ctrl.admin_read(cmd, IDENTIFY_DATA_SIZE);
+    if why == Unusable::Stale {
+        let _ = read(crate::namespace::changed_namespace_list());
+    }
     crate::namespace::identify_recorded(group, Some(&lock), read).is_ok()
 }
 

@@ -28,7 +28,8 @@ impl Namespace {
     pub fn size_bytes(&self) -> u64 {
         self.blocks * self.block_size as u64
     }
-    /// The Identify Namespace data read at attach.
+    /// The Identify Namespace data read at attach or by the latest rescan (in a
+    /// shared-memory group, possibly the copy another process recorded for the group).
     pub fn identify(&self) -> &IdentifyNamespace {
         &self.identify
     }
@@ -92,18 +93,32 @@ pub(crate) fn identify_active(
 }
 
 /// A group member's namespaces at attach: the group's record when it is usable
-/// (`group::nsrecord`), otherwise [`identify_active`] with `read`, whose result is recorded
-/// for the next joiners when the record's lock is free.
+/// (`group::nsrecord`), otherwise [`identify_active`] with `read` (an admin command reading
+/// 4096 bytes), whose result is recorded for the next joiners when the record's lock is
+/// free.
 pub(crate) fn for_member(
     group: &crate::group::Group,
     regs: &crate::mmio::Mmio,
-    read: impl FnMut(nvme_core::Command) -> crate::Result<Vec<u8>>,
+    mut read: impl FnMut(nvme_core::Command) -> crate::Result<Vec<u8>>,
 ) -> crate::Result<Vec<Namespace>> {
-    if let Ok(list) = group.read_namespace_record(regs) {
-        return Ok(list);
-    }
+    let why = match group.read_namespace_record(regs) {
+        Ok(list) => return Ok(list),
+        Err(why) => why,
+    };
     let lock = group.try_lock_namespace_record();
+    if lock.is_some() && why == crate::group::nsrecord::Unusable::Stale {
+        // Replacing a list a notice made stale: read the Changed Namespace List, which
+        // lets the controller send the next notice.
+        let _ = read(changed_namespace_list());
+    }
     identify_recorded(group, lock.as_ref(), read)
+}
+
+/// Get Log Page of the Changed Namespace List (4096 bytes), which also re-enables the
+/// Namespace Attribute Changed notice on the controller.
+pub(crate) fn changed_namespace_list() -> nvme_core::Command {
+    use nvme_regs::log::lid;
+    nvme_core::Command::get_log_page(lid::CHANGED_NAMESPACES, u32::MAX, 4096, 0)
 }
 
 /// [`identify_active`]; holding the group's namespace record lock (`lock`), also records
