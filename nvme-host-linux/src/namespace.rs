@@ -205,17 +205,22 @@ impl NamespaceTable {
     }
 }
 
+/// A namespace of `nsze` blocks of `1 << lbads` bytes, for tests; the last vendor-specific
+/// byte of its Identify data is the NSID's low byte.
+#[cfg(test)]
+pub(crate) fn test_namespace(id: u32, lbads: u8, nsze: u64) -> Namespace {
+    use zerocopy::FromZeros;
+    let mut i = IdentifyNamespace::new_zeroed();
+    i.nsze = nsze;
+    i.lbaf[0].lbads = lbads;
+    i.vs[3711] = id as u8;
+    Namespace::from_identify(id, i).expect("blocks and a block size")
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_namespace as ns;
     use super::*;
-    use zerocopy::FromZeros;
-
-    fn ns(id: u32, lbads: u8, nsze: u64) -> Namespace {
-        let mut i = IdentifyNamespace::new_zeroed();
-        i.nsze = nsze;
-        i.lbaf[0].lbads = lbads;
-        Namespace::from_identify(id, i).unwrap()
-    }
 
     #[test]
     fn table_keeps_old_lists_and_skips_equal_ones() {

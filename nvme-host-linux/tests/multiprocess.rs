@@ -1755,15 +1755,23 @@ fn joins_without_identify(s: &Scenario, name: &str, want: &[String], no_admin: b
     Ok(())
 }
 
-fn a_joiner_reads_the_namespaces_from_the_group_without_identify() -> Outcome {
-    let s = Scenario::new(31);
+/// Starts the group's creator (role `ns-wait`); returns it, its namespaces and the
+/// namespace record's generation.
+fn ns_creator(s: &Scenario) -> Result<(Proc, Vec<String>, u64), String> {
     let mut p = s.spawn("creator", "ns-wait", &[]);
     p.line("READY primary")?;
-    let creator = namespace_lines(&mut p)?;
+    let lines = namespace_lines(&mut p)?;
+    let g = control_u64(&s.group_dir(), NS_GENERATION_AT)?;
+    Ok((p, lines, g))
+}
+
+fn a_joiner_reads_the_namespaces_from_the_group_without_identify() -> Outcome {
+    let s = Scenario::new(31);
+    let (p, creator, g) = ns_creator(&s)?;
     assert_eq!(creator.len(), 2, "{creator:?}");
     assert!(creator[0].starts_with("NS 1 512 131072 "), "{creator:?}");
     // The creator recorded them at bring-up (generation 2: written once).
-    assert_eq!(control_u64(&s.group_dir(), NS_GENERATION_AT)?, 2);
+    assert_eq!(g, 2);
     // Attaching, reading the namespaces and detaching takes no admin command.
     joins_without_identify(&s, "joiner", &creator, true)?;
     s.stop()?;
@@ -1773,10 +1781,7 @@ fn a_joiner_reads_the_namespaces_from_the_group_without_identify() -> Outcome {
 
 fn a_format_by_one_member_reaches_later_joiners_through_the_record() -> Outcome {
     let s = Scenario::new(32);
-    let mut p = s.spawn("creator", "ns-wait", &[]);
-    p.line("READY primary")?;
-    let before = namespace_lines(&mut p)?;
-    let g = control_u64(&s.group_dir(), NS_GENERATION_AT)?;
+    let (p, before, g) = ns_creator(&s)?;
     let mut f = s.spawn("formatter", "format", &[]);
     f.line("READY secondary")?;
     f.line("FORMATTED")?;
@@ -1795,10 +1800,7 @@ fn a_format_by_one_member_reaches_later_joiners_through_the_record() -> Outcome 
 fn a_writer_dying_mid_update_does_not_keep_joiners_out() -> Outcome {
     use nix::sys::signal::Signal;
     let s = Scenario::new(33);
-    let mut p = s.spawn("creator", "ns-wait", &[]);
-    p.line("READY primary")?;
-    let want = namespace_lines(&mut p)?;
-    let g = control_u64(&s.group_dir(), NS_GENERATION_AT)?;
+    let (p, want, g) = ns_creator(&s)?;
     let mut w = s.spawn("writer", "hold-ns-record", &[]);
     w.line("READY secondary")?;
     w.line("HOLDING")?;
@@ -1833,10 +1835,7 @@ fn a_namespace_change_notice_refreshes_the_record() -> Outcome {
     use nvme_host_linux::regs::log::lid;
     use nvme_host_linux::sim::AsyncEventType;
     let s = Scenario::new(34);
-    let mut p = s.spawn("creator", "ns-wait", &[]);
-    p.line("READY primary")?;
-    let want = namespace_lines(&mut p)?;
-    let g = control_u64(&s.group_dir(), NS_GENERATION_AT)?;
+    let (p, want, g) = ns_creator(&s)?;
     let (sim, id) = count_identify(&s)?;
     // Namespace Attribute Changed, as if another host had changed a namespace.
     sim.raise_async_event(AsyncEventType::Notice, 0, lid::CHANGED_NAMESPACES)

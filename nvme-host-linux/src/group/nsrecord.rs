@@ -319,14 +319,8 @@ mod tests {
     use super::*;
     use crate::group::layout::GroupHeader;
     use crate::memory::{Backing, SharedMemory};
-
-    fn ns(id: u32, lbads: u8, nsze: u64) -> Namespace {
-        let mut i = IdentifyNamespace::new_zeroed();
-        i.nsze = nsze;
-        i.lbaf[0].lbads = lbads;
-        i.vs[3711] = id as u8; // the vendor-specific end is kept too
-        Namespace::from_identify(id, i).unwrap()
-    }
+    // Its Identify data ends with a vendor-specific byte: the whole structure is kept.
+    use crate::namespace::test_namespace as ns;
 
     fn header() -> SharedMemory {
         let len = std::mem::size_of::<GroupHeader>();
