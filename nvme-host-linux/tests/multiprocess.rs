@@ -1812,6 +1812,20 @@ fn a_writer_dying_mid_update_does_not_keep_joiners_out() -> Outcome {
     assert_eq!(namespace_lines(&mut j)?, want);
     j.finish()?.clean()?;
     assert_eq!(identify_count(&sim, id)?, 3, "Identify list + 2 namespaces");
+    // A format waits for the writer (bounded by the admin timeout), then names it.
+    let mut f = s.spawn(
+        "formatter beside the writer",
+        "format",
+        &[("NVME_MP_ADMIN_TIMEOUT_MS", "300".into())],
+    );
+    f.line("READY secondary")?;
+    let e = f.line("ERROR")?;
+    let holder = format!("pid {} holds it", w.pid());
+    assert!(
+        e.contains("namespace record's lock") && e.contains(&holder),
+        "{e}"
+    );
+    assert_eq!(f.finish()?.code, Some(1));
     // The writer dies mid-update; the creator is stopped so that its monitor does not
     // repair the record before the next joiner looks.
     signal(&p, Signal::SIGSTOP);
