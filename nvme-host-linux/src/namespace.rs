@@ -29,7 +29,10 @@ impl Namespace {
         self.blocks * self.block_size as u64
     }
     /// The Identify Namespace data read at attach or by the latest rescan (in a
-    /// shared-memory group, possibly the copy another process recorded for the group).
+    /// shared-memory group, possibly read by another process, which recorded it for the
+    /// group): fields that change with use, such as NUSE, are as of that read;
+    /// [`Controller::identify_namespace`](crate::Controller::identify_namespace) reads
+    /// them now.
     pub fn identify(&self) -> &IdentifyNamespace {
         &self.identify
     }
