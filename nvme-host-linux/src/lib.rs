@@ -35,7 +35,8 @@
 //!   ([`tcp::TcpController`]: Fabrics Connect, properties, admin commands, Keep Alive) and
 //!   discovery ([`tcp::discover`]); I/O queues over TCP come with a later step.
 //! - `group`: the shared-memory group (files, members, liveness, queue id pool, descriptor
-//!   passing); `groupattach`: creating, joining and cleaning up after dead members.
+//!   passing, the namespace record joiners read instead of sending Identify);
+//!   `groupattach`: creating, joining and cleaning up after dead members.
 //! - `dmapool`: [`DmaPool`], the transport's pool of mapped regions that buffers, rings and
 //!   pages are carved from.
 //! - `memory`, `mmio`, `sys`, `iova`, `error`: mappings, registers, system calls, IOVA
