@@ -421,3 +421,50 @@ fn data_round_trips_through_the_software_controllers_tcp_target() {
     round_trips(&target.transport_id());
     round_trips(&format!("{} hdgst:1 ddgst:1", target.transport_id()));
 }
+
+/// A queue id whose earlier connection the target is still tearing down (Linux's nvmet
+/// answers Connect with Command Sequence Error for a moment): Connect is tried again, and
+/// the queue pair is made.
+#[test]
+fn an_io_connect_refused_while_the_target_tears_down_the_qid_is_tried_again() {
+    let (trid, t) = start(Config {
+        busy_io_connects: 2,
+        ..Config::default()
+    });
+    let ctrl = Controller::attach(&trid).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
+    let io: Vec<u16> = t
+        .connects
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.0 != 0)
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(
+        io,
+        vec![1, 1, 1],
+        "two refused Connects of queue 1, then one accepted"
+    );
+    let mut buf = ctrl.alloc_dma(4096).unwrap();
+    buf.as_mut_slice().fill(0x5a);
+    qp.write_sync(1, 0, buf.slice(0..4096).unwrap()).unwrap();
+    assert!(t.disk.lock().unwrap()[..4096].iter().all(|&b| b == 0x5a));
+}
+
+/// A queue id that stays connected at the target: the error says so, after the wait.
+#[test]
+fn an_io_queue_id_that_stays_connected_is_reported() {
+    let (trid, _t) = start(Config {
+        busy_io_connects: usize::MAX,
+        ..Config::default()
+    });
+    let ctrl = Controller::attach(&trid).unwrap();
+    let e = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("I/O queue 1 is still connected at the target")
+            && m.contains("Command Sequence Error"),
+        "{m}"
+    );
+}

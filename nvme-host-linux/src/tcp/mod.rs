@@ -129,6 +129,14 @@ pub enum TcpError {
         /// This host's NQN.
         hostnqn: String,
     },
+    /// An I/O queue's Connect found its queue id still connected at the target (Command
+    /// Sequence Error), beyond the wait for an earlier connection's teardown.
+    QueueInUse {
+        /// The address.
+        peer: String,
+        /// The queue id.
+        qid: u16,
+    },
     /// Connect failed otherwise (busy, authentication required, another bad parameter).
     ConnectRejected {
         /// The address.
@@ -219,6 +227,11 @@ impl fmt::Display for TcpError {
             TcpError::HostNotAllowed { peer, subnqn, hostnqn } => write!(
                 f,
                 "NVMe/TCP {peer}: host '{hostnqn}' is not allowed to connect to '{subnqn}' (Connect Invalid Host): add it to the subsystem's allowed hosts, or pass the allowed one as hostnqn:"
+            ),
+            TcpError::QueueInUse { peer, qid } => write!(
+                f,
+                "NVMe/TCP {peer}: I/O queue {qid} is still connected at the target (Connect: Command Sequence Error) after waiting {} ms for an earlier connection of it to close",
+                controller::QUEUE_IN_USE_WAIT.as_millis()
             ),
             TcpError::ConnectRejected { peer, reason } => {
                 write!(f, "NVMe/TCP {peer}: Connect rejected: {reason}")

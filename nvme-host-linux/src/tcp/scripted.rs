@@ -234,6 +234,10 @@ pub struct Config {
     pub c2h_out_of_range: bool,
     /// Reads are answered in pairs, the second first.
     pub swap_reads: bool,
+    /// The first this many I/O queue Connects are answered Command Sequence Error, as
+    /// Linux's nvmet answers one for a queue id whose earlier connection it is still
+    /// tearing down.
+    pub busy_io_connects: usize,
 }
 
 impl Default for Config {
@@ -246,6 +250,7 @@ impl Default for Config {
             close_io_after: None,
             c2h_out_of_range: false,
             swap_reads: false,
+            busy_io_connects: 0,
         }
     }
 }
@@ -267,6 +272,8 @@ pub struct Target {
     pub cntlid: Mutex<u16>,
     /// Every connection accepted, to end them ([`Target::restart`]).
     streams: Mutex<Vec<std::net::TcpStream>>,
+    /// I/O Connects still to refuse ([`Config::busy_io_connects`]).
+    busy_left: Mutex<usize>,
 }
 
 impl Target {
@@ -285,13 +292,14 @@ pub fn start(cfg: Config) -> (String, Arc<Target>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let t = Arc::new(Target {
-        cfg,
         disk: Mutex::new(vec![0; (BLOCKS * 512) as usize]),
         cc: Mutex::new(0),
         connects: Mutex::new(Vec::new()),
         io: Mutex::new((0, 0)),
         cntlid: Mutex::new(5),
         streams: Mutex::new(Vec::new()),
+        busy_left: Mutex::new(cfg.busy_io_connects),
+        cfg,
     });
     let t2 = t.clone();
     thread::spawn(move || {
@@ -364,6 +372,15 @@ fn serve_connection(s: std::net::TcpStream, t: &Target) {
         .to_dword();
         p.respond_sqhd(sqe.cid, status, dw0, 0, q.head as u16);
         return;
+    }
+    if cmd.qid != 0 {
+        let mut busy = t.busy_left.lock().unwrap();
+        if *busy > 0 {
+            *busy -= 1;
+            let status = Status::generic(GenericStatus::CommandSequenceError).with_dnr();
+            p.respond_sqhd(sqe.cid, status, 0, 0, q.head as u16);
+            return;
+        }
     }
     p.respond_sqhd(sqe.cid, ok(), cntlid as u32, 0, q.head as u16);
     while let Some(pdu) = q.backlog.pop_front().or_else(|| p.read_pdu()) {
