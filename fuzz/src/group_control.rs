@@ -13,9 +13,9 @@ use nvme_host_linux::group::fuzzing::join_checks;
 
 use crate::input::Input;
 
-/// Size of this build's control file: the header (61240 bytes) rounded up to the page
-/// size; the checks want exactly this many bytes.
-const HEADER: usize = 61440;
+/// Size of this build's control file: the header (192536 bytes, layout 5) rounded up to
+/// the page size; the checks want exactly this many bytes.
+const HEADER: usize = 196608;
 
 /// Runs one input.
 pub fn run(data: &[u8]) {

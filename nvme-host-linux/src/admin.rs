@@ -397,8 +397,9 @@ pub(crate) struct Admin {
     local: Option<LocalAdmin>,
     /// The registers (`None` over NVMe/TCP).
     regs: Option<Mmio>,
-    /// The admin queue of a controller over NVMe/TCP (neither `local` nor a group's).
-    tcp: Option<Arc<crate::tcp::TcpController>>,
+    /// A controller over NVMe/TCP: commands go through its transport's association
+    /// (neither `local` nor a group's queue).
+    tcp: bool,
     live: Arc<Liveness>,
     next_tag: u64,
     data: DmaBuffer,
@@ -437,20 +438,15 @@ pub(crate) enum AbortOutcome {
 impl Admin {
     /// The admin path of a process that attached alone, over its brought-up queue.
     pub(crate) fn local(local: LocalAdmin, live: Arc<Liveness>, data: DmaBuffer) -> Admin {
-        Admin::with(Some(local), None, live, data)
+        Admin::with(Some(local), false, live, data)
     }
 
     /// The admin path through the group's shared admin queue (the process already joined).
     pub(crate) fn shared(live: Arc<Liveness>, data: DmaBuffer) -> Admin {
-        Admin::with(None, None, live, data)
+        Admin::with(None, false, live, data)
     }
 
-    fn with(
-        local: Option<LocalAdmin>,
-        tcp: Option<Arc<crate::tcp::TcpController>>,
-        live: Arc<Liveness>,
-        data: DmaBuffer,
-    ) -> Admin {
+    fn with(local: Option<LocalAdmin>, tcp: bool, live: Arc<Liveness>, data: DmaBuffer) -> Admin {
         Admin {
             local,
             regs: live.regs().cloned(),
@@ -467,12 +463,8 @@ impl Admin {
 
     /// The admin path of a controller over NVMe/TCP: commands go through its admin queue's
     /// connection (`data`, the admin data buffer, is in memory the transport resolves).
-    pub(crate) fn tcp(
-        ctrl: Arc<crate::tcp::TcpController>,
-        live: Arc<Liveness>,
-        data: DmaBuffer,
-    ) -> Admin {
-        Admin::with(None, Some(ctrl), live, data)
+    pub(crate) fn tcp(live: Arc<Liveness>, data: DmaBuffer) -> Admin {
+        Admin::with(None, true, live, data)
     }
 
     /// Sets what a command that times out gets from now on (once the controller is
@@ -496,7 +488,7 @@ impl Admin {
     /// Keeps `count` Asynchronous Event Requests outstanding (a group's creator does it
     /// for the whole group).
     pub(crate) fn enable_events(&self, group: Option<&Group>, count: u32) -> Result<()> {
-        if self.tcp.is_some() {
+        if self.tcp {
             // Over NVMe/TCP the admin queue runs one command at a time: no Asynchronous
             // Event Request is kept outstanding (events are not reported there yet).
             return Ok(());
@@ -570,8 +562,9 @@ impl Admin {
         if self.live.is_gone() {
             return Err(Error::ControllerGone);
         }
-        if self.tcp.is_some() {
-            return Err(crate::tcp::no_reset());
+        if self.tcp {
+            // Over NVMe/TCP a reset is a new association (`Inner::reset_with`).
+            return Err(no_admin_queue());
         }
         with_queue(&self.local, &self.regs, group, |q| {
             q.begin_reset(dead_owner)
@@ -650,9 +643,9 @@ impl Admin {
         keep: Option<Arc<DmaMapping>>,
         timeout: Duration,
     ) -> Result<Completion> {
-        if let Some(tcp) = &self.tcp {
+        if self.tcp {
             self.live.precheck()?;
-            return crate::tcp::admin_command(tcp, cmd, region, timeout);
+            return crate::tcp::admin_command(self.live.transport().as_ref(), cmd, region, timeout);
         }
         let tag = self.next_tag;
         self.next_tag += 1;
@@ -807,10 +800,11 @@ impl Admin {
         cid: u16,
         watch: Option<u64>,
     ) -> (AbortOutcome, Option<Completion>) {
-        if let Some(tcp) = &self.tcp {
+        if self.tcp {
             // Over NVMe/TCP admin commands are synchronous: only I/O commands are aborted.
             let abort = Command::abort(sqid, cid);
-            let outcome = match crate::tcp::admin_command(tcp, abort, None, self.abort_timeout) {
+            let t = self.live.transport().as_ref();
+            let outcome = match crate::tcp::admin_command(t, abort, None, self.abort_timeout) {
                 Ok(c) if c.dw0 & 1 == 0 => AbortOutcome::Aborted,
                 Ok(_) | Err(Error::Nvme { .. }) => AbortOutcome::NotAborted,
                 Err(_) => AbortOutcome::NotSent,

@@ -166,16 +166,13 @@ impl Controller {
         group: Option<(Arc<Group>, Option<ShadowPages>)>,
     ) -> Result<Controller> {
         let (group, group_shadow) = group.unzip();
-        let namespaces = if group.is_some() {
-            // The group's copy of the namespace list is its creator's: read the list now,
-            // namespaces may have been formatted, created or attached since.
-            crate::namespace::identify_active(|cmd| {
-                admin.read_bytes(
-                    group.as_deref(),
-                    cmd,
-                    IDENTIFY_DATA_SIZE,
-                    opts.admin_timeout,
-                )
+        let namespaces = if let Some(g) = group.as_deref() {
+            // The group's record of the namespaces, kept current by its members; Identify
+            // when it is unusable (`group::nsrecord`).
+            // A group's controller has registers (groups are refused over NVMe/TCP).
+            let regs = crate::transport::registers(transport.as_ref())?;
+            crate::namespace::for_member(g, &regs, |cmd| {
+                admin.read_bytes(Some(g), cmd, IDENTIFY_DATA_SIZE, opts.admin_timeout)
             })?
         } else {
             let mut namespaces = Vec::new();

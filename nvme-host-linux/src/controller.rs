@@ -394,6 +394,17 @@ impl Controller {
             g.hold_lease_lock_forever();
         }
     }
+    /// Test hook: takes the group's namespace record lock, leaves the record half written
+    /// and never lets go, so that a test can stop or kill this process in the middle of an
+    /// update. Does nothing outside a group.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn __test_hold_namespace_record_mid_write(&self) -> Result<()> {
+        match &self.inner().group {
+            Some(g) => g.hold_namespace_record_mid_write(),
+            None => Ok(()),
+        }
+    }
     /// Test hook: starts a reset of the group's controller (it is disabled) and stops
     /// there, so that a test can kill this process in the middle of the reset.
     #[cfg(feature = "test-hooks")]
@@ -500,10 +511,7 @@ impl Controller {
                 "admin transfer of {len} bytes exceeds {ADMIN_DATA}"
             )));
         }
-        let inner = self.inner();
-        inner.recovering(|admin| {
-            admin.read_bytes(inner.group.as_deref(), cmd, len, inner.opts.admin_timeout)
-        })
+        self.inner().admin_read(cmd, len)
     }
 
     /// Identify Controller, read now.
@@ -658,6 +666,12 @@ impl Inner {
     pub(crate) fn leases(&self) -> &Arc<LocalLeases> {
         &self.leases
     }
+    /// See [`Controller::admin_read`] (`len` at most the admin data buffer).
+    pub(crate) fn admin_read(&self, cmd: Command, len: usize) -> Result<Vec<u8>> {
+        self.recovering(|admin| {
+            admin.read_bytes(self.group.as_deref(), cmd, len, self.opts.admin_timeout)
+        })
+    }
     /// See [`Controller::admin_command`].
     pub(crate) fn admin_command(
         &self,
@@ -752,6 +766,15 @@ impl Inner {
         dead_owner: Option<nvme_core::shared::OwnerId>,
         function: bool,
     ) -> Result<Option<FunctionReset>> {
+        if self.regs.is_none() {
+            // NVMe/TCP: a new association (the old one shut down); every I/O queue pair
+            // completes what it had with AbortedByReset and reconnects when it sees it.
+            if function {
+                return Err(crate::tcp::no_reset());
+            }
+            let _admin = lock(&self.admin);
+            return crate::tcp::reset(self.transport.as_ref()).map(|()| None);
+        }
         let mut seen = None;
         let mut admin = lock(&self.admin);
         let cap_timeout = Duration::from_millis(self.info.cap.timeout_ms().max(500) as u64);

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nvme_core::shared::{OwnerId, MAX_ADMIN_ENTRIES};
 use nvme_core::{Command, ControllerInfo, ControllerInit};
@@ -18,6 +18,7 @@ use crate::controller::{Controller, Inner};
 use crate::dma::DmaBuffer;
 use crate::error::{Error, Result};
 use crate::group::layout::GroupHeader;
+use crate::group::nsrecord::Unusable;
 use crate::group::{AdminAt, Creating, Group, Joined};
 use crate::memory::SharedMemory;
 #[cfg(feature = "sim")]
@@ -401,12 +402,44 @@ fn queue_gone(r: Result<nvme_core::Completion>, cq: bool) -> bool {
     }
 }
 
+/// How long the monitor waits before it tries again to refresh the group's namespace
+/// record after a refresh failed.
+const NS_REFRESH_RETRY: Duration = Duration::from_secs(1);
+
+/// Refreshes the group's namespace record (`group::nsrecord`) when it needs it and no other
+/// process is at it: after a Namespace Attribute Changed notice (first reading the Changed
+/// Namespace List log page, which lets the controller send the next notice), a writer that
+/// died, a change or refresh that failed. Returns false when the refresh failed.
+fn refresh_namespace_record(ctrl: &Inner, group: &Group) -> bool {
+    use nvme_regs::identify::IDENTIFY_DATA_SIZE;
+    // A group's controller has registers (groups are refused over NVMe/TCP).
+    let Some(regs) = ctrl.regs() else {
+        return false;
+    };
+    if group.namespace_record_needs_refresh(regs).is_none() {
+        return true;
+    }
+    let Some(lock) = group.try_lock_namespace_record() else {
+        return true;
+    };
+    // Looked at again with the lock: another process may have refreshed it meanwhile.
+    let Some(why) = group.namespace_record_needs_refresh(regs) else {
+        return true;
+    };
+    let read = |cmd| ctrl.admin_read(cmd, IDENTIFY_DATA_SIZE);
+    if why == Unusable::Stale {
+        let _ = read(crate::namespace::changed_namespace_list());
+    }
+    crate::namespace::identify_recorded(group, Some(&lock), read).is_ok()
+}
+
 /// Starts the thread that cleans up after members that die while this process runs. It
 /// holds the controller only while it cleans up, so the application's last reference always
 /// runs the detach itself.
 fn start_monitor(ctrl: &Controller) {
     let started = ctrl.start_monitor(|ctrl, stop| {
         let group = ctrl.group().cloned().expect("group member");
+        let mut next_refresh = Instant::now();
         loop {
             // Woken early (unparked) when the controller detaches.
             std::thread::park_timeout(MONITOR_PERIOD);
@@ -418,14 +451,16 @@ fn start_monitor(ctrl: &Controller) {
                 q.reap();
             }
             // (A test hook may hold the join lock in this process: not ours to release.)
-            if group.dead_members().is_empty() || group.join_held() {
-                continue;
+            if !group.dead_members().is_empty() && !group.join_held() {
+                // A short wait: a busy (or stopped) join lock is tried again next round,
+                // and joining processes clean up too; the monitor must stay quick to stop.
+                if group.lock_join(MONITOR_JOIN_WAIT).is_ok() {
+                    cleanup_dead(&ctrl);
+                    group.unlock_join();
+                }
             }
-            // A short wait: a busy (or stopped) join lock is tried again next round, and
-            // joining processes clean up too; the monitor must stay quick to stop.
-            if group.lock_join(MONITOR_JOIN_WAIT).is_ok() {
-                cleanup_dead(&ctrl);
-                group.unlock_join();
+            if Instant::now() >= next_refresh && !refresh_namespace_record(&ctrl, &group) {
+                next_refresh = Instant::now() + NS_REFRESH_RETRY;
             }
         }
     });

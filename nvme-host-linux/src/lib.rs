@@ -38,7 +38,8 @@
 //!   over TCP has: no registers, host memory in a table instead of an IOMMU) and
 //!   [`tcp::TcpRings`] (an I/O queue's connection, under nvme-core's queue pair).
 //! - `group`: the shared-memory group (files, members, liveness, queue id pool, descriptor
-//!   passing); `groupattach`: creating, joining and cleaning up after dead members.
+//!   passing, the namespace record joiners read instead of sending Identify);
+//!   `groupattach`: creating, joining and cleaning up after dead members.
 //! - `dmapool`: [`DmaPool`], the transport's pool of mapped regions that buffers, rings and
 //!   pages are carved from.
 //! - `memory`, `mmio`, `sys`, `iova`, `error`: mappings, registers, system calls, IOVA
@@ -94,6 +95,7 @@ pub use namespace::Namespace;
 pub use passthru::admin_passthru_refusal;
 pub use qpair::{DataPointer, IoQueuePair, QueueOptions};
 pub use qpair::{DsmAttributes, WriteZeroesOptions, MAX_DSM_RANGES, SYNC_COMMAND_TIMEOUT};
+pub use qpair::{RECONNECT_ATTEMPTS, RECONNECT_INTERVAL};
 #[cfg(feature = "sim")]
 pub use simtransport::SimTransport;
 pub use transport::{FunctionReset, Transport};

@@ -11,7 +11,9 @@
 //! Changed notice ([`Controller::async_events`]) or call
 //! [`Controller::rescan_namespaces`]; their existing queue pairs keep the namespaces they
 //! were created with, and commands to a namespace that went away fail with the
-//! controller's Invalid Namespace status.
+//! controller's Invalid Namespace status. Processes that join later read the namespaces
+//! from the group's record (`group::nsrecord`), which each of these commands empties before
+//! it is sent and fills again with its rescan.
 //!
 //! The bring-up asks for Namespace Attribute Notices (Asynchronous Event Configuration bit
 //! 8) when the controller offers them (OAES bit 8; `nvme_core::init::async_event_config`);
@@ -21,7 +23,7 @@
 
 use std::time::Duration;
 
-use nvme_core::Command;
+use nvme_core::{Command, Completion};
 use nvme_regs::identify::{IdentifyNamespace, Oacs, IDENTIFY_DATA_SIZE};
 use nvme_regs::log::{lid, AsyncEvent, SelfTestLog};
 use nvme_regs::opcode::{controller_list, format_nvm_cdw10, ns_sel, AdminOpcode};
@@ -29,6 +31,7 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::controller::Controller;
 use crate::error::{Error, Result};
+use crate::group::nsrecord::RecordLock;
 
 /// How long a Format NVM may take by default (nvme-cli's default too): formats of large
 /// namespaces take minutes, far past the admin timeout.
@@ -99,10 +102,40 @@ impl Controller {
     /// changed. Queue pairs created before keep the namespaces they were created with.
     /// (Earlier lists are kept until detach so that references to them stay valid: a few
     /// KiB per namespace per change.)
+    ///
+    /// In a shared-memory group the list is also recorded in the group for the processes
+    /// that join after (when no other process is updating that record right now).
     pub fn rescan_namespaces(&self) -> Result<bool> {
-        let list =
-            crate::namespace::identify_active(|cmd| self.admin_read(cmd, IDENTIFY_DATA_SIZE))?;
+        let lock = self.group().and_then(|g| g.try_lock_namespace_record());
+        self.rescan_holding(lock.as_ref())
+    }
+
+    /// [`rescan_namespaces`](Self::rescan_namespaces), holding the group's namespace record
+    /// lock or not (`lock`).
+    fn rescan_holding(&self, lock: Option<&RecordLock<'_>>) -> Result<bool> {
+        let read = |cmd| self.admin_read(cmd, IDENTIFY_DATA_SIZE);
+        let list = match self.group() {
+            Some(g) => crate::namespace::identify_recorded(g, lock, read)?,
+            None => crate::namespace::identify_active(read)?,
+        };
         Ok(self.namespace_table().update(list))
+    }
+
+    /// Runs `command`, which changes namespaces, then rescans. In a group it holds the
+    /// namespace record's lock throughout (waiting at most the admin timeout for it) and
+    /// empties the record first, so that processes joining meanwhile, or after this one
+    /// died half-way, send Identify instead of reading a list the command made stale.
+    fn changing_namespaces(&self, command: impl FnOnce() -> Result<Completion>) -> Result<()> {
+        let lock = match self.group() {
+            Some(g) => Some(g.lock_namespace_record(self.options().admin_timeout)?),
+            None => None,
+        };
+        if let Some(l) = &lock {
+            l.invalidate();
+        }
+        command()?;
+        self.rescan_holding(lock.as_ref())?;
+        Ok(())
     }
 
     /// Who has I/O queues: one description per process (pid, name, queue ids), or empty.
@@ -182,9 +215,9 @@ impl Controller {
         let cmd = Command::new(AdminOpcode::FormatNvm as u8, nsid).cdw10(format_nvm_cdw10(
             opts.lbaf, opts.ms, opts.pi, opts.pil, opts.ses,
         ));
-        self.admin_command_timeout(cmd, None, opts.timeout.unwrap_or(FORMAT_TIMEOUT))?;
-        self.rescan_namespaces()?;
-        Ok(())
+        self.changing_namespaces(|| {
+            self.admin_command_timeout(cmd, None, opts.timeout.unwrap_or(FORMAT_TIMEOUT))
+        })
     }
 
     /// Device Self-test: starts test `code` (1 short, 2 extended, Eh vendor specific) on
@@ -236,9 +269,9 @@ impl Controller {
     pub fn delete_namespace(&self, nsid: u32, timeout: Option<Duration>) -> Result<()> {
         self.require_oacs(Oacs::NS_MANAGEMENT, "Namespace Management")?;
         let cmd = Command::new(AdminOpcode::NamespaceManagement as u8, nsid).cdw10(ns_sel::DELETE);
-        self.admin_command_timeout(cmd, None, timeout.unwrap_or(NS_MANAGEMENT_TIMEOUT))?;
-        self.rescan_namespaces()?;
-        Ok(())
+        self.changing_namespaces(|| {
+            self.admin_command_timeout(cmd, None, timeout.unwrap_or(NS_MANAGEMENT_TIMEOUT))
+        })
     }
 
     /// Namespace Attachment: attaches namespace `nsid` to the controllers `controllers`
@@ -263,13 +296,10 @@ impl Controller {
         let mut buf = self.alloc_dma(IDENTIFY_DATA_SIZE)?;
         buf.as_mut_slice()[..IDENTIFY_DATA_SIZE].copy_from_slice(&controller_list(controllers));
         let cmd = Command::new(AdminOpcode::NamespaceAttachment as u8, nsid).cdw10(sel);
-        self.admin_command_timeout(
-            cmd,
-            Some(buf.slice(0..IDENTIFY_DATA_SIZE)?),
-            NS_MANAGEMENT_TIMEOUT,
-        )?;
-        self.rescan_namespaces()?;
-        Ok(())
+        let data = buf.slice(0..IDENTIFY_DATA_SIZE)?;
+        self.changing_namespaces(|| {
+            self.admin_command_timeout(cmd, Some(data), NS_MANAGEMENT_TIMEOUT)
+        })
     }
 }
 

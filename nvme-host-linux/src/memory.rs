@@ -53,7 +53,8 @@ unsafe impl SharedView for crate::group::layout::GroupIdent {}
 // and structures of them, the robust mutex (UnsafeCell) and nvme-core's SharedAdminState
 // (a SharedState: atomics only). The plain fields (trid, info, pci_addr, iova_slices, the
 // shadow page offsets) are written only by the creator before it publishes the magic
-// (`group::Creating`).
+// (`group::Creating`); the namespace record's are atomics and its robust mutex, but for a
+// padding word nobody writes.
 unsafe impl SharedView for crate::group::layout::GroupHeader {}
 
 /// A shared mapping of a file (a memfd, a group file, a device region): the one type that

@@ -28,7 +28,11 @@ impl Namespace {
     pub fn size_bytes(&self) -> u64 {
         self.blocks * self.block_size as u64
     }
-    /// The Identify Namespace data read at attach.
+    /// The Identify Namespace data read at attach or by the latest rescan (in a
+    /// shared-memory group, possibly read by another process, which recorded it for the
+    /// group): fields that change with use, such as NUSE, are as of that read;
+    /// [`Controller::identify_namespace`](crate::Controller::identify_namespace) reads
+    /// them now.
     pub fn identify(&self) -> &IdentifyNamespace {
         &self.identify
     }
@@ -89,6 +93,53 @@ pub(crate) fn identify_active(
         out.extend(Namespace::from_identify(nsid, id));
     }
     Ok(out)
+}
+
+/// A group member's namespaces at attach: the group's record when it is usable
+/// (`group::nsrecord`), otherwise [`identify_active`] with `read` (an admin command reading
+/// 4096 bytes), whose result is recorded for the next joiners when the record's lock is
+/// free.
+pub(crate) fn for_member(
+    group: &crate::group::Group,
+    regs: &crate::mmio::Mmio,
+    mut read: impl FnMut(nvme_core::Command) -> crate::Result<Vec<u8>>,
+) -> crate::Result<Vec<Namespace>> {
+    let why = match group.read_namespace_record(regs) {
+        Ok(list) => return Ok(list),
+        Err(why) => why,
+    };
+    let lock = group.try_lock_namespace_record();
+    if lock.is_some() && why == crate::group::nsrecord::Unusable::Stale {
+        // Replacing a list a notice made stale: read the Changed Namespace List, which
+        // lets the controller send the next notice.
+        let _ = read(changed_namespace_list());
+    }
+    identify_recorded(group, lock.as_ref(), read)
+}
+
+/// Get Log Page of the Changed Namespace List (4096 bytes), which also re-enables the
+/// Namespace Attribute Changed notice on the controller.
+pub(crate) fn changed_namespace_list() -> nvme_core::Command {
+    use nvme_regs::log::lid;
+    nvme_core::Command::get_log_page(lid::CHANGED_NAMESPACES, u32::MAX, 4096, 0)
+}
+
+/// [`identify_active`]; holding the group's namespace record lock (`lock`), also records
+/// the result in the group (or empties the record when it failed).
+pub(crate) fn identify_recorded(
+    group: &crate::group::Group,
+    lock: Option<&crate::group::nsrecord::RecordLock<'_>>,
+    read: impl FnMut(nvme_core::Command) -> crate::Result<Vec<u8>>,
+) -> crate::Result<Vec<Namespace>> {
+    // Read first: a notice recorded from now on may be about a change the list misses.
+    let events_at = group.events_seq();
+    let r = identify_active(read);
+    match (lock, &r) {
+        (Some(lock), Ok(list)) => lock.publish(events_at, list),
+        (Some(lock), Err(_)) => lock.invalidate(),
+        (None, _) => {}
+    }
+    r
 }
 
 /// A controller's namespaces as last identified, and every earlier list.
@@ -157,17 +208,22 @@ impl NamespaceTable {
     }
 }
 
+/// A namespace of `nsze` blocks of `1 << lbads` bytes, for tests; the last vendor-specific
+/// byte of its Identify data is the NSID's low byte.
+#[cfg(test)]
+pub(crate) fn test_namespace(id: u32, lbads: u8, nsze: u64) -> Namespace {
+    use zerocopy::FromZeros;
+    let mut i = IdentifyNamespace::new_zeroed();
+    i.nsze = nsze;
+    i.lbaf[0].lbads = lbads;
+    i.vs[3711] = id as u8;
+    Namespace::from_identify(id, i).expect("blocks and a block size")
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_namespace as ns;
     use super::*;
-    use zerocopy::FromZeros;
-
-    fn ns(id: u32, lbads: u8, nsze: u64) -> Namespace {
-        let mut i = IdentifyNamespace::new_zeroed();
-        i.nsze = nsze;
-        i.lbaf[0].lbads = lbads;
-        Namespace::from_identify(id, i).unwrap()
-    }
 
     #[test]
     fn table_keeps_old_lists_and_skips_equal_ones() {

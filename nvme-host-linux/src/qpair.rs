@@ -391,18 +391,57 @@ impl IoQueuePair {
         }
     }
 
-    /// Over NVMe/TCP, after the connection failed: completes every outstanding request
-    /// with an error naming the failure. Returns how many.
+    /// Over NVMe/TCP, when the queue's connection failed or the controller was reset (a
+    /// new association): completes every outstanding request (with an error naming the
+    /// failure, or [`Error::AbortedByReset`]), then connects the queue again (a new
+    /// association first when the old one is gone: a target restart): at most one attempt
+    /// per [`RECONNECT_INTERVAL`], [`RECONNECT_ATTEMPTS`] in all, after which the queue
+    /// stays failed and says why. Returns how many requests it completed.
     #[cold]
-    fn fail_connection<F: FnMut(u64, Result<()>)>(q: &mut TcpQp, f: &mut F) -> usize {
-        let why = q
-            .rings()
-            .failure()
-            .unwrap_or("the connection failed")
-            .to_string();
-        q.abort_all(Qp::ABORTED, |ctx: IoCtx, _| {
-            f(ctx.token, Err(Error::Transport(why.clone())))
-        })
+    fn recover_connection<F: FnMut(u64, Result<()>)>(
+        q: &mut TcpQp,
+        ctrl: &Controller,
+        qid: u16,
+        f: &mut F,
+    ) -> usize {
+        let why = q.rings().failure().map(str::to_string);
+        let n = q.abort_all(Qp::ABORTED, |ctx: IoCtx, _| {
+            let e = match &why {
+                Some(w) => Error::Transport(w.clone()),
+                None => Error::AbortedByReset,
+            };
+            f(ctx.token, Err(e))
+        });
+        let (attempts, last) = q.rings().attempts;
+        let wait = last.is_some_and(|t| t.elapsed() < RECONNECT_INTERVAL);
+        if attempts >= RECONNECT_ATTEMPTS || wait {
+            return n;
+        }
+        let tcp = crate::tcp::TcpTransport::of(ctrl.transport().as_ref()).expect("NVMe/TCP");
+        match tcp.io_queue(qid, q.entries(), ctrl.max_transfer()) {
+            Ok(mut fresh) => {
+                nvme_core::Rings::cid_index_mask(&mut fresh, q.rings().cid_mask());
+                *q.rings_mut() = fresh;
+            }
+            Err(e) => {
+                let r = q.rings_mut();
+                let first = why
+                    .as_deref()
+                    .unwrap_or("the controller was reset (a new association)");
+                let first = first.split("; reconnecting").next().unwrap_or(first);
+                let tried = attempts + 1;
+                let end = if tried == RECONNECT_ATTEMPTS {
+                    "; gave up: attach again"
+                } else {
+                    ""
+                };
+                r.set_failure(format!(
+                    "{first}; reconnecting I/O queue {qid} failed {tried} time(s), last: {e}{end}"
+                ));
+                r.attempts = (tried, Some(Instant::now()));
+            }
+        }
+        n
     }
 
     /// The queue id on the controller.
@@ -708,13 +747,17 @@ impl IoQueuePair {
         }
         match &mut self.qp {
             Engine::Pci(q) => q.poll(max, |ctx: IoCtx, c| f(ctx.token, io_result(c))),
-            Engine::Tcp(q) => out_of_line(move || {
-                let n = q.poll(max, |ctx: IoCtx, c| f(ctx.token, io_result(c)));
-                match q.rings().failure() {
-                    None => n,
-                    Some(_) => n + Self::fail_connection(q, &mut f),
-                }
-            }),
+            Engine::Tcp(q) => {
+                let (ctrl, qid) = (&self.ctrl, self.qid);
+                out_of_line(move || {
+                    let n = q.poll(max, |ctx: IoCtx, c| f(ctx.token, io_result(c)));
+                    if q.rings().needs_reconnect() {
+                        n + Self::recover_connection(q, ctrl, qid, &mut f)
+                    } else {
+                        n
+                    }
+                })
+            }
         }
     }
 
@@ -776,6 +819,11 @@ impl IoQueuePair {
         self.submit_and_wait(|q| q.compare(nsid, lba, buf, 0))
     }
 }
+
+/// Over NVMe/TCP: the least time between two attempts to reconnect a failed I/O queue.
+pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(100);
+/// Over NVMe/TCP: attempts to reconnect a failed I/O queue before it stays failed.
+pub const RECONNECT_ATTEMPTS: u32 = 50;
 
 /// An I/O command's result from its completion.
 #[inline]

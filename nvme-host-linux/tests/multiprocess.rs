@@ -333,6 +333,36 @@ fn child(role: &str) -> i32 {
                 })
         }
         "write" | "check" => child_data(&ctrl, role == "write"),
+        "ns" => {
+            say_namespaces(&ctrl);
+            Ok(())
+        }
+        "ns-wait" => {
+            say_namespaces(&ctrl);
+            while !stop_requested() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(())
+        }
+        "format" => {
+            let opts = nvme_host_linux::FormatOptions {
+                lbaf: 1,
+                ..Default::default()
+            };
+            ctrl.format(1, opts).map_err(|e| e.to_string()).map(|()| {
+                say("FORMATTED");
+                say_namespaces(&ctrl);
+            })
+        }
+        "hold-ns-record" => match ctrl.__test_hold_namespace_record_mid_write() {
+            Ok(()) => {
+                say("HOLDING");
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        },
         "interrupt-io" => {
             env_u64("NVME_MP_LBA").and_then(|lba| testkit::interrupt_io(&ctrl, 1, lba, BS, 32))
         }
@@ -348,6 +378,29 @@ fn child(role: &str) -> i32 {
         other => Err(format!("unknown role {other}")),
     };
     i32::from(testkit::exit_code(r))
+}
+
+/// Says `NS <nsid> <block size> <blocks> <digest of the Identify Namespace data>` for each
+/// namespace, then `NS-END`.
+fn say_namespaces(ctrl: &Controller) {
+    use zerocopy::IntoBytes;
+    for ns in ctrl.namespaces() {
+        // FNV-1a over the whole structure, vendor-specific bytes included.
+        let digest = ns
+            .identify()
+            .as_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+        say(format!(
+            "NS {} {} {} {digest:016x}",
+            ns.id(),
+            ns.block_size(),
+            ns.blocks()
+        ));
+    }
+    say("NS-END");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1619,6 +1672,201 @@ fn a_stopped_join_lock_holder_is_named_not_waited_for() -> Outcome {
     Ok(())
 }
 
+/// The `NS` lines of a child up to `NS-END` (see `say_namespaces`).
+fn namespace_lines(p: &mut Proc) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    loop {
+        let l = p.line("NS")?;
+        if l == "NS-END" {
+            return Ok(out);
+        }
+        out.push(l);
+    }
+}
+
+/// Counts the Identify commands the software controller receives from now on: a fault rule
+/// that delays each by nothing and counts them (`identify_count`).
+fn count_identify(
+    s: &Scenario,
+) -> Result<
+    (
+        nvme_host_linux::sim::SimClient,
+        nvme_host_linux::sim::FaultId,
+    ),
+    String,
+> {
+    use nvme_host_linux::regs::opcode::AdminOpcode;
+    use nvme_host_linux::sim::CommandMatch;
+    let sim = s.sim()?;
+    let id = sim
+        .delay_nth(
+            CommandMatch::admin(AdminOpcode::Identify as u8),
+            1,
+            Duration::ZERO,
+            true,
+        )
+        .map_err(|e| e.to_string())?;
+    Ok((sim, id))
+}
+
+fn identify_count(
+    sim: &nvme_host_linux::sim::SimClient,
+    id: nvme_host_linux::sim::FaultId,
+) -> Result<u64, String> {
+    sim.fault_fired(id).map(|f| f.0).map_err(|e| e.to_string())
+}
+
+/// Offsets in the control segment (layout 5) of the namespace record's generation and
+/// count.
+const NS_GENERATION_AT: u64 = 61240 + 64;
+const NS_COUNT_AT: u64 = 61240 + 80;
+
+/// Waits until the group's namespace record holds a whole list of `n` namespaces at a
+/// generation past `after`; returns the generation.
+fn record_refreshed(s: &Scenario, after: u64, n: u32) -> Result<u64, String> {
+    let dir = s.group_dir();
+    let mut g = 0;
+    wait_until("the namespace record is refreshed", SETTLE, || {
+        g = control_u64(&dir, NS_GENERATION_AT).unwrap_or(0);
+        g > after && g % 2 == 0 && control_u32(&dir, NS_COUNT_AT).ok() == Some(n)
+    })
+    .map_err(|e| {
+        let count = control_u32(&dir, NS_COUNT_AT);
+        format!("{e}: generation {g}, count {count:?}")
+    })?;
+    Ok(g)
+}
+
+/// A joiner that reads the namespaces from the group's record: it says the same as
+/// `want` and sends no Identify (no admin command at all when `no_admin`).
+fn joins_without_identify(s: &Scenario, name: &str, want: &[String], no_admin: bool) -> Outcome {
+    let (sim, id) = count_identify(s)?;
+    let admin = sim.stats().map_err(|e| e.to_string())?.admin_commands;
+    let mut j = s.spawn(name, "ns", &[]);
+    j.line("READY secondary")?;
+    assert_eq!(namespace_lines(&mut j)?, want, "{name}: other namespaces");
+    j.finish()?.clean()?;
+    assert_eq!(identify_count(&sim, id)?, 0, "{name} sent Identify");
+    if no_admin {
+        let after = sim.stats().map_err(|e| e.to_string())?.admin_commands;
+        assert_eq!(after, admin, "{name} sent admin commands");
+    }
+    sim.remove_fault(id).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Starts the group's creator (role `ns-wait`); returns it, its namespaces and the
+/// namespace record's generation.
+fn ns_creator(s: &Scenario) -> Result<(Proc, Vec<String>, u64), String> {
+    let mut p = s.spawn("creator", "ns-wait", &[]);
+    p.line("READY primary")?;
+    let lines = namespace_lines(&mut p)?;
+    let g = control_u64(&s.group_dir(), NS_GENERATION_AT)?;
+    Ok((p, lines, g))
+}
+
+fn a_joiner_reads_the_namespaces_from_the_group_without_identify() -> Outcome {
+    let s = Scenario::new(31);
+    let (p, creator, g) = ns_creator(&s)?;
+    assert_eq!(creator.len(), 2, "{creator:?}");
+    assert!(creator[0].starts_with("NS 1 512 131072 "), "{creator:?}");
+    // The creator recorded them at bring-up (generation 2: written once).
+    assert_eq!(g, 2);
+    // Attaching, reading the namespaces and detaching takes no admin command.
+    joins_without_identify(&s, "joiner", &creator, true)?;
+    s.stop()?;
+    p.finish()?.clean()?;
+    Ok(())
+}
+
+fn a_format_by_one_member_reaches_later_joiners_through_the_record() -> Outcome {
+    let s = Scenario::new(32);
+    let (p, before, g) = ns_creator(&s)?;
+    let mut f = s.spawn("formatter", "format", &[]);
+    f.line("READY secondary")?;
+    f.line("FORMATTED")?;
+    let after = namespace_lines(&mut f)?;
+    f.finish()?.clean()?;
+    assert!(after[0].starts_with("NS 1 4096 16384 "), "{after:?}");
+    assert_eq!(after[1], before[1], "namespace 2 is as it was");
+    // Emptied before the format, filled after it: two generations.
+    assert_eq!(control_u64(&s.group_dir(), NS_GENERATION_AT)?, g + 4);
+    joins_without_identify(&s, "joiner", &after, false)?;
+    s.stop()?;
+    p.finish()?.clean()?;
+    Ok(())
+}
+
+fn a_writer_dying_mid_update_does_not_keep_joiners_out() -> Outcome {
+    use nix::sys::signal::Signal;
+    let s = Scenario::new(33);
+    let (p, want, g) = ns_creator(&s)?;
+    let mut w = s.spawn("writer", "hold-ns-record", &[]);
+    w.line("READY secondary")?;
+    w.line("HOLDING")?;
+    assert_eq!(control_u64(&s.group_dir(), NS_GENERATION_AT)?, g | 1);
+    let (sim, id) = count_identify(&s)?;
+    // A live writer in the middle of an update: the joiner sends Identify.
+    let mut j = s.spawn("joiner beside the writer", "ns", &[]);
+    j.line("READY secondary")?;
+    assert_eq!(namespace_lines(&mut j)?, want);
+    j.finish()?.clean()?;
+    assert_eq!(identify_count(&sim, id)?, 3, "Identify list + 2 namespaces");
+    // A format waits for the writer (bounded by the admin timeout), then names it.
+    let mut f = s.spawn(
+        "formatter beside the writer",
+        "format",
+        &[("NVME_MP_ADMIN_TIMEOUT_MS", "300".into())],
+    );
+    f.line("READY secondary")?;
+    let e = f.line("ERROR")?;
+    let holder = format!("pid {} holds it", w.pid());
+    assert!(
+        e.contains("namespace record's lock") && e.contains(&holder),
+        "{e}"
+    );
+    assert_eq!(f.finish()?.code, Some(1));
+    // The writer dies mid-update; the creator is stopped so that its monitor does not
+    // repair the record before the next joiner looks.
+    signal(&p, Signal::SIGSTOP);
+    w.kill();
+    let mut j = s.spawn("joiner after the writer died", "ns", &[]);
+    j.line("READY secondary")?;
+    assert_eq!(namespace_lines(&mut j)?, want);
+    j.finish()?.clean()?;
+    assert!(identify_count(&sim, id)? >= 6, "it sent Identify");
+    sim.remove_fault(id).map_err(|e| e.to_string())?;
+    // Resumed, the creator's monitor refreshes the record; joiners read it again.
+    signal(&p, Signal::SIGCONT);
+    record_refreshed(&s, g | 1, 2)?;
+    joins_without_identify(&s, "joiner after the repair", &want, false)?;
+    s.stop()?;
+    p.finish()?.clean()?;
+    Ok(())
+}
+
+fn a_namespace_change_notice_refreshes_the_record() -> Outcome {
+    use nvme_host_linux::regs::log::lid;
+    use nvme_host_linux::sim::AsyncEventType;
+    let s = Scenario::new(34);
+    let (p, want, g) = ns_creator(&s)?;
+    let (sim, id) = count_identify(&s)?;
+    // Namespace Attribute Changed, as if another host had changed a namespace.
+    sim.raise_async_event(AsyncEventType::Notice, 0, lid::CHANGED_NAMESPACES)
+        .map_err(|e| e.to_string())?;
+    record_refreshed(&s, g, 2)?;
+    assert_eq!(
+        identify_count(&sim, id)?,
+        3,
+        "the monitor identified the namespaces again"
+    );
+    sim.remove_fault(id).map_err(|e| e.to_string())?;
+    joins_without_identify(&s, "joiner", &want, false)?;
+    s.stop()?;
+    p.finish()?.clean()?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     if let Some(role) = testkit::role() {
         std::process::exit(child(&role));
@@ -1733,6 +1981,22 @@ fn main() -> ExitCode {
         (
             "the_creator_decides_shadow_doorbells_for_the_group",
             the_creator_decides_shadow_doorbells_for_the_group,
+        ),
+        (
+            "a_joiner_reads_the_namespaces_from_the_group_without_identify",
+            a_joiner_reads_the_namespaces_from_the_group_without_identify,
+        ),
+        (
+            "a_format_by_one_member_reaches_later_joiners_through_the_record",
+            a_format_by_one_member_reaches_later_joiners_through_the_record,
+        ),
+        (
+            "a_writer_dying_mid_update_does_not_keep_joiners_out",
+            a_writer_dying_mid_update_does_not_keep_joiners_out,
+        ),
+        (
+            "a_namespace_change_notice_refreshes_the_record",
+            a_namespace_change_notice_refreshes_the_record,
         ),
     ];
     testkit::run_scenarios("multiprocess", scenarios)

@@ -95,3 +95,40 @@ fn nvmectl_subcommands_run_over_tcp() {
         .all(|&b| b == 0));
     ok(CTL, &["flush", "-r", &trid, "-n", "1"]);
 }
+
+/// The software controller behind nvme-sim's NVMe/TCP target: perf's random reads, then
+/// `nvmectl id-ctrl` and `read`.
+#[test]
+fn nvme_perf_and_nvmectl_against_the_software_controllers_target() {
+    use nvme_host_linux::sim::{NamespaceConfig, SimConfig, TcpTarget};
+    let cfg = SimConfig {
+        namespaces: vec![NamespaceConfig {
+            lba_size: 512,
+            blocks: 16384,
+        }],
+        ..Default::default()
+    };
+    let target = TcpTarget::start(cfg, "127.0.0.1:0".parse().unwrap(), Default::default())
+        .expect("starting the target");
+    let trid = target.transport_id();
+    let out = ok(
+        PERF,
+        &[
+            "-r", &trid, "-t", "1", "-q", "8", "-o", "4096", "-w", "randread",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.lines().any(|l| l.starts_with("TCP (tcp:127.0.0.1:")),
+        "{stdout}"
+    );
+    let id = text(&ok(CTL, &["id-ctrl", "-r", &trid]).stdout);
+    assert!(id.contains("mdts"), "{id}");
+    let out = ok(
+        CTL,
+        &[
+            "read", "-r", &trid, "-n", "1", "-s", "0", "-c", "7", "-z", "4096",
+        ],
+    );
+    assert_eq!(out.stdout.len(), 4096);
+}

@@ -19,7 +19,7 @@ use super::robust::RobustMutex;
 /// "NVMERSG1".
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"NVMERSG1");
 /// Changes whenever the layout below changes.
-pub(crate) const LAYOUT_VERSION: u32 = 4;
+pub(crate) const LAYOUT_VERSION: u32 = 5;
 /// Largest I/O queue id tracked.
 pub(crate) const MAX_QID: usize = 1024;
 
@@ -113,6 +113,53 @@ pub(crate) struct LeaseTable {
     pub(crate) entries: [LeaseEntry; MAX_LEASES],
 }
 
+/// Namespaces the group's namespace record keeps (their Identify Namespace data, 4 KiB
+/// each); a controller with more active namespaces is recorded as [`NS_TOO_MANY`] and its
+/// joiners send Identify.
+pub(crate) const MAX_RECORD_NAMESPACES: usize = 32;
+/// Words (`u64`) of one namespace's Identify Namespace data in the record.
+pub(crate) const NS_IDENTIFY_WORDS: usize = 4096 / 8;
+/// `NamespaceRecord::count` when the record holds no list: a member is changing the
+/// namespaces, or the last refresh failed (joiners send Identify; the group's monitor
+/// refreshes it).
+pub(crate) const NS_NO_LIST: u32 = u32::MAX;
+/// `NamespaceRecord::count` when the controller has more active namespaces than the record
+/// keeps: a valid state (joiners send Identify), refreshed only after a change.
+pub(crate) const NS_TOO_MANY: u32 = u32::MAX - 1;
+
+/// The group's list of active namespaces with their Identify Namespace data, so that a
+/// joining process need not send 1 + N Identify commands (`group::nsrecord`).
+///
+/// A seqlock: a writer holds `mutex`, stores an odd `generation` (and itself as `writer`),
+/// the list, then the next even generation; a reader takes no lock and uses what it read
+/// only when the generation was the same even value before and after. Generation 0: never
+/// written. A writer that dies mid-update leaves the generation odd: readers check that the
+/// writer is alive and fall back to Identify; the next holder of `mutex` (it gets
+/// `EOWNERDEAD`) rewrites it.
+#[repr(C)]
+pub(crate) struct NamespaceRecord {
+    /// Robust, process-shared: held by a writer, and by a member across a command that
+    /// changes namespaces (Format NVM, Namespace Management and Attachment).
+    pub(crate) mutex: RobustMutex,
+    pub(crate) generation: AtomicU64,
+    /// `OwnerId::raw` of the member that last stored an odd generation.
+    pub(crate) writer: AtomicU32,
+    /// Its pid (for messages only).
+    pub(crate) writer_pid: AtomicU32,
+    /// Namespaces in the list (at most [`MAX_RECORD_NAMESPACES`]), or [`NS_NO_LIST`] or
+    /// [`NS_TOO_MANY`].
+    pub(crate) count: AtomicU32,
+    pub(crate) _pad: u32,
+    /// The group's asynchronous event count (`SharedAdminState::events_seq`) read before
+    /// the list was identified: a Namespace Attribute Changed notice recorded at or after
+    /// it makes the list stale.
+    pub(crate) events_at: AtomicU64,
+    /// Active NSIDs, ascending.
+    pub(crate) nsids: [AtomicU32; MAX_RECORD_NAMESPACES],
+    /// Identify Namespace data of each, in the order of `nsids` (little-endian words).
+    pub(crate) identify: [[AtomicU64; NS_IDENTIFY_WORDS]; MAX_RECORD_NAMESPACES],
+}
+
 /// The identity at the start of the control segment: what a joining process checks before
 /// it trusts anything else (or even the segment's size). Its layout never changes.
 #[repr(C)]
@@ -153,6 +200,8 @@ pub(crate) struct GroupHeader {
     pub(crate) shadow: ShadowInfo,
     /// LBA range leases (`crate::Lease`).
     pub(crate) leases: LeaseTable,
+    /// The active namespaces, for joining processes.
+    pub(crate) namespaces: NamespaceRecord,
 }
 
 /// Sizes and offsets of the layout (version [`LAYOUT_VERSION`]), in bytes.
@@ -163,7 +212,9 @@ const ADMIN_OFFSET: usize = 13872;
 const SHADOW_OFFSET: usize = 46816;
 const LEASES_OFFSET: usize = SHADOW_OFFSET + 24;
 const LEASE_ENTRY_SIZE: usize = 56;
-const HEADER_SIZE: usize = LEASES_OFFSET + 64 + LEASE_ENTRY_SIZE * MAX_LEASES;
+const NS_RECORD_OFFSET: usize = LEASES_OFFSET + 64 + LEASE_ENTRY_SIZE * MAX_LEASES;
+const NS_RECORD_SIZE: usize = 96 + 4 * MAX_RECORD_NAMESPACES + 4096 * MAX_RECORD_NAMESPACES;
+const HEADER_SIZE: usize = NS_RECORD_OFFSET + NS_RECORD_SIZE;
 
 // The layout, asserted. Sizes and offsets in bytes (x86_64 and every other 64-bit Linux
 // target: u64 and the atomics are 8-aligned).
@@ -230,6 +281,18 @@ const _: () = {
     assert!(offset_of!(LeaseTable, mutex) == 0);
     assert!(offset_of!(LeaseTable, entries) == 64);
     assert!(offset_of!(GroupHeader, leases) == LEASES_OFFSET);
+    assert!(size_of::<NamespaceRecord>() == NS_RECORD_SIZE);
+    assert!(align_of::<NamespaceRecord>() == 8);
+    assert!(offset_of!(NamespaceRecord, mutex) == 0);
+    assert!(offset_of!(NamespaceRecord, generation) == 64);
+    assert!(offset_of!(NamespaceRecord, writer) == 72);
+    assert!(offset_of!(NamespaceRecord, writer_pid) == 76);
+    assert!(offset_of!(NamespaceRecord, count) == 80);
+    assert!(offset_of!(NamespaceRecord, events_at) == 88);
+    assert!(offset_of!(NamespaceRecord, nsids) == 96);
+    assert!(offset_of!(NamespaceRecord, identify) == 96 + 4 * MAX_RECORD_NAMESPACES);
+    assert!(offset_of!(GroupHeader, namespaces) == NS_RECORD_OFFSET);
+    assert!(NS_RECORD_OFFSET == 61240);
     assert!(size_of::<GroupHeader>() == HEADER_SIZE);
 };
 

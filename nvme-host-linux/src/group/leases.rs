@@ -41,8 +41,8 @@ impl Group {
         r
     }
 
-    /// Is `raw` (an `OwnerId::raw` read from the table, validated here) a live member?
-    fn lease_owner_alive(&self, raw: u32) -> bool {
+    /// Is `raw` (an `OwnerId::raw` read from shared memory, validated here) a live member?
+    pub(super) fn owner_alive(&self, raw: u32) -> bool {
         let index = (raw & 0xff) as usize;
         if index == 0 || index > MAX_MEMBERS {
             return false;
@@ -77,7 +77,7 @@ impl Group {
                 if owner == me.raw() {
                     continue;
                 }
-                if !self.lease_owner_alive(owner) {
+                if !self.owner_alive(owner) {
                     e.state.store(LEASE_FREE, Ordering::Release);
                     free.get_or_insert(i);
                     continue;

@@ -9,7 +9,8 @@
 //! - `admin.mem`: the admin rings and their PRP list pages, then the shadow doorbell and
 //!   EventIdx pages (Doorbell Buffer Config, used when the creator gave them to the
 //!   controller), mapped by every member.
-//!   It also holds the table of LBA range leases (`leases`, [`crate::Lease`]).
+//!   It also holds the table of LBA range leases (`leases`, [`crate::Lease`]) and the
+//!   record of the active namespaces that joining processes read (`nsrecord`).
 //! - `members.lock`: one byte per member, locked (OFD lock) by that member for its lifetime.
 //!   The kernel drops the lock when the process dies; that is how survivors know.
 //! - `sim.sock`: the software controller's process, for `trtype:sim`.
@@ -38,6 +39,7 @@ pub(crate) mod fdpass;
 pub(crate) mod layout;
 mod leases;
 mod lockfile;
+pub(crate) mod nsrecord;
 mod robust;
 
 use std::fs::{File, OpenOptions};
@@ -440,6 +442,10 @@ impl Group {
                 .mutex
                 .init()
                 .map_err(os("initialising the lease table lock"))?;
+            h.namespaces
+                .mutex
+                .init()
+                .map_err(os("initialising the namespace record lock"))?;
             h.ident
                 .layout_version
                 .store(layout::LAYOUT_VERSION, Ordering::Relaxed);
@@ -1271,8 +1277,9 @@ pub mod fuzzing {
     /// (zero-padded), and if that passes too (and the segment is at most 1 MiB), the shared
     /// admin queue is built over the header's shared state and the segment, as
     /// [`Group::admin_at`] does (with the in-process lock instead of the header's robust
-    /// mutex, which holds arbitrary bytes here), joined, polled and reaped. Returns the
-    /// error a joining process would report.
+    /// mutex, which holds arbitrary bytes here), joined, polled and reaped; the namespace
+    /// record is read as a joiner reads it. Returns the error a joining process would
+    /// report.
     pub fn join_checks(
         control: &[u8],
         stamp: bool,
@@ -1307,6 +1314,15 @@ pub mod fuzzing {
             let path = Path::new("/fuzz/control");
             check_control(1, cmem, control.len(), control_len(), path)?;
             let h: &GroupHeader = cmem.view().expect("checked");
+            // The namespace record, as a joiner and the monitor read it (its writer dead:
+            // no waiting for it).
+            let dead = |_| false;
+            let _ = nsrecord::needs_refresh(&h.namespaces, dead, |at| at > 7);
+            if let Ok(list) = nsrecord::read_record(&h.namespaces, dead, |at| at > 7) {
+                for (nsid, id) in list {
+                    let _ = crate::namespace::Namespace::from_identify(nsid, id);
+                }
+            }
             let at = admin_layout(1, h, admin_file_len, path)?;
             if at.len > MAX_ADMIN as u64 {
                 return Ok(());

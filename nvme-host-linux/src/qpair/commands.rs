@@ -221,9 +221,9 @@ impl IoQueuePair {
                     }
                 ));
                 if let Engine::Tcp(q) = &mut self.qp {
-                    if q.rings().failure().is_some() {
+                    if q.rings().needs_reconnect() {
                         let mut failed = |_, r: Result<()>| result = Some(r.map(|()| 0));
-                        Self::fail_connection(q, &mut failed);
+                        Self::recover_connection(q, &self.ctrl, self.qid, &mut failed);
                     }
                 }
             }

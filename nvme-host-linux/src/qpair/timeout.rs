@@ -159,6 +159,11 @@ impl IoQueuePair {
             .poll(max, |ctx: IoCtx, c: Completion| {
                 g(ctx.token, result(c, waited_ms))
             }));
+        if let Engine::Tcp(q) = &mut self.qp {
+            if q.rings().needs_reconnect() {
+                return n + Self::recover_connection(q, &self.ctrl, self.qid, f);
+            }
+        }
         let now = Instant::now();
         if now < t.next_scan {
             return n;

@@ -20,6 +20,7 @@ use nvme_regs::features::{fid, FeatureSelect};
 use nvme_regs::identify::{IdentifyController, IdentifyNamespace, Uuid};
 use nvme_regs::opcode::AdminOpcode;
 use nvme_regs::registers::{offset, Cap, Cc, Csts, ShutdownNotification, ShutdownStatus, Vs};
+use nvme_regs::status::GenericStatus;
 use nvme_regs::tcp::ADMIN_IN_CAPSULE_DATA;
 use nvme_regs::{Status, StatusCodeType};
 use zerocopy::{FromBytes, IntoBytes};
@@ -33,6 +34,9 @@ use crate::{Error, Result};
 
 /// Admin queue entries asked for in Connect (SQSIZE is 0's based).
 const ADMIN_QUEUE_ENTRIES: u16 = 32;
+/// How long an I/O queue's Connect is retried while the target reports its queue id still
+/// connected (see [`TcpController::connect_io_queue`]).
+pub(crate) const QUEUE_IN_USE_WAIT: Duration = Duration::from_secs(2);
 
 /// This host's identity on the fabric: its NQN and 16-byte host identifier.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,6 +160,8 @@ pub struct TcpController {
     options: TcpOptions,
     host: HostIdentity,
     timeout: Duration,
+    /// What this association was connected with (for [`TcpController::connect_again`]).
+    connected_with: TcpControllerOptions,
 }
 
 impl std::fmt::Debug for TcpController {
@@ -248,6 +254,10 @@ impl TcpController {
             peer,
             identify: Box::new(<IdentifyController as zerocopy::FromZeros>::new_zeroed()),
             options: o.clone(),
+            connected_with: TcpControllerOptions {
+                host: Some(host.clone()),
+                ..opts.clone()
+            },
             host,
             timeout: opts.timeout,
         };
@@ -302,10 +312,23 @@ impl TcpController {
         self.queue().link.negotiated()
     }
 
+    /// A new association with the same subsystem, as this one was made (same address,
+    /// host, digests, KATO): what a reconnect after a dropped connection or a target
+    /// restart, or a controller reset over TCP, starts with.
+    pub fn connect_again(&self) -> Result<TcpController> {
+        let stream = open_tcp(&self.options, self.timeout)?;
+        Self::over_stream(stream, &self.options, &self.subnqn, &self.connected_with)
+    }
+
     /// Opens I/O queue `qid` of `entries` entries over a connection of its own: TCP to the
     /// admin queue's address, ICReq/ICResp with the same digests, Fabrics Connect with this
     /// association's host and controller ID. `max_transfer` bounds one command's data;
     /// `memory` is where its commands' data pointers are resolved.
+    ///
+    /// A target still tearing down an earlier connection of the same queue id answers
+    /// Connect with Command Sequence Error (Linux's nvmet does, for a moment after the
+    /// connection closed): Connect is tried again, with growing pauses, for up to
+    /// [`QUEUE_IN_USE_WAIT`].
     pub(crate) fn connect_io_queue(
         &self,
         qid: u16,
@@ -313,8 +336,20 @@ impl TcpController {
         max_transfer: usize,
         memory: Arc<MemoryTable>,
     ) -> Result<TcpRings> {
-        let stream = open_tcp(&self.options, self.timeout)?;
-        self.connect_io_queue_over(stream, qid, entries, max_transfer, memory)
+        let start = std::time::Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let stream = open_tcp(&self.options, self.timeout)?;
+            match self.connect_io_queue_over(stream, qid, entries, max_transfer, memory.clone()) {
+                Err(Error::Tcp(TcpError::QueueInUse { .. }))
+                    if start.elapsed() + pause < QUEUE_IN_USE_WAIT =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                r => return r,
+            }
+        }
     }
 
     /// [`connect_io_queue`](Self::connect_io_queue) over a stream the caller opened.
@@ -563,6 +598,7 @@ fn fabrics_connect(
     };
     copy_nqn(&mut data.subnqn, subnqn);
     copy_nqn(&mut data.hostnqn, &host.hostnqn);
+    let qid = cmd.qid;
     let cmd = cmd.to_entry();
     let c = q.execute(cmd, Data::FromHost(data.as_bytes()))?;
     let status = c.status();
@@ -576,6 +612,13 @@ fn fabrics_connect(
             .into());
         }
         return Ok(r.cntlid);
+    }
+    if qid != 0 && status.is_generic(GenericStatus::CommandSequenceError) {
+        return Err(TcpError::QueueInUse {
+            peer: q.link.peer.clone(),
+            qid,
+        }
+        .into());
     }
     Err(connect_error(q.link.peer.clone(), status, c.dw0, subnqn, &host.hostnqn).into())
 }

@@ -222,6 +222,11 @@ pub struct TcpRings {
     local: VecDeque<CompletionEntry>,
     mem: MemoryView,
     failure: Option<String>,
+    /// The transport's association count, and the association this connection belongs to:
+    /// when they differ (the controller was reset: a new association) the queue reconnects.
+    association: Option<(Arc<AtomicU64>, u64)>,
+    /// Reconnect attempts since the connection failed, and when the last one was made.
+    pub(crate) attempts: (u32, Option<std::time::Instant>),
 }
 
 impl std::fmt::Debug for TcpRings {
@@ -286,6 +291,8 @@ impl TcpRings {
             local: VecDeque::with_capacity(entries as usize),
             mem: MemoryView::new(memory),
             failure: None,
+            association: None,
+            attempts: (0, None),
         })
     }
 
@@ -293,6 +300,36 @@ impl TcpRings {
     /// and nothing more completes.
     pub fn failure(&self) -> Option<&str> {
         self.failure.as_deref()
+    }
+
+    /// Records the association this connection belongs to (see `association`).
+    pub(crate) fn set_association(&mut self, count: Arc<AtomicU64>, this: u64) {
+        self.association = Some((count, this));
+    }
+
+    /// Does the queue need a new connection: its connection failed, or the controller was
+    /// reset since it connected (an association made anew)?
+    #[inline]
+    pub(crate) fn needs_reconnect(&self) -> bool {
+        self.failure.is_some() || self.superseded()
+    }
+
+    /// Was a new association made since this connection's?
+    #[inline]
+    pub(crate) fn superseded(&self) -> bool {
+        self.association
+            .as_ref()
+            .is_some_and(|(count, this)| count.load(Ordering::Acquire) != *this)
+    }
+
+    /// Replaces the failure's message (what reconnecting found, added to it).
+    pub(crate) fn set_failure(&mut self, why: String) {
+        self.failure = Some(why);
+    }
+
+    /// The CID bits that index the per-command table (given by the queue pair).
+    pub(crate) fn cid_mask(&self) -> u16 {
+        self.mask
     }
 
     /// The controller's address.

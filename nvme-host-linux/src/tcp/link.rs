@@ -23,8 +23,14 @@ pub trait Stream: Read + Write + Send {
     /// Bounds each read (`None`: wait forever).
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
     /// Makes reads and writes return `WouldBlock` instead of waiting (an I/O queue's
-    /// connection, polled).
-    fn set_nonblocking(&self, on: bool) -> io::Result<()>;
+    /// connection, polled). A stream that cannot (the default) carries an admin queue only.
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        let _ = on;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this stream cannot be made non-blocking (an NVMe/TCP I/O queue needs it)",
+        ))
+    }
 }
 
 impl Stream for std::net::TcpStream {

@@ -17,11 +17,18 @@
 //! - `transport`: [`TcpTransport`] and attaching: a [`Controller`](crate::Controller) whose
 //!   admin path is the [`TcpController`] and whose memory "mappings" are that table.
 //!
+//! Recovery: an I/O queue whose connection fails completes its outstanding requests with
+//! an error naming the failure and connects again (a new association first when the old
+//! one is gone, as after a target restart), at most once per
+//! [`RECONNECT_INTERVAL`](crate::RECONNECT_INTERVAL), a bounded number of times; an
+//! admin command finding the association failed makes a new one first. A controller reset
+//! ([`Controller::reset`](crate::Controller::reset)) is a new association: the I/O queue
+//! pairs complete what they had with `AbortedByReset` and reconnect, as after a PCIe reset.
+//! An I/O timeout sends an Abort over the admin queue.
+//!
 //! Not over TCP (yet): shared-memory groups (`-i`; each process attaches on its own, its
-//! own association), controller and function resets (detach and attach again),
-//! asynchronous events, interrupts (queues are polled), PRP data pointers. An I/O timeout
-//! sends an Abort over the admin queue; the reset that follows when the controller does
-//! not abort is refused.
+//! own association), function resets, asynchronous events, interrupts (queues are polled),
+//! PRP data pointers.
 
 mod controller;
 mod crc32c;
@@ -45,7 +52,7 @@ pub use ioq::TcpRings;
 pub use link::{frame, Negotiated, Stream};
 pub use queue::Data;
 pub use transport::TcpTransport;
-pub(crate) use transport::{admin_command, attach, csts, no_reset, shutdown};
+pub(crate) use transport::{admin_command, attach, csts, no_reset, reset, shutdown};
 
 /// Which digest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +128,14 @@ pub enum TcpError {
         subnqn: String,
         /// This host's NQN.
         hostnqn: String,
+    },
+    /// An I/O queue's Connect found its queue id still connected at the target (Command
+    /// Sequence Error), beyond the wait for an earlier connection's teardown.
+    QueueInUse {
+        /// The address.
+        peer: String,
+        /// The queue id.
+        qid: u16,
     },
     /// Connect failed otherwise (busy, authentication required, another bad parameter).
     ConnectRejected {
@@ -212,6 +227,11 @@ impl fmt::Display for TcpError {
             TcpError::HostNotAllowed { peer, subnqn, hostnqn } => write!(
                 f,
                 "NVMe/TCP {peer}: host '{hostnqn}' is not allowed to connect to '{subnqn}' (Connect Invalid Host): add it to the subsystem's allowed hosts, or pass the allowed one as hostnqn:"
+            ),
+            TcpError::QueueInUse { peer, qid } => write!(
+                f,
+                "NVMe/TCP {peer}: I/O queue {qid} is still connected at the target (Connect: Command Sequence Error) after waiting {} ms for an earlier connection of it to close",
+                controller::QUEUE_IN_USE_WAIT.as_millis()
             ),
             TcpError::ConnectRejected { peer, reason } => {
                 write!(f, "NVMe/TCP {peer}: Connect rejected: {reason}")

@@ -234,6 +234,10 @@ pub struct Config {
     pub c2h_out_of_range: bool,
     /// Reads are answered in pairs, the second first.
     pub swap_reads: bool,
+    /// The first this many I/O queue Connects are answered Command Sequence Error, as
+    /// Linux's nvmet answers one for a queue id whose earlier connection it is still
+    /// tearing down.
+    pub busy_io_connects: usize,
 }
 
 impl Default for Config {
@@ -246,6 +250,7 @@ impl Default for Config {
             close_io_after: None,
             c2h_out_of_range: false,
             swap_reads: false,
+            busy_io_connects: 0,
         }
     }
 }
@@ -262,6 +267,24 @@ pub struct Target {
     pub connects: Mutex<Vec<(u16, u16, u16)>>,
     /// I/O commands answered: reads, writes.
     pub io: Mutex<(u64, u64)>,
+    /// The controller ID the next admin Connect gets; I/O Connects naming another are
+    /// refused (Connect Invalid Parameters: CNTLID).
+    pub cntlid: Mutex<u16>,
+    /// Every connection accepted, to end them ([`Target::restart`]).
+    streams: Mutex<Vec<std::net::TcpStream>>,
+    /// I/O Connects still to refuse ([`Config::busy_io_connects`]).
+    busy_left: Mutex<usize>,
+}
+
+impl Target {
+    /// What a target restart looks like to hosts: every connection is closed, and the
+    /// controller IDs given before are no longer known.
+    pub fn restart(&self) {
+        *self.cntlid.lock().unwrap() += 1;
+        for s in self.streams.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// Starts a target on 127.0.0.1 (an ephemeral port); returns its transport id.
@@ -269,11 +292,14 @@ pub fn start(cfg: Config) -> (String, Arc<Target>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let t = Arc::new(Target {
-        cfg,
         disk: Mutex::new(vec![0; (BLOCKS * 512) as usize]),
         cc: Mutex::new(0),
         connects: Mutex::new(Vec::new()),
         io: Mutex::new((0, 0)),
+        cntlid: Mutex::new(5),
+        streams: Mutex::new(Vec::new()),
+        busy_left: Mutex::new(cfg.busy_io_connects),
+        cfg,
     });
     let t2 = t.clone();
     thread::spawn(move || {
@@ -294,6 +320,17 @@ fn ok() -> Status {
 /// One connection: ICReq/ICResp, Connect, then the admin or an I/O queue's commands.
 fn serve(s: std::net::TcpStream, t: &Target) {
     s.set_nodelay(true).unwrap();
+    let Ok(own) = s.try_clone() else { return };
+    if let Ok(c) = s.try_clone() {
+        t.streams.lock().unwrap().push(c);
+    }
+    serve_connection(s, t);
+    // Closed here whoever else holds the socket (the clone kept for `restart`).
+    let _ = own.shutdown(std::net::Shutdown::Both);
+}
+
+/// [`serve`]'s work on one connection, until it ends.
+fn serve_connection(s: std::net::TcpStream, t: &Target) {
     let mut p = Peer {
         s: Box::new(s),
         hd: false,
@@ -322,9 +359,31 @@ fn serve(s: std::net::TcpStream, t: &Target) {
         entries,
         commands: 0,
         held: None,
+        backlog: std::collections::VecDeque::new(),
     };
-    p.respond_sqhd(sqe.cid, ok(), 5, 0, q.head as u16);
-    while let Some(pdu) = p.read_pdu() {
+    let cntlid = *t.cntlid.lock().unwrap();
+    if cmd.qid != 0 && data.cntlid != cntlid {
+        // Connect Invalid Parameters (command specific 82h), in the data at CNTLID.
+        let status = Status::new(nvme_regs::StatusCodeType::CommandSpecific, 0x82);
+        let dw0 = nvme_regs::fabrics::InvalidParameter {
+            offset: nvme_regs::fabrics::ConnectData::CNTLID_OFFSET,
+            in_data: true,
+        }
+        .to_dword();
+        p.respond_sqhd(sqe.cid, status, dw0, 0, q.head as u16);
+        return;
+    }
+    if cmd.qid != 0 {
+        let mut busy = t.busy_left.lock().unwrap();
+        if *busy > 0 {
+            *busy -= 1;
+            let status = Status::generic(GenericStatus::CommandSequenceError).with_dnr();
+            p.respond_sqhd(sqe.cid, status, 0, 0, q.head as u16);
+            return;
+        }
+    }
+    p.respond_sqhd(sqe.cid, ok(), cntlid as u32, 0, q.head as u16);
+    while let Some(pdu) = q.backlog.pop_front().or_else(|| p.read_pdu()) {
         if pdu.ch.kind() == Some(PduType::H2cTermReq) {
             return;
         }
@@ -350,6 +409,8 @@ struct Queue {
     commands: usize,
     /// A read held back to be answered after the next command (`Config::swap_reads`).
     held: Option<SubmissionEntry>,
+    /// Command capsules that arrived while a write's data was awaited (handled next).
+    backlog: std::collections::VecDeque<Pdu>,
 }
 
 fn identify_controller() -> Vec<u8> {
@@ -430,7 +491,13 @@ fn admin(p: &mut Peer, t: &Target, q: &Queue, sqe: &SubmissionEntry) {
 }
 
 /// The data of a write-like command: in the capsule, or asked for with one R2T.
-fn receive(p: &mut Peer, sqe: &SubmissionEntry, inline: &[u8], len: usize) -> Vec<u8> {
+fn receive(
+    p: &mut Peer,
+    backlog: &mut std::collections::VecDeque<Pdu>,
+    sqe: &SubmissionEntry,
+    inline: &[u8],
+    len: usize,
+) -> Vec<u8> {
     if !inline.is_empty() {
         assert!(inline.len() <= IN_CAPSULE as usize);
         return inline.to_vec();
@@ -439,6 +506,11 @@ fn receive(p: &mut Peer, sqe: &SubmissionEntry, inline: &[u8], len: usize) -> Ve
     let mut got = vec![0u8; len];
     loop {
         let pdu = p.read_pdu().expect("H2CData");
+        if pdu.ch.kind() == Some(PduType::CapsuleCmd) {
+            // The host pipelines: later commands may come before this one's data.
+            backlog.push_back(pdu);
+            continue;
+        }
         assert_eq!(pdu.ch.kind(), Some(PduType::H2cData));
         let d = DataHeader::read_from_bytes(&pdu.hdr).unwrap();
         assert_eq!((d.cccid, d.ttag), (sqe.cid, 0x77));
@@ -457,13 +529,20 @@ fn io(p: &mut Peer, t: &Target, q: &mut Queue, sqe: &SubmissionEntry, inline: &[
         return;
     }
     let held = q.held.take();
-    io_one(p, t, sqhd, sqe, inline);
+    io_one(p, t, q, sqhd, sqe, inline);
     if let Some(h) = held {
-        io_one(p, t, sqhd, &h, &[]);
+        io_one(p, t, q, sqhd, &h, &[]);
     }
 }
 
-fn io_one(p: &mut Peer, t: &Target, sqhd: u16, sqe: &SubmissionEntry, inline: &[u8]) {
+fn io_one(
+    p: &mut Peer,
+    t: &Target,
+    q: &mut Queue,
+    sqhd: u16,
+    sqe: &SubmissionEntry,
+    inline: &[u8],
+) {
     let slba = sqe.cdw10 as u64 | (sqe.cdw11 as u64) << 32;
     let nlb = (sqe.cdw12 & 0xffff) as usize + 1;
     let range = slba as usize * 512..(slba as usize + nlb) * 512;
@@ -500,7 +579,7 @@ fn io_one(p: &mut Peer, t: &Target, sqhd: u16, sqe: &SubmissionEntry, inline: &[
             }
         }
         0x01 | 0x05 => {
-            let data = receive(p, sqe, inline, range.len());
+            let data = receive(p, &mut q.backlog, sqe, inline, range.len());
             let mut disk = t.disk.lock().unwrap();
             if sqe.opcode == 0x01 {
                 disk[range].copy_from_slice(&data);
@@ -521,7 +600,7 @@ fn io_one(p: &mut Peer, t: &Target, sqhd: u16, sqe: &SubmissionEntry, inline: &[
         }
         0x09 => {
             let ranges = (sqe.cdw10 & 0xff) as usize + 1;
-            let data = receive(p, sqe, inline, ranges * 16);
+            let data = receive(p, &mut q.backlog, sqe, inline, ranges * 16);
             let mut disk = t.disk.lock().unwrap();
             for r in data.chunks_exact(16) {
                 let len = u32::from_le_bytes(r[4..8].try_into().unwrap()) as usize;

@@ -7,7 +7,8 @@
 //! reached with Fabrics commands on the admin queue ([`TcpController`]).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nvme_core::{Command, Completion, ControllerInfo, DmaRegion};
@@ -31,10 +32,13 @@ use crate::mmio::Mmio;
 use crate::transport::Transport;
 use crate::trid::{TcpOptions, TransportId};
 
-/// A controller over NVMe/TCP as a transport: its admin queue's association and the host
-/// memory its queues may move data to and from.
+/// A controller over NVMe/TCP as a transport: its association (admin queue), made anew
+/// when it fails, and the host memory its queues may move data to and from.
 pub struct TcpTransport {
-    ctrl: Arc<TcpController>,
+    ctrl: Mutex<Arc<TcpController>>,
+    /// Associations made after the first: an I/O queue connected under an earlier one
+    /// reconnects (see [`TcpRings`]).
+    generation: Arc<AtomicU64>,
     memory: Arc<MemoryTable>,
     pool: DmaPool,
 }
@@ -42,7 +46,7 @@ pub struct TcpTransport {
 impl fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpTransport")
-            .field("controller", &self.ctrl)
+            .field("controller", &*self.current())
             .finish()
     }
 }
@@ -51,15 +55,51 @@ impl TcpTransport {
     /// The transport of a connected controller.
     pub fn new(ctrl: TcpController) -> TcpTransport {
         TcpTransport {
-            ctrl: Arc::new(ctrl),
+            ctrl: Mutex::new(Arc::new(ctrl)),
+            generation: Arc::default(),
             memory: Arc::default(),
             pool: DmaPool::new(),
         }
     }
 
-    /// The controller's admin queue.
-    pub fn controller(&self) -> &TcpController {
-        &self.ctrl
+    fn current(&self) -> std::sync::MutexGuard<'_, Arc<TcpController>> {
+        self.ctrl.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The controller's admin queue (the current association's).
+    pub fn controller(&self) -> Arc<TcpController> {
+        self.current().clone()
+    }
+
+    /// The current association when it is alive (its admin queue has not failed and, when
+    /// `probe`, answers a Keep Alive); otherwise a new one ([`TcpController::connect_again`],
+    /// which must reach the same controller: the same serial number), after which every I/O
+    /// queue reconnects. `force`: a new one whatever the state of the current (a controller
+    /// reset over TCP). Returns the association and its generation.
+    pub(crate) fn association(
+        &self,
+        probe: bool,
+        force: bool,
+    ) -> Result<(Arc<TcpController>, u64)> {
+        let mut cur = self.current();
+        let alive = || cur.failure().is_none() && (!probe || cur.keep_alive().is_ok());
+        if !force && alive() {
+            return Ok((cur.clone(), self.generation.load(Ordering::Acquire)));
+        }
+        let new = cur.connect_again()?;
+        if new.identify().sn != cur.identify().sn {
+            return Err(Error::Transport(format!(
+                "NVMe/TCP {}: reconnecting reached another controller (serial number '{}', was '{}'); attach again",
+                cur.peer(),
+                new.identify().serial(),
+                cur.identify().serial()
+            )));
+        }
+        // The old association ends here (shut down, its connection closed) unless a command
+        // still holds it.
+        *cur = Arc::new(new);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        Ok((cur.clone(), generation))
     }
 
     /// `transport` as NVMe/TCP, if it is.
@@ -70,14 +110,28 @@ impl TcpTransport {
     /// Opens I/O queue `qid` of `entries` entries (see
     /// [`TcpController::connect_io_queue`]).
     pub(crate) fn io_queue(&self, qid: u16, entries: u32, max_transfer: usize) -> Result<TcpRings> {
-        self.ctrl
-            .connect_io_queue(qid, entries, max_transfer, self.memory.clone())
+        let connect = |ctrl: &TcpController, generation: u64| {
+            let mut r = ctrl.connect_io_queue(qid, entries, max_transfer, self.memory.clone())?;
+            r.set_association(self.generation.clone(), generation);
+            Ok(r)
+        };
+        let (ctrl, generation) = self.association(false, false)?;
+        match connect(&ctrl, generation) {
+            Ok(r) => Ok(r),
+            // The association may have gone with the connection (a target restart): check
+            // it (a Keep Alive), make a new one if so, and try once more.
+            Err(e) => match self.association(true, false)? {
+                (_, g) if g == generation => Err(e),
+                (ctrl, g) => connect(&ctrl, g),
+            },
+        }
     }
 }
 
 impl Drop for TcpTransport {
     fn drop(&mut self) {
         self.pool.release(|iova, len| self.memory.remove(iova, len));
+        self.current().shutdown();
     }
 }
 
@@ -115,11 +169,10 @@ impl Transport for TcpTransport {
         None
     }
     fn name(&self) -> String {
-        format!("tcp:{}", self.ctrl.peer())
+        format!("tcp:{}", self.current().peer())
     }
-    fn gone(&self) -> bool {
-        self.ctrl.failure().is_some()
-    }
+    // `gone` stays false: a failed association is made anew (see `association`), so the
+    // controller is never known gone for good.
     fn unmap_range(&self, iova: u64, len: u64) {
         self.memory.remove_range(iova, len);
     }
@@ -148,14 +201,11 @@ pub(crate) fn attach(
         Command::identify(cns::ACTIVE_NAMESPACE_LIST, 0, 0).0,
         Data::ToHost(&mut list),
     )?;
+    let vs = ctrl.version();
     let transport: Arc<dyn Transport> = Arc::new(TcpTransport::new(ctrl));
-    let tcp = TcpTransport::of(transport.as_ref())
-        .expect("a TcpTransport")
-        .ctrl
-        .clone();
     let info = ControllerInfo {
         cap,
-        vs: tcp.version(),
+        vs,
         // CC.MPS = 0 (TcpController's enable).
         page_size: 4096,
         max_transfer: identify
@@ -176,14 +226,15 @@ pub(crate) fn attach(
     };
     let live = Liveness::new(&transport, state, nvme_core::shared::OwnerId::new(0, 1));
     let data = DmaBuffer::new(&transport, ADMIN_DATA)?;
-    let admin = Admin::tcp(tcp, live, data);
+    let admin = Admin::tcp(live, data);
     Controller::finish(transport, trid, opts, info, admin, None)
 }
 
-/// Runs an admin command over the admin queue's connection, its data (`region`, in memory
-/// registered with the transport) copied to or from the PDUs, waiting up to `timeout`.
+/// Runs an admin command over the admin queue's connection (the association made anew
+/// first when it failed), its data (`region`, in memory registered with the transport)
+/// copied to or from the PDUs, waiting up to `timeout`.
 pub(crate) fn admin_command(
-    ctrl: &TcpController,
+    transport: &dyn Transport,
     cmd: Command,
     region: Option<DmaRegion>,
     timeout: Duration,
@@ -204,6 +255,10 @@ pub(crate) fn admin_command(
         )))
         }
     };
+    let t = TcpTransport::of(transport).ok_or_else(|| {
+        Error::Transport(format!("{}: not an NVMe/TCP transport", transport.name()))
+    })?;
+    let (ctrl, _) = t.association(false, false)?;
     let c = ctrl.admin_with_timeout(cmd.0, data, timeout)?;
     if let (DataDirection::ControllerToHost, Some(r)) = (cmd.direction(), region) {
         r.write_bytes(0, &bytes);
@@ -220,20 +275,28 @@ pub(crate) fn admin_command(
 /// read (as a removed PCIe device reads).
 pub(crate) fn csts(transport: &dyn Transport) -> Csts {
     TcpTransport::of(transport)
-        .and_then(|t| t.ctrl.csts().ok())
+        .and_then(|t| t.controller().csts().ok())
         .unwrap_or(Csts(u32::MAX))
 }
 
 /// Shuts the controller behind `transport` down (see [`TcpController::shutdown`]).
 pub(crate) fn shutdown(transport: &dyn Transport) {
     if let Some(t) = TcpTransport::of(transport) {
-        t.ctrl.shutdown();
+        t.current().shutdown();
     }
 }
 
-/// What a controller reset gives over NVMe/TCP.
+/// A controller reset over NVMe/TCP: a new association (the old one shut down); every I/O
+/// queue pair then completes its outstanding requests with
+/// [`Error::AbortedByReset`] and reconnects.
+pub(crate) fn reset(transport: &dyn Transport) -> Result<()> {
+    let t = TcpTransport::of(transport).ok_or_else(no_reset)?;
+    t.association(false, true).map(|_| ())
+}
+
+/// What a function reset gives over NVMe/TCP.
 pub(crate) fn no_reset() -> Error {
     Error::Transport(
-        "NVMe/TCP: controller and function resets are not supported over TCP yet; detach and attach again for a new association".into(),
+        "NVMe/TCP: there is no PCI function to reset over TCP; a controller reset (a new association) is what there is".into(),
     )
 }
