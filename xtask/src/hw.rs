@@ -49,10 +49,10 @@ use crate::vm::{self, VmOpts};
 /// from modules.dep).
 pub const VFIO_MODULES: &[&str] = &["vfio_iommu_type1", "vfio-pci"];
 pub const NVME_MODULES: &[&str] = &["nvme"];
-/// Kernel modules for the NVMe/TCP target the TCP checks talk to: nvmet-tcp, null_blk for
-/// its namespace, configfs to configure it, and CRC32C for its digests (the crypto API
+/// Kernel modules for the NVMe/TCP target the TCP checks talk to: nvmet-tcp, null_blk and
+/// brd (a RAM disk) for its namespaces, configfs to configure it, and CRC32C for its digests (the crypto API
 /// cannot load it on demand in a guest without modprobe).
-pub const NVMET_MODULES: &[&str] = &["configfs", "crc32c_generic", "nvmet-tcp", "null_blk"];
+pub const NVMET_MODULES: &[&str] = &["configfs", "crc32c_generic", "nvmet-tcp", "null_blk", "brd"];
 
 /// Torture rounds in the guest by default (`cargo xtask test`'s hw step): a short run.
 pub const TORTURE_SHORT_ROUNDS: u64 = 8;
@@ -244,7 +244,7 @@ fn tcp_summary(log: &str) -> Result<String, String> {
     let perf = line("HWTEST TCP-PERF ")?;
     let verify = line("HWTEST VERIFY-FILE ")?;
     let out = format!(
-        "nvme/tcp: {tcp}; suite over TCP: {suite}; nvme-perf beside it: {perf}; read-back from the target's file: {verify}"
+        "nvme/tcp: {tcp}; suite over TCP: {suite}; nvme-perf beside it: {perf}; read-back from the target's disk: {verify}"
     );
     let perf_ok = perf.starts_with("rc=0 ") && perf.contains("Total");
     if tcp.contains("failed=0")
@@ -405,15 +405,15 @@ echo "HWTEST-INIT tcp checks exited with status $?"
 # I/O over NVMe/TCP: the hardware suite's single-process tests through the same API as on
 # PCIe, on a file-backed subsystem whose data is then checked in the backing file, while
 # nvme-perf in another process (its own association) reads the null subsystem.
+# A 64 MiB RAM disk (brd) behind it: a block device, so that Write Zeroes works (nvmet's
+# file backend zeroes with fallocate, which the initramfs's ramfs does not have).
 data=nqn.2026-11.io.nvme-rs:tcp-data
-dd if=/dev/zero of=/tmp/tcp-data.img bs=1M count=0 seek=64 2>/dev/null || fail "the data subsystem's file"
+[ -b /dev/ram0 ] || fail "no /dev/ram0 (brd)"
 mkdir $N/subsystems/$data || fail "nvmet data subsystem"
 echo 1 > $N/subsystems/$data/attr_allow_any_host
 mkdir $N/subsystems/$data/namespaces/1
-echo /tmp/tcp-data.img > $N/subsystems/$data/namespaces/1/device_path
-# The initramfs is a ramfs: no O_DIRECT.
-echo 1 > $N/subsystems/$data/namespaces/1/buffered_io
-echo 1 > $N/subsystems/$data/namespaces/1/enable || fail "nvmet namespace on /tmp/tcp-data.img"
+echo /dev/ram0 > $N/subsystems/$data/namespaces/1/device_path
+echo 1 > $N/subsystems/$data/namespaces/1/enable || fail "nvmet namespace on /dev/ram0"
 ln -s $N/subsystems/$data $N/ports/1/subsystems/$data || fail "nvmet data port"
 tcp="trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420"
 /bin/nvme-perf -r "$tcp subnqn:$nqn ns:1" -q 16 -o 4096 -w randread -t 20 > /tmp/tcp-perf.out 2>&1 &
@@ -422,7 +422,7 @@ perf=$!
 wait $perf
 echo "HWTEST TCP-PERF rc=$? $(grep -m1 Total /tmp/tcp-perf.out | tr -s ' ')"
 tail -n 4 /tmp/tcp-perf.out | sed 's/^/  nvme-perf: /'
-/bin/nvme-hwtest --verify-kernel /tmp/tcp-readback --verify-file /tmp/tcp-data.img
+/bin/nvme-hwtest --verify-kernel /tmp/tcp-readback --verify-file /dev/ram0
 "#;
 
 /// `/cli-compare.sh`: runs the subcommands that [`crate::cli_compare`] compares with one
@@ -520,6 +520,8 @@ fn vm(o: &Opts) -> Result<(), String> {
     // the namespaces' block devices under the controller, where the read-back finds them.
     ir.write("params-nvme-core", "multipath=N")?;
     ir.modules(&tools.moddir, NVMET_MODULES, "modules-nvmet")?;
+    // One 64 MiB RAM disk for the NVMe/TCP data subsystem.
+    ir.write("params-brd", "rd_nr=1 rd_size=65536")?;
     let mut args = String::from("--expect-serial deadbeef --multi-process --tools /bin");
     for (nsid, bs, bytes, file) in NAMESPACES {
         args.push_str(&format!(" --expect-ns {nsid}:{bs}:{}", bytes / bs as u64));
