@@ -379,12 +379,22 @@ impl IoQueuePair {
     }
 
     /// The error a failed submission gives: over NVMe/TCP a queue whose connection failed
-    /// says so instead of "queue full".
+    /// says so instead of "queue full". Such a queue with nothing outstanding (no request
+    /// whose completion only [`process_completions`](Self::process_completions) could
+    /// deliver) tries to connect again here, when an attempt is due: a caller that only
+    /// submits when its queue is idle (the `*_sync` calls) still recovers, and its next
+    /// submission goes out on the new connection.
     #[cold]
-    fn submit_error(&self, e: nvme_core::SubmitError) -> Error {
-        match &self.qp {
-            Engine::Tcp(q) => match q.rings().failure() {
-                Some(f) => Error::Transport(f.to_string()),
+    fn submit_error(&mut self, e: nvme_core::SubmitError) -> Error {
+        match &mut self.qp {
+            Engine::Tcp(q) => match q.rings().failure().map(str::to_string) {
+                Some(f) => {
+                    if q.outstanding() == 0 && q.rings().needs_reconnect() {
+                        let (ctrl, qid) = (&self.ctrl, self.qid);
+                        Self::recover_connection(q, ctrl, qid, &mut |_, _| {});
+                    }
+                    Error::Transport(f)
+                }
                 None => Error::from(e),
             },
             Engine::Pci(_) => Error::from(e),

@@ -73,6 +73,10 @@ pub struct Config {
     pub tcp_denied: Option<String>,
     /// `--tcp6 TRID`: the same subsystem over IPv6.
     pub tcp6: Option<String>,
+    /// `--tcp-nvmet-port DIR`: the configfs directory of the Linux nvmet port that exports
+    /// `--tcp`'s subsystem; the check of a target that goes away and comes back unlinks
+    /// the subsystem from it and links it again.
+    pub tcp_nvmet_port: Option<String>,
     /// `--trid TRID`: run the suite on the controller this transport id names (NVMe/TCP,
     /// say) instead of a VFIO function; the VFIO-only tests are skipped.
     pub trid: Option<String>,
@@ -88,7 +92,8 @@ const USAGE: &str = "usage: nvme-hwtest [--device BDF] [--write-ns N]... [--expe
 nvme-hwtest --trid TRID [--write-ns N]... [--expect-ns NSID:BLOCKSIZE:BLOCKS]... [--manifest PATH]\n       \
 nvme-hwtest --verify-kernel MANIFEST [--device BDF | --verify-file PATH]\n       \
 nvme-hwtest --device BDF [--as-uid UID] --expect-attach-error TEXT\n       \
-nvme-hwtest --tcp 'trtype:TCP traddr:IP trsvcid:PORT subnqn:NQN' [--tcp6 TRID] [--tcp-denied NQN] [--tools DIR]\n\
+nvme-hwtest --tcp 'trtype:TCP traddr:IP trsvcid:PORT subnqn:NQN' [--tcp6 TRID] [--tcp-denied NQN] [--tools DIR]\n                   \
+[--tcp-nvmet-port CONFIGFS-DIR]\n\
 Tests that write run only on namespaces named with --write-ns: they destroy data there.";
 
 fn parse_args(args: &[String]) -> Result<Config, String> {
@@ -134,6 +139,7 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             "--tcp" => c.tcp = Some(val("--tcp")?),
             "--tcp-denied" => c.tcp_denied = Some(val("--tcp-denied")?),
             "--tcp6" => c.tcp6 = Some(val("--tcp6")?),
+            "--tcp-nvmet-port" => c.tcp_nvmet_port = Some(val("--tcp-nvmet-port")?),
             "--trid" => c.trid = Some(val("--trid")?),
             "--verify-file" => c.verify_file = Some(val("--verify-file")?),
             "--tools" => c.tools = Some(val("--tools")?),
@@ -211,6 +217,7 @@ fn main() -> ExitCode {
             cfg.tcp6.as_deref(),
             cfg.tcp_denied.as_deref(),
             cfg.tools.as_deref(),
+            cfg.tcp_nvmet_port.as_deref(),
         );
         return if ok {
             ExitCode::SUCCESS

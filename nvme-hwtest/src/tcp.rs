@@ -299,8 +299,70 @@ fn nvmectl(tools: &str, trid: &str, o: &TcpOptions) -> R {
     Ok(())
 }
 
+/// The target goes away under a queue pair and comes back: Linux's nvmet drops the
+/// subsystem from its port (`port_dir`, a configfs directory), which deletes the
+/// association; I/O fails naming the failure, and once the subsystem is back the queue
+/// pair reconnects by itself (a new association) and reads again.
+fn target_away(trid: &str, o: &TcpOptions, port_dir: &str) -> R {
+    let nqn = o.subnqn.as_deref().unwrap_or_default();
+    let link = std::path::Path::new(port_dir).join("subsystems").join(nqn);
+    // configfs takes a link to the subsystem's own directory (an absolute path).
+    let target = std::fs::canonicalize(&link).map_err(|e| format!("{}: {e}", link.display()))?;
+    let ctrl = nvme_host_linux::Controller::attach(trid).map_err(|e| e.to_string())?;
+    let cntlid = ctrl.identify().cntlid;
+    let mut q = ctrl
+        .alloc_io_queue(nvme_host_linux::QueueOptions::new(16))
+        .map_err(|e| e.to_string())?;
+    let mut buf = ctrl.alloc_dma(4096).map_err(|e| e.to_string())?;
+    q.read_sync(1, 0, buf.slice(0..512).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("read before: {e}"))?;
+    std::fs::remove_file(&link).map_err(|e| format!("unlinking {}: {e}", link.display()))?;
+    let gone = Instant::now();
+    let failed = loop {
+        let r = q.read_sync(1, 0, buf.slice(0..512).map_err(|e| e.to_string())?);
+        match r {
+            Err(e) => break e.to_string(),
+            Ok(()) if gone.elapsed() > Duration::from_secs(10) => {
+                let _ = std::os::unix::fs::symlink(&target, &link);
+                return Err("reads still succeed 10 s after the subsystem left the port".into());
+            }
+            Ok(()) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    println!("  subsystem off the port: {failed}");
+    std::thread::sleep(Duration::from_millis(300));
+    std::os::unix::fs::symlink(&target, &link)
+        .map_err(|e| format!("linking {} again: {e}", link.display()))?;
+    let back = Instant::now();
+    let mut last = String::new();
+    while back.elapsed() < Duration::from_secs(8) {
+        match q.read_sync(1, 0, buf.slice(0..512).map_err(|e| e.to_string())?) {
+            Ok(()) => {
+                let now = ctrl.identify_controller().map_err(|e| e.to_string())?;
+                println!(
+                    "  subsystem back: the queue pair reads again after {} ms (controller id {cntlid} -> {})",
+                    back.elapsed().as_millis(),
+                    now.cntlid
+                );
+                return Ok(());
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "the queue pair did not read again within 8 s of the subsystem's return; last: {last}"
+    ))
+}
+
 /// Runs the NVMe/TCP checks; `true` when none failed.
-pub fn run(trid: &str, trid6: Option<&str>, denied: Option<&str>, tools: Option<&str>) -> bool {
+pub fn run(
+    trid: &str,
+    trid6: Option<&str>,
+    denied: Option<&str>,
+    tools: Option<&str>,
+    nvmet_port: Option<&str>,
+) -> bool {
     let (mut passed, mut failed) = (0, 0);
     let mut test = |name: &str, f: &dyn Fn() -> R| {
         let start = Instant::now();
@@ -333,6 +395,9 @@ pub fn run(trid: &str, trid6: Option<&str>, denied: Option<&str>, tools: Option<
             test("tcp-keep-alive", &|| keep_alive(&o));
             if let Some(t) = tools {
                 test("tcp-nvmectl", &|| nvmectl(t, trid, &o));
+            }
+            if let Some(p) = nvmet_port {
+                test("tcp-target-away-and-back", &|| target_away(trid, &o, p));
             }
         }
     }

@@ -399,7 +399,8 @@ echo 4420 > $N/ports/2/addr_trsvcid
 ln -s $N/subsystems/$nqn $N/ports/2/subsystems/$nqn || fail "nvmet IPv6 port"
 echo "HWTEST-INIT nvmet-tcp exports $nqn on 127.0.0.1:4420 and [::1]:4420"
 /bin/nvme-hwtest --tcp "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:$nqn" \
-    --tcp6 "trtype:TCP adrfam:IPv6 traddr:::1 trsvcid:4420 subnqn:$nqn" --tcp-denied $denied --tools /bin
+    --tcp6 "trtype:TCP adrfam:IPv6 traddr:::1 trsvcid:4420 subnqn:$nqn" --tcp-denied $denied --tools /bin \
+    --tcp-nvmet-port $N/ports/1
 echo "HWTEST-INIT tcp checks exited with status $?"
 
 # I/O over NVMe/TCP: the hardware suite's single-process tests through the same API as on

@@ -468,3 +468,40 @@ fn an_io_queue_id_that_stays_connected_is_reported() {
         "{m}"
     );
 }
+
+/// A target that goes away and refuses to connect for a while, then comes back, under a
+/// program that only uses the synchronous calls (it never polls with nothing in flight):
+/// the failed submissions try to connect again, and I/O works again once the target is
+/// back.
+#[test]
+fn a_queue_used_synchronously_reconnects_once_the_target_is_back() {
+    use std::sync::atomic::Ordering;
+    let (trid, t) = start(Config::default());
+    let ctrl = Controller::attach(&trid).unwrap();
+    let mut qp = ctrl.alloc_io_queue(QueueOptions::new(16)).unwrap();
+    let mut buf = ctrl.alloc_dma(4096).unwrap();
+    qp.read_sync(1, 0, buf.slice(0..512).unwrap()).unwrap();
+    t.refuse_connects.store(true, Ordering::SeqCst);
+    t.restart();
+    let gone = qp.read_sync(1, 0, buf.slice(0..512).unwrap()).unwrap_err();
+    assert!(gone.to_string().contains("closed the connection"), "{gone}");
+    // While the target refuses, each due attempt fails and says why.
+    std::thread::sleep(crate::RECONNECT_INTERVAL * 2);
+    let refused = qp.read_sync(1, 0, buf.slice(0..512).unwrap()).unwrap_err();
+    assert!(
+        refused.to_string().contains("no such subsystem"),
+        "{refused}"
+    );
+    t.refuse_connects.store(false, Ordering::SeqCst);
+    let back = std::time::Instant::now();
+    loop {
+        std::thread::sleep(crate::RECONNECT_INTERVAL);
+        match qp.read_sync(1, 0, buf.slice(0..512).unwrap()) {
+            Ok(()) => break,
+            Err(e) => assert!(
+                back.elapsed() < Duration::from_secs(5),
+                "no read within 5 s of the target's return: {e}"
+            ),
+        }
+    }
+}

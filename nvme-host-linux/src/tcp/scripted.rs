@@ -274,6 +274,9 @@ pub struct Target {
     streams: Mutex<Vec<std::net::TcpStream>>,
     /// I/O Connects still to refuse ([`Config::busy_io_connects`]).
     busy_left: Mutex<usize>,
+    /// Every Connect is answered "no such subsystem" while set (a subsystem taken off the
+    /// target's port).
+    pub refuse_connects: std::sync::atomic::AtomicBool,
 }
 
 impl Target {
@@ -299,6 +302,7 @@ pub fn start(cfg: Config) -> (String, Arc<Target>) {
         cntlid: Mutex::new(5),
         streams: Mutex::new(Vec::new()),
         busy_left: Mutex::new(cfg.busy_io_connects),
+        refuse_connects: std::sync::atomic::AtomicBool::new(false),
         cfg,
     });
     let t2 = t.clone();
@@ -362,6 +366,17 @@ fn serve_connection(s: std::net::TcpStream, t: &Target) {
         backlog: std::collections::VecDeque::new(),
     };
     let cntlid = *t.cntlid.lock().unwrap();
+    if t.refuse_connects.load(std::sync::atomic::Ordering::SeqCst) {
+        // Connect Invalid Parameters (command specific 82h), in the data at SUBNQN.
+        let status = Status::new(nvme_regs::StatusCodeType::CommandSpecific, 0x82);
+        let dw0 = nvme_regs::fabrics::InvalidParameter {
+            offset: nvme_regs::fabrics::ConnectData::SUBNQN_OFFSET,
+            in_data: true,
+        }
+        .to_dword();
+        p.respond_sqhd(sqe.cid, status, dw0, 0, q.head as u16);
+        return;
+    }
     if cmd.qid != 0 && data.cntlid != cntlid {
         // Connect Invalid Parameters (command specific 82h), in the data at CNTLID.
         let status = Status::new(nvme_regs::StatusCodeType::CommandSpecific, 0x82);
