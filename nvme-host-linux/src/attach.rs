@@ -166,10 +166,11 @@ impl Controller {
         group: Option<(Arc<Group>, Option<ShadowPages>)>,
     ) -> Result<Controller> {
         let (group, group_shadow) = group.unzip();
-        let namespaces = if let Some(g) = group.as_deref() {
+        // Over NVMe/TCP a group has no namespace record: each member has an association
+        // of its own to send Identify on.
+        let namespaces = if let Some(g) = group.as_deref().filter(|g| !g.fabrics()) {
             // The group's record of the namespaces, kept current by its members; Identify
             // when it is unusable (`group::nsrecord`).
-            // A group's controller has registers (groups are refused over NVMe/TCP).
             let regs = crate::transport::registers(transport.as_ref())?;
             crate::namespace::for_member(g, &regs, |cmd| {
                 admin.read_bytes(Some(g), cmd, IDENTIFY_DATA_SIZE, opts.admin_timeout)

@@ -106,7 +106,9 @@ impl Controller {
     /// In a shared-memory group the list is also recorded in the group for the processes
     /// that join after (when no other process is updating that record right now).
     pub fn rescan_namespaces(&self) -> Result<bool> {
-        let lock = self.group().and_then(|g| g.try_lock_namespace_record());
+        let lock = self
+            .shared_group()
+            .and_then(|g| g.try_lock_namespace_record());
         self.rescan_holding(lock.as_ref())
     }
 
@@ -114,7 +116,7 @@ impl Controller {
     /// lock or not (`lock`).
     fn rescan_holding(&self, lock: Option<&RecordLock<'_>>) -> Result<bool> {
         let read = |cmd| self.admin_read(cmd, IDENTIFY_DATA_SIZE);
-        let list = match self.group() {
+        let list = match self.shared_group() {
             Some(g) => crate::namespace::identify_recorded(g, lock, read)?,
             None => crate::namespace::identify_active(read)?,
         };
@@ -126,7 +128,7 @@ impl Controller {
     /// empties the record first, so that processes joining meanwhile, or after this one
     /// died half-way, send Identify instead of reading a list the command made stale.
     fn changing_namespaces(&self, command: impl FnOnce() -> Result<Completion>) -> Result<()> {
-        let lock = match self.group() {
+        let lock = match self.shared_group() {
             Some(g) => Some(g.lock_namespace_record(self.options().admin_timeout)?),
             None => None,
         };
@@ -140,7 +142,7 @@ impl Controller {
 
     /// Who has I/O queues: one description per process (pid, name, queue ids), or empty.
     fn io_queue_holders(&self) -> Vec<String> {
-        let holders: Vec<(u16, u32)> = match self.group() {
+        let holders: Vec<(u16, u32)> = match self.shared_group() {
             Some(g) => g.qid_holders(),
             None => self
                 .local_qids()

@@ -52,7 +52,7 @@ pub use ioq::TcpRings;
 pub use link::{frame, Negotiated, Stream};
 pub use queue::Data;
 pub use transport::TcpTransport;
-pub(crate) use transport::{admin_command, attach, csts, no_reset, reset, shutdown};
+pub(crate) use transport::{admin_command, attach, connect, csts, no_reset, reset, shutdown};
 
 /// Which digest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,11 +272,4 @@ impl std::error::Error for TcpError {
             _ => None,
         }
     }
-}
-
-/// What attaching `trtype:TCP` in a shared-memory group (`-i`) gives for now.
-pub(crate) fn no_groups_yet() -> crate::Error {
-    crate::Error::Transport(
-        "trtype:TCP: shared-memory groups (-i) are not supported over NVMe/TCP yet; attach without a group id (each process then opens its own association with the target)".into(),
-    )
 }
