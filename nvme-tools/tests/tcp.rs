@@ -281,6 +281,66 @@ fn a_shared_memory_group_over_tcp() {
         "{err}"
     );
 
+    // A process of another build is refused (the same check as over PCIe).
+    let out = cmd(CTL, &["id-ctrl"])
+        .env("NVME_TEST_BUILD_ID", "another build")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("created by a different build"),
+        "{err}"
+    );
+
+    // A TCP member of a group that drives a software controller is refused too.
+    let sim = Command::new(PERF)
+        .args([
+            "-i",
+            "8",
+            "-r",
+            "trtype:sim",
+            "-t",
+            "30",
+            "-q",
+            "1",
+            "-o",
+            "4096",
+            "-w",
+            "read",
+        ])
+        .env("NVME_RUN_DIR", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the trtype:sim group is up",
+        Duration::from_secs(10),
+        || dir.group_dir(8).join("sim.sock").exists(),
+    )
+    .unwrap();
+    let out = Command::new(CTL)
+        .args(["-i", "8", "-r", &trid, "id-ctrl"])
+        .env("NVME_RUN_DIR", dir.path())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(
+                "group 8 drives a software controller (trtype:sim), not a controller over NVMe/TCP"
+            ),
+        "{err}"
+    );
+    let sim_pid = sim.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &sim_pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = sim.wait_with_output().unwrap();
+    assert!(out.status.success());
+
     // The primary wrote all along: stopped now, it reports its I/O and removes the group.
     let stop = Command::new("kill").args(["-INT", &a]).status().unwrap();
     assert!(stop.success());
