@@ -30,6 +30,10 @@ pub struct AttachOptions {
     /// a detach that cannot get the join lock leaves as if the process had died.
     pub admin_timeout: Duration,
     /// Shared-memory group id (`-i`): processes with the same id share the controller.
+    /// Over NVMe/TCP each process of the group opens its own association with the target
+    /// (admin queue, Keep Alive, I/O queues and their ids); the group gives roles, the
+    /// member table and cleanup after dead members, LBA range leases, and refuses a
+    /// process of another build or one naming another target or subsystem.
     pub group: Option<u32>,
     /// When an admin command finds the controller in fatal status (CSTS.CFS), reset it
     /// (for the whole group) and fail the command with [`Error::AbortedByReset`] so that

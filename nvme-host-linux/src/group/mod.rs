@@ -34,6 +34,16 @@
 //! container, group and device descriptors from a live member (`fdpass`), refuses a group
 //! that drives another controller, and maps its own memory in its own slice; a survivor
 //! unmaps a dead member's whole slice after deleting its queues.
+//!
+//! Over NVMe/TCP (`trtype:TCP`) a group shares no controller: each member opens its own
+//! association with the target (admin queue with Keep Alive, I/O queues, their queue ids).
+//! The creator records the target's address and subsystem as the group's transport id
+//! (`layout::FABRICS_TRID` starts it), which a joiner must match; there is no `admin.mem`,
+//! no shared admin queue, queue id pool, namespace record, shadow doorbells, interrupt
+//! lock or descriptor passing. What the group gives: the build check, the owner-only
+//! directory, the join lock, roles, member records and liveness, cleanup after a dead
+//! member (its record and leases go; the target ends its association when its connections
+//! close), and the lease table. A reset is per association: it reaches no other member.
 
 pub(crate) mod fdpass;
 pub(crate) mod layout;

@@ -26,9 +26,11 @@
 //! pairs complete what they had with `AbortedByReset` and reconnect, as after a PCIe reset.
 //! An I/O timeout sends an Abort over the admin queue.
 //!
-//! Not over TCP (yet): shared-memory groups (`-i`; each process attaches on its own, its
-//! own association), function resets, asynchronous events, interrupts (queues are polled),
-//! PRP data pointers.
+//! Shared-memory groups (`-i`): each member opens its own association (see
+//! `groupattach`); a reset of one member is a new association of that member only.
+//!
+//! Not over TCP (yet): function resets, asynchronous events, interrupts (queues are
+//! polled), PRP data pointers.
 
 mod controller;
 mod crc32c;
