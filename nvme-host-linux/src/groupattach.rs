@@ -338,9 +338,9 @@ fn tcp_identity(o: &TcpOptions) -> Result<String> {
     Ok(format!("{}{tail}", &full[..ROOM - tail.len()]))
 }
 
-/// Creates a group over NVMe/TCP: this process opens its association (its own admin queue
-/// with Keep Alive) and records the target's address and subsystem for the members to
-/// come. Nothing of the association is shared: no admin segment, no queue id pool.
+/// Creates a group over NVMe/TCP: records the target's address and subsystem for the
+/// members to come, then opens this process's association (its own admin queue with Keep
+/// Alive). Nothing of the association is shared: no admin segment, no queue id pool.
 fn create_tcp(
     mut creating: Creating,
     o: &TcpOptions,
@@ -349,27 +349,10 @@ fn create_tcp(
 ) -> Result<Controller> {
     let identity = tcp_identity(o)?;
     creating.claim()?;
-    let (transport, info, admin) = crate::tcp::connect(o, opts)?;
-    let mut group = creating.publish_fabrics(&identity, |si| {
-        si.cap = info.cap.0;
-        si.vs = info.vs.0;
-        si.page_size = info.page_size as u32;
-        si.max_transfer = info.max_transfer as u64;
-        si.granted_sq = info.io_queues.sq;
-        si.granted_cq = info.io_queues.cq;
-        si.identify.copy_from_slice(info.identify.as_bytes());
-        si.namespaces.copy_from_slice(info.namespaces.as_bytes());
-    });
-    group.set_lock_timeout(opts.admin_timeout);
-    let group = Arc::new(group);
-    Controller::finish(
-        transport,
-        trid.clone(),
-        opts,
-        info,
-        admin,
-        Some((group, None)),
-    )
+    // Nobody joins before this process lets go of the join lock (after attaching); if the
+    // connection fails, the group is left without a live member and made anew next time.
+    let group = creating.publish_fabrics(&identity);
+    member_over_tcp(group, o, trid, opts)
 }
 
 /// Joins a group over NVMe/TCP: refused when the group reaches another target or
@@ -398,6 +381,16 @@ fn join_tcp(
         )));
     }
     group.join()?;
+    member_over_tcp(group, o, trid, opts)
+}
+
+/// This member's association with the target, and the controller over it in `group`.
+fn member_over_tcp(
+    mut group: Group,
+    o: &TcpOptions,
+    trid: &TransportId,
+    opts: &AttachOptions,
+) -> Result<Controller> {
     group.set_lock_timeout(opts.admin_timeout);
     let (transport, info, admin) = crate::tcp::connect(o, opts)?;
     let group = Arc::new(group);

@@ -29,19 +29,8 @@ fn ok(bin: &str, args: &[&str]) -> Output {
     out
 }
 
-const PERF: &str = env!("CARGO_BIN_EXE_nvme-perf");
-const CTL: &str = env!("CARGO_BIN_EXE_nvmectl");
-
-#[test]
-fn nvme_perf_runs_over_tcp() {
-    let (trid, t) = start(Config::default());
-    let out = ok(
-        PERF,
-        &[
-            "-r", &trid, "-t", "1", "-q", "16", "-o", "4096", "-w", "randrw", "-M", "50",
-        ],
-    );
-    let stdout = text(&out.stdout);
+/// Asserts that nvme-perf's output has its TCP row for namespace 1 with IOPS above 0.
+fn assert_tcp_row_has_iops(stdout: &str) {
     let row = stdout
         .lines()
         .find(|l| l.starts_with("TCP (tcp:127.0.0.1:") && l.contains("NSID 1 from core"))
@@ -56,6 +45,22 @@ fn nvme_perf_runs_over_tcp() {
         .parse()
         .unwrap();
     assert!(iops > 0.0, "{row}");
+}
+
+const PERF: &str = env!("CARGO_BIN_EXE_nvme-perf");
+const CTL: &str = env!("CARGO_BIN_EXE_nvmectl");
+
+#[test]
+fn nvme_perf_runs_over_tcp() {
+    let (trid, t) = start(Config::default());
+    let out = ok(
+        PERF,
+        &[
+            "-r", &trid, "-t", "1", "-q", "16", "-o", "4096", "-w", "randrw", "-M", "50",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert_tcp_row_has_iops(&stdout);
     let connects = t.connects.lock().unwrap().clone();
     assert!(
         connects
@@ -96,10 +101,8 @@ fn nvmectl_subcommands_run_over_tcp() {
     ok(CTL, &["flush", "-r", &trid, "-n", "1"]);
 }
 
-/// The software controller behind nvme-sim's NVMe/TCP target: perf's random reads, then
-/// `nvmectl id-ctrl` and `read`.
-#[test]
-fn nvme_perf_and_nvmectl_against_the_software_controllers_target() {
+/// nvme-sim's NVMe/TCP target on 127.0.0.1, one namespace of 16384 512-byte blocks.
+fn sim_target() -> nvme_host_linux::sim::TcpTarget {
     use nvme_host_linux::sim::{NamespaceConfig, SimConfig, TcpTarget};
     let cfg = SimConfig {
         namespaces: vec![NamespaceConfig {
@@ -108,8 +111,15 @@ fn nvme_perf_and_nvmectl_against_the_software_controllers_target() {
         }],
         ..Default::default()
     };
-    let target = TcpTarget::start(cfg, "127.0.0.1:0".parse().unwrap(), Default::default())
-        .expect("starting the target");
+    TcpTarget::start(cfg, "127.0.0.1:0".parse().unwrap(), Default::default())
+        .expect("starting the target")
+}
+
+/// The software controller behind nvme-sim's NVMe/TCP target: perf's random reads, then
+/// `nvmectl id-ctrl` and `read`.
+#[test]
+fn nvme_perf_and_nvmectl_against_the_software_controllers_target() {
+    let target = sim_target();
     let trid = target.transport_id();
     let out = ok(
         PERF,
@@ -151,18 +161,9 @@ fn io_queues_connected(target: &nvme_host_linux::sim::TcpTarget) -> usize {
 /// the primary keeps completing I/O; the last one out removes the group.
 #[test]
 fn a_shared_memory_group_over_tcp() {
-    use nvme_host_linux::sim::{NamespaceConfig, SimConfig, TcpTarget};
     use nvme_host_linux::testkit::{wait_until, RunDir};
     use std::time::Duration;
-    let cfg = SimConfig {
-        namespaces: vec![NamespaceConfig {
-            lba_size: 512,
-            blocks: 16384,
-        }],
-        ..Default::default()
-    };
-    let target = TcpTarget::start(cfg, "127.0.0.1:0".parse().unwrap(), Default::default())
-        .expect("starting the target");
+    let target = sim_target();
     let trid = target.transport_id();
     let dir = RunDir::new("tcp-group").expect("the run directory");
     let group = "7";
@@ -347,20 +348,7 @@ fn a_shared_memory_group_over_tcp() {
     let out = primary.wait_with_output().unwrap();
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    let row = stdout
-        .lines()
-        .find(|l| l.starts_with("TCP (tcp:127.0.0.1:") && l.contains("NSID 1 from core"))
-        .unwrap_or_else(|| panic!("no TCP row:\n{stdout}"));
-    let iops: f64 = row
-        .rsplit_once(':')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(iops > 0.0, "{row}");
+    assert_tcp_row_has_iops(&stdout);
     assert!(
         !dir.group_dir(7).exists(),
         "the last member removes the group"

@@ -967,18 +967,13 @@ impl Creating {
     }
     /// Publishes a group over NVMe/TCP (state READY, then the magic): `trid` (which starts
     /// with [`layout::FABRICS_TRID`]) names the target and subsystem every member must
-    /// attach to; `fill` records the creator's controller facts (for messages; each member
-    /// uses its own association's). No admin segment: `admin_*` stay zero.
-    pub(crate) fn publish_fabrics(
-        mut self,
-        trid: &str,
-        fill: impl FnOnce(&mut layout::SharedInfo),
-    ) -> Group {
+    /// attach to. The controller facts (`info`) stay zero: each member has its own
+    /// association's; no admin segment.
+    pub(crate) fn publish_fabrics(mut self, trid: &str) -> Group {
         debug_assert!(trid.starts_with(layout::FABRICS_TRID));
         // Nobody else maps the segment until the magic is stored below.
         let h = self.group.header_mut();
         layout::write_str(&mut h.trid, trid);
-        fill(&mut h.info);
         h.ident.state.store(layout::READY, Ordering::Relaxed);
         h.ident.magic.store(MAGIC, Ordering::Release);
         self.group.fabrics = true;

@@ -395,10 +395,9 @@ fn data_round_trips_through_the_scripted_target() {
     round_trips(&format!("{trid} ddgst:1"));
 }
 
-/// The software controller behind nvme-sim's NVMe/TCP target.
+/// nvme-sim's NVMe/TCP target on 127.0.0.1, one namespace of 16384 512-byte blocks.
 #[cfg(feature = "sim")]
-#[test]
-fn data_round_trips_through_the_software_controllers_tcp_target() {
+fn sim_target() -> nvme_sim::TcpTarget {
     let cfg = nvme_sim::SimConfig {
         namespaces: vec![nvme_sim::NamespaceConfig {
             lba_size: 512,
@@ -407,7 +406,14 @@ fn data_round_trips_through_the_software_controllers_tcp_target() {
         ..Default::default()
     };
     let addr = "127.0.0.1:0".parse().unwrap();
-    let target = nvme_sim::TcpTarget::start(cfg, addr, Default::default()).unwrap();
+    nvme_sim::TcpTarget::start(cfg, addr, Default::default()).unwrap()
+}
+
+/// The software controller behind nvme-sim's NVMe/TCP target.
+#[cfg(feature = "sim")]
+#[test]
+fn data_round_trips_through_the_software_controllers_tcp_target() {
+    let target = sim_target();
     round_trips(&target.transport_id());
     round_trips(&format!("{} hdgst:1 ddgst:1", target.transport_id()));
 }
@@ -467,16 +473,7 @@ fn an_io_queue_id_that_stays_connected_is_reported() {
 #[test]
 fn a_group_over_tcp_gives_each_member_its_own_association() {
     use crate::{LeaseMode, Role};
-    let cfg = nvme_sim::SimConfig {
-        namespaces: vec![nvme_sim::NamespaceConfig {
-            lba_size: 512,
-            blocks: 16384,
-        }],
-        ..Default::default()
-    };
-    let target =
-        nvme_sim::TcpTarget::start(cfg, "127.0.0.1:0".parse().unwrap(), Default::default())
-            .unwrap();
+    let target = sim_target();
     let trid = TransportId::parse(&target.transport_id()).unwrap();
     // Unique on this machine while this process runs (groups live in /dev/shm).
     let id = 3_000_000_000 + std::process::id() % 1_000_000_000;
