@@ -141,8 +141,10 @@ impl Controller {
     }
 
     /// Who has I/O queues: one description per process (pid, name, queue ids), or empty.
+    /// In a group over NVMe/TCP the other members' queues are their associations' and
+    /// invisible here: every other member counts as having some.
     fn io_queue_holders(&self) -> Vec<String> {
-        let holders: Vec<(u16, u32)> = match self.shared_group() {
+        let mut holders: Vec<(u16, u32)> = match self.shared_group() {
             Some(g) => g.qid_holders(),
             None => self
                 .local_qids()
@@ -150,6 +152,10 @@ impl Controller {
                 .map(|q| (q, std::process::id()))
                 .collect(),
         };
+        if let Some(g) = self.group().filter(|g| g.fabrics()) {
+            let others = g.member_pids().into_iter();
+            holders.extend(others.filter(|&p| p != std::process::id()).map(|p| (0, p)));
+        }
         let mut pids: Vec<u32> = holders.iter().map(|&(_, p)| p).collect();
         pids.sort_unstable();
         pids.dedup();
@@ -194,7 +200,8 @@ impl Controller {
     /// Refused before anything is sent: a controller without Format NVM (OACS bit 1), a
     /// namespace that is not active, and a group in which any process has I/O queues (the
     /// error names the processes and their queue ids: their queue pairs would keep using
-    /// the old block size). A format that outlasts its timeout gets
+    /// the old block size; in a group over NVMe/TCP, whose members' queues are their own
+    /// associations', any other member). A format that outlasts its timeout gets
     /// [`AttachOptions::timeout_action`](crate::AttachOptions::timeout_action).
     pub fn format(&self, nsid: u32, opts: FormatOptions) -> Result<()> {
         self.require_oacs(Oacs::FORMAT_NVM, "Format NVM")?;

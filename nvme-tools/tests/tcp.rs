@@ -232,6 +232,16 @@ fn a_shared_memory_group_over_tcp() {
         "{err}"
     );
 
+    // Format is refused while another member runs (its queues are its association's).
+    let out = cmd(CTL, &["format", "-n", "1", "--force"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("pid {a} (nvme-perf): I/O queues")),
+        "{err}"
+    );
+
     // A member killed with SIGKILL while it holds a lease...
     let mut killed = spawn(PERF, &args(&writer("8192:1024", "30")));
     let b = killed.id().to_string();
