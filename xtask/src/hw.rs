@@ -432,7 +432,7 @@ tail -n 4 /tmp/tcp-perf.out | sed 's/^/  nvme-perf: /'
 
 # A shared-memory group over NVMe/TCP: nvme-perf -i 5 on the null subsystem, nvmectl -i 5
 # beside it as a secondary; each opens its own association with the target.
-NVME_RUN_DIR=/tmp /bin/nvme-perf -i 5 -r "$tcp subnqn:$nqn ns:1" -q 8 -o 4096 -w randread -t 8 > /tmp/tcp-group-perf.out 2>&1 &
+NVME_RUN_DIR=/tmp /bin/nvme-perf -i 5 -r "$tcp subnqn:$nqn ns:1" -q 8 -o 4096 -w randread -t 5 > /tmp/tcp-group-perf.out 2>&1 &
 gperf=$!
 for i in 1 2 3 4 5 6 7 8 9 10; do
     grep -q "Joined shared-memory group 5" /tmp/tcp-group-perf.out && break
