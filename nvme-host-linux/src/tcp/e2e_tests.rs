@@ -498,6 +498,16 @@ fn a_group_over_tcp_gives_each_member_its_own_association() {
     let mut back = b.alloc_dma(4096).unwrap();
     qb.read_sync(1, 40, back.slice(0..4096).unwrap()).unwrap();
     assert_eq!(back.as_slice(), &pattern(9, 4096)[..]);
+    // A reset is one member's new association: the other member's queue goes on as is.
+    b.reset().unwrap();
+    // (The target ends b's old association when it sees the connection close.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while target.associations() != 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(target.associations(), 2, "b's old association ended");
+    qa.read_sync(1, 40, buf.slice(0..4096).unwrap()).unwrap();
+    assert_eq!(buf.as_slice(), &pattern(9, 4096)[..]);
     // Leases span the group.
     let lease = a.lease(1, 0..100, LeaseMode::Exclusive).unwrap();
     let e = b.lease(1, 50..60, LeaseMode::Shared).unwrap_err();
