@@ -30,6 +30,10 @@ pub struct AttachOptions {
     /// a detach that cannot get the join lock leaves as if the process had died.
     pub admin_timeout: Duration,
     /// Shared-memory group id (`-i`): processes with the same id share the controller.
+    /// Over NVMe/TCP each process of the group opens its own association with the target
+    /// (admin queue, Keep Alive, I/O queues and their ids); the group gives roles, the
+    /// member table and cleanup after dead members, LBA range leases, and refuses a
+    /// process of another build or one naming another target or subsystem.
     pub group: Option<u32>,
     /// When an admin command finds the controller in fatal status (CSTS.CFS), reset it
     /// (for the whole group) and fail the command with [`Error::AbortedByReset`] so that
@@ -166,10 +170,11 @@ impl Controller {
         group: Option<(Arc<Group>, Option<ShadowPages>)>,
     ) -> Result<Controller> {
         let (group, group_shadow) = group.unzip();
-        let namespaces = if let Some(g) = group.as_deref() {
+        // Over NVMe/TCP a group has no namespace record: each member has an association
+        // of its own to send Identify on.
+        let namespaces = if let Some(g) = group.as_deref().filter(|g| !g.fabrics()) {
             // The group's record of the namespaces, kept current by its members; Identify
             // when it is unusable (`group::nsrecord`).
-            // A group's controller has registers (groups are refused over NVMe/TCP).
             let regs = crate::transport::registers(transport.as_ref())?;
             crate::namespace::for_member(g, &regs, |cmd| {
                 admin.read_bytes(Some(g), cmd, IDENTIFY_DATA_SIZE, opts.admin_timeout)

@@ -192,6 +192,11 @@ impl Controller {
     pub(crate) fn group(&self) -> Option<&Arc<Group>> {
         self.inner().group()
     }
+    /// The group when its members share the admin queue and queue ids (see
+    /// `Inner::shared_group`).
+    pub(crate) fn shared_group(&self) -> Option<&Arc<Group>> {
+        self.inner().shared_group()
+    }
     /// Shadow doorbell and EventIdx buffers, when the controller took them.
     pub(crate) fn shadow_doorbells(&self) -> Option<&ShadowPages> {
         self.inner().shadow.as_ref()
@@ -332,9 +337,11 @@ impl Controller {
     pub fn alloc_io_queue(&self, opts: QueueOptions) -> Result<IoQueuePair> {
         IoQueuePair::create(self.clone(), opts)
     }
-    /// I/O queue ids in use (by every process of the group, in a group).
+    /// I/O queue ids in use (by every process of the group, in a group over PCIe or
+    /// `trtype:sim`; over NVMe/TCP each member's association has queue ids of its own, and
+    /// this counts this process's).
     pub fn io_queues_in_use(&self) -> usize {
-        if let Some(g) = &self.inner().group {
+        if let Some(g) = self.inner().shared_group() {
             return g.qids_in_use();
         }
         lock(&self.inner().qids).iter().filter(|&&b| b).count()
@@ -438,6 +445,23 @@ impl Controller {
         self.inner().group.as_ref().map(|g| g.id())
     }
 
+    /// The pids of the processes in this process's shared-memory group (this one
+    /// included; a member that died is listed until the group cleans up after it, which
+    /// the survivors do within about 50 ms), empty outside a group.
+    pub fn group_members(&self) -> Vec<u32> {
+        self.inner()
+            .group
+            .as_ref()
+            .map_or_else(Vec::new, |g| g.member_pids())
+    }
+
+    /// Is this process's shared-memory group one over NVMe/TCP, whose members each have an
+    /// association of their own with the target (no shared admin queue, queue ids per
+    /// member)? False outside a group.
+    pub fn group_over_fabrics(&self) -> bool {
+        self.inner().group.as_ref().is_some_and(|g| g.fabrics())
+    }
+
     /// The I/O queue ids this process holds when it is not in a group.
     pub(crate) fn local_qids(&self) -> Vec<u16> {
         let q = lock(&self.inner().qids);
@@ -445,7 +469,7 @@ impl Controller {
     }
 
     pub(crate) fn alloc_qid(&self) -> Result<u16> {
-        if let Some(g) = &self.inner().group {
+        if let Some(g) = self.inner().shared_group() {
             return g.alloc_qid(self.inner().granted);
         }
         let mut q = lock(&self.inner().qids);
@@ -469,13 +493,13 @@ impl Controller {
         let inner = self.inner();
         let _serial = lock(&inner.irq_lock);
         let set = || inner.transport.set_interrupt(vector, eventfd);
-        match &inner.group {
+        match inner.shared_group() {
             Some(g) => g.with_interrupt_lock(inner.opts.admin_timeout, set),
             None => set(),
         }
     }
     pub(crate) fn free_qid(&self, qid: u16) {
-        if let Some(g) = &self.inner().group {
+        if let Some(g) = self.inner().shared_group() {
             return g.free_qid(qid);
         }
         if let Some(b) = lock(&self.inner().qids).get_mut(qid as usize) {
@@ -662,6 +686,12 @@ impl Inner {
     pub(crate) fn group(&self) -> Option<&Arc<Group>> {
         self.group.as_ref()
     }
+    /// The group when its members share the controller's admin queue and its queue ids
+    /// (over PCIe and `trtype:sim`; not over NVMe/TCP, where each member has an association
+    /// of its own).
+    pub(crate) fn shared_group(&self) -> Option<&Arc<Group>> {
+        self.group.as_ref().filter(|g| !g.fabrics())
+    }
     /// This attach's LBA range leases.
     pub(crate) fn leases(&self) -> &Arc<LocalLeases> {
         &self.leases
@@ -811,6 +841,19 @@ impl Inner {
         lock(&self.admin).reap_parked(group.as_deref());
         // A controller that is gone gets no shutdown notification (nothing would answer).
         let alive = self.live.check().is_ok();
+        let group = match group {
+            // Over NVMe/TCP this process's association is its own: it is shut down (as a
+            // process alone does) whatever the group does next.
+            Some(g) if g.fabrics() => {
+                if alive {
+                    crate::tcp::shutdown(self.transport.as_ref());
+                }
+                self.release_parked(alive);
+                self.leave_fabrics_group(&g);
+                return;
+            }
+            g => g,
+        };
         let Some(group) = &group else {
             match (alive, &self.regs) {
                 (true, Some(regs)) => shutdown(regs, self.info.identify.rtd3e),
@@ -852,6 +895,20 @@ impl Inner {
             group.remove_files();
         } else {
             self.release_parked(false);
+        }
+        group.unlock_join();
+    }
+
+    /// Leaves a group over NVMe/TCP (this process's association already shut down): its
+    /// record goes (with its leases); the last member out removes the group's files.
+    fn leave_fabrics_group(&self, group: &Group) {
+        if let Err(e) = group.lock_join(self.opts.admin_timeout) {
+            eprintln!("nvme: leaving shared-memory group {} without its join lock, as if this process had died (the other members or the next process to attach clean up): {e}", group.id());
+            group.abandon();
+            return;
+        }
+        if group.leave() {
+            group.remove_files();
         }
         group.unlock_join();
     }

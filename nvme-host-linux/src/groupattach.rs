@@ -26,7 +26,7 @@ use crate::simtransport::SimTransport;
 use crate::transport::{member_iova_range, Transport};
 #[cfg(feature = "sim")]
 use crate::trid::SimOptions;
-use crate::trid::{PciAddress, TransportId, TransportKind};
+use crate::trid::{PciAddress, TcpOptions, TransportId, TransportKind};
 use crate::vfio::VfioTransport;
 
 /// Device address of the group's admin segment over `trtype:sim` (below every member's IOVA
@@ -46,10 +46,17 @@ pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Resul
     if let TransportKind::Sim(_) = trid.kind {
         return Err(crate::no_sim());
     }
-    if let TransportKind::Tcp(_) = trid.kind {
-        return Err(crate::tcp::no_groups_yet());
-    }
     let ctrl = match (&trid.kind, Group::open(id, opts.admin_timeout)?) {
+        (TransportKind::Tcp(o), Joined::Create(creating)) => create_tcp(creating, o, trid, opts)?,
+        (TransportKind::Tcp(o), Joined::Join(group)) => join_tcp(group, o, trid, opts)?,
+        (_, Joined::Join(group)) if group.fabrics() => {
+            return Err(Error::Group(format!(
+                "shared-memory group {} reaches its controller over NVMe/TCP ({}), not {}: attach with that transport id to join it, or use another group id (-i)",
+                group.id(),
+                group.recorded_trid(),
+                trid
+            )))
+        }
         #[cfg(feature = "sim")]
         (TransportKind::Sim(sim_opts), Joined::Create(creating)) => {
             create_sim(creating, sim_opts, trid, opts)?
@@ -64,7 +71,6 @@ pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Resul
         (TransportKind::Pcie { traddr }, Joined::Join(group)) => {
             join_pcie(group, traddr.as_ref(), trid, opts)?
         }
-        (TransportKind::Tcp(_), _) => unreachable!("refused above"),
     };
     let group = ctrl.group().expect("group member");
     cleanup_dead(ctrl.state());
@@ -305,6 +311,99 @@ fn join_pcie(
     join_group(group, vfio, trid, opts)
 }
 
+/// What a group over NVMe/TCP records as its transport id: the target's address and the
+/// subsystem (what every member must attach to; host NQN and digests are each
+/// connection's own). An identity longer than the header's field ends in a hash of the
+/// whole, so that two long NQNs sharing a prefix still differ.
+fn tcp_identity(o: &TcpOptions) -> Result<String> {
+    let subnqn = o.subsystem().map_err(Error::BadTransport)?;
+    let fam = if o.addr.is_ipv4() { "IPv4" } else { "IPv6" };
+    let full = format!(
+        "{}adrfam:{fam} traddr:{} trsvcid:{} subnqn:{subnqn}",
+        crate::group::layout::FABRICS_TRID,
+        o.addr.ip(),
+        o.addr.port()
+    );
+    // The header's field keeps 255 bytes (`layout::write_str`).
+    const ROOM: usize = 255;
+    if full.len() <= ROOM {
+        return Ok(full);
+    }
+    // FNV-1a, 64 bits: a fingerprint, not a defence (the group is owner-only).
+    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let tail = format!("... #{hash:016x}");
+    // NQNs are ASCII (checked when parsed): any byte index is a character boundary.
+    Ok(format!("{}{tail}", &full[..ROOM - tail.len()]))
+}
+
+/// Creates a group over NVMe/TCP: records the target's address and subsystem for the
+/// members to come, then opens this process's association (its own admin queue with Keep
+/// Alive). Nothing of the association is shared: no admin segment, no queue id pool.
+fn create_tcp(
+    mut creating: Creating,
+    o: &TcpOptions,
+    trid: &TransportId,
+    opts: &AttachOptions,
+) -> Result<Controller> {
+    let identity = tcp_identity(o)?;
+    creating.claim()?;
+    // Nobody joins before this process lets go of the join lock (after attaching); if the
+    // connection fails, the group is left without a live member and made anew next time.
+    let group = creating.publish_fabrics(&identity);
+    member_over_tcp(group, o, trid, opts)
+}
+
+/// Joins a group over NVMe/TCP: refused when the group reaches another target or
+/// subsystem; otherwise this process opens its own association.
+fn join_tcp(
+    mut group: Group,
+    o: &TcpOptions,
+    trid: &TransportId,
+    opts: &AttachOptions,
+) -> Result<Controller> {
+    let id = group.id();
+    if !group.fabrics() {
+        let theirs = match group.pci_addr() {
+            Some(addr) => format!("the PCIe controller {addr} (trtype:PCIe traddr:{addr})"),
+            None => "a software controller (trtype:sim)".to_string(),
+        };
+        return Err(Error::Group(format!(
+            "shared-memory group {id} drives {theirs}, not a controller over NVMe/TCP: attach with its transport id, or use another group id (-i) for {trid}"
+        )));
+    }
+    let ours = tcp_identity(o)?;
+    let theirs = group.recorded_trid();
+    if ours != theirs {
+        return Err(Error::Group(format!(
+            "shared-memory group {id} reaches '{theirs}', not '{ours}': a group shares one subsystem of one target; attach with that address and subnqn to join it, or use another group id (-i)"
+        )));
+    }
+    group.join()?;
+    member_over_tcp(group, o, trid, opts)
+}
+
+/// This member's association with the target, and the controller over it in `group`.
+fn member_over_tcp(
+    mut group: Group,
+    o: &TcpOptions,
+    trid: &TransportId,
+    opts: &AttachOptions,
+) -> Result<Controller> {
+    group.set_lock_timeout(opts.admin_timeout);
+    let (transport, info, admin) = crate::tcp::connect(o, opts)?;
+    let group = Arc::new(group);
+    Controller::finish(
+        transport,
+        trid.clone(),
+        opts,
+        info,
+        admin,
+        Some((group, None)),
+    )
+}
+
 /// What the creator learned, as a joining process sees it.
 fn info_from_header(h: &GroupHeader) -> ControllerInfo {
     let i = &h.info;
@@ -337,6 +436,13 @@ pub(crate) fn cleanup_dead(ctrl: &Inner) -> usize {
 }
 
 fn cleanup_member(ctrl: &Inner, group: &Group, who: OwnerId) {
+    if group.fabrics() {
+        // Over NVMe/TCP the dead member's queues and memory were its association's: the
+        // target ended it when the process's connections closed (or ends it when its
+        // keep-alive timeout passes). Its record goes, and with it its leases.
+        group.forget_member(who);
+        return;
+    }
     let Some(Ok(q)) = ctrl.regs().map(|r| group.admin(r.clone())) else {
         return;
     };
@@ -412,7 +518,10 @@ const NS_REFRESH_RETRY: Duration = Duration::from_secs(1);
 /// died, a change or refresh that failed. Returns false when the refresh failed.
 fn refresh_namespace_record(ctrl: &Inner, group: &Group) -> bool {
     use nvme_regs::identify::IDENTIFY_DATA_SIZE;
-    // A group's controller has registers (groups are refused over NVMe/TCP).
+    // Over NVMe/TCP there is no record: each member identifies over its association.
+    if group.fabrics() {
+        return true;
+    }
     let Some(regs) = ctrl.regs() else {
         return false;
     };

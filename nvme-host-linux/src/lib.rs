@@ -4,7 +4,8 @@
 //! Transports: `trtype:PCIe traddr:dddd:bb:dd.f` (a controller bound to vfio-pci),
 //! `trtype:sim` (the built-in software controller, no hardware needed), and
 //! `trtype:TCP traddr:IP trsvcid:PORT subnqn:NQN` (NVMe/TCP: the same [`Controller`] and
-//! [`IoQueuePair`] API; no shared-memory groups, resets or interrupts over TCP yet).
+//! [`IoQueuePair`] API; in a shared-memory group over TCP each process has an association
+//! of its own; no function resets, interrupts or asynchronous events over TCP).
 //!
 //! Cargo features, all off by default:
 //! - `sim`: the software controller (`trtype:sim`, `SimTransport`, the `sim` module with
@@ -39,7 +40,9 @@
 //!   [`tcp::TcpRings`] (an I/O queue's connection, under nvme-core's queue pair).
 //! - `group`: the shared-memory group (files, members, liveness, queue id pool, descriptor
 //!   passing, the namespace record joiners read instead of sending Identify);
-//!   `groupattach`: creating, joining and cleaning up after dead members.
+//!   `groupattach`: creating, joining and cleaning up after dead members. Over NVMe/TCP a
+//!   group shares no controller state: each member has its own association, the group
+//!   gives the member table, liveness, leases and the checks on who may join.
 //! - `dmapool`: [`DmaPool`], the transport's pool of mapped regions that buffers, rings and
 //!   pages are carved from.
 //! - `memory`, `mmio`, `sys`, `iova`, `error`: mappings, registers, system calls, IOVA

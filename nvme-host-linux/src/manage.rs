@@ -106,7 +106,9 @@ impl Controller {
     /// In a shared-memory group the list is also recorded in the group for the processes
     /// that join after (when no other process is updating that record right now).
     pub fn rescan_namespaces(&self) -> Result<bool> {
-        let lock = self.group().and_then(|g| g.try_lock_namespace_record());
+        let lock = self
+            .shared_group()
+            .and_then(|g| g.try_lock_namespace_record());
         self.rescan_holding(lock.as_ref())
     }
 
@@ -114,7 +116,7 @@ impl Controller {
     /// lock or not (`lock`).
     fn rescan_holding(&self, lock: Option<&RecordLock<'_>>) -> Result<bool> {
         let read = |cmd| self.admin_read(cmd, IDENTIFY_DATA_SIZE);
-        let list = match self.group() {
+        let list = match self.shared_group() {
             Some(g) => crate::namespace::identify_recorded(g, lock, read)?,
             None => crate::namespace::identify_active(read)?,
         };
@@ -126,7 +128,7 @@ impl Controller {
     /// empties the record first, so that processes joining meanwhile, or after this one
     /// died half-way, send Identify instead of reading a list the command made stale.
     fn changing_namespaces(&self, command: impl FnOnce() -> Result<Completion>) -> Result<()> {
-        let lock = match self.group() {
+        let lock = match self.shared_group() {
             Some(g) => Some(g.lock_namespace_record(self.options().admin_timeout)?),
             None => None,
         };
@@ -139,8 +141,10 @@ impl Controller {
     }
 
     /// Who has I/O queues: one description per process (pid, name, queue ids), or empty.
+    /// In a group over NVMe/TCP the other members' queues are their associations' and
+    /// invisible here: every other member counts as having some.
     fn io_queue_holders(&self) -> Vec<String> {
-        let holders: Vec<(u16, u32)> = match self.group() {
+        let mut holders: Vec<(u16, u32)> = match self.shared_group() {
             Some(g) => g.qid_holders(),
             None => self
                 .local_qids()
@@ -148,6 +152,10 @@ impl Controller {
                 .map(|q| (q, std::process::id()))
                 .collect(),
         };
+        if let Some(g) = self.group().filter(|g| g.fabrics()) {
+            let others = g.member_pids().into_iter();
+            holders.extend(others.filter(|&p| p != std::process::id()).map(|p| (0, p)));
+        }
         let mut pids: Vec<u32> = holders.iter().map(|&(_, p)| p).collect();
         pids.sort_unstable();
         pids.dedup();
@@ -192,7 +200,8 @@ impl Controller {
     /// Refused before anything is sent: a controller without Format NVM (OACS bit 1), a
     /// namespace that is not active, and a group in which any process has I/O queues (the
     /// error names the processes and their queue ids: their queue pairs would keep using
-    /// the old block size). A format that outlasts its timeout gets
+    /// the old block size; in a group over NVMe/TCP, whose members' queues are their own
+    /// associations', any other member). A format that outlasts its timeout gets
     /// [`AttachOptions::timeout_action`](crate::AttachOptions::timeout_action).
     pub fn format(&self, nsid: u32, opts: FormatOptions) -> Result<()> {
         self.require_oacs(Oacs::FORMAT_NVM, "Format NVM")?;

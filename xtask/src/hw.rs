@@ -28,7 +28,8 @@
 //!    then loads the kernel's NVMe/TCP target (nvmet-tcp), exports a null_blk namespace on
 //!    127.0.0.1:4420 through configfs and runs `nvme-hwtest --tcp` (discovery, the admin
 //!    queue with and without digests, Connect rejections, keep-alive kept and expired,
-//!    `nvmectl discover`);
+//!    `nvmectl discover`), the suite over TCP with nvme-perf beside it, and a `-i` group
+//!    over TCP (`nvme-perf -i 5` with `nvmectl -i 5 smart-log` joining it);
 //! 5. parses the serial console: any `FAIL` line, a missing summary, or a guest that does not
 //!    finish within the timeout fails the run (the full console log is printed then); the
 //!    read-back blocks are also checked in the disk images on the host; the torture run's
@@ -230,8 +231,8 @@ fn check_log(log: &str, vm: bool, torture: Option<u64>) -> Result<String, String
     Ok(out)
 }
 
-/// The NVMe/TCP results: the checks' summary, the suite's over TCP, nvme-perf's beside it
-/// and the read-back from the target's file. `Ok(them)` when all are there with no failure.
+/// The NVMe/TCP results: the checks' summary, the suite's over TCP, nvme-perf's beside it,
+/// the read-back from the target's file and the `-i` group's tools. `Ok(them)` when all are there with no failure.
 fn tcp_summary(log: &str) -> Result<String, String> {
     let line = |prefix: &str| {
         log.lines()
@@ -243,13 +244,18 @@ fn tcp_summary(log: &str) -> Result<String, String> {
     let suite = line("HWTEST TRID SUMMARY ")?;
     let perf = line("HWTEST TCP-PERF ")?;
     let verify = line("HWTEST VERIFY-FILE ")?;
+    let group = line("HWTEST TCP-GROUP ")?;
     let out = format!(
-        "nvme/tcp: {tcp}; suite over TCP: {suite}; nvme-perf beside it: {perf}; read-back from the target's disk: {verify}"
+        "nvme/tcp: {tcp}; suite over TCP: {suite}; nvme-perf beside it: {perf}; read-back from the target's disk: {verify}; a -i group over TCP: {group}"
     );
     let perf_ok = perf.starts_with("rc=0 ") && perf.contains("Total");
+    // nvme-perf -i 5 ran to its end with I/O; nvmectl -i 5 joined it as a secondary.
+    let group_ok = group.starts_with("perf rc=0 nvmectl rc=0 over NVMe/TCP: secondary ")
+        && group.contains("Total");
     if tcp.contains("failed=0")
         && suite.contains("failed=0")
         && perf_ok
+        && group_ok
         && verify.contains("failed=0")
     {
         Ok(out)
@@ -424,6 +430,20 @@ wait $perf
 echo "HWTEST TCP-PERF rc=$? $(grep -m1 Total /tmp/tcp-perf.out | tr -s ' ')"
 tail -n 4 /tmp/tcp-perf.out | sed 's/^/  nvme-perf: /'
 /bin/nvme-hwtest --verify-kernel /tmp/tcp-readback --verify-file /dev/ram0
+
+# A shared-memory group over NVMe/TCP: nvme-perf -i 5 on the null subsystem, nvmectl -i 5
+# beside it as a secondary; each opens its own association with the target.
+NVME_RUN_DIR=/tmp /bin/nvme-perf -i 5 -r "$tcp subnqn:$nqn ns:1" -q 8 -o 4096 -w randread -t 5 > /tmp/tcp-group-perf.out 2>&1 &
+gperf=$!
+for i in 1 2 3 4 5 6 7 8 9 10; do
+    grep -q "Joined shared-memory group 5" /tmp/tcp-group-perf.out && break
+    sleep 1
+done
+NVME_RUN_DIR=/tmp /bin/nvmectl -i 5 -r "$tcp subnqn:$nqn" --show-group smart-log > /tmp/tcp-group-ctl.out 2>&1
+ctl=$?
+wait $gperf
+echo "HWTEST TCP-GROUP perf rc=$? nvmectl rc=$ctl $(grep -m1 -o 'over NVMe/TCP: [a-z]*' /tmp/tcp-group-ctl.out) $(grep -m1 Total /tmp/tcp-group-perf.out | tr -s ' ')"
+[ $ctl = 0 ] || sed 's/^/  nvmectl: /' /tmp/tcp-group-ctl.out
 "#;
 
 /// `/cli-compare.sh`: runs the subcommands that [`crate::cli_compare`] compares with one
@@ -746,7 +766,7 @@ mod tests {
 
     #[test]
     fn log_checks() {
-        let tcp_io = "HWTEST TRID SUMMARY passed=13 failed=0 skipped=2\nHWTEST TCP-PERF rc=0 Total : 5000.00 IOPS\nHWTEST VERIFY-FILE passed=3 failed=0\n";
+        let tcp_io = "HWTEST TRID SUMMARY passed=13 failed=0 skipped=2\nHWTEST TCP-PERF rc=0 Total : 5000.00 IOPS\nHWTEST VERIFY-FILE passed=3 failed=0\nHWTEST TCP-GROUP perf rc=0 nvmectl rc=0 over NVMe/TCP: secondary Total : 900.00 IOPS\n";
         let good = format!("PASS a (1 ms)\nHWTEST SUMMARY passed=1 failed=0 skipped=0\nPASS k\nHWTEST VERIFY passed=1 failed=0\nHWTEST TCP SUMMARY passed=6 failed=0\n{tcp_io}HWTEST-INIT done\n");
         let good = good.as_str();
         assert!(check_log(good, true, None)
@@ -776,6 +796,12 @@ mod tests {
                 "VERIFY-FILE passed=2 failed=1",
             ),
             ("HWTEST VERIFY-FILE", "X"),
+            // The -i group over TCP: both tools' status, nvmectl's role, perf's I/O.
+            ("TCP-GROUP perf rc=0", "TCP-GROUP perf rc=1"),
+            ("nvmectl rc=0", "nvmectl rc=1"),
+            ("TCP: secondary", "TCP: primary"),
+            ("secondary Total : 900.00 IOPS", "secondary "),
+            ("HWTEST TCP-GROUP", "X"),
         ] {
             assert!(
                 check_log(&good.replace(from, to), true, None).is_err(),

@@ -20,6 +20,10 @@ use super::robust::RobustMutex;
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"NVMERSG1");
 /// Changes whenever the layout below changes.
 pub(crate) const LAYOUT_VERSION: u32 = 5;
+/// How the recorded transport id (`GroupHeader::trid`) of a group over NVMe/TCP starts: such
+/// a group has no admin segment (`admin.mem`), and its `SharedInfo` is zero (each member
+/// has its own association's facts).
+pub(crate) const FABRICS_TRID: &str = "trtype:TCP ";
 /// Largest I/O queue id tracked.
 pub(crate) const MAX_QID: usize = 1024;
 

@@ -34,6 +34,16 @@
 //! container, group and device descriptors from a live member (`fdpass`), refuses a group
 //! that drives another controller, and maps its own memory in its own slice; a survivor
 //! unmaps a dead member's whole slice after deleting its queues.
+//!
+//! Over NVMe/TCP (`trtype:TCP`) a group shares no controller: each member opens its own
+//! association with the target (admin queue with Keep Alive, I/O queues, their queue ids).
+//! The creator records the target's address and subsystem as the group's transport id
+//! (`layout::FABRICS_TRID` starts it), which a joiner must match; there is no `admin.mem`,
+//! no shared admin queue, queue id pool, namespace record, shadow doorbells, interrupt
+//! lock or descriptor passing. What the group gives: the build check, the owner-only
+//! directory, the join lock, roles, member records and liveness, cleanup after a dead
+//! member (its record and leases go; the target ends its association when its connections
+//! close), and the lease table. A reset is per association: it reaches no other member.
 
 pub(crate) mod fdpass;
 pub(crate) mod layout;
@@ -386,6 +396,10 @@ pub(crate) struct Group {
     /// the one this process published (creating).
     admin_at: Option<AdminAt>,
     me: Option<OwnerId>,
+    /// A group over NVMe/TCP: each member has an association of its own with the target
+    /// (admin queue, I/O queues and their ids); the group has no shared admin queue, no
+    /// admin segment, no queue id pool, no shadow doorbells and no interrupts.
+    fabrics: bool,
     primary: AtomicBool,
     join_held: AtomicBool,
     /// Bound on waiting for the group lock in admin commands (a stopped holder).
@@ -456,6 +470,11 @@ impl Group {
         }
         let control = map_control(id, &control_path, len)?;
         let mut group = Group::new(id, dir, lockf, control);
+        if layout::read_str(&group.header().trid).starts_with(layout::FABRICS_TRID) {
+            // Over NVMe/TCP: no shared admin queue, no admin segment.
+            group.fabrics = true;
+            return Ok(Joined::Join(group));
+        }
         let (at, admin_mem) = map_admin(id, &group.dir, group.header())?;
         group.admin_at = Some(at);
         group.admin_mem = Some(admin_mem);
@@ -473,6 +492,7 @@ impl Group {
             admin_mem: None,
             admin_at: None,
             me: None,
+            fabrics: false,
             primary: AtomicBool::new(false),
             join_held: AtomicBool::new(true),
             server: Mutex::new(None),
@@ -591,8 +611,35 @@ impl Group {
     /// This process's handle on the shared admin queue; an error when another process
     /// damaged the queue's shared state (this process keeps working otherwise, and says so).
     pub(crate) fn admin(&self, regs: Mmio) -> Result<SharedAdminQueue<'_, Mmio, RobustMutex>> {
-        let at = self.admin_at.expect("admin layout checked at attach");
+        let Some(at) = self.admin_at else {
+            return Err(Error::Group(format!(
+                "group {} is over NVMe/TCP: it has no shared admin queue (each member has an association of its own)",
+                self.id
+            )));
+        };
         self.admin_at(regs, &at)
+    }
+
+    /// Is this a group over NVMe/TCP (see `fabrics`)?
+    pub(crate) fn fabrics(&self) -> bool {
+        self.fabrics
+    }
+
+    /// The transport id the group's creator recorded (over NVMe/TCP: the target's
+    /// address and subsystem, what every member must attach to).
+    pub(crate) fn recorded_trid(&self) -> String {
+        layout::read_str(&self.header().trid)
+    }
+
+    /// The pids of the members whose records are active (a member that died stays until
+    /// it is cleaned up), in member order.
+    pub(crate) fn member_pids(&self) -> Vec<u32> {
+        self.header()
+            .members
+            .iter()
+            .filter(|m| m.state.load(Ordering::Acquire) == ACTIVE)
+            .map(|m| m.pid.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// A handle on the shared admin queue whose rings sit at `at` in the admin segment (the
@@ -917,6 +964,20 @@ impl Creating {
         h.ident.state.store(layout::READY, Ordering::Relaxed);
         h.ident.magic.store(MAGIC, Ordering::Release);
         Ok(self.group)
+    }
+    /// Publishes a group over NVMe/TCP (state READY, then the magic): `trid` (which starts
+    /// with [`layout::FABRICS_TRID`]) names the target and subsystem every member must
+    /// attach to. The controller facts (`info`) stay zero: each member has its own
+    /// association's; no admin segment.
+    pub(crate) fn publish_fabrics(mut self, trid: &str) -> Group {
+        debug_assert!(trid.starts_with(layout::FABRICS_TRID));
+        // Nobody else maps the segment until the magic is stored below.
+        let h = self.group.header_mut();
+        layout::write_str(&mut h.trid, trid);
+        h.ident.state.store(layout::READY, Ordering::Relaxed);
+        h.ident.magic.store(MAGIC, Ordering::Release);
+        self.group.fabrics = true;
+        self.group
     }
     /// Records where the shadow doorbell and EventIdx pages sit in `admin.mem` (before
     /// publishing; whether the group uses them is recorded later, [`Group::set_shadow_on`]).

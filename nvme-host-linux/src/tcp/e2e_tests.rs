@@ -309,16 +309,6 @@ fn c2h_data_outside_the_command_fails_the_queue() {
 fn what_tcp_does_not_do_is_refused_clearly() {
     let (trid, _t) = start(Config::default());
     let parsed = TransportId::parse(&trid).unwrap();
-    let opts = AttachOptions {
-        group: Some(4_000_000_011),
-        ..Default::default()
-    };
-    let e = Controller::attach_with(&parsed, &opts).unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("groups (-i) are not supported over NVMe/TCP"),
-        "{e}"
-    );
     let ctrl = Controller::attach(&trid).unwrap();
     let e = ctrl.reset_function().unwrap_err().to_string();
     assert!(e.contains("no PCI function"), "{e}");
@@ -405,10 +395,9 @@ fn data_round_trips_through_the_scripted_target() {
     round_trips(&format!("{trid} ddgst:1"));
 }
 
-/// The software controller behind nvme-sim's NVMe/TCP target.
+/// nvme-sim's NVMe/TCP target on 127.0.0.1, one namespace of 16384 512-byte blocks.
 #[cfg(feature = "sim")]
-#[test]
-fn data_round_trips_through_the_software_controllers_tcp_target() {
+fn sim_target() -> nvme_sim::TcpTarget {
     let cfg = nvme_sim::SimConfig {
         namespaces: vec![nvme_sim::NamespaceConfig {
             lba_size: 512,
@@ -417,7 +406,14 @@ fn data_round_trips_through_the_software_controllers_tcp_target() {
         ..Default::default()
     };
     let addr = "127.0.0.1:0".parse().unwrap();
-    let target = nvme_sim::TcpTarget::start(cfg, addr, Default::default()).unwrap();
+    nvme_sim::TcpTarget::start(cfg, addr, Default::default()).unwrap()
+}
+
+/// The software controller behind nvme-sim's NVMe/TCP target.
+#[cfg(feature = "sim")]
+#[test]
+fn data_round_trips_through_the_software_controllers_tcp_target() {
+    let target = sim_target();
     round_trips(&target.transport_id());
     round_trips(&format!("{} hdgst:1 ddgst:1", target.transport_id()));
 }
@@ -504,4 +500,89 @@ fn a_queue_used_synchronously_reconnects_once_the_target_is_back() {
             ),
         }
     }
+}
+
+/// A shared-memory group over NVMe/TCP, two members in this process (each membership is
+/// a descriptor of its own): each has its own association and queue ids, the group gives
+/// roles, the member table and leases; a member naming another subsystem, or another
+/// transport, is refused; the last one out removes the group.
+#[cfg(feature = "sim")]
+#[test]
+fn a_group_over_tcp_gives_each_member_its_own_association() {
+    use crate::{LeaseMode, Role};
+    let target = sim_target();
+    let trid = TransportId::parse(&target.transport_id()).unwrap();
+    // Unique on this machine while this process runs (groups live in /dev/shm).
+    let id = 3_000_000_000 + std::process::id() % 1_000_000_000;
+    let opts = AttachOptions {
+        group: Some(id),
+        ..Default::default()
+    };
+    let a = Controller::attach_with(&trid, &opts).unwrap();
+    let b = Controller::attach_with(&trid, &opts).unwrap();
+    assert_eq!((a.role(), b.role()), (Role::Primary, Role::Secondary));
+    assert!(a.group_over_fabrics() && b.group_over_fabrics());
+    assert_eq!(b.group_members(), vec![std::process::id(); 2]);
+    assert_eq!(target.associations(), 2, "one association per member");
+    // Queue ids are each association's own: both get queue 1.
+    let mut qa = a.alloc_io_queue(QueueOptions::new(8)).unwrap();
+    let mut qb = b.alloc_io_queue(QueueOptions::new(8)).unwrap();
+    assert_eq!((qa.qid(), qb.qid()), (1, 1));
+    assert_eq!(a.io_queues_in_use(), 1);
+    let mut buf = a.alloc_dma(4096).unwrap();
+    buf.as_mut_slice().copy_from_slice(&pattern(9, 4096));
+    qa.write_sync(1, 40, buf.slice(0..4096).unwrap()).unwrap();
+    let mut back = b.alloc_dma(4096).unwrap();
+    qb.read_sync(1, 40, back.slice(0..4096).unwrap()).unwrap();
+    assert_eq!(back.as_slice(), &pattern(9, 4096)[..]);
+    // A reset is one member's new association: the other member's queue goes on as is.
+    b.reset().unwrap();
+    // (The target ends b's old association when it sees the connection close.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while target.associations() != 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(target.associations(), 2, "b's old association ended");
+    qa.read_sync(1, 40, buf.slice(0..4096).unwrap()).unwrap();
+    assert_eq!(buf.as_slice(), &pattern(9, 4096)[..]);
+    // Leases span the group.
+    let lease = a.lease(1, 0..100, LeaseMode::Exclusive).unwrap();
+    let e = b.lease(1, 50..60, LeaseMode::Shared).unwrap_err();
+    assert!(matches!(e, Error::LeaseConflict { .. }), "{e}");
+    drop(lease);
+    drop(b.lease(1, 50..60, LeaseMode::Shared).unwrap());
+    // Another subsystem at the same target, or another transport: refused, saying which.
+    let crate::trid::TransportKind::Tcp(mut o) = trid.kind.clone() else {
+        unreachable!("a TCP transport id")
+    };
+    o.subnqn = Some("nqn.2014-08.org.example:other".into());
+    let other = TransportId {
+        kind: crate::trid::TransportKind::Tcp(o),
+        nsid: None,
+    };
+    let e = Controller::attach_with(&other, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("group {id} reaches"))
+            && e.contains("not 'trtype:TCP")
+            && e.contains(":other"),
+        "{e}"
+    );
+    let sim = TransportId::parse("trtype:sim").unwrap();
+    let e = Controller::attach_with(&sim, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("over NVMe/TCP") && e.contains("not trtype:sim"),
+        "{e}"
+    );
+    assert_eq!(target.associations(), 2, "the refused ones opened none");
+    drop((qb, b));
+    assert_eq!(a.group_members(), vec![std::process::id()]);
+    drop((qa, a));
+    assert!(
+        !crate::group::group_dir(id).exists(),
+        "the last member removes the group"
+    );
 }

@@ -26,9 +26,11 @@
 //! pairs complete what they had with `AbortedByReset` and reconnect, as after a PCIe reset.
 //! An I/O timeout sends an Abort over the admin queue.
 //!
-//! Not over TCP (yet): shared-memory groups (`-i`; each process attaches on its own, its
-//! own association), function resets, asynchronous events, interrupts (queues are polled),
-//! PRP data pointers.
+//! Shared-memory groups (`-i`): each member opens its own association (see
+//! `groupattach`); a reset of one member is a new association of that member only.
+//!
+//! Not over TCP (yet): function resets, asynchronous events, interrupts (queues are
+//! polled), PRP data pointers.
 
 mod controller;
 mod crc32c;
@@ -52,7 +54,7 @@ pub use ioq::TcpRings;
 pub use link::{frame, Negotiated, Stream};
 pub use queue::Data;
 pub use transport::TcpTransport;
-pub(crate) use transport::{admin_command, attach, csts, no_reset, reset, shutdown};
+pub(crate) use transport::{admin_command, attach, connect, csts, no_reset, reset, shutdown};
 
 /// Which digest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,11 +274,4 @@ impl std::error::Error for TcpError {
             _ => None,
         }
     }
-}
-
-/// What attaching `trtype:TCP` in a shared-memory group (`-i`) gives for now.
-pub(crate) fn no_groups_yet() -> crate::Error {
-    crate::Error::Transport(
-        "trtype:TCP: shared-memory groups (-i) are not supported over NVMe/TCP yet; attach without a group id (each process then opens its own association with the target)".into(),
-    )
 }

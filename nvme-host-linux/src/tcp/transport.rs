@@ -186,6 +186,18 @@ pub(crate) fn attach(
     trid: TransportId,
     opts: &AttachOptions,
 ) -> Result<Controller> {
+    let (transport, info, admin) = connect(o, opts)?;
+    Controller::finish(transport, trid, opts, info, admin, None)
+}
+
+/// Opens an association with the controller (`o`) and asks for `opts.io_queues` I/O
+/// queues: the transport, what bring-up learned and the admin path, for
+/// [`Controller::finish`] (alone, or as a member of a group over NVMe/TCP, which has an
+/// association of its own).
+pub(crate) fn connect(
+    o: &TcpOptions,
+    opts: &AttachOptions,
+) -> Result<(Arc<dyn Transport>, ControllerInfo, Admin)> {
     let copts = TcpControllerOptions {
         timeout: opts.admin_timeout,
         ..Default::default()
@@ -227,7 +239,7 @@ pub(crate) fn attach(
     let live = Liveness::new(&transport, state, nvme_core::shared::OwnerId::new(0, 1));
     let data = DmaBuffer::new(&transport, ADMIN_DATA)?;
     let admin = Admin::tcp(live, data);
-    Controller::finish(transport, trid, opts, info, admin, None)
+    Ok((transport, info, admin))
 }
 
 /// Runs an admin command over the admin queue's connection (the association made anew

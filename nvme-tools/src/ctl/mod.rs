@@ -119,6 +119,14 @@ pub fn group_summary(ctrl: &Controller) -> Option<String> {
         Role::Secondary => "secondary",
         Role::Single => "single",
     };
+    if ctrl.group_over_fabrics() {
+        // Over NVMe/TCP each member has its own association and queue ids.
+        let pids: Vec<String> = ctrl.group_members().iter().map(u32::to_string).collect();
+        return Some(format!(
+            "shared-memory group {id} over NVMe/TCP: {role}, members (pids, each with its own association): {}",
+            pids.join(" ")
+        ));
+    }
     let mut line = format!(
         "shared-memory group {id}: {role}, I/O queue ids in use by the group: {}",
         ctrl.io_queues_in_use()
