@@ -369,17 +369,7 @@ pub fn run(spdk: &Path, time_s: u64, rounds: u32, mut vm_opts: VmOpts) -> Result
         console.took.as_secs_f64(),
         ir.work.display()
     );
-    if let Some((qemu, other)) = console.host_cores {
-        println!(
-            "host CPUs during the run: QEMU {qemu:.2} cores, everything else {other:.2} cores"
-        );
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        console.dump(&ir.work);
-        Err(problems.join("; "))
-    }
+    console.verdict(problems, &ir.work)
 }
 
 #[cfg(test)]

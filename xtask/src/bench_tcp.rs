@@ -15,7 +15,7 @@
 use std::fs;
 
 use crate::bench_hw::{fio_figures, guest_cpu_of, json_of, perf_figures, Figures, BENCH_SH};
-use crate::hw::NVMET_MODULES;
+use crate::hw::{NVMET_MODULES, NVMET_SH};
 use crate::vm::{self, VmOpts};
 
 /// The subsystem the guest exports.
@@ -95,24 +95,13 @@ impl Run {
     }
 }
 
-/// The guest's `/init` after [`vm::INIT_PRELUDE`] and [`BENCH_SH`].
+/// The guest's `/init` after [`vm::INIT_PRELUDE`], [`BENCH_SH`], `load modules-nvmet` and
+/// [`NVMET_SH`].
 const INIT: &str = r#"
-load modules-nvmet
-ip link set lo up || ifconfig lo 127.0.0.1 up || fail "loopback up"
-mount -t configfs none /sys/kernel/config 2>/dev/null
-N=/sys/kernel/config/nvmet
 nqn=$(cat /bench-nqn)
-mkdir $N/subsystems/$nqn || fail "nvmet subsystem"
-echo 1 > $N/subsystems/$nqn/attr_allow_any_host
-mkdir $N/subsystems/$nqn/namespaces/1
-echo /dev/nullb0 > $N/subsystems/$nqn/namespaces/1/device_path
-echo 1 > $N/subsystems/$nqn/namespaces/1/enable || fail "nvmet namespace on /dev/nullb0"
-mkdir $N/ports/1
-echo tcp > $N/ports/1/addr_trtype
-echo ipv4 > $N/ports/1/addr_adrfam
-echo 127.0.0.1 > $N/ports/1/addr_traddr
-echo 4420 > $N/ports/1/addr_trsvcid
-ln -s $N/subsystems/$nqn $N/ports/1/subsystems/$nqn || fail "nvmet port"
+nvmet_subsystem $nqn /dev/nullb0
+nvmet_port 1 ipv4 127.0.0.1
+nvmet_link 1 $nqn
 echo "BENCH-INFO nvmet-tcp exports $nqn (/dev/nullb0: $(cat /sys/block/nullb0/queue/logical_block_size)-byte blocks, $(($(cat /sys/block/nullb0/size) / 2048)) MiB) on 127.0.0.1:4420"
 . /bench-driver.sh
 
@@ -143,7 +132,11 @@ pub fn run(time_s: u64, o: VmOpts) -> Result<(), String> {
         ")",
     )?;
     let bins = vm::build_static(&["nvme-tools"], &["nvme-perf"])?;
-    let mut ir = vm::Initramfs::new("bench-tcp-vm", &tools.busybox, &format!("{BENCH_SH}{INIT}"))?;
+    let mut ir = vm::Initramfs::new(
+        "bench-tcp-vm",
+        &tools.busybox,
+        &format!("{BENCH_SH}load modules-nvmet\n{NVMET_SH}{INIT}"),
+    )?;
     ir.install(&bins[0], "bin/nvme-perf")?;
     crate::fio_hw::install_engine(&mut ir, true)?;
     let nvme_cli =
@@ -207,17 +200,7 @@ pub fn run(time_s: u64, o: VmOpts) -> Result<(), String> {
             .unwrap_or("the guest did not reach the end of /init");
         problems.push(init_fail.trim().to_string());
     }
-    if let Some((qemu, other)) = console.host_cores {
-        println!(
-            "host CPUs during the run: QEMU {qemu:.2} cores, everything else {other:.2} cores"
-        );
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        console.dump(&ir.work);
-        Err(problems.join("; "))
-    }
+    console.verdict(problems, &ir.work)
 }
 
 /// Per depth: every configuration with IOPS, average latency, the guest's CPU use, and

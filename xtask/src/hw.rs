@@ -375,34 +375,47 @@ echo "HWTEST-INIT nvme-cli comparison outputs done"
 
 /// The NVMe/TCP checks of the guest's `/init` (after the NVMe modules are loaded: the
 /// target's modules share their dependencies).
+/// Shell functions that set up Linux's NVMe/TCP target through configfs (after
+/// `load modules-nvmet`): `nvmet_subsystem NQN [DEVICE]` (any host may connect; DEVICE,
+/// if given, is namespace 1), `nvmet_port ID ipv4|ipv6 ADDR` (a TCP port on ADDR:4420),
+/// `nvmet_link ID NQN` (the subsystem on the port). `$N` is the nvmet directory.
+pub const NVMET_SH: &str = r#"
+ip link set lo up || ifconfig lo 127.0.0.1 up || fail "loopback up"
+mount -t configfs none /sys/kernel/config 2>/dev/null
+N=/sys/kernel/config/nvmet
+nvmet_subsystem() {
+    mkdir $N/subsystems/$1 || fail "nvmet subsystem $1"
+    [ -n "$2" ] || return 0
+    echo 1 > $N/subsystems/$1/attr_allow_any_host
+    mkdir $N/subsystems/$1/namespaces/1
+    echo $2 > $N/subsystems/$1/namespaces/1/device_path
+    echo 1 > $N/subsystems/$1/namespaces/1/enable || fail "nvmet namespace of $1 on $2"
+}
+nvmet_port() {
+    mkdir $N/ports/$1 || fail "nvmet port $1"
+    echo tcp > $N/ports/$1/addr_trtype
+    echo $2 > $N/ports/$1/addr_adrfam
+    echo $3 > $N/ports/$1/addr_traddr
+    echo 4420 > $N/ports/$1/addr_trsvcid
+}
+nvmet_link() {
+    ln -s $N/subsystems/$2 $N/ports/$1/subsystems/$2 || fail "nvmet: $2 on port $1"
+}
+"#;
+
 const INIT_TCP: &str = r#"
 # NVMe/TCP: the kernel's target exports a null_blk device as a subsystem on 127.0.0.1:4420
 # and [::1]:4420 (with the discovery service on the same ports), beside a subsystem that
 # allows no host.
-load modules-nvmet
-ip link set lo up || ifconfig lo 127.0.0.1 up || fail "loopback up"
-mount -t configfs none /sys/kernel/config 2>/dev/null
-N=/sys/kernel/config/nvmet
 nqn=nqn.2026-11.io.nvme-rs:tcp-null
 denied=nqn.2026-11.io.nvme-rs:tcp-denied
-mkdir $N/subsystems/$nqn $N/subsystems/$denied || fail "nvmet subsystems"
-echo 1 > $N/subsystems/$nqn/attr_allow_any_host
-mkdir $N/subsystems/$nqn/namespaces/1
-echo /dev/nullb0 > $N/subsystems/$nqn/namespaces/1/device_path
-echo 1 > $N/subsystems/$nqn/namespaces/1/enable || fail "nvmet namespace on /dev/nullb0"
-mkdir $N/ports/1
-echo tcp > $N/ports/1/addr_trtype
-echo ipv4 > $N/ports/1/addr_adrfam
-echo 127.0.0.1 > $N/ports/1/addr_traddr
-echo 4420 > $N/ports/1/addr_trsvcid
-ln -s $N/subsystems/$nqn $N/ports/1/subsystems/$nqn || fail "nvmet port"
-ln -s $N/subsystems/$denied $N/ports/1/subsystems/$denied
-mkdir $N/ports/2
-echo tcp > $N/ports/2/addr_trtype
-echo ipv6 > $N/ports/2/addr_adrfam
-echo ::1 > $N/ports/2/addr_traddr
-echo 4420 > $N/ports/2/addr_trsvcid
-ln -s $N/subsystems/$nqn $N/ports/2/subsystems/$nqn || fail "nvmet IPv6 port"
+nvmet_subsystem $nqn /dev/nullb0
+nvmet_subsystem $denied
+nvmet_port 1 ipv4 127.0.0.1
+nvmet_link 1 $nqn
+nvmet_link 1 $denied
+nvmet_port 2 ipv6 ::1
+nvmet_link 2 $nqn
 echo "HWTEST-INIT nvmet-tcp exports $nqn on 127.0.0.1:4420 and [::1]:4420"
 /bin/nvme-hwtest --tcp "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:$nqn" \
     --tcp6 "trtype:TCP adrfam:IPv6 traddr:::1 trsvcid:4420 subnqn:$nqn" --tcp-denied $denied --tools /bin \
@@ -410,18 +423,14 @@ echo "HWTEST-INIT nvmet-tcp exports $nqn on 127.0.0.1:4420 and [::1]:4420"
 echo "HWTEST-INIT tcp checks exited with status $?"
 
 # I/O over NVMe/TCP: the hardware suite's single-process tests through the same API as on
-# PCIe, on a file-backed subsystem whose data is then checked in the backing file, while
+# PCIe, on a subsystem whose data is then read back from its disk, while
 # nvme-perf in another process (its own association) reads the null subsystem.
 # A 64 MiB RAM disk (brd) behind it: a block device, so that Write Zeroes works (nvmet's
 # file backend zeroes with fallocate, which the initramfs's ramfs does not have).
 data=nqn.2026-11.io.nvme-rs:tcp-data
 [ -b /dev/ram0 ] || fail "no /dev/ram0 (brd)"
-mkdir $N/subsystems/$data || fail "nvmet data subsystem"
-echo 1 > $N/subsystems/$data/attr_allow_any_host
-mkdir $N/subsystems/$data/namespaces/1
-echo /dev/ram0 > $N/subsystems/$data/namespaces/1/device_path
-echo 1 > $N/subsystems/$data/namespaces/1/enable || fail "nvmet namespace on /dev/ram0"
-ln -s $N/subsystems/$data $N/ports/1/subsystems/$data || fail "nvmet data port"
+nvmet_subsystem $data /dev/ram0
+nvmet_link 1 $data
 tcp="trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420"
 /bin/nvme-perf -r "$tcp subnqn:$nqn ns:1" -q 16 -o 4096 -w randread -t 20 > /tmp/tcp-perf.out 2>&1 &
 perf=$!
@@ -527,9 +536,9 @@ fn vm(o: &Opts) -> Result<(), String> {
 
     // 2. The initramfs.
     let init = if o.tcp_only {
-        format!("load modules-nvme\n{INIT_TCP}finish\n")
+        format!("load modules-nvme\nload modules-nvmet\n{NVMET_SH}{INIT_TCP}finish\n")
     } else {
-        format!("{INIT}{INIT_TCP}finish\n")
+        format!("{INIT}load modules-nvmet\n{NVMET_SH}{INIT_TCP}finish\n")
     };
     let mut ir = vm::Initramfs::new("hwtest-vm", &tools.busybox, &init)?;
     for (bin, name) in bins.iter().zip(names) {

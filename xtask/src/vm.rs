@@ -693,6 +693,21 @@ pub fn run(
 }
 
 impl Console {
+    /// A measurement's end: prints how busy the host's CPUs were, then `Ok` when there is
+    /// no problem, else dumps the console log into `work` and returns the problems.
+    pub fn verdict(&self, problems: Vec<String>, work: &Path) -> Result<(), String> {
+        if let Some((qemu, other)) = self.host_cores {
+            println!(
+                "host CPUs during the run: QEMU {qemu:.2} cores, everything else {other:.2} cores"
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            self.dump(work);
+            Err(problems.join("; "))
+        }
+    }
     /// The error for a guest that did not finish within `timeout`.
     pub fn timeout_error(&self, timeout: Duration) -> String {
         format!(
