@@ -26,6 +26,10 @@ const TARGET_QD32_IOPS: f64 = 1.2;
 const TARGET_QD1_LATENCY: f64 = 0.85;
 const TARGET_TWO_PROCESSES: f64 = 1.0;
 const TARGET_SECONDARY: f64 = 0.95;
+/// A secondary's whole process (attach, Identify, detach) beside a running primary.
+const TARGET_ATTACH: f64 = 0.10;
+/// Secondaries timed per round and tool (their mean is the round's figure).
+const ATTACH_RUNS: u32 = 5;
 
 /// The namespace: nsid 1, 4 KiB blocks, 1 GiB, null-co.
 const NS_BYTES: u64 = 1 << 30;
@@ -66,6 +70,13 @@ impl Tool {
             Tool::Spdk => "/spdk/spdk_nvme_perf",
         }
     }
+    /// The secondary that attaches, identifies the controller and detaches.
+    fn identify(self) -> &'static str {
+        match self {
+            Tool::Ours => "/bin/nvmectl -i 1 id-ctrl -r \"trtype:PCIe traddr:$bdf\"",
+            Tool::Spdk => "/spdk/spdk_nvme_identify -i 1 -r \"trtype:PCIe traddr:$bdf\"",
+        }
+    }
     /// One run's command line (`$bdf`: the controller's address in the guest's shell).
     fn command(self, depth: u32, time_s: u64, extra: &str) -> String {
         format!(
@@ -98,6 +109,16 @@ fn round_script(round: u32, time_s: u64) -> String {
             n = t.name(),
             a = t.command(32, time_s, "-i 1 -c 0x1 -a 3"),
             b = t.command(32, time_s, "-i 1 -c 0x2 -a 1"),
+        ));
+    }
+    // A primary on core 0 (long enough for the secondaries), and beside it the secondaries
+    // one after the other on core 1.
+    for t in order {
+        s.push_str(&format!(
+            "attach {n}-attach-r{round} {ATTACH_RUNS} '{p}' '{i}'\n",
+            n = t.name(),
+            p = t.command(32, time_s.max(10), "-i 1 -c 0x1"),
+            i = t.identify(),
         ));
     }
     s
@@ -135,6 +156,28 @@ bench2() {
         echo "BENCH-TEXT $1 rc=$2 $(total /tmp/$1.out)"
         [ $2 = 0 ] || echo "BENCH-FAIL $1 exit $2: $(tail -n 5 /tmp/$1.err /tmp/$1.out | tr '\n' ' ')"
     done
+}
+# attach NAME N 'PRIMARY' 'SECONDARY': the primary, and once it runs its workload (both
+# tools print "Initialization complete") N secondaries one after the other on core 1;
+# echoes the uptime before and after them (10 ms resolution: N secondaries together).
+attach() {
+    echo "BENCH-RUN $1: $3 beside $4"
+    sh -c "$3" > /tmp/$1.out 2> /tmp/$1.err &
+    a=$!
+    i=0
+    while ! grep -q "Initialization complete" /tmp/$1.out && [ $i -lt 100 ]; do
+        sleep 0.2; i=$((i+1))
+    done
+    sleep 1
+    rc=0
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    for i in $(seq $2); do
+        taskset 0x2 sh -c "$4" > /dev/null 2>> /tmp/$1.err || { rc=$?; break; }
+    done
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    wait $a
+    echo "BENCH-ATTACH $1 rc=$rc runs=$2 $t0 $t1"
+    [ $rc = 0 ] || echo "BENCH-FAIL $1 exit $rc: $(tail -n 5 /tmp/$1.err | tr '\n' ' ')"
 }
 /bin/nvme-setup bind $bdf || fail "nvme-setup bind $bdf"
 . /bench.sh
@@ -176,6 +219,39 @@ fn figures(log: &str, name: &str) -> Result<Figures, String> {
     match nums[..] {
         [iops, _mib, avg, ..] if iops > 0.0 => Ok(Figures { iops, lat_us: avg }),
         _ => Err(format!("{name}: no IOPS in its Total line '{rest}'")),
+    }
+}
+
+/// The mean time of one secondary in ms, from the `BENCH-ATTACH <name> rc=0 runs=N T0 T1`
+/// line (uptimes in seconds).
+fn attach_ms(log: &str, name: &str) -> Result<f64, String> {
+    let prefix = format!("BENCH-ATTACH {name} rc=");
+    let line = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&prefix))
+        .ok_or_else(|| format!("{name}: no result line (the guest stopped before this run?)"))?;
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.first() != Some(&"0") {
+        let fail = format!("BENCH-FAIL {name} ");
+        let why = log
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&fail))
+            .unwrap_or("");
+        return Err(format!("{name}: a secondary failed: {why}")
+            .trim()
+            .to_string());
+    }
+    let bad = || format!("{name}: bad line 'BENCH-ATTACH {name} rc={line}'");
+    let runs: f64 = f
+        .get(1)
+        .and_then(|r| r.strip_prefix("runs="))
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0.0)
+        .ok_or_else(bad)?;
+    let t: Vec<f64> = f[2..].iter().filter_map(|x| x.parse().ok()).collect();
+    match t[..] {
+        [t0, t1] if t1 >= t0 => Ok((t1 - t0) * 1000.0 / runs),
+        _ => Err(bad()),
     }
 }
 
@@ -251,6 +327,16 @@ fn table(log: &str, rounds: u32, header: &str) -> (String, Vec<String>) {
     let sec = |t: &str, r: u32| Some(f(t, "2p-b", r)?.iops / f(t, "2p-a", r)?.iops);
     row("secondary / primary IOPS, ours", &mut |r| sec("ours", r));
     row("secondary / primary IOPS, SPDK", &mut |r| sec("spdk", r));
+    let mut attach = |t: &str, r: u32| match attach_ms(log, &format!("{t}-attach-r{r}")) {
+        Ok(ms) => Some(ms),
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    };
+    let attach_label = "secondary attach+identify+detach ms, ";
+    row(&format!("{attach_label}ours"), &mut |r| attach("ours", r));
+    row(&format!("{attach_label}SPDK"), &mut |r| attach("spdk", r));
 
     let mut out = format!("{header}\n\n{:<38}", "");
     for r in 1..=rounds {
@@ -307,6 +393,12 @@ fn table(log: &str, rounds: u32, header: &str) -> (String, Vec<String>) {
         TARGET_SECONDARY,
         true,
     ));
+    out.push_str(&verdict(
+        "a secondary's attach + identify + detach beside a primary, ours / SPDK",
+        ratio(m(8), m(9)),
+        TARGET_ATTACH,
+        false,
+    ));
     (out, problems)
 }
 
@@ -317,10 +409,11 @@ pub fn run(spdk: &Path, time_s: u64, rounds: u32, mut vm_opts: VmOpts) -> Result
         vm_opts.aw_bits = Some(48);
     }
     let tools = vm::prerequisites(&[], ")")?;
-    let bins = vm::build_static(&["nvme-tools"], &["nvme-perf", "nvme-setup"])?;
+    let bins = vm::build_static(&["nvme-tools"], &["nvme-perf", "nvme-setup", "nvmectl"])?;
     let mut ir = vm::Initramfs::new("bench-spdk-vm", &tools.busybox, INIT)?;
     ir.install(&bins[0], "bin/nvme-perf")?;
     ir.install(&bins[1], "bin/nvme-setup")?;
+    ir.install(&bins[2], "bin/nvmectl")?;
     ir.modules(&tools.moddir, VFIO_MODULES, "modules-vfio")?;
     let root = ir.work.join("root");
     let st = Command::new("cp")
@@ -383,7 +476,11 @@ mod tests {
         let first = |s: &str| s.lines().next().unwrap().to_string();
         assert!(first(&r1).starts_with("bench ours-q32-r1 '/bin/nvme-perf -q 32"));
         assert!(first(&r2).starts_with("bench spdk-q32-r2 '/spdk/spdk_nvme_perf -q 32"));
-        assert_eq!(r1.lines().count(), 6);
+        assert_eq!(r1.lines().count(), 8);
+        assert!(r1.contains(
+            "attach ours-attach-r1 5 '/bin/nvme-perf -q 32 -o 4096 -w randread -t 10 -i 1 -c 0x1 -r \"trtype:PCIe traddr:$bdf ns:1\"' '/bin/nvmectl -i 1 id-ctrl"
+        ));
+        assert!(r2.contains("attach spdk-attach-r2 5 '/spdk/spdk_nvme_perf"));
         assert!(r1.contains(
             "bench2 ours-2p-a-r1 ours-2p-b-r1 '/bin/nvme-perf -q 32 -o 4096 -w randread -t 5 -i 1 -c 0x1 -a 3"
         ));
@@ -434,6 +531,11 @@ mod tests {
                     "BENCH-TEXT {name}-r{r} rc=0 Total : {iops} 1.0 {lat} 1.0 2.0\n"
                 ));
             }
+            // Five secondaries in 0.30 s (ours) and in 3.40 s (SPDK's).
+            log.push_str(&format!(
+                "BENCH-ATTACH ours-attach-r{r} rc=0 runs=5 100.00 100.30\n\
+                 BENCH-ATTACH spdk-attach-r{r} rc=0 runs=5 200.00 203.40\n"
+            ));
         }
         let (t, problems) = table(&log, 3, "h");
         assert!(problems.is_empty(), "{problems:?}");
@@ -453,7 +555,25 @@ mod tests {
             t.contains("secondary / primary QD32 IOPS, ours: 0.97x (target >= 0.95x: met)"),
             "{t}"
         );
+        assert!(
+            t.contains("ours / SPDK: 0.09x (target <= 0.10x: met)"),
+            "{t}"
+        );
         let (_, problems) = table("", 1, "h");
-        assert_eq!(problems.len(), 8);
+        assert_eq!(problems.len(), 10);
+    }
+
+    #[test]
+    fn attach_times_and_failures() {
+        let log = "BENCH-ATTACH ours-attach-r1 rc=0 runs=5 12.50 13.25\n\
+                   BENCH-ATTACH spdk-attach-r1 rc=1 runs=5 12.50 13.25\n\
+                   BENCH-FAIL spdk-attach-r1 exit 1: EAL: cannot attach\n";
+        assert!((attach_ms(log, "ours-attach-r1").unwrap() - 150.0).abs() < 1e-6);
+        assert!(attach_ms(log, "spdk-attach-r1")
+            .unwrap_err()
+            .contains("EAL: cannot attach"));
+        assert!(attach_ms(log, "ours-attach-r2")
+            .unwrap_err()
+            .contains("no result"));
     }
 }
