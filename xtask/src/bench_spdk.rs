@@ -111,6 +111,11 @@ fn round_script(round: u32, time_s: u64) -> String {
             b = t.command(32, time_s, "-i 1 -c 0x2 -a 1"),
         ));
     }
+    // What starting nvmectl costs before it attaches anything (a large static binary, the
+    // argument parser), for scale.
+    s.push_str(&format!(
+        "startup ours-start-r{round} {ATTACH_RUNS} '/bin/nvmectl --version'\n"
+    ));
     // A primary on core 0 (long enough for the secondaries), and beside it the secondaries
     // one after the other on core 1.
     for t in order {
@@ -178,6 +183,17 @@ attach() {
     wait $a
     echo "BENCH-ATTACH $1 rc=$rc runs=$2 $t0 $t1"
     [ $rc = 0 ] || echo "BENCH-FAIL $1 exit $rc: $(tail -n 5 /tmp/$1.err | tr '\n' ' ')"
+}
+# startup NAME N 'COMMAND': N runs of COMMAND on core 1, timed like attach's.
+startup() {
+    echo "BENCH-RUN $1: $3"
+    rc=0
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    for i in $(seq $2); do
+        taskset 0x2 sh -c "$3" > /dev/null 2>> /tmp/$1.err || { rc=$?; break; }
+    done
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    echo "BENCH-ATTACH $1 rc=$rc runs=$2 $t0 $t1"
 }
 /bin/nvme-setup bind $bdf || fail "nvme-setup bind $bdf"
 . /bench.sh
@@ -327,7 +343,7 @@ fn table(log: &str, rounds: u32, header: &str) -> (String, Vec<String>) {
     let sec = |t: &str, r: u32| Some(f(t, "2p-b", r)?.iops / f(t, "2p-a", r)?.iops);
     row("secondary / primary IOPS, ours", &mut |r| sec("ours", r));
     row("secondary / primary IOPS, SPDK", &mut |r| sec("spdk", r));
-    let mut attach = |t: &str, r: u32| match attach_ms(log, &format!("{t}-attach-r{r}")) {
+    let mut attach = |run: &str, r: u32| match attach_ms(log, &format!("{run}-r{r}")) {
         Ok(ms) => Some(ms),
         Err(e) => {
             problems.push(e);
@@ -335,8 +351,15 @@ fn table(log: &str, rounds: u32, header: &str) -> (String, Vec<String>) {
         }
     };
     let attach_label = "secondary attach+identify+detach ms, ";
-    row(&format!("{attach_label}ours"), &mut |r| attach("ours", r));
-    row(&format!("{attach_label}SPDK"), &mut |r| attach("spdk", r));
+    row(&format!("{attach_label}ours"), &mut |r| {
+        attach("ours-attach", r)
+    });
+    row(&format!("{attach_label}SPDK"), &mut |r| {
+        attach("spdk-attach", r)
+    });
+    row("nvmectl --version alone ms, for scale", &mut |r| {
+        attach("ours-start", r)
+    });
 
     let mut out = format!("{header}\n\n{:<38}", "");
     for r in 1..=rounds {
@@ -476,7 +499,8 @@ mod tests {
         let first = |s: &str| s.lines().next().unwrap().to_string();
         assert!(first(&r1).starts_with("bench ours-q32-r1 '/bin/nvme-perf -q 32"));
         assert!(first(&r2).starts_with("bench spdk-q32-r2 '/spdk/spdk_nvme_perf -q 32"));
-        assert_eq!(r1.lines().count(), 8);
+        assert_eq!(r1.lines().count(), 9);
+        assert!(r1.contains("startup ours-start-r1 5 '/bin/nvmectl --version'"));
         assert!(r1.contains(
             "attach ours-attach-r1 5 '/bin/nvme-perf -q 32 -o 4096 -w randread -t 10 -i 1 -c 0x1 -r \"trtype:PCIe traddr:$bdf ns:1\"' '/bin/nvmectl -i 1 id-ctrl"
         ));
@@ -534,7 +558,8 @@ mod tests {
             // Five secondaries in 0.30 s (ours) and in 3.40 s (SPDK's).
             log.push_str(&format!(
                 "BENCH-ATTACH ours-attach-r{r} rc=0 runs=5 100.00 100.30\n\
-                 BENCH-ATTACH spdk-attach-r{r} rc=0 runs=5 200.00 203.40\n"
+                 BENCH-ATTACH spdk-attach-r{r} rc=0 runs=5 200.00 203.40\n\
+                 BENCH-ATTACH ours-start-r{r} rc=0 runs=5 300.00 300.10\n"
             ));
         }
         let (t, problems) = table(&log, 3, "h");
@@ -560,7 +585,7 @@ mod tests {
             "{t}"
         );
         let (_, problems) = table("", 1, "h");
-        assert_eq!(problems.len(), 10);
+        assert_eq!(problems.len(), 11);
     }
 
     #[test]
