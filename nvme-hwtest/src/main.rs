@@ -33,6 +33,19 @@ use std::process::ExitCode;
 
 use nvme_host_linux::PciAddress;
 
+/// `nvmectl admin-passthru` of Identify Controller (opcode 06h, CNS 1, 4 KiB read): the
+/// raw admin command the tool scenarios send, over PCIe and over NVMe/TCP.
+pub const NVMECTL_IDENTIFY_PASSTHRU: &[&str] = &[
+    "admin-passthru",
+    "-o",
+    "6",
+    "--cdw10",
+    "1",
+    "-l",
+    "4096",
+    "--read",
+];
+
 /// Command-line configuration.
 #[derive(Debug, Default, Clone)]
 pub struct Config {
