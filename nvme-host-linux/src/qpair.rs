@@ -34,6 +34,12 @@ pub struct QueueOptions {
     /// of polling. When the controller has no vector for this queue, the queue is polled
     /// and [`IoQueuePair::interrupt_fallback`] says why. Default: off.
     pub interrupts: bool,
+    /// Commands in flight at most (`None`: as many as the ring holds, `entries - 1`). Fewer
+    /// than the ring holds keep the per-command memory (PRP lists) small while a large ring
+    /// lets the completion queue's head doorbell be written rarely: it is written only when
+    /// the controller could otherwise find the queue full, about once every
+    /// `entries - 1 - requests` completions (see `nvme_core::QueuePair`).
+    pub requests: Option<u32>,
 }
 
 impl QueueOptions {
@@ -42,12 +48,31 @@ impl QueueOptions {
         QueueOptions {
             entries,
             interrupts: false,
+            requests: None,
         }
     }
     /// The same options with interrupts on or off (see [`interrupts`](Self::interrupts)).
     pub const fn with_interrupts(mut self, on: bool) -> QueueOptions {
         self.interrupts = on;
         self
+    }
+    /// The same options with at most `n` commands in flight (see
+    /// [`requests`](Self::requests)).
+    pub const fn with_requests(mut self, n: u32) -> QueueOptions {
+        self.requests = Some(n);
+        self
+    }
+    /// Command slots of the queue pair: [`requests`](Self::requests) within what the ring
+    /// holds. An error names a request count of 0.
+    fn slots(&self) -> Result<usize> {
+        let ring = QueueConfig::slots(self.entries);
+        match self.requests {
+            None => Ok(ring),
+            Some(0) => Err(Error::Invalid(
+                "I/O queue options: 0 requests in flight; give at least 1 (or None for as many as the ring holds)".into(),
+            )),
+            Some(n) => Ok(ring.min(n as usize)),
+        }
     }
 }
 
@@ -198,13 +223,13 @@ impl IoQueuePair {
             return Self::create_tcp(ctrl, opts);
         }
         let entries = opts.entries;
+        let nslots = opts.slots()?;
         let ps = info.page_size;
         let max_transfer = ctrl.max_transfer();
         let sq_len = (entries as usize * 64).next_multiple_of(ps);
         let cq_len = (entries as usize * 16).next_multiple_of(ps);
-        let prp_len = QueueConfig::prp_len(entries, ps, max_transfer);
-        let dsm_len =
-            (QueueConfig::slots(entries) * std::mem::size_of::<DsmRange>()).next_multiple_of(ps);
+        let prp_len = nslots * QueueConfig::prp_pages_per_slot(ps, max_transfer) * ps;
+        let dsm_len = (nslots * std::mem::size_of::<DsmRange>()).next_multiple_of(ps);
         let data_pointer = ctrl.io_data_pointer(ctrl.options().data_pointer)?;
         let qid = ctrl.alloc_qid()?;
         let live = ctrl.state().liveness().clone();
@@ -227,9 +252,7 @@ impl IoQueuePair {
                 prp: r.sub(sq_len + cq_len, prp_len).expect("prp"),
             };
             let dsm = r.sub(sq_len + cq_len + prp_len, dsm_len).expect("dsm");
-            let slots: Box<[Slot<IoCtx>]> = (0..QueueConfig::slots(entries))
-                .map(|_| Slot::EMPTY)
-                .collect();
+            let slots: Box<[Slot<IoCtx>]> = (0..nslots).map(|_| Slot::EMPTY).collect();
             let regs = crate::transport::registers(ctrl.transport().as_ref())?;
             let mut qp = QueuePair::new(cfg, regs, slots)
                 .map_err(|e| Error::Invalid(format!("I/O queue {qid}: {e}")))?;
@@ -342,7 +365,7 @@ impl IoQueuePair {
         let entries = opts.entries;
         let max_transfer = ctrl.max_transfer();
         let ps = ctrl.info().page_size;
-        let slots = QueueConfig::slots(entries);
+        let slots = opts.slots()?;
         let dsm_len = (slots * std::mem::size_of::<DsmRange>()).next_multiple_of(ps);
         let qid = ctrl.alloc_qid()?;
         let live = ctrl.state().liveness().clone();

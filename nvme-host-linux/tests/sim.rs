@@ -339,6 +339,51 @@ fn queue_full_back_pressure() {
     assert!(e.to_string().contains("queue holds"), "{e}");
 }
 
+/// A large ring with few commands in flight (`QueueOptions::requests`): the queue pair
+/// takes only that many commands, and the completion queue's head doorbell goes out about
+/// once per ring's worth of completions instead of once per I/O.
+#[test]
+fn fewer_requests_than_the_ring_holds() {
+    let ctrl = two_namespaces();
+    let e = ctrl
+        .alloc_io_queue(QueueOptions::new(64).with_requests(0))
+        .unwrap_err();
+    assert!(e.to_string().contains("0 requests"), "{e}");
+    let mut qp = ctrl
+        .alloc_io_queue(QueueOptions::new(64).with_requests(2))
+        .unwrap();
+    assert_eq!(qp.capacity(), 2);
+    let mut buf = ctrl.alloc_dma(4096).unwrap();
+    for i in 0..3u64 {
+        let r = qp.write(
+            1,
+            i,
+            buf.slice(i as usize * 512..(i as usize + 1) * 512).unwrap(),
+            i,
+        );
+        assert_eq!(r.is_ok(), i < 2, "submission {i}: {r:?}");
+    }
+    qp.drain(T, |_, r| r.unwrap()).unwrap();
+    // 200 I/Os at depth 1 on a 64-entry ring: the head is reported when the consumed
+    // entries plus the one in flight would exceed 63, so 3 times, not 200.
+    let before = qp.stats().cq_doorbells;
+    for i in 0..200u64 {
+        qp.read_sync(1, i, buf.slice(0..512).unwrap()).unwrap();
+    }
+    let rung = qp.stats().cq_doorbells - before;
+    assert!(
+        (1..=4).contains(&rung),
+        "{rung} head doorbells for 200 I/Os"
+    );
+    // The default is as many requests as the ring holds.
+    assert_eq!(
+        ctrl.alloc_io_queue(QueueOptions::new(64))
+            .unwrap()
+            .capacity(),
+        63
+    );
+}
+
 #[test]
 fn write_zeroes_deallocate_and_flush() {
     let ctrl = two_namespaces();

@@ -66,8 +66,8 @@ pub struct Cli {
     /// Continue after I/O errors, printing every Nth error.
     #[arg(short = 'Q', long = "continue-on-error", value_name = "N")]
     pub continue_on_error: Option<u64>,
-    /// Entries of each I/O queue (default: what the queue depth needs, within the
-    /// controller's maximum).
+    /// Entries of each I/O queue (default: 1024, or what the queue depth needs if more,
+    /// within the controller's maximum).
     #[arg(long = "io-queue-size", value_name = "N")]
     pub io_queue_size: Option<u32>,
     /// Print the results as one JSON object on stdout instead of the table.

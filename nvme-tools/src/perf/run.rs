@@ -239,6 +239,7 @@ fn select_namespaces(ctrls: &[Controller], cfg: &Config) -> Result<Vec<Job>, Err
             let queue_entries = geometry
                 .entries(cfg.io_queue_size)
                 .map_err(|e| Error::new(format!("{name}: {e}")))?;
+            let queue_requests = geometry.requests(queue_entries);
             jobs.push(Job {
                 ctrl: ctrl.clone(),
                 ctrl_index,
@@ -248,6 +249,7 @@ fn select_namespaces(ctrls: &[Controller], cfg: &Config) -> Result<Vec<Job>, Err
                 blocks,
                 block_size: bs,
                 queue_entries,
+                queue_requests,
             });
         }
     }
@@ -305,12 +307,20 @@ impl QueueGeometry {
         self.io_size.div_ceil(chunk)
     }
 
-    /// Entries per I/O queue: `requested` if it is valid, else enough for this queue pair's
-    /// share of the queue depth, within the controller's maximum. (When the queue is
-    /// smaller than the depth, the rest waits for free entries.)
+    /// Commands this queue pair's share of the queue depth keeps in flight.
+    fn commands_in_flight(&self) -> usize {
+        let per_qpair = self.io_depth.div_ceil(self.qpairs.max(1)) as usize;
+        per_qpair.saturating_mul(self.commands_per_io())
+    }
+
+    /// Entries per I/O queue: `requested` if it is valid, else [`DEFAULT_RING_ENTRIES`] or
+    /// what this queue pair's share of the queue depth needs if that is more, within the
+    /// controller's maximum. (When the queue is smaller than the depth, the rest waits for
+    /// free entries.) A ring larger than the commands in flight lets the driver write the
+    /// completion queue's head doorbell rarely, as SPDK's perf, which takes the controller's
+    /// largest queue, does too.
     pub fn entries(&self, requested: Option<u32>) -> Result<u32, String> {
         let parts = self.commands_per_io();
-        let per_qpair = self.io_depth.div_ceil(self.qpairs.max(1)) as usize;
         let entries = match requested {
             Some(n) if n < 2 || n > self.max_entries => {
                 return Err(format!(
@@ -319,7 +329,8 @@ impl QueueGeometry {
                 ))
             }
             Some(n) => n,
-            None => (per_qpair.saturating_mul(parts).saturating_add(1))
+            None => (self.commands_in_flight().saturating_add(1))
+                .max(DEFAULT_RING_ENTRIES as usize)
                 .clamp(2, self.max_entries as usize) as u32,
         };
         if parts > entries as usize - 1 {
@@ -332,7 +343,19 @@ impl QueueGeometry {
         }
         Ok(entries)
     }
+
+    /// Commands in flight at most on a queue of `entries` entries: the queue depth's share
+    /// (the driver's per-command memory is sized by it, not by the ring).
+    pub fn requests(&self, entries: u32) -> u32 {
+        self.commands_in_flight()
+            .clamp(1, entries.saturating_sub(1).max(1) as usize) as u32
+    }
 }
+
+/// Default entries of an I/O queue (within the controller's maximum): large enough that
+/// the completion queue's head doorbell goes out about once per thousand completions at
+/// low queue depths, small enough (80 KiB of rings) to cost nothing.
+pub const DEFAULT_RING_ENTRIES: u32 = 1024;
 
 /// SPDK's association of namespaces with workers: round robin over both lists, as many
 /// pairs as the longer list has entries (every namespace is used and every worker busy).
@@ -689,28 +712,50 @@ mod tests {
             io_size: 4096,
             block_size: 512,
             max_transfer: 128 << 10,
-            max_entries: 1024,
+            max_entries: 2048,
         };
         assert_eq!(g.commands_per_io(), 1);
-        assert_eq!(g.entries(None), Ok(33));
-        assert_eq!(QueueGeometry { qpairs: 3, ..g }.entries(None), Ok(12));
-        assert_eq!(QueueGeometry { io_depth: 1, ..g }.entries(None), Ok(2));
+        // A large ring, few commands in flight: the depth's share.
+        assert_eq!(g.entries(None), Ok(DEFAULT_RING_ENTRIES));
+        assert_eq!(g.requests(DEFAULT_RING_ENTRIES), 32);
+        let three = QueueGeometry { qpairs: 3, ..g };
+        assert_eq!(three.requests(three.entries(None).unwrap()), 11);
+        let qd1 = QueueGeometry { io_depth: 1, ..g };
+        assert_eq!(qd1.requests(qd1.entries(None).unwrap()), 1);
+        // A controller with small queues: its maximum.
+        let small = QueueGeometry {
+            max_entries: 64,
+            ..g
+        };
+        assert_eq!(small.entries(None), Ok(64));
         assert_eq!(
             QueueGeometry {
                 io_depth: 4096,
                 ..g
             }
             .entries(None),
-            Ok(1024),
+            Ok(2048),
             "clamped to the maximum"
         );
+        let deep = QueueGeometry {
+            io_depth: 1500,
+            ..g
+        };
+        assert_eq!(
+            deep.entries(None),
+            Ok(1501),
+            "the depth's needs above the default"
+        );
+        assert_eq!(deep.requests(1501), 1500);
+        assert_eq!(g.requests(9), 8, "never more than the ring holds");
         // 1 MiB I/Os over a 128 KiB maximum transfer: 8 commands each.
         let big = QueueGeometry {
             io_size: 1 << 20,
             ..g
         };
         assert_eq!(big.commands_per_io(), 8);
-        assert_eq!(big.entries(None), Ok(32 * 8 + 1));
+        assert_eq!(big.entries(None), Ok(DEFAULT_RING_ENTRIES));
+        assert_eq!(big.requests(DEFAULT_RING_ENTRIES), 32 * 8);
         assert_eq!(big.entries(Some(9)), Ok(9));
         let e = big.entries(Some(8)).unwrap_err();
         assert!(
@@ -718,7 +763,7 @@ mod tests {
             "{e}"
         );
         let e = g.entries(Some(4096)).unwrap_err();
-        assert!(e.contains("outside 2..=1024"), "{e}");
+        assert!(e.contains("outside 2..=2048"), "{e}");
         assert!(g.entries(Some(1)).is_err());
         let tiny = QueueGeometry {
             io_size: 1 << 20,

@@ -47,6 +47,8 @@ pub struct Job {
     pub block_size: u32,
     /// Entries of each I/O queue.
     pub queue_entries: u32,
+    /// Commands in flight at most on each I/O queue (the ring may be larger).
+    pub queue_requests: u32,
 }
 
 /// What one worker does.
@@ -238,7 +240,9 @@ impl NsRun {
         .starting_at(job.first_lba);
         let qpairs = (0..cfg.qpairs)
             .map(|_| {
-                let opts = QueueOptions::new(job.queue_entries).with_interrupts(cfg.interrupts);
+                let opts = QueueOptions::new(job.queue_entries)
+                    .with_requests(job.queue_requests)
+                    .with_interrupts(cfg.interrupts);
                 let qp = job.ctrl.alloc_io_queue(opts)?;
                 if let Some(why) = qp.interrupt_fallback() {
                     eprintln!("nvme-perf: {}: {why}", job.name);
