@@ -57,6 +57,14 @@ pub struct AttachOptions {
     /// supports them (default [`DataPointer::Auto`](crate::DataPointer::Auto)), or PRPs or
     /// SGLs by force.
     pub data_pointer: crate::DataPointer,
+    /// Give the controller shadow doorbell buffers (Doorbell Buffer Config) when it offers
+    /// the command, as emulated controllers do; in a shared-memory group the creator
+    /// decides for every member. Default off: the driver writes the completion queue's head
+    /// doorbell only about once per ring's worth of completions and one submission doorbell
+    /// per batch, and on QEMU's controller (TCG) the shadow buffers cost more than the MMIO
+    /// writes they save at depth (docs/performance.md). The environment variable
+    /// `NVME_SHADOW_DOORBELLS` (`1` or `0`) overrides it.
+    pub shadow_doorbells: bool,
 }
 
 /// What the driver does with a command that did not complete in time (SPDK bdev_nvme's
@@ -104,6 +112,7 @@ impl Default for AttachOptions {
             timeout_action: TimeoutAction::default(),
             abort_timeout: Duration::from_secs(1),
             data_pointer: crate::DataPointer::Auto,
+            shadow_doorbells: false,
         }
     }
 }
@@ -195,7 +204,7 @@ impl Controller {
             Some(shadow) => shadow,
             // Shadow doorbells are a PCIe controller's (NVMe/TCP has no doorbells).
             None if transport.regs().is_none() => None,
-            None => crate::shadow::setup_own(&transport, &info, &mut admin, opts.admin_timeout),
+            None => crate::shadow::setup_own(&transport, &info, &mut admin, opts),
         };
         Ok(Controller::new(
             transport, trid, opts, info, namespaces, admin, group, shadow,

@@ -153,7 +153,7 @@ fn create_group(
     let live = Liveness::new(&transport, StateRef::Group(group.clone()), group.me());
     let mut admin = Admin::shared(live, data);
     // Before anyone else can join (the join lock is held): every member follows.
-    let shadow = crate::shadow::setup_group(&group, &info, &mut admin, opts.admin_timeout)?;
+    let shadow = crate::shadow::setup_group(&group, &info, &mut admin, opts)?;
     Controller::finish(
         transport,
         trid.clone(),

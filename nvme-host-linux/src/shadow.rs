@@ -3,17 +3,20 @@
 //! shared-memory group (so that every member's queues use them), and setting them up.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use nvme_core::{Command, ControllerInfo, DmaRegion};
 
 use crate::admin::Admin;
+use crate::attach::AttachOptions;
 use crate::dma::DmaMapping;
 use crate::group::Group;
 use crate::transport::Transport;
 
-/// The environment variable that turns shadow doorbells off (set for the process that
-/// attaches alone, or for the one that creates a group: the group's members follow it).
+/// The environment variable that overrides [`AttachOptions::shadow_doorbells`] for the
+/// process that attaches alone, or for the one that creates a group (the group's members
+/// follow it): `1` on, `0` off.
+pub(crate) const SHADOW_VAR: &str = "NVME_SHADOW_DOORBELLS";
+/// The older way to turn them off (when they were on by default): set, it means off.
 pub(crate) const NO_SHADOW_VAR: &str = "NVME_NO_SHADOW_DOORBELLS";
 
 /// The shadow doorbell page and the EventIdx page (one controller page each) that the
@@ -72,23 +75,40 @@ impl ShadowPages {
     }
 }
 
-/// Does the controller offer Doorbell Buffer Config, and may we use it?
-pub(crate) fn wanted(info: &ControllerInfo) -> bool {
+/// Does the controller offer Doorbell Buffer Config, and are we asked to use it
+/// ([`AttachOptions::shadow_doorbells`], or the environment's override)?
+pub(crate) fn wanted(info: &ControllerInfo, opts: &AttachOptions) -> bool {
     use nvme_regs::identify::Oacs;
     info.identify.oacs().contains(Oacs::DOORBELL_BUFFER_CONFIG)
-        && std::env::var_os(NO_SHADOW_VAR).is_none()
+        && asked(
+            opts.shadow_doorbells,
+            std::env::var(SHADOW_VAR).ok().as_deref(),
+            std::env::var_os(NO_SHADOW_VAR).is_some(),
+        )
+}
+
+/// The choice: `NVME_NO_SHADOW_DOORBELLS` set means off, `NVME_SHADOW_DOORBELLS` `1` on and
+/// `0` off, otherwise the option.
+fn asked(option: bool, var: Option<&str>, no_var: bool) -> bool {
+    if no_var {
+        return false;
+    }
+    match var.map(str::trim) {
+        Some("1") => true,
+        Some("0") => false,
+        _ => option,
+    }
 }
 
 /// Gives the controller shadow doorbell buffers of this process's own when it offers them
-/// and `NVME_NO_SHADOW_DOORBELLS` is not set (a process attached alone). A failure only
-/// means MMIO doorbells.
+/// and they are asked for (a process attached alone). A failure only means MMIO doorbells.
 pub(crate) fn setup_own(
     transport: &Arc<dyn Transport>,
     info: &ControllerInfo,
     admin: &mut Admin,
-    timeout: Duration,
+    opts: &AttachOptions,
 ) -> Option<ShadowPages> {
-    if !wanted(info) {
+    if !wanted(info, opts) {
         return None;
     }
     let ps = info.page_size;
@@ -102,32 +122,62 @@ pub(crate) fn setup_own(
     // The buffers are not a PRP, but the controller may use them once the command ran:
     // on a timeout they stay mapped like a data buffer.
     admin
-        .execute(None, pages.config_command(), None, Some(mem), timeout)
+        .execute(
+            None,
+            pages.config_command(),
+            None,
+            Some(mem),
+            opts.admin_timeout,
+        )
         .ok()?;
     Some(pages)
 }
 
 /// At group creation (join lock held, no other member yet): gives the controller the two
 /// pages reserved in the group's admin segment when it offers Doorbell Buffer Config and
-/// `NVME_NO_SHADOW_DOORBELLS` is not set, and records in the control segment that the
+/// they are asked for, and records in the control segment that the
 /// group uses them. A failure only means MMIO doorbells, for every member.
 pub(crate) fn setup_group(
     group: &Arc<Group>,
     info: &ControllerInfo,
     admin: &mut Admin,
-    timeout: Duration,
+    opts: &AttachOptions,
 ) -> crate::error::Result<Option<ShadowPages>> {
-    if !wanted(info) {
+    if !wanted(info, opts) {
         return Ok(None);
     }
     let (db, ei) = group.shadow_regions()?;
     let pages = ShadowPages::of_group(group, db, ei);
     if admin
-        .execute(Some(group), pages.config_command(), None, None, timeout)
+        .execute(
+            Some(group),
+            pages.config_command(),
+            None,
+            None,
+            opts.admin_timeout,
+        )
         .is_err()
     {
         return Ok(None);
     }
     group.set_shadow_on();
     Ok(Some(pages))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::asked;
+
+    #[test]
+    fn the_environment_overrides_the_option() {
+        assert!(!asked(false, None, false), "off by default");
+        assert!(asked(true, None, false));
+        assert!(asked(false, Some("1"), false));
+        assert!(!asked(true, Some("0"), false));
+        assert!(asked(true, Some("yes"), false), "anything else: the option");
+        assert!(
+            !asked(true, Some("1"), true),
+            "the older variable means off"
+        );
+    }
 }

@@ -957,9 +957,14 @@ fn rounds() -> (&'static str, String) {
     ("NVME_MP_ROUNDS", ROUNDS.to_string())
 }
 
+/// The environment of a group creator that asks for shadow doorbells (off by default).
+fn shadow_on() -> (&'static str, String) {
+    ("NVME_SHADOW_DOORBELLS", "1".to_string())
+}
+
 fn a_secondarys_io_goes_through_the_groups_shadow_doorbells() -> Outcome {
     let s = Scenario::new(41);
-    let mut keeper = s.spawn("keeper", "wait", &[]);
+    let mut keeper = s.spawn("keeper", "wait", &[shadow_on()]);
     keeper.line("READY primary")?;
     let mut sec = s.spawn("secondary", "io", &[lba(0), rounds()]);
     sec.line("READY secondary")?;
@@ -985,14 +990,18 @@ fn a_secondarys_io_goes_through_the_groups_shadow_doorbells() -> Outcome {
 const QIDS_AT: u64 = 8744 + 16 * 64;
 const SHADOW_AT: u64 = 46816;
 
-/// A member that outlives the scenario's other children (`keep`, the primary): the group and
-/// its controller stay after [`Scenario::stop`], until [`release`].
+/// A member that outlives the scenario's other children (`keep`, the primary, which asks
+/// for shadow doorbells): the group and its controller stay after [`Scenario::stop`],
+/// until [`release`].
 fn keeper(s: &Scenario) -> Result<Proc, String> {
     let release = s.dir.path().join("release-keeper");
     let mut k = s.spawn(
         "keeper",
         "keep",
-        &[("NVME_MP_RELEASE", release.display().to_string())],
+        &[
+            ("NVME_MP_RELEASE", release.display().to_string()),
+            shadow_on(),
+        ],
     );
     k.line("READY primary")?;
     Ok(k)
@@ -1103,13 +1112,14 @@ fn a_group_reset_keeps_every_member_on_shadow_doorbells() -> Outcome {
 }
 
 fn the_creator_decides_shadow_doorbells_for_the_group() -> Outcome {
-    let off = ("NVME_NO_SHADOW_DOORBELLS", "1".to_string());
-    // Turned off by the creator: MMIO doorbells for everyone.
+    let off = ("NVME_SHADOW_DOORBELLS", "0".to_string());
+    // Not asked for by the creator (the default): MMIO doorbells for everyone, a member
+    // that asks for them included.
     let s = Scenario::new(44);
-    let mut keeper = s.spawn("keeper", "wait", std::slice::from_ref(&off));
+    let mut keeper = s.spawn("keeper", "wait", &[]);
     keeper.line("READY primary")?;
     assert_eq!(control_u32(&s.group_dir(), SHADOW_AT + 16)?, 0);
-    let mut sec = s.spawn("secondary", "io", &[lba(0), rounds()]);
+    let mut sec = s.spawn("secondary", "io", &[lba(0), rounds(), shadow_on()]);
     sec.line("READY secondary")?;
     let [ios, _, _] = io_stats(&mut sec)?;
     sec.finish()?.clean()?;
@@ -1119,7 +1129,7 @@ fn the_creator_decides_shadow_doorbells_for_the_group() -> Outcome {
     // On for the group: a member that would rather not uses them all the same (the
     // controller reads every I/O queue's tail from the shadow buffer).
     let s = Scenario::new(45);
-    let mut keeper = s.spawn("keeper", "wait", &[]);
+    let mut keeper = s.spawn("keeper", "wait", &[shadow_on()]);
     keeper.line("READY primary")?;
     let mut sec = s.spawn("secondary", "io", &[lba(0), rounds(), off]);
     sec.line("READY secondary")?;
@@ -1420,8 +1430,13 @@ fn join_fails_with(s: &Scenario, name: &str, want: &[&str]) -> Outcome {
 fn a_damaged_admin_segment_is_refused_to_joiners() -> Outcome {
     let s = Scenario::new(26);
     let g = s.group_dir();
-    // An existing member sending admin commands all along.
-    let mut p = s.spawn("primary", "admin", &[("NVME_MP_NSID", "3".into())]);
+    // An existing member sending admin commands all along (with shadow doorbells, so that
+    // joiners check their pages).
+    let mut p = s.spawn(
+        "primary",
+        "admin",
+        &[("NVME_MP_NSID", "3".into()), shadow_on()],
+    );
     p.line("READY primary")?;
     p.line("PROGRESS")?;
 
