@@ -425,9 +425,15 @@ fn launch(
     let mut handles = Vec::with_capacity(workers);
     for plan in plans {
         let (config, for_worker) = (config.clone(), shared.clone());
+        // The progress loop sleeps until the next second; a worker that ends wakes it.
+        let main = std::thread::current();
         let spawned = std::thread::Builder::new()
             .name(format!("nvme-perf-{}", plan.core))
-            .spawn(move || worker::run_worker(plan, config, for_worker, workers));
+            .spawn(move || {
+                let outcome = worker::run_worker(plan, config, for_worker, workers);
+                main.unpark();
+                outcome
+            });
         match spawned {
             Ok(h) => handles.push(h),
             Err(e) => {
@@ -476,7 +482,10 @@ fn join_all(
 }
 
 /// Once a second, on a terminal only: `<n> IOPS, <n.nn> MiB/s` over the last second. Stops
-/// the workers on SIGINT / SIGTERM ([`crate::signals`]).
+/// the workers on SIGINT / SIGTERM ([`crate::signals`]). Sleeps until the next second
+/// (a worker that ends, or a signal, wakes it earlier): the main thread must not take CPU
+/// time from the workers, which may share its cores (in a TCG guest every wake-up costs
+/// tens of microseconds of emulated time).
 fn show_progress(
     handles: &[JoinHandle<Result<WorkerOutcome, Error>>],
     shared: &Shared,
@@ -510,10 +519,7 @@ fn show_progress(
             last = total;
             next += Duration::from_secs(1);
         }
-        std::thread::sleep(
-            next.saturating_duration_since(now)
-                .min(Duration::from_millis(10)),
-        );
+        std::thread::park_timeout(next.saturating_duration_since(now));
     }
     if printed {
         println!();
