@@ -77,6 +77,7 @@ struct Attached {
 
 impl Drop for Attached {
     fn drop(&mut self) {
+        crate::steps::step("detach: stopping the monitor");
         self.inner.monitor_stop.store(true, Ordering::Release);
         if let Some(m) = lock(&self.monitor).take() {
             m.thread().unpark();
@@ -837,6 +838,7 @@ impl Inner {
     /// Leaves the controller: shuts it down when this process was alone or the group's
     /// last member, lets go of memory it may have used, removes the group's files.
     fn detach(&mut self) {
+        crate::steps::step("detach: start");
         let group = self.group.clone();
         lock(&self.admin).reap_parked(group.as_deref());
         // A controller that is gone gets no shutdown notification (nothing would answer).
@@ -897,6 +899,7 @@ impl Inner {
             self.release_parked(false);
         }
         group.unlock_join();
+        crate::steps::step("detach: left the group");
     }
 
     /// Leaves a group over NVMe/TCP (this process's association already shut down): its

@@ -46,6 +46,7 @@ pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Resul
     if let TransportKind::Sim(_) = trid.kind {
         return Err(crate::no_sim());
     }
+    crate::steps::step("attach: opening the group");
     let ctrl = match (&trid.kind, Group::open(id, opts.admin_timeout)?) {
         (TransportKind::Tcp(o), Joined::Create(creating)) => create_tcp(creating, o, trid, opts)?,
         (TransportKind::Tcp(o), Joined::Join(group)) => join_tcp(group, o, trid, opts)?,
@@ -73,9 +74,11 @@ pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Resul
         }
     };
     let group = ctrl.group().expect("group member");
+    crate::steps::step("attach: controller ready, cleaning up after dead members");
     cleanup_dead(ctrl.state());
     group.unlock_join();
     start_monitor(&ctrl);
+    crate::steps::step("attach: done (monitor started)");
     Ok(ctrl)
 }
 
@@ -174,8 +177,10 @@ fn join_group(
     group.set_lock_timeout(opts.admin_timeout);
     let regs = crate::transport::registers(transport.as_ref())?;
     group.admin(regs.clone())?.join()?;
+    crate::steps::step("join: admin queue joined");
     let info = info_from_header(group.header());
     let data = DmaBuffer::new(&transport, ADMIN_DATA)?;
+    crate::steps::step("join: admin data buffer mapped");
     let group = Arc::new(group);
     // What the creator decided, read once.
     let shadow = group.shadow_pages()?;
@@ -294,6 +299,7 @@ fn join_pcie(
         }
     }
     let me = group.join()?;
+    crate::steps::step("join: member record taken");
     let mine = group.member_slice(me.index()).ok_or_else(|| {
         Error::Group(format!(
             "shared-memory group {id}: the control segment has no IOVA slice for member {}",
@@ -301,9 +307,12 @@ fn join_pcie(
         ))
     })?;
     let fds = group.fetch_fds(3)?;
+    crate::steps::step("join: VFIO descriptors received");
     let vfio = Arc::new(VfioTransport::from_shared_fds(&addr, fds)?);
     vfio.use_slice(mine);
+    crate::steps::step("join: VFIO transport ready");
     group.serve_fds(vfio.shared_fds()?)?;
+    crate::steps::step("join: serving descriptors to later joiners");
     let trid = TransportId {
         kind: TransportKind::Pcie { traddr: Some(addr) },
         nsid: trid.nsid,

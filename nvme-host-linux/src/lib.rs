@@ -75,6 +75,7 @@ mod namespace;
 mod passthru;
 mod qpair;
 mod shadow;
+mod steps;
 #[cfg(feature = "sim")]
 mod simtransport;
 mod sys;

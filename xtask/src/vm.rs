@@ -238,6 +238,11 @@ pub fn prerequisites(extra: &[(&str, &str)], hint: &str) -> Result<Tools, String
 
 /// Builds `bins` of `packages` as static release binaries in their own target directory
 /// (so the normal build is not invalidated) and returns their paths, in the order of `bins`.
+///
+/// Not position-independent (`relocation-model=static`): every run of a tool in the guest
+/// sits at the same addresses, so TCG reuses the code it translated for the last run
+/// instead of translating the binary again, and there are no relocations to apply.
+/// Measured in the bench VM: `nvmectl --version` 34-46 ms per run instead of 152 ms.
 pub fn build_static(packages: &[&str], bins: &[&str]) -> Result<Vec<PathBuf>, String> {
     let static_dir = cargo::target_dir().join("hwtest-static");
     let static_dir_s = static_dir.to_string_lossy().into_owned();
@@ -252,7 +257,10 @@ pub fn build_static(packages: &[&str], bins: &[&str]) -> Result<Vec<PathBuf>, St
     cargo::cargo(
         &args,
         &[
-            ("RUSTFLAGS", "-C target-feature=+crt-static"),
+            (
+                "RUSTFLAGS",
+                "-C target-feature=+crt-static -C relocation-model=static",
+            ),
             ("CARGO_TARGET_DIR", &static_dir_s),
             ("CARGO_PROFILE_RELEASE_DEBUG", "0"),
             ("CARGO_PROFILE_RELEASE_STRIP", "symbols"),
