@@ -65,6 +65,13 @@ pub struct AttachOptions {
     /// writes they save at depth (docs/performance.md). The environment variable
     /// `NVME_SHADOW_DOORBELLS` (`1` or `0`) overrides it.
     pub shadow_doorbells: bool,
+    /// In a shared-memory group, run this process's monitor thread: every 50 ms it records
+    /// asynchronous events when nobody sends admin commands, cleans up after members that
+    /// died and refreshes the group's namespace record. Default on. A short-lived tool
+    /// (attach, a few admin commands, detach: `nvmectl`) may do without: the other
+    /// members' monitors and every joiner do the same work, and starting the thread is a
+    /// large part of such a process's time in a TCG guest (docs/performance.md).
+    pub group_monitor: bool,
 }
 
 /// What the driver does with a command that did not complete in time (SPDK bdev_nvme's
@@ -113,6 +120,7 @@ impl Default for AttachOptions {
             abort_timeout: Duration::from_secs(1),
             data_pointer: crate::DataPointer::Auto,
             shadow_doorbells: false,
+            group_monitor: true,
         }
     }
 }

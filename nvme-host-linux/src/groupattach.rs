@@ -77,8 +77,10 @@ pub(crate) fn attach(trid: &TransportId, opts: &AttachOptions, id: u32) -> Resul
     crate::steps::step("attach: controller ready, cleaning up after dead members");
     cleanup_dead(ctrl.state());
     group.unlock_join();
-    start_monitor(&ctrl);
-    crate::steps::step("attach: done (monitor started)");
+    if opts.group_monitor {
+        start_monitor(&ctrl);
+    }
+    crate::steps::step("attach: done");
     Ok(ctrl)
 }
 

@@ -75,9 +75,9 @@ mod namespace;
 mod passthru;
 mod qpair;
 mod shadow;
-mod steps;
 #[cfg(feature = "sim")]
 mod simtransport;
+pub mod steps;
 mod sys;
 pub mod tcp;
 #[cfg(feature = "testkit")]

@@ -14,9 +14,9 @@ pub const TRACE_VAR: &str = "NVME_TRACE_STEPS";
 /// `Some(first step's time)` when tracing.
 static START: OnceLock<Option<Instant>> = OnceLock::new();
 
-/// Records that the driver reached `what`.
+/// Records that the driver (or a tool using it) reached `what`.
 #[inline]
-pub(crate) fn step(what: &str) {
+pub fn step(what: &str) {
     let start = START.get_or_init(|| std::env::var_os(TRACE_VAR).map(|_| Instant::now()));
     if let Some(t0) = start {
         print(t0, what);

@@ -32,6 +32,9 @@ fn attach_from_env() -> Result<Controller, String> {
     if let Ok(ms) = env_u64("NVME_MP_ABORT_TIMEOUT_MS") {
         opts.abort_timeout = Duration::from_millis(ms);
     }
+    if std::env::var_os("NVME_MP_NO_MONITOR").is_some() {
+        opts.group_monitor = false;
+    }
     Controller::attach_with(&trid, &opts).map_err(|e| e.to_string())
 }
 
@@ -225,6 +228,19 @@ fn child(role: &str) -> i32 {
             Err(e) => Err(e.to_string()),
         },
         "admin" => child_admin(&ctrl),
+        "monitor-threads" => ctrl
+            .identify_controller()
+            .map_err(|e| e.to_string())
+            .map(|_| {
+                // A new thread names itself once it runs: give it half a second.
+                let start = Instant::now();
+                while threads_named("nvme-group") == 0
+                    && start.elapsed() < Duration::from_millis(500)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                say(format!("MONITORS {}", threads_named("nvme-group")))
+            }),
         "admin-until-error" => {
             // Admin commands until one fails; then one more, whose error is reported too;
             // then stays attached until told to stop.
@@ -1145,6 +1161,27 @@ fn the_creator_decides_shadow_doorbells_for_the_group() -> Outcome {
     Ok(())
 }
 
+/// `AttachOptions::group_monitor`: a member that does without the monitor thread (a
+/// short-lived tool) works as a member all the same; one with it has exactly one.
+fn a_member_may_do_without_the_monitor_thread() -> Outcome {
+    let s = Scenario::new(46);
+    let mut keeper = s.spawn("keeper", "wait", &[]);
+    keeper.line("READY primary")?;
+    for (env, want) in [(None, "MONITORS 1"), (Some("1"), "MONITORS 0")] {
+        let env: Vec<(&str, String)> = env
+            .map(|v| ("NVME_MP_NO_MONITOR", v.to_string()))
+            .into_iter()
+            .collect();
+        let mut m = s.spawn("member", "monitor-threads", &env);
+        m.line("READY secondary")?;
+        assert_eq!(m.line("MONITORS")?, want);
+        m.finish()?.clean()?;
+    }
+    s.stop()?;
+    keeper.finish()?.clean()?;
+    Ok(())
+}
+
 fn a_different_transport_is_refused() -> Outcome {
     let s = Scenario::new(19);
     let mut keeper = s.spawn("keeper", "wait", &[]);
@@ -2005,6 +2042,10 @@ fn main() -> ExitCode {
         (
             "the_creator_decides_shadow_doorbells_for_the_group",
             the_creator_decides_shadow_doorbells_for_the_group,
+        ),
+        (
+            "a_member_may_do_without_the_monitor_thread",
+            a_member_may_do_without_the_monitor_thread,
         ),
         (
             "a_joiner_reads_the_namespaces_from_the_group_without_identify",

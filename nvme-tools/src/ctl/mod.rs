@@ -105,6 +105,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub fn attach(trid: &TransportId, shm_id: Option<u32>) -> Result<Controller> {
     let opts = AttachOptions {
         group: shm_id,
+        // A management command is short: the long-running members' monitors look after
+        // the group (its start is a third of a secondary's attach in a TCG guest).
+        group_monitor: false,
         ..AttachOptions::default()
     };
     Ok(Controller::attach_with(trid, &opts)?)
@@ -507,6 +510,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    nvme_host_linux::steps::step("nvmectl: main");
     let cli = match Cli::parse_args(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -520,6 +524,7 @@ where
     if let Err(e) = crate::signals::install() {
         eprintln!("nvmectl: warning: no SIGINT/SIGTERM handling: {e}");
     }
+    nvme_host_linux::steps::step("nvmectl: arguments parsed");
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
