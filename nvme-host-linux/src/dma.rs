@@ -9,7 +9,7 @@ use nvme_core::DmaRegion;
 
 use crate::dmapool::Carve;
 use crate::error::{Error, Result};
-use crate::memory::SharedMemory;
+use crate::memory::{Backing, SharedMemory};
 use crate::transport::Transport;
 
 /// DMA memory mapped for one controller: a range of the transport's pool, or (larger than
@@ -62,6 +62,27 @@ impl DmaMapping {
                 e,
             )
         })?;
+        Self::map_own(transport, mem, len)
+    }
+
+    /// A segment of its own in ordinary 4 KiB pages, never a hugepage: for a small buffer
+    /// that a process may be all it needs (a group joiner's admin data), where making the
+    /// pool's first 2 MiB region would cost the kernel's zeroing of a whole hugepage.
+    fn small(transport: &Arc<dyn Transport>, name: &str, len: usize) -> Result<DmaMapping> {
+        let mem = SharedMemory::with_backing(name, len, Backing::Shared).map_err(|e| {
+            Error::os(
+                format!("allocating {len} bytes of DMA memory (shared memory)"),
+                e,
+            )
+        })?;
+        Self::map_own(transport, mem, len)
+    }
+
+    fn map_own(
+        transport: &Arc<dyn Transport>,
+        mem: SharedMemory,
+        len: usize,
+    ) -> Result<DmaMapping> {
         let iova = transport.map_dma(&mem)?;
         let region = match mem.region(0, mem.len(), iova) {
             Some(r) => r,
@@ -175,6 +196,15 @@ impl DmaBuffer {
             ));
         }
         let map = DmaMapping::new(transport, "nvme-dma", len)?;
+        Ok(DmaBuffer {
+            map: Arc::new(map),
+            len,
+            _not_sync: PhantomData,
+        })
+    }
+    /// A buffer of ordinary pages outside the pool (see `DmaMapping::small`).
+    pub(crate) fn new_small(transport: &Arc<dyn Transport>, len: usize) -> Result<DmaBuffer> {
+        let map = DmaMapping::small(transport, "nvme-admin-data", len.max(1))?;
         Ok(DmaBuffer {
             map: Arc::new(map),
             len,

@@ -181,7 +181,10 @@ fn join_group(
     group.admin(regs.clone())?.join()?;
     crate::steps::step("join: admin queue joined");
     let info = info_from_header(group.header());
-    let data = DmaBuffer::new(&transport, ADMIN_DATA)?;
+    // Ordinary pages: a joiner that only sends admin commands (a management tool) then
+    // never makes a 2 MiB pool region (its zeroing is most of a joiner's attach in a TCG
+    // guest); one that does I/O makes it when it allocates its queues.
+    let data = DmaBuffer::new_small(&transport, ADMIN_DATA)?;
     crate::steps::step("join: admin data buffer mapped");
     let group = Arc::new(group);
     // What the creator decided, read once.

@@ -61,9 +61,94 @@ impl IovaAllocator {
     }
 }
 
+/// What one attempt to map a range found.
+pub(crate) enum Attempt<E> {
+    /// Mapped.
+    Mapped,
+    /// The range is still mapped for a process that had this member slot before (it
+    /// left, or died, with memory the controller may still use).
+    Stale,
+    /// Another error: given up.
+    Failed(E),
+}
+
+/// Why [`map_skipping_stale`] gave up.
+pub(crate) enum MapError<E> {
+    /// No free range is large enough.
+    OutOfSpace,
+    /// `tries` ranges in a row were [`Attempt::Stale`].
+    Stale,
+    /// An attempt failed otherwise.
+    Failed(E),
+}
+
+/// Bytes the search moves on by, at least, after a stale range: a pool region's size, so
+/// that a small mapping gets past an earlier member's regions in a few attempts.
+const STALE_SKIP: u64 = 2 << 20;
+
+/// Allocates `len` bytes of IOVA space from `iovas` and maps them with `map`. A range
+/// still mapped for an earlier member ([`Attempt::Stale`]) stays allocated, so that it is
+/// never handed out while the controller may use it; the following attempts take blocks
+/// of at least [`STALE_SKIP`] bytes and give back what the mapping does not use. At most
+/// `tries` stale ranges in a row.
+pub(crate) fn map_skipping_stale<E>(
+    iovas: &std::sync::Mutex<IovaAllocator>,
+    len: u64,
+    tries: u32,
+    mut map: impl FnMut(u64) -> Attempt<E>,
+) -> Result<u64, MapError<E>> {
+    let lock = || iovas.lock().unwrap_or_else(|p| p.into_inner());
+    let mut block = len;
+    for _ in 0..=tries {
+        let iova = lock().alloc(block).ok_or(MapError::OutOfSpace)?;
+        match map(iova) {
+            Attempt::Mapped => {
+                if block > len {
+                    let used = len.next_multiple_of(lock().align);
+                    lock().free(iova + used, block - used);
+                }
+                return Ok(iova);
+            }
+            Attempt::Stale => block = len.max(STALE_SKIP),
+            Attempt::Failed(e) => {
+                lock().free(iova, block);
+                return Err(MapError::Failed(e));
+            }
+        }
+    }
+    Err(MapError::Stale)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_small_mapping_gets_past_an_earlier_members_regions() {
+        // An earlier member's two 2 MiB regions are still mapped at the slice's start.
+        let iovas = std::sync::Mutex::new(IovaAllocator::new(&[(0, (1 << 32) - 1)], 4096));
+        let stale = |iova: u64| (4096..4096 + (4 << 20)).contains(&iova);
+        let mut tried = Vec::new();
+        let got = map_skipping_stale::<()>(&iovas, 64 << 10, 16, |iova| {
+            tried.push(iova);
+            if stale(iova) {
+                Attempt::Stale
+            } else {
+                Attempt::Mapped
+            }
+        });
+        let iova = got.ok().expect("mapped past the stale ranges");
+        assert!(!stale(iova) && tried.len() <= 4, "{tried:x?}");
+        // The stale ranges stay allocated; the tail of the last block came back.
+        let mut a = iovas.lock().unwrap();
+        assert_eq!(a.alloc(4096), Some(iova + (64 << 10)));
+        drop(a);
+        // Nothing but stale ranges: an error after `tries`, not a loop.
+        let e = map_skipping_stale::<()>(&iovas, 4096, 3, |_| Attempt::Stale);
+        assert!(matches!(e, Err(MapError::Stale)));
+        let e = map_skipping_stale(&iovas, 4096, 3, |_| Attempt::Failed(7));
+        assert!(matches!(e, Err(MapError::Failed(7))));
+    }
 
     #[test]
     fn allocates_inside_reported_ranges_and_merges_on_free() {

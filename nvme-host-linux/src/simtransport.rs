@@ -8,7 +8,7 @@ use nvme_sim::{SimClient, SimController, SimError};
 
 use crate::dmapool::DmaPool;
 use crate::error::{Error, Result};
-use crate::iova::IovaAllocator;
+use crate::iova::{map_skipping_stale, Attempt, IovaAllocator, MapError};
 use crate::memory::{Mapping, SharedMemory};
 use crate::mmio::Mmio;
 use crate::transport::{member_iova_range, Transport};
@@ -187,29 +187,22 @@ impl Transport for SimTransport {
         Some(self.bar.clone())
     }
     fn map_dma(&self, mem: &SharedMemory) -> Result<u64> {
-        let lock = || self.iovas.lock().unwrap_or_else(|p| p.into_inner());
         let len = mem.len() as u64;
         // In a group, a range can still be mapped for a member that had this member slot
         // before (its memory is kept while the controller may use it): that range stays
-        // allocated here and the next one is tried.
-        for _ in 0..16 {
-            let iova = lock()
-                .alloc(len)
-                .ok_or_else(|| Error::Transport("software controller: out of IOVA space".into()))?;
-            match self.dev.dma_map(iova, mem) {
-                Ok(()) => return Ok(iova),
-                Err(SimError::DmaOverlap { .. }) => continue,
-                Err(e) => {
-                    lock().free(iova, len);
-                    return Err(Error::Transport(format!(
-                        "software controller DMA map: {e}"
-                    )));
-                }
-            }
-        }
-        Err(Error::Transport(format!(
-            "software controller DMA map: 16 ranges of {len} bytes in a row are still mapped for an earlier process"
-        )))
+        // allocated here and the search moves on.
+        map_skipping_stale(&self.iovas, len, 16, |iova| match self.dev.dma_map(iova, mem) {
+            Ok(()) => Attempt::Mapped,
+            Err(SimError::DmaOverlap { .. }) => Attempt::Stale,
+            Err(e) => Attempt::Failed(e),
+        })
+        .map_err(|e| match e {
+            MapError::OutOfSpace => Error::Transport("software controller: out of IOVA space".into()),
+            MapError::Stale => Error::Transport(format!(
+                "software controller DMA map: 17 ranges in a row for {len} bytes are still mapped for an earlier process"
+            )),
+            MapError::Failed(e) => Error::Transport(format!("software controller DMA map: {e}")),
+        })
     }
     fn unmap_dma(&self, iova: u64, len: usize) {
         // A failed unmap leaves the range mapped in the device: keep it out of the allocator.

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use crate::dmapool::DmaPool;
 use crate::error::{Error, Result};
-use crate::iova::IovaAllocator;
+use crate::iova::{map_skipping_stale, Attempt, IovaAllocator, MapError};
 use crate::memory::SharedMemory;
 use crate::mmio::Mmio;
 use crate::transport::{FunctionReset, Transport};
@@ -330,33 +330,30 @@ impl Transport for VfioTransport {
     }
     fn map_dma(&self, mem: &SharedMemory) -> Result<u64> {
         let len = mem.len() as u64;
-        let lock = || self.iovas.lock().unwrap_or_else(|p| p.into_inner());
         // In a group, a range can still be mapped by the process that had this member slot
         // before and is just leaving (or died without unmapping): that range stays allocated
-        // here and the next one is tried.
-        let mut attempts = 0;
-        loop {
-            let iova = lock().alloc(len).ok_or_else(|| {
-                Error::Transport(format!(
-                    "out of IOVA space for {addr}: no free range of {len} bytes inside the IOMMU's usable ranges {:x?}{}",
-                    self.iommu.iova_ranges().0,
-                    if self.shared { " (this process's slice of them)" } else { "" },
-                    addr = self.addr
-                ))
-            })?;
+        // here and the search moves on.
+        let stale_tries = if self.shared { 16 } else { 0 };
+        map_skipping_stale(&self.iovas, len, stale_tries, |iova| {
             match self.iommu.map(mem.as_ptr() as u64, iova, len) {
-                Ok(()) => return Ok(iova),
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EEXIST) && self.shared && attempts < 16 =>
-                {
-                    attempts += 1;
-                }
-                Err(e) => {
-                    lock().free(iova, len);
-                    return Err(map_error(&self.addr, mem, iova, e));
-                }
+                Ok(()) => Attempt::Mapped,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && self.shared => Attempt::Stale,
+                Err(e) => Attempt::Failed((iova, e)),
             }
-        }
+        })
+        .map_err(|e| match e {
+            MapError::OutOfSpace => Error::Transport(format!(
+                "out of IOVA space for {addr}: no free range of {len} bytes inside the IOMMU's usable ranges {:x?}{}",
+                self.iommu.iova_ranges().0,
+                if self.shared { " (this process's slice of them)" } else { "" },
+                addr = self.addr
+            )),
+            MapError::Stale => Error::Transport(format!(
+                "DMA map for {}: 17 IOVA ranges in a row for {len} bytes are still mapped for an earlier member of the group",
+                self.addr
+            )),
+            MapError::Failed((iova, e)) => map_error(&self.addr, mem, iova, e),
+        })
     }
     fn unmap_dma(&self, iova: u64, len: usize) {
         // An IOVA range whose unmap failed stays allocated, so it is never handed out twice.
