@@ -23,12 +23,18 @@ pub fn step(what: &str) {
     }
 }
 
+/// The system's monotonic clock in seconds (`CLOCK_MONOTONIC`, the clock every process of
+/// the machine shares; `/proc/uptime` counts the same while the machine does not sleep).
+pub fn monotonic_secs() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9)
+        .unwrap_or(0.0)
+}
+
 #[cold]
 fn print(t0: &Instant, what: &str) {
     let since = t0.elapsed().as_secs_f64() * 1e3;
-    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9)
-        .unwrap_or(0.0);
+    let mono = monotonic_secs();
     eprintln!(
         "nvme-steps: {since:9.3} ms (monotonic {mono:.4} s, pid {}) {what}",
         std::process::id()

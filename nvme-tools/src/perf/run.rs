@@ -481,6 +481,11 @@ fn join_all(
     }
 }
 
+/// `NVME_PERF_PROGRESS=1`: once a second, `nvme-perf progress <monotonic s> <I/Os so far>`
+/// on stderr (warm-up included), so that the rates of several processes can be compared
+/// over the same seconds (`cargo xtask bench-hw --spdk` does, for a group's two members).
+pub const PROGRESS_VAR: &str = "NVME_PERF_PROGRESS";
+
 /// Once a second, on a terminal only: `<n> IOPS, <n.nn> MiB/s` over the last second. Stops
 /// the workers on SIGINT / SIGTERM ([`crate::signals`]). Sleeps until the next second
 /// (a worker that ends, or a signal, wakes it earlier): the main thread must not take CPU
@@ -493,6 +498,7 @@ fn show_progress(
     console: Console,
 ) {
     let tty = !console.json && std::io::stdout().is_terminal();
+    let log = std::env::var_os(PROGRESS_VAR).is_some();
     let start = Instant::now();
     let mut next = start + Duration::from_secs(1);
     let mut last = 0;
@@ -515,6 +521,12 @@ fn show_progress(
                 print!("{line}\r");
                 let _ = std::io::stdout().flush();
                 printed = true;
+            }
+            if log {
+                eprintln!(
+                    "nvme-perf progress {:.3} {total}",
+                    nvme_host_linux::steps::monotonic_secs()
+                );
             }
             last = total;
             next += Duration::from_secs(1);
