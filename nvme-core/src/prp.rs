@@ -74,12 +74,13 @@ pub const fn list_pages_for_transfer(max_transfer: usize, page_size: usize) -> u
 /// no division); `None` when they touch more, or when [`build`] would refuse them.
 #[inline]
 pub fn without_list(iova: u64, len: usize, page_size: usize) -> Option<(u64, u64)> {
-    if len == 0 || iova & 3 != 0 || len > 2 * page_size {
-        return None;
-    }
     let ps = page_size as u64;
-    let end = (iova & (ps - 1)) + len as u64;
-    if end <= ps {
+    // Where the data ends, from the start of its first page: one page, two, or a list.
+    // (A length above two pages ends past them too, so it needs no check of its own.)
+    let end = (iova & (ps - 1)).saturating_add(len as u64);
+    if len == 0 || iova & 3 != 0 {
+        None
+    } else if end <= ps {
         Some((iova, 0))
     } else if end <= 2 * ps {
         Some((iova, (iova & !(ps - 1)) + ps))
@@ -232,6 +233,16 @@ mod tests {
                     ),
                 }
             }
+        }
+    }
+
+    #[test]
+    fn absurd_lengths_need_a_list() {
+        // The end of the data is computed saturating: a length near the top of the address
+        // space must not wrap around to "one page".
+        for len in [usize::MAX, usize::MAX - 2, usize::MAX / 2] {
+            assert_eq!(without_list(0x1ffc, len, PS), None, "{len}");
+            assert_eq!(without_list(0x1000, len, PS), None, "{len}");
         }
     }
 

@@ -44,16 +44,12 @@ pub const MIN_GENERATION_BITS: u32 = 2;
 pub const MAX_COMMANDS: usize = (1 << (16 - MIN_GENERATION_BITS)) - 1;
 
 /// The CID of a slot's next use after `cid`: the generation (the high bits) advanced by one
-/// (`step` is 1 << index bits), wrapping within its bits; never 0xffff, which means "no
-/// command" in the error log.
+/// (`step` is 1 << index bits), wrapping within its bits. Never 0xffff, which means "no
+/// command" in the error log: the index bits are chosen so that no slot's index is all
+/// ones (see `QueuePair::build`).
 #[inline]
 const fn next_cid(cid: u16, step: u16) -> u16 {
-    let next = cid.wrapping_add(step);
-    if next == 0xffff {
-        next.wrapping_add(step)
-    } else {
-        next
-    }
+    cid.wrapping_add(step)
 }
 
 /// What a queue pair needs to know about its queues and the controller.
@@ -211,9 +207,10 @@ pub enum DataPointer {
     Sgl,
 }
 
-/// A slot's state word: CID (bits 0-15), head slot index (16-31), commands pending (32-47,
-/// for a head) and flags (48-63), so that a submission initialises it with one store and a
-/// completion checks it with one compare.
+/// A slot's state word: CID (bits 0-15), head slot index (16-31: a split request's first
+/// slot; [`NONE`] for a request of one command and for a free slot), commands pending
+/// (32-47, for a head) and flags (48-63), so that a submission initialises it with one store
+/// and a completion checks it with one compare.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct SlotState(u64);
 
@@ -235,10 +232,12 @@ impl SlotState {
     const fn free(cid: u16) -> SlotState {
         SlotState::new(cid, NONE, 0, 0)
     }
-    /// Slot `idx` in flight with `cid`, the only command of its request.
+    /// A slot in flight with `cid`, the only command of its request. Its head field is
+    /// [`NONE`] (only a split request's slots name their head), so that the state is the
+    /// CID or'ed with a constant: one `or` to build, one compare to check.
     #[inline]
-    const fn single(cid: u16, idx: u16) -> SlotState {
-        SlotState::new(cid, idx, 1, IN_FLIGHT)
+    const fn single(cid: u16) -> SlotState {
+        SlotState::new(cid, NONE, 1, IN_FLIGHT)
     }
     #[inline]
     const fn cid(self) -> u16 {
@@ -339,7 +338,10 @@ pub struct QueuePair<Q: Rings, T, S: AsMut<[Slot<T>]>> {
     cq_limit: u32,
     /// Data as SGL descriptors ([`DataPointer::Sgl`]) rather than PRPs.
     sgl: bool,
-    outstanding_requests: usize,
+    /// Slots that split requests hold beyond their head slot: requests outstanding are the
+    /// slots in use less these (so that a one-command request, the usual case, counts
+    /// nothing but `free_count`).
+    split_extra: u16,
     stats: QueueStats,
     _ctx: core::marker::PhantomData<T>,
 }
@@ -468,7 +470,10 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
                 given: prp.len(),
             });
         }
-        let index_bits = u32::BITS - ((capacity - 1) as u32).leading_zeros();
+        // Enough index bits that the highest slot index is not all ones (capacity <= mask):
+        // then no CID is 0xffff, whatever its generation, and `next_cid` need not check.
+        // MAX_COMMANDS is one below 2^(16 - MIN_GENERATION_BITS), so this fits.
+        let index_bits = u32::BITS - (capacity as u32).leading_zeros();
         let index_bits = index_bits.clamp(1, 16 - MIN_GENERATION_BITS);
         let index_mask = ((1u32 << index_bits) - 1) as u16;
         rings.cid_index_mask(index_mask);
@@ -488,7 +493,7 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
             cq_debt: 0,
             cq_limit: entries - 1,
             sgl: false,
-            outstanding_requests: 0,
+            split_extra: 0,
             stats: QueueStats::default(),
             _ctx: core::marker::PhantomData,
         };
@@ -514,7 +519,7 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
         self.free_head = 0;
         self.free_count = self.capacity;
         self.cq_debt = 0;
-        self.outstanding_requests = 0;
+        self.split_extra = 0;
     }
 
     /// The queue identifier.
@@ -531,7 +536,7 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
     }
     /// Requests submitted and not yet completed.
     pub fn outstanding(&self) -> usize {
-        self.outstanding_requests
+        (self.capacity - self.free_count - self.split_extra) as usize
     }
     /// Free command slots.
     pub fn free_slots(&self) -> usize {
@@ -680,13 +685,12 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
         if !self.rings.push(&e) {
             return Err(SubmitError::QueueFull);
         }
-        slot.state = SlotState::single(e.cid, idx);
+        slot.state = SlotState::single(e.cid);
         slot.result.opcode = e.opcode;
         slot.ctx = Some(ctx);
         self.free_head = slot.next_free;
         self.free_count -= 1;
         self.cq_debt += 1;
-        self.outstanding_requests += 1;
         Ok(())
     }
 
@@ -705,13 +709,20 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
     ) -> Result<(), SubmitError> {
         let len = data.len();
         // The common case, one command, without a division: NVMe block sizes are powers of
-        // two (2^LBADS). Anything else (and every error) takes the general path.
-        if block_size.is_power_of_two() && len != 0 && len <= self.max_transfer {
+        // two (2^LBADS). Anything else (and every error) takes the general path. With
+        // `last` the index of the last byte (wrapping for an empty buffer, which the block
+        // count check then refuses): 1 <= len <= max_transfer, at most 65536 blocks, whole
+        // blocks.
+        if block_size.is_power_of_two() {
             let shift = block_size.trailing_zeros();
-            let blocks = len >> shift;
-            if blocks << shift == len && blocks <= MAX_BLOCKS_PER_COMMAND as usize {
+            let last = len.wrapping_sub(1);
+            if last < self.max_transfer
+                && last >> shift < MAX_BLOCKS_PER_COMMAND as usize
+                && len & (block_size as usize - 1) == 0
+            {
                 let data = Some((data.iova(), len));
-                return self.submit_one(cmd.with_lba_range(slba, blocks as u32), data, ctx);
+                let blocks = (len >> shift) as u32;
+                return self.submit_one(cmd.with_lba_range(slba, blocks), data, ctx);
             }
         }
         self.submit_split(&cmd.clone(), slba, block_size, data, ctx)
@@ -847,7 +858,7 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
             }
         }
         self.cq_debt += parts as u32;
-        self.outstanding_requests += 1;
+        self.split_extra += parts as u16 - 1;
         Ok(())
     }
 
@@ -944,13 +955,12 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
         // The usual case, a request of one command, in one compare of the state word: in
         // flight, this use's CID, its own head, one command pending, not a part.
         let (ctx, result) = match self.slots.as_mut().get_mut(idx as usize) {
-            Some(s) if s.state == SlotState::single(cqe.cid, idx) => {
+            Some(s) if s.state == SlotState::single(cqe.cid) => {
                 let ctx = s.ctx.take();
                 s.state = SlotState::free(cqe.cid);
                 s.next_free = head;
                 self.free_head = idx;
                 self.free_count += 1;
-                self.outstanding_requests -= 1;
                 let result = Completion {
                     dw0: cqe.dw0,
                     dw1: cqe.dw1,
@@ -1024,6 +1034,7 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
         let done = h.state.pending() == 0;
         if idx != head {
             self.free_slot(idx);
+            self.split_extra -= 1;
         }
         if !done {
             return None;
@@ -1032,7 +1043,6 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
         let ctx = h.ctx.take();
         let result = h.result;
         self.free_slot(head);
-        self.outstanding_requests -= 1;
         ctx.map(|c| (c, result))
     }
 
@@ -1045,7 +1055,8 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
             return None;
         }
         let s = &self.slots.as_mut()[slot];
-        (s.state.head() == slot as u16 && s.ctx.is_some()).then_some(s.state.cid())
+        // Only the slot a request starts in holds its context, while it is outstanding.
+        s.ctx.is_some().then_some(s.state.cid())
     }
 
     /// The command identifier of a command of the request whose head slot is `slot` that
@@ -1070,21 +1081,19 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
     pub fn abort_all<F: FnMut(T, Completion)>(&mut self, status: Status, mut f: F) -> usize {
         let cap = self.capacity as usize;
         let mut n = 0;
-        for i in 0..cap {
-            let s = &mut self.slots.as_mut()[i];
-            if s.state.head() == i as u16 {
-                if let Some(ctx) = s.ctx.take() {
-                    n += 1;
-                    f(
-                        ctx,
-                        Completion {
-                            dw0: 0,
-                            dw1: 0,
-                            status,
-                            opcode: s.result.opcode,
-                        },
-                    );
-                }
+        // Only the slot a request starts in holds its context.
+        for s in self.slots.as_mut()[..cap].iter_mut() {
+            if let Some(ctx) = s.ctx.take() {
+                n += 1;
+                f(
+                    ctx,
+                    Completion {
+                        dw0: 0,
+                        dw1: 0,
+                        status,
+                        opcode: s.result.opcode,
+                    },
+                );
             }
         }
         self.rings.reset();
