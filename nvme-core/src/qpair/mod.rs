@@ -941,8 +941,8 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
             }
         }
         // Every entry consumed that finished a command left `cq_debt` as it was (one more
-        // unreported, one fewer to come); a stale one (no command of ours) made it grow.
-        self.report_cq_head_if_needed();
+        // unreported, one fewer to come); a stale one (no command of ours) made it grow, and
+        // `stale` checked it there.
         finished
     }
 
@@ -1008,8 +1008,7 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
             None => false,
         };
         if !part {
-            self.stats.stale_completions += 1;
-            self.cq_debt += 1;
+            self.stale();
             return None;
         }
         let head = slots[idx as usize].state.head();
@@ -1018,8 +1017,7 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
         let h = &mut slots[head as usize];
         if h.state.pending() == 0 {
             // Not reached: a head keeps a command pending until its last part completes.
-            self.stats.stale_completions += 1;
-            self.cq_debt += 1;
+            self.stale();
             return None;
         }
         if h.result.status.is_success() {
@@ -1044,6 +1042,16 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
         let result = h.result;
         self.free_slot(head);
         ctx.map(|c| (c, result))
+    }
+
+    /// A completion entry that finished nothing of ours: counted, and one more entry the
+    /// controller counts as occupied (it finished no command that was counted as still to
+    /// come), so the lazy head rule is checked again here rather than after every poll.
+    #[cold]
+    fn stale(&mut self) {
+        self.stats.stale_completions += 1;
+        self.cq_debt += 1;
+        self.report_cq_head_if_needed();
     }
 
     /// The command identifier of the request whose head slot is `slot` (see
