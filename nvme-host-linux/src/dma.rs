@@ -204,7 +204,7 @@ impl DmaBuffer {
     }
     /// A buffer of ordinary pages outside the pool (see `DmaMapping::small`).
     pub(crate) fn new_small(transport: &Arc<dyn Transport>, len: usize) -> Result<DmaBuffer> {
-        let map = DmaMapping::small(transport, "nvme-admin-data", len.max(1))?;
+        let map = DmaMapping::small(transport, "nvme-admin-data", len)?;
         Ok(DmaBuffer {
             map: Arc::new(map),
             len,

@@ -104,8 +104,9 @@ pub(crate) fn map_skipping_stale<E>(
         match map(iova) {
             Attempt::Mapped => {
                 if block > len {
-                    let used = len.next_multiple_of(lock().align);
-                    lock().free(iova + used, block - used);
+                    let mut a = lock();
+                    let used = len.next_multiple_of(a.align);
+                    a.free(iova + used, block - used);
                 }
                 return Ok(iova);
             }
