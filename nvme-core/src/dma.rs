@@ -304,14 +304,28 @@ unsafe fn read_sqe_at(p: *mut u8) -> SubmissionEntry {
 /// `p` is 4-byte aligned and valid for reads of 16 bytes.
 #[inline]
 unsafe fn read_cqe_at(p: *mut u8, phase: bool) -> Option<CompletionEntry> {
+    // SAFETY: the caller's promise.
+    unsafe { read_cqe_tagged(p, if phase { PHASE_TAG } else { 0 }) }
+}
+
+/// The phase tag's bit in a completion entry's dword 3.
+const PHASE_TAG: u32 = 1 << 16;
+
+/// [`read_cqe_at`] with the phase expected as dword 3's tag bit ([`PHASE_TAG`] or 0): one
+/// compare.
+///
+/// # Safety
+/// As for [`read_cqe_at`].
+#[inline]
+unsafe fn read_cqe_tagged(p: *mut u8, tag: u32) -> Option<CompletionEntry> {
     // SAFETY: the caller's promise; the device writes the bytes concurrently, so they are
     // read only atomically or volatile.
     unsafe {
         let dw3 = AtomicU32::from_ptr(p.add(12) as *mut u32).load(Ordering::Acquire);
-        let (cid, status) = CompletionEntry::split_dw3(dw3);
-        if (status & 1 != 0) != phase {
+        if dw3 & PHASE_TAG != tag {
             return None;
         }
+        let (cid, status) = CompletionEntry::split_dw3(dw3);
         let dw0 = (p as *const u32).read_volatile();
         let dw1 = (p.add(4) as *const u32).read_volatile();
         let dw2 = (p.add(8) as *const u32).read_volatile();
@@ -441,6 +455,141 @@ impl DmaRing<CQE_SIZE> {
     }
 }
 
+/// The host's place in a submission ring: the tail, where the next entry goes. The tail is
+/// below the ring's entries at all times (it starts at 0 and only [`push`](Self::push) and
+/// [`set_tail`](Self::set_tail) move it, both within the ring), so writing the entry there
+/// checks nothing.
+#[derive(Debug)]
+pub struct SqCursor {
+    ring: DmaRing<SQE_SIZE>,
+    /// Below `ring.entries`.
+    tail: u32,
+}
+
+impl SqCursor {
+    /// At entry 0 of `ring`; `None` for a ring of no entries.
+    pub const fn new(ring: DmaRing<SQE_SIZE>) -> Option<SqCursor> {
+        if ring.entries == 0 {
+            return None;
+        }
+        Some(SqCursor { ring, tail: 0 })
+    }
+    /// Entries in the ring.
+    #[inline]
+    pub const fn entries(&self) -> u32 {
+        self.ring.entries
+    }
+    /// The tail: where the next entry goes.
+    #[inline]
+    pub const fn tail(&self) -> u32 {
+        self.tail
+    }
+    /// The entry after the tail (0 after the last).
+    #[inline]
+    pub const fn next(&self) -> u32 {
+        let next = self.tail + 1;
+        if next == self.ring.entries {
+            0
+        } else {
+            next
+        }
+    }
+    /// Writes `entry` at the tail (volatile: the device reads it once the doorbell passes
+    /// it) and moves the tail to the next entry. The caller checks that the ring has room.
+    #[inline]
+    pub fn push(&mut self, entry: &SubmissionEntry) {
+        // SAFETY: tail < entries (this type's invariant): an entry of the ring, 64 bytes,
+        // 8-byte aligned (`DmaRegion::ring`), valid for writes (`DmaRegion::new`).
+        unsafe { write_sqe_at(self.ring.vaddr.add(self.tail as usize * SQE_SIZE), entry) };
+        self.tail = self.next();
+    }
+    /// Moves the tail to `tail` (taking back entries not yet announced, or emptying the
+    /// ring); `false`, and nothing moved, when that is not an entry of the ring.
+    pub fn set_tail(&mut self, tail: u32) -> bool {
+        if tail < self.ring.entries {
+            self.tail = tail;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The host's place in a completion ring: the head, the next entry to read, and the phase
+/// tag expected there. The head is kept as a pointer to its entry, always inside the ring (it
+/// starts at the first entry and only [`pop`](Self::pop) moves it, back to the first after
+/// the last), so reading the entry there checks nothing and moving on is one add.
+#[derive(Debug)]
+pub struct CqCursor {
+    ring: DmaRing<CQE_SIZE>,
+    /// The head's entry: `ring.vaddr + head * CQE_SIZE` with `head < ring.entries`.
+    at: *mut u8,
+    /// One past the ring's last entry.
+    end: *mut u8,
+    /// The phase tag expected at the head, where dword 3 holds it: [`PHASE_TAG`] or 0.
+    tag: u32,
+}
+
+// SAFETY: as for DmaRing: a description of memory read only volatile or atomically; the
+// pointers are into the ring the cursor owns a copy of.
+unsafe impl Send for CqCursor {}
+// SAFETY: as above; `&self` methods read no memory.
+unsafe impl Sync for CqCursor {}
+
+impl CqCursor {
+    /// At entry 0 of `ring`, expecting phase tag 1 (a new or reset ring, zeroed); `None`
+    /// for a ring of no entries.
+    pub fn new(ring: DmaRing<CQE_SIZE>) -> Option<CqCursor> {
+        if ring.entries == 0 {
+            return None;
+        }
+        // SAFETY: the ring's `entries * CQE_SIZE` bytes are inside its region
+        // (`DmaRegion::ring`): one past them is in bounds or one past the region's end.
+        let end = unsafe { ring.vaddr.add(ring.entries as usize * CQE_SIZE) };
+        Some(CqCursor {
+            ring,
+            at: ring.vaddr,
+            end,
+            tag: PHASE_TAG,
+        })
+    }
+    /// Entries in the ring.
+    #[inline]
+    pub const fn entries(&self) -> u32 {
+        self.ring.entries
+    }
+    /// The head: the index of the next entry to read.
+    #[inline]
+    pub fn head(&self) -> u32 {
+        ((self.at as usize - self.ring.vaddr as usize) / CQE_SIZE) as u32
+    }
+    /// The phase tag expected at the head.
+    pub const fn phase(&self) -> bool {
+        self.tag != 0
+    }
+    /// Takes the entry at the head if the controller has posted it (its phase tag is the
+    /// one expected; dword 3 is read with acquire ordering before the others, so the entry
+    /// is read whole) and moves the head on, flipping the expected tag at the wrap.
+    #[inline]
+    pub fn pop(&mut self) -> Option<CompletionEntry> {
+        // SAFETY: `at` is an entry of the ring (this type's invariant): 16 bytes, 8-byte
+        // aligned (`DmaRegion::ring`), valid for reads (`DmaRegion::new`).
+        let cqe = unsafe { read_cqe_tagged(self.at, self.tag) }?;
+        // SAFETY: `at` is an entry of the ring, so the next is at most one past its end.
+        self.at = unsafe { self.at.add(CQE_SIZE) };
+        if self.at == self.end {
+            self.at = self.ring.vaddr;
+            self.tag ^= PHASE_TAG;
+        }
+        Some(cqe)
+    }
+    /// Back to entry 0 and phase tag 1 (after the ring was zeroed).
+    pub fn reset(&mut self) {
+        self.at = self.ring.vaddr;
+        self.tag = PHASE_TAG;
+    }
+}
+
 /// A [`SharedState`] structure in DMA or shared memory, made by [`DmaRegion::shared_ref`]
 /// (which checked size and alignment): [`get`](Self::get) is a plain dereference. The
 /// region's validity promise ([`DmaRegion::new`]) covers it like a copy of the region.
@@ -516,6 +665,54 @@ mod tests {
         assert!(!r.write_u64(4, 1), "misaligned");
         assert!(!r.write_bytes(4090, &[0; 7]));
         assert!(r.read_obj::<u64>(4089).is_none());
+    }
+
+    #[test]
+    fn cursors_stay_inside_their_ring_and_follow_the_phase() {
+        let r = test_memory(1, 0x1000);
+        assert!(SqCursor::new(r.ring::<SQE_SIZE>(0).unwrap()).is_none());
+        assert!(CqCursor::new(r.ring::<CQE_SIZE>(0).unwrap()).is_none());
+        let mut sq = SqCursor::new(r.ring::<SQE_SIZE>(3).unwrap()).unwrap();
+        for i in 0..7u16 {
+            assert_eq!(sq.tail(), (i % 3) as u32);
+            sq.push(&SubmissionEntry {
+                cid: i,
+                ..Default::default()
+            });
+        }
+        // Entries 0, 1, 2, 0, 1, 2, 0: entry 0 holds the last, the rest the one before.
+        assert_eq!(r.read_sqe(0).map(|e| e.cid), Some(6));
+        assert_eq!(r.read_sqe(2).map(|e| e.cid), Some(5));
+        assert_eq!(
+            r.read_sqe(3).map(|e| e.cid),
+            Some(0),
+            "past the ring: untouched"
+        );
+        assert!(!sq.set_tail(3), "not an entry of the ring");
+        assert!(sq.set_tail(2));
+        assert_eq!(sq.next(), 0);
+        let ring = r.sub(2048, 32).unwrap();
+        let mut cq = CqCursor::new(ring.ring::<CQE_SIZE>(2).unwrap()).unwrap();
+        assert!(cq.pop().is_none(), "zeroed: phase 0, tag 1 expected");
+        let post = |idx: u32, cid: u16, phase: u16| {
+            let c = CompletionEntry {
+                cid,
+                status: phase,
+                ..Default::default()
+            };
+            assert!(ring.post_cqe(idx, &c));
+        };
+        post(0, 10, 1);
+        post(1, 11, 1);
+        assert_eq!(cq.pop().map(|c| c.cid), Some(10));
+        assert_eq!(cq.head(), 1);
+        assert_eq!(cq.pop().map(|c| c.cid), Some(11));
+        assert_eq!((cq.head(), cq.phase()), (0, false), "wrapped, tag flipped");
+        assert!(cq.pop().is_none(), "entry 0 still has the old tag");
+        post(0, 12, 0);
+        assert_eq!(cq.pop().map(|c| c.cid), Some(12));
+        cq.reset();
+        assert_eq!((cq.head(), cq.phase()), (0, true));
     }
 
     #[test]

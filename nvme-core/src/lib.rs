@@ -31,7 +31,7 @@ pub mod sgl;
 pub mod shared;
 
 pub use cmd::Command;
-pub use dma::{DmaRegion, DmaRing, DmaWord, SharedRef, SharedState};
+pub use dma::{CqCursor, DmaRegion, DmaRing, DmaWord, SharedRef, SharedState, SqCursor};
 pub use hal::{Clock, LockOutcome, RegisterAccess, RobustLock};
 pub use init::{ControllerInfo, ControllerInit, InitError, InitOptions, InitStep};
 

@@ -75,15 +75,16 @@ pub const fn list_pages_for_transfer(max_transfer: usize, page_size: usize) -> u
 #[inline]
 pub fn without_list(iova: u64, len: usize, page_size: usize) -> Option<(u64, u64)> {
     let ps = page_size as u64;
-    // Where the data ends, from the start of its first page: one page, two, or a list.
-    // (A length above two pages ends past them too, so it needs no check of its own.)
-    let end = (iova & (ps - 1)).saturating_add(len as u64);
+    let len = len as u64;
+    // The bytes from `iova` to the end of its page (1..=ps): the data fits in one page, in
+    // that page and the next, or needs a list. Neither subtraction can wrap.
+    let room = ps - (iova & (ps - 1));
     if len == 0 || iova & 3 != 0 {
         None
-    } else if end <= ps {
+    } else if len <= room {
         Some((iova, 0))
-    } else if end <= 2 * ps {
-        Some((iova, (iova & !(ps - 1)) + ps))
+    } else if len - room <= ps {
+        Some((iova, iova + room))
     } else {
         None
     }

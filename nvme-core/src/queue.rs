@@ -9,7 +9,7 @@ use core::sync::atomic::{fence, Ordering};
 
 use nvme_regs::{CompletionEntry, SubmissionEntry};
 
-use crate::dma::{DmaRegion, DmaRing, DmaWord};
+use crate::dma::{CqCursor, DmaRegion, DmaWord, SqCursor};
 pub use crate::dma::{CQE_SIZE, SQE_SIZE};
 use crate::hal::RegisterAccess;
 
@@ -172,11 +172,10 @@ fn check_ring(
 #[derive(Debug)]
 pub struct SubmissionQueue {
     mem: DmaRegion,
-    /// The entries (checked against `mem` once).
-    ring: DmaRing<SQE_SIZE>,
+    /// The entries (checked against `mem` once) and the tail.
+    ring: SqCursor,
     /// Entries in the ring (2..=65536).
     size: u32,
-    tail: u32,
     /// Last head reported by the controller.
     head: u32,
     /// The tail doorbell.
@@ -193,15 +192,17 @@ impl SubmissionQueue {
         align: usize,
     ) -> Result<SubmissionQueue, QueueError> {
         check_ring(&mem, entries, SQE_SIZE, align)?;
-        let ring = mem.ring(entries).ok_or(QueueError::Misaligned {
-            iova: mem.iova(),
-            align,
-        })?;
+        let ring = mem
+            .ring(entries)
+            .and_then(SqCursor::new)
+            .ok_or(QueueError::Misaligned {
+                iova: mem.iova(),
+                align,
+            })?;
         Ok(SubmissionQueue {
             mem,
             ring,
             size: entries,
-            tail: 0,
             head: 0,
             bell: Doorbell::new(doorbell),
         })
@@ -222,10 +223,11 @@ impl SubmissionQueue {
     #[inline]
     pub fn in_use(&self) -> u32 {
         // Both are below `size`: no division needed.
-        if self.tail >= self.head {
-            self.tail - self.head
+        let tail = self.ring.tail();
+        if tail >= self.head {
+            tail - self.head
         } else {
-            self.tail + self.size - self.head
+            tail + self.size - self.head
         }
     }
     /// Number of entries that can be pushed now (a ring of N holds at most N-1).
@@ -236,42 +238,29 @@ impl SubmissionQueue {
     /// Is the ring full (no entry can be pushed)?
     #[inline]
     pub fn is_full(&self) -> bool {
-        let next = if self.tail + 1 == self.size {
-            0
-        } else {
-            self.tail + 1
-        };
-        next == self.head
+        self.ring.next() == self.head
     }
     /// Writes `entry` at the tail and advances it. Does not ring the doorbell.
     /// Returns `false` (and writes nothing) when the ring is full.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, entry: &SubmissionEntry) -> bool {
-        let next = if self.tail + 1 == self.size {
-            0
-        } else {
-            self.tail + 1
-        };
-        if next == self.head {
+        if self.is_full() {
             return false;
         }
-        // The controller does not read this slot until the doorbell moves past it. The ring
-        // holds `size` entries (checked in `new`), so the write is in bounds.
-        if !self.ring.write_sqe(self.tail, entry) {
-            return false;
-        }
-        self.tail = next;
+        // The controller does not read this slot until the doorbell moves past it.
+        self.ring.push(entry);
         true
     }
     /// Takes back the last `n` entries pushed. They must not have been announced to the
     /// controller yet (no [`ring`](Self::ring) since they were pushed).
     pub fn unpush(&mut self, n: u32) {
-        let pushed = (self.tail + self.size - self.bell.rung) % self.size;
+        let tail = self.ring.tail();
+        let pushed = (tail + self.size - self.bell.rung) % self.size;
         assert!(
             n <= pushed,
             "unpush of entries the controller was told about"
         );
-        self.tail = (self.tail + self.size - n) % self.size;
+        self.ring.set_tail((tail + self.size - n) % self.size);
     }
     /// Records the SQ head the controller reported in a completion. Values outside the ring
     /// are ignored and reported as `false` (a misbehaving device must not corrupt our state).
@@ -286,7 +275,7 @@ impl SubmissionQueue {
     }
     /// Has the tail moved since the doorbell was last written?
     pub fn needs_ring(&self) -> bool {
-        self.tail != self.bell.rung
+        self.ring.tail() != self.bell.rung
     }
     /// Writes the tail doorbell if the tail moved since the last write (with shadow
     /// doorbells: publishes it, and writes the MMIO doorbell only if the controller asks).
@@ -295,7 +284,7 @@ impl SubmissionQueue {
     pub fn ring<R: RegisterAccess>(&mut self, regs: &R) -> bool {
         // The entries must be visible to the device before the doorbell tells it to read
         // them (the doorbell's release fence).
-        self.bell.ring(regs, self.tail)
+        self.bell.ring(regs, self.ring.tail())
     }
     /// Uses shadow doorbells from now on (`None`: MMIO doorbells only).
     pub fn set_shadow(&mut self, slot: Option<ShadowSlot>) {
@@ -303,11 +292,11 @@ impl SubmissionQueue {
     }
     /// The tail and the last head the controller reported.
     pub fn positions(&self) -> (u32, u32) {
-        (self.tail, self.head)
+        (self.ring.tail(), self.head)
     }
     /// Resets the ring to empty (after the controller deleted or reset the queue).
     pub fn reset(&mut self) {
-        self.tail = 0;
+        self.ring.set_tail(0);
         self.head = 0;
         self.bell.rung = 0;
     }
@@ -317,11 +306,9 @@ impl SubmissionQueue {
 #[derive(Debug)]
 pub struct CompletionQueue {
     mem: DmaRegion,
-    /// The entries (checked against `mem` once).
-    ring: DmaRing<CQE_SIZE>,
+    /// The entries (checked against `mem` once), the head and the phase tag expected there.
+    ring: CqCursor,
     size: u32,
-    head: u32,
-    phase: bool,
     /// The head doorbell.
     bell: Doorbell,
 }
@@ -337,10 +324,13 @@ impl CompletionQueue {
         align: usize,
     ) -> Result<CompletionQueue, QueueError> {
         check_ring(&mem, entries, CQE_SIZE, align)?;
-        let ring = mem.ring(entries).ok_or(QueueError::Misaligned {
-            iova: mem.iova(),
-            align,
-        })?;
+        let ring = mem
+            .ring(entries)
+            .and_then(CqCursor::new)
+            .ok_or(QueueError::Misaligned {
+                iova: mem.iova(),
+                align,
+            })?;
         // The controller does not write to the ring before the queue is created.
         if let Some(ring) = mem.sub(0, entries as usize * CQE_SIZE) {
             ring.zero();
@@ -349,8 +339,6 @@ impl CompletionQueue {
             mem,
             ring,
             size: entries,
-            head: 0,
-            phase: true,
             bell: Doorbell::new(doorbell),
         })
     }
@@ -369,23 +357,18 @@ impl CompletionQueue {
     /// Takes the next completion if the controller has posted it.
     #[inline]
     pub fn pop(&mut self) -> Option<CompletionEntry> {
-        let cqe = self.ring.read_cqe(self.head, self.phase)?;
-        self.head += 1;
-        if self.head == self.size {
-            self.head = 0;
-            self.phase = !self.phase;
-        }
-        Some(cqe)
+        self.ring.pop()
     }
     /// Entries consumed since the head doorbell was last written: the controller still
     /// counts them as occupied.
     #[inline]
     pub fn unreported(&self) -> u32 {
         let rung = self.bell.rung;
-        if self.head >= rung {
-            self.head - rung
+        let head = self.ring.head();
+        if head >= rung {
+            head - rung
         } else {
-            self.head + self.size - rung
+            head + self.size - rung
         }
     }
     /// Writes the head doorbell if the head moved since the last write.
@@ -393,7 +376,7 @@ impl CompletionQueue {
     pub fn ring<R: RegisterAccess>(&mut self, regs: &R) -> bool {
         // Our reads of the entries before the new head must be done before the doorbell
         // lets the controller overwrite them (the doorbell's release fence).
-        self.bell.ring(regs, self.head)
+        self.bell.ring(regs, self.ring.head())
     }
     /// Uses shadow doorbells from now on (`None`: MMIO doorbells only).
     pub fn set_shadow(&mut self, slot: Option<ShadowSlot>) {
@@ -401,7 +384,7 @@ impl CompletionQueue {
     }
     /// The head and the phase tag expected at the head.
     pub fn position(&self) -> (u32, bool) {
-        (self.head, self.phase)
+        (self.ring.head(), self.ring.phase())
     }
     /// Resets the ring (zeroes it; phase back to 1).
     pub fn reset(&mut self) {
@@ -409,8 +392,7 @@ impl CompletionQueue {
         if let Some(ring) = self.mem.sub(0, self.size as usize * CQE_SIZE) {
             ring.zero();
         }
-        self.head = 0;
-        self.phase = true;
+        self.ring.reset();
         self.bell.rung = 0;
     }
 }
@@ -482,7 +464,7 @@ impl<R: RegisterAccess> Rings for PciRings<R> {
     fn free(&self) -> u32 {
         self.sq.free()
     }
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, entry: &SubmissionEntry) -> bool {
         self.sq.push(entry)
     }

@@ -548,7 +548,9 @@ impl IoQueuePair {
         Ok(())
     }
 
-    #[inline]
+    // Always inlined: a caller's I/O loop gets the whole fast path (through `read`, `write`
+    // and `compare`) instead of a call that LLVM's size heuristics may choose.
+    #[inline(always)]
     fn data_io(
         &mut self,
         op: NvmOpcode,

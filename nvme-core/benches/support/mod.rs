@@ -33,10 +33,16 @@ pub struct FakeDevice {
 }
 
 impl FakeDevice {
-    /// The device's side of commands up to SQ tail `tail`: fetch each, post its completion.
-    /// Never inlined, so that the instruction counter can leave it out.
+    /// The device's side of a doorbell write: for the SQ tail doorbell, fetch each command
+    /// up to the new tail and post its completion (the CQ head doorbell needs nothing: the
+    /// ring never fills at these depths). Never inlined, so that the instruction counter can
+    /// leave it out; the driver's part of a doorbell write is the call, as it would be the
+    /// store to the register.
     #[inline(never)]
-    pub fn fake_device_work(&self, tail: u32) {
+    pub fn fake_device_work(&self, offset: usize, tail: u32) {
+        if offset != nvme_core::regs::registers::sq_tail_doorbell(1, 0) {
+            return;
+        }
         while self.sq_head.get() != tail {
             let e = self.sq.read_sqe(self.sq_head.get()).unwrap();
             self.sq_head.set((self.sq_head.get() + 1) % ENTRIES);
@@ -65,10 +71,7 @@ impl RegisterAccess for FakeDevice {
         0
     }
     fn write32(&self, offset: usize, value: u32) {
-        if offset == nvme_core::regs::registers::sq_tail_doorbell(1, 0) {
-            self.fake_device_work(value);
-        }
-        // The CQ head doorbell: the ring never fills at these depths.
+        self.fake_device_work(offset, value);
     }
 }
 

@@ -239,6 +239,13 @@ impl SlotState {
     const fn single(cid: u16) -> SlotState {
         SlotState::new(cid, NONE, 1, IN_FLIGHT)
     }
+    /// The free state after a one-command request in this [`single`](Self::single) state:
+    /// its low 32 bits (the CID and a head field already [`NONE`]), one move; the same as
+    /// [`free`](Self::free) with its CID.
+    #[inline]
+    const fn freed(self) -> SlotState {
+        SlotState(self.0 & 0xffff_ffff)
+    }
     #[inline]
     const fn cid(self) -> u16 {
         self.0 as u16
@@ -655,7 +662,7 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
 
     /// Submits `cmd` as one command, with `data` (IOVA and length, within the maximum
     /// transfer size) described by its PRPs.
-    #[inline]
+    #[inline(always)]
     fn submit_one(
         &mut self,
         cmd: Command,
@@ -698,7 +705,7 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
     /// `data.len() / block_size` blocks starting at `slba`, split into several commands when
     /// it exceeds the maximum transfer size or 65536 blocks. The context is handed back once,
     /// when every part has completed; the first failing part's status wins.
-    #[inline]
+    #[inline(always)]
     pub fn submit_io(
         &mut self,
         cmd: Command,
@@ -732,7 +739,7 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
     /// `data` should be `blocks` blocks of `1 << block_shift` bytes. The common case, one
     /// command, is a shift and a few compares; anything else (every error included) takes
     /// the general path, which checks everything again and goes by the data's length.
-    #[inline]
+    #[inline(always)]
     pub fn submit_blocks(
         &mut self,
         cmd: Command,
@@ -934,6 +941,12 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
             reaped += 1;
             sq_head = Some(cqe.sq_head);
             finished += self.complete(cqe, &mut f) as usize;
+            // Nothing left in flight: the controller has nothing more to post, so the next
+            // entry is not looked at (at depth 1, a read of the ring after every completion).
+            // A stale entry there waits for the next poll.
+            if self.free_count == self.capacity {
+                break;
+            }
         }
         if let Some(head) = sq_head {
             if !self.rings.update_sq_head(head) {
@@ -957,7 +970,7 @@ impl<Q: Rings, T, S: AsMut<[Slot<T>]>> QueuePair<Q, T, S> {
         let (ctx, result) = match self.slots.as_mut().get_mut(idx as usize) {
             Some(s) if s.state == SlotState::single(cqe.cid) => {
                 let ctx = s.ctx.take();
-                s.state = SlotState::free(cqe.cid);
+                s.state = SlotState::single(cqe.cid).freed();
                 s.next_free = head;
                 self.free_head = idx;
                 self.free_count += 1;

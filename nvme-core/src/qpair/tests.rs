@@ -650,6 +650,36 @@ fn abort_all_returns_every_context() {
 }
 
 #[test]
+fn a_poll_stops_reading_when_nothing_is_left_in_flight() {
+    let rig = Rig::new(8, 4096, 1);
+    let (mut qp, dev) = rig.qp(8, 4096);
+    qp.submit(Command::flush(1), None, 1).unwrap();
+    qp.ring();
+    let cmd = dev.fetch(rig.last_sq_tail())[0];
+    dev.post(cmd.cid, Status::SUCCESS, 0);
+    // An entry that matches no command, posted behind the real one.
+    dev.post(0x3ffe, Status::SUCCESS, 0);
+    assert_eq!(drain(&mut qp).len(), 1);
+    assert_eq!(
+        qp.stats().stale_completions,
+        0,
+        "nothing was in flight after the first entry: the second is not read"
+    );
+    assert!(drain(&mut qp).is_empty());
+    assert_eq!(
+        qp.stats().stale_completions,
+        1,
+        "the next poll reads it (one entry at most)"
+    );
+    // The queue goes on as before.
+    qp.submit(Command::flush(1), None, 2).unwrap();
+    qp.ring();
+    let cmd = dev.fetch(rig.last_sq_tail())[0];
+    dev.post(cmd.cid, Status::SUCCESS, 0);
+    assert_eq!(drain(&mut qp)[0].0, 2);
+}
+
+#[test]
 fn stale_completions_are_reported_at_once_when_the_queue_could_fill() {
     // A ring of 4 holds 3 entries. One command in flight; entries that match no command
     // fill the completion queue without finishing anything.
@@ -1058,5 +1088,15 @@ fn the_sq_head_is_taken_from_the_last_completion_of_a_poll_and_checked() {
         );
         assert_eq!(qp.rings().heads.len(), i, "one head per poll");
         assert_eq!(qp.rings().heads.last(), Some(&[2, 999][i - 1]));
+    }
+}
+
+#[test]
+fn a_one_command_slot_frees_to_the_free_state_of_its_cid() {
+    for cid in [0u16, 1, 0x3ffe, 0x4001, 0xbffe, 0xfffe] {
+        let single = SlotState::single(cid);
+        assert!(single.in_flight());
+        assert_eq!(single.freed(), SlotState::free(cid), "{cid:#x}");
+        assert!(!single.freed().in_flight());
     }
 }
