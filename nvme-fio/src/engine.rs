@@ -530,7 +530,7 @@ impl ThreadState {
             self.complete(t, r, max);
         }
         let e = match r {
-            Ok(()) | Err(Error::Timeout { .. }) => return,
+            Ok(()) | Err(Error::DrainTimeout { .. }) => return,
             Err(e) => e,
         };
         log(&format!(

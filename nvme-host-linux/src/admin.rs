@@ -920,7 +920,7 @@ impl Drop for Admin {
 /// pollers (an application's I/O threads, the software controller) a yielding waiter gets
 /// the CPU back only when their time slice ends, milliseconds later, while a sleeper is
 /// woken ahead of them as soon as its sleep is over.
-fn wait_a_little(start: Instant) {
+pub(crate) fn wait_a_little(start: Instant) {
     if start.elapsed() < Duration::from_micros(50) {
         std::hint::spin_loop();
     } else {

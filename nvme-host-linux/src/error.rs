@@ -68,6 +68,14 @@ pub enum Error {
         /// How long the driver waited, in milliseconds.
         waited_ms: u64,
     },
+    /// [`IoQueuePair::drain`](crate::IoQueuePair::drain) gave up: requests were still
+    /// outstanding when its time ran out (they stay outstanding).
+    DrainTimeout {
+        /// Requests outstanding.
+        outstanding: usize,
+        /// How long the drain waited, in milliseconds.
+        waited_ms: u64,
+    },
     /// A command did not complete in time and the driver aborted it (Abort command; see
     /// [`TimeoutAction::Abort`](crate::TimeoutAction::Abort)): the controller completed
     /// it with Command Abort Requested instead of carrying it out to the end. Nothing of it
@@ -213,6 +221,10 @@ impl fmt::Display for Error {
                 f,
                 "{} (opcode {opcode:#04x}) did not complete within {waited_ms} ms",
                 opcode_name(*opcode, *admin)
+            ),
+            Error::DrainTimeout { outstanding, waited_ms } => write!(
+                f,
+                "{outstanding} I/O request(s) still outstanding after {waited_ms} ms of waiting for completions"
             ),
             Error::TimeoutAborted { opcode, admin, waited_ms } => write!(
                 f,

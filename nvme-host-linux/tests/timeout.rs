@@ -155,6 +155,28 @@ fn with_the_action_none_a_timeout_is_only_reported() {
         qp.process_completions(usize::MAX, |t, r| panic!("completed: {t} {r:?}"));
     }
     assert_eq!(qp.outstanding(), 1);
+    // A drain gives up on it by name (how many, how long), and leaves it outstanding.
+    let e = qp
+        .drain(Duration::from_millis(50), |t, r| {
+            panic!("completed: {t} {r:?}")
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::DrainTimeout {
+                outstanding: 1,
+                waited_ms: 50
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .contains("1 I/O request(s) still outstanding after 50 ms"),
+        "{e}"
+    );
+    assert_eq!(qp.outstanding(), 1);
     assert!(s.faults().aborts().is_empty(), "no Abort");
     assert_eq!(s.stats().resets, resets, "no reset");
     works_admin(&ctrl);
