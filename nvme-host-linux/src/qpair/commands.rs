@@ -240,7 +240,8 @@ impl IoQueuePair {
                     waited_ms: timeout.as_millis() as u64,
                 });
             }
-            std::hint::spin_loop();
+            // Spin at first, then sleep briefly between polls, as `drain` does.
+            crate::admin::wait_a_little(start);
         }
     }
 }
