@@ -9,7 +9,7 @@ use core::sync::atomic::{fence, Ordering};
 
 use nvme_regs::{CompletionEntry, SubmissionEntry};
 
-use crate::dma::{CqCursor, DmaRegion, DmaWord, SqCursor};
+use crate::dma::{CqCursor, DmaRegion, DmaRing, DmaWord, SqCursor};
 pub use crate::dma::{CQE_SIZE, SQE_SIZE};
 use crate::hal::RegisterAccess;
 
@@ -141,41 +141,41 @@ impl Doorbell {
     }
 }
 
-fn check_ring(
+/// The cursor (`cursor`: [`SqCursor::new`] or [`CqCursor::new`]) over a ring of `entries`
+/// entries of `N` bytes at the start of `mem`, once the ring is checked: 2..=65536 entries,
+/// inside `mem`, aligned to `align` (the controller's page size).
+fn checked_ring<const N: usize, C>(
     mem: &DmaRegion,
     entries: u32,
-    entry_size: usize,
     align: usize,
-) -> Result<(), QueueError> {
+    cursor: fn(DmaRing<N>) -> Option<C>,
+) -> Result<C, QueueError> {
     if !(2..=65536).contains(&entries) {
         return Err(QueueError::BadSize(entries));
     }
-    let needed = entries as usize * entry_size;
+    let needed = entries as usize * N;
     if mem.len() < needed {
         return Err(QueueError::RegionTooSmall {
             needed,
             given: mem.len(),
         });
     }
-    if !mem.iova().is_multiple_of(align as u64)
-        || !(mem.vaddr() as usize).is_multiple_of(entry_size)
-    {
-        return Err(QueueError::Misaligned {
-            iova: mem.iova(),
-            align,
-        });
+    let misaligned = QueueError::Misaligned {
+        iova: mem.iova(),
+        align,
+    };
+    if !mem.iova().is_multiple_of(align as u64) || !(mem.vaddr() as usize).is_multiple_of(N) {
+        return Err(misaligned);
     }
-    Ok(())
+    mem.ring::<N>(entries).and_then(cursor).ok_or(misaligned)
 }
 
 /// A submission ring: entries written by the host, consumed by the controller.
 #[derive(Debug)]
 pub struct SubmissionQueue {
     mem: DmaRegion,
-    /// The entries (checked against `mem` once) and the tail.
+    /// The entries (checked against `mem` once, 2..=65536 of them) and the tail.
     ring: SqCursor,
-    /// Entries in the ring (2..=65536).
-    size: u32,
     /// Last head reported by the controller.
     head: u32,
     /// The tail doorbell.
@@ -191,29 +191,21 @@ impl SubmissionQueue {
         doorbell: usize,
         align: usize,
     ) -> Result<SubmissionQueue, QueueError> {
-        check_ring(&mem, entries, SQE_SIZE, align)?;
-        let ring = mem
-            .ring(entries)
-            .and_then(SqCursor::new)
-            .ok_or(QueueError::Misaligned {
-                iova: mem.iova(),
-                align,
-            })?;
+        let ring = checked_ring(&mem, entries, align, SqCursor::new)?;
         Ok(SubmissionQueue {
             mem,
             ring,
-            size: entries,
             head: 0,
             bell: Doorbell::new(doorbell),
         })
     }
     /// Number of entries in the ring.
     pub fn size(&self) -> u32 {
-        self.size
+        self.ring.entries()
     }
     /// 0's based size, as Create I/O SQ and AQA encode it.
     pub fn size_0based(&self) -> u16 {
-        (self.size - 1) as u16
+        (self.ring.entries() - 1) as u16
     }
     /// IOVA of the ring.
     pub fn iova(&self) -> u64 {
@@ -227,13 +219,13 @@ impl SubmissionQueue {
         if tail >= self.head {
             tail - self.head
         } else {
-            tail + self.size - self.head
+            tail + self.ring.entries() - self.head
         }
     }
     /// Number of entries that can be pushed now (a ring of N holds at most N-1).
     #[inline]
     pub fn free(&self) -> u32 {
-        self.size - 1 - self.in_use()
+        self.ring.entries() - 1 - self.in_use()
     }
     /// Is the ring full (no entry can be pushed)?
     #[inline]
@@ -255,18 +247,19 @@ impl SubmissionQueue {
     /// controller yet (no [`ring`](Self::ring) since they were pushed).
     pub fn unpush(&mut self, n: u32) {
         let tail = self.ring.tail();
-        let pushed = (tail + self.size - self.bell.rung) % self.size;
+        let pushed = (tail + self.ring.entries() - self.bell.rung) % self.ring.entries();
         assert!(
             n <= pushed,
             "unpush of entries the controller was told about"
         );
-        self.ring.set_tail((tail + self.size - n) % self.size);
+        self.ring
+            .set_tail((tail + self.ring.entries() - n) % self.ring.entries());
     }
     /// Records the SQ head the controller reported in a completion. Values outside the ring
     /// are ignored and reported as `false` (a misbehaving device must not corrupt our state).
     #[inline]
     pub fn update_head(&mut self, head: u16) -> bool {
-        if (head as u32) < self.size {
+        if (head as u32) < self.ring.entries() {
             self.head = head as u32;
             true
         } else {
@@ -306,9 +299,9 @@ impl SubmissionQueue {
 #[derive(Debug)]
 pub struct CompletionQueue {
     mem: DmaRegion,
-    /// The entries (checked against `mem` once), the head and the phase tag expected there.
+    /// The entries (checked against `mem` once, 2..=65536 of them), the head and the phase
+    /// tag expected there.
     ring: CqCursor,
-    size: u32,
     /// The head doorbell.
     bell: Doorbell,
 }
@@ -323,14 +316,7 @@ impl CompletionQueue {
         doorbell: usize,
         align: usize,
     ) -> Result<CompletionQueue, QueueError> {
-        check_ring(&mem, entries, CQE_SIZE, align)?;
-        let ring = mem
-            .ring(entries)
-            .and_then(CqCursor::new)
-            .ok_or(QueueError::Misaligned {
-                iova: mem.iova(),
-                align,
-            })?;
+        let ring = checked_ring(&mem, entries, align, CqCursor::new)?;
         // The controller does not write to the ring before the queue is created.
         if let Some(ring) = mem.sub(0, entries as usize * CQE_SIZE) {
             ring.zero();
@@ -338,17 +324,16 @@ impl CompletionQueue {
         Ok(CompletionQueue {
             mem,
             ring,
-            size: entries,
             bell: Doorbell::new(doorbell),
         })
     }
     /// Number of entries in the ring.
     pub fn size(&self) -> u32 {
-        self.size
+        self.ring.entries()
     }
     /// 0's based size, as Create I/O CQ and AQA encode it.
     pub fn size_0based(&self) -> u16 {
-        (self.size - 1) as u16
+        (self.ring.entries() - 1) as u16
     }
     /// IOVA of the ring.
     pub fn iova(&self) -> u64 {
@@ -368,7 +353,7 @@ impl CompletionQueue {
         if head >= rung {
             head - rung
         } else {
-            head + self.size - rung
+            head + self.ring.entries() - rung
         }
     }
     /// Writes the head doorbell if the head moved since the last write.
@@ -389,7 +374,7 @@ impl CompletionQueue {
     /// Resets the ring (zeroes it; phase back to 1).
     pub fn reset(&mut self) {
         // As in `new`; the controller no longer uses the queue.
-        if let Some(ring) = self.mem.sub(0, self.size as usize * CQE_SIZE) {
+        if let Some(ring) = self.mem.sub(0, self.ring.entries() as usize * CQE_SIZE) {
             ring.zero();
         }
         self.ring.reset();
