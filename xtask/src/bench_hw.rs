@@ -33,7 +33,9 @@ Needs fio on the host (apt-get install fio).\n\
 --spdk DIR: instead of fio, SPDK's spdk_nvme_perf (DIR: the output directory of\n\
 ../shared/tools/build-spdk-perf, or its bundle/) alternated with ours in the same boot, --rounds\n\
 times (default 3): QD32 and QD1 on core 0, then two processes of one group on cores 0 and 1;\n\
-prints the medians and the ratios against the issue's targets.\n\
+prints the medians and the ratios against the issue's targets, QD1's latency percentiles (-L)\n\
+and the host's thread wake-up time (a TCG guest's QD1 I/O waits for it whenever QEMU's main\n\
+loop slept before the doorbell).\n\
 --tcp: instead, nvme-perf over NVMe/TCP against fio through the kernel's NVMe/TCP initiator, both\n\
 reading a null_blk namespace that the guest's nvmet-tcp exports on 127.0.0.1:4420 (needs nvme-cli).";
 

@@ -603,6 +603,73 @@ pub struct Console {
     pub host_cores: Option<(f64, f64)>,
 }
 
+/// How long the host takes to wake a sleeping thread: the median and 90th percentile, in
+/// us, over `samples` wake-ups of a parked thread by one that spins between them (as QEMU's
+/// vCPU thread wakes its main loop at each doorbell). `None` when a wake-up never arrives.
+///
+/// A guest at QD1 pays this once per I/O whenever QEMU's main loop went to sleep before the
+/// doorbell: on a host whose idle CPUs halt at once (a VM without halt polling, say), it is
+/// tens of us, the larger part of a TCG guest's QD1 latency.
+pub fn host_wakeup_us(samples: usize) -> Option<(f64, f64)> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let base = Instant::now();
+    let since = move || base.elapsed().as_nanos() as u64;
+    let (go, woke, stop) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let waiter = {
+        let (go, woke, stop) = (go.clone(), woke.clone(), stop.clone());
+        std::thread::spawn(move || loop {
+            while !go.swap(false, Ordering::AcqRel) {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::park();
+            }
+            woke.store(since().max(1), Ordering::Release);
+        })
+    };
+    let spin = |d: Duration| {
+        let t = Instant::now();
+        while t.elapsed() < d {
+            std::hint::spin_loop();
+        }
+    };
+    let mut lat = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        // Long enough for the waiter to park and its CPU to go idle.
+        spin(Duration::from_micros(200));
+        woke.store(0, Ordering::Release);
+        let t0 = since();
+        go.store(true, Ordering::Release);
+        waiter.thread().unpark();
+        let give_up = Instant::now() + Duration::from_millis(100);
+        let t1 = loop {
+            match woke.load(Ordering::Acquire) {
+                0 if Instant::now() > give_up => break None,
+                0 => std::hint::spin_loop(),
+                t => break Some(t),
+            }
+        };
+        match t1 {
+            Some(t1) => lat.push(t1.saturating_sub(t0) as f64 / 1000.0),
+            None => break,
+        }
+    }
+    stop.store(true, Ordering::Release);
+    waiter.thread().unpark();
+    let _ = waiter.join();
+    if lat.len() < samples {
+        return None;
+    }
+    lat.sort_by(f64::total_cmp);
+    Some((lat[samples / 2], lat[samples * 9 / 10]))
+}
+
 /// Host CPU ticks: (busy, all) summed over CPUs from `/proc/stat`, and this process's
 /// waited-for children's user + system ticks (`cutime` + `cstime` in `/proc/self/stat`).
 fn cpu_ticks() -> Option<(u64, u64, u64)> {
@@ -774,6 +841,12 @@ mod tests {
         let n = std::thread::available_parallelism().unwrap().get() as u64;
         let (qemu, other) = host_cores((0, 0, 0), (150 * n / 2, 100 * n, 100)).unwrap();
         assert!((qemu - 1.0).abs() < 1e-9 && (other - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_parked_thread_is_woken_and_timed() {
+        let (p50, p90) = host_wakeup_us(50).expect("the waiter never woke");
+        assert!(p50 > 0.0 && p50 <= p90 && p90 < 100_000.0, "{p50} {p90}");
     }
 
     #[test]
