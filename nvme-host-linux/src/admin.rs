@@ -915,8 +915,9 @@ impl Drop for Admin {
     }
 }
 
-/// One pause of an admin wait that began at `start`: a spin for the first 50 us (a quick
-/// command is answered within them), then a short sleep. Not `yield_now`: beside busy
+/// One pause of a blocking wait that began at `start` (an admin command's, and on the I/O
+/// side `drain`, a polled queue's `wait` and a synchronous I/O command's): a spin for the
+/// first 50 us (a quick command is answered within them), then a short sleep. Not `yield_now`: beside busy
 /// pollers (an application's I/O threads, the software controller) a yielding waiter gets
 /// the CPU back only when their time slice ends, milliseconds later, while a sleeper is
 /// woken ahead of them as soon as its sleep is over.
